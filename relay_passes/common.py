@@ -1,0 +1,123 @@
+"""What every binarization pass shares: walking bindings, reading constants, tagging our kernels.
+
+Each pass is a small ``tvm.ir.transform`` module pass built from one rewrite rule (a function
+``rule(rewriter, call) -> Expr | None``). The rewriter visits every call after its arguments, so a
+rule sees its operands already rewritten, and it records what it changed in ``PassLog``.
+
+Kernels emitted by the passes are ``call_tir`` calls whose PrimFunc carries the attribute
+``bnn.op`` (its name) and the parameters later passes need to rebuild it (``bnn.taps``, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.ir import Constant
+
+Rule = Callable[["RuleContext", relax.Call], "relax.Expr | None"]
+
+
+@dataclass
+class PassLog:
+    """What a pass did: one line per rewrite, so users and tests can see whether it changed the graph."""
+
+    name: str
+    rewrites: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.rewrites)
+
+
+@relax.expr_functor.mutator
+class RuleContext(relax.PyExprMutator):
+    """Applies one rule to every call of a module's Relax functions."""
+
+    def __init__(self, mod: tvm.IRModule, rule: Rule, log: PassLog):
+        super().__init__(mod)
+        self.rule = rule
+        self.log = log
+
+    def visit_call_(self, call):  # noqa: N802 (TVM's visitor naming)
+        call = self.visit_expr_post_order(call)
+        new = self.rule(self, call)
+        return call if new is None else new
+
+    # Helpers for rules -------------------------------------------------------------------------
+    def producer(self, expr):
+        """The expression bound to ``expr`` when it is a variable, else ``expr`` itself."""
+        if isinstance(expr, relax.Var):
+            bound = self.lookup_binding(expr)
+            if bound is not None:
+                return bound
+        return expr
+
+    def constant(self, expr) -> np.ndarray | None:
+        expr = self.producer(expr)
+        return expr.value.numpy() if isinstance(expr, Constant) else None
+
+    def bnn_kernel(self, expr) -> tuple[str, dict] | None:
+        """``(op name, attributes)`` when ``expr`` is (bound to) a call of one of our kernels."""
+        call = self.producer(expr)
+        if not (isinstance(call, relax.Call) and call.op == tvm.ir.Op.get("relax.call_tir")):
+            return None
+        func = self.builder_.get()[call.args[0]]
+        if func.attrs is None or "bnn.op" not in func.attrs:
+            return None
+        return str(func.attrs["bnn.op"]), dict(func.attrs)
+
+    def kernel_inputs(self, expr) -> list:
+        """The tensor arguments of a ``call_tir`` that ``expr`` is bound to."""
+        return list(self.producer(expr).args[1].fields)
+
+    def emit_kernel(self, compute, *args, op: str, **attrs):
+        """A ``call_tir`` of ``compute`` (a TE function), tagged so later passes recognise it."""
+        attrs = {"bnn.op": op, **{f"bnn.{k}": v for k, v in attrs.items()}}
+        return self.builder_.call_te(compute, *args, primfunc_name_hint=f"bnn_{op}", primfunc_attrs=attrs)
+
+
+def op_name(call) -> str | None:
+    return call.op.name if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) else None
+
+
+def shape_of(expr) -> tuple[int, ...]:
+    return tuple(int(v) for v in expr.ty.shape.values)
+
+
+def dtype_of(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def rule_pass(name: str, rule: Rule, logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    """A module pass applying ``rule`` to every Relax function; its log goes to ``logs``."""
+
+    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        log = PassLog(name)
+        ctx = RuleContext(mod, rule, log)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                ctx.builder_.update_func(gvar, ctx.visit_expr(func))
+        if logs is not None:
+            logs.append(log)
+        return ctx.builder_.get() if log.changed else mod
+
+    return tvm.transform.module_pass(transform, opt_level=0, name=name)
+
+
+def is_bipolar(values: np.ndarray | None) -> bool:
+    return values is not None and values.size > 0 and bool(np.all(np.abs(values) == 1))
+
+
+def pack_bits(bipolar: np.ndarray, word_bits: int = 32) -> np.ndarray:
+    """Pack the last axis of a ±1 array into uint32 words, bit 1 = +1, padding bits 0."""
+    channels = bipolar.shape[-1]
+    words = (channels + word_bits - 1) // word_bits
+    bits = np.zeros(bipolar.shape[:-1] + (words * word_bits,), dtype=np.uint64)
+    bits[..., :channels] = bipolar > 0
+    bits = bits.reshape(bipolar.shape[:-1] + (words, word_bits))
+    weights = np.uint64(1) << np.arange(word_bits, dtype=np.uint64)
+    return (bits * weights).sum(axis=-1).astype(np.uint32)

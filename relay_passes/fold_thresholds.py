@@ -1,0 +1,170 @@
+"""Fold ``pack(affine chain(binary op))`` into the binary op: a per-channel integer interval.
+
+Between a binary conv/dense and the next binarizer usually sit a bias, a batch norm, or a
+scale. All are monotone per channel, so "``chain(d) >= 0``" holds on an interval of the integer
+result ``d``. The interval is found by evaluating the chain on *every* integer ``d`` the layer
+can produce, in float32 and in the order ONNX Runtime's CPU kernels compute it, so the integer
+decision equals the float graph's decision, ties and negative scales included. The binary output
+then stays packed for the next binary layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from schedules import bitserial
+
+from .common import RuleContext, op_name, shape_of
+
+INT32_MIN, INT32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+FOLDABLE = {"binary_conv2d": "binary_conv2d_threshold", "binary_dense": "binary_dense_threshold"}
+
+
+def per_channel(values: np.ndarray, out_shape) -> np.ndarray | None:
+    """A constant operand as one float32 value per channel (axis 1), or None if it varies otherwise."""
+    probe_shape = (1,) + tuple(out_shape[1:])
+    try:
+        full = np.broadcast_to(values.astype(np.float32), probe_shape)
+    except ValueError:
+        return None
+    if values.ndim > len(out_shape) or (values.ndim == len(out_shape) and values.shape[0] != 1):
+        return None
+    flat = full.reshape(probe_shape[:2] + (-1,))[0]  # [C, spatial]
+    if not np.all(flat == flat[:, :1]):
+        return None
+    return flat[:, 0].copy()
+
+
+def batch_norm_step(ctx: RuleContext, call, out_shape):
+    """ONNX Runtime's inference BN: ``x * s + (beta - mean * s)``, ``s = gamma / sqrt(var + eps)``."""
+    attrs = call.attrs
+    if int(attrs.axis) != 1 or bool(attrs.training):
+        return None
+    consts = [ctx.constant(a) for a in call.args[1:]]
+    if any(c is None for c in consts):
+        return None
+    gamma, beta, mean, var = (per_channel(c.reshape(-1, *[1] * (len(out_shape) - 2)), out_shape) for c in consts)
+    if any(v is None for v in (gamma, beta, mean, var)):
+        return None
+    if not bool(attrs.scale):
+        gamma = np.ones_like(gamma)
+    if not bool(attrs.center):
+        beta = np.zeros_like(beta)
+    eps = np.float32(float(attrs.epsilon))
+    inv_std = np.float32(1) / np.sqrt(var + eps)
+    scale = inv_std * gamma
+    shift = beta - mean * scale
+    return lambda y: y * scale[:, None] + shift[:, None]
+
+
+def binary_step(ctx: RuleContext, call, out_shape):
+    """``(f, source)`` for ``source (op) const`` or ``const (op) source``."""
+    ops = {
+        "relax.add": np.add,
+        "relax.subtract": np.subtract,
+        "relax.multiply": np.multiply,
+        "relax.divide": np.divide,
+    }
+    fn = ops.get(op_name(call))
+    if fn is None:
+        return None
+    lhs, rhs = call.args
+    for source, other, const_first in ((lhs, rhs, False), (rhs, lhs, True)):
+        values = ctx.constant(other)
+        if values is None or ctx.constant(source) is not None:
+            continue
+        vec = per_channel(values, out_shape)
+        if vec is None:
+            return None
+        col = vec[:, None]
+        return (lambda y: fn(col, y)) if const_first else (lambda y: fn(y, col)), source
+    return None
+
+
+def trace_chain(ctx: RuleContext, expr):
+    """Walk from a binarizer's input back to a foldable binary op: ``(kernel var, steps)``."""
+    steps = []
+    out_shape = shape_of(expr)
+    while True:
+        if ctx.bnn_kernel(expr) is not None and ctx.bnn_kernel(expr)[0] in FOLDABLE:
+            return expr, steps[::-1]
+        node = ctx.producer(expr)
+        if isinstance(node, relax.TupleGetItem) and node.index == 0:
+            bn = ctx.producer(node.tuple_value)
+            if op_name(bn) != "relax.nn.batch_norm":
+                return None
+            step = batch_norm_step(ctx, bn, out_shape)
+            if step is None:
+                return None
+            steps.append(step)
+            expr = bn.args[0]
+            continue
+        found = binary_step(ctx, node, out_shape) if isinstance(node, relax.Call) else None
+        if found is None or shape_of(found[1]) != out_shape:
+            return None
+        steps.append(found[0])
+        expr = found[1]
+
+
+def decision_interval(steps, channels: int, taps: int):
+    """Per channel ``[low, high]`` such that ``chain(d) >= 0`` iff ``low <= d <= high``."""
+    candidates = np.arange(-taps, taps + 1, dtype=np.int64)
+    y = np.broadcast_to(candidates.astype(np.float32), (channels, candidates.size))
+    with np.errstate(all="ignore"):
+        for step in steps:
+            y = step(y).astype(np.float32)
+    decide = y >= 0
+    low = np.full(channels, 1, dtype=np.int64)
+    high = np.full(channels, 0, dtype=np.int64)  # empty interval: never +1
+    for c in range(channels):
+        hits = np.flatnonzero(decide[c])
+        if hits.size == 0:
+            continue
+        if hits[-1] - hits[0] + 1 != hits.size:
+            return None  # not an interval: the chain is not monotone, keep it in float
+        low[c] = INT32_MIN if hits[0] == 0 else candidates[hits[0]]
+        high[c] = INT32_MAX if hits[-1] == candidates.size - 1 else candidates[hits[-1]]
+    return low.astype(np.int32), high.astype(np.int32)
+
+
+def fold_threshold(ctx: RuleContext, call):
+    kernel = ctx.bnn_kernel(call)
+    if kernel is None or kernel[0] != "pack_sign":
+        return None
+    traced = trace_chain(ctx, call.args[1].fields[0])
+    if traced is None:
+        return None
+    source, steps = traced
+    name, attrs = ctx.bnn_kernel(source)
+    taps = int(attrs["bnn.taps"])
+    channels = shape_of(source)[1]
+    interval = decision_interval(steps, channels, taps)
+    if interval is None:
+        return None
+    low, high = (relax.const(v) for v in interval)
+    inputs = ctx.kernel_inputs(source)
+    ctx.log.rewrites.append(f"{name} + {len(steps)} float op(s) + binarizer -> {FOLDABLE[name]}")
+    if name == "binary_conv2d":
+        strides = tuple(int(s) for s in attrs["bnn.strides"])
+        padding = tuple(int(p) for p in attrs["bnn.padding"])
+        return ctx.emit_kernel(
+            lambda d, w, k, lo, hi: bitserial.threshold_pack(
+                bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding), lo, hi
+            ),
+            *inputs,
+            low,
+            high,
+            op=FOLDABLE[name],
+            taps=taps,
+            strides=list(strides),
+            padding=list(padding),
+        )
+    return ctx.emit_kernel(
+        lambda d, w, lo, hi: bitserial.threshold_pack(bitserial.binary_dense_dot(d, w, taps), lo, hi),
+        *inputs,
+        low,
+        high,
+        op=FOLDABLE[name],
+        taps=taps,
+    )

@@ -1,0 +1,62 @@
+"""Rewrite ``matmul(unpack(p), W)`` (also through a flatten) with ±1 weights into XNOR-popcount.
+
+A flatten of NCHW bits orders features channel-major; the packed tensor is channels-last, so the
+weight's rows are permuted to (H, W, C) order before packing: no data movement at run time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from schedules import bitserial
+
+from .common import RuleContext, is_bipolar, op_name, pack_bits, shape_of
+
+
+def packed_features(ctx: RuleContext, data):
+    """``(packed words [N, KW], spatial shape (C, H, W) or (C,))`` feeding a dense, or None."""
+    producer = ctx.producer(data)
+    if op_name(producer) == "relax.reshape":
+        source = producer.args[0]
+        if len(shape_of(source)) != 4 or len(shape_of(data)) != 2:
+            return None
+        if shape_of(data)[0] != shape_of(source)[0]:
+            return None
+        kernel = ctx.bnn_kernel(source)
+        if kernel is None or kernel[0] != "unpack_sign":
+            return None
+        packed = ctx.kernel_inputs(source)[0]
+        n = shape_of(packed)[0]
+        flat = ctx.builder_.emit(relax.op.reshape(packed, (n, int(np.prod(shape_of(packed)[1:])))))
+        return flat, shape_of(source)[1:]
+    kernel = ctx.bnn_kernel(data)
+    if kernel is None or kernel[0] != "unpack_sign" or len(shape_of(data)) != 2:
+        return None
+    return ctx.kernel_inputs(data)[0], shape_of(data)[1:]
+
+
+def fuse_binary_dense(ctx: RuleContext, call):
+    if op_name(call) != "relax.matmul":
+        return None
+    data, weight_expr = call.args
+    weight = ctx.constant(weight_expr)  # [K, O]
+    if weight is None or weight.ndim != 2 or not is_bipolar(weight):
+        return None
+    features = packed_features(ctx, data)
+    if features is None:
+        return None
+    packed, feature_shape = features
+    rows = weight.T.reshape((weight.shape[1],) + tuple(feature_shape))  # [O, C(, H, W)]
+    if rows.ndim == 4:
+        rows = rows.transpose(0, 2, 3, 1)  # [O, H, W, C]: the packed layout
+    packed_weight = pack_bits(rows).reshape(weight.shape[1], -1)
+    taps = weight.shape[0]
+    ctx.log.rewrites.append(f"dense {taps}->{weight.shape[1]} -> binary_dense")
+    return ctx.emit_kernel(
+        lambda d, w: bitserial.dot_to_float_nchw(bitserial.binary_dense_dot(d, w, taps)),
+        packed,
+        relax.const(packed_weight),
+        op="binary_dense",
+        taps=taps,
+    )

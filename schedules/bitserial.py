@@ -1,0 +1,187 @@
+"""Compute definitions of the binary (XNOR-popcount) operators, target independent.
+
+Conventions shared by every operator here and by the passes that emit them:
+
+* A binary value is +1 or -1. Packed, bit 1 means +1 and bit 0 means -1.
+* Activations are packed along channels, channels last: a float NCHW tensor becomes
+  ``uint32[N, H, W, ceil(C / 32)]`` (2-D ``[N, C]`` becomes ``[N, ceil(C / 32)]``). Bit ``b`` of
+  word ``w`` holds channel ``32 * w + b``. Channel padding bits are 0 in activations *and* in
+  weights, so they never contribute to a popcount.
+* Over K real taps the bipolar dot product is ``K - 2 * popcount(a XOR w)``.
+* Spatial zero padding of the float model feeds 0, which is neither +1 nor -1. The kernel pads
+  with 0 bits (-1) and adds a per-output-position correction computed from the constant weights
+  (see ``relay_passes.weights.padding_correction``), which makes the result exact.
+
+The schedules live beside this file, one target family per module; these functions only say
+*what* is computed (as TVM's ``topi`` does).
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+WORD_BITS = 32
+WORD_DTYPE = "uint32"
+
+
+def num_words(channels: int) -> int:
+    return (channels + WORD_BITS - 1) // WORD_BITS
+
+
+def _bit(value, b):
+    """``1 << b`` as a word when ``value`` holds, else 0 (a select, so nothing is read out of bounds)."""
+    one = tirx.const(1, WORD_DTYPE)
+    return tirx.if_then_else(value, one << b.astype(WORD_DTYPE), tirx.const(0, WORD_DTYPE))
+
+
+def pack_sign(x: te.Tensor) -> te.Tensor:
+    """Binarize ``x >= 0 -> +1`` and pack along channels (axis 1), channels last.
+
+    ``x``: float ``[N, C, H, W]`` or ``[N, C]``. Bits of different channels never overlap, so a
+    sum of the shifted bits is their OR.
+    """
+    channels = int(x.shape[1])
+    words = num_words(channels)
+    b = te.reduce_axis((0, WORD_BITS), name="bit")
+    if len(x.shape) == 4:
+        n, _, h, w = x.shape
+
+        def body(i, y, z, cw):
+            c = cw * WORD_BITS + b
+            valid = tirx.all(c < channels, x[i, tirx.min(c, channels - 1), y, z] >= 0)
+            return te.sum(_bit(valid, b), axis=b)
+
+        return te.compute((n, h, w, words), body, name="pack_sign")
+    n = x.shape[0]
+
+    def body2(i, cw):
+        c = cw * WORD_BITS + b
+        valid = tirx.all(c < channels, x[i, tirx.min(c, channels - 1)] >= 0)
+        return te.sum(_bit(valid, b), axis=b)
+
+    return te.compute((n, words), body2, name="pack_sign")
+
+
+def unpack_sign(packed: te.Tensor, channels: int, dtype: str = "float32") -> te.Tensor:
+    """Inverse of :func:`pack_sign`: bits back to a ±1 tensor in NCHW (or ``[N, C]``)."""
+
+    def value(word, c):
+        bit = (word >> (c % WORD_BITS).astype(WORD_DTYPE)) & tirx.const(1, WORD_DTYPE)
+        return tirx.Select(bit == 1, tirx.const(1, dtype), tirx.const(-1, dtype))
+
+    if len(packed.shape) == 4:
+        n, h, w, _ = packed.shape
+        return te.compute(
+            (n, channels, h, w),
+            lambda i, c, y, z: value(packed[i, y, z, c // WORD_BITS], c),
+            name="unpack_sign",
+        )
+    n = packed.shape[0]
+    return te.compute(
+        (n, channels), lambda i, c: value(packed[i, c // WORD_BITS], c), name="unpack_sign"
+    )
+
+
+def binary_conv2d_dot(
+    data: te.Tensor,
+    weight: te.Tensor,
+    correction: te.Tensor,
+    taps: int,
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+) -> te.Tensor:
+    """Exact bipolar conv: int32 ``[N, OH, OW, OC]``.
+
+    ``data``: packed ``[N, H, W, CW]``; ``weight``: packed ``[OC, KH, KW, CW]``;
+    ``correction``: int32 ``[OC, OH, OW]`` (zero-padding correction, all zeros when unpadded);
+    ``taps``: ``C * KH * KW`` real taps; ``padding``: top, left, bottom, right.
+    """
+    n, h, w, cw = (int(v) for v in data.shape)
+    oc, kh, kw, _ = (int(v) for v in weight.shape)
+    sh, sw = strides
+    pt, pl, pb, pr = padding
+    oh = (h + pt + pb - kh) // sh + 1
+    ow = (w + pl + pr - kw) // sw + 1
+    zero = tirx.const(0, WORD_DTYPE)
+    if any(padding):
+        padded = te.compute(
+            (n, h + pt + pb, w + pl + pr, cw),
+            lambda i, y, x, c: tirx.if_then_else(
+                tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl), data[i, y - pt, x - pl, c], zero
+            ),
+            name="pad_bits",
+        )
+    else:
+        padded = data
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    rc = te.reduce_axis((0, cw), name="rc")
+    mismatches = te.compute(
+        (n, oh, ow, oc),
+        lambda i, y, x, o: te.sum(
+            tirx.popcount(padded[i, y * sh + ry, x * sw + rx, rc] ^ weight[o, ry, rx, rc]).astype(
+                "int32"
+            ),
+            axis=[ry, rx, rc],
+        ),
+        name="mismatches",
+    )
+    return te.compute(
+        (n, oh, ow, oc),
+        lambda i, y, x, o: taps - 2 * mismatches[i, y, x, o] + correction[o, y, x],
+        name="binary_conv2d_dot",
+    )
+
+
+def binary_dense_dot(data: te.Tensor, weight: te.Tensor, taps: int) -> te.Tensor:
+    """Exact bipolar dense: int32 ``[N, O]`` from packed ``[N, KW]`` and packed ``[O, KW]``."""
+    n, kw = (int(v) for v in data.shape)
+    out = int(weight.shape[0])
+    rk = te.reduce_axis((0, kw), name="rk")
+    mismatches = te.compute(
+        (n, out),
+        lambda i, o: te.sum(tirx.popcount(data[i, rk] ^ weight[o, rk]).astype("int32"), axis=rk),
+        name="mismatches",
+    )
+    return te.compute((n, out), lambda i, o: taps - 2 * mismatches[i, o], name="binary_dense_dot")
+
+
+def dot_to_float_nchw(dot: te.Tensor, dtype: str = "float32") -> te.Tensor:
+    """The integer result as the float model sees it: NCHW (or ``[N, O]``), exact below 2^24."""
+    if len(dot.shape) == 4:
+        n, oh, ow, oc = dot.shape
+        return te.compute(
+            (n, oc, oh, ow), lambda i, o, y, x: dot[i, y, x, o].astype(dtype), name="dot_float"
+        )
+    return te.compute(dot.shape, lambda i, o: dot[i, o].astype(dtype), name="dot_float")
+
+
+def threshold_pack(dot: te.Tensor, low: te.Tensor, high: te.Tensor) -> te.Tensor:
+    """Binarize an integer result per channel and pack it for the next binary layer.
+
+    Output channel ``o`` is +1 exactly when ``low[o] <= dot <= high[o]``: the folded form of any
+    monotone per-channel float chain (bias, batch norm, scale) followed by ``>= 0``; a negative
+    scale gives ``low = INT_MIN``. Channels are the last axis of ``dot``.
+    """
+    channels = int(dot.shape[-1])
+    words = num_words(channels)
+    b = te.reduce_axis((0, WORD_BITS), name="bit")
+
+    def bit_of(index, c):
+        safe = tirx.min(c, channels - 1)
+        value = dot[index + (safe,)]
+        return _bit(tirx.all(c < channels, value >= low[safe], value <= high[safe]), b)
+
+    if len(dot.shape) == 4:
+        n, oh, ow, _ = dot.shape
+        return te.compute(
+            (n, oh, ow, words),
+            lambda i, y, x, cw: te.sum(bit_of((i, y, x), cw * WORD_BITS + b), axis=b),
+            name="threshold_pack",
+        )
+    n = dot.shape[0]
+    return te.compute(
+        (n, words),
+        lambda i, cw: te.sum(bit_of((i,), cw * WORD_BITS + b), axis=b),
+        name="threshold_pack",
+    )
