@@ -1,0 +1,93 @@
+"""ONNX file -> Relax -> binarization passes -> TVM build -> one deployable shared library."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+
+import onnx
+
+import relay_passes
+import targets
+
+from .errors import BnnError
+from .io import atomic_write
+from .onnx_import import check_supported, constants_to_initializers, graph_input, load_onnx, pin_input_shape
+
+METADATA_FUNC = "bnn_metadata"
+
+
+@dataclass
+class CompiledModel:
+    executable: object  # tvm.relax.VMExecutable
+    metadata: dict
+    logs: list = field(default_factory=list)
+
+    def export(self, path: str) -> None:
+        spec = targets.get(self.metadata["target"])
+        kwargs = {}
+        if spec.cross_compiler:
+            if shutil.which(spec.cross_compiler) is None:
+                raise BnnError(
+                    f"target {spec.name} needs the cross compiler {spec.cross_compiler}: "
+                    f"apt-get install {spec.apt_package}"
+                )
+            from tvm.support import cc
+
+            kwargs["fcompile"] = cc.cross_compiler(spec.cross_compiler)
+        atomic_write(path, lambda tmp: self.executable.export_library(tmp, **kwargs))
+
+
+def input_shape(model: onnx.ModelProto, path: str, batch: int | None) -> tuple[str, list[int]]:
+    name, dims = graph_input(model, path)
+    if dims and dims[0] is not None and batch is not None and dims[0] != batch:
+        raise BnnError(f"{path}: input {name!r} has a fixed batch of {dims[0]}, --batch {batch} was asked")
+    first = dims[0] if dims and dims[0] is not None else (batch or 1)
+    for axis, dim in enumerate(dims[1:], start=1):
+        if dim is None:
+            raise BnnError(f"{path}: input {name!r} has a symbolic dimension at axis {axis}; only the batch may be")
+    return name, [first, *dims[1:]]
+
+
+def add_graph_outputs(model: onnx.ModelProto, names: list[str]) -> None:
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+
+
+def compile_onnx(
+    path: str, target: str = "x86", batch: int | None = None, extra_outputs: list[str] | None = None
+) -> CompiledModel:
+    """Compile the ONNX model at ``path``; ``extra_outputs`` exposes inner tensors (for verify)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    spec = targets.get(target)
+    model = constants_to_initializers(load_onnx(path))
+    check_supported(model, path)
+    name, shape = input_shape(model, path, batch)
+    model = pin_input_shape(model, name, shape)
+    add_graph_outputs(model, extra_outputs or [])
+    try:
+        mod = from_onnx(model, shape_dict={name: shape}, keep_params_in_input=False)
+    except Exception as err:
+        raise BnnError(f"{path}: TVM's ONNX importer failed: {err}") from err
+    logs: list = []
+    mod = relay_passes.binarize(logs)(mod)
+    metadata = {
+        "model": os.path.basename(path),
+        "target": spec.name,
+        "input_name": name,
+        "input_shape": shape,
+        "outputs": [o.name for o in model.graph.output],
+        "fused": [line for log in logs for line in log.rewrites],
+    }
+    builder = relax.BlockBuilder(mod)
+    with builder.function(METADATA_FUNC, []):
+        builder.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
+    executable = tvm.compile(builder.get(), spec.tvm_target())
+    return CompiledModel(executable, metadata, logs)

@@ -1,0 +1,5 @@
+"""The one exception type users see: its message names the file, node or option at fault."""
+
+
+class BnnError(Exception):
+    pass

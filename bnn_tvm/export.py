@@ -1,0 +1,57 @@
+"""ONNX export that keeps binary layers recognisable.
+
+torch's exporter optimises by default, and its optimiser folds BatchNormalization into the
+preceding Conv: that scales ±1 weights into arbitrary floats and destroys the binary layer. We
+export unoptimised and then only fold constants (the binarized weights become ±1 initializers)
+and drop unused nodes. Binarizers export as ``Where(GreaterOrEqual(x, 0), 1, -1)``, which states
+``x >= 0 -> +1`` exactly (ONNX ``Sign`` would give 0 at 0). The batch dimension is dynamic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+
+import onnx
+import onnxscript.optimizer
+import torch
+from torch import nn
+
+from .io import atomic_write
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+OPSET = 18
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str, verbose: bool = False) -> None:
+    model = model.eval()
+    example = (torch.zeros((2,) + tuple(input_shape)),)
+    batch = torch.export.Dim("batch", min=1)
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        program = torch.onnx.export(
+            model,
+            example,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            optimize=False,
+            verbose=False,
+        )
+    # The default size limit (8192 elements) would leave large binarized weights unfolded.
+    onnxscript.optimizer.fold_constants(program.model, input_size_limit=1 << 26, output_size_limit=1 << 26)
+    onnxscript.optimizer.remove_unused_nodes(program.model)
+    proto = program.model_proto
+    onnx.checker.check_model(proto)
+    atomic_write(path, lambda tmp: onnx.save(proto, tmp))
+
+
+def default_model_path() -> str:
+    return os.path.join(os.path.dirname(__file__), "data", "digits.onnx")
+
+
+def default_checkpoint_path() -> str:
+    return os.path.join(os.path.dirname(__file__), "data", "digits.pt")

@@ -1,0 +1,126 @@
+"""Bit-exactness check of a compiled model against ONNX Runtime with its optimisations off.
+
+ORT's default graph optimisations fold Conv+BN and move values that sit exactly on a threshold,
+so the reference runs with ``ORT_DISABLE_ALL``. Every binarizer output of the ONNX graph is
+exposed on both sides and compared for equality; float outputs must agree within float rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .compiler import add_graph_outputs, compile_onnx
+from .onnx_import import constants_to_initializers, graph_input, load_onnx
+from .runtime import CompiledRunner
+
+RELATIVE_TOLERANCE = 1e-5
+
+
+def _const_value(model: onnx.ModelProto, name: str):
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    return None
+
+
+def binarizer_outputs(model: onnx.ModelProto) -> list[str]:
+    """Outputs of ``Where(GreaterOrEqual(x, 0), 1, -1)`` nodes: the model's binary activations.
+
+    Weight binarizers (on initializers) are constants, not activations, and are left out.
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    initializers = {init.name for init in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Where":
+            continue
+        compare = producers.get(node.input[0])
+        if compare is None or compare.op_type != "GreaterOrEqual" or compare.input[0] in initializers:
+            continue
+        zero, high, low = (_const_value(model, n) for n in (compare.input[1], node.input[1], node.input[2]))
+        if any(v is None for v in (zero, high, low)):
+            continue
+        if np.all(zero == 0) and np.all(high == 1) and np.all(low == -1):
+            found.append(node.output[0])
+    return found
+
+
+def reference_outputs(model: onnx.ModelProto, x: np.ndarray, input_name: str) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {input_name: x})
+
+
+@dataclass
+class VerifyReport:
+    output_names: list[str]
+    max_abs_diff: float
+    max_rel_diff: float
+    binary_checked: int
+    binary_mismatches: dict
+    fused: list[str]
+    accuracy: dict
+
+    @property
+    def ok(self) -> bool:
+        return self.max_rel_diff <= RELATIVE_TOLERANCE and not self.binary_mismatches
+
+    def lines(self) -> list[str]:
+        out = [f"fused: {line}" for line in self.fused] or ["fused: nothing (no binary layer recognised)"]
+        out.append(f"outputs {', '.join(self.output_names)}: max abs diff {self.max_abs_diff:.3g}, "
+                   f"max rel diff {self.max_rel_diff:.3g} (tolerance {RELATIVE_TOLERANCE:g})")
+        if self.binary_mismatches:
+            for name, count in self.binary_mismatches.items():
+                out.append(f"binary activation {name}: {count} values differ")
+        else:
+            out.append(f"binary activations: all {self.binary_checked} tensors identical")
+        for engine, acc in self.accuracy.items():
+            out.append(f"accuracy ({engine}): {acc:.4f}")
+        out.append("VERIFY OK" if self.ok else "VERIFY FAILED")
+        return out
+
+
+def verify(
+    path: str,
+    target: str = "x86",
+    x: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    batch: int | None = None,
+    extra_accuracy: dict | None = None,
+) -> VerifyReport:
+    """Compile ``path``, run it and ORT on ``x`` (random normal inputs when None), compare."""
+    model = constants_to_initializers(load_onnx(path))
+    input_name, dims = graph_input(model, path)
+    if x is None:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((16, *[d or 1 for d in dims[1:]])).astype(np.float32)
+    binaries = binarizer_outputs(model)
+    compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries)
+    runner = CompiledRunner(compiled.executable)
+    ours = runner.run(x)
+    add_graph_outputs(model, binaries)
+    theirs = reference_outputs(model, x, input_name)
+    n_final = len(theirs) - len(binaries)
+    abs_diff, rel_diff = 0.0, 0.0
+    for a, b in zip(ours[:n_final], theirs[:n_final]):
+        diff = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
+        abs_diff = max(abs_diff, diff)
+        rel_diff = max(rel_diff, diff / max(float(np.max(np.abs(b))), np.finfo(np.float32).tiny))
+    mismatches = {
+        name: int(np.sum(a != b)) for name, a, b in zip(binaries, ours[n_final:], theirs[n_final:]) if np.any(a != b)
+    }
+    accuracy = {}
+    if labels is not None:
+        accuracy["bnn_tvm"] = float(np.mean(ours[0].argmax(1) == labels))
+        accuracy["onnxruntime"] = float(np.mean(theirs[0].argmax(1) == labels))
+        accuracy.update(extra_accuracy or {})
+    names = [o.name for o in model.graph.output][:n_final]
+    return VerifyReport(names, abs_diff, rel_diff, len(binaries), mismatches, compiled.metadata["fused"], accuracy)
