@@ -10,11 +10,18 @@ from dataclasses import dataclass, field
 import onnx
 
 import relay_passes
+import schedules
 import targets
 
 from .errors import BnnError
 from .io import atomic_write
-from .onnx_import import check_supported, constants_to_initializers, graph_input, load_onnx, pin_input_shape
+from .onnx_import import (
+    check_supported,
+    constants_to_initializers,
+    graph_input,
+    load_onnx,
+    pin_input_shape,
+)
 
 METADATA_FUNC = "bnn_metadata"
 
@@ -89,5 +96,6 @@ def compile_onnx(
     builder = relax.BlockBuilder(mod)
     with builder.function(METADATA_FUNC, []):
         builder.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
-    executable = tvm.compile(builder.get(), spec.tvm_target())
+    mod = schedules.schedule_module(builder.get(), spec)
+    executable = tvm.compile(mod, spec.tvm_target())
     return CompiledModel(executable, metadata, logs)

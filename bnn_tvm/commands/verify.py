@@ -1,0 +1,40 @@
+"""``python -m bnn_tvm verify``: compile, run and compare bit for bit with ONNX Runtime."""
+
+from __future__ import annotations
+
+import os
+
+from ..export import default_checkpoint_path, default_model_path
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("verify", help="compile, run and compare bit for bit with ONNX Runtime")
+    s.add_argument("model", nargs="?")
+    s.add_argument("--target", default="x86")
+    s.add_argument("--batch", type=int)
+    s.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..verify import verify
+
+    x = labels = None
+    extra = {}
+    path = args.model
+    if path is None:
+        from ..data import digits_split
+        from ..train import accuracy, load_checkpoint
+
+        path = default_model_path()
+        _, _, x, labels = digits_split()
+        if os.path.isfile(default_checkpoint_path()):
+            model, _ = load_checkpoint(default_checkpoint_path())
+            extra["pytorch"] = accuracy(model, x, labels)
+    report = verify(path, args.target, x=x, labels=labels, batch=args.batch, extra_accuracy=extra)
+    for line in report.lines():
+        print(line)
+    if "pytorch" in report.accuracy and report.accuracy["pytorch"] != report.accuracy["bnn_tvm"]:
+        print("VERIFY FAILED: compiled accuracy differs from the PyTorch model's")
+        return 1
+    return 0 if report.ok else 1
+
