@@ -1,0 +1,91 @@
+"""Small ONNX graphs built with onnx.helper, independent of the project's exporter.
+
+Each builder returns a model whose binary layers use the forms users' exporters produce, so the
+passes are tested on graphs they did not write themselves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 18
+
+
+class GraphBuilder:
+    def __init__(self, input_shape, seed=0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes = []
+        self.inits = []
+        self.count = 0
+        self.input = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape[1:]])
+        self.shape = list(input_shape)
+
+    def name(self, prefix):
+        self.count += 1
+        return f"{prefix}_{self.count}"
+
+    def const(self, array, prefix="c"):
+        name = self.name(prefix)
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(self, op, inputs, **attrs):
+        out = self.name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=f"node_{out}", **attrs))
+        return out
+
+    def binarize(self, x):
+        """``Where(x >= 0, 1, -1)``: the exact binarizer form."""
+        ge = self.node("GreaterOrEqual", [x, self.const(np.float32(0))])
+        return self.node("Where", [ge, self.const(np.float32(1)), self.const(np.float32(-1))])
+
+    def binary_weight(self, shape):
+        return np.where(self.rng.standard_normal(shape) >= 0, 1.0, -1.0).astype(np.float32)
+
+    def conv(self, x, weight, stride=1, pad=0, bias=None):
+        inputs = [x, self.const(weight, "w")] + ([self.const(bias, "b")] if bias is not None else [])
+        return self.node("Conv", inputs, strides=[stride, stride], pads=[pad] * 4, kernel_shape=list(weight.shape[2:]))
+
+    def batch_norm(self, x, gamma, beta, mean, var, eps=1e-5):
+        consts = [self.const(np.asarray(v, np.float32), "bn") for v in (gamma, beta, mean, var)]
+        return self.node("BatchNormalization", [x, *consts], epsilon=eps)
+
+    def random_bn(self, channels, negative_fraction=0.0):
+        gamma = self.rng.uniform(0.3, 1.5, channels).astype(np.float32)
+        gamma[self.rng.random(channels) < negative_fraction] *= -1
+        beta = self.rng.uniform(-1, 1, channels).astype(np.float32)
+        mean = self.rng.uniform(-4, 4, channels).astype(np.float32)
+        var = self.rng.uniform(0.5, 3, channels).astype(np.float32)
+        return gamma, beta, mean, var
+
+    def model(self, outputs) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            self.nodes,
+            "test_graph",
+            [self.input],
+            [helper.make_empty_tensor_value_info(o) for o in outputs],
+            initializer=self.inits,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        model.ir_version = 9
+        return model
+
+
+def save(model: onnx.ModelProto, path) -> str:
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def conv_block_model(cin, cout, size, stride=1, pad=1, kernel=3, negative_fraction=0.0, seed=0, bn=None):
+    """binarize(x) -> binary conv -> BN -> binarize -> binary conv -> output (float)."""
+    g = GraphBuilder([1, cin, size, size], seed)
+    a = g.binarize("x")
+    w1 = g.binary_weight((cout, cin, kernel, kernel))
+    y = g.conv(a, w1, stride=stride, pad=pad)
+    y = g.batch_norm(y, *(bn if bn is not None else g.random_bn(cout, negative_fraction)))
+    b = g.binarize(y)
+    w2 = g.binary_weight((7, cout, 3, 3))
+    out = g.conv(b, w2, pad=1)
+    return g.model([out]), w1

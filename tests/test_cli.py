@@ -1,0 +1,77 @@
+"""The issue-2 command forms, driven as a user drives them, and their errors on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from onnx import helper
+from onnx_builders import GraphBuilder, save
+
+from bnn_tvm.cli import main
+from bnn_tvm.data import digits_split
+from bnn_tvm.export import default_model_path
+from bnn_tvm.verify import reference_outputs
+from bnn_tvm.onnx_import import load_onnx
+
+
+@pytest.fixture(scope="module")
+def compiled_default(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "digits.so"
+    assert main(["compile", "--target", "x86", "-o", str(out)]) == 0
+    return out
+
+
+def test_compile_then_run_matches_reference(compiled_default, tmp_path):
+    _, _, x_test, y_test = digits_split()
+    x = x_test[:37]  # not a multiple of the compiled batch
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(compiled_default), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 0
+    ours = np.load(tmp_path / "y.npy")
+    theirs = reference_outputs(load_onnx(default_model_path()), x, "input")[0]
+    assert ours.shape == (37, 10)
+    assert np.max(np.abs(ours - theirs)) <= 1e-5 * np.max(np.abs(theirs))
+    assert np.mean(ours.argmax(1) == y_test[:37]) > 0.9
+
+
+def test_verify_default_model_as_a_process():
+    proc = subprocess.run([sys.executable, "-m", "bnn_tvm", "verify", "--target", "x86"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "binary activations: all 3 tensors identical" in proc.stdout
+    assert "accuracy (pytorch)" in proc.stdout and "VERIFY OK" in proc.stdout
+
+
+def test_run_rejects_wrong_input_shape(compiled_default, tmp_path, capsys):
+    np.save(tmp_path / "bad.npy", np.zeros((2, 1, 8, 9), np.float32))
+    code = main(["run", str(compiled_default), "--input", str(tmp_path / "bad.npy"), "--output", str(tmp_path / "y.npy")])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.npy" in err and "(2, 1, 8, 9)" in err and "(N, 1, 8, 8)" in err
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_compile_rejects_a_non_onnx_file(tmp_path, capsys):
+    bogus = tmp_path / "notes.onnx"
+    bogus.write_text("this is not a protobuf\n" * 10)
+    assert main(["compile", str(bogus), "--target", "x86", "-o", str(tmp_path / "o.so")]) == 2
+    err = capsys.readouterr().err
+    assert "notes.onnx" in err and "not an ONNX model" in err
+    assert not (tmp_path / "o.so").exists()
+
+
+def test_compile_names_the_unsupported_node(tmp_path, capsys):
+    g = GraphBuilder([1, 3, 4, 4])
+    a = g.binarize("x")
+    g.nodes.append(helper.make_node("FancyBinaryThing", [a], ["y"], name="my_fancy_node", domain="acme.ops"))
+    path = save(g.model(["y"]), tmp_path / "custom.onnx")
+    assert main(["compile", path, "--target", "x86", "-o", str(tmp_path / "o.so")]) == 2
+    err = capsys.readouterr().err
+    assert "my_fancy_node" in err and "FancyBinaryThing" in err and "custom.onnx" in err
+
+
+def test_missing_model_and_unknown_target(tmp_path, capsys):
+    assert main(["compile", str(tmp_path / "nope.onnx")]) == 2
+    assert "nope.onnx" in capsys.readouterr().err
+    assert main(["compile", "--target", "vax11"]) == 2
+    assert "vax11" in capsys.readouterr().err

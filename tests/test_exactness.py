@@ -1,0 +1,140 @@
+"""Issue 2: every compiled binary layer is bit-exact against ONNX Runtime (optimisations off).
+
+Each case asserts that the binary path was actually taken (the fused kernels are listed), so a
+silent float fallback cannot pass for an exact binary kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx_builders import GraphBuilder, conv_block_model, save
+
+from bnn_tvm.verify import verify
+
+
+def check(path, x, expect_fused):
+    report = verify(path, "x86", x=x)
+    assert report.ok, "\n".join(report.lines())
+    fused = " | ".join(report.fused)
+    for kernel in expect_fused:
+        assert kernel in fused, fused
+    assert report.binary_checked >= 1
+    return report
+
+
+def inputs(shape, seed=1, batch=3):
+    return np.random.default_rng(seed).standard_normal((batch, *shape[1:])).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "cin,cout,size,stride,pad",
+    [
+        (16, 24, 8, 1, 1),  # zero padded, stride 1
+        (16, 24, 9, 1, 0),  # unpadded
+        (33, 70, 9, 2, 1),  # stride 2, odd size, channels not multiples of 32/64
+        (5, 3, 7, 2, 0),  # tiny channel counts
+    ],
+)
+def test_binary_conv_shapes(tmp_path, cin, cout, size, stride, pad):
+    model, _ = conv_block_model(cin, cout, size, stride=stride, pad=pad, seed=cin)
+    path = save(model, tmp_path / "m.onnx")
+    check(path, inputs([1, cin, size, size]), ["binary_conv2d_threshold", "-> binary_conv2d"])
+
+
+def test_negative_bn_scale_flips_comparison(tmp_path):
+    model, _ = conv_block_model(12, 40, 6, negative_fraction=0.5, seed=3)
+    path = save(model, tmp_path / "m.onnx")
+    check(path, inputs([1, 12, 6, 6]), ["binary_conv2d_threshold"])
+
+
+def numpy_binary_conv(a, w, pad):
+    """Reference conv of ±1 activations with zero padding (int64, NCHW)."""
+    a = np.pad(a, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    n, _, h, wd = a.shape
+    oc, _, kh, kw = w.shape
+    out = np.zeros((n, oc, h - kh + 1, wd - kw + 1), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            out += np.einsum("nchw,oc->nohw", a[:, :, i : i + out.shape[2], j : j + out.shape[3]], w[:, :, i, j])
+    return out
+
+
+def test_activation_exactly_on_bn_threshold(tmp_path):
+    """BN mean equal to values the conv really produces: the float result is exactly 0 there."""
+    cin, cout, size = 8, 10, 6
+    x = inputs([1, cin, size, size], seed=5)
+    g = GraphBuilder([1, cin, size, size], seed=7)
+    w = g.binary_weight((cout, cin, 3, 3))
+    conv = numpy_binary_conv(np.where(x >= 0, 1, -1), w.astype(np.int64), pad=1)
+    # per channel, the most frequent conv value becomes the BN mean: many exact ties
+    mean = np.array([np.bincount(conv[:, c].ravel() - conv.min()).argmax() + conv.min() for c in range(cout)])
+    gamma = np.where(np.arange(cout) % 2 == 0, 1.3, -0.7).astype(np.float32)
+    bn = (gamma, np.zeros(cout, np.float32), mean.astype(np.float32), np.full(cout, 0.7, np.float32))
+    ties = sum(int(np.sum(conv[:, c] == mean[c])) for c in range(cout))
+    assert ties > 20  # the case really exercises ties
+
+    a = g.binarize("x")
+    y = g.batch_norm(g.conv(a, w, pad=1), *bn)
+    b = g.binarize(y)
+    out = g.conv(b, g.binary_weight((4, cout, 1, 1)))
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    check(path, x, ["binary_conv2d_threshold"])
+
+
+def test_binarizer_at_exactly_zero(tmp_path):
+    """Inputs that are exactly 0 (and -0.0) binarize to +1, as ``x >= 0`` says."""
+    g = GraphBuilder([1, 6, 5, 5])
+    a = g.binarize("x")
+    out = g.conv(a, g.binary_weight((4, 6, 3, 3)), pad=1)
+    path = save(g.model([out, a]), tmp_path / "m.onnx")
+    x = inputs([1, 6, 5, 5], seed=2)
+    x[:, :, ::2] = 0.0
+    x[:, :3, 1] = -0.0
+    report = check(path, x, ["-> binary_conv2d"])
+    assert report.max_abs_diff == 0.0  # integer results, exactly representable
+
+
+def test_float_output_after_binary_dense(tmp_path):
+    """Flatten -> binary dense -> float BN output: weights permuted to the packed layout."""
+    g = GraphBuilder([1, 20, 4, 4], seed=11)
+    a = g.binarize("x")
+    flat = g.node("Flatten", [a], axis=1)
+    w = g.binary_weight((20 * 16, 9))
+    dense = g.node("MatMul", [flat, g.const(w, "w")])
+    out = g.batch_norm(dense, *g.random_bn(9))
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    check(path, inputs([1, 20, 4, 4], seed=4), ["binary_dense"])
+
+
+def test_threshold_follows_reference_rounding(tmp_path):
+    """BN parameters where the textbook formula ``(d - mean) / std * gamma + beta`` is exactly 0
+    but ONNX Runtime's folded ``d * s + (beta - mean * s)`` rounds below 0: the compiled threshold
+    must follow the reference's rounding, not the algebra."""
+    cin, cout, size = 8, 6, 6
+    x = inputs([1, cin, size, size], seed=9)
+    g = GraphBuilder([1, cin, size, size], seed=13)
+    w = g.binary_weight((cout, cin, 3, 3))
+    conv = numpy_binary_conv(np.where(x >= 0, 1, -1), w.astype(np.int64), pad=1)
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    params = []
+    for c in range(cout):
+        d0 = f32(np.bincount(conv[:, c].ravel() - conv.min()).argmax() + conv.min())
+        while True:
+            mean, var, gamma = f32(rng.uniform(-3, 3)), f32(rng.uniform(0.3, 3)), f32(rng.uniform(0.2, 2))
+            inv = f32(1) / np.sqrt(var + f32(1e-5))
+            beta = -(((d0 - mean) * inv) * gamma)
+            textbook = ((d0 - mean) * inv) * gamma + beta
+            scale = inv * gamma
+            folded = d0 * scale + (beta - mean * scale)
+            if textbook == 0 and folded < 0:
+                params.append((gamma, beta, mean, var))
+                break
+    bn = [np.array(v, np.float32) for v in zip(*params)]
+    a = g.binarize("x")
+    y = g.batch_norm(g.conv(a, w, pad=1), *bn)
+    b = g.binarize(y)
+    out = g.conv(b, g.binary_weight((4, cout, 1, 1)))
+    path = save(g.model([out, b]), tmp_path / "m.onnx")
+    check(path, x, ["binary_conv2d_threshold"])
