@@ -15,13 +15,7 @@ import targets
 
 from .errors import BnnError
 from .io import atomic_write
-from .onnx_import import (
-    check_supported,
-    constants_to_initializers,
-    graph_input,
-    load_onnx,
-    pin_input_shape,
-)
+from .onnx_import import check_supported, constants_to_initializers, graph_input, import_to_relax, load_onnx, pin_input_shape
 
 METADATA_FUNC = "bnn_metadata"
 
@@ -65,37 +59,51 @@ def add_graph_outputs(model: onnx.ModelProto, names: list[str]) -> None:
             model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
 
 
+@dataclass
+class LoweredModel:
+    """The model after import and binarization passes, before the build."""
+
+    mod: object  # tvm.IRModule
+    onnx_model: onnx.ModelProto  # batch pinned, shape arithmetic folded
+    input_name: str
+    input_shape: list[int]
+    logs: list
+    provenance: dict  # Relax variable name -> ONNX node name
+
+
+def lower_onnx(path: str, batch: int | None = None, extra_outputs: list[str] | None = None) -> LoweredModel:
+    """Import ``path`` into Relax and run the binarization passes."""
+    model = constants_to_initializers(load_onnx(path))
+    check_supported(model, path)
+    name, shape = input_shape(model, path, batch)
+    model = pin_input_shape(model, name, shape)
+    add_graph_outputs(model, extra_outputs or [])
+    mod, provenance = import_to_relax(model, {name: shape}, path)
+    logs: list = []
+    mod = relay_passes.binarize(logs)(mod)
+    return LoweredModel(mod, model, name, shape, logs, provenance)
+
+
 def compile_onnx(
     path: str, target: str = "x86", batch: int | None = None, extra_outputs: list[str] | None = None
 ) -> CompiledModel:
     """Compile the ONNX model at ``path``; ``extra_outputs`` exposes inner tensors (for verify)."""
     import tvm
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
 
     spec = targets.get(target)
-    model = constants_to_initializers(load_onnx(path))
-    check_supported(model, path)
-    name, shape = input_shape(model, path, batch)
-    model = pin_input_shape(model, name, shape)
-    add_graph_outputs(model, extra_outputs or [])
-    try:
-        mod = from_onnx(model, shape_dict={name: shape}, keep_params_in_input=False)
-    except Exception as err:
-        raise BnnError(f"{path}: TVM's ONNX importer failed: {err}") from err
-    logs: list = []
-    mod = relay_passes.binarize(logs)(mod)
+    lowered = lower_onnx(path, batch, extra_outputs)
     metadata = {
         "model": os.path.basename(path),
         "target": spec.name,
-        "input_name": name,
-        "input_shape": shape,
-        "outputs": [o.name for o in model.graph.output],
-        "fused": [line for log in logs for line in log.rewrites],
+        "input_name": lowered.input_name,
+        "input_shape": lowered.input_shape,
+        "outputs": [o.name for o in lowered.onnx_model.graph.output],
+        "fused": [str(line) for log in lowered.logs for line in log.rewrites],
     }
-    builder = relax.BlockBuilder(mod)
+    builder = relax.BlockBuilder(lowered.mod)
     with builder.function(METADATA_FUNC, []):
         builder.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
     mod = schedules.schedule_module(builder.get(), spec)
     executable = tvm.compile(mod, spec.tvm_target())
-    return CompiledModel(executable, metadata, logs)
+    return CompiledModel(executable, metadata, lowered.logs)

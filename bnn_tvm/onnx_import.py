@@ -68,7 +68,15 @@ def check_supported(model: onnx.ModelProto, path: str) -> None:
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
     known = _get_convert_map()
+    available = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
     for node in model.graph.node:
+        for name in node.input:
+            if name not in available:
+                raise BnnError(f"{path}: node {node.name or '<unnamed>'!r} ({node.op_type}) reads {name!r}, "
+                               "which is no graph input, initializer or earlier node's output")
+        available.update(node.output)
+        if node.op_type == "BipolarQuant" and node.domain in QONNX_DOMAINS:
+            continue
         if node.op_type not in known or node.domain not in ("", "ai.onnx"):
             domain = f" (domain {node.domain})" if node.domain not in ("", "ai.onnx") else ""
             raise BnnError(
@@ -84,3 +92,111 @@ def graph_input(model: onnx.ModelProto, path: str) -> tuple[str, list]:
         raise BnnError(f"{path}: expected exactly one data input, found {[i.name for i in inputs]}")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
     return inputs[0].name, dims
+
+
+QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general")
+
+
+def _importer_class():
+    """TVM's ONNX importer, extended in three ways (built lazily: importing TVM is slow).
+
+    * The binding of each node's result is recorded with the node's name (and named after it),
+      so passes can say which nodes they fused and ``inspect`` can report per node.
+    * ``Pad`` with a constant value becomes ``relax.nn.pad`` (TVM's converter emits an opaque
+      TIR call in which the pad value can no longer be seen).
+    * QONNX ``BipolarQuant(x, scale)`` becomes ``where(x >= 0, 1, -1) * scale``, its definition.
+    """
+    import numpy as np
+    from tvm import relax
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
+
+    class BinaryAwareImporter(ONNXGraphImporter):
+        provenance: dict[str, str] = {}  # Relax variable name -> ONNX node name
+
+        def _convert_operator(self, op_name, inputs, attrs, opset):
+            node = attrs["tvm_custom"]["name"] or op_name
+            if op_name == "Pad" and self._constant_pad(inputs, attrs) is not None:
+                op = self._constant_pad(inputs, attrs)
+            elif op_name == "BipolarQuant":
+                op = self._bipolar_quant(inputs)
+            else:
+                op = super()._convert_operator(op_name, inputs, attrs, opset)
+            name = self._sanitize_name(node)
+            if isinstance(op, relax.Tuple):  # several outputs (BatchNormalization): bind each
+                op = relax.Tuple([self._bind(field, name, node) for field in op.fields])
+            else:
+                op = self._bind(op, name, node)
+            return op
+
+        def _bind(self, expr, name, node):
+            """Bind ``expr`` under the node's name; its result binding is what provenance keys on
+            (the bindings the builder makes just before it are the node's intermediate values)."""
+            if isinstance(expr, (relax.Call, relax.TupleGetItem)):
+                expr = self.bb.emit(expr, name)
+            if isinstance(expr, relax.Var):
+                self.provenance.setdefault(expr.name, node)
+            return expr
+
+        @staticmethod
+        def _constant(expr):
+            from tvm.ir import Constant
+
+            return expr.value.numpy() if isinstance(expr, Constant) else None
+
+        def _constant_pad(self, inputs, attrs):
+            if attrs.get("mode", b"constant") not in (b"constant", "constant") or len(inputs) < 2:
+                return None
+            pads = self._constant(inputs[1])
+            value = self._constant(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else np.zeros(())
+            if pads is None or value is None or value.size != 1 or (len(inputs) > 3 and inputs[3] is not None):
+                return None
+            rank = len(pads) // 2
+            width = [int(v) for pair in zip(pads[:rank], pads[rank:]) for v in pair]
+            return relax.op.nn.pad(inputs[0], width, pad_value=float(value.reshape(())))
+
+        def _bipolar_quant(self, inputs):
+            x, scale = inputs[0], inputs[1]
+            one, minus_one = relax.const(1.0, "float32"), relax.const(-1.0, "float32")
+            sign = self.bb.emit(relax.op.where(relax.op.greater_equal(x, relax.const(0.0, "float32")), one, minus_one))
+            scale_value = self._constant(scale)
+            if scale_value is not None and np.all(scale_value == 1):
+                return sign
+            return relax.op.multiply(sign, scale)
+
+    return BinaryAwareImporter
+
+
+def import_to_relax(model: onnx.ModelProto, shape_dict: dict, path: str):
+    """``(Relax module, provenance)``: params bound as constants; provenance maps each Relax
+    variable name to the ONNX node it came from."""
+    importer = _importer_class()(shape_dict, None, keep_params_in_input=False, sanitize=True)
+    importer.provenance = {}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    try:
+        mod = importer.from_onnx(model.graph, opset)
+    except Exception as err:
+        raise BnnError(f"{path}: TVM's ONNX importer failed: {err}") from err
+    return mod, complete_provenance(mod, importer.provenance)
+
+
+def complete_provenance(mod, provenance: dict) -> dict:
+    """Attribute the bindings TVM's block builder made by itself (normalising nested calls) to
+    the node whose result binding follows them; tuple items belong to their tuple's node."""
+    from tvm import relax
+
+    full = dict(provenance)
+    pending: list[str] = []
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            name, value = binding.var.name, binding.value
+            if isinstance(value, relax.TupleGetItem) and isinstance(value.tuple_value, relax.Var):
+                owner = full.get(value.tuple_value.name)
+                if owner is not None:
+                    full[name] = owner
+                continue
+            if name in provenance:
+                full.update({p: provenance[name] for p in pending})
+                pending = []
+            else:
+                pending.append(name)
+    return full

@@ -22,11 +22,27 @@ Rule = Callable[["RuleContext", relax.Call], "relax.Expr | None"]
 
 
 @dataclass
+class Rewrite:
+    """One fusion: the ONNX nodes (binding names) it consumed and the kernel it became."""
+
+    nodes: tuple[str, ...]
+    kernel: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.detail} -> {self.kernel} [{', '.join(self.nodes)}]"
+
+
+@dataclass
 class PassLog:
-    """What a pass did: one line per rewrite, so users and tests can see whether it changed the graph."""
+    """What a pass did, so users, ``inspect`` and tests can see whether it changed the graph.
+
+    ``kept_float`` maps a node to the reason a binary-looking pattern there stayed on the float path.
+    """
 
     name: str
-    rewrites: list[str] = field(default_factory=list)
+    rewrites: list[Rewrite] = field(default_factory=list)
+    kept_float: dict[str, str] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -41,20 +57,37 @@ class RuleContext(relax.PyExprMutator):
         super().__init__(mod)
         self.rule = rule
         self.log = log
+        self.binding = ""  # name of the variable being bound: the ONNX node being rewritten
 
-    def visit_call_(self, call):  # noqa: N802 (TVM's visitor naming)
+    def visit_var_binding_(self, binding):  # noqa: N802 (TVM's visitor naming)
+        self.binding = binding.var.name
+        super().visit_var_binding_(binding)
+
+    def visit_call_(self, call):  # noqa: N802
         call = self.visit_expr_post_order(call)
         new = self.rule(self, call)
         return call if new is None else new
 
+    def fused(self, kernel: str, detail: str, *nodes) -> None:
+        names = [self.binding] + [n.name if isinstance(n, relax.Var) else str(n) for n in nodes]
+        self.log.rewrites.append(Rewrite(tuple(dict.fromkeys(n for n in names if n)), kernel, detail))
+
+    def keep_float(self, reason: str) -> None:
+        self.log.kept_float.setdefault(self.binding, reason)
+
     # Helpers for rules -------------------------------------------------------------------------
     def producer(self, expr):
-        """The expression bound to ``expr`` when it is a variable, else ``expr`` itself."""
-        if isinstance(expr, relax.Var):
+        """The expression bound to ``expr`` (through aliases) when it is a variable, else ``expr``."""
+        while isinstance(expr, relax.Var):
             bound = self.lookup_binding(expr)
-            if bound is not None:
-                return bound
+            if bound is None:
+                return expr
+            expr = bound
         return expr
+
+    def scalar(self, expr) -> float | None:
+        values = self.constant(expr)
+        return float(values.reshape(())) if values is not None and values.size == 1 else None
 
     def constant(self, expr) -> np.ndarray | None:
         expr = self.producer(expr)
@@ -106,6 +139,12 @@ def rule_pass(name: str, rule: Rule, logs: list[PassLog] | None = None) -> tvm.t
         return ctx.builder_.get() if log.changed else mod
 
     return tvm.transform.module_pass(transform, opt_level=0, name=name)
+
+
+def is_power_of_two(values: np.ndarray) -> bool:
+    """Scales that multiply exactly: float rounding of ``d * s`` then equals the float conv's sum."""
+    mantissa, _ = np.frexp(np.abs(values.astype(np.float64)))
+    return bool(np.all(values != 0) and np.all(mantissa == 0.5))
 
 
 def is_bipolar(values: np.ndarray | None) -> bool:

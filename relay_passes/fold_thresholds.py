@@ -83,12 +83,13 @@ def binary_step(ctx: RuleContext, call, out_shape):
 
 
 def trace_chain(ctx: RuleContext, expr):
-    """Walk from a binarizer's input back to a foldable binary op: ``(kernel var, steps)``."""
-    steps = []
+    """Walk from a binarizer's input back to a foldable binary op: ``(kernel var, steps, vars)``."""
+    steps, visited = [], []
     out_shape = shape_of(expr)
     while True:
+        visited.append(expr)
         if ctx.bnn_kernel(expr) is not None and ctx.bnn_kernel(expr)[0] in FOLDABLE:
-            return expr, steps[::-1]
+            return expr, steps[::-1], visited
         node = ctx.producer(expr)
         if isinstance(node, relax.TupleGetItem) and node.index == 0:
             bn = ctx.producer(node.tuple_value)
@@ -98,6 +99,7 @@ def trace_chain(ctx: RuleContext, expr):
             if step is None:
                 return None
             steps.append(step)
+            visited.append(node.tuple_value)
             expr = bn.args[0]
             continue
         found = binary_step(ctx, node, out_shape) if isinstance(node, relax.Call) else None
@@ -107,14 +109,19 @@ def trace_chain(ctx: RuleContext, expr):
         expr = found[1]
 
 
-def decision_interval(steps, channels: int, taps: int):
-    """Per channel ``[low, high]`` such that ``chain(d) >= 0`` iff ``low <= d <= high``."""
-    candidates = np.arange(-taps, taps + 1, dtype=np.int64)
-    y = np.broadcast_to(candidates.astype(np.float32), (channels, candidates.size))
+def chain_values(steps, channels: int, taps: int) -> np.ndarray:
+    """float32 ``[channels, 2 * taps + 1]``: the chain at every integer ``-taps..taps``."""
+    y = np.broadcast_to(np.arange(-taps, taps + 1, dtype=np.float32), (channels, 2 * taps + 1))
     with np.errstate(all="ignore"):
         for step in steps:
             y = step(y).astype(np.float32)
-    decide = y >= 0
+    return y
+
+
+def decision_interval(steps, channels: int, taps: int):
+    """Per channel ``[low, high]`` such that ``chain(d) >= 0`` iff ``low <= d <= high``."""
+    candidates = np.arange(-taps, taps + 1, dtype=np.int64)
+    decide = chain_values(steps, channels, taps) >= 0
     low = np.full(channels, 1, dtype=np.int64)
     high = np.full(channels, 0, dtype=np.int64)  # empty interval: never +1
     for c in range(channels):
@@ -135,22 +142,24 @@ def fold_threshold(ctx: RuleContext, call):
     traced = trace_chain(ctx, call.args[1].fields[0])
     if traced is None:
         return None
-    source, steps = traced
+    source, steps, visited = traced
     name, attrs = ctx.bnn_kernel(source)
     taps = int(attrs["bnn.taps"])
     channels = shape_of(source)[1]
     interval = decision_interval(steps, channels, taps)
     if interval is None:
+        ctx.keep_float("the float ops before the binarizer are not monotone per channel")
         return None
     low, high = (relax.const(v) for v in interval)
     inputs = ctx.kernel_inputs(source)
-    ctx.log.rewrites.append(f"{name} + {len(steps)} float op(s) + binarizer -> {FOLDABLE[name]}")
+    ctx.fused(FOLDABLE[name], f"{name} + {len(steps)} float op(s) + binarizer", *visited)
     if name == "binary_conv2d":
         strides = tuple(int(s) for s in attrs["bnn.strides"])
         padding = tuple(int(p) for p in attrs["bnn.padding"])
+        pad_ones = bool(int(attrs["bnn.pad_ones"]))
         return ctx.emit_kernel(
             lambda d, w, k, lo, hi: bitserial.threshold_pack(
-                bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding), lo, hi
+                bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones), lo, hi
             ),
             *inputs,
             low,
@@ -159,6 +168,7 @@ def fold_threshold(ctx: RuleContext, call):
             taps=taps,
             strides=list(strides),
             padding=list(padding),
+            pad_ones=int(pad_ones),
         )
     return ctx.emit_kernel(
         lambda d, w, lo, hi: bitserial.threshold_pack(bitserial.binary_dense_dot(d, w, taps), lo, hi),

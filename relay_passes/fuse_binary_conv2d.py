@@ -1,7 +1,12 @@
-"""Rewrite ``conv2d(unpack(p), W)`` with constant ±1 weights into an XNOR-popcount conv on ``p``.
+"""Rewrite ``conv2d(unpack(p), W)`` with binary weights into an XNOR-popcount conv on ``p``.
 
-Weights are packed at compile time. Zero padding is exact: the kernel pads with -1 bits and adds
-a per-position correction, so the result equals the float conv's integer output everywhere.
+Weights are packed at compile time. Accepted weights: constant ±1, or ±alpha per output channel
+with alpha a power of two (IR-Net's scales, or a scale folded into the weights by an exporter):
+alpha then becomes an exact multiply after the integer result. Other magnitudes stay float: the
+float conv's rounding of a sum of arbitrary floats cannot be reproduced bit for bit.
+
+Padding is exact in all three forms: the conv's own zero padding (pad with -1 bits, add back a
+per-position correction), and an explicit ``Pad`` with value -1 or +1 before an unpadded conv.
 """
 
 from __future__ import annotations
@@ -11,18 +16,18 @@ from tvm import relax
 
 from schedules import bitserial
 
-from .common import RuleContext, is_bipolar, op_name, pack_bits, shape_of
+from .common import RuleContext, is_bipolar, is_power_of_two, op_name, pack_bits, shape_of
 
 
 def padding_correction(weight: np.ndarray, in_hw, strides, padding) -> np.ndarray:
-    """int32 ``[OC, OH, OW]``: what the -1 bits at padded taps took away, added back.
+    """int32 ``[OC, OH, OW]``: what the -1 bits at zero-padded taps took away, added back.
 
     A padded tap holds 0 in the float model; the kernel counts it as -1, contributing ``-w``.
     The correction is the sum of ``w`` over the padded taps of each output position.
     """
-    oc, _, kh, kw = weight.shape
-    (h, w), (sh, sw), (pt, pl, pb, pr) = in_hw, strides, padding
-    oh, ow = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+    _, _, kh, kw = weight.shape
+    (h, w), (sh, sw), (pt, pl, _, _) = in_hw, strides, padding
+    oh, ow = output_hw(in_hw, (kh, kw), strides, padding)
     rows = np.arange(oh)[:, None] * sh - pt + np.arange(kh)[None, :]  # [OH, KH]
     cols = np.arange(ow)[:, None] * sw - pl + np.arange(kw)[None, :]  # [OW, KW]
     row_out = (rows < 0) | (rows >= h)
@@ -32,42 +37,101 @@ def padding_correction(weight: np.ndarray, in_hw, strides, padding) -> np.ndarra
     return np.einsum("okl,yxkl->oyx", tap_sums, padded.astype(weight.dtype)).astype(np.int32)
 
 
-def conv_is_plain(attrs) -> bool:
-    return (
-        int(attrs.groups) == 1
-        and all(int(d) == 1 for d in attrs.dilation)
-        and str(attrs.data_layout) == "NCHW"
-        and str(attrs.kernel_layout) == "OIHW"
-        and str(attrs.out_layout) == "NCHW"
-    )
+def plain_conv_reason(attrs) -> str | None:
+    if int(attrs.groups) != 1:
+        return f"grouped conv (groups={int(attrs.groups)})"
+    if any(int(d) != 1 for d in attrs.dilation):
+        return "dilated conv"
+    layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+    if layouts != ("NCHW", "OIHW", "NCHW"):
+        return f"layouts {layouts}"
+    return None
+
+
+def split_scale(weight: np.ndarray):
+    """``(±1 weights, per-output-channel scale or None)``, or ``(None, reason)``."""
+    if is_bipolar(weight):
+        return weight, None
+    magnitude = np.abs(weight.reshape(weight.shape[0], -1))
+    alpha = magnitude[:, 0]
+    if not np.all(magnitude == alpha[:, None]) or not np.all(alpha > 0):
+        return None, "weights are not binary (±alpha per output channel)"
+    if not is_power_of_two(alpha):
+        return None, "per-channel weight scales are not powers of two: export the scale as a Mul after the conv"
+    return np.sign(weight), alpha.astype(np.float32)
+
+
+def binarized_conv_input(ctx: RuleContext, data):
+    """``(packed, explicit pad or None)`` when ``data`` is binarized bits, possibly ±1-padded."""
+    node = ctx.producer(data)
+    explicit = None
+    if op_name(node) == "relax.nn.pad":
+        width = [int(v) for v in node.attrs.pad_width]
+        value = float(node.attrs.pad_value)
+        if str(node.attrs.pad_mode) != "constant" or value not in (1.0, -1.0) or any(width[:4]):
+            return None
+        explicit = (value, (width[4], width[6], width[5], width[7]))  # top, left, bottom, right
+        data = node.args[0]
+    kernel = ctx.bnn_kernel(data)
+    if kernel is None or kernel[0] != "unpack_sign":
+        return None
+    return ctx.kernel_inputs(data)[0], explicit
 
 
 def fuse_binary_conv2d(ctx: RuleContext, call):
-    if op_name(call) != "relax.nn.conv2d" or not conv_is_plain(call.attrs):
+    if op_name(call) != "relax.nn.conv2d":
         return None
     data, weight_expr = call.args
-    kernel = ctx.bnn_kernel(data)
-    weight = ctx.constant(weight_expr)
-    if kernel is None or kernel[0] != "unpack_sign" or not is_bipolar(weight):
+    source = binarized_conv_input(ctx, data)
+    if source is None:
         return None
-    packed = ctx.kernel_inputs(data)[0]
+    packed, explicit = source
+    reason = plain_conv_reason(call.attrs)
+    weight = ctx.constant(weight_expr)
+    if reason is None and weight is None:
+        reason = "weights are not constant"
+    if reason is None:
+        weight, scale = split_scale(weight)
+        reason = scale if weight is None else None
     strides = tuple(int(s) for s in call.attrs.strides)
     padding = tuple(int(p) for p in call.attrs.padding)
+    if reason is None and explicit is not None and any(padding):
+        reason = "an explicit Pad followed by a padded conv"
+    if reason is not None:
+        ctx.keep_float(reason)
+        return None
     weight = weight.astype(np.int64)
     oc, c, kh, kw = weight.shape
-    correction = padding_correction(weight, shape_of(data)[2:], strides, padding)
-    packed_weight = pack_bits(weight.transpose(0, 2, 3, 1))  # [OC, KH, KW, CW]
+    in_hw = shape_of(packed)[1:3]
+    if explicit is not None:
+        pad_ones, padding = explicit[0] > 0, explicit[1]
+        correction = np.zeros((oc,) + output_hw(in_hw, (kh, kw), strides, padding), np.int32)
+    else:
+        pad_ones = False
+        correction = padding_correction(weight, in_hw, strides, padding)
     taps = c * kh * kw
-    ctx.log.rewrites.append(f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding} -> binary_conv2d")
-    return ctx.emit_kernel(
+    detail = f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding}"
+    if explicit is not None:
+        detail += f" (explicit Pad {explicit[0]:+g})"
+    ctx.fused("binary_conv2d", detail)
+    result = ctx.emit_kernel(
         lambda d, w, k: bitserial.dot_to_float_nchw(
-            bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding)
+            bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones)
         ),
         packed,
-        relax.const(packed_weight),
+        relax.const(pack_bits(weight.transpose(0, 2, 3, 1))),  # [OC, KH, KW, CW]
         relax.const(correction),
         op="binary_conv2d",
         taps=taps,
         strides=list(strides),
         padding=list(padding),
+        pad_ones=int(pad_ones),
     )
+    if scale is None:
+        return result
+    return relax.op.multiply(ctx.builder_.emit(result), relax.const(scale.reshape(1, oc, 1, 1)))
+
+
+def output_hw(in_hw, kernel, strides, padding) -> tuple[int, int]:
+    (h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr) = in_hw, kernel, strides, padding
+    return (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1

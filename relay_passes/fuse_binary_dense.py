@@ -1,4 +1,6 @@
-"""Rewrite ``matmul(unpack(p), W)`` (also through a flatten) with ±1 weights into XNOR-popcount.
+"""Rewrite ``matmul(unpack(p), W)`` (also through a flatten) with binary weights into XNOR-popcount.
+
+Weights: ±1, or ±alpha per output with alpha a power of two (see ``fuse_binary_conv2d``).
 
 A flatten of NCHW bits orders features channel-major; the packed tensor is channels-last, so the
 weight's rows are permuted to (H, W, C) order before packing: no data movement at run time.
@@ -11,7 +13,8 @@ from tvm import relax
 
 from schedules import bitserial
 
-from .common import RuleContext, is_bipolar, op_name, pack_bits, shape_of
+from .common import RuleContext, op_name, pack_bits, shape_of
+from .fuse_binary_conv2d import split_scale
 
 
 def packed_features(ctx: RuleContext, data):
@@ -40,23 +43,32 @@ def fuse_binary_dense(ctx: RuleContext, call):
     if op_name(call) != "relax.matmul":
         return None
     data, weight_expr = call.args
-    weight = ctx.constant(weight_expr)  # [K, O]
-    if weight is None or weight.ndim != 2 or not is_bipolar(weight):
-        return None
     features = packed_features(ctx, data)
     if features is None:
         return None
+    weight = ctx.constant(weight_expr)  # [K, O]
+    if weight is None or weight.ndim != 2:
+        ctx.keep_float("weights are not a constant matrix")
+        return None
+    rows_pm1, scale = split_scale(weight.T)
+    if rows_pm1 is None:
+        ctx.keep_float(scale)
+        return None
+    weight = rows_pm1.T
     packed, feature_shape = features
     rows = weight.T.reshape((weight.shape[1],) + tuple(feature_shape))  # [O, C(, H, W)]
     if rows.ndim == 4:
         rows = rows.transpose(0, 2, 3, 1)  # [O, H, W, C]: the packed layout
     packed_weight = pack_bits(rows).reshape(weight.shape[1], -1)
     taps = weight.shape[0]
-    ctx.log.rewrites.append(f"dense {taps}->{weight.shape[1]} -> binary_dense")
-    return ctx.emit_kernel(
+    ctx.fused("binary_dense", f"dense {taps}->{weight.shape[1]}", data)
+    result = ctx.emit_kernel(
         lambda d, w: bitserial.dot_to_float_nchw(bitserial.binary_dense_dot(d, w, taps)),
         packed,
         relax.const(packed_weight),
         op="binary_dense",
         taps=taps,
     )
+    if scale is None:
+        return result
+    return relax.op.multiply(ctx.builder_.emit(result), relax.const(scale.reshape(1, -1)))

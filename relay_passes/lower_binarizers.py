@@ -1,13 +1,19 @@
-"""Rewrite ``Where(x >= 0, +1, -1)`` into ``unpack(pack(x))``: the binary value is now a bit.
+"""Rewrite a binarizer into ``unpack(pack(x))``: the binary value is now a bit.
 
-The graph still computes the same tensor (the unpack restores it), but every later pass can now
-see the packed bits and feed them to binary kernels directly. ``x >= 0 -> +1`` is the binarizer
-convention of this project; ONNX ``Sign`` (0 at 0) is a different function and is not matched.
+The graph still computes the same tensor (the unpack restores it), but later passes see the
+packed bits and feed them to binary kernels directly. Recognised forms, all meaning
+``x >= 0 -> +1, else -1`` exactly:
+
+* ``where(x >= 0, 1, -1)`` (this project's export, QONNX ``BipolarQuant`` after import),
+* ``where(x < 0, -1, 1)``,
+* ``cast(x >= 0) * 2 - 1``.
+
+ONNX ``Sign`` is a different function (0 at 0); ``lower_sign`` handles it where it is provably
+binary.
 """
 
 from __future__ import annotations
 
-import numpy as np
 from tvm import relax
 
 from schedules import bitserial
@@ -15,25 +21,36 @@ from schedules import bitserial
 from .common import RuleContext, dtype_of, op_name, shape_of
 
 
-def binarized_input(ctx: RuleContext, call):
-    """``x`` when ``call`` is ``where(greater_equal(x, 0), 1, -1)`` on NCHW or [N, C] floats."""
-    if op_name(call) != "relax.where":
-        return None
-    cond, high, low = call.args
+def _compare_source(ctx: RuleContext, cond, op: str):
     compare = ctx.producer(cond)
-    if op_name(compare) != "relax.greater_equal":
+    if op_name(compare) != op or ctx.scalar(compare.args[1]) != 0.0:
         return None
-    x, zero = compare.args
-    zero, high, low = ctx.constant(zero), ctx.constant(high), ctx.constant(low)
-    if zero is None or high is None or low is None:
+    return compare.args[0]
+
+
+def binarized_input(ctx: RuleContext, call):
+    """``x`` when ``call`` computes ``x >= 0 ? +1 : -1`` in one of the recognised forms."""
+    name = op_name(call)
+    if name == "relax.where":
+        cond, high, low = call.args
+        high, low = ctx.scalar(high), ctx.scalar(low)
+        if (high, low) == (1.0, -1.0):
+            return _compare_source(ctx, cond, "relax.greater_equal")
+        if (high, low) == (-1.0, 1.0):
+            return _compare_source(ctx, cond, "relax.less")
         return None
-    if not (np.all(zero == 0) and np.all(high == 1) and np.all(low == -1)):
-        return None
-    if high.size != 1 or low.size != 1 or zero.size != 1:
-        return None
-    if len(shape_of(x)) not in (2, 4) or dtype_of(x) != "float32":
-        return None
-    return x
+    if name in ("relax.subtract", "relax.add"):
+        doubled, offset = call.args
+        if ctx.scalar(offset) != (1.0 if name == "relax.subtract" else -1.0):
+            return None
+        doubled = ctx.producer(doubled)
+        if op_name(doubled) != "relax.multiply" or ctx.scalar(doubled.args[1]) != 2.0:
+            return None
+        cast = ctx.producer(doubled.args[0])
+        if op_name(cast) != "relax.astype":
+            return None
+        return _compare_source(ctx, cast.args[0], "relax.greater_equal")
+    return None
 
 
 def flattened_source(ctx: RuleContext, x):
@@ -48,9 +65,29 @@ def flattened_source(ctx: RuleContext, x):
     return None
 
 
+def pack_and_unpack(ctx: RuleContext, x, flat_shape=None, *matched):
+    """``unpack(pack(x))`` (reshaped to ``flat_shape`` if given), ``x`` float NCHW or [N, C].
+
+    ``matched``: the other variables of the binarizer pattern, for the log.
+    """
+    channels = shape_of(x)[1]
+    packed = ctx.builder_.emit(ctx.emit_kernel(bitserial.pack_sign, x, op="pack_sign"), "packed")
+    # the bit tensor goes last: inspect maps it back to the binarizer
+    ctx.fused("pack_sign", f"binarizer on {shape_of(x)}", *matched, packed)
+    unpacked = ctx.emit_kernel(
+        lambda p: bitserial.unpack_sign(p, channels), packed, op="unpack_sign", channels=channels
+    )
+    if flat_shape is None:
+        return unpacked
+    return relax.op.reshape(ctx.builder_.emit(unpacked), flat_shape)
+
+
 def lower_binarizer(ctx: RuleContext, call):
     x = binarized_input(ctx, call)
     if x is None:
+        return None
+    if len(shape_of(x)) not in (2, 4) or dtype_of(x) != "float32":
+        ctx.keep_float(f"binarizer on a {len(shape_of(x))}-d {dtype_of(x)} tensor (NCHW or [N, C] float32 only)")
         return None
     # Binarizing commutes with a flatten: binarize the NCHW tensor, so the producer's batch norm
     # can fold into a threshold and the bits stay channel-packed; flatten the unpacked view.
@@ -58,12 +95,4 @@ def lower_binarizer(ctx: RuleContext, call):
     source = flattened_source(ctx, x)
     if source is not None:
         flat_shape, x = shape_of(x), source
-    channels = shape_of(x)[1]
-    packed = ctx.builder_.emit(ctx.emit_kernel(bitserial.pack_sign, x, op="pack_sign"), "packed")
-    ctx.log.rewrites.append(f"binarizer on {shape_of(x)} -> pack_sign")
-    unpacked = ctx.emit_kernel(
-        lambda p: bitserial.unpack_sign(p, channels), packed, op="unpack_sign", channels=channels
-    )
-    if flat_shape is None:
-        return unpacked
-    return relax.op.reshape(ctx.builder_.emit(unpacked), flat_shape)
+    return pack_and_unpack(ctx, x, flat_shape, call.args[0])

@@ -82,6 +82,15 @@ def unpack_sign(packed: te.Tensor, channels: int, dtype: str = "float32") -> te.
     )
 
 
+def _pad_word(channels: int, words: int):
+    """The packed word of a +1 pad value: all real channel bits set, channel padding bits 0."""
+    full = (1 << WORD_BITS) - 1
+    last = (1 << (channels - (words - 1) * WORD_BITS)) - 1
+    return lambda c: tirx.Select(
+        c == words - 1, tirx.const(last, WORD_DTYPE), tirx.const(full, WORD_DTYPE)
+    )
+
+
 def binary_conv2d_dot(
     data: te.Tensor,
     weight: te.Tensor,
@@ -89,12 +98,15 @@ def binary_conv2d_dot(
     taps: int,
     strides: tuple[int, int],
     padding: tuple[int, int, int, int],
+    pad_ones: bool = False,
 ) -> te.Tensor:
     """Exact bipolar conv: int32 ``[N, OH, OW, OC]``.
 
     ``data``: packed ``[N, H, W, CW]``; ``weight``: packed ``[OC, KH, KW, CW]``;
     ``correction``: int32 ``[OC, OH, OW]`` (zero-padding correction, all zeros when unpadded);
-    ``taps``: ``C * KH * KW`` real taps; ``padding``: top, left, bottom, right.
+    ``taps``: ``C * KH * KW`` real taps; ``padding``: top, left, bottom, right. Padded taps are
+    -1 bits, or +1 bits with ``pad_ones`` (an explicit ``Pad`` with value +1; channel padding
+    bits stay 0 so they still cancel).
     """
     n, h, w, cw = (int(v) for v in data.shape)
     oc, kh, kw, _ = (int(v) for v in weight.shape)
@@ -102,12 +114,12 @@ def binary_conv2d_dot(
     pt, pl, pb, pr = padding
     oh = (h + pt + pb - kh) // sh + 1
     ow = (w + pl + pr - kw) // sw + 1
-    zero = tirx.const(0, WORD_DTYPE)
     if any(padding):
+        fill = _pad_word(taps // (kh * kw), cw) if pad_ones else (lambda c: tirx.const(0, WORD_DTYPE))
         padded = te.compute(
             (n, h + pt + pb, w + pl + pr, cw),
             lambda i, y, x, c: tirx.if_then_else(
-                tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl), data[i, y - pt, x - pl, c], zero
+                tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl), data[i, y - pt, x - pl, c], fill(c)
             ),
             name="pad_bits",
         )

@@ -1,0 +1,31 @@
+"""``python -m bnn_tvm inspect MODEL.onnx``: per node, the binary kernel it became or why not."""
+
+from __future__ import annotations
+
+import json
+
+from ..export import default_model_path
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("inspect", help="show, per ONNX node, the fused binary kernel or why it stayed float")
+    s.add_argument("model", nargs="?")
+    s.add_argument("--batch", type=int)
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..inspect import inspect_onnx
+
+    reports = inspect_onnx(args.model or default_model_path(), args.batch)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in reports], indent=2))
+        return 0
+    width = max(len(r.name) for r in reports)
+    for r in reports:
+        status = f"binary  {r.kernel}: {r.note}" if r.binary else f"float   {r.note}"
+        print(f"{r.name:<{width}}  {r.op_type:<20} {status}")
+    binary = sum(r.binary for r in reports)
+    print(f"{binary} of {len(reports)} nodes run in binary kernels")
+    return 0
