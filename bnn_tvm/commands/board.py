@@ -1,0 +1,52 @@
+"""``python -m bnn_tvm board start|stop|status``: an emulated Raspberry Pi serving TVM RPC."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    from ..board import DEFAULT_PORT
+
+    s = sub.add_parser(
+        "board",
+        help="start/stop an emulated board (aarch64 TVM RPC server under qemu-user)",
+        description="The first start sets up an aarch64 Python and TVM runtime under the cache dir "
+        "(apt-get download + pip, about a minute); later starts take seconds.",
+    )
+    s.add_argument("action", choices=["start", "stop", "status", "setup"])
+    s.add_argument("--target", default="rasp3b", help="aarch64 target to emulate (default rasp3b)")
+    s.add_argument("--tracker", metavar="HOST:PORT", help="register with this RPC tracker")
+    s.add_argument("--key", help="tracker key (default: the target name); also names the board for stop")
+    s.add_argument("--host", default="127.0.0.1", help="address the RPC server listens on")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"first port to try (default {DEFAULT_PORT})")
+    s.add_argument("--threads", type=int, default=1, help="TVM worker threads on the board (default 1)")
+    s.add_argument("--no-count-instructions", dest="count_instructions", action="store_false",
+                   help="run without the instruction-counting QEMU plugin")
+    s.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import board
+
+    if args.action == "setup":
+        root = board.ensure_root()
+        print(f"emulated board root ready at {root.path}")
+    elif args.action == "start":
+        state = board.start(args.target, args.host, args.port, args.tracker, args.key,
+                            count_instructions=args.count_instructions, threads=args.threads)
+        where = f", registered with tracker {state.tracker} as key {state.key!r}" if state.tracker else ""
+        print(f"board {state.name} ({state.target}) serving TVM RPC on {state.address}{where} "
+              f"(pid {state.pid}, log {state.log})")
+    elif args.action == "stop":
+        stopped = board.stop(args.key)
+        if not stopped:
+            print("no emulated board was running")
+        for state in stopped:
+            print(f"stopped board {state.name} on {state.address} (pid {state.pid})")
+    else:
+        states = board.running()
+        if not states:
+            print("no emulated board is running")
+        for state in states:
+            tracked = f", tracker {state.tracker} key {state.key!r}" if state.tracker else ""
+            print(f"board {state.name} ({state.target}) on {state.address}{tracked} (pid {state.pid})")
+    return 0

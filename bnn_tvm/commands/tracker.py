@@ -1,0 +1,34 @@
+"""``python -m bnn_tvm tracker start|stop|status``: a local TVM RPC tracker (default 127.0.0.1:9190)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    from ..tracker import DEFAULT_HOST, DEFAULT_PORT
+
+    s = sub.add_parser("tracker", help="start/stop a local TVM RPC tracker that boards register with")
+    s.add_argument("action", choices=["start", "stop", "status"])
+    s.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    s.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import tracker
+
+    if args.action == "start":
+        state = tracker.start(args.host, args.port)
+        print(f"tracker listening on {state.address} (pid {state.pid}, log {state.log})")
+    elif args.action == "stop":
+        stopped = tracker.stop(args.port)
+        for state in stopped:
+            print(f"stopped tracker on {state.address} (pid {state.pid})")
+    else:
+        states = tracker.running()
+        if not states:
+            print("no tracker started by bnn_tvm is running")
+        for state in states:
+            keys = tracker.tracker_keys((state.host, state.port))
+            shown = ", ".join(f"{k} ({free} free)" for k, free in sorted(keys.items())) or "no servers"
+            print(f"tracker {state.address} (pid {state.pid}): {shown}")
+    return 0
