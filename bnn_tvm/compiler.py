@@ -70,6 +70,17 @@ class LoweredModel:
     logs: list
     provenance: dict  # Relax variable name -> ONNX node name
 
+    def binarizer_outputs(self) -> list[str]:
+        """ONNX tensors the passes turned into packed bits: the model's binary activations."""
+        nodes = {n.name: n for n in self.onnx_model.graph.node}
+        found = []
+        for log in self.logs:
+            for rewrite in log.rewrites:
+                node = nodes.get(self.provenance.get(rewrite.nodes[0], ""))
+                if rewrite.kernel == "pack_sign" and node is not None and node.output[0] not in found:
+                    found.append(node.output[0])
+        return found
+
 
 def lower_onnx(path: str, batch: int | None = None, extra_outputs: list[str] | None = None) -> LoweredModel:
     """Import ``path`` into Relax and run the binarization passes."""

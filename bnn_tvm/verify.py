@@ -1,8 +1,9 @@
 """Bit-exactness check of a compiled model against ONNX Runtime with its optimisations off.
 
 ORT's default graph optimisations fold Conv+BN and move values that sit exactly on a threshold,
-so the reference runs with ``ORT_DISABLE_ALL``. Every binarizer output of the ONNX graph is
-exposed on both sides and compared for equality; float outputs must agree within float rounding.
+so the reference runs with ``ORT_DISABLE_ALL``. Every binarizer the compiler turned into packed
+bits is exposed as an output on both sides and compared for equality; float outputs must agree
+within float rounding.
 """
 
 from __future__ import annotations
@@ -11,42 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from .compiler import add_graph_outputs, compile_onnx
+from .compiler import add_graph_outputs, compile_onnx, lower_onnx
 from .onnx_import import constants_to_initializers, graph_input, load_onnx
 from .runtime import CompiledRunner
 
 RELATIVE_TOLERANCE = 1e-5
-
-
-def _const_value(model: onnx.ModelProto, name: str):
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    return None
-
-
-def binarizer_outputs(model: onnx.ModelProto) -> list[str]:
-    """Outputs of ``Where(GreaterOrEqual(x, 0), 1, -1)`` nodes: the model's binary activations.
-
-    Weight binarizers (on initializers) are constants, not activations, and are left out.
-    """
-    producers = {out: node for node in model.graph.node for out in node.output}
-    initializers = {init.name for init in model.graph.initializer}
-    found = []
-    for node in model.graph.node:
-        if node.op_type != "Where":
-            continue
-        compare = producers.get(node.input[0])
-        if compare is None or compare.op_type != "GreaterOrEqual" or compare.input[0] in initializers:
-            continue
-        zero, high, low = (_const_value(model, n) for n in (compare.input[1], node.input[1], node.input[2]))
-        if any(v is None for v in (zero, high, low)):
-            continue
-        if np.all(zero == 0) and np.all(high == 1) and np.all(low == -1):
-            found.append(node.output[0])
-    return found
 
 
 def reference_outputs(model: onnx.ModelProto, x: np.ndarray, input_name: str) -> list[np.ndarray]:
@@ -102,7 +73,7 @@ def verify(
     if x is None:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((16, *[d or 1 for d in dims[1:]])).astype(np.float32)
-    binaries = binarizer_outputs(model)
+    binaries = lower_onnx(path, batch).binarizer_outputs()
     compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries)
     runner = CompiledRunner(compiled.executable)
     ours = runner.run(x)

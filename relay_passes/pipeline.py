@@ -9,17 +9,32 @@ from .common import PassLog, rule_pass
 from .fold_thresholds import fold_threshold
 from .fuse_binary_conv2d import fuse_binary_conv2d
 from .fuse_binary_dense import fuse_binary_dense
+from .fuse_binary_maxpool import fuse_binary_maxpool
 from .lower_binarizers import lower_binarizer
+from .lower_sign import lower_sign
 
 
 def binarize(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
-    """Fuse every recognised binary layer; everything else stays on TVM's float path."""
+    """Fuse every recognised binary layer; everything else stays on TVM's float path.
+
+    The fusions run twice: a ``Sign`` can only be proven binary once the layer before it is
+    fused, and the layer after it is fused in the second round.
+    """
+
+    def fusions():
+        return [
+            rule_pass("FuseBinaryConv2d", fuse_binary_conv2d, logs),
+            rule_pass("FuseBinaryDense", fuse_binary_dense, logs),
+            rule_pass("FuseBinaryMaxPool", fuse_binary_maxpool, logs),
+        ]
+
     return tvm.transform.Sequential(
         [
             relax.transform.FoldConstant(),  # binarized weights, transposed Gemm weights -> constants
             rule_pass("LowerBinarizers", lower_binarizer, logs),
-            rule_pass("FuseBinaryConv2d", fuse_binary_conv2d, logs),
-            rule_pass("FuseBinaryDense", fuse_binary_dense, logs),
+            *fusions(),
+            rule_pass("LowerSign", lower_sign, logs),
+            *fusions(),
             rule_pass("FoldThresholds", fold_threshold, logs),
             relax.transform.DeadCodeElimination(),
         ],

@@ -197,3 +197,26 @@ def threshold_pack(dot: te.Tensor, low: te.Tensor, high: te.Tensor) -> te.Tensor
         lambda i, cw: te.sum(bit_of((i,), cw * WORD_BITS + b), axis=b),
         name="threshold_pack",
     )
+
+
+def max_pool_or(
+    data: te.Tensor, pool: tuple[int, int], strides: tuple[int, int], padding: tuple[int, int, int, int], out_hw
+) -> te.Tensor:
+    """Max pooling of packed ±1 values: the max of ±1 values is +1 iff any is, a bitwise OR.
+
+    Padded positions are 0 words, neutral for OR (a float max pool pads with -inf).
+    """
+    n, h, w, cw = (int(v) for v in data.shape)
+    (kh, kw), (sh, sw), (pt, pl, _, _) = pool, strides, padding
+    bitwise_or = te.comm_reducer(lambda a, b: a | b, lambda dtype: tirx.const(0, dtype), name="bitwise_or")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def word(i, y, x, c):
+        yy, xx = y * sh + ry - pt, x * sw + rx - pl
+        inside = tirx.all(yy >= 0, yy < h, xx >= 0, xx < w)
+        safe_y, safe_x = tirx.max(tirx.min(yy, h - 1), 0), tirx.max(tirx.min(xx, w - 1), 0)
+        value = tirx.if_then_else(inside, data[i, safe_y, safe_x, c], tirx.const(0, WORD_DTYPE))
+        return bitwise_or(value, axis=[ry, rx])
+
+    return te.compute((n, out_hw[0], out_hw[1], cw), word, name="max_pool_or")

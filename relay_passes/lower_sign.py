@@ -1,0 +1,31 @@
+"""Treat ONNX ``Sign`` as a binarizer where it provably never sees 0.
+
+``Sign(0) = 0`` is a third value no bit can hold. After a binary conv or dense, the input of a
+``Sign`` is a per-channel float chain of an integer result; if that chain is non-zero at every
+integer the layer can produce, ``Sign`` equals the ``x >= 0`` binarizer there and is lowered
+like one. A ``Sign`` on an arbitrary float tensor stays float: export ``Where(x >= 0, 1, -1)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .common import RuleContext, op_name, shape_of
+from .fold_thresholds import chain_values, trace_chain
+from .lower_binarizers import pack_and_unpack
+
+
+def lower_sign(ctx: RuleContext, call):
+    if op_name(call) != "relax.sign":
+        return None
+    x = call.args[0]
+    traced = trace_chain(ctx, x) if len(shape_of(x)) in (2, 4) else None
+    if traced is None:
+        ctx.keep_float("Sign of a float tensor can output 0, which no bit holds: export Where(x >= 0, 1, -1)")
+        return None
+    source, steps, _ = traced
+    taps = int(ctx.bnn_kernel(source)[1]["bnn.taps"])
+    if np.any(chain_values(steps, shape_of(source)[1], taps) == 0):
+        ctx.keep_float("Sign can output 0 here (an integer result maps exactly to 0)")
+        return None
+    return pack_and_unpack(ctx, x)

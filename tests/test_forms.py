@@ -1,0 +1,141 @@
+"""Issue 4: the binarized forms users' exporters produce, each fused and exact against ORT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+from onnx_builders import GraphBuilder, save
+from test_exactness import check, inputs
+
+from bnn_tvm.errors import BnnError
+from bnn_tvm.inspect import inspect_onnx
+
+
+def binarize_less(g, x):
+    lt = g.node("Less", [x, g.const(np.float32(0))])
+    return g.node("Where", [lt, g.const(np.float32(-1)), g.const(np.float32(1))])
+
+
+def binarize_cast(g, x):
+    ge = g.node("GreaterOrEqual", [x, g.const(np.float32(0))])
+    doubled = g.node("Mul", [g.node("Cast", [ge], to=1), g.const(np.float32(2))])
+    return g.node("Sub", [doubled, g.const(np.float32(1))])
+
+
+@pytest.mark.parametrize("binarizer", [binarize_less, binarize_cast])
+def test_binarizer_idioms(tmp_path, binarizer):
+    g = GraphBuilder([1, 10, 6, 6], seed=1)
+    a = binarizer(g, "x")
+    y = g.batch_norm(g.conv(a, g.binary_weight((12, 10, 3, 3)), pad=1), *g.random_bn(12, 0.3))
+    out = g.conv(binarizer(g, y), g.binary_weight((5, 12, 3, 3)))
+    x = inputs([1, 10, 6, 6])
+    x[:, :, 0] = 0.0  # the idioms must agree with x >= 0 at exactly 0
+    check(save(g.model([out]), tmp_path / "m.onnx"), x, ["binary_conv2d_threshold", "-> binary_conv2d"])
+
+
+@pytest.mark.parametrize("value", [1.0, -1.0])
+def test_explicit_pad_before_conv(tmp_path, value):
+    g = GraphBuilder([1, 37, 5, 5], seed=2)  # 37 channels: the +1 pad word must keep padding bits 0
+    a = g.binarize("x")
+    pads = g.const(np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64))
+    padded = g.node("Pad", [a, pads, g.const(np.float32(value))], mode="constant")
+    y = g.batch_norm(g.conv(padded, g.binary_weight((9, 37, 3, 3))), *g.random_bn(9, 0.3))
+    out = g.conv(g.binarize(y), g.binary_weight((4, 9, 1, 1)))
+    report = check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 37, 5, 5]), ["explicit Pad"])
+    assert "binary_conv2d_threshold" in " ".join(report.fused)
+
+
+def test_maxpool_on_packed_bits(tmp_path):
+    g = GraphBuilder([1, 40, 8, 8], seed=3)
+    y = g.batch_norm(g.conv(g.binarize("x"), g.binary_weight((33, 40, 3, 3)), pad=1), *g.random_bn(33))
+    pooled = g.node("MaxPool", [g.binarize(y)], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    out = g.conv(pooled, g.binary_weight((6, 33, 3, 3)), pad=1)
+    check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 40, 8, 8]), ["max_pool_or", "binary_conv2d_threshold"])
+
+
+def test_residual_shortcut_bireal_style(tmp_path):
+    """x -> binarize -> binary conv -> BN -> + x (real-valued shortcut) -> binarize -> conv."""
+    g = GraphBuilder([1, 16, 6, 6], seed=4)
+    y = g.batch_norm(g.conv(g.binarize("x"), g.binary_weight((16, 16, 3, 3)), pad=1), *g.random_bn(16))
+    summed = g.node("Add", [y, "x"])
+    y2 = g.batch_norm(g.conv(g.binarize(summed), g.binary_weight((16, 16, 3, 3)), pad=1), *g.random_bn(16))
+    out = g.node("Add", [y2, summed])
+    report = check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 16, 6, 6]), ["-> binary_conv2d"])
+    assert sum("-> binary_conv2d " in f for f in report.fused) == 2
+
+
+def test_sign_after_binary_conv_is_proven_binary(tmp_path):
+    """BN with a half-integer shift never hits 0 on integers: Sign equals the binarizer there."""
+    g = GraphBuilder([1, 8, 5, 5], seed=5)
+    bn = (np.ones(6, np.float32), np.full(6, 0.5, np.float32), np.zeros(6, np.float32), np.full(6, 1 - 1e-5, np.float32))
+    y = g.batch_norm(g.conv(g.binarize("x"), g.binary_weight((6, 8, 3, 3)), pad=1), *bn)
+    out = g.conv(g.node("Sign", [y]), g.binary_weight((3, 6, 3, 3)), pad=1)
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    check(path, inputs([1, 8, 5, 5]), ["binary_conv2d_threshold"])
+
+
+def test_sign_that_can_be_zero_stays_float(tmp_path):
+    g = GraphBuilder([1, 8, 5, 5], seed=6)
+    y = g.conv(g.binarize("x"), g.binary_weight((6, 8, 2, 2)))  # 32 taps: even sums, 0 happens
+    out = g.conv(g.node("Sign", [y]), g.binary_weight((3, 6, 3, 3)), pad=1)
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    check(path, inputs([1, 8, 5, 5]), ["-> binary_conv2d"])
+    notes = {r.op_type: r.note for r in inspect_onnx(path)}
+    assert "can output 0" in notes["Sign"]
+
+
+def test_power_of_two_weight_scales_folded_into_weights(tmp_path):
+    g = GraphBuilder([1, 12, 6, 6], seed=7)
+    alpha = (2.0 ** np.arange(-3, 5)).astype(np.float32)  # IR-Net style per-channel 2^k
+    w = g.binary_weight((8, 12, 3, 3)) * alpha[:, None, None, None]
+    y = g.batch_norm(g.conv(g.binarize("x"), w, pad=1), *g.random_bn(8, 0.3))
+    out = g.conv(g.binarize(y), g.binary_weight((4, 8, 3, 3)))
+    check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 12, 6, 6]), ["binary_conv2d_threshold"])
+
+
+def test_xnor_net_scale_as_separate_mul_and_arbitrary_scale_in_weights(tmp_path):
+    g = GraphBuilder([1, 12, 6, 6], seed=8)
+    alpha = g.rng.uniform(0.1, 2.0, (1, 8, 1, 1)).astype(np.float32)
+    conv = g.conv(g.binarize("x"), g.binary_weight((8, 12, 3, 3)), pad=1)
+    scaled = g.node("Mul", [conv, g.const(alpha)])
+    b = g.binarize(g.batch_norm(scaled, *g.random_bn(8, 0.3)))
+    folded_weights = g.binary_weight((5, 8, 3, 3)) * g.rng.uniform(0.1, 2, (5, 1, 1, 1)).astype(np.float32)
+    out = g.conv(b, folded_weights)
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    check(path, inputs([1, 12, 6, 6]), ["binary_conv2d_threshold"])
+    reasons = [r.note for r in inspect_onnx(path) if r.op_type == "Conv" and not r.binary]
+    assert reasons and "not powers of two" in reasons[0]
+
+
+@pytest.mark.parametrize("kernel,pad", [(1, 0), (5, 2)])
+def test_kernel_sizes(tmp_path, kernel, pad):
+    g = GraphBuilder([1, 20, 7, 7], seed=kernel)
+    y = g.batch_norm(g.conv(g.binarize("x"), g.binary_weight((21, 20, kernel, kernel)), pad=pad), *g.random_bn(21))
+    out = g.conv(g.binarize(y), g.binary_weight((3, 21, 1, 1)))
+    check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 20, 7, 7]), ["binary_conv2d_threshold"])
+
+
+def test_gemm_with_transposed_binary_weights_and_bias(tmp_path):
+    g = GraphBuilder([1, 70], seed=9)
+    g.input = helper.make_tensor_value_info("x", 1, ["N", 70])
+    h = g.node("Gemm", [g.binarize("x"), g.const(g.binary_weight((50, 70))), g.const(g.rng.standard_normal(50).astype(np.float32))], transB=1)
+    out = g.node("Gemm", [g.binarize(h), g.const(g.binary_weight((50, 10)))])
+    report = check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 70]), ["binary_dense_threshold", "-> binary_dense"])
+    assert report.max_abs_diff == 0.0
+
+
+def test_binarizer_feeding_a_non_binary_op_stays_exact(tmp_path):
+    g = GraphBuilder([1, 6, 4, 4], seed=10)
+    b = g.binarize("x")
+    out = g.node("Relu", [g.node("Mul", [b, g.const(np.float32(0.5))])])
+    check(save(g.model([out, b]), tmp_path / "m.onnx"), inputs([1, 6, 4, 4]), [])
+
+
+def test_missing_initializer_names_the_node(tmp_path):
+    g = GraphBuilder([1, 6, 4, 4])
+    b = g.binarize("x")
+    g.nodes.append(helper.make_node("Conv", [b, "weights_that_are_not_there"], ["y"], name="conv_without_weights"))
+    path = save(g.model(["y"]), tmp_path / "m.onnx")
+    with pytest.raises(BnnError, match="conv_without_weights.*weights_that_are_not_there"):
+        inspect_onnx(path)
