@@ -95,7 +95,7 @@ def fit(model: nn.Module, config: TrainConfig, desc: str) -> nn.Module:
             loss.backward()
             optimizer.step()
             clip_latent_weights(model)
-            total += float(loss) * len(xb)
+            total += float(loss.detach()) * len(xb)
             bar.update()
         schedule.step()
         bar.set_postfix(epoch=epoch + 1, loss=f"{total / len(data):.3f}")
