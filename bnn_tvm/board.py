@@ -276,12 +276,18 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    # A zombie (exited, not yet reaped by its parent) counts as gone; reap it if it is ours.
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
+            zombie = f.read().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+    if zombie:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+    return not zombie
 
 
 def running() -> list[BoardState]:
@@ -414,7 +420,18 @@ def _kill_group(pid: int, grace: float = 5.0) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)  # the forked session servers too, if any survived
     except ProcessLookupError:
-        pass
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:  # until the kernel has removed every member
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
 
 
 def stop(name: str | None = None) -> list[BoardState]:

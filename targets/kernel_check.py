@@ -68,7 +68,8 @@ def record_kernel_calls(module_path: str, x: np.ndarray, prefix: str = BINARY_KE
 
     def instrument(func, symbol, before_run, ret_value, *args):
         symbol = str(symbol)
-        if symbol.startswith(prefix):
+        # Kernels take tensors only; VM builtins (vm.builtin.*) take shapes, storage and ints.
+        if symbol.startswith(prefix) and not symbol.startswith("vm.") and all(hasattr(a, "numpy") for a in args):
             copies = [a.numpy().copy() for a in args]
             if before_run:
                 pending[symbol] = copies

@@ -10,21 +10,25 @@ from ..export import default_model_path
 def add_parser(sub) -> None:
     s = sub.add_parser("compile", help="compile an ONNX model (default: the bundled digits model)")
     s.add_argument("model", nargs="?")
-    s.add_argument("--target", default="x86")
+    s.add_argument("--target", default="x86", help="a name from `python -m bnn_tvm targets`, or a target .json file")
+    s.add_argument("--arch", help="CUDA compute capability for --target cuda, e.g. sm_75 (default sm_80)")
     s.add_argument("--batch", type=int, help="batch size compiled in (default: the model's, else 1)")
     s.add_argument("-o", "--output")
     s.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import targets
+
     from ..compiler import compile_onnx
 
     path = args.model or default_model_path()
-    compiled = compile_onnx(path, args.target, batch=args.batch)
-    output = args.output or os.path.splitext(os.path.basename(path))[0] + f"_{args.target}.so"
+    target = targets.get(args.target, arch=args.arch).name  # a .json file registers its target's name
+    compiled = compile_onnx(path, target, batch=args.batch)
+    output = args.output or os.path.splitext(os.path.basename(path))[0] + f"_{target}.so"
     compiled.export(output)
     for line in compiled.metadata["fused"]:
         print(f"fused: {line}")
-    print(f"compiled {path} for {args.target} -> {output} ({os.path.getsize(output)} bytes)")
+    print(f"compiled {path} for {target} -> {output} ({os.path.getsize(output)} bytes)")
     return 0
 

@@ -1,0 +1,222 @@
+"""The emulated rasp3b board over real TVM RPC: tracker, board, remote benchmark, faults.
+
+The first run sets up the board's aarch64 root under the user's cache dir (about a minute);
+later runs reuse it.  Tracker and board listen on free loopback ports under a test-only key,
+so a user's own tracker or board is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bnn_tvm import board, tracker
+from bnn_tvm.compiler import compile_onnx
+from bnn_tvm.data import digits_split
+from bnn_tvm.errors import BnnError
+from bnn_tvm.export import default_model_path
+from bnn_tvm.remote import remote_bench
+from bnn_tvm.runtime import CompiledRunner
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("qemu-aarch64") is None, reason="qemu-aarch64 missing: run tools/install_system_deps.sh"
+)
+
+BATCH = 16
+N_INPUTS = 48  # three chunks of the compiled batch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def group_alive(pgid: int, settle: float = 10.0) -> bool:
+    """Whether any process of group ``pgid`` is still there after ``settle`` seconds of waiting."""
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.1)
+
+
+def binary_activations(model_path: str) -> list[str]:
+    try:  # the compiler names them since lower_onnx exists
+        from bnn_tvm.compiler import lower_onnx
+
+        return lower_onnx(model_path).binarizer_outputs()
+    except ImportError:
+        import onnx
+
+        from bnn_tvm.verify import binarizer_outputs
+
+        return binarizer_outputs(onnx.load(model_path))
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """A tracker and an emulated rasp3b registered with it; both ended afterwards."""
+    board.ensure_root(progress=False)
+    tracker_state = tracker.start("127.0.0.1", free_port())
+    key = f"rasp3b-test{os.getpid()}"
+    address = tracker_state.address
+    try:
+        board_state = board.start("rasp3b", port=free_port(), tracker=address, key=key, progress=False)
+    except BaseException:
+        tracker.stop(tracker_state.port)
+        raise
+    yield {"tracker": address, "key": key, "board": board_state, "tracker_state": tracker_state}
+    board.stop(key) if any(s.name == key for s in board.running()) else None
+    tracker.stop(tracker_state.port)
+    assert not group_alive(board_state.pid), "board processes left behind"
+    assert not group_alive(tracker_state.pid), "tracker processes left behind"
+
+
+@pytest.fixture(scope="module")
+def modules(tmp_path_factory):
+    """The default model with its binary activations as extra outputs, for rasp3b and x86."""
+    model_path = default_model_path()
+    extra = binary_activations(model_path)
+    assert extra, "the default model has binary activations"
+    out = tmp_path_factory.mktemp("rpc")
+    paths = {}
+    for name in ("rasp3b", "x86"):
+        paths[name] = str(out / f"digits_{name}.so")
+        compile_onnx(model_path, name, batch=BATCH, extra_outputs=extra).export(paths[name])
+    return paths, len(extra)
+
+
+def test_remote_run_on_emulated_rasp3b_matches_x86(lab, modules):
+    paths, n_binary = modules
+    x = digits_split()[2][:N_INPUTS]
+    result = remote_bench(paths["rasp3b"], "rasp3b", x, tracker=lab["tracker"], key=lab["key"],
+                          repeat=5, count_instructions=True)
+    local = CompiledRunner.load(paths["x86"]).run(x)
+    remote = result["outputs"]
+    assert len(remote) == len(local) == 1 + n_binary
+    for ours, theirs in zip(remote[1:], local[1:]):  # every binary activation, bit for bit
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+    logits_remote, logits_local = remote[0], local[0]
+    assert np.array_equal(logits_remote.argmax(1), logits_local.argmax(1))
+    # The float epilogue (the classifier's batch norm) may round differently in the last bit
+    # (FMA contraction differs between the aarch64 and x86 code): float rounding only.
+    np.testing.assert_allclose(logits_remote, logits_local, rtol=1e-5, atol=1e-6)
+    assert result["median_ms"] > 0 and len(result["times_ms"]) == 5
+    assert result["board"]["machine"] == "aarch64" and result["board"]["cpu"] == "cortex-a53"
+    assert result["instructions"] > 10_000
+
+
+def test_instruction_count_is_deterministic(lab, modules):
+    paths, _ = modules
+    x = digits_split()[2][:BATCH]
+    counts = [
+        remote_bench(paths["rasp3b"], "rasp3b", x, tracker=lab["tracker"], key=lab["key"], repeat=1,
+                     count_instructions=True)["instructions"]
+        for _ in range(2)
+    ]
+    assert counts[0] == counts[1] > 0
+
+
+def test_board_and_tracker_commands_report_status(lab):
+    env = dict(os.environ)
+    status = subprocess.run([sys.executable, "-m", "bnn_tvm", "board", "status"], capture_output=True, text=True,
+                            check=True, env=env).stdout
+    assert lab["key"] in status and "rasp3b" in status
+    summary = tracker.tracker_keys(tuple((lab["tracker"].split(":")[0], int(lab["tracker"].split(":")[1]))))
+    assert lab["key"] in summary
+
+
+def test_wrong_key_is_refused_quickly(lab, modules):
+    paths, _ = modules
+    started = time.monotonic()
+    with pytest.raises(BnnError, match="no server registered with key 'rasp4b-nowhere'.*" + lab["key"]):
+        remote_bench(paths["rasp3b"], "rasp3b", np.zeros((1, 1, 8, 8), np.float32), tracker=lab["tracker"],
+                     key="rasp4b-nowhere")
+    assert time.monotonic() - started < 15
+
+
+def test_tracker_unreachable_and_no_server_are_clear(modules):
+    paths, _ = modules
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    port = free_port()  # nothing listens there
+    with pytest.raises(BnnError, match=f"tracker 127.0.0.1:{port} unreachable"):
+        remote_bench(paths["rasp3b"], "rasp3b", x, tracker=f"127.0.0.1:{port}", key="rasp3b")
+    with pytest.raises(BnnError, match=f"no RPC server answers at 127.0.0.1:{port}"):
+        remote_bench(paths["rasp3b"], "rasp3b", x, rpc=f"127.0.0.1:{port}")
+
+
+def test_module_for_another_machine_is_refused(lab, modules):
+    paths, _ = modules
+    with pytest.raises(BnnError, match="built for x86-64.*--target rasp3b"):
+        remote_bench(paths["x86"], "rasp3b", np.zeros((1, 1, 8, 8), np.float32), tracker=lab["tracker"], key=lab["key"])
+
+
+def test_silent_server_times_out(modules):
+    """A server that accepts and never answers: the benchmark ends at its timeout, worker killed."""
+    paths, _ = modules
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(BnnError, match="no answer within 8 s while connecting"):
+            remote_bench(paths["rasp3b"], "rasp3b", np.zeros((1, 1, 8, 8), np.float32), rpc=f"127.0.0.1:{port}",
+                         timeout=8)
+    finally:
+        listener.close()
+        for conn, _ in accepted:
+            conn.close()
+    assert time.monotonic() - started < 20
+
+
+def test_server_killed_mid_run_fails_clearly_within_60s(lab, modules):
+    """Kill the board (qemu and its session process) while it is timing the model: clear error fast."""
+    paths, _ = modules
+    state = lab["board"]
+    outcome = {}
+
+    def bench():
+        try:
+            remote_bench(paths["rasp3b"], "rasp3b", np.zeros((BATCH, 1, 8, 8), np.float32), tracker=lab["tracker"],
+                         key=lab["key"], repeat=1_000_000, timeout=600)
+        except BnnError as err:
+            outcome["error"] = err
+        outcome["ended"] = time.monotonic()
+
+    with open(state.log) as f:
+        loads_before = f.read().count("load_module")
+    worker = threading.Thread(target=bench)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the board has loaded the module
+        with open(state.log) as f:
+            if f.read().count("load_module") > loads_before:
+                break
+        time.sleep(0.2)
+    time.sleep(2)  # now it runs the million timed repeats
+    os.killpg(state.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    worker.join(70)
+    assert not worker.is_alive(), "remote_bench still blocked 70 s after the server was killed"
+    assert outcome["ended"] - killed < 60
+    message = str(outcome["error"])
+    assert "connection to the board was lost while" in message and lab["key"] in message
+    board.stop(lab["key"]) if any(s.name == lab["key"] for s in board.running()) else None
+    assert not group_alive(state.pid)
