@@ -15,7 +15,7 @@ import targets
 
 from .errors import BnnError
 from .io import atomic_write
-from .onnx_import import check_supported, constants_to_initializers, graph_input, import_to_relax, load_onnx, pin_input_shape
+from .onnx_import import check_supported, graph_input, import_to_relax, load_for_compile, pin_input_shape
 
 METADATA_FUNC = "bnn_metadata"
 
@@ -84,7 +84,7 @@ class LoweredModel:
 
 def lower_onnx(path: str, batch: int | None = None, extra_outputs: list[str] | None = None) -> LoweredModel:
     """Import ``path`` into Relax and run the binarization passes."""
-    model = constants_to_initializers(load_onnx(path))
+    model = load_for_compile(path)
     check_supported(model, path)
     name, shape = input_shape(model, path, batch)
     model = pin_input_shape(model, name, shape)

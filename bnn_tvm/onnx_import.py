@@ -49,6 +49,41 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def expand_qonnx(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace QONNX ``BipolarQuant(x, scale)`` (as Brevitas exports it) by its definition,
+    ``Where(x >= 0, 1, -1) * scale``, in standard ONNX: TVM and ONNX Runtime can then read it."""
+    import numpy as np
+    from onnx import helper
+
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    if not any(n.op_type == "BipolarQuant" and n.domain in QONNX_DOMAINS for n in model.graph.node):
+        return model
+    one, zero, minus_one = "bnn_qonnx_one", "bnn_qonnx_zero", "bnn_qonnx_minus_one"
+    for name, value in ((one, 1.0), (zero, 0.0), (minus_one, -1.0)):
+        model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "BipolarQuant" or node.domain not in QONNX_DOMAINS:
+            nodes.append(node)
+            continue
+        x, scale = node.input[0], node.input[1]
+        out = node.output[0]
+        unit = scale in constants and np.all(constants[scale] == 1)
+        signed = out if unit else f"{out}_bipolar"
+        nodes.append(helper.make_node("GreaterOrEqual", [x, zero], [f"{out}_ge"], name=f"{node.name}_ge"))
+        nodes.append(helper.make_node("Where", [f"{out}_ge", one, minus_one], [signed], name=node.name if unit else f"{node.name}_sign"))
+        if not unit:
+            nodes.append(helper.make_node("Mul", [signed, scale], [out], name=node.name))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def load_for_compile(path: str) -> onnx.ModelProto:
+    """The model at ``path`` in the form the compiler and the reference both read."""
+    return expand_qonnx(constants_to_initializers(load_onnx(path)))
+
+
 def pin_input_shape(model: onnx.ModelProto, name: str, shape: list[int]) -> onnx.ModelProto:
     """Give the input a static shape and fold the shape arithmetic a dynamic batch leaves behind
     (``Shape -> Squeeze -> Concat -> Reshape``), which TVM's importer cannot take."""
@@ -75,8 +110,6 @@ def check_supported(model: onnx.ModelProto, path: str) -> None:
                 raise BnnError(f"{path}: node {node.name or '<unnamed>'!r} ({node.op_type}) reads {name!r}, "
                                "which is no graph input, initializer or earlier node's output")
         available.update(node.output)
-        if node.op_type == "BipolarQuant" and node.domain in QONNX_DOMAINS:
-            continue
         if node.op_type not in known or node.domain not in ("", "ai.onnx"):
             domain = f" (domain {node.domain})" if node.domain not in ("", "ai.onnx") else ""
             raise BnnError(
@@ -104,7 +137,6 @@ def _importer_class():
       so passes can say which nodes they fused and ``inspect`` can report per node.
     * ``Pad`` with a constant value becomes ``relax.nn.pad`` (TVM's converter emits an opaque
       TIR call in which the pad value can no longer be seen).
-    * QONNX ``BipolarQuant(x, scale)`` becomes ``where(x >= 0, 1, -1) * scale``, its definition.
     """
     import numpy as np
     from tvm import relax
@@ -117,8 +149,6 @@ def _importer_class():
             node = attrs["tvm_custom"]["name"] or op_name
             if op_name == "Pad" and self._constant_pad(inputs, attrs) is not None:
                 op = self._constant_pad(inputs, attrs)
-            elif op_name == "BipolarQuant":
-                op = self._bipolar_quant(inputs)
             else:
                 op = super()._convert_operator(op_name, inputs, attrs, opset)
             name = self._sanitize_name(node)
@@ -153,15 +183,6 @@ def _importer_class():
             rank = len(pads) // 2
             width = [int(v) for pair in zip(pads[:rank], pads[rank:]) for v in pair]
             return relax.op.nn.pad(inputs[0], width, pad_value=float(value.reshape(())))
-
-        def _bipolar_quant(self, inputs):
-            x, scale = inputs[0], inputs[1]
-            one, minus_one = relax.const(1.0, "float32"), relax.const(-1.0, "float32")
-            sign = self.bb.emit(relax.op.where(relax.op.greater_equal(x, relax.const(0.0, "float32")), one, minus_one))
-            scale_value = self._constant(scale)
-            if scale_value is not None and np.all(scale_value == 1):
-                return sign
-            return relax.op.multiply(sign, scale)
 
     return BinaryAwareImporter
 

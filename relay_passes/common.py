@@ -72,8 +72,10 @@ class RuleContext(relax.PyExprMutator):
         names = [self.binding] + [n.name if isinstance(n, relax.Var) else str(n) for n in nodes]
         self.log.rewrites.append(Rewrite(tuple(dict.fromkeys(n for n in names if n)), kernel, detail))
 
-    def keep_float(self, reason: str) -> None:
-        self.log.kept_float.setdefault(self.binding, reason)
+    def keep_float(self, reason: str, *nodes) -> None:
+        """Record why the binding being visited (and the given variables) stay float."""
+        for name in [self.binding] + [n.name for n in nodes if isinstance(n, relax.Var)]:
+            self.log.kept_float.setdefault(name, reason)
 
     # Helpers for rules -------------------------------------------------------------------------
     def producer(self, expr):

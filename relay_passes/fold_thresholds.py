@@ -16,9 +16,11 @@ from tvm import relax
 from schedules import bitserial
 
 from .common import RuleContext, op_name, shape_of
+from .fuse_binary_conv2d import weight_scale_error
 
 INT32_MIN, INT32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
 FOLDABLE = {"binary_conv2d": "binary_conv2d_threshold", "binary_dense": "binary_dense_threshold"}
+SCALE_INPUT = {"binary_conv2d": 3, "binary_dense": 2}  # kernel input holding ±alpha weights' alpha
 
 
 def per_channel(values: np.ndarray, out_shape) -> np.ndarray | None:
@@ -109,19 +111,46 @@ def trace_chain(ctx: RuleContext, expr):
         expr = found[1]
 
 
-def chain_values(steps, channels: int, taps: int) -> np.ndarray:
-    """float32 ``[channels, 2 * taps + 1]``: the chain at every integer ``-taps..taps``."""
-    y = np.broadcast_to(np.arange(-taps, taps + 1, dtype=np.float32), (channels, 2 * taps + 1))
+def chain_values(steps, channels: int, taps: int, scale=None, error=None) -> list[np.ndarray]:
+    """float32 ``[channels, 2 * taps + 1]``: the chain at every integer ``d`` in ``-taps..taps``.
+
+    With a weight ``scale`` the kernel's value is ``d * scale``; with a rounding ``error`` band
+    (the float conv's possible distance from it) the chain is also evaluated at both ends of
+    the band, rounded outwards, and all three are returned.
+    """
+    d = np.broadcast_to(np.arange(-taps, taps + 1, dtype=np.float32), (channels, 2 * taps + 1))
+    start = d if scale is None else (d * scale[:, None]).astype(np.float32)
+    starts = [start]
+    if error is not None and np.any(error > 0):
+        band = error[:, None]
+        starts.append(np.nextafter((start - band).astype(np.float32), np.float32(-np.inf)))
+        starts.append(np.nextafter((start + band).astype(np.float32), np.float32(np.inf)))
+    results = []
     with np.errstate(all="ignore"):
-        for step in steps:
-            y = step(y).astype(np.float32)
-    return y
+        for y in starts:
+            for step in steps:
+                y = step(y).astype(np.float32)
+            results.append(y)
+    return results
 
 
-def decision_interval(steps, channels: int, taps: int):
-    """Per channel ``[low, high]`` such that ``chain(d) >= 0`` iff ``low <= d <= high``."""
+def kernel_scale(ctx: RuleContext, source, name: str, taps: int):
+    """``(scale, error)`` of a binary kernel whose weights were ±scale, else ``(None, None)``."""
+    inputs = ctx.kernel_inputs(source)
+    if len(inputs) <= SCALE_INPUT[name]:
+        return None, None
+    scale = ctx.constant(inputs[SCALE_INPUT[name]])
+    return scale, weight_scale_error(scale, taps)
+
+
+def decision_interval(steps, channels: int, taps: int, scale=None, error=None):
+    """Per channel ``[low, high]`` such that ``chain(d) >= 0`` iff ``low <= d <= high``; None if
+    no interval says it (not monotone, or a value within rounding error of the threshold)."""
     candidates = np.arange(-taps, taps + 1, dtype=np.int64)
-    decide = chain_values(steps, channels, taps) >= 0
+    decisions = [y >= 0 for y in chain_values(steps, channels, taps, scale, error)]
+    if any(np.any(other != decisions[0]) for other in decisions[1:]):
+        return None
+    decide = decisions[0]
     low = np.full(channels, 1, dtype=np.int64)
     high = np.full(channels, 0, dtype=np.int64)  # empty interval: never +1
     for c in range(channels):
@@ -146,12 +175,17 @@ def fold_threshold(ctx: RuleContext, call):
     name, attrs = ctx.bnn_kernel(source)
     taps = int(attrs["bnn.taps"])
     channels = shape_of(source)[1]
-    interval = decision_interval(steps, channels, taps)
+    scale, error = kernel_scale(ctx, source, name, taps)
+    interval = decision_interval(steps, channels, taps, scale, error)
     if interval is None:
-        ctx.keep_float("the float ops before the binarizer are not monotone per channel")
+        ctx.keep_float(
+            "the float ops before the binarizer are not monotone per channel, or a reachable value "
+            "lies within float rounding of the threshold (non-power-of-two weight scale)",
+            *visited[:-1],  # the float ops, not the binary kernel
+        )
         return None
     low, high = (relax.const(v) for v in interval)
-    inputs = ctx.kernel_inputs(source)
+    inputs = ctx.kernel_inputs(source)[: SCALE_INPUT[name]]  # integers compare without the scale
     ctx.fused(FOLDABLE[name], f"{name} + {len(steps)} float op(s) + binarizer", *visited)
     if name == "binary_conv2d":
         strides = tuple(int(s) for s in attrs["bnn.strides"])

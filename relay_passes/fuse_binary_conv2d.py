@@ -1,9 +1,10 @@
 """Rewrite ``conv2d(unpack(p), W)`` with binary weights into an XNOR-popcount conv on ``p``.
 
 Weights are packed at compile time. Accepted weights: constant ±1, or ±alpha per output channel
-with alpha a power of two (IR-Net's scales, or a scale folded into the weights by an exporter):
-alpha then becomes an exact multiply after the integer result. Other magnitudes stay float: the
-float conv's rounding of a sum of arbitrary floats cannot be reproduced bit for bit.
+(a scale folded into the weights by an exporter: IR-Net's powers of two, Brevitas' per-tensor
+constants). The kernel multiplies its integer result by alpha. A power of two makes that exact;
+any other alpha differs from the float conv's sum of ±alpha terms by float rounding, which
+``fold_thresholds`` takes into account (see ``weight_scale_error``).
 
 Padding is exact in all three forms: the conv's own zero padding (pad with -1 bits, add back a
 per-position correction), and an explicit ``Pad`` with value -1 or +1 before an unpadded conv.
@@ -56,9 +57,19 @@ def split_scale(weight: np.ndarray):
     alpha = magnitude[:, 0]
     if not np.all(magnitude == alpha[:, None]) or not np.all(alpha > 0):
         return None, "weights are not binary (±alpha per output channel)"
-    if not is_power_of_two(alpha):
-        return None, "per-channel weight scales are not powers of two: export the scale as a Mul after the conv"
     return np.sign(weight), alpha.astype(np.float32)
+
+
+def weight_scale_error(scale: np.ndarray | None, taps: int) -> np.ndarray:
+    """Per channel, how far the float conv's sum of ``taps`` terms ``±alpha`` can be from
+    ``alpha * d``, whatever its summation order: ``gamma_K * K * alpha`` (Higham's bound,
+    ``gamma_K = K u / (1 - K u)``, u = 2^-24), plus the rounding of ``alpha * d`` itself.
+    Zero for powers of two, where both are exact."""
+    if scale is None or is_power_of_two(scale):
+        return np.zeros(0 if scale is None else scale.shape, np.float64)
+    u = 2.0**-24
+    gamma = taps * u / (1 - taps * u)
+    return (gamma + u) * taps * scale.astype(np.float64)
 
 
 def binarized_conv_input(ctx: RuleContext, data):
@@ -114,22 +125,20 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
     if explicit is not None:
         detail += f" (explicit Pad {explicit[0]:+g})"
     ctx.fused("binary_conv2d", detail)
-    result = ctx.emit_kernel(
-        lambda d, w, k: bitserial.dot_to_float_nchw(
-            bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones)
+    inputs = [packed, relax.const(pack_bits(weight.transpose(0, 2, 3, 1))), relax.const(correction)]
+    if scale is not None:
+        inputs.append(relax.const(scale))
+    return ctx.emit_kernel(
+        lambda d, w, k, *alpha: bitserial.dot_to_float_nchw(
+            bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones), *alpha
         ),
-        packed,
-        relax.const(pack_bits(weight.transpose(0, 2, 3, 1))),  # [OC, KH, KW, CW]
-        relax.const(correction),
+        *inputs,
         op="binary_conv2d",
         taps=taps,
         strides=list(strides),
         padding=list(padding),
         pad_ones=int(pad_ones),
     )
-    if scale is None:
-        return result
-    return relax.op.multiply(ctx.builder_.emit(result), relax.const(scale.reshape(1, oc, 1, 1)))
 
 
 def output_hw(in_hw, kernel, strides, padding) -> tuple[int, int]:

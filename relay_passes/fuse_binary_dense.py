@@ -1,6 +1,6 @@
 """Rewrite ``matmul(unpack(p), W)`` (also through a flatten) with binary weights into XNOR-popcount.
 
-Weights: ±1, or ±alpha per output with alpha a power of two (see ``fuse_binary_conv2d``).
+Weights: ±1, or ±alpha per output (see ``fuse_binary_conv2d``).
 
 A flatten of NCHW bits orders features channel-major; the packed tensor is channels-last, so the
 weight's rows are permuted to (H, W, C) order before packing: no data movement at run time.
@@ -62,13 +62,10 @@ def fuse_binary_dense(ctx: RuleContext, call):
     packed_weight = pack_bits(rows).reshape(weight.shape[1], -1)
     taps = weight.shape[0]
     ctx.fused("binary_dense", f"dense {taps}->{weight.shape[1]}", data)
-    result = ctx.emit_kernel(
-        lambda d, w: bitserial.dot_to_float_nchw(bitserial.binary_dense_dot(d, w, taps)),
-        packed,
-        relax.const(packed_weight),
+    inputs = [packed, relax.const(packed_weight)] + ([relax.const(scale)] if scale is not None else [])
+    return ctx.emit_kernel(
+        lambda d, w, *alpha: bitserial.dot_to_float_nchw(bitserial.binary_dense_dot(d, w, taps), *alpha),
+        *inputs,
         op="binary_dense",
         taps=taps,
     )
-    if scale is None:
-        return result
-    return relax.op.multiply(ctx.builder_.emit(result), relax.const(scale.reshape(1, -1)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import RuleContext, op_name, shape_of
-from .fold_thresholds import chain_values, trace_chain
+from .fold_thresholds import chain_values, kernel_scale, trace_chain
 from .lower_binarizers import pack_and_unpack
 
 
@@ -24,8 +24,10 @@ def lower_sign(ctx: RuleContext, call):
         ctx.keep_float("Sign of a float tensor can output 0, which no bit holds: export Where(x >= 0, 1, -1)")
         return None
     source, steps, _ = traced
-    taps = int(ctx.bnn_kernel(source)[1]["bnn.taps"])
-    if np.any(chain_values(steps, shape_of(source)[1], taps) == 0):
-        ctx.keep_float("Sign can output 0 here (an integer result maps exactly to 0)")
+    name, attrs = ctx.bnn_kernel(source)
+    taps = int(attrs["bnn.taps"])
+    values = chain_values(steps, shape_of(source)[1], taps, *kernel_scale(ctx, source, name, taps))
+    if any(np.any(v == 0) for v in values) or any(np.any((v > 0) != (values[0] > 0)) for v in values):
+        ctx.keep_float("Sign can output 0 here (a reachable result maps to 0, or within rounding of it)")
         return None
     return pack_and_unpack(ctx, x)

@@ -158,14 +158,17 @@ def binary_dense_dot(data: te.Tensor, weight: te.Tensor, taps: int) -> te.Tensor
     return te.compute((n, out), lambda i, o: taps - 2 * mismatches[i, o], name="binary_dense_dot")
 
 
-def dot_to_float_nchw(dot: te.Tensor, dtype: str = "float32") -> te.Tensor:
-    """The integer result as the float model sees it: NCHW (or ``[N, O]``), exact below 2^24."""
+def dot_to_float_nchw(dot: te.Tensor, scale: te.Tensor | None = None, dtype: str = "float32") -> te.Tensor:
+    """The integer result as the float model sees it, NCHW (or ``[N, O]``), times a per-channel
+    weight ``scale`` when the weights were ±scale. Exact below 2^24 without a scale."""
+
+    def value(d, o):
+        return d.astype(dtype) if scale is None else d.astype(dtype) * scale[o]
+
     if len(dot.shape) == 4:
         n, oh, ow, oc = dot.shape
-        return te.compute(
-            (n, oc, oh, ow), lambda i, o, y, x: dot[i, y, x, o].astype(dtype), name="dot_float"
-        )
-    return te.compute(dot.shape, lambda i, o: dot[i, o].astype(dtype), name="dot_float")
+        return te.compute((n, oc, oh, ow), lambda i, o, y, x: value(dot[i, y, x, o], o), name="dot_float")
+    return te.compute(dot.shape, lambda i, o: value(dot[i, o], o), name="dot_float")
 
 
 def threshold_pack(dot: te.Tensor, low: te.Tensor, high: te.Tensor) -> te.Tensor:

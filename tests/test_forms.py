@@ -101,11 +101,25 @@ def test_xnor_net_scale_as_separate_mul_and_arbitrary_scale_in_weights(tmp_path)
     scaled = g.node("Mul", [conv, g.const(alpha)])
     b = g.binarize(g.batch_norm(scaled, *g.random_bn(8, 0.3)))
     folded_weights = g.binary_weight((5, 8, 3, 3)) * g.rng.uniform(0.1, 2, (5, 1, 1, 1)).astype(np.float32)
-    out = g.conv(b, folded_weights)
+    out = g.conv(b, folded_weights)  # float output: equal within float rounding
+    report = check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 12, 6, 6]), ["binary_conv2d_threshold"])
+    assert sum("-> binary_conv2d " in f for f in report.fused) == 2
+
+
+def test_threshold_within_rounding_of_a_scaled_sum_stays_float(tmp_path):
+    """Weights ±0.1 (Brevitas' default): the float conv's sum of ±0.1 terms may round either
+    side of a threshold placed exactly at 0.1 * d, so folding it could change an answer."""
+    g = GraphBuilder([1, 8, 5, 5], seed=12)
+    cout = 4
+    mean = np.float32(0.1) * np.float32(8)  # a value the conv can produce: d = 8
+    bn = (np.ones(cout, np.float32), np.zeros(cout, np.float32), np.full(cout, mean, np.float32), np.full(cout, 1 - 1e-5, np.float32))
+    y = g.batch_norm(g.conv(g.binarize("x"), g.binary_weight((cout, 8, 3, 3)) * np.float32(0.1), pad=1), *bn)
+    out = g.conv(g.binarize(y), g.binary_weight((3, cout, 1, 1)))
     path = save(g.model([out]), tmp_path / "m.onnx")
-    check(path, inputs([1, 12, 6, 6]), ["binary_conv2d_threshold"])
-    reasons = [r.note for r in inspect_onnx(path) if r.op_type == "Conv" and not r.binary]
-    assert reasons and "not powers of two" in reasons[0]
+    reports = inspect_onnx(path)
+    bn_node = next(r for r in reports if r.op_type == "BatchNormalization")
+    assert not bn_node.binary and "within float rounding" in " ".join(r.note for r in reports)
+    assert next(r for r in reports if r.op_type == "Conv").kernel == "binary_conv2d"
 
 
 @pytest.mark.parametrize("kernel,pad", [(1, 0), (5, 2)])
@@ -139,3 +153,47 @@ def test_missing_initializer_names_the_node(tmp_path):
     path = save(g.model(["y"]), tmp_path / "m.onnx")
     with pytest.raises(BnnError, match="conv_without_weights.*weights_that_are_not_there"):
         inspect_onnx(path)
+
+
+def test_qonnx_bipolar_quant_by_hand(tmp_path):
+    """QONNX BipolarQuant on activations (scale 1) and on float weights (power-of-two scale)."""
+    g = GraphBuilder([1, 9, 6, 6], seed=11)
+    domain = "qonnx.custom_op.general"
+
+    def bipolar(x, scale):
+        out = g.name("bq")
+        g.nodes.append(helper.make_node("BipolarQuant", [x, g.const(np.float32(scale))], [out], name=f"node_{out}", domain=domain))
+        return out
+
+    w = bipolar(g.const(g.rng.standard_normal((14, 9, 3, 3)).astype(np.float32), "latent"), 0.5)
+    conv = g.node("Conv", [bipolar("x", 1.0), w], pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+    y = g.batch_norm(conv, *g.random_bn(14, 0.3))
+    w2 = bipolar(g.const(g.rng.standard_normal((3, 14, 3, 3)).astype(np.float32), "latent"), 1.0)
+    out = g.node("Conv", [bipolar(y, 1.0), w2], kernel_shape=[3, 3])
+    model = g.model([out])
+    model.opset_import.append(helper.make_opsetid(domain, 1))
+    check(save(model, tmp_path / "m.onnx"), inputs([1, 9, 6, 6]), ["binary_conv2d_threshold", "-> binary_conv2d"])
+
+
+def test_brevitas_qonnx_export(tmp_path):
+    """A binarized model built with Brevitas and exported by its QONNX exporter."""
+    import brevitas.nn as qnn
+    import torch
+    from brevitas.export import export_qonnx
+    from brevitas.quant import SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst
+
+    binary = dict(weight_quant=SignedBinaryWeightPerTensorConst, bias=False)
+    model = torch.nn.Sequential(
+        qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True),
+        qnn.QuantConv2d(8, 16, 3, padding=1, **binary),
+        torch.nn.BatchNorm2d(16),
+        qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True),
+        qnn.QuantConv2d(16, 4, 3, stride=2, **binary),
+    ).eval()
+    with torch.no_grad():
+        bn = model[2]
+        bn.running_mean.uniform_(-3, 3), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(-1, 1)
+    path = str(tmp_path / "brevitas.onnx")
+    export_qonnx(model, torch.randn(1, 8, 6, 6), path)
+    report = check(path, inputs([1, 8, 6, 6]), ["binary_conv2d_threshold", "-> binary_conv2d"])
+    assert report.binary_checked == 2
