@@ -8,6 +8,9 @@ from .compiler import lower_onnx
 from .onnx_import import load_onnx
 
 
+MATRIX_OPS = ("Conv", "Gemm", "MatMul")
+
+
 @dataclass
 class NodeReport:
     name: str
@@ -50,5 +53,6 @@ def inspect_onnx(path: str, batch: int | None = None) -> list[NodeReport]:
         elif node.name not in remaining:
             reports.append(NodeReport(node.name, node.op_type, None, "constant-folded at compile time"))
         else:
-            reports.append(NodeReport(node.name, node.op_type, None, reasons.get(node.name, "float path")))
+            default = "float path: no binarized operand" if node.op_type in MATRIX_OPS else "float path"
+            reports.append(NodeReport(node.name, node.op_type, None, reasons.get(node.name, default)))
     return reports
