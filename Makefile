@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test
+.PHONY: demo test system-deps
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -16,5 +16,10 @@ demo: $(STAMP)
 	$(PY) -m bnn_tvm compile --target x86 -o build/digits_x86.so
 	$(PY) -m bnn_tvm verify --target x86
 
-test: $(STAMP)
+# Cross compilers, qemu-user and Debian's arm64 lists for the emulated board (root or sudo;
+# a no-op when present). Without them the ARM tests skip or fail with the install command.
+system-deps:
+	bash tools/install_system_deps.sh || echo "warning: system packages not installed; ARM tests will skip or fail"
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q
