@@ -71,13 +71,14 @@ class LoweredModel:
     provenance: dict  # Relax variable name -> ONNX node name
 
     def binarizer_outputs(self) -> list[str]:
-        """ONNX tensors the passes turned into packed bits: the model's binary activations."""
+        """ONNX tensors the passes turned into packed bits (binary and k-bit activations)."""
         nodes = {n.name: n for n in self.onnx_model.graph.node}
         found = []
         for log in self.logs:
             for rewrite in log.rewrites:
                 node = nodes.get(self.provenance.get(rewrite.nodes[0], ""))
-                if rewrite.kernel == "pack_sign" and node is not None and node.output[0] not in found:
+                packed = rewrite.kernel in ("pack_sign", "pack_levels")
+                if packed and node is not None and node.output[0] not in found:
                     found.append(node.output[0])
         return found
 

@@ -135,8 +135,9 @@ def _importer_class():
 
     * The binding of each node's result is recorded with the node's name (and named after it),
       so passes can say which nodes they fused and ``inspect`` can report per node.
-    * ``Pad`` with a constant value becomes ``relax.nn.pad`` (TVM's converter emits an opaque
-      TIR call in which the pad value can no longer be seen).
+    * ``Pad`` with a constant value becomes ``relax.nn.pad``, and ``Clip``/``Max``/``Min`` with
+      constant scalar bounds the plain Relax ops (TVM's converters emit opaque TIR calls in which
+      the constants can no longer be seen).
     """
     import numpy as np
     from tvm import relax
@@ -149,6 +150,8 @@ def _importer_class():
             node = attrs["tvm_custom"]["name"] or op_name
             if op_name == "Pad" and self._constant_pad(inputs, attrs) is not None:
                 op = self._constant_pad(inputs, attrs)
+            elif op_name in ("Max", "Min", "Clip") and self._scalar_bound(op_name, inputs) is not None:
+                op = self._scalar_bound(op_name, inputs)
             else:
                 op = super()._convert_operator(op_name, inputs, attrs, opset)
             name = self._sanitize_name(node)
@@ -172,6 +175,26 @@ def _importer_class():
             from tvm.ir import Constant
 
             return expr.value.numpy() if isinstance(expr, Constant) else None
+
+        def _scalar_bound(self, op_name, inputs):
+            """``Max(x, c)``, ``Min(x, c)``, ``Clip(x, lo, hi)`` with constant scalars as the plain
+            Relax ops (TVM's converters emit opaque TIR), so passes can see a clip to [0, 1]."""
+            if op_name == "Clip":
+                bounds = [self._constant(b) if b is not None else None for b in (list(inputs[1:]) + [None, None])[:2]]
+                if any(b is not None and b.size != 1 for b in bounds) or any(
+                    b is None and given is not None for b, given in zip(bounds, (list(inputs[1:]) + [None, None])[:2])
+                ):
+                    return None
+                lo = float(bounds[0].reshape(())) if bounds[0] is not None else float("-inf")
+                hi = float(bounds[1].reshape(())) if bounds[1] is not None else float("inf")
+                return relax.op.clip(inputs[0], relax.prim_value(lo), relax.prim_value(hi))
+            if len(inputs) != 2:
+                return None
+            value = self._constant(inputs[1])
+            if value is None or value.size != 1 or self._constant(inputs[0]) is not None:
+                return None
+            bound = relax.const(value.reshape(()).astype(np.float32))
+            return (relax.op.maximum if op_name == "Max" else relax.op.minimum)(inputs[0], bound)
 
         def _constant_pad(self, inputs, attrs):
             if attrs.get("mode", b"constant") not in (b"constant", "constant") or len(inputs) < 2:

@@ -16,11 +16,15 @@ from tvm import relax
 from schedules import bitserial
 
 from .common import RuleContext, op_name, shape_of
-from .fuse_binary_conv2d import weight_scale_error
+from .fuse_binary_conv2d import sum_rounding_error, weight_scale_error
 
 INT32_MIN, INT32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
-FOLDABLE = {"binary_conv2d": "binary_conv2d_threshold", "binary_dense": "binary_dense_threshold"}
-SCALE_INPUT = {"binary_conv2d": 3, "binary_dense": 2}  # kernel input holding ±alpha weights' alpha
+FOLDABLE = {
+    "binary_conv2d": "binary_conv2d_threshold",
+    "binary_dense": "binary_dense_threshold",
+    "multibit_conv2d": "multibit_conv2d_threshold",
+}
+SCALE_INPUT = {"binary_conv2d": 3, "binary_dense": 2, "multibit_conv2d": 2}  # input holding alpha
 
 
 def per_channel(values: np.ndarray, out_shape) -> np.ndarray | None:
@@ -111,15 +115,18 @@ def trace_chain(ctx: RuleContext, expr):
         expr = found[1]
 
 
-def chain_values(steps, channels: int, taps: int, scale=None, error=None) -> list[np.ndarray]:
-    """float32 ``[channels, 2 * taps + 1]``: the chain at every integer ``d`` in ``-taps..taps``.
+def chain_values(steps, channels: int, taps: int, scale=None, error=None, levels: int = 1) -> list[np.ndarray]:
+    """float32 ``[channels, 2 * levels * taps + 1]``: the chain at every integer ``d`` the kernel
+    can produce (``-levels * taps .. levels * taps``).
 
-    With a weight ``scale`` the kernel's value is ``d * scale``; with a rounding ``error`` band
-    (the float conv's possible distance from it) the chain is also evaluated at both ends of
-    the band, rounded outwards, and all three are returned.
+    The kernel's value is ``d / levels * scale`` (k-bit inputs have ``levels = 2^k - 1``; ±alpha
+    weights a ``scale``); with a rounding ``error`` band (the float conv's possible distance from
+    it) the chain is also evaluated at both ends of the band, rounded outwards, and all three
+    are returned.
     """
-    d = np.broadcast_to(np.arange(-taps, taps + 1, dtype=np.float32), (channels, 2 * taps + 1))
-    start = d if scale is None else (d * scale[:, None]).astype(np.float32)
+    d = np.broadcast_to(candidates_of(taps, levels).astype(np.float32), (channels, 2 * levels * taps + 1))
+    start = d if levels == 1 else (d / np.float32(levels)).astype(np.float32)
+    start = start if scale is None else (start * scale[:, None]).astype(np.float32)
     starts = [start]
     if error is not None and np.any(error > 0):
         band = error[:, None]
@@ -134,20 +141,34 @@ def chain_values(steps, channels: int, taps: int, scale=None, error=None) -> lis
     return results
 
 
-def kernel_scale(ctx: RuleContext, source, name: str, taps: int):
-    """``(scale, error)`` of a binary kernel whose weights were ±scale, else ``(None, None)``."""
+def candidates_of(taps: int, levels: int = 1) -> np.ndarray:
+    return np.arange(-levels * taps, levels * taps + 1, dtype=np.int64)
+
+
+def kernel_value_model(ctx: RuleContext, source, name: str, attrs: dict, channels: int):
+    """``(taps, scale, error, levels)``: how the kernel's float value follows from its integer.
+
+    ``error`` bounds how far the float graph's own conv can be from that value; it is zero
+    unless the weights carry a non-power-of-two scale or the input has k-bit levels (1/L is
+    inexact, so the float conv sums rounded terms).
+    """
+    taps = int(attrs["bnn.taps"])
+    levels = int(attrs.get("bnn.levels", 1))
     inputs = ctx.kernel_inputs(source)
-    if len(inputs) <= SCALE_INPUT[name]:
-        return None, None
-    scale = ctx.constant(inputs[SCALE_INPUT[name]])
-    return scale, weight_scale_error(scale, taps)
+    scale = ctx.constant(inputs[SCALE_INPUT[name]]) if len(inputs) > SCALE_INPUT[name] else None
+    if levels == 1:
+        error = weight_scale_error(scale, taps) if scale is not None else None
+    else:
+        # terms q/L * w: each q/L rounded once, and the kernel rounds d/L and d/L * alpha
+        error = sum_rounding_error(taps, np.ones(channels) if scale is None else scale, roundings=3)
+    return taps, scale, error, levels
 
 
-def decision_interval(steps, channels: int, taps: int, scale=None, error=None):
+def decision_interval(steps, channels: int, taps: int, scale=None, error=None, levels: int = 1):
     """Per channel ``[low, high]`` such that ``chain(d) >= 0`` iff ``low <= d <= high``; None if
     no interval says it (not monotone, or a value within rounding error of the threshold)."""
-    candidates = np.arange(-taps, taps + 1, dtype=np.int64)
-    decisions = [y >= 0 for y in chain_values(steps, channels, taps, scale, error)]
+    candidates = candidates_of(taps, levels)
+    decisions = [y >= 0 for y in chain_values(steps, channels, taps, scale, error, levels)]
     if any(np.any(other != decisions[0]) for other in decisions[1:]):
         return None
     decide = decisions[0]
@@ -173,10 +194,9 @@ def fold_threshold(ctx: RuleContext, call):
         return None
     source, steps, visited = traced
     name, attrs = ctx.bnn_kernel(source)
-    taps = int(attrs["bnn.taps"])
     channels = shape_of(source)[1]
-    scale, error = kernel_scale(ctx, source, name, taps)
-    interval = decision_interval(steps, channels, taps, scale, error)
+    taps, scale, error, levels = kernel_value_model(ctx, source, name, attrs, channels)
+    interval = decision_interval(steps, channels, taps, scale, error, levels)
     if interval is None:
         ctx.keep_float(
             "the float ops before the binarizer are not monotone per channel, or a reachable value "
@@ -187,6 +207,18 @@ def fold_threshold(ctx: RuleContext, call):
     low, high = (relax.const(v) for v in interval)
     inputs = ctx.kernel_inputs(source)[: SCALE_INPUT[name]]  # integers compare without the scale
     ctx.fused(FOLDABLE[name], f"{name} + {len(steps)} float op(s) + binarizer", *visited)
+    if name == "multibit_conv2d":
+        strides = tuple(int(s) for s in attrs["bnn.strides"])
+        padding = tuple(int(p) for p in attrs["bnn.padding"])
+        return ctx.emit_kernel(
+            lambda d, w, lo, hi: bitserial.threshold_pack(bitserial.multibit_conv2d_dot(d, w, strides, padding), lo, hi),
+            *inputs,
+            low,
+            high,
+            op=FOLDABLE[name],
+            taps=taps,
+            levels=levels,
+        )
     if name == "binary_conv2d":
         strides = tuple(int(s) for s in attrs["bnn.strides"])
         padding = tuple(int(p) for p in attrs["bnn.padding"])

@@ -60,20 +60,26 @@ def split_scale(weight: np.ndarray):
     return np.sign(weight), alpha.astype(np.float32)
 
 
-def weight_scale_error(scale: np.ndarray | None, taps: int) -> np.ndarray:
-    """Per channel, how far the float conv's sum of ``taps`` terms ``±alpha`` can be from
-    ``alpha * d``, whatever its summation order: ``gamma_K * K * alpha`` (Higham's bound,
-    ``gamma_K = K u / (1 - K u)``, u = 2^-24), plus the rounding of ``alpha * d`` itself.
-    Zero for powers of two, where both are exact."""
-    if scale is None or is_power_of_two(scale):
-        return np.zeros(0 if scale is None else scale.shape, np.float64)
+def sum_rounding_error(taps: int, magnitude: np.ndarray, roundings: int) -> np.ndarray:
+    """How far a float32 sum of ``taps`` terms of size at most ``magnitude`` can be from the exact
+    sum, whatever the summation order (Higham: ``gamma_K * K * m``, ``gamma_K = K u / (1 - K u)``,
+    u = 2^-24), plus ``roundings`` more roundings of each term or of the kernel's own value."""
     u = 2.0**-24
     gamma = taps * u / (1 - taps * u)
-    return (gamma + u) * taps * scale.astype(np.float64)
+    return (gamma + roundings * u) * taps * np.asarray(magnitude, np.float64)
+
+
+def weight_scale_error(scale: np.ndarray | None, taps: int) -> np.ndarray:
+    """Per channel, how far the float conv's sum of ``taps`` terms ``±alpha`` can be from the
+    kernel's ``alpha * d``; zero for powers of two, where both are exact."""
+    if scale is None or is_power_of_two(scale):
+        return np.zeros(0 if scale is None else scale.shape, np.float64)
+    return sum_rounding_error(taps, scale, roundings=1)
 
 
 def binarized_conv_input(ctx: RuleContext, data):
-    """``(packed, explicit pad or None)`` when ``data`` is binarized bits, possibly ±1-padded."""
+    """``(packed, explicit pad or None)`` when ``data`` is binarized bits, possibly ±1-padded,
+    or k-bit planes (``unpack_levels``; no explicit pad)."""
     node = ctx.producer(data)
     explicit = None
     if op_name(node) == "relax.nn.pad":
@@ -84,9 +90,34 @@ def binarized_conv_input(ctx: RuleContext, data):
         explicit = (value, (width[4], width[6], width[5], width[7]))  # top, left, bottom, right
         data = node.args[0]
     kernel = ctx.bnn_kernel(data)
-    if kernel is None or kernel[0] != "unpack_sign":
+    if kernel is None or kernel[0] not in ("unpack_sign", "unpack_levels"):
+        return None
+    if kernel[0] == "unpack_levels" and explicit is not None:
         return None
     return ctx.kernel_inputs(data)[0], explicit
+
+
+def fuse_multibit_conv2d(ctx: RuleContext, call, planes, weight, scale, strides, padding):
+    """The bit-plane conv: k-bit activations times binary weights."""
+    bits = shape_of(planes)[0]
+    levels = (1 << bits) - 1
+    oc, c, kh, kw = weight.shape
+    taps = c * kh * kw
+    ctx.fused("multibit_conv2d", f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding} on {bits}-bit planes")
+    inputs = [planes, relax.const(pack_bits(weight.transpose(0, 2, 3, 1)))]
+    if scale is not None:
+        inputs.append(relax.const(scale))
+    return ctx.emit_kernel(
+        lambda d, w, *alpha: bitserial.dot_to_float_nchw(
+            bitserial.multibit_conv2d_dot(d, w, strides, padding), *alpha, levels=levels
+        ),
+        *inputs,
+        op="multibit_conv2d",
+        taps=taps,
+        levels=levels,
+        strides=list(strides),
+        padding=list(padding),
+    )
 
 
 def fuse_binary_conv2d(ctx: RuleContext, call):
@@ -112,6 +143,8 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
         ctx.keep_float(reason)
         return None
     weight = weight.astype(np.int64)
+    if len(shape_of(packed)) == 5:  # k-bit planes
+        return fuse_multibit_conv2d(ctx, call, packed, weight, scale, strides, padding)
     oc, c, kh, kw = weight.shape
     in_hw = shape_of(packed)[1:3]
     if explicit is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import RuleContext, op_name, shape_of
-from .fold_thresholds import chain_values, kernel_scale, trace_chain
+from .fold_thresholds import chain_values, kernel_value_model, trace_chain
 from .lower_binarizers import pack_and_unpack
 
 
@@ -25,8 +25,9 @@ def lower_sign(ctx: RuleContext, call):
         return None
     source, steps, _ = traced
     name, attrs = ctx.bnn_kernel(source)
-    taps = int(attrs["bnn.taps"])
-    values = chain_values(steps, shape_of(source)[1], taps, *kernel_scale(ctx, source, name, taps))
+    channels = shape_of(source)[1]
+    taps, scale, error, levels = kernel_value_model(ctx, source, name, attrs, channels)
+    values = chain_values(steps, channels, taps, scale, error, levels)
     if any(np.any(v == 0) for v in values) or any(np.any((v > 0) != (values[0] > 0)) for v in values):
         ctx.keep_float("Sign can output 0 here (a reachable result maps to 0, or within rounding of it)")
         return None

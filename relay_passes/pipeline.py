@@ -11,6 +11,7 @@ from .fuse_binary_conv2d import fuse_binary_conv2d
 from .fuse_binary_dense import fuse_binary_dense
 from .fuse_binary_maxpool import fuse_binary_maxpool
 from .lower_binarizers import lower_binarizer
+from .lower_multibit import lower_multibit
 from .lower_sign import lower_sign
 
 
@@ -32,6 +33,7 @@ def binarize(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
         [
             relax.transform.FoldConstant(),  # binarized weights, transposed Gemm weights -> constants
             rule_pass("LowerBinarizers", lower_binarizer, logs),
+            rule_pass("LowerMultibit", lower_multibit, logs),
             *fusions(),
             rule_pass("LowerSign", lower_sign, logs),
             *fusions(),

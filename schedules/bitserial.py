@@ -158,12 +158,17 @@ def binary_dense_dot(data: te.Tensor, weight: te.Tensor, taps: int) -> te.Tensor
     return te.compute((n, out), lambda i, o: taps - 2 * mismatches[i, o], name="binary_dense_dot")
 
 
-def dot_to_float_nchw(dot: te.Tensor, scale: te.Tensor | None = None, dtype: str = "float32") -> te.Tensor:
-    """The integer result as the float model sees it, NCHW (or ``[N, O]``), times a per-channel
-    weight ``scale`` when the weights were ±scale. Exact below 2^24 without a scale."""
+def dot_to_float_nchw(
+    dot: te.Tensor, scale: te.Tensor | None = None, levels: int = 1, dtype: str = "float32"
+) -> te.Tensor:
+    """The integer result as the float model sees it, NCHW (or ``[N, O]``): divided by the
+    activation ``levels`` of a multi-bit input, times a per-channel weight ``scale`` when the
+    weights were ±scale. Exact below 2^24 with neither."""
 
     def value(d, o):
-        return d.astype(dtype) if scale is None else d.astype(dtype) * scale[o]
+        v = d.astype(dtype)
+        v = v if levels == 1 else v / tirx.const(levels, dtype)
+        return v if scale is None else v * scale[o]
 
     if len(dot.shape) == 4:
         n, oh, ow, oc = dot.shape
@@ -223,3 +228,80 @@ def max_pool_or(
         return bitwise_or(value, axis=[ry, rx])
 
     return te.compute((n, out_hw[0], out_hw[1], cw), word, name="max_pool_or")
+
+
+def pack_levels(x: te.Tensor, bits: int) -> te.Tensor:
+    """DoReFa's k-bit activation as ``bits`` packed bit planes ``[bits, N, H, W, CW]``.
+
+    ``q = round_half_even(clip(x, 0, 1) * L)``, ``L = 2^bits - 1``, computed in float32 like
+    ONNX ``Round(Clip(x, 0, 1) * L)``; plane ``j`` holds bit ``j`` of ``q``.
+    """
+    n, channels, h, w = (int(v) for v in x.shape)
+    levels = float((1 << bits) - 1)
+    words = num_words(channels)
+
+    def level(i, c, y, z):
+        clipped = tirx.min(tirx.max(x[i, c, y, z], tirx.const(0.0, x.dtype)), tirx.const(1.0, x.dtype))
+        return tirx.nearbyint(clipped * tirx.const(levels, x.dtype)).astype("int32")
+
+    q = te.compute((n, channels, h, w), level, name="levels")
+    b = te.reduce_axis((0, WORD_BITS), name="bit")
+
+    def body(j, i, y, z, cw):
+        c = cw * WORD_BITS + b
+        safe = tirx.min(c, channels - 1)
+        on = tirx.all(c < channels, (q[i, safe, y, z] >> j) & 1 == 1)
+        return te.sum(_bit(on, b), axis=b)
+
+    return te.compute((bits, n, h, w, words), body, name="pack_levels")
+
+
+def unpack_levels(planes: te.Tensor, channels: int, dtype: str = "float32") -> te.Tensor:
+    """Bit planes back to DoReFa's float values ``q / L`` in NCHW."""
+    bits, n, h, w, _ = (int(v) for v in planes.shape)
+    levels = (1 << bits) - 1
+
+    def value(i, c, y, z):
+        q = tirx.const(0, "int32")
+        for j in range(bits):
+            word = planes[j, i, y, z, c // WORD_BITS]
+            q = q + (((word >> (c % WORD_BITS).astype(WORD_DTYPE)) & tirx.const(1, WORD_DTYPE)).astype("int32") << j)
+        return q.astype(dtype) / tirx.const(levels, dtype)
+
+    return te.compute((n, channels, h, w), value, name="unpack_levels")
+
+
+def multibit_conv2d_dot(
+    planes: te.Tensor, weight: te.Tensor, strides: tuple[int, int], padding: tuple[int, int, int, int]
+) -> te.Tensor:
+    """Exact ``sum q * w`` (q in 0..L, w = ±1) over bit planes: int32 ``[N, OH, OW, OC]``.
+
+    Per plane, ``sum b * w = 2 popcount(b & w) - popcount(b)`` for bits b in {0, 1}. Zero padding
+    is q = 0, i.e. 0 bits, exactly the float model's 0: no correction is needed.
+    """
+    bits, n, h, w, cw = (int(v) for v in planes.shape)
+    oc, kh, kw, _ = (int(v) for v in weight.shape)
+    sh, sw = strides
+    pt, pl, pb, pr = padding
+    oh = (h + pt + pb - kh) // sh + 1
+    ow = (w + pl + pr - kw) // sw + 1
+    zero = tirx.const(0, WORD_DTYPE)
+    padded = te.compute(
+        (bits, n, h + pt + pb, w + pl + pr, cw),
+        lambda j, i, y, x, c: tirx.if_then_else(
+            tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl), planes[j, i, y - pt, x - pl, c], zero
+        ),
+        name="pad_planes",
+    )
+    rj = te.reduce_axis((0, bits), name="rj")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    rc = te.reduce_axis((0, cw), name="rc")
+
+    def term(i, y, x, o):
+        a = padded[rj, i, y * sh + ry, x * sw + rx, rc]
+        both = tirx.popcount(a & weight[o, ry, rx, rc]).astype("int32")
+        ones = tirx.popcount(a).astype("int32")
+        return te.sum((2 * both - ones) << rj, axis=[rj, ry, rx, rc])
+
+    return te.compute((n, oh, ow, oc), term, name="multibit_conv2d_dot")

@@ -197,3 +197,26 @@ def test_brevitas_qonnx_export(tmp_path):
     export_qonnx(model, torch.randn(1, 8, 6, 6), path)
     report = check(path, inputs([1, 8, 6, 6]), ["binary_conv2d_threshold", "-> binary_conv2d"])
     assert report.binary_checked == 2
+
+
+def dorefa(g, x, bits=2, clip_as_max_min=False):
+    """DoReFa's k-bit activation: Round(Clip(x, 0, 1) * L) / L."""
+    levels = np.float32((1 << bits) - 1)
+    if clip_as_max_min:  # as torch's exporter writes a clamp
+        clipped = g.node("Min", [g.node("Max", [x, g.const(np.float32(0))]), g.const(np.float32(1))])
+    else:
+        clipped = g.node("Clip", [x, g.const(np.float32(0)), g.const(np.float32(1))])
+    rounded = g.node("Round", [g.node("Mul", [clipped, g.const(levels)])])
+    return g.node("Div", [rounded, g.const(levels)])
+
+
+@pytest.mark.parametrize("bits,max_min", [(2, False), (2, True), (3, False)])
+def test_dorefa_bit_planes_with_binary_weights(tmp_path, bits, max_min):
+    g = GraphBuilder([1, 10, 6, 6], seed=20 + bits)
+    a = dorefa(g, "x", bits, max_min)
+    y = g.batch_norm(g.conv(a, g.binary_weight((12, 10, 3, 3)), pad=1), *g.random_bn(12, 0.3))
+    b = g.binarize(y)
+    out = g.conv(dorefa(g, g.conv(b, g.binary_weight((6, 12, 3, 3)), pad=1), bits), g.binary_weight((3, 6, 1, 1)))
+    x = (inputs([1, 10, 6, 6]) * 0.6 + 0.5).astype(np.float32)
+    report = check(save(g.model([out, a]), tmp_path / "m.onnx"), x, ["pack_levels", "multibit_conv2d_threshold"])
+    assert report.binary_checked >= 3  # two k-bit activations and one binary one, compared exactly
