@@ -220,3 +220,12 @@ def test_dorefa_bit_planes_with_binary_weights(tmp_path, bits, max_min):
     x = (inputs([1, 10, 6, 6]) * 0.6 + 0.5).astype(np.float32)
     report = check(save(g.model([out, a]), tmp_path / "m.onnx"), x, ["pack_levels", "multibit_conv2d_threshold"])
     assert report.binary_checked >= 3  # two k-bit activations and one binary one, compared exactly
+
+
+def test_dynamic_spatial_shape_is_refused_with_the_input_named(tmp_path):
+    g = GraphBuilder([1, 4, 5, 5])
+    g.input = helper.make_tensor_value_info("x", 1, ["N", 4, "height", 5])
+    out = g.conv(g.binarize("x"), g.binary_weight((2, 4, 3, 3)))
+    path = save(g.model([out]), tmp_path / "dyn.onnx")
+    with pytest.raises(BnnError, match=r"dyn.onnx.*'x'.*symbolic dimension at axis 2"):
+        inspect_onnx(path)
