@@ -96,9 +96,11 @@ def test_bad_user_target_files_are_named(tmp_path, content, message):
     assert str(path) in str(err.value)
 
 
-def test_targets_command_lists_every_target():
-    out = subprocess.run([sys.executable, "-m", "bnn_tvm", "targets", "--json"], capture_output=True, text=True, check=True)
-    listed = {t["name"]: t for t in json.loads(out.stdout)}
+def test_targets_command_lists_every_target(capsys):
+    from bnn_tvm.cli import main
+
+    assert main(["targets", "--json"]) == 0
+    listed = {t["name"]: t for t in json.loads(capsys.readouterr().out)}
     assert set(REQUIRED) <= set(listed)
     assert listed["rasp3b"]["target"]["mcpu"] == "cortex-a53"
 
@@ -167,7 +169,8 @@ def test_missing_cross_compiler_names_the_package(tmp_path):
     assert not (tmp_path / "m.so").exists()
 
 
-def test_compile_arch_option_is_cuda_only():
-    done = subprocess.run([sys.executable, "-m", "bnn_tvm", "compile", "--target", "x86", "--arch", "sm_75"],
-                          capture_output=True, text=True)
-    assert done.returncode != 0 and "--arch applies to cuda" in done.stderr
+def test_compile_arch_option_is_cuda_only(capsys):
+    from bnn_tvm.cli import main
+
+    assert main(["compile", "--target", "x86", "--arch", "sm_75"]) != 0
+    assert "--arch applies to cuda" in capsys.readouterr().err
