@@ -299,8 +299,11 @@ def running() -> list[BoardState]:
             state = BoardState(**json.loads(_read(path) or "{}"))
             if _alive(state.pid):
                 states.append(state)
-            else:
+            else:  # it died (killed, crashed): forget it
                 os.remove(path)
+                port_file = os.path.join(run_dir(), f"board-{state.name}.port")
+                if os.path.exists(port_file):
+                    os.remove(port_file)
     return states
 
 

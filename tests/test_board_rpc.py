@@ -84,6 +84,9 @@ def lab():
     tracker.stop(tracker_state.port)
     assert not group_alive(board_state.pid), "board processes left behind"
     assert not group_alive(tracker_state.pid), "tracker processes left behind"
+    for log in (board_state.log, tracker_state.log):
+        if os.path.exists(log):
+            os.remove(log)
 
 
 @pytest.fixture(scope="module")
