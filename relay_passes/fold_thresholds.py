@@ -10,6 +10,8 @@ then stays packed for the next binary layer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from tvm import relax
 
@@ -185,18 +187,49 @@ def decision_interval(steps, channels: int, taps: int, scale=None, error=None, l
     return low.astype(np.int32), high.astype(np.int32)
 
 
-def fold_threshold(ctx: RuleContext, call):
-    kernel = ctx.bnn_kernel(call)
-    if kernel is None or kernel[0] != "pack_sign":
-        return None
-    traced = trace_chain(ctx, call.args[1].fields[0])
+@dataclass
+class Chain:
+    """A binary kernel's float output followed by per-channel float ops, up to some tensor."""
+
+    source: object  # the kernel's output variable
+    name: str  # the kernel's bnn.op
+    attrs: dict
+    steps: list  # the float ops, as numpy functions, kernel side first
+    visited: list  # their variables, tensor side first, the kernel's last
+    channels: int
+    taps: int
+    scale: np.ndarray | None
+    error: np.ndarray | None
+    levels: int
+
+    def values(self) -> list[np.ndarray]:
+        return chain_values(self.steps, self.channels, self.taps, self.scale, self.error, self.levels)
+
+    def decision_interval(self):
+        return decision_interval(self.steps, self.channels, self.taps, self.scale, self.error, self.levels)
+
+
+def analyse_chain(ctx: RuleContext, expr) -> Chain | None:
+    """The chain from a foldable binary kernel to ``expr``, or None if ``expr`` is not one."""
+    traced = trace_chain(ctx, expr)
     if traced is None:
         return None
     source, steps, visited = traced
     name, attrs = ctx.bnn_kernel(source)
     channels = shape_of(source)[1]
     taps, scale, error, levels = kernel_value_model(ctx, source, name, attrs, channels)
-    interval = decision_interval(steps, channels, taps, scale, error, levels)
+    return Chain(source, name, attrs, steps, visited, channels, taps, scale, error, levels)
+
+
+def fold_threshold(ctx: RuleContext, call):
+    kernel = ctx.bnn_kernel(call)
+    if kernel is None or kernel[0] != "pack_sign":
+        return None
+    chain = analyse_chain(ctx, call.args[1].fields[0])
+    if chain is None:
+        return None
+    source, steps, visited, name, attrs = chain.source, chain.steps, chain.visited, chain.name, chain.attrs
+    interval = chain.decision_interval()
     if interval is None:
         ctx.keep_float(
             "the float ops before the binarizer are not monotone per channel, or a reachable value "
@@ -207,40 +240,26 @@ def fold_threshold(ctx: RuleContext, call):
     low, high = (relax.const(v) for v in interval)
     inputs = ctx.kernel_inputs(source)[: SCALE_INPUT[name]]  # integers compare without the scale
     ctx.fused(FOLDABLE[name], f"{name} + {len(steps)} float op(s) + binarizer", *visited)
-    if name == "multibit_conv2d":
-        strides = tuple(int(s) for s in attrs["bnn.strides"])
-        padding = tuple(int(p) for p in attrs["bnn.padding"])
-        return ctx.emit_kernel(
-            lambda d, w, lo, hi: bitserial.threshold_pack(bitserial.multibit_conv2d_dot(d, w, strides, padding), lo, hi),
-            *inputs,
-            low,
-            high,
-            op=FOLDABLE[name],
-            taps=taps,
-            levels=levels,
-        )
-    if name == "binary_conv2d":
-        strides = tuple(int(s) for s in attrs["bnn.strides"])
-        padding = tuple(int(p) for p in attrs["bnn.padding"])
-        pad_ones = bool(int(attrs["bnn.pad_ones"]))
-        return ctx.emit_kernel(
-            lambda d, w, k, lo, hi: bitserial.threshold_pack(
-                bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones), lo, hi
-            ),
-            *inputs,
-            low,
-            high,
-            op=FOLDABLE[name],
-            taps=taps,
-            strides=list(strides),
-            padding=list(padding),
-            pad_ones=int(pad_ones),
-        )
+    dot = integer_dot(name, attrs)
+    params = {k[len("bnn.") :]: v for k, v in attrs.items() if k.startswith("bnn.") and k != "bnn.op"}
     return ctx.emit_kernel(
-        lambda d, w, lo, hi: bitserial.threshold_pack(bitserial.binary_dense_dot(d, w, taps), lo, hi),
+        lambda *args: bitserial.threshold_pack(dot(*args[:-2]), *args[-2:]),
         *inputs,
         low,
         high,
         op=FOLDABLE[name],
-        taps=taps,
+        **params,
     )
+
+
+def integer_dot(name: str, attrs: dict):
+    """The TE compute of a binary kernel's integer result, from its tensor inputs."""
+    taps = int(attrs["bnn.taps"])
+    if name == "binary_dense":
+        return lambda d, w: bitserial.binary_dense_dot(d, w, taps)
+    strides = tuple(int(s) for s in attrs["bnn.strides"])
+    padding = tuple(int(p) for p in attrs["bnn.padding"])
+    if name == "multibit_conv2d":
+        return lambda d, w: bitserial.multibit_conv2d_dot(d, w, strides, padding)
+    pad_ones = bool(int(attrs["bnn.pad_ones"]))
+    return lambda d, w, k: bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones)

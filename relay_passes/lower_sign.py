@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import RuleContext, op_name, shape_of
-from .fold_thresholds import chain_values, kernel_value_model, trace_chain
+from .fold_thresholds import analyse_chain
 from .lower_binarizers import pack_and_unpack
 
 
@@ -19,15 +19,11 @@ def lower_sign(ctx: RuleContext, call):
     if op_name(call) != "relax.sign":
         return None
     x = call.args[0]
-    traced = trace_chain(ctx, x) if len(shape_of(x)) in (2, 4) else None
-    if traced is None:
+    chain = analyse_chain(ctx, x) if len(shape_of(x)) in (2, 4) else None
+    if chain is None:
         ctx.keep_float("Sign of a float tensor can output 0, which no bit holds: export Where(x >= 0, 1, -1)")
         return None
-    source, steps, _ = traced
-    name, attrs = ctx.bnn_kernel(source)
-    channels = shape_of(source)[1]
-    taps, scale, error, levels = kernel_value_model(ctx, source, name, attrs, channels)
-    values = chain_values(steps, channels, taps, scale, error, levels)
+    values = chain.values()
     if any(np.any(v == 0) for v in values) or any(np.any((v > 0) != (values[0] > 0)) for v in values):
         ctx.keep_float("Sign can output 0 here (a reachable result maps to 0, or within rounding of it)")
         return None
