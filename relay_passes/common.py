@@ -68,8 +68,13 @@ class RuleContext(relax.PyExprMutator):
         new = self.rule(self, call)
         return call if new is None else new
 
+    def visit_tuple_getitem_(self, item):  # noqa: N802 (a batch norm's result is a tuple item)
+        item = self.visit_expr_post_order(item)
+        new = self.rule(self, item)
+        return item if new is None else new
+
     def fused(self, kernel: str, detail: str, *nodes) -> None:
-        names = [self.binding] + [n.name if isinstance(n, relax.Var) else str(n) for n in nodes]
+        names = [self.binding] + [n.name for n in nodes if isinstance(n, relax.Var)]
         self.log.rewrites.append(Rewrite(tuple(dict.fromkeys(n for n in names if n)), kernel, detail))
 
     def keep_float(self, reason: str, *nodes) -> None:

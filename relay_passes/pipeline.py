@@ -6,6 +6,7 @@ import tvm
 from tvm import relax
 
 from .common import PassLog, rule_pass
+from .fold_float_tables import fold_float_tables
 from .fold_thresholds import fold_threshold
 from .fuse_binary_conv2d import fuse_binary_conv2d
 from .fuse_binary_dense import fuse_binary_dense
@@ -38,6 +39,8 @@ def binarize(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
             rule_pass("LowerSign", lower_sign, logs),
             *fusions(),
             rule_pass("FoldThresholds", fold_threshold, logs),
+            relax.transform.DeadCodeElimination(),  # float ops the thresholds replaced are not chain ends
+            fold_float_tables(logs),
             relax.transform.DeadCodeElimination(),
         ],
         name="BinarizeForBitserial",

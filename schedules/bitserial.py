@@ -305,3 +305,14 @@ def multibit_conv2d_dot(
         return te.sum((2 * both - ones) << rj, axis=[rj, ry, rx, rc])
 
     return te.compute((n, oh, ow, oc), term, name="multibit_conv2d_dot")
+
+
+def table_lookup(dot: te.Tensor, table: te.Tensor, offset: int) -> te.Tensor:
+    """``table[channel, dot + offset]`` in NCHW (or ``[N, O]``): a per-channel float function of
+    the integer result, tabulated at compile time (no float arithmetic left to round or fuse)."""
+    if len(dot.shape) == 4:
+        n, oh, ow, oc = dot.shape
+        return te.compute(
+            (n, oc, oh, ow), lambda i, o, y, x: table[o, dot[i, y, x, o] + offset], name="table_lookup"
+        )
+    return te.compute(dot.shape, lambda i, o: table[o, dot[i, o] + offset], name="table_lookup")

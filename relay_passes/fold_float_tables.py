@@ -1,0 +1,85 @@
+"""Fold the float ops after a binary kernel into a per-channel lookup table, where it is small.
+
+A binary conv/dense produces an integer ``d`` in a known range; the bias, batch norm or scale
+after it are a per-channel function of ``d``. Where that chain ends in a float consumer (a
+graph output, a residual add, a float layer), its value for every possible ``d`` is computed at
+compile time in float32, in ONNX Runtime's order, and the kernel looks it up: the result is
+bit-identical to the reference on every target, whatever the target's compiler does with
+multiply-adds (x86 fuses them into FMA, aarch64 may not). Chains whose float value is only
+known within a rounding band, and tables over ``MAX_TABLE_ENTRIES``, stay float.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from schedules import bitserial
+
+from .common import PassLog, RuleContext
+from .fold_thresholds import SCALE_INPUT, analyse_chain, integer_dot
+
+MAX_TABLE_ENTRIES = 1 << 18  # 1 MiB of float32 per layer
+CHAIN_OPS = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.nn.batch_norm")
+
+
+def chain_ends(func: relax.Function) -> set[str]:
+    """Variables read by something other than a per-channel float op, or returned."""
+    ends = set()
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if not isinstance(binding.var, relax.DataflowVar):
+                ends.add(binding.var.name)
+            if isinstance(value, relax.TupleGetItem):
+                continue
+            is_chain = isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in CHAIN_OPS
+            operands = list(value.args) if isinstance(value, relax.Call) else list(getattr(value, "fields", [value]))
+            if not is_chain:
+                ends.update(v.name for v in operands if isinstance(v, relax.Var))
+    return ends
+
+
+def table_rule(ends: set[str]):
+    def fold_table(ctx: RuleContext, expr):
+        if ctx.binding not in ends or ctx.bnn_kernel(expr) is not None:
+            return None
+        chain = analyse_chain(ctx, expr)
+        if chain is None or not chain.steps:
+            return None
+        if chain.error is not None and chain.error.size and chain.error.max() > 0:
+            return None  # the float graph's own value is only known within rounding: keep float
+        entries = chain.channels * (2 * chain.levels * chain.taps + 1)
+        if entries > MAX_TABLE_ENTRIES:
+            ctx.keep_float(f"float ops after a binary kernel: a table would need {entries} entries", *chain.visited[1:-1])
+            return None
+        dot = integer_dot(chain.name, chain.attrs)
+        offset = chain.levels * chain.taps
+        inputs = ctx.kernel_inputs(chain.source)[: SCALE_INPUT[chain.name]]
+        kernel = f"{chain.name}_table"
+        ctx.fused(kernel, f"{chain.name} + {len(chain.steps)} float op(s) as a lookup table", *chain.visited[1:])
+        params = {k[len("bnn.") :]: v for k, v in chain.attrs.items() if k.startswith("bnn.") and k != "bnn.op"}
+        return ctx.emit_kernel(
+            lambda *args: bitserial.table_lookup(dot(*args[:-1]), args[-1], offset),
+            *inputs,
+            relax.const(chain.values()[0]),
+            op=kernel,
+            **params,
+        )
+
+    return fold_table
+
+
+def fold_float_tables(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        log = PassLog("FoldFloatTables")
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                ctx = RuleContext(mod, table_rule(chain_ends(func)), log)
+                ctx.builder_.update_func(gvar, ctx.visit_expr(func))
+                mod = ctx.builder_.get()
+        if logs is not None:
+            logs.append(log)
+        return mod
+
+    return tvm.transform.module_pass(transform, opt_level=0, name="FoldFloatTables")
