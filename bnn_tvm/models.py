@@ -16,8 +16,8 @@ classes. ``build(name, ...)`` fills in the zoo's defaults for whatever is not gi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

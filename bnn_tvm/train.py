@@ -150,4 +150,8 @@ def load_checkpoint(path: str) -> tuple[nn.Module, dict]:
 
 
 def write_metrics(metrics: dict, path: str) -> None:
-    atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(metrics, indent=2) + "\n"))
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as handle:
+            handle.write(json.dumps(metrics, indent=2) + "\n")
+
+    atomic_write(path, write)
