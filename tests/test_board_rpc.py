@@ -113,11 +113,9 @@ def test_remote_run_on_emulated_rasp3b_matches_x86(lab, modules):
     assert len(remote) == len(local) == 1 + n_binary
     for ours, theirs in zip(remote[1:], local[1:]):  # every binary activation, bit for bit
         assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
-    logits_remote, logits_local = remote[0], local[0]
-    assert np.array_equal(logits_remote.argmax(1), logits_local.argmax(1))
-    # The float epilogue (the classifier's batch norm) may round differently in the last bit
-    # (FMA contraction differs between the aarch64 and x86 code): float rounding only.
-    np.testing.assert_allclose(logits_remote, logits_local, rtol=1e-5, atol=1e-6)
+    # The classifier's batch norm is a compile-time table (FoldFloatTables): no float arithmetic
+    # is left for FMA contraction to change between aarch64 and x86, so the logits are identical.
+    assert np.array_equal(remote[0], local[0])
     assert result["median_ms"] > 0 and len(result["times_ms"]) == 5
     assert result["board"]["machine"] == "aarch64" and result["board"]["cpu"] == "cortex-a53"
     assert result["instructions"] > 10_000
