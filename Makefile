@@ -11,10 +11,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Main job: compile the bundled default model for x86 and check it bit-exactly against ONNX Runtime.
-demo: $(STAMP)
+# Main job: compile the bundled default model for x86, check it bit-exactly against ONNX Runtime,
+# and cross-compile it for the Raspberry Pi 3B (Cortex-A53, 64-bit OS).
+demo: $(STAMP) system-deps
 	$(PY) -m bnn_tvm compile --target x86 -o build/digits_x86.so
 	$(PY) -m bnn_tvm verify --target x86
+	$(PY) -m bnn_tvm compile --target rasp3b -o build/digits_rasp3b.so
 
 # Cross compilers, qemu-user and Debian's arm64 lists for the emulated board (root or sudo;
 # a no-op when present). Without them the ARM tests skip or fail with the install command.
