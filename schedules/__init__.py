@@ -2,15 +2,100 @@
 
 ``schedule_module(mod, spec)`` is called by the compiler on the Relax module after the
 binarization passes and before ``tvm.compile``: it schedules every PrimFunc tagged ``bnn.op``
-for the target. Untagged (float) functions are left to TVM's default pipeline.
+for the target family (``schedules.x86``, ``schedules.arm``; ``schedules.cuda`` when present).
+Untagged (float) functions are left to TVM's default pipeline.
+
+A schedule may change the layout of a constant parameter (the weights: see
+``schedules.cpu``); the call sites in the Relax functions then get the constant permuted the
+same way, at compile time, so no layout change happens at run time.
 """
 
 from __future__ import annotations
 
+import importlib
 
-def schedule_module(mod, spec):
+import numpy as np
+
+FAMILY_MODULES = {"x86": "schedules.x86", "arm": "schedules.arm", "cuda": "schedules.cuda"}
+
+
+def family_module(family: str):
+    """The schedule module of a target family, or None if there is none (yet)."""
+    name = FAMILY_MODULES.get(family)
+    if name is None:
+        return None
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name == name:
+            return None
+        raise
+
+
+def bnn_kernels(mod):
+    """``(global var, PrimFunc, op name)`` of every kernel the binarization passes emitted."""
+    import tvm
+
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and "bnn.op" in func.attrs:
+            yield gvar, func, str(func.attrs["bnn.op"])
+
+
+def schedule_module(mod, spec, plans: dict | None = None):
     """Schedule the binary kernels of ``mod`` for ``spec`` (a ``targets.TargetSpec``).
 
-    Nothing is scheduled yet: kernels run as TVM lowers their compute (serial loops).
+    ``plans``, if given, receives ``{kernel name: one-line description of its schedule}``.
     """
-    return mod
+    module = family_module(getattr(spec, "family", "x86"))
+    if module is None:
+        return mod
+    target = spec.tvm_target()
+    scheduled = {}
+    for gvar, func, op in list(bnn_kernels(mod)):
+        result = module.schedule(func, op, target)
+        result.func = result.func.with_attrs(dict(func.attrs))
+        scheduled[gvar.name_hint] = result
+        if plans is not None:
+            plans[gvar.name_hint] = result.plan
+    return replace_kernels(mod, scheduled)
+
+
+def replace_kernels(mod, scheduled: dict):
+    """Swap in the scheduled kernels (new global vars: a changed signature changes their type)
+    and permute the constant arguments whose layout a schedule changed."""
+    import tvm
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    @relax.expr_functor.mutator
+    class SwapKernels(relax.PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.new_vars = {}
+
+        def visit_call_(self, call):  # noqa: N802 (TVM's visitor naming)
+            call = self.visit_expr_post_order(call)
+            if call.op != call_tir or call.args[0].name_hint not in scheduled:
+                return call
+            name = call.args[0].name_hint
+            kernel = scheduled[name]
+            if name not in self.new_vars:
+                self.new_vars[name] = self.builder_.add_func(kernel.func, name)
+            args = list(call.args[1].fields)
+            for position, axes in kernel.relayouts.items():
+                const = args[position]
+                if not isinstance(const, tvm.ir.Constant):
+                    raise ValueError(f"{name}: argument {position} is not a constant")
+                args[position] = relax.const(np.ascontiguousarray(const.value.numpy().transpose(axes)))
+            return relax.Call(
+                call.op, [self.new_vars[name], relax.Tuple(args)] + list(call.args[2:]), call.attrs, call.ty_args
+            )
+
+    swap = SwapKernels(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            swap.builder_.update_func(gvar, swap.visit_expr(func))
+    swapped = swap.builder_.get()
+    kept = {gvar: func for gvar, func in swapped.functions_items() if gvar.name_hint not in scheduled or gvar in swap.new_vars.values()}
+    return tvm.IRModule(kept, attrs=swapped.attrs, global_infos=swapped.global_infos)

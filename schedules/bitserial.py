@@ -182,29 +182,39 @@ def threshold_pack(dot: te.Tensor, low: te.Tensor, high: te.Tensor) -> te.Tensor
     Output channel ``o`` is +1 exactly when ``low[o] <= dot <= high[o]``: the folded form of any
     monotone per-channel float chain (bias, batch norm, scale) followed by ``>= 0``; a negative
     scale gives ``low = INT_MIN``. Channels are the last axis of ``dot``.
+
+    Two stages: one decision (bool) per channel, padded to whole words, then the packing of
+    those decisions (:func:`pack_decisions`). CPU schedules turn the second into one vector
+    compare-to-mask per word (``schedules.cpu``).
     """
     channels = int(dot.shape[-1])
     words = num_words(channels)
+
+    def decide(*index):
+        *lead, c = index
+        if channels == words * WORD_BITS:  # no channel padding: no clamp, simpler regions
+            value = dot[tuple(lead) + (c,)]
+            return tirx.all(value >= low[c], value <= high[c])
+        safe = tirx.min(c, channels - 1)
+        value = dot[tuple(lead) + (safe,)]
+        return tirx.all(c < channels, value >= low[safe], value <= high[safe])
+
+    decisions = te.compute(tuple(dot.shape[:-1]) + (words * WORD_BITS,), decide, name="threshold_bits")
+    return pack_decisions(decisions)
+
+
+def pack_decisions(decisions: te.Tensor, name: str = "threshold_pack") -> te.Tensor:
+    """Pack bool decisions along the last axis (a multiple of 32) into words: bit ``b`` of word
+    ``w`` is decision ``32 w + b``. Bits never overlap, so their sum is their OR."""
+    words = int(decisions.shape[-1]) // WORD_BITS
     b = te.reduce_axis((0, WORD_BITS), name="bit")
 
-    def bit_of(index, c):
-        safe = tirx.min(c, channels - 1)
-        value = dot[index + (safe,)]
-        return _bit(tirx.all(c < channels, value >= low[safe], value <= high[safe]), b)
+    def word(*index):
+        *lead, cw = index
+        bit = decisions[tuple(lead) + (cw * WORD_BITS + b,)]
+        return te.sum(bit.astype(WORD_DTYPE) << b.astype(WORD_DTYPE), axis=b)
 
-    if len(dot.shape) == 4:
-        n, oh, ow, _ = dot.shape
-        return te.compute(
-            (n, oh, ow, words),
-            lambda i, y, x, cw: te.sum(bit_of((i, y, x), cw * WORD_BITS + b), axis=b),
-            name="threshold_pack",
-        )
-    n = dot.shape[0]
-    return te.compute(
-        (n, words),
-        lambda i, cw: te.sum(bit_of((i,), cw * WORD_BITS + b), axis=b),
-        name="threshold_pack",
-    )
+    return te.compute(tuple(decisions.shape[:-1]) + (words,), word, name=name)
 
 
 def max_pool_or(

@@ -1,0 +1,539 @@
+"""TIR schedules of the binary kernels for CPUs with SIMD popcount, shared by x86 and ARM.
+
+The computes (``schedules.bitserial``) are channels-last: packed activations ``[N, H, W, CW]``.
+The schedules vectorise over *output channels*: every vector lane accumulates the mismatches of
+one output channel, the activation word is broadcast to all lanes, and the weights are read as
+whole vectors. So the lane count never depends on the image width, stride 2 costs nothing
+extra, and for the 32/64/.../512-channel layers of real networks no lane is ever idle.
+
+Per kernel, one output row of one image is a parallel task (``N * OH`` tasks); inside it a tile
+of ``width_block`` output positions by ``channel_block`` output channels is accumulated in
+vector registers over the whole reduction (kernel taps x channel words), then written out:
+
+* float output (``binary_conv2d``, ``binary_dense``): ``taps - 2 * mismatches (+ correction)``
+  converted and stored NCHW from the register tile (the compiler transposes it with shuffles);
+* packed output (``*_threshold``): each 32-channel word is compared with its thresholds as a
+  vector and the comparison mask *is* the word (one ``vpcmpd``+``kmovw`` per 16 channels on
+  AVX-512), via the tensor intrinsic ``bnn_pack_bits32`` below.
+
+Weights are constants: their layout is changed at compile time to ``[KH, KW, CW, OC]`` (dense:
+``[KW, O]``) so a vector of output channels is one contiguous load; ``schedule_module`` applies
+the same permutation to the constant it passes in (see ``Scheduled.relayouts``).
+
+The inner loop per (tap, word): ``vpxord`` (broadcast activation XOR weight vector),
+``vpopcntd``, ``vpaddd`` on AVX-512 VPOPCNTDQ; ``eor``, ``cnt.16b``, ``uaddlp``, ``uadalp`` on
+NEON (LLVM's lowering of a vector popcount that is accumulated: no ``addv`` in the loop).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.script import tirx as T
+
+WORD_BITS = 32
+
+
+@dataclass(frozen=True)
+class VectorUnit:
+    """What the schedules need to know about a CPU's SIMD unit."""
+
+    name: str  # e.g. "avx512-vpopcntdq", "avx2", "neon"
+    lanes: int  # 32-bit lanes per vector register
+    accumulators: int  # vector registers the accumulator tile may take (the rest hold operands)
+
+
+@dataclass
+class Scheduled:
+    """A scheduled kernel and the constant-argument layout changes its schedule made."""
+
+    func: tirx.PrimFunc
+    plan: str
+    # parameter position -> axes permutation (numpy ``transpose``) to apply to its constant
+    relayouts: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Packing 32 decisions into a word: a vector compare-to-mask instead of 32 shifts and adds.
+
+
+def _pack_bits32_funcs(index_dtype: str):
+    """``(desc, impl)`` of packing 32 bool decisions into a word (loop index ``index_dtype``)."""
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder.tirx import prim_func as build_prim_func
+
+    def declare():
+        bits = T.match_buffer(T.arg("bits", T.handle()), (WORD_BITS,), "bool", offset_factor=1)
+        word = T.match_buffer(T.arg("word", T.handle()), (1,), "uint32", offset_factor=1)
+        return bits, word
+
+    with IRBuilder() as desc_builder:
+        with build_prim_func():
+            T.func_attr({"s_tir": True})
+            bits, word = declare()
+            with T.sblock("root"):
+                T.reads(word[0:1], bits[0:WORD_BITS])
+                T.writes(word[0:1])
+                with T.serial(tirx.IntImm(index_dtype, WORD_BITS)) as b:
+                    with T.sblock("update"):
+                        vb = T.axis.reduce(tirx.IntImm(index_dtype, WORD_BITS), b)
+                        T.reads(word[0], bits[vb])
+                        T.writes(word[0])
+                        T.buffer_store(word, word[0] + T.shift_left(T.Cast("uint32", bits[vb]), T.Cast("uint32", vb)), [0])
+    with IRBuilder() as impl_builder:
+        with build_prim_func():
+            T.func_attr({"s_tir": True})
+            bits, word = declare()
+            with T.sblock("root"):
+                T.reads(word[0:1], bits[0:WORD_BITS])
+                T.writes(word[0:1])
+                # <32 x i1> bitcast to i32: compare-into-mask-register + kmov on AVX-512
+                mask = T.reinterpret("uint32", T.Cast(f"uint1x{WORD_BITS}", bits.vload([0], f"boolx{WORD_BITS}")))
+                T.buffer_store(word, word[0] + mask, [0])
+    return desc_builder.get(), impl_builder.get()
+
+
+def pack_bits32_intrin(index_dtype: str) -> str:
+    name = f"bnn_pack_bits32_{index_dtype}"
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
+        s_tir.TensorIntrin.register(name, *_pack_bits32_funcs(index_dtype))
+    return name
+
+
+# --------------------------------------------------------------------------------------------
+# Float NCHW output from a channels-across-lanes tile: an in-register transpose.
+#
+# The accumulator tile holds, per output position, a vector of ``L`` channels; NCHW wants, per
+# channel, a vector of positions. The tile is finished (``taps - 2 m + correction``, converted,
+# scaled) on its own vectors, then transposed the way x86 code does it by hand: within each
+# 128-bit group, 32-bit then 64-bit unpacks turn every 4 rows into 4x4 blocks; a final
+# shuffle per column gathers that column's blocks from the row quads. Every step is a
+# two-input shuffle LLVM maps to one instruction (``vpunpck*dq``, ``vpunpck*qdq``, ``vpermt2q``;
+# ``zip1/zip2`` on NEON).
+
+
+def quad_transpose(rows: list, lanes: int, shuffle) -> list:
+    """Columns of a tile given as ``rows`` (vectors of ``lanes``; ``len(rows)`` a multiple of 4,
+    at most ``lanes``): column ``c`` gathers lane ``c`` of every row, in row order.
+
+    ``shuffle(vectors, indices)`` picks ``indices`` of the concatenated ``vectors``; with labels
+    for vectors it simulates the transposition (``tests/test_schedules.py`` checks it does).
+    """
+    groups = lanes // 4
+
+    def unpack(a, b, width, high):
+        # per 128-bit group: interleave the low (or high) halves of a and b, width lanes at a time
+        idx = []
+        for g in range(groups):
+            start = 4 * g + (2 if high else 0)
+            if width == 1:
+                idx += [start, lanes + start, start + 1, lanes + start + 1]
+            else:
+                idx += [start, start + 1, lanes + start, lanes + start + 1]
+        return shuffle([a, b], idx)
+
+    quads = []
+    for q in range(0, len(rows), 4):
+        r0, r1, r2, r3 = rows[q : q + 4]
+        t0, t1 = unpack(r0, r1, 1, False), unpack(r0, r1, 1, True)
+        t2, t3 = unpack(r2, r3, 1, False), unpack(r2, r3, 1, True)
+        quads.append([unpack(t0, t2, 2, False), unpack(t0, t2, 2, True), unpack(t1, t3, 2, False), unpack(t1, t3, 2, True)])
+    columns = []
+    for c in range(lanes):
+        g, j = divmod(c, 4)
+        sources = [quad[j] for quad in quads]
+        columns.append(shuffle(sources, [k * lanes + 4 * g + i for k in range(len(sources)) for i in range(4)]))
+    return columns
+
+
+def _fence(value):
+    """An optimisation barrier: LLVM would otherwise push the arithmetic through the shuffles
+    and redo it on narrower vectors (and spill)."""
+    return T.call_llvm_pure_intrin(str(value.ty), "llvm.arithmetic.fence", value)
+
+
+def tile_out_intrin(rows: int, lanes: int, taps: int, scaled: bool) -> str:
+    """Register (once) and name the tile epilogue for ``rows`` positions x ``lanes`` channels."""
+    name = f"bnn_tile_out_{rows}x{lanes}_taps{taps}{'_scaled' if scaled else ''}"
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
+        s_tir.TensorIntrin.register(name, *_tile_out_funcs(rows, lanes, taps, scaled))
+    return name
+
+
+def _tile_out_funcs(rows: int, lanes: int, taps: int, scaled: bool):
+    """``(desc, impl)``: ``out[o, x] = float(c[x, o] + taps - 2 m[x, o]) (* s[o])`` for a tile
+    ``m`` of ``rows`` positions x ``lanes`` channels; ``c`` is the correction in channels-last
+    order (the schedule relayouts it), so all arithmetic happens on the tile's own vectors and
+    only the finished floats are transposed (zero vectors pad ``rows`` to a power of two)."""
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder.tirx import prim_func as build_prim_func
+
+    def declare():
+        m = T.match_buffer(T.arg("m", T.handle()), (rows, lanes), "int32", offset_factor=1, scope="local",
+                           strides=[T.int64(), 1])
+        c = T.match_buffer(T.arg("c", T.handle()), (rows, lanes), "int32", offset_factor=1, strides=[T.int64(), 1])
+        scale = T.match_buffer(T.arg("s", T.handle()), (lanes,), "float32", offset_factor=1) if scaled else None
+        # out is a [channels, 1 row, positions] slice of [N, OC, OH, OW]
+        out = T.match_buffer(T.arg("out", T.handle()), (lanes, 1, rows), "float32", offset_factor=1,
+                             strides=[T.int64(), T.int64(), 1])
+        return m, c, scale, out
+
+    def regions(m, c, scale, out):
+        T.reads(*([c[0:rows, 0:lanes], m[0:rows, 0:lanes]] + ([scale[0:lanes]] if scaled else [])))
+        T.writes(out[0:lanes, 0:1, 0:rows])
+
+    with IRBuilder() as desc_builder:
+        with build_prim_func():
+            T.func_attr({"s_tir": True})
+            m, c, scale, out = declare()
+            with T.sblock("root"):
+                regions(m, c, scale, out)
+                with T.grid(T.int64(lanes), T.int64(rows)) as (o, x):
+                    with T.sblock("dot_float"):
+                        vo = T.axis.spatial(T.int64(lanes), o)
+                        vx = T.axis.spatial(T.int64(rows), x)
+                        T.reads(*([c[vx, vo], m[vx, vo]] + ([scale[vo]] if scaled else [])))
+                        T.writes(out[vo, 0, vx])
+                        value = T.Cast("float32", c[vx, vo] + T.int32(taps) - m[vx, vo] * T.int32(2))
+                        if scaled:
+                            value = value * scale[vo]
+                        T.buffer_store(out, value, [vo, T.int64(0), vx])
+    desc = desc_builder.get()
+
+    padded_rows = -(-rows // 4) * 4
+    with IRBuilder() as impl_builder:
+        with build_prim_func():
+            T.func_attr({"s_tir": True})
+            m, c, scale, out = declare()
+            with T.sblock("root"):
+                regions(m, c, scale, out)
+                vectors = []
+                for x in range(padded_rows):
+                    if x >= rows:
+                        vectors.append(tirx.Broadcast(T.float32(0), lanes))
+                        continue
+                    dot = (c.vload([x, 0], f"int32x{lanes}") + tirx.Broadcast(T.int32(taps), lanes)
+                           - m.vload([x, 0], f"int32x{lanes}") * tirx.Broadcast(T.int32(2), lanes))
+                    value = T.Cast(f"float32x{lanes}", dot)
+                    if scaled:
+                        value = value * scale.vload([0], f"float32x{lanes}")
+                    vectors.append(_fence(value))
+                shuffle = lambda vs, idx: tirx.Shuffle(list(vs), [T.int32(k) for k in idx])  # noqa: E731
+                for o, column in enumerate(quad_transpose(vectors, lanes, shuffle)):
+                    if rows < padded_rows:
+                        column = tirx.Shuffle([column], [T.int32(x) for x in range(rows)])
+                    T.buffer_store(out, column, [T.int64(o), T.int64(0), tirx.Ramp(T.int64(0), T.int64(1), rows)])
+    return desc, impl_builder.get()
+
+
+# --------------------------------------------------------------------------------------------
+# Block sizes
+
+
+def vector_lanes(channels: int, unit: VectorUnit) -> int:
+    """The widest power-of-two lane count <= the unit's that divides ``channels``."""
+    lanes = unit.lanes
+    while lanes > 1 and channels % lanes:
+        lanes //= 2
+    return lanes
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+def tile(channels: int, width: int, unit: VectorUnit, channel_limit: int | None = None) -> tuple[int, int, int]:
+    """``(lanes, channel_block, width_block)``: the register tile of accumulators.
+
+    Two weight vectors per step (reused across the tile's positions) and as many positions as
+    the register budget allows; the width block divides the width so no loop needs a tail.
+    """
+    lanes = vector_lanes(channels, unit)
+    vectors = 2 if channels % (2 * lanes) == 0 else 1
+    if channel_limit is not None:
+        vectors = max(1, min(vectors, channel_limit // lanes))
+    width_block = largest_divisor(width, max(1, unit.accumulators // vectors))
+    return lanes, lanes * vectors, width_block
+
+
+def extents(sch: s_tir.Schedule, loops) -> list[int]:
+    return [int(sch.get(loop).extent) for loop in loops]
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces shared by the kernels
+
+
+def accumulate(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduction: int) -> None:
+    """Turn a reduction block computed inside a tile into register accumulation.
+
+    The block's innermost loops are ``spatial`` spatial loops (the last one output channels)
+    and ``reduction`` reduction loops. The reduction goes outside, the tile inside: positions
+    unrolled, channels split into unrolled vectors of ``lanes``.
+    """
+    loops = sch.get_loops(block)
+    space, reduce = loops[-(spatial + reduction) : -reduction], loops[-reduction:]
+    *positions, channels = space
+    vector_count, lane = sch.split(channels, [None, lanes])
+    sch.reorder(*reduce, *positions, vector_count, lane)
+    for loop in positions:
+        sch.unroll(loop)
+    sch.unroll(vector_count)
+    if lanes > 1:
+        sch.vectorize(lane)
+    sch.decompose_reduction(block, reduce[0])
+    sch.set_scope(block, 0, "local")
+
+
+def keep_dot_apart(sch: s_tir.Schedule, dot, loop, lanes: int) -> None:
+    """The integer result as its own (register) stage beside the thresholds, not inlined into
+    the comparisons: TVM's simplifier would move its terms across ``<=`` and overflow on the
+    unbounded thresholds (INT32_MIN/MAX)."""
+    sch.compute_at(dot, loop, preserve_unit_loops=True)
+    sch.set_scope(dot, 0, "local")
+    if lanes > 1:
+        sch.vectorize(sch.get_loops(dot)[-1])
+
+
+def pack_words(sch: s_tir.Schedule, bits_block, pack_block, lanes: int) -> None:
+    """Decisions (already computed at their word's loop) as one vector, the word packed by
+    mask (tensorized)."""
+    bit_loop = sch.get_loops(bits_block)[-1]
+    if lanes > 1:
+        sch.vectorize(bit_loop)
+    sch.decompose_reduction(pack_block, sch.get_loops(pack_block)[-1])
+    bit = sch.get_loops(pack_block)[-1]
+    sch.tensorize(bit, pack_bits32_intrin(str(sch.get(bit).loop_var.ty)))
+
+
+def pad_rows(sch: s_tir.Schedule, unit: VectorUnit) -> None:
+    """The zero-padded copy of the input, at root: rows in parallel, each row one vector loop."""
+    try:
+        pad = sch.get_sblock("pad_bits")
+    except Exception:  # unpadded conv: no pad block  # noqa: BLE001 (TVM raises its own error types)
+        return
+    n, y, x, c = sch.get_loops(pad)
+    row = sch.fuse(n, y)
+    sch.parallel(row)
+    words = sch.fuse(x, c)
+    (total,) = extents(sch, [words])
+    width = largest_divisor(total, unit.lanes)
+    if width > 1:
+        _, inner = sch.split(words, [None, width])
+        sch.vectorize(inner)
+
+
+def transpose_out(sch: s_tir.Schedule, out, o_inner, x_inner, lanes: int, width_block: int, func) -> str:
+    """The float NCHW epilogue of a tile: in-register transpose (tensorized) where it applies,
+    else vectors over positions read back from the tile."""
+    taps = int(func.attrs["bnn.taps"])
+    scaled = len(func.params) == 5  # data, weight, correction, scale, out
+    if lanes >= 4 and width_block > 1:
+        vector_count, lane = sch.split(o_inner, [None, lanes])
+        try:
+            sch.tensorize(lane, tile_out_intrin(width_block, lanes, taps, scaled))
+            sch.unroll(vector_count)
+            return "register-transposed NCHW stores"
+        except (RuntimeError, tvm.error.InternalError):
+            if os.environ.get("BNN_STRICT_SCHEDULES"):
+                raise
+            o_inner = sch.fuse(vector_count, lane)
+    sch.unroll(o_inner)
+    if width_block > 1:
+        sch.vectorize(x_inner)
+    return "gathered NCHW stores"
+
+
+def param_name(func: tirx.PrimFunc, position: int) -> str:
+    return func.params[position].name
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+
+
+def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+    """``binary_conv2d``: int32 tile in registers, float NCHW out."""
+    mism = sch.get_sblock("mismatches")
+    sch.transform_layout(mism, param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
+    dot = sch.get_sblock("binary_conv2d_dot")
+    sch.transform_layout(dot, param_name(func, 2), lambda o, y, x: (y, x, o))
+    sch.compute_inline(dot)
+    out = sch.get_sblock("dot_float")
+    n, o, y, x = sch.get_loops(out)
+    channels, width = extents(sch, [o, x])
+    lanes, channel_block, width_block = tile(channels, width, unit)
+    sch.reorder(n, y, x, o)
+    row = sch.fuse(n, y)
+    x_outer, x_inner = sch.split(x, [None, width_block])
+    o_outer, o_inner = sch.split(o, [None, channel_block])
+    sch.reorder(row, x_outer, o_outer, o_inner, x_inner)
+    sch.parallel(row)
+    sch.compute_at(mism, o_outer, preserve_unit_loops=True)
+    accumulate(sch, mism, lanes, spatial=2, reduction=3)
+    epilogue = transpose_out(sch, out, o_inner, x_inner, lanes, width_block, func)
+    pad_rows(sch, unit)
+    plan = f"conv: {width_block} positions x {channel_block} channels in registers, {lanes} lanes, {epilogue}"
+    return Scheduled(sch.mod["main"], plan, {1: (1, 2, 3, 0), 2: (1, 2, 0)})
+
+
+def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+    """``binary_conv2d_threshold``: per 32 output channels, tile -> thresholds -> packed word."""
+    mism = sch.get_sblock("mismatches")
+    sch.transform_layout(mism, param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
+    dot = sch.get_sblock("binary_conv2d_dot")
+    sch.transform_layout(dot, param_name(func, 2), lambda o, y, x: (y, x, o))
+    bits = sch.get_sblock("threshold_bits")
+    pack = sch.get_sblock("threshold_pack")
+    n, y, x, cw, _ = sch.get_loops(pack)
+    channels = int(sch.get(sch.get_loops(mism)[3]).extent)
+    (width,) = extents(sch, [x])
+    word_aligned = channels % WORD_BITS == 0
+    lanes, channel_block, width_block = tile(channels, width, unit, WORD_BITS if word_aligned else None)
+    row = sch.fuse(n, y)
+    x_outer, x_inner = sch.split(x, [None, width_block])
+    sch.reorder(row, x_outer, cw, x_inner)
+    sch.parallel(row)
+    sch.compute_at(bits, x_inner, preserve_unit_loops=True)
+    keep_dot_apart(sch, dot, x_inner if word_aligned else x_outer, lanes if word_aligned else 1)
+    # Word-aligned channels: accumulate exactly one word's 32 channels per tile. Otherwise the
+    # last word reads clamped channels, so the tile covers all channels of the positions.
+    sch.compute_at(mism, cw if word_aligned else x_outer, preserve_unit_loops=True)
+    if not word_aligned:
+        o = sch.get_loops(mism)[-4]
+        o_outer, _ = sch.split(o, [None, channel_block])
+        loops = sch.get_loops(mism)
+        sch.reorder(o_outer, loops[-6])  # channel blocks outside the positions
+    accumulate(sch, mism, lanes, spatial=2, reduction=3)
+    pack_words(sch, bits, pack, unit.lanes)
+    pad_rows(sch, unit)
+    plan = f"conv+threshold: {width_block} positions x {channel_block} channels, {lanes} lanes, mask-packed words"
+    return Scheduled(sch.mod["main"], plan, {1: (1, 2, 3, 0), 2: (1, 2, 0)})
+
+
+def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+    mism = sch.get_sblock("mismatches")
+    sch.transform_layout(mism, param_name(func, 1), lambda o, k: (k, o))
+    sch.compute_inline(sch.get_sblock("binary_dense_dot"))
+    out = sch.get_sblock("dot_float")
+    n, o = sch.get_loops(out)
+    channels, batch = extents(sch, [o, n])
+    lanes, channel_block, batch_block = tile(channels, batch, unit)
+    n_outer, n_inner = sch.split(n, [None, batch_block])
+    o_outer, o_inner = sch.split(o, [None, channel_block])
+    sch.reorder(n_outer, o_outer, n_inner, o_inner)
+    task = sch.fuse(n_outer, o_outer)
+    sch.parallel(task)
+    sch.compute_at(mism, task, preserve_unit_loops=True)
+    sch.unroll(n_inner)
+    if lanes > 1:
+        _, lane = sch.split(o_inner, [None, lanes])
+        sch.vectorize(lane)
+    accumulate(sch, mism, lanes, spatial=2, reduction=1)
+    plan = f"dense: {batch_block} rows x {channel_block} outputs in registers, {lanes} lanes"
+    return Scheduled(sch.mod["main"], plan, {1: (1, 0)})
+
+
+def dense_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+    mism = sch.get_sblock("mismatches")
+    sch.transform_layout(mism, param_name(func, 1), lambda o, k: (k, o))
+    dot = sch.get_sblock("binary_dense_dot")
+    bits = sch.get_sblock("threshold_bits")
+    pack = sch.get_sblock("threshold_pack")
+    n, cw, _ = sch.get_loops(pack)
+    channels = int(sch.get(sch.get_loops(mism)[1]).extent)
+    (batch,) = extents(sch, [n])
+    word_aligned = channels % WORD_BITS == 0
+    lanes, channel_block, batch_block = tile(channels, batch, unit, WORD_BITS if word_aligned else None)
+    n_outer, n_inner = sch.split(n, [None, batch_block])
+    sch.reorder(n_outer, cw, n_inner)
+    sch.compute_at(bits, n_inner, preserve_unit_loops=True)
+    keep_dot_apart(sch, dot, n_inner if word_aligned else n_outer, lanes if word_aligned else 1)
+    if word_aligned:
+        task = sch.fuse(n_outer, cw)
+        sch.parallel(task)
+        sch.compute_at(mism, task, preserve_unit_loops=True)
+    else:
+        sch.parallel(n_outer)
+        sch.compute_at(mism, n_outer, preserve_unit_loops=True)
+        o = sch.get_loops(mism)[-2]
+        o_outer, _ = sch.split(o, [None, channel_block])
+        loops = sch.get_loops(mism)
+        sch.reorder(o_outer, loops[-4])
+    accumulate(sch, mism, lanes, spatial=2, reduction=1)
+    pack_words(sch, bits, pack, unit.lanes)
+    plan = f"dense+threshold: {batch_block} rows x {channel_block} outputs, {lanes} lanes, mask-packed words"
+    return Scheduled(sch.mod["main"], plan, {1: (1, 0)})
+
+
+def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+    """Float NCHW -> bits: each vector takes ``lanes`` consecutive positions of a row; per
+    channel one load, one compare, one masked add of the channel's bit; the finished words
+    are stored channels-last."""
+    block = sch.get_sblock("pack_sign")
+    loops = sch.get_loops(block)
+    if len(loops) != 5:
+        return generic(sch, func, unit)
+    n, y, x, cw, b = loops
+    (width,) = extents(sch, [x])
+    # Vectors along the row only: a vector spanning rows would make the local word buffer's
+    # region non-rectangular.
+    lanes = power_of_two_divisor(width, unit.lanes)
+    x_outer, x_inner = sch.split(x, [None, lanes])
+    sch.reorder(n, y, x_outer, cw, b, x_inner)
+    task = sch.fuse(n, y)
+    sch.parallel(task)
+    words = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(words, cw)
+    if lanes > 1:
+        sch.vectorize(x_inner)
+    sch.decompose_reduction(block, b)
+    sch.unroll(b)
+    return Scheduled(sch.mod["main"], f"pack: {lanes} positions per vector")
+
+
+def power_of_two_divisor(n: int, limit: int) -> int:
+    lanes = limit
+    while lanes > 1 and n % lanes:
+        lanes //= 2
+    return lanes
+
+
+def generic(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+    """Any other kernel: the two leading loops of each top-level block in parallel."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        loops = sch.get_loops(block)
+        if len(loops) >= 2:
+            try:
+                sch.parallel(sch.fuse(loops[0], loops[1]))
+            except (RuntimeError, tvm.error.InternalError):  # a reduction among them: leave this block serial
+                pass
+    return Scheduled(sch.mod["main"], "generic: parallel outer loops")
+
+
+KERNELS = {
+    "binary_conv2d": conv_float,
+    "binary_conv2d_threshold": conv_threshold,
+    "binary_dense": dense_float,
+    "binary_dense_threshold": dense_threshold,
+    "pack_sign": pack_sign,
+}
+
+
+def schedule_kernel(func: tirx.PrimFunc, op: str, unit: VectorUnit) -> Scheduled:
+    """Schedule one ``bnn.op`` kernel; falls back to the generic schedule if the fast one does
+    not apply to this shape (the compute is the same, so the result is exact either way)."""
+    fast = KERNELS.get(op)
+    if fast is not None:
+        try:
+            return fast(s_tir.Schedule(func), func, unit)
+        except (RuntimeError, ValueError, tvm.error.InternalError) as err:
+            if os.environ.get("BNN_STRICT_SCHEDULES"):
+                raise
+            fallback = generic(s_tir.Schedule(func), func, unit)
+            fallback.plan += f" (fast schedule not applicable: {str(err).splitlines()[0][:200]})"
+            return fallback
+    return generic(s_tir.Schedule(func), func, unit)
