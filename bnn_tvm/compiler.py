@@ -70,6 +70,20 @@ class LoweredModel:
     logs: list
     provenance: dict  # Relax variable name -> ONNX node name
 
+    def onnx_nodes(self, names) -> list[str]:
+        """The ONNX nodes behind Relax variable names; bit tensors the passes made count as their
+        binarizer's nodes."""
+        aliases = {
+            r.nodes[-1]: r.nodes[:-1] for log in self.logs for r in log.rewrites if r.kernel in ("pack_sign", "pack_levels")
+        }
+        variables = [v for name in names for v in aliases.get(name, [name])]
+        return list(dict.fromkeys(self.provenance[v] for v in variables if v in self.provenance))
+
+    def fused_lines(self) -> list[str]:
+        return [
+            f"{r.detail} -> {r.kernel} [{', '.join(self.onnx_nodes(r.nodes))}]" for log in self.logs for r in log.rewrites
+        ]
+
     def binarizer_outputs(self) -> list[str]:
         """ONNX tensors the passes turned into packed bits (binary and k-bit activations)."""
         nodes = {n.name: n for n in self.onnx_model.graph.node}
@@ -111,7 +125,7 @@ def compile_onnx(
         "input_name": lowered.input_name,
         "input_shape": lowered.input_shape,
         "outputs": [o.name for o in lowered.onnx_model.graph.output],
-        "fused": [str(line) for log in lowered.logs for line in log.rewrites],
+        "fused": lowered.fused_lines(),
     }
     builder = relax.BlockBuilder(lowered.mod)
     with builder.function(METADATA_FUNC, []):

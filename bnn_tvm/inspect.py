@@ -23,28 +23,19 @@ class NodeReport:
         return self.kernel is not None
 
 
-def onnx_nodes_of(names, provenance: dict, aliases: dict) -> list[str]:
-    variables = [v for name in names for v in aliases.get(name, [name])]
-    return [provenance[v] for v in variables if v in provenance]
-
-
 def inspect_onnx(path: str, batch: int | None = None) -> list[NodeReport]:
     original = load_onnx(path)
     lowered = lower_onnx(path, batch)
     remaining = {node.name for node in lowered.onnx_model.graph.node}
     kernel_of: dict[str, str] = {}
     detail_of: dict[str, str] = {}
-    aliases: dict[str, list[str]] = {}  # bit tensors the passes created -> the binarizer's variables
+    reasons: dict[str, str] = {}
     for log in lowered.logs:
         for rewrite in log.rewrites:
-            if rewrite.kernel == "pack_sign":
-                aliases[rewrite.nodes[-1]] = list(rewrite.nodes[:-1])
-            for node in onnx_nodes_of(rewrite.nodes, lowered.provenance, aliases):
+            for node in lowered.onnx_nodes(rewrite.nodes):
                 kernel_of[node], detail_of[node] = rewrite.kernel, rewrite.detail
-    reasons = {}
-    for log in lowered.logs:
         for var, reason in log.kept_float.items():
-            for node in onnx_nodes_of([var], lowered.provenance, aliases):
+            for node in lowered.onnx_nodes([var]):
                 reasons.setdefault(node, reason)
     reports = []
     for node in original.graph.node:
