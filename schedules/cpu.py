@@ -155,15 +155,15 @@ def _fence(value):
     return T.call_llvm_pure_intrin(str(value.ty), "llvm.arithmetic.fence", value)
 
 
-def tile_out_intrin(rows: int, lanes: int, taps: int, scaled: bool) -> str:
+def tile_out_intrin(rows: int, lanes: int, taps: int, scaled: bool, index_dtype: str) -> str:
     """Register (once) and name the tile epilogue for ``rows`` positions x ``lanes`` channels."""
-    name = f"bnn_tile_out_{rows}x{lanes}_taps{taps}{'_scaled' if scaled else ''}"
+    name = f"bnn_tile_out_{rows}x{lanes}_taps{taps}{'_scaled' if scaled else ''}_{index_dtype}"
     if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
-        s_tir.TensorIntrin.register(name, *_tile_out_funcs(rows, lanes, taps, scaled))
+        s_tir.TensorIntrin.register(name, *_tile_out_funcs(rows, lanes, taps, scaled, index_dtype))
     return name
 
 
-def _tile_out_funcs(rows: int, lanes: int, taps: int, scaled: bool):
+def _tile_out_funcs(rows: int, lanes: int, taps: int, scaled: bool, index_dtype: str):
     """``(desc, impl)``: ``out[o, x] = float(c[x, o] + taps - 2 m[x, o]) (* s[o])`` for a tile
     ``m`` of ``rows`` positions x ``lanes`` channels; ``c`` is the correction in channels-last
     order (the schedule relayouts it), so all arithmetic happens on the tile's own vectors and
@@ -191,16 +191,17 @@ def _tile_out_funcs(rows: int, lanes: int, taps: int, scaled: bool):
             m, c, scale, out = declare()
             with T.sblock("root"):
                 regions(m, c, scale, out)
-                with T.grid(T.int64(lanes), T.int64(rows)) as (o, x):
+                extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
+                with T.grid(extent(lanes), extent(rows)) as (o, x):
                     with T.sblock("dot_float"):
-                        vo = T.axis.spatial(T.int64(lanes), o)
-                        vx = T.axis.spatial(T.int64(rows), x)
+                        vo = T.axis.spatial(extent(lanes), o)
+                        vx = T.axis.spatial(extent(rows), x)
                         T.reads(*([c[vx, vo], m[vx, vo]] + ([scale[vo]] if scaled else [])))
                         T.writes(out[vo, 0, vx])
                         value = T.Cast("float32", c[vx, vo] + T.int32(taps) - m[vx, vo] * T.int32(2))
                         if scaled:
                             value = value * scale[vo]
-                        T.buffer_store(out, value, [vo, T.int64(0), vx])
+                        T.buffer_store(out, value, [vo, extent(0), vx])
     desc = desc_builder.get()
 
     padded_rows = -(-rows // 4) * 4
@@ -334,7 +335,8 @@ def transpose_out(sch: s_tir.Schedule, out, o_inner, x_inner, lanes: int, width_
     if lanes >= 4 and width_block > 1:
         vector_count, lane = sch.split(o_inner, [None, lanes])
         try:
-            sch.tensorize(lane, tile_out_intrin(width_block, lanes, taps, scaled))
+            index_dtype = str(sch.get(lane).loop_var.ty)
+            sch.tensorize(lane, tile_out_intrin(width_block, lanes, taps, scaled, index_dtype))
             sch.unroll(vector_count)
             return "register-transposed NCHW stores"
         except (RuntimeError, tvm.error.InternalError):

@@ -1,0 +1,291 @@
+"""Issue 5: the CPU schedules of the binary kernels are exact and generate the intended code.
+
+Every kernel is built the way the passes build it (``schedules.bitserial`` computes, int64
+shapes, ``bnn.*`` attributes), scheduled by ``schedules.x86`` / ``schedules.arm``, compiled, and
+run on constants permuted the way ``schedule_module`` permutes them. Results are compared with
+numpy references computed from the ±1 values (not with the unscheduled TIR), on shapes with
+odd channel counts, stride 2, batch 2, padding 0 and 1, and 1x1 kernels.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+
+import schedules
+from relay_passes.common import pack_bits
+from relay_passes.fuse_binary_conv2d import padding_correction
+from schedules import arm, bitserial, cpu, x86
+
+X86 = tvm.target.Target({"kind": "llvm", "mcpu": "rocketlake"})  # AVX-512 with VPOPCNTDQ
+AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})  # runs on any AVX-512 host too
+RASP3B = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53", "mattr": ["+neon"]})
+INT32_MIN, INT32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+
+host_has_avx512 = pytest.mark.skipif(
+    not x86.vector_unit(tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})).name.startswith("avx512"),
+    reason="this host has no AVX-512: the AVX-512 kernels cannot run here",
+)
+
+
+# ------------------------------------------------------------------------------------------
+# Kernels as the passes emit them, and numpy references
+
+
+def placeholder(array: np.ndarray, name: str) -> te.Tensor:
+    return te.placeholder([tvm.tirx.IntImm("int64", d) for d in array.shape], str(array.dtype), name=name)
+
+
+def bipolar(rng, shape) -> np.ndarray:
+    return np.where(rng.standard_normal(shape) >= 0, 1, -1).astype(np.int64)
+
+
+def conv_reference(a: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """Integer NCHW conv of ±1 values with zero padding."""
+    a = np.pad(a, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    n, _, h, wd = a.shape
+    oc, _, kh, kw = w.shape
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    out = np.zeros((n, oc, oh, ow), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            window = a[:, :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride]
+            out += np.einsum("nchw,oc->nohw", window, w[:, :, i, j])
+    return out
+
+
+def thresholds(rng, channels: int):
+    """Per-channel intervals, including the unbounded sides the passes emit (INT32_MIN/MAX)."""
+    low = rng.integers(-30, 5, channels).astype(np.int32)
+    high = rng.integers(-5, 30, channels).astype(np.int32)
+    low[::3] = INT32_MIN
+    high[1::4] = INT32_MAX
+    return low, high
+
+
+def packed_decisions(decisions: np.ndarray) -> np.ndarray:
+    """bool ``[..., C]`` -> packed words, as ``threshold_pack`` writes them."""
+    return pack_bits(np.where(decisions, 1, -1))
+
+
+def conv_case(rng, n, c, h, w, oc, k, stride, pad, threshold: bool, scale: bool = False):
+    a, weight = bipolar(rng, (n, c, h, w)), bipolar(rng, (oc, c, k, k))
+    dot = conv_reference(a, weight, stride, pad)
+    padding = (pad,) * 4
+    inputs = [
+        pack_bits(a.transpose(0, 2, 3, 1)),
+        pack_bits(weight.transpose(0, 2, 3, 1)),
+        padding_correction(weight, (h, w), (stride, stride), padding),
+    ]
+    taps = c * k * k
+    attrs = {"bnn.taps": taps, "bnn.strides": [stride, stride], "bnn.padding": list(padding), "bnn.pad_ones": 0}
+
+    def conv(d, wt, corr):
+        return bitserial.binary_conv2d_dot(d, wt, corr, taps, (stride, stride), padding)
+
+    if threshold:
+        low, high = thresholds(rng, oc)
+        inputs += [low, high]
+        expected = packed_decisions(((dot >= low[:, None, None]) & (dot <= high[:, None, None])).transpose(0, 2, 3, 1))
+        return "binary_conv2d_threshold", attrs, inputs, lambda d, wt, corr, lo, hi: bitserial.threshold_pack(conv(d, wt, corr), lo, hi), expected
+    if scale:
+        alpha = np.exp2(rng.integers(-3, 3, oc)).astype(np.float32)
+        inputs.append(alpha)
+        expected = dot.astype(np.float32) * alpha[:, None, None]
+        return "binary_conv2d", attrs, inputs, lambda d, wt, corr, s: bitserial.dot_to_float_nchw(conv(d, wt, corr), s), expected
+    return "binary_conv2d", attrs, inputs, lambda d, wt, corr: bitserial.dot_to_float_nchw(conv(d, wt, corr)), dot.astype(np.float32)
+
+
+def dense_case(rng, n, k, o, threshold: bool):
+    a, weight = bipolar(rng, (n, k)), bipolar(rng, (o, k))
+    dot = a @ weight.T
+    inputs = [pack_bits(a), pack_bits(weight)]
+    attrs = {"bnn.taps": k}
+    if threshold:
+        low, high = thresholds(rng, o)
+        inputs += [low, high]
+        expected = packed_decisions((dot >= low) & (dot <= high))
+        return "binary_dense_threshold", attrs, inputs, lambda d, w, lo, hi: bitserial.threshold_pack(bitserial.binary_dense_dot(d, w, k), lo, hi), expected
+    return "binary_dense", attrs, inputs, lambda d, w: bitserial.dot_to_float_nchw(bitserial.binary_dense_dot(d, w, k)), dot.astype(np.float32)
+
+
+def build(op, attrs, inputs, compute, target):
+    tensors = [placeholder(array, f"arg{i}") for i, array in enumerate(inputs)]
+    func = te.create_prim_func(tensors + [compute(*tensors)]).with_attrs({"bnn.op": op, **attrs})
+    family = arm if "aarch64" in str(target.attrs.get("mtriple", "")) else x86
+    scheduled = family.schedule(func, op, target)
+    return scheduled, tvm.compile(tvm.IRModule({"main": scheduled.func}), target)
+
+
+def run(scheduled, executable, inputs, out_shape, out_dtype):
+    dev = tvm.cpu()
+    moved = [np.ascontiguousarray(a.transpose(scheduled.relayouts[i])) if i in scheduled.relayouts else a for i, a in enumerate(inputs)]
+    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype), dev)
+    executable(*[tvm.runtime.tensor(a, dev) for a in moved], out)
+    return out.numpy()
+
+
+def check_case(case, target=X86, fast=True):
+    op, attrs, inputs, compute, expected = case
+    scheduled, executable = build(op, attrs, inputs, compute, target)
+    if fast:
+        assert "generic" not in scheduled.plan, scheduled.plan
+    got = run(scheduled, executable, inputs, expected.shape, expected.dtype)
+    np.testing.assert_array_equal(got, expected)
+    return scheduled
+
+
+# ------------------------------------------------------------------------------------------
+# Exactness
+
+CONV_SHAPES = [
+    # n, c, h, w, oc, k, stride, pad
+    (1, 64, 12, 12, 64, 3, 1, 1),  # the reference layer's shape class, tile fits exactly
+    (2, 33, 9, 7, 70, 3, 2, 1),  # batch 2, odd channels, stride 2, non-square
+    (1, 40, 8, 8, 48, 3, 1, 0),  # unpadded, channels not multiples of 32
+    (2, 96, 7, 7, 32, 1, 1, 0),  # 1x1, three input words
+    (1, 5, 6, 5, 3, 3, 2, 1),  # tiny channel counts
+    (1, 128, 14, 14, 128, 3, 2, 1),  # stage-entry conv of a ResNet
+]
+
+
+@host_has_avx512
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))
+@pytest.mark.parametrize("threshold", [False, True], ids=["float", "threshold"])
+def test_conv_matches_numpy(shape, threshold):
+    rng = np.random.default_rng(sum(shape))
+    plan = check_case(conv_case(rng, *shape, threshold=threshold)).plan
+    if shape[4] % 16 == 0:
+        assert "16 lanes" in plan
+    if not threshold and shape[4] % 16 == 0:
+        assert "register-transposed" in plan
+
+
+@host_has_avx512
+def test_conv_with_weight_scale_matches_numpy():
+    check_case(conv_case(np.random.default_rng(3), 1, 32, 8, 8, 32, 3, 1, 1, threshold=False, scale=True))
+
+
+@pytest.mark.parametrize("shape", [CONV_SHAPES[0], CONV_SHAPES[1]], ids=["aligned", "odd"])
+@pytest.mark.parametrize("threshold", [False, True], ids=["float", "threshold"])
+def test_avx2_schedules_match_numpy(shape, threshold):
+    """8-lane vectors (the AVX2 unit): runs on any x86-64 host with AVX2."""
+    scheduled = check_case(conv_case(np.random.default_rng(7), *shape, threshold=threshold), target=AVX2)
+    assert "16 lanes" not in scheduled.plan
+
+
+@host_has_avx512
+@pytest.mark.parametrize("n,k,o", [(1, 640, 10), (3, 70, 50), (2, 2048, 96), (5, 96, 64)])
+@pytest.mark.parametrize("threshold", [False, True], ids=["float", "threshold"])
+def test_dense_matches_numpy(n, k, o, threshold):
+    check_case(dense_case(np.random.default_rng(n * k + o), n, k, o, threshold))
+
+
+@host_has_avx512
+@pytest.mark.parametrize("shape", [(2, 70, 5, 8), (1, 64, 56, 56), (1, 3, 7, 7)])
+def test_pack_sign_matches_numpy(shape):
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    x[:, :, ::3] = 0.0  # exactly 0 binarizes to +1
+    expected = pack_bits(np.where(x >= 0, 1, -1).transpose(0, 2, 3, 1))
+    check_case(("pack_sign", {}, [x], bitserial.pack_sign, expected))
+
+
+def test_unscheduled_shapes_fall_back_exactly(monkeypatch):
+    """A kernel the fast schedule does not take still compiles to the exact compute."""
+    monkeypatch.setattr(cpu, "KERNELS", {})
+    case = conv_case(np.random.default_rng(5), 1, 16, 5, 5, 8, 3, 1, 1, threshold=True)
+    assert "generic" in check_case(case, fast=False).plan
+
+
+def test_interleave_transpose_recipe():
+    """The shuffle recipe of the float epilogue really transposes, for every unit width."""
+    for lanes, rows in [(16, 8), (16, 4), (16, 16), (8, 8), (8, 4), (4, 4)]:
+        tile = [[(x, o) for o in range(lanes)] for x in range(rows)]
+        columns = cpu.quad_transpose(tile, lanes, lambda vectors, idx: [sum(vectors, [])[k] for k in idx])
+        assert columns == [[(x, o) for x in range(rows)] for o in range(lanes)]
+
+
+# ------------------------------------------------------------------------------------------
+# Generated code
+
+
+def function_asm(executable, name_part: str) -> str:
+    """The assembly of the compiled function whose symbol contains ``name_part``."""
+    asm = executable.mod.inspect_source("asm") if not executable.mod.imports else executable.mod.imports[0].inspect_source("asm")
+    blocks = re.split(r"\n(?=[A-Za-z_][\w.]*:\n)", asm)
+    found = [b for b in blocks if b.split(":", 1)[0].endswith("_compute_") or name_part in b.split(":", 1)[0]]
+    return "\n".join(found) or asm
+
+
+def loops(asm: str) -> list[str]:
+    """Bodies of the innermost loops: from a label to the last backward branch to it, with no
+    other loop's label inside."""
+    lines = asm.splitlines()
+    labels = {line.rstrip(":"): i for i, line in enumerate(lines) if re.match(r"^\.?L\w+:$", line)}
+    spans = {}
+    for i, line in enumerate(lines):
+        match = re.search(r"\b(?:j\w+|b\.\w+|b|cbnz|cbz|tbnz|tbz)\s+.*?(\.?L\w+)\s*$", line)
+        if match and match.group(1) in labels and labels[match.group(1)] < i:
+            spans[match.group(1)] = (labels[match.group(1)], i)
+    innermost = [
+        (start, end) for start, end in spans.values()
+        if not any(start < other_start <= end and (other_start, other_end) != (start, end) for other_start, other_end in spans.values())
+    ]
+    return ["\n".join(lines[start : end + 1]) for start, end in innermost]
+
+
+def test_avx512_conv_uses_vpopcntd_and_mask_packing():
+    case = conv_case(np.random.default_rng(0), 1, 64, 8, 8, 64, 3, 1, 1, threshold=True)
+    _, executable = build(*case[:4], X86)
+    asm = function_asm(executable, "main")
+    inner = [body for body in loops(asm) if "vpopcntd" in body]
+    assert inner, "no loop with vpopcntd"
+    assert any(re.search(r"vpxord\s+.*%zmm", body) and re.search(r"vpaddd\s+.*%zmm", body) for body in inner)
+    assert "kmovw" in asm or "kmovd" in asm  # threshold words packed from compare masks
+
+
+def test_avx2_conv_uses_nibble_table_popcount():
+    case = conv_case(np.random.default_rng(0), 1, 64, 8, 8, 64, 3, 1, 1, threshold=False)
+    _, executable = build(*case[:4], AVX2)
+    asm = function_asm(executable, "main")
+    assert "vpopcnt" not in asm and "zmm" not in asm
+    assert any("vpshufb" in body and "ymm" in body for body in loops(asm))
+
+
+@pytest.mark.parametrize("threshold", [False, True], ids=["float", "threshold"])
+def test_rasp3b_conv_uses_cnt_and_uadalp_without_addv(threshold):
+    """Cortex-A53 (aarch64): vector popcount with widening pairwise accumulation."""
+    case = conv_case(np.random.default_rng(0), 1, 64, 8, 8, 64, 3, 1, 1, threshold=threshold)
+    scheduled, executable = build(*case[:4], RASP3B)
+    assert "4 lanes" in scheduled.plan
+    asm = function_asm(executable, "main")
+    inner = [body for body in loops(asm) if re.search(r"\bcnt\s+v\d+\.16b", body)]
+    assert inner, "no loop with a vector cnt"
+    for body in inner:
+        assert "uadalp" in body and "addv" not in body
+
+
+def test_schedule_module_relayouts_constants_at_compile_time(tmp_path, monkeypatch):
+    """End to end through the Relax module: weights change layout once, results stay exact."""
+    import onnx
+
+    from bnn_tvm.bench import LayerSpec
+    from bnn_tvm.compiler import compile_onnx
+    from bnn_tvm.runtime import CompiledRunner
+
+    spec = LayerSpec.parse("conv3x3:32x6x6,out=48,stride=2")
+    path = str(tmp_path / "layer.onnx")
+    onnx.save(spec.onnx_model(), path)
+    plans = {}
+    original = schedules.schedule_module
+    monkeypatch.setattr(schedules, "schedule_module", lambda mod, target_spec: original(mod, target_spec, plans))
+    compiled = compile_onnx(path, "x86")
+    assert any(plan.startswith("conv:") for plan in plans.values()), plans
+    x = np.random.default_rng(0).standard_normal(spec.input_shape).astype(np.float32)
+    got = CompiledRunner(compiled.executable).run(x)[0]
+    expected = conv_reference(np.where(x >= 0, 1, -1).astype(np.int64), spec.weights().astype(np.int64), 2, 1)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
