@@ -11,14 +11,49 @@ from .compiler import METADATA_FUNC
 from .errors import BnnError
 
 
+def has_cuda_code(module) -> bool:
+    """Whether a compiled module (executable or loaded library) holds CUDA kernels."""
+    pending = [getattr(module, "mod", module)]
+    while pending:
+        current = pending.pop()
+        if current.kind == "cuda":
+            return True
+        pending.extend(current.imports)
+    return False
+
+
+def module_device(module):
+    """The device a module's kernels run on: the first CUDA GPU for CUDA kernels, else the CPU."""
+    import tvm
+
+    if not has_cuda_code(module):
+        return tvm.cpu()
+    if not tvm.cuda(0).exist:
+        raise BnnError("the module was compiled for CUDA, but no CUDA GPU is visible here (tvm.cuda(0).exist is False)")
+    return tvm.cuda(0)
+
+
+def prepare_cuda_loading() -> None:
+    """A module compiled without a GPU carries CUDA source; TVM compiles it when the module is
+    loaded, through the ``tvm_callback_cuda_compile`` callback: nvcc if installed, else TVM's
+    NVRTC one (which needs the ``cuda-bindings`` package)."""
+    import tvm
+
+    if not tvm.cuda(0).exist:
+        return
+    from schedules.cuda import install_nvcc_callback
+
+    if not install_nvcc_callback():
+        import tvm.support.nvcc  # noqa: F401 (registers TVM's NVRTC callback)
+
+
 class CompiledRunner:
     """Runs a module compiled for a fixed batch on inputs of any batch, chunk by chunk."""
 
     def __init__(self, module, device=None):
-        import tvm
         from tvm import relax
 
-        self.device = device or tvm.cpu()
+        self.device = device or module_device(module)
         self.vm = relax.VirtualMachine(module, self.device)
         self.metadata = json.loads(str(self.vm[METADATA_FUNC]()))
         self.input_shape = tuple(self.metadata["input_shape"])
@@ -29,10 +64,18 @@ class CompiledRunner:
 
         if not os.path.isfile(path):
             raise BnnError(f"no compiled module at {path}")
+        prepare_cuda_loading()
         try:
             module = tvm.runtime.load_module(path)
             return cls(module)
+        except BnnError as err:
+            raise BnnError(f"{path}: {err}") from err
         except Exception as err:
+            if "load_from_bytes.cuda" in str(err):
+                raise BnnError(
+                    f"{path} holds CUDA kernels: it runs on a machine with an NVIDIA GPU and driver "
+                    f"(none here: tvm.cuda(0).exist is False)"
+                ) from err
             raise BnnError(f"{path} is not a bnn_tvm module ({err})") from err
 
     def check_input(self, x: np.ndarray, source: str) -> np.ndarray:

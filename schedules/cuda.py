@@ -36,6 +36,7 @@ that the exact loop nest can be checked against the unscheduled compute on the C
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -269,8 +270,8 @@ def word_tiles(sch: s_tir.Schedule, func, op: str) -> Scheduled:
         # condition on the first reduction step, folded away once the taps are unrolled
         pass
     sch.unroll(o)
-    for loop in others[-2:] if conv else []:  # the kernel taps (not the bit planes)
-        sch.unroll(loop)
+    # the taps stay loops: unrolled here, nvcc hoisted their shared-memory loads into 200+
+    # registers per thread (ptxas -v, 3x3 64->64 threshold conv: 214 registers unrolled, 56 not)
     shape = f"{rows}x{columns} positions" if conv else f"{columns} rows"
     plan = (
         f"{shape} x 32 channels per block, 32 counters per thread, "
@@ -317,14 +318,16 @@ def per_output(sch: s_tir.Schedule, func, op: str) -> Scheduled:
         # threads take consecutive columns and each of a word's 32 channel reads coalesces
         spatial = [spatial[-1], *spatial[:-1]]
     sch.reorder(*spatial, *reduce)
-    thread_x = thread_loop(sch, sch.fuse(*spatial), ELEMENTWISE_THREADS)
+    fused = sch.fuse(*spatial)
+    threads = min(ELEMENTWISE_THREADS, extents(sch, [fused])[0])
+    thread_x = thread_loop(sch, fused, threads)
     if reduce:
         register = sch.cache_write(out, 0, "local")
         sch.reverse_compute_at(register, thread_x, preserve_unit_loops=True)
         sch.decompose_reduction(out, reduce[0])
         for loop in reduce:
             sch.unroll(loop)
-    return finish(sch, f"one thread per output element, {ELEMENTWISE_THREADS} per block")
+    return finish(sch, f"one thread per output element, {threads} per block")
 
 
 def apply(sch: s_tir.Schedule, func, op: str) -> Scheduled:
@@ -400,7 +403,32 @@ def _is_gpu_only(inst) -> bool:
 
 
 def nvcc_path() -> str | None:
-    return shutil.which("nvcc")
+    """nvcc: on PATH, else in the toolkit root."""
+    found = shutil.which("nvcc")
+    if found is None and cuda_root() is not None:
+        found = os.path.join(cuda_root(), "bin", "nvcc")
+    return found
+
+
+@contextlib.contextmanager
+def toolkit_environment():
+    """``CUDA_PATH`` set to the toolkit root (TVM's helpers otherwise guess it from nvcc's
+    folder, wrongly for a wrapper script) and nvcc reachable by name (TVM runs ``nvcc``)."""
+    root = cuda_root()
+    if root is None:
+        raise FileNotFoundError("no CUDA toolkit: no nvcc on PATH, in $CUDA_PATH or in /usr/local/cuda")
+    saved = {key: os.environ.get(key) for key in ("CUDA_PATH", "PATH")}
+    os.environ.setdefault("CUDA_PATH", root)
+    if shutil.which("nvcc") is None:
+        os.environ["PATH"] = os.path.join(root, "bin") + os.pathsep + os.environ.get("PATH", "")
+    try:
+        yield root
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @functools.lru_cache(maxsize=None)
@@ -410,7 +438,7 @@ def cuda_root() -> str | None:
     env = os.environ.get("CUDA_PATH")
     if env and os.path.isfile(os.path.join(env, "bin", "nvcc")):
         return env
-    nvcc = nvcc_path()
+    nvcc = shutil.which("nvcc")
     if nvcc is not None:
         try:
             dry = subprocess.run(
@@ -448,16 +476,26 @@ def compile_ptx(source: str, arch: str = "sm_80") -> str:
     import tvm
     from tvm.support import nvcc as tvm_nvcc
 
-    root = cuda_root()
-    if root is None or nvcc_path() is None:
-        raise FileNotFoundError("no CUDA toolkit: nvcc is not on PATH and /usr/local/cuda has none")
-    os.environ.setdefault("CUDA_PATH", root)  # TVM's helpers guess wrongly from a wrapper script
-    with tvm.target.Target({"kind": "cuda", "arch": arch}):
+    with toolkit_environment(), tvm.target.Target({"kind": "cuda", "arch": arch}):
         ptx = tvm_nvcc.compile_cuda(source, "ptx", arch=arch, compiler="nvcc")
     return bytes(ptx).decode()
 
 
 _installed_arch: list[str | None] = []
+
+
+def callback_arch(default: str | None) -> str | None:
+    """The arch to build device code for: the target's while ``tvm.compile`` runs (on a GPU
+    machine TVM builds device code right away), else the GPU's when a saved module carrying
+    CUDA source is loaded, else ``default``."""
+    import tvm
+
+    target = tvm.target.Target.current(allow_none=True)
+    if target is not None and "arch" in target.attrs:
+        return str(target.attrs["arch"])
+    if tvm.cuda(0).exist:
+        return "sm_" + tvm.cuda(0).compute_version.replace(".", "")
+    return default
 
 
 def install_nvcc_callback(default_arch: str | None = None) -> bool:
@@ -467,10 +505,8 @@ def install_nvcc_callback(default_arch: str | None = None) -> bool:
     Returns False, installing nothing, when no CUDA toolkit is found: ``tvm.compile`` then
     still succeeds but its module holds only CUDA source, which cannot be loaded on a GPU.
     """
-    root = cuda_root()
-    if root is None or nvcc_path() is None:
+    if cuda_root() is None:
         return False
-    os.environ.setdefault("CUDA_PATH", root)  # TVM's nvcc helpers look for the toolkit there
     if _installed_arch:
         _installed_arch[0] = default_arch
         return True
@@ -481,10 +517,10 @@ def install_nvcc_callback(default_arch: str | None = None) -> bool:
     _installed_arch.append(default_arch)
 
     def compile_to_fatbin(code):
-        target = tvm.target.Target.current(allow_none=True)
-        arch = getattr(target, "arch", None) if target is not None else None
-        arch = str(arch) if arch else _installed_arch[0]
-        return tvm_nvcc.compile_cuda(code, "fatbin", arch=device_code_arch(arch), compiler="nvcc")
+        arch = callback_arch(_installed_arch[0]) or "sm_80"
+        # TVM's nvcc helper reads the current target for the compute version
+        with toolkit_environment(), tvm.target.Target({"kind": "cuda", "arch": arch}):
+            return tvm_nvcc.compile_cuda(code, "fatbin", arch=device_code_arch(arch), compiler="nvcc")
 
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_to_fatbin, override=True)
     return True
