@@ -44,7 +44,7 @@ def prepare_cuda_loading() -> None:
     from schedules.cuda import install_nvcc_callback
 
     if not install_nvcc_callback():
-        import tvm.support.nvcc  # noqa: F401 (registers TVM's NVRTC callback)
+        import tvm.support.nvcc  # registers TVM's NVRTC callback
 
 
 class CompiledRunner:

@@ -29,9 +29,16 @@ and applies ``tvm.s_tir.dlight``'s default GPU rules (Matmul, GEMV, Reduction,
 GeneralReduction, Fallback). Scheduled kernels carry ``tirx.is_scheduled`` so dlight leaves
 them alone.
 
-Without a GPU all of this compiles (``tvm.compile`` writes CUDA source, nvcc turns it into a
-fatbin); :func:`emulate` replays a schedule without its thread bindings and shared scopes so
-that the exact loop nest can be checked against the unscheduled compute on the CPU.
+Device code. Where TVM's CUDA runtime is loaded (a machine with the NVIDIA driver),
+``tvm.compile`` turns the generated CUDA C into device code at once, through the
+``tvm_callback_cuda_compile`` callback. Without it (CI, this project's build machines) TVM 0.27
+keeps the CUDA C source in the module, and a library exported from there is compiled when it is
+loaded on the GPU host, through the same callback. :func:`install_nvcc_callback` makes that
+callback nvcc, building a fatbin with machine code for the arch plus its PTX (TVM's own defaults
+to NVRTC, which needs the ``cuda-bindings`` package). :func:`compile_ptx` checks generated
+source with nvcc without a GPU, and :func:`emulate` replays a schedule without its thread
+bindings and shared scopes, so that its exact loop nest can be compared with the unscheduled
+compute on the CPU.
 """
 
 from __future__ import annotations
@@ -91,13 +98,6 @@ def position_tile(height: int, width: int, threads: int = TILE_THREADS) -> tuple
     if rows * 2 <= min(height, budget):  # a poor divisor: take the budget, predicate the tail
         rows = min(height, budget)
     return rows, columns
-
-
-def block_named(sch: s_tir.Schedule, name: str):
-    try:
-        return sch.get_sblock(name)
-    except Exception:  # noqa: BLE001 (TVM raises its own error types for a missing block)
-        return None
 
 
 def region_buffer(region):
@@ -267,7 +267,7 @@ def word_tiles(sch: s_tir.Schedule, func, op: str) -> Scheduled:
         sch.decompose_reduction(main, rc_outer)
     except s_tir.ScheduleError:
         # the clamped last word's predicate (a min) is not affine: the zeroing then stays a
-        # condition on the first reduction step, folded away once the taps are unrolled
+        # branch on the first reduction step (last words of channel counts not 32-multiples)
         pass
     sch.unroll(o)
     # the taps stay loops: unrolled here, nvcc hoisted their shared-memory loads into 200+
@@ -355,10 +355,10 @@ def schedule(func: tirx.PrimFunc, op: str, target=None) -> Scheduled:
 def schedule_cuda(mod, spec, plans: dict | None = None):
     """Schedule every ``bnn.op`` kernel of the Relax module ``mod`` for CUDA.
 
-    The kernels keep their signatures (no constant changes layout), so they are replaced in
-    place. Float operators are left to ``tvm.compile``'s CUDA pipeline (dlight's GPU rules).
-    Also installs the nvcc callback so that ``tvm.compile`` produces device code (a fatbin),
-    not only CUDA source, when a CUDA toolkit is present.
+    The compiler goes through ``schedules.schedule_module``, which calls :func:`schedule` per
+    kernel; this is the same for a module on its own. The kernels keep their signatures (no
+    constant changes layout), so they are replaced in place. Float operators are left to
+    ``tvm.compile``'s CUDA pipeline (dlight's GPU rules).
     """
     import tvm
 
@@ -431,7 +431,7 @@ def toolkit_environment():
                 os.environ[key] = value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_root() -> str | None:
     """The CUDA toolkit root: ``CUDA_PATH`` if it holds ``bin/nvcc``, else the ``TOP`` nvcc
     reports for itself (right through symlinks and wrapper scripts), else ``/usr/local/cuda``."""
@@ -442,7 +442,7 @@ def cuda_root() -> str | None:
     if nvcc is not None:
         try:
             dry = subprocess.run(
-                [nvcc, "--dryrun", "-x", "cu", "-E", os.devnull], capture_output=True, text=True, timeout=30
+                [nvcc, "--dryrun", "-x", "cu", "-E", os.devnull], capture_output=True, text=True, timeout=30, check=False
             )
             match = re.search(r"^#\$ TOP=(.+)$", dry.stdout + dry.stderr, re.MULTILINE)
             if match:

@@ -1,7 +1,7 @@
 """Issue 8: the CUDA target's compile path, and the GPU runs where a GPU is present.
 
 Without a GPU (CI, most machines): the default model and small binary graphs compile for
-``cuda``; the generated CUDA source uses ``__popc`` on 32-bit words with shared-memory
+``cuda`` through the compiler's schedule hook (``schedules.schedule_module`` -> ``schedules.cuda``); the generated CUDA source uses ``__popc`` on 32-bit words with shared-memory
 staging; nvcc turns it into PTX (skipped, with the reason, when no CUDA toolkit is installed);
 ``compile --target cuda`` writes a deployable library; and every kernel's CUDA schedule, replayed
 on the CPU without its thread bindings (``schedules.cuda.emulate``), computes exactly what the
@@ -11,7 +11,6 @@ exist.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 from onnx_builders import GraphBuilder, conv_block_model, save
 
 import schedules
+import targets
 from bnn_tvm.cli import main
 from bnn_tvm.compiler import compile_onnx, lower_onnx
 from bnn_tvm.errors import BnnError
@@ -38,26 +38,9 @@ needs_gpu = pytest.mark.skipif(not gpu_present(), reason=NO_GPU)
 needs_nvcc = pytest.mark.skipif(cuda.cuda_root() is None, reason=NO_NVCC)
 
 
-@contextlib.contextmanager
-def cuda_schedules():
-    """Route cuda targets through ``schedules.cuda`` whatever ``schedules.schedule_module``
-    does for them yet (the hook is shared with the CPU families)."""
-    original = schedules.schedule_module
-
-    def schedule_module(mod, spec, plans=None):
-        if spec.family == "cuda":
-            return cuda.schedule_cuda(mod, spec, plans)
-        return original(mod, spec, plans) if plans is not None else original(mod, spec)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(schedules, "schedule_module", schedule_module)
-        yield
-
-
 @pytest.fixture(scope="module")
 def digits_cuda():
-    with cuda_schedules():
-        return compile_onnx(default_model_path(), "cuda")
+    return compile_onnx(default_model_path(), "cuda")
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +62,9 @@ def kernel_names(source: str) -> list[str]:
 
 
 def test_default_model_compiles_to_cuda_with_popcount_kernels(digits_cuda, digits_source):
-    plans = {}
-    with cuda_schedules():
-        lowered = lower_onnx(default_model_path())
-        cuda.schedule_cuda(lowered.mod, None, plans)
+    plans = {}  # what the compiler's hook did with each binary kernel for the cuda target
+    lowered = lower_onnx(default_model_path())
+    schedules.schedule_module(lowered.mod, targets.get("cuda"), plans)
     ops = {str(f.attrs["bnn.op"]) for _, f, _ in schedules.bnn_kernels(lowered.mod)}
     assert {"pack_sign", "binary_conv2d_threshold"} <= ops
     assert set(plans) == {gv.name_hint for gv, _, _ in schedules.bnn_kernels(lowered.mod)}
@@ -116,8 +98,7 @@ def test_ptx_for_another_arch_and_nvcc_errors_surface(digits_source):
 
 def test_compile_command_writes_a_cuda_library(tmp_path):
     out = tmp_path / "digits_cuda.so"
-    with cuda_schedules():
-        assert main(["compile", "--target", "cuda", "--arch", "sm_80", "-o", str(out)]) == 0
+    assert main(["compile", "--target", "cuda", "--arch", "sm_80", "-o", str(out)]) == 0
     data = out.read_bytes()
     assert data[:4] == b"\x7fELF"
     # without a GPU the device code travels as CUDA source, compiled when loaded on the GPU host
@@ -220,8 +201,7 @@ def binary_graphs(tmp_path):
     return graphs
 
 
-DEFAULT_GRAPHS = ["padded_clamped_tail", "stride2_unpadded_batch2", "dense_batch3", "dorefa_planes"]
-SLOW_GRAPHS = ["maxpool"]
+GRAPHS = ["padded_clamped_tail", "stride2_unpadded_batch2", "maxpool", "dense_batch3", "dorefa_planes"]
 
 
 def check_emulated_kernels(path, batch, rng):
@@ -236,9 +216,7 @@ def check_emulated_kernels(path, batch, rng):
     return checked
 
 
-@pytest.mark.parametrize(
-    "graph", DEFAULT_GRAPHS + [pytest.param(name, marks=pytest.mark.slow) for name in SLOW_GRAPHS]
-)
+@pytest.mark.parametrize("graph", GRAPHS)
 def test_cuda_schedules_compute_exactly_what_the_computes_do(tmp_path, graph):
     path, batch = binary_graphs(tmp_path)[graph]
     checked = check_emulated_kernels(path, batch, np.random.default_rng(len(graph)))
@@ -249,24 +227,30 @@ def test_reduction_in_chunks_when_shared_memory_runs_short(tmp_path, monkeypatch
     monkeypatch.setattr(cuda, "SHARED_BUDGET_BYTES", 1024)
     model, _ = conv_block_model(70, 32, 5, 1, 1, seed=5)  # 3 channel words, chunks of 1
     lowered = lower_onnx(save(model, tmp_path / "m.onnx"))
-    gvar, func, op = next(k for k in schedules.bnn_kernels(lowered.mod) if k[2] == "binary_conv2d_threshold")
+    _, func, op = next(k for k in schedules.bnn_kernels(lowered.mod) if k[2] == "binary_conv2d_threshold")
     scheduled = cuda.schedule(func, op)
     assert "3 chunk(s) of 1 word(s)" in scheduled.plan
     arrays = random_arguments(func, np.random.default_rng(5))
     assert np.array_equal(run_on_cpu(func, arrays), run_on_cpu(cuda.emulate(func, op), arrays))
 
 
-def test_schedule_is_the_family_entry_point(digits_cuda):
+def test_schedule_is_the_family_entry_point():
     """``schedules.schedule_module`` calls ``schedule(func, op, target)`` per kernel and needs
     ``func``, ``plan`` and ``relayouts`` back; scheduled kernels must be left alone by dlight."""
-    import targets
-
+    assert schedules.family_module("cuda") is cuda
     lowered = lower_onnx(default_model_path())
-    gvar, func, op = next(iter(schedules.bnn_kernels(lowered.mod)))
+    _, func, op = next(iter(schedules.bnn_kernels(lowered.mod)))
     result = cuda.schedule(func, op, targets.get("cuda", arch="sm_86").tvm_target())
     assert result.relayouts == {} and result.plan
     assert bool(result.func.attrs["tirx.is_scheduled"])
     assert str(result.func.attrs["bnn.op"]) == op
+    # the whole-module form schedules every kernel in place and leaves the float functions
+    plans = {}
+    scheduled = cuda.schedule_cuda(lowered.mod, targets.get("cuda"), plans)
+    kernels = list(schedules.bnn_kernels(scheduled))
+    assert len(plans) == len(kernels) == len(list(schedules.bnn_kernels(lowered.mod)))
+    assert all(bool(f.attrs["tirx.is_scheduled"]) for _, f, _ in kernels)
+    assert len(scheduled.functions_items()) == len(lowered.mod.functions_items())
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,14 +261,13 @@ def test_schedule_is_the_family_entry_point(digits_cuda):
 def test_default_model_verifies_exactly_on_the_gpu():
     from bnn_tvm.verify import verify
 
-    with cuda_schedules():
-        report = verify(default_model_path(), "cuda")
+    report = verify(default_model_path(), "cuda")
     assert report.ok, "\n".join(report.lines())
     assert report.binary_checked >= 1
 
 
 @needs_gpu
-@pytest.mark.parametrize("graph", DEFAULT_GRAPHS + SLOW_GRAPHS)
+@pytest.mark.parametrize("graph", GRAPHS)
 def test_binary_graphs_verify_exactly_on_the_gpu(tmp_path, graph):
     from bnn_tvm.verify import verify
 
@@ -292,8 +275,7 @@ def test_binary_graphs_verify_exactly_on_the_gpu(tmp_path, graph):
     x = np.random.default_rng(1).standard_normal((5, *lower_onnx(path, batch).input_shape[1:])).astype(np.float32)
     if graph == "dorefa_planes":
         x = x * 0.6 + 0.5
-    with cuda_schedules():
-        report = verify(path, "cuda", x=x.astype(np.float32), batch=batch)
+    report = verify(path, "cuda", x=x.astype(np.float32), batch=batch)
     assert report.ok, "\n".join(report.lines())
 
 
@@ -303,9 +285,8 @@ def test_exported_library_loads_and_runs_on_the_gpu(tmp_path):
     from bnn_tvm.runtime import CompiledRunner
 
     out = tmp_path / "digits_cuda.so"
-    with cuda_schedules():
-        assert main(["compile", "--target", "cuda", "-o", str(out)]) == 0
-        reference = compile_onnx(default_model_path(), "x86")
+    assert main(["compile", "--target", "cuda", "-o", str(out)]) == 0
+    reference = compile_onnx(default_model_path(), "x86")
     _, _, x_test, _ = digits_split()
     on_gpu = CompiledRunner.load(str(out))
     assert on_gpu.device.device_type == 2  # kDLCUDA
