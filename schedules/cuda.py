@@ -155,8 +155,15 @@ def output_block(sch: s_tir.Schedule):
     return out
 
 
+OPAQUE_PATTERN = 8  # relax OpPatternKind::kOpaque
+
+
 def finish(sch: s_tir.Schedule, plan: str) -> Scheduled:
-    return Scheduled(sch.mod["main"].with_attr("tirx.is_scheduled", True), plan)
+    """The scheduled kernel, marked so that the CUDA pipeline keeps it as it is: dlight skips
+    ``tirx.is_scheduled`` functions, and an opaque op pattern keeps FuseOps from fusing a float
+    neighbour into it (a fused function is rebuilt from the computes, losing the schedule)."""
+    func = sch.mod["main"].with_attrs({"tirx.is_scheduled": True, "op_pattern": OPAQUE_PATTERN})
+    return Scheduled(func, plan)
 
 
 # --------------------------------------------------------------------------------------------
