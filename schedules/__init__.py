@@ -50,6 +50,10 @@ def schedule_module(mod, spec, plans: dict | None = None):
     if module is None:
         return mod
     target = spec.tvm_target()
+    if getattr(spec, "family", "x86") in ("x86", "arm"):
+        from .compact import compact_corrections
+
+        mod = compact_corrections(mod)
     scheduled = {}
     for gvar, func, op in list(bnn_kernels(mod)):
         result = module.schedule(func, op, target)

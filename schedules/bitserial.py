@@ -138,9 +138,12 @@ def binary_conv2d_dot(
         ),
         name="mismatches",
     )
+    # ``correction`` may also be a function (o, y, x) -> int32, e.g. a CPU schedule's compact
+    # per-border-class table (``schedules.compact``): same values, no [OC, OH, OW] tensor.
+    correct = correction if callable(correction) else (lambda o, y, x: correction[o, y, x])
     return te.compute(
         (n, oh, ow, oc),
-        lambda i, y, x, o: taps - 2 * mismatches[i, y, x, o] + correction[o, y, x],
+        lambda i, y, x, o: taps - 2 * mismatches[i, y, x, o] + correct(o, y, x),
         name="binary_conv2d_dot",
     )
 

@@ -155,50 +155,49 @@ def _fence(value):
     return T.call_llvm_pure_intrin(str(value.ty), "llvm.arithmetic.fence", value)
 
 
-def tile_out_intrin(rows: int, lanes: int, taps: int, scaled: bool, index_dtype: str) -> str:
+def tile_out_intrin(rows: int, lanes: int, scaled: bool, index_dtype: str) -> str:
     """Register (once) and name the tile epilogue for ``rows`` positions x ``lanes`` channels."""
-    name = f"bnn_tile_out_{rows}x{lanes}_taps{taps}{'_scaled' if scaled else ''}_{index_dtype}"
+    name = f"bnn_tile_out_{rows}x{lanes}{'_scaled' if scaled else ''}_{index_dtype}"
     if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
-        s_tir.TensorIntrin.register(name, *_tile_out_funcs(rows, lanes, taps, scaled, index_dtype))
+        s_tir.TensorIntrin.register(name, *_tile_out_funcs(rows, lanes, scaled, index_dtype))
     return name
 
 
-def _tile_out_funcs(rows: int, lanes: int, taps: int, scaled: bool, index_dtype: str):
-    """``(desc, impl)``: ``out[o, x] = float(c[x, o] + taps - 2 m[x, o]) (* s[o])`` for a tile
-    ``m`` of ``rows`` positions x ``lanes`` channels; ``c`` is the correction in channels-last
-    order (the schedule relayouts it), so all arithmetic happens on the tile's own vectors and
-    only the finished floats are transposed (zero vectors pad ``rows`` to a power of two)."""
+def _tile_out_funcs(rows: int, lanes: int, scaled: bool, index_dtype: str):
+    """``(desc, impl)``: ``out[o, x] = float(dot[x, o]) (* s[o])`` for a tile ``dot`` of ``rows``
+    positions x ``lanes`` channels (the finished integer results, in registers). Converted (and
+    scaled) as vectors of channels, then transposed (zero vectors pad ``rows`` to a multiple of
+    4) and stored as vectors of positions."""
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 
     def declare():
-        m = T.match_buffer(T.arg("m", T.handle()), (rows, lanes), "int32", offset_factor=1, scope="local",
-                           strides=[T.int64(), 1])
-        c = T.match_buffer(T.arg("c", T.handle()), (rows, lanes), "int32", offset_factor=1, strides=[T.int64(), 1])
+        dot = T.match_buffer(T.arg("dot", T.handle()), (rows, lanes), "int32", offset_factor=1, scope="local",
+                             strides=[T.int64(), 1])
         scale = T.match_buffer(T.arg("s", T.handle()), (lanes,), "float32", offset_factor=1) if scaled else None
         # out is a [channels, 1 row, positions] slice of [N, OC, OH, OW]
         out = T.match_buffer(T.arg("out", T.handle()), (lanes, 1, rows), "float32", offset_factor=1,
                              strides=[T.int64(), T.int64(), 1])
-        return m, c, scale, out
+        return dot, scale, out
 
-    def regions(m, c, scale, out):
-        T.reads(*([c[0:rows, 0:lanes], m[0:rows, 0:lanes]] + ([scale[0:lanes]] if scaled else [])))
+    def regions(dot, scale, out):
+        T.reads(*([dot[0:rows, 0:lanes]] + ([scale[0:lanes]] if scaled else [])))
         T.writes(out[0:lanes, 0:1, 0:rows])
 
     with IRBuilder() as desc_builder:
         with build_prim_func():
             T.func_attr({"s_tir": True})
-            m, c, scale, out = declare()
+            dot, scale, out = declare()
             with T.sblock("root"):
-                regions(m, c, scale, out)
+                regions(dot, scale, out)
                 extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
                 with T.grid(extent(lanes), extent(rows)) as (o, x):
                     with T.sblock("dot_float"):
                         vo = T.axis.spatial(extent(lanes), o)
                         vx = T.axis.spatial(extent(rows), x)
-                        T.reads(*([c[vx, vo], m[vx, vo]] + ([scale[vo]] if scaled else [])))
+                        T.reads(*([dot[vx, vo]] + ([scale[vo]] if scaled else [])))
                         T.writes(out[vo, 0, vx])
-                        value = T.Cast("float32", c[vx, vo] + T.int32(taps) - m[vx, vo] * T.int32(2))
+                        value = T.Cast("float32", dot[vx, vo])
                         if scaled:
                             value = value * scale[vo]
                         T.buffer_store(out, value, [vo, extent(0), vx])
@@ -208,17 +207,15 @@ def _tile_out_funcs(rows: int, lanes: int, taps: int, scaled: bool, index_dtype:
     with IRBuilder() as impl_builder:
         with build_prim_func():
             T.func_attr({"s_tir": True})
-            m, c, scale, out = declare()
+            dot, scale, out = declare()
             with T.sblock("root"):
-                regions(m, c, scale, out)
+                regions(dot, scale, out)
                 vectors = []
                 for x in range(padded_rows):
                     if x >= rows:
                         vectors.append(tirx.Broadcast(T.float32(0), lanes))
                         continue
-                    dot = (c.vload([x, 0], f"int32x{lanes}") + tirx.Broadcast(T.int32(taps), lanes)
-                           - m.vload([x, 0], f"int32x{lanes}") * tirx.Broadcast(T.int32(2), lanes))
-                    value = T.Cast(f"float32x{lanes}", dot)
+                    value = T.Cast(f"float32x{lanes}", dot.vload([x, 0], f"int32x{lanes}"))
                     if scaled:
                         value = value * scale.vload([0], f"float32x{lanes}")
                     vectors.append(_fence(value))
@@ -296,7 +293,9 @@ def keep_dot_apart(sch: s_tir.Schedule, dot, loop, lanes: int) -> None:
     sch.compute_at(dot, loop, preserve_unit_loops=True)
     sch.set_scope(dot, 0, "local")
     if lanes > 1:
-        sch.vectorize(sch.get_loops(dot)[-1])
+        *positions, channels = sch.get_loops(dot)[-2:]
+        vector_count, lane = sch.split(channels, [None, lanes])
+        sch.vectorize(lane)
 
 
 def pack_words(sch: s_tir.Schedule, bits_block, pack_block, lanes: int) -> None:
@@ -330,13 +329,13 @@ def pad_rows(sch: s_tir.Schedule, unit: VectorUnit) -> None:
 def transpose_out(sch: s_tir.Schedule, out, o_inner, x_inner, lanes: int, width_block: int, func) -> str:
     """The float NCHW epilogue of a tile: in-register transpose (tensorized) where it applies,
     else vectors over positions read back from the tile."""
-    taps = int(func.attrs["bnn.taps"])
-    scaled = len(func.params) == 5  # data, weight, correction, scale, out
+    base = 6 if is_compact(func) else 4  # data, weight, correction (table, ycls, xcls), out
+    scaled = len(func.params) == base + 1  # and a per-channel weight scale
     if lanes >= 4 and width_block > 1:
         vector_count, lane = sch.split(o_inner, [None, lanes])
         try:
             index_dtype = str(sch.get(lane).loop_var.ty)
-            sch.tensorize(lane, tile_out_intrin(width_block, lanes, taps, scaled, index_dtype))
+            sch.tensorize(lane, tile_out_intrin(width_block, lanes, scaled, index_dtype))
             sch.unroll(vector_count)
             return "register-transposed NCHW stores"
         except (RuntimeError, tvm.error.InternalError):
@@ -357,13 +356,21 @@ def param_name(func: tirx.PrimFunc, position: int) -> str:
 # Kernels
 
 
+def is_compact(func) -> bool:
+    """Whether the kernel reads its padding correction as a compact table (``schedules.compact``)."""
+    return func.attrs is not None and "bnn.compact_correction" in func.attrs
+
+
 def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
-    """``binary_conv2d``: int32 tile in registers, float NCHW out."""
+    """``binary_conv2d``: int32 tile in registers, finished as vectors of channels, transposed,
+    float NCHW out."""
     mism = sch.get_sblock("mismatches")
     sch.transform_layout(mism, param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
+    relayouts = {1: (1, 2, 3, 0)}
     dot = sch.get_sblock("binary_conv2d_dot")
-    sch.transform_layout(dot, param_name(func, 2), lambda o, y, x: (y, x, o))
-    sch.compute_inline(dot)
+    if not is_compact(func):
+        sch.transform_layout(dot, param_name(func, 2), lambda o, y, x: (y, x, o))
+        relayouts[2] = (1, 2, 0)
     out = sch.get_sblock("dot_float")
     n, o, y, x = sch.get_loops(out)
     channels, width = extents(sch, [o, x])
@@ -374,12 +381,13 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     o_outer, o_inner = sch.split(o, [None, channel_block])
     sch.reorder(row, x_outer, o_outer, o_inner, x_inner)
     sch.parallel(row)
+    keep_dot_apart(sch, dot, o_outer, lanes)
     sch.compute_at(mism, o_outer, preserve_unit_loops=True)
     accumulate(sch, mism, lanes, spatial=2, reduction=3)
     epilogue = transpose_out(sch, out, o_inner, x_inner, lanes, width_block, func)
     pad_rows(sch, unit)
     plan = f"conv: {width_block} positions x {channel_block} channels in registers, {lanes} lanes, {epilogue}"
-    return Scheduled(sch.mod["main"], plan, {1: (1, 2, 3, 0), 2: (1, 2, 0)})
+    return Scheduled(sch.mod["main"], plan, relayouts)
 
 
 def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
@@ -387,7 +395,10 @@ def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     mism = sch.get_sblock("mismatches")
     sch.transform_layout(mism, param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
     dot = sch.get_sblock("binary_conv2d_dot")
-    sch.transform_layout(dot, param_name(func, 2), lambda o, y, x: (y, x, o))
+    relayouts = {1: (1, 2, 3, 0)}
+    if not is_compact(func):
+        sch.transform_layout(dot, param_name(func, 2), lambda o, y, x: (y, x, o))
+        relayouts[2] = (1, 2, 0)
     bits = sch.get_sblock("threshold_bits")
     pack = sch.get_sblock("threshold_pack")
     n, y, x, cw, _ = sch.get_loops(pack)
@@ -413,7 +424,7 @@ def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     pack_words(sch, bits, pack, unit.lanes)
     pad_rows(sch, unit)
     plan = f"conv+threshold: {width_block} positions x {channel_block} channels, {lanes} lanes, mask-packed words"
-    return Scheduled(sch.mod["main"], plan, {1: (1, 2, 3, 0), 2: (1, 2, 0)})
+    return Scheduled(sch.mod["main"], plan, relayouts)
 
 
 def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:

@@ -1,0 +1,666 @@
+"""Benchmarks: the compiled binary model against the float engines a user would otherwise pick.
+
+One run measures every engine with the same thread count and reports the median of repeated
+runs (after warm-up):
+
+* ``bnn_tvm``: the model compiled by this project (binary layers as XNOR-popcount kernels);
+* ``tvm_fp32``: the same ONNX compiled by TVM with the binarization passes disabled (the float
+  twin's arithmetic: binarizers run as float ``Where`` ops, convs as float convs), untuned;
+* ``torch_fp32``: PyTorch on the float twin (the same layers with float values), the better of
+  NCHW and channels_last memory formats;
+* ``ort_fp32``: ONNX Runtime (all graph optimisations) on the same ONNX as ``tvm_fp32``;
+* ``topi_bitserial`` (single layers only): TVM's own ``topi.nn.bitserial_conv2d_nhwc``,
+  unipolar, int32 output, default (untuned, unscheduled) lowering.
+
+A *layer* (``--layer conv3x3:64x56x56``) is a one-conv ONNX model built with ``onnx.helper``:
+``Where(x >= 0, 1, -1)`` then a ``Conv`` with ±1 weights and zero padding; its float twin (for
+PyTorch) is the conv alone.
+
+The popcount limit: binary multiply-accumulates per second that one core's vector unit can do
+when it does nothing but ``XOR + POPCOUNT + ADD`` on data in L1 (``popcount_peak``, measured in
+the same run with a kernel of that inner loop and nothing else, times the thread count). The
+fraction of it a layer reaches is its binary MACs (``N*OH*OW*OC*C*KH*KW``) per second over
+that peak.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import BnnError
+
+ENGINES = ("bnn_tvm", "tvm_fp32", "torch_fp32", "ort_fp32", "topi_bitserial")
+
+# The 3x3 binary convolutions of a ResNet-18 at 224x224 (stage entry convs have stride 2).
+RESNET18_LAYERS = (
+    "conv3x3:64x56x56",
+    "conv3x3:64x56x56,out=128,stride=2",
+    "conv3x3:128x28x28",
+    "conv3x3:128x28x28,out=256,stride=2",
+    "conv3x3:256x14x14",
+    "conv3x3:256x14x14,out=512,stride=2",
+    "conv3x3:512x7x7",
+)
+LAYER_SYNTAX = "convKxK:CxHxW[,out=OC][,stride=S][,pad=P][,batch=N]"
+
+
+# ------------------------------------------------------------------------------------------
+# Single layers
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One binary conv layer: binarized input, ±1 weights, zero padding."""
+
+    kernel: int
+    channels: int
+    height: int
+    width: int
+    out_channels: int
+    stride: int = 1
+    pad: int = 0
+    batch: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "LayerSpec":
+        match = re.fullmatch(r"conv(\d+)x(\d+):(\d+)x(\d+)x(\d+)((?:,\w+=\d+)*)", text.strip())
+        if match is None or match.group(1) != match.group(2):
+            raise BnnError(f"--layer {text!r}: expected {LAYER_SYNTAX} (e.g. conv3x3:64x56x56)")
+        kernel, channels, height, width = (int(match.group(i)) for i in (1, 3, 4, 5))
+        options = dict(item.split("=") for item in match.group(6).split(",") if item)
+        unknown = set(options) - {"out", "stride", "pad", "batch"}
+        if unknown:
+            raise BnnError(f"--layer {text!r}: unknown option(s) {', '.join(sorted(unknown))}; syntax {LAYER_SYNTAX}")
+        spec = cls(
+            kernel, channels, height, width,
+            out_channels=int(options.get("out", channels)),
+            stride=int(options.get("stride", 1)),
+            pad=int(options.get("pad", kernel // 2)),
+            batch=int(options.get("batch", 1)),
+        )
+        if min(kernel, channels, height, width, spec.out_channels, spec.stride, spec.batch) < 1 or spec.pad < 0:
+            raise BnnError(f"--layer {text!r}: sizes must be positive")
+        if spec.out_hw[0] < 1 or spec.out_hw[1] < 1:
+            raise BnnError(f"--layer {text!r}: the kernel does not fit the padded input")
+        return spec
+
+    @property
+    def name(self) -> str:
+        text = f"conv{self.kernel}x{self.kernel}:{self.channels}x{self.height}x{self.width}"
+        extras = [("out", self.out_channels, self.channels), ("stride", self.stride, 1),
+                  ("pad", self.pad, self.kernel // 2), ("batch", self.batch, 1)]
+        return text + "".join(f",{key}={value}" for key, value, default in extras if value != default)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.channels, self.height, self.width)
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        size = lambda n: (n + 2 * self.pad - self.kernel) // self.stride + 1  # noqa: E731
+        return size(self.height), size(self.width)
+
+    @property
+    def binary_macs(self) -> int:
+        oh, ow = self.out_hw
+        return self.batch * oh * ow * self.out_channels * self.channels * self.kernel * self.kernel
+
+    def weights(self, seed: int = 0) -> np.ndarray:
+        shape = (self.out_channels, self.channels, self.kernel, self.kernel)
+        return np.where(np.random.default_rng(seed).standard_normal(shape) >= 0, 1.0, -1.0).astype(np.float32)
+
+    def onnx_model(self, binary_input: bool = True, seed: int = 0):
+        """The layer as ONNX: ``Where(x >= 0, 1, -1)`` (unless ``binary_input`` is False) + ``Conv``."""
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        inits = [numpy_helper.from_array(self.weights(seed), "w")]
+        nodes = []
+        conv_input = "x"
+        if binary_input:
+            inits += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("zero", 0), ("one", 1), ("minus_one", -1))]
+            nodes += [
+                helper.make_node("GreaterOrEqual", ["x", "zero"], ["is_positive"], name="binarize_compare"),
+                helper.make_node("Where", ["is_positive", "one", "minus_one"], ["x_bin"], name="binarize"),
+            ]
+            conv_input = "x_bin"
+        nodes.append(helper.make_node(
+            "Conv", [conv_input, "w"], ["y"], name="conv", kernel_shape=[self.kernel] * 2,
+            strides=[self.stride] * 2, pads=[self.pad] * 4,
+        ))
+        graph = helper.make_graph(
+            nodes, "binary_layer",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(self.input_shape))],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [self.batch, self.out_channels, *self.out_hw])],
+            initializer=inits,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 9
+        onnx.checker.check_model(model)
+        return model
+
+    def torch_float_twin(self, seed: int = 0):
+        import torch
+
+        conv = torch.nn.Conv2d(self.channels, self.out_channels, self.kernel, self.stride, self.pad, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(self.weights(seed)))
+        return conv.eval()
+
+
+def parse_layers(texts: list[str]) -> list[LayerSpec]:
+    """``--layer`` values: layer specs, or ``resnet18`` for all of ResNet-18's 3x3 binary convs."""
+    specs = []
+    for text in texts:
+        names = RESNET18_LAYERS if text.strip().lower() == "resnet18" else (text,)
+        specs += [LayerSpec.parse(name) for name in names]
+    return specs
+
+
+# ------------------------------------------------------------------------------------------
+# What is measured
+
+
+@dataclass
+class Workload:
+    """One benchmarked model: its ONNX file (binary form) and how to build its float twins."""
+
+    name: str
+    onnx_path: str
+    input_shape: tuple[int, ...]
+    torch_twin: object = None  # () -> torch.nn.Module, the float twin; None: not available
+    torch_note: str = ""
+    layer: LayerSpec | None = None
+    binary_macs: int | None = None
+
+
+def layer_workload(spec: LayerSpec, workdir: str) -> Workload:
+    import onnx
+
+    path = os.path.join(workdir, "layer.onnx")
+    onnx.save(spec.onnx_model(), path)
+    return Workload(
+        spec.name, path, spec.input_shape, spec.torch_float_twin,
+        "float twin: the conv alone on float input, same ±1 weights", spec, spec.binary_macs,
+    )
+
+
+def model_workload(model: str, workdir: str, batch: int) -> Workload:
+    """A zoo name, a checkpoint or an ONNX file (see ``bnn_tvm.summary.summarize`` for the same
+    resolution). Zoo models are benchmarked with their random initial weights (latency does not
+    depend on the values); checkpoints with their trained ones."""
+    from . import models
+    from .export import export_onnx
+
+    if os.path.isfile(model) and not model.endswith((".pt", ".pth", ".ckpt")):
+        from .compiler import input_shape as onnx_input_shape
+        from .onnx_import import load_onnx
+
+        _, shape = onnx_input_shape(load_onnx(model), model, batch)
+        return Workload(os.path.basename(model), model, tuple(shape), None,
+                        "no PyTorch twin for a bare ONNX file (give a checkpoint or a zoo name)")
+    if os.path.isfile(model):
+        from .train import load_checkpoint
+
+        binary, checkpoint = load_checkpoint(model)
+        name, options = checkpoint["model"], checkpoint.get("options") or {}
+        label = os.path.basename(model)
+    elif model in models.ZOO:
+        name, options, label = model, {}, model
+        binary = models.build(name, **options).eval()
+    else:
+        from .errors import BnnError as _Err
+
+        raise _Err(f"{model!r} is neither a file nor a zoo model; give an ONNX file, a checkpoint "
+                   f"(.pt) or one of: {', '.join(sorted(models.ZOO))}")
+    sample_shape = tuple(models.input_shape(name))
+    path = os.path.join(workdir, f"{name}.onnx")
+    export_onnx(binary, sample_shape, path)
+    return Workload(
+        label, path, (batch,) + sample_shape,
+        lambda: models.build(name, binary=False, **options).eval(),
+        f"float twin of {name} (same layers, float activations and weights)",
+    )
+
+
+@dataclass
+class EngineResult:
+    name: str
+    times_ms: list[float] = field(default_factory=list)
+    note: str = ""
+    error: str | None = None
+    instructions: int | None = None
+
+    @property
+    def median_ms(self) -> float | None:
+        return statistics.median(self.times_ms) if self.times_ms else None
+
+    def to_json(self) -> dict:
+        out = {"median_ms": self.median_ms, "min_ms": min(self.times_ms) if self.times_ms else None,
+               "runs": len(self.times_ms), "note": self.note}
+        if self.error:
+            out["error"] = self.error
+        if self.instructions is not None:
+            out["instructions"] = self.instructions
+        return out
+
+
+@dataclass
+class Settings:
+    target: str = "x86"
+    threads: int = 1
+    repeat: int = 20
+    budget_s: float = 20.0  # per engine: fewer repeats (at least 3) when an engine is slow
+    rpc: str | None = None
+    tracker: str | None = None
+    key: str | None = None
+    count_instructions: bool = False
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.rpc or self.tracker or self.key or self.count_instructions)
+
+
+@dataclass
+class Prepared:
+    """An engine ready to be timed: ``sample()`` returns one timing sample (ms per call)."""
+
+    result: EngineResult
+    sample: object = None  # () -> float; None when the engine was timed elsewhere or failed
+
+
+def calls_per_sample(run_once) -> int:
+    """Warm up; how many calls make a sample of about 10 ms (timer resolution)."""
+    start = time.perf_counter()
+    run_once()
+    first = time.perf_counter() - start
+    if first < 0.5:
+        run_once()
+    return max(1, int(0.01 / max(first, 1e-6)))
+
+
+def python_sampler(run_once):
+    number = calls_per_sample(run_once)
+
+    def sample() -> float:
+        start = time.perf_counter()
+        for _ in range(number):
+            run_once()
+        return (time.perf_counter() - start) / number * 1e3
+
+    return sample
+
+
+def tvm_sampler(module, func_name: str, args: list):
+    """Samples timed by TVM's own timer (no Python in the loop)."""
+    import tvm
+
+    number = calls_per_sample(lambda: module[func_name](*args))
+    timer = module.time_evaluator(func_name, tvm.cpu(), number=number, repeat=1)
+    return lambda: timer(*args).results[0] * 1e3
+
+
+# ------------------------------------------------------------------------------------------
+# Engines
+
+
+def compile_float(path: str, target: str, batch: int):
+    """The same ONNX through TVM with the binarization passes off: ``tvm_fp32``."""
+    import json as _json
+
+    import tvm
+    from tvm import relax
+
+    import targets
+
+    from .compiler import METADATA_FUNC, CompiledModel, input_shape
+    from .onnx_import import check_supported, import_to_relax, load_for_compile, pin_input_shape
+
+    spec = targets.get(target)
+    model = load_for_compile(path)
+    check_supported(model, path)
+    name, shape = input_shape(model, path, batch)
+    model = pin_input_shape(model, name, shape)
+    mod, _ = import_to_relax(model, {name: shape}, path)
+    metadata = {"model": os.path.basename(path), "target": spec.name, "input_name": name, "input_shape": shape,
+                "outputs": [o.name for o in model.graph.output], "fused": []}
+    builder = relax.BlockBuilder(mod)
+    with builder.function(METADATA_FUNC, []):
+        builder.emit_func_output(tvm.ir.StringImm(_json.dumps(metadata)))
+    return CompiledModel(tvm.compile(builder.get(), spec.tvm_target()), metadata, [])
+
+
+def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workdir: str, outputs: dict) -> Prepared:
+    """Export a compiled model and prepare its timing here, or time it on the board over RPC."""
+    path = os.path.join(workdir, f"{engine}.so")
+    compiled.export(path)
+    result = EngineResult(engine, note=f"module {os.path.getsize(path) / 1024:.0f} KiB")
+    if settings.remote:
+        from .remote import remote_bench  # the board/RPC client (issue 6)
+
+        remote = remote_bench(path, settings.target, x, rpc=settings.rpc, tracker=settings.tracker, key=settings.key,
+                              repeat=settings.repeat, count_instructions=settings.count_instructions)
+        result.times_ms = [float(remote["median_ms"])]
+        result.instructions = remote.get("instructions")
+        result.note += ", timed on the board (median of its runs)"
+        outputs[engine] = remote["outputs"][0]
+        return Prepared(result)
+    import tvm
+    from tvm import relax
+
+    from .runtime import CompiledRunner
+
+    outputs[engine] = CompiledRunner.load(path).run(x)[0]
+    vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
+    data = tvm.runtime.tensor(x, tvm.cpu())
+    number = calls_per_sample(lambda: vm["main"](data))
+    timer = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=1)
+    return Prepared(result, lambda: timer(data).results[0] * 1e3)
+
+
+def bnn_engine(workload, x, settings, workdir, outputs) -> Prepared:
+    from .compiler import compile_onnx
+
+    compiled = compile_onnx(workload.onnx_path, settings.target, batch=workload.input_shape[0])
+    prepared = run_compiled("bnn_tvm", compiled, x, settings, workdir, outputs)
+    prepared.result.note += f", {len(compiled.metadata.get('fused', []))} fusions"
+    return prepared
+
+
+def tvm_fp32_engine(workload, x, settings, workdir, outputs) -> Prepared:
+    compiled = compile_float(workload.onnx_path, settings.target, workload.input_shape[0])
+    prepared = run_compiled("tvm_fp32", compiled, x, settings, workdir, outputs)
+    prepared.result.note += ", untuned TVM default lowering"
+    return prepared
+
+
+def torch_engine(workload, x, settings, workdir, outputs) -> Prepared:
+    """The float twin in PyTorch; the faster of NCHW and channels_last (decided on 3 samples)."""
+    import torch
+
+    if workload.torch_twin is None:
+        return Prepared(EngineResult("torch_fp32", error=workload.torch_note))
+    torch.set_num_threads(settings.threads)
+    model = workload.torch_twin()
+    candidates = []
+    with torch.inference_mode():
+        for layout, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            module = model.to(memory_format=fmt)
+            data = torch.from_numpy(x).contiguous(memory_format=fmt)
+            sample = python_sampler(lambda module=module, data=data: module(data))
+            candidates.append((statistics.median(sample() for _ in range(3)), layout, sample, module))
+    _, layout, sample, module = min(candidates, key=lambda c: c[0])
+
+    def timed() -> float:
+        with torch.inference_mode():
+            return sample()
+
+    return Prepared(EngineResult("torch_fp32", note=f"{workload.torch_note}; best layout {layout}"), timed)
+
+
+def ort_engine(workload, x, settings, workdir, outputs) -> Prepared:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(workload.onnx_path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    outputs["ort_fp32"] = session.run(None, {name: x})[0]
+    return Prepared(EngineResult("ort_fp32", note="the same ONNX, all graph optimisations"),
+                    python_sampler(lambda: session.run(None, {name: x})))
+
+
+def topi_engine(workload, x, settings, workdir, outputs) -> Prepared:
+    """TVM's shipped ``bitserial_conv2d_nhwc`` (unipolar, int32 output), default lowering."""
+    import tvm
+    from tvm import te, topi
+
+    import targets
+
+    spec = workload.layer
+    n, c, h, w = spec.input_shape
+    data = te.placeholder((n, h, w, c), "int32", name="data")  # activation bits (0/1)
+    kernel = te.placeholder((spec.kernel, spec.kernel, c, spec.out_channels), "int32", name="kernel")
+    out = topi.nn.bitserial_conv2d_nhwc(data, kernel, spec.stride, spec.pad, 1, 1, "uint32", "int32", True)
+    lib = tvm.compile(tvm.IRModule({"main": te.create_prim_func([data, kernel, out])}), targets.get(settings.target).tvm_target())
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.integers(0, 2, [int(d) for d in t.shape]).astype("int32"), dev) for t in (data, kernel)]
+    args.append(tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "int32"), dev))
+    note = "tvm.topi.nn.bitserial_conv2d_nhwc, unipolar, int32 out, weights packed in the kernel, unscheduled (one thread)"
+    return Prepared(EngineResult("topi_bitserial", note=note), tvm_sampler(lib.mod, "main", args))
+
+
+ENGINE_FUNCS = {
+    "bnn_tvm": bnn_engine,
+    "tvm_fp32": tvm_fp32_engine,
+    "torch_fp32": torch_engine,
+    "ort_fp32": ort_engine,
+    "topi_bitserial": topi_engine,
+}
+HOST_ONLY = {"torch_fp32", "ort_fp32", "topi_bitserial"}
+
+
+# ------------------------------------------------------------------------------------------
+# The popcount limit
+
+
+def popcount_peak(target: str, threads: int) -> dict:
+    """Binary MACs per second of the bare inner loop of the conv kernels (broadcast XOR, vector
+    POPCOUNT, vector ADD into 16 register accumulators) on data in L1, on ``threads`` cores:
+    the most the conv kernels could reach on this machine. Measured, best of repeats."""
+    import tvm
+    from tvm import s_tir, te, tirx
+
+    import targets
+    from schedules import x86
+
+    tvm_target = targets.get(target).tvm_target()
+    unit = x86.vector_unit(tvm_target)
+    lanes, vectors, channels, steps, tasks = unit.lanes, 2, 8, 64, 512 * max(1, threads)
+    a = te.placeholder((4, steps, channels), "uint32", name="activations")
+    w = te.placeholder((steps, vectors * lanes), "uint32", name="weights")
+    r = te.reduce_axis((0, steps), name="r")
+    acc = te.compute(
+        (tasks, channels, vectors * lanes),
+        lambda t, x, o: te.sum(tirx.popcount(a[t % 4, r, x] ^ w[r, o]).astype("int32"), axis=r),
+        name="acc",
+    )
+    sch = s_tir.Schedule(te.create_prim_func([a, w, acc]))
+    block = sch.get_sblock("acc")
+    t, x, o, rr = sch.get_loops(block)
+    vector, lane = sch.split(o, [None, lanes])
+    sch.reorder(t, rr, x, vector, lane)
+    sch.parallel(t)
+    sch.unroll(x)
+    sch.unroll(vector)
+    sch.vectorize(lane)
+    sch.decompose_reduction(block, rr)
+    lib = tvm.compile(sch.mod, tvm_target)
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.integers(0, 2**32, [int(d) for d in s.shape], dtype=np.uint32), dev) for s in (a, w)]
+    args.append(tvm.runtime.tensor(np.zeros((tasks, channels, vectors * lanes), np.int32), dev))
+    seconds = min(lib.mod.time_evaluator("main", dev, number=3, repeat=15)(*args).results)
+    macs = tasks * channels * vectors * lanes * steps * 32
+    return {
+        "gmacs_per_s": macs / seconds / 1e9,
+        "method": (f"measured: {channels} positions x {vectors * lanes} channels of {unit.name} accumulators, "
+                   f"XOR + POPCOUNT + ADD per {lanes * 32}-bit vector on L1 data, {threads} thread(s), best of 15"),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# One benchmark
+
+
+def machine() -> dict:
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import tvm
+
+    return {"cpu": name, "cores": os.cpu_count(), "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
+            "host": platform.node()}
+
+
+def measure_rounds(prepared: dict, settings: Settings, progress=None, label: str = "") -> None:
+    """Interleaved rounds: each round takes one sample of every engine, so load from other
+    processes on a shared machine hits all engines alike and the ratios stay meaningful.
+    An engine past its time budget (``Settings.budget_s``) stops after 3 samples."""
+    timed = {name: p for name, p in prepared.items() if p.sample is not None}
+    spent = dict.fromkeys(timed, 0.0)
+    for round_index in range(settings.repeat):
+        for name, p in timed.items():
+            if round_index >= 3 and spent[name] > settings.budget_s:
+                continue
+            start = time.perf_counter()
+            p.result.times_ms.append(p.sample())
+            spent[name] += time.perf_counter() - start
+        if progress is not None:
+            progress.set_postfix_str(f"{label}: timing round {round_index + 1}/{settings.repeat}")
+
+
+def benchmark(workload: Workload, settings: Settings, engines: list[str], progress=None) -> dict:
+    """Run every engine on ``workload``; the JSON-ready result (see the module docstring)."""
+    import targets
+
+    spec = targets.get(settings.target)
+    if not spec.is_host and not settings.remote:
+        from .errors import BnnError as _Err
+
+        raise _Err(f"target {spec.name} does not run on this host: give --rpc HOST:PORT or --tracker HOST:PORT --key KEY")
+    x = np.random.default_rng(0).standard_normal(workload.input_shape).astype(np.float32)
+    prepared: dict[str, Prepared] = {}
+    outputs: dict[str, np.ndarray] = {}
+    with tempfile.TemporaryDirectory(prefix="bnn-bench-") as workdir:
+        for engine in engines:
+            if engine == "topi_bitserial" and workload.layer is None:
+                continue
+            if progress is not None:
+                progress.set_postfix_str(f"{workload.name}: preparing {engine}")
+            if engine in HOST_ONLY and settings.remote:
+                prepared[engine] = Prepared(EngineResult(engine, error="runs on the host CPU only, not on the remote board"))
+            else:
+                try:
+                    prepared[engine] = ENGINE_FUNCS[engine](workload, x, settings, workdir, outputs)
+                except Exception as err:  # one failing engine must not lose the others' numbers
+                    if engine == "bnn_tvm":
+                        raise
+                    prepared[engine] = Prepared(EngineResult(engine, error=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"))
+            if progress is not None:
+                progress.update(1)
+        sizes = model_sizes(workload.onnx_path, workdir)
+        measure_rounds(prepared, settings, progress, workload.name)
+    results = {name: p.result for name, p in prepared.items()}
+    base = results["bnn_tvm"].median_ms
+    report = {
+        "model": workload.name,
+        "target": spec.name,
+        "threads": settings.threads,
+        "input_shape": list(workload.input_shape),
+        "machine": machine() if not settings.remote else {"board": settings.rpc or f"{settings.tracker} key {settings.key}"},
+        "engines": {name: r.to_json() for name, r in results.items()},
+        "speedup": {name: r.median_ms / base for name, r in results.items() if r.median_ms and base},
+        "sizes": sizes,
+    }
+    if "ort_fp32" in outputs and "bnn_tvm" in outputs:
+        diff = np.abs(outputs["bnn_tvm"].astype(np.float64) - outputs["ort_fp32"])
+        report["max_abs_diff_vs_ort"] = float(diff.max())
+    if workload.binary_macs:
+        report["binary_macs"] = workload.binary_macs
+        if spec.family == "x86" and not settings.remote:
+            peak = popcount_peak(settings.target, settings.threads)
+            achieved = workload.binary_macs / (base / 1e3) / 1e9
+            report["popcount_limit"] = {**peak, "achieved_gmacs_per_s": achieved, "fraction": achieved / peak["gmacs_per_s"]}
+    return report
+
+
+def model_sizes(onnx_path: str, workdir: str) -> dict:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(onnx_path)
+    float_params = sum(numpy_helper.to_array(t).size for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    sizes = {"onnx_bytes": os.path.getsize(onnx_path), "fp32_parameter_bytes": 4 * int(float_params)}
+    for engine in ("bnn_tvm", "tvm_fp32"):
+        path = os.path.join(workdir, f"{engine}.so")
+        if os.path.isfile(path):
+            sizes[f"{engine}_module_bytes"] = os.path.getsize(path)
+    return sizes
+
+
+# ------------------------------------------------------------------------------------------
+# Reporting
+
+
+def report_lines(report: dict) -> list[str]:
+    threads = report["threads"]
+    where = report["machine"].get("cpu") or report["machine"].get("board")
+    lines = [f"{report['model']} on {report['target']} ({where}), {threads} thread{'s' if threads != 1 else ''}"]
+    lines.append(f"  {'engine':<16}{'median ms':>11}{'min ms':>10}{'runs':>6}{'bnn_tvm is':>14}  note")
+    for name, r in report["engines"].items():
+        if r.get("error"):
+            lines.append(f"  {name:<16}{'-':>11}{'-':>10}{'-':>6}{'':>14}  {r['error']}")
+            continue
+        ratio = report["speedup"].get(name)
+        faster = "" if name == "bnn_tvm" or ratio is None else (f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower")
+        instr = f", {r['instructions']:,} instructions" if r.get("instructions") is not None else ""
+        lines.append(f"  {name:<16}{r['median_ms']:>11.3f}{r['min_ms']:>10.3f}{r['runs']:>6}{faster:>14}  {r['note']}{instr}")
+    sizes = report["sizes"]
+    size_text = f"  sizes: ONNX {sizes['onnx_bytes'] / 1024:.0f} KiB (fp32 parameters {sizes['fp32_parameter_bytes'] / 1024:.0f} KiB)"
+    for engine in ("bnn_tvm", "tvm_fp32"):
+        if f"{engine}_module_bytes" in sizes:
+            size_text += f", {engine} module {sizes[f'{engine}_module_bytes'] / 1024:.0f} KiB"
+    lines.append(size_text)
+    if "max_abs_diff_vs_ort" in report:
+        lines.append(f"  bnn_tvm output vs ort_fp32: max abs diff {report['max_abs_diff_vs_ort']:.3g}")
+    if "popcount_limit" in report:
+        p = report["popcount_limit"]
+        lines.append(f"  binary MACs {report['binary_macs'] / 1e6:.1f} M: bnn_tvm {p['achieved_gmacs_per_s']:.0f} G/s = "
+                     f"{100 * p['fraction']:.0f}% of the popcount limit {p['gmacs_per_s']:.0f} G/s ({p['method']})")
+    return lines
+
+
+def plot(reports: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(reports), 1, figsize=(8, 1.2 + 1.6 * len(reports)), squeeze=False)
+    for ax, report in zip(axes[:, 0], reports):
+        names = [n for n, r in report["engines"].items() if r.get("median_ms")]
+        values = [report["engines"][n]["median_ms"] for n in names]
+        bars = ax.barh(names, values, color=["tab:green" if n == "bnn_tvm" else "tab:gray" for n in names])
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_title(f"{report['model']} ({report['target']}, {report['threads']} thread(s))", fontsize=9)
+        for bar, name in zip(bars, names):
+            ratio = report["speedup"].get(name, 1.0)
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {bar.get_width():.3g} ms ({ratio:.1f}x)",
+                    va="center", fontsize=8)
+        ax.set_xlabel("median ms (log scale)")
+    fig.tight_layout()
+    from .io import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)

@@ -1,0 +1,93 @@
+"""Issue 5: the ``bench`` command. Benchmarks are commands, not timed tests: these only check
+that a tiny run works end to end (all engines, JSON, plot, table) and that bad options fail
+clearly. Nothing here asserts a speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bnn_tvm.bench import RESNET18_LAYERS, LayerSpec, parse_layers
+from bnn_tvm.cli import main
+from bnn_tvm.errors import BnnError
+
+
+def test_layer_spec_parsing_and_names():
+    spec = LayerSpec.parse("conv3x3:64x56x56")
+    assert (spec.kernel, spec.channels, spec.height, spec.width, spec.out_channels) == (3, 64, 56, 56, 64)
+    assert (spec.stride, spec.pad, spec.batch) == (1, 1, 1)
+    assert spec.binary_macs == 56 * 56 * 64 * 64 * 9
+    down = LayerSpec.parse("conv3x3:64x56x56,out=128,stride=2")
+    assert down.out_hw == (28, 28) and down.name == "conv3x3:64x56x56,out=128,stride=2"
+    assert LayerSpec.parse(down.name) == down
+    assert len(parse_layers(["resnet18"])) == len(RESNET18_LAYERS)
+    for bad in ["conv3x2:64x56x56", "conv3x3:64x56", "conv3x3:64x56x56,dilation=2", "conv9x9:4x4x4,pad=0"]:
+        with pytest.raises(BnnError, match="--layer"):
+            LayerSpec.parse(bad)
+
+
+def test_layer_onnx_is_the_binary_conv_it_names():
+    """The layer model is Where(x >= 0, 1, -1) then a zero-padded conv with ±1 weights."""
+    import onnxruntime as ort
+
+    spec = LayerSpec.parse("conv3x3:5x6x7,out=3,stride=2")
+    session = ort.InferenceSession(spec.onnx_model().SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal(spec.input_shape).astype(np.float32)
+    x[0, 0, 0, :3] = 0.0
+    (got,) = session.run(None, {"x": x})
+    import torch
+
+    expected = spec.torch_float_twin()(torch.from_numpy(np.where(x >= 0, 1.0, -1.0).astype(np.float32))).detach().numpy()
+    np.testing.assert_array_equal(got, expected)
+    assert set(np.unique(spec.weights())) == {-1.0, 1.0}
+
+
+def test_bench_smoke_all_engines(tmp_path, capsys):
+    """A tiny layer through every engine: JSON in the documented form, a plot, a table."""
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main(["bench", "--layer", "conv3x3:32x8x8", "--repeat", "3", "--json", str(out_json), "--plot", str(out_png)])
+    assert code == 0
+    report = json.loads(out_json.read_text())
+    assert set(report["engines"]) == {"bnn_tvm", "tvm_fp32", "torch_fp32", "ort_fp32", "topi_bitserial"}
+    for name, engine in report["engines"].items():
+        assert "error" not in engine, (name, engine)
+        assert engine["median_ms"] > 0 and engine["runs"] >= 3
+        assert report["speedup"][name] == pytest.approx(engine["median_ms"] / report["engines"]["bnn_tvm"]["median_ms"])
+    assert report["speedup"]["bnn_tvm"] == pytest.approx(1.0)
+    assert report["max_abs_diff_vs_ort"] == 0.0  # integer results: exact
+    assert report["threads"] == 1 and report["machine"]["cores"] >= 1
+    assert 0 < report["popcount_limit"]["fraction"] < 1.5
+    assert report["sizes"]["bnn_tvm_module_bytes"] > 0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "bnn_tvm" in printed and "popcount limit" in printed
+
+    table = subprocess.run([sys.executable, "tools/perf_table.py", str(out_json)], capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    assert "| `conv3x3:32x8x8` | 1 |" in table.stdout
+    assert report["machine"]["cpu"] in table.stdout
+
+
+def test_bench_default_model_without_optional_engines(tmp_path):
+    """MODEL (the bundled default) with a subset of engines; the ONNX file has no torch twin."""
+    from bnn_tvm.export import default_model_path
+
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", default_model_path(), "--engines", "bnn_tvm,torch_fp32", "--repeat", "3", "--json", str(out_json)]) == 0
+    report = json.loads(out_json.read_text())
+    assert report["engines"]["bnn_tvm"]["median_ms"] > 0
+    assert "no PyTorch twin" in report["engines"]["torch_fp32"]["error"]
+    assert "topi_bitserial" not in report["engines"]
+
+
+def test_bench_rejects_bad_options(capsys):
+    assert main(["bench", "--layer", "conv3x3:8x4x4", "--engines", "bnn_tvm,tensorflow"]) == 2
+    assert "tensorflow" in capsys.readouterr().err
+    assert main(["bench", "--layer", "conv3x3:8x4x4", "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err
+    assert main(["bench", "--layer", "conv3x3:8x4x4", "--target", "rasp3b"]) == 2
+    assert "--rpc" in capsys.readouterr().err
