@@ -582,9 +582,11 @@ def benchmark(workload: Workload, settings: Settings, engines: list[str], progre
         "speedup": {name: r.median_ms / base for name, r in results.items() if r.median_ms and base},
         "sizes": sizes,
     }
-    if "ort_fp32" in outputs and "bnn_tvm" in outputs:
-        diff = np.abs(outputs["bnn_tvm"].astype(np.float64) - outputs["ort_fp32"])
-        report["max_abs_diff_vs_ort"] = float(diff.max())
+    reference = reference_output(workload, x)
+    for engine in ("bnn_tvm", "tvm_fp32"):
+        if engine in outputs:
+            diff = np.abs(outputs[engine].astype(np.float64) - reference)
+            report.setdefault("max_abs_diff_vs_reference", {})[engine] = float(diff.max())
     if workload.binary_macs:
         report["binary_macs"] = workload.binary_macs
         if spec.family == "x86" and not settings.remote:
@@ -592,6 +594,19 @@ def benchmark(workload: Workload, settings: Settings, engines: list[str], progre
             achieved = workload.binary_macs / (base / 1e3) / 1e9
             report["popcount_limit"] = {**peak, "achieved_gmacs_per_s": achieved, "fraction": achieved / peak["gmacs_per_s"]}
     return report
+
+
+def reference_output(workload: Workload, x: np.ndarray) -> np.ndarray:
+    """The model's first output by ONNX Runtime on this host with graph optimisations off (the
+    reference ``verify`` uses): what every engine's output, remote ones included, is checked
+    against."""
+    import onnx
+
+    from .verify import reference_outputs
+
+    model = onnx.load(workload.onnx_path)
+    name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+    return reference_outputs(model, x, name)[0]
 
 
 def model_sizes(onnx_path: str, workdir: str) -> dict:
@@ -631,8 +646,8 @@ def report_lines(report: dict) -> list[str]:
         if f"{engine}_module_bytes" in sizes:
             size_text += f", {engine} module {sizes[f'{engine}_module_bytes'] / 1024:.0f} KiB"
     lines.append(size_text)
-    if "max_abs_diff_vs_ort" in report:
-        lines.append(f"  bnn_tvm output vs ort_fp32: max abs diff {report['max_abs_diff_vs_ort']:.3g}")
+    for engine, diff in report.get("max_abs_diff_vs_reference", {}).items():
+        lines.append(f"  {engine} output vs ONNX Runtime reference (optimisations off): max abs diff {diff:.3g}")
     if "popcount_limit" in report:
         p = report["popcount_limit"]
         lines.append(f"  binary MACs {report['binary_macs'] / 1e6:.1f} M: bnn_tvm {p['achieved_gmacs_per_s']:.0f} G/s = "

@@ -58,7 +58,7 @@ def test_bench_smoke_all_engines(tmp_path, capsys):
         assert engine["median_ms"] > 0 and engine["runs"] >= 3
         assert report["speedup"][name] == pytest.approx(engine["median_ms"] / report["engines"]["bnn_tvm"]["median_ms"])
     assert report["speedup"]["bnn_tvm"] == pytest.approx(1.0)
-    assert report["max_abs_diff_vs_ort"] == 0.0  # integer results: exact
+    assert report["max_abs_diff_vs_reference"] == {"bnn_tvm": 0.0, "tvm_fp32": 0.0}  # integer results: exact
     assert report["threads"] == 1 and report["machine"]["cores"] >= 1
     assert 0 < report["popcount_limit"]["fraction"] < 1.5
     assert report["sizes"]["bnn_tvm_module_bytes"] > 0
