@@ -145,7 +145,7 @@ def test_armv7_binary_kernels_match_x86_under_qemu_arm(compiled):
     x = digits_split()[2][:2]
     calls = record_kernel_calls(compiled["x86"], x)
     ops = {c.symbol.rstrip("0123456789") for c in calls}
-    assert {"bnn_pack_sign", "bnn_binary_conv2d_threshold", "bnn_binary_dense"} <= ops
+    assert {"bnn_pack_sign", "bnn_binary_conv2d_threshold", "bnn_binary_dense_table"} <= ops
     report = check_kernels(compiled["x86"], compiled["rasp3b-armv7"], "rasp3b-armv7", x, calls=calls)
     assert report.ok, "\n".join(report.lines())
     assert len(report.results) == len(calls)
