@@ -35,6 +35,7 @@ from tvm import s_tir, tirx
 from tvm.script import tirx as T
 
 WORD_BITS = 32
+MAX_STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger local buffers go to the heap
 
 
 @dataclass(frozen=True)
@@ -248,13 +249,23 @@ def tile(channels: int, width: int, unit: VectorUnit, channel_limit: int | None 
 
     Two weight vectors per step (reused across the tile's positions) and as many positions as
     the register budget allows; the width block divides the width so no loop needs a tail.
+    The tile stays under TVM's stack-allocation limit: a larger local buffer becomes a heap
+    workspace, which LLVM cannot keep in registers (it zeroes it with memset and round-trips
+    every accumulator through memory).
     """
     lanes = vector_lanes(channels, unit)
-    vectors = 2 if channels % (2 * lanes) == 0 else 1
+    most = 2 if channels % (2 * lanes) == 0 else 1
     if channel_limit is not None:
-        vectors = max(1, min(vectors, channel_limit // lanes))
-    width_block = largest_divisor(width, max(1, unit.accumulators // vectors))
-    return lanes, lanes * vectors, width_block
+        most = max(1, min(most, channel_limit // lanes))
+    candidates = []
+    for vectors in range(most, 0, -1):
+        limit = max(1, min(unit.accumulators // vectors, (MAX_STACK_BYTES - 1) // (4 * lanes * vectors)))
+        divisors = [d for d in range(1, min(width, limit) + 1) if width % d == 0]
+        quads = [d for d in divisors if d % 4 == 0]  # transposed by whole 4x4 blocks: no padding
+        positions = max(quads or divisors)
+        candidates.append(((positions % 4 == 0, positions * vectors, positions), lanes * vectors, positions))
+    _, channel_block, positions = max(candidates)
+    return lanes, channel_block, positions
 
 
 def extents(sch: s_tir.Schedule, loops) -> list[int]:
