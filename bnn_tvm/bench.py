@@ -184,7 +184,7 @@ class Workload:
 def layer_workload(spec: LayerSpec, workdir: str) -> Workload:
     import onnx
 
-    path = os.path.join(workdir, "layer.onnx")
+    path = os.path.join(workdir, re.sub(r"[^\w.=-]+", "_", spec.name) + ".onnx")  # one file per layer
     onnx.save(spec.onnx_model(), path)
     return Workload(
         spec.name, path, spec.input_shape, spec.torch_float_twin,
