@@ -13,14 +13,27 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
+from tvm.ir import Constant
 
 from schedules import bitserial
 
 from .common import PassLog, RuleContext
-from .fold_thresholds import SCALE_INPUT, analyse_chain, integer_dot
+from .fold_thresholds import SCALE_INPUT, analyse_chain, integer_dot, per_channel
 
 MAX_TABLE_ENTRIES = 1 << 18  # 1 MiB of float32 per layer
 CHAIN_OPS = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.nn.batch_norm")
+
+
+def is_chain_step(value, operands) -> bool:
+    """What ``trace_chain`` can walk through: one variable operand, the others per-channel
+    constants (a residual add has two variables; a spatially varying constant ends a chain)."""
+    if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in CHAIN_OPS):
+        return False
+    if sum(isinstance(v, relax.Var) for v in operands) != 1:
+        return False
+    out_shape = tuple(int(d) for d in value.args[0].ty.shape.values)
+    constants = [v.value.numpy() for v in operands if isinstance(v, Constant)]
+    return value.op.name == "relax.nn.batch_norm" or all(per_channel(c, out_shape) is not None for c in constants)
 
 
 def chain_ends(func: relax.Function) -> set[str]:
@@ -33,9 +46,8 @@ def chain_ends(func: relax.Function) -> set[str]:
                 ends.add(binding.var.name)
             if isinstance(value, relax.TupleGetItem):
                 continue
-            is_chain = isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in CHAIN_OPS
             operands = list(value.args) if isinstance(value, relax.Call) else list(getattr(value, "fields", [value]))
-            if not is_chain:
+            if not is_chain_step(value, operands):
                 ends.update(v.name for v in operands if isinstance(v, relax.Var))
     return ends
 

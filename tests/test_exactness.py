@@ -139,3 +139,25 @@ def test_threshold_follows_reference_rounding(tmp_path):
     out = g.conv(b, g.binary_weight((4, cout, 1, 1)))
     path = save(g.model([out, b]), tmp_path / "m.onnx")
     check(path, x, ["binary_conv2d_threshold"])
+
+
+def test_residual_sum_exactly_zero_in_the_reference(tmp_path):
+    """``x + BN(binary conv(sign x))`` made exactly 0 in ONNX Runtime at many positions: the next
+    binarizer sees a tie, so a float BN that rounds even 1 ulp differently (another formula, an
+    FMA) flips it. The BN after a binary conv is tabulated in the reference's order: exact."""
+    cin = 12
+    g = GraphBuilder([1, cin, 6, 6], seed=14)
+    conv = g.conv(g.binarize("x"), g.binary_weight((cin, cin, 3, 3)), pad=1)
+    y = g.batch_norm(conv, *g.random_bn(cin, 0.3))
+    summed = g.node("Add", [y, "x"])
+    out = g.conv(g.binarize(summed), g.binary_weight((4, cin, 3, 3)), pad=1)
+    model = g.model([out, y])
+    from bnn_tvm.verify import reference_outputs
+
+    x = inputs([1, cin, 6, 6], seed=15)
+    bn_out = reference_outputs(model, x, "x")[1]  # depends on the signs of x only
+    ties = np.sign(-bn_out) == np.where(x >= 0, 1.0, -1.0)  # where x = -y keeps x's sign
+    x = np.where(ties, -bn_out, x).astype(np.float32)
+    assert ties.sum() > 50
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    check(path, x, ["binary_conv2d_table"])
