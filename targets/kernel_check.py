@@ -82,6 +82,31 @@ def record_kernel_calls(module_path: str, x: np.ndarray, prefix: str = BINARY_KE
     return calls
 
 
+def target_constants(model_path: str, target: str, batch: int | None = None) -> dict[str, dict[int, np.ndarray]]:
+    """Per binary kernel, its constant arguments (weights, thresholds) as ``target``'s schedules
+    lay them out: the layouts differ between targets (vector widths), so a kernel replayed on
+    another target takes the activations recorded on the host with the target's own constants.
+    Lowered like ``compile`` lowers ``model_path`` (same passes, same kernel names)."""
+    import schedules
+    from bnn_tvm.compiler import lower_onnx
+    from tvm import relax
+    from tvm.ir import Constant
+
+    mod = schedules.schedule_module(lower_onnx(model_path, batch).mod, get(target))
+    constants: dict[str, dict[int, np.ndarray]] = {}
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if not (isinstance(call, relax.Call) and isinstance(call.args[0], relax.GlobalVar)):
+                continue
+            symbol = call.args[0].name_hint
+            if symbol.startswith(BINARY_KERNEL_PREFIX) and isinstance(call.args[1], relax.Tuple):
+                for i, arg in enumerate(call.args[1].fields):
+                    if isinstance(arg, Constant):
+                        constants.setdefault(symbol, {})[i] = arg.value.numpy()
+    return constants
+
+
 def build_runner(spec: TargetSpec, out_dir: str) -> str:
     import tvm_ffi
 
@@ -122,14 +147,24 @@ def run_case(spec: TargetSpec, runner: str, module_path: str, case_dir: str, tim
 
 
 def check_kernels(
-    host_module: str, target_module: str, target: str, x: np.ndarray, calls: list[KernelCall] | None = None
+    host_module: str,
+    target_module: str,
+    target: str,
+    x: np.ndarray,
+    calls: list[KernelCall] | None = None,
+    constants: dict[str, dict[int, np.ndarray]] | None = None,
 ) -> KernelReport:
     """Run ``target_module``'s binary kernels under qemu on the arguments of ``host_module``'s run.
 
-    ``calls`` (from ``record_kernel_calls``) replaces the recording, e.g. to check the checker.
+    ``calls`` (from ``record_kernel_calls``) replaces the recording, e.g. to check the checker;
+    ``constants`` (from ``target_constants``) gives the target's own layout of the constant
+    arguments, which replace the host's (a kernel does not write its constants).
     """
     spec = get(target)
     calls = record_kernel_calls(host_module, x) if calls is None else calls
+    for call in calls:
+        for i, value in (constants or {}).get(call.symbol, {}).items():
+            call.before[i] = call.after[i] = value
     if not calls:
         raise BnnError(f"{host_module}: the model calls no binary kernel ({BINARY_KERNEL_PREFIX}*)")
     report = KernelReport(spec.name)

@@ -47,6 +47,21 @@ static int free_workspace(int device_type, int device_id, void *ptr)
     return 0;
 }
 
+/* Serial stand-in for the runtime's thread pool (parallel loops of the schedules call it
+   through the __TVMBackendParallelLaunch slot): one task covers the whole range. */
+typedef struct {
+    void *sync_handle;
+    int32_t num_task;
+} ParallelGroupEnv;
+typedef int (*ParallelLambda)(int task_id, ParallelGroupEnv *penv, void *cdata);
+
+static int parallel_launch(ParallelLambda flambda, void *cdata, int num_task)
+{
+    ParallelGroupEnv env = {NULL, 1};
+    (void)num_task;
+    return flambda(0, &env, cdata);
+}
+
 static size_t read_file(const char *path, void *data, size_t size)
 {
     FILE *f = fopen(path, "rb");
@@ -83,8 +98,10 @@ int main(int argc, char **argv)
     /* The runtime fills these function pointers when it loads a module; so do we. */
     void **alloc_slot = dlsym(lib, "__TVMBackendAllocWorkspace");
     void **free_slot = dlsym(lib, "__TVMBackendFreeWorkspace");
+    void **parallel_slot = dlsym(lib, "__TVMBackendParallelLaunch");
     if (alloc_slot) *alloc_slot = (void *)alloc_workspace;
     if (free_slot) *free_slot = (void *)free_workspace;
+    if (parallel_slot) *parallel_slot = (void *)parallel_launch;
 
     char path[4096], symbol[256];
     int nargs;

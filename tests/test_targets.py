@@ -142,13 +142,16 @@ def test_armv7_library_is_32_bit_hard_float(compiled):
 @needs("arm-linux-gnueabihf-gcc", "g++-arm-linux-gnueabihf")
 def test_armv7_binary_kernels_match_x86_under_qemu_arm(compiled):
     from bnn_tvm.data import digits_split
-    from targets.kernel_check import check_kernels, record_kernel_calls
+    from bnn_tvm.export import default_model_path
+    from targets.kernel_check import check_kernels, record_kernel_calls, target_constants
 
     x = digits_split()[2][:2]
     calls = record_kernel_calls(compiled["x86"], x)
     ops = {re.sub(r"\d*(_compact\d*)?$", "", c.symbol) for c in calls}  # bnn_<op>[N][_compact[N]]
     assert {"bnn_pack_sign", "bnn_binary_conv2d_threshold", "bnn_binary_dense_table"} <= ops
-    report = check_kernels(compiled["x86"], compiled["rasp3b-armv7"], "rasp3b-armv7", x, calls=calls)
+    constants = target_constants(default_model_path(), "rasp3b-armv7")  # armv7's weight layouts
+    assert set(constants) <= {c.symbol for c in calls}
+    report = check_kernels(compiled["x86"], compiled["rasp3b-armv7"], "rasp3b-armv7", x, calls=calls, constants=constants)
     assert report.ok, "\n".join(report.lines())
     assert len(report.results) == len(calls)
     # The comparison can fail: a wrong expectation for one output word is caught.
