@@ -16,6 +16,7 @@ import importlib
 
 import numpy as np
 
+OPAQUE_PATTERN = 8  # relax OpPatternKind::kOpaque
 FAMILY_MODULES = {"x86": "schedules.x86", "arm": "schedules.arm", "cuda": "schedules.cuda"}
 
 
@@ -52,12 +53,14 @@ def schedule_module(mod, spec, plans: dict | None = None):
     target = spec.tvm_target()
     if getattr(spec, "family", "x86") in ("x86", "arm"):
         from .compact import compact_corrections
+        from .float_conv import float_convs
 
-        mod = compact_corrections(mod)
+        mod = float_convs(compact_corrections(mod))
     scheduled = {}
     for gvar, func, op in list(bnn_kernels(mod)):
         result = module.schedule(func, op, target)
-        result.func = result.func.with_attrs(dict(func.attrs))
+        # scheduled: the build pipeline must neither reschedule it nor fuse float ops into it
+        result.func = result.func.with_attrs({**dict(func.attrs), "tirx.is_scheduled": True, "op_pattern": OPAQUE_PATTERN})
         scheduled[gvar.name_hint] = result
         if plans is not None:
             plans[gvar.name_hint] = result.plan

@@ -156,15 +156,15 @@ def _fence(value):
     return T.call_llvm_pure_intrin(str(value.ty), "llvm.arithmetic.fence", value)
 
 
-def tile_out_intrin(rows: int, lanes: int, scaled: bool, index_dtype: str) -> str:
+def tile_out_intrin(rows: int, lanes: int, scaled: bool, index_dtype: str, tile_dtype: str = "int32") -> str:
     """Register (once) and name the tile epilogue for ``rows`` positions x ``lanes`` channels."""
-    name = f"bnn_tile_out_{rows}x{lanes}{'_scaled' if scaled else ''}_{index_dtype}"
+    name = f"bnn_tile_out_{tile_dtype}_{rows}x{lanes}{'_scaled' if scaled else ''}_{index_dtype}"
     if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
-        s_tir.TensorIntrin.register(name, *_tile_out_funcs(rows, lanes, scaled, index_dtype))
+        s_tir.TensorIntrin.register(name, *_tile_out_funcs(rows, lanes, scaled, index_dtype, tile_dtype))
     return name
 
 
-def _tile_out_funcs(rows: int, lanes: int, scaled: bool, index_dtype: str):
+def _tile_out_funcs(rows: int, lanes: int, scaled: bool, index_dtype: str, tile_dtype: str = "int32"):
     """``(desc, impl)``: ``out[o, x] = float(dot[x, o]) (* s[o])`` for a tile ``dot`` of ``rows``
     positions x ``lanes`` channels (the finished integer results, in registers). Converted (and
     scaled) as vectors of channels, then transposed (zero vectors pad ``rows`` to a multiple of
@@ -173,7 +173,7 @@ def _tile_out_funcs(rows: int, lanes: int, scaled: bool, index_dtype: str):
     from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 
     def declare():
-        dot = T.match_buffer(T.arg("dot", T.handle()), (rows, lanes), "int32", offset_factor=1, scope="local",
+        dot = T.match_buffer(T.arg("dot", T.handle()), (rows, lanes), tile_dtype, offset_factor=1, scope="local",
                              strides=[T.int64(), 1])
         scale = T.match_buffer(T.arg("s", T.handle()), (lanes,), "float32", offset_factor=1) if scaled else None
         # out is a [channels, 1 row, positions] slice of [N, OC, OH, OW]
@@ -198,7 +198,7 @@ def _tile_out_funcs(rows: int, lanes: int, scaled: bool, index_dtype: str):
                         vx = T.axis.spatial(extent(rows), x)
                         T.reads(*([dot[vx, vo]] + ([scale[vo]] if scaled else [])))
                         T.writes(out[vo, 0, vx])
-                        value = T.Cast("float32", dot[vx, vo])
+                        value = dot[vx, vo] if tile_dtype == "float32" else T.Cast("float32", dot[vx, vo])
                         if scaled:
                             value = value * scale[vo]
                         T.buffer_store(out, value, [vo, extent(0), vx])
@@ -216,7 +216,9 @@ def _tile_out_funcs(rows: int, lanes: int, scaled: bool, index_dtype: str):
                     if x >= rows:
                         vectors.append(tirx.Broadcast(T.float32(0), lanes))
                         continue
-                    value = T.Cast(f"float32x{lanes}", dot.vload([x, 0], f"int32x{lanes}"))
+                    value = dot.vload([x, 0], f"{tile_dtype}x{lanes}")
+                    if tile_dtype != "float32":
+                        value = T.Cast(f"float32x{lanes}", value)
                     if scaled:
                         value = value * scale.vload([0], f"float32x{lanes}")
                     vectors.append(_fence(value))
@@ -337,16 +339,17 @@ def pad_rows(sch: s_tir.Schedule, unit: VectorUnit) -> None:
         sch.vectorize(inner)
 
 
-def transpose_out(sch: s_tir.Schedule, out, o_inner, x_inner, lanes: int, width_block: int, func) -> str:
+def transpose_out(sch: s_tir.Schedule, out, o_inner, x_inner, lanes: int, width_block: int, func,
+                  tile_dtype: str = "int32") -> str:
     """The float NCHW epilogue of a tile: in-register transpose (tensorized) where it applies,
     else vectors over positions read back from the tile."""
     base = 6 if is_compact(func) else 4  # data, weight, correction (table, ycls, xcls), out
-    scaled = len(func.params) == base + 1  # and a per-channel weight scale
+    scaled = tile_dtype == "int32" and len(func.params) == base + 1  # and a per-channel weight scale
     if lanes >= 4 and width_block > 1:
         vector_count, lane = sch.split(o_inner, [None, lanes])
         try:
             index_dtype = str(sch.get(lane).loop_var.ty)
-            sch.tensorize(lane, tile_out_intrin(width_block, lanes, scaled, index_dtype))
+            sch.tensorize(lane, tile_out_intrin(width_block, lanes, scaled, index_dtype, tile_dtype))
             sch.unroll(vector_count)
             return "register-transposed NCHW stores"
         except (RuntimeError, tvm.error.InternalError):
@@ -357,6 +360,38 @@ def transpose_out(sch: s_tir.Schedule, out, o_inner, x_inner, lanes: int, width_
     if width_block > 1:
         sch.vectorize(x_inner)
     return "gathered NCHW stores"
+
+
+def float_conv(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+    """A float conv (``schedules.float_conv``): the binary conv's tile with FMAs."""
+    acc = sch.get_sblock("conv_acc")
+    sch.transform_layout(acc, param_name(func, 1), lambda o, c, y, x: (c, y, x, o))
+    out = sch.get_sblock("conv_out")
+    n, o, y, x = sch.get_loops(out)
+    channels, width = extents(sch, [o, x])
+    lanes, channel_block, width_block = tile(channels, width, unit)
+    sch.reorder(n, y, x, o)
+    row = sch.fuse(n, y)
+    x_outer, x_inner = sch.split(x, [None, width_block])
+    o_outer, o_inner = sch.split(o, [None, channel_block])
+    sch.reorder(row, x_outer, o_outer, o_inner, x_inner)
+    sch.parallel(row)
+    sch.compute_at(acc, o_outer, preserve_unit_loops=True)
+    accumulate(sch, acc, lanes, spatial=2, reduction=3)
+    epilogue = transpose_out(sch, out, o_inner, x_inner, lanes, width_block, func, tile_dtype="float32")
+    try:
+        pad = sch.get_sblock("pad_float")
+    except (RuntimeError, ValueError, tvm.error.InternalError):
+        pad = None
+    if pad is not None:  # the padded input at root: planes in parallel, rows as vectors
+        n, c, yy, xx = sch.get_loops(pad)
+        sch.parallel(sch.fuse(n, c))
+        (padded_width,) = extents(sch, [xx])
+        vector = largest_divisor(padded_width, unit.lanes)
+        if vector > 1:
+            sch.vectorize(sch.split(xx, [None, vector])[1])
+    plan = f"float conv: {width_block} positions x {channel_block} channels of FMA accumulators, {lanes} lanes, {epilogue}"
+    return Scheduled(sch.mod["main"], plan, {1: (1, 2, 3, 0)})
 
 
 def param_name(func: tirx.PrimFunc, position: int) -> str:
@@ -382,7 +417,8 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     if not is_compact(func):
         sch.transform_layout(dot, param_name(func, 2), lambda o, y, x: (y, x, o))
         relayouts[2] = (1, 2, 0)
-    out = sch.get_sblock("dot_float")
+    table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    out = sch.get_sblock("table_lookup" if table else "dot_float")
     n, o, y, x = sch.get_loops(out)
     channels, width = extents(sch, [o, x])
     lanes, channel_block, width_block = tile(channels, width, unit)
@@ -395,7 +431,13 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     keep_dot_apart(sch, dot, o_outer, lanes)
     sch.compute_at(mism, o_outer, preserve_unit_loops=True)
     accumulate(sch, mism, lanes, spatial=2, reduction=3)
-    epilogue = transpose_out(sch, out, o_inner, x_inner, lanes, width_block, func)
+    if table:  # a per-channel float function tabulated at compile time: one lookup per output
+        sch.unroll(o_inner)
+        if width_block > 1:
+            sch.vectorize(x_inner)
+        epilogue = "table lookups, NCHW vector stores"
+    else:
+        epilogue = transpose_out(sch, out, o_inner, x_inner, lanes, width_block, func)
     pad_rows(sch, unit)
     plan = f"conv: {width_block} positions x {channel_block} channels in registers, {lanes} lanes, {epilogue}"
     return Scheduled(sch.mod["main"], plan, relayouts)
@@ -539,7 +581,9 @@ def generic(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
 
 
 KERNELS = {
+    "float_conv2d": float_conv,
     "binary_conv2d": conv_float,
+    "binary_conv2d_table": conv_float,
     "binary_conv2d_threshold": conv_threshold,
     "binary_dense": dense_float,
     "binary_dense_threshold": dense_threshold,

@@ -20,6 +20,7 @@ import schedules
 from relay_passes.common import pack_bits
 from relay_passes.fuse_binary_conv2d import padding_correction
 from schedules import arm, bitserial, cpu, x86
+from schedules.float_conv import float_conv2d
 
 X86 = tvm.target.Target({"kind": "llvm", "mcpu": "rocketlake"})  # AVX-512 with VPOPCNTDQ
 AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})  # runs on any AVX-512 host too
@@ -45,12 +46,12 @@ def bipolar(rng, shape) -> np.ndarray:
 
 
 def conv_reference(a: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
-    """Integer NCHW conv of ±1 values with zero padding."""
+    """NCHW conv with zero padding (integer for ±1 values, float64 for floats)."""
     a = np.pad(a, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     n, _, h, wd = a.shape
     oc, _, kh, kw = w.shape
     oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
-    out = np.zeros((n, oc, oh, ow), np.int64)
+    out = np.zeros((n, oc, oh, ow), np.result_type(a, w))
     for i in range(kh):
         for j in range(kw):
             window = a[:, :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride]
@@ -192,6 +193,48 @@ def test_pack_sign_matches_numpy(shape):
     x[:, :, ::3] = 0.0  # exactly 0 binarizes to +1
     expected = pack_bits(np.where(x >= 0, 1, -1).transpose(0, 2, 3, 1))
     check_case(("pack_sign", {}, [x], bitserial.pack_sign, expected))
+
+
+@host_has_avx512
+@pytest.mark.parametrize("shape", [(1, 3, 20, 20, 64, 7, 2, 3), (2, 24, 9, 7, 40, 1, 2, 0), (1, 16, 8, 8, 32, 3, 1, 1)],
+                         ids=["stem7x7s2", "1x1s2", "3x3"])
+def test_float_conv_matches_numpy(shape):
+    """The float convs around binary layers get the same tile (FMA accumulators)."""
+    n, c, h, w, oc, k, stride, pad = shape
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    weight = rng.standard_normal((oc, c, k, k)).astype(np.float32)
+    expected = conv_reference(x.astype(np.float64), weight.astype(np.float64), stride, pad)
+    case = ("float_conv2d", {}, [x, weight], lambda d, wt: float_conv2d(d, wt, (stride, stride), (pad,) * 4), expected.astype(np.float32))
+    op, attrs, inputs, compute, _ = case
+    scheduled, executable = build(op, attrs, inputs, compute, X86)
+    assert "float conv" in scheduled.plan
+    got = run(scheduled, executable, inputs, expected.shape, np.float32)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+@host_has_avx512
+def test_conv_with_table_lookup_matches_numpy():
+    """``binary_conv2d_table``: a per-channel float function of the integer result, tabulated."""
+    rng = np.random.default_rng(11)
+    op, attrs, inputs, _, _ = conv_case(rng, 1, 32, 8, 8, 32, 3, 1, 1, threshold=False)
+    taps = attrs["bnn.taps"]
+    table = rng.standard_normal((32, 2 * taps + 1)).astype(np.float32)
+    dot = conv_reference(unpacked(inputs[0], 32).transpose(0, 3, 1, 2), unpacked(inputs[1], 32).transpose(0, 3, 1, 2), 1, 1)
+    expected = table[np.arange(32)[None, :, None, None], dot + taps]
+
+    def compute(d, wt, corr, tab):
+        conv = bitserial.binary_conv2d_dot(d, wt, corr, taps, (1, 1), (1, 1, 1, 1))
+        return bitserial.table_lookup(conv, tab, taps)
+
+    scheduled = check_case(("binary_conv2d_table", attrs, inputs + [table], compute, expected.astype(np.float32)))
+    assert "table lookups" in scheduled.plan
+
+
+def unpacked(words: np.ndarray, channels: int) -> np.ndarray:
+    """Packed channels-last words back to ±1 (int64), for references."""
+    bits = (words[..., None] >> np.arange(32, dtype=np.uint32)) & 1
+    return np.where(bits.reshape(words.shape[:-1] + (-1,))[..., :channels] == 1, 1, -1).astype(np.int64)
 
 
 def test_unscheduled_shapes_fall_back_exactly(monkeypatch):

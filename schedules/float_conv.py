@@ -1,0 +1,94 @@
+"""The float convolutions around the binary layers, on CPUs: the same register-tile schedule.
+
+A binarized network keeps some convolutions in float (the stem, Bi-Real's downsampling
+shortcuts). Left to TVM's default lowering they run as naive loops -- the 7x7 stem of a
+ResNet-18 alone took 125 ms, forty times more than all its binary layers -- so the compiled
+model would lose to the float engines on the float layers it shares with them.
+
+``float_convs(mod)`` turns every plain float ``relax.nn.conv2d`` with constant weights (NCHW,
+OIHW, no groups, no dilation) into a kernel tagged ``bnn.op = "float_conv2d"``: a compute that
+accumulates channels-last (``float_conv2d``) so that ``schedules.cpu`` gives it the binary
+kernels' structure -- output channels across SIMD lanes, weights relaid out at compile time, a
+register tile of FMA accumulators, transposed NCHW stores. The arithmetic is the float conv's;
+only the summation order differs from other engines (float rounding, like any two float
+engines).
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+FLOAT_CONV = "float_conv2d"
+
+
+def float_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding) -> te.Tensor:
+    """NCHW float conv, accumulated in a channels-last stage ``conv_acc [N, OH, OW, OC]``."""
+    n, c, h, w = (int(v) for v in data.shape)
+    oc, _, kh, kw = (int(v) for v in weight.shape)
+    (sh, sw), (pt, pl, pb, pr) = strides, padding
+    oh, ow = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+    if any(padding):
+        zero = tirx.const(0, data.dtype)
+        padded = te.compute(
+            (n, c, h + pt + pb, w + pl + pr),
+            lambda i, k, y, x: tirx.if_then_else(
+                tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl), data[i, k, y - pt, x - pl], zero
+            ),
+            name="pad_float",
+        )
+    else:
+        padded = data
+    rc = te.reduce_axis((0, c), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    acc = te.compute(
+        (n, oh, ow, oc),
+        lambda i, y, x, o: te.sum(padded[i, rc, y * sh + ry, x * sw + rx] * weight[o, rc, ry, rx], axis=[rc, ry, rx]),
+        name="conv_acc",
+    )
+    return te.compute((n, oc, oh, ow), lambda i, o, y, x: acc[i, y, x, o], name="conv_out")
+
+
+def plain_float_conv(call) -> bool:
+    attrs = call.attrs
+    return (
+        int(attrs.groups) == 1
+        and all(int(d) == 1 for d in attrs.dilation)
+        and (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) == ("NCHW", "OIHW", "NCHW")
+        and str(call.args[0].ty.dtype) == "float32"
+        and str(attrs.out_dtype) in ("", "None", "float32", "void")
+    )
+
+
+def float_convs(mod):
+    """Rewrite the plain float convs of ``mod`` with constant weights (see the module doc)."""
+    import tvm
+    from tvm import relax
+
+    conv_op = tvm.ir.Op.get("relax.nn.conv2d")
+
+    @relax.expr_functor.mutator
+    class FloatConvs(relax.PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802 (TVM's visitor naming)
+            call = self.visit_expr_post_order(call)
+            if call.op != conv_op or not plain_float_conv(call):
+                return call
+            weight = call.args[1]
+            if isinstance(weight, relax.Var):
+                bound = self.lookup_binding(weight)
+                weight = bound if isinstance(bound, tvm.ir.Constant) else weight
+            if not isinstance(weight, tvm.ir.Constant) or str(weight.ty.dtype) != "float32":
+                return call
+            strides = tuple(int(v) for v in call.attrs.strides)
+            padding = tuple(int(v) for v in call.attrs.padding)
+            return self.builder_.call_te(
+                lambda d, w: float_conv2d(d, w, strides, padding), call.args[0], weight,
+                primfunc_name_hint="float_conv2d",
+                primfunc_attrs={"bnn.op": FLOAT_CONV, "bnn.strides": list(strides), "bnn.padding": list(padding)},
+            )
+
+    rewriter = FloatConvs(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    return rewriter.builder_.get()
