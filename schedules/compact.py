@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CONV_OPS = ("binary_conv2d", "binary_conv2d_threshold")
+CONV_OPS = ("binary_conv2d", "binary_conv2d_threshold", "binary_conv2d_table")
 
 
 def border_classes(size_in: int, size_out: int, kernel: int, stride: int, pad_before: int):
@@ -70,6 +70,13 @@ def kernel_builder(func, op: str):
         return lambda d, w, t, yc, xc, *scale: bitserial.dot_to_float_nchw(conv(d, w, t, yc, xc), *scale)
     if op == "binary_conv2d_threshold" and rest == 2:
         return lambda d, w, t, yc, xc, low, high: bitserial.threshold_pack(conv(d, w, t, yc, xc), low, high)
+    if op == "binary_conv2d_table" and rest == 1:
+        # table [OC, 2 * offset + 1]: one entry per value the integer result can take
+        def build(d, w, t, yc, xc, values):
+            offset = (int(values.shape[1]) - 1) // 2
+            return bitserial.table_lookup(conv(d, w, t, yc, xc), values, offset)
+
+        return build
     return None
 
 
