@@ -111,9 +111,12 @@ def lower_onnx(path: str, batch: int | None = None, extra_outputs: list[str] | N
 
 
 def compile_onnx(
-    path: str, target: str = "x86", batch: int | None = None, extra_outputs: list[str] | None = None
+    path: str, target: str = "x86", batch: int | None = None, extra_outputs: list[str] | None = None,
+    db: str | None = None,
 ) -> CompiledModel:
-    """Compile the ONNX model at ``path``; ``extra_outputs`` exposes inner tensors (for verify)."""
+    """Compile the ONNX model at ``path``; ``extra_outputs`` exposes inner tensors (for verify);
+    ``db``: a tuning database folder (``python -m bnn_tvm tune``) whose records replace the
+    hand-written schedules where they were faster."""
     import tvm
     from tvm import relax
 
@@ -130,6 +133,11 @@ def compile_onnx(
     builder = relax.BlockBuilder(lowered.mod)
     with builder.function(METADATA_FUNC, []):
         builder.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
-    mod = schedules.schedule_module(builder.get(), spec)
+    mod = builder.get()
+    if db:
+        from schedules import tuning
+
+        mod = tuning.apply_database(mod, db, spec)
+    mod = schedules.schedule_module(mod, spec)
     executable = tvm.compile(mod, spec.tvm_target())
     return CompiledModel(executable, metadata, lowered.logs)

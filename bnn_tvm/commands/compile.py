@@ -13,6 +13,8 @@ def add_parser(sub) -> None:
     s.add_argument("--target", default="x86", help="a name from `python -m bnn_tvm targets`, or a target .json file")
     s.add_argument("--arch", help="CUDA compute capability for --target cuda, e.g. sm_75 (default sm_80)")
     s.add_argument("--batch", type=int, help="batch size compiled in (default: the model's, else 1)")
+    s.add_argument("--db", metavar="DIR", help="tuning database (`python -m bnn_tvm tune --db DIR`): use its tuned "
+                   "schedules where they beat the hand-written ones")
     s.add_argument("-o", "--output")
     s.set_defaults(func=run)
 
@@ -24,7 +26,7 @@ def run(args) -> int:
 
     path = args.model or default_model_path()
     target = targets.get(args.target, arch=args.arch).name  # a .json file registers its target's name
-    compiled = compile_onnx(path, target, batch=args.batch)
+    compiled = compile_onnx(path, target, batch=args.batch, db=args.db)
     output = args.output or os.path.splitext(os.path.basename(path))[0] + f"_{target}.so"
     compiled.export(output)
     for line in compiled.metadata["fused"]:

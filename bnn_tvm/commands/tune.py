@@ -1,0 +1,70 @@
+"""``python -m bnn_tvm tune``: autotune a model's kernels with MetaSchedule into a database."""
+
+from __future__ import annotations
+
+from ..errors import BnnError
+
+KINDS = {"all": ("binary", "float"), "binary": ("binary",), "float": ("float",)}
+
+
+def add_parser(sub) -> None:
+    from ..tune import DEFAULT_POPULATION, DEFAULT_TIMEOUT_S, DEFAULT_TRIALS
+
+    s = sub.add_parser(
+        "tune",
+        help="autotune the model's kernels (MetaSchedule, XGBoost cost model) into a resumable database",
+        description="Tune the binary kernels in a search space built from the hand-written schedules' "
+        "knobs and the float kernels in MetaSchedule's default space. --trials N is the number of "
+        "records the database should hold for this model and target: a killed run continues where it "
+        "stopped when started again with the same N. Then `compile --db DIR` uses the tuned schedules.",
+    )
+    s.add_argument("model", nargs="?", help="ONNX file or zoo name (default: the bundled digits model)")
+    s.add_argument("--target", default="x86", help="a name from `python -m bnn_tvm targets`")
+    s.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                   help=f"records the database should hold for this model (default {DEFAULT_TRIALS})")
+    s.add_argument("--db", metavar="DIR", default="tuning_db", help="database folder (default: tuning_db)")
+    s.add_argument("--rpc", metavar="HOST:PORT", help="measure on the RPC server at HOST:PORT")
+    s.add_argument("--tracker", metavar="HOST:PORT", help="measure on a board from this RPC tracker")
+    s.add_argument("--key", help="the board's key at the tracker (default: the target name)")
+    s.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help=f"seconds per build and per measurement (default {DEFAULT_TIMEOUT_S:g})")
+    s.add_argument("--batch", type=int, help="batch size compiled in (default: the model's, else 1)")
+    s.add_argument("--tasks", choices=sorted(KINDS), default="all", help="which kernels to tune (default all)")
+    s.add_argument("--population", type=int, default=DEFAULT_POPULATION,
+                   help=f"evolutionary search population (default {DEFAULT_POPULATION})")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--plot", metavar="FILE.png", help="bar chart: untuned vs tuned time per task")
+    s.add_argument("--compare", action="store_true",
+                   help="afterwards, profile the model compiled without and with the database (x86 host only)")
+    s.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import tune
+
+    if args.rpc and args.tracker:
+        raise BnnError("--rpc and --tracker: give one of them")
+    if args.timeout <= 0:
+        raise BnnError(f"--timeout {args.timeout:g}: must be positive")
+    if args.population < 4:
+        raise BnnError(f"--population {args.population}: must be at least 4")
+    result = tune.tune(
+        args.model, args.target, args.trials, args.db, rpc=args.rpc, tracker=args.tracker, key=args.key,
+        timeout=args.timeout, batch=args.batch, kinds=KINDS[args.tasks], population=args.population, seed=args.seed,
+    )
+    for line in tune.report_lines(result.report):
+        print(line)
+    if args.compare:
+        comparison = tune.compare_model(tune.resolve_model(args.model), args.target, args.db, args.batch)
+        result.report["model_comparison"] = comparison
+        tune.save_json(result.report_path, result.report)
+        print(f"model profiled {comparison['rounds']} times each way: binary kernels "
+              f"{comparison['untuned']['binary_ms']:.3f} -> {comparison['tuned']['binary_ms']:.3f} ms "
+              f"(x{comparison['binary_speedup']:.2f}), whole model {comparison['untuned']['model_ms']:.3f} -> "
+              f"{comparison['tuned']['model_ms']:.3f} ms (x{comparison['model_speedup']:.2f})")
+    if args.plot:
+        tune.plot_report(result.report, args.plot)
+        print(f"plot: {args.plot}")
+    print(f"report: {result.report_path}; compile with: python -m bnn_tvm compile "
+          f"{args.model or ''} --target {args.target} --db {args.db}".replace("  ", " "))
+    return 0

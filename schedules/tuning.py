@@ -1,0 +1,789 @@
+"""Binary-aware MetaSchedule search spaces for the XNOR-popcount kernels, and tuned records applied.
+
+MetaSchedule's generic space does not find popcount-friendly schedules (``shared/NOTES.md`` 5),
+so for each kernel kind the passes emit (``bnn.op``) the space here is the family of schedules
+the hand-written CPU schedules (``schedules.cpu``) belong to, with their fixed choices turned
+into knobs:
+
+* structural knobs, one design space each (a trace that tensorizes must know its tile shape):
+  the output-width tile (``width_block``), the vector width (``lanes``: output channels per
+  SIMD register), and which loops form the parallel loop (rows; rows and column blocks; rows,
+  column blocks and channel blocks);
+* sampled knobs, as MetaSchedule sampling instructions that its evolutionary search mutates:
+  the channel tile in vectors (``sample_perfect_tile``), the unrolled part of the reduction over
+  kernel columns and channel words (``sample_perfect_tile``, the inner factor unrolled), and for
+  ``pack_sign`` the positions packed per vector.
+
+Weights and the padding correction are constants: every space relays them out the way
+``schedules.cpu`` does (output channels innermost), and :func:`apply_database` permutes the
+constants at the call sites (``schedules.replace_kernels``), as ``schedule_module`` does.
+
+Float kernels (``LegalizeOps`` output) are tuned in MetaSchedule's default space; kernel kinds
+without a space here (``max_pool_or``, ``pack_levels``, ...) too.
+
+:func:`apply_database` (``compile --db DIR``) replaces each PrimFunc whose workload has a record
+by the best record's schedule, tagged ``tirx.is_scheduled``; a tuned binary kernel keeps its
+kind as ``bnn.tuned_op`` instead of ``bnn.op``, so ``schedule_module`` leaves it alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, tirx
+
+from . import cpu
+
+LOG = logging.getLogger(__name__)
+
+WORD_BITS = 32
+TUNED_OP_ATTR = "bnn.tuned_op"
+SCHEDULED_ATTR = "tirx.is_scheduled"
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+
+# Parameter position -> numpy transpose of the constant, per kernel kind (the spaces' relayouts).
+CONV_RELAYOUTS = {1: (1, 2, 3, 0), 2: (1, 2, 0)}  # weight [OC,KH,KW,CW] -> [KH,KW,CW,OC]; correction
+DENSE_RELAYOUTS = {1: (1, 0)}
+
+
+# --------------------------------------------------------------------------------------------
+# Tensor intrinsics of the spaces (own names: a stored trace names them, so they must not change
+# when the hand-written schedules change theirs)
+
+
+def _builders():
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder.tirx import prim_func as build_prim_func
+
+    return IRBuilder, build_prim_func
+
+
+def _pack32_funcs(index_dtype: str):
+    """``(desc, impl)``: 32 bool decisions packed into a word by one mask reinterpretation
+    (``vpcmpd`` + ``kmovw`` on AVX-512) instead of 32 shifts and adds."""
+    from tvm.script import tirx as T
+
+    IRBuilder, build_prim_func = _builders()
+
+    def declare():
+        bits = T.match_buffer(T.arg("bits", T.handle()), (WORD_BITS,), "bool", offset_factor=1)
+        word = T.match_buffer(T.arg("word", T.handle()), (1,), "uint32", offset_factor=1)
+        return bits, word
+
+    def regions(bits, word):
+        T.reads(word[0:1], bits[0:WORD_BITS])
+        T.writes(word[0:1])
+
+    with IRBuilder() as desc_builder:
+        with build_prim_func():
+            T.func_attr({"s_tir": True})
+            bits, word = declare()
+            with T.sblock("root"):
+                regions(bits, word)
+                with T.serial(tirx.IntImm(index_dtype, WORD_BITS)) as b:
+                    with T.sblock("update"):
+                        vb = T.axis.reduce(tirx.IntImm(index_dtype, WORD_BITS), b)
+                        T.reads(word[0], bits[vb])
+                        T.writes(word[0])
+                        T.buffer_store(word, word[0] + T.shift_left(T.Cast("uint32", bits[vb]), T.Cast("uint32", vb)), [0])
+    with IRBuilder() as impl_builder:
+        with build_prim_func():
+            T.func_attr({"s_tir": True})
+            bits, word = declare()
+            with T.sblock("root"):
+                regions(bits, word)
+                mask = T.reinterpret("uint32", T.Cast(f"uint1x{WORD_BITS}", bits.vload([0], f"boolx{WORD_BITS}")))
+                T.buffer_store(word, word[0] + mask, [0])
+    return desc_builder.get(), impl_builder.get()
+
+
+def _tile_out_funcs(rows: int, lanes: int, scaled: bool, index_dtype: str):
+    """``(desc, impl)``: ``out[o, 0, x] = float(dot[x, o]) (* s[o])`` for a register tile of
+    ``rows`` positions x ``lanes`` channels: converted as vectors of channels, transposed with
+    two-input shuffles (``schedules.cpu.quad_transpose``), stored as vectors of positions."""
+    from tvm.script import tirx as T
+
+    IRBuilder, build_prim_func = _builders()
+    index = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
+
+    def declare():
+        dot = T.match_buffer(T.arg("dot", T.handle()), (rows, lanes), "int32", offset_factor=1, scope="local",
+                             strides=[T.int64(), 1])
+        scale = T.match_buffer(T.arg("s", T.handle()), (lanes,), "float32", offset_factor=1) if scaled else None
+        out = T.match_buffer(T.arg("out", T.handle()), (lanes, 1, rows), "float32", offset_factor=1,
+                             strides=[T.int64(), T.int64(), 1])
+        return dot, scale, out
+
+    def regions(dot, scale, out):
+        T.reads(*([dot[0:rows, 0:lanes]] + ([scale[0:lanes]] if scaled else [])))
+        T.writes(out[0:lanes, 0:1, 0:rows])
+
+    with IRBuilder() as desc_builder:
+        with build_prim_func():
+            T.func_attr({"s_tir": True})
+            dot, scale, out = declare()
+            with T.sblock("root"):
+                regions(dot, scale, out)
+                with T.grid(index(lanes), index(rows)) as (o, x):
+                    with T.sblock("dot_float"):
+                        vo = T.axis.spatial(index(lanes), o)
+                        vx = T.axis.spatial(index(rows), x)
+                        T.reads(*([dot[vx, vo]] + ([scale[vo]] if scaled else [])))
+                        T.writes(out[vo, 0, vx])
+                        value = T.Cast("float32", dot[vx, vo])
+                        T.buffer_store(out, value * scale[vo] if scaled else value, [vo, index(0), vx])
+    padded = -(-rows // 4) * 4
+    with IRBuilder() as impl_builder:
+        with build_prim_func():
+            T.func_attr({"s_tir": True})
+            dot, scale, out = declare()
+            with T.sblock("root"):
+                regions(dot, scale, out)
+                vectors = []
+                for x in range(padded):
+                    if x >= rows:
+                        vectors.append(tirx.Broadcast(T.float32(0), lanes))
+                        continue
+                    value = T.Cast(f"float32x{lanes}", dot.vload([x, 0], f"int32x{lanes}"))
+                    if scaled:
+                        value = value * scale.vload([0], f"float32x{lanes}")
+                    # a barrier, or LLVM redoes the conversion on narrower vectors after the shuffles
+                    vectors.append(T.call_llvm_pure_intrin(f"float32x{lanes}", "llvm.arithmetic.fence", value))
+                shuffle = lambda vs, idx: tirx.Shuffle(list(vs), [T.int32(k) for k in idx])  # noqa: E731
+                for o, column in enumerate(cpu.quad_transpose(vectors, lanes, shuffle)):
+                    if rows < padded:
+                        column = tirx.Shuffle([column], [T.int32(x) for x in range(rows)])
+                    T.buffer_store(out, column, [T.int64(o), T.int64(0), tirx.Ramp(T.int64(0), T.int64(1), rows)])
+    return desc_builder.get(), impl_builder.get()
+
+
+def pack32_intrin(index_dtype: str) -> str:
+    return _register(f"bnn_tuning_pack32_{index_dtype}", lambda: _pack32_funcs(index_dtype))
+
+
+def tile_out_intrin(rows: int, lanes: int, scaled: bool, index_dtype: str) -> str:
+    name = f"bnn_tuning_tile_out_{rows}x{lanes}{'_scaled' if scaled else ''}_{index_dtype}"
+    return _register(name, lambda: _tile_out_funcs(rows, lanes, scaled, index_dtype))
+
+
+def _register(name: str, funcs) -> str:
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
+        s_tir.TensorIntrin.register(name, *funcs())
+    return name
+
+
+INTRINSIC_NAMES = (
+    (re.compile(r"bnn_tuning_pack32_(\w+)$"), lambda m: pack32_intrin(m[1])),
+    (re.compile(r"bnn_tuning_tile_out_(\d+)x(\d+)(_scaled)?_(\w+)$"),
+     lambda m: tile_out_intrin(int(m[1]), int(m[2]), bool(m[3]), m[4])),
+)
+
+
+def register_intrinsics_named_in(lines) -> None:
+    """Register the intrinsics that stored records name: ``JSONDatabase`` parses every trace when
+    it opens, and a ``Tensorize`` of an intrinsic this process has not registered fails it."""
+    names = set()
+    for line in lines:
+        names.update(re.findall(r"bnn_tuning_[A-Za-z0-9_]+", line))
+    for name in names:
+        for pattern, register in INTRINSIC_NAMES:
+            match = pattern.match(name)
+            if match:
+                register(match)
+
+
+def register_intrinsics(trace) -> None:
+    """Register the tensor intrinsics a stored trace names (they exist per tile shape and are
+    registered on first use, which a new process has not seen yet)."""
+    for inst in trace.insts:
+        if inst.kind.name != "Tensorize":
+            continue
+        name = str(inst.attrs[0])
+        for pattern, register in INTRINSIC_NAMES:
+            match = pattern.match(name)
+            if match:
+                register(match)
+
+
+# --------------------------------------------------------------------------------------------
+# Knob ranges
+
+
+@dataclass(frozen=True)
+class Tile:
+    """The structural knobs of one design space."""
+
+    width_block: int  # output positions per register tile
+    lanes: int  # output channels per vector register
+    parallel: int  # outer loops fused into the parallel loop (see PARALLEL_NAMES)
+
+    def describe(self) -> str:
+        return f"{self.width_block} positions, {self.lanes} lanes, parallel over {PARALLEL_NAMES[self.parallel]}"
+
+
+PARALLEL_NAMES = {0: "nothing", 1: "rows", 2: "rows x column blocks", 3: "rows x column blocks x channel blocks"}
+
+
+def divisors(n: int, limit: int) -> list[int]:
+    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
+
+
+def lane_choices(channels: int, unit) -> list[int]:
+    """The unit's full vector width and half of it, where they divide ``channels``."""
+    widest = cpu.vector_lanes(channels, unit)
+    return sorted({widest, widest // 2} if widest >= 8 else {widest}, reverse=True)
+
+
+def width_choices(width: int, budget: int) -> list[int]:
+    """Width tiles that divide the output width (no loop tails); one position only as a last resort."""
+    found = [d for d in divisors(width, budget) if d > 1]
+    return found or [1]
+
+
+def tiles(channels: int, width: int, unit, parallel_choices=(1, 2, 3)) -> list[Tile]:
+    return [
+        Tile(w, lanes, p)
+        for lanes in lane_choices(channels, unit)
+        for w in width_choices(width, unit.accumulators)
+        for p in parallel_choices
+    ]
+
+
+def extent(sch: s_tir.Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def is_compact(func) -> bool:
+    """Whether the conv reads its padding correction as a compact table (``schedules.compact``)."""
+    return func.attrs is not None and "bnn.compact_correction" in func.attrs
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces shared by the spaces
+
+
+def unrolled_split(sch: s_tir.Schedule, loop, max_unroll: int):
+    """Split ``loop`` by a sampled factor (at most ``max_unroll``) and return ``(outer, inner)``;
+    the caller unrolls ``inner``."""
+    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(1, min(max_unroll, extent(sch, loop))))
+    return sch.split(loop, factors)
+
+
+def accumulate_tile(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Register accumulation of a ``mismatches`` block computed inside a tile.
+
+    The block's innermost loops are ``positions, channels, ry, rx, rc`` (conv) or
+    ``positions, channels, rk`` (dense). The reduction goes outside the tile; a sampled part of
+    the kernel columns and of the channel words is unrolled; positions and vectors of channels
+    are unrolled, lanes vectorised.
+    """
+    loops = sch.get_loops(block)
+    conv = len(sch.get(block).iter_vars) == 7
+    reduce = loops[-3:] if conv else loops[-1:]
+    positions, channels = loops[-len(reduce) - 2 : -len(reduce)]
+    vectors, lane = sch.split(channels, [None, lanes])
+    if conv:
+        ry, rx, rc = reduce
+        rx_outer, rx_inner = unrolled_split(sch, rx, 3)
+        rc_outer, rc_inner = unrolled_split(sch, rc, 4)
+        sch.reorder(ry, rx_outer, rc_outer, rx_inner, rc_inner, positions, vectors, lane)
+        first, unrolled = ry, [rx_inner, rc_inner]
+    else:
+        rk_outer, rk_inner = unrolled_split(sch, reduce[0], 4)
+        sch.reorder(rk_outer, rk_inner, positions, vectors, lane)
+        first, unrolled = rk_outer, [rk_inner]
+    for loop in unrolled + [positions, vectors]:
+        sch.unroll(loop)
+    if lanes > 1:
+        sch.vectorize(lane)
+    sch.decompose_reduction(block, first)
+    sch.set_scope(block, 0, "local")
+
+
+def finish_dot(sch: s_tir.Schedule, dot, loop, lanes: int) -> None:
+    """The integer result (``taps - 2 m + correction``) as its own register stage at ``loop``:
+    not inlined into the thresholds (TVM's simplifier would move its terms across ``<=`` and
+    overflow on INT32_MIN/MAX bounds), and finished as vectors of channels."""
+    sch.compute_at(dot, loop, preserve_unit_loops=True)
+    sch.set_scope(dot, 0, "local")
+    positions, channels = sch.get_loops(dot)[-2:]
+    vectors, lane = sch.split(channels, [None, lanes])
+    sch.unroll(positions)
+    sch.unroll(vectors)
+    if lanes > 1:
+        sch.vectorize(lane)
+
+
+def pack_words(sch: s_tir.Schedule, bits_block, pack_block, lanes: int) -> None:
+    """Each word's 32 decisions as one vector, the word packed by mask (tensorized)."""
+    if lanes > 1:
+        sch.vectorize(sch.get_loops(bits_block)[-1])
+    sch.decompose_reduction(pack_block, sch.get_loops(pack_block)[-1])
+    bit = sch.get_loops(pack_block)[-1]
+    sch.tensorize(bit, pack32_intrin(str(sch.get(bit).loop_var.ty)))
+
+
+def pad_rows(sch: s_tir.Schedule, lanes: int) -> None:
+    """The zero-padded input copy at root: rows in parallel, each row's words as vectors."""
+    if not has_block(sch, "pad_bits"):
+        return
+    n, y, x, c = sch.get_loops(sch.get_sblock("pad_bits"))
+    sch.parallel(sch.fuse(n, y))
+    words = sch.fuse(x, c)
+    width = max(d for d in divisors(extent(sch, words), lanes))
+    if width > 1:
+        sch.vectorize(sch.split(words, [None, width])[1])
+
+
+def parallel_loop(sch: s_tir.Schedule, loops: list, count: int):
+    """Fuse the first ``count`` of ``loops`` into the parallel loop; returns it (the first loop,
+    serial, when ``count`` is 0)."""
+    if count == 0:
+        return loops[0]
+    fused = sch.fuse(*loops[:count]) if count > 1 else loops[0]
+    sch.parallel(fused)
+    return fused
+
+
+def relayout_conv_constants(sch: s_tir.Schedule, func) -> None:
+    """Weights ``[OC, KH, KW, CW] -> [KH, KW, CW, OC]`` (a vector of output channels is one load)
+    and a full correction ``[OC, OH, OW] -> [OH, OW, OC]``; a compact table is channels-last already."""
+    sch.transform_layout(sch.get_sblock("mismatches"), func.params[1].name, lambda o, y, x, c: (y, x, c, o))
+    if not is_compact(func):
+        sch.transform_layout(sch.get_sblock("binary_conv2d_dot"), func.params[2].name, lambda o, y, x: (y, x, o))
+
+
+def has_block(sch: s_tir.Schedule, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except (RuntimeError, ValueError, tvm.error.InternalError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Spaces, one function per kernel kind: (schedule, func, unit) -> list of design spaces
+
+
+def conv_float_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule]:
+    """``binary_conv2d`` (float NCHW out) and ``binary_conv2d_table`` (per-channel table out)."""
+    out_name = "dot_float" if has_block(sch, "dot_float") else "table_lookup"
+    _, channels, _, width = (extent(sch, loop) for loop in sch.get_loops(sch.get_sblock(out_name)))
+    return [conv_float_design(sch.copy(), func, unit, tile, out_name) for tile in tiles(channels, width, unit)]
+
+
+def conv_float_design(sch, func, unit, tile: Tile, out_name: str) -> s_tir.Schedule:
+    relayout_conv_constants(sch, func)
+    mism, dot, out = (sch.get_sblock(name) for name in ("mismatches", "binary_conv2d_dot", out_name))
+    n, o, y, x = sch.get_loops(out)
+    sch.reorder(n, y, x, o)
+    row = sch.fuse(n, y)
+    x_outer, x_inner = sch.split(x, [None, tile.width_block])
+    vector_loop, lane = sch.split(o, [None, tile.lanes])
+    vectors = sch.sample_perfect_tile(vector_loop, n=2, max_innermost_factor=max(1, unit.accumulators // tile.width_block))
+    o_outer, o_vectors = sch.split(vector_loop, vectors)
+    sch.reorder(row, x_outer, o_outer, o_vectors, lane, x_inner)
+    fused = parallel_loop(sch, [row, x_outer, o_outer], tile.parallel)
+    tile_loop = fused if tile.parallel == 3 else o_outer
+    finish_dot(sch, dot, tile_loop, tile.lanes)
+    sch.compute_at(mism, tile_loop, preserve_unit_loops=True)
+    accumulate_tile(sch, mism, tile.lanes)
+    transposed = False
+    if out_name == "dot_float" and tile.lanes >= 4 and tile.width_block > 1:
+        base = 6 if is_compact(func) else 4  # data, weight, correction (table, ycls, xcls), out
+        scaled = len(func.params) == base + 1  # and a per-channel weight scale
+        index_dtype = str(sch.get(lane).loop_var.ty)
+        try:
+            sch.tensorize(lane, tile_out_intrin(tile.width_block, tile.lanes, scaled, index_dtype))
+            transposed = True
+        except (RuntimeError, ValueError, tvm.error.InternalError) as err:  # e.g. k-bit inputs divide by levels
+            LOG.debug("register transpose not applicable: %s", str(err).splitlines()[0])
+    sch.unroll(o_vectors)
+    if not transposed:
+        sch.unroll(lane)
+        if tile.width_block > 1:
+            sch.vectorize(x_inner)
+    pad_rows(sch, unit.lanes)
+    return sch
+
+
+def conv_threshold_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule]:
+    """``binary_conv2d_threshold``: tile -> thresholds -> mask-packed words."""
+    channels = extent(sch, sch.get_loops(sch.get_sblock("mismatches"))[3])
+    width = extent(sch, sch.get_loops(sch.get_sblock("threshold_pack"))[2])
+    return [conv_threshold_design(sch.copy(), func, unit, tile, channels) for tile in tiles(channels, width, unit)]
+
+
+def conv_threshold_design(sch, func, unit, tile: Tile, channels: int) -> s_tir.Schedule:
+    relayout_conv_constants(sch, func)
+    mism, dot = sch.get_sblock("mismatches"), sch.get_sblock("binary_conv2d_dot")
+    bits, pack = sch.get_sblock("threshold_bits"), sch.get_sblock("threshold_pack")
+    n, y, x, cw, _ = sch.get_loops(pack)
+    row = sch.fuse(n, y)
+    x_outer, x_inner = sch.split(x, [None, tile.width_block])
+    if channels % WORD_BITS == 0:
+        # A tile of whole words (how many: sampled), thresholded and packed word by word.
+        per_word = WORD_BITS // tile.lanes
+        words = sch.sample_perfect_tile(
+            cw, n=2, max_innermost_factor=max(1, unit.accumulators // (tile.width_block * per_word))
+        )
+        cw_outer, cw_inner = sch.split(cw, words)
+        sch.reorder(row, x_outer, cw_outer, cw_inner, x_inner)
+        fused = parallel_loop(sch, [row, x_outer, cw_outer], tile.parallel)
+        sch.compute_at(bits, x_inner, preserve_unit_loops=True)
+        finish_dot(sch, dot, x_inner, tile.lanes)
+        sch.compute_at(mism, fused if tile.parallel == 3 else cw_outer, preserve_unit_loops=True)
+        accumulate_tile(sch, mism, tile.lanes)
+    else:
+        # The last word reads clamped channels: the tile covers all channels of its positions,
+        # accumulated a channel block (sampled) at a time.
+        sch.reorder(row, x_outer, cw, x_inner)
+        fused = parallel_loop(sch, [row, x_outer], min(tile.parallel, 2))
+        block_loop = fused if tile.parallel >= 2 else x_outer
+        sch.compute_at(bits, x_inner, preserve_unit_loops=True)
+        sch.compute_at(dot, block_loop, preserve_unit_loops=True)
+        sch.set_scope(dot, 0, "local")
+        sch.compute_at(mism, block_loop, preserve_unit_loops=True)
+        loops = sch.get_loops(mism)
+        positions, o = loops[-5], loops[-4]
+        vector_loop, lane = sch.split(o, [None, tile.lanes])
+        vectors = sch.sample_perfect_tile(vector_loop, n=2, max_innermost_factor=max(1, unit.accumulators // tile.width_block))
+        o_outer, o_vectors = sch.split(vector_loop, vectors)
+        sch.reorder(o_outer, positions)
+        sch.fuse(o_vectors, lane)
+        accumulate_tile(sch, mism, tile.lanes)
+    pack_words(sch, bits, pack, unit.lanes)
+    pad_rows(sch, unit.lanes)
+    return sch
+
+
+def pack_sign_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule]:
+    """Float NCHW -> packed bits: positions per vector (sampled), which loops run in parallel."""
+    if len(sch.get_loops(sch.get_sblock("pack_sign"))) != 5:
+        return [sch]  # 2-D input: nothing to choose here, the default lowering
+    return [pack_sign_design(sch.copy(), parallel) for parallel in (0, 1, 2)]
+
+
+def pack_sign_design(sch, parallel: int, max_positions: int = 16) -> s_tir.Schedule:
+    block = sch.get_sblock("pack_sign")
+    n, y, x, cw, b = sch.get_loops(block)
+    x_outer, x_inner = sch.split(x, sch.sample_perfect_tile(x, n=2, max_innermost_factor=max_positions))
+    sch.reorder(n, y, x_outer, cw, b, x_inner)
+    row = sch.fuse(n, y)
+    parallel_loop(sch, [row, x_outer], parallel)
+    words = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(words, cw)
+    sch.vectorize(x_inner)
+    sch.decompose_reduction(block, b)
+    sch.unroll(b)
+    return sch
+
+
+SPACES = {
+    "binary_conv2d": conv_float_space,
+    "binary_conv2d_table": conv_float_space,
+    "binary_conv2d_threshold": conv_threshold_space,
+    "pack_sign": pack_sign_space,
+}
+RELAYOUTS = {
+    "binary_conv2d": CONV_RELAYOUTS,
+    "binary_conv2d_table": CONV_RELAYOUTS,
+    "binary_conv2d_threshold": CONV_RELAYOUTS,
+    "binary_dense": DENSE_RELAYOUTS,
+    "binary_dense_table": DENSE_RELAYOUTS,
+    "binary_dense_threshold": DENSE_RELAYOUTS,
+}
+
+
+def vector_unit(spec):
+    """The SIMD unit of a CPU target (``schedules.x86`` / ``schedules.arm``), None for others."""
+    from . import family_module
+
+    module = family_module(spec.family)
+    return module.vector_unit(spec.tvm_target()) if module is not None and hasattr(module, "vector_unit") else None
+
+
+def design_spaces(func, op: str, spec) -> list[s_tir.Schedule] | None:
+    """The binary-aware design spaces of a kernel, or None when it has none here."""
+    space = SPACES.get(op)
+    unit = vector_unit(spec)
+    if space is None or unit is None:
+        return None
+    return space(s_tir.Schedule(workload(func)), func, unit)
+
+
+def space_generator(func, op: str | None, spec):
+    """A MetaSchedule space generator for a kernel: the binary-aware space where there is one,
+    else MetaSchedule's default (post-order-apply with the target's rules)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    unit = vector_unit(spec)
+    if op not in SPACES or unit is None:
+        return "post-order-apply"
+    space = SPACES[op]
+
+    def generate(sch: s_tir.Schedule):
+        return space(sch, func, unit)
+
+    return ms.space_generator.ScheduleFn(
+        generate,
+        sch_rules=[],
+        postprocs=[ms.postproc.DisallowDynamicLoop()],
+        mutator_probs={ms.mutator.MutateTileSize(): 1.0},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks and workloads
+
+
+def workload(func) -> tvm.IRModule:
+    """The IRModule MetaSchedule keys a kernel's records by (its own normalisation), as a deep
+    copy: a ``Schedule`` on a module whose loops are referenced only once rewrites them in place,
+    which would change ``func`` (and the module it belongs to) under its other users."""
+    func = func.with_attr("global_symbol", "main").with_attr("tirx.noalias", True)
+    return tvm.ir.load_json(tvm.ir.save_json(tvm.IRModule({"main": func})))
+
+
+def prepare_module(mod, spec):
+    """The Relax module as the kernels will be compiled: CPU convs with compact padding
+    corrections (what ``schedule_module`` does first, ``schedules.compact``) and the Relax
+    operators lowered to PrimFuncs (what ``tvm.compile`` does first), so the float kernels exist."""
+    from tvm import relax
+
+    if spec.family in ("x86", "arm"):
+        try:
+            from .compact import compact_corrections
+        except ImportError:  # an older tree without compact corrections
+            compact_corrections = None
+        if compact_corrections is not None:
+            mod = compact_corrections(mod)
+    return relax.transform.LegalizeOps()(mod)
+
+
+def tunable_kernels(mod):
+    """``(global var, PrimFunc, bnn op or None)`` of every PrimFunc of a legalized module."""
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and SCHEDULED_ATTR not in (func.attrs or {}):
+            op = str(func.attrs["bnn.op"]) if func.attrs is not None and "bnn.op" in func.attrs else None
+            yield gvar, func, op
+
+
+# --------------------------------------------------------------------------------------------
+# The database: read tolerantly, applied to a module
+
+
+def clean_lines(path: str, what: str) -> tuple[list[str], int]:
+    """The parseable lines of a JSON-lines file and how many were dropped. Only a final line may
+    be broken (a run killed while appending); one in the middle means the file is damaged."""
+    from bnn_tvm.errors import BnnError
+
+    if not os.path.exists(path):
+        return [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    good = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            json.loads(line)
+            good.append(line)
+        except ValueError:
+            if number != len(lines) and what == "workload":
+                raise BnnError(f"{path}: line {number} is not JSON; the tuning database is damaged") from None
+            warnings.warn(f"{path}: skipped {'a truncated last' if number == len(lines) else 'a broken'} line {number} "
+                          "(a tuning run was killed while writing it)", stacklevel=3)
+    return good, len(lines) - len(good)
+
+
+def clean_database_files(db_dir: str) -> tuple[list[str], list[str], int]:
+    """Workload and record lines of a database folder that can be loaded; records that refer to
+    a workload line that did not survive are dropped too."""
+    workloads, _ = clean_lines(os.path.join(db_dir, WORKLOAD_FILE), "workload")
+    records, dropped = clean_lines(os.path.join(db_dir, RECORD_FILE), "record")
+    kept = [line for line in records if valid_record(line, len(workloads))]
+    return workloads, kept, dropped + len(records) - len(kept)
+
+
+def valid_record(line: str, n_workloads: int) -> bool:
+    entry = json.loads(line)
+    return isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int) and 0 <= entry[0] < n_workloads
+
+
+def repair_database(db_dir: str) -> int:
+    """Rewrite (atomically) a database folder without its broken lines; returns how many went."""
+    from bnn_tvm.io import atomic_write
+
+    workloads, records, dropped = clean_database_files(db_dir)
+    if dropped:
+        for name, lines in ((WORKLOAD_FILE, workloads), (RECORD_FILE, records)):
+            text = "".join(line + "\n" for line in lines)
+            atomic_write(os.path.join(db_dir, name), lambda tmp, text=text: open(tmp, "w").write(text))
+    return dropped
+
+
+def open_database(db_dir: str, writable: bool):
+    """A ``JSONDatabase`` on ``db_dir``. Writable (for tuning): broken lines are removed from the
+    files first. Read-only (for compiling, perhaps beside a running tune): a cleaned copy is read."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from bnn_tvm.errors import BnnError
+
+    if writable:
+        os.makedirs(db_dir, exist_ok=True)
+        repair_database(db_dir)
+        register_intrinsics_named_in(clean_lines(os.path.join(db_dir, RECORD_FILE), "record")[0])
+        return ms.database.JSONDatabase(work_dir=db_dir, module_equality="structural")
+    if not os.path.isfile(os.path.join(db_dir, WORKLOAD_FILE)):
+        raise BnnError(f"--db {db_dir}: no tuning database there ({WORKLOAD_FILE} missing); run `python -m bnn_tvm tune --db {db_dir}` first")
+    workloads, records, _ = clean_database_files(db_dir)
+    register_intrinsics_named_in(records)
+    copy = tempfile.mkdtemp(prefix="bnn_tvm_db_")
+    try:
+        for name, lines in ((WORKLOAD_FILE, workloads), (RECORD_FILE, records)):
+            with open(os.path.join(copy, name), "w") as f:
+                f.write("".join(line + "\n" for line in lines))
+        return _load_copy(copy)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def _load_copy(folder: str):
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(work_dir=folder, module_equality="structural")
+    memory = ms.database.MemoryDatabase(module_equality="structural")
+    for record in database.get_all_tuning_records():
+        memory.commit_workload(record.workload.mod)
+        memory.commit_tuning_record(record)
+    return memory
+
+
+FAILED_RUN_SECS = 1e9  # MetaSchedule records 1e10 s for a candidate that did not build or run
+UNTUNED_FILE = "untuned.json"
+
+
+def workload_key(func) -> str:
+    """A task's identity across runs and processes: the structural hash of its workload."""
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(workload(func)) & (2**64 - 1):016x}"
+
+
+def tuning_target(spec, cores: int | None = None):
+    """The spec's target with ``num-cores``, which MetaSchedule's rules and mutators require: this
+    machine's count for the host, 4 (a Raspberry Pi's Cortex-A53/A72) for a board."""
+    cores = cores or ((os.cpu_count() or 1) if spec.is_host else 4)
+    return tvm.target.Target({**spec.target, "num-cores": cores})
+
+
+def target_label(target) -> str:
+    """What records are matched by: the target without ``num-cores`` (a record tuned on a machine
+    with another core count is still a schedule for this CPU)."""
+    attrs = {k: v for k, v in dict(target.export()).items() if k != "num-cores"}
+    return json.dumps(attrs, sort_keys=True, default=list)
+
+
+def record_seconds(record) -> float:
+    secs = [float(s) for s in (record.run_secs or [])]
+    return sum(secs) / len(secs) if secs else float("inf")
+
+
+def untuned_times(db_dir: str, target) -> dict:
+    """``{workload key: seconds}`` of the untuned schedules ``tune`` measured (``UNTUNED_FILE``)."""
+    path = os.path.join(db_dir, UNTUNED_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        known = json.load(f).get(target_label(target), {})
+    return {key: entry["seconds"] for key, entry in known.items() if entry.get("seconds")}
+
+
+def best_schedule(database, func, target, untuned_seconds: float | None = None):
+    """``(schedule, seconds)`` of the best valid record of ``func`` for ``target``, or None when
+    there is none or it is not faster than ``untuned_seconds``."""
+    mod = workload(func)
+    if not database.has_workload(mod):
+        return None
+    label = target_label(target)
+    for record in database.get_top_k(database.commit_workload(mod), 1 << 20):  # best first
+        seconds = record_seconds(record)
+        if target_label(record.target) != label:
+            continue
+        if seconds >= FAILED_RUN_SECS or (untuned_seconds is not None and seconds >= untuned_seconds):
+            return None
+        register_intrinsics(record.trace)
+        sch = s_tir.Schedule(mod)
+        try:
+            record.trace.apply_to_schedule(sch, remove_postproc=False)
+        except (RuntimeError, ValueError, tvm.error.InternalError) as err:  # a record of an older space
+            LOG.warning("a tuning record does not replay (%s); trying the next", str(err).splitlines()[0])
+            continue
+        return sch, seconds
+    return None
+
+
+@dataclass
+class TunedKernel:
+    """Duck-typed like ``schedules.cpu.Scheduled`` for ``schedules.replace_kernels``."""
+
+    func: tirx.PrimFunc
+    plan: str
+    relayouts: dict
+
+
+def tuned_kernel(original, scheduled, op: str | None, name: str) -> TunedKernel:
+    """The scheduled function with the original's attributes, tagged as scheduled, and the
+    permutations its changed parameter shapes ask of the constants passed in."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    attrs = {k: v for k, v in dict(original.attrs).items() if k != "bnn.op"}
+    if op is not None:
+        attrs[TUNED_OP_ATTR] = op
+    attrs[SCHEDULED_ATTR] = True
+    func = scheduled.without_attr("global_symbol").with_attrs(attrs)
+    before = [tuple(int(d) for d in a.shape) for a in ArgInfo.from_prim_func(original)]
+    after = [tuple(int(d) for d in a.shape) for a in ArgInfo.from_prim_func(func)]
+    relayouts = {}
+    for position, (old, new) in enumerate(zip(before, after)):
+        if old == new:
+            continue
+        axes = RELAYOUTS.get(op or "", {}).get(position)
+        if axes is None or tuple(old[a] for a in axes) != new:
+            raise ValueError(f"{name}: tuned parameter {position} has shape {new}, the kernel's is {old}; unknown relayout")
+        relayouts[position] = axes
+    return TunedKernel(func, "tuned (MetaSchedule record)", relayouts)
+
+
+def apply_database(mod, db_dir: str, spec, applied: dict | None = None):
+    """Replace every PrimFunc of ``mod`` (a Relax module after the binarization passes) that has a
+    record in the tuning database ``db_dir`` faster than its untuned schedule (as ``tune``
+    measured it) by the best record's schedule.
+
+    The module is prepared first (:func:`prepare_module`) so the kernels are the ones the tuner
+    saw. ``applied``, if given, receives ``{kernel name: tuned seconds}``.
+    """
+    from . import replace_kernels
+
+    database = open_database(db_dir, writable=False)
+    target = spec.tvm_target()
+    untuned = untuned_times(db_dir, target)
+    mod = prepare_module(mod, spec)
+    tuned = {}
+    for gvar, func, op in list(tunable_kernels(mod)):
+        found = best_schedule(database, func, target, untuned.get(workload_key(func)))
+        if found is None:
+            continue
+        sch, seconds = found
+        tuned[gvar.name_hint] = tuned_kernel(func, sch.mod["main"], op, gvar.name_hint)
+        if applied is not None:
+            applied[gvar.name_hint] = seconds
+    return replace_kernels(mod, tuned) if tuned else mod
