@@ -244,7 +244,7 @@ class EngineResult:
 
     def to_json(self) -> dict:
         out = {"median_ms": self.median_ms, "min_ms": min(self.times_ms) if self.times_ms else None,
-               "runs": len(self.times_ms), "note": self.note}
+               "runs": len(self.times_ms), "samples_ms": self.times_ms, "note": self.note}
         if self.error:
             out["error"] = self.error
         if self.instructions is not None:
@@ -290,6 +290,7 @@ def python_sampler(run_once):
     number = calls_per_sample(run_once)
 
     def sample() -> float:
+        run_once()  # each sample starts warm, whatever ran before it in the round
         start = time.perf_counter()
         for _ in range(number):
             run_once()
@@ -304,7 +305,12 @@ def tvm_sampler(module, func_name: str, args: list):
 
     number = calls_per_sample(lambda: module[func_name](*args))
     timer = module.time_evaluator(func_name, tvm.cpu(), number=number, repeat=1)
-    return lambda: timer(*args).results[0] * 1e3
+
+    def sample() -> float:
+        module[func_name](*args)  # each sample starts warm, whatever ran before it in the round
+        return timer(*args).results[0] * 1e3
+
+    return sample
 
 
 # ------------------------------------------------------------------------------------------
@@ -362,7 +368,12 @@ def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workd
     data = tvm.runtime.tensor(x, tvm.cpu())
     number = calls_per_sample(lambda: vm["main"](data))
     timer = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=1)
-    return Prepared(result, lambda: timer(data).results[0] * 1e3)
+
+    def sample() -> float:
+        vm["main"](data)  # each sample starts warm, whatever ran before it in the round
+        return timer(data).results[0] * 1e3
+
+    return Prepared(result, sample)
 
 
 def bnn_engine(workload, x, settings, workdir, outputs) -> Prepared:
