@@ -68,7 +68,7 @@ def test_bench_smoke_all_engines(tmp_path, capsys):
 
     table = subprocess.run([sys.executable, "tools/perf_table.py", str(out_json)], capture_output=True, text=True)
     assert table.returncode == 0, table.stderr
-    assert "| `conv3x3:32x8x8` | 1 |" in table.stdout
+    assert "| `conv3x3:32x8x8` | x86 | 1 |" in table.stdout
     assert report["machine"]["cpu"] in table.stdout
 
 

@@ -60,12 +60,12 @@ def cell_ms(engine: dict | None) -> str:
 def table(all_reports: list[dict]) -> str:
     engines = [e for e in ENGINES if any(e in r["engines"] and r["engines"][e].get("median_ms") for r in all_reports)]
     others = [e for e in engines if e != "bnn_tvm"]
-    header = ["model", "threads"] + [f"{e} ms" for e in engines] + [f"vs {e}" for e in others] + ["popcount limit"]
+    header = ["model", "target", "threads"] + [f"{e} ms" for e in engines] + [f"vs {e}" for e in others] + ["popcount limit"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in all_reports:
         speed = r.get("speedup", {})
         limit = r.get("popcount_limit")
-        row = [f"`{r['model']}`", str(r["threads"])]
+        row = [f"`{r['model']}`", r["target"], str(r["threads"])]
         row += [cell_ms(r["engines"].get(e)) for e in engines]
         row += [f"{speed[e]:.1f}x" if e in speed else "n/a" for e in others]
         row.append(f"{100 * limit['fraction']:.0f}% of {limit['gmacs_per_s']:.0f} G/s" if limit else "n/a")
