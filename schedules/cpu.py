@@ -8,21 +8,29 @@ extra, and for the 32/64/.../512-channel layers of real networks no lane is ever
 
 Per kernel, one output row of one image is a parallel task (``N * OH`` tasks); inside it a tile
 of ``width_block`` output positions by ``channel_block`` output channels is accumulated in
-vector registers over the whole reduction (kernel taps x channel words), then written out:
+vector registers over the whole reduction (kernel taps x channel words; the tile stays under
+TVM's stack-allocation limit so LLVM keeps it in registers), then finished:
 
-* float output (``binary_conv2d``, ``binary_dense``): ``taps - 2 * mismatches (+ correction)``
-  converted and stored NCHW from the register tile (the compiler transposes it with shuffles);
+* float output (``binary_conv2d``): ``taps - 2 * mismatches + correction`` as vectors of
+  channels, converted (and scaled), transposed in registers and stored NCHW as vectors of
+  positions (tensor intrinsic ``bnn_tile_out_*``);
 * packed output (``*_threshold``): each 32-channel word is compared with its thresholds as a
-  vector and the comparison mask *is* the word (one ``vpcmpd``+``kmovw`` per 16 channels on
-  AVX-512), via the tensor intrinsic ``bnn_pack_bits32`` below.
+  vector and the comparison mask *is* the word (``vpcmpd`` + ``kmovw`` per 16 channels on
+  AVX-512; tensor intrinsic ``bnn_pack_bits32_*``);
+* tabulated output (``binary_conv2d_table``): one table lookup per output from the tile;
+* dense kernels: the same with batch rows in place of positions.
 
 Weights are constants: their layout is changed at compile time to ``[KH, KW, CW, OC]`` (dense:
 ``[KW, O]``) so a vector of output channels is one contiguous load; ``schedule_module`` applies
-the same permutation to the constant it passes in (see ``Scheduled.relayouts``).
+the same permutation to the constant it passes in (``Scheduled.relayouts``). The padding
+correction arrives as a small per-border-class table (``schedules.compact``). The float convs
+of a binarized network (``schedules.float_conv``) get the same tile with FMA accumulators.
 
 The inner loop per (tap, word): ``vpxord`` (broadcast activation XOR weight vector),
-``vpopcntd``, ``vpaddd`` on AVX-512 VPOPCNTDQ; ``eor``, ``cnt.16b``, ``uaddlp``, ``uadalp`` on
-NEON (LLVM's lowering of a vector popcount that is accumulated: no ``addv`` in the loop).
+``vpopcntd``, ``vpaddd`` on AVX-512 VPOPCNTDQ (3 vector uops per 512 bits: the popcount limit
+``bench`` measures); ``eor``, ``cnt.16b``, ``uaddlp``, ``uadalp`` on aarch64 NEON (LLVM's
+lowering of an accumulated vector popcount: no ``addv`` in the loop); ``veor``, ``vcnt.8``,
+``vpaddl.u8``, ``vpaddl.u16``, ``vadd`` on armv7.
 """
 
 from __future__ import annotations
@@ -108,8 +116,8 @@ def pack_bits32_intrin(index_dtype: str) -> str:
 # Float NCHW output from a channels-across-lanes tile: an in-register transpose.
 #
 # The accumulator tile holds, per output position, a vector of ``L`` channels; NCHW wants, per
-# channel, a vector of positions. The tile is finished (``taps - 2 m + correction``, converted,
-# scaled) on its own vectors, then transposed the way x86 code does it by hand: within each
+# channel, a vector of positions. The finished tile is converted (and scaled) on its own
+# vectors, then transposed the way x86 code does it by hand: within each
 # 128-bit group, 32-bit then 64-bit unpacks turn every 4 rows into 4x4 blocks; a final
 # shuffle per column gathers that column's blocks from the row quads. Every step is a
 # two-input shuffle LLVM maps to one instruction (``vpunpck*dq``, ``vpunpck*qdq``, ``vpermt2q``;
