@@ -492,7 +492,8 @@ def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     mism = sch.get_sblock("mismatches")
     sch.transform_layout(mism, param_name(func, 1), lambda o, k: (k, o))
     sch.compute_inline(sch.get_sblock("binary_dense_dot"))
-    out = sch.get_sblock("dot_float")
+    table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    out = sch.get_sblock("table_lookup" if table else "dot_float")  # a lookup per output, or a convert
     n, o = sch.get_loops(out)
     channels, batch = extents(sch, [o, n])
     lanes, channel_block, batch_block = tile(channels, batch, unit)
@@ -594,6 +595,7 @@ KERNELS = {
     "binary_conv2d_table": conv_float,
     "binary_conv2d_threshold": conv_threshold,
     "binary_dense": dense_float,
+    "binary_dense_table": dense_float,
     "binary_dense_threshold": dense_threshold,
     "pack_sign": pack_sign,
 }

@@ -231,6 +231,21 @@ def test_conv_with_table_lookup_matches_numpy():
     assert "table lookups" in scheduled.plan
 
 
+@host_has_avx512
+def test_dense_with_table_lookup_matches_numpy():
+    rng = np.random.default_rng(12)
+    op, attrs, inputs, _, _ = dense_case(rng, 2, 200, 48, threshold=False)
+    taps = attrs["bnn.taps"]
+    table = rng.standard_normal((48, 2 * taps + 1)).astype(np.float32)
+    dot = unpacked(inputs[0], 200) @ unpacked(inputs[1], 200).T
+    expected = table[np.arange(48)[None, :], dot + taps]
+
+    def compute(d, w, tab):
+        return bitserial.table_lookup(bitserial.binary_dense_dot(d, w, taps), tab, taps)
+
+    check_case(("binary_dense_table", attrs, inputs + [table], compute, expected.astype(np.float32)))
+
+
 def unpacked(words: np.ndarray, channels: int) -> np.ndarray:
     """Packed channels-last words back to ±1 (int64), for references."""
     bits = (words[..., None] >> np.arange(32, dtype=np.uint32)) & 1
