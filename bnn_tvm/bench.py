@@ -262,6 +262,7 @@ class Settings:
     tracker: str | None = None
     key: str | None = None
     count_instructions: bool = False
+    db: str | None = None  # tuning records for bnn_tvm (``tune``, ``compile --db``)
 
     @property
     def remote(self) -> bool:
@@ -379,9 +380,11 @@ def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workd
 def bnn_engine(workload, x, settings, workdir, outputs) -> Prepared:
     from .compiler import compile_onnx
 
-    compiled = compile_onnx(workload.onnx_path, settings.target, batch=workload.input_shape[0])
+    compiled = compile_onnx(workload.onnx_path, settings.target, batch=workload.input_shape[0], db=settings.db)
     prepared = run_compiled("bnn_tvm", compiled, x, settings, workdir, outputs)
     prepared.result.note += f", {len(compiled.metadata.get('fused', []))} fusions"
+    if settings.db:
+        prepared.result.note += f", tuning records from {settings.db}"
     return prepared
 
 

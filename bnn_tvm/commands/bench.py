@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
     s.add_argument("--batch", type=int, default=1, help="batch size for a model (layers: ,batch=N)")
     s.add_argument("--repeat", type=int, default=20, help="timed samples per engine (default 20)")
     s.add_argument("--engines", default=",".join(ENGINE_NAMES), help="comma-separated subset of " + ", ".join(ENGINE_NAMES))
+    s.add_argument("--db", metavar="DIR", help="apply these tuning records to bnn_tvm (see `tune`)")
     s.add_argument("--json", metavar="FILE", help="write the results as JSON")
     s.add_argument("--plot", metavar="FILE.png", help="write a bar chart of the medians")
     s.add_argument("--rpc", metavar="HOST:PORT", help="run the TVM engines on a board's RPC server")
@@ -58,7 +59,7 @@ def run(args) -> int:
     from .. import bench
 
     settings = bench.Settings(args.target, args.threads, args.repeat, rpc=args.rpc, tracker=args.tracker,
-                              key=args.key, count_instructions=args.count_instructions)
+                              key=args.key, count_instructions=args.count_instructions, db=args.db)
     reports = []
     with tempfile.TemporaryDirectory(prefix="bnn-bench-model-") as workdir:
         if args.layer:
