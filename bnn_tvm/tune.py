@@ -226,13 +226,33 @@ class Measurer:
     where: str  # "this machine" | "key K of tracker H:P" | "RPC server H:P"
 
 
+def board_label(spec, rpc: str | None, tracker: str | None, key: str | None) -> str:
+    """Where candidates run; fails fast (clear error) when that board cannot be reached."""
+    from .remote import _check_reachable, _check_tracker_key
+
+    if rpc is None and tracker is None:
+        if not spec.is_host:
+            raise BnnError(
+                f"target {spec.name} runs on another machine: give --tracker HOST:PORT --key KEY "
+                f"(or --rpc HOST:PORT) of a board (`python -m bnn_tvm board start --target {spec.name}`)"
+            )
+        return "this machine"
+    if rpc is not None and tracker is not None:
+        raise BnnError("--rpc and --tracker: give one of them")
+    if tracker is not None:
+        _check_tracker_key(tracker, key or spec.name)
+        return f"key {key or spec.name!r} of tracker {tracker}"
+    _check_reachable(rpc)
+    return f"RPC server {rpc}"
+
+
 def make_measurer(spec, timeout: float, rpc: str | None = None, tracker: str | None = None,
                   key: str | None = None) -> Measurer:
     from tvm.s_tir import meta_schedule as ms
 
-    from .remote import _check_reachable, _check_tracker_key
     from .tracker import parse_address
 
+    where = board_label(spec, rpc, tracker, key)
     workers = max(1, min(2, os.cpu_count() or 1))
     builder = ms.builder.LocalBuilder(
         max_workers=workers, timeout_sec=timeout, f_build=build_kernel,
@@ -240,28 +260,19 @@ def make_measurer(spec, timeout: float, rpc: str | None = None, tracker: str | N
     )
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=40, enable_cpu_cache_flush=False)
     if rpc is None and tracker is None:
-        if not spec.is_host:
-            raise BnnError(
-                f"target {spec.name} runs on another machine: give --tracker HOST:PORT --key KEY "
-                f"(or --rpc HOST:PORT) of a board (`python -m bnn_tvm board start --target {spec.name}`)"
-            )
         runner = ms.runner.LocalRunner(timeout_sec=timeout, evaluator_config=evaluator, f_alloc_argument=alloc_local)
-        return Measurer(builder, runner, "this machine")
-    if tracker is not None:
-        key = key or spec.name
-        _check_tracker_key(tracker, key)
+    elif tracker is not None:
         host, port = parse_address(tracker, "--tracker")
-        config = ms.runner.RPCConfig(host, port, key, session_priority=1, session_timeout_sec=int(timeout))
+        config = ms.runner.RPCConfig(host, port, key or spec.name, session_priority=1, session_timeout_sec=int(timeout))
         runner = ms.runner.RPCRunner(config, evaluator, f_alloc_argument=alloc_remote, max_workers=1)
-        return Measurer(builder, runner, f"key {key!r} of tracker {tracker}")
-    _check_reachable(rpc)
-    host, port = parse_address(rpc, "--rpc")
-    config = ms.runner.RPCConfig(host, port, "direct", session_timeout_sec=int(timeout))
-    runner = ms.runner.RPCRunner(
-        config, evaluator, f_alloc_argument=alloc_remote, max_workers=1,
-        f_create_session=functools.partial(connect_direct, host, port, timeout),
-    )
-    return Measurer(builder, runner, f"RPC server {rpc}")
+    else:
+        host, port = parse_address(rpc, "--rpc")
+        config = ms.runner.RPCConfig(host, port, "direct", session_timeout_sec=int(timeout))
+        runner = ms.runner.RPCRunner(
+            config, evaluator, f_alloc_argument=alloc_remote, max_workers=1,
+            f_create_session=functools.partial(connect_direct, host, port, timeout),
+        )
+    return Measurer(builder, runner, where)
 
 
 def measure_funcs(funcs: list, spec, measurer: Measurer) -> list[tuple[float | None, str | None]]:
@@ -355,19 +366,22 @@ def save_json(path: str, value) -> None:
     atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(value, indent=2) + "\n"))
 
 
-def measure_untuned(tasks: list[Task], spec, measurer: Measurer, db_dir: str, progress: bool) -> dict:
-    """Untuned seconds per task key (for this target), measured once and kept in the database folder."""
+def measure_untuned(tasks: list[Task], spec, measurer, db_dir: str, progress: bool) -> dict:
+    """Untuned seconds per task key (for this target), measured once and kept in the database
+    folder (``measurer``: a function returning the :class:`Measurer`, called only if needed)."""
     path = os.path.join(db_dir, UNTUNED_FILE)
     stored = load_json(path)
     known = stored.setdefault(target_label(spec), {})
     missing = [t for t in tasks if t.key not in known]
     if missing:
+        where = measurer().where
         if progress:
-            print(f"measuring the untuned schedules of {len(missing)} task(s) on {measurer.where}", flush=True)
-        results = measure_funcs([untuned_func(t, spec) for t in missing], spec, measurer)
+            print(f"measuring the untuned schedules of {len(missing)} task(s) on {where}", flush=True)
+        results = measure_funcs([untuned_func(t, spec) for t in missing], spec, measurer())
         for task, (seconds, error) in zip(missing, results):
-            if seconds is None:
-                logging.getLogger(__name__).warning("untuned %s failed: %s", task.name, (error or "")[:400])
+            if seconds is None:  # not stored: measured again next time
+                print(f"warning: the untuned {task.name} did not build or run: {(error or '').strip()[:300]}", flush=True)
+                continue
             known[task.key] = {"seconds": seconds, "name": task.name, "schedule": untuned_label(task)}
         save_json(path, stored)
     return known
@@ -511,9 +525,10 @@ def tune(
     light_tensor_intrinsics(spec.family)
     if spec.family not in ("x86", "arm"):
         raise BnnError(f"--target {spec.name}: tuning supports CPU targets (x86, arm); {spec.family} kernels keep their hand-written schedules")
+    where = board_label(spec, rpc, tracker, key)
     path = resolve_model(model)
     setup_logging(db_dir)
-    measurer = make_measurer(spec, timeout, rpc, tracker, key)
+    measurer = functools.lru_cache(maxsize=1)(lambda: make_measurer(spec, timeout, rpc, tracker, key))
     lowered = lower_onnx(path, batch)
     tasks = extract_tasks(lowered.mod, spec, kinds)
     if not tasks:
@@ -529,10 +544,10 @@ def tune(
               f"(--trials {trials} is the total)", flush=True)
     started = time.monotonic()
     if remaining:
-        run_search(tasks, spec, measurer, database, records, untuned, db_dir, remaining, population,
+        run_search(tasks, spec, measurer(), database, records, untuned, db_dir, remaining, population,
                    trials_per_iter, seed, progress)
     records = stored_records(open_database(db_dir, writable=False), tasks, spec)
-    report = build_report(path, spec, db_dir, tasks, records, untuned, remaining, time.monotonic() - started, measurer)
+    report = build_report(path, spec, db_dir, tasks, records, untuned, remaining, time.monotonic() - started, where)
     report_path = os.path.join(db_dir, REPORT_FILE)
     save_json(report_path, report)
     return TuneResult(report, report_path)
@@ -553,7 +568,8 @@ def run_search(tasks, spec, measurer, database, records, untuned, db_dir, remain
             task_weights=[float(t.calls) for t in tasks],
             work_dir=db_dir,
             max_trials_global=remaining,
-            num_trials_per_iter=max(1, min(trials_per_iter, remaining)),
+            # small batches when the budget is small, so that every task gets measured
+            num_trials_per_iter=max(2, min(trials_per_iter, remaining // len(tasks))),
             builder=measurer.builder,
             runner=measurer.runner,
             database=database,
@@ -567,7 +583,7 @@ def run_search(tasks, spec, measurer, database, records, untuned, db_dir, remain
 # Report
 
 
-def build_report(path, spec, db_dir, tasks, records, untuned, trials_run, seconds, measurer) -> dict:
+def build_report(path, spec, db_dir, tasks, records, untuned, trials_run, seconds, where: str) -> dict:
     rows = []
     for task in tasks:
         base = (untuned.get(task.key) or {}).get("seconds")
@@ -586,7 +602,7 @@ def build_report(path, spec, db_dir, tasks, records, untuned, trials_run, second
     return {
         "model": os.path.basename(path),
         "target": spec.name,
-        "measured_on": measurer.where,
+        "measured_on": where,
         "database": os.path.abspath(db_dir),
         "trials_this_run": trials_run,
         "seconds_this_run": round(seconds, 1),

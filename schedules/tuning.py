@@ -225,9 +225,11 @@ class Tile:
     width_block: int  # output positions per register tile
     lanes: int  # output channels per vector register
     parallel: int  # outer loops fused into the parallel loop (see PARALLEL_NAMES)
+    pad: str = "root"  # zero-padded input: "root" (one parallel pass first) or "task" (per parallel task)
 
     def describe(self) -> str:
-        return f"{self.width_block} positions, {self.lanes} lanes, parallel over {PARALLEL_NAMES[self.parallel]}"
+        return (f"{self.width_block} positions, {self.lanes} lanes, parallel over {PARALLEL_NAMES[self.parallel]}, "
+                f"padding {'in its own pass' if self.pad == 'root' else 'per task'}")
 
 
 PARALLEL_NAMES = {0: "nothing", 1: "rows", 2: "rows x column blocks", 3: "rows x column blocks x channel blocks"}
@@ -249,12 +251,16 @@ def width_choices(width: int, budget: int) -> list[int]:
     return found or [1]
 
 
-def tiles(channels: int, width: int, unit, parallel_choices=(1, 2, 3)) -> list[Tile]:
+def tiles(channels: int, width: int, unit, padded: bool, parallel_choices=(1, 2, 3)) -> list[Tile]:
+    """Every combination of the structural knobs. A padded conv may copy its padded input in a
+    pass of its own (another parallel region: a fork/join costs ~10 us on a busy machine) or per
+    parallel task, the rows that task reads (some rows twice)."""
     return [
-        Tile(w, lanes, p)
+        Tile(w, lanes, p, pad)
         for lanes in lane_choices(channels, unit)
         for w in width_choices(width, unit.accumulators)
         for p in parallel_choices
+        for pad in (("root", "task") if padded else ("root",))
     ]
 
 
@@ -332,6 +338,16 @@ def pack_words(sch: s_tir.Schedule, bits_block, pack_block, lanes: int) -> None:
     sch.tensorize(bit, pack32_intrin(str(sch.get(bit).loop_var.ty)))
 
 
+def place_padding(sch: s_tir.Schedule, tile: "Tile", task_loop, lanes: int) -> None:
+    """The zero-padded input copy: its own pass, or computed inside each parallel task."""
+    if not has_block(sch, "pad_bits"):
+        return
+    if tile.pad == "task":
+        sch.compute_at(sch.get_sblock("pad_bits"), task_loop, preserve_unit_loops=True)
+        return
+    pad_rows(sch, lanes)
+
+
 def pad_rows(sch: s_tir.Schedule, lanes: int) -> None:
     """The zero-padded input copy at root: rows in parallel, each row's words as vectors."""
     if not has_block(sch, "pad_bits"):
@@ -378,7 +394,8 @@ def conv_float_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule]:
     """``binary_conv2d`` (float NCHW out) and ``binary_conv2d_table`` (per-channel table out)."""
     out_name = "dot_float" if has_block(sch, "dot_float") else "table_lookup"
     _, channels, _, width = (extent(sch, loop) for loop in sch.get_loops(sch.get_sblock(out_name)))
-    return [conv_float_design(sch.copy(), func, unit, tile, out_name) for tile in tiles(channels, width, unit)]
+    padded = has_block(sch, "pad_bits")
+    return [conv_float_design(sch.copy(), func, unit, tile, out_name) for tile in tiles(channels, width, unit, padded)]
 
 
 def conv_float_design(sch, func, unit, tile: Tile, out_name: str) -> s_tir.Schedule:
@@ -412,7 +429,7 @@ def conv_float_design(sch, func, unit, tile: Tile, out_name: str) -> s_tir.Sched
         sch.unroll(lane)
         if tile.width_block > 1:
             sch.vectorize(x_inner)
-    pad_rows(sch, unit.lanes)
+    place_padding(sch, tile, fused, unit.lanes)
     return sch
 
 
@@ -420,7 +437,8 @@ def conv_threshold_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule
     """``binary_conv2d_threshold``: tile -> thresholds -> mask-packed words."""
     channels = extent(sch, sch.get_loops(sch.get_sblock("mismatches"))[3])
     width = extent(sch, sch.get_loops(sch.get_sblock("threshold_pack"))[2])
-    return [conv_threshold_design(sch.copy(), func, unit, tile, channels) for tile in tiles(channels, width, unit)]
+    padded = has_block(sch, "pad_bits")
+    return [conv_threshold_design(sch.copy(), func, unit, tile, channels) for tile in tiles(channels, width, unit, padded)]
 
 
 def conv_threshold_design(sch, func, unit, tile: Tile, channels: int) -> s_tir.Schedule:
@@ -462,7 +480,7 @@ def conv_threshold_design(sch, func, unit, tile: Tile, channels: int) -> s_tir.S
         sch.fuse(o_vectors, lane)
         accumulate_tile(sch, mism, tile.lanes)
     pack_words(sch, bits, pack, unit.lanes)
-    pad_rows(sch, unit.lanes)
+    place_padding(sch, tile, fused, unit.lanes)
     return sch
 
 
@@ -749,7 +767,7 @@ def tuned_kernel(original, scheduled, op: str | None, name: str) -> TunedKernel:
     if op is not None:
         attrs[TUNED_OP_ATTR] = op
     attrs[SCHEDULED_ATTR] = True
-    func = scheduled.without_attr("global_symbol").with_attrs(attrs)
+    func = scheduled.without_attr("global_symbol").without_attr("bnn.op").with_attrs(attrs)
     before = [tuple(int(d) for d in a.shape) for a in ArgInfo.from_prim_func(original)]
     after = [tuple(int(d) for d in a.shape) for a in ArgInfo.from_prim_func(func)]
     relayouts = {}

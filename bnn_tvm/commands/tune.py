@@ -42,8 +42,6 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from .. import tune
 
-    if args.rpc and args.tracker:
-        raise BnnError("--rpc and --tracker: give one of them")
     if args.timeout <= 0:
         raise BnnError(f"--timeout {args.timeout:g}: must be positive")
     if args.population < 4:

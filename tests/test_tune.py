@@ -1,0 +1,342 @@
+"""Autotuning (issue 7): binary-aware search spaces, a tuning run killed and resumed, its
+database compiled, the database's tolerance of a killed writer, and tuning over RPC (slow).
+
+The default run does one tiny tuning run (a few trials of the digits model's binary kernels,
+first part in a process that is killed, the rest resumed in this one); everything else here is
+schedule checks without measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+from onnx_builders import GraphBuilder, conv_block_model, save
+
+import schedules
+import targets
+from bnn_tvm import tune
+from bnn_tvm.cli import main
+from bnn_tvm.compiler import compile_onnx, lower_onnx
+from bnn_tvm.data import digits_split
+from bnn_tvm.errors import BnnError
+from bnn_tvm.export import default_model_path
+from bnn_tvm.runtime import CompiledRunner
+from schedules import tuning
+
+TINY_TRIALS = 6
+RECORDS = os.path.join("{db}", tuning.RECORD_FILE)
+
+
+# --------------------------------------------------------------------------------------------
+# Search spaces: every design space, replayed with fresh random decisions, is exact
+
+
+def float_conv_model(path, channels=32, size=6):
+    """binarize -> padded binary conv with float output (``binary_conv2d``)."""
+    g = GraphBuilder([1, channels, size, size], seed=3)
+    out = g.conv(g.binarize("x"), g.binary_weight((channels, channels, 3, 3)), pad=1)
+    return save(g.model([out]), path)
+
+
+def kernel_inputs(func, rng) -> list[np.ndarray]:
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    arrays = []
+    for info in ArgInfo.from_prim_func(func):
+        shape, dtype = [int(d) for d in info.shape], str(info.dtype)
+        if dtype == "uint32":
+            arrays.append(rng.integers(0, 2**32, size=shape, dtype=np.uint64).astype(dtype))
+        elif dtype == "int32":
+            arrays.append(rng.integers(-400, 400, size=shape).astype(dtype))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(dtype))
+    if tuning.is_compact(func):  # border class indices into the correction table
+        arrays[3] = rng.integers(0, arrays[2].shape[0], size=arrays[3].shape).astype("int32")
+        arrays[4] = rng.integers(0, arrays[2].shape[1], size=arrays[4].shape).astype("int32")
+    return arrays
+
+
+def run_kernel(func, arrays) -> np.ndarray:
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), targets.get("x86").tvm_target())
+    args = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
+    lib["main"](*args)
+    return args[-1].numpy()
+
+
+def replay_fresh(design, func):
+    """The design space's trace replayed on a fresh copy with every sampling decision redrawn."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(tuning.workload(func))
+    design.trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=lambda *_: None)
+    return sch.mod["main"]
+
+
+@pytest.mark.parametrize("model", ["float_conv", "threshold_conv", "digits"])
+def test_design_spaces_are_exact_under_random_decisions(model, tmp_path):
+    if model == "float_conv":
+        path = float_conv_model(tmp_path / "m.onnx")
+    elif model == "threshold_conv":
+        path = save(conv_block_model(32, 64, 6, stride=2)[0], tmp_path / "m.onnx")
+    else:
+        path = default_model_path()
+    spec = targets.get("x86")
+    mod = tuning.prepare_module(lower_onnx(path).mod, spec)
+    rng = np.random.default_rng(0)
+    checked = {}
+    for gvar, func, op in schedules.bnn_kernels(mod):
+        spaces = tuning.design_spaces(func, op, spec)
+        if spaces is None:
+            continue
+        arrays = kernel_inputs(func, rng)
+        reference = run_kernel(func, arrays)
+        for design in spaces[::5]:  # a spread of the structural knobs (pad alternates, then parallel, ...)
+            tuned = tuning.tuned_kernel(func, replay_fresh(design, func), op, gvar.name_hint)
+            moved = list(arrays)
+            for position, axes in tuned.relayouts.items():
+                moved[position] = np.ascontiguousarray(moved[position].transpose(axes))
+            assert np.array_equal(run_kernel(tuned.func, moved), reference), f"{gvar.name_hint}: {design.trace}"
+        checked[op] = checked.get(op, 0) + len(spaces[::5])
+    expected = {"float_conv": "binary_conv2d", "threshold_conv": "binary_conv2d_threshold", "digits": "pack_sign"}[model]
+    assert checked.get(expected, 0) >= 1, checked
+
+
+def test_space_knobs_cover_the_hand_written_choices():
+    """The tile the hand-written x86 schedule picks for a ResNet layer is one of the space's."""
+    spec = targets.get("x86")
+    unit = tuning.vector_unit(spec)
+    from schedules import cpu
+
+    lanes, channel_block, width_block = cpu.tile(64, 56, unit)
+    space = tuning.tiles(64, 56, unit, padded=True)
+    assert any(t.lanes == lanes and t.width_block == width_block and t.parallel == 1 and t.pad == "root" for t in space)
+    assert channel_block // lanes <= unit.accumulators // width_block  # the sampled vector count reaches it
+    assert {t.pad for t in space} == {"root", "task"} and {t.parallel for t in space} == {1, 2, 3}
+
+
+def test_space_traces_are_tunable_by_metaschedule():
+    """Design spaces have sampling instructions the evolutionary search mutates."""
+    spec = targets.get("x86")
+    mod = tuning.prepare_module(lower_onnx(default_model_path()).mod, spec)
+    for _, func, op in schedules.bnn_kernels(mod):
+        spaces = tuning.design_spaces(func, op, spec)
+        if spaces is None:
+            assert tuning.space_generator(func, op, spec) == "post-order-apply"
+            continue
+        kinds = {inst.kind.name for inst in spaces[0].trace.insts}
+        assert "SamplePerfectTile" in kinds, op
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny tuning run: killed midway, resumed, compiled
+
+
+def record_lines(db: str) -> list[str]:
+    path = RECORDS.format(db=db)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return f.read().split("\n")
+
+
+def complete_records(db: str) -> list[str]:
+    lines = [line for line in record_lines(db) if line]
+    good = []
+    for line in lines:
+        try:
+            json.loads(line)
+            good.append(line)
+        except ValueError:
+            pass
+    return good
+
+
+@pytest.fixture(scope="module")
+def tuned_db(tmp_path_factory):
+    """Start a tiny tune as a process, kill it (whole process group) once its first records are
+    written, then run the same command again here to completion."""
+    db = str(tmp_path_factory.mktemp("tune") / "db")
+    command = [sys.executable, "-m", "bnn_tvm", "tune", "--tasks", "binary", "--trials", str(TINY_TRIALS),
+               "--db", db, "--timeout", "90"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and len(complete_records(db)) < 2:
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    output = proc.stdout.read().decode(errors="replace")
+    before = complete_records(db)
+    assert before, f"the killed run wrote no record:\n{output}"
+    killed_early = len(before) < TINY_TRIALS
+    assert main(command[3:]) == 0  # the same arguments, in this process
+    return {"db": db, "before": before, "killed_early": killed_early}
+
+
+def test_killed_run_resumes_without_losing_records(tuned_db):
+    before, after = tuned_db["before"], complete_records(tuned_db["db"])
+    assert tuned_db["killed_early"], "the first run finished before it could be killed"
+    assert len(after) == TINY_TRIALS > len(before)
+    assert after[: len(before)] == before  # nothing lost, nothing rewritten
+    assert all(line for line in record_lines(tuned_db["db"])[:-1])  # no broken line left in the file
+    report = json.load(open(os.path.join(tuned_db["db"], tune.REPORT_FILE)))
+    assert sum(r["trials"] for r in report["tasks"]) == TINY_TRIALS
+    assert report["trials_this_run"] == TINY_TRIALS - len(before)
+    assert all(r["untuned_ms"] and r["untuned_ms"] > 0 for r in report["tasks"])
+    assert any(r["tuned_ms"] for r in report["tasks"])
+
+
+def test_rerun_with_the_same_trials_does_nothing(tuned_db, capsys):
+    assert main(["tune", "--tasks", "binary", "--trials", str(TINY_TRIALS), "--db", tuned_db["db"]]) == 0
+    assert "0 trial(s) to go" in capsys.readouterr().out
+    assert len(complete_records(tuned_db["db"])) == TINY_TRIALS
+
+
+def test_database_compiles_exactly(tuned_db, tmp_path):
+    path = default_model_path()
+    extra = lower_onnx(path).binarizer_outputs()
+    applied = {}
+    spec = targets.get("x86")
+    mod = tuning.apply_database(lower_onnx(path, 1).mod, tuned_db["db"], spec, applied)
+    tuned_kernels = [f for _, f in mod.functions_items() if f.attrs is not None and tuning.SCHEDULED_ATTR in f.attrs]
+    assert len(tuned_kernels) == len(applied)
+    if not applied:
+        pytest.skip("no tuned record beat the hand-written schedules in this tiny run")
+    assert all("bnn.op" not in f.attrs and tuning.TUNED_OP_ATTR in f.attrs for f in tuned_kernels)
+    x = digits_split()[2][:40]
+    plain = CompiledRunner(compile_onnx(path, "x86", batch=1, extra_outputs=extra).executable).run(x)
+    tuned = CompiledRunner(compile_onnx(path, "x86", batch=1, extra_outputs=extra, db=tuned_db["db"]).executable).run(x)
+    assert len(tuned) == 1 + len(extra)
+    for ours, theirs in zip(tuned, plain):  # logits and every binary activation
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+    out = tmp_path / "digits_tuned.so"
+    assert main(["compile", "--target", "x86", "--db", tuned_db["db"], "-o", str(out)]) == 0
+    assert out.stat().st_size > 0
+
+
+def test_slower_records_are_not_applied(tuned_db, tmp_path):
+    db = str(tmp_path / "db")
+    shutil.copytree(tuned_db["db"], db)
+    path = os.path.join(db, tuning.UNTUNED_FILE)
+    untuned = json.load(open(path))
+    for entries in untuned.values():
+        for entry in entries.values():
+            entry["seconds"] = 1e-12  # the hand-written schedules now beat every record
+    json.dump(untuned, open(path, "w"))
+    applied = {}
+    tuning.apply_database(lower_onnx(default_model_path(), 1).mod, db, targets.get("x86"), applied)
+    assert applied == {}
+
+
+def test_report_plot(tuned_db, tmp_path):
+    report = json.load(open(os.path.join(tuned_db["db"], tune.REPORT_FILE)))
+    out = tmp_path / "tuning.png"
+    tune.plot_report(report, str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = tune.report_lines(report)
+    assert lines[0].split()[:2] == ["task", "kind"] and "binary kernels in total" in lines[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# The database file written by a killed process
+
+
+def test_truncated_last_line_is_skipped_with_a_warning(tuned_db, tmp_path):
+    db = str(tmp_path / "db")
+    shutil.copytree(tuned_db["db"], db)
+    records = RECORDS.format(db=db)
+    text = open(records).read()
+    open(records, "w").write(text[: len(text) - 200])  # killed in the middle of the last line
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_only = tuning.open_database(db, writable=False)
+    assert len(read_only.get_all_tuning_records()) == TINY_TRIALS - 1
+    assert any("truncated last line" in str(w.message) for w in caught)
+    assert open(records).read() == text[: len(text) - 200]  # compile leaves the file alone
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        writable = tuning.open_database(db, writable=True)  # tune repairs it before appending
+    assert len(writable) == TINY_TRIALS - 1
+    assert all(json.loads(line) for line in open(records).read().split("\n") if line)
+
+
+def test_broken_workload_line_in_the_middle_is_an_error(tuned_db, tmp_path):
+    db = str(tmp_path / "db")
+    shutil.copytree(tuned_db["db"], db)
+    workloads = os.path.join(db, tuning.WORKLOAD_FILE)
+    lines = open(workloads).read().split("\n")
+    lines[0] = lines[0][:50]
+    open(workloads, "w").write("\n".join(lines))
+    if len([line for line in lines if line]) < 2:
+        pytest.skip("a single workload: its broken line is the last one")
+    with pytest.raises(BnnError, match="line 1 is not JSON"):
+        tuning.open_database(db, writable=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_bad_requests_are_refused_clearly(tmp_path):
+    with pytest.raises(BnnError, match="tuning supports CPU targets"):
+        tune.tune(target="cuda", db_dir=str(tmp_path / "db"))
+    with pytest.raises(BnnError, match="runs on another machine: give --tracker"):
+        tune.tune(target="rasp3b", db_dir=str(tmp_path / "db"))
+    with pytest.raises(BnnError, match="give one of them"):
+        tune.tune(target="rasp3b", rpc="127.0.0.1:1", tracker="127.0.0.1:2", db_dir=str(tmp_path / "db"))
+    with pytest.raises(BnnError, match="neither a file nor a zoo model"):
+        tune.tune("no_such_model", db_dir=str(tmp_path / "db"))
+    with pytest.raises(BnnError, match="no tuning database there"):
+        compile_onnx(default_model_path(), "x86", db=str(tmp_path / "nothing"))
+
+
+# --------------------------------------------------------------------------------------------
+# Slow: tuning over RPC on the emulated board
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("qemu-aarch64") is None, reason="qemu-aarch64 missing: run tools/install_system_deps.sh")
+def test_tuning_over_rpc_on_the_emulated_board_compiles(tmp_path):
+    import socket
+
+    from bnn_tvm import board, tracker
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    board.ensure_root(progress=False)
+    tracker_state = tracker.start("127.0.0.1", free_port())
+    key = f"rasp3b-tune{os.getpid()}"
+    try:
+        board.start("rasp3b", port=free_port(), tracker=tracker_state.address, key=key, progress=False)
+        db = str(tmp_path / "db")
+        result = tune.tune(None, "rasp3b", trials=4, db_dir=db, tracker=tracker_state.address, key=key,
+                           kinds=("binary",), timeout=300, progress=False)
+        assert result.report["measured_on"] == f"key {key!r} of tracker {tracker_state.address}"
+        rows = result.report["tasks"]
+        assert sum(r["trials"] for r in rows) == 4 and all(r["untuned_ms"] for r in rows)
+        assert any(r["tuned_ms"] for r in rows)
+        records = [json.loads(line) for line in open(RECORDS.format(db=db)) if line.strip()]
+        assert all(r[1][2]["mtriple"] == "aarch64-linux-gnu" for r in records)
+        compiled = compile_onnx(default_model_path(), "rasp3b", batch=1, db=db)
+        out = tmp_path / "digits_rasp3b.so"
+        compiled.export(str(out))
+        assert out.read_bytes()[18] == 183  # ELF e_machine: AArch64
+    finally:
+        board.stop(key) if any(s.name == key for s in board.running()) else None
+        tracker.stop(tracker_state.port)
