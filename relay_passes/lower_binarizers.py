@@ -4,7 +4,8 @@ The graph still computes the same tensor (the unpack restores it), but later pas
 packed bits and feed them to binary kernels directly. Recognised forms, all meaning
 ``x >= 0 -> +1, else -1`` exactly:
 
-* ``where(x >= 0, 1, -1)`` (this project's export, QONNX ``BipolarQuant`` after import),
+* ``where(x >= 0, 1, -1)`` (this project's export, QONNX ``BipolarQuant`` after import), and
+  ``where(x >= beta, 1, -1)`` with a per-channel ``beta`` (ReActNet's RSign),
 * ``where(x < 0, -1, 1)``,
 * ``cast(x >= 0) * 2 - 1``.
 
@@ -19,13 +20,23 @@ from tvm import relax
 from schedules import bitserial
 
 from .common import RuleContext, dtype_of, op_name, shape_of
+from .fold_thresholds import per_channel
 
 
 def _compare_source(ctx: RuleContext, cond, op: str):
+    """``x`` for ``x >= 0`` (or ``x < 0``); ``x - beta`` for a per-channel constant ``beta``
+    (ReActNet's RSign). In IEEE arithmetic with subnormals ``x - beta >= 0`` exactly when
+    ``x >= beta``, and the subtraction is a per-channel step that thresholds fold."""
     compare = ctx.producer(cond)
-    if op_name(compare) != op or ctx.scalar(compare.args[1]) != 0.0:
+    if op_name(compare) != op:
         return None
-    return compare.args[0]
+    x, threshold = compare.args
+    if ctx.scalar(threshold) == 0.0:
+        return x
+    values = ctx.constant(threshold)
+    if values is None or len(shape_of(x)) not in (2, 4) or per_channel(values, shape_of(x)) is None:
+        return None
+    return ctx.builder_.emit(relax.op.subtract(x, threshold), "shifted")
 
 
 def binarized_input(ctx: RuleContext, call):

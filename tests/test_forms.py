@@ -229,3 +229,21 @@ def test_dynamic_spatial_shape_is_refused_with_the_input_named(tmp_path):
     path = save(g.model([out]), tmp_path / "dyn.onnx")
     with pytest.raises(BnnError, match=r"dyn.onnx.*'x'.*symbolic dimension at axis 2"):
         inspect_onnx(path)
+
+
+def test_rsign_per_channel_threshold(tmp_path):
+    """ReActNet's RSign: Where(x >= beta, 1, -1), beta per channel; ties x == beta give +1."""
+    g = GraphBuilder([1, 10, 6, 6], seed=30)
+
+    def rsign(x, channels):
+        beta = g.rng.uniform(-0.5, 0.5, (1, channels, 1, 1)).astype(np.float32)
+        ge = g.node("GreaterOrEqual", [x, g.const(beta)])
+        return g.node("Where", [ge, g.const(np.float32(1)), g.const(np.float32(-1))]), beta
+
+    a, beta = rsign("x", 10)
+    y = g.batch_norm(g.conv(a, g.binary_weight((12, 10, 3, 3)), pad=1), *g.random_bn(12, 0.3))
+    b, _ = rsign(y, 12)
+    out = g.conv(b, g.binary_weight((3, 12, 3, 3)))
+    x = inputs([1, 10, 6, 6], seed=31)
+    x[:, :, ::2] = np.broadcast_to(beta, x[:, :, ::2].shape[:2] + (1, 1))  # exact ties
+    check(save(g.model([out]), tmp_path / "m.onnx"), x, ["binary_conv2d_threshold", "-> binary_conv2d"])
