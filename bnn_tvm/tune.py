@@ -451,13 +451,18 @@ def warm_cost_model(model, contexts: list, tasks: list[Task], records: dict) -> 
     return used
 
 
-def progress_callback(tasks: list[Task], untuned: dict, bar):
+class TimeUp(Exception):
+    """Raised by the progress callback when the run's time limit is reached."""
+
+
+def progress_callback(tasks: list[Task], untuned: dict, bar, deadline: float | None = None):
     """A measure callback: the bar advances per measured candidate and shows the best time of the
-    task just measured against its untuned time."""
+    task just measured against its untuned time; past ``deadline`` (monotonic) it ends the run
+    (the batch just measured is in the database already: the default callbacks run first)."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.ir.utils import derived_object
 
-    best: dict[int, float] = {}
+    best: dict = {}  # task id -> best seconds; "time_up" once the deadline passed
 
     @derived_object
     class Progress(ms.measure_callback.PyMeasureCallback):
@@ -474,6 +479,9 @@ def progress_callback(tasks: list[Task], untuned: dict, bar):
                 text += f" (untuned {base * 1e3:.3f}, x{base / best[task_id]:.2f})"
             bar.update(len(measure_candidates))
             bar.set_postfix_str(text)
+            if deadline is not None and time.monotonic() > deadline:
+                best["time_up"] = True
+                raise TimeUp("the time limit is reached")
 
     return Progress(), best
 
@@ -512,8 +520,10 @@ def tune(
     trials_per_iter: int = DEFAULT_TRIALS_PER_ITER,
     seed: int = 1,
     progress: bool = True,
+    minutes: float | None = None,
 ) -> TuneResult:
-    """Tune ``model`` for ``target`` until the database holds ``trials`` records of its tasks."""
+    """Tune ``model`` for ``target`` until the database holds ``trials`` records of its tasks (or
+    ``minutes`` of searching have passed)."""
     import targets
 
     from .compiler import lower_onnx
@@ -545,7 +555,7 @@ def tune(
     started = time.monotonic()
     if remaining:
         run_search(tasks, spec, measurer(), database, records, untuned, db_dir, remaining, population,
-                   trials_per_iter, seed, progress)
+                   trials_per_iter, seed, progress, minutes)
     records = stored_records(open_database(db_dir, writable=False), tasks, spec)
     report = build_report(path, spec, db_dir, tasks, records, untuned, remaining, time.monotonic() - started, where)
     report_path = os.path.join(db_dir, REPORT_FILE)
@@ -554,29 +564,39 @@ def tune(
 
 
 def run_search(tasks, spec, measurer, database, records, untuned, db_dir, remaining, population,
-               trials_per_iter, seed, progress) -> None:
+               trials_per_iter, seed, progress, minutes: float | None = None) -> None:
     from tqdm import tqdm
     from tvm.s_tir import meta_schedule as ms
 
     contexts = [tune_context(t, spec, population, seed + i) for i, t in enumerate(tasks)]
     model = cost_model()
     warm_cost_model(model, contexts, tasks, records)
+    deadline = None if minutes is None else time.monotonic() + 60 * minutes
     with tqdm(total=remaining, desc="tuning", unit="trial", disable=not progress, dynamic_ncols=True) as bar:
-        callback, _ = progress_callback(tasks, untuned, bar)
-        ms.tune_tasks(
-            tasks=contexts,
-            task_weights=[float(t.calls) for t in tasks],
-            work_dir=db_dir,
-            max_trials_global=remaining,
-            # small batches when the budget is small, so that every task gets measured
-            num_trials_per_iter=max(2, min(trials_per_iter, remaining // len(tasks))),
-            builder=measurer.builder,
-            runner=measurer.runner,
-            database=database,
-            cost_model=model,
-            measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default")) + [callback],
-            task_scheduler=ms.task_scheduler.GradientBased(),
-        )
+        callback, state = progress_callback(tasks, untuned, bar, deadline)
+        try:
+            search(ms, contexts, tasks, measurer, database, model, callback, db_dir, remaining, trials_per_iter)
+        except Exception:  # noqa: BLE001 (TimeUp arrives as the RuntimeError the FFI turned it into)
+            if not state.get("time_up"):
+                raise
+            bar.write(f"time limit of {minutes:g} min reached; the records so far are in {db_dir}")
+
+
+def search(ms, contexts, tasks, measurer, database, model, callback, db_dir, remaining, trials_per_iter) -> None:
+    ms.tune_tasks(
+        tasks=contexts,
+        task_weights=[float(t.calls) for t in tasks],
+        work_dir=db_dir,
+        max_trials_global=remaining,
+        # small batches when the budget is small, so that every task gets measured
+        num_trials_per_iter=max(2, min(trials_per_iter, remaining // len(tasks))),
+        builder=measurer.builder,
+        runner=measurer.runner,
+        database=database,
+        cost_model=model,
+        measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default")) + [callback],
+        task_scheduler=ms.task_scheduler.GradientBased(),
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
     s.add_argument("--rpc", metavar="HOST:PORT", help="measure on the RPC server at HOST:PORT")
     s.add_argument("--tracker", metavar="HOST:PORT", help="measure on a board from this RPC tracker")
     s.add_argument("--key", help="the board's key at the tracker (default: the target name)")
+    s.add_argument("--minutes", type=float, help="stop searching after this many minutes (records so far are kept)")
     s.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help=f"seconds per build and per measurement (default {DEFAULT_TIMEOUT_S:g})")
     s.add_argument("--batch", type=int, help="batch size compiled in (default: the model's, else 1)")
@@ -49,6 +50,7 @@ def run(args) -> int:
     result = tune.tune(
         args.model, args.target, args.trials, args.db, rpc=args.rpc, tracker=args.tracker, key=args.key,
         timeout=args.timeout, batch=args.batch, kinds=KINDS[args.tasks], population=args.population, seed=args.seed,
+        minutes=args.minutes,
     )
     for line in tune.report_lines(result.report):
         print(line)
