@@ -39,9 +39,11 @@ from .errors import BnnError
 from .io import atomic_write
 
 DEFAULT_TRIALS = 64
+FLOAT_OPS = ("float_conv2d",)  # kernels with a hand-written schedule that compute in float
 DEFAULT_TIMEOUT_S = 120  # builder and runner, per candidate
 DEFAULT_POPULATION = 64
 DEFAULT_TRIALS_PER_ITER = 8
+REPEATS = 9  # timed calls per candidate (each after a cache flush)
 REPORT_FILE = "report.json"
 UNTUNED_FILE = "untuned.json"  # schedules.tuning.UNTUNED_FILE (compile --db reads it)
 FAILED_RUN_SECS = 1e9  # schedules.tuning.FAILED_RUN_SECS: MetaSchedule stores 1e10 s for a failed candidate
@@ -118,7 +120,7 @@ def extract_tasks(mod, spec, kinds=("binary", "float")) -> list[Task]:
     counts = call_counts(prepared)
     tasks: dict[str, Task] = {}
     for gvar, func, op in tunable_kernels(prepared):
-        kind = "binary" if op is not None else "float"
+        kind = "float" if op is None or op in FLOAT_OPS else "binary"
         calls = counts.get(gvar.name_hint, 0)
         if kind not in kinds or calls == 0:
             continue
@@ -258,7 +260,10 @@ def make_measurer(spec, timeout: float, rpc: str | None = None, tracker: str | N
         max_workers=workers, timeout_sec=timeout, f_build=build_kernel,
         f_export=functools.partial(export_with, spec.cross_compiler),
     )
-    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=40, enable_cpu_cache_flush=False)
+    # Cold caches, one call per sample: inside the model a kernel runs once per inference after
+    # other layers evicted its weights, and with warm caches and back-to-back calls the
+    # measurements favoured schedules that were slower in the model.
+    evaluator = ms.runner.EvaluatorConfig(number=1, repeat=REPEATS, min_repeat_ms=0, enable_cpu_cache_flush=True)
     if rpc is None and tracker is None:
         runner = ms.runner.LocalRunner(timeout_sec=timeout, evaluator_config=evaluator, f_alloc_argument=alloc_local)
     elif tracker is not None:
@@ -309,7 +314,7 @@ def untuned_func(task: Task, spec):
     import schedules
     from schedules.tuning import workload
 
-    if task.kind != "binary":
+    if task.op is None:
         return task.func
     module = schedules.family_module(spec.family)
     fresh = workload(task.func)["main"].without_attr("global_symbol")  # the hand schedule may edit in place
@@ -388,7 +393,7 @@ def measure_untuned(tasks: list[Task], spec, measurer, db_dir: str, progress: bo
 
 
 def untuned_label(task: Task) -> str:
-    return "hand-written" if task.kind == "binary" else "TVM default lowering"
+    return "hand-written" if task.op is not None else "TVM default lowering"
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,6 +548,7 @@ def tune(
     tasks = extract_tasks(lowered.mod, spec, kinds)
     if not tasks:
         raise BnnError(f"{path}: no {' or '.join(kinds)} kernels to tune")
+    lock = lock_database(db_dir)  # held until this process ends
     database = open_database(db_dir, writable=True)
     records = stored_records(database, tasks, spec)
     stored = sum(len(r) for r in records.values())
@@ -560,7 +566,23 @@ def tune(
     report = build_report(path, spec, db_dir, tasks, records, untuned, remaining, time.monotonic() - started, where)
     report_path = os.path.join(db_dir, REPORT_FILE)
     save_json(report_path, report)
+    lock.close()
     return TuneResult(report, report_path)
+
+
+def lock_database(db_dir: str):
+    """An exclusive lock on the database folder: two tuning runs appending to the same files
+    would interleave their lines. Released when the returned file is closed or the process ends."""
+    import fcntl
+
+    os.makedirs(db_dir, exist_ok=True)
+    handle = open(os.path.join(db_dir, ".lock"), "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise BnnError(f"--db {db_dir}: another tuning run is using this database") from None
+    return handle
 
 
 def run_search(tasks, spec, measurer, database, records, untuned, db_dir, remaining, population,
@@ -682,9 +704,10 @@ def plot_report(report: dict, path: str) -> None:
 # The model with and without the database, in one run
 
 
-def compare_model(path: str, target: str, db_dir: str, batch: int | None = None, rounds: int = 7) -> dict:
-    """Compile the model without and with the database and profile both in interleaved rounds
-    (the VM's per-kernel profiler): medians of the binary kernels' total and of the whole model."""
+def compare_model(path: str, target: str, db_dir: str, batch: int | None = None, rounds: int = 15) -> dict:
+    """Compile the model without and with the database and time both, interleaved round by round:
+    each binary kernel call (a VM instrument around every call; the kernels are named ``bnn_*``)
+    and the whole model (``time_evaluator``, no instrument). Medians over the rounds."""
     import tvm
     from tvm import relax
 
@@ -692,23 +715,34 @@ def compare_model(path: str, target: str, db_dir: str, batch: int | None = None,
 
     from .compiler import compile_onnx
 
-    spec = targets.get(target)
-    if not spec.is_host:
-        raise BnnError(f"--compare runs the model here; target {spec.name} is not this machine")
+    if not targets.get(target).is_host:
+        raise BnnError(f"--compare runs the model here; target {target} is not this machine")
     builds = {"untuned": compile_onnx(path, target, batch), "tuned": compile_onnx(path, target, batch, db=db_dir)}
     shape = builds["untuned"].metadata["input_shape"]
     data = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype("float32"), tvm.cpu())
-    vms = {name: relax.VirtualMachine(b.executable, tvm.cpu(), profile=True) for name, b in builds.items()}
-    kernels = {name: binary_kernel_names(b.executable) for name, b in builds.items()}
     samples = {name: {"binary_ms": [], "model_ms": []} for name in builds}
+    machines = {}
+    for name, build in builds.items():
+        timed, plain = (relax.VirtualMachine(build.executable, tvm.cpu()) for _ in range(2))
+        spent = {"ns": 0, "start": 0}
+
+        def instrument(func, symbol, before, ret, *args, spent=spent):
+            if str(symbol).startswith("bnn_"):
+                if before:
+                    spent["start"] = time.perf_counter_ns()
+                else:
+                    spent["ns"] += time.perf_counter_ns() - spent["start"]
+            return 0
+
+        timed.set_instrument(instrument)
+        timed["main"](data)  # warm-up
+        machines[name] = (timed, plain.time_evaluator("main", tvm.cpu(), number=10, repeat=1), spent)
     for _ in range(rounds):
-        for name, vm in vms.items():
-            report = json.loads(vm.profile("main", data).json())
-            calls = report["calls"]
-            binary = sum(c["Duration (us)"]["microseconds"] for c in calls if c["Name"]["string"] in kernels[name])
-            total = sum(c["Duration (us)"]["microseconds"] for c in calls)
-            samples[name]["binary_ms"].append(binary / 1e3)
-            samples[name]["model_ms"].append(total / 1e3)
+        for name, (timed, model_timer, spent) in machines.items():
+            spent["ns"] = 0
+            timed["main"](data)
+            samples[name]["binary_ms"].append(spent["ns"] / 1e6)
+            samples[name]["model_ms"].append(model_timer(data).mean * 1e3)
     medians = {name: {k: float(np.median(v)) for k, v in s.items()} for name, s in samples.items()}
     return {
         "rounds": rounds,
@@ -717,12 +751,3 @@ def compare_model(path: str, target: str, db_dir: str, batch: int | None = None,
         "binary_speedup": medians["untuned"]["binary_ms"] / medians["tuned"]["binary_ms"],
         "model_speedup": medians["untuned"]["model_ms"] / medians["tuned"]["model_ms"],
     }
-
-
-def binary_kernel_names(executable) -> set[str]:
-    """Names of the binary kernels in a compiled model (the passes name them ``bnn_*``)."""
-    names = set()
-    for name in executable.mod.imports[0].get_function_names() if hasattr(executable.mod.imports[0], "get_function_names") else []:
-        if name.startswith("bnn_"):
-            names.add(name)
-    return names

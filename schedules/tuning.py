@@ -46,6 +46,7 @@ LOG = logging.getLogger(__name__)
 
 WORD_BITS = 32
 TUNED_OP_ATTR = "bnn.tuned_op"
+OPAQUE_PATTERN = 8  # relax OpPatternKind::kOpaque (as schedule_module marks its kernels)
 SCHEDULED_ATTR = "tirx.is_scheduled"
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -573,18 +574,16 @@ def workload(func) -> tvm.IRModule:
 
 
 def prepare_module(mod, spec):
-    """The Relax module as the kernels will be compiled: CPU convs with compact padding
-    corrections (what ``schedule_module`` does first, ``schedules.compact``) and the Relax
-    operators lowered to PrimFuncs (what ``tvm.compile`` does first), so the float kernels exist."""
+    """The Relax module as its kernels will be compiled: what ``schedule_module`` does before it
+    schedules (CPU: compact padding corrections, float convs as ``float_conv2d`` kernels) and
+    what ``tvm.compile`` does first (Relax operators lowered to PrimFuncs), so that the tuner and
+    ``compile --db`` see the same kernels as the build."""
     from tvm import relax
 
+    from . import compact, float_conv
+
     if spec.family in ("x86", "arm"):
-        try:
-            from .compact import compact_corrections
-        except ImportError:  # an older tree without compact corrections
-            compact_corrections = None
-        if compact_corrections is not None:
-            mod = compact_corrections(mod)
+        mod = float_conv.float_convs(compact.compact_corrections(mod))
     return relax.transform.LegalizeOps()(mod)
 
 
@@ -767,6 +766,7 @@ def tuned_kernel(original, scheduled, op: str | None, name: str) -> TunedKernel:
     if op is not None:
         attrs[TUNED_OP_ATTR] = op
     attrs[SCHEDULED_ATTR] = True
+    attrs["op_pattern"] = OPAQUE_PATTERN  # FuseOps must not fuse float neighbours into it
     func = scheduled.without_attr("global_symbol").without_attr("bnn.op").with_attrs(attrs)
     before = [tuple(int(d) for d in a.shape) for a in ArgInfo.from_prim_func(original)]
     after = [tuple(int(d) for d in a.shape) for a in ArgInfo.from_prim_func(func)]

@@ -250,6 +250,15 @@ def test_report_plot(tuned_db, tmp_path):
     assert lines[0].split()[:2] == ["task", "kind"] and "binary kernels in total" in lines[-1]
 
 
+def test_compare_profiles_both_builds(tuned_db):
+    result = tune.compare_model(default_model_path(), "x86", tuned_db["db"], batch=1, rounds=3)
+    for build in ("untuned", "tuned"):
+        # binary_ms is timed around each kernel call from Python, model_ms without that overhead:
+        # on the tiny default model they are not comparable, only both non-zero (kernels found).
+        assert result[build]["binary_ms"] > 0 and result[build]["model_ms"] > 0
+    assert result["binary_speedup"] > 0 and result["rounds"] == 3
+
+
 # --------------------------------------------------------------------------------------------
 # The database file written by a killed process
 
@@ -288,6 +297,15 @@ def test_broken_workload_line_in_the_middle_is_an_error(tuned_db, tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # Errors
+
+
+def test_second_run_on_a_locked_database_is_refused(tmp_path):
+    lock = tune.lock_database(str(tmp_path / "db"))
+    try:
+        with pytest.raises(BnnError, match="another tuning run is using this database"):
+            tune.tune(db_dir=str(tmp_path / "db"), trials=0)
+    finally:
+        lock.close()
 
 
 def test_bad_requests_are_refused_clearly(tmp_path):
