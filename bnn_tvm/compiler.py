@@ -97,8 +97,11 @@ class LoweredModel:
         return found
 
 
-def lower_onnx(path: str, batch: int | None = None, extra_outputs: list[str] | None = None) -> LoweredModel:
-    """Import ``path`` into Relax and run the binarization passes."""
+def lower_onnx(
+    path: str, batch: int | None = None, extra_outputs: list[str] | None = None, target: str = "x86"
+) -> LoweredModel:
+    """Import ``path`` into Relax and run the binarization passes (for ``target``: CPU kernels
+    compute their float epilogues, CUDA kernels look them up in tables)."""
     model = load_for_compile(path)
     check_supported(model, path)
     name, shape = input_shape(model, path, batch)
@@ -106,7 +109,7 @@ def lower_onnx(path: str, batch: int | None = None, extra_outputs: list[str] | N
     add_graph_outputs(model, extra_outputs or [])
     mod, provenance = import_to_relax(model, {name: shape}, path)
     logs: list = []
-    mod = relay_passes.binarize(logs)(mod)
+    mod = relay_passes.binarize(logs, float_epilogues=targets.get(target).family != "cuda")(mod)
     return LoweredModel(mod, model, name, shape, logs, provenance)
 
 
@@ -121,7 +124,7 @@ def compile_onnx(
     from tvm import relax
 
     spec = targets.get(target)
-    lowered = lower_onnx(path, batch, extra_outputs)
+    lowered = lower_onnx(path, batch, extra_outputs, target)
     metadata = {
         "model": os.path.basename(path),
         "target": spec.name,

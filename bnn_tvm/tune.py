@@ -544,7 +544,7 @@ def tune(
     path = resolve_model(model)
     setup_logging(db_dir)
     measurer = functools.lru_cache(maxsize=1)(lambda: make_measurer(spec, timeout, rpc, tracker, key))
-    lowered = lower_onnx(path, batch)
+    lowered = lower_onnx(path, batch, target=spec.name)
     tasks = extract_tasks(lowered.mod, spec, kinds)
     if not tasks:
         raise BnnError(f"{path}: no {' or '.join(kinds)} kernels to tune")

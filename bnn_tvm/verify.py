@@ -78,7 +78,7 @@ def verify(
     if x is None:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((16, *[d or 1 for d in dims[1:]])).astype(np.float32)
-    binaries = lower_onnx(path, batch).binarizer_outputs()
+    binaries = lower_onnx(path, batch, target=target).binarizer_outputs()
     compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries)
     runner = CompiledRunner(compiled.executable)
     ours = runner.run(x)

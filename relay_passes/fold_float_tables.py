@@ -5,8 +5,9 @@ after it are a per-channel function of ``d``. Where that chain ends in a float c
 graph output, a residual add, a float layer), its value for every possible ``d`` is computed at
 compile time in float32, in ONNX Runtime's order, and the kernel looks it up: the result is
 bit-identical to the reference on every target, whatever the target's compiler does with
-multiply-adds (x86 fuses them into FMA, aarch64 may not). Chains whose float value is only
-known within a rounding band, and tables over ``MAX_TABLE_ENTRIES``, stay float.
+multiply-adds. On CPUs ``FoldFloatEpilogues`` runs first and leaves only k-bit (``multibit``)
+chains here; CUDA kernels use tables for all. Chains whose float value is only known within a
+rounding band, and tables over ``MAX_TABLE_ENTRIES``, stay float.
 """
 
 from __future__ import annotations

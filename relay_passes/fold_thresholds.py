@@ -44,7 +44,33 @@ def per_channel(values: np.ndarray, out_shape) -> np.ndarray | None:
     return flat[:, 0].copy()
 
 
-def batch_norm_step(ctx: RuleContext, call, out_shape):
+@dataclass(frozen=True)
+class Step:
+    """One per-channel float op of a chain: ``y (op) const`` (``bitserial.EPILOGUE_OPS`` names;
+    ``rsubtract``/``rdivide`` put the constant first). Called on a float32 ``[C, K]`` array it
+    rounds like ONNX Runtime's elementwise kernel: one float32 rounding per op."""
+
+    op: str
+    const: np.ndarray  # float32 [C]
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        col = self.const[:, None]
+        return NUMPY_OPS[self.op](y, col)
+
+
+NUMPY_OPS = {
+    "add": np.add,
+    "subtract": np.subtract,
+    "rsubtract": lambda y, c: np.subtract(c, y),
+    "multiply": np.multiply,
+    "divide": np.divide,
+    "rdivide": lambda y, c: np.divide(c, y),
+}
+RELAX_OPS = {"relax.add": "add", "relax.subtract": "subtract", "relax.multiply": "multiply", "relax.divide": "divide"}
+CONST_FIRST = {"subtract": "rsubtract", "divide": "rdivide"}  # add and multiply commute exactly
+
+
+def batch_norm_steps(ctx: RuleContext, call, out_shape) -> list[Step] | None:
     """ONNX Runtime's inference BN: ``x * s + (beta - mean * s)``, ``s = gamma / sqrt(var + eps)``."""
     attrs = call.attrs
     if int(attrs.axis) != 1 or bool(attrs.training):
@@ -63,19 +89,13 @@ def batch_norm_step(ctx: RuleContext, call, out_shape):
     inv_std = np.float32(1) / np.sqrt(var + eps)
     scale = inv_std * gamma
     shift = beta - mean * scale
-    return lambda y: y * scale[:, None] + shift[:, None]
+    return [Step("multiply", scale), Step("add", shift)]
 
 
 def binary_step(ctx: RuleContext, call, out_shape):
-    """``(f, source)`` for ``source (op) const`` or ``const (op) source``."""
-    ops = {
-        "relax.add": np.add,
-        "relax.subtract": np.subtract,
-        "relax.multiply": np.multiply,
-        "relax.divide": np.divide,
-    }
-    fn = ops.get(op_name(call))
-    if fn is None:
+    """``(step, source)`` for ``source (op) const`` or ``const (op) source``."""
+    op = RELAX_OPS.get(op_name(call))
+    if op is None:
         return None
     lhs, rhs = call.args
     for source, other, const_first in ((lhs, rhs, False), (rhs, lhs, True)):
@@ -85,8 +105,7 @@ def binary_step(ctx: RuleContext, call, out_shape):
         vec = per_channel(values, out_shape)
         if vec is None:
             return None
-        col = vec[:, None]
-        return (lambda y: fn(col, y)) if const_first else (lambda y: fn(y, col)), source
+        return Step(CONST_FIRST.get(op, op) if const_first else op, vec), source
     return None
 
 
@@ -103,10 +122,10 @@ def trace_chain(ctx: RuleContext, expr):
             bn = ctx.producer(node.tuple_value)
             if op_name(bn) != "relax.nn.batch_norm":
                 return None
-            step = batch_norm_step(ctx, bn, out_shape)
-            if step is None:
+            bn_steps = batch_norm_steps(ctx, bn, out_shape)
+            if bn_steps is None:
                 return None
-            steps.append(step)
+            steps.extend(reversed(bn_steps))  # steps are collected tensor side first
             visited.append(node.tuple_value)
             expr = bn.args[0]
             continue
@@ -194,7 +213,7 @@ class Chain:
     source: object  # the kernel's output variable
     name: str  # the kernel's bnn.op
     attrs: dict
-    steps: list  # the float ops, as numpy functions, kernel side first
+    steps: list[Step]  # the float ops, kernel side first
     visited: list  # their variables, tensor side first, the kernel's last
     channels: int
     taps: int

@@ -6,6 +6,7 @@ import tvm
 from tvm import relax
 
 from .common import PassLog, rule_pass
+from .fold_float_epilogues import fold_float_epilogues
 from .fold_float_tables import fold_float_tables
 from .fold_thresholds import fold_threshold
 from .fuse_binary_conv2d import fuse_binary_conv2d
@@ -16,11 +17,12 @@ from .lower_multibit import lower_multibit
 from .lower_sign import lower_sign
 
 
-def binarize(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) -> tvm.transform.Pass:
     """Fuse every recognised binary layer; everything else stays on TVM's float path.
 
     The fusions run twice: a ``Sign`` can only be proven binary once the layer before it is
-    fused, and the layer after it is fused in the second round.
+    fused, and the layer after it is fused in the second round. ``float_epilogues``: float ops
+    after a binary kernel become its epilogue (LLVM targets); otherwise lookup tables where small.
     """
 
     def fusions():
@@ -40,6 +42,7 @@ def binarize(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
             *fusions(),
             rule_pass("FoldThresholds", fold_threshold, logs),
             relax.transform.DeadCodeElimination(),  # float ops the thresholds replaced are not chain ends
+            *([fold_float_epilogues(logs), relax.transform.DeadCodeElimination()] if float_epilogues else []),
             fold_float_tables(logs),
             relax.transform.DeadCodeElimination(),
         ],

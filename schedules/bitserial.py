@@ -161,17 +161,52 @@ def binary_dense_dot(data: te.Tensor, weight: te.Tensor, taps: int) -> te.Tensor
     return te.compute((n, out), lambda i, o: taps - 2 * mismatches[i, o], name="binary_dense_dot")
 
 
+EPILOGUE_OPS = {
+    "add": lambda v, c: v + c,
+    "subtract": lambda v, c: v - c,
+    "rsubtract": lambda v, c: c - v,
+    "multiply": lambda v, c: v * c,
+    "divide": lambda v, c: v / c,
+    "rdivide": lambda v, c: c / v,
+}
+ADDITIVE = ("add", "subtract", "rsubtract")
+CONST_FIRST_OPS = ("rsubtract", "rdivide")
+
+
+def contraction_fence(value):
+    """``value`` as it is, but LLVM may not fuse the multiply that produced it into the add that
+    consumes it: TVM lets LLVM contract ``a * b + c`` into one FMA, which rounds once where the
+    float graph (ONNX Runtime) rounds twice."""
+    return tirx.call_llvm_pure_intrin(str(value.ty), "llvm.arithmetic.fence", value)
+
+
+def apply_epilogue(value, consts, steps):
+    """Per-channel float ops applied to ``value`` in order, each rounded to float32 on its own:
+    ``steps`` are ``EPILOGUE_OPS`` names, ``consts`` the matching per-channel values (scalars or
+    vectors of channels). A product followed by an addition is fenced (``contraction_fence``)."""
+    for position, (step, const) in enumerate(zip(steps, consts)):
+        value = EPILOGUE_OPS[step](value, const)
+        if step == "multiply" and steps[position + 1 : position + 2] in [(op,) for op in ADDITIVE]:
+            value = contraction_fence(value)
+    return value
+
+
 def dot_to_float_nchw(
-    dot: te.Tensor, scale: te.Tensor | None = None, levels: int = 1, dtype: str = "float32"
+    dot: te.Tensor, *consts: te.Tensor, steps: tuple[str, ...] | None = None, levels: int = 1,
+    dtype: str = "float32",
 ) -> te.Tensor:
     """The integer result as the float model sees it, NCHW (or ``[N, O]``): divided by the
-    activation ``levels`` of a multi-bit input, times a per-channel weight ``scale`` when the
-    weights were ±scale. Exact below 2^24 with neither."""
+    activation ``levels`` of a multi-bit input, then the per-channel ``steps`` with ``consts``
+    (``apply_epilogue``; default: one multiply, the per-channel weight scale of ±scale
+    weights). Exact below 2^24 with no steps; with steps, float32 like the float graph's ops."""
+    steps = tuple(steps) if steps is not None else ("multiply",) * len(consts)
+    if len(steps) != len(consts):
+        raise ValueError(f"epilogue {steps} needs {len(steps)} per-channel constants, got {len(consts)}")
 
     def value(d, o):
         v = d.astype(dtype)
         v = v if levels == 1 else v / tirx.const(levels, dtype)
-        return v if scale is None else v * scale[o]
+        return apply_epilogue(v, [c[o] for c in consts], steps)
 
     if len(dot.shape) == 4:
         n, oh, ow, oc = dot.shape

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CONV_OPS = ("binary_conv2d", "binary_conv2d_threshold", "binary_conv2d_table")
+CONV_OPS = ("binary_conv2d", "binary_conv2d_threshold", "binary_conv2d_table", "binary_conv2d_epilogue")
 
 
 def border_classes(size_in: int, size_out: int, kernel: int, stride: int, pad_before: int):
@@ -68,6 +68,10 @@ def kernel_builder(func, op: str):
 
     if op == "binary_conv2d" and rest in (0, 1):  # optional per-channel weight scale
         return lambda d, w, t, yc, xc, *scale: bitserial.dot_to_float_nchw(conv(d, w, t, yc, xc), *scale)
+    if op == "binary_conv2d_epilogue":
+        steps = tuple(str(attrs["bnn.epilogue"]).split(","))
+        if rest == len(steps):
+            return lambda d, w, t, yc, xc, *consts: bitserial.dot_to_float_nchw(conv(d, w, t, yc, xc), *consts, steps=steps)
     if op == "binary_conv2d_threshold" and rest == 2:
         return lambda d, w, t, yc, xc, low, high: bitserial.threshold_pack(conv(d, w, t, yc, xc), low, high)
     if op == "binary_conv2d_table" and rest == 1:

@@ -17,6 +17,8 @@ TVM's stack-allocation limit so LLVM keeps it in registers), then finished:
 * packed output (``*_threshold``): each 32-channel word is compared with its thresholds as a
   vector and the comparison mask *is* the word (``vpcmpd`` + ``kmovw`` per 16 channels on
   AVX-512; tensor intrinsic ``bnn_pack_bits32_*``);
+* float epilogue (``*_epilogue``): the per-channel float ops after the layer (weight scale, batch
+  norm, bias) applied to the finished tile as vectors of channels, then transposed as above;
 * tabulated output (``binary_conv2d_table``): one table lookup per output from the tile;
 * dense kernels: the same with batch rows in place of positions.
 
@@ -41,6 +43,8 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import s_tir, tirx
 from tvm.script import tirx as T
+
+from . import bitserial
 
 WORD_BITS = 32
 MAX_STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger local buffers go to the heap
@@ -164,51 +168,59 @@ def _fence(value):
     return T.call_llvm_pure_intrin(str(value.ty), "llvm.arithmetic.fence", value)
 
 
-def tile_out_intrin(rows: int, lanes: int, scaled: bool, index_dtype: str, tile_dtype: str = "int32") -> str:
-    """Register (once) and name the tile epilogue for ``rows`` positions x ``lanes`` channels."""
-    name = f"bnn_tile_out_{tile_dtype}_{rows}x{lanes}{'_scaled' if scaled else ''}_{index_dtype}"
+def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, tile_dtype: str = "int32") -> str:
+    """Register (once) and name the tile epilogue for ``rows`` positions x ``lanes`` channels
+    with the per-channel float ``steps`` (``bitserial.apply_epilogue``)."""
+    name = f"bnn_tile_out_{tile_dtype}_{rows}x{lanes}{''.join('_' + step for step in steps)}_{index_dtype}"
     if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
-        s_tir.TensorIntrin.register(name, *_tile_out_funcs(rows, lanes, scaled, index_dtype, tile_dtype))
+        s_tir.TensorIntrin.register(name, *_tile_out_funcs(rows, lanes, tuple(steps), index_dtype, tile_dtype))
     return name
 
 
-def _tile_out_funcs(rows: int, lanes: int, scaled: bool, index_dtype: str, tile_dtype: str = "int32"):
-    """``(desc, impl)``: ``out[o, x] = float(dot[x, o]) (* s[o])`` for a tile ``dot`` of ``rows``
-    positions x ``lanes`` channels (the finished integer results, in registers). Converted (and
-    scaled) as vectors of channels, then transposed (zero vectors pad ``rows`` to a multiple of
-    4) and stored as vectors of positions."""
+def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, tile_dtype: str = "int32"):
+    """``(desc, impl)``: ``out[o, x] = epilogue(float(dot[x, o]), consts[o])`` for a tile ``dot``
+    of ``rows`` positions x ``lanes`` channels (the finished integer results, in registers).
+    Converted and finished (``steps``, one per-channel constant each) as vectors of channels,
+    then transposed (zero vectors pad ``rows`` to a multiple of 4) and stored as vectors of
+    positions."""
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 
     def declare():
         dot = T.match_buffer(T.arg("dot", T.handle()), (rows, lanes), tile_dtype, offset_factor=1, scope="local",
                              strides=[T.int64(), 1])
-        scale = T.match_buffer(T.arg("s", T.handle()), (lanes,), "float32", offset_factor=1) if scaled else None
+        consts = [T.match_buffer(T.arg(f"c{k}", T.handle()), (lanes,), "float32", offset_factor=1) for k in range(len(steps))]
         # out is a [channels, 1 row, positions] slice of [N, OC, OH, OW]
         out = T.match_buffer(T.arg("out", T.handle()), (lanes, 1, rows), "float32", offset_factor=1,
                              strides=[T.int64(), T.int64(), 1])
-        return dot, scale, out
+        return dot, consts, out
 
-    def regions(dot, scale, out):
-        T.reads(*([dot[0:rows, 0:lanes]] + ([scale[0:lanes]] if scaled else [])))
+    def in_read_order(value, operands):
+        """Regions in the order the compute's block lists them: as its expression reads them."""
+        reads = [value]
+        for step, operand in zip(steps, operands):
+            reads = [operand] + reads if step in bitserial.CONST_FIRST_OPS else reads + [operand]
+        return reads
+
+    def regions(dot, consts, out):
+        T.reads(*in_read_order(dot[0:rows, 0:lanes], [c[0:lanes] for c in consts]))
         T.writes(out[0:lanes, 0:1, 0:rows])
 
     with IRBuilder() as desc_builder:
         with build_prim_func():
             T.func_attr({"s_tir": True})
-            dot, scale, out = declare()
+            dot, consts, out = declare()
             with T.sblock("root"):
-                regions(dot, scale, out)
+                regions(dot, consts, out)
                 extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
                 with T.grid(extent(lanes), extent(rows)) as (o, x):
                     with T.sblock("dot_float"):
                         vo = T.axis.spatial(extent(lanes), o)
                         vx = T.axis.spatial(extent(rows), x)
-                        T.reads(*([dot[vx, vo]] + ([scale[vo]] if scaled else [])))
+                        T.reads(*in_read_order(dot[vx, vo], [c[vo] for c in consts]))
                         T.writes(out[vo, 0, vx])
                         value = dot[vx, vo] if tile_dtype == "float32" else T.Cast("float32", dot[vx, vo])
-                        if scaled:
-                            value = value * scale[vo]
+                        value = bitserial.apply_epilogue(value, [c[vo] for c in consts], steps)
                         T.buffer_store(out, value, [vo, extent(0), vx])
     desc = desc_builder.get()
 
@@ -216,9 +228,9 @@ def _tile_out_funcs(rows: int, lanes: int, scaled: bool, index_dtype: str, tile_
     with IRBuilder() as impl_builder:
         with build_prim_func():
             T.func_attr({"s_tir": True})
-            dot, scale, out = declare()
+            dot, consts, out = declare()
             with T.sblock("root"):
-                regions(dot, scale, out)
+                regions(dot, consts, out)
                 vectors = []
                 for x in range(padded_rows):
                     if x >= rows:
@@ -227,8 +239,7 @@ def _tile_out_funcs(rows: int, lanes: int, scaled: bool, index_dtype: str, tile_
                     value = dot.vload([x, 0], f"{tile_dtype}x{lanes}")
                     if tile_dtype != "float32":
                         value = T.Cast(f"float32x{lanes}", value)
-                    if scaled:
-                        value = value * scale.vload([0], f"float32x{lanes}")
+                    value = bitserial.apply_epilogue(value, [c.vload([0], f"float32x{lanes}") for c in consts], steps)
                     vectors.append(_fence(value))
                 shuffle = lambda vs, idx: tirx.Shuffle(list(vs), [T.int32(k) for k in idx])  # noqa: E731
                 for o, column in enumerate(quad_transpose(vectors, lanes, shuffle)):
@@ -351,13 +362,12 @@ def transpose_out(sch: s_tir.Schedule, out, o_inner, x_inner, lanes: int, width_
                   tile_dtype: str = "int32") -> str:
     """The float NCHW epilogue of a tile: in-register transpose (tensorized) where it applies,
     else vectors over positions read back from the tile."""
-    base = 6 if is_compact(func) else 4  # data, weight, correction (table, ycls, xcls), out
-    scaled = tile_dtype == "int32" and len(func.params) == base + 1  # and a per-channel weight scale
+    steps = epilogue_steps(func) if tile_dtype == "int32" else ()
     if lanes >= 4 and width_block > 1:
         vector_count, lane = sch.split(o_inner, [None, lanes])
         try:
             index_dtype = str(sch.get(lane).loop_var.ty)
-            sch.tensorize(lane, tile_out_intrin(width_block, lanes, scaled, index_dtype, tile_dtype))
+            sch.tensorize(lane, tile_out_intrin(width_block, lanes, steps, index_dtype, tile_dtype))
             sch.unroll(vector_count)
             return "register-transposed NCHW stores"
         except (RuntimeError, tvm.error.InternalError):
@@ -408,6 +418,16 @@ def param_name(func: tirx.PrimFunc, position: int) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Kernels
+
+
+def epilogue_steps(func) -> tuple[str, ...]:
+    """The per-channel float ops a float-output binary conv finishes its tile with: its
+    ``bnn.epilogue`` (``relay_passes.fold_float_epilogues``), or the weight scale's multiply
+    when it has one more parameter than data, weight, correction (table, ycls, xcls) and out."""
+    if func.attrs is not None and "bnn.epilogue" in func.attrs:
+        return tuple(str(func.attrs["bnn.epilogue"]).split(","))
+    base = 6 if is_compact(func) else 4
+    return ("multiply",) * (len(func.params) - base)
 
 
 def is_compact(func) -> bool:
@@ -593,9 +613,11 @@ KERNELS = {
     "float_conv2d": float_conv,
     "binary_conv2d": conv_float,
     "binary_conv2d_table": conv_float,
+    "binary_conv2d_epilogue": conv_float,
     "binary_conv2d_threshold": conv_threshold,
     "binary_dense": dense_float,
     "binary_dense_table": dense_float,
+    "binary_dense_epilogue": dense_float,
     "binary_dense_threshold": dense_threshold,
     "pack_sign": pack_sign,
 }

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 
-from . import cpu
+from . import bitserial, cpu
 
 LOG = logging.getLogger(__name__)
 
@@ -57,123 +57,18 @@ DENSE_RELAYOUTS = {1: (1, 0)}
 
 
 # --------------------------------------------------------------------------------------------
-# Tensor intrinsics of the spaces (own names: a stored trace names them, so they must not change
-# when the hand-written schedules change theirs)
-
-
-def _builders():
-    from tvm.script.ir_builder import IRBuilder
-    from tvm.script.ir_builder.tirx import prim_func as build_prim_func
-
-    return IRBuilder, build_prim_func
-
-
-def _pack32_funcs(index_dtype: str):
-    """``(desc, impl)``: 32 bool decisions packed into a word by one mask reinterpretation
-    (``vpcmpd`` + ``kmovw`` on AVX-512) instead of 32 shifts and adds."""
-    from tvm.script import tirx as T
-
-    IRBuilder, build_prim_func = _builders()
-
-    def declare():
-        bits = T.match_buffer(T.arg("bits", T.handle()), (WORD_BITS,), "bool", offset_factor=1)
-        word = T.match_buffer(T.arg("word", T.handle()), (1,), "uint32", offset_factor=1)
-        return bits, word
-
-    def regions(bits, word):
-        T.reads(word[0:1], bits[0:WORD_BITS])
-        T.writes(word[0:1])
-
-    with IRBuilder() as desc_builder:
-        with build_prim_func():
-            T.func_attr({"s_tir": True})
-            bits, word = declare()
-            with T.sblock("root"):
-                regions(bits, word)
-                with T.serial(tirx.IntImm(index_dtype, WORD_BITS)) as b:
-                    with T.sblock("update"):
-                        vb = T.axis.reduce(tirx.IntImm(index_dtype, WORD_BITS), b)
-                        T.reads(word[0], bits[vb])
-                        T.writes(word[0])
-                        T.buffer_store(word, word[0] + T.shift_left(T.Cast("uint32", bits[vb]), T.Cast("uint32", vb)), [0])
-    with IRBuilder() as impl_builder:
-        with build_prim_func():
-            T.func_attr({"s_tir": True})
-            bits, word = declare()
-            with T.sblock("root"):
-                regions(bits, word)
-                mask = T.reinterpret("uint32", T.Cast(f"uint1x{WORD_BITS}", bits.vload([0], f"boolx{WORD_BITS}")))
-                T.buffer_store(word, word[0] + mask, [0])
-    return desc_builder.get(), impl_builder.get()
-
-
-def _tile_out_funcs(rows: int, lanes: int, scaled: bool, index_dtype: str):
-    """``(desc, impl)``: ``out[o, 0, x] = float(dot[x, o]) (* s[o])`` for a register tile of
-    ``rows`` positions x ``lanes`` channels: converted as vectors of channels, transposed with
-    two-input shuffles (``schedules.cpu.quad_transpose``), stored as vectors of positions."""
-    from tvm.script import tirx as T
-
-    IRBuilder, build_prim_func = _builders()
-    index = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
-
-    def declare():
-        dot = T.match_buffer(T.arg("dot", T.handle()), (rows, lanes), "int32", offset_factor=1, scope="local",
-                             strides=[T.int64(), 1])
-        scale = T.match_buffer(T.arg("s", T.handle()), (lanes,), "float32", offset_factor=1) if scaled else None
-        out = T.match_buffer(T.arg("out", T.handle()), (lanes, 1, rows), "float32", offset_factor=1,
-                             strides=[T.int64(), T.int64(), 1])
-        return dot, scale, out
-
-    def regions(dot, scale, out):
-        T.reads(*([dot[0:rows, 0:lanes]] + ([scale[0:lanes]] if scaled else [])))
-        T.writes(out[0:lanes, 0:1, 0:rows])
-
-    with IRBuilder() as desc_builder:
-        with build_prim_func():
-            T.func_attr({"s_tir": True})
-            dot, scale, out = declare()
-            with T.sblock("root"):
-                regions(dot, scale, out)
-                with T.grid(index(lanes), index(rows)) as (o, x):
-                    with T.sblock("dot_float"):
-                        vo = T.axis.spatial(index(lanes), o)
-                        vx = T.axis.spatial(index(rows), x)
-                        T.reads(*([dot[vx, vo]] + ([scale[vo]] if scaled else [])))
-                        T.writes(out[vo, 0, vx])
-                        value = T.Cast("float32", dot[vx, vo])
-                        T.buffer_store(out, value * scale[vo] if scaled else value, [vo, index(0), vx])
-    padded = -(-rows // 4) * 4
-    with IRBuilder() as impl_builder:
-        with build_prim_func():
-            T.func_attr({"s_tir": True})
-            dot, scale, out = declare()
-            with T.sblock("root"):
-                regions(dot, scale, out)
-                vectors = []
-                for x in range(padded):
-                    if x >= rows:
-                        vectors.append(tirx.Broadcast(T.float32(0), lanes))
-                        continue
-                    value = T.Cast(f"float32x{lanes}", dot.vload([x, 0], f"int32x{lanes}"))
-                    if scaled:
-                        value = value * scale.vload([0], f"float32x{lanes}")
-                    # a barrier, or LLVM redoes the conversion on narrower vectors after the shuffles
-                    vectors.append(T.call_llvm_pure_intrin(f"float32x{lanes}", "llvm.arithmetic.fence", value))
-                shuffle = lambda vs, idx: tirx.Shuffle(list(vs), [T.int32(k) for k in idx])  # noqa: E731
-                for o, column in enumerate(cpu.quad_transpose(vectors, lanes, shuffle)):
-                    if rows < padded:
-                        column = tirx.Shuffle([column], [T.int32(x) for x in range(rows)])
-                    T.buffer_store(out, column, [T.int64(o), T.int64(0), tirx.Ramp(T.int64(0), T.int64(1), rows)])
-    return desc_builder.get(), impl_builder.get()
+# Tensor intrinsics of the spaces: ``schedules.cpu``'s, registered under names of their own
+# (a stored trace names them; ``register_intrinsics_named_in`` re-registers them by name)
 
 
 def pack32_intrin(index_dtype: str) -> str:
-    return _register(f"bnn_tuning_pack32_{index_dtype}", lambda: _pack32_funcs(index_dtype))
+    return _register(f"bnn_tuning_pack32_{index_dtype}", lambda: cpu._pack_bits32_funcs(index_dtype))
 
 
-def tile_out_intrin(rows: int, lanes: int, scaled: bool, index_dtype: str) -> str:
-    name = f"bnn_tuning_tile_out_{rows}x{lanes}{'_scaled' if scaled else ''}_{index_dtype}"
-    return _register(name, lambda: _tile_out_funcs(rows, lanes, scaled, index_dtype))
+def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str) -> str:
+    """``schedules.cpu``'s tile epilogue (convert, per-channel float ``steps``, transpose)."""
+    name = f"bnn_tuning_tile_out_{rows}x{lanes}{''.join('_' + step for step in steps)}_{index_dtype}"
+    return _register(name, lambda: cpu._tile_out_funcs(rows, lanes, tuple(steps), index_dtype))
 
 
 def _register(name: str, funcs) -> str:
@@ -184,8 +79,8 @@ def _register(name: str, funcs) -> str:
 
 INTRINSIC_NAMES = (
     (re.compile(r"bnn_tuning_pack32_(\w+)$"), lambda m: pack32_intrin(m[1])),
-    (re.compile(r"bnn_tuning_tile_out_(\d+)x(\d+)(_scaled)?_(\w+)$"),
-     lambda m: tile_out_intrin(int(m[1]), int(m[2]), bool(m[3]), m[4])),
+    (re.compile(rf"bnn_tuning_tile_out_(\d+)x(\d+)((?:_(?:{'|'.join(bitserial.EPILOGUE_OPS)}))*)_(int\d+)$"),
+     lambda m: tile_out_intrin(int(m[1]), int(m[2]), tuple(m[3].split("_")[1:]), m[4])),
 )
 
 
@@ -417,11 +312,9 @@ def conv_float_design(sch, func, unit, tile: Tile, out_name: str) -> s_tir.Sched
     accumulate_tile(sch, mism, tile.lanes)
     transposed = False
     if out_name == "dot_float" and tile.lanes >= 4 and tile.width_block > 1:
-        base = 6 if is_compact(func) else 4  # data, weight, correction (table, ycls, xcls), out
-        scaled = len(func.params) == base + 1  # and a per-channel weight scale
         index_dtype = str(sch.get(lane).loop_var.ty)
         try:
-            sch.tensorize(lane, tile_out_intrin(tile.width_block, tile.lanes, scaled, index_dtype))
+            sch.tensorize(lane, tile_out_intrin(tile.width_block, tile.lanes, cpu.epilogue_steps(func), index_dtype))
             transposed = True
         except (RuntimeError, ValueError, tvm.error.InternalError) as err:  # e.g. k-bit inputs divide by levels
             LOG.debug("register transpose not applicable: %s", str(err).splitlines()[0])
@@ -510,15 +403,18 @@ def pack_sign_design(sch, parallel: int, max_positions: int = 16) -> s_tir.Sched
 SPACES = {
     "binary_conv2d": conv_float_space,
     "binary_conv2d_table": conv_float_space,
+    "binary_conv2d_epilogue": conv_float_space,
     "binary_conv2d_threshold": conv_threshold_space,
     "pack_sign": pack_sign_space,
 }
 RELAYOUTS = {
     "binary_conv2d": CONV_RELAYOUTS,
     "binary_conv2d_table": CONV_RELAYOUTS,
+    "binary_conv2d_epilogue": CONV_RELAYOUTS,
     "binary_conv2d_threshold": CONV_RELAYOUTS,
     "binary_dense": DENSE_RELAYOUTS,
     "binary_dense_table": DENSE_RELAYOUTS,
+    "binary_dense_epilogue": DENSE_RELAYOUTS,
     "binary_dense_threshold": DENSE_RELAYOUTS,
 }
 

@@ -92,7 +92,7 @@ def target_constants(model_path: str, target: str, batch: int | None = None) -> 
     from tvm import relax
     from tvm.ir import Constant
 
-    mod = schedules.schedule_module(lower_onnx(model_path, batch).mod, get(target))
+    mod = schedules.schedule_module(lower_onnx(model_path, batch, target=target).mod, get(target))
     constants: dict[str, dict[int, np.ndarray]] = {}
     for block in mod["main"].body.blocks:
         for binding in block.bindings:

@@ -104,8 +104,8 @@ def test_float_output_after_binary_dense(tmp_path):
     dense = g.node("MatMul", [flat, g.const(w, "w")])
     out = g.batch_norm(dense, *g.random_bn(9))
     path = save(g.model([out]), tmp_path / "m.onnx")
-    report = check(path, inputs([1, 20, 4, 4], seed=4), ["binary_dense_table"])
-    assert report.max_abs_diff == 0.0  # the BN is tabulated in the reference's own float order
+    report = check(path, inputs([1, 20, 4, 4], seed=4), ["binary_dense_epilogue"])
+    assert report.max_abs_diff == 0.0  # the kernel's epilogue computes BN in the reference's float order
 
 
 def test_threshold_follows_reference_rounding(tmp_path):
@@ -144,7 +144,8 @@ def test_threshold_follows_reference_rounding(tmp_path):
 def test_residual_sum_exactly_zero_in_the_reference(tmp_path):
     """``x + BN(binary conv(sign x))`` made exactly 0 in ONNX Runtime at many positions: the next
     binarizer sees a tie, so a float BN that rounds even 1 ulp differently (another formula, an
-    FMA) flips it. The BN after a binary conv is tabulated in the reference's order: exact."""
+    FMA) flips it. The BN after a binary conv is the kernel's epilogue, in the reference's order
+    and with no FMA contraction: exact."""
     cin = 12
     g = GraphBuilder([1, cin, 6, 6], seed=14)
     conv = g.conv(g.binarize("x"), g.binary_weight((cin, cin, 3, 3)), pad=1)
@@ -160,4 +161,4 @@ def test_residual_sum_exactly_zero_in_the_reference(tmp_path):
     x = np.where(ties, -bn_out, x).astype(np.float32)
     assert ties.sum() > 50
     path = save(g.model([out]), tmp_path / "m.onnx")
-    check(path, x, ["binary_conv2d_table"])
+    check(path, x, ["binary_conv2d_epilogue"])

@@ -246,6 +246,69 @@ def test_dense_with_table_lookup_matches_numpy():
     check_case(("binary_dense_table", attrs, inputs + [table], compute, expected.astype(np.float32)))
 
 
+EPILOGUE = ("multiply", "multiply", "add", "rsubtract", "divide")  # weight scale, BN (s, shift), c - y, y / c
+
+
+def epilogue_consts(rng, channels: int) -> list[np.ndarray]:
+    # BN-like scales with full 24-bit mantissas: an FMA (one rounding for d * s + b) differs
+    # from the reference's two roundings on many outputs, so a contracted epilogue fails.
+    scale = np.exp2(rng.integers(-2, 2, channels)).astype(np.float32)
+    s = rng.uniform(0.1, 3, channels).astype(np.float32)
+    b = rng.standard_normal(channels).astype(np.float32)
+    c = rng.standard_normal(channels).astype(np.float32)
+    divisor = rng.uniform(5, 9, channels).astype(np.float32)  # never zero
+    return [scale, s, b, c, divisor]
+
+
+@host_has_avx512
+@pytest.mark.parametrize("n,c,h,w,oc,stride,pad", [(1, 64, 8, 8, 64, 1, 1), (2, 33, 7, 7, 19, 2, 1)])
+def test_conv_with_float_epilogue_matches_numpy(n, c, h, w, oc, stride, pad):
+    """``binary_conv2d_epilogue``: per-channel float ops on the tile, each rounded like the float
+    graph (no FMA), NCHW out; odd channels, stride 2, batch 2 take the other tile paths."""
+    rng = np.random.default_rng(13)
+    op, attrs, inputs, _, _ = conv_case(rng, n, c, h, w, oc, 3, stride, pad, threshold=False)
+    taps = attrs["bnn.taps"]
+    consts = epilogue_consts(rng, oc)
+    dot = conv_reference(unpacked(inputs[0], c).transpose(0, 3, 1, 2), unpacked(inputs[1], c).transpose(0, 3, 1, 2), stride, pad)
+    expected = numpy_epilogue(dot, consts, channel_axis=1)
+
+    def compute(d, wt, corr, *cs):
+        conv = bitserial.binary_conv2d_dot(d, wt, corr, taps, (stride, stride), (pad,) * 4)
+        return bitserial.dot_to_float_nchw(conv, *cs, steps=EPILOGUE)
+
+    attrs = {**attrs, "bnn.epilogue": ",".join(EPILOGUE)}
+    scheduled = check_case(("binary_conv2d_epilogue", attrs, inputs + consts, compute, expected))
+    if oc % 16 == 0:
+        assert "register-transposed" in scheduled.plan, scheduled.plan
+
+
+@host_has_avx512
+def test_dense_with_float_epilogue_matches_numpy():
+    rng = np.random.default_rng(14)
+    op, attrs, inputs, _, _ = dense_case(rng, 2, 200, 48, threshold=False)
+    taps = attrs["bnn.taps"]
+    consts = epilogue_consts(rng, 48)
+    expected = numpy_epilogue(unpacked(inputs[0], 200) @ unpacked(inputs[1], 200).T, consts, channel_axis=1)
+
+    def compute(d, w, *cs):
+        return bitserial.dot_to_float_nchw(bitserial.binary_dense_dot(d, w, taps), *cs, steps=EPILOGUE)
+
+    attrs = {**attrs, "bnn.epilogue": ",".join(EPILOGUE)}
+    check_case(("binary_dense_epilogue", attrs, inputs + consts, compute, expected))
+
+
+def numpy_epilogue(dot: np.ndarray, consts: list[np.ndarray], channel_axis: int) -> np.ndarray:
+    """The epilogue as the float graph computes it: one float32 rounding per op."""
+    from relay_passes.fold_thresholds import NUMPY_OPS
+
+    shape = [1] * dot.ndim
+    shape[channel_axis] = -1
+    y = dot.astype(np.float32)
+    for op, const in zip(EPILOGUE, consts):
+        y = NUMPY_OPS[op](y, const.reshape(shape)).astype(np.float32)
+    return y
+
+
 def unpacked(words: np.ndarray, channels: int) -> np.ndarray:
     """Packed channels-last words back to ±1 (int64), for references."""
     bits = (words[..., None] >> np.arange(32, dtype=np.uint32)) & 1
