@@ -2,9 +2,17 @@
 
 The structure is ``schedules.cpu``'s. A vector popcount of 32-bit lanes that is accumulated
 becomes ``eor`` + ``cnt v.16b`` (bytes) + ``uaddlp`` (bytes -> halfwords) + ``uadalp``
-(halfwords widened and added into the 32-bit accumulators) in LLVM's aarch64 backend, and
-``veor`` + ``vcnt.8`` + ``vpaddl`` + ``vpadal`` on armv7: the horizontal ``addv`` of a scalar
-popcount never appears in the inner loop (``tests/test_schedules.py`` checks the assembly).
+(halfwords widened and added into the 32-bit accumulators) in LLVM's aarch64 backend: the
+horizontal ``addv`` of a scalar popcount never appears in the inner loop.
+
+LLVM's armv7 backend does not fold the accumulation into the pairwise add: it emits ``veor``,
+``vcnt.8``, ``vpaddl.u8``, ``vpaddl.u16`` and a separate ``vadd.i32``. On armv7 the
+accumulation step is therefore tensorized (``pairwise_accumulate``) into explicit NEON
+intrinsics: ``vcnt.8`` (``llvm.ctpop`` on bytes), ``vpaddl.u8`` (``llvm.arm.neon.vpaddlu``,
+bytes -> halfwords) and ``vpadal.u16`` (``llvm.arm.neon.vpadalu``, halfword pairs widened and
+added straight into the u32 accumulators). Each 32-bit lane of the result is the sum of the
+four byte counts of the same 32-bit word, so the sums are exactly those of the compute.
+``tests/test_arm_asm.py`` and ``tests/test_schedules.py`` check the assembly.
 
 aarch64 has 32 vector registers, armv7 16 (as 128-bit ``q`` registers); the accumulator tile
 leaves room for the weight vectors and the broadcast activation word.
@@ -12,16 +20,113 @@ leaves room for the weight vectors and the broadcast activation word.
 
 from __future__ import annotations
 
+import os
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.script import tirx as T
+
 from . import cpu
 from .cpu import Scheduled, VectorUnit
+
+ARMV7 = "neon-armv7"
+# the popcount reductions of the binary kernels (``schedules.bitserial``), after
+# ``cpu.accumulate``'s ``decompose_reduction``
+POPCOUNT_UPDATES = ("mismatches_update",)
 
 
 def vector_unit(target) -> VectorUnit:
     triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
-    if triple.startswith("aarch64") or triple.startswith("arm64"):
+    if triple.startswith(("aarch64", "arm64")):
         return VectorUnit("neon-aarch64", lanes=4, accumulators=24)
-    return VectorUnit("neon-armv7", lanes=4, accumulators=10)
+    return VectorUnit(ARMV7, lanes=4, accumulators=10)
 
 
 def schedule(func, op: str, target) -> Scheduled:
-    return cpu.schedule_kernel(func, op, vector_unit(target))
+    unit = vector_unit(target)
+    scheduled = cpu.schedule_kernel(func, op, unit)
+    if unit.name == ARMV7:
+        scheduled.func = pairwise_accumulate(scheduled.func)
+    return scheduled
+
+
+# --------------------------------------------------------------------------------------------
+# armv7: popcount accumulation as vcnt.8 + vpaddl.u8 + vpadal.u16
+
+
+def _popcount_accumulate_funcs(lanes: int, index_dtype: str):
+    """``(desc, impl)`` of ``acc[i] += popcount(a ^ w[i])`` for ``lanes`` 32-bit lanes: one
+    activation word ``a`` against a vector of weight words ``w``, int32 accumulators."""
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder.tirx import prim_func as build_prim_func
+
+    extent = tirx.IntImm(index_dtype, lanes)
+
+    def declare():
+        acc = T.match_buffer(T.arg("acc", T.handle()), (lanes,), "int32", offset_factor=1, scope="local")
+        word = T.match_buffer(T.arg("a", T.handle()), (1,), "uint32", offset_factor=1)
+        weights = T.match_buffer(T.arg("w", T.handle()), (lanes,), "uint32", offset_factor=1)
+        return acc, word, weights
+
+    def regions(acc, word, weights):
+        T.reads(acc[0:lanes], word[0:1], weights[0:lanes])
+        T.writes(acc[0:lanes])
+
+    with IRBuilder() as desc_builder:
+        with build_prim_func():
+            T.func_attr({"s_tir": True})
+            acc, word, weights = declare()
+            with T.sblock("root"):
+                regions(acc, word, weights)
+                with T.vectorized(extent) as i:  # cpu.accumulate vectorized the lanes
+                    with T.sblock("update"):
+                        vi = T.axis.spatial(extent, i)
+                        T.reads(acc[vi], word[0], weights[vi])
+                        T.writes(acc[vi])
+                        T.buffer_store(acc, acc[vi] + T.Cast("int32", T.popcount(word[0] ^ weights[vi])), [vi])
+
+    with IRBuilder() as impl_builder:
+        with build_prim_func():
+            T.func_attr({"s_tir": True})
+            acc, word, weights = declare()
+            with T.sblock("root"):
+                regions(acc, word, weights)
+                xor = tirx.Broadcast(word[0], lanes) ^ weights.vload([0], f"uint32x{lanes}")
+                counts = T.call_llvm_pure_intrin(f"uint8x{4 * lanes}", "llvm.ctpop", T.reinterpret(f"uint8x{4 * lanes}", xor))
+                halves = T.call_llvm_pure_intrin(f"uint16x{2 * lanes}", "llvm.arm.neon.vpaddlu", counts)
+                total = T.call_llvm_pure_intrin(f"int32x{lanes}", "llvm.arm.neon.vpadalu", acc.vload([0], f"int32x{lanes}"), halves)
+                T.buffer_store(acc, total, [tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)])
+    return desc_builder.get(), impl_builder.get()
+
+
+def popcount_accumulate_intrin(lanes: int, index_dtype: str) -> str:
+    """Register (once) and name the armv7 popcount-accumulate step for ``lanes`` lanes."""
+    name = f"bnn_armv7_vpadal_{lanes}_{index_dtype}"
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
+        s_tir.TensorIntrin.register(name, *_popcount_accumulate_funcs(lanes, index_dtype))
+    return name
+
+
+def pairwise_accumulate(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Tensorize the vectorized lane loop of the popcount accumulation of a kernel scheduled by
+    ``schedules.cpu`` into ``vcnt.8`` + ``vpaddl.u8`` + ``vpadal.u16`` (64- or 128-bit vectors).
+    Kernels without such a loop (float convs, scalar lanes, the generic fallback) are returned
+    unchanged."""
+    sch = s_tir.Schedule(func)
+    for name in POPCOUNT_UPDATES:
+        try:
+            block = sch.get_sblock(name)
+        except (RuntimeError, ValueError, tvm.error.InternalError):
+            continue
+        lane = sch.get_loops(block)[-1]
+        loop = sch.get(lane)
+        lanes = int(loop.extent) if isinstance(loop.extent, tirx.IntImm) else 0
+        if loop.kind != tirx.ForKind.VECTORIZED or lanes not in (2, 4):
+            continue
+        try:
+            sch.tensorize(lane, popcount_accumulate_intrin(lanes, str(loop.loop_var.ty)))
+        except (RuntimeError, ValueError, tvm.error.InternalError):
+            if os.environ.get("BNN_STRICT_SCHEDULES"):
+                raise
+            return func  # LLVM's own lowering: vpaddl.u16 + vadd, same sums
+    return sch.mod["main"]

@@ -32,7 +32,8 @@ The inner loop per (tap, word): ``vpxord`` (broadcast activation XOR weight vect
 ``vpopcntd``, ``vpaddd`` on AVX-512 VPOPCNTDQ (3 vector uops per 512 bits: the popcount limit
 ``bench`` measures); ``eor``, ``cnt.16b``, ``uaddlp``, ``uadalp`` on aarch64 NEON (LLVM's
 lowering of an accumulated vector popcount: no ``addv`` in the loop); ``veor``, ``vcnt.8``,
-``vpaddl.u8``, ``vpaddl.u16``, ``vadd`` on armv7.
+``vpaddl.u8``, ``vpadal.u16`` on armv7 (tensorized by ``schedules.arm``: LLVM alone emits
+``vpaddl.u16`` + ``vadd``).
 """
 
 from __future__ import annotations

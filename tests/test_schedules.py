@@ -117,7 +117,7 @@ def dense_case(rng, n, k, o, threshold: bool):
 def build(op, attrs, inputs, compute, target):
     tensors = [placeholder(array, f"arg{i}") for i, array in enumerate(inputs)]
     func = te.create_prim_func(tensors + [compute(*tensors)]).with_attrs({"bnn.op": op, **attrs})
-    family = arm if "aarch64" in str(target.attrs.get("mtriple", "")) else x86
+    family = arm if str(target.attrs.get("mtriple", "")).startswith(("aarch64", "arm")) else x86
     scheduled = family.schedule(func, op, target)
     return scheduled, tvm.compile(tvm.IRModule({"main": scheduled.func}), target)
 
@@ -349,7 +349,7 @@ def loops(asm: str) -> list[str]:
     labels = {line.rstrip(":"): i for i, line in enumerate(lines) if re.match(r"^\.?L\w+:$", line)}
     spans = {}
     for i, line in enumerate(lines):
-        match = re.search(r"\b(?:j\w+|b\.\w+|b|cbnz|cbz|tbnz|tbz)\s+.*?(\.?L\w+)\s*$", line)
+        match = re.search(r"\b(?:j\w+|b\.\w+|b|b(?:eq|ne|hs|lo|mi|pl|hi|ls|ge|lt|gt|le)|cbnz|cbz|tbnz|tbz)\s+.*?(\.?L\w+)\s*$", line)
         if match and match.group(1) in labels and labels[match.group(1)] < i:
             spans[match.group(1)] = (labels[match.group(1)], i)
     innermost = [
