@@ -309,7 +309,7 @@ def _schedule_nest(sch, block, lanes32: int) -> str:
         while count < j and chunks < PARALLEL_MIN_CHUNKS:
             chunks *= extents[count]
             count += 1
-        plan.append("default loop order" + (" (strided access)" if strided else ""))
+        plan.append("default loop order" + (" (strided or non-linear access)" if strided else ""))
         if count and chunks > 1 and total * red_work >= PARALLEL_MIN_WORK:
             outer = sch.fuse(*spatial[:count]) if count > 1 else spatial[0]
             sch.parallel(outer)
