@@ -3,7 +3,8 @@
 ``schedule_module(mod, spec)`` is called by the compiler on the Relax module after the
 binarization passes and before ``tvm.compile``: it schedules every PrimFunc tagged ``bnn.op``
 for the target family (``schedules.x86``, ``schedules.arm``; ``schedules.cuda`` when present).
-Untagged (float) functions are left to TVM's default pipeline.
+On CPU families the float operators are then legalized and scheduled too
+(``schedules.float_ops``: parallel, vectorised, bit-identical to TVM's default lowering).
 
 A schedule may change the layout of a constant parameter (the weights: see
 ``schedules.cpu``); the call sites in the Relax functions then get the constant permuted the
@@ -64,7 +65,14 @@ def schedule_module(mod, spec, plans: dict | None = None):
         scheduled[gvar.name_hint] = result
         if plans is not None:
             plans[gvar.name_hint] = result.plan
-    return replace_kernels(mod, scheduled)
+    mod = replace_kernels(mod, scheduled)
+    if getattr(spec, "family", "x86") in ("x86", "arm"):
+        from . import float_ops
+
+        if float_ops.enabled():
+            lanes32 = module.vector_unit(target).lanes if hasattr(module, "vector_unit") else 4
+            mod = float_ops.schedule_float_ops(mod, target, lanes32, plans)
+    return mod
 
 
 def replace_kernels(mod, scheduled: dict):

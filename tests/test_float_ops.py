@@ -1,0 +1,117 @@
+"""Float operator schedules (``schedules.float_ops``): bit-identical to TVM's default lowering,
+and really parallel / vectorised.
+
+Each model is compiled twice through the compiler (``compile_onnx``): with the float schedules
+(the default) and with ``BNN_FLOAT_SCHEDULES=0`` (TVM's default lowering of the float ops); the
+outputs must be equal bit for bit (``np.array_equal``), on inputs with large and small values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import schedules
+import targets
+from bnn_tvm.compiler import compile_onnx, lower_onnx
+from bnn_tvm.runtime import CompiledRunner
+from schedules import float_ops
+from onnx_builders import GraphBuilder, save
+
+
+def float_model(channels=16, size=14, classes=40):
+    """BN -> ReLU -> MaxPool(3, s2, pad 1) -> residual Mul/Add -> AvgPool(2, s2) -> global mean
+    -> Flatten -> Gemm: the float ops of a Bi-Real/ResNet stem, blocks and head."""
+    g = GraphBuilder((1, channels, size, size), seed=3)
+    y = g.batch_norm("x", *g.random_bn(channels))
+    y = g.node("Relu", [y])
+    y = g.node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    scale = g.const(g.rng.uniform(0.5, 1.5, (1, channels, 1, 1)).astype(np.float32))
+    y = g.node("Add", [g.node("Mul", [y, scale]), y])
+    y = g.node("AveragePool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    y = g.node("ReduceMean", [y, g.const(np.array([2, 3], np.int64))], keepdims=1)
+    y = g.node("Flatten", [y])
+    weight = g.rng.standard_normal((classes, channels)).astype(np.float32)
+    y = g.node("Gemm", [y, g.const(weight), g.const(g.rng.standard_normal(classes).astype(np.float32))], transB=1)
+    return g.model([y])
+
+
+def big_bn_model():
+    """A stem-sized BN followed by a residual add of a per-channel bias (wide, contiguous rows)."""
+    g = GraphBuilder((1, 8, 32, 32), seed=5)
+    y = g.batch_norm("x", *g.random_bn(8))
+    y = g.node("Add", [y, g.const(g.rng.standard_normal((1, 8, 1, 1)).astype(np.float32))])
+    return g.model([y])
+
+
+def inputs(shape):
+    rng = np.random.default_rng(11)
+    return [rng.standard_normal(shape).astype(np.float32) * scale for scale in (1.0, 1e3, 1e-3)]
+
+
+def compiled_outputs(path, xs, monkeypatch, enabled: bool):
+    monkeypatch.setenv("BNN_FLOAT_SCHEDULES", "1" if enabled else "0")
+    runner = CompiledRunner(compile_onnx(path, "x86").executable)
+    return [runner.run(x)[0] for x in xs]
+
+
+@pytest.mark.parametrize("build", [float_model, big_bn_model])
+def test_float_schedules_bit_identical_to_default_lowering(tmp_path, monkeypatch, build):
+    monkeypatch.setenv("BNN_STRICT_SCHEDULES", "1")  # a schedule that fails is an error here
+    path = save(build(), tmp_path / "model.onnx")
+    shape = lower_onnx(path, 1).input_shape
+    xs = inputs(shape)
+    scheduled = compiled_outputs(path, xs, monkeypatch, True)
+    default = compiled_outputs(path, xs, monkeypatch, False)
+    for got, want in zip(scheduled, default):
+        assert np.array_equal(got, want), np.abs(got - want).max()
+
+
+def scheduled_float_funcs(path):
+    plans = {}
+    mod = schedules.schedule_module(lower_onnx(path, 1).mod, targets.get("x86"), plans)
+    funcs = {gvar.name_hint: func for gvar, func in mod.functions_items()
+             if hasattr(func, "attrs") and func.attrs is not None and float_ops.FLOAT_OP_ATTR in func.attrs}
+    return funcs, plans
+
+
+def test_float_kernels_are_parallel_and_vectorised(tmp_path, monkeypatch):
+    monkeypatch.setenv("BNN_STRICT_SCHEDULES", "1")
+    monkeypatch.setenv("BNN_FLOAT_SCHEDULES", "1")
+    funcs, plans = scheduled_float_funcs(save(float_model(channels=64, size=56, classes=1000), tmp_path / "m.onnx"))
+    names = set(funcs)
+    for op in ("batch_norm", "add", "multiply", "matmul", "max_pool2d", "avg_pool2d", "mean"):
+        assert any(n.startswith(op) for n in names), (op, sorted(names))
+    for name, func in funcs.items():
+        assert func.attrs["tirx.is_scheduled"], name
+        text = func.script()
+        if name.startswith(("batch_norm", "add", "multiply", "matmul")):
+            assert "T.vectorized" in text, (name, plans[name])
+        if name.startswith(("batch_norm", "multiply", "matmul", "max_pool2d")):
+            assert "T.parallel" in text, (name, plans[name])
+    # the residual add (64 x 28 x 28) is parallel; the Gemm's bias add (1000 values) may run serially
+    assert any("T.parallel" in f.script() for n, f in funcs.items() if n.startswith("add")), plans
+    # the FC layer: k outside, in order, around vectors of outputs kept in registers
+    matmul = next(f for n, f in funcs.items() if n.startswith("matmul"))
+    text = matmul.script()
+    k_loop = text.index("for k in range(")
+    assert '"local"' in text and k_loop < text.index("T.vectorized", k_loop) < text.index('T.sblock("matmul_update")')
+
+
+def test_batch_norm_keeps_multiply_and_add_apart(tmp_path, monkeypatch):
+    """Inlining ``x * gamma`` into ``+ beta`` would let LLVM contract them into an FMA (one
+    rounding instead of two): the multiply stays a block of its own, the subtract and divide
+    before it are inlined."""
+    monkeypatch.setenv("BNN_FLOAT_SCHEDULES", "1")
+    funcs, plans = scheduled_float_funcs(save(big_bn_model(), tmp_path / "bn.onnx"))
+    bn = next(n for n in funcs if n.startswith("batch_norm"))
+    text = funcs[bn].script()
+    assert 'T.sblock("T_multiply")' in text and 'T.sblock("T_add_1")' in text
+    assert 'T.sblock("T_subtract")' not in text and 'T.sblock("T_divide")' not in text
+    assert float_ops._may_contract({"mul"}, {"add"}) and not float_ops._may_contract({"add"}, {"mul"})
+
+
+def test_disabled_leaves_float_ops_to_tvm(tmp_path, monkeypatch):
+    monkeypatch.setenv("BNN_FLOAT_SCHEDULES", "0")
+    funcs, _ = scheduled_float_funcs(save(big_bn_model(), tmp_path / "bn.onnx"))
+    assert funcs == {}
