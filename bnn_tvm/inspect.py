@@ -9,6 +9,7 @@ from .onnx_import import load_onnx
 
 
 MATRIX_OPS = ("Conv", "Gemm", "MatMul")
+FLOAT_KERNELS = ("float_conv2d",)  # fusions of float ops (a float conv and its batch norm)
 
 
 @dataclass
@@ -20,7 +21,7 @@ class NodeReport:
 
     @property
     def binary(self) -> bool:
-        return self.kernel is not None
+        return self.kernel is not None and self.kernel not in FLOAT_KERNELS
 
 
 def inspect_onnx(path: str, batch: int | None = None) -> list[NodeReport]:
@@ -39,7 +40,10 @@ def inspect_onnx(path: str, batch: int | None = None) -> list[NodeReport]:
                 reasons.setdefault(node, reason)
     reports = []
     for node in original.graph.node:
-        if node.name in kernel_of:
+        if kernel_of.get(node.name) in FLOAT_KERNELS:
+            note = f"float path: no binarized operand; {detail_of[node.name]}"
+            reports.append(NodeReport(node.name, node.op_type, kernel_of[node.name], note))
+        elif node.name in kernel_of:
             reports.append(NodeReport(node.name, node.op_type, kernel_of[node.name], detail_of[node.name]))
         elif node.name not in remaining:
             reports.append(NodeReport(node.name, node.op_type, None, "constant-folded at compile time"))

@@ -8,6 +8,9 @@ rounded on its own (``schedules.bitserial.apply_epilogue`` keeps LLVM from fusin
 an add into one FMA). The result is bit-identical to the reference, at no size limit and
 without a separate pass over the output.
 
+The float convs of the network (stem, downsampling shortcuts) get their bias and batch norm as
+an epilogue the same way (``schedules.float_conv``).
+
 For LLVM targets (CPUs); ``FoldFloatTables`` does the same with lookup tables for the rest
 (CUDA, k-bit inputs). Chains whose float value is only known within a rounding band stay float.
 """
@@ -17,11 +20,11 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from schedules import bitserial
+from schedules import bitserial, float_conv
 
 from .common import PassLog, RuleContext
 from .fold_float_tables import chain_ends
-from .fold_thresholds import SCALE_INPUT, Step, analyse_chain, integer_dot
+from .fold_thresholds import SCALE_INPUT, Step, analyse_chain, integer_dot, trace_chain
 
 EPILOGUE_KERNELS = {"binary_conv2d": "binary_conv2d_epilogue", "binary_dense": "binary_dense_epilogue"}
 
@@ -55,12 +58,65 @@ def epilogue_rule(ends: set[str]):
     return fold_epilogue
 
 
+def is_float_conv(ctx: RuleContext, expr) -> bool:
+    """A plain float conv with constant weights: ``schedules.float_conv`` can compute it."""
+    call = ctx.producer(expr)
+    return (
+        isinstance(call, relax.Call)
+        and call.op == tvm.ir.Op.get("relax.nn.conv2d")
+        and float_conv.plain_float_conv(call)
+        and float_conv.constant_weight(call, ctx.lookup_binding) is not None
+    )
+
+
+def float_conv_rule(ends: set[str]):
+    """The same for the float convs of a binarized network (the stem, downsampling shortcuts):
+    their bias and batch norm become the conv kernel's epilogue, in the reference's order."""
+
+    def fold_conv_epilogue(ctx: RuleContext, expr):
+        if ctx.binding not in ends:
+            return None
+        traced = trace_chain(ctx, expr, is_source=is_float_conv)
+        if traced is None or not traced[1]:
+            return None
+        source, steps, visited = traced
+        conv = ctx.producer(source)
+        strides = tuple(int(v) for v in conv.attrs.strides)
+        padding = tuple(int(v) for v in conv.attrs.padding)
+        ops = tuple(step.op for step in steps)
+        ctx.fused(float_conv.FLOAT_CONV, f"float conv + {len(steps)} float op(s) in its epilogue", *visited[1:])
+        return ctx.emit_kernel(
+            lambda d, w, *cs: float_conv.float_conv2d(d, w, strides, padding, *cs, steps=ops),
+            conv.args[0],
+            float_conv.constant_weight(conv, ctx.lookup_binding),
+            *(relax.const(step.const) for step in steps),
+            op=float_conv.FLOAT_CONV,
+            epilogue=",".join(ops),
+            strides=list(strides),
+            padding=list(padding),
+        )
+
+    return fold_conv_epilogue
+
+
+def either_rule(*rules):
+    def apply(ctx: RuleContext, expr):
+        for rule in rules:
+            new = rule(ctx, expr)
+            if new is not None:
+                return new
+        return None
+
+    return apply
+
+
 def fold_float_epilogues(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
     def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         log = PassLog("FoldFloatEpilogues")
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
-                ctx = RuleContext(mod, epilogue_rule(chain_ends(func)), log)
+                ends = chain_ends(func)
+                ctx = RuleContext(mod, either_rule(epilogue_rule(ends), float_conv_rule(ends)), log)
                 ctx.builder_.update_func(gvar, ctx.visit_expr(func))
                 mod = ctx.builder_.get()
         if logs is not None:

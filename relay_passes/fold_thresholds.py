@@ -109,13 +109,18 @@ def binary_step(ctx: RuleContext, call, out_shape):
     return None
 
 
-def trace_chain(ctx: RuleContext, expr):
-    """Walk from a binarizer's input back to a foldable binary op: ``(kernel var, steps, vars)``."""
+def is_foldable_kernel(ctx: RuleContext, expr) -> bool:
+    return ctx.bnn_kernel(expr) is not None and ctx.bnn_kernel(expr)[0] in FOLDABLE
+
+
+def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel):
+    """Walk from ``expr`` back through per-channel float ops to a source (by default a foldable
+    binary op): ``(source var, steps kernel side first, vars tensor side first)``."""
     steps, visited = [], []
     out_shape = shape_of(expr)
     while True:
         visited.append(expr)
-        if ctx.bnn_kernel(expr) is not None and ctx.bnn_kernel(expr)[0] in FOLDABLE:
+        if is_source(ctx, expr):
             return expr, steps[::-1], visited
         node = ctx.producer(expr)
         if isinstance(node, relax.TupleGetItem) and node.index == 0:

@@ -363,7 +363,7 @@ def transpose_out(sch: s_tir.Schedule, out, o_inner, x_inner, lanes: int, width_
                   tile_dtype: str = "int32") -> str:
     """The float NCHW epilogue of a tile: in-register transpose (tensorized) where it applies,
     else vectors over positions read back from the tile."""
-    steps = epilogue_steps(func) if tile_dtype == "int32" else ()
+    steps = epilogue_steps(func)
     if lanes >= 4 and width_block > 1:
         vector_count, lane = sch.split(o_inner, [None, lanes])
         try:
@@ -422,13 +422,15 @@ def param_name(func: tirx.PrimFunc, position: int) -> str:
 
 
 def epilogue_steps(func) -> tuple[str, ...]:
-    """The per-channel float ops a float-output binary conv finishes its tile with: its
-    ``bnn.epilogue`` (``relay_passes.fold_float_epilogues``), or the weight scale's multiply
-    when it has one more parameter than data, weight, correction (table, ycls, xcls) and out."""
+    """The per-channel float ops a float-output conv finishes its tile with: its
+    ``bnn.epilogue`` (``relay_passes.fold_float_epilogues``), or for a ``binary_conv2d`` the
+    weight scale's multiply when it has one more parameter than data, weight, correction
+    (table, ycls, xcls) and out."""
     if func.attrs is not None and "bnn.epilogue" in func.attrs:
         return tuple(str(func.attrs["bnn.epilogue"]).split(","))
-    base = 6 if is_compact(func) else 4
-    return ("multiply",) * (len(func.params) - base)
+    if func.attrs is not None and str(func.attrs.get("bnn.op", "")) == "binary_conv2d":
+        return ("multiply",) * (len(func.params) - (6 if is_compact(func) else 4))
+    return ()
 
 
 def is_compact(func) -> bool:

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from . import bitserial
+
 FLOAT_CONV = "float_conv2d"
 
 
-def float_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding) -> te.Tensor:
-    """NCHW float conv, accumulated in a channels-last stage ``conv_acc [N, OH, OW, OC]``."""
+def float_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, *consts: te.Tensor, steps=()) -> te.Tensor:
+    """NCHW float conv, accumulated in a channels-last stage ``conv_acc [N, OH, OW, OC]``, then
+    the per-channel float ``steps`` with ``consts`` (a bias, a batch norm: ``bitserial.apply_epilogue``)."""
     n, c, h, w = (int(v) for v in data.shape)
     oc, _, kh, kw = (int(v) for v in weight.shape)
     (sh, sw), (pt, pl, pb, pr) = strides, padding
@@ -46,7 +49,10 @@ def float_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding) -> te.Ten
         lambda i, y, x, o: te.sum(padded[i, rc, y * sh + ry, x * sw + rx] * weight[o, rc, ry, rx], axis=[rc, ry, rx]),
         name="conv_acc",
     )
-    return te.compute((n, oc, oh, ow), lambda i, o, y, x: acc[i, y, x, o], name="conv_out")
+    return te.compute(
+        (n, oc, oh, ow), lambda i, o, y, x: bitserial.apply_epilogue(acc[i, y, x, o], [c[o] for c in consts], steps),
+        name="conv_out",
+    )
 
 
 def plain_float_conv(call) -> bool:
@@ -58,6 +64,20 @@ def plain_float_conv(call) -> bool:
         and str(call.args[0].ty.dtype) == "float32"
         and str(attrs.out_dtype) in ("", "None", "float32", "void")
     )
+
+
+def constant_weight(call, lookup_binding):
+    """The conv's weight as a float32 constant (through one variable binding), or None."""
+    import tvm
+    from tvm import relax
+
+    weight = call.args[1]
+    if isinstance(weight, relax.Var):
+        bound = lookup_binding(weight)
+        weight = bound if isinstance(bound, tvm.ir.Constant) else weight
+    if not isinstance(weight, tvm.ir.Constant) or str(weight.ty.dtype) != "float32":
+        return None
+    return weight
 
 
 def float_convs(mod):
@@ -73,11 +93,8 @@ def float_convs(mod):
             call = self.visit_expr_post_order(call)
             if call.op != conv_op or not plain_float_conv(call):
                 return call
-            weight = call.args[1]
-            if isinstance(weight, relax.Var):
-                bound = self.lookup_binding(weight)
-                weight = bound if isinstance(bound, tvm.ir.Constant) else weight
-            if not isinstance(weight, tvm.ir.Constant) or str(weight.ty.dtype) != "float32":
+            weight = constant_weight(call, self.lookup_binding)
+            if weight is None:
                 return call
             strides = tuple(int(v) for v in call.attrs.strides)
             padding = tuple(int(v) for v in call.attrs.padding)

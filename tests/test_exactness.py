@@ -162,3 +162,18 @@ def test_residual_sum_exactly_zero_in_the_reference(tmp_path):
     assert ties.sum() > 50
     path = save(g.model([out]), tmp_path / "m.onnx")
     check(path, x, ["binary_conv2d_epilogue"])
+
+
+def test_float_stem_with_bias_and_bn_in_its_epilogue(tmp_path):
+    """A float 7x7 stride-2 stem conv with a bias and BN, then binary layers: the bias and BN run
+    in the float conv's kernel (in the reference's order); the stem output agrees within float
+    rounding (the conv's summation order is its own) and the binary layers after it are checked
+    for identical activations."""
+    g = GraphBuilder([1, 3, 20, 20], seed=16)
+    rng = np.random.default_rng(16)
+    w = rng.standard_normal((16, 3, 7, 7)).astype(np.float32) * 0.2
+    stem = g.batch_norm(g.conv("x", w, stride=2, pad=3, bias=rng.standard_normal(16).astype(np.float32)), *g.random_bn(16))
+    out = g.conv(g.binarize(stem), g.binary_weight((8, 16, 3, 3)), pad=1)
+    path = save(g.model([out, stem]), tmp_path / "m.onnx")
+    report = check(path, inputs([1, 3, 20, 20], seed=17), ["float conv + 3 float op(s) in its epilogue -> float_conv2d"])
+    assert report.max_abs_diff < 1e-3
