@@ -706,8 +706,8 @@ def plot_report(report: dict, path: str) -> None:
 
 def compare_model(path: str, target: str, db_dir: str, batch: int | None = None, rounds: int = 15) -> dict:
     """Compile the model without and with the database and time both, interleaved round by round:
-    each binary kernel call (a VM instrument around every call; the kernels are named ``bnn_*``)
-    and the whole model (``time_evaluator``, no instrument). Medians over the rounds."""
+    each binary kernel call (a VM instrument around every call; binary kernels are named
+    ``bnn_*``, float convs ``bnn_float_*``) and the whole model (``time_evaluator``, no instrument). Medians over the rounds."""
     import tvm
     from tvm import relax
 
@@ -727,7 +727,7 @@ def compare_model(path: str, target: str, db_dir: str, batch: int | None = None,
         spent = {"ns": 0, "start": 0}
 
         def instrument(func, symbol, before, ret, *args, spent=spent):
-            if str(symbol).startswith("bnn_"):
+            if str(symbol).startswith("bnn_") and not str(symbol).startswith("bnn_float_"):  # binary kernels only
                 if before:
                     spent["start"] = time.perf_counter_ns()
                 else:
