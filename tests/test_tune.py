@@ -205,37 +205,44 @@ def test_rerun_with_the_same_trials_does_nothing(tuned_db, capsys):
     assert len(complete_records(tuned_db["db"])) == TINY_TRIALS
 
 
-def test_database_compiles_exactly(tuned_db, tmp_path):
-    path = default_model_path()
-    extra = lower_onnx(path).binarizer_outputs()
-    applied = {}
-    spec = targets.get("x86")
-    mod = tuning.apply_database(lower_onnx(path, 1).mod, tuned_db["db"], spec, applied)
-    tuned_kernels = [f for _, f in mod.functions_items() if f.attrs is not None and tuning.SCHEDULED_ATTR in f.attrs]
-    assert len(tuned_kernels) == len(applied)
-    if not applied:
-        pytest.skip("no tuned record beat the hand-written schedules in this tiny run")
-    assert all("bnn.op" not in f.attrs and tuning.TUNED_OP_ATTR in f.attrs for f in tuned_kernels)
-    x = digits_split()[2][:40]
-    plain = CompiledRunner(compile_onnx(path, "x86", batch=1, extra_outputs=extra).executable).run(x)
-    tuned = CompiledRunner(compile_onnx(path, "x86", batch=1, extra_outputs=extra, db=tuned_db["db"]).executable).run(x)
-    assert len(tuned) == 1 + len(extra)
-    for ours, theirs in zip(tuned, plain):  # logits and every binary activation
-        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
-    out = tmp_path / "digits_tuned.so"
-    assert main(["compile", "--target", "x86", "--db", tuned_db["db"], "-o", str(out)]) == 0
-    assert out.stat().st_size > 0
-
-
-def test_slower_records_are_not_applied(tuned_db, tmp_path):
+def database_with_untuned_seconds(tuned_db, tmp_path, seconds: float) -> str:
+    """A copy of the tiny run's database whose hand-written schedules took ``seconds``."""
     db = str(tmp_path / "db")
     shutil.copytree(tuned_db["db"], db)
     path = os.path.join(db, tuning.UNTUNED_FILE)
     untuned = json.load(open(path))
     for entries in untuned.values():
         for entry in entries.values():
-            entry["seconds"] = 1e-12  # the hand-written schedules now beat every record
+            entry["seconds"] = seconds
     json.dump(untuned, open(path, "w"))
+    return db
+
+
+def test_database_compiles_exactly(tuned_db, tmp_path):
+    """Every binary kernel with a record takes its tuned schedule (the hand-written ones are made
+    to look slow, so the tiny run's records all apply), and the outputs stay bit-identical."""
+    db = database_with_untuned_seconds(tuned_db, tmp_path, 1e3)
+    path = default_model_path()
+    extra = lower_onnx(path).binarizer_outputs()
+    applied = {}
+    spec = targets.get("x86")
+    mod = tuning.apply_database(lower_onnx(path, 1).mod, db, spec, applied)
+    tuned_kernels = [f for _, f in mod.functions_items() if f.attrs is not None and tuning.SCHEDULED_ATTR in f.attrs]
+    assert len(tuned_kernels) == len(applied) > 0
+    assert all("bnn.op" not in f.attrs and tuning.TUNED_OP_ATTR in f.attrs for f in tuned_kernels)
+    x = digits_split()[2][:40]
+    plain = CompiledRunner(compile_onnx(path, "x86", batch=1, extra_outputs=extra).executable).run(x)
+    tuned = CompiledRunner(compile_onnx(path, "x86", batch=1, extra_outputs=extra, db=db).executable).run(x)
+    assert len(tuned) == 1 + len(extra)
+    for ours, theirs in zip(tuned, plain):  # logits and every binary activation
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+    out = tmp_path / "digits_tuned.so"
+    assert main(["compile", "--target", "x86", "--db", db, "-o", str(out)]) == 0
+    assert out.stat().st_size > 0
+
+
+def test_slower_records_are_not_applied(tuned_db, tmp_path):
+    db = database_with_untuned_seconds(tuned_db, tmp_path, 1e-12)  # hand-written beats every record
     applied = {}
     tuning.apply_database(lower_onnx(default_model_path(), 1).mod, db, targets.get("x86"), applied)
     assert applied == {}
