@@ -23,8 +23,15 @@ from tvm import relax
 from schedules import bitserial, float_conv
 
 from .common import PassLog, RuleContext
-from .fold_float_tables import chain_ends
-from .fold_thresholds import SCALE_INPUT, Step, analyse_chain, integer_dot, trace_chain
+from .fold_float_tables import chain_end_pass
+from .fold_thresholds import (
+    SCALE_INPUT,
+    Step,
+    analyse_chain,
+    integer_dot,
+    kernel_params,
+    trace_chain,
+)
 
 EPILOGUE_KERNELS = {"binary_conv2d": "binary_conv2d_epilogue", "binary_dense": "binary_dense_epilogue"}
 
@@ -36,7 +43,7 @@ def epilogue_rule(ends: set[str]):
         chain = analyse_chain(ctx, expr)
         if chain is None or not chain.steps or chain.name not in EPILOGUE_KERNELS:
             return None
-        if chain.error is not None and chain.error.size and chain.error.max() > 0:
+        if not chain.known_exactly:
             return None  # the float graph's own value is only known within rounding: keep float
         steps = ([Step("multiply", chain.scale)] if chain.scale is not None else []) + list(chain.steps)
         ops = tuple(step.op for step in steps)
@@ -44,7 +51,6 @@ def epilogue_rule(ends: set[str]):
         dot = integer_dot(chain.name, chain.attrs)
         kernel = EPILOGUE_KERNELS[chain.name]
         ctx.fused(kernel, f"{chain.name} + {len(chain.steps)} float op(s) in its epilogue", *chain.visited[1:])
-        params = {k[len("bnn.") :]: v for k, v in chain.attrs.items() if k.startswith("bnn.") and k != "bnn.op"}
         count = len(inputs)
         return ctx.emit_kernel(
             lambda *args: bitserial.dot_to_float_nchw(dot(*args[:count]), *args[count:], steps=ops),
@@ -52,7 +58,7 @@ def epilogue_rule(ends: set[str]):
             *(relax.const(step.const) for step in steps),
             op=kernel,
             epilogue=",".join(ops),
-            **params,
+            **kernel_params(chain.attrs),
         )
 
     return fold_epilogue
@@ -111,16 +117,6 @@ def either_rule(*rules):
 
 
 def fold_float_epilogues(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
-    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        log = PassLog("FoldFloatEpilogues")
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                ends = chain_ends(func)
-                ctx = RuleContext(mod, either_rule(epilogue_rule(ends), float_conv_rule(ends)), log)
-                ctx.builder_.update_func(gvar, ctx.visit_expr(func))
-                mod = ctx.builder_.get()
-        if logs is not None:
-            logs.append(log)
-        return mod
-
-    return tvm.transform.module_pass(transform, opt_level=0, name="FoldFloatEpilogues")
+    return chain_end_pass(
+        "FoldFloatEpilogues", lambda ends: either_rule(epilogue_rule(ends), float_conv_rule(ends)), logs
+    )

@@ -19,7 +19,13 @@ from tvm.ir import Constant
 from schedules import bitserial
 
 from .common import PassLog, RuleContext
-from .fold_thresholds import SCALE_INPUT, analyse_chain, integer_dot, per_channel
+from .fold_thresholds import (
+    SCALE_INPUT,
+    analyse_chain,
+    integer_dot,
+    kernel_params,
+    per_channel,
+)
 
 MAX_TABLE_ENTRIES = 1 << 18  # 1 MiB of float32 per layer
 CHAIN_OPS = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.nn.batch_norm")
@@ -60,7 +66,7 @@ def table_rule(ends: set[str]):
         chain = analyse_chain(ctx, expr)
         if chain is None or not chain.steps:
             return None
-        if chain.error is not None and chain.error.size and chain.error.max() > 0:
+        if not chain.known_exactly:
             return None  # the float graph's own value is only known within rounding: keep float
         entries = chain.channels * (2 * chain.levels * chain.taps + 1)
         if entries > MAX_TABLE_ENTRIES:
@@ -71,28 +77,34 @@ def table_rule(ends: set[str]):
         inputs = ctx.kernel_inputs(chain.source)[: SCALE_INPUT[chain.name]]
         kernel = f"{chain.name}_table"
         ctx.fused(kernel, f"{chain.name} + {len(chain.steps)} float op(s) as a lookup table", *chain.visited[1:])
-        params = {k[len("bnn.") :]: v for k, v in chain.attrs.items() if k.startswith("bnn.") and k != "bnn.op"}
         return ctx.emit_kernel(
             lambda *args: bitserial.table_lookup(dot(*args[:-1]), args[-1], offset),
             *inputs,
             relax.const(chain.values()[0]),
             op=kernel,
-            **params,
+            **kernel_params(chain.attrs),
         )
 
     return fold_table
 
 
-def fold_float_tables(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+def chain_end_pass(name: str, make_rule, logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    """A module pass applying ``make_rule(chain_ends(func))`` to every Relax function: rules that
+    fold a float chain where it ends need those ends computed on the function before rewriting."""
+
     def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        log = PassLog("FoldFloatTables")
+        log = PassLog(name)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
-                ctx = RuleContext(mod, table_rule(chain_ends(func)), log)
+                ctx = RuleContext(mod, make_rule(chain_ends(func)), log)
                 ctx.builder_.update_func(gvar, ctx.visit_expr(func))
                 mod = ctx.builder_.get()
         if logs is not None:
             logs.append(log)
         return mod
 
-    return tvm.transform.module_pass(transform, opt_level=0, name="FoldFloatTables")
+    return tvm.transform.module_pass(transform, opt_level=0, name=name)
+
+
+def fold_float_tables(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    return chain_end_pass("FoldFloatTables", table_rule, logs)

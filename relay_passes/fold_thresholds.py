@@ -229,6 +229,11 @@ class Chain:
     def values(self) -> list[np.ndarray]:
         return chain_values(self.steps, self.channels, self.taps, self.scale, self.error, self.levels)
 
+    @property
+    def known_exactly(self) -> bool:
+        """Whether the float graph's value at each integer is known exactly (no rounding band)."""
+        return self.error is None or not self.error.size or self.error.max() <= 0
+
     def decision_interval(self):
         return decision_interval(self.steps, self.channels, self.taps, self.scale, self.error, self.levels)
 
@@ -265,7 +270,7 @@ def fold_threshold(ctx: RuleContext, call):
     inputs = ctx.kernel_inputs(source)[: SCALE_INPUT[name]]  # integers compare without the scale
     ctx.fused(FOLDABLE[name], f"{name} + {len(steps)} float op(s) + binarizer", *visited)
     dot = integer_dot(name, attrs)
-    params = {k[len("bnn.") :]: v for k, v in attrs.items() if k.startswith("bnn.") and k != "bnn.op"}
+    params = kernel_params(attrs)
     return ctx.emit_kernel(
         lambda *args: bitserial.threshold_pack(dot(*args[:-2]), *args[-2:]),
         *inputs,
@@ -274,6 +279,11 @@ def fold_threshold(ctx: RuleContext, call):
         op=FOLDABLE[name],
         **params,
     )
+
+
+def kernel_params(attrs: dict) -> dict:
+    """A kernel's ``bnn.*`` attributes but its op, without the prefix (``emit_kernel``'s keywords)."""
+    return {k[len("bnn.") :]: v for k, v in attrs.items() if k.startswith("bnn.") and k != "bnn.op"}
 
 
 def integer_dot(name: str, attrs: dict):

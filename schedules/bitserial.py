@@ -186,7 +186,7 @@ def apply_epilogue(value, consts, steps):
     vectors of channels). A product followed by an addition is fenced (``contraction_fence``)."""
     for position, (step, const) in enumerate(zip(steps, consts)):
         value = EPILOGUE_OPS[step](value, const)
-        if step == "multiply" and steps[position + 1 : position + 2] in [(op,) for op in ADDITIVE]:
+        if step == "multiply" and position + 1 < len(steps) and steps[position + 1] in ADDITIVE:
             value = contraction_fence(value)
     return value
 

@@ -386,15 +386,7 @@ def float_conv(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     acc = sch.get_sblock("conv_acc")
     sch.transform_layout(acc, param_name(func, 1), lambda o, c, y, x: (c, y, x, o))
     out = sch.get_sblock("conv_out")
-    n, o, y, x = sch.get_loops(out)
-    channels, width = extents(sch, [o, x])
-    lanes, channel_block, width_block = tile(channels, width, unit)
-    sch.reorder(n, y, x, o)
-    row = sch.fuse(n, y)
-    x_outer, x_inner = sch.split(x, [None, width_block])
-    o_outer, o_inner = sch.split(o, [None, channel_block])
-    sch.reorder(row, x_outer, o_outer, o_inner, x_inner)
-    sch.parallel(row)
+    lanes, channel_block, width_block, (o_outer, o_inner, x_inner) = tile_nchw_out(sch, out, unit)
     sch.compute_at(acc, o_outer, preserve_unit_loops=True)
     accumulate(sch, acc, lanes, spatial=2, reduction=3)
     epilogue = transpose_out(sch, out, o_inner, x_inner, lanes, width_block, func, tile_dtype="float32")
@@ -433,23 +425,22 @@ def epilogue_steps(func) -> tuple[str, ...]:
     return ()
 
 
-def is_compact(func) -> bool:
-    """Whether the kernel reads its padding correction as a compact table (``schedules.compact``)."""
-    return func.attrs is not None and "bnn.compact_correction" in func.attrs
-
-
-def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
-    """``binary_conv2d``: int32 tile in registers, finished as vectors of channels, transposed,
-    float NCHW out."""
-    mism = sch.get_sblock("mismatches")
-    sch.transform_layout(mism, param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
+def relayout_conv_constants(sch: s_tir.Schedule, func) -> dict[int, tuple[int, ...]]:
+    """Weights ``[OC, KH, KW, CW] -> [KH, KW, CW, OC]`` (a vector of output channels is one load)
+    and a full correction ``[OC, OH, OW] -> [OH, OW, OC]`` (a compact table is channels-last
+    already); returns the permutations made, for ``Scheduled.relayouts``."""
+    sch.transform_layout(sch.get_sblock("mismatches"), param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
     relayouts = {1: (1, 2, 3, 0)}
-    dot = sch.get_sblock("binary_conv2d_dot")
     if not is_compact(func):
-        sch.transform_layout(dot, param_name(func, 2), lambda o, y, x: (y, x, o))
+        sch.transform_layout(sch.get_sblock("binary_conv2d_dot"), param_name(func, 2), lambda o, y, x: (y, x, o))
         relayouts[2] = (1, 2, 0)
-    table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-    out = sch.get_sblock("table_lookup" if table else "dot_float")
+    return relayouts
+
+
+def tile_nchw_out(sch: s_tir.Schedule, out, unit: VectorUnit):
+    """Tile an NCHW output block: one parallel task per image row, inside it tiles of
+    ``width_block`` positions x ``channel_block`` channels. Returns ``(lanes, channel_block,
+    width_block, (o_outer, o_inner, x_inner))``: the tile is computed at ``o_outer``."""
     n, o, y, x = sch.get_loops(out)
     channels, width = extents(sch, [o, x])
     lanes, channel_block, width_block = tile(channels, width, unit)
@@ -459,6 +450,22 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     o_outer, o_inner = sch.split(o, [None, channel_block])
     sch.reorder(row, x_outer, o_outer, o_inner, x_inner)
     sch.parallel(row)
+    return lanes, channel_block, width_block, (o_outer, o_inner, x_inner)
+
+
+def is_compact(func) -> bool:
+    """Whether the kernel reads its padding correction as a compact table (``schedules.compact``)."""
+    return func.attrs is not None and "bnn.compact_correction" in func.attrs
+
+
+def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+    """``binary_conv2d``: int32 tile in registers, finished as vectors of channels, transposed,
+    float NCHW out."""
+    relayouts = relayout_conv_constants(sch, func)
+    mism, dot = sch.get_sblock("mismatches"), sch.get_sblock("binary_conv2d_dot")
+    table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    out = sch.get_sblock("table_lookup" if table else "dot_float")
+    lanes, channel_block, width_block, (o_outer, o_inner, x_inner) = tile_nchw_out(sch, out, unit)
     keep_dot_apart(sch, dot, o_outer, lanes)
     sch.compute_at(mism, o_outer, preserve_unit_loops=True)
     accumulate(sch, mism, lanes, spatial=2, reduction=3)
@@ -476,13 +483,8 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
 
 def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     """``binary_conv2d_threshold``: per 32 output channels, tile -> thresholds -> packed word."""
-    mism = sch.get_sblock("mismatches")
-    sch.transform_layout(mism, param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
-    dot = sch.get_sblock("binary_conv2d_dot")
-    relayouts = {1: (1, 2, 3, 0)}
-    if not is_compact(func):
-        sch.transform_layout(dot, param_name(func, 2), lambda o, y, x: (y, x, o))
-        relayouts[2] = (1, 2, 0)
+    relayouts = relayout_conv_constants(sch, func)
+    mism, dot = sch.get_sblock("mismatches"), sch.get_sblock("binary_conv2d_dot")
     bits = sch.get_sblock("threshold_bits")
     pack = sch.get_sblock("threshold_pack")
     n, y, x, cw, _ = sch.get_loops(pack)

@@ -164,11 +164,6 @@ def extent(sch: s_tir.Schedule, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-def is_compact(func) -> bool:
-    """Whether the conv reads its padding correction as a compact table (``schedules.compact``)."""
-    return func.attrs is not None and "bnn.compact_correction" in func.attrs
-
-
 # --------------------------------------------------------------------------------------------
 # Pieces shared by the spaces
 
@@ -266,14 +261,6 @@ def parallel_loop(sch: s_tir.Schedule, loops: list, count: int):
     return fused
 
 
-def relayout_conv_constants(sch: s_tir.Schedule, func) -> None:
-    """Weights ``[OC, KH, KW, CW] -> [KH, KW, CW, OC]`` (a vector of output channels is one load)
-    and a full correction ``[OC, OH, OW] -> [OH, OW, OC]``; a compact table is channels-last already."""
-    sch.transform_layout(sch.get_sblock("mismatches"), func.params[1].name, lambda o, y, x, c: (y, x, c, o))
-    if not is_compact(func):
-        sch.transform_layout(sch.get_sblock("binary_conv2d_dot"), func.params[2].name, lambda o, y, x: (y, x, o))
-
-
 def has_block(sch: s_tir.Schedule, name: str) -> bool:
     try:
         sch.get_sblock(name)
@@ -295,7 +282,7 @@ def conv_float_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule]:
 
 
 def conv_float_design(sch, func, unit, tile: Tile, out_name: str) -> s_tir.Schedule:
-    relayout_conv_constants(sch, func)
+    cpu.relayout_conv_constants(sch, func)
     mism, dot, out = (sch.get_sblock(name) for name in ("mismatches", "binary_conv2d_dot", out_name))
     n, o, y, x = sch.get_loops(out)
     sch.reorder(n, y, x, o)
@@ -336,7 +323,7 @@ def conv_threshold_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule
 
 
 def conv_threshold_design(sch, func, unit, tile: Tile, channels: int) -> s_tir.Schedule:
-    relayout_conv_constants(sch, func)
+    cpu.relayout_conv_constants(sch, func)
     mism, dot = sch.get_sblock("mismatches"), sch.get_sblock("binary_conv2d_dot")
     bits, pack = sch.get_sblock("threshold_bits"), sch.get_sblock("threshold_pack")
     n, y, x, cw, _ = sch.get_loops(pack)

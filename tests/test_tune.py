@@ -30,7 +30,7 @@ from bnn_tvm.data import digits_split
 from bnn_tvm.errors import BnnError
 from bnn_tvm.export import default_model_path
 from bnn_tvm.runtime import CompiledRunner
-from schedules import tuning
+from schedules import cpu, tuning
 
 TINY_TRIALS = 6
 RECORDS = os.path.join("{db}", tuning.RECORD_FILE)
@@ -59,7 +59,7 @@ def kernel_inputs(func, rng) -> list[np.ndarray]:
             arrays.append(rng.integers(-400, 400, size=shape).astype(dtype))
         else:
             arrays.append(rng.standard_normal(shape).astype(dtype))
-    if tuning.is_compact(func):  # border class indices into the correction table
+    if cpu.is_compact(func):  # border class indices into the correction table
         arrays[3] = rng.integers(0, arrays[2].shape[0], size=arrays[3].shape).astype("int32")
         arrays[4] = rng.integers(0, arrays[2].shape[1], size=arrays[4].shape).astype("int32")
     return arrays
