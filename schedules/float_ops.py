@@ -19,7 +19,9 @@ The schedules do not change arithmetic, so results are bit-identical to the defa
   two), so a producer containing a float multiply is never inlined into a consumer that adds
   or subtracts (``batch_norm``'s ``x * gamma`` stays a stored intermediate before ``+ beta``);
 * a small producer broadcast into a larger consumer (``sqrt(var + eps)`` per channel) stays
-  its own loop, computed once per channel, not once per element.
+  its own loop, computed once per channel, not once per element;
+* max pools are replaced before legalization by ``schedules.max_pool`` (no padded copy of the
+  input; max is exact in any order).
 
 Per top-level block: the trailing spatial loops whose product a vector width divides are fused
 and split into ``[outer, lanes]`` (lanes from the target's vector unit, as ``schedules.x86`` /
@@ -59,6 +61,9 @@ def schedule_float_ops(mod, target, lanes32: int, plans: dict | None = None):
     of the target's vectors. ``plans``, if given, receives ``{kernel name: plan}``."""
     from tvm import relax
 
+    from .max_pool import rewrite_max_pools
+
+    mod = rewrite_max_pools(mod, lanes32, plans)
     with target:
         mod = tvm.transform.Sequential(
             [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan(), relax.transform.LegalizeOps()]

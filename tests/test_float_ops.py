@@ -115,3 +115,62 @@ def test_disabled_leaves_float_ops_to_tvm(tmp_path, monkeypatch):
     monkeypatch.setenv("BNN_FLOAT_SCHEDULES", "0")
     funcs, _ = scheduled_float_funcs(save(big_bn_model(), tmp_path / "bn.onnx"))
     assert funcs == {}
+
+
+def max_pool_model(size, kernel, stride, pads, ceil_mode=0, channels=5):
+    """A max pool straight on the (signed) input, so border windows see negative values: a
+    window tap standing in for the padding must not change the max."""
+    g = GraphBuilder((1, channels, *size), seed=7)
+    y = g.node("MaxPool", ["x"], kernel_shape=list(kernel), strides=list(stride), pads=list(pads), ceil_mode=ceil_mode)
+    return g.model([y])
+
+
+@pytest.mark.parametrize(
+    "size,kernel,stride,pads,ceil_mode",
+    [
+        ((112, 112), (3, 3), (2, 2), (1, 1, 1, 1), 0),  # the ResNet stem pool
+        ((15, 13), (3, 3), (2, 2), (1, 1, 1, 1), 0),  # odd sizes
+        ((14, 14), (2, 2), (2, 2), (0, 0, 0, 0), 0),  # no padding
+        ((9, 10), (3, 2), (1, 2), (1, 0, 1, 1), 0),  # asymmetric kernel, stride and padding
+        ((10, 10), (3, 3), (2, 2), (0, 0, 0, 0), 1),  # ceil mode: the last window hangs over
+    ],
+)
+def test_max_pool_clamped_windows_bit_identical(tmp_path, monkeypatch, size, kernel, stride, pads, ceil_mode):
+    monkeypatch.setenv("BNN_STRICT_SCHEDULES", "1")
+    path = save(max_pool_model(size, kernel, stride, pads, ceil_mode), tmp_path / "pool.onnx")
+    monkeypatch.setenv("BNN_FLOAT_SCHEDULES", "1")
+    funcs, plans = scheduled_float_funcs(path)
+    assert any("clamped windows" in plan for plan in plans.values()), plans
+    xs = inputs([1, 5, *size])
+    scheduled = compiled_outputs(path, xs, monkeypatch, True)
+    default = compiled_outputs(path, xs, monkeypatch, False)
+    for x, got, want in zip(xs, scheduled, default):
+        assert np.array_equal(got, want)
+        assert np.array_equal(got, numpy_max_pool(x, kernel, stride, pads, got.shape[2:]))
+
+
+def numpy_max_pool(x, kernel, stride, pads, out_hw):
+    """Max over each window of ``x`` padded with -inf (ONNX's MaxPool semantics)."""
+    top, left, bottom, right = pads[0], pads[1], pads[2], pads[3]
+    extra = [max(0, (o - 1) * s + k - (size + lo + hi)) for o, s, k, size, lo, hi in
+             zip(out_hw, stride, kernel, x.shape[2:], (top, left), (bottom, right))]  # ceil mode overhang
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom + extra[0]), (left, right + extra[1])), constant_values=-np.inf)
+    out = np.full((*x.shape[:2], *out_hw), -np.inf, np.float32)
+    for r in range(kernel[0]):
+        for c in range(kernel[1]):
+            window = padded[:, :, r : r + stride[0] * out_hw[0] : stride[0], c : c + stride[1] * out_hw[1] : stride[1]]
+            out = np.maximum(out, window[:, :, : out_hw[0], : out_hw[1]])
+    return out
+
+
+def test_max_pool_window_outside_input_keeps_default_lowering(tmp_path, monkeypatch):
+    """A window entirely in the padding (pad >= kernel) has no tap to stand in for it: that pool
+    stays on TVM's lowering (which returns its pad value there)."""
+    from schedules import max_pool
+
+    assert max_pool.window_overlaps(112, 56, 3, 2, 1)
+    assert not max_pool.window_overlaps(4, 4, 1, 1, 1)  # output 0 reads input -1 only
+    monkeypatch.setenv("BNN_FLOAT_SCHEDULES", "1")
+    path = save(max_pool_model((4, 4), (1, 1), (1, 1), (1, 1, 1, 1)), tmp_path / "pool.onnx")
+    _, plans = scheduled_float_funcs(path)
+    assert not any("clamped windows" in plan for plan in plans.values()), plans
