@@ -8,6 +8,7 @@ from tvm import relax
 from .common import PassLog, rule_pass
 from .fold_float_epilogues import fold_float_epilogues
 from .fold_float_tables import fold_float_tables
+from .fold_residual_add import fold_residual_add
 from .fold_thresholds import fold_threshold
 from .fuse_binary_conv2d import fuse_binary_conv2d
 from .fuse_binary_dense import fuse_binary_dense
@@ -22,7 +23,8 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
 
     The fusions run twice: a ``Sign`` can only be proven binary once the layer before it is
     fused, and the layer after it is fused in the second round. ``float_epilogues``: float ops
-    after a binary kernel become its epilogue (LLVM targets); otherwise lookup tables where small.
+    after a binary kernel become its epilogue (LLVM targets), a residual add after it too;
+    otherwise lookup tables where small.
     """
 
     def fusions():
@@ -42,7 +44,12 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
             *fusions(),
             rule_pass("FoldThresholds", fold_threshold, logs),
             relax.transform.DeadCodeElimination(),  # float ops the thresholds replaced are not chain ends
-            *([fold_float_epilogues(logs), relax.transform.DeadCodeElimination()] if float_epilogues else []),
+            *(
+                [fold_float_epilogues(logs), relax.transform.DeadCodeElimination(), fold_residual_add(logs),
+                 relax.transform.DeadCodeElimination()]
+                if float_epilogues
+                else []
+            ),
             fold_float_tables(logs),
             relax.transform.DeadCodeElimination(),
         ],

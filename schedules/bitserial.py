@@ -161,6 +161,7 @@ def binary_dense_dot(data: te.Tensor, weight: te.Tensor, taps: int) -> te.Tensor
     return te.compute((n, out), lambda i, o: taps - 2 * mismatches[i, o], name="binary_dense_dot")
 
 
+RESIDUAL = "residual"
 EPILOGUE_OPS = {
     "add": lambda v, c: v + c,
     "subtract": lambda v, c: v - c,
@@ -168,8 +169,10 @@ EPILOGUE_OPS = {
     "multiply": lambda v, c: v * c,
     "divide": lambda v, c: v / c,
     "rdivide": lambda v, c: c / v,
+    # a tensor of the output's shape added last (a residual connection), not a per-channel constant
+    RESIDUAL: lambda v, c: v + c,
 }
-ADDITIVE = ("add", "subtract", "rsubtract")
+ADDITIVE = ("add", "subtract", "rsubtract", RESIDUAL)
 CONST_FIRST_OPS = ("rsubtract", "rdivide")
 
 
@@ -198,20 +201,24 @@ def dot_to_float_nchw(
     """The integer result as the float model sees it, NCHW (or ``[N, O]``): divided by the
     activation ``levels`` of a multi-bit input, then the per-channel ``steps`` with ``consts``
     (``apply_epilogue``; default: one multiply, the per-channel weight scale of ±scale
-    weights). Exact below 2^24 with no steps; with steps, float32 like the float graph's ops."""
+    weights); a last step ``residual`` adds a tensor of the output's shape. Exact below 2^24 with no steps; with steps, float32 like the float graph's ops."""
     steps = tuple(steps) if steps is not None else ("multiply",) * len(consts)
     if len(steps) != len(consts):
         raise ValueError(f"epilogue {steps} needs {len(steps)} per-channel constants, got {len(consts)}")
+    if RESIDUAL in steps[:-1]:
+        raise ValueError(f"epilogue {steps}: a residual can only be the last step")
 
-    def value(d, o):
+    def value(d, index):
+        o = index[1]
         v = d.astype(dtype)
         v = v if levels == 1 else v / tirx.const(levels, dtype)
-        return apply_epilogue(v, [c[o] for c in consts], steps)
+        operands = [c[index] if step == RESIDUAL else c[o] for step, c in zip(steps, consts)]
+        return apply_epilogue(v, operands, steps)
 
     if len(dot.shape) == 4:
         n, oh, ow, oc = dot.shape
-        return te.compute((n, oc, oh, ow), lambda i, o, y, x: value(dot[i, y, x, o], o), name="dot_float")
-    return te.compute(dot.shape, lambda i, o: value(dot[i, o], o), name="dot_float")
+        return te.compute((n, oc, oh, ow), lambda i, o, y, x: value(dot[i, y, x, o], (i, o, y, x)), name="dot_float")
+    return te.compute(dot.shape, lambda i, o: value(dot[i, o], (i, o)), name="dot_float")
 
 
 def threshold_pack(dot: te.Tensor, low: te.Tensor, high: te.Tensor) -> te.Tensor:

@@ -183,18 +183,23 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
     of ``rows`` positions x ``lanes`` channels (the finished integer results, in registers).
     Converted and finished (``steps``, one per-channel constant each) as vectors of channels,
     then transposed (zero vectors pad ``rows`` to a multiple of 4) and stored as vectors of
-    positions."""
+    positions. A last step ``residual`` (a tensor shaped like ``out``) is added after the
+    transpose, as vectors of positions."""
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder.tirx import prim_func as build_prim_func
+
+    residual = bool(steps) and steps[-1] == bitserial.RESIDUAL
+    channel_steps = steps[:-1] if residual else steps
 
     def declare():
         dot = T.match_buffer(T.arg("dot", T.handle()), (rows, lanes), tile_dtype, offset_factor=1, scope="local",
                              strides=[T.int64(), 1])
-        consts = [T.match_buffer(T.arg(f"c{k}", T.handle()), (lanes,), "float32", offset_factor=1) for k in range(len(steps))]
-        # out is a [channels, 1 row, positions] slice of [N, OC, OH, OW]
-        out = T.match_buffer(T.arg("out", T.handle()), (lanes, 1, rows), "float32", offset_factor=1,
-                             strides=[T.int64(), T.int64(), 1])
-        return dot, consts, out
+        consts = [T.match_buffer(T.arg(f"c{k}", T.handle()), (lanes,), "float32", offset_factor=1)
+                  for k in range(len(channel_steps))]
+        # out (and a residual) is a [channels, 1 row, positions] slice of [N, OC, OH, OW]
+        tiles = [T.match_buffer(T.arg(name, T.handle()), (lanes, 1, rows), "float32", offset_factor=1,
+                                strides=[T.int64(), T.int64(), 1]) for name in (["res"] if residual else []) + ["out"]]
+        return dot, consts + tiles[:-1], tiles[-1]
 
     def in_read_order(value, operands):
         """Regions in the order the compute's block lists them: as its expression reads them."""
@@ -203,25 +208,29 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
             reads = [operand] + reads if step in bitserial.CONST_FIRST_OPS else reads + [operand]
         return reads
 
-    def regions(dot, consts, out):
-        T.reads(*in_read_order(dot[0:rows, 0:lanes], [c[0:lanes] for c in consts]))
+    def operand_regions(operands, vo, vx):
+        return [c[vo, 0, vx] if len(c.shape) == 3 else c[vo] for c in operands]
+
+    def regions(dot, operands, out):
+        spans = [c[0:lanes, 0:1, 0:rows] if len(c.shape) == 3 else c[0:lanes] for c in operands]
+        T.reads(*in_read_order(dot[0:rows, 0:lanes], spans))
         T.writes(out[0:lanes, 0:1, 0:rows])
 
     with IRBuilder() as desc_builder:
         with build_prim_func():
             T.func_attr({"s_tir": True})
-            dot, consts, out = declare()
+            dot, operands, out = declare()
             with T.sblock("root"):
-                regions(dot, consts, out)
+                regions(dot, operands, out)
                 extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
                 with T.grid(extent(lanes), extent(rows)) as (o, x):
                     with T.sblock("dot_float"):
                         vo = T.axis.spatial(extent(lanes), o)
                         vx = T.axis.spatial(extent(rows), x)
-                        T.reads(*in_read_order(dot[vx, vo], [c[vo] for c in consts]))
+                        T.reads(*in_read_order(dot[vx, vo], operand_regions(operands, vo, vx)))
                         T.writes(out[vo, 0, vx])
                         value = dot[vx, vo] if tile_dtype == "float32" else T.Cast("float32", dot[vx, vo])
-                        value = bitserial.apply_epilogue(value, [c[vo] for c in consts], steps)
+                        value = bitserial.apply_epilogue(value, operand_regions(operands, vo, vx), steps)
                         T.buffer_store(out, value, [vo, extent(0), vx])
     desc = desc_builder.get()
 
@@ -229,9 +238,9 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
     with IRBuilder() as impl_builder:
         with build_prim_func():
             T.func_attr({"s_tir": True})
-            dot, consts, out = declare()
+            dot, operands, out = declare()
             with T.sblock("root"):
-                regions(dot, consts, out)
+                regions(dot, operands, out)
                 vectors = []
                 for x in range(padded_rows):
                     if x >= rows:
@@ -240,12 +249,15 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
                     value = dot.vload([x, 0], f"{tile_dtype}x{lanes}")
                     if tile_dtype != "float32":
                         value = T.Cast(f"float32x{lanes}", value)
-                    value = bitserial.apply_epilogue(value, [c.vload([0], f"float32x{lanes}") for c in consts], steps)
+                    consts = [c.vload([0], f"float32x{lanes}") for c in operands[: len(channel_steps)]]
+                    value = bitserial.apply_epilogue(value, consts, channel_steps)
                     vectors.append(_fence(value))
                 shuffle = lambda vs, idx: tirx.Shuffle(list(vs), [T.int32(k) for k in idx])  # noqa: E731
                 for o, column in enumerate(quad_transpose(vectors, lanes, shuffle)):
                     if rows < padded_rows:
                         column = tirx.Shuffle([column], [T.int32(x) for x in range(rows)])
+                    if residual:
+                        column = column + operands[-1].vload([T.int64(o), T.int64(0), T.int64(0)], f"float32x{rows}")
                     T.buffer_store(out, column, [T.int64(o), T.int64(0), tirx.Ramp(T.int64(0), T.int64(1), rows)])
     return desc, impl_builder.get()
 

@@ -161,7 +161,7 @@ def test_residual_sum_exactly_zero_in_the_reference(tmp_path):
     x = np.where(ties, -bn_out, x).astype(np.float32)
     assert ties.sum() > 50
     path = save(g.model([out]), tmp_path / "m.onnx")
-    check(path, x, ["binary_conv2d_epilogue"])
+    check(path, x, ["binary_conv2d_epilogue", "residual add as the binary conv's last epilogue step"])
 
 
 def test_float_stem_with_bias_and_bn_in_its_epilogue(tmp_path):

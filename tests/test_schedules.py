@@ -297,14 +297,39 @@ def test_dense_with_float_epilogue_matches_numpy():
     check_case(("binary_dense_epilogue", attrs, inputs + consts, compute, expected))
 
 
-def numpy_epilogue(dot: np.ndarray, consts: list[np.ndarray], channel_axis: int) -> np.ndarray:
+@host_has_avx512
+@pytest.mark.parametrize("n,c,h,w,oc,stride,pad", [(1, 64, 8, 8, 64, 1, 1), (2, 33, 7, 7, 19, 2, 1), (1, 64, 7, 7, 32, 1, 1)])
+def test_conv_with_residual_epilogue_matches_numpy(n, c, h, w, oc, stride, pad):
+    """A residual tensor added as the last epilogue step (``relay_passes.fold_residual_add``),
+    right after a product: the kernel must round ``d * s`` before adding the residual (an FMA
+    would not), and add it at the right position of every channel after the transpose."""
+    rng = np.random.default_rng(15)
+    op, attrs, inputs, _, _ = conv_case(rng, n, c, h, w, oc, 3, stride, pad, threshold=False)
+    taps = attrs["bnn.taps"]
+    steps = ("multiply", "multiply", "residual")
+    dot = conv_reference(unpacked(inputs[0], c).transpose(0, 3, 1, 2), unpacked(inputs[1], c).transpose(0, 3, 1, 2), stride, pad)
+    consts = epilogue_consts(rng, oc)[:2]
+    residual = rng.standard_normal(dot.shape).astype(np.float32)
+    expected = numpy_epilogue(dot, consts, channel_axis=1, steps=steps[:2]) + residual
+
+    def compute(d, wt, corr, *cs):
+        conv = bitserial.binary_conv2d_dot(d, wt, corr, taps, (stride, stride), (pad,) * 4)
+        return bitserial.dot_to_float_nchw(conv, *cs, steps=steps)
+
+    attrs = {**attrs, "bnn.epilogue": ",".join(steps)}
+    scheduled = check_case((op + "_epilogue", attrs, inputs + consts + [residual], compute, expected))
+    if oc % 16 == 0:
+        assert "register-transposed" in scheduled.plan, scheduled.plan
+
+
+def numpy_epilogue(dot: np.ndarray, consts: list[np.ndarray], channel_axis: int, steps=EPILOGUE) -> np.ndarray:
     """The epilogue as the float graph computes it: one float32 rounding per op."""
     from relay_passes.fold_thresholds import NUMPY_OPS
 
     shape = [1] * dot.ndim
     shape[channel_axis] = -1
     y = dot.astype(np.float32)
-    for op, const in zip(EPILOGUE, consts):
+    for op, const in zip(steps, consts):
         y = NUMPY_OPS[op](y, const.reshape(shape)).astype(np.float32)
     return y
 
