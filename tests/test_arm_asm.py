@@ -14,7 +14,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_schedules import build, conv_case, dense_case, function_asm, loops
+from test_schedules import build, conv_case, dense_case, function_asm, loops, residual_conv_case
 
 import targets
 from schedules import arm
@@ -82,6 +82,7 @@ EXACT_CASES = {
     "conv-threshold": lambda: conv_case(np.random.default_rng(14), 1, 64, 12, 12, 64, 3, 1, 1, threshold=True),
     "conv-threshold-odd": lambda: conv_case(np.random.default_rng(15), 1, 40, 8, 8, 48, 3, 1, 0, threshold=True),
     "conv-1x1": lambda: conv_case(np.random.default_rng(16), 2, 96, 7, 7, 32, 1, 1, 0, threshold=False),
+    "conv-residual": lambda: residual_conv_case(np.random.default_rng(19), 1, 64, 8, 8, 32, 1, 1),
     "dense": lambda: dense_case(np.random.default_rng(17), 3, 70, 50, threshold=False),
     "dense-threshold": lambda: dense_case(np.random.default_rng(18), 2, 2048, 96, threshold=True),
 }

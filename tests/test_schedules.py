@@ -297,13 +297,10 @@ def test_dense_with_float_epilogue_matches_numpy():
     check_case(("binary_dense_epilogue", attrs, inputs + consts, compute, expected))
 
 
-@host_has_avx512
-@pytest.mark.parametrize("n,c,h,w,oc,stride,pad", [(1, 64, 8, 8, 64, 1, 1), (2, 33, 7, 7, 19, 2, 1), (1, 64, 7, 7, 32, 1, 1)])
-def test_conv_with_residual_epilogue_matches_numpy(n, c, h, w, oc, stride, pad):
-    """A residual tensor added as the last epilogue step (``relay_passes.fold_residual_add``),
-    right after a product: the kernel must round ``d * s`` before adding the residual (an FMA
-    would not), and add it at the right position of every channel after the transpose."""
-    rng = np.random.default_rng(15)
+def residual_conv_case(rng, n, c, h, w, oc, stride, pad):
+    """A conv whose epilogue is a product then a residual tensor added last
+    (``relay_passes.fold_residual_add``): the kernel must round ``d * s`` before adding the
+    residual (an FMA would not), and add it at the right position of every channel."""
     op, attrs, inputs, _, _ = conv_case(rng, n, c, h, w, oc, 3, stride, pad, threshold=False)
     taps = attrs["bnn.taps"]
     steps = ("multiply", "multiply", "residual")
@@ -317,7 +314,13 @@ def test_conv_with_residual_epilogue_matches_numpy(n, c, h, w, oc, stride, pad):
         return bitserial.dot_to_float_nchw(conv, *cs, steps=steps)
 
     attrs = {**attrs, "bnn.epilogue": ",".join(steps)}
-    scheduled = check_case((op + "_epilogue", attrs, inputs + consts + [residual], compute, expected))
+    return op + "_epilogue", attrs, inputs + consts + [residual], compute, expected
+
+
+@host_has_avx512
+@pytest.mark.parametrize("n,c,h,w,oc,stride,pad", [(1, 64, 8, 8, 64, 1, 1), (2, 33, 7, 7, 19, 2, 1), (1, 64, 7, 7, 32, 1, 1)])
+def test_conv_with_residual_epilogue_matches_numpy(n, c, h, w, oc, stride, pad):
+    scheduled = check_case(residual_conv_case(np.random.default_rng(15), n, c, h, w, oc, stride, pad))
     if oc % 16 == 0:
         assert "register-transposed" in scheduled.plan, scheduled.plan
 
