@@ -148,6 +148,24 @@ def rule_pass(name: str, rule: Rule, logs: list[PassLog] | None = None) -> tvm.t
     return tvm.transform.module_pass(transform, opt_level=0, name=name)
 
 
+def function_rule_pass(name: str, make_rule, logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    """Like ``rule_pass``, for rules that need an analysis of the whole function first:
+    ``make_rule(func)`` returns the rule for the Relax function ``func``."""
+
+    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        log = PassLog(name)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                ctx = RuleContext(mod, make_rule(func), log)
+                ctx.builder_.update_func(gvar, ctx.visit_expr(func))
+                mod = ctx.builder_.get()
+        if logs is not None:
+            logs.append(log)
+        return mod
+
+    return tvm.transform.module_pass(transform, opt_level=0, name=name)
+
+
 def is_power_of_two(values: np.ndarray) -> bool:
     """Scales that multiply exactly: float rounding of ``d * s`` then equals the float conv's sum."""
     mantissa, _ = np.frexp(np.abs(values.astype(np.float64)))

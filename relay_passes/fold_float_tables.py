@@ -18,7 +18,7 @@ from tvm.ir import Constant
 
 from schedules import bitserial
 
-from .common import PassLog, RuleContext
+from .common import PassLog, RuleContext, function_rule_pass
 from .fold_thresholds import (
     SCALE_INPUT,
     analyse_chain,
@@ -91,19 +91,7 @@ def table_rule(ends: set[str]):
 def chain_end_pass(name: str, make_rule, logs: list[PassLog] | None = None) -> tvm.transform.Pass:
     """A module pass applying ``make_rule(chain_ends(func))`` to every Relax function: rules that
     fold a float chain where it ends need those ends computed on the function before rewriting."""
-
-    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        log = PassLog(name)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                ctx = RuleContext(mod, make_rule(chain_ends(func)), log)
-                ctx.builder_.update_func(gvar, ctx.visit_expr(func))
-                mod = ctx.builder_.get()
-        if logs is not None:
-            logs.append(log)
-        return mod
-
-    return tvm.transform.module_pass(transform, opt_level=0, name=name)
+    return function_rule_pass(name, lambda func: make_rule(chain_ends(func)), logs)
 
 
 def fold_float_tables(logs: list[PassLog] | None = None) -> tvm.transform.Pass:

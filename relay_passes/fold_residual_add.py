@@ -17,7 +17,7 @@ from tvm import relax
 
 from schedules import bitserial
 
-from .common import PassLog, RuleContext, dtype_of, op_name, shape_of
+from .common import PassLog, RuleContext, dtype_of, function_rule_pass, op_name, shape_of
 from .fold_thresholds import SCALE_INPUT, integer_dot, kernel_params
 
 KERNEL = "binary_conv2d_epilogue"
@@ -66,15 +66,4 @@ def emit(ctx: RuleContext, conv, shortcut, attrs: dict, steps: tuple[str, ...]):
 
 
 def fold_residual_add(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
-    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        log = PassLog("FoldResidualAdd")
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                ctx = RuleContext(mod, residual_rule(use_counts(func)), log)
-                ctx.builder_.update_func(gvar, ctx.visit_expr(func))
-                mod = ctx.builder_.get()
-        if logs is not None:
-            logs.append(log)
-        return mod
-
-    return tvm.transform.module_pass(transform, opt_level=0, name="FoldResidualAdd")
+    return function_rule_pass("FoldResidualAdd", lambda func: residual_rule(use_counts(func)), logs)

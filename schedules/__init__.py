@@ -75,6 +75,26 @@ def schedule_module(mod, spec, plans: dict | None = None):
     return mod
 
 
+def rewrite_calls(mod, rewrite):
+    """``mod`` with ``rewrite(mutator, call)`` applied to every call of its Relax functions,
+    arguments first (``mutator.builder_`` adds functions, ``mutator.lookup_binding`` reads
+    bindings); ``rewrite`` returns the replacement, or None to keep the call."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802 (TVM's visitor naming)
+            call = self.visit_expr_post_order(call)
+            new = rewrite(self, call)
+            return call if new is None else new
+
+    rewriter = Rewriter(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    return rewriter.builder_.get()
+
+
 def replace_kernels(mod, scheduled: dict):
     """Swap in the scheduled kernels (new global vars: a changed signature changes their type)
     and permute the constant arguments whose layout a schedule changed."""

@@ -89,46 +89,41 @@ def compact_corrections(mod):
     import tvm
     from tvm import relax
 
+    from . import rewrite_calls
+
     call_tir = tvm.ir.Op.get("relax.call_tir")
 
-    @relax.expr_functor.mutator
-    class Compact(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 (TVM's visitor naming)
-            call = self.visit_expr_post_order(call)
-            if call.op != call_tir:
-                return call
-            func = self.builder_.get()[call.args[0]]
-            if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is None:
-                return call
-            op = str(func.attrs["bnn.op"]) if "bnn.op" in func.attrs else None
-            args = list(call.args[1].fields)
-            if op not in CONV_OPS or len(args) < 3 or not isinstance(args[2], tvm.ir.Constant):
-                return call
-            if not any(int(p) for p in func.attrs["bnn.padding"]):
-                return call  # unpadded: the correction is all zeros, small enough to not matter
-            build = kernel_builder(func, op)
-            if build is None:
-                return call
-            data_shape = [int(v) for v in args[0].ty.shape.values]
-            weight_shape = [int(v) for v in args[1].ty.shape.values]
-            found = compact(
-                args[2].value.numpy(), data_shape[1:3], weight_shape[1:3],
-                [int(v) for v in func.attrs["bnn.strides"]], [int(v) for v in func.attrs["bnn.padding"]],
-            )
-            if found is None:
-                return call
-            table, ycls, xcls = (relax.const(v) for v in found)
-            attrs = {**dict(func.attrs), "bnn.compact_correction": 1}
-            return self.builder_.call_te(
-                build, args[0], args[1], table, ycls, xcls, *args[3:],
-                primfunc_name_hint=call.args[0].name_hint + "_compact", primfunc_attrs=attrs,
-            )
+    def rewrite(mutator, call):
+        if call.op != call_tir:
+            return None
+        func = mutator.builder_.get()[call.args[0]]
+        if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is None:
+            return None
+        op = str(func.attrs["bnn.op"]) if "bnn.op" in func.attrs else None
+        args = list(call.args[1].fields)
+        if op not in CONV_OPS or len(args) < 3 or not isinstance(args[2], tvm.ir.Constant):
+            return None
+        if not any(int(p) for p in func.attrs["bnn.padding"]):
+            return None  # unpadded: the correction is all zeros, small enough to not matter
+        build = kernel_builder(func, op)
+        if build is None:
+            return None
+        data_shape = [int(v) for v in args[0].ty.shape.values]
+        weight_shape = [int(v) for v in args[1].ty.shape.values]
+        found = compact(
+            args[2].value.numpy(), data_shape[1:3], weight_shape[1:3],
+            [int(v) for v in func.attrs["bnn.strides"]], [int(v) for v in func.attrs["bnn.padding"]],
+        )
+        if found is None:
+            return None
+        table, ycls, xcls = (relax.const(v) for v in found)
+        attrs = {**dict(func.attrs), "bnn.compact_correction": 1}
+        return mutator.builder_.call_te(
+            build, args[0], args[1], table, ycls, xcls, *args[3:],
+            primfunc_name_hint=call.args[0].name_hint + "_compact", primfunc_attrs=attrs,
+        )
 
-    compactor = Compact(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            compactor.builder_.update_func(gvar, compactor.visit_expr(func))
-    return _drop_unused(compactor.builder_.get())
+    return _drop_unused(rewrite_calls(mod, rewrite))
 
 
 def _drop_unused(mod):

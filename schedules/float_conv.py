@@ -83,29 +83,23 @@ def constant_weight(call, lookup_binding):
 def float_convs(mod):
     """Rewrite the plain float convs of ``mod`` with constant weights (see the module doc)."""
     import tvm
-    from tvm import relax
+
+    from . import rewrite_calls
 
     conv_op = tvm.ir.Op.get("relax.nn.conv2d")
 
-    @relax.expr_functor.mutator
-    class FloatConvs(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 (TVM's visitor naming)
-            call = self.visit_expr_post_order(call)
-            if call.op != conv_op or not plain_float_conv(call):
-                return call
-            weight = constant_weight(call, self.lookup_binding)
-            if weight is None:
-                return call
-            strides = tuple(int(v) for v in call.attrs.strides)
-            padding = tuple(int(v) for v in call.attrs.padding)
-            return self.builder_.call_te(
-                lambda d, w: float_conv2d(d, w, strides, padding), call.args[0], weight,
-                primfunc_name_hint="float_conv2d",
-                primfunc_attrs={"bnn.op": FLOAT_CONV, "bnn.strides": list(strides), "bnn.padding": list(padding)},
-            )
+    def rewrite(mutator, call):
+        if call.op != conv_op or not plain_float_conv(call):
+            return None
+        weight = constant_weight(call, mutator.lookup_binding)
+        if weight is None:
+            return None
+        strides = tuple(int(v) for v in call.attrs.strides)
+        padding = tuple(int(v) for v in call.attrs.padding)
+        return mutator.builder_.call_te(
+            lambda d, w: float_conv2d(d, w, strides, padding), call.args[0], weight,
+            primfunc_name_hint="float_conv2d",
+            primfunc_attrs={"bnn.op": FLOAT_CONV, "bnn.strides": list(strides), "bnn.padding": list(padding)},
+        )
 
-    rewriter = FloatConvs(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+    return rewrite_calls(mod, rewrite)

@@ -89,30 +89,22 @@ def schedule(func: tirx.PrimFunc, lanes32: int) -> tuple[tirx.PrimFunc, str]:
 def rewrite_max_pools(mod: tvm.IRModule, lanes32: int, plans: dict | None = None) -> tvm.IRModule:
     """Replace the max pools of ``mod``'s Relax functions that ``clamped_windows_apply`` accepts
     by scheduled kernels (tagged scheduled, so the float op schedules leave them alone)."""
-    from . import float_ops
+    from . import float_ops, rewrite_calls
 
     op = tvm.ir.Op.get(MAX_POOL)
 
-    @relax.expr_functor.mutator
-    class Pools(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 (TVM's visitor naming)
-            call = self.visit_expr_post_order(call)
-            if call.op != op or not clamped_windows_apply(call):
-                return call
-            attrs = call.attrs
-            out_hw = [int(v) for v in call.ty.shape.values[2:]]
-            kernel, strides, padding = ([int(v) for v in vs] for vs in (attrs.pool_size, attrs.strides, attrs.padding))
-            x = te.placeholder([int(v) for v in call.args[0].ty.shape.values], "float32", "x")
-            func = te.create_prim_func([x, max_pool2d_nchw(x, out_hw, kernel, strides, padding)])
-            func, plan = schedule(func, lanes32)
-            func = func.without_attr("global_symbol").with_attrs({float_ops.SCHEDULED_ATTR: True, float_ops.FLOAT_OP_ATTR: plan})
-            gvar = self.builder_.add_func(func, "max_pool2d")
-            if plans is not None:
-                plans[gvar.name_hint] = plan
-            return relax.call_tir(gvar, [call.args[0]], call.ty)
+    def rewrite(mutator, call):
+        if call.op != op or not clamped_windows_apply(call):
+            return None
+        attrs = call.attrs
+        out_hw = [int(v) for v in call.ty.shape.values[2:]]
+        kernel, strides, padding = ([int(v) for v in vs] for vs in (attrs.pool_size, attrs.strides, attrs.padding))
+        x = te.placeholder([int(v) for v in call.args[0].ty.shape.values], "float32", "x")
+        func, plan = schedule(te.create_prim_func([x, max_pool2d_nchw(x, out_hw, kernel, strides, padding)]), lanes32)
+        func = func.without_attr("global_symbol").with_attrs({float_ops.SCHEDULED_ATTR: True, float_ops.FLOAT_OP_ATTR: plan})
+        gvar = mutator.builder_.add_func(func, "max_pool2d")
+        if plans is not None:
+            plans[gvar.name_hint] = plan
+        return relax.call_tir(gvar, [call.args[0]], call.ty)
 
-    pools = Pools(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            pools.builder_.update_func(gvar, pools.visit_expr(func))
-    return pools.builder_.get()
+    return rewrite_calls(mod, rewrite)
