@@ -67,7 +67,8 @@ def plain_float_conv(call) -> bool:
 
 
 def constant_weight(call, lookup_binding):
-    """The conv's weight as a float32 constant (through one variable binding), or None."""
+    """The weight (second argument) of a conv or matmul as a float32 constant (through one
+    variable binding), or None."""
     import tvm
     from tvm import relax
 

@@ -21,7 +21,8 @@ The schedules do not change arithmetic, so results are bit-identical to the defa
 * a small producer broadcast into a larger consumer (``sqrt(var + eps)`` per channel) stays
   its own loop, computed once per channel, not once per element;
 * max pools are replaced before legalization by ``schedules.max_pool`` (no padded copy of the
-  input; max is exact in any order).
+  input; max is exact in any order), matmuls with a constant weight by ``schedules.float_matmul``
+  (the weight blocked at compile time; the same sums in the same order).
 
 Per top-level block: the trailing spatial loops whose product a vector width divides are fused
 and split into ``[outer, lanes]`` (lanes from the target's vector unit, as ``schedules.x86`` /
@@ -55,15 +56,24 @@ def enabled() -> bool:
     return os.environ.get("BNN_FLOAT_SCHEDULES", "1") not in ("0", "", "false", "no")
 
 
+def rewrite_hand_written(mod, lanes32: int, plans: dict | None = None):
+    """The float ops with a hand-written kernel (max pools, matmuls with a constant weight),
+    replaced before legalization by scheduled kernels; a no-op when disabled or done."""
+    if not enabled():
+        return mod
+    from .float_matmul import rewrite_matmuls
+    from .max_pool import rewrite_max_pools
+
+    return rewrite_matmuls(rewrite_max_pools(mod, lanes32, plans), lanes32, plans)
+
+
 def schedule_float_ops(mod, target, lanes32: int, plans: dict | None = None):
     """Legalize the Relax operators of ``mod`` as ``tvm.compile``'s CPU pipeline would and schedule
     every resulting PrimFunc not yet tagged ``tirx.is_scheduled``. ``lanes32``: 32-bit lanes
     of the target's vectors. ``plans``, if given, receives ``{kernel name: plan}``."""
     from tvm import relax
 
-    from .max_pool import rewrite_max_pools
-
-    mod = rewrite_max_pools(mod, lanes32, plans)
+    mod = rewrite_hand_written(mod, lanes32, plans)
     with target:
         mod = tvm.transform.Sequential(
             [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan(), relax.transform.LegalizeOps()]

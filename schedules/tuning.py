@@ -458,15 +458,18 @@ def workload(func) -> tvm.IRModule:
 
 def prepare_module(mod, spec):
     """The Relax module as its kernels will be compiled: what ``schedule_module`` does before it
-    schedules (CPU: compact padding corrections, float convs as ``float_conv2d`` kernels) and
+    schedules (CPU: compact padding corrections, float convs as ``float_conv2d`` kernels, the
+    hand-written max pools and matmuls of ``schedules.float_ops``) and
     what ``tvm.compile`` does first (Relax operators lowered to PrimFuncs), so that the tuner and
     ``compile --db`` see the same kernels as the build."""
     from tvm import relax
 
-    from . import compact, float_conv
+    from . import compact, float_conv, float_ops
 
     if spec.family in ("x86", "arm"):
         mod = float_conv.float_convs(compact.compact_corrections(mod))
+        unit = vector_unit(spec)
+        mod = float_ops.rewrite_hand_written(mod, unit.lanes if unit is not None else 4)
     return relax.transform.LegalizeOps()(mod)
 
 

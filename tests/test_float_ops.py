@@ -91,8 +91,10 @@ def test_float_kernels_are_parallel_and_vectorised(tmp_path, monkeypatch):
             assert "T.parallel" in text, (name, plans[name])
     # the residual add (64 x 28 x 28) is parallel; the Gemm's bias add (1000 values) may run serially
     assert any("T.parallel" in f.script() for n, f in funcs.items() if n.startswith("add")), plans
-    # the FC layer: k outside, in order, around vectors of outputs kept in registers
-    matmul = next(f for n, f in funcs.items() if n.startswith("matmul"))
+    # the FC layer: its constant weight blocked at compile time (schedules.float_matmul); k
+    # outside, in order, around vectors of outputs kept in registers
+    matmul_name, matmul = next((n, f) for n, f in funcs.items() if n.startswith("matmul"))
+    assert "weight blocked" in plans[matmul_name], plans[matmul_name]
     text = matmul.script()
     k_loop = text.index("for k in range(")
     assert '"local"' in text and k_loop < text.index("T.vectorized", k_loop) < text.index('T.sblock("matmul_update")')
@@ -174,3 +176,21 @@ def test_max_pool_window_outside_input_keeps_default_lowering(tmp_path, monkeypa
     path = save(max_pool_model((4, 4), (1, 1), (1, 1), (1, 1, 1, 1)), tmp_path / "pool.onnx")
     _, plans = scheduled_float_funcs(path)
     assert not any("clamped windows" in plan for plan in plans.values()), plans
+
+
+def test_tuner_sees_the_hand_written_float_kernels(tmp_path, monkeypatch):
+    """``tune`` and ``compile --db`` prepare the module as the build does: max pools and
+    constant-weight matmuls are the hand-written kernels (not TVM's legalized ones, which a
+    database-compiled model would otherwise run), and they are not offered for tuning."""
+    import tvm
+
+    from schedules import tuning
+
+    monkeypatch.setenv("BNN_FLOAT_SCHEDULES", "1")
+    path = save(float_model(channels=16, size=14), tmp_path / "m.onnx")
+    mod = tuning.prepare_module(lower_onnx(path, 1).mod, targets.get("x86"))
+    plans = [str(f.attrs[float_ops.FLOAT_OP_ATTR]) for _, f in mod.functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and float_ops.FLOAT_OP_ATTR in f.attrs]
+    assert any("clamped windows" in p for p in plans) and any("weight blocked" in p for p in plans), plans
+    offered = [gvar.name_hint for gvar, _, _ in tuning.tunable_kernels(mod)]
+    assert not any(name.startswith(("max_pool2d", "matmul")) for name in offered), offered

@@ -1,0 +1,90 @@
+"""Float matmul with a constant weight (a network's FC layer), for CPUs: the weight blocked at
+compile time.
+
+``x [N, K] @ W [K, J]`` with ``W`` constant. Vectors of outputs (``L`` consecutive ``j``) read,
+for every ``k``, an ``L``-float slice of ``W``'s row ``k``: a task strides through all ``K`` rows,
+a pattern the prefetcher follows poorly, and the FC layer of ResNet-18 reads its 2 MB of weights
+from memory once per inference. Here ``W`` is stored as ``[J / L, K, L]``, so each vector of
+outputs streams one contiguous block.
+
+Each output is still ``sum over k, in order, of x[n, k] * W[k, j]`` from 0, the expression and
+order of TVM's lowering, so results are bit-identical to it (``tests/test_float_ops.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, s_tir, te
+
+from . import cpu
+
+MATMUL = "relax.matmul"
+BLOCKS_PER_TASK = 8  # at most, vectors of outputs per parallel task: independent FMA chains
+
+
+def blocked_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
+    """``W [K, J] -> [J / lanes, K, lanes]``."""
+    k, j = weight.shape
+    return np.ascontiguousarray(weight.reshape(k, j // lanes, lanes).transpose(1, 0, 2))
+
+
+def matmul_blocked(x: te.Tensor, blocked: te.Tensor) -> te.Tensor:
+    """``x @ W`` with ``W`` given blocked (``blocked_weight``)."""
+    n, k = (int(v) for v in x.shape)
+    blocks, _, lanes = (int(v) for v in blocked.shape)
+    r = te.reduce_axis((0, k), name="k")
+    return te.compute(
+        (n, blocks * lanes), lambda i, j: te.sum(x[i, r] * blocked[j // lanes, r, j % lanes], axis=r), name="matmul"
+    )
+
+
+def schedule(func, lanes: int) -> tuple[tvm.tirx.PrimFunc, str]:
+    """Rows x groups of blocks in parallel; per task, ``k`` in order outside its vectors of
+    outputs, which stay in registers."""
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock("matmul")
+    i, j, k = sch.get_loops(block)
+    (width,) = cpu.extents(sch, [j])
+    group = cpu.largest_divisor(width // lanes, BLOCKS_PER_TASK)
+    task, vector, lane = sch.split(j, [None, group, lanes])
+    sch.reorder(i, task, k, vector, lane)
+    sch.parallel(sch.fuse(i, task))
+    cache = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(cache, sch.get_loops(block)[0])
+    sch.unroll(vector)
+    sch.vectorize(lane)
+    sch.decompose_reduction(block, k)
+    sch.vectorize(sch.get_loops(cache)[-1])
+    plan = f"float: matmul, weight blocked [J/{lanes}, K, {lanes}] at compile time, k in order outside {group} vectors"
+    return sch.mod["main"], plan
+
+
+def rewrite_matmuls(mod: tvm.IRModule, lanes32: int, plans: dict | None = None) -> tvm.IRModule:
+    """Replace ``matmul(x [N, K], constant [K, J])`` (float32) by the blocked kernel."""
+    from . import float_conv, float_ops, rewrite_calls
+
+    op = tvm.ir.Op.get(MATMUL)
+
+    def rewrite(mutator, call):
+        if call.op != op or str(call.ty.dtype) != "float32":
+            return None
+        x = call.args[0]
+        weight = float_conv.constant_weight(call, mutator.lookup_binding)
+        if weight is None or len(weight.ty.shape) != 2 or len(x.ty.shape) != 2:
+            return None
+        weight = weight.value.numpy()
+        lanes = cpu.power_of_two_divisor(weight.shape[1], lanes32)
+        if lanes < 4:
+            return None
+        blocked = blocked_weight(weight, lanes)
+        xt = te.placeholder([int(v) for v in x.ty.shape.values], "float32", "x")
+        wt = te.placeholder(blocked.shape, "float32", "w")
+        func, plan = schedule(te.create_prim_func([xt, wt, matmul_blocked(xt, wt)]), lanes)
+        func = func.without_attr("global_symbol").with_attrs({float_ops.SCHEDULED_ATTR: True, float_ops.FLOAT_OP_ATTR: plan})
+        gvar = mutator.builder_.add_func(func, "matmul")
+        if plans is not None:
+            plans[gvar.name_hint] = plan
+        return relax.call_tir(gvar, [x, relax.const(blocked)], call.ty)
+
+    return rewrite_calls(mod, rewrite)
