@@ -57,7 +57,7 @@ def emit(ctx: RuleContext, conv, shortcut, attrs: dict, steps: tuple[str, ...]):
     inputs = ctx.kernel_inputs(conv)
     count = SCALE_INPUT[SOURCE]
     dot = integer_dot(SOURCE, attrs)
-    ctx.fused(KERNEL, "residual add as the binary conv's last epilogue step", conv)
+    ctx.fused(KERNEL, "residual add as the binary conv's last epilogue step")  # the add node: the conv keeps its line
     params = {**kernel_params(attrs), "epilogue": ",".join(steps)}
     return ctx.emit_kernel(
         lambda *args: bitserial.dot_to_float_nchw(dot(*args[:count]), *args[count:], steps=steps),
