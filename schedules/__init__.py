@@ -18,6 +18,7 @@ import importlib
 import numpy as np
 
 OPAQUE_PATTERN = 8  # relax OpPatternKind::kOpaque
+SCHEDULED_ATTR = "tirx.is_scheduled"  # tvm.compile's pipeline leaves such PrimFuncs as they are
 FAMILY_MODULES = {"x86": "schedules.x86", "arm": "schedules.arm", "cuda": "schedules.cuda"}
 
 
@@ -53,15 +54,12 @@ def schedule_module(mod, spec, plans: dict | None = None):
         return mod
     target = spec.tvm_target()
     if getattr(spec, "family", "x86") in ("x86", "arm"):
-        from .compact import compact_corrections
-        from .float_conv import float_convs
-
-        mod = float_convs(compact_corrections(mod))
+        mod = prepare_cpu_kernels(mod, spec, plans)
     scheduled = {}
     for gvar, func, op in list(bnn_kernels(mod)):
         result = module.schedule(func, op, target)
         # scheduled: the build pipeline must neither reschedule it nor fuse float ops into it
-        result.func = result.func.with_attrs({**dict(func.attrs), "tirx.is_scheduled": True, "op_pattern": OPAQUE_PATTERN})
+        result.func = result.func.with_attrs({**dict(func.attrs), SCHEDULED_ATTR: True, "op_pattern": OPAQUE_PATTERN})
         scheduled[gvar.name_hint] = result
         if plans is not None:
             plans[gvar.name_hint] = result.plan
@@ -70,9 +68,32 @@ def schedule_module(mod, spec, plans: dict | None = None):
         from . import float_ops
 
         if float_ops.enabled():
-            lanes32 = module.vector_unit(target).lanes if hasattr(module, "vector_unit") else 4
-            mod = float_ops.schedule_float_ops(mod, target, lanes32, plans)
+            mod = float_ops.schedule_float_ops(mod, target, vector_lanes32(spec), plans)
     return mod
+
+
+def prepare_cpu_kernels(mod, spec, plans: dict | None = None):
+    """The rewrites before scheduling on CPU families, shared by the build and the tuner (so
+    both see the same kernels): compact padding corrections (``schedules.compact``), float convs
+    as kernels (``schedules.float_conv``), the hand-written float ops (max pools, matmuls with a
+    constant weight: ``schedules.float_ops.rewrite_hand_written``)."""
+    from .compact import compact_corrections
+    from .float_conv import float_convs
+    from .float_ops import rewrite_hand_written
+
+    return rewrite_hand_written(float_convs(compact_corrections(mod)), vector_lanes32(spec), plans)
+
+
+def vector_unit(spec):
+    """The SIMD unit of a CPU target (``schedules.x86`` / ``schedules.arm``), None for others."""
+    module = family_module(getattr(spec, "family", "x86"))
+    return module.vector_unit(spec.tvm_target()) if module is not None and hasattr(module, "vector_unit") else None
+
+
+def vector_lanes32(spec) -> int:
+    """32-bit lanes of a target's vectors (4 for a family without a vector unit description)."""
+    unit = vector_unit(spec)
+    return unit.lanes if unit is not None else 4
 
 
 def rewrite_calls(mod, rewrite):

@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 
 from tvm import s_tir, tirx
 
+from . import OPAQUE_PATTERN, SCHEDULED_ATTR
+
 WORD_BITS = 32
 ELEMENTWISE_THREADS = 256  # threads per block of the one-thread-per-output kernels
 TILE_THREADS = 128  # positions per block of the conv tiles (each thread: 32 channels)
@@ -155,14 +157,13 @@ def output_block(sch: s_tir.Schedule):
     return out
 
 
-OPAQUE_PATTERN = 8  # relax OpPatternKind::kOpaque
 
 
 def finish(sch: s_tir.Schedule, plan: str) -> Scheduled:
     """The scheduled kernel, marked so that the CUDA pipeline keeps it as it is: dlight skips
     ``tirx.is_scheduled`` functions, and an opaque op pattern keeps FuseOps from fusing a float
     neighbour into it (a fused function is rebuilt from the computes, losing the schedule)."""
-    func = sch.mod["main"].with_attrs({"tirx.is_scheduled": True, "op_pattern": OPAQUE_PATTERN})
+    func = sch.mod["main"].with_attrs({SCHEDULED_ATTR: True, "op_pattern": OPAQUE_PATTERN})
     return Scheduled(func, plan)
 
 

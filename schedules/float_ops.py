@@ -20,9 +20,10 @@ The schedules do not change arithmetic, so results are bit-identical to the defa
   or subtracts (``batch_norm``'s ``x * gamma`` stays a stored intermediate before ``+ beta``);
 * a small producer broadcast into a larger consumer (``sqrt(var + eps)`` per channel) stays
   its own loop, computed once per channel, not once per element;
-* max pools are replaced before legalization by ``schedules.max_pool`` (no padded copy of the
-  input; max is exact in any order), matmuls with a constant weight by ``schedules.float_matmul``
-  (the weight blocked at compile time; the same sums in the same order).
+* max pools and matmuls with a constant weight have hand-written kernels instead
+  (``rewrite_hand_written``, run before scheduling by ``schedules.prepare_cpu_kernels``):
+  ``schedules.max_pool`` (no padded copy of the input; max is exact in any order) and
+  ``schedules.float_matmul`` (the weight blocked at compile time; same sums, same order).
 
 Per top-level block: the trailing spatial loops whose product a vector width divides are fused
 and split into ``[outer, lanes]`` (lanes from the target's vector unit, as ``schedules.x86`` /
@@ -43,9 +44,10 @@ import os
 import tvm
 from tvm import s_tir, tirx
 
+from . import SCHEDULED_ATTR
+
 LOG = logging.getLogger(__name__)
 
-SCHEDULED_ATTR = "tirx.is_scheduled"
 FLOAT_OP_ATTR = "bnn.float_op"  # the plan of a scheduled float kernel (for tests, inspect)
 PARALLEL_MIN_CHUNKS = 64  # parallel chunks wanted of a nest left in its default loop order
 PARALLEL_MIN_WORK = 16384  # loop-body executions below which a parallel launch costs more than it saves
@@ -73,7 +75,6 @@ def schedule_float_ops(mod, target, lanes32: int, plans: dict | None = None):
     of the target's vectors. ``plans``, if given, receives ``{kernel name: plan}``."""
     from tvm import relax
 
-    mod = rewrite_hand_written(mod, lanes32, plans)
     with target:
         mod = tvm.transform.Sequential(
             [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan(), relax.transform.LegalizeOps()]

@@ -40,14 +40,12 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 
-from . import bitserial, cpu
+from . import OPAQUE_PATTERN, SCHEDULED_ATTR, bitserial, cpu, vector_unit
 
 LOG = logging.getLogger(__name__)
 
 WORD_BITS = 32
 TUNED_OP_ATTR = "bnn.tuned_op"
-OPAQUE_PATTERN = 8  # relax OpPatternKind::kOpaque (as schedule_module marks its kernels)
-SCHEDULED_ATTR = "tirx.is_scheduled"
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 
@@ -406,14 +404,6 @@ RELAYOUTS = {
 }
 
 
-def vector_unit(spec):
-    """The SIMD unit of a CPU target (``schedules.x86`` / ``schedules.arm``), None for others."""
-    from . import family_module
-
-    module = family_module(spec.family)
-    return module.vector_unit(spec.tvm_target()) if module is not None and hasattr(module, "vector_unit") else None
-
-
 def design_spaces(func, op: str, spec) -> list[s_tir.Schedule] | None:
     """The binary-aware design spaces of a kernel, or None when it has none here."""
     space = SPACES.get(op)
@@ -464,12 +454,10 @@ def prepare_module(mod, spec):
     ``compile --db`` see the same kernels as the build."""
     from tvm import relax
 
-    from . import compact, float_conv, float_ops
+    from . import prepare_cpu_kernels
 
     if spec.family in ("x86", "arm"):
-        mod = float_conv.float_convs(compact.compact_corrections(mod))
-        unit = vector_unit(spec)
-        mod = float_ops.rewrite_hand_written(mod, unit.lanes if unit is not None else 4)
+        mod = prepare_cpu_kernels(mod, spec)
     return relax.transform.LegalizeOps()(mod)
 
 
