@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from schedules.float_conv import FLOAT_KERNELS
+
 from .compiler import lower_onnx
 from .onnx_import import load_onnx
 
 
 MATRIX_OPS = ("Conv", "Gemm", "MatMul")
-FLOAT_KERNELS = ("float_conv2d",)  # fusions of float ops (a float conv and its batch norm)
 
 
 @dataclass

@@ -39,7 +39,6 @@ from .errors import BnnError
 from .io import atomic_write
 
 DEFAULT_TRIALS = 64
-FLOAT_OPS = ("float_conv2d",)  # kernels with a hand-written schedule that compute in float
 DEFAULT_TIMEOUT_S = 120  # builder and runner, per candidate
 DEFAULT_POPULATION = 64
 DEFAULT_TRIALS_PER_ITER = 8
@@ -114,13 +113,14 @@ def call_counts(mod) -> dict[str, int]:
 
 def extract_tasks(mod, spec, kinds=("binary", "float")) -> list[Task]:
     """The tuning tasks of a Relax module after the binarization passes."""
+    from schedules.float_conv import FLOAT_KERNELS
     from schedules.tuning import prepare_module, tunable_kernels, workload_key
 
     prepared = prepare_module(mod, spec)
     counts = call_counts(prepared)
     tasks: dict[str, Task] = {}
     for gvar, func, op in tunable_kernels(prepared):
-        kind = "float" if op is None or op in FLOAT_OPS else "binary"
+        kind = "float" if op is None or op in FLOAT_KERNELS else "binary"
         calls = counts.get(gvar.name_hint, 0)
         if kind not in kinds or calls == 0:
             continue

@@ -21,6 +21,7 @@ from tvm import te, tirx
 from . import bitserial
 
 FLOAT_CONV = "float_conv2d"
+FLOAT_KERNELS = (FLOAT_CONV,)  # bnn.op kernels that compute in float (inspect: float path; tune: float tasks)
 
 
 def float_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, *consts: te.Tensor, steps=()) -> te.Tensor:
