@@ -163,12 +163,6 @@ def quad_transpose(rows: list, lanes: int, shuffle) -> list:
     return columns
 
 
-def _fence(value):
-    """An optimisation barrier: LLVM would otherwise push the arithmetic through the shuffles
-    and redo it on narrower vectors (and spill)."""
-    return T.call_llvm_pure_intrin(str(value.ty), "llvm.arithmetic.fence", value)
-
-
 def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, tile_dtype: str = "int32") -> str:
     """Register (once) and name the tile epilogue for ``rows`` positions x ``lanes`` channels
     with the per-channel float ``steps`` (``bitserial.apply_epilogue``)."""
@@ -251,7 +245,9 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
                         value = T.Cast(f"float32x{lanes}", value)
                     consts = [c.vload([0], f"float32x{lanes}") for c in operands[: len(channel_steps)]]
                     value = bitserial.apply_epilogue(value, consts, channel_steps)
-                    vectors.append(_fence(value))
+                    # the fence also keeps LLVM from pushing the arithmetic through the shuffles
+                    # and redoing it on narrower vectors (and spilling)
+                    vectors.append(bitserial.contraction_fence(value))
                 shuffle = lambda vs, idx: tirx.Shuffle(list(vs), [T.int32(k) for k in idx])  # noqa: E731
                 for o, column in enumerate(quad_transpose(vectors, lanes, shuffle)):
                     if rows < padded_rows:
