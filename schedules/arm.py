@@ -57,9 +57,6 @@ def schedule(func, op: str, target) -> Scheduled:
 def _popcount_accumulate_funcs(lanes: int, index_dtype: str):
     """``(desc, impl)`` of ``acc[i] += popcount(a ^ w[i])`` for ``lanes`` 32-bit lanes: one
     activation word ``a`` against a vector of weight words ``w``, int32 accumulators."""
-    from tvm.script.ir_builder import IRBuilder
-    from tvm.script.ir_builder.tirx import prim_func as build_prim_func
-
     extent = tirx.IntImm(index_dtype, lanes)
 
     def declare():
@@ -72,39 +69,28 @@ def _popcount_accumulate_funcs(lanes: int, index_dtype: str):
         T.reads(acc[0:lanes], word[0:1], weights[0:lanes])
         T.writes(acc[0:lanes])
 
-    with IRBuilder() as desc_builder:
-        with build_prim_func():
-            T.func_attr({"s_tir": True})
-            acc, word, weights = declare()
-            with T.sblock("root"):
-                regions(acc, word, weights)
-                with T.vectorized(extent) as i:  # cpu.accumulate vectorized the lanes
-                    with T.sblock("update"):
-                        vi = T.axis.spatial(extent, i)
-                        T.reads(acc[vi], word[0], weights[vi])
-                        T.writes(acc[vi])
-                        T.buffer_store(acc, acc[vi] + T.Cast("int32", T.popcount(word[0] ^ weights[vi])), [vi])
+    def per_lane(acc, word, weights):
+        with T.vectorized(extent) as i:  # cpu.accumulate vectorized the lanes
+            with T.sblock("update"):
+                vi = T.axis.spatial(extent, i)
+                T.reads(acc[vi], word[0], weights[vi])
+                T.writes(acc[vi])
+                T.buffer_store(acc, acc[vi] + T.Cast("int32", T.popcount(word[0] ^ weights[vi])), [vi])
 
-    with IRBuilder() as impl_builder:
-        with build_prim_func():
-            T.func_attr({"s_tir": True})
-            acc, word, weights = declare()
-            with T.sblock("root"):
-                regions(acc, word, weights)
-                xor = tirx.Broadcast(word[0], lanes) ^ weights.vload([0], f"uint32x{lanes}")
-                counts = T.call_llvm_pure_intrin(f"uint8x{4 * lanes}", "llvm.ctpop", T.reinterpret(f"uint8x{4 * lanes}", xor))
-                halves = T.call_llvm_pure_intrin(f"uint16x{2 * lanes}", "llvm.arm.neon.vpaddlu", counts)
-                total = T.call_llvm_pure_intrin(f"int32x{lanes}", "llvm.arm.neon.vpadalu", acc.vload([0], f"int32x{lanes}"), halves)
-                T.buffer_store(acc, total, [tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)])
-    return desc_builder.get(), impl_builder.get()
+    def pairwise(acc, word, weights):
+        xor = tirx.Broadcast(word[0], lanes) ^ weights.vload([0], f"uint32x{lanes}")
+        counts = T.call_llvm_pure_intrin(f"uint8x{4 * lanes}", "llvm.ctpop", T.reinterpret(f"uint8x{4 * lanes}", xor))
+        halves = T.call_llvm_pure_intrin(f"uint16x{2 * lanes}", "llvm.arm.neon.vpaddlu", counts)
+        total = T.call_llvm_pure_intrin(f"int32x{lanes}", "llvm.arm.neon.vpadalu", acc.vload([0], f"int32x{lanes}"), halves)
+        T.buffer_store(acc, total, [tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)])
+
+    return cpu.intrinsic_side(declare, regions, per_lane), cpu.intrinsic_side(declare, regions, pairwise)
 
 
 def popcount_accumulate_intrin(lanes: int, index_dtype: str) -> str:
     """Register (once) and name the armv7 popcount-accumulate step for ``lanes`` lanes."""
-    name = f"bnn_armv7_vpadal_{lanes}_{index_dtype}"
-    if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
-        s_tir.TensorIntrin.register(name, *_popcount_accumulate_funcs(lanes, index_dtype))
-    return name
+    return cpu.register_intrinsic(f"bnn_armv7_vpadal_{lanes}_{index_dtype}",
+                                  lambda: _popcount_accumulate_funcs(lanes, index_dtype))
 
 
 def pairwise_accumulate(func: tirx.PrimFunc) -> tirx.PrimFunc:

@@ -74,47 +74,60 @@ class Scheduled:
 # Packing 32 decisions into a word: a vector compare-to-mask instead of 32 shifts and adds.
 
 
-def _pack_bits32_funcs(index_dtype: str):
-    """``(desc, impl)`` of packing 32 bool decisions into a word (loop index ``index_dtype``)."""
+def intrinsic_side(declare, regions, body) -> tirx.PrimFunc:
+    """One side (description or implementation) of a tensor intrinsic: the buffers ``declare()``
+    returns, then a root block whose reads and writes ``regions(*buffers)`` states and whose
+    statements ``body(*buffers)`` emits."""
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder.tirx import prim_func as build_prim_func
+
+    with IRBuilder() as builder:
+        with build_prim_func():
+            T.func_attr({"s_tir": True})
+            buffers = declare()
+            with T.sblock("root"):
+                regions(*buffers)
+                body(*buffers)
+    return builder.get()
+
+
+def register_intrinsic(name: str, funcs) -> str:
+    """Register ``funcs()`` (``(desc, impl)``) as the tensor intrinsic ``name`` once; its name."""
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
+        s_tir.TensorIntrin.register(name, *funcs())
+    return name
+
+
+def _pack_bits32_funcs(index_dtype: str):
+    """``(desc, impl)`` of packing 32 bool decisions into a word (loop index ``index_dtype``)."""
 
     def declare():
         bits = T.match_buffer(T.arg("bits", T.handle()), (WORD_BITS,), "bool", offset_factor=1)
         word = T.match_buffer(T.arg("word", T.handle()), (1,), "uint32", offset_factor=1)
         return bits, word
 
-    with IRBuilder() as desc_builder:
-        with build_prim_func():
-            T.func_attr({"s_tir": True})
-            bits, word = declare()
-            with T.sblock("root"):
-                T.reads(word[0:1], bits[0:WORD_BITS])
-                T.writes(word[0:1])
-                with T.serial(tirx.IntImm(index_dtype, WORD_BITS)) as b:
-                    with T.sblock("update"):
-                        vb = T.axis.reduce(tirx.IntImm(index_dtype, WORD_BITS), b)
-                        T.reads(word[0], bits[vb])
-                        T.writes(word[0])
-                        T.buffer_store(word, word[0] + T.shift_left(T.Cast("uint32", bits[vb]), T.Cast("uint32", vb)), [0])
-    with IRBuilder() as impl_builder:
-        with build_prim_func():
-            T.func_attr({"s_tir": True})
-            bits, word = declare()
-            with T.sblock("root"):
-                T.reads(word[0:1], bits[0:WORD_BITS])
-                T.writes(word[0:1])
-                # <32 x i1> bitcast to i32: compare-into-mask-register + kmov on AVX-512
-                mask = T.reinterpret("uint32", T.Cast(f"uint1x{WORD_BITS}", bits.vload([0], f"boolx{WORD_BITS}")))
-                T.buffer_store(word, word[0] + mask, [0])
-    return desc_builder.get(), impl_builder.get()
+    def regions(bits, word):
+        T.reads(word[0:1], bits[0:WORD_BITS])
+        T.writes(word[0:1])
+
+    def shifts_and_adds(bits, word):
+        with T.serial(tirx.IntImm(index_dtype, WORD_BITS)) as b:
+            with T.sblock("update"):
+                vb = T.axis.reduce(tirx.IntImm(index_dtype, WORD_BITS), b)
+                T.reads(word[0], bits[vb])
+                T.writes(word[0])
+                T.buffer_store(word, word[0] + T.shift_left(T.Cast("uint32", bits[vb]), T.Cast("uint32", vb)), [0])
+
+    def mask(bits, word):
+        # <32 x i1> bitcast to i32: compare-into-mask-register + kmov on AVX-512
+        packed = T.reinterpret("uint32", T.Cast(f"uint1x{WORD_BITS}", bits.vload([0], f"boolx{WORD_BITS}")))
+        T.buffer_store(word, word[0] + packed, [0])
+
+    return intrinsic_side(declare, regions, shifts_and_adds), intrinsic_side(declare, regions, mask)
 
 
 def pack_bits32_intrin(index_dtype: str) -> str:
-    name = f"bnn_pack_bits32_{index_dtype}"
-    if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
-        s_tir.TensorIntrin.register(name, *_pack_bits32_funcs(index_dtype))
-    return name
+    return register_intrinsic(f"bnn_pack_bits32_{index_dtype}", lambda: _pack_bits32_funcs(index_dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,9 +180,7 @@ def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
     """Register (once) and name the tile epilogue for ``rows`` positions x ``lanes`` channels
     with the per-channel float ``steps`` (``bitserial.apply_epilogue``)."""
     name = f"bnn_tile_out_{tile_dtype}_{rows}x{lanes}{''.join('_' + step for step in steps)}_{index_dtype}"
-    if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
-        s_tir.TensorIntrin.register(name, *_tile_out_funcs(rows, lanes, tuple(steps), index_dtype, tile_dtype))
-    return name
+    return register_intrinsic(name, lambda: _tile_out_funcs(rows, lanes, tuple(steps), index_dtype, tile_dtype))
 
 
 def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, tile_dtype: str = "int32"):
@@ -179,9 +190,6 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
     then transposed (zero vectors pad ``rows`` to a multiple of 4) and stored as vectors of
     positions. A last step ``residual`` (a tensor shaped like ``out``) is added after the
     transpose, as vectors of positions."""
-    from tvm.script.ir_builder import IRBuilder
-    from tvm.script.ir_builder.tirx import prim_func as build_prim_func
-
     residual = bool(steps) and steps[-1] == bitserial.RESIDUAL
     channel_steps = steps[:-1] if residual else steps
 
@@ -210,52 +218,44 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
         T.reads(*in_read_order(dot[0:rows, 0:lanes], spans))
         T.writes(out[0:lanes, 0:1, 0:rows])
 
-    with IRBuilder() as desc_builder:
-        with build_prim_func():
-            T.func_attr({"s_tir": True})
-            dot, operands, out = declare()
-            with T.sblock("root"):
-                regions(dot, operands, out)
-                extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
-                with T.grid(extent(lanes), extent(rows)) as (o, x):
-                    with T.sblock("dot_float"):
-                        vo = T.axis.spatial(extent(lanes), o)
-                        vx = T.axis.spatial(extent(rows), x)
-                        T.reads(*in_read_order(dot[vx, vo], operand_regions(operands, vo, vx)))
-                        T.writes(out[vo, 0, vx])
-                        value = dot[vx, vo] if tile_dtype == "float32" else T.Cast("float32", dot[vx, vo])
-                        value = bitserial.apply_epilogue(value, operand_regions(operands, vo, vx), steps)
-                        T.buffer_store(out, value, [vo, extent(0), vx])
-    desc = desc_builder.get()
+    extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
+
+    def elementwise(dot, operands, out):
+        with T.grid(extent(lanes), extent(rows)) as (o, x):
+            with T.sblock("dot_float"):
+                vo = T.axis.spatial(extent(lanes), o)
+                vx = T.axis.spatial(extent(rows), x)
+                T.reads(*in_read_order(dot[vx, vo], operand_regions(operands, vo, vx)))
+                T.writes(out[vo, 0, vx])
+                value = dot[vx, vo] if tile_dtype == "float32" else T.Cast("float32", dot[vx, vo])
+                value = bitserial.apply_epilogue(value, operand_regions(operands, vo, vx), steps)
+                T.buffer_store(out, value, [vo, extent(0), vx])
 
     padded_rows = -(-rows // 4) * 4
-    with IRBuilder() as impl_builder:
-        with build_prim_func():
-            T.func_attr({"s_tir": True})
-            dot, operands, out = declare()
-            with T.sblock("root"):
-                regions(dot, operands, out)
-                vectors = []
-                for x in range(padded_rows):
-                    if x >= rows:
-                        vectors.append(tirx.Broadcast(T.float32(0), lanes))
-                        continue
-                    value = dot.vload([x, 0], f"{tile_dtype}x{lanes}")
-                    if tile_dtype != "float32":
-                        value = T.Cast(f"float32x{lanes}", value)
-                    consts = [c.vload([0], f"float32x{lanes}") for c in operands[: len(channel_steps)]]
-                    value = bitserial.apply_epilogue(value, consts, channel_steps)
-                    # the fence also keeps LLVM from pushing the arithmetic through the shuffles
-                    # and redoing it on narrower vectors (and spilling)
-                    vectors.append(bitserial.contraction_fence(value))
-                shuffle = lambda vs, idx: tirx.Shuffle(list(vs), [T.int32(k) for k in idx])  # noqa: E731
-                for o, column in enumerate(quad_transpose(vectors, lanes, shuffle)):
-                    if rows < padded_rows:
-                        column = tirx.Shuffle([column], [T.int32(x) for x in range(rows)])
-                    if residual:
-                        column = column + operands[-1].vload([T.int64(o), T.int64(0), T.int64(0)], f"float32x{rows}")
-                    T.buffer_store(out, column, [T.int64(o), T.int64(0), tirx.Ramp(T.int64(0), T.int64(1), rows)])
-    return desc, impl_builder.get()
+
+    def transposed(dot, operands, out):
+        vectors = []
+        for x in range(padded_rows):
+            if x >= rows:
+                vectors.append(tirx.Broadcast(T.float32(0), lanes))
+                continue
+            value = dot.vload([x, 0], f"{tile_dtype}x{lanes}")
+            if tile_dtype != "float32":
+                value = T.Cast(f"float32x{lanes}", value)
+            consts = [c.vload([0], f"float32x{lanes}") for c in operands[: len(channel_steps)]]
+            value = bitserial.apply_epilogue(value, consts, channel_steps)
+            # the fence also keeps LLVM from pushing the arithmetic through the shuffles
+            # and redoing it on narrower vectors (and spilling)
+            vectors.append(bitserial.contraction_fence(value))
+        shuffle = lambda vs, idx: tirx.Shuffle(list(vs), [T.int32(k) for k in idx])  # noqa: E731
+        for o, column in enumerate(quad_transpose(vectors, lanes, shuffle)):
+            if rows < padded_rows:
+                column = tirx.Shuffle([column], [T.int32(x) for x in range(rows)])
+            if residual:
+                column = column + operands[-1].vload([T.int64(o), T.int64(0), T.int64(0)], f"float32x{rows}")
+            T.buffer_store(out, column, [T.int64(o), T.int64(0), tirx.Ramp(T.int64(0), T.int64(1), rows)])
+
+    return intrinsic_side(declare, regions, elementwise), intrinsic_side(declare, regions, transposed)
 
 
 # --------------------------------------------------------------------------------------------

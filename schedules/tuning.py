@@ -60,19 +60,13 @@ DENSE_RELAYOUTS = {1: (1, 0)}
 
 
 def pack32_intrin(index_dtype: str) -> str:
-    return _register(f"bnn_tuning_pack32_{index_dtype}", lambda: cpu._pack_bits32_funcs(index_dtype))
+    return cpu.register_intrinsic(f"bnn_tuning_pack32_{index_dtype}", lambda: cpu._pack_bits32_funcs(index_dtype))
 
 
 def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str) -> str:
     """``schedules.cpu``'s tile epilogue (convert, per-channel float ``steps``, transpose)."""
     name = f"bnn_tuning_tile_out_{rows}x{lanes}{''.join('_' + step for step in steps)}_{index_dtype}"
-    return _register(name, lambda: cpu._tile_out_funcs(rows, lanes, tuple(steps), index_dtype))
-
-
-def _register(name: str, funcs) -> str:
-    if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
-        s_tir.TensorIntrin.register(name, *funcs())
-    return name
+    return cpu.register_intrinsic(name, lambda: cpu._tile_out_funcs(rows, lanes, tuple(steps), index_dtype))
 
 
 INTRINSIC_NAMES = (
