@@ -62,7 +62,7 @@ def schedule(func, lanes: int) -> tuple[tvm.tirx.PrimFunc, str]:
 
 def rewrite_matmuls(mod: tvm.IRModule, lanes32: int, plans: dict | None = None) -> tvm.IRModule:
     """Replace ``matmul(x [N, K], constant [K, J])`` (float32) by the blocked kernel."""
-    from . import SCHEDULED_ATTR, float_conv, float_ops, rewrite_calls
+    from . import float_conv, float_ops, rewrite_calls
 
     op = tvm.ir.Op.get(MATMUL)
 
@@ -81,10 +81,6 @@ def rewrite_matmuls(mod: tvm.IRModule, lanes32: int, plans: dict | None = None) 
         xt = te.placeholder([int(v) for v in x.ty.shape.values], "float32", "x")
         wt = te.placeholder(blocked.shape, "float32", "w")
         func, plan = schedule(te.create_prim_func([xt, wt, matmul_blocked(xt, wt)]), lanes)
-        func = func.without_attr("global_symbol").with_attrs({SCHEDULED_ATTR: True, float_ops.FLOAT_OP_ATTR: plan})
-        gvar = mutator.builder_.add_func(func, "matmul")
-        if plans is not None:
-            plans[gvar.name_hint] = plan
-        return relax.call_tir(gvar, [x, relax.const(blocked)], call.ty)
+        return float_ops.call_hand_written(mutator, func, plan, "matmul", [x, relax.const(blocked)], call.ty, plans)
 
     return rewrite_calls(mod, rewrite)

@@ -69,6 +69,18 @@ def rewrite_hand_written(mod, lanes32: int, plans: dict | None = None):
     return rewrite_matmuls(rewrite_max_pools(mod, lanes32, plans), lanes32, plans)
 
 
+def call_hand_written(mutator, func, plan: str, name: str, args: list, out_ty, plans: dict | None = None):
+    """A ``call_tir`` of a hand-scheduled float kernel ``func`` (tagged scheduled, with its
+    ``plan``) added to the module under ``name``; ``plans`` receives the plan."""
+    from tvm import relax
+
+    func = func.without_attr("global_symbol").with_attrs({SCHEDULED_ATTR: True, FLOAT_OP_ATTR: plan})
+    gvar = mutator.builder_.add_func(func, name)
+    if plans is not None:
+        plans[gvar.name_hint] = plan
+    return relax.call_tir(gvar, args, out_ty)
+
+
 def schedule_float_ops(mod, target, lanes32: int, plans: dict | None = None):
     """Legalize the Relax operators of ``mod`` as ``tvm.compile``'s CPU pipeline would and schedule
     every resulting PrimFunc not yet tagged ``tirx.is_scheduled``. ``lanes32``: 32-bit lanes

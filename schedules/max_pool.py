@@ -15,7 +15,7 @@ columns (``pool``). Max is exact in any order, so the result equals the referenc
 from __future__ import annotations
 
 import tvm
-from tvm import relax, s_tir, te, tirx
+from tvm import s_tir, te, tirx
 
 from . import cpu
 
@@ -89,7 +89,7 @@ def schedule(func: tirx.PrimFunc, lanes32: int) -> tuple[tirx.PrimFunc, str]:
 def rewrite_max_pools(mod: tvm.IRModule, lanes32: int, plans: dict | None = None) -> tvm.IRModule:
     """Replace the max pools of ``mod``'s Relax functions that ``clamped_windows_apply`` accepts
     by scheduled kernels (tagged scheduled, so the float op schedules leave them alone)."""
-    from . import SCHEDULED_ATTR, float_ops, rewrite_calls
+    from . import float_ops, rewrite_calls
 
     op = tvm.ir.Op.get(MAX_POOL)
 
@@ -101,10 +101,6 @@ def rewrite_max_pools(mod: tvm.IRModule, lanes32: int, plans: dict | None = None
         kernel, strides, padding = ([int(v) for v in vs] for vs in (attrs.pool_size, attrs.strides, attrs.padding))
         x = te.placeholder([int(v) for v in call.args[0].ty.shape.values], "float32", "x")
         func, plan = schedule(te.create_prim_func([x, max_pool2d_nchw(x, out_hw, kernel, strides, padding)]), lanes32)
-        func = func.without_attr("global_symbol").with_attrs({SCHEDULED_ATTR: True, float_ops.FLOAT_OP_ATTR: plan})
-        gvar = mutator.builder_.add_func(func, "max_pool2d")
-        if plans is not None:
-            plans[gvar.name_hint] = plan
-        return relax.call_tir(gvar, [call.args[0]], call.ty)
+        return float_ops.call_hand_written(mutator, func, plan, "max_pool2d", [call.args[0]], call.ty, plans)
 
     return rewrite_calls(mod, rewrite)
