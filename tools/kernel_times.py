@@ -67,10 +67,13 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's thread pool starts
 
+    import targets
     from bnn_tvm.errors import BnnError
     from bnn_tvm.tune import resolve_model
 
     try:
+        if not targets.get(args.target).is_host:
+            raise BnnError(f"--target {args.target}: this tool runs the model here, and that target is not this machine")
         path = resolve_model(args.model)
         times, total = kernel_times(path, args.target, args.runs)
     except BnnError as err:
