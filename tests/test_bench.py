@@ -60,11 +60,16 @@ def test_bench_smoke_all_engines(tmp_path, capsys):
     assert report["speedup"]["bnn_tvm"] == pytest.approx(1.0)
     assert report["max_abs_diff_vs_reference"] == {"bnn_tvm": 0.0, "tvm_fp32": 0.0}  # integer results: exact
     assert report["threads"] == 1 and report["machine"]["cores"] >= 1
-    assert 0 < report["popcount_limit"]["fraction"] < 1.5
+    limit = report["popcount_limit"]
+    assert 0 < limit["fraction"] < 1.5
+    assert limit["limit_ms"] == pytest.approx(report["binary_macs"] / limit["gmacs_per_s"] / 1e6)
+    for name in ("topi_bitserial", "torch_fp32"):  # a ratio is its ceiling times the fraction reached
+        assert limit["speedup_at_limit"][name] == pytest.approx(report["engines"][name]["median_ms"] / limit["limit_ms"])
+        assert report["speedup"][name] == pytest.approx(limit["speedup_at_limit"][name] * limit["fraction"])
     assert report["sizes"]["bnn_tvm_module_bytes"] > 0
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    assert "bnn_tvm" in printed and "popcount limit" in printed
+    assert "bnn_tvm" in printed and "popcount limit" in printed and "would be at most" in printed
 
     table = subprocess.run([sys.executable, "tools/perf_table.py", str(out_json)], capture_output=True, text=True)
     assert table.returncode == 0, table.stderr
