@@ -171,14 +171,15 @@ def light_tensor_intrinsics(family: str) -> None:
     importlib.import_module(f"{name}.{'arm_cpu' if family == 'arm' else 'x86'}")
 
 
-def export_with(compiler: str | None, module) -> str:
-    """MetaSchedule ``f_export``: the built kernel as a shared library, cross-compiled when the
-    target has a cross compiler. Runs in the builder's worker processes."""
+def export_with(compiler: str | None, artifacts: str, module) -> str:
+    """MetaSchedule ``f_export``: the built kernel as a shared library in a new folder under
+    ``artifacts`` (removed when the run ends), cross-compiled when the target has a cross
+    compiler. Runs in the builder's worker processes."""
     import tempfile
 
     from tvm.support import cc
 
-    path = os.path.join(tempfile.mkdtemp(prefix="bnn_tune_"), "kernel.so")
+    path = os.path.join(tempfile.mkdtemp(prefix="kernel_", dir=artifacts), "kernel.so")
     module.export_library(path, fcompile=cc.cross_compiler(compiler) if compiler else None)
     return path
 
@@ -226,6 +227,12 @@ class Measurer:
     builder: object
     runner: object
     where: str  # "this machine" | "key K of tracker H:P" | "RPC server H:P"
+    artifacts: str  # folder of the built candidates' libraries, removed by ``close``
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.artifacts, ignore_errors=True)
 
 
 def board_label(spec, rpc: str | None, tracker: str | None, key: str | None) -> str:
@@ -254,11 +261,14 @@ def make_measurer(spec, timeout: float, rpc: str | None = None, tracker: str | N
 
     from .tracker import parse_address
 
+    import tempfile
+
     where = board_label(spec, rpc, tracker, key)
     workers = max(1, min(2, os.cpu_count() or 1))
+    artifacts = tempfile.mkdtemp(prefix="bnn_tune_")
     builder = ms.builder.LocalBuilder(
         max_workers=workers, timeout_sec=timeout, f_build=build_kernel,
-        f_export=functools.partial(export_with, spec.cross_compiler),
+        f_export=functools.partial(export_with, spec.cross_compiler, artifacts),
     )
     # Cold caches, one call per sample: inside the model a kernel runs once per inference after
     # other layers evicted its weights, and with warm caches and back-to-back calls the
@@ -277,7 +287,7 @@ def make_measurer(spec, timeout: float, rpc: str | None = None, tracker: str | N
             config, evaluator, f_alloc_argument=alloc_remote, max_workers=1,
             f_create_session=functools.partial(connect_direct, host, port, timeout),
         )
-    return Measurer(builder, runner, where)
+    return Measurer(builder, runner, where, artifacts)
 
 
 def measure_funcs(funcs: list, spec, measurer: Measurer) -> list[tuple[float | None, str | None]]:
@@ -553,15 +563,19 @@ def tune(
     records = stored_records(database, tasks, spec)
     stored = sum(len(r) for r in records.values())
     remaining = max(0, trials - stored)
-    untuned = measure_untuned(tasks, spec, measurer, db_dir, progress)
-    if progress:
-        print(f"{len(tasks)} task(s) ({sum(t.kind == 'binary' for t in tasks)} binary) of {os.path.basename(path)} "
-              f"for {spec.name}; {stored} record(s) stored in {db_dir}, {remaining} trial(s) to go "
-              f"(--trials {trials} is the total)", flush=True)
-    started = time.monotonic()
-    if remaining:
-        run_search(tasks, spec, measurer(), database, records, untuned, db_dir, remaining, population,
-                   trials_per_iter, seed, progress, minutes)
+    try:
+        untuned = measure_untuned(tasks, spec, measurer, db_dir, progress)
+        if progress:
+            print(f"{len(tasks)} task(s) ({sum(t.kind == 'binary' for t in tasks)} binary) of {os.path.basename(path)} "
+                  f"for {spec.name}; {stored} record(s) stored in {db_dir}, {remaining} trial(s) to go "
+                  f"(--trials {trials} is the total)", flush=True)
+        started = time.monotonic()
+        if remaining:
+            run_search(tasks, spec, measurer(), database, records, untuned, db_dir, remaining, population,
+                       trials_per_iter, seed, progress, minutes)
+    finally:
+        if measurer.cache_info().currsize:
+            measurer().close()
     records = stored_records(open_database(db_dir, writable=False), tasks, spec)
     report = build_report(path, spec, db_dir, tasks, records, untuned, remaining, time.monotonic() - started, where)
     report_path = os.path.join(db_dir, REPORT_FILE)
@@ -750,4 +764,21 @@ def compare_model(path: str, target: str, db_dir: str, batch: int | None = None,
         "tuned": medians["tuned"],
         "binary_speedup": medians["untuned"]["binary_ms"] / medians["tuned"]["binary_ms"],
         "model_speedup": medians["untuned"]["model_ms"] / medians["tuned"]["model_ms"],
+        "popcount_limit": binary_limit(path, target, int(shape[0]), medians["untuned"]["binary_ms"]),
     }
+
+
+def binary_limit(path: str, target: str, batch: int, untuned_binary_ms: float) -> dict:
+    """The model's binary MACs at the popcount limit (``bench.popcount_peak``, at the thread
+    count TVM uses here): ``limit_ms``, and ``binary_speedup_at_limit``, the most any schedule of
+    the popcount kernels could gain over the untuned build's binary kernels (every binary
+    kernel doing nothing but its ``XOR + POPCOUNT + ADD`` at the limit)."""
+    from .bench import popcount_peak
+    from .summary import summarize_onnx
+
+    threads = int(os.environ.get("TVM_NUM_THREADS", 0)) or os.cpu_count() or 1
+    macs = summarize_onnx(path).macs_by_bits().get(1, 0) * batch
+    peak = popcount_peak(target, threads)
+    limit_ms = macs / (peak["gmacs_per_s"] * 1e9) * 1e3
+    return {**peak, "binary_macs": macs, "limit_ms": limit_ms,
+            "binary_speedup_at_limit": untuned_binary_ms / limit_ms if limit_ms else None}

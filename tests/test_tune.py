@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -169,7 +170,9 @@ def tuned_db(tmp_path_factory):
     db = str(tmp_path_factory.mktemp("tune") / "db")
     command = [sys.executable, "-m", "bnn_tvm", "tune", "--tasks", "binary", "--trials", str(TINY_TRIALS),
                "--db", db, "--timeout", "90"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    killed_tmp = str(tmp_path_factory.mktemp("killed_tmp"))  # what SIGKILL leaves behind stays here
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "TMPDIR": killed_tmp})
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None and len(complete_records(db)) < 2:
@@ -182,7 +185,14 @@ def tuned_db(tmp_path_factory):
     before = complete_records(db)
     assert before, f"the killed run wrote no record:\n{output}"
     killed_early = len(before) < TINY_TRIALS
-    assert main(command[3:]) == 0  # the same arguments, in this process
+    artifacts = str(tmp_path_factory.mktemp("tune_tmp"))
+    saved, tempfile.tempdir = tempfile.tempdir, artifacts
+    try:
+        assert main(command[3:]) == 0  # the same arguments, in this process
+    finally:
+        tempfile.tempdir = saved
+    # the candidates' libraries were built under a folder of the run, and it is gone
+    assert os.listdir(artifacts) == []
     return {"db": db, "before": before, "killed_early": killed_early}
 
 
@@ -264,6 +274,10 @@ def test_compare_profiles_both_builds(tuned_db):
         # on the tiny default model they are not comparable, only both non-zero (kernels found).
         assert result[build]["binary_ms"] > 0 and result[build]["model_ms"] > 0
     assert result["binary_speedup"] > 0 and result["rounds"] == 3
+    limit = result["popcount_limit"]
+    assert limit["binary_macs"] > 0 and limit["gmacs_per_s"] > 0  # the default model's binary dense layers
+    assert limit["limit_ms"] == pytest.approx(limit["binary_macs"] / limit["gmacs_per_s"] / 1e6)
+    assert limit["binary_speedup_at_limit"] == pytest.approx(result["untuned"]["binary_ms"] / limit["limit_ms"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -62,6 +62,11 @@ def run(args) -> int:
               f"{comparison['untuned']['binary_ms']:.3f} -> {comparison['tuned']['binary_ms']:.3f} ms "
               f"(x{comparison['binary_speedup']:.2f}), whole model {comparison['untuned']['model_ms']:.3f} -> "
               f"{comparison['tuned']['model_ms']:.3f} ms (x{comparison['model_speedup']:.2f})")
+        limit = comparison["popcount_limit"]
+        if limit["binary_speedup_at_limit"]:
+            print(f"popcount limit: the model's {limit['binary_macs'] / 1e6:.0f} M binary MACs take {limit['limit_ms']:.3f} ms "
+                  f"at {limit['gmacs_per_s']:.0f} G/s, so no schedule can make the binary kernels more than "
+                  f"x{limit['binary_speedup_at_limit']:.2f} faster than untuned")
     if args.plot:
         tune.plot_report(result.report, args.plot)
         print(f"plot: {args.plot}")
