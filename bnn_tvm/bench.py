@@ -610,6 +610,11 @@ def benchmark(workload: Workload, settings: Settings, engines: list[str], progre
     return report
 
 
+def ms_at_limit(binary_macs: int, peak: dict) -> float:
+    """Milliseconds ``binary_macs`` take at the popcount limit ``peak`` (``popcount_peak``)."""
+    return binary_macs / (peak["gmacs_per_s"] * 1e9) * 1e3
+
+
 def limit_report(binary_macs: int, peak: dict, results: dict) -> dict:
     """How close ``bnn_tvm`` came to the popcount limit, and the ceiling that limit puts on every
     ratio of the run: ``speedup_at_limit[NAME]`` is how much faster than NAME a kernel doing
@@ -617,7 +622,7 @@ def limit_report(binary_macs: int, peak: dict, results: dict) -> dict:
     epilogue, no memory traffic); no real kernel of this design can show a larger ratio."""
     base = results["bnn_tvm"].median_ms
     achieved = binary_macs / (base / 1e3) / 1e9
-    limit_ms = binary_macs / (peak["gmacs_per_s"] * 1e9) * 1e3
+    limit_ms = ms_at_limit(binary_macs, peak)
     at_limit = {name: r.median_ms / limit_ms for name, r in results.items() if name != "bnn_tvm" and r.median_ms}
     return {**peak, "achieved_gmacs_per_s": achieved, "fraction": achieved / peak["gmacs_per_s"],
             "limit_ms": limit_ms, "speedup_at_limit": at_limit}

@@ -257,11 +257,11 @@ def board_label(spec, rpc: str | None, tracker: str | None, key: str | None) -> 
 
 def make_measurer(spec, timeout: float, rpc: str | None = None, tracker: str | None = None,
                   key: str | None = None) -> Measurer:
+    import tempfile
+
     from tvm.s_tir import meta_schedule as ms
 
     from .tracker import parse_address
-
-    import tempfile
 
     where = board_label(spec, rpc, tracker, key)
     workers = max(1, min(2, os.cpu_count() or 1))
@@ -773,12 +773,12 @@ def binary_limit(path: str, target: str, batch: int, untuned_binary_ms: float) -
     count TVM uses here): ``limit_ms``, and ``binary_speedup_at_limit``, the most any schedule of
     the popcount kernels could gain over the untuned build's binary kernels (every binary
     kernel doing nothing but its ``XOR + POPCOUNT + ADD`` at the limit)."""
-    from .bench import popcount_peak
+    from .bench import ms_at_limit, popcount_peak
     from .summary import summarize_onnx
 
     threads = int(os.environ.get("TVM_NUM_THREADS", 0)) or os.cpu_count() or 1
     macs = summarize_onnx(path).macs_by_bits().get(1, 0) * batch
     peak = popcount_peak(target, threads)
-    limit_ms = macs / (peak["gmacs_per_s"] * 1e9) * 1e3
+    limit_ms = ms_at_limit(macs, peak)
     return {**peak, "binary_macs": macs, "limit_ms": limit_ms,
             "binary_speedup_at_limit": untuned_binary_ms / limit_ms if limit_ms else None}

@@ -157,8 +157,6 @@ def output_block(sch: s_tir.Schedule):
     return out
 
 
-
-
 def finish(sch: s_tir.Schedule, plan: str) -> Scheduled:
     """The scheduled kernel, marked so that the CUDA pipeline keeps it as it is: dlight skips
     ``tirx.is_scheduled`` functions, and an opaque op pattern keeps FuseOps from fusing a float
