@@ -288,14 +288,19 @@ def calls_per_sample(run_once) -> int:
     return max(1, int(0.01 / max(first, 1e-6)))
 
 
-def python_sampler(run_once):
-    number = calls_per_sample(run_once)
+def python_sampler(run_once, wait=None):
+    """Samples of ``run_once`` timed from Python. ``wait`` (for GPU engines: synchronise) runs
+    after the calls of a sample, as TVM's timer does: the calls queue back to back on the GPU."""
+    wait = wait or (lambda: None)
+    number = calls_per_sample(lambda: (run_once(), wait()))
 
     def sample() -> float:
         run_once()  # each sample starts warm, whatever ran before it in the round
+        wait()
         start = time.perf_counter()
         for _ in range(number):
             run_once()
+        wait()
         return (time.perf_counter() - start) / number * 1e3
 
     return sample
@@ -361,15 +366,15 @@ def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workd
         outputs[engine] = remote["outputs"][0]
         return Prepared(result)
     import tvm
-    from tvm import relax
 
     from .runtime import CompiledRunner
 
-    outputs[engine] = CompiledRunner.load(path).run(x)[0]
-    vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
-    data = tvm.runtime.tensor(x, tvm.cpu())
-    number = calls_per_sample(lambda: vm["main"](data))
-    timer = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=1)
+    runner = CompiledRunner.load(path)  # on the GPU for CUDA modules
+    outputs[engine] = runner.run(x)[0]
+    vm, device = runner.vm, runner.device
+    data = tvm.runtime.tensor(x, device)
+    number = calls_per_sample(lambda: (vm["main"](data), device.sync()))
+    timer = vm.time_evaluator("main", device, number=number, repeat=1)
 
     def sample() -> float:
         vm["main"](data)  # each sample starts warm, whatever ran before it in the round
@@ -397,19 +402,30 @@ def tvm_fp32_engine(workload, x, settings, workdir, outputs) -> Prepared:
 
 
 def torch_engine(workload, x, settings, workdir, outputs) -> Prepared:
-    """The float twin in PyTorch; the faster of NCHW and channels_last (decided on 3 samples)."""
+    """The float twin in PyTorch; the faster of NCHW and channels_last (decided on 3 samples).
+    On a CUDA target: on the GPU with cuDNN, strict fp32 (TF32 off: the baseline is named fp32)
+    and ``cudnn.benchmark`` (cuDNN's fastest algorithm per shape); each call waits for the GPU."""
     import torch
 
     if workload.torch_twin is None:
         return Prepared(EngineResult("torch_fp32", error=workload.torch_note))
     torch.set_num_threads(settings.threads)
-    model = workload.torch_twin()
+    on_gpu = on_cuda(settings)
+    if on_gpu and not torch.cuda.is_available():
+        return Prepared(EngineResult("torch_fp32", error=f"this PyTorch ({torch.__version__}) sees no CUDA GPU"))
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    device = torch.device("cuda" if on_gpu else "cpu")
+    wait = torch.cuda.synchronize if on_gpu else None
+    model = workload.torch_twin().to(device)
     candidates = []
     with torch.inference_mode():
         for layout, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
             module = model.to(memory_format=fmt)
-            data = torch.from_numpy(x).contiguous(memory_format=fmt)
-            sample = python_sampler(lambda module=module, data=data: module(data))
+            data = torch.from_numpy(x).to(device).contiguous(memory_format=fmt)
+            sample = python_sampler(lambda module=module, data=data: module(data), wait)
             candidates.append((statistics.median(sample() for _ in range(3)), layout, sample, module))
     _, layout, sample, module = min(candidates, key=lambda c: c[0])
 
@@ -417,7 +433,8 @@ def torch_engine(workload, x, settings, workdir, outputs) -> Prepared:
         with torch.inference_mode():
             return sample()
 
-    return Prepared(EngineResult("torch_fp32", note=f"{workload.torch_note}; best layout {layout}"), timed)
+    where = f"cuDNN on {torch.cuda.get_device_name()}, TF32 off" if on_gpu else "CPU"
+    return Prepared(EngineResult("torch_fp32", note=f"{workload.torch_note}; {where}; best layout {layout}"), timed)
 
 
 def ort_engine(workload, x, settings, workdir, outputs) -> Prepared:
@@ -428,20 +445,27 @@ def ort_engine(workload, x, settings, workdir, outputs) -> Prepared:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(workload.onnx_path, options, providers=["CPUExecutionProvider"])
+    provider = "CUDAExecutionProvider" if on_cuda(settings) else "CPUExecutionProvider"
+    if provider not in ort.get_available_providers():
+        return Prepared(EngineResult("ort_fp32", error=f"this onnxruntime ({ort.__version__}) has no {provider} "
+                                     "(the GPU build is the onnxruntime-gpu package)"))
+    session = ort.InferenceSession(workload.onnx_path, options, providers=[provider])
     name = session.get_inputs()[0].name
     outputs["ort_fp32"] = session.run(None, {name: x})[0]
-    return Prepared(EngineResult("ort_fp32", note="the same ONNX, all graph optimisations"),
+    return Prepared(EngineResult("ort_fp32", note=f"the same ONNX, all graph optimisations, {provider}"),
                     python_sampler(lambda: session.run(None, {name: x})))
 
 
 def topi_engine(workload, x, settings, workdir, outputs) -> Prepared:
-    """TVM's shipped ``bitserial_conv2d_nhwc`` (unipolar, int32 output), default lowering."""
+    """TVM's shipped ``bitserial_conv2d_nhwc`` (unipolar, int32 output), default lowering: a
+    CPU baseline (issue 5), which TVM has no GPU schedule for."""
     import tvm
     from tvm import te, topi
 
     import targets
 
+    if on_cuda(settings):
+        return Prepared(EngineResult("topi_bitserial", error="a CPU baseline: TVM ships no CUDA schedule for it"))
     spec = workload.layer
     n, c, h, w = spec.input_shape
     data = te.placeholder((n, h, w, c), "int32", name="data")  # activation bits (0/1)
@@ -464,6 +488,12 @@ ENGINE_FUNCS = {
     "topi_bitserial": topi_engine,
 }
 HOST_ONLY = {"torch_fp32", "ort_fp32", "topi_bitserial"}
+
+
+def on_cuda(settings: Settings) -> bool:
+    import targets
+
+    return targets.get(settings.target).family == "cuda"
 
 
 # ------------------------------------------------------------------------------------------
@@ -519,7 +549,8 @@ def popcount_peak(target: str, threads: int) -> dict:
 # One benchmark
 
 
-def machine() -> dict:
+def machine(spec=None) -> dict:
+    """This host's CPU, and the GPU for a CUDA target ``spec``."""
     import platform
 
     name = platform.processor() or platform.machine()
@@ -533,8 +564,12 @@ def machine() -> dict:
         pass
     import tvm
 
-    return {"cpu": name, "cores": os.cpu_count(), "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
-            "host": platform.node()}
+    found = {"cpu": name, "cores": os.cpu_count(), "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
+             "host": platform.node()}
+    if spec is not None and spec.family == "cuda":
+        gpu = tvm.cuda(0)
+        found["gpu"] = f"{gpu.device_name} (compute capability {gpu.compute_version})"
+    return found
 
 
 def measure_rounds(prepared: dict, settings: Settings, progress=None, label: str = "") -> None:
@@ -554,15 +589,28 @@ def measure_rounds(prepared: dict, settings: Settings, progress=None, label: str
             progress.set_postfix_str(f"{label}: timing round {round_index + 1}/{settings.repeat}")
 
 
+def check_runs_here(spec, settings: Settings) -> None:
+    """CPU targets run here or on a board; CUDA targets on this host's GPU."""
+    from .errors import BnnError as _Err
+
+    if spec.family == "cuda":
+        import tvm
+
+        if settings.remote:
+            raise _Err(f"target {spec.name}: --rpc/--tracker/--count-instructions are for boards; "
+                       "a CUDA target is benchmarked on this host's GPU")
+        if not tvm.cuda(0).exist:
+            raise _Err(f"target {spec.name} needs an NVIDIA GPU here (tvm.cuda(0).exist is False)")
+    elif not spec.is_host and not settings.remote:
+        raise _Err(f"target {spec.name} does not run on this host: give --rpc HOST:PORT or --tracker HOST:PORT --key KEY")
+
+
 def benchmark(workload: Workload, settings: Settings, engines: list[str], progress=None) -> dict:
     """Run every engine on ``workload``; the JSON-ready result (see the module docstring)."""
     import targets
 
     spec = targets.get(settings.target)
-    if not spec.is_host and not settings.remote:
-        from .errors import BnnError as _Err
-
-        raise _Err(f"target {spec.name} does not run on this host: give --rpc HOST:PORT or --tracker HOST:PORT --key KEY")
+    check_runs_here(spec, settings)
     x = np.random.default_rng(0).standard_normal(workload.input_shape).astype(np.float32)
     prepared: dict[str, Prepared] = {}
     outputs: dict[str, np.ndarray] = {}
@@ -592,7 +640,7 @@ def benchmark(workload: Workload, settings: Settings, engines: list[str], progre
         "target": spec.name,
         "threads": settings.threads,
         "input_shape": list(workload.input_shape),
-        "machine": machine() if not settings.remote else {"board": settings.rpc or f"{settings.tracker} key {settings.key}"},
+        "machine": machine(spec) if not settings.remote else {"board": settings.rpc or f"{settings.tracker} key {settings.key}"},
         "engines": {name: r.to_json() for name, r in results.items()},
         "speedup": {name: r.median_ms / base for name, r in results.items() if r.median_ms and base},
         "sizes": sizes,
@@ -661,7 +709,7 @@ def model_sizes(onnx_path: str, workdir: str) -> dict:
 
 def report_lines(report: dict) -> list[str]:
     threads = report["threads"]
-    where = report["machine"].get("cpu") or report["machine"].get("board")
+    where = report["machine"].get("gpu") or report["machine"].get("cpu") or report["machine"].get("board")
     lines = [f"{report['model']} on {report['target']} ({where}), {threads} thread{'s' if threads != 1 else ''}"]
     lines.append(f"  {'engine':<16}{'median ms':>11}{'min ms':>10}{'runs':>6}{'bnn_tvm is':>14}  note")
     for name, r in report["engines"].items():

@@ -55,3 +55,25 @@ def default_model_path() -> str:
 
 def default_checkpoint_path() -> str:
     return os.path.join(os.path.dirname(__file__), "data", "digits.pt")
+
+
+def resolve_model(model: str | None, cache: str | None = None) -> str:
+    """An ONNX path for ``model``: the bundled default (None), an ONNX file, or a zoo name,
+    exported once (into ``cache``, default the board cache's ``models`` folder) with its random
+    initial weights, seeded: latency and exactness checks do not depend on the values."""
+    from . import models
+    from .errors import BnnError
+
+    if model is None:
+        return default_model_path()
+    if os.path.isfile(model):
+        return model
+    if model not in models.ZOO:
+        raise BnnError(f"{model!r} is neither a file nor a zoo model; give an ONNX file or one of: {', '.join(sorted(models.ZOO))}")
+    from .board import cache_dir
+
+    path = os.path.join(cache or os.path.join(cache_dir(), "models"), f"{model}.onnx")
+    if not os.path.isfile(path):
+        torch.manual_seed(0)
+        export_onnx(models.build(model).eval(), models.input_shape(model), path)
+    return path

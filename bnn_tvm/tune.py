@@ -53,29 +53,6 @@ LOG_FILE = os.path.join("logs", "tune.log")
 # Model and tasks
 
 
-def resolve_model(model: str | None, cache: str | None = None) -> str:
-    """An ONNX path for ``model``: the bundled default, an ONNX file, or a zoo name (exported
-    once, with its random initial weights: latency does not depend on the values)."""
-    from . import models
-    from .export import default_model_path, export_onnx
-
-    if model is None:
-        return default_model_path()
-    if os.path.isfile(model):
-        return model
-    if model not in models.ZOO:
-        raise BnnError(f"{model!r} is neither a file nor a zoo model; give an ONNX file or one of: {', '.join(sorted(models.ZOO))}")
-    from .board import cache_dir
-
-    path = os.path.join(cache or os.path.join(cache_dir(), "models"), f"{model}.onnx")
-    if not os.path.isfile(path):
-        import torch
-
-        torch.manual_seed(0)
-        export_onnx(models.build(model).eval(), models.input_shape(model), path)
-    return path
-
-
 @dataclass
 class Task:
     name: str  # the kernel's name in the model (the first one, for kernels called under several)
@@ -551,6 +528,8 @@ def tune(
     if spec.family not in ("x86", "arm"):
         raise BnnError(f"--target {spec.name}: tuning supports CPU targets (x86, arm); {spec.family} kernels keep their hand-written schedules")
     where = board_label(spec, rpc, tracker, key)
+    from .export import resolve_model
+
     path = resolve_model(model)
     setup_logging(db_dir)
     measurer = functools.lru_cache(maxsize=1)(lambda: make_measurer(spec, timeout, rpc, tracker, key))

@@ -43,6 +43,16 @@ def test_verify_default_model_as_a_process():
     assert "accuracy (pytorch)" in proc.stdout and "VERIFY OK" in proc.stdout
 
 
+def test_verify_takes_a_zoo_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BNN_TVM_CACHE", str(tmp_path))  # the exported zoo model goes here
+    assert main(["verify", "bmlp"]) == 0
+    printed = capsys.readouterr().out
+    assert "binary activations: all 3 tensors identical" in printed and "VERIFY OK" in printed
+    assert (tmp_path / "models" / "bmlp.onnx").is_file()
+    assert main(["verify", "nosuchmodel"]) == 2
+    assert "'nosuchmodel' is neither a file nor a zoo model" in capsys.readouterr().err
+
+
 def test_run_rejects_wrong_input_shape(compiled_default, tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.zeros((2, 1, 8, 9), np.float32))
     code = main(["run", str(compiled_default), "--input", str(tmp_path / "bad.npy"), "--output", str(tmp_path / "y.npy")])

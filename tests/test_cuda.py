@@ -104,12 +104,18 @@ def test_compile_command_writes_a_cuda_library(tmp_path):
     assert main(["compile", "--target", "cuda", "--arch", "sm_80", "-o", str(out)]) == 0
     data = out.read_bytes()
     assert data[:4] == b"\x7fELF"
-    # without a GPU the device code travels as CUDA source, compiled when loaded on the GPU host
-    assert b"__popc(" in data and b"cuda" in data
-    if not gpu_present():
-        with pytest.raises(BnnError, match="holds CUDA kernels.*NVIDIA GPU"):
-            from bnn_tvm.runtime import CompiledRunner
+    from bnn_tvm.runtime import CompiledRunner
 
+    if gpu_present():
+        # on a GPU host nvcc builds the device code at compile time: sm_80 machine code plus its
+        # PTX, which the driver JIT-compiles for a newer GPU; the library must load and run here
+        runner = CompiledRunner.load(str(out))
+        assert runner.device.dlpack_device_type() == 2  # kDLCUDA
+        assert runner.run(np.zeros((3, *runner.input_shape[1:]), np.float32))[0].shape[0] == 3
+    else:
+        # without a GPU the device code travels as CUDA source, compiled when loaded on the GPU host
+        assert b"__popc(" in data and b"cuda" in data
+        with pytest.raises(BnnError, match="holds CUDA kernels.*NVIDIA GPU"):
             CompiledRunner.load(str(out))
 
 
@@ -297,7 +303,43 @@ def test_exported_library_loads_and_runs_on_the_gpu(tmp_path):
     reference = compile_onnx(default_model_path(), "x86")
     _, _, x_test, _ = digits_split()
     on_gpu = CompiledRunner.load(str(out))
-    assert on_gpu.device.device_type == 2  # kDLCUDA
+    assert on_gpu.device.dlpack_device_type() == 2  # kDLCUDA
     ours = on_gpu.run(x_test[:19])[0]
     theirs = CompiledRunner(reference.executable).run(x_test[:19])[0]
     assert np.max(np.abs(ours - theirs)) <= 1e-5 * np.max(np.abs(theirs))
+
+
+# --------------------------------------------------------------------------------------------
+# bench and verify on the GPU
+
+
+@pytest.mark.skipif(gpu_present(), reason="checks the message given where no GPU is")
+def test_bench_on_cuda_without_a_gpu_says_so(capsys):
+    assert main(["bench", "--layer", "conv3x3:8x4x4", "--target", "cuda"]) == 2
+    assert "needs an NVIDIA GPU" in capsys.readouterr().err
+
+
+@needs_gpu
+def test_bench_layer_on_the_gpu(tmp_path, capsys):
+    """The binary layer, TVM's float build and PyTorch's cuDNN conv, all on the GPU; topi's
+    bitserial conv is a CPU baseline and says so."""
+    import json
+
+    out_json = tmp_path / "bench.json"
+    layer = "conv3x3:32x8x8,batch=2"
+    assert main(["bench", "--layer", layer, "--target", "cuda", "--repeat", "3", "--json", str(out_json)]) == 0
+    report = json.loads(out_json.read_text())
+    assert report["target"] == "cuda" and "gpu" in report["machine"]
+    for name in ("bnn_tvm", "tvm_fp32", "torch_fp32"):
+        assert report["engines"][name]["median_ms"] > 0, report["engines"][name]
+    assert "cuDNN" in report["engines"]["torch_fp32"]["note"]
+    assert "CPU baseline" in report["engines"]["topi_bitserial"]["error"]
+    assert report["max_abs_diff_vs_reference"] == {"bnn_tvm": 0.0, "tvm_fp32": 0.0}  # integer results: exact
+    assert report["machine"]["gpu"].split(" (")[0] in capsys.readouterr().out
+
+
+@needs_gpu
+def test_verify_zoo_model_on_the_gpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BNN_TVM_CACHE", str(tmp_path))
+    assert main(["verify", "resnet20", "--target", "cuda"]) == 0
+    assert "VERIFY OK" in capsys.readouterr().out

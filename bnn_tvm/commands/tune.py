@@ -42,6 +42,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from .. import tune
+    from ..export import resolve_model
 
     if args.timeout <= 0:
         raise BnnError(f"--timeout {args.timeout:g}: must be positive")
@@ -55,7 +56,7 @@ def run(args) -> int:
     for line in tune.report_lines(result.report):
         print(line)
     if args.compare:
-        comparison = tune.compare_model(tune.resolve_model(args.model), args.target, args.db, args.batch)
+        comparison = tune.compare_model(resolve_model(args.model), args.target, args.db, args.batch)
         result.report["model_comparison"] = comparison
         tune.save_json(result.report_path, result.report)
         print(f"model profiled {comparison['rounds']} times each way: binary kernels "

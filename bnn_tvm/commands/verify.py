@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 
-from ..export import default_checkpoint_path, default_model_path
+from ..export import default_checkpoint_path, resolve_model
 
 
 def add_parser(sub) -> None:
     s = sub.add_parser("verify", help="compile, run and compare bit for bit with ONNX Runtime")
-    s.add_argument("model", nargs="?")
+    s.add_argument("model", nargs="?", help="ONNX file or zoo name, e.g. birealnet18 (random weights; default: "
+                   "the bundled digits model, checked on its test images)")
     s.add_argument("--target", default="x86")
     s.add_argument("--batch", type=int)
     s.set_defaults(func=run)
@@ -20,12 +21,11 @@ def run(args) -> int:
 
     x = labels = None
     extra = {}
-    path = args.model
-    if path is None:
+    path = resolve_model(args.model)
+    if args.model is None:
         from ..data import digits_split
         from ..train import accuracy, load_checkpoint
 
-        path = default_model_path()
         _, _, x, labels = digits_split()
         if os.path.isfile(default_checkpoint_path()):
             model, _ = load_checkpoint(default_checkpoint_path())
