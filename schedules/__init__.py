@@ -69,7 +69,21 @@ def schedule_module(mod, spec, plans: dict | None = None):
 
         if float_ops.enabled():
             mod = float_ops.schedule_float_ops(mod, target, vector_lanes32(spec), plans)
+    elif spec.family == "cuda":
+        mod = module.schedule_float_windows(mod, target, plans)
     return mod
+
+
+def legalize(mod, target):
+    """Lower the Relax operators of ``mod`` to PrimFuncs with the passes ``tvm.compile``'s
+    pipeline would run for ``target``, so that the float ones can be scheduled here first."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        return tvm.transform.Sequential(
+            [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan(), relax.transform.LegalizeOps()]
+        )(mod)
 
 
 def prepare_cpu_kernels(mod, spec, plans: dict | None = None):

@@ -85,12 +85,9 @@ def schedule_float_ops(mod, target, lanes32: int, plans: dict | None = None):
     """Legalize the Relax operators of ``mod`` as ``tvm.compile``'s CPU pipeline would and schedule
     every resulting PrimFunc not yet tagged ``tirx.is_scheduled``. ``lanes32``: 32-bit lanes
     of the target's vectors. ``plans``, if given, receives ``{kernel name: plan}``."""
-    from tvm import relax
+    from . import legalize
 
-    with target:
-        mod = tvm.transform.Sequential(
-            [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan(), relax.transform.LegalizeOps()]
-        )(mod)
+    mod = legalize(mod, target)
     updates = {}
     for gvar, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc) or SCHEDULED_ATTR in (func.attrs or {}):

@@ -247,6 +247,36 @@ def test_reduction_in_chunks_when_shared_memory_runs_short(tmp_path, monkeypatch
     assert np.array_equal(run_on_cpu(func, arrays), run_on_cpu(cuda.emulate(func, op), arrays))
 
 
+def test_float_pools_get_a_thread_per_output(tmp_path):
+    """Average pools (a sum, then a division) and the global mean get ``per_output``, replayed
+    exactly on the CPU; the float convs around them stay with dlight."""
+    g = GraphBuilder([2, 16, 8, 8], seed=4)
+    y = g.conv(g.binarize("x"), g.binary_weight((24, 16, 3, 3)), pad=1)
+    pooled = g.node("AveragePool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    padded = g.node("AveragePool", [pooled], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+    out = g.node("GlobalAveragePool", [g.conv(padded, np.ones((5, 24, 1, 1), np.float32))])
+    lowered = lower_onnx(save(g.model([out]), tmp_path / "pools.onnx"), batch=2)
+    spec = targets.get("cuda")
+    legalized = schedules.legalize(lowered.mod, spec.tvm_target())
+    windows = {gvar.name_hint: func for gvar, func in legalized.functions_items()
+               if isinstance(func, tvm_prim_func()) and "bnn.op" not in func.attrs and cuda.is_window_reduction(func)}
+    assert sorted(windows) == ["avg_pool2d", "avg_pool2d1", "mean"], sorted(windows)
+    rng = np.random.default_rng(4)
+    for name, func in windows.items():
+        arrays = [rng.standard_normal([int(d) for d in p.shape]).astype(np.float32) for p in func.params]
+        np.testing.assert_array_equal(run_on_cpu(cuda.emulate(func, name), arrays), run_on_cpu(func, arrays), err_msg=name)
+    plans = {}
+    schedules.schedule_module(lowered.mod, spec, plans)
+    assert all("one thread per output" in plans[name] for name in windows), plans
+    assert not any(name.startswith(("conv2d", "fused_conv2d")) for name in plans), plans
+
+
+def tvm_prim_func():
+    from tvm import tirx
+
+    return tirx.PrimFunc
+
+
 def test_schedule_is_the_family_entry_point():
     """``schedules.schedule_module`` calls ``schedule(func, op, target)`` per kernel and needs
     ``func``, ``plan`` and ``relayouts`` back; scheduled kernels must be left alone by dlight."""
