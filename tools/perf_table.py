@@ -7,7 +7,8 @@
 
 Each row is one benchmarked model or layer (a JSON with ``"layers"`` gives one row per layer):
 median milliseconds per engine, how many times slower each float engine is than the compiled
-binary model, the fraction of the popcount limit reached when measured, and the thread count.
+binary model, the fraction of the popcount limit reached when measured, the thread count and the
+batch size.
 The machine each file was measured on is named above the table (one line per machine).
 """
 
@@ -40,7 +41,8 @@ def machine_line(report: dict) -> str:
     m = report.get("machine", {})
     if "board" in m:
         return f"{report['target']} board reached at {m['board']}"
-    parts = [m.get("cpu", "unknown CPU")]
+    parts = [m["gpu"]] if m.get("gpu") else []
+    parts.append(f"host {m.get('cpu', 'unknown CPU')}" if parts else m.get("cpu", "unknown CPU"))
     if m.get("cores"):
         parts.append(f"{m['cores']} cores")
     if m.get("llvm_cpu"):
@@ -60,12 +62,12 @@ def cell_ms(engine: dict | None) -> str:
 def table(all_reports: list[dict]) -> str:
     engines = [e for e in ENGINES if any(e in r["engines"] and r["engines"][e].get("median_ms") for r in all_reports)]
     others = [e for e in engines if e != "bnn_tvm"]
-    header = ["model", "target", "threads"] + [f"{e} ms" for e in engines] + [f"vs {e}" for e in others] + ["popcount limit"]
+    header = ["model", "target", "threads", "batch"] + [f"{e} ms" for e in engines] + [f"vs {e}" for e in others] + ["popcount limit"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in all_reports:
         speed = r.get("speedup", {})
         limit = r.get("popcount_limit")
-        row = [f"`{r['model']}`", r["target"], str(r["threads"])]
+        row = [f"`{r['model']}`", r["target"], str(r["threads"]), str(r.get("input_shape", ["n/a"])[0])]
         row += [cell_ms(r["engines"].get(e)) for e in engines]
         row += [f"{speed[e]:.1f}x" if e in speed else "n/a" for e in others]
         row.append(f"{100 * limit['fraction']:.0f}% of {limit['gmacs_per_s']:.0f} G/s" if limit else "n/a")
