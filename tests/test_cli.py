@@ -85,3 +85,24 @@ def test_missing_model_and_unknown_target(tmp_path, capsys):
     assert "nope.onnx" in capsys.readouterr().err
     assert main(["compile", "--target", "vax11"]) == 2
     assert "vax11" in capsys.readouterr().err
+
+
+def test_atomic_outputs_get_the_mode_a_plain_write_would(tmp_path):
+    """Written via mkstemp (owner-only), an output still gets 0666 less the umask, and a file
+    that is replaced keeps its mode."""
+    import os
+    import stat
+
+    from bnn_tvm.io import atomic_write
+
+    saved = os.umask(0o022)
+    try:
+        out = tmp_path / "sub" / "report.json"
+        atomic_write(str(out), lambda tmp: open(tmp, "w").write("{}\n"))
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644
+        out.chmod(0o640)
+        atomic_write(str(out), lambda tmp: open(tmp, "w").write("[]\n"))
+        assert stat.S_IMODE(out.stat().st_mode) == 0o640 and out.read_text() == "[]\n"
+    finally:
+        os.umask(saved)
+    assert [p.name for p in out.parent.iterdir()] == ["report.json"]  # no temporary left
