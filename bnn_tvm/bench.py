@@ -411,9 +411,9 @@ def torch_engine(workload, x, settings, workdir, outputs) -> Prepared:
         return Prepared(EngineResult("torch_fp32", error=workload.torch_note))
     torch.set_num_threads(settings.threads)
     on_gpu = on_cuda(settings)
-    if on_gpu and not torch.cuda.is_available():
-        return Prepared(EngineResult("torch_fp32", error=f"this PyTorch ({torch.__version__}) sees no CUDA GPU"))
     if on_gpu:
+        if not torch.cuda.is_available():
+            return Prepared(EngineResult("torch_fp32", error=f"this PyTorch ({torch.__version__}) sees no CUDA GPU"))
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False

@@ -16,6 +16,7 @@ import os
 import numpy as np
 import pytest
 from onnx_builders import GraphBuilder, conv_block_model, save
+from tvm import tirx
 
 import schedules
 import targets
@@ -259,7 +260,7 @@ def test_float_pools_get_a_thread_per_output(tmp_path):
     spec = targets.get("cuda")
     legalized = schedules.legalize(lowered.mod, spec.tvm_target())
     windows = {gvar.name_hint: func for gvar, func in legalized.functions_items()
-               if isinstance(func, tvm_prim_func()) and "bnn.op" not in func.attrs and cuda.is_window_reduction(func)}
+               if isinstance(func, tirx.PrimFunc) and "bnn.op" not in func.attrs and cuda.is_window_reduction(func)}
     assert sorted(windows) == ["avg_pool2d", "avg_pool2d1", "mean"], sorted(windows)
     rng = np.random.default_rng(4)
     for name, func in windows.items():
@@ -269,12 +270,6 @@ def test_float_pools_get_a_thread_per_output(tmp_path):
     schedules.schedule_module(lowered.mod, spec, plans)
     assert all("one thread per output" in plans[name] for name in windows), plans
     assert not any(name.startswith(("conv2d", "fused_conv2d")) for name in plans), plans
-
-
-def tvm_prim_func():
-    from tvm import tirx
-
-    return tirx.PrimFunc
 
 
 def test_schedule_is_the_family_entry_point():

@@ -30,7 +30,7 @@ def kernel_times(path: str, target: str, runs: int, batch: int = 1) -> tuple[dic
     from tvm import relax
 
     from bnn_tvm.compiler import compile_onnx
-    from bnn_tvm.runtime import module_device
+    from bnn_tvm.runtime import has_cuda_code, module_device
 
     compiled = compile_onnx(path, target, batch)
     device = module_device(compiled.executable)
@@ -41,7 +41,7 @@ def kernel_times(path: str, target: str, runs: int, batch: int = 1) -> tuple[dic
     started = {}
 
     # GPU kernels run asynchronously: wait for each, so that its time is its own
-    sync = device.sync if device.dlpack_device_type() == 2 else (lambda: None)
+    sync = device.sync if has_cuda_code(compiled.executable) else (lambda: None)
 
     def instrument(func, symbol, before, ret, *args):
         sync()
