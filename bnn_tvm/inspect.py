@@ -25,10 +25,22 @@ class NodeReport:
         return self.kernel is not None and self.kernel not in FLOAT_KERNELS
 
 
+def constant_nodes(graph) -> set[str]:
+    """Nodes whose inputs are all constants (TVM folds them when it compiles), in graph order."""
+    known = {init.name for init in graph.initializer} | {""}
+    found = set()
+    for node in graph.node:
+        if all(name in known for name in node.input):
+            found.add(node.name)
+            known.update(node.output)
+    return found
+
+
 def inspect_onnx(path: str, batch: int | None = None) -> list[NodeReport]:
     original = load_onnx(path)
     lowered = lower_onnx(path, batch)
-    remaining = {node.name for node in lowered.onnx_model.graph.node}
+    pinned = lowered.onnx_model.graph
+    remaining = {node.name for node in pinned.node} - constant_nodes(pinned)
     kernel_of: dict[str, str] = {}
     detail_of: dict[str, str] = {}
     reasons: dict[str, str] = {}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import onnx
 from onnx import numpy_helper
 
@@ -22,7 +25,25 @@ def load_onnx(path: str) -> onnx.ModelProto:
         raise BnnError(f"{path} is not an ONNX model (protobuf decode failed: {err})") from err
     if not model.graph.node:
         raise BnnError(f"{path} is not an ONNX model (no graph nodes)")
+    load_external_data(model, path)
     return model
+
+
+def load_external_data(model: onnx.ModelProto, path: str) -> None:
+    """Read the tensors stored beside the model (``model.onnx.data``: PyTorch's exporter writes
+    its weights there) into ``model``, so it is self-contained from here on."""
+    from onnx import external_data_helper
+
+    stored = [t for t in model.graph.initializer if external_data_helper.uses_external_data(t)]
+    if not stored:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        external_data_helper.load_external_data_for_model(model, folder)
+    except Exception as err:  # onnx raises ValidationError/OSError for a missing or short file
+        files = sorted({e.value for t in stored for e in t.external_data if e.key == "location"})
+        raise BnnError(f"{path}: its weights are stored in {', '.join(files)} beside it, which cannot be read "
+                       f"({str(err).splitlines()[0]})") from err
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -93,6 +114,10 @@ def pin_input_shape(model: onnx.ModelProto, name: str, shape: list[int]) -> onnx
     for dim, value in zip(dims, shape):
         dim.Clear()
         dim.dim_value = value
+    try:  # known intermediate shapes let the folding below turn their Shape nodes into constants
+        model.CopyFrom(onnx.shape_inference.infer_shapes(model, data_prop=True))
+    except Exception:  # noqa: BLE001 (the folding still handles what it can without them)
+        pass
     onnxscript.optimizer.fold_constants(model, input_size_limit=1 << 26, output_size_limit=1 << 26)  # in place
     onnxscript.optimizer.remove_unused_nodes(model)
     return constants_to_initializers(model)
@@ -217,7 +242,11 @@ def import_to_relax(model: onnx.ModelProto, shape_dict: dict, path: str):
     importer.provenance = {}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     try:
-        mod = importer.from_onnx(model.graph, opset)
+        with warnings.catch_warnings():
+            # TVM renames every node name that is not a valid identifier (PyTorch's "/c1/Conv")
+            # and warns once per node; the provenance keeps the ONNX names, so the noise goes
+            warnings.filterwarnings("ignore", message="Renaming name", category=UserWarning)
+            mod = importer.from_onnx(model.graph, opset)
     except Exception as err:
         raise BnnError(f"{path}: TVM's ONNX importer failed: {err}") from err
     return mod, complete_provenance(mod, importer.provenance)

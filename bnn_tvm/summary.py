@@ -326,10 +326,15 @@ def _node_stats(node, index, constants, shapes, producers, counted, path) -> Lay
     weight = constants.get(node.input[weight_index]) if weight_index is not None else None
     if weight is not None:
         layer.input_bits = _activation_bits(node.input[0], producers, constants)
-        layer.weight_bits = 1 if _is_bipolar(weight) else FLOAT_BITS
+        scales = _channel_scales(node, weight)
+        layer.weight_bits = 1 if scales is not None else FLOAT_BITS
+        if scales is not None and not np.all(scales == 1):
+            layer.add_params(FLOAT_BITS, scales.size)  # ±alpha: one float scale per output channel
+    # a binarizer's ±1 (folded ``ones_like`` tensors) are not parameters
+    binarizer = node.op_type == "Where" and _is_binarizer(node, producers, constants)
     for position, name in enumerate(node.input):
         value = constants.get(name)
-        if value is None or name in counted or not _is_parameter(value):
+        if value is None or name in counted or binarizer or not _is_parameter(value):
             continue
         if position == 2 and weight is not None and not np.any(value):
             continue  # the exporter's zero bias of a bias-free conv
@@ -352,8 +357,48 @@ def _node_macs(node, weight: np.ndarray, out_shape: list[int]) -> int:
     return per_sample * weight.shape[-2]  # MatMul: [..., K, N]
 
 
-def _is_bipolar(values: np.ndarray) -> bool:
-    return values.size > 0 and bool(np.all(np.abs(values) == 1))
+def _channel_scales(node, weight: np.ndarray) -> np.ndarray | None:
+    """Per output channel ``alpha`` when the weight is ``±alpha`` per output channel (±1: all
+    ones; an exporter that folds a batch norm into binary weights gives other alphas), else None."""
+    if weight.size == 0 or weight.ndim < 2:
+        return None
+    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+    axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b) else weight.ndim - 1
+    magnitudes = np.moveaxis(np.abs(weight), axis, 0).reshape(weight.shape[axis], -1)
+    scales = magnitudes[:, 0]
+    if np.any(scales == 0) or not np.all(magnitudes == scales[:, None]):
+        return None
+    return scales
+
+
+def _is_binarizer(node, producers: dict, constants: dict) -> bool:
+    """``Where(x >= 0, 1, -1)`` (or ``>``), the ±1 as scalars or full tensors."""
+    compare = producers.get(node.input[0])
+    return (compare is not None and compare.op_type in ("GreaterOrEqual", "Greater")
+            and _uniform_value(node.input[1], producers, constants) == 1
+            and _uniform_value(node.input[2], producers, constants) == -1)
+
+
+def _uniform_value(name: str, producers: dict, constants: dict) -> float | None:
+    """The value of a tensor whose elements are all one constant: an initializer, or PyTorch's
+    ``ones_like`` (``ConstantOfShape`` or ``Expand`` of a scalar), possibly negated."""
+    if name in constants:
+        values = constants[name]
+        return float(values.flat[0]) if values.size and np.all(values == values.flat[0]) else None
+    node = producers.get(name)
+    if node is None:
+        return None
+    if node.op_type == "ConstantOfShape":
+        from onnx import numpy_helper
+
+        fill = next((a.t for a in node.attribute if a.name == "value"), None)
+        return float(numpy_helper.to_array(fill).flat[0]) if fill is not None else 0.0
+    if node.op_type == "Expand":
+        return _uniform_value(node.input[0], producers, constants)
+    if node.op_type == "Neg":
+        inner = _uniform_value(node.input[0], producers, constants)
+        return None if inner is None else -inner
+    return None
 
 
 def _activation_bits(name: str, producers: dict, constants: dict) -> int:
@@ -364,13 +409,7 @@ def _activation_bits(name: str, producers: dict, constants: dict) -> int:
     if node.op_type == "Sign":
         return 1
     if node.op_type == "Where":
-        high, low = constants.get(node.input[1]), constants.get(node.input[2])
-        compare = producers.get(node.input[0])
-        if (high is not None and low is not None and compare is not None
-                and compare.op_type in ("GreaterOrEqual", "Greater")
-                and np.all(high == 1) and np.all(low == -1)):
-            return 1
-        return FLOAT_BITS
+        return 1 if _is_binarizer(node, producers, constants) else FLOAT_BITS
     if node.op_type == "Pad":
         pad_value = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1)
         inner = _activation_bits(node.input[0], producers, constants)

@@ -96,6 +96,19 @@ class RuleContext(relax.PyExprMutator):
         values = self.constant(expr)
         return float(values.reshape(())) if values is not None and values.size == 1 else None
 
+    def uniform(self, expr, shape) -> float | None:
+        """The value of a constant whose elements are all equal and whose shape broadcasts into
+        ``shape`` (so an elementwise op gives the same shape with the scalar instead): PyTorch's
+        ``torch.ones_like(x)`` exports as ``ConstantOfShape(Shape(x))``, a full tensor once the
+        input shape is pinned and constants are folded."""
+        values = self.constant(expr)
+        if values is None or values.size == 0 or values.ndim > len(shape):
+            return None
+        if any(d not in (1, int(s)) for d, s in zip(values.shape[::-1], list(shape)[::-1])):
+            return None
+        first = values.flat[0]
+        return float(first) if np.all(values == first) else None
+
     def constant(self, expr) -> np.ndarray | None:
         expr = self.producer(expr)
         return expr.value.numpy() if isinstance(expr, Constant) else None

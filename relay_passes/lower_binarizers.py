@@ -7,7 +7,10 @@ packed bits and feed them to binary kernels directly. Recognised forms, all mean
 * ``where(x >= 0, 1, -1)`` (this project's export, QONNX ``BipolarQuant`` after import), and
   ``where(x >= beta, 1, -1)`` with a per-channel ``beta`` (ReActNet's RSign),
 * ``where(x < 0, -1, 1)``,
-* ``cast(x >= 0) * 2 - 1``.
+* ``cast(x >= 0) * 2 - 1``,
+
+where the constants may also be full tensors no larger than the result (``torch.ones_like(x)``
+and ``-torch.ones_like(x)`` in ``torch.where``).
 
 ONNX ``Sign`` is a different function (0 at 0); ``lower_sign`` handles it where it is provably
 binary.
@@ -31,7 +34,7 @@ def _compare_source(ctx: RuleContext, cond, op: str):
     if op_name(compare) != op:
         return None
     x, threshold = compare.args
-    if ctx.scalar(threshold) == 0.0:
+    if ctx.uniform(threshold, shape_of(x)) == 0.0:
         return x
     values = ctx.constant(threshold)
     if values is None or len(shape_of(x)) not in (2, 4) or per_channel(values, shape_of(x)) is None:
@@ -44,7 +47,7 @@ def binarized_input(ctx: RuleContext, call):
     name = op_name(call)
     if name == "relax.where":
         cond, high, low = call.args
-        high, low = ctx.scalar(high), ctx.scalar(low)
+        high, low = ctx.uniform(high, shape_of(cond)), ctx.uniform(low, shape_of(cond))
         if (high, low) == (1.0, -1.0):
             return _compare_source(ctx, cond, "relax.greater_equal")
         if (high, low) == (-1.0, 1.0):
@@ -52,10 +55,10 @@ def binarized_input(ctx: RuleContext, call):
         return None
     if name in ("relax.subtract", "relax.add"):
         doubled, offset = call.args
-        if ctx.scalar(offset) != (1.0 if name == "relax.subtract" else -1.0):
+        if ctx.uniform(offset, shape_of(doubled)) != (1.0 if name == "relax.subtract" else -1.0):
             return None
         doubled = ctx.producer(doubled)
-        if op_name(doubled) != "relax.multiply" or ctx.scalar(doubled.args[1]) != 2.0:
+        if op_name(doubled) != "relax.multiply" or ctx.uniform(doubled.args[1], shape_of(doubled.args[0])) != 2.0:
             return None
         cast = ctx.producer(doubled.args[0])
         if op_name(cast) != "relax.astype":

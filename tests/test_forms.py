@@ -10,6 +10,7 @@ from test_exactness import check, inputs
 
 from bnn_tvm.errors import BnnError
 from bnn_tvm.inspect import inspect_onnx
+from bnn_tvm.verify import verify
 
 
 def binarize_less(g, x):
@@ -23,7 +24,17 @@ def binarize_cast(g, x):
     return g.node("Sub", [doubled, g.const(np.float32(1))])
 
 
-@pytest.mark.parametrize("binarizer", [binarize_less, binarize_cast])
+def binarize_ones_like(g, x):
+    """PyTorch's ``torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))``: the ±1 are
+    ``ConstantOfShape(Shape(x))`` tensors, constant only once the batch is pinned."""
+    ge = g.node("GreaterOrEqual", [x, g.const(np.float32(0))])
+    one = helper.make_tensor("value", 1, [1], [1.0])
+    ones = g.node("ConstantOfShape", [g.node("Shape", [x])], value=one)
+    minus_ones = g.node("Neg", [g.node("ConstantOfShape", [g.node("Shape", [x])], value=one)])
+    return g.node("Where", [ge, ones, minus_ones])
+
+
+@pytest.mark.parametrize("binarizer", [binarize_less, binarize_cast, binarize_ones_like])
 def test_binarizer_idioms(tmp_path, binarizer):
     g = GraphBuilder([1, 10, 6, 6], seed=1)
     a = binarizer(g, "x")
@@ -32,6 +43,19 @@ def test_binarizer_idioms(tmp_path, binarizer):
     x = inputs([1, 10, 6, 6])
     x[:, :, 0] = 0.0  # the idioms must agree with x >= 0 at exactly 0
     check(save(g.model([out]), tmp_path / "m.onnx"), x, ["binary_conv2d_threshold", "-> binary_conv2d"])
+
+
+def test_where_with_larger_constants_is_not_a_binarizer(tmp_path):
+    """A full ±1 tensor that broadcasts the result to a larger shape is not the scalar: the
+    Where must stay float (its output has the constants' shape)."""
+    g = GraphBuilder([1, 4, 1, 5], seed=1)
+    ge = g.node("GreaterOrEqual", ["x", g.const(np.float32(0))])
+    out = g.node("Where", [ge, g.const(np.ones((1, 4, 3, 5), np.float32)), g.const(-np.ones((1, 4, 3, 5), np.float32))])
+    out = g.conv(out, g.binary_weight((2, 4, 3, 3)))
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    assert not any(r.binary for r in inspect_onnx(path))
+    report = verify(path, "x86", x=inputs([1, 4, 1, 5]))
+    assert report.ok, "\n".join(report.lines())
 
 
 @pytest.mark.parametrize("value", [1.0, -1.0])
@@ -247,3 +271,18 @@ def test_rsign_per_channel_threshold(tmp_path):
     x = inputs([1, 10, 6, 6], seed=31)
     x[:, :, ::2] = np.broadcast_to(beta, x[:, :, ::2].shape[:2] + (1, 1))  # exact ties
     check(save(g.model([out]), tmp_path / "m.onnx"), x, ["binary_conv2d_threshold", "-> binary_conv2d"])
+
+
+def test_weights_stored_beside_the_model(tmp_path):
+    """PyTorch's exporter writes the weights to ``model.onnx.data``: they are read from there,
+    and a missing data file is an error naming it."""
+    import onnx
+
+    g = GraphBuilder([1, 8, 6, 6], seed=7)
+    out = g.conv(g.binarize("x"), g.binary_weight((16, 8, 3, 3)), pad=1)
+    path = str(tmp_path / "m.onnx")
+    onnx.save(g.model([out]), path, save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    check(path, inputs([1, 8, 6, 6]), ["-> binary_conv2d"])
+    (tmp_path / "m.onnx.data").unlink()
+    with pytest.raises(BnnError, match=r"m\.onnx\.data"):
+        inspect_onnx(path)

@@ -79,3 +79,21 @@ def test_cli_names_a_bad_model(capsys, tmp_path):
     junk.write_bytes(b"not a model")
     assert main(["summary", str(junk)]) == 2
     assert "junk.onnx" in capsys.readouterr().err
+
+
+def test_pytorch_export_forms_counted_as_binary(tmp_path):
+    """``torch.where(x >= 0, ones_like(x), -ones_like(x))`` is a binarizer (its ±1 tensors are
+    not parameters), and a weight that is ±alpha per output channel (an exporter folded a batch
+    norm into it) is 1-bit with one float scale per channel."""
+    import numpy as np
+    from onnx_builders import GraphBuilder, save
+    from test_forms import binarize_ones_like
+
+    g = GraphBuilder([1, 6, 5, 5], seed=3)
+    alphas = np.array([0.5, -2.0, 3.0, 1.5], np.float32).reshape(4, 1, 1, 1)
+    out = g.conv(binarize_ones_like(g, "x"), g.binary_weight((4, 6, 3, 3)) * alphas, pad=1)
+    summary = summarize(save(g.model([out]), tmp_path / "m.onnx"))
+    (conv,) = summary.layers
+    assert (conv.input_bits, conv.weight_bits) == (1, 1)
+    assert summary.params_by_bits() == {1: 4 * 6 * 9, 32: 4}
+    assert summary.macs_by_bits() == {1: 4 * 25 * 6 * 9}
