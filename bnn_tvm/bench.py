@@ -217,10 +217,8 @@ def model_workload(model: str, workdir: str, batch: int) -> Workload:
         name, options, label = model, {}, model
         binary = models.build(name, **options).eval()
     else:
-        from .errors import BnnError as _Err
-
-        raise _Err(f"{model!r} is neither a file nor a zoo model; give an ONNX file, a checkpoint "
-                   f"(.pt) or one of: {', '.join(sorted(models.ZOO))}")
+        raise BnnError(f"{model!r} is neither a file nor a zoo model; give an ONNX file, a checkpoint "
+                       f"(.pt) or one of: {', '.join(sorted(models.ZOO))}")
     sample_shape = tuple(models.input_shape(name))
     path = os.path.join(workdir, f"{name}.onnx")
     export_onnx(binary, sample_shape, path)
@@ -591,18 +589,16 @@ def measure_rounds(prepared: dict, settings: Settings, progress=None, label: str
 
 def check_runs_here(spec, settings: Settings) -> None:
     """CPU targets run here or on a board; CUDA targets on this host's GPU."""
-    from .errors import BnnError as _Err
-
     if spec.family == "cuda":
         import tvm
 
         if settings.remote:
-            raise _Err(f"target {spec.name}: --rpc/--tracker/--count-instructions are for boards; "
-                       "a CUDA target is benchmarked on this host's GPU")
+            raise BnnError(f"target {spec.name}: --rpc/--tracker/--count-instructions are for boards; "
+                           "a CUDA target is benchmarked on this host's GPU")
         if not tvm.cuda(0).exist:
-            raise _Err(f"target {spec.name} needs an NVIDIA GPU here (tvm.cuda(0).exist is False)")
+            raise BnnError(f"target {spec.name} needs an NVIDIA GPU here (tvm.cuda(0).exist is False)")
     elif not spec.is_host and not settings.remote:
-        raise _Err(f"target {spec.name} does not run on this host: give --rpc HOST:PORT or --tracker HOST:PORT --key KEY")
+        raise BnnError(f"target {spec.name} does not run on this host: give --rpc HOST:PORT or --tracker HOST:PORT --key KEY")
 
 
 def benchmark(workload: Workload, settings: Settings, engines: list[str], progress=None) -> dict:
