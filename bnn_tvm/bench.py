@@ -7,7 +7,9 @@ runs (after warm-up):
 * ``tvm_fp32``: the same ONNX compiled by TVM with the binarization passes disabled (the float
   twin's arithmetic: binarizers run as float ``Where`` ops, convs as float convs), untuned;
 * ``torch_fp32``: PyTorch on the float twin (the same layers with float values), the better of
-  NCHW and channels_last memory formats;
+  NCHW and channels_last memory formats; for a bare ONNX file, which has no PyTorch model behind
+  it, the ONNX graph itself run node by node in PyTorch (``bnn_tvm.onnx_torch``, the same float
+  arithmetic as ``tvm_fp32``; its output is checked against the reference like TVM's);
 * ``ort_fp32``: ONNX Runtime (all graph optimisations) on the same ONNX as ``tvm_fp32``;
 * ``topi_bitserial`` (single layers only): TVM's own ``topi.nn.bitserial_conv2d_nhwc``,
   unipolar, int32 output, default (untuned, unscheduled) lowering.
@@ -180,6 +182,7 @@ class Workload:
     torch_note: str = ""
     layer: LayerSpec | None = None
     binary_macs: int | None = None
+    torch_same_graph: bool = False  # the twin computes the ONNX graph itself: its output is checked
 
 
 def layer_workload(spec: LayerSpec, workdir: str) -> Workload:
@@ -204,9 +207,11 @@ def model_workload(model: str, workdir: str, batch: int) -> Workload:
         from .compiler import input_shape as onnx_input_shape
         from .onnx_import import load_onnx
 
+        from .onnx_torch import module_from_onnx
+
         _, shape = onnx_input_shape(load_onnx(model), model, batch)
-        return Workload(os.path.basename(model), model, tuple(shape), None,
-                        "no PyTorch twin for a bare ONNX file (give a checkpoint or a zoo name)")
+        return Workload(os.path.basename(model), model, tuple(shape), lambda: module_from_onnx(model, shape[0]),
+                        "the ONNX graph run node by node in PyTorch (bnn_tvm.onnx_torch)", torch_same_graph=True)
     if os.path.isfile(model):
         from .train import load_checkpoint
 
@@ -420,6 +425,9 @@ def torch_engine(workload, x, settings, workdir, outputs) -> Prepared:
     model = workload.torch_twin().to(device)
     candidates = []
     with torch.inference_mode():
+        if workload.torch_same_graph:
+            result = model(torch.from_numpy(x).to(device))
+            outputs["torch_fp32"] = (result[0] if isinstance(result, tuple) else result).cpu().numpy()
         for layout, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
             module = model.to(memory_format=fmt)
             data = torch.from_numpy(x).to(device).contiguous(memory_format=fmt)
@@ -642,7 +650,7 @@ def benchmark(workload: Workload, settings: Settings, engines: list[str], progre
         "sizes": sizes,
     }
     reference = reference_output(workload, x)
-    for engine in ("bnn_tvm", "tvm_fp32"):
+    for engine in ("bnn_tvm", "tvm_fp32", "torch_fp32"):
         if engine in outputs:
             diff = np.abs(outputs[engine].astype(np.float64) - reference)
             report.setdefault("max_abs_diff_vs_reference", {})[engine] = float(diff.max())

@@ -1,0 +1,115 @@
+"""The ONNX graph run in PyTorch (``bench``'s ``torch_fp32`` engine for a bare ONNX file)
+against ONNX Runtime with optimisations off, op forms included that differ between the two
+libraries' conventions (asymmetric pads, ceil-mode pools, ``Reshape`` with 0, Gemm transposes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from bnn_tvm.errors import BnnError
+from bnn_tvm.onnx_torch import module_from_onnx, torch_module
+from bnn_tvm.verify import reference_outputs
+
+
+def const(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def many_ops_model():
+    rng = np.random.default_rng(3)
+    inits = [
+        const("w", rng.standard_normal((6, 3, 3, 3)).astype(np.float32)),
+        const("b", rng.standard_normal(6).astype(np.float32)),
+        const("zero", np.float32(0)), const("one", np.float32(1)), const("minus_one", np.float32(-1)),
+        const("bn_scale", rng.uniform(0.5, 1.5, 6).astype(np.float32)), const("bn_bias", rng.standard_normal(6).astype(np.float32)),
+        const("bn_mean", rng.standard_normal(6).astype(np.float32)), const("bn_var", rng.uniform(0.5, 2, 6).astype(np.float32)),
+        const("slope", rng.uniform(0, 0.3, (6, 1, 1)).astype(np.float32)),
+        const("lo", np.float32(-0.5)), const("hi", np.float32(0.75)),
+        const("shape", np.array([0, 6, -1], np.int64)), const("axes_last", np.array([2], np.int64)),
+        const("fc", rng.standard_normal((4, 12)).astype(np.float32)), const("fc_b", rng.standard_normal(4).astype(np.float32)),
+        const("pads", np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)),
+        const("starts", np.array([1], np.int64)), const("ends", np.array([-1], np.int64)), const("slice_axes", np.array([3], np.int64)),
+        const("pick", np.array([2, 0, -1], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("GreaterOrEqual", ["x", "zero"], ["ge"]),
+        helper.make_node("Where", ["ge", "one", "minus_one"], ["xb"]),
+        helper.make_node("Conv", ["xb", "w", "b"], ["c"], pads=[0, 1, 2, 1], strides=[2, 1]),  # asymmetric
+        helper.make_node("BatchNormalization", ["c", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["bn"], epsilon=1e-3),
+        helper.make_node("PRelu", ["bn", "slope"], ["pr"]),
+        helper.make_node("Clip", ["pr", "lo", "hi"], ["cl"]),
+        helper.make_node("Pad", ["cl", "pads"], ["pd"], mode="reflect"),
+        helper.make_node("Slice", ["pd", "starts", "ends", "slice_axes"], ["sl"]),
+        helper.make_node("MaxPool", ["sl"], ["mp"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 0, 1], ceil_mode=1),
+        helper.make_node("AveragePool", ["mp"], ["ap"], kernel_shape=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1),
+        helper.make_node("Concat", ["ap", "ap"], ["cat"], axis=1),
+        helper.make_node("Gather", ["cat", "pick"], ["ga"], axis=1),
+        helper.make_node("Transpose", ["ga"], ["tr"], perm=[0, 1, 3, 2]),
+        helper.make_node("Reshape", ["tr", "shape"], ["rs"]),  # 0 copies the batch
+        helper.make_node("ReduceMean", ["rs", "axes_last"], ["rm"], keepdims=0),
+        helper.make_node("Unsqueeze", ["rm", "axes_last"], ["us"]),
+        helper.make_node("Squeeze", ["us", "axes_last"], ["sq"]),
+        helper.make_node("Flatten", ["sq"], ["fl"], axis=1),
+        helper.make_node("Concat", ["fl", "fl"], ["fl2"], axis=1),
+        helper.make_node("Gemm", ["fl2", "fc", "fc_b"], ["logits"], transB=1, alpha=0.5, beta=2.0),
+    ]
+    graph = helper.make_graph(nodes, "many_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 9, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 4])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_ops_match_onnx_runtime(memory_format):
+    model = many_ops_model()
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 8)).astype(np.float32)
+    x[0, 0, :2] = 0.0  # exact zeros: the binarizer's tie goes to +1 in both
+    (expected,) = reference_outputs(model, x, "x")
+    module = torch_module(model).eval().to(memory_format=memory_format)
+    with torch.inference_mode():
+        got = module(torch.from_numpy(x).contiguous(memory_format=memory_format)).numpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_op_names_the_node(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("LRN", ["x"], ["y"], name="local_norm", size=3)], "lrn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 5])],
+    )
+    path = tmp_path / "lrn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    with pytest.raises(BnnError, match=r"lrn\.onnx.*'local_norm' \(LRN\)"):
+        module_from_onnx(str(path))
+
+
+def test_dynamic_batch_model_pinned_and_folded(tmp_path):
+    """A PyTorch export with a dynamic batch and ``ones_like`` binarizers
+    (``ConstantOfShape(Shape(x))``) runs at the batch asked for."""
+    import torch.nn as nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 3, padding=1)
+
+        def forward(self, x):
+            x = torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+            return torch.flatten(self.conv(x), 1)
+
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(Net().eval(), torch.randn(1, 2, 5, 5), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
+    module = module_from_onnx(str(path), 3)
+    x = np.random.default_rng(1).standard_normal((3, 2, 5, 5)).astype(np.float32)
+    (expected,) = reference_outputs(onnx.load(str(path)), x, "x")
+    with torch.inference_mode():
+        got = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
