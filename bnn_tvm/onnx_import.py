@@ -262,14 +262,13 @@ def complete_provenance(mod, provenance: dict) -> dict:
     for block in mod["main"].body.blocks:
         for binding in block.bindings:
             name, value = binding.var.name, binding.value
-            if isinstance(value, relax.TupleGetItem) and isinstance(value.tuple_value, relax.Var):
+            if name in provenance:  # a node's result (a batch norm's first output included)
+                full.update({p: provenance[name] for p in pending})
+                pending = []
+            elif isinstance(value, relax.TupleGetItem) and isinstance(value.tuple_value, relax.Var):
                 owner = full.get(value.tuple_value.name)
                 if owner is not None:
                     full[name] = owner
-                continue
-            if name in provenance:
-                full.update({p: provenance[name] for p in pending})
-                pending = []
             else:
                 pending.append(name)
     return full
