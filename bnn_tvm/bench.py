@@ -52,6 +52,7 @@ RESNET18_LAYERS = (
     "conv3x3:512x7x7",
 )
 LAYER_SYNTAX = "convKxK:CxHxW[,out=OC][,stride=S][,pad=P][,batch=N]"
+PAUSE_S = 0.2  # idle seconds before each sample with several threads (``Settings.pause_s``)
 
 
 # ------------------------------------------------------------------------------------------
@@ -271,6 +272,15 @@ class Settings:
     @property
     def remote(self) -> bool:
         return bool(self.rpc or self.tracker or self.key or self.count_instructions)
+
+    @property
+    def pause_s(self) -> float:
+        """Idle time before each sample when several threads run here. ONNX Runtime's and
+        OpenMP's worker threads spin for a while after a run; on a machine with as many cores as
+        threads, the next engine then shares a core with them. TVM's kernels split their work
+        statically and wait for the slowest thread, so Bi-Real at 2 threads measured 10.7-11.0
+        ms instead of 6.6 ms right after ONNX Runtime (4 runs, 2 cores)."""
+        return PAUSE_S if self.threads > 1 and not self.remote else 0.0
 
 
 @dataclass
@@ -580,7 +590,9 @@ def machine(spec=None) -> dict:
 
 def measure_rounds(prepared: dict, settings: Settings, progress=None, label: str = "") -> None:
     """Interleaved rounds: each round takes one sample of every engine, so load from other
-    processes on a shared machine hits all engines alike and the ratios stay meaningful.
+    processes on a shared machine hits all engines alike and the ratios stay meaningful. With
+    several threads, each sample starts after a pause (``Settings.pause_s``) in which the
+    previous engine's thread pool goes idle.
     An engine past its time budget (``Settings.budget_s``) stops after 3 samples."""
     timed = {name: p for name, p in prepared.items() if p.sample is not None}
     spent = dict.fromkeys(timed, 0.0)
@@ -588,6 +600,8 @@ def measure_rounds(prepared: dict, settings: Settings, progress=None, label: str
         for name, p in timed.items():
             if round_index >= 3 and spent[name] > settings.budget_s:
                 continue
+            if settings.pause_s:
+                time.sleep(settings.pause_s)  # let the previous engine's worker threads stop spinning
             start = time.perf_counter()
             p.result.times_ms.append(p.sample())
             spent[name] += time.perf_counter() - start

@@ -32,7 +32,7 @@ def _unsupported(node, what: str):
     return BnnError(f"node {node.name or '<unnamed>'!r} ({node.op_type}): {what} is not supported by the ONNX->PyTorch runner")
 
 
-def _same_pads(node, pads: list[int], dims: int):
+def _same_pads(pads: list[int], dims: int):
     """ONNX ``pads`` ``[x1_begin, x2_begin, ..., x1_end, x2_end, ...]``: the symmetric per-axis
     padding, or None when begin and end differ."""
     pads = list(pads) or [0] * (2 * dims)
@@ -62,7 +62,7 @@ def conv(node, attrs, x, w, b=None):
     if dims not in (1, 2, 3):
         raise _unsupported(node, f"a {dims}-d convolution")
     pads = list(attrs.get("pads", [0] * (2 * dims)))
-    symmetric = _same_pads(node, pads, dims)
+    symmetric = _same_pads(pads, dims)
     if symmetric is None:
         x, symmetric = F.pad(x, _torch_pad_arg(pads, dims)), [0] * dims
     func = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
@@ -81,7 +81,7 @@ def _pool(node, attrs, x, kind: str):
     strides = list(attrs.get("strides", [1] * dims))
     pads = list(attrs.get("pads", [0] * (2 * dims)))
     ceil = bool(attrs.get("ceil_mode", 0))
-    symmetric = _same_pads(node, pads, dims)
+    symmetric = _same_pads(pads, dims)
     if kind == "max":
         if symmetric is None:
             x, symmetric = F.pad(x, _torch_pad_arg(pads, dims), value=-math.inf), [0] * dims

@@ -100,3 +100,17 @@ def test_bench_rejects_bad_options(capsys):
     assert "--threads" in capsys.readouterr().err
     assert main(["bench", "--layer", "conv3x3:8x4x4", "--target", "rasp3b"]) == 2
     assert "--rpc" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads, pauses", [(1, 0), (2, 6)])
+def test_samples_wait_for_idle_thread_pools_with_several_threads(monkeypatch, threads, pauses):
+    """With several threads each sample starts after a pause (the previous engine's spinning
+    worker threads would share the cores with it); with one thread, no time is spent waiting."""
+    from bnn_tvm import bench
+
+    slept = []
+    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    prepared = {name: bench.Prepared(bench.EngineResult(name), lambda: 1.0) for name in ("bnn_tvm", "ort_fp32")}
+    bench.measure_rounds(prepared, bench.Settings(threads=threads, repeat=3))
+    assert slept == [bench.PAUSE_S] * pauses
+    assert all(p.result.times_ms == [1.0] * 3 for p in prepared.values())
