@@ -115,32 +115,47 @@ def lower_onnx(
 
 def compile_onnx(
     path: str, target: str = "x86", batch: int | None = None, extra_outputs: list[str] | None = None,
-    db: str | None = None,
+    db: str | None = None, progress: bool = False,
 ) -> CompiledModel:
     """Compile the ONNX model at ``path``; ``extra_outputs`` exposes inner tensors (for verify);
     ``db``: a tuning database folder (``python -m bnn_tvm tune``) whose records replace the
-    hand-written schedules where they were faster."""
+    hand-written schedules where they were faster; ``progress``: a bar over the compile stages
+    (a large model takes tens of seconds, most of it in the import and in LLVM)."""
     import tvm
+    from tqdm import tqdm
     from tvm import relax
 
     spec = targets.get(target)
-    lowered = lower_onnx(path, batch, extra_outputs, target)
-    metadata = {
-        "model": os.path.basename(path),
-        "target": spec.name,
-        "input_name": lowered.input_name,
-        "input_shape": lowered.input_shape,
-        "outputs": [o.name for o in lowered.onnx_model.graph.output],
-        "fused": lowered.fused_lines(),
-    }
-    builder = relax.BlockBuilder(lowered.mod)
-    with builder.function(METADATA_FUNC, []):
-        builder.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
-    mod = builder.get()
-    if db:
-        from schedules import tuning
+    stages = ["importing ONNX, binarization passes"] + (["tuning records"] if db else []) + ["scheduling", "LLVM build"]
+    with tqdm(total=len(stages), desc=f"compile {os.path.basename(path)}", unit="stage", disable=not progress) as bar:
 
-        mod = tuning.apply_database(mod, db, spec)
-    mod = schedules.schedule_module(mod, spec)
-    executable = tvm.compile(mod, spec.tvm_target())
+        def stage(done: bool = True) -> None:
+            bar.update(int(done))
+            if bar.n < len(stages):
+                bar.set_postfix_str(stages[bar.n])
+
+        stage(done=False)
+        lowered = lower_onnx(path, batch, extra_outputs, target)
+        metadata = {
+            "model": os.path.basename(path),
+            "target": spec.name,
+            "input_name": lowered.input_name,
+            "input_shape": lowered.input_shape,
+            "outputs": [o.name for o in lowered.onnx_model.graph.output],
+            "fused": lowered.fused_lines(),
+        }
+        builder = relax.BlockBuilder(lowered.mod)
+        with builder.function(METADATA_FUNC, []):
+            builder.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
+        mod = builder.get()
+        stage()
+        if db:
+            from schedules import tuning
+
+            mod = tuning.apply_database(mod, db, spec)
+            stage()
+        mod = schedules.schedule_module(mod, spec)
+        stage()
+        executable = tvm.compile(mod, spec.tvm_target())
+        stage()
     return CompiledModel(executable, metadata, lowered.logs)

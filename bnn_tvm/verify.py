@@ -71,15 +71,17 @@ def verify(
     labels: np.ndarray | None = None,
     batch: int | None = None,
     extra_accuracy: dict | None = None,
+    progress: bool = False,
 ) -> VerifyReport:
-    """Compile ``path``, run it and ORT on ``x`` (random normal inputs when None), compare."""
+    """Compile ``path``, run it and ORT on ``x`` (random normal inputs when None), compare;
+    ``progress``: the compile's stage bar."""
     model = load_for_compile(path)
     input_name, dims = graph_input(model, path)
     if x is None:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((16, *[d or 1 for d in dims[1:]])).astype(np.float32)
     binaries = lower_onnx(path, batch, target=target).binarizer_outputs()
-    compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries)
+    compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries, progress=progress)
     runner = CompiledRunner(compiled.executable)
     ours = runner.run(x)
     add_graph_outputs(model, binaries)

@@ -106,3 +106,10 @@ def test_atomic_outputs_get_the_mode_a_plain_write_would(tmp_path):
     finally:
         os.umask(saved)
     assert [p.name for p in out.parent.iterdir()] == ["report.json"]  # no temporary left
+
+
+def test_compile_shows_its_stages(tmp_path, capsys):
+    """`compile` draws a progress bar over its stages (a large model takes tens of seconds)."""
+    assert main(["compile", "--target", "x86", "-o", str(tmp_path / "digits.so")]) == 0
+    err = capsys.readouterr().err
+    assert "compile digits.onnx" in err and "3/3" in err and "LLVM build" in err

@@ -26,7 +26,7 @@ def run(args) -> int:
 
     path = args.model or default_model_path()
     target = targets.get(args.target, arch=args.arch).name  # a .json file registers its target's name
-    compiled = compile_onnx(path, target, batch=args.batch, db=args.db)
+    compiled = compile_onnx(path, target, batch=args.batch, db=args.db, progress=True)
     output = args.output or os.path.splitext(os.path.basename(path))[0] + f"_{target}.so"
     compiled.export(output)
     for line in compiled.metadata["fused"]:

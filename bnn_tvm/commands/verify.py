@@ -30,7 +30,7 @@ def run(args) -> int:
         if os.path.isfile(default_checkpoint_path()):
             model, _ = load_checkpoint(default_checkpoint_path())
             extra["pytorch"] = accuracy(model, x, labels)
-    report = verify(path, args.target, x=x, labels=labels, batch=args.batch, extra_accuracy=extra)
+    report = verify(path, args.target, x=x, labels=labels, batch=args.batch, extra_accuracy=extra, progress=True)
     for line in report.lines():
         print(line)
     if "pytorch" in report.accuracy and report.accuracy["pytorch"] != report.accuracy["bnn_tvm"]:
