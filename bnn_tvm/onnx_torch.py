@@ -6,8 +6,8 @@ and ``.to(memory_format=...)`` move them) and whose ``forward`` evaluates the gr
 order with ``torch.nn.functional`` ops, following the ONNX operator definitions: the same float
 arithmetic as ONNX Runtime up to summation order, binarizers included (``Where(x >= 0, 1, -1)``
 runs as a float compare and select, as in any float engine). The model is read the way the
-compiler reads it (``onnx_import.load_for_compile``, input shape pinned, shape arithmetic folded),
-so ``Shape``/``ConstantOfShape`` chains are constants by then.
+compiler reads it (``onnx_import.load_for_compile``, input shape pinned, shape arithmetic folded):
+most ``Shape``/``ConstantOfShape`` chains are constants by then, and those left run as ops.
 
 An op outside ``OPS`` (or an attribute form it does not implement) raises a ``BnnError`` naming
 the node; ``bench`` reports it as the engine's error and measures the others.
@@ -41,7 +41,7 @@ def _same_pads(pads: list[int], dims: int):
 
 
 def _torch_pad_arg(pads: list[int], dims: int) -> list[int]:
-    """ONNX ``pads`` of the spatial axes as ``F.pad``'s ``(last_begin, last_end, ...)``."""
+    """ONNX ``pads`` (``dims`` begins, then ``dims`` ends) as ``F.pad``'s ``(last_begin, last_end, ...)``."""
     begin, end = pads[:dims], pads[dims:]
     out = []
     for axis in reversed(range(dims)):
@@ -187,11 +187,8 @@ def pad(node, attrs, x, pads=None, value=None, axes=None):
     pads = [int(p) for p in (pads.tolist() if pads is not None else attrs["pads"])]
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    rank = x.dim()
-    arg = []
-    for axis in reversed(range(rank)):
-        arg += [pads[axis], pads[axis + rank]]
-    while len(arg) > 2 and arg[-2:] == [0, 0]:  # F.pad takes the trailing axes only
+    arg = _torch_pad_arg(pads, x.dim())
+    while len(arg) > 2 and arg[-2:] == [0, 0]:  # leading axes left unpadded: F.pad needs fewer pairs
         arg = arg[:-2]
     if mode == "constant":
         fill = float(value.item()) if value is not None and value.numel() else float(attrs.get("value", 0.0))
