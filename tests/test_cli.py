@@ -113,3 +113,25 @@ def test_compile_shows_its_stages(tmp_path, capsys):
     assert main(["compile", "--target", "x86", "-o", str(tmp_path / "digits.so")]) == 0
     err = capsys.readouterr().err
     assert "compile digits.onnx" in err and "3/3" in err and "LLVM build" in err
+
+
+def test_run_writes_every_output_to_an_npz(tmp_path, capsys):
+    """A model with two outputs: FILE.npz keeps both under their ONNX names; FILE.npy keeps the
+    first and says what was left out."""
+    g = GraphBuilder([2, 32, 6, 6])
+    conv = g.conv(g.binarize("x"), g.binary_weight((32, 32, 3, 3)), pad=1)
+    pooled = g.node("GlobalAveragePool", [conv])
+    path = save(g.model([conv, pooled]), tmp_path / "two_outputs.onnx")
+    assert main(["compile", path, "--target", "x86", "-o", str(tmp_path / "m.so")]) == 0
+    x = np.random.default_rng(0).standard_normal((3, 32, 6, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    expected = reference_outputs(load_onnx(path), x, "x")
+    assert main(["run", str(tmp_path / "m.so"), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npz")]) == 0
+    saved = np.load(tmp_path / "y.npz")
+    assert sorted(saved.files) == sorted([conv, pooled])
+    for name, reference in zip([conv, pooled], expected):
+        np.testing.assert_allclose(saved[name], reference, rtol=1e-5, atol=1e-5)
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "m.so"), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected[0], rtol=1e-5, atol=1e-5)
+    assert "2 outputs" in capsys.readouterr().out
