@@ -49,6 +49,13 @@ from . import bitserial
 
 WORD_BITS = 32
 MAX_STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger local buffers go to the heap
+# Body executions below which a parallel launch costs more than it saves: for loop nests of one
+# element per execution (a float op, a sign-pack, a padded copy), and for the register-tile
+# kernels, whose executions are 16-lane vector popcounts or FMAs. The tile figure is measured:
+# the 8x8 digits model's tiny convs (18-37 k executions) made it 1.4x slower on 2 threads than
+# on 1 while parallel; serial, 2 threads cost nothing (26 us either way).
+PARALLEL_MIN_WORK = 16384
+PARALLEL_MIN_TILE_WORK = 65536
 
 
 @dataclass(frozen=True)
@@ -302,6 +309,21 @@ def extents(sch: s_tir.Schedule, loops) -> list[int]:
     return [int(sch.get(loop).extent) for loop in loops]
 
 
+def block_work(sch: s_tir.Schedule, name: str) -> int:
+    """Executions of block ``name``'s body over its whole iteration domain (spatial x reduction)."""
+    work = 1
+    for var in sch.get(sch.get_sblock(name)).iter_vars:
+        work *= int(var.dom.extent)
+    return work
+
+
+def parallel(sch: s_tir.Schedule, loop, work: int, least: int = PARALLEL_MIN_WORK) -> None:
+    """Run ``loop`` on all cores when the kernel does ``work`` >= ``least`` body executions:
+    waking the thread pool costs microseconds, more than a small kernel takes."""
+    if work >= least:
+        sch.parallel(loop)
+
+
 # --------------------------------------------------------------------------------------------
 # Pieces shared by the kernels
 
@@ -358,7 +380,7 @@ def pad_rows(sch: s_tir.Schedule, unit: VectorUnit) -> None:
         return
     n, y, x, c = sch.get_loops(pad)
     row = sch.fuse(n, y)
-    sch.parallel(row)
+    parallel(sch, row, block_work(sch, "pad_bits"))
     words = sch.fuse(x, c)
     (total,) = extents(sch, [words])
     width = largest_divisor(total, unit.lanes)
@@ -394,7 +416,7 @@ def float_conv(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     acc = sch.get_sblock("conv_acc")
     sch.transform_layout(acc, param_name(func, 1), lambda o, c, y, x: (c, y, x, o))
     out = sch.get_sblock("conv_out")
-    lanes, channel_block, width_block, (o_outer, o_inner, x_inner) = tile_nchw_out(sch, out, unit)
+    lanes, channel_block, width_block, (o_outer, o_inner, x_inner) = tile_nchw_out(sch, out, unit, block_work(sch, "conv_acc"))
     sch.compute_at(acc, o_outer, preserve_unit_loops=True)
     accumulate(sch, acc, lanes, spatial=2, reduction=3)
     epilogue = transpose_out(sch, out, o_inner, x_inner, lanes, width_block, func, tile_dtype="float32")
@@ -404,7 +426,7 @@ def float_conv(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
         pad = None
     if pad is not None:  # the padded input at root: planes in parallel, rows as vectors
         n, c, yy, xx = sch.get_loops(pad)
-        sch.parallel(sch.fuse(n, c))
+        parallel(sch, sch.fuse(n, c), block_work(sch, "pad_float"))
         (padded_width,) = extents(sch, [xx])
         vector = largest_divisor(padded_width, unit.lanes)
         if vector > 1:
@@ -445,10 +467,11 @@ def relayout_conv_constants(sch: s_tir.Schedule, func) -> dict[int, tuple[int, .
     return relayouts
 
 
-def tile_nchw_out(sch: s_tir.Schedule, out, unit: VectorUnit):
-    """Tile an NCHW output block: one parallel task per image row, inside it tiles of
-    ``width_block`` positions x ``channel_block`` channels. Returns ``(lanes, channel_block,
-    width_block, (o_outer, o_inner, x_inner))``: the tile is computed at ``o_outer``."""
+def tile_nchw_out(sch: s_tir.Schedule, out, unit: VectorUnit, work: int):
+    """Tile an NCHW output block: one parallel task per image row (when the kernel's ``work``
+    is worth a parallel launch), inside it tiles of ``width_block`` positions x
+    ``channel_block`` channels. Returns ``(lanes, channel_block, width_block, (o_outer,
+    o_inner, x_inner))``: the tile is computed at ``o_outer``."""
     n, o, y, x = sch.get_loops(out)
     channels, width = extents(sch, [o, x])
     lanes, channel_block, width_block = tile(channels, width, unit)
@@ -457,7 +480,7 @@ def tile_nchw_out(sch: s_tir.Schedule, out, unit: VectorUnit):
     x_outer, x_inner = sch.split(x, [None, width_block])
     o_outer, o_inner = sch.split(o, [None, channel_block])
     sch.reorder(row, x_outer, o_outer, o_inner, x_inner)
-    sch.parallel(row)
+    parallel(sch, row, work, PARALLEL_MIN_TILE_WORK)
     return lanes, channel_block, width_block, (o_outer, o_inner, x_inner)
 
 
@@ -473,7 +496,8 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     mism, dot = sch.get_sblock("mismatches"), sch.get_sblock("binary_conv2d_dot")
     table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     out = sch.get_sblock("table_lookup" if table else "dot_float")
-    lanes, channel_block, width_block, (o_outer, o_inner, x_inner) = tile_nchw_out(sch, out, unit)
+    work = block_work(sch, "mismatches")
+    lanes, channel_block, width_block, (o_outer, o_inner, x_inner) = tile_nchw_out(sch, out, unit, work)
     keep_dot_apart(sch, dot, o_outer, lanes)
     sch.compute_at(mism, o_outer, preserve_unit_loops=True)
     accumulate(sch, mism, lanes, spatial=2, reduction=3)
@@ -503,7 +527,7 @@ def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     row = sch.fuse(n, y)
     x_outer, x_inner = sch.split(x, [None, width_block])
     sch.reorder(row, x_outer, cw, x_inner)
-    sch.parallel(row)
+    parallel(sch, row, block_work(sch, "mismatches"), PARALLEL_MIN_TILE_WORK)
     sch.compute_at(bits, x_inner, preserve_unit_loops=True)
     keep_dot_apart(sch, dot, x_inner if word_aligned else x_outer, lanes if word_aligned else 1)
     # Word-aligned channels: accumulate exactly one word's 32 channels per tile. Otherwise the
@@ -534,7 +558,7 @@ def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     o_outer, o_inner = sch.split(o, [None, channel_block])
     sch.reorder(n_outer, o_outer, n_inner, o_inner)
     task = sch.fuse(n_outer, o_outer)
-    sch.parallel(task)
+    parallel(sch, task, block_work(sch, "mismatches"), PARALLEL_MIN_TILE_WORK)
     sch.compute_at(mism, task, preserve_unit_loops=True)
     sch.unroll(n_inner)
     if lanes > 1:
@@ -560,12 +584,13 @@ def dense_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     sch.reorder(n_outer, cw, n_inner)
     sch.compute_at(bits, n_inner, preserve_unit_loops=True)
     keep_dot_apart(sch, dot, n_inner if word_aligned else n_outer, lanes if word_aligned else 1)
+    work = block_work(sch, "mismatches")
     if word_aligned:
         task = sch.fuse(n_outer, cw)
-        sch.parallel(task)
+        parallel(sch, task, work, PARALLEL_MIN_TILE_WORK)
         sch.compute_at(mism, task, preserve_unit_loops=True)
     else:
-        sch.parallel(n_outer)
+        parallel(sch, n_outer, work, PARALLEL_MIN_TILE_WORK)
         sch.compute_at(mism, n_outer, preserve_unit_loops=True)
         o = sch.get_loops(mism)[-2]
         o_outer, _ = sch.split(o, [None, channel_block])
@@ -593,7 +618,7 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     x_outer, x_inner = sch.split(x, [None, lanes])
     sch.reorder(n, y, x_outer, cw, b, x_inner)
     task = sch.fuse(n, y)
-    sch.parallel(task)
+    parallel(sch, task, block_work(sch, "pack_sign"))
     words = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(words, cw)
     if lanes > 1:
@@ -611,12 +636,13 @@ def power_of_two_divisor(n: int, limit: int) -> int:
 
 
 def generic(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
-    """Any other kernel: the two leading loops of each top-level block in parallel."""
+    """Any other kernel: the two leading loops of each top-level block in parallel (where the
+    block does enough work)."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         loops = sch.get_loops(block)
         if len(loops) >= 2:
             try:
-                sch.parallel(sch.fuse(loops[0], loops[1]))
+                parallel(sch, sch.fuse(loops[0], loops[1]), block_work(sch, sch.get(block).name_hint))
             except (RuntimeError, tvm.error.InternalError):  # a reduction among them: leave this block serial
                 pass
     return Scheduled(sch.mod["main"], "generic: parallel outer loops")

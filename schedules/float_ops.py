@@ -45,12 +45,12 @@ import tvm
 from tvm import s_tir, tirx
 
 from . import SCHEDULED_ATTR
+from .cpu import PARALLEL_MIN_WORK
 
 LOG = logging.getLogger(__name__)
 
 FLOAT_OP_ATTR = "bnn.float_op"  # the plan of a scheduled float kernel (for tests, inspect)
 PARALLEL_MIN_CHUNKS = 64  # parallel chunks wanted of a nest left in its default loop order
-PARALLEL_MIN_WORK = 16384  # loop-body executions below which a parallel launch costs more than it saves
 UNROLL_FACTORS = (4, 5, 3, 2)  # independent vector accumulators of a reduction (hide the add latency)
 
 

@@ -71,11 +71,12 @@ def _max_of(values):
 
 
 def schedule(func: tirx.PrimFunc, lanes32: int) -> tuple[tirx.PrimFunc, str]:
-    """Planes in parallel; per output row, its input rows' max as vectors into a local row."""
+    """Planes in parallel (for pools with enough outputs); per output row, its input rows' max
+    as vectors into a local row."""
     sch = s_tir.Schedule(func)
     pool = sch.get_sblock("pool")
     n, c, y, _ = sch.get_loops(pool)
-    sch.parallel(sch.fuse(n, c))
+    cpu.parallel(sch, sch.fuse(n, c), cpu.block_work(sch, "pool"))
     vertical = sch.get_sblock("vertical")
     sch.compute_at(vertical, y)
     sch.set_scope(vertical, 0, "local")

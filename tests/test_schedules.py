@@ -438,3 +438,17 @@ def test_schedule_module_relayouts_constants_at_compile_time(tmp_path, monkeypat
     got = CompiledRunner(compiled.executable).run(x)[0]
     expected = conv_reference(np.where(x >= 0, 1, -1).astype(np.int64), spec.weights().astype(np.int64), 2, 1)
     np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
+@host_has_avx512
+@pytest.mark.parametrize("shape, threshold, expect_parallel", [
+    ((1, 5, 6, 5, 3, 3, 2, 1), False, False),  # a few hundred popcounts: one core, no thread-pool wake-up
+    ((1, 32, 8, 8, 64, 3, 1, 1), True, False),  # the digits model's conv (36,864 words)
+    ((1, 128, 14, 14, 128, 3, 2, 1), False, True),  # a ResNet stage-entry conv
+    ((1, 64, 12, 12, 64, 3, 1, 1), True, True),
+])
+def test_only_kernels_with_enough_work_run_in_parallel(shape, threshold, expect_parallel):
+    """A parallel launch costs more than a tiny kernel takes; the schedules keep those serial
+    (``cpu.PARALLEL_MIN_TILE_WORK``) and run the rest on all cores, exact either way."""
+    scheduled = check_case(conv_case(np.random.default_rng(5), *shape, threshold=threshold))
+    assert ("T.parallel" in scheduled.func.script()) == expect_parallel, scheduled.plan
