@@ -296,4 +296,5 @@ def integer_dot(name: str, attrs: dict):
     if name == "multibit_conv2d":
         return lambda d, w: bitserial.multibit_conv2d_dot(d, w, strides, padding)
     pad_ones = bool(int(attrs["bnn.pad_ones"]))
-    return lambda d, w, k: bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones)
+    dilation = bitserial.kernel_dilation(attrs)
+    return lambda d, w, k: bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones, dilation)

@@ -20,17 +20,17 @@ from schedules import bitserial
 from .common import RuleContext, is_bipolar, is_power_of_two, op_name, pack_bits, shape_of
 
 
-def padding_correction(weight: np.ndarray, in_hw, strides, padding) -> np.ndarray:
+def padding_correction(weight: np.ndarray, in_hw, strides, padding, dilation=(1, 1)) -> np.ndarray:
     """int32 ``[OC, OH, OW]``: what the -1 bits at zero-padded taps took away, added back.
 
     A padded tap holds 0 in the float model; the kernel counts it as -1, contributing ``-w``.
     The correction is the sum of ``w`` over the padded taps of each output position.
     """
     _, _, kh, kw = weight.shape
-    (h, w), (sh, sw), (pt, pl, _, _) = in_hw, strides, padding
-    oh, ow = output_hw(in_hw, (kh, kw), strides, padding)
-    rows = np.arange(oh)[:, None] * sh - pt + np.arange(kh)[None, :]  # [OH, KH]
-    cols = np.arange(ow)[:, None] * sw - pl + np.arange(kw)[None, :]  # [OW, KW]
+    (h, w), (sh, sw), (pt, pl, _, _), (dh, dw) = in_hw, strides, padding, dilation
+    oh, ow = output_hw(in_hw, (kh, kw), strides, padding, dilation)
+    rows = np.arange(oh)[:, None] * sh - pt + dh * np.arange(kh)[None, :]  # [OH, KH]
+    cols = np.arange(ow)[:, None] * sw - pl + dw * np.arange(kw)[None, :]  # [OW, KW]
     row_out = (rows < 0) | (rows >= h)
     col_out = (cols < 0) | (cols >= w)
     padded = row_out[:, None, :, None] | col_out[None, :, None, :]  # [OH, OW, KH, KW]
@@ -41,8 +41,6 @@ def padding_correction(weight: np.ndarray, in_hw, strides, padding) -> np.ndarra
 def plain_conv_reason(attrs) -> str | None:
     if int(attrs.groups) != 1:
         return f"grouped conv (groups={int(attrs.groups)})"
-    if any(int(d) != 1 for d in attrs.dilation):
-        return "dilated conv"
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
     if layouts != ("NCHW", "OIHW", "NCHW"):
         return f"layouts {layouts}"
@@ -137,8 +135,11 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
         reason = scale if weight is None else None
     strides = tuple(int(s) for s in call.attrs.strides)
     padding = tuple(int(p) for p in call.attrs.padding)
+    dilation = tuple(int(d) for d in call.attrs.dilation)
     if reason is None and explicit is not None and any(padding):
         reason = "an explicit Pad followed by a padded conv"
+    if reason is None and dilation != (1, 1) and len(shape_of(packed)) == 5:
+        reason = "a dilated conv on k-bit activations"
     if reason is not None:
         ctx.keep_float(reason)
         return None
@@ -149,12 +150,14 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
     in_hw = shape_of(packed)[1:3]
     if explicit is not None:
         pad_ones, padding = explicit[0] > 0, explicit[1]
-        correction = np.zeros((oc,) + output_hw(in_hw, (kh, kw), strides, padding), np.int32)
+        correction = np.zeros((oc,) + output_hw(in_hw, (kh, kw), strides, padding, dilation), np.int32)
     else:
         pad_ones = False
-        correction = padding_correction(weight, in_hw, strides, padding)
+        correction = padding_correction(weight, in_hw, strides, padding, dilation)
     taps = c * kh * kw
     detail = f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding}"
+    if dilation != (1, 1):
+        detail += f" dilation {dilation}"
     if explicit is not None:
         detail += f" (explicit Pad {explicit[0]:+g})"
     ctx.fused("binary_conv2d", detail)
@@ -163,7 +166,7 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
         inputs.append(relax.const(scale))
     return ctx.emit_kernel(
         lambda d, w, k, *alpha: bitserial.dot_to_float_nchw(
-            bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones), *alpha
+            bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones, dilation), *alpha
         ),
         *inputs,
         op="binary_conv2d",
@@ -171,9 +174,11 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
         strides=list(strides),
         padding=list(padding),
         pad_ones=int(pad_ones),
+        # only where it says something: the attributes are part of a tuning record's workload
+        **({"dilation": list(dilation)} if dilation != (1, 1) else {}),
     )
 
 
-def output_hw(in_hw, kernel, strides, padding) -> tuple[int, int]:
-    (h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr) = in_hw, kernel, strides, padding
-    return (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+def output_hw(in_hw, kernel, strides, padding, dilation=(1, 1)) -> tuple[int, int]:
+    (h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = in_hw, kernel, strides, padding, dilation
+    return (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1

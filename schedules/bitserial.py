@@ -91,6 +91,11 @@ def _pad_word(channels: int, words: int):
     )
 
 
+def kernel_dilation(attrs) -> tuple[int, int]:
+    """A binary conv kernel's ``bnn.dilation`` attribute (none on kernels made before it existed)."""
+    return tuple(int(d) for d in attrs["bnn.dilation"]) if "bnn.dilation" in attrs else (1, 1)
+
+
 def binary_conv2d_dot(
     data: te.Tensor,
     weight: te.Tensor,
@@ -99,21 +104,23 @@ def binary_conv2d_dot(
     strides: tuple[int, int],
     padding: tuple[int, int, int, int],
     pad_ones: bool = False,
+    dilation: tuple[int, int] = (1, 1),
 ) -> te.Tensor:
     """Exact bipolar conv: int32 ``[N, OH, OW, OC]``.
 
     ``data``: packed ``[N, H, W, CW]``; ``weight``: packed ``[OC, KH, KW, CW]``;
     ``correction``: int32 ``[OC, OH, OW]`` (zero-padding correction, all zeros when unpadded);
-    ``taps``: ``C * KH * KW`` real taps; ``padding``: top, left, bottom, right. Padded taps are
-    -1 bits, or +1 bits with ``pad_ones`` (an explicit ``Pad`` with value +1; channel padding
-    bits stay 0 so they still cancel).
+    ``taps``: ``C * KH * KW`` real taps; ``padding``: top, left, bottom, right; ``dilation``:
+    the distance between kernel taps. Padded taps are -1 bits, or +1 bits with ``pad_ones``
+    (an explicit ``Pad`` with value +1; channel padding bits stay 0 so they still cancel).
     """
     n, h, w, cw = (int(v) for v in data.shape)
     oc, kh, kw, _ = (int(v) for v in weight.shape)
     sh, sw = strides
+    dh, dw = dilation
     pt, pl, pb, pr = padding
-    oh = (h + pt + pb - kh) // sh + 1
-    ow = (w + pl + pr - kw) // sw + 1
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
     if any(padding):
         fill = _pad_word(taps // (kh * kw), cw) if pad_ones else (lambda c: tirx.const(0, WORD_DTYPE))
         padded = te.compute(
@@ -131,7 +138,7 @@ def binary_conv2d_dot(
     mismatches = te.compute(
         (n, oh, ow, oc),
         lambda i, y, x, o: te.sum(
-            tirx.popcount(padded[i, y * sh + ry, x * sw + rx, rc] ^ weight[o, ry, rx, rc]).astype(
+            tirx.popcount(padded[i, y * sh + ry * dh, x * sw + rx * dw, rc] ^ weight[o, ry, rx, rc]).astype(
                 "int32"
             ),
             axis=[ry, rx, rc],

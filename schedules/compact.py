@@ -24,13 +24,13 @@ import numpy as np
 CONV_OPS = ("binary_conv2d", "binary_conv2d_threshold", "binary_conv2d_table", "binary_conv2d_epilogue")
 
 
-def border_classes(size_in: int, size_out: int, kernel: int, stride: int, pad_before: int):
+def border_classes(size_in: int, size_out: int, kernel: int, stride: int, pad_before: int, dilation: int = 1):
     """``(class of each output index, one representative index per class)``: outputs whose
     window has the same taps outside ``[0, size_in)`` share a class."""
     keys, classes, representatives = {}, [], []
     for out in range(size_out):
         start = out * stride - pad_before
-        key = tuple(not 0 <= start + k < size_in for k in range(kernel))
+        key = tuple(not 0 <= start + k * dilation < size_in for k in range(kernel))
         if key not in keys:
             keys[key] = len(keys)
             representatives.append(out)
@@ -38,11 +38,11 @@ def border_classes(size_in: int, size_out: int, kernel: int, stride: int, pad_be
     return np.array(classes, np.int32), representatives
 
 
-def compact(correction: np.ndarray, in_hw, kernel_hw, strides, padding):
+def compact(correction: np.ndarray, in_hw, kernel_hw, strides, padding, dilation=(1, 1)):
     """``(table [NY, NX, OC], ycls [OH], xcls [OW])`` reproducing ``correction`` exactly, or None."""
     _, oh, ow = correction.shape
-    ycls, rows = border_classes(in_hw[0], oh, kernel_hw[0], strides[0], padding[0])
-    xcls, cols = border_classes(in_hw[1], ow, kernel_hw[1], strides[1], padding[1])
+    ycls, rows = border_classes(in_hw[0], oh, kernel_hw[0], strides[0], padding[0], dilation[0])
+    xcls, cols = border_classes(in_hw[1], ow, kernel_hw[1], strides[1], padding[1], dilation[1])
     table = np.ascontiguousarray(correction[:, rows][:, :, cols].transpose(1, 2, 0)).astype(np.int32)
     if not np.array_equal(table[ycls][:, xcls].transpose(2, 0, 1), correction):
         return None
@@ -56,6 +56,7 @@ def kernel_builder(func, op: str):
 
     attrs = func.attrs
     taps = int(attrs["bnn.taps"])
+    dilation = bitserial.kernel_dilation(attrs)
     strides = tuple(int(v) for v in attrs["bnn.strides"])
     padding = tuple(int(v) for v in attrs["bnn.padding"])
     pad_ones = bool(int(attrs["bnn.pad_ones"])) if "bnn.pad_ones" in attrs else False
@@ -63,7 +64,7 @@ def kernel_builder(func, op: str):
 
     def conv(data, weight, table, ycls, xcls):
         return bitserial.binary_conv2d_dot(
-            data, weight, lambda o, y, x: table[ycls[y], xcls[x], o], taps, strides, padding, pad_ones
+            data, weight, lambda o, y, x: table[ycls[y], xcls[x], o], taps, strides, padding, pad_ones, dilation
         )
 
     if op == "binary_conv2d" and rest in (0, 1):  # optional per-channel weight scale
@@ -89,7 +90,7 @@ def compact_corrections(mod):
     import tvm
     from tvm import relax
 
-    from . import rewrite_calls
+    from . import bitserial, rewrite_calls
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
 
@@ -113,6 +114,7 @@ def compact_corrections(mod):
         found = compact(
             args[2].value.numpy(), data_shape[1:3], weight_shape[1:3],
             [int(v) for v in func.attrs["bnn.strides"]], [int(v) for v in func.attrs["bnn.padding"]],
+            bitserial.kernel_dilation(func.attrs),
         )
         if found is None:
             return None

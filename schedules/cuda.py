@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 from tvm import s_tir, tirx
 
-from . import OPAQUE_PATTERN, SCHEDULED_ATTR
+from . import OPAQUE_PATTERN, SCHEDULED_ATTR, bitserial
 
 WORD_BITS = 32
 ELEMENTWISE_THREADS = 256  # threads per block of the one-thread-per-output kernels
@@ -250,7 +250,8 @@ def word_tiles(sch: s_tir.Schedule, func, op: str) -> Scheduled:
     patch = columns
     if conv:
         sh, sw = (int(v) for v in func.attrs["bnn.strides"])
-        patch = ((rows - 1) * sh + weight_shape[1]) * ((columns - 1) * sw + weight_shape[2])
+        dh, dw = bitserial.kernel_dilation(func.attrs)
+        patch = ((rows - 1) * sh + dh * (weight_shape[1] - 1) + 1) * ((columns - 1) * sw + dw * (weight_shape[2] - 1) + 1)
     per_word = 4 * (WORD_BITS * taps + planes * patch)
     words = extents(sch, [rc])[0]
     chunk = largest_divisor(words, max(1, SHARED_BUDGET_BYTES // per_word))

@@ -89,3 +89,15 @@ def conv_block_model(cin, cout, size, stride=1, pad=1, kernel=3, negative_fracti
     w2 = g.binary_weight((7, cout, 3, 3))
     out = g.conv(b, w2, pad=1)
     return g.model([out]), w1
+
+
+def dilated_conv_graph(seed=5):
+    """Two dilated binary convs: zero padded (dilation 2) with a batch norm folded into the next
+    binarizer's thresholds, then asymmetric dilation (2, 1), stride 2, asymmetric padding."""
+    g = GraphBuilder([1, 32, 9, 9], seed=seed)
+    first = g.node("Conv", [g.binarize("x"), g.const(g.binary_weight((40, 32, 3, 3)), "w")],
+                   kernel_shape=[3, 3], dilations=[2, 2], pads=[2, 2, 2, 2])
+    y = g.batch_norm(first, *g.random_bn(40))
+    out = g.node("Conv", [g.binarize(y), g.const(g.binary_weight((8, 40, 3, 3)), "w")],
+                 kernel_shape=[3, 3], dilations=[2, 1], strides=[2, 2], pads=[1, 2, 3, 1])
+    return g.model([out])

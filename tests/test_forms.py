@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import helper
-from onnx_builders import GraphBuilder, save
+from onnx_builders import GraphBuilder, dilated_conv_graph, save
 from test_exactness import check, inputs
 
 from bnn_tvm.errors import BnnError
@@ -152,6 +152,12 @@ def test_kernel_sizes(tmp_path, kernel, pad):
     y = g.batch_norm(g.conv(g.binarize("x"), g.binary_weight((21, 20, kernel, kernel)), pad=pad), *g.random_bn(21))
     out = g.conv(g.binarize(y), g.binary_weight((3, 21, 1, 1)))
     check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 20, 7, 7]), ["binary_conv2d_threshold"])
+
+
+def test_dilated_binary_convs(tmp_path):
+    path = save(dilated_conv_graph(), tmp_path / "m.onnx")
+    report = check(path, inputs([1, 32, 9, 9]), ["binary_conv2d_threshold", "dilation (2, 2)", "dilation (2, 1)"])
+    assert report.binary_checked == 2
 
 
 def test_gemm_with_transposed_binary_weights_and_bias(tmp_path):

@@ -45,16 +45,17 @@ def bipolar(rng, shape) -> np.ndarray:
     return np.where(rng.standard_normal(shape) >= 0, 1, -1).astype(np.int64)
 
 
-def conv_reference(a: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
+def conv_reference(a: np.ndarray, w: np.ndarray, stride: int, pad: int, dilation: int = 1) -> np.ndarray:
     """NCHW conv with zero padding (integer for ±1 values, float64 for floats)."""
     a = np.pad(a, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     n, _, h, wd = a.shape
     oc, _, kh, kw = w.shape
-    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    oh, ow = (h - dilation * (kh - 1) - 1) // stride + 1, (wd - dilation * (kw - 1) - 1) // stride + 1
     out = np.zeros((n, oc, oh, ow), np.result_type(a, w))
     for i in range(kh):
         for j in range(kw):
-            window = a[:, :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride]
+            y, x = i * dilation, j * dilation
+            window = a[:, :, y : y + stride * (oh - 1) + 1 : stride, x : x + stride * (ow - 1) + 1 : stride]
             out += np.einsum("nchw,oc->nohw", window, w[:, :, i, j])
     return out
 
@@ -73,20 +74,21 @@ def packed_decisions(decisions: np.ndarray) -> np.ndarray:
     return pack_bits(np.where(decisions, 1, -1))
 
 
-def conv_case(rng, n, c, h, w, oc, k, stride, pad, threshold: bool, scale: bool = False):
+def conv_case(rng, n, c, h, w, oc, k, stride, pad, threshold: bool, scale: bool = False, dilation: int = 1):
     a, weight = bipolar(rng, (n, c, h, w)), bipolar(rng, (oc, c, k, k))
-    dot = conv_reference(a, weight, stride, pad)
-    padding = (pad,) * 4
+    dot = conv_reference(a, weight, stride, pad, dilation)
+    padding, dilations = (pad,) * 4, (dilation, dilation)
     inputs = [
         pack_bits(a.transpose(0, 2, 3, 1)),
         pack_bits(weight.transpose(0, 2, 3, 1)),
-        padding_correction(weight, (h, w), (stride, stride), padding),
+        padding_correction(weight, (h, w), (stride, stride), padding, dilations),
     ]
     taps = c * k * k
-    attrs = {"bnn.taps": taps, "bnn.strides": [stride, stride], "bnn.padding": list(padding), "bnn.pad_ones": 0}
+    attrs = {"bnn.taps": taps, "bnn.strides": [stride, stride], "bnn.padding": list(padding), "bnn.pad_ones": 0,
+             "bnn.dilation": list(dilations)}
 
     def conv(d, wt, corr):
-        return bitserial.binary_conv2d_dot(d, wt, corr, taps, (stride, stride), padding)
+        return bitserial.binary_conv2d_dot(d, wt, corr, taps, (stride, stride), padding, dilation=dilations)
 
     if threshold:
         low, high = thresholds(rng, oc)
@@ -167,6 +169,14 @@ def test_conv_matches_numpy(shape, threshold):
 
 
 @host_has_avx512
+@host_has_avx512
+@pytest.mark.parametrize("shape", [(1, 32, 9, 9, 40, 3, 1, 2), (2, 33, 10, 9, 20, 3, 2, 1), (1, 64, 12, 12, 64, 3, 1, 0)],
+                         ids=lambda s: "n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))
+@pytest.mark.parametrize("threshold", [False, True], ids=["float", "threshold"])
+def test_dilated_conv_matches_numpy(shape, threshold):
+    check_case(conv_case(np.random.default_rng(9), *shape, threshold=threshold, dilation=2))
+
+
 def test_conv_with_weight_scale_matches_numpy():
     check_case(conv_case(np.random.default_rng(3), 1, 32, 8, 8, 32, 3, 1, 1, threshold=False, scale=True))
 
@@ -452,3 +462,17 @@ def test_only_kernels_with_enough_work_run_in_parallel(shape, threshold, expect_
     (``cpu.PARALLEL_MIN_TILE_WORK``) and run the rest on all cores, exact either way."""
     scheduled = check_case(conv_case(np.random.default_rng(5), *shape, threshold=threshold))
     assert ("T.parallel" in scheduled.func.script()) == expect_parallel, scheduled.plan
+
+
+def test_compact_correction_of_a_dilated_conv():
+    """The border classes of a dilated conv count its taps ``dilation`` apart: the compact table
+    then reproduces the full correction; taken one apart, it would not."""
+    from schedules.compact import compact
+
+    weight = bipolar(np.random.default_rng(4), (6, 3, 3, 3))
+    args = ((11, 10), (3, 3), (1, 1), (2, 2, 2, 2))
+    correction = padding_correction(weight, args[0], args[2], args[3], (2, 2))
+    table, ycls, xcls = compact(correction, *args, dilation=(2, 2))
+    np.testing.assert_array_equal(table[ycls][:, xcls].transpose(2, 0, 1), correction)
+    assert len(table) < correction.shape[1]  # a table, not the tensor again
+    assert compact(correction, *args) is None
