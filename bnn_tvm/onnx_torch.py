@@ -274,12 +274,19 @@ def _activation(name, **fixed):
     return run
 
 
+OPSET = "onnx_opset"  # added to the attributes of the ops whose meaning changed with the opset
+
+
 def _softmax(log: bool):
     def run(node, attrs, x):
         import torch
 
-        axis = int(attrs.get("axis", -1))
-        return (torch.log_softmax if log else torch.softmax)(x, axis)
+        func = torch.log_softmax if log else torch.softmax
+        if attrs[OPSET] >= 13:
+            return func(x, int(attrs.get("axis", -1)))
+        # before opset 13: over all axes from ``axis`` (default 1) on, flattened into one
+        axis = int(attrs.get("axis", 1)) % x.dim()
+        return func(x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1), 1).reshape(x.shape)
 
     return run
 
@@ -422,7 +429,9 @@ def _module_class():
             initialized = {i.name for i in graph.initializer}
             self.input_names = [i.name for i in graph.input if i.name not in initialized]
             self.output_names = [o.name for o in graph.output]
-            self.plan = [(node, OPS[node.op_type], attributes(node), HOST_INPUTS.get(node.op_type, ())) for node in graph.node]
+            opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+            self.plan = [(node, OPS[node.op_type], {**attributes(node), OPSET: opset}, HOST_INPUTS.get(node.op_type, ()))
+                         for node in graph.node]
 
         def forward(self, *inputs):
             values = {name: getattr(self, attr) for name, attr in self.names.items()}

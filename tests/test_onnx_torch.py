@@ -113,3 +113,21 @@ def test_dynamic_batch_model_pinned_and_folded(tmp_path):
     with torch.inference_mode():
         got = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [11, 18])
+def test_softmax_follows_the_models_opset(opset):
+    """Before opset 13, Softmax normalises over all axes from ``axis`` (default 1) on; since, over
+    ``axis`` alone (default -1)."""
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["y"])], "softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4, 5])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    x = np.random.default_rng(2).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    (expected,) = reference_outputs(model, x, "x")
+    with torch.inference_mode():
+        got = torch_module(model)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
