@@ -309,10 +309,10 @@ def extents(sch: s_tir.Schedule, loops) -> list[int]:
     return [int(sch.get(loop).extent) for loop in loops]
 
 
-def block_work(sch: s_tir.Schedule, name: str) -> int:
-    """Executions of block ``name``'s body over its whole iteration domain (spatial x reduction)."""
+def block_work(sch: s_tir.Schedule, block) -> int:
+    """Executions of ``block``'s body over its whole iteration domain (spatial x reduction)."""
     work = 1
-    for var in sch.get(sch.get_sblock(name)).iter_vars:
+    for var in sch.get(block).iter_vars:
         work *= int(var.dom.extent)
     return work
 
@@ -380,7 +380,7 @@ def pad_rows(sch: s_tir.Schedule, unit: VectorUnit) -> None:
         return
     n, y, x, c = sch.get_loops(pad)
     row = sch.fuse(n, y)
-    parallel(sch, row, block_work(sch, "pad_bits"))
+    parallel(sch, row, block_work(sch, pad))
     words = sch.fuse(x, c)
     (total,) = extents(sch, [words])
     width = largest_divisor(total, unit.lanes)
@@ -416,7 +416,7 @@ def float_conv(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     acc = sch.get_sblock("conv_acc")
     sch.transform_layout(acc, param_name(func, 1), lambda o, c, y, x: (c, y, x, o))
     out = sch.get_sblock("conv_out")
-    lanes, channel_block, width_block, (o_outer, o_inner, x_inner) = tile_nchw_out(sch, out, unit, block_work(sch, "conv_acc"))
+    lanes, channel_block, width_block, (o_outer, o_inner, x_inner) = tile_nchw_out(sch, out, unit, block_work(sch, acc))
     sch.compute_at(acc, o_outer, preserve_unit_loops=True)
     accumulate(sch, acc, lanes, spatial=2, reduction=3)
     epilogue = transpose_out(sch, out, o_inner, x_inner, lanes, width_block, func, tile_dtype="float32")
@@ -426,7 +426,7 @@ def float_conv(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
         pad = None
     if pad is not None:  # the padded input at root: planes in parallel, rows as vectors
         n, c, yy, xx = sch.get_loops(pad)
-        parallel(sch, sch.fuse(n, c), block_work(sch, "pad_float"))
+        parallel(sch, sch.fuse(n, c), block_work(sch, pad))
         (padded_width,) = extents(sch, [xx])
         vector = largest_divisor(padded_width, unit.lanes)
         if vector > 1:
@@ -496,7 +496,7 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     mism, dot = sch.get_sblock("mismatches"), sch.get_sblock("binary_conv2d_dot")
     table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     out = sch.get_sblock("table_lookup" if table else "dot_float")
-    work = block_work(sch, "mismatches")
+    work = block_work(sch, mism)
     lanes, channel_block, width_block, (o_outer, o_inner, x_inner) = tile_nchw_out(sch, out, unit, work)
     keep_dot_apart(sch, dot, o_outer, lanes)
     sch.compute_at(mism, o_outer, preserve_unit_loops=True)
@@ -527,7 +527,7 @@ def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     row = sch.fuse(n, y)
     x_outer, x_inner = sch.split(x, [None, width_block])
     sch.reorder(row, x_outer, cw, x_inner)
-    parallel(sch, row, block_work(sch, "mismatches"), PARALLEL_MIN_TILE_WORK)
+    parallel(sch, row, block_work(sch, mism), PARALLEL_MIN_TILE_WORK)
     sch.compute_at(bits, x_inner, preserve_unit_loops=True)
     keep_dot_apart(sch, dot, x_inner if word_aligned else x_outer, lanes if word_aligned else 1)
     # Word-aligned channels: accumulate exactly one word's 32 channels per tile. Otherwise the
@@ -558,7 +558,7 @@ def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     o_outer, o_inner = sch.split(o, [None, channel_block])
     sch.reorder(n_outer, o_outer, n_inner, o_inner)
     task = sch.fuse(n_outer, o_outer)
-    parallel(sch, task, block_work(sch, "mismatches"), PARALLEL_MIN_TILE_WORK)
+    parallel(sch, task, block_work(sch, mism), PARALLEL_MIN_TILE_WORK)
     sch.compute_at(mism, task, preserve_unit_loops=True)
     sch.unroll(n_inner)
     if lanes > 1:
@@ -584,7 +584,7 @@ def dense_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     sch.reorder(n_outer, cw, n_inner)
     sch.compute_at(bits, n_inner, preserve_unit_loops=True)
     keep_dot_apart(sch, dot, n_inner if word_aligned else n_outer, lanes if word_aligned else 1)
-    work = block_work(sch, "mismatches")
+    work = block_work(sch, mism)
     if word_aligned:
         task = sch.fuse(n_outer, cw)
         parallel(sch, task, work, PARALLEL_MIN_TILE_WORK)
@@ -618,7 +618,7 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     x_outer, x_inner = sch.split(x, [None, lanes])
     sch.reorder(n, y, x_outer, cw, b, x_inner)
     task = sch.fuse(n, y)
-    parallel(sch, task, block_work(sch, "pack_sign"))
+    parallel(sch, task, block_work(sch, block))
     words = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(words, cw)
     if lanes > 1:
@@ -642,7 +642,7 @@ def generic(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
         loops = sch.get_loops(block)
         if len(loops) >= 2:
             try:
-                parallel(sch, sch.fuse(loops[0], loops[1]), block_work(sch, sch.get(block).name_hint))
+                parallel(sch, sch.fuse(loops[0], loops[1]), block_work(sch, block))
             except (RuntimeError, tvm.error.InternalError):  # a reduction among them: leave this block serial
                 pass
     return Scheduled(sch.mod["main"], "generic: parallel outer loops")

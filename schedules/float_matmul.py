@@ -49,7 +49,7 @@ def schedule(func, lanes: int) -> tuple[tvm.tirx.PrimFunc, str]:
     group = cpu.largest_divisor(width // lanes, BLOCKS_PER_TASK)
     task, vector, lane = sch.split(j, [None, group, lanes])
     sch.reorder(i, task, k, vector, lane)
-    cpu.parallel(sch, sch.fuse(i, task), cpu.block_work(sch, "matmul"))
+    cpu.parallel(sch, sch.fuse(i, task), cpu.block_work(sch, block))
     cache = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(cache, sch.get_loops(block)[0])
     sch.unroll(vector)

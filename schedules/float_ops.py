@@ -45,7 +45,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from . import SCHEDULED_ATTR
-from .cpu import PARALLEL_MIN_WORK
+from .cpu import PARALLEL_MIN_WORK, block_work
 
 LOG = logging.getLogger(__name__)
 
@@ -172,13 +172,6 @@ def _may_contract(producer_ops: set, consumer_ops: set) -> bool:
     return bool(producer_ops & {"mul", "unknown"}) and bool(consumer_ops & {"add", "unknown"})
 
 
-def _domain(sch, block) -> int:
-    size = 1
-    for iv in sch.get(block).iter_vars:
-        size *= int(iv.dom.extent)
-    return size
-
-
 def _is_copy(sch, block) -> bool:
     store = sch.get(block).body
     return isinstance(store, tirx.BufferStore) and _is_load(store.value)
@@ -200,11 +193,11 @@ def _inline_intermediates(sch) -> int:
             if not consumers:
                 continue
             ops = _block_ops(sch, block)
-            size = _domain(sch, block)
+            size = block_work(sch, block)
             copy = _is_copy(sch, block)
             if any(_may_contract(ops, _block_ops(sch, c)) for c in consumers):
                 continue
-            if not copy and any(_domain(sch, c) > size for c in consumers):
+            if not copy and any(block_work(sch, c) > size for c in consumers):
                 continue  # a per-channel value broadcast: compute it once, not per element
             try:
                 sch.compute_inline(block)

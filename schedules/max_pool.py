@@ -76,7 +76,7 @@ def schedule(func: tirx.PrimFunc, lanes32: int) -> tuple[tirx.PrimFunc, str]:
     sch = s_tir.Schedule(func)
     pool = sch.get_sblock("pool")
     n, c, y, _ = sch.get_loops(pool)
-    cpu.parallel(sch, sch.fuse(n, c), cpu.block_work(sch, "pool"))
+    cpu.parallel(sch, sch.fuse(n, c), cpu.block_work(sch, pool))
     vertical = sch.get_sblock("vertical")
     sch.compute_at(vertical, y)
     sch.set_scope(vertical, 0, "local")
