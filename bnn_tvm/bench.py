@@ -346,14 +346,11 @@ def compile_float(path: str, target: str, batch: int):
 
     import targets
 
-    from .compiler import METADATA_FUNC, CompiledModel, input_shape
-    from .onnx_import import check_supported, import_to_relax, load_for_compile, pin_input_shape
+    from .compiler import METADATA_FUNC, CompiledModel, read_pinned
+    from .onnx_import import import_to_relax
 
     spec = targets.get(target)
-    model = load_for_compile(path)
-    check_supported(model, path)
-    name, shape = input_shape(model, path, batch)
-    model = pin_input_shape(model, name, shape)
+    model, name, shape = read_pinned(path, batch)
     mod, _ = import_to_relax(model, {name: shape}, path)
     metadata = {"model": os.path.basename(path), "target": spec.name, "input_name": name, "input_shape": shape,
                 "outputs": [o.name for o in model.graph.output], "fused": []}

@@ -97,15 +97,22 @@ class LoweredModel:
         return found
 
 
+def read_pinned(path: str, batch: int | None = None) -> tuple[onnx.ModelProto, str, list[int]]:
+    """``(model, input name, input shape)``: the ONNX model at ``path`` as every engine reads it
+    (QONNX expanded, its ops checked against TVM's importer, the input shape pinned to
+    ``batch`` and the shape arithmetic folded)."""
+    model = load_for_compile(path)
+    check_supported(model, path)
+    name, shape = input_shape(model, path, batch)
+    return pin_input_shape(model, name, shape), name, shape
+
+
 def lower_onnx(
     path: str, batch: int | None = None, extra_outputs: list[str] | None = None, target: str = "x86"
 ) -> LoweredModel:
     """Import ``path`` into Relax and run the binarization passes (for ``target``: CPU kernels
     compute their float epilogues, CUDA kernels look them up in tables)."""
-    model = load_for_compile(path)
-    check_supported(model, path)
-    name, shape = input_shape(model, path, batch)
-    model = pin_input_shape(model, name, shape)
+    model, name, shape = read_pinned(path, batch)
     add_graph_outputs(model, extra_outputs or [])
     mod, provenance = import_to_relax(model, {name: shape}, path)
     logs: list = []

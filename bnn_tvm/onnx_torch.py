@@ -6,7 +6,7 @@ and ``.to(memory_format=...)`` move them) and whose ``forward`` evaluates the gr
 order with ``torch.nn.functional`` ops, following the ONNX operator definitions: the same float
 arithmetic as ONNX Runtime up to summation order, binarizers included (``Where(x >= 0, 1, -1)``
 runs as a float compare and select, as in any float engine). The model is read the way the
-compiler reads it (``onnx_import.load_for_compile``, input shape pinned, shape arithmetic folded):
+compiler reads it (``compiler.read_pinned``: input shape pinned, shape arithmetic folded):
 most ``Shape``/``ConstantOfShape`` chains are constants by then, and those left run as ops.
 
 An op outside ``OPS`` (or an attribute form it does not implement) raises a ``BnnError`` naming
@@ -464,13 +464,10 @@ def _module_class():
 
 def module_from_onnx(path: str, batch: int | None = None):
     """The ONNX model at ``path`` as a ``torch.nn.Module`` in eval mode, read as the compiler reads
-    it (input shape pinned to ``batch``, shape arithmetic folded)."""
-    from .compiler import input_shape
-    from .onnx_import import load_for_compile, pin_input_shape
+    it (``compiler.read_pinned``: input shape pinned to ``batch``, shape arithmetic folded)."""
+    from .compiler import read_pinned
 
-    model = load_for_compile(path)
-    name, shape = input_shape(model, path, batch)
-    model = pin_input_shape(model, name, shape)
+    model, _, _ = read_pinned(path, batch)
     try:
         return torch_module(model).eval()
     except BnnError as err:
