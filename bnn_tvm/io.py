@@ -6,9 +6,20 @@ import os
 import tempfile
 from typing import Callable
 
+from .errors import BnnError
+
 
 def atomic_write(path: str, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp_path)``, then move ``tmp_path`` to ``path`` in one step."""
+    """Call ``write(tmp_path)``, then move ``tmp_path`` to ``path`` in one step. An output that
+    cannot be written (a folder that cannot be made, no permission, a full disk) is a
+    ``BnnError`` naming it, and nothing is left behind."""
+    try:
+        _write_then_rename(path, write)
+    except OSError as err:
+        raise BnnError(f"cannot write {path}: {err}") from err
+
+
+def _write_then_rename(path: str, write: Callable[[str], object]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     suffix = os.path.splitext(path)[1]  # some writers pick the format from the suffix

@@ -135,3 +135,17 @@ def test_run_writes_every_output_to_an_npz(tmp_path, capsys):
     assert main(["run", str(tmp_path / "m.so"), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected[0], rtol=1e-5, atol=1e-5)
     assert "2 outputs" in capsys.readouterr().out
+
+
+def test_an_output_that_cannot_be_written_is_named(compiled_default, tmp_path, capsys):
+    """`run` (like every command's output) into a folder that cannot be made: a clear error
+    naming the file, no traceback, nothing written."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    x = digits_split()[2][:2]
+    np.save(tmp_path / "x.npy", x)
+    target = blocker / "y.npy"
+    assert main(["run", str(compiled_default), "--input", str(tmp_path / "x.npy"), "--output", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {target}" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "x.npy"]
