@@ -138,6 +138,12 @@ def _reduce_max(x, dims, keep):
     return x
 
 
+def _reduce_min(x, dims, keep):
+    for d in sorted((d % x.dim() for d in dims), reverse=True):
+        x = x.amin(d, keepdim=keep)
+    return x
+
+
 def reshape(node, attrs, x, shape):
     target = [int(s) for s in shape.tolist()]
     if not attrs.get("allowzero", 0):
@@ -255,6 +261,68 @@ def gather(node, attrs, x, indices):
     return picked.reshape(tuple(x.shape[:axis]) + tuple(indices.shape) + tuple(x.shape[axis + 1:]))
 
 
+def tile(node, attrs, x, repeats):
+    return x.repeat(*(int(r) for r in repeats.tolist()))
+
+
+def split(node, attrs, x, sizes=None):
+    """``Split`` into ``len(node.output)`` pieces: the sizes from the input (opset 13+), the
+    attribute (older), or equal parts, the last one smaller when the axis does not divide."""
+    axis = int(attrs.get("axis", 0)) % x.dim()
+    parts = len(node.output)
+    if sizes is not None:
+        sizes = [int(s) for s in sizes.tolist()]
+    elif "split" in attrs:
+        sizes = [int(s) for s in attrs["split"]]
+    else:
+        step = -(-x.shape[axis] // int(attrs.get("num_outputs", parts)))
+        sizes = [min(step, x.shape[axis] - start) for start in range(0, x.shape[axis], step)]
+    if len(sizes) != parts or sum(sizes) != x.shape[axis]:
+        raise _unsupported(node, f"Split sizes {sizes} of an axis of {x.shape[axis]} into {parts} outputs")
+    return tuple(x.split(sizes, axis))
+
+
+def layer_norm(node, attrs, x, scale, bias=None):
+    import torch.nn.functional as F
+
+    if attrs.get("stash_type", 1) != 1:
+        raise _unsupported(node, "LayerNormalization with a stash_type other than float")
+    axis = int(attrs.get("axis", -1)) % x.dim()
+    shape = tuple(x.shape[axis:])
+    return F.layer_norm(x, shape, scale.expand(shape), None if bias is None else bias.expand(shape), eps=attrs.get("epsilon", 1e-5))
+
+
+def instance_norm(node, attrs, x, scale, bias):
+    import torch.nn.functional as F
+
+    return F.instance_norm(x, weight=scale, bias=bias, eps=attrs.get("epsilon", 1e-5))
+
+
+def gelu(node, attrs, x):
+    import torch.nn.functional as F
+
+    approximate = attrs.get("approximate", b"none")
+    return F.gelu(x, approximate=approximate.decode() if isinstance(approximate, bytes) else approximate)
+
+
+def arg_max(node, attrs, x):
+    axis = int(attrs.get("axis", 0)) % x.dim()
+    if attrs.get("select_last_index", 0):
+        flipped = x.flip(axis).argmax(axis, keepdim=bool(attrs.get("keepdims", 1)))
+        return x.shape[axis] - 1 - flipped
+    return x.argmax(axis, keepdim=bool(attrs.get("keepdims", 1)))
+
+
+def cast_like(node, attrs, x, like):
+    return x.to(like.dtype)
+
+
+def range_(node, attrs, start, limit, delta):
+    import torch
+
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
+
+
 def _elementwise(name):
     def run(node, attrs, *args):
         import torch
@@ -301,6 +369,13 @@ def concat(node, attrs, *xs):
     import torch
 
     return torch.cat(xs, int(attrs["axis"]))
+
+
+def selu(node, attrs, x):
+    import torch
+
+    alpha, gamma = attrs.get("alpha", 1.67326319217681884765625), attrs.get("gamma", 1.05070102214813232421875)
+    return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
 
 
 def hard_sigmoid(node, attrs, x):
@@ -387,11 +462,28 @@ OPS = {
     "ConstantOfShape": constant_of_shape,
     "Expand": expand,
     "Gather": gather,
+    "Tile": tile,
+    "Split": split,
+    "LayerNormalization": layer_norm,
+    "InstanceNormalization": instance_norm,
+    "Erf": _elementwise("erf"),
+    "Gelu": gelu,
+    "Mish": _activation("mish"),
+    "Selu": selu,
+    "Softsign": _activation("softsign"),
+    "ReduceMin": _reduce(_reduce_min),
+    "ArgMax": arg_max,
+    "CastLike": cast_like,
+    "Range": range_,
 }
+
+# ops whose every output the runner computes (the others: only the first one may be used)
+MULTI_OUTPUT = {"Split"}
 
 # inputs read as Python values (shapes, axes, pads), not as tensors on the device
 HOST_INPUTS = {"Reshape": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "Pad": (1, 2, 3), "Slice": (1, 2, 3, 4),
-               "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ConstantOfShape": (0,), "Expand": (1,)}
+               "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ConstantOfShape": (0,), "Expand": (1,),
+               "Tile": (1,), "Split": (1,)}
 
 
 def check_runnable(graph) -> None:
@@ -399,7 +491,7 @@ def check_runnable(graph) -> None:
     for node in graph.node:
         if node.domain not in ("", "ai.onnx") or node.op_type not in OPS:
             raise _unsupported(node, "this op")
-        if len(node.output) > 1 and any(node.output[1:]) and node.op_type not in ("Dropout",):
+        if len(node.output) > 1 and any(node.output[1:]) and node.op_type not in MULTI_OUTPUT | {"Dropout"}:
             raise _unsupported(node, "more than one output")
 
 
@@ -447,7 +539,8 @@ def _module_class():
                         args.append(values[name])
                 while args and args[-1] is None:
                     args.pop()
-                values[node.output[0]] = run(node, attrs, *args)
+                result = run(node, attrs, *args)
+                values.update(zip(node.output, result) if node.op_type in MULTI_OUTPUT else [(node.output[0], result)])
             outputs = [values[name] for name in self.output_names]
             return outputs[0] if len(outputs) == 1 else tuple(outputs)
 

@@ -131,3 +131,56 @@ def test_softmax_follows_the_models_opset(opset):
     with torch.inference_mode():
         got = torch_module(model)(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def transformer_and_split_ops_model(opset: int):
+    """The ops of the dynamo exporter's graphs beyond a CNN: ``Tile`` (``Tensor.repeat``), a
+    three-way ``Split``, layer and instance norms, GELU (opset 20; ``Erf`` before), Mish, SELU,
+    Softsign, ``ReduceMin``, ``ArgMax`` with ties, ``CastLike`` and ``Range``."""
+    rng = np.random.default_rng(5)
+    inits = [
+        const("reps", np.array([1, 2, 1, 1], np.int64)), const("sizes", np.array([2, 3, 3], np.int64)),
+        const("ln_scale", rng.uniform(0.5, 1.5, 4).astype(np.float32)), const("ln_bias", rng.standard_normal(4).astype(np.float32)),
+        const("in_scale", rng.uniform(0.5, 1.5, 2).astype(np.float32)), const("in_bias", rng.standard_normal(2).astype(np.float32)),
+        const("axes_min", np.array([1], np.int64)), const("half", np.float32(0.5)),
+        const("r0", np.float32(0.0)), const("r1", np.float32(4.0)), const("rd", np.float32(1.0)),
+    ]
+    gelu = (helper.make_node("Gelu", ["b"], ["g"], approximate="tanh") if opset >= 20
+            else helper.make_node("Erf", ["b"], ["g"]))
+    nodes = [
+        helper.make_node("Tile", ["x", "reps"], ["t"]),  # (2, 8, 3, 4)
+        helper.make_node("Split", ["t", "sizes"], ["a", "b", "c"], axis=1),
+        helper.make_node("LayerNormalization", ["a", "ln_scale", "ln_bias"], ["ln"], axis=-1, epsilon=1e-3),
+        helper.make_node("InstanceNormalization", ["ln", "in_scale", "in_bias"], ["inorm"]),
+        gelu,
+        helper.make_node("Mish", ["g"], ["mi"]),
+        helper.make_node("Selu", ["c"], ["se"], alpha=1.5),
+        helper.make_node("Softsign", ["se"], ["ss"]),
+        helper.make_node("Add", ["mi", "ss"], ["sum"]),
+        helper.make_node("ReduceMin", ["sum", "axes_min"], ["rmin"], keepdims=1),
+        helper.make_node("Round", ["sum"], ["rounded"]),  # ties for ArgMax
+        helper.make_node("ArgMax", ["rounded"], ["am"], axis=1, keepdims=0, select_last_index=1),
+        helper.make_node("CastLike", ["am", "half"], ["amf"]),
+        helper.make_node("Range", ["r0", "r1", "rd"], ["ramp"]),
+        helper.make_node("Mul", ["amf", "ramp"], ["ramped"]),
+        helper.make_node("Concat", ["rmin", "inorm"], ["y1"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "more_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 3, 4])],
+                              [helper.make_tensor_value_info("y1", TensorProto.FLOAT, [2, 3, 3, 4]),
+                               helper.make_tensor_value_info("ramped", TensorProto.FLOAT, [2, 3, 4])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("opset", [18, 20])
+def test_more_ops_match_onnx_runtime(opset):
+    model = transformer_and_split_ops_model(opset)
+    x = (np.random.default_rng(6).standard_normal((2, 4, 3, 4)) * 2).astype(np.float32)
+    expected = reference_outputs(model, x, "x")
+    with torch.inference_mode():
+        got = torch_module(model).eval()(torch.from_numpy(x))
+    for name, want, have in zip(("y1", "ramped"), expected, got):
+        assert have.shape == want.shape, name
+        np.testing.assert_allclose(have.numpy(), want, rtol=1e-5, atol=1e-5, err_msg=name)
