@@ -20,6 +20,7 @@ from schedules import bitserial
 
 from .common import PassLog, RuleContext, function_rule_pass
 from .fold_thresholds import (
+    CHAIN_OPS,
     SCALE_INPUT,
     analyse_chain,
     integer_dot,
@@ -28,7 +29,6 @@ from .fold_thresholds import (
 )
 
 MAX_TABLE_ENTRIES = 1 << 18  # 1 MiB of float32 per layer
-CHAIN_OPS = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.nn.batch_norm")
 
 
 def is_chain_step(value, operands) -> bool:
@@ -39,7 +39,8 @@ def is_chain_step(value, operands) -> bool:
     if sum(isinstance(v, relax.Var) for v in operands) != 1:
         return False
     out_shape = tuple(int(d) for d in value.args[0].ty.shape.values)
-    constants = [v.value.numpy() for v in operands if isinstance(v, Constant)]
+    # tensor constants (clip's bounds are scalar constants holding a float)
+    constants = [v.value.numpy() for v in operands if isinstance(v, Constant) and hasattr(v.value, "numpy")]
     return value.op.name == "relax.nn.batch_norm" or all(per_channel(c, out_shape) is not None for c in constants)
 
 
@@ -54,6 +55,8 @@ def chain_ends(func: relax.Function) -> set[str]:
             if isinstance(value, relax.TupleGetItem):
                 continue
             operands = list(value.args) if isinstance(value, relax.Call) else list(getattr(value, "fields", [value]))
+            # a call_tir (one of our kernels) takes its tensors as a tuple
+            operands = [field for v in operands for field in (v.fields if isinstance(v, relax.Tuple) else [v])]
             if not is_chain_step(value, operands):
                 ends.update(v.name for v in operands if isinstance(v, relax.Var))
     return ends

@@ -17,8 +17,9 @@ from tvm import relax
 
 from schedules import bitserial
 
-from .common import RuleContext, op_name, shape_of
+from .common import RuleContext, op_name, pack_bits, shape_of
 from .fuse_binary_conv2d import sum_rounding_error, weight_scale_error
+from .fuse_binary_maxpool import emit_or_pool, or_pool_refusal
 
 INT32_MIN, INT32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
 FOLDABLE = {
@@ -65,8 +66,13 @@ NUMPY_OPS = {
     "multiply": np.multiply,
     "divide": np.divide,
     "rdivide": lambda y, c: np.divide(c, y),
+    "maximum": np.maximum,
+    "minimum": np.minimum,
 }
-RELAX_OPS = {"relax.add": "add", "relax.subtract": "subtract", "relax.multiply": "multiply", "relax.divide": "divide"}
+RELAX_OPS = {"relax.add": "add", "relax.subtract": "subtract", "relax.multiply": "multiply", "relax.divide": "divide",
+             "relax.maximum": "maximum", "relax.minimum": "minimum"}
+CLAMP_OPS = ("relax.clip", "relax.nn.relu")
+CHAIN_OPS = (*RELAX_OPS, *CLAMP_OPS, "relax.nn.batch_norm")  # what ``trace_chain`` walks through
 CONST_FIRST = {"subtract": "rsubtract", "divide": "rdivide"}  # add and multiply commute exactly
 
 
@@ -92,6 +98,20 @@ def batch_norm_steps(ctx: RuleContext, call, out_shape) -> list[Step] | None:
     return [Step("multiply", scale), Step("add", shift)]
 
 
+def clamp_steps(call, channels: int) -> list[Step] | None:
+    """``clip(x, lo, hi)`` as ``maximum(lo)`` then ``minimum(hi)`` (how ONNX Runtime computes it),
+    ``relu(x)`` as ``maximum(0)``; an infinite bound is no step. Hardtanh between a batch norm
+    and the binarizer exports as such a clip."""
+    name = op_name(call)
+    if name == "relax.nn.relu":
+        bounds = [("maximum", 0.0)]
+    elif name == "relax.clip":
+        bounds = [("maximum", float(call.args[1].value)), ("minimum", float(call.args[2].value))]
+    else:
+        return None
+    return [Step(op, np.full(channels, bound, np.float32)) for op, bound in bounds if np.isfinite(bound)]
+
+
 def binary_step(ctx: RuleContext, call, out_shape):
     """``(step, source)`` for ``source (op) const`` or ``const (op) source``."""
     op = RELAX_OPS.get(op_name(call))
@@ -113,9 +133,14 @@ def is_foldable_kernel(ctx: RuleContext, expr) -> bool:
     return ctx.bnn_kernel(expr) is not None and ctx.bnn_kernel(expr)[0] in FOLDABLE
 
 
-def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel):
+def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel, pools: list | None = None):
     """Walk from ``expr`` back through per-channel float ops to a source (by default a foldable
-    binary op): ``(source var, steps kernel side first, vars tensor side first)``."""
+    binary op): ``(source var, steps kernel side first, vars tensor side first)``.
+
+    With a ``pools`` list, the walk also crosses one max pool that can run on packed bits and
+    appends ``(pool call, number of steps after it)`` to the list."""
+    if not hasattr(expr.ty, "shape"):
+        return None  # a batch norm's tuple (its bindings share names with the tensor item)
     steps, visited = [], []
     out_shape = shape_of(expr)
     while True:
@@ -123,6 +148,11 @@ def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel):
         if is_source(ctx, expr):
             return expr, steps[::-1], visited
         node = ctx.producer(expr)
+        if pools is not None and not pools and op_name(node) == "relax.nn.max_pool2d" and or_pool_refusal(node) is None:
+            pools.append((node, len(steps)))
+            expr = node.args[0]
+            out_shape = shape_of(expr)
+            continue
         if isinstance(node, relax.TupleGetItem) and node.index == 0:
             bn = ctx.producer(node.tuple_value)
             if op_name(bn) != "relax.nn.batch_norm":
@@ -133,6 +163,11 @@ def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel):
             steps.extend(reversed(bn_steps))  # steps are collected tensor side first
             visited.append(node.tuple_value)
             expr = bn.args[0]
+            continue
+        clamps = clamp_steps(node, out_shape[1]) if isinstance(node, relax.Call) else None
+        if clamps is not None:
+            steps.extend(reversed(clamps))
+            expr = node.args[0]
             continue
         found = binary_step(ctx, node, out_shape) if isinstance(node, relax.Call) else None
         if found is None or shape_of(found[1]) != out_shape:
@@ -238,9 +273,10 @@ class Chain:
         return decision_interval(self.steps, self.channels, self.taps, self.scale, self.error, self.levels)
 
 
-def analyse_chain(ctx: RuleContext, expr) -> Chain | None:
-    """The chain from a foldable binary kernel to ``expr``, or None if ``expr`` is not one."""
-    traced = trace_chain(ctx, expr)
+def analyse_chain(ctx: RuleContext, expr, pools: list | None = None) -> Chain | None:
+    """The chain from a foldable binary kernel to ``expr``, or None if ``expr`` is not one
+    (``pools``: see ``trace_chain``)."""
+    traced = trace_chain(ctx, expr, pools=pools)
     if traced is None:
         return None
     source, steps, visited = traced
@@ -254,7 +290,8 @@ def fold_threshold(ctx: RuleContext, call):
     kernel = ctx.bnn_kernel(call)
     if kernel is None or kernel[0] != "pack_sign":
         return None
-    chain = analyse_chain(ctx, call.args[1].fields[0])
+    pools = []
+    chain = analyse_chain(ctx, call.args[1].fields[0], pools)
     if chain is None:
         return None
     source, steps, visited, name, attrs = chain.source, chain.steps, chain.visited, chain.name, chain.attrs
@@ -266,12 +303,18 @@ def fold_threshold(ctx: RuleContext, call):
             *visited[:-1],  # the float ops, not the binary kernel
         )
         return None
+    flip = None
+    if pools:
+        refusal, interval, flip = pooled_decisions(chain, pools[0][1], interval)
+        if refusal is not None:
+            ctx.keep_float(refusal, *visited[:-1])
+            return None
     low, high = (relax.const(v) for v in interval)
     inputs = ctx.kernel_inputs(source)[: SCALE_INPUT[name]]  # integers compare without the scale
     ctx.fused(FOLDABLE[name], f"{name} + {len(steps)} float op(s) + binarizer", *visited)
     dot = integer_dot(name, attrs)
     params = kernel_params(attrs)
-    return ctx.emit_kernel(
+    packed = ctx.emit_kernel(
         lambda *args: bitserial.threshold_pack(dot(*args[:-2]), *args[-2:]),
         *inputs,
         low,
@@ -279,6 +322,45 @@ def fold_threshold(ctx: RuleContext, call):
         op=FOLDABLE[name],
         **params,
     )
+    if not pools:
+        return packed
+    return emit_or_pool(ctx, ctx.builder_.emit(packed, "thresholded"), pools[0][0], flip)
+
+
+def pooled_decisions(chain: Chain, steps_after: int, interval):
+    """``(refusal, interval, flip words)``: how a max pool inside a folded chain becomes a
+    pool of thresholded bits, or why it cannot (``refusal``).
+
+    ``binarize(g2(maxpool(g1(d))))``: when ``g1`` (the scale and the steps before the pool) never
+    decreases, in float32 as in exact arithmetic, ``maxpool(g1(d)) = g1(max d)``, so the decision
+    is the interval's on ``max d``. An interval open upwards (``max d >= low``) holds exactly when
+    some ``d >= low`` in the window: threshold every position, then OR the bits (the pool's
+    -inf padding is a 0 bit). One open downwards (a negative batch-norm gamma: ``max d <= high``)
+    holds when every ``d <= high``: threshold the complement ``d > high``, OR, flip the bit back.
+    """
+    before = chain.steps[: len(chain.steps) - steps_after]
+    if not (chain.scale is None or bool(np.all(chain.scale >= 0))) or not all(never_decreases(s) for s in before):
+        return "a max pool after a float op that can decrease (negative scale) stays float", interval, None
+    low, high = (v.astype(np.int64) for v in interval)
+    downwards = (low == INT32_MIN) & (high < INT32_MAX) & (low <= high)
+    upwards_or_constant = (high == INT32_MAX) | (low > high)
+    if not np.all(downwards | upwards_or_constant):
+        return "a max pool before a float op that keeps only a bounded range of values stays float", interval, None
+    low = np.where(downwards, high + 1, low)
+    high = np.where(downwards, INT32_MAX, high)
+    flip = pack_bits(np.where(downwards, 1.0, -1.0)) if np.any(downwards) else None
+    return None, (low.astype(np.int32), high.astype(np.int32)), flip
+
+
+def never_decreases(step: Step) -> bool:
+    """Whether ``y -> step(y)`` is non-decreasing in float32 (rounding is monotone)."""
+    if step.op in ("add", "subtract", "maximum", "minimum"):
+        return True
+    if step.op == "multiply":
+        return bool(np.all(step.const >= 0))
+    if step.op == "divide":
+        return bool(np.all(step.const > 0))
+    return False
 
 
 def kernel_params(attrs: dict) -> dict:

@@ -176,6 +176,8 @@ EPILOGUE_OPS = {
     "multiply": lambda v, c: v * c,
     "divide": lambda v, c: v / c,
     "rdivide": lambda v, c: c / v,
+    "maximum": lambda v, c: tirx.max(v, c),  # clip, relu
+    "minimum": lambda v, c: tirx.min(v, c),
     # a tensor of the output's shape added last (a residual connection), not a per-channel constant
     RESIDUAL: lambda v, c: v + c,
 }
@@ -270,11 +272,14 @@ def pack_decisions(decisions: te.Tensor, name: str = "threshold_pack") -> te.Ten
 
 
 def max_pool_or(
-    data: te.Tensor, pool: tuple[int, int], strides: tuple[int, int], padding: tuple[int, int, int, int], out_hw
+    data: te.Tensor, pool: tuple[int, int], strides: tuple[int, int], padding: tuple[int, int, int, int], out_hw,
+    flip: te.Tensor | None = None,
 ) -> te.Tensor:
     """Max pooling of packed ±1 values: the max of ±1 values is +1 iff any is, a bitwise OR.
 
-    Padded positions are 0 words, neutral for OR (a float max pool pads with -inf).
+    Padded positions are 0 words, neutral for OR (a float max pool pads with -inf). ``flip``
+    (one word per channel word) is XORed into the result: channels whose bits arrive
+    complemented are pooled with an AND, ``and(b) = not(or(not b))``.
     """
     n, h, w, cw = (int(v) for v in data.shape)
     (kh, kw), (sh, sw), (pt, pl, _, _) = pool, strides, padding
@@ -289,7 +294,10 @@ def max_pool_or(
         value = tirx.if_then_else(inside, data[i, safe_y, safe_x, c], tirx.const(0, WORD_DTYPE))
         return bitwise_or(value, axis=[ry, rx])
 
-    return te.compute((n, out_hw[0], out_hw[1], cw), word, name="max_pool_or")
+    pooled = te.compute((n, out_hw[0], out_hw[1], cw), word, name="max_pool_or")
+    if flip is None:
+        return pooled
+    return te.compute(pooled.shape, lambda i, y, x, c: pooled[i, y, x, c] ^ flip[c], name="max_pool_flip")
 
 
 def pack_levels(x: te.Tensor, bits: int) -> te.Tensor:

@@ -101,3 +101,28 @@ def dilated_conv_graph(seed=5):
     out = g.node("Conv", [g.binarize(y), g.const(g.binary_weight((8, 40, 3, 3)), "w")],
                  kernel_shape=[3, 3], dilations=[2, 1], strides=[2, 2], pads=[1, 2, 3, 1])
     return g.model([out])
+
+
+def tie_prone_bn(g: GraphBuilder, channels: int):
+    """Half the channels with gamma +-1, var 1 (for eps 0) and an integer mean: the batch norm is
+    then exactly ``+-(v - mean)``, so integer sums land on the threshold itself; the rest
+    random, negative gammas included."""
+    gamma, beta, mean, var = g.random_bn(channels, negative_fraction=0.4)
+    exact = np.arange(channels) % 2 == 0
+    gamma[exact] = np.where(g.rng.random(exact.sum()) < 0.5, -1.0, 1.0)
+    beta[exact], var[exact] = 0.0, 1.0
+    mean[exact] = g.rng.integers(0, 12, exact.sum())
+    return gamma, beta, mean, var
+
+
+def pooled_threshold_graph(seed=11):
+    """XNOR-Net's block order: binary conv (+ integer bias) -> max pool 3x3/2 padded -> batch
+    norm (tie-prone, mixed gamma signs) -> hardtanh -> binarizer -> binary conv."""
+    g = GraphBuilder([1, 24, 9, 9], seed=seed)
+    bias = g.rng.integers(-2, 3, 33).astype(np.float32)
+    y = g.conv(g.binarize("x"), g.binary_weight((33, 24, 3, 3)), pad=1, bias=bias)
+    pooled = g.node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    normed = g.batch_norm(pooled, *tie_prone_bn(g, 33), eps=0.0)
+    clipped = g.node("Clip", [normed, g.const(np.float32(-1)), g.const(np.float32(1))])
+    out = g.conv(g.binarize(clipped), g.binary_weight((5, 33, 3, 3)), pad=1)
+    return g.model([out])

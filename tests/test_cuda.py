@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 import pytest
-from onnx_builders import GraphBuilder, conv_block_model, dilated_conv_graph, save
+from onnx_builders import GraphBuilder, conv_block_model, dilated_conv_graph, pooled_threshold_graph, save
 from tvm import tirx
 
 import schedules
@@ -209,10 +209,13 @@ def binary_graphs(tmp_path):
     out = g.conv(dorefa(g, g.conv(g.binarize(y), g.binary_weight((6, 12, 3, 3)), pad=1), 2), g.binary_weight((3, 6, 1, 1)))
     graphs["dorefa_planes"] = (save(g.model([out, a]), tmp_path / "f.onnx"), 1)
     graphs["dilated"] = (save(dilated_conv_graph(), tmp_path / "g.onnx"), 1)
+    # max pool between conv and BN: an OR/AND pool of thresholded bits (a flip mask)
+    graphs["pooled_threshold"] = (save(pooled_threshold_graph(), tmp_path / "h.onnx"), 1)
     return graphs
 
 
-GRAPHS = ["padded_clamped_tail", "stride2_unpadded_batch2", "maxpool", "dense_batch3", "dorefa_planes", "dilated"]
+GRAPHS = ["padded_clamped_tail", "stride2_unpadded_batch2", "maxpool", "dense_batch3", "dorefa_planes", "dilated",
+          "pooled_threshold"]
 # the OR max pool is a one-thread-per-word kernel like pack_sign: replayed in the slow run only
 SLOW_EMULATION = {"maxpool"}
 

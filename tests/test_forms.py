@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import helper
-from onnx_builders import GraphBuilder, dilated_conv_graph, save
+from onnx_builders import GraphBuilder, dilated_conv_graph, pooled_threshold_graph, save
 from test_exactness import check, inputs
 
 from bnn_tvm.errors import BnnError
@@ -76,6 +76,45 @@ def test_maxpool_on_packed_bits(tmp_path):
     pooled = g.node("MaxPool", [g.binarize(y)], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     out = g.conv(pooled, g.binary_weight((6, 33, 3, 3)), pad=1)
     check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 40, 8, 8]), ["max_pool_or", "binary_conv2d_threshold"])
+
+
+def test_max_pool_between_conv_and_batch_norm(tmp_path):
+    """XNOR-Net's block order, conv -> max pool -> BN -> hardtanh -> binarizer: the pool runs on
+    thresholded bits (OR, or AND for channels with a negative gamma), the hardtanh is seen
+    through, and every decision equals ONNX Runtime's, ties included."""
+    path = save(pooled_threshold_graph(), tmp_path / "m.onnx")
+    x = inputs([1, 24, 9, 9], batch=4)
+    x[:, :, 0] = 0.0
+    check(path, x, ["binary_conv2d_threshold", "max_pool_or"])
+    binary = {r.op_type for r in inspect_onnx(path) if r.binary}
+    assert {"MaxPool", "BatchNormalization", "Clip"} <= binary
+
+
+def test_max_pool_after_a_decreasing_op_stays_float(tmp_path):
+    """A negative per-channel scale before the pool: max and the scale do not commute."""
+    g = GraphBuilder([1, 8, 6, 6], seed=12)
+    y = g.conv(g.binarize("x"), g.binary_weight((6, 8, 3, 3)), pad=1)
+    scaled = g.node("Mul", [y, g.const(np.array([1, -1, 2, -0.5, 1, 1], np.float32).reshape(1, 6, 1, 1))])
+    pooled = g.node("MaxPool", [scaled], kernel_shape=[2, 2], strides=[2, 2])
+    out = g.conv(g.binarize(pooled), g.binary_weight((3, 6, 3, 3)), pad=1)
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    check(path, inputs([1, 8, 6, 6]), ["-> binary_conv2d"])
+    notes = {r.op_type: r.note for r in inspect_onnx(path)}
+    assert "can decrease" in notes["MaxPool"]
+
+
+def test_relu_and_clip_in_float_epilogues(tmp_path):
+    """A float conv -> hardtanh (the stem) and a binary conv -> BN -> ReLU ending in the output
+    run those clamps in the kernels' epilogues, exactly."""
+    g = GraphBuilder([1, 3, 7, 7], seed=13)
+    stem = g.conv("x", g.rng.standard_normal((16, 3, 3, 3)).astype(np.float32), pad=1)
+    clipped = g.node("Clip", [stem, g.const(np.float32(-1)), g.const(np.float32(1))])
+    y = g.batch_norm(g.conv(g.binarize(clipped), g.binary_weight((10, 16, 3, 3)), pad=1), *g.random_bn(10, 0.3))
+    out = g.node("Relu", [y])
+    report = check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 3, 7, 7]), ["binary_conv2d_epilogue"])
+    fused = " | ".join(report.fused)
+    assert "binary_conv2d + 3 float op(s) in its epilogue" in fused  # BN (2) and the ReLU
+    assert "float conv + 2 float op(s) in its epilogue" in fused  # the clip's two bounds
 
 
 def test_residual_shortcut_bireal_style(tmp_path):
