@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay_passes.lift_conv1d import LIFTED
 from schedules.float_conv import FLOAT_KERNELS
 
 from .compiler import lower_onnx
@@ -11,6 +12,7 @@ from .onnx_import import load_onnx
 
 
 MATRIX_OPS = ("Conv", "Gemm", "MatMul")
+FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED)  # rewrites that leave a node computing in float
 
 
 @dataclass
@@ -22,7 +24,7 @@ class NodeReport:
 
     @property
     def binary(self) -> bool:
-        return self.kernel is not None and self.kernel not in FLOAT_KERNELS
+        return self.kernel is not None and self.kernel not in FLOAT_REWRITES
 
 
 def constant_nodes(graph) -> set[str]:
@@ -53,7 +55,7 @@ def inspect_onnx(path: str, batch: int | None = None) -> list[NodeReport]:
                 reasons.setdefault(node, reason)
     reports = []
     for node in original.graph.node:
-        if kernel_of.get(node.name) in FLOAT_KERNELS:
+        if kernel_of.get(node.name) in FLOAT_REWRITES:
             note = f"float path: no binarized operand; {detail_of[node.name]}"
             reports.append(NodeReport(node.name, node.op_type, kernel_of[node.name], note))
         elif node.name in kernel_of:

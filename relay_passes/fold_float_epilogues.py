@@ -31,6 +31,7 @@ from .fold_thresholds import (
     integer_dot,
     kernel_params,
     trace_chain,
+    viewed_as,
 )
 
 EPILOGUE_KERNELS = {"binary_conv2d": "binary_conv2d_epilogue", "binary_dense": "binary_dense_epilogue"}
@@ -52,7 +53,7 @@ def epilogue_rule(ends: set[str]):
         kernel = EPILOGUE_KERNELS[chain.name]
         ctx.fused(kernel, f"{chain.name} + {len(chain.steps)} float op(s) in its epilogue", *chain.visited[1:])
         count = len(inputs)
-        return ctx.emit_kernel(
+        computed = ctx.emit_kernel(
             lambda *args: bitserial.dot_to_float_nchw(dot(*args[:count]), *args[count:], steps=ops),
             *inputs,
             *(relax.const(step.const) for step in steps),
@@ -60,6 +61,7 @@ def epilogue_rule(ends: set[str]):
             epilogue=",".join(ops),
             **kernel_params(chain.attrs),
         )
+        return viewed_as(ctx, computed, chain.source, expr)
 
     return fold_epilogue
 
@@ -91,7 +93,7 @@ def float_conv_rule(ends: set[str]):
         padding = tuple(int(v) for v in conv.attrs.padding)
         ops = tuple(step.op for step in steps)
         ctx.fused(float_conv.FLOAT_CONV, f"float conv + {len(steps)} float op(s) in its epilogue", *visited[1:])
-        return ctx.emit_kernel(
+        computed = ctx.emit_kernel(
             lambda d, w, *cs: float_conv.float_conv2d(d, w, strides, padding, *cs, steps=ops),
             conv.args[0],
             float_conv.constant_weight(conv, ctx.lookup_binding),
@@ -101,6 +103,7 @@ def float_conv_rule(ends: set[str]):
             strides=list(strides),
             padding=list(padding),
         )
+        return viewed_as(ctx, computed, source, expr)
 
     return fold_conv_epilogue
 

@@ -26,6 +26,7 @@ from .fold_thresholds import (
     integer_dot,
     kernel_params,
     per_channel,
+    viewed_as,
 )
 
 MAX_TABLE_ENTRIES = 1 << 18  # 1 MiB of float32 per layer
@@ -80,13 +81,14 @@ def table_rule(ends: set[str]):
         inputs = ctx.kernel_inputs(chain.source)[: SCALE_INPUT[chain.name]]
         kernel = f"{chain.name}_table"
         ctx.fused(kernel, f"{chain.name} + {len(chain.steps)} float op(s) as a lookup table", *chain.visited[1:])
-        return ctx.emit_kernel(
+        computed = ctx.emit_kernel(
             lambda *args: bitserial.table_lookup(dot(*args[:-1]), args[-1], offset),
             *inputs,
             relax.const(chain.values()[0]),
             op=kernel,
             **kernel_params(chain.attrs),
         )
+        return viewed_as(ctx, computed, chain.source, expr)
 
     return fold_table
 

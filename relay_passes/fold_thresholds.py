@@ -20,6 +20,7 @@ from schedules import bitserial
 from .common import RuleContext, op_name, pack_bits, shape_of
 from .fuse_binary_conv2d import sum_rounding_error, weight_scale_error
 from .fuse_binary_maxpool import emit_or_pool, or_pool_refusal
+from .lift_conv1d import is_unit_axes_reshape
 
 INT32_MIN, INT32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
 FOLDABLE = {
@@ -129,6 +130,14 @@ def binary_step(ctx: RuleContext, call, out_shape):
     return None
 
 
+def viewed_as(ctx: RuleContext, value, source, expr):
+    """``value``, computed in the shape of the chain's ``source``, in the shape of the chain's
+    end ``expr``: they differ when the chain crossed a 1-D tensor's one-row view."""
+    if shape_of(source) == shape_of(expr):
+        return value
+    return relax.op.reshape(ctx.builder_.emit(value, ctx.binding), shape_of(expr))
+
+
 def is_foldable_kernel(ctx: RuleContext, expr) -> bool:
     return ctx.bnn_kernel(expr) is not None and ctx.bnn_kernel(expr)[0] in FOLDABLE
 
@@ -148,6 +157,10 @@ def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel, pools: lis
         if is_source(ctx, expr):
             return expr, steps[::-1], visited
         node = ctx.producer(expr)
+        if is_unit_axes_reshape(node):  # a 1-D tensor's one-row view: the same channels
+            expr = node.args[0]
+            out_shape = shape_of(expr)
+            continue
         if pools is not None and not pools and op_name(node) == "relax.nn.max_pool2d" and or_pool_refusal(node) is None:
             pools.append((node, len(steps)))
             expr = node.args[0]

@@ -18,6 +18,7 @@ from tvm import relax
 from schedules import bitserial
 
 from .common import RuleContext, is_bipolar, is_power_of_two, op_name, pack_bits, shape_of
+from .lift_conv1d import is_unit_axes_reshape
 
 
 def padding_correction(weight: np.ndarray, in_hw, strides, padding, dilation=(1, 1)) -> np.ndarray:
@@ -78,6 +79,7 @@ def weight_scale_error(scale: np.ndarray | None, taps: int) -> np.ndarray:
 def binarized_conv_input(ctx: RuleContext, data):
     """``(packed, explicit pad or None)`` when ``data`` is binarized bits, possibly ±1-padded,
     or k-bit planes (``unpack_levels``; no explicit pad)."""
+    data = through_unit_axes_reshapes(ctx, data)
     node = ctx.producer(data)
     explicit = None
     if op_name(node) == "relax.nn.pad":
@@ -93,6 +95,15 @@ def binarized_conv_input(ctx: RuleContext, data):
     if kernel[0] == "unpack_levels" and explicit is not None:
         return None
     return ctx.kernel_inputs(data)[0], explicit
+
+
+def through_unit_axes_reshapes(ctx: RuleContext, data):
+    """The tensor behind a chain of reshapes that only add or drop unit axes (a 1-D tensor's
+    one-row view and back) when it has ``data``'s shape; else ``data``."""
+    source = data
+    while is_unit_axes_reshape(ctx.producer(source)):
+        source = ctx.producer(source).args[0]
+    return source if shape_of(source) == shape_of(data) else data
 
 
 def fuse_multibit_conv2d(ctx: RuleContext, call, planes, weight, scale, strides, padding):

@@ -100,8 +100,8 @@ def lower_binarizer(ctx: RuleContext, call):
     x = binarized_input(ctx, call)
     if x is None:
         return None
-    if len(shape_of(x)) not in (2, 4) or dtype_of(x) != "float32":
-        ctx.keep_float(f"binarizer on a {len(shape_of(x))}-d {dtype_of(x)} tensor (NCHW or [N, C] float32 only)")
+    if len(shape_of(x)) not in (2, 3, 4) or dtype_of(x) != "float32":
+        ctx.keep_float(f"binarizer on a {len(shape_of(x))}-d {dtype_of(x)} tensor (NCHW, NCW or [N, C] float32 only)")
         return None
     # Binarizing commutes with a flatten: binarize the NCHW tensor, so the producer's batch norm
     # can fold into a threshold and the bits stay channel-packed; flatten the unpacked view.
@@ -109,4 +109,7 @@ def lower_binarizer(ctx: RuleContext, call):
     source = flattened_source(ctx, x)
     if source is not None:
         flat_shape, x = shape_of(x), source
+    elif len(shape_of(x)) == 3:  # NCW: binarize its one-row NCHW view (see lift_conv1d)
+        n, c, length = shape_of(x)
+        flat_shape, x = shape_of(x), ctx.builder_.emit(relax.op.reshape(x, [n, c, 1, length]), "rows")
     return pack_and_unpack(ctx, x, flat_shape, call.args[0])

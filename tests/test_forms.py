@@ -117,6 +117,28 @@ def test_relu_and_clip_in_float_epilogues(tmp_path):
     assert "float conv + 2 float op(s) in its epilogue" in fused  # the clip's two bounds
 
 
+def test_one_dimensional_binary_convs(tmp_path):
+    """Conv1d layers (keyword spotting, ECG): a float conv1d stem, a binary conv1d with stride 2
+    and asymmetric pads whose BN + hardtanh fold into thresholds, a dilated binary conv1d whose
+    BN ends in the float output; all on a one-row 2-D view, exact."""
+    g = GraphBuilder([1, 6, 37], seed=14)
+    stem = g.node("Conv", ["x", g.const(g.rng.standard_normal((20, 6, 3)).astype(np.float32), "w")],
+                  kernel_shape=[3], pads=[1, 1])
+    first = g.node("Conv", [g.binarize(stem), g.const(g.binary_weight((33, 20, 5)), "w")],
+                   kernel_shape=[5], strides=[2], pads=[2, 1])
+    clipped = g.node("Clip", [g.batch_norm(first, *g.random_bn(33, 0.3)), g.const(np.float32(-1)), g.const(np.float32(1))])
+    second = g.node("Conv", [g.binarize(clipped), g.const(g.binary_weight((8, 33, 3)), "w")],
+                    kernel_shape=[3], dilations=[2], pads=[2, 2])
+    out = g.batch_norm(second, *g.random_bn(8, 0.3))
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    x = inputs([1, 6, 37], batch=2)
+    check(path, x, ["binary_conv2d_threshold", "binary_conv2d_epilogue"])
+    reports = {r.name: r for r in inspect_onnx(path)}
+    convs = [r for r in reports.values() if r.op_type == "Conv"]
+    assert [r.binary for r in convs] == [False, True, True]
+    assert "one row" in convs[0].note
+
+
 def test_residual_shortcut_bireal_style(tmp_path):
     """x -> binarize -> binary conv -> BN -> + x (real-valued shortcut) -> binarize -> conv."""
     g = GraphBuilder([1, 16, 6, 6], seed=4)
