@@ -707,12 +707,13 @@ def reference_output(workload: Workload, x: np.ndarray) -> np.ndarray:
 def model_sizes(onnx_path: str, workdir: str) -> dict:
     import onnx
 
+    from .onnx_import import external_data_files
+
     model = onnx.load(onnx_path, load_external_data=False)
     float_params = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
     # weights stored beside the model (PyTorch's exporter writes model.onnx.data) count too
-    stored = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
     folder = os.path.dirname(os.path.abspath(onnx_path))
-    onnx_bytes = os.path.getsize(onnx_path) + sum(os.path.getsize(os.path.join(folder, f)) for f in stored)
+    onnx_bytes = os.path.getsize(onnx_path) + sum(os.path.getsize(os.path.join(folder, f)) for f in external_data_files(model))
     sizes = {"onnx_bytes": onnx_bytes, "fp32_parameter_bytes": 4 * float_params}
     for engine in ("bnn_tvm", "tvm_fp32"):
         path = os.path.join(workdir, f"{engine}.so")

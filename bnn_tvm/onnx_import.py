@@ -41,9 +41,14 @@ def load_external_data(model: onnx.ModelProto, path: str) -> None:
     try:
         external_data_helper.load_external_data_for_model(model, folder)
     except Exception as err:  # onnx raises ValidationError/OSError for a missing or short file
-        files = sorted({e.value for t in stored for e in t.external_data if e.key == "location"})
+        files = external_data_files(model)
         raise BnnError(f"{path}: its weights are stored in {', '.join(files)} beside it, which cannot be read "
                        f"({str(err).splitlines()[0]})") from err
+
+
+def external_data_files(model: onnx.ModelProto) -> list[str]:
+    """The files, relative to the model's folder, that hold its externally stored tensors."""
+    return sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -137,6 +137,11 @@ def op_name(call) -> str | None:
     return call.op.name if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) else None
 
 
+def clip_bounds(call) -> tuple[float, float]:
+    """``(lo, hi)`` of a ``relax.clip`` call (scalar bounds, not tensors)."""
+    return float(call.args[1].value), float(call.args[2].value)
+
+
 def shape_of(expr) -> tuple[int, ...]:
     return tuple(int(v) for v in expr.ty.shape.values)
 

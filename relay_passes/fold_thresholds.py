@@ -17,7 +17,7 @@ from tvm import relax
 
 from schedules import bitserial
 
-from .common import RuleContext, op_name, pack_bits, shape_of
+from .common import RuleContext, clip_bounds, op_name, pack_bits, shape_of
 from .fuse_binary_conv2d import sum_rounding_error, weight_scale_error
 from .fuse_binary_maxpool import emit_or_pool, or_pool_refusal
 from .lift_conv1d import is_unit_axes_reshape
@@ -73,7 +73,7 @@ NUMPY_OPS = {
 RELAX_OPS = {"relax.add": "add", "relax.subtract": "subtract", "relax.multiply": "multiply", "relax.divide": "divide",
              "relax.maximum": "maximum", "relax.minimum": "minimum"}
 CLAMP_OPS = ("relax.clip", "relax.nn.relu")
-CHAIN_OPS = (*RELAX_OPS, *CLAMP_OPS, "relax.nn.batch_norm")  # what ``trace_chain`` walks through
+CHAIN_OPS = (*RELAX_OPS, *CLAMP_OPS, "relax.nn.batch_norm")  # the per-channel float ops of a chain
 CONST_FIRST = {"subtract": "rsubtract", "divide": "rdivide"}  # add and multiply commute exactly
 
 
@@ -107,7 +107,7 @@ def clamp_steps(call, channels: int) -> list[Step] | None:
     if name == "relax.nn.relu":
         bounds = [("maximum", 0.0)]
     elif name == "relax.clip":
-        bounds = [("maximum", float(call.args[1].value)), ("minimum", float(call.args[2].value))]
+        bounds = list(zip(("maximum", "minimum"), clip_bounds(call)))
     else:
         return None
     return [Step(op, np.full(channels, bound, np.float32)) for op, bound in bounds if np.isfinite(bound)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from schedules import bitserial
 
-from .common import RuleContext, dtype_of, op_name, shape_of
+from .common import RuleContext, clip_bounds, dtype_of, op_name, shape_of
 
 MAX_BITS = 4
 
@@ -15,8 +15,7 @@ def clipped_to_unit(ctx: RuleContext, expr):
     """``x`` when ``expr`` is ``x`` clipped to [0, 1] (``clip``, or ``maximum``/``minimum``)."""
     node = ctx.producer(expr)
     if op_name(node) == "relax.clip":
-        lo, hi = (float(v.value) for v in node.args[1:])
-        return node.args[0] if (lo, hi) == (0.0, 1.0) else None
+        return node.args[0] if clip_bounds(node) == (0.0, 1.0) else None
     bounds = {}
     for _ in range(2):
         name = op_name(node)
