@@ -198,38 +198,30 @@ def layer_workload(spec: LayerSpec, workdir: str) -> Workload:
 
 
 def model_workload(model: str, workdir: str, batch: int) -> Workload:
-    """A zoo name, a checkpoint or an ONNX file (see ``bnn_tvm.summary.summarize`` for the same
-    resolution). Zoo models are benchmarked with their random initial weights (latency does not
-    depend on the values); checkpoints with their trained ones."""
+    """A zoo name, a checkpoint or an ONNX file (``export.resolve_model``). Zoo models are
+    benchmarked with their seeded random initial weights (latency does not depend on the
+    values), checkpoints with their trained ones; both against their float twins."""
     from . import models
-    from .export import export_onnx
+    from .export import is_checkpoint, resolve_model
 
-    if os.path.isfile(model) and not model.endswith((".pt", ".pth", ".ckpt")):
+    path = resolve_model(model, cache=os.path.join(workdir, "models"))
+    if os.path.isfile(model) and not is_checkpoint(model):
         from .compiler import input_shape as onnx_input_shape
         from .onnx_import import load_onnx
-
         from .onnx_torch import module_from_onnx
 
-        _, shape = onnx_input_shape(load_onnx(model), model, batch)
-        return Workload(os.path.basename(model), model, tuple(shape), lambda: module_from_onnx(model, shape[0]),
+        _, shape = onnx_input_shape(load_onnx(path), path, batch)
+        return Workload(os.path.basename(path), path, tuple(shape), lambda: module_from_onnx(path, shape[0]),
                         "the ONNX graph run node by node in PyTorch (bnn_tvm.onnx_torch)", torch_same_graph=True)
     if os.path.isfile(model):
         from .train import load_checkpoint
 
-        binary, checkpoint = load_checkpoint(model)
-        name, options = checkpoint["model"], checkpoint.get("options") or {}
-        label = os.path.basename(model)
-    elif model in models.ZOO:
-        name, options, label = model, {}, model
-        binary = models.build(name, **options).eval()
+        _, checkpoint = load_checkpoint(model)
+        name, options, label = checkpoint["model"], checkpoint.get("options") or {}, os.path.basename(model)
     else:
-        raise BnnError(f"{model!r} is neither a file nor a zoo model; give an ONNX file, a checkpoint "
-                       f"(.pt) or one of: {', '.join(sorted(models.ZOO))}")
-    sample_shape = tuple(models.input_shape(name))
-    path = os.path.join(workdir, f"{name}.onnx")
-    export_onnx(binary, sample_shape, path)
+        name, options, label = model, {}, model
     return Workload(
-        label, path, (batch,) + sample_shape,
+        label, path, (batch,) + tuple(models.input_shape(name)),
         lambda: models.build(name, binary=False, **options).eval(),
         f"float twin of {name} (same layers, float activations and weights)",
     )

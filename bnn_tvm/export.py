@@ -10,6 +10,7 @@ and drop unused nodes. Binarizers export as ``Where(GreaterOrEqual(x, 0), 1, -1)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 
@@ -57,23 +58,63 @@ def default_checkpoint_path() -> str:
     return os.path.join(os.path.dirname(__file__), "data", "digits.pt")
 
 
-def resolve_model(model: str | None, cache: str | None = None) -> str:
-    """An ONNX path for ``model``: the bundled default (None), an ONNX file, or a zoo name,
-    exported once (into ``cache``, default the board cache's ``models`` folder) with its random
-    initial weights, seeded: latency and exactness checks do not depend on the values."""
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+MODEL_HELP = ("an ONNX file, a checkpoint from `train` (.pt) or a zoo name such as birealnet18 (random weights); "
+              "default: the bundled digits model")
+
+
+def is_checkpoint(path: str) -> bool:
+    """A checkpoint written by ``train`` (by its suffix); any other file is read as ONNX."""
+    return path.endswith(CHECKPOINT_SUFFIXES)
+
+
+def not_a_model(model: str) -> Exception:
     from . import models
     from .errors import BnnError
 
+    return BnnError(f"{model!r} is neither a file nor a zoo model; give an ONNX file, a checkpoint "
+                    f"({'/'.join(CHECKPOINT_SUFFIXES)}) or one of: {', '.join(sorted(models.ZOO))}")
+
+
+def resolve_model(model: str | None, cache: str | None = None) -> str:
+    """An ONNX path for ``model``, which every command that reads a model accepts:
+
+    * None: the bundled default;
+    * an ONNX file: itself;
+    * a checkpoint written by ``train``: exported once, under a name that holds its contents'
+      hash, so a retrained checkpoint is exported again;
+    * a zoo name: exported once with its random initial weights, seeded (latency and exactness
+      checks do not depend on the values).
+
+    Exports go into ``cache``, default the board cache's ``models`` folder.
+    """
+    from . import models
+
     if model is None:
         return default_model_path()
-    if os.path.isfile(model):
-        return model
-    if model not in models.ZOO:
-        raise BnnError(f"{model!r} is neither a file nor a zoo model; give an ONNX file or one of: {', '.join(sorted(models.ZOO))}")
     from .board import cache_dir
 
-    path = os.path.join(cache or os.path.join(cache_dir(), "models"), f"{model}.onnx")
+    folder = cache or os.path.join(cache_dir(), "models")
+    if os.path.isfile(model):
+        return _exported_checkpoint(model, folder) if is_checkpoint(model) else model
+    if model not in models.ZOO:
+        raise not_a_model(model)
+    path = os.path.join(folder, f"{model}.onnx")
     if not os.path.isfile(path):
         torch.manual_seed(0)
         export_onnx(models.build(model).eval(), models.input_shape(model), path)
+    return path
+
+
+def _exported_checkpoint(checkpoint: str, folder: str) -> str:
+    from . import models
+    from .train import load_checkpoint
+
+    with open(checkpoint, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()[:16]
+    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    path = os.path.join(folder, f"{stem}-{digest}.onnx")
+    if not os.path.isfile(path):
+        module, saved = load_checkpoint(checkpoint)
+        export_onnx(module, models.input_shape(saved["model"]), path)
     return path

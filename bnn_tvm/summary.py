@@ -29,7 +29,6 @@ import numpy as np
 from .errors import BnnError
 
 FLOAT_BITS = 32
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 @dataclass
@@ -430,9 +429,10 @@ def _activation_bits(name: str, producers: dict, constants: dict) -> int:
 def summarize(model: str) -> ModelSummary:
     """Summary of a zoo model name, a checkpoint (.pt/.pth/.ckpt) or an ONNX file."""
     from . import models
+    from .export import is_checkpoint, not_a_model
 
     if os.path.isfile(model):
-        if model.endswith(CHECKPOINT_SUFFIXES):
+        if is_checkpoint(model):
             from .train import load_checkpoint
 
             module, checkpoint = load_checkpoint(model)
@@ -441,7 +441,4 @@ def summarize(model: str) -> ModelSummary:
         return summarize_onnx(model)
     if model in models.ZOO:
         return summarize_module(models.build(model), models.input_shape(model), model, "zoo")
-    raise BnnError(
-        f"{model!r} is neither a file nor a zoo model; give a checkpoint (.pt), an ONNX file "
-        f"or one of: {', '.join(sorted(models.ZOO))}"
-    )
+    raise not_a_model(model)

@@ -9,6 +9,7 @@ same 10-class digits task, not CIFAR or ImageNet.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from dataclasses import dataclass
 
@@ -139,14 +140,27 @@ def load_checkpoint(path: str) -> tuple[nn.Module, dict]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         name = checkpoint["model"]
         options = checkpoint.get("options") or {}
-    except (OSError, RuntimeError, KeyError, TypeError, AttributeError) as err:
-        raise BnnError(f"{path}: not a bnn_tvm checkpoint ({err})") from err
+    except (OSError, RuntimeError, KeyError, TypeError, AttributeError, ValueError, EOFError,
+            pickle.UnpicklingError) as err:
+        raise BnnError(f"{path}: not a bnn_tvm checkpoint (written by `train`): {_load_failure(err)}; for a "
+                       "model of your own, export it to ONNX (torch.onnx.export) and give the .onnx file") from err
     model = models.build(name, binary=True, **options)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, KeyError) as err:
         raise BnnError(f"{path}: weights do not fit zoo model {name!r} ({err})") from err
     return model.eval(), checkpoint
+
+
+def _load_failure(err: Exception) -> str:
+    if isinstance(err, pickle.UnpicklingError):
+        return "torch.load(weights_only=True) refused it: not a file of tensors and plain values"
+    if isinstance(err, EOFError):
+        return "the file is empty or cut short"
+    if isinstance(err, KeyError):
+        return f"it has no {err} entry"
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def write_metrics(metrics: dict, path: str) -> None:

@@ -53,6 +53,42 @@ def test_verify_takes_a_zoo_name(tmp_path, monkeypatch, capsys):
     assert "'nosuchmodel' is neither a file nor a zoo model" in capsys.readouterr().err
 
 
+def test_a_checkpoint_is_a_model_for_every_command(tmp_path, monkeypatch, capsys):
+    """compile, inspect, verify (and bench, summary, tune) take a checkpoint written by `train`;
+    it is exported once per content, so a retrained checkpoint is exported again."""
+    import shutil
+
+    import torch
+
+    from bnn_tvm.export import default_checkpoint_path
+
+    monkeypatch.setenv("BNN_TVM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(default_checkpoint_path(), tmp_path / "mine.pt")
+    assert main(["compile", "mine.pt", "--target", "x86"]) == 0
+    assert (tmp_path / "mine_x86.so").is_file()  # named after the checkpoint, not its export
+    assert main(["inspect", "mine.pt"]) == 0
+    assert "nodes run in binary kernels" in capsys.readouterr().out
+    exported = sorted((tmp_path / "cache" / "models").iterdir())
+    assert len(exported) == 1 and exported[0].name.startswith("mine-")
+
+    checkpoint = torch.load(tmp_path / "mine.pt", weights_only=True)
+    first = next(k for k, v in checkpoint["state_dict"].items() if v.dtype == torch.float32 and v.dim() == 4)
+    checkpoint["state_dict"][first] = -checkpoint["state_dict"][first]  # "retrained"
+    torch.save(checkpoint, tmp_path / "mine.pt")
+    assert main(["verify", "mine.pt"]) == 0
+    assert "VERIFY OK" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache" / "models").iterdir())) == 2
+
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for bad, why in (("other.pt", "no 'model' entry"), ("empty.pt", "empty or cut short")):
+        assert main(["compile", bad, "--target", "x86", "-o", "o.so"]) == 2
+        err = capsys.readouterr().err
+        assert f"{bad}: not a bnn_tvm checkpoint" in err and why in err and "torch.onnx.export" in err
+    assert not (tmp_path / "o.so").exists()
+
+
 def test_run_rejects_wrong_input_shape(compiled_default, tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.zeros((2, 1, 8, 9), np.float32))
     code = main(["run", str(compiled_default), "--input", str(tmp_path / "bad.npy"), "--output", str(tmp_path / "y.npy")])

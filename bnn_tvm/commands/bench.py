@@ -11,6 +11,8 @@ ENGINE_NAMES = ("bnn_tvm", "tvm_fp32", "torch_fp32", "ort_fp32", "topi_bitserial
 
 
 def add_parser(sub) -> None:
+    from ..export import MODEL_HELP
+
     s = sub.add_parser(
         "bench",
         help="benchmark the compiled binary model against TVM/PyTorch/ONNX Runtime fp32",
@@ -19,7 +21,7 @@ def add_parser(sub) -> None:
         "(torch_fp32, best of NCHW and channels_last), ONNX Runtime (ort_fp32) and, for single "
         "layers, TVM's untuned topi bitserial conv (topi_bitserial). Medians of repeated runs.",
     )
-    s.add_argument("model", nargs="?", help="ONNX file, checkpoint (.pt) or zoo name (default: the bundled digits model)")
+    s.add_argument("model", nargs="?", help=MODEL_HELP)
     s.add_argument("--layer", action="append", default=[], metavar="SPEC",
                    help="benchmark one binary conv layer instead, e.g. conv3x3:64x56x56 "
                    "(convKxK:CxHxW[,out=OC][,stride=S][,pad=P][,batch=N]); repeatable; 'resnet18' = all of ResNet-18's")

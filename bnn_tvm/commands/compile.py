@@ -1,15 +1,15 @@
-"""``python -m bnn_tvm compile``: compile an ONNX model (default: the bundled digits model)."""
+"""``python -m bnn_tvm compile``: compile a model (default: the bundled digits model)."""
 
 from __future__ import annotations
 
 import os
 
-from ..export import default_model_path
+from ..export import MODEL_HELP, resolve_model
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("compile", help="compile an ONNX model (default: the bundled digits model)")
-    s.add_argument("model", nargs="?")
+    s = sub.add_parser("compile", help="compile a model (default: the bundled digits model)")
+    s.add_argument("model", nargs="?", help=MODEL_HELP)
     s.add_argument("--target", default="x86", help="a name from `python -m bnn_tvm targets`, or a target .json file")
     s.add_argument("--arch", help="CUDA compute capability for --target cuda, e.g. sm_75 (default sm_80)")
     s.add_argument("--batch", type=int, help="batch size compiled in (default: the model's, else 1)")
@@ -24,10 +24,10 @@ def run(args) -> int:
 
     from ..compiler import compile_onnx
 
-    path = args.model or default_model_path()
     target = targets.get(args.target, arch=args.arch).name  # a .json file registers its target's name
+    path = resolve_model(args.model)
     compiled = compile_onnx(path, target, batch=args.batch, db=args.db, progress=True)
-    output = args.output or os.path.splitext(os.path.basename(path))[0] + f"_{target}.so"
+    output = args.output or os.path.splitext(os.path.basename(args.model or path))[0] + f"_{target}.so"
     compiled.export(output)
     for line in compiled.metadata["fused"]:
         print(f"fused: {line}")

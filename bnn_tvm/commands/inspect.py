@@ -1,15 +1,15 @@
-"""``python -m bnn_tvm inspect MODEL.onnx``: per node, the binary kernel it became or why not."""
+"""``python -m bnn_tvm inspect [MODEL]``: per ONNX node, the binary kernel it became or why not."""
 
 from __future__ import annotations
 
 import json
 
-from ..export import default_model_path
+from ..export import MODEL_HELP, resolve_model
 
 
 def add_parser(sub) -> None:
     s = sub.add_parser("inspect", help="show, per ONNX node, the fused binary kernel or why it stayed float")
-    s.add_argument("model", nargs="?")
+    s.add_argument("model", nargs="?", help=MODEL_HELP)
     s.add_argument("--batch", type=int)
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=run)
@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..inspect import inspect_onnx
 
-    reports = inspect_onnx(args.model or default_model_path(), args.batch)
+    reports = inspect_onnx(resolve_model(args.model), args.batch)
     if args.json:
         print(json.dumps([r.__dict__ for r in reports], indent=2))
         return 0

@@ -8,6 +8,8 @@ KINDS = {"all": ("binary", "float"), "binary": ("binary",), "float": ("float",)}
 
 
 def add_parser(sub) -> None:
+    from ..export import MODEL_HELP
+
     from ..tune import DEFAULT_POPULATION, DEFAULT_TIMEOUT_S, DEFAULT_TRIALS
 
     s = sub.add_parser(
@@ -18,7 +20,7 @@ def add_parser(sub) -> None:
         "records the database should hold for this model and target: a killed run continues where it "
         "stopped when started again with the same N. Then `compile --db DIR` uses the tuned schedules.",
     )
-    s.add_argument("model", nargs="?", help="ONNX file or zoo name (default: the bundled digits model)")
+    s.add_argument("model", nargs="?", help=MODEL_HELP)
     s.add_argument("--target", default="x86", help="a name from `python -m bnn_tvm targets`")
     s.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
                    help=f"records the database should hold for this model (default {DEFAULT_TRIALS})")

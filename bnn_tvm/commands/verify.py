@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 
-from ..export import default_checkpoint_path, resolve_model
+from ..export import MODEL_HELP, default_checkpoint_path, resolve_model
 
 
 def add_parser(sub) -> None:
     s = sub.add_parser("verify", help="compile, run and compare bit for bit with ONNX Runtime")
-    s.add_argument("model", nargs="?", help="ONNX file or zoo name, e.g. birealnet18 (random weights; default: "
-                   "the bundled digits model, checked on its test images)")
+    s.add_argument("model", nargs="?", help=MODEL_HELP + "; the default is checked on its test images, any other "
+                   "model on random normal inputs")
     s.add_argument("--target", default="x86")
     s.add_argument("--batch", type=int)
     s.set_defaults(func=run)
