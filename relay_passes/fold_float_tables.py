@@ -42,7 +42,9 @@ def is_chain_step(value, operands) -> bool:
     out_shape = tuple(int(d) for d in value.args[0].ty.shape.values)
     # tensor constants (clip's bounds are scalar constants holding a float)
     constants = [v.value.numpy() for v in operands if isinstance(v, Constant) and hasattr(v.value, "numpy")]
-    return value.op.name == "relax.nn.batch_norm" or all(per_channel(c, out_shape) is not None for c in constants)
+    if value.op.name in ("relax.nn.batch_norm", "relax.nn.prelu"):  # constants along their axis
+        return int(value.attrs.axis) == 1
+    return all(per_channel(c, out_shape) is not None for c in constants)
 
 
 def chain_ends(func: relax.Function) -> set[str]:

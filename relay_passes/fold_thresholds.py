@@ -69,11 +69,12 @@ NUMPY_OPS = {
     "rdivide": lambda y, c: np.divide(c, y),
     "maximum": np.maximum,
     "minimum": np.minimum,
+    "prelu": lambda y, c: np.where(y < 0, np.multiply(y, c), y),  # ONNX: x < 0 ? slope * x : x
 }
 RELAX_OPS = {"relax.add": "add", "relax.subtract": "subtract", "relax.multiply": "multiply", "relax.divide": "divide",
              "relax.maximum": "maximum", "relax.minimum": "minimum"}
 CLAMP_OPS = ("relax.clip", "relax.nn.relu")
-CHAIN_OPS = (*RELAX_OPS, *CLAMP_OPS, "relax.nn.batch_norm")  # the per-channel float ops of a chain
+CHAIN_OPS = (*RELAX_OPS, *CLAMP_OPS, "relax.nn.prelu", "relax.nn.batch_norm")  # the per-channel float ops of a chain
 CONST_FIRST = {"subtract": "rsubtract", "divide": "rdivide"}  # add and multiply commute exactly
 
 
@@ -111,6 +112,16 @@ def clamp_steps(call, channels: int) -> list[Step] | None:
     else:
         return None
     return [Step(op, np.full(channels, bound, np.float32)) for op, bound in bounds if np.isfinite(bound)]
+
+
+def prelu_step(ctx: RuleContext, call, out_shape) -> Step | None:
+    """``prelu(x, slope)`` along the channel axis with a constant slope (one, or one per channel)."""
+    if op_name(call) != "relax.nn.prelu" or int(call.attrs.axis) != 1:
+        return None
+    slope = ctx.constant(call.args[1])
+    if slope is None or slope.size not in (1, out_shape[1]):
+        return None
+    return Step("prelu", np.broadcast_to(slope.astype(np.float32).reshape(-1), (out_shape[1],)).copy())
 
 
 def binary_step(ctx: RuleContext, call, out_shape):
@@ -180,6 +191,11 @@ def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel, pools: lis
         clamps = clamp_steps(node, out_shape[1]) if isinstance(node, relax.Call) else None
         if clamps is not None:
             steps.extend(reversed(clamps))
+            expr = node.args[0]
+            continue
+        prelu = prelu_step(ctx, node, out_shape) if isinstance(node, relax.Call) else None
+        if prelu is not None:
+            steps.append(prelu)
             expr = node.args[0]
             continue
         found = binary_step(ctx, node, out_shape) if isinstance(node, relax.Call) else None
@@ -369,7 +385,7 @@ def never_decreases(step: Step) -> bool:
     """Whether ``y -> step(y)`` is non-decreasing in float32 (rounding is monotone)."""
     if step.op in ("add", "subtract", "maximum", "minimum"):
         return True
-    if step.op == "multiply":
+    if step.op in ("multiply", "prelu"):
         return bool(np.all(step.const >= 0))
     if step.op == "divide":
         return bool(np.all(step.const > 0))

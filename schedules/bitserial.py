@@ -178,6 +178,8 @@ EPILOGUE_OPS = {
     "rdivide": lambda v, c: c / v,
     "maximum": lambda v, c: tirx.max(v, c),  # clip, relu
     "minimum": lambda v, c: tirx.min(v, c),
+    # ONNX PRelu, as ONNX Runtime computes it: x < 0 ? slope * x : x
+    "prelu": lambda v, c: tirx.Select(v < tirx.const(0, "float32"), v * c, v),
     # a tensor of the output's shape added last (a residual connection), not a per-channel constant
     RESIDUAL: lambda v, c: v + c,
 }
@@ -198,7 +200,8 @@ def apply_epilogue(value, consts, steps):
     vectors of channels). A product followed by an addition is fenced (``contraction_fence``)."""
     for position, (step, const) in enumerate(zip(steps, consts)):
         value = EPILOGUE_OPS[step](value, const)
-        if step == "multiply" and position + 1 < len(steps) and steps[position + 1] in ADDITIVE:
+        # (LLVM may turn a PReLU's select of a product into a product of a select)
+        if step in ("multiply", "prelu") and position + 1 < len(steps) and steps[position + 1] in ADDITIVE:
             value = contraction_fence(value)
     return value
 

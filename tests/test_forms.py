@@ -117,6 +117,37 @@ def test_relu_and_clip_in_float_epilogues(tmp_path):
     assert "float conv + 2 float op(s) in its epilogue" in fused  # the clip's two bounds
 
 
+def test_prelu_in_thresholds_and_epilogues(tmp_path):
+    """BN -> PReLU (per-channel slopes: positive, zero and negative, as training leaves them)
+    before a binarizer folds into thresholds, also with a max pool before the BN; a PReLU
+    after the float stem or ending in the float output runs in the kernel's epilogue; all exact
+    against ONNX Runtime."""
+    g = GraphBuilder([1, 16, 9, 9], seed=15)
+
+    def prelu(x, channels, signs=True):
+        slope = g.rng.uniform(0.05, 0.5, channels).astype(np.float32)
+        if signs:
+            slope[::3] *= -1
+            slope[1::5] = 0
+        return g.node("PRelu", [x, g.const(slope.reshape(channels, 1, 1), "slope")])
+
+    stem = g.conv("x", g.rng.standard_normal((16, 16, 3, 3)).astype(np.float32), pad=1)
+    stem = prelu(g.batch_norm(stem, *g.random_bn(16, 0.3)), 16)
+    first = g.conv(g.binarize(stem), g.binary_weight((24, 16, 3, 3)), pad=1)
+    act = prelu(g.batch_norm(first, *g.random_bn(24, 0.3)), 24)
+    pooled = g.node("MaxPool", [g.conv(g.binarize(act), g.binary_weight((20, 24, 3, 3)), pad=1)],
+                    kernel_shape=[2, 2], strides=[2, 2])
+    act2 = prelu(g.batch_norm(pooled, *g.random_bn(20)), 20, signs=False)
+    last = g.conv(g.binarize(act2), g.binary_weight((12, 20, 3, 3)), pad=1)
+    out = prelu(g.batch_norm(last, *g.random_bn(12, 0.3)), 12)
+    report = check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 16, 9, 9], batch=2),
+                   ["binary_conv2d_threshold", "binary_conv2d_epilogue"])
+    fused = " | ".join(report.fused)
+    assert fused.count("binary_conv2d + 3 float op(s) + binarizer") == 2, fused  # BN (2) and the PReLU
+    assert "OR" in fused.upper() and "binary_conv2d + 3 float op(s) in its epilogue" in fused, fused
+    assert "float conv + 3 float op(s) in its epilogue" in fused, fused
+
+
 def test_one_dimensional_binary_convs(tmp_path):
     """Conv1d layers (keyword spotting, ECG): a float conv1d stem, a binary conv1d with stride 2
     and asymmetric pads whose BN + hardtanh fold into thresholds, a dilated binary conv1d whose
