@@ -323,6 +323,81 @@ def range_(node, attrs, start, limit, delta):
     return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
 
 
+RESIZE_COORDINATES = {
+    # output index i -> input coordinate, float32 as ONNX Runtime computes it (scale: out / in)
+    "half_pixel": lambda i, scale, size_in, size_out: (i + 0.5) / scale - 0.5,
+    "pytorch_half_pixel": lambda i, scale, size_in, size_out: (i + 0.5) / scale - 0.5 if size_out > 1 else 0 * i,
+    "align_corners": lambda i, scale, size_in, size_out: (
+        i * np.float32(size_in - 1) / np.float32(size_out - 1) if size_out > 1 else 0 * i),
+    "asymmetric": lambda i, scale, size_in, size_out: i / scale,
+}
+RESIZE_ROUNDING = {
+    "round_prefer_floor": lambda x: np.ceil(x - 0.5),
+    "round_prefer_ceil": lambda x: np.floor(x + 0.5),
+    "floor": np.floor,
+    "ceil": np.ceil,
+}
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def resize(node, attrs, x, roi=None, scales=None, sizes=None):
+    """``Resize`` (and ``Upsample``: ``x, scales``) in modes ``nearest`` and ``linear``, axis by
+    axis: input coordinates as the ONNX definition gives them, then a gather (nearest) or a
+    two-tap blend (linear)."""
+    mode = _text(attrs.get("mode", "nearest"))
+    coordinates = _text(attrs.get("coordinate_transformation_mode", "half_pixel" if node.op_type == "Resize" else "asymmetric"))
+    rounding = _text(attrs.get("nearest_mode", "round_prefer_floor"))
+    policy = _text(attrs.get("keep_aspect_ratio_policy", "stretch"))
+    for what, value, known in (("mode", mode, ("nearest", "linear")), ("coordinate_transformation_mode", coordinates,
+                               RESIZE_COORDINATES), ("nearest_mode", rounding, RESIZE_ROUNDING),
+                               ("keep_aspect_ratio_policy", policy, ("stretch",))):
+        if value not in known:
+            raise _unsupported(node, f"{what}={value!r}")
+    if int(attrs.get("antialias", 0)) and mode != "nearest":
+        raise _unsupported(node, "antialias=1")
+    rank = x.dim()
+    axes = [a % rank for a in attrs.get("axes", range(rank))]
+    if sizes is not None and len(sizes):
+        out_sizes = [int(v) for v in sizes]
+        factors = [np.float32(o) / np.float32(x.shape[a]) for o, a in zip(out_sizes, axes)]
+    elif scales is not None and len(scales):
+        factors = [np.float32(v) for v in scales]
+        out_sizes = [int(np.floor(np.float32(x.shape[a]) * f)) for f, a in zip(factors, axes)]
+    else:
+        raise _unsupported(node, "a Resize with neither scales nor sizes")
+    for axis, size_out, factor in zip(axes, out_sizes, factors):
+        size_in = x.shape[axis]
+        if size_out == size_in and factor == 1:
+            continue
+        where = RESIZE_COORDINATES[coordinates](np.arange(size_out, dtype=np.float32), factor, size_in, size_out)
+        where = np.asarray(where, np.float32)
+        x = (_nearest if mode == "nearest" else _linear)(x, axis, where, size_in, RESIZE_ROUNDING[rounding])
+    return x
+
+
+def _nearest(x, axis, where, size_in, rounding):
+    import torch
+
+    index = np.clip(rounding(where), 0, size_in - 1).astype(np.int64)
+    return x.index_select(axis, torch.from_numpy(index).to(x.device))
+
+
+def _linear(x, axis, where, size_in, rounding):
+    import torch
+
+    where = np.clip(where, 0, size_in - 1)
+    low = np.floor(where).astype(np.int64)
+    high = np.minimum(low + 1, size_in - 1)
+    weight = torch.from_numpy((where - low).astype(np.float32)).to(x.device)
+    weight = weight.reshape([-1] + [1] * (x.dim() - axis - 1))
+    first = x.index_select(axis, torch.from_numpy(low).to(x.device))
+    second = x.index_select(axis, torch.from_numpy(high).to(x.device))
+    return first * (1 - weight) + second * weight
+
+
 def _elementwise(name):
     def run(node, attrs, *args):
         import torch
@@ -475,6 +550,8 @@ OPS = {
     "ArgMax": arg_max,
     "CastLike": cast_like,
     "Range": range_,
+    "Resize": resize,
+    "Upsample": lambda node, attrs, x, scales: resize(node, attrs, x, scales=scales),
 }
 
 # ops whose every output the runner computes (the others: only the first one may be used)
@@ -483,7 +560,7 @@ MULTI_OUTPUT = {"Split"}
 # inputs read as Python values (shapes, axes, pads), not as tensors on the device
 HOST_INPUTS = {"Reshape": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "Pad": (1, 2, 3), "Slice": (1, 2, 3, 4),
                "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ConstantOfShape": (0,), "Expand": (1,),
-               "Tile": (1,), "Split": (1,)}
+               "Tile": (1,), "Split": (1,), "Resize": (1, 2, 3), "Upsample": (1,)}
 
 
 def check_runnable(graph) -> None:

@@ -184,3 +184,55 @@ def test_more_ops_match_onnx_runtime(opset):
     for name, want, have in zip(("y1", "ramped"), expected, got):
         assert have.shape == want.shape, name
         np.testing.assert_allclose(have.numpy(), want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+RESIZES = [  # (attributes, scales, sizes, axes): the forms exporters write, up and down
+    (dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"), [1, 1, 2, 2], None, None),
+    (dict(mode="nearest"), None, [2, 4, 7, 5], None),  # half_pixel, round_prefer_floor
+    (dict(mode="nearest", nearest_mode="round_prefer_ceil", coordinate_transformation_mode="align_corners"),
+     None, [4, 9], [2, 3]),
+    (dict(mode="nearest", coordinate_transformation_mode="align_corners"), None, [2, 4, 11, 5], None),  # ties
+    (dict(mode="linear"), [1, 1, 1.5, 2], None, None),  # half_pixel
+    (dict(mode="linear", coordinate_transformation_mode="align_corners"), None, [2, 4, 8, 3], None),
+    (dict(mode="linear", coordinate_transformation_mode="pytorch_half_pixel"), [1, 1, 0.5, 0.75], None, None),
+]
+
+
+def resize_model():
+    inits, nodes = [], []
+    for k, (attrs, scales, sizes, axes) in enumerate(RESIZES):
+        inputs = ["x", ""]
+        if scales is not None:
+            inits.append(const(f"scales{k}", np.array(scales, np.float32)))
+            inputs.append(f"scales{k}")
+        else:
+            inits.append(const(f"sizes{k}", np.array(sizes, np.int64)))
+            inputs += ["", f"sizes{k}"]
+        nodes.append(helper.make_node("Resize", inputs, [f"y{k}"], **attrs, **({"axes": axes} if axes else {})))
+    graph = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 6, 5])],
+                              [helper.make_empty_tensor_value_info(f"y{k}") for k in range(len(RESIZES))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def test_resize_matches_onnx_runtime():
+    """Nearest (every rounding the exporters use) and linear resizes, by scales and by sizes,
+    up and down, as ONNX Runtime computes them."""
+    model = resize_model()
+    x = np.random.default_rng(7).standard_normal((2, 4, 6, 5)).astype(np.float32)
+    expected = reference_outputs(model, x, "x")
+    with torch.inference_mode():
+        got = torch_module(model).eval()(torch.from_numpy(x))
+    for k, (want, have) in enumerate(zip(expected, got)):
+        assert have.shape == want.shape, RESIZES[k]
+        np.testing.assert_allclose(have.numpy(), want, rtol=1e-6, atol=1e-6, err_msg=str(RESIZES[k]))
+
+
+def test_resize_forms_it_cannot_run_are_named():
+    graph = helper.make_graph([helper.make_node("Resize", ["x", "", "s"], ["y"], name="up_cubic", mode="cubic")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_empty_tensor_value_info("y")], [const("s", np.array([1, 1, 2, 2], np.float32))])
+    module = torch_module(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    with pytest.raises(BnnError, match="'up_cubic' \\(Resize\\): mode='cubic'"):
+        module(torch.zeros(1, 1, 2, 2))
