@@ -39,9 +39,17 @@ def padding_correction(weight: np.ndarray, in_hw, strides, padding, dilation=(1,
     return np.einsum("okl,yxkl->oyx", tap_sums, padded.astype(weight.dtype)).astype(np.int32)
 
 
-def plain_conv_reason(attrs) -> str | None:
-    if int(attrs.groups) != 1:
-        return f"grouped conv (groups={int(attrs.groups)})"
+MIN_GROUP_CHANNELS = 16  # below this many input channels per group, one kernel per group costs more than a float conv
+
+
+def plain_conv_reason(attrs, in_channels: int | None = None) -> str | None:
+    """Why a conv with these attributes cannot be binary, or None. A grouped conv can (one
+    kernel per group) when its groups have at least ``MIN_GROUP_CHANNELS`` input channels."""
+    groups = int(attrs.groups)
+    if groups != 1 and (in_channels is None or in_channels // groups < MIN_GROUP_CHANNELS):
+        per_group = "" if in_channels is None else f", {in_channels // groups} input channels per group"
+        return (f"grouped conv (groups={groups}{per_group}; fewer than {MIN_GROUP_CHANNELS} per group "
+                "run faster as a float conv)")
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
     if layouts != ("NCHW", "OIHW", "NCHW"):
         return f"layouts {layouts}"
@@ -137,7 +145,8 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
     if source is None:
         return None
     packed, explicit = source
-    reason = plain_conv_reason(call.attrs)
+    groups = int(call.attrs.groups)
+    reason = plain_conv_reason(call.attrs, shape_of(data)[1])
     weight = ctx.constant(weight_expr)
     if reason is None and weight is None:
         reason = "weights are not constant"
@@ -151,6 +160,8 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
         reason = "an explicit Pad followed by a padded conv"
     if reason is None and dilation != (1, 1) and len(shape_of(packed)) == 5:
         reason = "a dilated conv on k-bit activations"
+    if reason is None and groups != 1 and len(shape_of(packed)) == 5:
+        reason = "a grouped conv on k-bit activations"
     if reason is not None:
         ctx.keep_float(reason)
         return None
@@ -158,20 +169,48 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
     if len(shape_of(packed)) == 5:  # k-bit planes
         return fuse_multibit_conv2d(ctx, call, packed, weight, scale, strides, padding)
     oc, c, kh, kw = weight.shape
-    in_hw = shape_of(packed)[1:3]
-    if explicit is not None:
-        pad_ones, padding = explicit[0] > 0, explicit[1]
-        correction = np.zeros((oc,) + output_hw(in_hw, (kh, kw), strides, padding, dilation), np.int32)
-    else:
-        pad_ones = False
-        correction = padding_correction(weight, in_hw, strides, padding, dilation)
-    taps = c * kh * kw
-    detail = f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding}"
+    detail = f"conv2d {oc}x{c * groups}x{kh}x{kw} stride {strides} pad {padding}"
     if dilation != (1, 1):
         detail += f" dilation {dilation}"
     if explicit is not None:
         detail += f" (explicit Pad {explicit[0]:+g})"
+    if groups != 1:
+        ctx.fused("binary_conv2d", f"{detail} groups {groups}: one binary conv per group, concatenated")
+        return grouped_binary_conv2d(ctx, data, weight, scale, groups, strides, padding, dilation)
     ctx.fused("binary_conv2d", detail)
+    if explicit is not None:
+        return binary_conv2d_kernel(ctx, packed, weight, scale, strides, explicit[1], dilation, explicit[0])
+    return binary_conv2d_kernel(ctx, packed, weight, scale, strides, padding, dilation)
+
+
+def grouped_binary_conv2d(ctx: RuleContext, data, weight, scale, groups, strides, padding, dilation):
+    """A grouped conv on the ±1 tensor ``data`` (the conv's own input, an explicit ±1 pad
+    included) as one binary conv per group on that group's channels, packed on their own, so
+    each group's channel padding bits are 0 as the kernels expect; outputs concatenated."""
+    oc, c = weight.shape[:2]
+    per_group = oc // groups
+    outputs = []
+    for g in range(groups):
+        part = ctx.builder_.emit(relax.op.strided_slice(data, axes=[1], begin=[g * c], end=[(g + 1) * c]), "group")
+        packed = ctx.builder_.emit(ctx.emit_kernel(bitserial.pack_sign, part, op="pack_sign"), "packed")
+        rows = slice(g * per_group, (g + 1) * per_group)
+        kernel = binary_conv2d_kernel(ctx, packed, weight[rows], None if scale is None else scale[rows],
+                                      strides, padding, dilation)
+        outputs.append(ctx.builder_.emit(kernel, "group_conv"))
+    return relax.op.concat(outputs, axis=1)
+
+
+def binary_conv2d_kernel(ctx: RuleContext, packed, weight, scale, strides, padding, dilation, pad_value=None):
+    """The XNOR-popcount conv kernel on ``packed`` bits with ±1 ``weight`` ``[OC, C, KH, KW]``
+    (and a per-channel ``scale``): zero padding, or with ``pad_value`` an explicit ±1 pad."""
+    oc, c, kh, kw = weight.shape
+    in_hw = shape_of(packed)[1:3]
+    pad_ones = pad_value is not None and pad_value > 0
+    if pad_value is not None:
+        correction = np.zeros((oc,) + output_hw(in_hw, (kh, kw), strides, padding, dilation), np.int32)
+    else:
+        correction = padding_correction(weight, in_hw, strides, padding, dilation)
+    taps = c * kh * kw
     inputs = [packed, relax.const(pack_bits(weight.transpose(0, 2, 3, 1))), relax.const(correction)]
     if scale is not None:
         inputs.append(relax.const(scale))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import helper
-from onnx_builders import GraphBuilder, dilated_conv_graph, pooled_threshold_graph, save
+from onnx_builders import GraphBuilder, dilated_conv_graph, grouped_conv_graph, pooled_threshold_graph, save
 from test_exactness import check, inputs
 
 from bnn_tvm.errors import BnnError
@@ -250,6 +250,17 @@ def test_dilated_binary_convs(tmp_path):
     path = save(dilated_conv_graph(), tmp_path / "m.onnx")
     report = check(path, inputs([1, 32, 9, 9]), ["binary_conv2d_threshold", "dilation (2, 2)", "dilation (2, 1)"])
     assert report.binary_checked == 2
+
+
+def test_grouped_binary_convs(tmp_path):
+    """Groups of 20 and 16 channels run as one binary conv per group (exact, explicit +1 pad and
+    weight scales included); 3 channels per group stay float, and inspect says why."""
+    path = save(grouped_conv_graph(), tmp_path / "m.onnx")
+    report = check(path, inputs([1, 40, 7, 7], batch=2), ["groups 2: one binary conv per group", "groups 3"])
+    assert report.binary_checked == 3
+    convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
+    assert [r.binary for r in convs] == [True, True, False]
+    assert "3 input channels per group" in convs[2].note
 
 
 def test_gemm_with_transposed_binary_weights_and_bias(tmp_path):
