@@ -176,25 +176,32 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
         detail += f" (explicit Pad {explicit[0]:+g})"
     if groups != 1:
         ctx.fused("binary_conv2d", f"{detail} groups {groups}: one binary conv per group, concatenated")
-        return grouped_binary_conv2d(ctx, data, weight, scale, groups, strides, padding, dilation)
+        return grouped_binary_conv2d(ctx, data, packed, explicit, weight, scale, groups, strides, padding, dilation)
     ctx.fused("binary_conv2d", detail)
     if explicit is not None:
         return binary_conv2d_kernel(ctx, packed, weight, scale, strides, explicit[1], dilation, explicit[0])
     return binary_conv2d_kernel(ctx, packed, weight, scale, strides, padding, dilation)
 
 
-def grouped_binary_conv2d(ctx: RuleContext, data, weight, scale, groups, strides, padding, dilation):
-    """A grouped conv on the ±1 tensor ``data`` (the conv's own input, an explicit ±1 pad
-    included) as one binary conv per group on that group's channels, packed on their own, so
-    each group's channel padding bits are 0 as the kernels expect; outputs concatenated."""
+def grouped_binary_conv2d(ctx: RuleContext, data, packed, explicit, weight, scale, groups, strides, padding, dilation):
+    """A grouped conv as one binary conv per group on that group's channels, outputs
+    concatenated. Each group's bits: a slice of the packed words when groups are whole words,
+    else the group's channels of the ±1 tensor ``data`` (the conv's own input, an explicit ±1
+    pad included) packed on their own, so that their channel padding bits are 0."""
     oc, c = weight.shape[:2]
     per_group = oc // groups
+    whole_words = explicit is None and c % bitserial.WORD_BITS == 0
     outputs = []
     for g in range(groups):
-        part = ctx.builder_.emit(relax.op.strided_slice(data, axes=[1], begin=[g * c], end=[(g + 1) * c]), "group")
-        packed = ctx.builder_.emit(ctx.emit_kernel(bitserial.pack_sign, part, op="pack_sign"), "packed")
+        if whole_words:
+            words = c // bitserial.WORD_BITS
+            bits = ctx.builder_.emit(relax.op.strided_slice(packed, axes=[3], begin=[g * words], end=[(g + 1) * words]),
+                                     "group_words")
+        else:
+            part = ctx.builder_.emit(relax.op.strided_slice(data, axes=[1], begin=[g * c], end=[(g + 1) * c]), "group")
+            bits = ctx.builder_.emit(ctx.emit_kernel(bitserial.pack_sign, part, op="pack_sign"), "packed")
         rows = slice(g * per_group, (g + 1) * per_group)
-        kernel = binary_conv2d_kernel(ctx, packed, weight[rows], None if scale is None else scale[rows],
+        kernel = binary_conv2d_kernel(ctx, bits, weight[rows], None if scale is None else scale[rows],
                                       strides, padding, dilation)
         outputs.append(ctx.builder_.emit(kernel, "group_conv"))
     return relax.op.concat(outputs, axis=1)

@@ -104,19 +104,22 @@ def dilated_conv_graph(seed=5):
 
 
 def grouped_conv_graph(seed=6):
-    """Grouped binary convs: 2 groups of 20 channels (not whole words) with zero padding, ±alpha
-    weights and a batch norm folded into the next binarizer; 3 groups of 16 after an explicit
-    +1 Pad, stride 2; and a depthwise-like conv (4 channels per group), which stays float."""
-    g = GraphBuilder([1, 40, 7, 7], seed=seed)
+    """Grouped binary convs: 2 groups of 32 channels (whole words, sliced from the packed bits)
+    with zero padding, ±alpha weights and a batch norm folded into the next binarizer; 3 groups
+    of 16 after an explicit +1 Pad, stride 2; 2 groups of 21 (not whole words), zero padded;
+    and a conv with 4 channels per group, which stays float."""
+    g = GraphBuilder([1, 64, 7, 7], seed=seed)
     alpha = np.float32(2.0) ** g.rng.integers(-2, 2, (48, 1, 1, 1))  # powers of two: exact
-    first = g.node("Conv", [g.binarize("x"), g.const((g.binary_weight((48, 20, 3, 3)) * alpha).astype(np.float32), "w")],
+    first = g.node("Conv", [g.binarize("x"), g.const((g.binary_weight((48, 32, 3, 3)) * alpha).astype(np.float32), "w")],
                    kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2)
     padded = g.node("Pad", [g.binarize(g.batch_norm(first, *g.random_bn(48, 0.3))),
                             g.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)), g.const(np.float32(1))])
-    second = g.node("Conv", [padded, g.const(g.binary_weight((9, 16, 3, 3)), "w")], kernel_shape=[3, 3],
+    second = g.node("Conv", [padded, g.const(g.binary_weight((42, 16, 3, 3)), "w")], kernel_shape=[3, 3],
                     strides=[2, 2], group=3)
-    thin = g.node("Conv", [g.binarize(second), g.const(g.binary_weight((9, 3, 1, 1)), "w")], kernel_shape=[1, 1],
-                  group=3)
+    third = g.node("Conv", [g.binarize(second), g.const(g.binary_weight((8, 21, 3, 3)), "w")], kernel_shape=[3, 3],
+                   pads=[1, 1, 1, 1], group=2)
+    thin = g.node("Conv", [g.binarize(third), g.const(g.binary_weight((6, 4, 1, 1)), "w")], kernel_shape=[1, 1],
+                  group=2)
     return g.model([thin])
 
 

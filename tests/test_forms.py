@@ -253,14 +253,14 @@ def test_dilated_binary_convs(tmp_path):
 
 
 def test_grouped_binary_convs(tmp_path):
-    """Groups of 20 and 16 channels run as one binary conv per group (exact, explicit +1 pad and
-    weight scales included); 3 channels per group stay float, and inspect says why."""
+    """Groups of 32, 16 and 21 channels run as one binary conv per group (exact, explicit +1 pad
+    and weight scales included); 4 channels per group stay float, and inspect says why."""
     path = save(grouped_conv_graph(), tmp_path / "m.onnx")
-    report = check(path, inputs([1, 40, 7, 7], batch=2), ["groups 2: one binary conv per group", "groups 3"])
-    assert report.binary_checked == 3
+    report = check(path, inputs([1, 64, 7, 7], batch=2), ["groups 2: one binary conv per group", "groups 3"])
+    assert report.binary_checked == 4
     convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
-    assert [r.binary for r in convs] == [True, True, False]
-    assert "3 input channels per group" in convs[2].note
+    assert [r.binary for r in convs] == [True, True, True, False]
+    assert "4 input channels per group" in convs[3].note
 
 
 def test_gemm_with_transposed_binary_weights_and_bias(tmp_path):
