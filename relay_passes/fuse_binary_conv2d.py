@@ -42,14 +42,13 @@ def padding_correction(weight: np.ndarray, in_hw, strides, padding, dilation=(1,
 MIN_GROUP_CHANNELS = 16  # below this many input channels per group, one kernel per group costs more than a float conv
 
 
-def plain_conv_reason(attrs, in_channels: int | None = None) -> str | None:
+def plain_conv_reason(attrs, in_channels: int) -> str | None:
     """Why a conv with these attributes cannot be binary, or None. A grouped conv can (one
     kernel per group) when its groups have at least ``MIN_GROUP_CHANNELS`` input channels."""
     groups = int(attrs.groups)
-    if groups != 1 and (in_channels is None or in_channels // groups < MIN_GROUP_CHANNELS):
-        per_group = "" if in_channels is None else f", {in_channels // groups} input channels per group"
-        return (f"grouped conv (groups={groups}{per_group}; fewer than {MIN_GROUP_CHANNELS} per group "
-                "run faster as a float conv)")
+    if groups != 1 and in_channels // groups < MIN_GROUP_CHANNELS:
+        return (f"grouped conv (groups={groups}, {in_channels // groups} input channels per group; fewer than "
+                f"{MIN_GROUP_CHANNELS} per group run faster as a float conv)")
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
     if layouts != ("NCHW", "OIHW", "NCHW"):
         return f"layouts {layouts}"

@@ -9,7 +9,6 @@ KINDS = {"all": ("binary", "float"), "binary": ("binary",), "float": ("float",)}
 
 def add_parser(sub) -> None:
     from ..export import MODEL_HELP
-
     from ..tune import DEFAULT_POPULATION, DEFAULT_TIMEOUT_S, DEFAULT_TRIALS
 
     s = sub.add_parser(
