@@ -15,6 +15,7 @@ the node; ``bench`` reports it as the engine's error and measures the others.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -372,30 +373,33 @@ def resize(node, attrs, x, roi=None, scales=None, sizes=None):
         size_in = x.shape[axis]
         if size_out == size_in and factor == 1:
             continue
-        where = RESIZE_COORDINATES[coordinates](np.arange(size_out, dtype=np.float32), factor, size_in, size_out)
-        where = np.asarray(where, np.float32)
-        x = (_nearest if mode == "nearest" else _linear)(x, axis, where, size_in, RESIZE_ROUNDING[rounding])
+        taps = _resize_taps(mode, coordinates, rounding, size_in, size_out, factor, x.device)
+        if mode == "nearest":
+            x = x.index_select(axis, taps[0])
+        else:
+            low, high, weight = taps
+            weight = weight.reshape([-1] + [1] * (x.dim() - axis - 1))
+            x = x.index_select(axis, low) * (1 - weight) + x.index_select(axis, high) * weight
     return x
 
 
-def _nearest(x, axis, where, size_in, rounding):
+@functools.lru_cache(maxsize=None)
+def _resize_taps(mode, coordinates, rounding, size_in, size_out, factor, device):
+    """One axis of a resize, computed once per shape and device rather than on every run: the
+    source index of each output (nearest), or its two source indices and the second's weight
+    (linear, coordinates clamped to the input as ONNX Runtime does)."""
     import torch
 
-    index = np.clip(rounding(where), 0, size_in - 1).astype(np.int64)
-    return x.index_select(axis, torch.from_numpy(index).to(x.device))
-
-
-def _linear(x, axis, where, size_in, rounding):
-    import torch
-
+    where = RESIZE_COORDINATES[coordinates](np.arange(size_out, dtype=np.float32), factor, size_in, size_out)
+    where = np.asarray(where, np.float32)
+    if mode == "nearest":
+        index = np.clip(RESIZE_ROUNDING[rounding](where), 0, size_in - 1).astype(np.int64)
+        return (torch.from_numpy(index).to(device),)
     where = np.clip(where, 0, size_in - 1)
     low = np.floor(where).astype(np.int64)
     high = np.minimum(low + 1, size_in - 1)
-    weight = torch.from_numpy((where - low).astype(np.float32)).to(x.device)
-    weight = weight.reshape([-1] + [1] * (x.dim() - axis - 1))
-    first = x.index_select(axis, torch.from_numpy(low).to(x.device))
-    second = x.index_select(axis, torch.from_numpy(high).to(x.device))
-    return first * (1 - weight) + second * weight
+    weight = (where - low).astype(np.float32)
+    return tuple(torch.from_numpy(v).to(device) for v in (low, high, weight))
 
 
 def _elementwise(name):
