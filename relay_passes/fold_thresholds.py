@@ -124,6 +124,15 @@ def prelu_step(ctx: RuleContext, call, out_shape) -> Step | None:
     return Step("prelu", np.broadcast_to(slope.astype(np.float32).reshape(-1), (out_shape[1],)).copy())
 
 
+def unary_steps(ctx: RuleContext, call, out_shape) -> list[Step] | None:
+    """The steps of a one-operand chain op (a clamp, a PReLU), or None for any other op."""
+    clamps = clamp_steps(call, out_shape[1])
+    if clamps is not None:
+        return clamps
+    prelu = prelu_step(ctx, call, out_shape)
+    return None if prelu is None else [prelu]
+
+
 def binary_step(ctx: RuleContext, call, out_shape):
     """``(step, source)`` for ``source (op) const`` or ``const (op) source``."""
     op = RELAX_OPS.get(op_name(call))
@@ -188,14 +197,9 @@ def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel, pools: lis
             visited.append(node.tuple_value)
             expr = bn.args[0]
             continue
-        clamps = clamp_steps(node, out_shape[1]) if isinstance(node, relax.Call) else None
-        if clamps is not None:
-            steps.extend(reversed(clamps))
-            expr = node.args[0]
-            continue
-        prelu = prelu_step(ctx, node, out_shape) if isinstance(node, relax.Call) else None
-        if prelu is not None:
-            steps.append(prelu)
+        unary = unary_steps(ctx, node, out_shape) if isinstance(node, relax.Call) else None
+        if unary is not None:
+            steps.extend(reversed(unary))
             expr = node.args[0]
             continue
         found = binary_step(ctx, node, out_shape) if isinstance(node, relax.Call) else None
