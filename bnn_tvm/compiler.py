@@ -74,7 +74,8 @@ class LoweredModel:
         """The ONNX nodes behind Relax variable names; bit tensors the passes made count as their
         binarizer's nodes."""
         aliases = {
-            r.nodes[-1]: r.nodes[:-1] for log in self.logs for r in log.rewrites if r.kernel in ("pack_sign", "pack_levels")
+            r.nodes[-1]: r.nodes[:-1] for log in self.logs for r in log.rewrites
+            if r.kernel in ("pack_sign", "pack_sign_pair", "pack_levels")
         }
         variables = [v for name in names for v in aliases.get(name, [name])]
         return list(dict.fromkeys(self.provenance[v] for v in variables if v in self.provenance))

@@ -124,8 +124,75 @@ def pin_input_shape(model: onnx.ModelProto, name: str, shape: list[int]) -> onnx
     except Exception:  # noqa: BLE001 (the folding still handles what it can without them)
         pass
     onnxscript.optimizer.fold_constants(model, input_size_limit=1 << 26, output_size_limit=1 << 26)  # in place
+    fold_exact_constant_nodes(model)
     onnxscript.optimizer.remove_unused_nodes(model)
     return constants_to_initializers(model)
+
+
+# Ops that copy or select values without arithmetic: evaluating them ahead of time cannot change a
+# float, whoever evaluates them. (Float arithmetic on constants is left to the engines: a weight
+# computed in the graph must come out exactly as ONNX Runtime computes it.)
+VALUE_PRESERVING_OPS = frozenset({
+    "Cast", "Concat", "ConstantOfShape", "Expand", "Flatten", "Gather", "Identity", "Reshape",
+    "Shape", "Slice", "Split", "Squeeze", "Tile", "Transpose", "Unsqueeze",
+})
+FOLDED_ELEMENTS_LIMIT = 1 << 24
+
+
+def fold_exact_constant_nodes(model: onnx.ModelProto) -> bool:
+    """Evaluate, with ONNX's reference evaluator, the nodes left with constant inputs only that
+    do integer arithmetic or only move values. PyTorch's TorchScript exporter computes ``F.pad``'s
+    pads through ``ConstantOfShape -> Concat -> Slice -> Transpose -> Reshape``, which the
+    onnxscript folder leaves in place and TVM's importer refuses ("dynamic pads"). Returns whether
+    the graph changed."""
+    import numpy as np
+
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    graph_outputs = {output.name for output in model.graph.output}
+    kept, changed = [], False
+    for node in model.graph.node:
+        feeds = {name: constants[name] for name in node.input if name in constants}
+        outputs = None
+        if is_exactly_foldable(node, feeds, graph_outputs):
+            try:
+                outputs = evaluate_node(node, feeds, model.opset_import)
+            except Exception:  # noqa: BLE001 (an op the evaluator cannot run stays for the importer)
+                outputs = None
+        if outputs is None or any(np.asarray(v).size > FOLDED_ELEMENTS_LIMIT for v in outputs):
+            kept.append(node)
+            continue
+        for name, value in zip(node.output, outputs):
+            constants[name] = np.asarray(value)
+            model.graph.initializer.append(numpy_helper.from_array(constants[name], name))
+        changed = True
+    if changed:
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return changed
+
+
+def is_exactly_foldable(node: onnx.NodeProto, constant_inputs: dict, graph_outputs: set) -> bool:
+    """All of ``node``'s inputs are constants, it is deterministic and not a graph output, and it
+    moves values or computes on integers only."""
+    inputs = [name for name in node.input if name]
+    if node.domain not in ("", "ai.onnx") or len(constant_inputs) != len(inputs):
+        return False
+    if graph_outputs.intersection(node.output) or node.op_type.startswith(("Random", "Bernoulli", "Multinomial")):
+        return False
+    integer_only = bool(inputs) and all(value.dtype.kind in "biu" for value in constant_inputs.values())
+    return node.op_type in VALUE_PRESERVING_OPS or integer_only
+
+
+def evaluate_node(node: onnx.NodeProto, feeds: dict, opset_import) -> list:
+    """``node``'s outputs on constant ``feeds``, computed by ONNX's reference evaluator."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+              for name, value in feeds.items()]
+    outputs = [helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None) for name in node.output]
+    graph = helper.make_graph([node], "fold", inputs, outputs)
+    return ReferenceEvaluator(helper.make_model(graph, opset_imports=opset_import)).run(None, feeds)
 
 
 def check_supported(model: onnx.ModelProto, path: str) -> None:

@@ -32,7 +32,10 @@ SCALE_INPUT = {"binary_conv2d": 3, "binary_dense": 2, "multibit_conv2d": 2}  # i
 
 
 def per_channel(values: np.ndarray, out_shape) -> np.ndarray | None:
-    """A constant operand as one float32 value per channel (axis 1), or None if it varies otherwise."""
+    """A constant operand as one float32 value per channel (axis 1), or None if it varies otherwise
+    or the output has no channel axis (a scalar or 1-D op of a weight or shape computation)."""
+    if len(out_shape) < 2:
+        return None
     probe_shape = (1,) + tuple(out_shape[1:])
     try:
         full = np.broadcast_to(values.astype(np.float32), probe_shape)

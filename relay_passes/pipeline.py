@@ -17,6 +17,7 @@ from .lift_conv1d import lift_conv1d
 from .lower_binarizers import lower_binarizer
 from .lower_multibit import lower_multibit
 from .lower_sign import lower_sign
+from .split_ternary_sign import split_ternary_sign
 
 
 def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) -> tvm.transform.Pass:
@@ -43,6 +44,7 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
             rule_pass("LowerMultibit", lower_multibit, logs),
             *fusions(),
             rule_pass("LowerSign", lower_sign, logs),
+            rule_pass("SplitTernarySign", split_ternary_sign, logs),  # the Signs LowerSign kept float
             *fusions(),
             rule_pass("FoldThresholds", fold_threshold, logs),
             relax.transform.DeadCodeElimination(),  # float ops the thresholds replaced are not chain ends

@@ -34,30 +34,44 @@ def _bit(value, b):
     return tirx.if_then_else(value, one << b.astype(WORD_DTYPE), tirx.const(0, WORD_DTYPE))
 
 
-def pack_sign(x: te.Tensor) -> te.Tensor:
+def pack_sign(x: te.Tensor, pair_groups: int = 0) -> te.Tensor:
     """Binarize ``x >= 0 -> +1`` and pack along channels (axis 1), channels last.
 
     ``x``: float ``[N, C, H, W]`` or ``[N, C]``. Bits of different channels never overlap, so a
     sum of the shifted bits is their OR.
+
+    ``pair_groups`` > 0 packs ``2C`` channels instead: per group of ``C / pair_groups`` channels,
+    the binarized ``x`` and then the binarized ``-x`` (bit set where ``x <= 0``). That is the
+    ternary ``Sign(x) = (b(x) - b(-x)) / 2`` as two bipolar halves (see ``split_ternary_sign``).
     """
     channels = int(x.shape[1])
-    words = num_words(channels)
+    packed_channels = 2 * channels if pair_groups else channels
+    words = num_words(packed_channels)
     b = te.reduce_axis((0, WORD_BITS), name="bit")
+
+    def decision(c, read):
+        """Bit ``c`` of the packed channels; ``read(channel)`` is the float value there."""
+        if not pair_groups:
+            return tirx.all(c < channels, read(tirx.min(c, channels - 1)) >= 0)
+        per_group = channels // pair_groups
+        group, slot = c // (2 * per_group), c % (2 * per_group)
+        value = read(tirx.min(group * per_group + slot % per_group, channels - 1))
+        keep = tirx.if_then_else(slot < per_group, value >= 0, value <= 0)
+        return tirx.all(c < packed_channels, keep)
+
     if len(x.shape) == 4:
         n, _, h, w = x.shape
 
         def body(i, y, z, cw):
             c = cw * WORD_BITS + b
-            valid = tirx.all(c < channels, x[i, tirx.min(c, channels - 1), y, z] >= 0)
-            return te.sum(_bit(valid, b), axis=b)
+            return te.sum(_bit(decision(c, lambda k: x[i, k, y, z]), b), axis=b)
 
         return te.compute((n, h, w, words), body, name="pack_sign")
     n = x.shape[0]
 
     def body2(i, cw):
         c = cw * WORD_BITS + b
-        valid = tirx.all(c < channels, x[i, tirx.min(c, channels - 1)] >= 0)
-        return te.sum(_bit(valid, b), axis=b)
+        return te.sum(_bit(decision(c, lambda k: x[i, k]), b), axis=b)
 
     return te.compute((n, words), body2, name="pack_sign")
 

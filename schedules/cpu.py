@@ -659,6 +659,7 @@ KERNELS = {
     "binary_dense_epilogue": dense_float,
     "binary_dense_threshold": dense_threshold,
     "pack_sign": pack_sign,
+    "pack_sign_pair": pack_sign,
 }
 
 

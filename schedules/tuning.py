@@ -385,6 +385,7 @@ SPACES = {
     "binary_conv2d_epilogue": conv_float_space,
     "binary_conv2d_threshold": conv_threshold_space,
     "pack_sign": pack_sign_space,
+    "pack_sign_pair": pack_sign_space,
 }
 RELAYOUTS = {
     "binary_conv2d": CONV_RELAYOUTS,

@@ -123,6 +123,20 @@ def grouped_conv_graph(seed=6):
     return g.model([thin])
 
 
+def ternary_sign_graph(seed=6):
+    """``Sign`` (which can be 0) before a conv with power-of-two weight scales (its integer sums
+    stay exact, so the next ``Sign`` sees zeros too), a grouped conv (2 x 16 channels) and a
+    dense after a flatten with non-power-of-two scales. Input ``[N, 21, 7, 7]``."""
+    g = GraphBuilder([1, 21, 7, 7], seed=seed)
+    scale = np.where(g.rng.random(32) < 0.5, 0.5, 2.0).astype(np.float32)
+    y = g.conv(g.node("Sign", ["x"]), g.binary_weight((32, 21, 3, 3)) * scale[:, None, None, None], stride=2, pad=1)
+    grouped = g.binary_weight((32, 16, 3, 3))
+    y = g.node("Conv", [g.node("Sign", [y]), g.const(grouped, "w")], group=2, pads=[1] * 4, kernel_shape=[3, 3])
+    flat = g.node("Flatten", [g.node("Sign", [y])])
+    dense = g.binary_weight((10, 32 * 4 * 4)) * g.rng.uniform(0.1, 1.0, (10, 1)).astype(np.float32)
+    return g.model([g.node("Gemm", [flat, g.const(dense, "w")], transB=1)])
+
+
 def tie_prone_bn(g: GraphBuilder, channels: int):
     """Half the channels with gamma +-1, var 1 (for eps 0) and an integer mean: the batch norm is
     then exactly ``+-(v - mean)``, so integer sums land on the threshold itself; the rest

@@ -15,7 +15,15 @@ import os
 
 import numpy as np
 import pytest
-from onnx_builders import GraphBuilder, conv_block_model, dilated_conv_graph, grouped_conv_graph, pooled_threshold_graph, save
+from onnx_builders import (
+    GraphBuilder,
+    conv_block_model,
+    dilated_conv_graph,
+    grouped_conv_graph,
+    pooled_threshold_graph,
+    save,
+    ternary_sign_graph,
+)
 from tvm import tirx
 
 import schedules
@@ -213,11 +221,13 @@ def binary_graphs(tmp_path):
     graphs["pooled_threshold"] = (save(pooled_threshold_graph(), tmp_path / "h.onnx"), 1)
     # one binary conv per group, the groups sliced and concatenated by generic ops
     graphs["grouped"] = (save(grouped_conv_graph(), tmp_path / "i.onnx"), 2)
+    # Sign that can be 0: convs and a dense over the two bipolar halves b(x), b(-x)
+    graphs["ternary_sign"] = (save(ternary_sign_graph(), tmp_path / "j.onnx"), 2)
     return graphs
 
 
 GRAPHS = ["padded_clamped_tail", "stride2_unpadded_batch2", "maxpool", "dense_batch3", "dorefa_planes", "dilated",
-          "pooled_threshold", "grouped"]
+          "pooled_threshold", "grouped", "ternary_sign"]
 # the OR max pool is a one-thread-per-word kernel like pack_sign: replayed in the slow run only
 SLOW_EMULATION = {"maxpool"}
 

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
-from onnx_builders import GraphBuilder, dilated_conv_graph, grouped_conv_graph, pooled_threshold_graph, save
+from onnx_builders import (
+    GraphBuilder,
+    dilated_conv_graph,
+    grouped_conv_graph,
+    pooled_threshold_graph,
+    save,
+    ternary_sign_graph,
+)
 from test_exactness import check, inputs
 
 from bnn_tvm.errors import BnnError
@@ -191,14 +199,21 @@ def test_sign_after_binary_conv_is_proven_binary(tmp_path):
     check(path, inputs([1, 8, 5, 5]), ["binary_conv2d_threshold"])
 
 
-def test_sign_that_can_be_zero_stays_float(tmp_path):
-    g = GraphBuilder([1, 8, 5, 5], seed=6)
-    y = g.conv(g.binarize("x"), g.binary_weight((6, 8, 2, 2)))  # 32 taps: even sums, 0 happens
-    out = g.conv(g.node("Sign", [y]), g.binary_weight((3, 6, 3, 3)), pad=1)
-    path = save(g.model([out]), tmp_path / "m.onnx")
-    check(path, inputs([1, 8, 5, 5]), ["-> binary_conv2d"])
-    notes = {r.op_type: r.note for r in inspect_onnx(path)}
-    assert "can output 0" in notes["Sign"]
+def test_sign_that_can_be_zero_runs_as_two_bipolar_halves(tmp_path):
+    """``Sign(x)`` with exact zeros (in the input, and in integer conv sums without BN) feeds a
+    scaled conv, a grouped conv and a dense: each runs as an XNOR-popcount kernel over the two
+    halves ``b(x), b(-x)``, exact against ORT. Binarizing a 0 to ±1 in either half (``x < 0``
+    for the second) or pairing the halves across groups changes the outputs."""
+    x = inputs([1, 21, 7, 7])
+    x[:, :, ::3] = 0.0
+    path = save(ternary_sign_graph(), tmp_path / "m.onnx")
+    report = verify(path, "x86", x=x)
+    assert report.ok, "\n".join(report.lines())
+    fused = " | ".join(report.fused)
+    assert fused.count("-> pack_sign_pair") == 3 and fused.count("-> binary_conv2d") == 3, fused  # 1 + 2 groups
+    assert "-> binary_dense" in fused, fused
+    notes = {r.name: r for r in inspect_onnx(path)}
+    assert all(r.binary for r in notes.values() if r.op_type in ("Sign", "Conv", "Gemm")), notes
 
 
 def test_power_of_two_weight_scales_folded_into_weights(tmp_path):
@@ -395,3 +410,36 @@ def test_weights_stored_beside_the_model(tmp_path):
     (tmp_path / "m.onnx.data").unlink()
     with pytest.raises(BnnError, match=r"m\.onnx\.data"):
         inspect_onnx(path)
+
+
+def test_torchscript_pad_arithmetic_is_folded(tmp_path):
+    """PyTorch's TorchScript exporter writes ``F.pad``'s pads as ``ConstantOfShape -> Concat ->
+    Reshape -> Slice -> Transpose -> Reshape -> Cast``; TVM's importer refuses them ("dynamic
+    pads") unless they are folded to a constant first. The +1 pad then feeds a binary conv."""
+    import torch
+    import torch.nn.functional as F
+
+    class PaddedBinaryConv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.sign(torch.randn(8, 6, 2, 2)))
+
+        def forward(self, x):
+            bits = torch.where(x >= 0, 1.0, -1.0)
+            return F.conv2d(F.pad(bits, (0, 1, 0, 1), value=1.0), self.weight, stride=2)
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(PaddedBinaryConv().eval(), (torch.randn(1, 6, 7, 7),), str(path), dynamo=False,
+                      opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    assert {"ConstantOfShape", "Slice", "Transpose"} <= {n.op_type for n in onnx.load(path).graph.node}
+    check(path, inputs([1, 6, 7, 7]), ["(explicit Pad +1)"])
+
+
+def test_per_channel_of_an_output_without_channels():
+    """A scalar or 1-D float op (a weight's or a shape's arithmetic) has no channel axis."""
+    from relay_passes.fold_thresholds import per_channel
+
+    assert per_channel(np.float32(2), ()) is None
+    assert per_channel(np.ones(3, np.float32), (3,)) is None
+    np.testing.assert_array_equal(per_channel(np.arange(3, dtype=np.float32).reshape(3, 1, 1), (1, 3, 4, 4)), [0, 1, 2])

@@ -1,0 +1,96 @@
+"""Run a conv or dense on ``Sign(x)`` of a float tensor as a bipolar one over twice the channels.
+
+``Sign(0) = 0`` is a third value no single bit holds, so ``lower_sign`` keeps a ``Sign`` float
+unless it provably never sees 0. But ``Sign(x) = (b(x) - b(-x)) / 2`` exactly, with the bipolar
+binarizer ``b(v) = +1 if v >= 0 else -1`` (x > 0: (1 + 1) / 2; x = 0: (1 - 1) / 2; x < 0:
+(-1 - 1) / 2). So
+
+    conv(Sign(x), W) = conv([b(x), b(-x)], [W, -W]) / 2
+
+with the halves side by side along the input channels (per group for a grouped conv): one XNOR-
+popcount conv over 2C channels, at twice the binary cost, instead of a float conv. Zero padding
+stays exact: a padded tap is 0 in every channel of both halves. The halving is exact in float32.
+A dense on ``Flatten(Sign(x))`` is split the same way along its features.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from schedules import bitserial
+
+from .common import RuleContext, dtype_of, op_name, shape_of
+from .fuse_binary_conv2d import plain_conv_reason, split_scale
+
+
+def sign_input(ctx: RuleContext, data):
+    """``x`` when ``data`` is ``Sign(x)`` of a float32 NCHW or [N, C] tensor, else None."""
+    node = ctx.producer(data)
+    if op_name(node) != "relax.sign":
+        return None
+    x = node.args[0]
+    return x if len(shape_of(x)) in (2, 4) and dtype_of(x) == "float32" else None
+
+
+def paired_bits(ctx: RuleContext, sign_var, x, groups: int):
+    """``[b(x), b(-x)]`` (per group) as unpacked ±1 values over 2C channels, packed once."""
+    packed = ctx.builder_.emit(
+        ctx.emit_kernel(lambda t: bitserial.pack_sign(t, pair_groups=groups), x, op="pack_sign_pair",
+                        pair_groups=groups),
+        "packed_pair",
+    )
+    ctx.fused("pack_sign_pair", f"Sign on {shape_of(x)} as two bipolar halves (its zeros exact)", sign_var, packed)
+    channels = 2 * shape_of(x)[1]
+    return ctx.builder_.emit(
+        ctx.emit_kernel(lambda p: bitserial.unpack_sign(p, channels), packed, op="unpack_sign", channels=channels),
+        "unpacked_pair",
+    )
+
+
+def split_conv(ctx: RuleContext, call):
+    data, weight_expr = call.args
+    x = sign_input(ctx, data)
+    weight = ctx.constant(weight_expr)
+    if x is None or weight is None or plain_conv_reason(call.attrs, shape_of(x)[1]) is not None:
+        return None
+    if split_scale(weight)[0] is None:
+        return None
+    paired = np.concatenate([weight, -weight], axis=1)  # per group: [W_g, -W_g] over [x_g, -x_g]
+    attrs = call.attrs
+    conv = ctx.builder_.emit(relax.op.nn.conv2d(
+        paired_bits(ctx, data, x, int(attrs.groups)), relax.const(paired.astype(np.float32)),
+        strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation, groups=attrs.groups,
+    ), "paired_conv")
+    return relax.op.multiply(conv, relax.const(np.float32(0.5)))
+
+
+def split_dense(ctx: RuleContext, call):
+    data, weight_expr = call.args
+    flatten = ctx.producer(data)
+    source = flatten.args[0] if op_name(flatten) == "relax.reshape" else data
+    x = sign_input(ctx, source)
+    weight = ctx.constant(weight_expr)  # [K, O]
+    if x is None or weight is None or weight.ndim != 2 or len(shape_of(data)) != 2:
+        return None
+    if source is not data and shape_of(data)[0] != shape_of(source)[0]:
+        return None
+    if split_scale(weight.T)[0] is None:
+        return None
+    bits = paired_bits(ctx, source, x, 1)
+    features = int(np.prod(shape_of(bits)[1:]))
+    flat = bits if len(shape_of(bits)) == 2 else ctx.builder_.emit(
+        relax.op.reshape(bits, (shape_of(bits)[0], features)), "flat_pair")
+    # flattened [N, 2C, H, W] is all of x's features, then all of -x's: the weight rows follow
+    paired = np.concatenate([weight, -weight], axis=0).astype(np.float32)
+    product = ctx.builder_.emit(relax.op.matmul(flat, relax.const(paired)), "paired_dense")
+    return relax.op.multiply(product, relax.const(np.float32(0.5)))
+
+
+def split_ternary_sign(ctx: RuleContext, call):
+    name = op_name(call)
+    if name == "relax.nn.conv2d":
+        return split_conv(ctx, call)
+    if name == "relax.matmul":
+        return split_dense(ctx, call)
+    return None
