@@ -56,7 +56,7 @@ def inspect_onnx(path: str, batch: int | None = None) -> list[NodeReport]:
     reports = []
     for node in original.graph.node:
         if kernel_of.get(node.name) in FLOAT_REWRITES:
-            note = f"float path: no binarized operand; {detail_of[node.name]}"
+            note = f"float path: {reasons.get(node.name, 'no binarized operand')}; {detail_of[node.name]}"
             reports.append(NodeReport(node.name, node.op_type, kernel_of[node.name], note))
         elif node.name in kernel_of:
             reports.append(NodeReport(node.name, node.op_type, kernel_of[node.name], detail_of[node.name]))

@@ -48,8 +48,29 @@ def paired_bits(ctx: RuleContext, sign_var, x, groups: int):
     )
 
 
+def straight_through_estimator(ctx: RuleContext, data) -> bool:
+    """Whether ``data`` is ``p + (Sign(x) - p)`` or ``(Sign(x) - p) + p`` (either order): a
+    training-time estimator exported as arithmetic. In float32 it is not always exactly ±1/0
+    (``1 - p`` rounds), so it stays float; the export should carry the binarizer alone."""
+    node = ctx.producer(data)
+    if op_name(node) != "relax.add":
+        return False
+    for difference, other in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+        sub = ctx.producer(difference)
+        if op_name(sub) == "relax.subtract" and op_name(ctx.producer(sub.args[0])) == "relax.sign":
+            return sub.args[1].same_as(other)
+    return False
+
+
+STE_NOTE = ("input is a straight-through estimator left in the graph (p + (sign(x) - p)), not exactly "
+            "±1 in float32: export the binarizer alone (e.g. Where(x >= 0, 1, -1) at inference)")
+
+
 def split_conv(ctx: RuleContext, call):
     data, weight_expr = call.args
+    if straight_through_estimator(ctx, data):
+        ctx.keep_float(STE_NOTE)
+        return None
     x = sign_input(ctx, data)
     weight = ctx.constant(weight_expr)
     if x is None or weight is None or plain_conv_reason(call.attrs, shape_of(x)[1]) is not None:
@@ -69,6 +90,9 @@ def split_dense(ctx: RuleContext, call):
     data, weight_expr = call.args
     flatten = ctx.producer(data)
     source = flatten.args[0] if op_name(flatten) == "relax.reshape" else data
+    if straight_through_estimator(ctx, source):
+        ctx.keep_float(STE_NOTE)
+        return None
     x = sign_input(ctx, source)
     weight = ctx.constant(weight_expr)  # [K, O]
     if x is None or weight is None or weight.ndim != 2 or len(shape_of(data)) != 2:

@@ -443,3 +443,16 @@ def test_per_channel_of_an_output_without_channels():
     assert per_channel(np.float32(2), ()) is None
     assert per_channel(np.ones(3, np.float32), (3,)) is None
     np.testing.assert_array_equal(per_channel(np.arange(3, dtype=np.float32).reshape(3, 1, 1), (1, 3, 4, 4)), [0, 1, 2])
+
+
+def test_straight_through_estimator_left_in_the_graph_stays_float_and_says_why(tmp_path):
+    """``x + (Sign(x) - x)`` is ``Sign(x)`` in real arithmetic but not always in float32; the conv
+    on it stays float, exact, and ``inspect`` names the estimator."""
+    g = GraphBuilder([1, 8, 5, 5], seed=9)
+    clipped = g.node("Clip", ["x", g.const(np.float32(-1)), g.const(np.float32(1))])
+    estimator = g.node("Add", [clipped, g.node("Sub", [g.node("Sign", [clipped]), clipped])])
+    out = g.conv(estimator, g.binary_weight((4, 8, 3, 3)), pad=1)
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    assert verify(path, "x86", x=inputs([1, 8, 5, 5])).ok
+    conv = next(r for r in inspect_onnx(path) if r.op_type == "Conv")
+    assert not conv.binary and "straight-through estimator" in conv.note, conv.note
