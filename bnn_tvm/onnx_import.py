@@ -147,13 +147,22 @@ def fold_exact_constant_nodes(model: onnx.ModelProto) -> bool:
     the graph changed."""
     import numpy as np
 
-    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    stored = {init.name: init for init in model.graph.initializer}
+    constants: dict = {}  # arrays of the initializers read so far and of the folded outputs
+
+    def constant(name: str):
+        if name not in constants:  # only the inputs of all-constant nodes: not every weight
+            constants[name] = numpy_helper.to_array(stored[name])
+        return constants[name]
+
     graph_outputs = {output.name for output in model.graph.output}
     kept, changed = [], False
     for node in model.graph.node:
-        feeds = {name: constants[name] for name in node.input if name in constants}
+        inputs = [name for name in node.input if name]
+        all_constant = all(name in stored or name in constants for name in inputs)
+        feeds = {name: constant(name) for name in inputs} if all_constant else {}
         outputs = None
-        if is_exactly_foldable(node, feeds, graph_outputs):
+        if all_constant and is_exactly_foldable(node, feeds, graph_outputs):
             try:
                 outputs = evaluate_node(node, feeds, model.opset_import)
             except Exception:  # noqa: BLE001 (an op the evaluator cannot run stays for the importer)
@@ -172,14 +181,13 @@ def fold_exact_constant_nodes(model: onnx.ModelProto) -> bool:
 
 
 def is_exactly_foldable(node: onnx.NodeProto, constant_inputs: dict, graph_outputs: set) -> bool:
-    """All of ``node``'s inputs are constants, it is deterministic and not a graph output, and it
-    moves values or computes on integers only."""
-    inputs = [name for name in node.input if name]
-    if node.domain not in ("", "ai.onnx") or len(constant_inputs) != len(inputs):
+    """``node``, whose inputs are the arrays ``constant_inputs``, is deterministic and not a graph
+    output, and it moves values or computes on integers only."""
+    if node.domain not in ("", "ai.onnx"):
         return False
     if graph_outputs.intersection(node.output) or node.op_type.startswith(("Random", "Bernoulli", "Multinomial")):
         return False
-    integer_only = bool(inputs) and all(value.dtype.kind in "biu" for value in constant_inputs.values())
+    integer_only = bool(constant_inputs) and all(value.dtype.kind in "biu" for value in constant_inputs.values())
     return node.op_type in VALUE_PRESERVING_OPS or integer_only
 
 

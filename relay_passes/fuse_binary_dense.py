@@ -17,14 +17,26 @@ from .common import RuleContext, op_name, pack_bits, shape_of
 from .fuse_binary_conv2d import split_scale
 
 
+def flattened_source(ctx: RuleContext, data):
+    """What a dense's ``[N, K]`` input ``data`` reads: the tensor a batch-keeping reshape (a
+    flatten) of it views, or ``data`` itself; None when ``data`` is not 2-D or the reshape
+    changes the batch."""
+    if len(shape_of(data)) != 2:
+        return None
+    producer = ctx.producer(data)
+    if op_name(producer) != "relax.reshape":
+        return data
+    source = producer.args[0]
+    return source if shape_of(source)[0] == shape_of(data)[0] else None
+
+
 def packed_features(ctx: RuleContext, data):
     """``(packed words [N, KW], spatial shape (C, H, W) or (C,))`` feeding a dense, or None."""
-    producer = ctx.producer(data)
-    if op_name(producer) == "relax.reshape":
-        source = producer.args[0]
-        if len(shape_of(source)) != 4 or len(shape_of(data)) != 2:
-            return None
-        if shape_of(data)[0] != shape_of(source)[0]:
+    source = flattened_source(ctx, data)
+    if source is None:
+        return None
+    if source is not data:
+        if len(shape_of(source)) != 4:
             return None
         kernel = ctx.bnn_kernel(source)
         if kernel is None or kernel[0] != "unpack_sign":
@@ -34,7 +46,7 @@ def packed_features(ctx: RuleContext, data):
         flat = ctx.builder_.emit(relax.op.reshape(packed, (n, int(np.prod(shape_of(packed)[1:])))))
         return flat, shape_of(source)[1:]
     kernel = ctx.bnn_kernel(data)
-    if kernel is None or kernel[0] != "unpack_sign" or len(shape_of(data)) != 2:
+    if kernel is None or kernel[0] != "unpack_sign":
         return None
     return ctx.kernel_inputs(data)[0], shape_of(data)[1:]
 

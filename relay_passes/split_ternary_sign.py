@@ -22,6 +22,7 @@ from schedules import bitserial
 
 from .common import RuleContext, dtype_of, op_name, shape_of
 from .fuse_binary_conv2d import plain_conv_reason, split_scale
+from .fuse_binary_dense import flattened_source
 
 
 def sign_input(ctx: RuleContext, data):
@@ -88,16 +89,14 @@ def split_conv(ctx: RuleContext, call):
 
 def split_dense(ctx: RuleContext, call):
     data, weight_expr = call.args
-    flatten = ctx.producer(data)
-    source = flatten.args[0] if op_name(flatten) == "relax.reshape" else data
-    if straight_through_estimator(ctx, source):
+    viewed = ctx.producer(data)  # the estimator is named whatever the matmul's shape
+    if straight_through_estimator(ctx, viewed.args[0] if op_name(viewed) == "relax.reshape" else data):
         ctx.keep_float(STE_NOTE)
         return None
-    x = sign_input(ctx, source)
+    source = flattened_source(ctx, data)
+    x = None if source is None else sign_input(ctx, source)
     weight = ctx.constant(weight_expr)  # [K, O]
-    if x is None or weight is None or weight.ndim != 2 or len(shape_of(data)) != 2:
-        return None
-    if source is not data and shape_of(data)[0] != shape_of(source)[0]:
+    if x is None or weight is None or weight.ndim != 2:
         return None
     if split_scale(weight.T)[0] is None:
         return None
