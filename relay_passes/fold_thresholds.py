@@ -28,7 +28,7 @@ FOLDABLE = {
     "binary_dense": "binary_dense_threshold",
     "multibit_conv2d": "multibit_conv2d_threshold",
 }
-SCALE_INPUT = {"binary_conv2d": 3, "binary_dense": 2, "multibit_conv2d": 2}  # input holding alpha
+SCALE_INPUT = {"binary_conv2d": 3, "binary_dense": 2, "multibit_conv2d": 3}  # input holding alpha
 
 
 def per_channel(values: np.ndarray, out_shape) -> np.ndarray | None:
@@ -412,7 +412,7 @@ def integer_dot(name: str, attrs: dict):
     strides = tuple(int(s) for s in attrs["bnn.strides"])
     padding = tuple(int(p) for p in attrs["bnn.padding"])
     if name == "multibit_conv2d":
-        return lambda d, w: bitserial.multibit_conv2d_dot(d, w, strides, padding)
+        return lambda d, w, k: bitserial.multibit_conv2d_dot(d, w, k, strides, padding)
     pad_ones = bool(int(attrs["bnn.pad_ones"]))
     dilation = bitserial.kernel_dilation(attrs)
     return lambda d, w, k: bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones, dilation)

@@ -113,6 +113,12 @@ def through_unit_axes_reshapes(ctx: RuleContext, data):
     return source if shape_of(source) == shape_of(data) else data
 
 
+def multibit_offsets(weight: np.ndarray, levels: int) -> np.ndarray:
+    """int32 ``[OC]``: ``levels`` times each output channel's count of +1 weights (``weight``:
+    ±1 ``[OC, ...]``), the constant term of ``bitserial.multibit_conv2d_dot``."""
+    return (levels * (weight.reshape(len(weight), -1) > 0).sum(axis=1)).astype(np.int32)
+
+
 def fuse_multibit_conv2d(ctx: RuleContext, call, planes, weight, scale, strides, padding):
     """The bit-plane conv: k-bit activations times binary weights."""
     bits = shape_of(planes)[0]
@@ -120,12 +126,12 @@ def fuse_multibit_conv2d(ctx: RuleContext, call, planes, weight, scale, strides,
     oc, c, kh, kw = weight.shape
     taps = c * kh * kw
     ctx.fused("multibit_conv2d", f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding} on {bits}-bit planes")
-    inputs = [planes, relax.const(pack_bits(weight.transpose(0, 2, 3, 1)))]
+    inputs = [planes, relax.const(pack_bits(weight.transpose(0, 2, 3, 1))), relax.const(multibit_offsets(weight, levels))]
     if scale is not None:
         inputs.append(relax.const(scale))
     return ctx.emit_kernel(
-        lambda d, w, *alpha: bitserial.dot_to_float_nchw(
-            bitserial.multibit_conv2d_dot(d, w, strides, padding), *alpha, levels=levels
+        lambda d, w, k, *alpha: bitserial.dot_to_float_nchw(
+            bitserial.multibit_conv2d_dot(d, w, k, strides, padding), *alpha, levels=levels
         ),
         *inputs,
         op="multibit_conv2d",

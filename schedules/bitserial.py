@@ -18,6 +18,9 @@ The schedules live beside this file, one target family per module; these functio
 
 from __future__ import annotations
 
+import functools
+import operator
+
 from tvm import te, tirx
 
 WORD_BITS = 32
@@ -359,12 +362,17 @@ def unpack_levels(planes: te.Tensor, channels: int, dtype: str = "float32") -> t
 
 
 def multibit_conv2d_dot(
-    planes: te.Tensor, weight: te.Tensor, strides: tuple[int, int], padding: tuple[int, int, int, int]
+    planes: te.Tensor, weight: te.Tensor, offsets: te.Tensor, strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
 ) -> te.Tensor:
     """Exact ``sum q * w`` (q in 0..L, w = ±1) over bit planes: int32 ``[N, OH, OW, OC]``.
 
-    Per plane, ``sum b * w = 2 popcount(b & w) - popcount(b)`` for bits b in {0, 1}. Zero padding
-    is q = 0, i.e. 0 bits, exactly the float model's 0: no correction is needed.
+    With weight bits wb (w = 2 wb - 1) and a plane's bits b, ``b * w = wb - (b XOR wb)``: per
+    plane ``sum b * w = P - M_j``, with P the count of +1 weights and M_j the plane's XOR popcount
+    (the binary conv's mismatches), so ``sum q * w = L * P - sum_j 2^j M_j``; ``offsets`` holds
+    ``L * P`` per output channel (``fuse_binary_conv2d.multibit_offsets``). One popcount per word and plane, like a
+    binary conv. Zero padding is q = 0, a 0 word, exactly the float model's 0 (``wb - wb``):
+    no correction is needed. ``planes``: ``[bits, N, H, W, CW]``; ``weight``: ``[OC, KH, KW, CW]``.
     """
     bits, n, h, w, cw = (int(v) for v in planes.shape)
     oc, kh, kw, _ = (int(v) for v in weight.shape)
@@ -373,25 +381,34 @@ def multibit_conv2d_dot(
     oh = (h + pt + pb - kh) // sh + 1
     ow = (w + pl + pr - kw) // sw + 1
     zero = tirx.const(0, WORD_DTYPE)
-    padded = te.compute(
-        (bits, n, h + pt + pb, w + pl + pr, cw),
-        lambda j, i, y, x, c: tirx.if_then_else(
-            tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl), planes[j, i, y - pt, x - pl, c], zero
-        ),
-        name="pad_planes",
-    )
-    rj = te.reduce_axis((0, bits), name="rj")
+    if any(padding):
+        padded = te.compute(
+            (bits, n, h + pt + pb, w + pl + pr, cw),
+            lambda j, i, y, x, c: tirx.if_then_else(
+                tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl), planes[j, i, y - pt, x - pl, c], zero
+            ),
+            name="pad_bits",
+        )
+    else:
+        padded = planes
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     rc = te.reduce_axis((0, cw), name="rc")
 
-    def term(i, y, x, o):
-        a = padded[rj, i, y * sh + ry, x * sw + rx, rc]
-        both = tirx.popcount(a & weight[o, ry, rx, rc]).astype("int32")
-        ones = tirx.popcount(a).astype("int32")
-        return te.sum((2 * both - ones) << rj, axis=[rj, ry, rx, rc])
+    def weighted_mismatches(i, y, x, o):
+        # the planes unrolled in the term: constant shifts, and each weight word loaded once
+        # for all planes
+        word = weight[o, ry, rx, rc]
+        terms = [
+            tirx.popcount(padded[j, i, y * sh + ry, x * sw + rx, rc] ^ word).astype("int32") << j
+            for j in range(bits)
+        ]
+        return te.sum(functools.reduce(operator.add, terms), axis=[ry, rx, rc])
 
-    return te.compute((n, oh, ow, oc), term, name="multibit_conv2d_dot")
+    mismatches = te.compute((n, oh, ow, oc), weighted_mismatches, name="mismatches")
+    return te.compute(
+        (n, oh, ow, oc), lambda i, y, x, o: offsets[o] - mismatches[i, y, x, o], name="multibit_conv2d_dot"
+    )
 
 
 def table_lookup(dot: te.Tensor, table: te.Tensor, offset: int) -> te.Tensor:

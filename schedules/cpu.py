@@ -183,16 +183,21 @@ def quad_transpose(rows: list, lanes: int, shuffle) -> list:
     return columns
 
 
-def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, tile_dtype: str = "int32") -> str:
+def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, tile_dtype: str = "int32",
+                    levels: int = 1) -> str:
     """Register (once) and name the tile epilogue for ``rows`` positions x ``lanes`` channels
-    with the per-channel float ``steps`` (``bitserial.apply_epilogue``)."""
-    name = f"bnn_tile_out_{tile_dtype}_{rows}x{lanes}{''.join('_' + step for step in steps)}_{index_dtype}"
-    return register_intrinsic(name, lambda: _tile_out_funcs(rows, lanes, tuple(steps), index_dtype, tile_dtype))
+    with the per-channel float ``steps`` (``bitserial.apply_epilogue``), after a division by the
+    activation ``levels`` of k-bit inputs."""
+    divided = f"_div{levels}" if levels != 1 else ""
+    name = f"bnn_tile_out_{tile_dtype}_{rows}x{lanes}{divided}{''.join('_' + step for step in steps)}_{index_dtype}"
+    return register_intrinsic(name, lambda: _tile_out_funcs(rows, lanes, tuple(steps), index_dtype, tile_dtype, levels))
 
 
-def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, tile_dtype: str = "int32"):
-    """``(desc, impl)``: ``out[o, x] = epilogue(float(dot[x, o]), consts[o])`` for a tile ``dot``
-    of ``rows`` positions x ``lanes`` channels (the finished integer results, in registers).
+def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, tile_dtype: str = "int32",
+                    levels: int = 1):
+    """``(desc, impl)``: ``out[o, x] = epilogue(float(dot[x, o]) [/ levels], consts[o])`` for a
+    tile ``dot`` of ``rows`` positions x ``lanes`` channels (the finished integer results, in
+    registers), as ``bitserial.dot_to_float_nchw`` computes it.
     Converted and finished (``steps``, one per-channel constant each) as vectors of channels,
     then transposed (zero vectors pad ``rows`` to a multiple of 4) and stored as vectors of
     positions. A last step ``residual`` (a tensor shaped like ``out``) is added after the
@@ -235,6 +240,8 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
                 T.reads(*in_read_order(dot[vx, vo], operand_regions(operands, vo, vx)))
                 T.writes(out[vo, 0, vx])
                 value = dot[vx, vo] if tile_dtype == "float32" else T.Cast("float32", dot[vx, vo])
+                if levels != 1:
+                    value = value / tirx.const(levels, "float32")
                 value = bitserial.apply_epilogue(value, operand_regions(operands, vo, vx), steps)
                 T.buffer_store(out, value, [vo, extent(0), vx])
 
@@ -249,6 +256,8 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
             value = dot.vload([x, 0], f"{tile_dtype}x{lanes}")
             if tile_dtype != "float32":
                 value = T.Cast(f"float32x{lanes}", value)
+            if levels != 1:
+                value = value / tirx.Broadcast(tirx.const(levels, "float32"), lanes)
             consts = [c.vload([0], f"float32x{lanes}") for c in operands[: len(channel_steps)]]
             value = bitserial.apply_epilogue(value, consts, channel_steps)
             # the fence also keeps LLVM from pushing the arithmetic through the shuffles
@@ -373,13 +382,14 @@ def pack_words(sch: s_tir.Schedule, bits_block, pack_block, lanes: int) -> None:
 
 
 def pad_rows(sch: s_tir.Schedule, unit: VectorUnit) -> None:
-    """The zero-padded copy of the input, at root: rows in parallel, each row one vector loop."""
+    """The zero-padded copy of the input (of each bit plane), at root: rows in parallel, each
+    row one vector loop."""
     try:
         pad = sch.get_sblock("pad_bits")
     except Exception:  # unpadded conv: no pad block  # noqa: BLE001 (TVM raises its own error types)
         return
-    n, y, x, c = sch.get_loops(pad)
-    row = sch.fuse(n, y)
+    *rows, x, c = sch.get_loops(pad)  # (plane,) image, row, column, word
+    row = sch.fuse(*rows)
     parallel(sch, row, block_work(sch, pad))
     words = sch.fuse(x, c)
     (total,) = extents(sch, [words])
@@ -398,7 +408,8 @@ def transpose_out(sch: s_tir.Schedule, out, o_inner, x_inner, lanes: int, width_
         vector_count, lane = sch.split(o_inner, [None, lanes])
         try:
             index_dtype = str(sch.get(lane).loop_var.ty)
-            sch.tensorize(lane, tile_out_intrin(width_block, lanes, steps, index_dtype, tile_dtype))
+            intrin = tile_out_intrin(width_block, lanes, steps, index_dtype, tile_dtype, kernel_levels(func))
+            sch.tensorize(lane, intrin)
             sch.unroll(vector_count)
             return "register-transposed NCHW stores"
         except (RuntimeError, tvm.error.InternalError):
@@ -447,10 +458,11 @@ def epilogue_steps(func) -> tuple[str, ...]:
     """The per-channel float ops a float-output conv finishes its tile with: its
     ``bnn.epilogue`` (``relay_passes.fold_float_epilogues``), or for a ``binary_conv2d`` the
     weight scale's multiply when it has one more parameter than data, weight, correction
-    (table, ycls, xcls) and out."""
+    (table, ycls, xcls; a ``multibit_conv2d``'s offsets) and out."""
     if func.attrs is not None and "bnn.epilogue" in func.attrs:
         return tuple(str(func.attrs["bnn.epilogue"]).split(","))
-    if func.attrs is not None and str(func.attrs.get("bnn.op", "")) == "binary_conv2d":
+    op = str(func.attrs.get("bnn.op", "")) if func.attrs is not None else ""
+    if op in ("binary_conv2d", "multibit_conv2d"):  # a k-bit conv's offsets take the correction's place
         return ("multiply",) * (len(func.params) - (6 if is_compact(func) else 4))
     return ()
 
@@ -458,10 +470,11 @@ def epilogue_steps(func) -> tuple[str, ...]:
 def relayout_conv_constants(sch: s_tir.Schedule, func) -> dict[int, tuple[int, ...]]:
     """Weights ``[OC, KH, KW, CW] -> [KH, KW, CW, OC]`` (a vector of output channels is one load)
     and a full correction ``[OC, OH, OW] -> [OH, OW, OC]`` (a compact table is channels-last
-    already); returns the permutations made, for ``Scheduled.relayouts``."""
+    already, a k-bit conv's per-channel offsets need none); returns the permutations made, for
+    ``Scheduled.relayouts``."""
     sch.transform_layout(sch.get_sblock("mismatches"), param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
     relayouts = {1: (1, 2, 3, 0)}
-    if not is_compact(func):
+    if not is_compact(func) and not is_multibit(func):
         sch.transform_layout(sch.get_sblock("binary_conv2d_dot"), param_name(func, 2), lambda o, y, x: (y, x, o))
         relayouts[2] = (1, 2, 0)
     return relayouts
@@ -484,16 +497,31 @@ def tile_nchw_out(sch: s_tir.Schedule, out, unit: VectorUnit, work: int):
     return lanes, channel_block, width_block, (o_outer, o_inner, x_inner)
 
 
+def kernel_levels(func) -> int:
+    """The activation levels L a k-bit conv divides its integer result by (1 for binary)."""
+    return int(func.attrs["bnn.levels"]) if func.attrs is not None and "bnn.levels" in func.attrs else 1
+
+
+def is_multibit(func) -> bool:
+    """Whether the kernel is a conv on k-bit planes (``bitserial.multibit_conv2d_dot``)."""
+    return func.attrs is not None and str(func.attrs.get("bnn.op", "")).startswith("multibit_")
+
+
+def integer_result(sch: s_tir.Schedule, func):
+    """The block finishing the conv's integer result from its mismatch counts."""
+    return sch.get_sblock("multibit_conv2d_dot" if is_multibit(func) else "binary_conv2d_dot")
+
+
 def is_compact(func) -> bool:
     """Whether the kernel reads its padding correction as a compact table (``schedules.compact``)."""
     return func.attrs is not None and "bnn.compact_correction" in func.attrs
 
 
 def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
-    """``binary_conv2d``: int32 tile in registers, finished as vectors of channels, transposed,
-    float NCHW out."""
+    """``binary_conv2d`` (and on k-bit planes, ``multibit_conv2d``): int32 tile in registers,
+    finished as vectors of channels, transposed, float NCHW out."""
     relayouts = relayout_conv_constants(sch, func)
-    mism, dot = sch.get_sblock("mismatches"), sch.get_sblock("binary_conv2d_dot")
+    mism, dot = sch.get_sblock("mismatches"), integer_result(sch, func)
     table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     out = sch.get_sblock("table_lookup" if table else "dot_float")
     work = block_work(sch, mism)
@@ -514,9 +542,10 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
 
 
 def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
-    """``binary_conv2d_threshold``: per 32 output channels, tile -> thresholds -> packed word."""
+    """``binary_conv2d_threshold`` (``multibit_conv2d_threshold``): per 32 output channels, tile
+    -> thresholds -> packed word."""
     relayouts = relayout_conv_constants(sch, func)
-    mism, dot = sch.get_sblock("mismatches"), sch.get_sblock("binary_conv2d_dot")
+    mism, dot = sch.get_sblock("mismatches"), integer_result(sch, func)
     bits = sch.get_sblock("threshold_bits")
     pack = sch.get_sblock("threshold_pack")
     n, y, x, cw, _ = sch.get_loops(pack)
@@ -658,6 +687,9 @@ KERNELS = {
     "binary_dense_table": dense_float,
     "binary_dense_epilogue": dense_float,
     "binary_dense_threshold": dense_threshold,
+    "multibit_conv2d": conv_float,
+    "multibit_conv2d_table": conv_float,
+    "multibit_conv2d_threshold": conv_threshold,
     "pack_sign": pack_sign,
     "pack_sign_pair": pack_sign,
 }

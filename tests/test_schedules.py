@@ -18,7 +18,7 @@ from tvm import te
 
 import schedules
 from relay_passes.common import pack_bits
-from relay_passes.fuse_binary_conv2d import padding_correction
+from relay_passes.fuse_binary_conv2d import multibit_offsets, padding_correction
 from schedules import arm, bitserial, cpu, x86
 from schedules.float_conv import float_conv2d
 
@@ -103,6 +103,34 @@ def conv_case(rng, n, c, h, w, oc, k, stride, pad, threshold: bool, scale: bool 
     return "binary_conv2d", attrs, inputs, lambda d, wt, corr: bitserial.dot_to_float_nchw(conv(d, wt, corr)), dot.astype(np.float32)
 
 
+def multibit_conv_case(rng, bits, n, c, h, w, oc, k, stride, pad, threshold: bool, scale: bool = False):
+    """A conv on k-bit planes (DoReFa levels q in 0..L) with ±1 weights, as ``fuse_multibit_conv2d``
+    emits it; float output ``sum(q * w) / L [* alpha]`` or threshold words."""
+    levels = (1 << bits) - 1
+    q, weight = rng.integers(0, levels + 1, (n, c, h, w)), bipolar(rng, (oc, c, k, k))
+    dot = conv_reference(q, weight, stride, pad)
+    padding = (pad,) * 4
+    planes = np.stack([pack_bits(np.where((q >> j) & 1, 1, -1).transpose(0, 2, 3, 1)) for j in range(bits)])
+    inputs = [planes, pack_bits(weight.transpose(0, 2, 3, 1)), multibit_offsets(weight, levels)]
+    attrs = {"bnn.taps": c * k * k, "bnn.levels": levels, "bnn.strides": [stride, stride], "bnn.padding": list(padding)}
+
+    def conv(d, wt, offsets):
+        return bitserial.multibit_conv2d_dot(d, wt, offsets, (stride, stride), padding)
+
+    if threshold:
+        low, high = thresholds(rng, oc)
+        inputs += [low, high]
+        expected = packed_decisions(((dot >= low[:, None, None]) & (dot <= high[:, None, None])).transpose(0, 2, 3, 1))
+        return "multibit_conv2d_threshold", attrs, inputs, lambda d, wt, o, lo, hi: bitserial.threshold_pack(conv(d, wt, o), lo, hi), expected
+    value = (dot.astype(np.float32) / np.float32(levels)).astype(np.float32)
+    if scale:
+        alpha = rng.uniform(0.5, 2, oc).astype(np.float32)
+        inputs.append(alpha)
+        expected = (value * alpha[:, None, None]).astype(np.float32)
+        return "multibit_conv2d", attrs, inputs, lambda d, wt, o, s: bitserial.dot_to_float_nchw(conv(d, wt, o), s, levels=levels), expected
+    return "multibit_conv2d", attrs, inputs, lambda d, wt, o: bitserial.dot_to_float_nchw(conv(d, wt, o), levels=levels), value
+
+
 def dense_case(rng, n, k, o, threshold: bool):
     a, weight = bipolar(rng, (n, k)), bipolar(rng, (o, k))
     dot = a @ weight.T
@@ -179,6 +207,23 @@ def test_dilated_conv_matches_numpy(shape, threshold):
 
 def test_conv_with_weight_scale_matches_numpy():
     check_case(conv_case(np.random.default_rng(3), 1, 32, 8, 8, 32, 3, 1, 1, threshold=False, scale=True))
+
+
+MULTIBIT_SHAPES = [
+    # bits, n, c, h, w, oc, k, stride, pad
+    (2, 1, 64, 12, 12, 64, 3, 1, 1),  # aligned: register-transposed epilogue divided by L
+    (3, 2, 33, 9, 7, 70, 3, 2, 1),  # batch 2, odd channels, stride 2, non-square
+    (4, 1, 10, 6, 6, 3, 1, 1, 0),  # 1x1, tiny channel counts, 4 planes
+]
+
+
+@host_has_avx512
+@pytest.mark.parametrize("shape", MULTIBIT_SHAPES, ids=lambda s: "b{}n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))
+@pytest.mark.parametrize("threshold,scale", [(False, False), (False, True), (True, False)], ids=["float", "scaled", "threshold"])
+def test_multibit_conv_matches_numpy(shape, threshold, scale):
+    plan = check_case(multibit_conv_case(np.random.default_rng(sum(shape)), *shape, threshold=threshold, scale=scale)).plan
+    if not threshold and shape[5] % 16 == 0:
+        assert "register-transposed" in plan
 
 
 @pytest.mark.parametrize("shape", [CONV_SHAPES[0], CONV_SHAPES[1]], ids=["aligned", "odd"])
