@@ -7,6 +7,9 @@ steps, as its last epilogue step (``residual``): one pass over the output instea
 reading it back and writing the sum. The sum is the same float32 addition (exact to reorder: it
 rounds once), so results do not change.
 
+Per-channel float ops after the residual add (ReActNet's RPReLU: subtract, PReLU, add) follow it
+into the epilogue the same way, one op at a time, each rounded on its own as before.
+
 For CPU targets, after ``FoldFloatEpilogues``; says whether it changed the graph in its log.
 """
 
@@ -18,10 +21,11 @@ from tvm import relax
 from schedules import bitserial
 
 from .common import PassLog, RuleContext, dtype_of, function_rule_pass, op_name, shape_of
-from .fold_thresholds import SCALE_INPUT, integer_dot, kernel_params
+from .fold_thresholds import CHAIN_OPS, SCALE_INPUT, binary_step, integer_dot, kernel_params, unary_steps
 
 KERNEL = "binary_conv2d_epilogue"
 SOURCE = "binary_conv2d"  # the integer compute the epilogue kernel finishes
+STEP_OPS = tuple(op for op in CHAIN_OPS if op != "relax.nn.batch_norm")  # one output tensor each
 
 
 def use_counts(func: relax.Function) -> dict:
@@ -47,23 +51,67 @@ def residual_rule(uses: dict):
             steps = tuple(str(kernel[1]["bnn.epilogue"]).split(","))
             if bitserial.RESIDUAL in steps or dtype_of(shortcut) != "float32" or shape_of(shortcut) != shape_of(conv):
                 continue
-            return emit(ctx, conv, shortcut, kernel[1], steps + (bitserial.RESIDUAL,))
+            return emit(ctx, conv, [shortcut], kernel[1], steps + (bitserial.RESIDUAL,))
         return None
 
     return fold
 
 
-def emit(ctx: RuleContext, conv, shortcut, attrs: dict, steps: tuple[str, ...]):
+def after_residual_rule(uses: dict):
+    """A per-channel float op (a constant add/multiply/..., a clamp, a PReLU) on the output of a
+    kernel that already added its residual, when nothing else reads that output."""
+
+    def fold(ctx: RuleContext, call):
+        if op_name(call) not in STEP_OPS:
+            return None
+        out_shape = shape_of(call)
+        found = binary_step(ctx, call, out_shape)
+        steps, source = (([found[0]], found[1]) if found is not None
+                         else (unary_steps(ctx, call, out_shape), call.args[0] if call.args else None))
+        if not steps or source is None:
+            return None
+        kernel = ctx.bnn_kernel(source)
+        if kernel is None or kernel[0] != KERNEL or uses.get(source, 0) != 1 or shape_of(source) != out_shape:
+            return None
+        old = tuple(str(kernel[1]["bnn.epilogue"]).split(","))
+        if bitserial.RESIDUAL not in old:
+            return None
+        extra = [relax.const(step.const) for step in steps]
+        return emit(ctx, source, extra, kernel[1], old + tuple(step.op for step in steps),
+                    f"{' + '.join(step.op for step in steps)} after the residual add, in the binary conv's epilogue")
+
+    return fold
+
+
+def either(*rules):
+    def apply(ctx: RuleContext, call):
+        for rule in rules:
+            new = rule(ctx, call)
+            if new is not None:
+                return new
+        return None
+
+    return apply
+
+
+def emit(ctx: RuleContext, conv, operands, attrs: dict, steps: tuple[str, ...],
+         note: str = "residual add as the binary conv's last epilogue step"):
+    """The epilogue kernel of ``conv`` with ``operands`` (a shortcut tensor, per-channel
+    constants) appended for its new last ``steps``."""
     inputs = ctx.kernel_inputs(conv)
     count = SCALE_INPUT[SOURCE]
     dot = integer_dot(SOURCE, attrs)
-    ctx.fused(KERNEL, "residual add as the binary conv's last epilogue step")  # the add node: the conv keeps its line
+    ctx.fused(KERNEL, note)  # the folded node: the conv keeps its line
     params = {**kernel_params(attrs), "epilogue": ",".join(steps)}
     return ctx.emit_kernel(
         lambda *args: bitserial.dot_to_float_nchw(dot(*args[:count]), *args[count:], steps=steps),
-        *inputs, shortcut, op=KERNEL, **params,
+        *inputs, *operands, op=KERNEL, **params,
     )
 
 
 def fold_residual_add(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
-    return function_rule_pass("FoldResidualAdd", lambda func: residual_rule(use_counts(func)), logs)
+    def rules(func):
+        uses = use_counts(func)
+        return either(residual_rule(uses), after_residual_rule(uses))
+
+    return function_rule_pass("FoldResidualAdd", rules, logs)

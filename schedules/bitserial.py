@@ -197,7 +197,7 @@ EPILOGUE_OPS = {
     "minimum": lambda v, c: tirx.min(v, c),
     # ONNX PRelu, as ONNX Runtime computes it: x < 0 ? slope * x : x
     "prelu": lambda v, c: tirx.Select(v < tirx.const(0, "float32"), v * c, v),
-    # a tensor of the output's shape added last (a residual connection), not a per-channel constant
+    # a tensor of the output's shape added (a residual connection), not a per-channel constant
     RESIDUAL: lambda v, c: v + c,
 }
 ADDITIVE = ("add", "subtract", "rsubtract", RESIDUAL)
@@ -230,12 +230,14 @@ def dot_to_float_nchw(
     """The integer result as the float model sees it, NCHW (or ``[N, O]``): divided by the
     activation ``levels`` of a multi-bit input, then the per-channel ``steps`` with ``consts``
     (``apply_epilogue``; default: one multiply, the per-channel weight scale of ±scale
-    weights); a last step ``residual`` adds a tensor of the output's shape. Exact below 2^24 with no steps; with steps, float32 like the float graph's ops."""
+    weights); one step ``residual`` adds a tensor of the output's shape (a residual connection;
+    per-channel steps may follow it, e.g. ReActNet's RPReLU). Exact below 2^24 with no steps;
+    with steps, float32 like the float graph's ops."""
     steps = tuple(steps) if steps is not None else ("multiply",) * len(consts)
     if len(steps) != len(consts):
         raise ValueError(f"epilogue {steps} needs {len(steps)} per-channel constants, got {len(consts)}")
-    if RESIDUAL in steps[:-1]:
-        raise ValueError(f"epilogue {steps}: a residual can only be the last step")
+    if steps.count(RESIDUAL) > 1:
+        raise ValueError(f"epilogue {steps}: at most one residual")
 
     def value(d, index):
         o = index[1]

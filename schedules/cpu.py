@@ -200,20 +200,25 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
     registers), as ``bitserial.dot_to_float_nchw`` computes it.
     Converted and finished (``steps``, one per-channel constant each) as vectors of channels,
     then transposed (zero vectors pad ``rows`` to a multiple of 4) and stored as vectors of
-    positions. A last step ``residual`` (a tensor shaped like ``out``) is added after the
-    transpose, as vectors of positions."""
-    residual = bool(steps) and steps[-1] == bitserial.RESIDUAL
-    channel_steps = steps[:-1] if residual else steps
+    positions. A step ``residual`` (a tensor shaped like ``out``) is added after the transpose,
+    as vectors of positions, and the per-channel steps after it (ReActNet's RPReLU) on those
+    vectors with their channel's constant broadcast."""
+    split = steps.index(bitserial.RESIDUAL) if bitserial.RESIDUAL in steps else len(steps)
+    channel_steps, position_steps = steps[:split], steps[split + 1 :]
 
     def declare():
         dot = T.match_buffer(T.arg("dot", T.handle()), (rows, lanes), tile_dtype, offset_factor=1, scope="local",
                              strides=[T.int64(), 1])
-        consts = [T.match_buffer(T.arg(f"c{k}", T.handle()), (lanes,), "float32", offset_factor=1)
-                  for k in range(len(channel_steps))]
+
         # out (and a residual) is a [channels, 1 row, positions] slice of [N, OC, OH, OW]
-        tiles = [T.match_buffer(T.arg(name, T.handle()), (lanes, 1, rows), "float32", offset_factor=1,
-                                strides=[T.int64(), T.int64(), 1]) for name in (["res"] if residual else []) + ["out"]]
-        return dot, consts + tiles[:-1], tiles[-1]
+        def tile(name):
+            return T.match_buffer(T.arg(name, T.handle()), (lanes, 1, rows), "float32", offset_factor=1,
+                                  strides=[T.int64(), T.int64(), 1])
+
+        operands = [tile("res") if step == bitserial.RESIDUAL else
+                    T.match_buffer(T.arg(f"c{k}", T.handle()), (lanes,), "float32", offset_factor=1)
+                    for k, step in enumerate(steps)]
+        return dot, operands, tile("out")
 
     def in_read_order(value, operands):
         """Regions in the order the compute's block lists them: as its expression reads them."""
@@ -258,7 +263,7 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
                 value = T.Cast(f"float32x{lanes}", value)
             if levels != 1:
                 value = value / tirx.Broadcast(tirx.const(levels, "float32"), lanes)
-            consts = [c.vload([0], f"float32x{lanes}") for c in operands[: len(channel_steps)]]
+            consts = [c.vload([0], f"float32x{lanes}") for c in operands[:split]]
             value = bitserial.apply_epilogue(value, consts, channel_steps)
             # the fence also keeps LLVM from pushing the arithmetic through the shuffles
             # and redoing it on narrower vectors (and spilling)
@@ -267,8 +272,10 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
         for o, column in enumerate(quad_transpose(vectors, lanes, shuffle)):
             if rows < padded_rows:
                 column = tirx.Shuffle([column], [T.int32(x) for x in range(rows)])
-            if residual:
-                column = column + operands[-1].vload([T.int64(o), T.int64(0), T.int64(0)], f"float32x{rows}")
+            if split < len(steps):
+                column = column + operands[split].vload([T.int64(o), T.int64(0), T.int64(0)], f"float32x{rows}")
+                consts = [tirx.Broadcast(c[T.int64(o)], rows) for c in operands[split + 1 :]]
+                column = bitserial.apply_epilogue(column, consts, position_steps)
             T.buffer_store(out, column, [T.int64(o), T.int64(0), tirx.Ramp(T.int64(0), T.int64(1), rows)])
 
     return intrinsic_side(declare, regions, elementwise), intrinsic_side(declare, regions, transposed)

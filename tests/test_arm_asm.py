@@ -83,6 +83,7 @@ EXACT_CASES = {
     "conv-threshold-odd": lambda: conv_case(np.random.default_rng(15), 1, 40, 8, 8, 48, 3, 1, 0, threshold=True),
     "conv-1x1": lambda: conv_case(np.random.default_rng(16), 2, 96, 7, 7, 32, 1, 1, 0, threshold=False),
     "conv-residual": lambda: residual_conv_case(np.random.default_rng(19), 1, 64, 8, 8, 32, 1, 1),
+    "conv-residual-rprelu": lambda: residual_conv_case(np.random.default_rng(22), 1, 64, 8, 8, 32, 1, 1, rprelu=True),
     "dense": lambda: dense_case(np.random.default_rng(17), 3, 70, 50, threshold=False),
     "dense-threshold": lambda: dense_case(np.random.default_rng(18), 2, 2048, 96, threshold=True),
     # k-bit planes: several shifted popcounts per step, left to LLVM's own lowering

@@ -164,6 +164,25 @@ def test_residual_sum_exactly_zero_in_the_reference(tmp_path):
     check(path, x, ["binary_conv2d_epilogue", "residual add as the binary conv's last epilogue step"])
 
 
+def test_rprelu_after_the_residual_add_runs_in_the_epilogue(tmp_path):
+    """ReActNet's block: ``RPReLU(x + BN(binary conv(sign x)))`` (subtract, PReLU, add per
+    channel), its output both the next binarizer's input and a graph output. The three ops run
+    in the conv kernel after the residual, each rounded on its own: the float output is exact,
+    and so are the next binarizer's bits."""
+    cin = 16
+    g = GraphBuilder([1, cin, 6, 6], seed=16)
+    conv = g.conv(g.binarize("x"), g.binary_weight((cin, cin, 3, 3)), pad=1)
+    summed = g.node("Add", [g.batch_norm(conv, *g.random_bn(cin, 0.3)), "x"])
+    rng = np.random.default_rng(17)
+    shifted = g.node("Sub", [summed, g.const(rng.standard_normal((1, cin, 1, 1)).astype(np.float32))])
+    slope = g.const(rng.uniform(0.1, 0.9, (cin, 1, 1)).astype(np.float32))
+    rprelu = g.node("Add", [g.node("PRelu", [shifted, slope]), g.const(rng.standard_normal((1, cin, 1, 1)).astype(np.float32))])
+    out = g.conv(g.binarize(rprelu), g.binary_weight((4, cin, 3, 3)), pad=1)
+    path = save(g.model([out, rprelu]), tmp_path / "m.onnx")
+    report = check(path, inputs([1, cin, 6, 6], seed=18), ["subtract after the residual add", "prelu after the residual add", "add after the residual add"])
+    assert report.max_abs_diff == 0
+
+
 def test_float_stem_with_bias_and_bn_in_its_epilogue(tmp_path):
     """A float 7x7 stride-2 stem conv with a bias and BN, then binary layers: the bias and BN run
     in the float conv's kernel (in the reference's order); the stem output agrees within float

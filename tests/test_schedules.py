@@ -352,30 +352,39 @@ def test_dense_with_float_epilogue_matches_numpy():
     check_case(("binary_dense_epilogue", attrs, inputs + consts, compute, expected))
 
 
-def residual_conv_case(rng, n, c, h, w, oc, stride, pad):
-    """A conv whose epilogue is a product then a residual tensor added last
+def residual_conv_case(rng, n, c, h, w, oc, stride, pad, rprelu: bool = False):
+    """A conv whose epilogue is a product then a residual tensor added
     (``relay_passes.fold_residual_add``): the kernel must round ``d * s`` before adding the
-    residual (an FMA would not), and add it at the right position of every channel."""
+    residual (an FMA would not), and add it at the right position of every channel. With
+    ``rprelu``, ReActNet's RPReLU follows the residual (subtract, PReLU, add per channel, after
+    the transpose: each channel's constants on its own row, the PReLU's product not fused into
+    the add)."""
     op, attrs, inputs, _, _ = conv_case(rng, n, c, h, w, oc, 3, stride, pad, threshold=False)
     taps = attrs["bnn.taps"]
-    steps = ("multiply", "multiply", "residual")
+    after = ("subtract", "prelu", "add") if rprelu else ()
+    steps = ("multiply", "multiply", "residual", *after)
     dot = conv_reference(unpacked(inputs[0], c).transpose(0, 3, 1, 2), unpacked(inputs[1], c).transpose(0, 3, 1, 2), stride, pad)
     consts = epilogue_consts(rng, oc)[:2]
     residual = rng.standard_normal(dot.shape).astype(np.float32)
     expected = numpy_epilogue(dot, consts, channel_axis=1, steps=steps[:2]) + residual
+    after_consts = [rng.standard_normal(oc).astype(np.float32), rng.uniform(0.1, 0.9, oc).astype(np.float32),
+                    rng.standard_normal(oc).astype(np.float32)][: len(after)]
+    for step, const in zip(after, after_consts):
+        expected = numpy_epilogue(expected, [const], channel_axis=1, steps=(step,))
 
     def compute(d, wt, corr, *cs):
         conv = bitserial.binary_conv2d_dot(d, wt, corr, taps, (stride, stride), (pad,) * 4)
         return bitserial.dot_to_float_nchw(conv, *cs, steps=steps)
 
     attrs = {**attrs, "bnn.epilogue": ",".join(steps)}
-    return op + "_epilogue", attrs, inputs + consts + [residual], compute, expected
+    return op + "_epilogue", attrs, inputs + consts + [residual] + after_consts, compute, expected
 
 
 @host_has_avx512
 @pytest.mark.parametrize("n,c,h,w,oc,stride,pad", [(1, 64, 8, 8, 64, 1, 1), (2, 33, 7, 7, 19, 2, 1), (1, 64, 7, 7, 32, 1, 1)])
-def test_conv_with_residual_epilogue_matches_numpy(n, c, h, w, oc, stride, pad):
-    scheduled = check_case(residual_conv_case(np.random.default_rng(15), n, c, h, w, oc, stride, pad))
+@pytest.mark.parametrize("rprelu", [False, True], ids=["residual", "residual-rprelu"])
+def test_conv_with_residual_epilogue_matches_numpy(n, c, h, w, oc, stride, pad, rprelu):
+    scheduled = check_case(residual_conv_case(np.random.default_rng(15), n, c, h, w, oc, stride, pad, rprelu))
     if oc % 16 == 0:
         assert "register-transposed" in scheduled.plan, scheduled.plan
 
