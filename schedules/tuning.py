@@ -19,7 +19,8 @@ Weights and the padding correction are constants: every space relays them out th
 constants at the call sites (``schedules.replace_kernels``), as ``schedule_module`` does.
 
 Float kernels (``LegalizeOps`` output) are tuned in MetaSchedule's default space; kernel kinds
-without a space here (``max_pool_or``, ``pack_levels``, ...) too.
+without a space here (``max_pool_or``, ``pack_levels``, ...) too. k-bit convs (``multibit_*``)
+share the binary convs' spaces: their planes are unrolled inside the popcount term.
 
 :func:`apply_database` (``compile --db DIR``) replaces each PrimFunc whose workload has a record
 by the best record's schedule, tagged ``tirx.is_scheduled``; a tuned binary kernel keeps its
@@ -49,10 +50,6 @@ TUNED_OP_ATTR = "bnn.tuned_op"
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 
-# Parameter position -> numpy transpose of the constant, per kernel kind (the spaces' relayouts).
-CONV_RELAYOUTS = {1: (1, 2, 3, 0), 2: (1, 2, 0)}  # weight [OC,KH,KW,CW] -> [KH,KW,CW,OC]; correction
-DENSE_RELAYOUTS = {1: (1, 0)}
-
 
 # --------------------------------------------------------------------------------------------
 # Tensor intrinsics of the spaces: ``schedules.cpu``'s, registered under names of their own
@@ -63,16 +60,20 @@ def pack32_intrin(index_dtype: str) -> str:
     return cpu.register_intrinsic(f"bnn_tuning_pack32_{index_dtype}", lambda: cpu._pack_bits32_funcs(index_dtype))
 
 
-def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str) -> str:
-    """``schedules.cpu``'s tile epilogue (convert, per-channel float ``steps``, transpose)."""
-    name = f"bnn_tuning_tile_out_{rows}x{lanes}{''.join('_' + step for step in steps)}_{index_dtype}"
-    return cpu.register_intrinsic(name, lambda: cpu._tile_out_funcs(rows, lanes, tuple(steps), index_dtype))
+def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, levels: int = 1) -> str:
+    """``schedules.cpu``'s tile epilogue (convert, divide by a k-bit input's ``levels``,
+    per-channel float ``steps``, transpose)."""
+    divided = f"_div{levels}" if levels != 1 else ""
+    name = f"bnn_tuning_tile_out_{rows}x{lanes}{divided}{''.join('_' + step for step in steps)}_{index_dtype}"
+    return cpu.register_intrinsic(
+        name, lambda: cpu._tile_out_funcs(rows, lanes, tuple(steps), index_dtype, levels=levels)
+    )
 
 
 INTRINSIC_NAMES = (
     (re.compile(r"bnn_tuning_pack32_(\w+)$"), lambda m: pack32_intrin(m[1])),
-    (re.compile(rf"bnn_tuning_tile_out_(\d+)x(\d+)((?:_(?:{'|'.join(bitserial.EPILOGUE_OPS)}))*)_(int\d+)$"),
-     lambda m: tile_out_intrin(int(m[1]), int(m[2]), tuple(m[3].split("_")[1:]), m[4])),
+    (re.compile(rf"bnn_tuning_tile_out_(\d+)x(\d+)(?:_div(\d+))?((?:_(?:{'|'.join(bitserial.EPILOGUE_OPS)}))*)_(int\d+)$"),
+     lambda m: tile_out_intrin(int(m[1]), int(m[2]), tuple(m[4].split("_")[1:]), m[5], int(m[3] or 1))),
 )
 
 
@@ -235,8 +236,8 @@ def pad_rows(sch: s_tir.Schedule, lanes: int) -> None:
     """The zero-padded input copy at root: rows in parallel, each row's words as vectors."""
     if not has_block(sch, "pad_bits"):
         return
-    n, y, x, c = sch.get_loops(sch.get_sblock("pad_bits"))
-    sch.parallel(sch.fuse(n, y))
+    *rows, x, c = sch.get_loops(sch.get_sblock("pad_bits"))  # (plane,) image, row, column, word
+    sch.parallel(sch.fuse(*rows))
     words = sch.fuse(x, c)
     width = max(d for d in divisors(extent(sch, words), lanes))
     if width > 1:
@@ -275,7 +276,7 @@ def conv_float_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule]:
 
 def conv_float_design(sch, func, unit, tile: Tile, out_name: str) -> s_tir.Schedule:
     cpu.relayout_conv_constants(sch, func)
-    mism, dot, out = (sch.get_sblock(name) for name in ("mismatches", "binary_conv2d_dot", out_name))
+    mism, dot, out = sch.get_sblock("mismatches"), cpu.integer_result(sch, func), sch.get_sblock(out_name)
     n, o, y, x = sch.get_loops(out)
     sch.reorder(n, y, x, o)
     row = sch.fuse(n, y)
@@ -293,9 +294,11 @@ def conv_float_design(sch, func, unit, tile: Tile, out_name: str) -> s_tir.Sched
     if out_name == "dot_float" and tile.lanes >= 4 and tile.width_block > 1:
         index_dtype = str(sch.get(lane).loop_var.ty)
         try:
-            sch.tensorize(lane, tile_out_intrin(tile.width_block, tile.lanes, cpu.epilogue_steps(func), index_dtype))
+            intrin = tile_out_intrin(tile.width_block, tile.lanes, cpu.epilogue_steps(func), index_dtype,
+                                     levels=cpu.kernel_levels(func))
+            sch.tensorize(lane, intrin)
             transposed = True
-        except (RuntimeError, ValueError, tvm.error.InternalError) as err:  # e.g. k-bit inputs divide by levels
+        except (RuntimeError, ValueError, tvm.error.InternalError) as err:
             LOG.debug("register transpose not applicable: %s", str(err).splitlines()[0])
     sch.unroll(o_vectors)
     if not transposed:
@@ -316,7 +319,7 @@ def conv_threshold_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule
 
 def conv_threshold_design(sch, func, unit, tile: Tile, channels: int) -> s_tir.Schedule:
     cpu.relayout_conv_constants(sch, func)
-    mism, dot = sch.get_sblock("mismatches"), sch.get_sblock("binary_conv2d_dot")
+    mism, dot = sch.get_sblock("mismatches"), cpu.integer_result(sch, func)
     bits, pack = sch.get_sblock("threshold_bits"), sch.get_sblock("threshold_pack")
     n, y, x, cw, _ = sch.get_loops(pack)
     row = sch.fuse(n, y)
@@ -384,18 +387,11 @@ SPACES = {
     "binary_conv2d_table": conv_float_space,
     "binary_conv2d_epilogue": conv_float_space,
     "binary_conv2d_threshold": conv_threshold_space,
+    "multibit_conv2d": conv_float_space,
+    "multibit_conv2d_table": conv_float_space,
+    "multibit_conv2d_threshold": conv_threshold_space,
     "pack_sign": pack_sign_space,
     "pack_sign_pair": pack_sign_space,
-}
-RELAYOUTS = {
-    "binary_conv2d": CONV_RELAYOUTS,
-    "binary_conv2d_table": CONV_RELAYOUTS,
-    "binary_conv2d_epilogue": CONV_RELAYOUTS,
-    "binary_conv2d_threshold": CONV_RELAYOUTS,
-    "binary_dense": DENSE_RELAYOUTS,
-    "binary_dense_table": DENSE_RELAYOUTS,
-    "binary_dense_epilogue": DENSE_RELAYOUTS,
-    "binary_dense_threshold": DENSE_RELAYOUTS,
 }
 
 
@@ -639,15 +635,22 @@ def tuned_kernel(original, scheduled, op: str | None, name: str) -> TunedKernel:
     func = scheduled.without_attr("global_symbol").without_attr("bnn.op").with_attrs(attrs)
     before = [tuple(int(d) for d in a.shape) for a in ArgInfo.from_prim_func(original)]
     after = [tuple(int(d) for d in a.shape) for a in ArgInfo.from_prim_func(func)]
-    relayouts = {}
+    relayouts = space_relayouts(original, op)
     for position, (old, new) in enumerate(zip(before, after)):
-        if old == new:
-            continue
-        axes = RELAYOUTS.get(op or "", {}).get(position)
-        if axes is None or tuple(old[a] for a in axes) != new:
+        axes = relayouts.get(position, tuple(range(len(old))))
+        if tuple(old[a] for a in axes) != new:
             raise ValueError(f"{name}: tuned parameter {position} has shape {new}, the kernel's is {old}; unknown relayout")
-        relayouts[position] = axes
     return TunedKernel(func, "tuned (MetaSchedule record)", relayouts)
+
+
+def space_relayouts(original, op: str | None) -> dict:
+    """The permutations of constant parameters every design space of ``op`` makes (a conv
+    space's are the CPU schedule's, ``cpu.relayout_conv_constants``); none for MetaSchedule's
+    default space. Taken from the space, not guessed from the tuned shapes: with equal extents
+    (8 channels of an 8x8 output) a permuted correction has the shape it had."""
+    if SPACES.get(op or "") not in (conv_float_space, conv_threshold_space):
+        return {}
+    return cpu.relayout_conv_constants(s_tir.Schedule(original), original)
 
 
 def apply_database(mod, db_dir: str, spec, applied: dict | None = None):

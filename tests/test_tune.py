@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 import pytest
 from onnx_builders import GraphBuilder, conv_block_model, save
+from test_forms import dorefa
 
 import schedules
 import targets
@@ -46,6 +47,17 @@ def float_conv_model(path, channels=32, size=6):
     g = GraphBuilder([1, channels, size, size], seed=3)
     out = g.conv(g.binarize("x"), g.binary_weight((channels, channels, 3, 3)), pad=1)
     return save(g.model([out]), path)
+
+
+def dorefa_model(path, channels=32, size=8):
+    """2-bit DoReFa planes into a conv with float output (``multibit_conv2d``) and into a conv
+    whose batch norm and binarizer fold into thresholds (``multibit_conv2d_threshold``)."""
+    g = GraphBuilder([1, channels, size, size], seed=5)
+    planes = dorefa(g, "x", 2)
+    out = g.conv(planes, g.binary_weight((channels, channels, 3, 3)), pad=1)
+    y = g.batch_norm(g.conv(planes, g.binary_weight((channels, channels, 3, 3)), pad=1), *g.random_bn(channels, 0.3))
+    folded = g.conv(g.binarize(y), g.binary_weight((8, channels, 1, 1)))
+    return save(g.model([out, folded]), path)
 
 
 def kernel_inputs(func, rng) -> list[np.ndarray]:
@@ -84,10 +96,12 @@ def replay_fresh(design, func):
     return sch.mod["main"]
 
 
-@pytest.mark.parametrize("model", ["float_conv", "threshold_conv", "digits"])
+@pytest.mark.parametrize("model", ["float_conv", "threshold_conv", "dorefa", "digits"])
 def test_design_spaces_are_exact_under_random_decisions(model, tmp_path):
     if model == "float_conv":
         path = float_conv_model(tmp_path / "m.onnx")
+    elif model == "dorefa":
+        path = dorefa_model(tmp_path / "m.onnx")
     elif model == "threshold_conv":
         path = save(conv_block_model(32, 64, 6, stride=2)[0], tmp_path / "m.onnx")
     else:
@@ -109,8 +123,9 @@ def test_design_spaces_are_exact_under_random_decisions(model, tmp_path):
                 moved[position] = np.ascontiguousarray(moved[position].transpose(axes))
             assert np.array_equal(run_kernel(tuned.func, moved), reference), f"{gvar.name_hint}: {design.trace}"
         checked[op] = checked.get(op, 0) + len(spaces[::5])
-    expected = {"float_conv": "binary_conv2d", "threshold_conv": "binary_conv2d_threshold", "digits": "pack_sign"}[model]
-    assert checked.get(expected, 0) >= 1, checked
+    expected = {"float_conv": ["binary_conv2d"], "threshold_conv": ["binary_conv2d_threshold"],
+                "dorefa": ["multibit_conv2d", "multibit_conv2d_threshold"], "digits": ["pack_sign"]}[model]
+    assert all(checked.get(op, 0) >= 1 for op in expected), checked
 
 
 def test_space_knobs_cover_the_hand_written_choices():
