@@ -166,6 +166,19 @@ def rule_pass(name: str, rule: Rule, logs: list[PassLog] | None = None) -> tvm.t
     return tvm.transform.module_pass(transform, opt_level=0, name=name)
 
 
+def either_rule(*rules):
+    """A rule trying ``rules`` in order: the first rewrite wins."""
+
+    def apply(ctx: RuleContext, expr):
+        for rule in rules:
+            new = rule(ctx, expr)
+            if new is not None:
+                return new
+        return None
+
+    return apply
+
+
 def function_rule_pass(name: str, make_rule, logs: list[PassLog] | None = None) -> tvm.transform.Pass:
     """Like ``rule_pass``, for rules that need an analysis of the whole function first:
     ``make_rule(func)`` returns the rule for the Relax function ``func``."""

@@ -22,7 +22,7 @@ from tvm import relax
 
 from schedules import bitserial, float_conv
 
-from .common import PassLog, RuleContext
+from .common import PassLog, RuleContext, either_rule
 from .fold_float_tables import chain_end_pass
 from .fold_thresholds import (
     SCALE_INPUT,
@@ -106,17 +106,6 @@ def float_conv_rule(ends: set[str]):
         return viewed_as(ctx, computed, source, expr)
 
     return fold_conv_epilogue
-
-
-def either_rule(*rules):
-    def apply(ctx: RuleContext, expr):
-        for rule in rules:
-            new = rule(ctx, expr)
-            if new is not None:
-                return new
-        return None
-
-    return apply
 
 
 def fold_float_epilogues(logs: list[PassLog] | None = None) -> tvm.transform.Pass:

@@ -20,7 +20,7 @@ from tvm import relax
 
 from schedules import bitserial
 
-from .common import PassLog, RuleContext, dtype_of, function_rule_pass, op_name, shape_of
+from .common import PassLog, RuleContext, dtype_of, either_rule, function_rule_pass, op_name, shape_of
 from .fold_thresholds import CHAIN_OPS, SCALE_INPUT, binary_step, integer_dot, kernel_params, unary_steps
 
 KERNEL = "binary_conv2d_epilogue"
@@ -83,17 +83,6 @@ def after_residual_rule(uses: dict):
     return fold
 
 
-def either(*rules):
-    def apply(ctx: RuleContext, call):
-        for rule in rules:
-            new = rule(ctx, call)
-            if new is not None:
-                return new
-        return None
-
-    return apply
-
-
 def emit(ctx: RuleContext, conv, operands, attrs: dict, steps: tuple[str, ...],
          note: str = "residual add as the binary conv's last epilogue step"):
     """The epilogue kernel of ``conv`` with ``operands`` (a shortcut tensor, per-channel
@@ -112,6 +101,6 @@ def emit(ctx: RuleContext, conv, operands, attrs: dict, steps: tuple[str, ...],
 def fold_residual_add(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
     def rules(func):
         uses = use_counts(func)
-        return either(residual_rule(uses), after_residual_rule(uses))
+        return either_rule(residual_rule(uses), after_residual_rule(uses))
 
     return function_rule_pass("FoldResidualAdd", rules, logs)
