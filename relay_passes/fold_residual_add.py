@@ -66,9 +66,11 @@ def after_residual_rule(uses: dict):
             return None
         out_shape = shape_of(call)
         found = binary_step(ctx, call, out_shape)
-        steps, source = (([found[0]], found[1]) if found is not None
-                         else (unary_steps(ctx, call, out_shape), call.args[0] if call.args else None))
-        if not steps or source is None:
+        if found is not None:
+            steps, source = [found[0]], found[1]
+        else:
+            steps, source = unary_steps(ctx, call, out_shape), call.args[0]
+        if not steps:
             return None
         kernel = ctx.bnn_kernel(source)
         if kernel is None or kernel[0] != KERNEL or uses.get(source, 0) != 1 or shape_of(source) != out_shape:

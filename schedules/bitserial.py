@@ -108,6 +108,24 @@ def _pad_word(channels: int, words: int):
     )
 
 
+def padded_words(data: te.Tensor, padding: tuple[int, int, int, int], fill=None) -> te.Tensor:
+    """Packed words ``[..., H, W, CW]`` with the two spatial axes padded (top, left, bottom,
+    right) by 0 words, or by ``fill(channel word)``; ``data`` itself when unpadded. The block is
+    ``pad_bits``, which the CPU schedules place by name."""
+    if not any(padding):
+        return data
+    *lead, h, w, cw = (int(v) for v in data.shape)
+    pt, pl, pb, pr = padding
+    fill = fill or (lambda c: tirx.const(0, WORD_DTYPE))
+
+    def word(*index):
+        *outer, y, x, c = index
+        inside = tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
+        return tirx.if_then_else(inside, data[(*outer, y - pt, x - pl, c)], fill(c))
+
+    return te.compute((*lead, h + pt + pb, w + pl + pr, cw), word, name="pad_bits")
+
+
 def kernel_dilation(attrs) -> tuple[int, int]:
     """A binary conv kernel's ``bnn.dilation`` attribute (none on kernels made before it existed)."""
     return tuple(int(d) for d in attrs["bnn.dilation"]) if "bnn.dilation" in attrs else (1, 1)
@@ -138,17 +156,7 @@ def binary_conv2d_dot(
     pt, pl, pb, pr = padding
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    if any(padding):
-        fill = _pad_word(taps // (kh * kw), cw) if pad_ones else (lambda c: tirx.const(0, WORD_DTYPE))
-        padded = te.compute(
-            (n, h + pt + pb, w + pl + pr, cw),
-            lambda i, y, x, c: tirx.if_then_else(
-                tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl), data[i, y - pt, x - pl, c], fill(c)
-            ),
-            name="pad_bits",
-        )
-    else:
-        padded = data
+    padded = padded_words(data, padding, _pad_word(taps // (kh * kw), cw) if pad_ones else None)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     rc = te.reduce_axis((0, cw), name="rc")
@@ -382,17 +390,7 @@ def multibit_conv2d_dot(
     pt, pl, pb, pr = padding
     oh = (h + pt + pb - kh) // sh + 1
     ow = (w + pl + pr - kw) // sw + 1
-    zero = tirx.const(0, WORD_DTYPE)
-    if any(padding):
-        padded = te.compute(
-            (bits, n, h + pt + pb, w + pl + pr, cw),
-            lambda j, i, y, x, c: tirx.if_then_else(
-                tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl), planes[j, i, y - pt, x - pl, c], zero
-            ),
-            name="pad_bits",
-        )
-    else:
-        padded = planes
+    padded = padded_words(planes, padding)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     rc = te.reduce_axis((0, cw), name="rc")
