@@ -26,7 +26,9 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
     The fusions run twice: a ``Sign`` can only be proven binary once the layer before it is
     fused, and the layer after it is fused in the second round. ``float_epilogues``: float ops
     after a binary kernel become its epilogue (LLVM targets), a residual add after it too;
-    otherwise lookup tables where small.
+    otherwise lookup tables where small. Last, identical kernel calls on the same tensors run
+    once: a model whose binary layers each carry their own (parameter-free) input quantizer
+    has one binarizer per layer, so a tensor read by two binary layers is packed twice.
     """
 
     def fusions():
@@ -55,6 +57,7 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
                 else []
             ),
             fold_float_tables(logs),
+            relax.transform.EliminateCommonSubexpr(),  # after the folds: they look at readers
             relax.transform.DeadCodeElimination(),
         ],
         name="BinarizeForBitserial",

@@ -189,6 +189,30 @@ def test_residual_shortcut_bireal_style(tmp_path):
     assert sum("-> binary_conv2d " in f for f in report.fused) == 2
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_tensor_binarized_by_two_layers_is_computed_once(tmp_path, residual):
+    """Larq-style layers carry their own input quantizer: two convs reading one tensor give two
+    identical binarizers in the graph. Their bits are computed once (by the threshold kernel
+    both binarizers fold into, or by one pack of the real-valued residual sum), and both convs
+    stay exact."""
+    from bnn_tvm.compiler import lower_onnx
+
+    g = GraphBuilder([1, 16, 6, 6], seed=4)
+    y = g.batch_norm(g.conv(g.binarize("x"), g.binary_weight((16, 16, 3, 3)), pad=1), *g.random_bn(16))
+    if residual:
+        y = g.node("Add", [y, "x"])
+    left = g.conv(g.binarize(y), g.binary_weight((8, 16, 3, 3)), pad=1)
+    right = g.conv(g.binarize(y), g.binary_weight((8, 16, 1, 1)))
+    out = g.node("Concat", [left, right], axis=1)
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    check(path, inputs([1, 16, 6, 6]), ["-> binary_conv2d"])
+    calls = [line.split("R.call_tir(")[1].split(",")[0] for line in str(lower_onnx(path).mod["main"]).splitlines()
+             if "R.call_tir(" in line]
+    # the input's pack, the first conv (with the threshold, or the residual's epilogue), y's
+    # pack (residual), the two convs
+    assert len(calls) == 4 + residual, calls
+
+
 def test_sign_after_binary_conv_is_proven_binary(tmp_path):
     """BN with a half-integer shift never hits 0 on integers: Sign equals the binarizer there."""
     g = GraphBuilder([1, 8, 5, 5], seed=5)
