@@ -12,6 +12,7 @@ import onnx
 import relay_passes
 import schedules
 import targets
+from relay_passes.split_channel_ops_over_concat import SPLIT
 
 from .errors import BnnError
 from .io import atomic_write
@@ -77,6 +78,9 @@ class LoweredModel:
             r.nodes[-1]: r.nodes[:-1] for log in self.logs for r in log.rewrites
             if r.kernel in ("pack_sign", "pack_sign_pair", "pack_levels")
         }
+        # an op applied to each concatenated part: the parts' bindings are the op's node
+        aliases.update({part: r.nodes[:1] for log in self.logs for r in log.rewrites if r.kernel == SPLIT
+                        for part in r.nodes[1:]})
         variables = [v for name in names for v in aliases.get(name, [name])]
         return list(dict.fromkeys(self.provenance[v] for v in variables if v in self.provenance))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay_passes.lift_conv1d import LIFTED
+from relay_passes.split_channel_ops_over_concat import SPLIT
 from schedules.float_conv import FLOAT_KERNELS
 
 from .compiler import lower_onnx
@@ -12,7 +13,7 @@ from .onnx_import import load_onnx
 
 
 MATRIX_OPS = ("Conv", "Gemm", "MatMul")
-FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED)  # rewrites that leave a node computing in float
+FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED, SPLIT)  # rewrites that leave a node computing in float
 
 
 @dataclass

@@ -133,6 +133,18 @@ class RuleContext(relax.PyExprMutator):
         return self.builder_.call_te(compute, *args, primfunc_name_hint=f"bnn_{op}", primfunc_attrs=attrs)
 
 
+def use_counts(func: relax.Function) -> dict:
+    """How many times each variable of ``func`` is read (a returned variable counts as read)."""
+    counts: dict = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Var):
+            counts[expr] = counts.get(expr, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return counts
+
+
 def op_name(call) -> str | None:
     return call.op.name if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) else None
 

@@ -20,24 +20,21 @@ from tvm import relax
 
 from schedules import bitserial
 
-from .common import PassLog, RuleContext, dtype_of, either_rule, function_rule_pass, op_name, shape_of
+from .common import (
+    PassLog,
+    RuleContext,
+    dtype_of,
+    either_rule,
+    function_rule_pass,
+    op_name,
+    shape_of,
+    use_counts,
+)
 from .fold_thresholds import CHAIN_OPS, SCALE_INPUT, binary_step, integer_dot, kernel_params, unary_steps
 
 KERNEL = "binary_conv2d_epilogue"
 SOURCE = "binary_conv2d"  # the integer compute the epilogue kernel finishes
 STEP_OPS = tuple(op for op in CHAIN_OPS if op != "relax.nn.batch_norm")  # one output tensor each
-
-
-def use_counts(func: relax.Function) -> dict:
-    """How many times each variable of ``func`` is read (a returned variable counts as read)."""
-    counts: dict = {}
-
-    def visit(expr):
-        if isinstance(expr, relax.Var):
-            counts[expr] = counts.get(expr, 0) + 1
-
-    relax.analysis.post_order_visit(func.body, visit)
-    return counts
 
 
 def residual_rule(uses: dict):

@@ -17,6 +17,7 @@ from .lift_conv1d import lift_conv1d
 from .lower_binarizers import lower_binarizer
 from .lower_multibit import lower_multibit
 from .lower_sign import lower_sign
+from .split_channel_ops_over_concat import split_channel_ops_over_concat
 from .split_ternary_sign import split_ternary_sign
 
 
@@ -25,7 +26,8 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
 
     The fusions run twice: a ``Sign`` can only be proven binary once the layer before it is
     fused, and the layer after it is fused in the second round. ``float_epilogues``: float ops
-    after a binary kernel become its epilogue (LLVM targets), a residual add after it too;
+    after a binary kernel become its epilogue (LLVM targets), a residual add after it too (and
+    the per-channel ops after it, also when a channel concat of such kernels comes between);
     otherwise lookup tables where small. Last, identical kernel calls on the same tensors run
     once: a model whose binary layers each carry their own (parameter-free) input quantizer
     has one binarizer per layer, so a tensor read by two binary layers is packed twice.
@@ -51,8 +53,9 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
             rule_pass("FoldThresholds", fold_threshold, logs),
             relax.transform.DeadCodeElimination(),  # float ops the thresholds replaced are not chain ends
             *(
-                [fold_float_epilogues(logs), relax.transform.DeadCodeElimination(), fold_residual_add(logs),
-                 relax.transform.DeadCodeElimination()]
+                [split_channel_ops_over_concat(logs), relax.transform.DeadCodeElimination(),  # the concat split
+                 fold_float_epilogues(logs), relax.transform.DeadCodeElimination(),
+                 fold_residual_add(logs), relax.transform.DeadCodeElimination()]
                 if float_epilogues
                 else []
             ),

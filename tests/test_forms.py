@@ -234,7 +234,10 @@ def test_sign_that_can_be_zero_runs_as_two_bipolar_halves(tmp_path):
     report = verify(path, "x86", x=x)
     assert report.ok, "\n".join(report.lines())
     fused = " | ".join(report.fused)
-    assert fused.count("-> pack_sign_pair") == 3 and fused.count("-> binary_conv2d") == 3, fused  # 1 + 2 groups
+    assert fused.count("-> pack_sign_pair") == 3, fused
+    assert fused.count("-> binary_conv2d [") == 2, fused  # the stride-2 conv, the grouped conv (a kernel per group)
+    # the halves' 1/2 in each kernel: the grouped conv's is split over its groups' concat
+    assert fused.count("-> binary_conv2d_epilogue") == 3, fused
     assert "-> binary_dense" in fused, fused
     notes = {r.name: r for r in inspect_onnx(path)}
     assert all(r.binary for r in notes.values() if r.op_type in ("Sign", "Conv", "Gemm")), notes

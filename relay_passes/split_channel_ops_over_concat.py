@@ -1,0 +1,82 @@
+"""Apply a per-channel float op after a channel concat to each concatenated part instead.
+
+ReActNet's reduction block doubles the channels by concatenating two binary 1x1 convs, each
+plus the shortcut, and applies its RPReLU (subtract, PReLU, add) to the concatenation:
+``rprelu(concat(bn(conv_a(s)) + y, bn(conv_b(s)) + y))``. Elementwise, that is
+``concat(rprelu_a(...), rprelu_b(...))`` with each part's slice of the per-channel constants:
+the same float32 op on the same values, so results do not change. Each part then ends in its
+own kernel's output, and ``FoldResidualAdd`` moves the residual add and the ops after it into
+that kernel's epilogue instead of a float pass over the concatenated tensor per op.
+
+Only when the concat feeds nothing else (otherwise it would be computed anyway). For CPU
+targets, before ``FoldFloatEpilogues`` (a part that is a binary conv takes the op into its
+epilogue) and ``FoldResidualAdd``; says whether it changed the graph in its log.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .common import PassLog, RuleContext, function_rule_pass, op_name, shape_of, use_counts
+from .fold_thresholds import CHAIN_OPS, binary_step, unary_steps
+
+SPLIT = "per_concat_part"  # the rewrite's name in the pass log: the op stays float, per part
+STEP_OPS = tuple(op for op in CHAIN_OPS if op != "relax.nn.batch_norm")  # one output tensor each
+
+
+def step_source(ctx: RuleContext, call):
+    """The tensor operand of a per-channel step (a constant op, a clamp, a PReLU), or None."""
+    out_shape = shape_of(call)
+    found = binary_step(ctx, call, out_shape)
+    if found is not None:
+        return found[1]
+    return call.args[0] if unary_steps(ctx, call, out_shape) else None
+
+
+def channel_slice(ctx: RuleContext, call, arg, rank: int, channels: int, start: int, stop: int):
+    """``arg`` for the output channels ``start:stop``: a constant that varies along the channel
+    axis sliced there (a PReLU slope is 1-D along it, other constants broadcast from the right);
+    anything else as it is."""
+    values = ctx.constant(arg)
+    if values is None:
+        return arg
+    axis = 0 if op_name(call) == "relax.nn.prelu" else values.ndim - (rank - 1)
+    if axis < 0 or values.shape[axis] != channels:
+        return arg
+    return relax.const(np.take(values, range(start, stop), axis=axis))
+
+
+def split_rule(uses: dict):
+    def split(ctx: RuleContext, call):
+        if op_name(call) not in STEP_OPS:
+            return None
+        source = step_source(ctx, call)
+        if source is None or uses.get(source, 0) != 1 or shape_of(source) != shape_of(call):
+            return None
+        concat = ctx.producer(source)
+        rank = len(shape_of(call))
+        if op_name(concat) != "relax.concat" or int(concat.attrs.axis) % rank != 1:
+            return None
+        parts = ctx.producer(concat.args[0])
+        if not isinstance(parts, relax.Tuple):
+            return None
+        channels, start, split_parts = shape_of(call)[1], 0, []
+        for part in parts.fields:
+            stop = start + shape_of(part)[1]
+            args = [part if arg.same_as(source) else channel_slice(ctx, call, arg, rank, channels, start, stop)
+                    for arg in call.args]
+            split_parts.append(ctx.builder_.emit(relax.Call(call.op, args, call.attrs), ctx.binding))
+            start = stop
+        # the log names the parts' bindings (the builder made their names unique), so that what
+        # later passes fold into them is credited to the op's ONNX node (``LoweredModel.onnx_nodes``)
+        ctx.fused(SPLIT, f"{op_name(call).split('.')[-1]} applied to each of the {len(split_parts)} concatenated parts",
+                  *split_parts)
+        return relax.op.concat(split_parts, axis=1)
+
+    return split
+
+
+def split_channel_ops_over_concat(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    return function_rule_pass("SplitChannelOpsOverConcat", lambda func: split_rule(use_counts(func)), logs)
