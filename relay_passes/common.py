@@ -110,8 +110,11 @@ class RuleContext(relax.PyExprMutator):
         return float(first) if np.all(values == first) else None
 
     def constant(self, expr) -> np.ndarray | None:
+        """The value of a constant tensor; None for anything else (a scalar ``PrimValue`` such as
+        a clip's bound is a ``Constant`` too, but holds a number, not a tensor)."""
         expr = self.producer(expr)
-        return expr.value.numpy() if isinstance(expr, Constant) else None
+        value = expr.value if isinstance(expr, Constant) else None
+        return value.numpy() if hasattr(value, "numpy") else None
 
     def bnn_kernel(self, expr) -> tuple[str, dict] | None:
         """``(op name, attributes)`` when ``expr`` is (bound to) a call of one of our kernels."""

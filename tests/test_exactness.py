@@ -184,13 +184,13 @@ def test_rprelu_after_the_residual_add_runs_in_the_epilogue(tmp_path):
     assert report.max_abs_diff == 0
 
 
-@pytest.mark.parametrize("concat_is_output", [False, True])
-def test_rprelu_after_a_channel_concat_runs_in_each_parts_epilogue(tmp_path, concat_is_output):
+@pytest.mark.parametrize("concat_is_output,tail", [(False, "rprelu"), (True, "rprelu"), (False, "clip")])
+def test_rprelu_after_a_channel_concat_runs_in_each_parts_epilogue(tmp_path, concat_is_output, tail):
     """ReActNet's reduction block: ``RPReLU(concat(BN(conv_a(s)) + y, BN(conv_b(s)) + y))`` with
     two binary 1x1 convs on the same bits. Each op runs on each part with that part's slice of
     its constants, in the part's conv kernel after the residual: exact, as are the next
     binarizer's bits. When the concat itself is read elsewhere (here a graph output) the ops
-    stay one float op each on it, also exact."""
+    stay one float op each on it, also exact. A clamp (scalar bounds, nothing to slice) too."""
     cin = 16
     g = GraphBuilder([1, cin, 6, 6], seed=19)
     bits = g.binarize("x")
@@ -198,16 +198,20 @@ def test_rprelu_after_a_channel_concat_runs_in_each_parts_epilogue(tmp_path, con
              for _ in range(2)]
     cat = g.node("Concat", parts, axis=1)
     rng = np.random.default_rng(20)
-    shifted = g.node("Sub", [cat, g.const(rng.standard_normal((1, 2 * cin, 1, 1)).astype(np.float32))])
-    slope = g.const(rng.uniform(0.1, 0.9, (2 * cin, 1, 1)).astype(np.float32))
-    rprelu = g.node("Add", [g.node("PRelu", [shifted, slope]), g.const(rng.standard_normal((1, 2 * cin, 1, 1)).astype(np.float32))])
-    out = g.conv(g.binarize(rprelu), g.binary_weight((4, 2 * cin, 3, 3)), pad=1)
-    path = save(g.model([out, rprelu] + ([cat] if concat_is_output else [])), tmp_path / "m.onnx")
+    if tail == "rprelu":
+        shifted = g.node("Sub", [cat, g.const(rng.standard_normal((1, 2 * cin, 1, 1)).astype(np.float32))])
+        slope = g.const(rng.uniform(0.1, 0.9, (2 * cin, 1, 1)).astype(np.float32))
+        end = g.node("Add", [g.node("PRelu", [shifted, slope]), g.const(rng.standard_normal((1, 2 * cin, 1, 1)).astype(np.float32))])
+    else:
+        end = g.node("Clip", [cat, g.const(np.float32(-1.5)), g.const(np.float32(1.5))])
+    out = g.conv(g.binarize(end), g.binary_weight((4, 2 * cin, 3, 3)), pad=1)
+    path = save(g.model([out, end] + ([cat] if concat_is_output else [])), tmp_path / "m.onnx")
     report = check(path, inputs([1, cin, 6, 6], seed=21), ["residual add as the binary conv's last epilogue step"])
     assert report.max_abs_diff == 0
     folded = sum("after the residual add" in line for line in report.fused)
-    assert folded == (0 if concat_is_output else 6), report.fused  # subtract, prelu, add in each part
-    notes = {r.op_type: r for r in inspect_onnx(path) if r.op_type in ("Sub", "PRelu")}
+    per_part = 3 if tail == "rprelu" else 1  # subtract, prelu, add; or the clip's maximum + minimum
+    assert folded == (0 if concat_is_output else 2 * per_part), report.fused
+    notes = {r.op_type: r for r in inspect_onnx(path) if r.op_type in ("Sub", "PRelu", "Clip")}
     assert all(r.binary != concat_is_output for r in notes.values()), notes
 
 
