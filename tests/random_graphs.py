@@ -1,0 +1,146 @@
+"""Random binarized ONNX graphs built from the forms the passes recognise, for exactness sweeps.
+
+Each graph chains a few random blocks (plain, residual, concatenated or shared-input binary
+convs, per-channel ops after them, OR pools on bits, XNOR-Net's conv -> pool -> BN order, RSign,
+grouped and dilated convs, explicit ±1 padding, a Bi-Real downsampling block, a ``Sign`` that
+can be 0, a binary dense at the end) with random channel counts, sizes and batch norms (some
+with negative gammas), and exposes a few inner tensors as graph outputs. ``verify`` must find
+every one exact: the combinations are what no hand-written case covers.
+
+    python tests/random_graphs.py 0 200     # a longer sweep than the test run's
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import onnx
+from onnx_builders import GraphBuilder
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def channel_ops(g: GraphBuilder, t: str, c: int, rng) -> str:
+    """Up to three per-channel float ops: constant add/subtract/multiply, PReLU, ReLU, Clip."""
+    for _ in range(rng.integers(0, 4)):
+        kind = rng.choice(["Sub", "Add", "Mul", "PRelu", "Relu", "Clip"])
+        if kind in ("Sub", "Add", "Mul"):
+            const = rng.standard_normal((1, c, 1, 1)).astype(np.float32)
+            t = g.node(kind, [t, g.const(np.abs(const) + np.float32(0.1) if kind == "Mul" else const)])
+        elif kind == "PRelu":
+            t = g.node("PRelu", [t, g.const(rng.uniform(0.1, 0.9, (c, 1, 1)).astype(np.float32))])
+        elif kind == "Relu":
+            t = g.node("Relu", [t])
+        else:
+            t = g.node("Clip", [t, g.const(np.float32(-1.5)), g.const(np.float32(1.5))])
+    return t
+
+
+def rsign(g: GraphBuilder, t: str, c: int, rng) -> str:
+    """ReActNet's RSign: ``Where(x >= beta, 1, -1)`` with a per-channel beta."""
+    beta = g.const((rng.standard_normal((1, c, 1, 1)) * 0.3).astype(np.float32))
+    return g.node("Where", [g.node("GreaterOrEqual", [t, beta]), g.const(np.float32(1)), g.const(np.float32(-1))])
+
+
+def bn_conv(g: GraphBuilder, bits: str, cout: int, cin: int, k: int = 3, **conv) -> str:
+    return g.batch_norm(g.conv(bits, g.binary_weight((cout, cin, k, k)), **conv), *g.random_bn(cout, 0.3))
+
+
+def block(g: GraphBuilder, t: str, c: int, hw: int, rng) -> tuple[str, int, int]:
+    """One random block on ``t`` (``c`` channels, ``hw`` x ``hw``): ``(output, channels, hw)``."""
+    kind = rng.choice(["plain", "residual", "concat", "shared", "pool_bits", "xnor_order", "rsign", "grouped",
+                       "down", "pad", "dilated", "sign"])
+    cout = int(rng.integers(5, 40))
+    if kind == "residual":
+        y = channel_ops(g, bn_conv(g, g.binarize(t), c, c, pad=1), c, rng)
+        return channel_ops(g, g.node("Add", [y, t]), c, rng), c, hw
+    if kind == "concat":  # ReActNet's reduction: parts of the same bits, each plus the input
+        bits, parts = g.binarize(t), []
+        for _ in range(int(rng.integers(2, 4))):
+            k = int(rng.choice([1, 3]))
+            y = bn_conv(g, bits, c, c, k, pad=k // 2)
+            parts.append(g.node("Add", [y, t]) if rng.random() < 0.7 else y)
+        return channel_ops(g, g.node("Concat", parts, axis=1), c * len(parts), rng), c * len(parts), hw
+    if kind == "shared":  # two layers, each with its own binarizer of the same tensor
+        a = bn_conv(g, g.binarize(t), c, c, pad=1)
+        b = bn_conv(g, g.binarize(t), c, c, 1)
+        return channel_ops(g, g.node("Add", [a, b]), c, rng), c, hw
+    if kind == "pool_bits" and hw >= 4:
+        pooled = g.node("MaxPool", [g.binarize(t)], kernel_shape=[2, 2], strides=[2, 2])
+        return channel_ops(g, bn_conv(g, pooled, cout, c, pad=1), cout, rng), cout, hw // 2
+    if kind == "xnor_order" and hw >= 4:  # conv -> max pool -> BN -> (next block's binarizer)
+        conv = g.conv(g.binarize(t), g.binary_weight((cout, c, 3, 3)), pad=1)
+        pooled = g.node("MaxPool", [conv], kernel_shape=[2, 2], strides=[2, 2])
+        return g.batch_norm(pooled, *g.random_bn(cout, 0.3)), cout, hw // 2
+    if kind == "rsign":
+        return channel_ops(g, bn_conv(g, rsign(g, t, c, rng), cout, c, pad=1), cout, rng), cout, hw
+    if kind == "grouped" and c >= 32 and c % 2 == 0:
+        y = g.node("Conv", [g.binarize(t), g.const(g.binary_weight((c, c // 2, 3, 3)), "w")],
+                   kernel_shape=[3, 3], pads=[1] * 4, group=2)
+        return channel_ops(g, g.batch_norm(y, *g.random_bn(c, 0.3)), c, rng), c, hw
+    if kind == "down" and hw >= 4 and hw % 2 == 0:  # Bi-Real: stride-2 conv + average-pooled shortcut
+        short = g.node("AveragePool", [t], kernel_shape=[2, 2], strides=[2, 2])
+        y = g.node("Add", [bn_conv(g, g.binarize(t), c, c, stride=2, pad=1), short])
+        return channel_ops(g, y, c, rng), c, hw // 2
+    if kind == "pad":
+        pads = g.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+        padded = g.node("Pad", [g.binarize(t), pads, g.const(np.float32(rng.choice([1.0, -1.0])))])
+        return bn_conv(g, padded, cout, c), cout, hw
+    if kind == "dilated" and hw >= 5:
+        y = g.node("Conv", [g.binarize(t), g.const(g.binary_weight((cout, c, 3, 3)), "w")],
+                   kernel_shape=[3, 3], dilations=[2, 2], pads=[2] * 4)
+        return g.batch_norm(y, *g.random_bn(cout, 0.3)), cout, hw
+    if kind == "sign":  # can be 0: two bipolar halves
+        return bn_conv(g, g.node("Sign", [t]), cout, c, pad=1), cout, hw
+    stride = int(rng.choice([1, 2])) if hw > 4 else 1
+    k = int(rng.choice([1, 3]))
+    y = channel_ops(g, bn_conv(g, g.binarize(t), cout, c, k, stride=stride, pad=k // 2), cout, rng)
+    return y, cout, (hw + 2 * (k // 2) - k) // stride + 1
+
+
+def random_graph(seed: int) -> tuple[onnx.ModelProto, np.ndarray]:
+    """``(model, input)``: a random graph and a batch of 2 inputs for it (some exact zeros)."""
+    rng = np.random.default_rng(seed)
+    c, hw = int(rng.integers(4, 40)), int(rng.integers(5, 12))
+    g = GraphBuilder([1, c, hw, hw], seed=seed)
+    t, outputs = "x", []
+    for _ in range(int(rng.integers(2, 5))):
+        t, c, hw = block(g, t, c, hw, rng)
+        if rng.random() < 0.3:
+            outputs.append(t)
+    if rng.random() < 0.4:
+        flat = g.node("Flatten", [g.binarize(t)])
+        t = g.node("Gemm", [flat, g.const(g.binary_weight((7, c * hw * hw)), "w")], transB=1)
+    outputs.append(t)
+    x = rng.standard_normal((2, *g.shape[1:])).astype(np.float32)
+    x[:, :, ::4] = 0.0
+    return g.model(list(dict.fromkeys(outputs))), x
+
+
+def main() -> int:
+    import tempfile
+
+    from onnx_builders import save
+
+    from bnn_tvm.verify import verify
+
+    first, last = (int(v) for v in sys.argv[1:3])
+    failed = []
+    with tempfile.TemporaryDirectory() as folder:
+        for seed in range(first, last):
+            model, x = random_graph(seed)
+            path = save(model, os.path.join(folder, f"random_{seed}.onnx"))
+            report = verify(path, "x86", x=x)
+            print(seed, "OK" if report.ok else "FAILED", flush=True)
+            if not report.ok:
+                failed.append(seed)
+                onnx.save(model, f"random_{seed}.onnx")
+                print("\n".join(report.lines()), flush=True)
+    print(f"{last - first - len(failed)} of {last - first} exact; failed (saved here): {failed}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
