@@ -30,11 +30,10 @@ from .common import (
     shape_of,
     use_counts,
 )
-from .fold_thresholds import CHAIN_OPS, SCALE_INPUT, binary_step, integer_dot, kernel_params, unary_steps
+from .fold_thresholds import SCALE_INPUT, integer_dot, kernel_params, single_step
 
 KERNEL = "binary_conv2d_epilogue"
 SOURCE = "binary_conv2d"  # the integer compute the epilogue kernel finishes
-STEP_OPS = tuple(op for op in CHAIN_OPS if op != "relax.nn.batch_norm")  # one output tensor each
 
 
 def residual_rule(uses: dict):
@@ -59,18 +58,12 @@ def after_residual_rule(uses: dict):
     kernel that already added its residual, when nothing else reads that output."""
 
     def fold(ctx: RuleContext, call):
-        if op_name(call) not in STEP_OPS:
+        found = single_step(ctx, call)
+        if found is None:
             return None
-        out_shape = shape_of(call)
-        found = binary_step(ctx, call, out_shape)
-        if found is not None:
-            steps, source = [found[0]], found[1]
-        else:
-            steps, source = unary_steps(ctx, call, out_shape), call.args[0]
-        if not steps:
-            return None
+        steps, source = found
         kernel = ctx.bnn_kernel(source)
-        if kernel is None or kernel[0] != KERNEL or uses.get(source, 0) != 1 or shape_of(source) != out_shape:
+        if kernel is None or kernel[0] != KERNEL or uses.get(source, 0) != 1 or shape_of(source) != shape_of(call):
             return None
         old = tuple(str(kernel[1]["bnn.epilogue"]).split(","))
         if bitserial.RESIDUAL not in old:

@@ -78,6 +78,7 @@ RELAX_OPS = {"relax.add": "add", "relax.subtract": "subtract", "relax.multiply":
              "relax.maximum": "maximum", "relax.minimum": "minimum"}
 CLAMP_OPS = ("relax.clip", "relax.nn.relu")
 CHAIN_OPS = (*RELAX_OPS, *CLAMP_OPS, "relax.nn.prelu", "relax.nn.batch_norm")  # the per-channel float ops of a chain
+STEP_OPS = tuple(op for op in CHAIN_OPS if op != "relax.nn.batch_norm")  # those with one output tensor
 CONST_FIRST = {"subtract": "rsubtract", "divide": "rdivide"}  # add and multiply commute exactly
 
 
@@ -151,6 +152,19 @@ def binary_step(ctx: RuleContext, call, out_shape):
             return None
         return Step(CONST_FIRST.get(op, op) if const_first else op, vec), source
     return None
+
+
+def single_step(ctx: RuleContext, call):
+    """``(steps, source)`` of a per-channel op with one output tensor (a constant op, a clamp,
+    a PReLU: ``STEP_OPS``) on ``source``, or None for any other call."""
+    if op_name(call) not in STEP_OPS:
+        return None
+    out_shape = shape_of(call)
+    found = binary_step(ctx, call, out_shape)
+    if found is not None:
+        return [found[0]], found[1]
+    steps = unary_steps(ctx, call, out_shape)
+    return (steps, call.args[0]) if steps else None
 
 
 def viewed_as(ctx: RuleContext, value, source, expr):

@@ -20,19 +20,9 @@ import tvm
 from tvm import relax
 
 from .common import PassLog, RuleContext, function_rule_pass, op_name, shape_of, use_counts
-from .fold_thresholds import CHAIN_OPS, binary_step, unary_steps
+from .fold_thresholds import single_step
 
 SPLIT = "per_concat_part"  # the rewrite's name in the pass log: the op stays float, per part
-STEP_OPS = tuple(op for op in CHAIN_OPS if op != "relax.nn.batch_norm")  # one output tensor each
-
-
-def step_source(ctx: RuleContext, call):
-    """The tensor operand of a per-channel step (a constant op, a clamp, a PReLU), or None."""
-    out_shape = shape_of(call)
-    found = binary_step(ctx, call, out_shape)
-    if found is not None:
-        return found[1]
-    return call.args[0] if unary_steps(ctx, call, out_shape) else None
 
 
 def channel_slice(ctx: RuleContext, call, arg, rank: int, channels: int, start: int, stop: int):
@@ -50,10 +40,11 @@ def channel_slice(ctx: RuleContext, call, arg, rank: int, channels: int, start: 
 
 def split_rule(uses: dict):
     def split(ctx: RuleContext, call):
-        if op_name(call) not in STEP_OPS:
+        found = single_step(ctx, call)
+        if found is None:
             return None
-        source = step_source(ctx, call)
-        if source is None or uses.get(source, 0) != 1 or shape_of(source) != shape_of(call):
+        source = found[1]
+        if uses.get(source, 0) != 1 or shape_of(source) != shape_of(call):
             return None
         concat = ctx.producer(source)
         rank = len(shape_of(call))
