@@ -404,7 +404,8 @@ def tvm_fp32_engine(workload, x, settings, workdir, outputs) -> Prepared:
 
 
 def torch_engine(workload, x, settings, workdir, outputs) -> Prepared:
-    """The float twin in PyTorch; the faster of NCHW and channels_last (decided on 3 samples).
+    """The float twin in PyTorch; the faster of NCHW and channels_last (decided on 3 samples; a
+    model whose input is not 4-D has one layout).
     On a CUDA target: on the GPU with cuDNN, strict fp32 (TF32 off: the baseline is named fp32)
     and ``cudnn.benchmark`` (cuDNN's fastest algorithm per shape); each call waits for the GPU."""
     import torch
@@ -427,7 +428,8 @@ def torch_engine(workload, x, settings, workdir, outputs) -> Prepared:
         if workload.torch_same_graph:
             result = model(torch.from_numpy(x).to(device))
             outputs["torch_fp32"] = (result[0] if isinstance(result, tuple) else result).cpu().numpy()
-        for layout, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        layouts = [("NCHW", torch.contiguous_format)] + ([("channels_last", torch.channels_last)] if x.ndim == 4 else [])
+        for layout, fmt in layouts:  # channels_last exists for 4-D inputs only
             module = model.to(memory_format=fmt)
             data = torch.from_numpy(x).to(device).contiguous(memory_format=fmt)
             sample = python_sampler(lambda module=module, data=data: module(data), wait)

@@ -12,7 +12,6 @@ import onnx
 import relay_passes
 import schedules
 import targets
-from relay_passes.split_channel_ops_over_concat import SPLIT
 
 from .errors import BnnError
 from .io import atomic_write
@@ -73,15 +72,21 @@ class LoweredModel:
 
     def onnx_nodes(self, names) -> list[str]:
         """The ONNX nodes behind Relax variable names; bit tensors the passes made count as their
-        binarizer's nodes."""
+        binarizer's nodes, and bindings a pass emitted for a node's op (``PassLog.aliases``) as
+        that node."""
         aliases = {
             r.nodes[-1]: r.nodes[:-1] for log in self.logs for r in log.rewrites
             if r.kernel in ("pack_sign", "pack_sign_pair", "pack_levels")
         }
-        # an op applied to each concatenated part: the parts' bindings are the op's node
-        aliases.update({part: r.nodes[:1] for log in self.logs for r in log.rewrites if r.kernel == SPLIT
-                        for part in r.nodes[1:]})
-        variables = [v for name in names for v in aliases.get(name, [name])]
+        for log in self.logs:
+            aliases.update(log.aliases)
+
+        def resolve(name: str, seen: frozenset = frozenset()) -> list[str]:
+            if name in self.provenance or name not in aliases or name in seen:
+                return [name]
+            return [v for original in aliases[name] for v in resolve(original, seen | {name})]
+
+        variables = [v for name in names for v in resolve(name)]
         return list(dict.fromkeys(self.provenance[v] for v in variables if v in self.provenance))
 
     def fused_lines(self) -> list[str]:
@@ -95,7 +100,8 @@ class LoweredModel:
         found = []
         for log in self.logs:
             for rewrite in log.rewrites:
-                node = nodes.get(self.provenance.get(rewrite.nodes[0], ""))
+                found_nodes = self.onnx_nodes(rewrite.nodes[:1])
+                node = nodes.get(found_nodes[0]) if found_nodes else None
                 packed = rewrite.kernel in ("pack_sign", "pack_levels")
                 if packed and node is not None and node.output[0] not in found:
                     found.append(node.output[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay_passes.lift_conv1d import LIFTED
+from relay_passes.lift_token_matmul import LIFTED as TOKENS_AS_ROWS
 from relay_passes.split_channel_ops_over_concat import SPLIT
 from schedules.float_conv import FLOAT_KERNELS
 
@@ -13,7 +14,7 @@ from .onnx_import import load_onnx
 
 
 MATRIX_OPS = ("Conv", "Gemm", "MatMul")
-FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED, SPLIT)  # rewrites that leave a node computing in float
+FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED, TOKENS_AS_ROWS, SPLIT)  # rewrites that leave a node computing in float
 
 
 @dataclass

@@ -43,6 +43,7 @@ class PassLog:
     name: str
     rewrites: list[Rewrite] = field(default_factory=list)
     kept_float: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # new binding -> the bindings it stands for
 
     @property
     def changed(self) -> bool:
@@ -76,6 +77,13 @@ class RuleContext(relax.PyExprMutator):
     def fused(self, kernel: str, detail: str, *nodes) -> None:
         names = [self.binding] + [n.name for n in nodes if isinstance(n, relax.Var)]
         self.log.rewrites.append(Rewrite(tuple(dict.fromkeys(n for n in names if n)), kernel, detail))
+
+    def alias(self, originals: tuple[str, ...], *new_vars) -> None:
+        """Record that ``new_vars`` (bindings a rule emitted, whose names the builder made unique)
+        compute the ops of the bindings ``originals``, so that what later passes fuse into them is
+        credited to those ONNX nodes."""
+        for var in new_vars:
+            self.log.aliases[var.name] = tuple(originals)
 
     def keep_float(self, reason: str, *nodes) -> None:
         """Record why the binding being visited (and the given variables) stay float."""

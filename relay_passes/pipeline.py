@@ -14,6 +14,7 @@ from .fuse_binary_conv2d import fuse_binary_conv2d
 from .fuse_binary_dense import fuse_binary_dense
 from .fuse_binary_maxpool import fuse_binary_maxpool
 from .lift_conv1d import lift_conv1d
+from .lift_token_matmul import lift_token_matmul
 from .lower_binarizers import lower_binarizer
 from .lower_multibit import lower_multibit
 from .lower_sign import lower_sign
@@ -44,6 +45,8 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
         [
             relax.transform.FoldConstant(),  # binarized weights, transposed Gemm weights -> constants
             rule_pass("LiftConv1d", lift_conv1d, logs),
+            rule_pass("LiftTokenMatmul", lift_token_matmul, logs),
+            relax.transform.DeadCodeElimination(),  # a binarizer the token rows replaced: not lowered
             rule_pass("LowerBinarizers", lower_binarizer, logs),
             rule_pass("LowerMultibit", lower_multibit, logs),
             *fusions(),

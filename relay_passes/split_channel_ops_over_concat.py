@@ -60,10 +60,8 @@ def split_rule(uses: dict):
                     for arg in call.args]
             split_parts.append(ctx.builder_.emit(relax.Call(call.op, args, call.attrs), ctx.binding))
             start = stop
-        # the log names the parts' bindings (the builder made their names unique), so that what
-        # later passes fold into them is credited to the op's ONNX node (``LoweredModel.onnx_nodes``)
-        ctx.fused(SPLIT, f"{op_name(call).split('.')[-1]} applied to each of the {len(split_parts)} concatenated parts",
-                  *split_parts)
+        ctx.alias((ctx.binding,), *split_parts)
+        ctx.fused(SPLIT, f"{op_name(call).split('.')[-1]} applied to each of the {len(split_parts)} concatenated parts")
         return relax.op.concat(split_parts, axis=1)
 
     return split

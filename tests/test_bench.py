@@ -93,6 +93,24 @@ def test_bench_bare_onnx_file_with_a_subset_of_engines(tmp_path):
     assert "topi_bitserial" not in report["engines"]
 
 
+def test_bench_model_with_a_token_input(tmp_path):
+    """A model whose input is ``[N, T, C]`` (binary matmuls on tokens): PyTorch has no
+    channels_last layout for it, so its one layout is timed, not an error."""
+    from onnx import helper
+    from onnx_builders import GraphBuilder, save
+
+    g = GraphBuilder([1, 6, 40], seed=3)
+    g.input = helper.make_tensor_value_info("x", 1, [1, 6, 40])
+    out = g.node("MatMul", [g.binarize("x"), g.const(g.binary_weight((40, 8)), "w")])
+    path = save(g.model([out]), tmp_path / "tokens.onnx")
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", path, "--engines", "bnn_tvm,torch_fp32", "--repeat", "3", "--json", str(out_json)]) == 0
+    report = json.loads(out_json.read_text())
+    assert report["engines"]["torch_fp32"]["median_ms"] > 0, report["engines"]["torch_fp32"]
+    assert "best layout NCHW" in report["engines"]["torch_fp32"]["note"]
+    assert report["max_abs_diff_vs_reference"]["bnn_tvm"] == 0
+
+
 def test_bench_rejects_bad_options(capsys):
     assert main(["bench", "--layer", "conv3x3:8x4x4", "--engines", "bnn_tvm,tensorflow"]) == 2
     assert "tensorflow" in capsys.readouterr().err

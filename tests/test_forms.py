@@ -314,6 +314,25 @@ def test_gemm_with_transposed_binary_weights_and_bias(tmp_path):
     assert report.max_abs_diff == 0.0
 
 
+@pytest.mark.parametrize("binarizer", ["where", "cast"])
+def test_binary_matmul_on_tokens(tmp_path, binarizer):
+    """Transformer-style ``x[N, T, C] @ W[C, O]`` on binarized tokens (features on the last axis),
+    a scale and bias, then another: each matmul is a binary dense over the N * T rows, exact
+    (a 3-D tensor would otherwise be packed as NCW, along T)."""
+    g = GraphBuilder([1, 7, 48], seed=11)
+    g.input = helper.make_tensor_value_info("x", 1, ["N", 7, 48])
+    bits = g.binarize if binarizer == "where" else (lambda t: binarize_cast(g, t))
+    h = g.node("MatMul", [bits("x"), g.const(g.binary_weight((48, 40)), "w")])
+    h = g.node("Add", [g.node("Mul", [h, g.const(np.float32(0.25))]), g.const(g.rng.standard_normal(40).astype(np.float32))])
+    out = g.node("MatMul", [bits(h), g.const(g.binary_weight((40, 12)), "w")])
+    path = save(g.model([out, h]), tmp_path / "m.onnx")
+    report = check(path, inputs([1, 7, 48]), ["-> tokens_as_rows", "-> binary_dense"])
+    assert report.max_abs_diff == 0.0
+    assert sum("-> binary_dense " in line for line in report.fused) == 2, report.fused
+    notes = [r for r in inspect_onnx(path) if r.op_type in ("MatMul", "GreaterOrEqual")]
+    assert notes and all(r.binary for r in notes), notes
+
+
 def test_binarizer_feeding_a_non_binary_op_stays_exact(tmp_path):
     g = GraphBuilder([1, 6, 4, 4], seed=10)
     b = g.binarize("x")
