@@ -318,7 +318,8 @@ def test_gemm_with_transposed_binary_weights_and_bias(tmp_path):
 def test_binary_matmul_on_tokens(tmp_path, binarizer):
     """Transformer-style ``x[N, T, C] @ W[C, O]`` on binarized tokens (features on the last axis),
     a scale and bias, then another: each matmul is a binary dense over the N * T rows, exact
-    (a 3-D tensor would otherwise be packed as NCW, along T)."""
+    (a 3-D tensor would otherwise be packed as NCW, along T), and the ops between them move
+    onto the rows, where they fold into the first dense's thresholds."""
     g = GraphBuilder([1, 7, 48], seed=11)
     g.input = helper.make_tensor_value_info("x", 1, ["N", 7, 48])
     bits = g.binarize if binarizer == "where" else (lambda t: binarize_cast(g, t))
@@ -329,8 +330,10 @@ def test_binary_matmul_on_tokens(tmp_path, binarizer):
     report = check(path, inputs([1, 7, 48]), ["-> tokens_as_rows", "-> binary_dense"])
     assert report.max_abs_diff == 0.0
     assert sum("-> binary_dense " in line for line in report.fused) == 2, report.fused
-    notes = [r for r in inspect_onnx(path) if r.op_type in ("MatMul", "GreaterOrEqual")]
-    assert notes and all(r.binary for r in notes), notes
+    # the scale and bias after the first dense and the binarizer fold into its thresholds
+    assert "binary_dense + 2 float op(s) + binarizer -> binary_dense_threshold" in " | ".join(report.fused)
+    notes = [r for r in inspect_onnx(path) if r.op_type in ("MatMul", "Mul", "Add")]
+    assert len(notes) >= 4 and all(r.binary for r in notes), notes  # the cast form adds a Mul and a Sub
 
 
 def test_binarizer_feeding_a_non_binary_op_stays_exact(tmp_path):
