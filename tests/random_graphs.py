@@ -4,10 +4,12 @@ Each graph chains a few random blocks (plain, residual, concatenated or shared-i
 convs, per-channel ops after them, OR pools on bits, XNOR-Net's conv -> pool -> BN order, RSign,
 grouped and dilated convs, explicit ±1 padding, a Bi-Real downsampling block, a ``Sign`` that
 can be 0, a binary dense at the end) with random channel counts, sizes and batch norms (some
-with negative gammas), and exposes a few inner tensors as graph outputs. ``verify`` must find
+with negative gammas), and exposes a few inner tensors as graph outputs; token graphs chain
+binary matmuls on ``[N, T, C]`` with elementwise ops and residual adds. ``verify`` must find
 every one exact: the combinations are what no hand-written case covers.
 
-    python tests/random_graphs.py 0 200     # a longer sweep than the test run's
+    python tests/random_graphs.py 0 200             # a longer sweep than the test run's
+    python tests/random_graphs.py 0 200 --tokens    # binary matmuls on [N, T, C] tokens
 """
 
 from __future__ import annotations
@@ -119,6 +121,45 @@ def random_graph(seed: int) -> tuple[onnx.ModelProto, np.ndarray]:
     return g.model(list(dict.fromkeys(outputs))), x
 
 
+def token_ops(g: GraphBuilder, t: str, c: int, rng) -> str:
+    """Up to three elementwise ops on ``[N, T, c]`` tokens: per-feature or scalar constants,
+    ReLU, Clip."""
+    for _ in range(rng.integers(0, 4)):
+        kind = rng.choice(["Sub", "Add", "Mul", "Relu", "Clip"])
+        if kind in ("Sub", "Add", "Mul"):
+            shape = [(), (c,), (1, 1, c)][int(rng.integers(0, 3))]
+            const = rng.standard_normal(shape).astype(np.float32)
+            t = g.node(kind, [t, g.const(np.abs(const) + np.float32(0.1) if kind == "Mul" else const)])
+        elif kind == "Relu":
+            t = g.node("Relu", [t])
+        else:
+            t = g.node("Clip", [t, g.const(np.float32(-2.0)), g.const(np.float32(2.0))])
+    return t
+
+
+def random_token_graph(seed: int) -> tuple[onnx.ModelProto, np.ndarray]:
+    """``(model, input)``: binary matmuls on ``[N, T, C]`` tokens (features last) with elementwise
+    ops and residual adds between them, as in binary MLP-Mixer or transformer layers."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    tokens, c = int(rng.integers(2, 9)), int(rng.integers(8, 80))
+    g = GraphBuilder([1, tokens, c], seed=seed)
+    g.input = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", tokens, c])
+    t, outputs = "x", []
+    for _ in range(int(rng.integers(1, 4))):
+        hidden = int(rng.integers(8, 80))
+        h = token_ops(g, g.node("MatMul", [g.binarize(t), g.const(g.binary_weight((c, hidden)), "w")]), hidden, rng)
+        out = token_ops(g, g.node("MatMul", [g.binarize(h), g.const(g.binary_weight((hidden, c)), "w")]), c, rng)
+        t = g.node("Add", [out, t]) if rng.random() < 0.6 else out
+        if rng.random() < 0.3:
+            outputs.append(h)
+    outputs.append(t)
+    x = rng.standard_normal((2, tokens, c)).astype(np.float32)
+    x[:, ::3] = 0.0
+    return g.model(list(dict.fromkeys(outputs))), x
+
+
 def main() -> int:
     import tempfile
 
@@ -130,7 +171,7 @@ def main() -> int:
     failed = []
     with tempfile.TemporaryDirectory() as folder:
         for seed in range(first, last):
-            model, x = random_graph(seed)
+            model, x = (random_token_graph if "--tokens" in sys.argv else random_graph)(seed)
             path = save(model, os.path.join(folder, f"random_{seed}.onnx"))
             report = verify(path, "x86", x=x)
             print(seed, "OK" if report.ok else "FAILED", flush=True)
