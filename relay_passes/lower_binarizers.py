@@ -18,6 +18,7 @@ binary.
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import relax
 
 from schedules import bitserial
@@ -68,13 +69,13 @@ def binarized_input(ctx: RuleContext, call):
 
 
 def flattened_source(ctx: RuleContext, x):
-    """``y`` when ``x`` is ``reshape(y)`` flattening NCHW ``y`` to ``[N, C*H*W]``."""
+    """``y`` when ``x`` is ``reshape(y)`` flattening NCHW (or NCW) ``y`` to ``[N, C*H*W]``."""
     node = ctx.producer(x)
     if op_name(node) != "relax.reshape":
         return None
     source = node.args[0]
     src, dst = shape_of(source), shape_of(x)
-    if len(src) == 4 and len(dst) == 2 and src[0] == dst[0] and dst[1] == src[1] * src[2] * src[3]:
+    if len(src) in (3, 4) and len(dst) == 2 and src[0] == dst[0] and dst[1] == int(np.prod(src[1:])):
         return source
     return None
 
@@ -109,7 +110,8 @@ def lower_binarizer(ctx: RuleContext, call):
     source = flattened_source(ctx, x)
     if source is not None:
         flat_shape, x = shape_of(x), source
-    elif len(shape_of(x)) == 3:  # NCW: binarize its one-row NCHW view (see lift_conv1d)
+    if len(shape_of(x)) == 3:  # NCW: binarize its one-row NCHW view (see lift_conv1d)
         n, c, length = shape_of(x)
-        flat_shape, x = shape_of(x), ctx.builder_.emit(relax.op.reshape(x, [n, c, 1, length]), "rows")
+        flat_shape = flat_shape if flat_shape is not None else shape_of(x)
+        x = ctx.builder_.emit(relax.op.reshape(x, [n, c, 1, length]), "rows")
     return pack_and_unpack(ctx, x, flat_shape, call.args[0])

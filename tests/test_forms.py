@@ -178,6 +178,19 @@ def test_one_dimensional_binary_convs(tmp_path):
     assert "one row" in convs[0].note
 
 
+def test_one_dimensional_conv_then_flatten_and_binary_dense(tmp_path):
+    """A keyword-spotting head: binary conv1d -> BN -> Flatten -> binarizer -> binary dense. The
+    binarizer is moved before the flatten (it commutes), so the BN folds into the conv's
+    thresholds as for a 2-D conv, and the dense reads the packed bits; exact."""
+    g = GraphBuilder([1, 16, 40], seed=3)
+    conv = g.node("Conv", [g.binarize("x"), g.const(g.binary_weight((24, 16, 3)), "w")], kernel_shape=[3],
+                  strides=[2], pads=[1, 1])
+    flat = g.node("Flatten", [g.batch_norm(conv, *g.random_bn(24, 0.3))])
+    out = g.node("Gemm", [g.binarize(flat), g.const(g.binary_weight((10, 24 * 20)), "w")], transB=1)
+    report = check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 16, 40]), ["binary_conv2d_threshold", "-> binary_dense"])
+    assert report.max_abs_diff == 0
+
+
 def test_residual_shortcut_bireal_style(tmp_path):
     """x -> binarize -> binary conv -> BN -> + x (real-valued shortcut) -> binarize -> conv."""
     g = GraphBuilder([1, 16, 6, 6], seed=4)
