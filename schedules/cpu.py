@@ -297,11 +297,15 @@ def largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
 
 
-def tile(channels: int, width: int, unit: VectorUnit, channel_limit: int | None = None) -> tuple[int, int, int]:
+def tile(channels: int, width: int, unit: VectorUnit, channel_limit: int | None = None,
+         transposed: bool = True, vectors: int | None = None) -> tuple[int, int, int]:
     """``(lanes, channel_block, width_block)``: the register tile of accumulators.
 
     Two weight vectors per step (reused across the tile's positions) and as many positions as
     the register budget allows; the width block divides the width so no loop needs a tail.
+    A tile whose epilogue is ``transposed`` (NCHW out) prefers whole 4x4 blocks of positions;
+    a dense's rows are stored as they are, so it takes the most rows that fit. ``vectors``
+    fixes the channel vectors per tile (a threshold tile is one 32-channel word).
     The tile stays under TVM's stack-allocation limit: a larger local buffer becomes a heap
     workspace, which LLVM cannot keep in registers (it zeroes it with memset and round-trips
     every accumulator through memory).
@@ -311,12 +315,13 @@ def tile(channels: int, width: int, unit: VectorUnit, channel_limit: int | None 
     if channel_limit is not None:
         most = max(1, min(most, channel_limit // lanes))
     candidates = []
-    for vectors in range(most, 0, -1):
+    for vectors in [vectors] if vectors else range(most, 0, -1):
         limit = max(1, min(unit.accumulators // vectors, (MAX_STACK_BYTES - 1) // (4 * lanes * vectors)))
         divisors = [d for d in range(1, min(width, limit) + 1) if width % d == 0]
-        quads = [d for d in divisors if d % 4 == 0]  # transposed by whole 4x4 blocks: no padding
+        quads = [d for d in divisors if d % 4 == 0] if transposed else []  # whole 4x4 blocks: no padding
         positions = max(quads or divisors)
-        candidates.append(((positions % 4 == 0, positions * vectors, positions), lanes * vectors, positions))
+        candidates.append(((positions % 4 == 0 or not transposed, positions * vectors, positions),
+                           lanes * vectors, positions))
     _, channel_block, positions = max(candidates)
     return lanes, channel_block, positions
 
@@ -589,7 +594,7 @@ def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     out = sch.get_sblock("table_lookup" if table else "dot_float")  # a lookup per output, or a convert
     n, o = sch.get_loops(out)
     channels, batch = extents(sch, [o, n])
-    lanes, channel_block, batch_block = tile(channels, batch, unit)
+    lanes, channel_block, batch_block = tile(channels, batch, unit, transposed=False)
     n_outer, n_inner = sch.split(n, [None, batch_block])
     o_outer, o_inner = sch.split(o, [None, channel_block])
     sch.reorder(n_outer, o_outer, n_inner, o_inner)
@@ -615,7 +620,10 @@ def dense_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     channels = int(sch.get(sch.get_loops(mism)[1]).extent)
     (batch,) = extents(sch, [n])
     word_aligned = channels % WORD_BITS == 0
-    lanes, channel_block, batch_block = tile(channels, batch, unit, WORD_BITS if word_aligned else None)
+    # word-aligned: each tile accumulates one word's 32 channels for its rows
+    word_vectors = WORD_BITS // vector_lanes(channels, unit) if word_aligned else None
+    lanes, channel_block, batch_block = tile(channels, batch, unit, WORD_BITS if word_aligned else None,
+                                             transposed=False, vectors=word_vectors)
     n_outer, n_inner = sch.split(n, [None, batch_block])
     sch.reorder(n_outer, cw, n_inner)
     sch.compute_at(bits, n_inner, preserve_unit_loops=True)
