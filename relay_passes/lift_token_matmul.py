@@ -69,7 +69,7 @@ def sink_token_view(ctx: RuleContext, call):
     if any(a is None for a in args):
         return None
     rows = ctx.builder_.emit(relax.Call(call.op, args, call.attrs), ctx.binding)
-    ctx.alias((ctx.binding,), rows)  # not a fusion of its own: what later passes fold it into is
+    ctx.alias((ctx.binding,), rows)  # no fusion of its own: a later fold credits it to its node
     return relax.op.reshape(rows, tokens)
 
 

@@ -25,7 +25,8 @@ from .split_ternary_sign import split_ternary_sign
 def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) -> tvm.transform.Pass:
     """Fuse every recognised binary layer; everything else stays on TVM's float path.
 
-    The fusions run twice: a ``Sign`` can only be proven binary once the layer before it is
+    First, 1-D convs and matmuls on ``[N, T, C]`` tokens become the 2-D forms the fusions
+    know (a one-row conv2d, a dense over the rows). The fusions run twice: a ``Sign`` can only be proven binary once the layer before it is
     fused, and the layer after it is fused in the second round. ``float_epilogues``: float ops
     after a binary kernel become its epilogue (LLVM targets), a residual add after it too (and
     the per-channel ops after it, also when a channel concat of such kernels comes between);
