@@ -1,4 +1,4 @@
-"""Fold a residual add into the binary conv whose float epilogue it finishes.
+"""Fold a residual add into the binary conv (or dense) whose float epilogue it finishes.
 
 In a residual binary network (Bi-Real: ``x + BN(binary conv(sign x))``) the conv's float
 epilogue (``FoldFloatEpilogues``) is followed by an ``add`` of the shortcut tensor. When the
@@ -32,8 +32,9 @@ from .common import (
 )
 from .fold_thresholds import SCALE_INPUT, integer_dot, kernel_params, single_step
 
-KERNEL = "binary_conv2d_epilogue"
-SOURCE = "binary_conv2d"  # the integer compute the epilogue kernel finishes
+# epilogue kernel -> (the integer compute it finishes, what a note calls it)
+SOURCES = {"binary_conv2d_epilogue": ("binary_conv2d", "binary conv"),
+           "binary_dense_epilogue": ("binary_dense", "binary dense")}
 
 
 def residual_rule(uses: dict):
@@ -42,12 +43,13 @@ def residual_rule(uses: dict):
             return None
         for conv, shortcut in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
             kernel = ctx.bnn_kernel(conv)
-            if kernel is None or kernel[0] != KERNEL or uses.get(conv, 0) != 1:
+            if kernel is None or kernel[0] not in SOURCES or uses.get(conv, 0) != 1:
                 continue
             steps = tuple(str(kernel[1]["bnn.epilogue"]).split(","))
             if bitserial.RESIDUAL in steps or dtype_of(shortcut) != "float32" or shape_of(shortcut) != shape_of(conv):
                 continue
-            return emit(ctx, conv, [shortcut], kernel[1], steps + (bitserial.RESIDUAL,))
+            return emit(ctx, conv, [shortcut], kernel, steps + (bitserial.RESIDUAL,),
+                        f"residual add as the {SOURCES[kernel[0]][1]}'s last epilogue step")
         return None
 
     return fold
@@ -63,30 +65,32 @@ def after_residual_rule(uses: dict):
             return None
         steps, source = found
         kernel = ctx.bnn_kernel(source)
-        if kernel is None or kernel[0] != KERNEL or uses.get(source, 0) != 1 or shape_of(source) != shape_of(call):
+        if kernel is None or kernel[0] not in SOURCES or uses.get(source, 0) != 1 or shape_of(source) != shape_of(call):
             return None
         old = tuple(str(kernel[1]["bnn.epilogue"]).split(","))
         if bitserial.RESIDUAL not in old:
             return None
         extra = [relax.const(step.const) for step in steps]
-        return emit(ctx, source, extra, kernel[1], old + tuple(step.op for step in steps),
-                    f"{' + '.join(step.op for step in steps)} after the residual add, in the binary conv's epilogue")
+        return emit(ctx, source, extra, kernel, old + tuple(step.op for step in steps),
+                    f"{' + '.join(step.op for step in steps)} after the residual add, "
+                    f"in the {SOURCES[kernel[0]][1]}'s epilogue")
 
     return fold
 
 
-def emit(ctx: RuleContext, conv, operands, attrs: dict, steps: tuple[str, ...],
-         note: str = "residual add as the binary conv's last epilogue step"):
-    """The epilogue kernel of ``conv`` with ``operands`` (a shortcut tensor, per-channel
-    constants) appended for its new last ``steps``."""
-    inputs = ctx.kernel_inputs(conv)
-    count = SCALE_INPUT[SOURCE]
-    dot = integer_dot(SOURCE, attrs)
-    ctx.fused(KERNEL, note)  # the folded node: the conv keeps its line
+def emit(ctx: RuleContext, source, operands, kernel: tuple[str, dict], steps: tuple[str, ...], note: str):
+    """The epilogue ``kernel`` (name, attributes) that ``source`` is bound to, with ``operands``
+    (a shortcut tensor, per-channel constants) appended for its new last ``steps``."""
+    name, attrs = kernel
+    integer = SOURCES[name][0]
+    inputs = ctx.kernel_inputs(source)
+    count = SCALE_INPUT[integer]
+    dot = integer_dot(integer, attrs)
+    ctx.fused(name, note)  # the folded node: the conv or dense keeps its line
     params = {**kernel_params(attrs), "epilogue": ",".join(steps)}
     return ctx.emit_kernel(
         lambda *args: bitserial.dot_to_float_nchw(dot(*args[:count]), *args[count:], steps=steps),
-        *inputs, *operands, op=KERNEL, **params,
+        *inputs, *operands, op=name, **params,
     )
 
 

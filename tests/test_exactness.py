@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import helper
 from onnx_builders import GraphBuilder, conv_block_model, save
 
 from bnn_tvm.inspect import inspect_onnx
@@ -213,6 +214,25 @@ def test_rprelu_after_a_channel_concat_runs_in_each_parts_epilogue(tmp_path, con
     assert folded == (0 if concat_is_output else 2 * per_part), report.fused
     notes = {r.op_type: r for r in inspect_onnx(path) if r.op_type in ("Sub", "PRelu", "Clip")}
     assert all(r.binary != concat_is_output for r in notes.values()), notes
+
+
+def test_residual_add_after_a_binary_dense_runs_in_its_epilogue(tmp_path):
+    """A residual binary MLP: ``PReLU(x + (dense(sign x) * s + b))``, its output both a graph
+    output and the next binarizer's input. The add and the PReLU after it run in the dense
+    kernel's epilogue, each rounded on its own: exact."""
+    features = 64
+    g = GraphBuilder([1, features], seed=22)
+    g.input = helper.make_tensor_value_info("x", 1, ["N", features])
+    rng = np.random.default_rng(23)
+    dense = g.node("Gemm", [g.binarize("x"), g.const(g.binary_weight((features, features)), "w")], transB=1)
+    scaled = g.node("Add", [g.node("Mul", [dense, g.const(rng.uniform(0.01, 0.1, features).astype(np.float32))]),
+                            g.const(rng.standard_normal(features).astype(np.float32))])
+    summed = g.node("PRelu", [g.node("Add", [scaled, "x"]), g.const(rng.uniform(0.1, 0.9, features).astype(np.float32))])
+    out = g.node("Gemm", [g.binarize(summed), g.const(g.binary_weight((10, features)), "w")], transB=1)
+    path = save(g.model([out, summed]), tmp_path / "m.onnx")
+    report = check(path, inputs([1, features], batch=5), ["residual add as the binary dense's last epilogue step",
+                                                          "prelu after the residual add, in the binary dense's epilogue"])
+    assert report.max_abs_diff == 0
 
 
 def test_float_stem_with_bias_and_bn_in_its_epilogue(tmp_path):
