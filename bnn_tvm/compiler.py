@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -70,16 +71,21 @@ class LoweredModel:
     logs: list
     provenance: dict  # Relax variable name -> ONNX node name
 
-    def onnx_nodes(self, names) -> list[str]:
-        """The ONNX nodes behind Relax variable names; bit tensors the passes made count as their
-        binarizer's nodes, and bindings a pass emitted for a node's op (``PassLog.aliases``) as
-        that node."""
+    @functools.cached_property
+    def aliases(self) -> dict:
+        """Relax variable name -> the names it stands for: a bit tensor the passes made, its
+        binarizer's; a binding a pass emitted for a node's op (``PassLog.aliases``), that node's."""
         aliases = {
             r.nodes[-1]: r.nodes[:-1] for log in self.logs for r in log.rewrites
             if r.kernel in ("pack_sign", "pack_sign_pair", "pack_levels")
         }
         for log in self.logs:
             aliases.update(log.aliases)
+        return aliases
+
+    def onnx_nodes(self, names) -> list[str]:
+        """The ONNX nodes behind Relax variable names, through ``aliases``."""
+        aliases = self.aliases
 
         def resolve(name: str, seen: frozenset = frozenset()) -> list[str]:
             if name in self.provenance or name not in aliases or name in seen:

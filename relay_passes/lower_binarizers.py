@@ -18,13 +18,13 @@ binary.
 
 from __future__ import annotations
 
-import numpy as np
 from tvm import relax
 
 from schedules import bitserial
 
 from .common import RuleContext, dtype_of, op_name, shape_of
 from .fold_thresholds import per_channel
+from .fuse_binary_dense import flattened_source
 
 
 def _compare_source(ctx: RuleContext, cond, op: str):
@@ -68,18 +68,6 @@ def binarized_input(ctx: RuleContext, call):
     return None
 
 
-def flattened_source(ctx: RuleContext, x):
-    """``y`` when ``x`` is ``reshape(y)`` flattening NCHW (or NCW) ``y`` to ``[N, C*H*W]``."""
-    node = ctx.producer(x)
-    if op_name(node) != "relax.reshape":
-        return None
-    source = node.args[0]
-    src, dst = shape_of(source), shape_of(x)
-    if len(src) in (3, 4) and len(dst) == 2 and src[0] == dst[0] and dst[1] == int(np.prod(src[1:])):
-        return source
-    return None
-
-
 def pack_and_unpack(ctx: RuleContext, x, flat_shape=None, *matched):
     """``unpack(pack(x))`` (reshaped to ``flat_shape`` if given), ``x`` float NCHW or [N, C].
 
@@ -107,8 +95,8 @@ def lower_binarizer(ctx: RuleContext, call):
     # Binarizing commutes with a flatten: binarize the NCHW tensor, so the producer's batch norm
     # can fold into a threshold and the bits stay channel-packed; flatten the unpacked view.
     flat_shape = None
-    source = flattened_source(ctx, x)
-    if source is not None:
+    source = flattened_source(ctx, x)  # x itself unless x is the flatten of an NCHW or NCW tensor
+    if source is not None and source is not x and len(shape_of(source)) in (3, 4):
         flat_shape, x = shape_of(x), source
     if len(shape_of(x)) == 3:  # NCW: binarize its one-row NCHW view (see lift_conv1d)
         n, c, length = shape_of(x)
