@@ -17,7 +17,8 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 
 def mixer_model(tokens: int = 196, features: int = 384, hidden: int = 1536, blocks: int = 2, seed: int = 1):
@@ -40,9 +41,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", help="the ONNX file to write")
     args = parser.parse_args()
-    from onnx_builders import save
+    import onnx
 
-    save(mixer_model(), args.output)
+    from bnn_tvm.errors import BnnError
+    from bnn_tvm.io import atomic_write
+
+    model = mixer_model()
+    try:
+        atomic_write(args.output, lambda tmp: onnx.save(model, tmp))
+    except BnnError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {args.output}")
     return 0
 
