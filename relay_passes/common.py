@@ -85,6 +85,12 @@ class RuleContext(relax.PyExprMutator):
         for var in new_vars:
             self.log.aliases[var.name] = tuple(originals)
 
+    def logged_name(self, hint: str) -> str:
+        """A name for a binding the log keys on (a bit tensor): ``hint`` after the binding being
+        rewritten. Each pass's builder makes only its own names unique, and ``LoweredModel``
+        resolves names across all passes."""
+        return f"{self.binding}.{hint}" if self.binding else hint
+
     def keep_float(self, reason: str, *nodes) -> None:
         """Record why the binding being visited (and the given variables) stay float."""
         for name in [self.binding] + [n.name for n in nodes if isinstance(n, relax.Var)]:

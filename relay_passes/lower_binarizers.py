@@ -74,7 +74,7 @@ def pack_and_unpack(ctx: RuleContext, x, flat_shape=None, *matched):
     ``matched``: the other variables of the binarizer pattern, for the log.
     """
     channels = shape_of(x)[1]
-    packed = ctx.builder_.emit(ctx.emit_kernel(bitserial.pack_sign, x, op="pack_sign"), "packed")
+    packed = ctx.builder_.emit(ctx.emit_kernel(bitserial.pack_sign, x, op="pack_sign"), ctx.logged_name("packed"))
     # the bit tensor goes last: inspect maps it back to the binarizer
     ctx.fused("pack_sign", f"binarizer on {shape_of(x)}", *matched, packed)
     unpacked = ctx.emit_kernel(
@@ -85,6 +85,17 @@ def pack_and_unpack(ctx: RuleContext, x, flat_shape=None, *matched):
     return relax.op.reshape(ctx.builder_.emit(unpacked), flat_shape)
 
 
+def before_flatten(ctx: RuleContext, x):
+    """``(t, flat_shape)``: ``x`` as the NCHW or NCW tensor ``t`` a flatten made it from and
+    ``x``'s shape, or ``(x, None)``. Binarizing commutes with a flatten: binarize ``t``, so the
+    producer's batch norm can fold into a threshold and the bits stay channel-packed, and
+    flatten the unpacked view."""
+    source = flattened_source(ctx, x)  # x itself unless x is the flatten of an NCHW or NCW tensor
+    if source is not None and source is not x and len(shape_of(source)) in (3, 4):
+        return source, shape_of(x)
+    return x, None
+
+
 def lower_binarizer(ctx: RuleContext, call):
     x = binarized_input(ctx, call)
     if x is None:
@@ -92,12 +103,7 @@ def lower_binarizer(ctx: RuleContext, call):
     if len(shape_of(x)) not in (2, 3, 4) or dtype_of(x) != "float32":
         ctx.keep_float(f"binarizer on a {len(shape_of(x))}-d {dtype_of(x)} tensor (NCHW, NCW or [N, C] float32 only)")
         return None
-    # Binarizing commutes with a flatten: binarize the NCHW tensor, so the producer's batch norm
-    # can fold into a threshold and the bits stay channel-packed; flatten the unpacked view.
-    flat_shape = None
-    source = flattened_source(ctx, x)  # x itself unless x is the flatten of an NCHW or NCW tensor
-    if source is not None and source is not x and len(shape_of(source)) in (3, 4):
-        flat_shape, x = shape_of(x), source
+    x, flat_shape = before_flatten(ctx, x)
     if len(shape_of(x)) == 3:  # NCW: binarize its one-row NCHW view (see lift_conv1d)
         n, c, length = shape_of(x)
         flat_shape = flat_shape if flat_shape is not None else shape_of(x)

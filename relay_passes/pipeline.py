@@ -21,13 +21,44 @@ from .lower_sign import lower_sign
 from .split_channel_ops_over_concat import split_channel_ops_over_concat
 from .split_ternary_sign import split_ternary_sign
 
+MAX_ROUNDS = 256  # Sign rounds: about one per layer of a chain of Sign layers
+
+
+def sign_rounds(logs: list[PassLog] | None, fusions) -> tvm.transform.Pass:
+    """``LowerSign``, ``SplitTernarySign`` and the ``fusions`` again and again until a round
+    rewrites nothing. A ``Sign`` can only be proven binary once the layer before it is a
+    binary kernel, so a ``Sign`` whose layer is fused in this round waits for the next; a chain
+    of ``Sign`` layers (BinaryNet's torch.sign) takes a round each. When only waiting ``Sign``s
+    are left (their layer did not fuse after all), one round splits them without waiting."""
+
+    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        wait = True
+        for _ in range(MAX_ROUNDS):
+            round_logs: list[PassLog] = []
+            mod = tvm.transform.Sequential([
+                rule_pass("LowerSign", lower_sign, round_logs),
+                rule_pass("SplitTernarySign", split_ternary_sign(wait), round_logs),  # the Signs LowerSign kept float
+                *fusions(round_logs),
+            ])(mod)
+            if logs is not None:
+                logs.extend(round_logs)
+            if any(log.changed for log in round_logs):
+                wait = True
+            elif wait:
+                wait = False
+            else:
+                break
+        return mod
+
+    return tvm.transform.module_pass(transform, opt_level=0, name="SignRounds")
+
 
 def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) -> tvm.transform.Pass:
     """Fuse every recognised binary layer; everything else stays on TVM's float path.
 
     First, 1-D convs and matmuls on ``[N, T, C]`` tokens become the 2-D forms the fusions
-    know (a one-row conv2d, a dense over the rows). The fusions run twice: a ``Sign`` can only be proven binary once the layer before it is
-    fused, and the layer after it is fused in the second round. ``float_epilogues``: float ops
+    know (a one-row conv2d, a dense over the rows). Then binarizers become packed bits, the
+    layers reading them binary kernels, and ``Sign`` rounds (``sign_rounds``) follow. ``float_epilogues``: float ops
     after a binary kernel become its epilogue (LLVM targets), a residual add after it too (and
     the per-channel ops after it, also when a channel concat of such kernels comes between);
     otherwise lookup tables where small. Last, identical kernel calls on the same tensors run
@@ -35,11 +66,11 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
     has one binarizer per layer, so a tensor read by two binary layers is packed twice.
     """
 
-    def fusions():
+    def fusions(to=logs):
         return [
-            rule_pass("FuseBinaryConv2d", fuse_binary_conv2d, logs),
-            rule_pass("FuseBinaryDense", fuse_binary_dense, logs),
-            rule_pass("FuseBinaryMaxPool", fuse_binary_maxpool, logs),
+            rule_pass("FuseBinaryConv2d", fuse_binary_conv2d, to),
+            rule_pass("FuseBinaryDense", fuse_binary_dense, to),
+            rule_pass("FuseBinaryMaxPool", fuse_binary_maxpool, to),
         ]
 
     return tvm.transform.Sequential(
@@ -51,9 +82,7 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
             rule_pass("LowerBinarizers", lower_binarizer, logs),
             rule_pass("LowerMultibit", lower_multibit, logs),
             *fusions(),
-            rule_pass("LowerSign", lower_sign, logs),
-            rule_pass("SplitTernarySign", split_ternary_sign, logs),  # the Signs LowerSign kept float
-            *fusions(),
+            sign_rounds(logs, fusions),
             rule_pass("FoldThresholds", fold_threshold, logs),
             relax.transform.DeadCodeElimination(),  # float ops the thresholds replaced are not chain ends
             *(

@@ -21,8 +21,10 @@ from tvm import relax
 from schedules import bitserial
 
 from .common import RuleContext, dtype_of, op_name, shape_of
-from .fuse_binary_conv2d import plain_conv_reason, split_scale
-from .fuse_binary_dense import flattened_source
+from .fold_thresholds import trace_chain
+from .fuse_binary_conv2d import binarized_conv_input, plain_conv_reason, split_scale
+from .fuse_binary_dense import flattened_source, packed_features
+from .lower_binarizers import before_flatten
 
 
 def sign_input(ctx: RuleContext, data):
@@ -39,7 +41,7 @@ def paired_bits(ctx: RuleContext, sign_var, x, groups: int):
     packed = ctx.builder_.emit(
         ctx.emit_kernel(lambda t: bitserial.pack_sign(t, pair_groups=groups), x, op="pack_sign_pair",
                         pair_groups=groups),
-        "packed_pair",
+        ctx.logged_name("packed_pair"),
     )
     ctx.fused("pack_sign_pair", f"Sign on {shape_of(x)} as two bipolar halves (its zeros exact)", sign_var, packed)
     channels = 2 * shape_of(x)[1]
@@ -67,39 +69,75 @@ STE_NOTE = ("input is a straight-through estimator left in the graph (p + (sign(
             "±1 in float32: export the binarizer alone (e.g. Where(x >= 0, 1, -1) at inference)")
 
 
-def split_conv(ctx: RuleContext, call):
+def conv_operands(ctx: RuleContext, call):
+    """``(x, W)`` when ``call`` is a plain conv of ``Sign(x)`` with constant ±alpha weights, else None."""
     data, weight_expr = call.args
-    if straight_through_estimator(ctx, data):
-        ctx.keep_float(STE_NOTE)
-        return None
     x = sign_input(ctx, data)
     weight = ctx.constant(weight_expr)
     if x is None or weight is None or plain_conv_reason(call.attrs, shape_of(x)[1]) is not None:
         return None
-    if split_scale(weight)[0] is None:
+    return (x, weight) if split_scale(weight)[0] is not None else None
+
+
+def dense_operands(ctx: RuleContext, call):
+    """``(source, x, W)`` when ``call`` is a matmul of a (flattened) ``Sign(x)`` with constant
+    ±alpha weights ``[K, O]``, else None."""
+    data, weight_expr = call.args
+    source = flattened_source(ctx, data)
+    x = None if source is None else sign_input(ctx, source)
+    weight = ctx.constant(weight_expr)
+    if x is None or weight is None or weight.ndim != 2 or split_scale(weight.T)[0] is None:
         return None
+    return source, x, weight
+
+
+def becomes_binary(ctx: RuleContext, expr) -> bool:
+    """Whether ``expr`` is a conv or dense that this round makes a binary kernel: on binarized
+    bits (the fusions after this pass) or on a ``Sign`` this pass splits."""
+    node = ctx.producer(expr)
+    name = op_name(node)
+    if name == "relax.nn.conv2d":
+        return binarized_conv_input(ctx, node.args[0]) is not None or conv_operands(ctx, node) is not None
+    if name == "relax.matmul":
+        return packed_features(ctx, node.args[0]) is not None or dense_operands(ctx, node) is not None
+    return False
+
+
+def waits_for_a_fusion(ctx: RuleContext, x) -> bool:
+    """Whether ``x`` is a per-channel float chain (across at most one max pool and a flatten)
+    of a layer that becomes a binary kernel in this round. Then ``LowerSign`` may prove, next
+    round, that this ``Sign`` never sees 0 (BinaryNet's torch.sign after BN and Hardtanh), and
+    the layer after it runs at the plain binary cost instead of twice it."""
+    return trace_chain(ctx, before_flatten(ctx, x)[0], is_source=becomes_binary, pools=[]) is not None
+
+
+def split_conv(ctx: RuleContext, call, wait: bool):
+    if straight_through_estimator(ctx, call.args[0]):
+        ctx.keep_float(STE_NOTE)
+        return None
+    operands = conv_operands(ctx, call)
+    if operands is None or (wait and waits_for_a_fusion(ctx, operands[0])):
+        return None
+    x, weight = operands
     paired = np.concatenate([weight, -weight], axis=1)  # per group: [W_g, -W_g] over [x_g, -x_g]
     attrs = call.attrs
     conv = ctx.builder_.emit(relax.op.nn.conv2d(
-        paired_bits(ctx, data, x, int(attrs.groups)), relax.const(paired.astype(np.float32)),
+        paired_bits(ctx, call.args[0], x, int(attrs.groups)), relax.const(paired.astype(np.float32)),
         strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation, groups=attrs.groups,
     ), "paired_conv")
     return relax.op.multiply(conv, relax.const(np.float32(0.5)))
 
 
-def split_dense(ctx: RuleContext, call):
-    data, weight_expr = call.args
+def split_dense(ctx: RuleContext, call, wait: bool):
+    data = call.args[0]
     viewed = ctx.producer(data)  # the estimator is named whatever the matmul's shape
     if straight_through_estimator(ctx, viewed.args[0] if op_name(viewed) == "relax.reshape" else data):
         ctx.keep_float(STE_NOTE)
         return None
-    source = flattened_source(ctx, data)
-    x = None if source is None else sign_input(ctx, source)
-    weight = ctx.constant(weight_expr)  # [K, O]
-    if x is None or weight is None or weight.ndim != 2:
+    operands = dense_operands(ctx, call)
+    if operands is None or (wait and waits_for_a_fusion(ctx, operands[1])):
         return None
-    if split_scale(weight.T)[0] is None:
-        return None
+    source, x, weight = operands
     bits = paired_bits(ctx, source, x, 1)
     features = int(np.prod(shape_of(bits)[1:]))
     flat = bits if len(shape_of(bits)) == 2 else ctx.builder_.emit(
@@ -110,10 +148,15 @@ def split_dense(ctx: RuleContext, call):
     return relax.op.multiply(product, relax.const(np.float32(0.5)))
 
 
-def split_ternary_sign(ctx: RuleContext, call):
-    name = op_name(call)
-    if name == "relax.nn.conv2d":
-        return split_conv(ctx, call)
-    if name == "relax.matmul":
-        return split_dense(ctx, call)
-    return None
+def split_ternary_sign(wait: bool):
+    """The rule; ``wait``: leave a ``Sign`` whose input ``waits_for_a_fusion`` for a later round."""
+
+    def rule(ctx: RuleContext, call):
+        name = op_name(call)
+        if name == "relax.nn.conv2d":
+            return split_conv(ctx, call, wait)
+        if name == "relax.matmul":
+            return split_dense(ctx, call, wait)
+        return None
+
+    return rule

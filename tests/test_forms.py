@@ -256,6 +256,54 @@ def test_sign_that_can_be_zero_runs_as_two_bipolar_halves(tmp_path):
     assert all(r.binary for r in notes.values() if r.op_type in ("Sign", "Conv", "Gemm")), notes
 
 
+def binarynet_graph():
+    """BinaryNet's PyTorch layers (``torch.sign`` on activations): Sign -> conv -> MaxPool ->
+    BN -> Hardtanh -> Sign -> conv -> BN -> Hardtanh -> Sign -> Flatten -> MatMul -> BN ->
+    Hardtanh -> Sign -> MatMul. Input ``[N, 16, 8, 8]``."""
+    g = GraphBuilder([1, 16, 8, 8], seed=11)
+
+    def hardtanh(t):
+        return g.node("Clip", [t, g.const(np.float32(-1)), g.const(np.float32(1))])
+
+    y = g.conv(g.node("Sign", ["x"]), g.binary_weight((32, 16, 3, 3)), pad=1)
+    y = hardtanh(g.batch_norm(g.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2]), *g.random_bn(32, 0.3)))
+    y = hardtanh(g.batch_norm(g.conv(g.node("Sign", [y]), g.binary_weight((32, 32, 3, 3)), pad=1), *g.random_bn(32, 0.3)))
+    flat = g.node("Flatten", [g.node("Sign", [y])])
+    y = g.node("MatMul", [flat, g.const(g.binary_weight((32 * 4 * 4, 40)))])
+    y = hardtanh(g.batch_norm(y, *g.random_bn(40, 0.3)))
+    return g.model([g.node("MatMul", [g.node("Sign", [y]), g.const(g.binary_weight((40, 10)))])])
+
+
+def test_binarynet_sign_chain_runs_at_the_plain_binary_cost(tmp_path):
+    """Only the first ``Sign`` (on the float input, where 0 occurs) needs the two bipolar
+    halves. Each later one reads BN + Hardtanh of a binary layer's integer result (across a
+    max pool, or a flatten), which never maps to 0 here: it is proven binary once that layer is
+    a kernel, a round later, and folds into its thresholds; the next layer runs on C channels,
+    not 2C."""
+    x = inputs([1, 16, 8, 8])
+    x[:, :, ::3] = 0.0
+    report = verify(save(binarynet_graph(), tmp_path / "m.onnx"), "x86", x=x)
+    assert report.ok, "\n".join(report.lines())
+    fused = " | ".join(report.fused)
+    assert fused.count("-> pack_sign_pair") == 1, fused
+    assert fused.count("-> binary_conv2d_threshold") == 2, fused
+    assert fused.count("-> binary_dense_threshold") == 1, fused
+    assert "conv2d 32x32x3x3" in fused and "dense 512->40" in fused, fused  # C channels, not 2C
+    assert report.binary_checked == 3  # the three proven Signs, compared with ORT's
+
+
+def test_sign_after_a_layer_that_stays_float_still_runs_as_two_halves(tmp_path):
+    """A conv on binarized bits with float weights looks like a layer about to become a binary
+    kernel, so the ``Sign`` after it waits; the conv stays float, and once nothing else changes
+    the waiting ``Sign`` is split like any other."""
+    g = GraphBuilder([1, 16, 8, 8], seed=12)
+    float_weights = g.rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    y = g.batch_norm(g.conv(g.binarize("x"), float_weights, pad=1), *g.random_bn(32, 0.3))
+    out = g.conv(g.node("Sign", [y]), g.binary_weight((8, 32, 3, 3)), pad=1)
+    report = check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 16, 8, 8]), ["-> pack_sign_pair"])
+    assert "conv2d 8x64x3x3" in " | ".join(report.fused)
+
+
 def test_power_of_two_weight_scales_folded_into_weights(tmp_path):
     g = GraphBuilder([1, 12, 6, 6], seed=7)
     alpha = (2.0 ** np.arange(-3, 5)).astype(np.float32)  # IR-Net style per-channel 2^k
