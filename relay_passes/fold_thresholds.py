@@ -275,11 +275,12 @@ def kernel_value_model(ctx: RuleContext, source, name: str, attrs: dict, channel
     return taps, scale, error, levels
 
 
-def decision_interval(steps, channels: int, taps: int, scale=None, error=None, levels: int = 1):
-    """Per channel ``[low, high]`` such that ``chain(d) >= 0`` iff ``low <= d <= high``; None if
-    no interval says it (not monotone, or a value within rounding error of the threshold)."""
+def decision_interval(steps, channels: int, taps: int, scale=None, error=None, levels: int = 1, strict: bool = False):
+    """Per channel ``[low, high]`` such that ``chain(d) >= 0`` (``strict``: ``> 0``) iff
+    ``low <= d <= high``; None if no interval says it (not monotone, or a value within rounding
+    error of the threshold)."""
     candidates = candidates_of(taps, levels)
-    decisions = [y >= 0 for y in chain_values(steps, channels, taps, scale, error, levels)]
+    decisions = [y > 0 if strict else y >= 0 for y in chain_values(steps, channels, taps, scale, error, levels)]
     if any(np.any(other != decisions[0]) for other in decisions[1:]):
         return None
     decide = decisions[0]
@@ -319,8 +320,8 @@ class Chain:
         """Whether the float graph's value at each integer is known exactly (no rounding band)."""
         return self.error is None or not self.error.size or self.error.max() <= 0
 
-    def decision_interval(self):
-        return decision_interval(self.steps, self.channels, self.taps, self.scale, self.error, self.levels)
+    def decision_interval(self, strict: bool = False):
+        return decision_interval(self.steps, self.channels, self.taps, self.scale, self.error, self.levels, strict)
 
 
 def analyse_chain(ctx: RuleContext, expr, pools: list | None = None) -> Chain | None:
@@ -345,7 +346,7 @@ def fold_threshold(ctx: RuleContext, call):
     if chain is None:
         return None
     source, steps, visited, name, attrs = chain.source, chain.steps, chain.visited, chain.name, chain.attrs
-    interval = chain.decision_interval()
+    interval = chain.decision_interval(strict=bool(int(kernel[1].get("bnn.strict", 0))))
     if interval is None:
         ctx.keep_float(
             "the float ops before the binarizer are not monotone per channel, or a reachable value "

@@ -26,7 +26,8 @@ from .lower_binarizers import binarized_input
 
 LIFTED = "tokens_as_rows"  # the rewrite's name in the pass log: a view, not a kernel
 ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
-               "relax.greater_equal", "relax.less", "relax.where", "relax.astype", "relax.clip", "relax.nn.relu")
+               "relax.greater_equal", "relax.greater", "relax.less", "relax.less_equal", "relax.where", "relax.astype",
+               "relax.clip", "relax.nn.relu")
 
 
 def token_rows(ctx: RuleContext, expr):
@@ -100,11 +101,13 @@ def lift_matmul(ctx: RuleContext, call):
         ctx.alias((ctx.binding,), dense)
         ctx.fused(LIFTED, f"matmul on {t} tokens computed as a dense over {n * t} rows")
         return relax.op.reshape(dense, [n, t, values.shape[1]])
-    x = binarized_input(ctx, ctx.producer(data))
-    if x is None or shape_of(x) != shape_of(data):
+    found = binarized_input(ctx, ctx.producer(data))
+    if found is None or shape_of(found.x) != shape_of(data):
         return None
+    x = found.x
     rows = ctx.builder_.emit(relax.op.reshape(x, [n * t, c]), data.name)
-    positive = ctx.builder_.emit(relax.op.greater_equal(rows, relax.const(0.0, "float32")), data.name)
+    compare = relax.op.greater if found.strict else relax.op.greater_equal
+    positive = ctx.builder_.emit(compare(rows, relax.const(0.0, "float32")), data.name)
     bits = ctx.builder_.emit(relax.op.where(positive, relax.const(1.0, "float32"), relax.const(-1.0, "float32")), data.name)
     dense = ctx.builder_.emit(relax.op.matmul(bits, weight), ctx.binding)
     ctx.alias(pattern_bindings(ctx, data, x), rows, positive, bits)  # credited to the binarizer's nodes

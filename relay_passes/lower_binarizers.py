@@ -9,6 +9,9 @@ packed bits and feed them to binary kernels directly. Recognised forms, all mean
 * ``where(x < 0, -1, 1)``,
 * ``cast(x >= 0) * 2 - 1``,
 
+and the same with ``>`` (``<=``), meaning ``x > 0 -> +1``: a strict binarizer, packed by
+``x > 0`` (PyTorch code writes ``torch.where(x > 0, 1., -1.)`` as often as ``>=``),
+
 where the constants may also be full tensors no larger than the result (``torch.ones_like(x)``
 and ``-torch.ones_like(x)`` in ``torch.where``).
 
@@ -17,6 +20,8 @@ binary.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from tvm import relax
 
@@ -27,32 +32,47 @@ from .fold_thresholds import per_channel
 from .fuse_binary_dense import flattened_source
 
 
-def _compare_source(ctx: RuleContext, cond, op: str):
-    """``x`` for ``x >= 0`` (or ``x < 0``); ``x - beta`` for a per-channel constant ``beta``
-    (ReActNet's RSign). In IEEE arithmetic with subnormals ``x - beta >= 0`` exactly when
-    ``x >= beta``, and the subtraction is a per-channel step that thresholds fold."""
+class Binarized(NamedTuple):
+    """A binarizer's input ``x``; ``strict``: ``x > 0 -> +1`` instead of ``x >= 0 -> +1``."""
+
+    x: object
+    strict: bool
+
+
+GREATER = {"relax.greater_equal": False, "relax.greater": True}  # compare -> strict, for "+1 if ..."
+LESS = {"relax.less": False, "relax.less_equal": True}  # compare -> strict, for "-1 if ..."
+
+
+def _compare_source(ctx: RuleContext, cond, ops: dict) -> Binarized | None:
+    """``x`` for ``x >= 0`` (or ``x < 0``, or the strict forms); ``x - beta`` for a per-channel
+    constant ``beta`` (ReActNet's RSign). In IEEE arithmetic with subnormals ``x - beta`` is 0
+    exactly when ``x == beta`` and has the sign of ``x - beta`` otherwise, so ``x - beta >= 0``
+    iff ``x >= beta`` (and ``>`` iff ``>``); the subtraction is a per-channel step that
+    thresholds fold."""
     compare = ctx.producer(cond)
-    if op_name(compare) != op:
+    if op_name(compare) not in ops:
         return None
+    strict = ops[op_name(compare)]
     x, threshold = compare.args
     if ctx.uniform(threshold, shape_of(x)) == 0.0:
-        return x
+        return Binarized(x, strict)
     values = ctx.constant(threshold)
     if values is None or len(shape_of(x)) not in (2, 4) or per_channel(values, shape_of(x)) is None:
         return None
-    return ctx.builder_.emit(relax.op.subtract(x, threshold), "shifted")
+    return Binarized(ctx.builder_.emit(relax.op.subtract(x, threshold), "shifted"), strict)
 
 
-def binarized_input(ctx: RuleContext, call):
-    """``x`` when ``call`` computes ``x >= 0 ? +1 : -1`` in one of the recognised forms."""
+def binarized_input(ctx: RuleContext, call) -> Binarized | None:
+    """The input of ``call`` when it computes ``x >= 0 ? +1 : -1`` (or ``x > 0 ? +1 : -1``) in
+    one of the recognised forms."""
     name = op_name(call)
     if name == "relax.where":
         cond, high, low = call.args
         high, low = ctx.uniform(high, shape_of(cond)), ctx.uniform(low, shape_of(cond))
         if (high, low) == (1.0, -1.0):
-            return _compare_source(ctx, cond, "relax.greater_equal")
+            return _compare_source(ctx, cond, GREATER)
         if (high, low) == (-1.0, 1.0):
-            return _compare_source(ctx, cond, "relax.less")
+            return _compare_source(ctx, cond, LESS)
         return None
     if name in ("relax.subtract", "relax.add"):
         doubled, offset = call.args
@@ -64,19 +84,24 @@ def binarized_input(ctx: RuleContext, call):
         cast = ctx.producer(doubled.args[0])
         if op_name(cast) != "relax.astype":
             return None
-        return _compare_source(ctx, cast.args[0], "relax.greater_equal")
+        return _compare_source(ctx, cast.args[0], GREATER)
     return None
 
 
-def pack_and_unpack(ctx: RuleContext, x, flat_shape=None, *matched):
-    """``unpack(pack(x))`` (reshaped to ``flat_shape`` if given), ``x`` float NCHW or [N, C].
+def pack_and_unpack(ctx: RuleContext, x, flat_shape=None, *matched, strict: bool = False):
+    """``unpack(pack(x))`` (reshaped to ``flat_shape`` if given), ``x`` float NCHW or [N, C];
+    ``strict``: the bits say ``x > 0``, not ``x >= 0``.
 
     ``matched``: the other variables of the binarizer pattern, for the log.
     """
     channels = shape_of(x)[1]
-    packed = ctx.builder_.emit(ctx.emit_kernel(bitserial.pack_sign, x, op="pack_sign"), ctx.logged_name("packed"))
+    if strict:
+        pack = ctx.emit_kernel(lambda t: bitserial.pack_sign(t, strict=True), x, op="pack_sign", strict=True)
+    else:
+        pack = ctx.emit_kernel(bitserial.pack_sign, x, op="pack_sign")
+    packed = ctx.builder_.emit(pack, ctx.logged_name("packed"))
     # the bit tensor goes last: inspect maps it back to the binarizer
-    ctx.fused("pack_sign", f"binarizer on {shape_of(x)}", *matched, packed)
+    ctx.fused("pack_sign", f"binarizer{' (x > 0)' if strict else ''} on {shape_of(x)}", *matched, packed)
     unpacked = ctx.emit_kernel(
         lambda p: bitserial.unpack_sign(p, channels), packed, op="unpack_sign", channels=channels
     )
@@ -97,9 +122,10 @@ def before_flatten(ctx: RuleContext, x):
 
 
 def lower_binarizer(ctx: RuleContext, call):
-    x = binarized_input(ctx, call)
-    if x is None:
+    found = binarized_input(ctx, call)
+    if found is None:
         return None
+    x = found.x
     if len(shape_of(x)) not in (2, 3, 4) or dtype_of(x) != "float32":
         ctx.keep_float(f"binarizer on a {len(shape_of(x))}-d {dtype_of(x)} tensor (NCHW, NCW or [N, C] float32 only)")
         return None
@@ -108,4 +134,4 @@ def lower_binarizer(ctx: RuleContext, call):
         n, c, length = shape_of(x)
         flat_shape = flat_shape if flat_shape is not None else shape_of(x)
         x = ctx.builder_.emit(relax.op.reshape(x, [n, c, 1, length]), "rows")
-    return pack_and_unpack(ctx, x, flat_shape, call.args[0])
+    return pack_and_unpack(ctx, x, flat_shape, call.args[0], strict=found.strict)

@@ -37,8 +37,9 @@ def _bit(value, b):
     return tirx.if_then_else(value, one << b.astype(WORD_DTYPE), tirx.const(0, WORD_DTYPE))
 
 
-def pack_sign(x: te.Tensor, pair_groups: int = 0) -> te.Tensor:
-    """Binarize ``x >= 0 -> +1`` and pack along channels (axis 1), channels last.
+def pack_sign(x: te.Tensor, pair_groups: int = 0, strict: bool = False) -> te.Tensor:
+    """Binarize ``x >= 0 -> +1`` (``strict``: ``x > 0 -> +1``) and pack along channels (axis 1),
+    channels last.
 
     ``x``: float ``[N, C, H, W]`` or ``[N, C]``. Bits of different channels never overlap, so a
     sum of the shifted bits is their OR.
@@ -55,7 +56,8 @@ def pack_sign(x: te.Tensor, pair_groups: int = 0) -> te.Tensor:
     def decision(c, read):
         """Bit ``c`` of the packed channels; ``read(channel)`` is the float value there."""
         if not pair_groups:
-            return tirx.all(c < channels, read(tirx.min(c, channels - 1)) >= 0)
+            value = read(tirx.min(c, channels - 1))
+            return tirx.all(c < channels, value > 0 if strict else value >= 0)
         per_group = channels // pair_groups
         group, slot = c // (2 * per_group), c % (2 * per_group)
         value = read(tirx.min(group * per_group + slot % per_group, channels - 1))

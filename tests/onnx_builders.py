@@ -36,9 +36,9 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op, inputs, [out], name=f"node_{out}", **attrs))
         return out
 
-    def binarize(self, x):
-        """``Where(x >= 0, 1, -1)``: the exact binarizer form."""
-        ge = self.node("GreaterOrEqual", [x, self.const(np.float32(0))])
+    def binarize(self, x, strict=False):
+        """``Where(x >= 0, 1, -1)``: the exact binarizer form (``strict``: ``Where(x > 0, 1, -1)``)."""
+        ge = self.node("Greater" if strict else "GreaterOrEqual", [x, self.const(np.float32(0))])
         return self.node("Where", [ge, self.const(np.float32(1)), self.const(np.float32(-1))])
 
     def binary_weight(self, shape):

@@ -3,7 +3,7 @@
 Each graph chains a few random blocks (plain, residual, concatenated or shared-input binary
 convs, per-channel ops after them, OR pools on bits, XNOR-Net's conv -> pool -> BN order, RSign,
 grouped and dilated convs, explicit ±1 padding, a Bi-Real downsampling block, a ``Sign`` that
-can be 0, a binary dense at the end) with random channel counts, sizes and batch norms (some
+can be 0, a binary dense at the end; a third of the binarizers strict, ``x > 0``) with random channel counts, sizes and batch norms (some
 with negative gammas), and exposes a few inner tensors as graph outputs; token graphs chain
 binary matmuls on ``[N, T, C]`` with elementwise ops and residual adds. ``verify`` must find
 every one exact: the combinations are what no hand-written case covers.
@@ -102,11 +102,19 @@ def block(g: GraphBuilder, t: str, c: int, hw: int, rng) -> tuple[str, int, int]
     return y, cout, (hw + 2 * (k // 2) - k) // stride + 1
 
 
+def some_strict_binarizers(g: GraphBuilder, seed: int) -> None:
+    """Make about a third of ``g``'s binarizers strict (``Where(x > 0, 1, -1)``), drawn from a
+    generator of their own, so that each seed's graph keeps its structure."""
+    draw, plain = np.random.default_rng(seed + 1_000_003), g.binarize
+    g.binarize = lambda x: plain(x, strict=bool(draw.random() < 1 / 3))
+
+
 def random_graph(seed: int) -> tuple[onnx.ModelProto, np.ndarray]:
     """``(model, input)``: a random graph and a batch of 2 inputs for it (some exact zeros)."""
     rng = np.random.default_rng(seed)
     c, hw = int(rng.integers(4, 40)), int(rng.integers(5, 12))
     g = GraphBuilder([1, c, hw, hw], seed=seed)
+    some_strict_binarizers(g, seed)
     t, outputs = "x", []
     for _ in range(int(rng.integers(2, 5))):
         t, c, hw = block(g, t, c, hw, rng)
@@ -145,6 +153,7 @@ def random_token_graph(seed: int) -> tuple[onnx.ModelProto, np.ndarray]:
     rng = np.random.default_rng(seed)
     tokens, c = int(rng.integers(2, 9)), int(rng.integers(8, 80))
     g = GraphBuilder([1, tokens, c], seed=seed)
+    some_strict_binarizers(g, seed)
     g.input = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", tokens, c])
     t, outputs = "x", []
     for _ in range(int(rng.integers(1, 4))):

@@ -53,6 +53,38 @@ def test_binarizer_idioms(tmp_path, binarizer):
     check(save(g.model([out]), tmp_path / "m.onnx"), x, ["binary_conv2d_threshold", "-> binary_conv2d"])
 
 
+def strict_where(g, x):
+    return g.binarize(x, strict=True)
+
+
+def strict_less_equal(g, x):
+    le = g.node("LessOrEqual", [x, g.const(np.float32(0))])
+    return g.node("Where", [le, g.const(np.float32(-1)), g.const(np.float32(1))])
+
+
+def strict_cast(g, x):
+    doubled = g.node("Mul", [g.node("Cast", [g.node("Greater", [x, g.const(np.float32(0))])], to=1), g.const(np.float32(2))])
+    return g.node("Sub", [doubled, g.const(np.float32(1))])
+
+
+@pytest.mark.parametrize("binarizer", [strict_where, strict_less_equal, strict_cast])
+def test_strict_binarizers_send_zero_to_minus_one(tmp_path, binarizer):
+    """``torch.where(x > 0, 1., -1.)`` and its kin: 0 -> -1. On the input (exact zeros), after a
+    conv + BN that reaches exactly 0 (mean an even integer, unit variance: then the threshold
+    is ``d > mean``, not ``d >= mean``), and before a max pool: packed by ``x > 0``, folded into
+    thresholds, exact against ORT. Treating them as ``x >= 0`` changes the answers."""
+    g = GraphBuilder([1, 12, 6, 6], seed=2)
+    bn = (np.ones(16, np.float32), np.zeros(16, np.float32), np.full(16, 2.0, np.float32), np.full(16, 1 - 1e-5, np.float32))
+    y = g.batch_norm(g.conv(binarizer(g, "x"), g.binary_weight((16, 12, 3, 3)), pad=1), *bn)
+    pooled = g.node("MaxPool", [binarizer(g, y)], kernel_shape=[2, 2], strides=[2, 2])
+    out = g.conv(pooled, g.binary_weight((4, 16, 3, 3)))
+    x = inputs([1, 12, 6, 6])
+    x[:, :, ::2] = 0.0
+    report = check(save(g.model([out]), tmp_path / "m.onnx"), x,
+                   ["binarizer (x > 0)", "binary_conv2d_threshold", "max_pool_or", "-> binary_conv2d "])
+    assert report.binary_checked == 2
+
+
 def test_where_with_larger_constants_is_not_a_binarizer(tmp_path):
     """A full ±1 tensor that broadcasts the result to a larger shape is not the scalar: the
     Where must stay float (its output has the constants' shape)."""
@@ -375,7 +407,7 @@ def test_gemm_with_transposed_binary_weights_and_bias(tmp_path):
     assert report.max_abs_diff == 0.0
 
 
-@pytest.mark.parametrize("binarizer", ["where", "cast"])
+@pytest.mark.parametrize("binarizer", ["where", "cast", "strict"])
 def test_binary_matmul_on_tokens(tmp_path, binarizer):
     """Transformer-style ``x[N, T, C] @ W[C, O]`` on binarized tokens (features on the last axis),
     a scale and bias, then another: each matmul is a binary dense over the N * T rows, exact
@@ -383,12 +415,14 @@ def test_binary_matmul_on_tokens(tmp_path, binarizer):
     onto the rows, where they fold into the first dense's thresholds."""
     g = GraphBuilder([1, 7, 48], seed=11)
     g.input = helper.make_tensor_value_info("x", 1, ["N", 7, 48])
-    bits = g.binarize if binarizer == "where" else (lambda t: binarize_cast(g, t))
+    bits = {"where": g.binarize, "cast": lambda t: binarize_cast(g, t), "strict": lambda t: strict_where(g, t)}[binarizer]
     h = g.node("MatMul", [bits("x"), g.const(g.binary_weight((48, 40)), "w")])
     h = g.node("Add", [g.node("Mul", [h, g.const(np.float32(0.25))]), g.const(g.rng.standard_normal(40).astype(np.float32))])
     out = g.node("MatMul", [bits(h), g.const(g.binary_weight((40, 12)), "w")])
     path = save(g.model([out, h]), tmp_path / "m.onnx")
-    report = check(path, inputs([1, 7, 48]), ["-> tokens_as_rows", "-> binary_dense"])
+    x = inputs([1, 7, 48])
+    x[:, ::2, ::3] = 0.0  # the strict binarizer sends them to -1
+    report = check(path, x, ["-> tokens_as_rows", "-> binary_dense"])
     assert report.max_abs_diff == 0.0
     assert sum("-> binary_dense " in line for line in report.fused) == 2, report.fused
     # the scale and bias after the first dense and the binarizer fold into its thresholds
