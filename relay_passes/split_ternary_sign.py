@@ -124,7 +124,8 @@ def split_conv(ctx: RuleContext, call, wait: bool):
     conv = ctx.builder_.emit(relax.op.nn.conv2d(
         paired_bits(ctx, call.args[0], x, int(attrs.groups)), relax.const(paired.astype(np.float32)),
         strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation, groups=attrs.groups,
-    ), "paired_conv")
+    ), ctx.logged_name("paired_conv"))
+    ctx.alias((ctx.binding,), conv)  # fused in the next pass: credited to this conv's node
     return relax.op.multiply(conv, relax.const(np.float32(0.5)))
 
 
@@ -144,7 +145,8 @@ def split_dense(ctx: RuleContext, call, wait: bool):
         relax.op.reshape(bits, (shape_of(bits)[0], features)), "flat_pair")
     # flattened [N, 2C, H, W] is all of x's features, then all of -x's: the weight rows follow
     paired = np.concatenate([weight, -weight], axis=0).astype(np.float32)
-    product = ctx.builder_.emit(relax.op.matmul(flat, relax.const(paired)), "paired_dense")
+    product = ctx.builder_.emit(relax.op.matmul(flat, relax.const(paired)), ctx.logged_name("paired_dense"))
+    ctx.alias((ctx.binding,), product)
     return relax.op.multiply(product, relax.const(np.float32(0.5)))
 
 

@@ -321,6 +321,7 @@ def test_binarynet_sign_chain_runs_at_the_plain_binary_cost(tmp_path):
     assert fused.count("-> binary_conv2d_threshold") == 2, fused
     assert fused.count("-> binary_dense_threshold") == 1, fused
     assert "conv2d 32x32x3x3" in fused and "dense 512->40" in fused, fused  # C channels, not 2C
+    assert not [line for line in report.fused if line.endswith("[]")], fused  # each credited to its ONNX node
     assert report.binary_checked == 3  # the three proven Signs, compared with ORT's
 
 
