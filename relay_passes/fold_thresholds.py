@@ -226,16 +226,18 @@ def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel, pools: lis
         expr = found[1]
 
 
-def chain_values(steps, channels: int, taps: int, scale=None, error=None, levels: int = 1) -> list[np.ndarray]:
-    """float32 ``[channels, 2 * levels * taps + 1]``: the chain at every integer ``d`` the kernel
-    can produce (``-levels * taps .. levels * taps``).
+def chain_values(steps, channels: int, taps: int, scale=None, error=None, levels: int = 1,
+                 parity: int | None = None) -> list[np.ndarray]:
+    """float32 ``[channels, candidates]``: the chain at every integer ``d`` the kernel can produce
+    (``candidates_of``: ``-levels * taps .. levels * taps``, of one ``parity`` when it has one).
 
     The kernel's value is ``d / levels * scale`` (k-bit inputs have ``levels = 2^k - 1``; ±alpha
     weights a ``scale``); with a rounding ``error`` band (the float conv's possible distance from
     it) the chain is also evaluated at both ends of the band, rounded outwards, and all three
     are returned.
     """
-    d = np.broadcast_to(candidates_of(taps, levels).astype(np.float32), (channels, 2 * levels * taps + 1))
+    candidates = candidates_of(taps, levels, parity)
+    d = np.broadcast_to(candidates.astype(np.float32), (channels, candidates.size))
     start = d if levels == 1 else (d / np.float32(levels)).astype(np.float32)
     start = start if scale is None else (start * scale[:, None]).astype(np.float32)
     starts = [start]
@@ -252,12 +254,31 @@ def chain_values(steps, channels: int, taps: int, scale=None, error=None, levels
     return results
 
 
-def candidates_of(taps: int, levels: int = 1) -> np.ndarray:
-    return np.arange(-levels * taps, levels * taps + 1, dtype=np.int64)
+def candidates_of(taps: int, levels: int = 1, parity: int | None = None) -> np.ndarray:
+    d = np.arange(-levels * taps, levels * taps + 1, dtype=np.int64)
+    return d if parity is None else d[d % 2 == parity]
+
+
+def result_parity(ctx: RuleContext, source, name: str, attrs: dict, taps: int, levels: int) -> int | None:
+    """The parity of every integer a binary kernel returns, when they share one: ``d`` sums ±1
+    over the taps inside the input (a zero-padded tap adds 0), so ``d`` has the parity of that
+    count. Without zero padding (or with an explicit ±1 pad) every position has all ``taps``;
+    with an even number of input channels every count is even. Odd ``d`` are then unreachable,
+    and a threshold near one of them need not be refused (a BN folded into the weights by
+    PyTorch's exporter puts thresholds anywhere)."""
+    if levels != 1:
+        return None
+    if name == "binary_dense":
+        return taps % 2
+    padding = [int(p) for p in attrs.get("bnn.padding", [])]
+    if int(attrs.get("bnn.pad_ones", 0)) or not any(padding):
+        return taps % 2
+    _, kh, kw, _ = shape_of(ctx.kernel_inputs(source)[1])  # packed weights [OC, KH, KW, CW]
+    return 0 if (taps // (kh * kw)) % 2 == 0 else None
 
 
 def kernel_value_model(ctx: RuleContext, source, name: str, attrs: dict, channels: int):
-    """``(taps, scale, error, levels)``: how the kernel's float value follows from its integer.
+    """``(taps, scale, error, levels, parity)``: how the kernel's float value follows from its integer.
 
     ``error`` bounds how far the float graph's own conv can be from that value; it is zero
     unless the weights carry a non-power-of-two scale or the input has k-bit levels (1/L is
@@ -265,6 +286,7 @@ def kernel_value_model(ctx: RuleContext, source, name: str, attrs: dict, channel
     """
     taps = int(attrs["bnn.taps"])
     levels = int(attrs.get("bnn.levels", 1))
+    parity = result_parity(ctx, source, name, attrs, taps, levels)
     inputs = ctx.kernel_inputs(source)
     scale = ctx.constant(inputs[SCALE_INPUT[name]]) if len(inputs) > SCALE_INPUT[name] else None
     if levels == 1:
@@ -272,15 +294,16 @@ def kernel_value_model(ctx: RuleContext, source, name: str, attrs: dict, channel
     else:
         # terms q/L * w: each q/L rounded once, and the kernel rounds d/L and d/L * alpha
         error = sum_rounding_error(taps, np.ones(channels) if scale is None else scale, roundings=3)
-    return taps, scale, error, levels
+    return taps, scale, error, levels, parity
 
 
-def decision_interval(steps, channels: int, taps: int, scale=None, error=None, levels: int = 1, strict: bool = False):
+def decision_interval(steps, channels: int, taps: int, scale=None, error=None, levels: int = 1, strict: bool = False,
+                      parity: int | None = None):
     """Per channel ``[low, high]`` such that ``chain(d) >= 0`` (``strict``: ``> 0``) iff
     ``low <= d <= high``; None if no interval says it (not monotone, or a value within rounding
     error of the threshold)."""
-    candidates = candidates_of(taps, levels)
-    decisions = [y > 0 if strict else y >= 0 for y in chain_values(steps, channels, taps, scale, error, levels)]
+    candidates = candidates_of(taps, levels, parity)
+    decisions = [y > 0 if strict else y >= 0 for y in chain_values(steps, channels, taps, scale, error, levels, parity)]
     if any(np.any(other != decisions[0]) for other in decisions[1:]):
         return None
     decide = decisions[0]
@@ -311,9 +334,10 @@ class Chain:
     scale: np.ndarray | None
     error: np.ndarray | None
     levels: int
+    parity: int | None  # of every integer the kernel returns, when they share one (result_parity)
 
     def values(self) -> list[np.ndarray]:
-        return chain_values(self.steps, self.channels, self.taps, self.scale, self.error, self.levels)
+        return chain_values(self.steps, self.channels, self.taps, self.scale, self.error, self.levels, self.parity)
 
     @property
     def known_exactly(self) -> bool:
@@ -321,7 +345,8 @@ class Chain:
         return self.error is None or not self.error.size or self.error.max() <= 0
 
     def decision_interval(self, strict: bool = False):
-        return decision_interval(self.steps, self.channels, self.taps, self.scale, self.error, self.levels, strict)
+        return decision_interval(self.steps, self.channels, self.taps, self.scale, self.error, self.levels, strict,
+                                 self.parity)
 
 
 def analyse_chain(ctx: RuleContext, expr, pools: list | None = None) -> Chain | None:
@@ -333,8 +358,8 @@ def analyse_chain(ctx: RuleContext, expr, pools: list | None = None) -> Chain | 
     source, steps, visited = traced
     name, attrs = ctx.bnn_kernel(source)
     channels = shape_of(source)[1]
-    taps, scale, error, levels = kernel_value_model(ctx, source, name, attrs, channels)
-    return Chain(source, name, attrs, steps, visited, channels, taps, scale, error, levels)
+    taps, scale, error, levels, parity = kernel_value_model(ctx, source, name, attrs, channels)
+    return Chain(source, name, attrs, steps, visited, channels, taps, scale, error, levels, parity)
 
 
 def fold_threshold(ctx: RuleContext, call):

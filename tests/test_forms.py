@@ -374,6 +374,19 @@ def test_threshold_within_rounding_of_a_scaled_sum_stays_float(tmp_path):
     assert next(r for r in reports if r.op_type == "Conv").kernel == "binary_conv2d"
 
 
+def test_threshold_near_an_unreachable_sum_folds(tmp_path):
+    """The same Brevitas-style ±0.1 weights, with the threshold at 0.1 * 9: over 8 input
+    channels and zero padding every sum is even, so 9 is never reached, the nearest sums (8 and
+    10) are far outside the rounding band, and the BN folds into thresholds, exactly."""
+    g = GraphBuilder([1, 8, 5, 5], seed=12)
+    cout = 4
+    mean = np.float32(0.1) * np.float32(9)
+    bn = (np.ones(cout, np.float32), np.zeros(cout, np.float32), np.full(cout, mean, np.float32), np.full(cout, 1 - 1e-5, np.float32))
+    y = g.batch_norm(g.conv(g.binarize("x"), g.binary_weight((cout, 8, 3, 3)) * np.float32(0.1), pad=1), *bn)
+    out = g.conv(g.binarize(y), g.binary_weight((3, cout, 1, 1)))
+    check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 8, 5, 5]), ["binary_conv2d_threshold"])
+
+
 @pytest.mark.parametrize("kernel,pad", [(1, 0), (5, 2)])
 def test_kernel_sizes(tmp_path, kernel, pad):
     g = GraphBuilder([1, 20, 7, 7], seed=kernel)
