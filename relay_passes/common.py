@@ -75,7 +75,8 @@ class RuleContext(relax.PyExprMutator):
         return item if new is None else new
 
     def fused(self, kernel: str, detail: str, *nodes) -> None:
-        names = [self.binding] + [n.name for n in nodes if isinstance(n, relax.Var)]
+        """Log a rewrite of the binding being visited and ``nodes`` (variables or their names)."""
+        names = [self.binding] + [n if isinstance(n, str) else n.name for n in nodes if isinstance(n, (str, relax.Var))]
         self.log.rewrites.append(Rewrite(tuple(dict.fromkeys(n for n in names if n)), kernel, detail))
 
     def alias(self, originals: tuple[str, ...], *new_vars) -> None:

@@ -88,11 +88,24 @@ def binarized_input(ctx: RuleContext, call) -> Binarized | None:
     return None
 
 
+def pattern_names(ctx: RuleContext, first) -> list[str]:
+    """The bindings of a binarizer pattern from ``first`` (a where's condition, the cast form's
+    doubled term) down to its comparison, for the log: ``inspect`` credits each to the pack."""
+    names, var = [], first
+    while isinstance(var, relax.Var):
+        names.append(var.name)
+        node = ctx.producer(var)
+        if op_name(node) in GREATER or op_name(node) in LESS:
+            break
+        var = node.args[0] if op_name(node) in ("relax.multiply", "relax.astype") else None
+    return names
+
+
 def pack_and_unpack(ctx: RuleContext, x, flat_shape=None, *matched, strict: bool = False):
     """``unpack(pack(x))`` (reshaped to ``flat_shape`` if given), ``x`` float NCHW or [N, C];
     ``strict``: the bits say ``x > 0``, not ``x >= 0``.
 
-    ``matched``: the other variables of the binarizer pattern, for the log.
+    ``matched``: the other bindings (variables or names) of the binarizer pattern, for the log.
     """
     channels = shape_of(x)[1]
     if strict:
@@ -134,4 +147,4 @@ def lower_binarizer(ctx: RuleContext, call):
         n, c, length = shape_of(x)
         flat_shape = flat_shape if flat_shape is not None else shape_of(x)
         x = ctx.builder_.emit(relax.op.reshape(x, [n, c, 1, length]), "rows")
-    return pack_and_unpack(ctx, x, flat_shape, call.args[0], strict=found.strict)
+    return pack_and_unpack(ctx, x, flat_shape, *pattern_names(ctx, call.args[0]), strict=found.strict)

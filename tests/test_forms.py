@@ -80,9 +80,11 @@ def test_strict_binarizers_send_zero_to_minus_one(tmp_path, binarizer):
     out = g.conv(pooled, g.binary_weight((4, 16, 3, 3)))
     x = inputs([1, 12, 6, 6])
     x[:, :, ::2] = 0.0
-    report = check(save(g.model([out]), tmp_path / "m.onnx"), x,
-                   ["binarizer (x > 0)", "binary_conv2d_threshold", "max_pool_or", "-> binary_conv2d "])
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    report = check(path, x, ["binarizer (x > 0)", "binary_conv2d_threshold", "max_pool_or", "-> binary_conv2d "])
     assert report.binary_checked == 2
+    pattern = [r for r in inspect_onnx(path) if r.op_type in ("Greater", "LessOrEqual", "Cast", "Mul", "Sub", "Where")]
+    assert pattern and all(r.binary for r in pattern), pattern  # every node of the binarizer, the cast form's too
 
 
 def test_where_with_larger_constants_is_not_a_binarizer(tmp_path):
