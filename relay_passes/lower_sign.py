@@ -4,7 +4,9 @@
 ``Sign`` is a per-channel float chain of an integer result; if that chain is non-zero at every
 integer the layer can produce, ``Sign`` equals the ``x >= 0`` binarizer there and is lowered
 like one. The chain may cross one max pool (BinaryNet's conv -> MaxPool -> BN -> Hardtanh ->
-Sign): a pooled value is one of its window's values, so it is non-zero when they all are. A ``Sign`` on an arbitrary float tensor stays float: export ``Where(x >= 0, 1, -1)``.
+Sign): a pooled value is one of its window's values, so it is non-zero when they all are; and
+a flatten (``Sign`` commutes with it). A ``Sign`` on an arbitrary float tensor stays float:
+export ``Where(x >= 0, 1, -1)``.
 """
 
 from __future__ import annotations
