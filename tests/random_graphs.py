@@ -10,6 +10,7 @@ every one exact: the combinations are what no hand-written case covers.
 
     python tests/random_graphs.py 0 200             # a longer sweep than the test run's
     python tests/random_graphs.py 0 200 --tokens    # binary matmuls on [N, T, C] tokens
+    python tests/random_graphs.py 0 200 --signs     # BinaryNet-style Sign chains
 """
 
 from __future__ import annotations
@@ -169,6 +170,50 @@ def random_token_graph(seed: int) -> tuple[onnx.ModelProto, np.ndarray]:
     return g.model(list(dict.fromkeys(outputs))), x
 
 
+def sign_or_binarizer(g: GraphBuilder, t: str, rng) -> str:
+    """``Sign`` (half the time), ``Where(x >= 0, 1, -1)`` or the strict ``Where(x > 0, 1, -1)``."""
+    kind = rng.choice(["sign", "sign", "where", "strict"])
+    return g.node("Sign", [t]) if kind == "sign" else g.binarize(t, strict=bool(kind == "strict"))
+
+
+def random_sign_graph(seed: int) -> tuple[onnx.ModelProto, np.ndarray]:
+    """``(model, input)``: BinaryNet-style layers, each ``Sign`` (or a binarizer) -> conv
+    (±1 or ±alpha weights) -> maybe a max pool -> BN (some negative gammas) -> maybe Hardtanh or
+    ReLU, after an optional float stem, maybe ending in a flatten and a binary dense: the
+    ``Sign`` rounds prove some ``Sign``s binary and split the others."""
+    rng = np.random.default_rng(seed)
+    c, hw = int(rng.choice([7, 8, 12, 16])), int(rng.choice([6, 8, 9]))
+    g = GraphBuilder([1, c, hw, hw], seed=seed)
+    t = "x"
+    if rng.random() < 0.5:  # a float stem: the first Sign after it can see 0
+        stem = g.conv(t, rng.standard_normal((c, c, 3, 3)).astype(np.float32), pad=1)
+        t = g.node("Clip", [g.batch_norm(stem, *g.random_bn(c, 0.3)), g.const(np.float32(-1)), g.const(np.float32(1))])
+    for _ in range(int(rng.integers(2, 5))):
+        cout = int(rng.choice([6, 8, 16, 32]))
+        w = g.binary_weight((cout, c, 3, 3))
+        if rng.random() < 0.3:
+            w = w * rng.uniform(0.2, 2, (cout, 1, 1, 1)).astype(np.float32)
+        y = g.conv(sign_or_binarizer(g, t, rng), w, pad=1)
+        if rng.random() < 0.4 and hw >= 4:
+            y, hw = g.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2]), hw // 2
+        y = g.batch_norm(y, *g.random_bn(cout, 0.3))
+        kind = rng.choice(["clip", "relu", "none"])
+        if kind == "clip":
+            y = g.node("Clip", [y, g.const(np.float32(-1)), g.const(np.float32(1))])
+        elif kind == "relu":
+            y = g.node("Relu", [y])
+        t, c = y, cout
+    if rng.random() < 0.5:
+        flat = g.node("Flatten", [sign_or_binarizer(g, t, rng)])
+        t = g.node("MatMul", [flat, g.const(g.binary_weight((c * hw * hw, 10)), "w")])
+    x = rng.standard_normal((2, *g.shape[1:])).astype(np.float32)
+    x[:, :, ::3] = 0.0
+    return g.model([t]), x
+
+
+GENERATORS = {"--tokens": random_token_graph, "--signs": random_sign_graph}
+
+
 def main() -> int:
     import tempfile
 
@@ -180,7 +225,7 @@ def main() -> int:
     failed = []
     with tempfile.TemporaryDirectory() as folder:
         for seed in range(first, last):
-            model, x = (random_token_graph if "--tokens" in sys.argv else random_graph)(seed)
+            model, x = next((make for flag, make in GENERATORS.items() if flag in sys.argv), random_graph)(seed)
             path = save(model, os.path.join(folder, f"random_{seed}.onnx"))
             report = verify(path, "x86", x=x)
             print(seed, "OK" if report.ok else "FAILED", flush=True)
