@@ -73,10 +73,10 @@ def conv_operands(ctx: RuleContext, call):
     """``(x, W)`` when ``call`` is a plain conv of ``Sign(x)`` with constant ±alpha weights, else None."""
     data, weight_expr = call.args
     x = sign_input(ctx, data)
+    if x is None or plain_conv_reason(call.attrs, shape_of(x)[1]) is not None:
+        return None  # before the weights are copied out: every round asks this of every conv
     weight = ctx.constant(weight_expr)
-    if x is None or weight is None or plain_conv_reason(call.attrs, shape_of(x)[1]) is not None:
-        return None
-    return (x, weight) if split_scale(weight)[0] is not None else None
+    return (x, weight) if weight is not None and split_scale(weight)[0] is not None else None
 
 
 def dense_operands(ctx: RuleContext, call):
@@ -85,8 +85,10 @@ def dense_operands(ctx: RuleContext, call):
     data, weight_expr = call.args
     source = flattened_source(ctx, data)
     x = None if source is None else sign_input(ctx, source)
+    if x is None:
+        return None  # before the weights are copied out, as for a conv
     weight = ctx.constant(weight_expr)
-    if x is None or weight is None or weight.ndim != 2 or split_scale(weight.T)[0] is None:
+    if weight is None or weight.ndim != 2 or split_scale(weight.T)[0] is None:
         return None
     return source, x, weight
 
