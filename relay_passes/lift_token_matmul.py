@@ -22,7 +22,7 @@ from __future__ import annotations
 from tvm import relax
 
 from .common import RuleContext, either_rule, op_name, shape_of
-from .lower_binarizers import binarized_input
+from .lower_binarizers import binarized_input, pattern_names
 
 LIFTED = "tokens_as_rows"  # the rewrite's name in the pass log: a view, not a kernel
 ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
@@ -74,19 +74,6 @@ def sink_token_view(ctx: RuleContext, call):
     return relax.op.reshape(rows, tokens)
 
 
-def pattern_bindings(ctx: RuleContext, bits, x) -> tuple[str, ...]:
-    """The names of the bindings from ``bits`` back to (not including) its binarizer's input ``x``."""
-    names, todo = [], [bits]
-    while todo:
-        var = todo.pop()
-        if not isinstance(var, relax.Var) or var.same_as(x) or var.name in names:
-            continue
-        names.append(var.name)
-        producer = ctx.producer(var)
-        todo.extend(producer.args if isinstance(producer, relax.Call) else [])
-    return tuple(names)
-
-
 def lift_matmul(ctx: RuleContext, call):
     if op_name(call) != "relax.matmul":
         return None
@@ -110,7 +97,8 @@ def lift_matmul(ctx: RuleContext, call):
     positive = ctx.builder_.emit(compare(rows, relax.const(0.0, "float32")), data.name)
     bits = ctx.builder_.emit(relax.op.where(positive, relax.const(1.0, "float32"), relax.const(-1.0, "float32")), data.name)
     dense = ctx.builder_.emit(relax.op.matmul(bits, weight), ctx.binding)
-    ctx.alias(pattern_bindings(ctx, data, x), rows, positive, bits)  # credited to the binarizer's nodes
+    pattern = (data.name, *pattern_names(ctx, ctx.producer(data).args[0]))
+    ctx.alias(pattern, rows, positive, bits)  # credited to the binarizer's nodes
     ctx.alias((ctx.binding,), dense)
     ctx.fused(LIFTED, f"matmul on {t} tokens computed as a dense over {n * t} rows")
     return relax.op.reshape(dense, [n, t, values.shape[1]])

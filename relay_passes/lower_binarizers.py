@@ -90,7 +90,8 @@ def binarized_input(ctx: RuleContext, call) -> Binarized | None:
 
 def pattern_names(ctx: RuleContext, first) -> list[str]:
     """The bindings of a binarizer pattern from ``first`` (a where's condition, the cast form's
-    doubled term) down to its comparison, for the log: ``inspect`` credits each to the pack."""
+    doubled term) down to its comparison, for the log: ``inspect`` credits each to the kernel
+    that replaces the binarizer (its pack, or the rows ``LiftTokenMatmul`` binarizes)."""
     names, var = [], first
     while isinstance(var, relax.Var):
         names.append(var.name)
