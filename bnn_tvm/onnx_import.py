@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import onnx
@@ -265,6 +266,12 @@ def _importer_class():
             else:
                 op = self._bind(op, name, node)
             return op
+
+        def _sanitize_name(self, name: str) -> str:
+            """A C identifier: TVM's own only replaces '.' and prefixes a leading digit or '/',
+            leaving PyTorch's "/2/Clip" as "input_/2/Clip", which CUDA C cannot declare as a
+            kernel parameter (LLVM does not mind). ``provenance`` keeps the ONNX names."""
+            return super()._sanitize_name(re.sub(r"\W", "_", name))
 
         def _bind(self, expr, name, node):
             """Bind ``expr`` under the node's name; its result binding is what provenance keys on

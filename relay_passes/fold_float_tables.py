@@ -86,7 +86,7 @@ def table_rule(ends: set[str]):
         computed = ctx.emit_kernel(
             lambda *args: bitserial.table_lookup(dot(*args[:-1]), args[-1], offset),
             *inputs,
-            relax.const(chain.values()[0]),
+            relax.const(chain.values(every_integer=True)[0]),  # indexed by d + offset
             op=kernel,
             **kernel_params(chain.attrs),
         )

@@ -22,7 +22,11 @@ from .fuse_binary_conv2d import sum_rounding_error, weight_scale_error
 from .fuse_binary_maxpool import emit_or_pool, or_pool_refusal
 from .lift_conv1d import is_unit_axes_reshape
 
-INT32_MIN, INT32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+# The open ends of a decision interval: beyond every integer a kernel returns (|d| <= levels *
+# taps, far below 2^29) yet far from int32's limits. Once a schedule inlines d = taps - 2 m into
+# ``low <= d <= high``, TVM's simplifier moves terms across the comparison (``taps <= high +
+# 2 m``), which overflowed at INT32_MAX: wrong bits on CUDA, whose schedule inlines it.
+OPEN_LOW, OPEN_HIGH = -(1 << 30), 1 << 30
 FOLDABLE = {
     "binary_conv2d": "binary_conv2d_threshold",
     "binary_dense": "binary_dense_threshold",
@@ -315,8 +319,8 @@ def decision_interval(steps, channels: int, taps: int, scale=None, error=None, l
             continue
         if hits[-1] - hits[0] + 1 != hits.size:
             return None  # not an interval: the chain is not monotone, keep it in float
-        low[c] = INT32_MIN if hits[0] == 0 else candidates[hits[0]]
-        high[c] = INT32_MAX if hits[-1] == candidates.size - 1 else candidates[hits[-1]]
+        low[c] = OPEN_LOW if hits[0] == 0 else candidates[hits[0]]
+        high[c] = OPEN_HIGH if hits[-1] == candidates.size - 1 else candidates[hits[-1]]
     return low.astype(np.int32), high.astype(np.int32)
 
 
@@ -336,8 +340,11 @@ class Chain:
     levels: int
     parity: int | None  # of every integer the kernel returns, when they share one (result_parity)
 
-    def values(self) -> list[np.ndarray]:
-        return chain_values(self.steps, self.channels, self.taps, self.scale, self.error, self.levels, self.parity)
+    def values(self, every_integer: bool = False) -> list[np.ndarray]:
+        """``chain_values`` at the integers the kernel can return (``every_integer``: at all of
+        ``-levels * taps .. levels * taps``, one column each, as a lookup table indexes them)."""
+        parity = None if every_integer else self.parity
+        return chain_values(self.steps, self.channels, self.taps, self.scale, self.error, self.levels, parity)
 
     @property
     def known_exactly(self) -> bool:
@@ -418,12 +425,12 @@ def pooled_decisions(chain: Chain, steps_after: int, interval):
     if not (chain.scale is None or bool(np.all(chain.scale >= 0))) or not all(never_decreases(s) for s in before):
         return "a max pool after a float op that can decrease (negative scale) stays float", interval, None
     low, high = (v.astype(np.int64) for v in interval)
-    downwards = (low == INT32_MIN) & (high < INT32_MAX) & (low <= high)
-    upwards_or_constant = (high == INT32_MAX) | (low > high)
+    downwards = (low == OPEN_LOW) & (high < OPEN_HIGH) & (low <= high)
+    upwards_or_constant = (high == OPEN_HIGH) | (low > high)
     if not np.all(downwards | upwards_or_constant):
         return "a max pool before a float op that keeps only a bounded range of values stays float", interval, None
     low = np.where(downwards, high + 1, low)
-    high = np.where(downwards, INT32_MAX, high)
+    high = np.where(downwards, OPEN_HIGH, high)
     flip = pack_bits(np.where(downwards, 1.0, -1.0)) if np.any(downwards) else None
     return None, (low.astype(np.int32), high.astype(np.int32)), flip
 

@@ -267,7 +267,8 @@ def threshold_pack(dot: te.Tensor, low: te.Tensor, high: te.Tensor) -> te.Tensor
 
     Output channel ``o`` is +1 exactly when ``low[o] <= dot <= high[o]``: the folded form of any
     monotone per-channel float chain (bias, batch norm, scale) followed by ``>= 0``; a negative
-    scale gives ``low = INT_MIN``. Channels are the last axis of ``dot``.
+    scale gives an open ``low`` (``relay_passes.fold_thresholds.OPEN_LOW``). Channels are the
+    last axis of ``dot``.
 
     Two stages: one decision (bool) per channel, padded to whole words, then the packing of
     those decisions (:func:`pack_decisions`). CPU schedules turn the second into one vector

@@ -237,7 +237,13 @@ def word_tiles(sch: s_tir.Schedule, func, op: str) -> Scheduled:
     if not isinstance(sch.get(o).extent, tirx.IntImm):
         # a clamped last word gives a data-dependent extent (min(31, C - 1 - 32 w) + 1): a
         # constant 32 with a predicate instead, so the counters stay unrolled in registers
-        sch.split(o, [1, WORD_BITS])
+        try:
+            sch.split(o, [1, WORD_BITS])
+        except s_tir.ScheduleError:
+            # TVM's region bound can come out as max(32 w, min(32 w + 31, C - 1)) + 1 -
+            # min(...) (seen with a single input word), which it cannot prove <= 32: an outer
+            # loop of data-dependent extent (1 at run time) keeps the 32 unrolled counters
+            sch.split(o, [None, WORD_BITS])
         loops = sch.get_loops(main)
         o = loops[-reductions - 1]
     *others, rc = loops[-reductions:]  # the channel words are the innermost reduction

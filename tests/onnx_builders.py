@@ -160,3 +160,16 @@ def pooled_threshold_graph(seed=11):
     clipped = g.node("Clip", [normed, g.const(np.float32(-1)), g.const(np.float32(1))])
     out = g.conv(g.binarize(clipped), g.binary_weight((5, 33, 3, 3)), pad=1)
     return g.model([out])
+
+
+def sign_chain_graph(seed=12):
+    """BinaryNet's PyTorch layers: ``Sign`` -> ±1 conv -> max pool -> BN (mixed gamma signs) ->
+    Hardtanh -> ``Sign`` -> conv -> BN -> strict binarizer (``x > 0``) -> conv. The inner
+    ``Sign`` is proven never 0 (it folds into the first conv's thresholds); the first one stays
+    two bipolar halves. Input ``[N, 12, 8, 8]``."""
+    g = GraphBuilder([1, 12, 8, 8], seed=seed)
+    y = g.conv(g.node("Sign", ["x"]), g.binary_weight((20, 12, 3, 3)), pad=1)
+    pooled = g.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    clipped = g.node("Clip", [g.batch_norm(pooled, *g.random_bn(20, 0.3)), g.const(np.float32(-1)), g.const(np.float32(1))])
+    y = g.batch_norm(g.conv(g.node("Sign", [clipped]), g.binary_weight((24, 20, 3, 3)), pad=1), *g.random_bn(24, 0.3))
+    return g.model([g.conv(g.binarize(y, strict=True), g.binary_weight((6, 24, 3, 3)), pad=1)])

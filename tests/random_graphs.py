@@ -11,6 +11,7 @@ every one exact: the combinations are what no hand-written case covers.
     python tests/random_graphs.py 0 200             # a longer sweep than the test run's
     python tests/random_graphs.py 0 200 --tokens    # binary matmuls on [N, T, C] tokens
     python tests/random_graphs.py 0 200 --signs     # BinaryNet-style Sign chains
+    python tests/random_graphs.py 0 50 --target cuda  # on another target (default x86)
 """
 
 from __future__ import annotations
@@ -222,18 +223,19 @@ def main() -> int:
     from bnn_tvm.verify import verify
 
     first, last = (int(v) for v in sys.argv[1:3])
+    target = sys.argv[sys.argv.index("--target") + 1] if "--target" in sys.argv else "x86"
     failed = []
     with tempfile.TemporaryDirectory() as folder:
         for seed in range(first, last):
             model, x = next((make for flag, make in GENERATORS.items() if flag in sys.argv), random_graph)(seed)
             path = save(model, os.path.join(folder, f"random_{seed}.onnx"))
-            report = verify(path, "x86", x=x)
+            report = verify(path, target, x=x)
             print(seed, "OK" if report.ok else "FAILED", flush=True)
             if not report.ok:
                 failed.append(seed)
                 onnx.save(model, f"random_{seed}.onnx")
                 print("\n".join(report.lines()), flush=True)
-    print(f"{last - first - len(failed)} of {last - first} exact; failed (saved here): {failed}")
+    print(f"{last - first - len(failed)} of {last - first} exact on {target}; failed (saved here): {failed}")
     return 1 if failed else 0
 
 

@@ -22,8 +22,10 @@ from onnx_builders import (
     grouped_conv_graph,
     pooled_threshold_graph,
     save,
+    sign_chain_graph,
     ternary_sign_graph,
 )
+from random_graphs import random_graph, random_sign_graph, random_token_graph
 from tvm import tirx
 
 import schedules
@@ -32,6 +34,7 @@ from bnn_tvm.cli import main
 from bnn_tvm.compiler import compile_onnx, lower_onnx
 from bnn_tvm.errors import BnnError
 from bnn_tvm.export import default_model_path
+from relay_passes.fold_thresholds import OPEN_HIGH
 from schedules import cuda
 
 
@@ -128,6 +131,34 @@ def test_compile_command_writes_a_cuda_library(tmp_path):
             CompiledRunner.load(str(out))
 
 
+def torch_style_names(model):
+    """Nodes and tensors named as ``torch.onnx.export`` names them: ``/3/Conv``,
+    ``/3/Conv_output_0`` (not C identifiers)."""
+    renamed = {}
+    for k, node in enumerate(model.graph.node):
+        node.name = f"/{k}/{node.op_type}"
+        for j, out in enumerate(node.output):
+            renamed[out] = f"{node.name}_output_{j}"
+            node.output[j] = renamed[out]
+        for j, name in enumerate(node.input):
+            node.input[j] = renamed.get(name, name)
+    for out in model.graph.output:
+        out.name = renamed.get(out.name, out.name)
+    return model
+
+
+def test_kernel_parameters_are_c_identifiers_whatever_the_onnx_names(tmp_path):
+    """PyTorch's names (``/2/Clip``) name Relax variables, and those the kernels' parameters:
+    nvcc refused ``input_/2/Clip_ptr`` (BinaryNet's export, the whole CUDA source)."""
+    import re
+
+    model, _ = conv_block_model(16, 24, 6, 1, 1, seed=3)
+    path = save(torch_style_names(model), tmp_path / "torch_names.onnx")
+    source = cuda.cuda_source(compile_onnx(path, "cuda").executable)
+    parameters = re.findall(r"__restrict__ ([^,)]+)", source)
+    assert parameters and all(re.fullmatch(r"\w+", p) for p in parameters), sorted(set(parameters))
+
+
 def test_cuda_root_is_found_through_the_nvcc_wrapper():
     root = cuda.cuda_root()
     if root is None:
@@ -169,7 +200,7 @@ def random_arguments(func, rng) -> list[np.ndarray]:
                 value = rng.integers(center - 2 * spread, center + 2 * spread, shape)
             else:
                 bounded = arrays[thresholds[-1]] + rng.integers(0, 4 * spread, shape)
-                value = np.where(rng.random(shape) < 0.5, 2**31 - 1, bounded)
+                value = np.where(rng.random(shape) < 0.5, OPEN_HIGH, bounded)  # the passes' open end
             thresholds.append(len(arrays))
             value = value.astype(np.int32)
         elif dtype == "int32":  # padding corrections
@@ -227,18 +258,21 @@ def binary_graphs(tmp_path):
     graphs["grouped"] = (save(grouped_conv_graph(), tmp_path / "i.onnx"), 2)
     # Sign that can be 0: convs and a dense over the two bipolar halves b(x), b(-x)
     graphs["ternary_sign"] = (save(ternary_sign_graph(), tmp_path / "j.onnx"), 2)
+    # Sign chains as BinaryNet's PyTorch port exports them, and a strict binarizer (0 -> -1)
+    graphs["sign_chain_strict"] = (save(sign_chain_graph(), tmp_path / "k.onnx"), 2)
     return graphs
 
 
 GRAPHS = ["padded_clamped_tail", "stride2_unpadded_batch2", "maxpool", "dense_batch3", "dorefa_planes", "dilated",
-          "pooled_threshold", "grouped", "ternary_sign"]
+          "pooled_threshold", "grouped", "ternary_sign", "sign_chain_strict"]
+RANDOM_GENERATORS = {"nchw": random_graph, "tokens": random_token_graph, "signs": random_sign_graph}
 # the OR max pool is a one-thread-per-word kernel like pack_sign: replayed in the slow run only
 SLOW_EMULATION = {"maxpool"}
 
 
 def check_emulated_kernels(path, batch, rng):
     checked = []
-    for gvar, func, op in schedules.bnn_kernels(lower_onnx(path, batch=batch).mod):
+    for gvar, func, op in schedules.bnn_kernels(lower_onnx(path, batch=batch, target="cuda").mod):
         arrays = random_arguments(func, rng)
         expected = run_on_cpu(func, arrays)
         got = run_on_cpu(cuda.emulate(func, op), arrays)
@@ -255,6 +289,50 @@ def test_cuda_schedules_compute_exactly_what_the_computes_do(tmp_path, graph):
     path, batch = binary_graphs(tmp_path)[graph]
     checked = check_emulated_kernels(path, batch, np.random.default_rng(len(graph)))
     assert any(op.startswith(("binary_", "multibit_")) for op in checked), checked
+
+
+def emulate_cuda_kernels(mod, spec, plans=None):
+    """``schedules.schedule_module`` for :func:`verify_emulated`: every kernel replaced by its
+    CUDA schedule's CPU replay; float operators left to the CPU build's defaults."""
+    for gvar, func, op in list(schedules.bnn_kernels(mod)):
+        mod[gvar] = cuda.emulate(func, op)
+    return mod
+
+
+def verify_emulated(monkeypatch, path, x, batch=None):
+    """``verify``, of the module ``compile --target cuda`` builds (its passes: lookup tables,
+    not float epilogues), with every kernel's CUDA schedule replayed on the CPU: the whole
+    graph is checked against ONNX Runtime without a GPU (only thread semantics are not)."""
+    from bnn_tvm import compiler
+    from bnn_tvm import verify as verify_module
+
+    def lower_for_cuda(path, batch=None, extra_outputs=None, target="x86"):
+        return real_lower(path, batch, extra_outputs, "cuda")
+
+    real_lower = compiler.lower_onnx
+    monkeypatch.setattr(compiler, "lower_onnx", lower_for_cuda)
+    monkeypatch.setattr(verify_module, "lower_onnx", lower_for_cuda)
+    monkeypatch.setattr(schedules, "schedule_module", emulate_cuda_kernels)
+    return verify_module.verify(path, "x86", x=x, batch=batch)
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_cuda_build_of_binary_graphs_is_exact_when_emulated(tmp_path, monkeypatch, graph):
+    path, batch = binary_graphs(tmp_path)[graph]
+    x = np.random.default_rng(1).standard_normal((4, *lower_onnx(path, batch).input_shape[1:])).astype(np.float32)
+    if graph == "dorefa_planes":
+        x = x * 0.6 + 0.5
+    if graph == "sign_chain_strict":
+        x[:, :, ::3] = 0.0
+    report = verify_emulated(monkeypatch, path, x, batch)
+    assert report.ok, "\n".join(report.lines())
+
+
+@pytest.mark.parametrize("kind,seed", [(kind, seed) for kind in ("nchw", "tokens", "signs") for seed in range(3)])
+def test_cuda_build_of_random_graphs_is_exact_when_emulated(tmp_path, monkeypatch, kind, seed):
+    model, x = RANDOM_GENERATORS[kind](seed)
+    report = verify_emulated(monkeypatch, save(model, tmp_path / "m.onnx"), x)
+    assert report.ok, "\n".join(report.lines())
 
 
 def test_reduction_in_chunks_when_shared_memory_runs_short(tmp_path, monkeypatch):
@@ -334,8 +412,23 @@ def test_binary_graphs_verify_exactly_on_the_gpu(tmp_path, graph):
     x = np.random.default_rng(1).standard_normal((5, *lower_onnx(path, batch).input_shape[1:])).astype(np.float32)
     if graph == "dorefa_planes":
         x = x * 0.6 + 0.5
+    if graph == "sign_chain_strict":
+        x[:, :, ::3] = 0.0  # Sign(0) = 0 on the input: its halves must both see it
     report = verify(path, "cuda", x=x.astype(np.float32), batch=batch)
     assert report.ok, "\n".join(report.lines())
+
+
+@needs_gpu
+@pytest.mark.parametrize("kind,seed", [(kind, seed) for kind in RANDOM_GENERATORS for seed in range(4)])
+def test_random_graphs_verify_exactly_on_the_gpu(tmp_path, kind, seed):
+    """The random sweeps' combinations (``random_graphs.py``), on the device: every kernel
+    form meets the others there too."""
+    from bnn_tvm.verify import verify
+
+    model, x = RANDOM_GENERATORS[kind](seed)
+    report = verify(save(model, tmp_path / "m.onnx"), "cuda", x=x)
+    assert report.ok, "\n".join(report.lines())
+    assert any("-> binary_" in line for line in report.fused), report.fused
 
 
 @needs_gpu

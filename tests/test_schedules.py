@@ -61,7 +61,9 @@ def conv_reference(a: np.ndarray, w: np.ndarray, stride: int, pad: int, dilation
 
 
 def thresholds(rng, channels: int):
-    """Per-channel intervals, including the unbounded sides the passes emit (INT32_MIN/MAX)."""
+    """Per-channel intervals with open sides at int32's limits: the passes emit ±2^30
+    (``OPEN_LOW``/``OPEN_HIGH``), but the CPU schedules keep the integer result apart from the
+    comparisons and stay exact even at INT32_MIN/MAX."""
     low = rng.integers(-30, 5, channels).astype(np.int32)
     high = rng.integers(-5, 30, channels).astype(np.int32)
     low[::3] = INT32_MIN
