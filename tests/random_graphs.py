@@ -229,12 +229,17 @@ def main() -> int:
         for seed in range(first, last):
             model, x = next((make for flag, make in GENERATORS.items() if flag in sys.argv), random_graph)(seed)
             path = save(model, os.path.join(folder, f"random_{seed}.onnx"))
-            report = verify(path, target, x=x)
-            print(seed, "OK" if report.ok else "FAILED", flush=True)
-            if not report.ok:
+            try:
+                report = verify(path, target, x=x)
+                lines = report.lines()
+            except Exception as err:  # a compile error is a failed seed too; the sweep goes on
+                report, lines = None, [f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"]
+            ok = report is not None and report.ok
+            print(seed, "OK" if ok else "FAILED", flush=True)
+            if not ok:
                 failed.append(seed)
                 onnx.save(model, f"random_{seed}.onnx")
-                print("\n".join(report.lines()), flush=True)
+                print("\n".join(lines), flush=True)
     print(f"{last - first - len(failed)} of {last - first} exact on {target}; failed (saved here): {failed}")
     return 1 if failed else 0
 
