@@ -479,15 +479,22 @@ def nvcc_path() -> str | None:
     return found
 
 
+NO_FAST_MATH = "TVM_CUDA_NVCC_NO_FAST_MATH"
+
+
 @contextlib.contextmanager
 def toolkit_environment():
     """``CUDA_PATH`` set to the toolkit root (TVM's helpers otherwise guess it from nvcc's
-    folder, wrongly for a wrapper script) and nvcc reachable by name (TVM runs ``nvcc``)."""
+    folder, wrongly for a wrapper script), nvcc reachable by name (TVM runs ``nvcc``), and
+    without TVM's ``--use_fast_math``: its approximate division put a k-bit conv's ``d / 3``
+    one ulp off the CPU's on an H100, and flushing denormals to zero turns a tiny negative
+    binarizer input into -0, which ``x >= 0`` sends to +1."""
     root = cuda_root()
     if root is None:
         raise FileNotFoundError("no CUDA toolkit: no nvcc on PATH, in $CUDA_PATH or in /usr/local/cuda")
-    saved = {key: os.environ.get(key) for key in ("CUDA_PATH", "PATH")}
+    saved = {key: os.environ.get(key) for key in ("CUDA_PATH", "PATH", NO_FAST_MATH)}
     os.environ.setdefault("CUDA_PATH", root)
+    os.environ[NO_FAST_MATH] = "1"  # read by tvm.support.nvcc.compile_cuda
     if shutil.which("nvcc") is None:
         os.environ["PATH"] = os.path.join(root, "bin") + os.pathsep + os.environ.get("PATH", "")
     try:
