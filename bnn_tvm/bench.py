@@ -600,26 +600,14 @@ def measure_rounds(prepared: dict, settings: Settings, progress=None, label: str
             progress.set_postfix_str(f"{label}: timing round {round_index + 1}/{settings.repeat}")
 
 
-def check_runs_here(spec, settings: Settings) -> None:
-    """CPU targets run here or on a board; CUDA targets on this host's GPU."""
-    if spec.family == "cuda":
-        import tvm
-
-        if settings.remote:
-            raise BnnError(f"target {spec.name}: --rpc/--tracker/--count-instructions are for boards; "
-                           "a CUDA target is benchmarked on this host's GPU")
-        if not tvm.cuda(0).exist:
-            raise BnnError(f"target {spec.name} needs an NVIDIA GPU here (tvm.cuda(0).exist is False)")
-    elif not spec.is_host and not settings.remote:
-        raise BnnError(f"target {spec.name} does not run on this host: give --rpc HOST:PORT or --tracker HOST:PORT --key KEY")
-
-
 def benchmark(workload: Workload, settings: Settings, engines: list[str], progress=None) -> dict:
     """Run every engine on ``workload``; the JSON-ready result (see the module docstring)."""
     import targets
 
+    from .runtime import check_runs_here
+
     spec = targets.get(settings.target)
-    check_runs_here(spec, settings)
+    check_runs_here(spec, settings.remote)
     x = np.random.default_rng(0).standard_normal(workload.input_shape).astype(np.float32)
     prepared: dict[str, Prepared] = {}
     outputs: dict[str, np.ndarray] = {}

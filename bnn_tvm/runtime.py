@@ -22,6 +22,20 @@ def has_cuda_code(module) -> bool:
     return False
 
 
+def check_runs_here(spec, remote: bool) -> None:
+    """CPU targets run here or on a board (``remote``: over RPC); CUDA targets on this host's GPU."""
+    if spec.family == "cuda":
+        import tvm
+
+        if remote:
+            raise BnnError(f"target {spec.name}: --rpc/--tracker/--count-instructions are for boards; "
+                           "a CUDA target runs on this host's GPU")
+        if not tvm.cuda(0).exist:
+            raise BnnError(f"target {spec.name} needs an NVIDIA GPU here (tvm.cuda(0).exist is False)")
+    elif not spec.is_host and not remote:
+        raise BnnError(f"target {spec.name} does not run on this host: give --rpc HOST:PORT or --tracker HOST:PORT --key KEY")
+
+
 def module_device(module):
     """The device a module's kernels run on: the first CUDA GPU for CUDA kernels, else the CPU."""
     import tvm

@@ -8,6 +8,7 @@ within float rounding.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ import onnx
 
 from .compiler import add_graph_outputs, compile_onnx, lower_onnx
 from .onnx_import import graph_input, load_for_compile
-from .runtime import CompiledRunner
+from .runtime import CompiledRunner, check_runs_here
 
 RELATIVE_TOLERANCE = 1e-5
 
@@ -72,9 +73,16 @@ def verify(
     batch: int | None = None,
     extra_accuracy: dict | None = None,
     progress: bool = False,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
 ) -> VerifyReport:
     """Compile ``path``, run it and ORT on ``x`` (random normal inputs when None), compare;
-    ``progress``: the compile's stage bar."""
+    ``progress``: the compile's stage bar. With ``rpc`` (HOST:PORT) or ``tracker`` + ``key``
+    the compiled module runs on that board (a Raspberry Pi, the emulated one), ORT here."""
+    import targets
+
+    check_runs_here(targets.get(target), remote=rpc is not None or tracker is not None)
     model = load_for_compile(path)
     input_name, dims = graph_input(model, path)
     if x is None:
@@ -82,8 +90,7 @@ def verify(
         x = rng.standard_normal((16, *[d or 1 for d in dims[1:]])).astype(np.float32)
     binaries = lower_onnx(path, batch, target=target).binarizer_outputs()
     compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries, progress=progress)
-    runner = CompiledRunner(compiled.executable)
-    ours = runner.run(x)
+    ours = run_compiled(compiled, target, x, rpc, tracker, key)
     add_graph_outputs(model, binaries)
     theirs = reference_outputs(model, x, input_name, dims[0] if dims else None)
     n_final = len(theirs) - len(binaries)
@@ -102,3 +109,18 @@ def verify(
         accuracy.update(extra_accuracy or {})
     names = [o.name for o in model.graph.output][:n_final]
     return VerifyReport(names, abs_diff, rel_diff, len(binaries), mismatches, compiled.metadata["fused"], accuracy)
+
+
+def run_compiled(compiled, target: str, x: np.ndarray, rpc=None, tracker=None, key=None) -> list[np.ndarray]:
+    """The compiled module's outputs on ``x``: here, or on the board (exported to a temporary
+    library and sent over RPC, as ``bench`` does)."""
+    if rpc is None and tracker is None:
+        return CompiledRunner(compiled.executable).run(x)
+    import tempfile
+
+    from .remote import remote_bench
+
+    with tempfile.TemporaryDirectory(prefix="bnn-verify-") as folder:
+        library = os.path.join(folder, "model.so")
+        compiled.export(library)
+        return remote_bench(library, target, x, rpc=rpc, tracker=tracker, key=key, repeat=1)["outputs"]

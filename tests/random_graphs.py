@@ -12,6 +12,7 @@ every one exact: the combinations are what no hand-written case covers.
     python tests/random_graphs.py 0 200 --tokens    # binary matmuls on [N, T, C] tokens
     python tests/random_graphs.py 0 200 --signs     # BinaryNet-style Sign chains
     python tests/random_graphs.py 0 50 --target cuda  # on another target (default x86)
+    python tests/random_graphs.py 0 50 --target rasp3b --tracker 127.0.0.1:9190 --key rasp3b  # on a board
 """
 
 from __future__ import annotations
@@ -223,14 +224,18 @@ def main() -> int:
     from bnn_tvm.verify import verify
 
     first, last = (int(v) for v in sys.argv[1:3])
-    target = sys.argv[sys.argv.index("--target") + 1] if "--target" in sys.argv else "x86"
+    def option(name, default=None):
+        return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+    target = option("--target", "x86")
+    board = {"rpc": option("--rpc"), "tracker": option("--tracker"), "key": option("--key")}
     failed = []
     with tempfile.TemporaryDirectory() as folder:
         for seed in range(first, last):
             model, x = next((make for flag, make in GENERATORS.items() if flag in sys.argv), random_graph)(seed)
             path = save(model, os.path.join(folder, f"random_{seed}.onnx"))
             try:
-                report = verify(path, target, x=x)
+                report = verify(path, target, x=x, **board)
                 lines = report.lines()
             except Exception as err:  # a compile error is a failed seed too; the sweep goes on
                 report, lines = None, [f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"]

@@ -121,6 +121,24 @@ def test_remote_run_on_emulated_rasp3b_matches_x86(lab, modules):
     assert result["instructions"] > 10_000
 
 
+def test_verify_runs_the_model_on_the_board(lab, tmp_path):
+    """``verify --tracker --key``: the compiled model on the board, ONNX Runtime here, every
+    binary activation compared; a BinaryNet-style Sign chain with a strict binarizer (zeros on
+    the input) besides the default model."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from onnx_builders import save, sign_chain_graph
+
+    from bnn_tvm.cli import main
+    from bnn_tvm.verify import verify
+
+    assert main(["verify", "--target", "rasp3b", "--tracker", lab["tracker"], "--key", lab["key"]]) == 0
+    x = np.random.default_rng(2).standard_normal((3, 12, 8, 8)).astype(np.float32)
+    x[:, :, ::3] = 0.0
+    report = verify(save(sign_chain_graph(), tmp_path / "signs.onnx"), "rasp3b", x=x, tracker=lab["tracker"], key=lab["key"])
+    assert report.ok, "\n".join(report.lines())
+    assert report.binary_checked >= 1
+
+
 def test_instruction_count_is_deterministic(lab, modules):
     paths, _ = modules
     x = digits_split()[2][:BATCH]

@@ -123,6 +123,14 @@ def test_missing_model_and_unknown_target(tmp_path, capsys):
     assert "vax11" in capsys.readouterr().err
 
 
+def test_verify_for_a_board_target_asks_for_the_board(capsys):
+    """A module for the Pi does not load here: ``verify`` says how to reach a board before it
+    compiles anything (it used to fail in TVM with "architecture mismatch")."""
+    assert main(["verify", "--target", "rasp3b"]) == 2
+    err = capsys.readouterr().err
+    assert "rasp3b does not run on this host" in err and "--tracker" in err
+
+
 def test_atomic_outputs_get_the_mode_a_plain_write_would(tmp_path):
     """Written via mkstemp (owner-only), an output still gets 0666 less the umask, and a file
     that is replaced keeps its mode."""

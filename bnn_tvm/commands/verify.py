@@ -13,6 +13,9 @@ def add_parser(sub) -> None:
                    "model on random normal inputs")
     s.add_argument("--target", default="x86")
     s.add_argument("--batch", type=int)
+    s.add_argument("--rpc", metavar="HOST:PORT", help="run the compiled model on a board's RPC server")
+    s.add_argument("--tracker", metavar="HOST:PORT", help="run the compiled model on a board from this RPC tracker")
+    s.add_argument("--key", help="the board's key at the tracker (default: the target name)")
     s.set_defaults(func=run)
 
 
@@ -30,7 +33,8 @@ def run(args) -> int:
         if os.path.isfile(default_checkpoint_path()):
             model, _ = load_checkpoint(default_checkpoint_path())
             extra["pytorch"] = accuracy(model, x, labels)
-    report = verify(path, args.target, x=x, labels=labels, batch=args.batch, extra_accuracy=extra, progress=True)
+    report = verify(path, args.target, x=x, labels=labels, batch=args.batch, extra_accuracy=extra, progress=True,
+                    rpc=args.rpc, tracker=args.tracker, key=args.key)
     for line in report.lines():
         print(line)
     if "pytorch" in report.accuracy and report.accuracy["pytorch"] != report.accuracy["bnn_tvm"]:
