@@ -88,7 +88,7 @@ def lift_matmul(ctx: RuleContext, call):
         ctx.alias((ctx.binding,), dense)
         ctx.fused(LIFTED, f"matmul on {t} tokens computed as a dense over {n * t} rows")
         return relax.op.reshape(dense, [n, t, values.shape[1]])
-    found = binarized_input(ctx, ctx.producer(data))
+    found = binarized_input(ctx, ctx.producer(data), features_last=True)  # RSign's beta per feature
     if found is None or shape_of(found.x) != shape_of(data):
         return None
     x = found.x

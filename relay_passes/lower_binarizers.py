@@ -43,12 +43,12 @@ GREATER = {"relax.greater_equal": False, "relax.greater": True}  # compare -> st
 LESS = {"relax.less": False, "relax.less_equal": True}  # compare -> strict, for "-1 if ..."
 
 
-def _compare_source(ctx: RuleContext, cond, ops: dict) -> Binarized | None:
+def _compare_source(ctx: RuleContext, cond, ops: dict, features_last: bool = False) -> Binarized | None:
     """``x`` for ``x >= 0`` (or ``x < 0``, or the strict forms); ``x - beta`` for a per-channel
     constant ``beta`` (ReActNet's RSign). In IEEE arithmetic with subnormals ``x - beta`` is 0
     exactly when ``x == beta`` and has the sign of ``x - beta`` otherwise, so ``x - beta >= 0``
     iff ``x >= beta`` (and ``>`` iff ``>``); the subtraction is a per-channel step that
-    thresholds fold."""
+    thresholds fold. ``features_last``: ``x`` is ``[N, T, C]`` tokens, ``beta`` per feature."""
     compare = ctx.producer(cond)
     if op_name(compare) not in ops:
         return None
@@ -57,22 +57,33 @@ def _compare_source(ctx: RuleContext, cond, ops: dict) -> Binarized | None:
     if ctx.uniform(threshold, shape_of(x)) == 0.0:
         return Binarized(x, strict)
     values = ctx.constant(threshold)
-    if values is None or len(shape_of(x)) not in (2, 4) or per_channel(values, shape_of(x)) is None:
+    if values is None or not (per_feature(values, shape_of(x)) if features_last else per_axis1(values, shape_of(x))):
         return None
     return Binarized(ctx.builder_.emit(relax.op.subtract(x, threshold), "shifted"), strict)
 
 
-def binarized_input(ctx: RuleContext, call) -> Binarized | None:
+def per_axis1(values, shape) -> bool:
+    """A constant varying along axis 1 only, of an NC or NCHW tensor."""
+    return len(shape) in (2, 4) and per_channel(values, shape) is not None
+
+
+def per_feature(values, shape) -> bool:
+    """A constant varying along the features (last axis) only, of ``[N, T, C]`` tokens."""
+    return len(shape) == 3 and values.ndim <= 3 and all(d == 1 for d in values.shape[:-1]) and (
+        values.ndim == 0 or values.shape[-1] in (1, shape[-1]))
+
+
+def binarized_input(ctx: RuleContext, call, features_last: bool = False) -> Binarized | None:
     """The input of ``call`` when it computes ``x >= 0 ? +1 : -1`` (or ``x > 0 ? +1 : -1``) in
-    one of the recognised forms."""
+    one of the recognised forms (``features_last``: see ``_compare_source``)."""
     name = op_name(call)
     if name == "relax.where":
         cond, high, low = call.args
         high, low = ctx.uniform(high, shape_of(cond)), ctx.uniform(low, shape_of(cond))
         if (high, low) == (1.0, -1.0):
-            return _compare_source(ctx, cond, GREATER)
+            return _compare_source(ctx, cond, GREATER, features_last)
         if (high, low) == (-1.0, 1.0):
-            return _compare_source(ctx, cond, LESS)
+            return _compare_source(ctx, cond, LESS, features_last)
         return None
     if name in ("relax.subtract", "relax.add"):
         doubled, offset = call.args

@@ -447,6 +447,24 @@ def test_binary_matmul_on_tokens(tmp_path, binarizer):
     assert len(notes) >= 4 and all(r.binary for r in notes), notes  # the cast form adds a Mul and a Sub
 
 
+@pytest.mark.parametrize("compare", ["GreaterOrEqual", "Greater"])
+def test_rsign_on_the_token_input_lifts(tmp_path, compare):
+    """ReActNet's RSign, ``Where(x >= beta, 1, -1)`` with ``beta`` per feature, directly on a
+    ``[N, T, C]`` graph input: the matmul after it is a binary dense over the rows (it stayed
+    float: a 3-D tensor's per-channel constants were looked for along axis 1). Inputs exactly at
+    ``beta`` check the tie (``>=`` sends it to +1, ``>`` to -1)."""
+    g = GraphBuilder([1, 8, 40], seed=12)
+    beta = (g.rng.standard_normal((1, 1, 40)) * 0.3).astype(np.float32)
+    bits = g.node("Where", [g.node(compare, ["x", g.const(beta)]), g.const(np.float32(1)), g.const(np.float32(-1))])
+    out = g.node("MatMul", [bits, g.const(g.binary_weight((40, 10)), "w")])
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    x = inputs([1, 8, 40], batch=2)
+    x[:, ::2, :] = beta[0]
+    report = check(path, x, ["-> tokens_as_rows", "-> binary_dense"])
+    assert report.max_abs_diff == 0.0 and report.binary_checked == 1
+    assert all(r.binary for r in inspect_onnx(path)), inspect_onnx(path)
+
+
 def test_binarizer_feeding_a_non_binary_op_stays_exact(tmp_path):
     g = GraphBuilder([1, 6, 4, 4], seed=10)
     b = g.binarize("x")
