@@ -90,7 +90,7 @@ def verify(
         x = rng.standard_normal((16, *[d or 1 for d in dims[1:]])).astype(np.float32)
     binaries = lower_onnx(path, batch, target=target).binarizer_outputs()
     compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries, progress=progress)
-    ours = run_compiled(compiled, target, x, rpc, tracker, key)
+    ours = compiled_outputs(compiled, target, x, rpc, tracker, key)
     add_graph_outputs(model, binaries)
     theirs = reference_outputs(model, x, input_name, dims[0] if dims else None)
     n_final = len(theirs) - len(binaries)
@@ -111,7 +111,7 @@ def verify(
     return VerifyReport(names, abs_diff, rel_diff, len(binaries), mismatches, compiled.metadata["fused"], accuracy)
 
 
-def run_compiled(compiled, target: str, x: np.ndarray, rpc=None, tracker=None, key=None) -> list[np.ndarray]:
+def compiled_outputs(compiled, target: str, x: np.ndarray, rpc=None, tracker=None, key=None) -> list[np.ndarray]:
     """The compiled module's outputs on ``x``: here, or on the board (exported to a temporary
     library and sent over RPC, as ``bench`` does)."""
     if rpc is None and tracker is None:

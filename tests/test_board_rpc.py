@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 import pytest
+from onnx_builders import save, sign_chain_graph
+from random_graphs import random_graph, random_sign_graph, random_token_graph
 
 from bnn_tvm import board, tracker
 from bnn_tvm.compiler import compile_onnx
@@ -26,6 +28,7 @@ from bnn_tvm.errors import BnnError
 from bnn_tvm.export import default_model_path
 from bnn_tvm.remote import remote_bench
 from bnn_tvm.runtime import CompiledRunner
+from bnn_tvm.verify import verify
 
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-aarch64") is None, reason="qemu-aarch64 missing: run tools/install_system_deps.sh"
@@ -125,11 +128,7 @@ def test_verify_runs_the_model_on_the_board(lab, tmp_path):
     """``verify --tracker --key``: the compiled model on the board, ONNX Runtime here, every
     binary activation compared; a BinaryNet-style Sign chain with a strict binarizer (zeros on
     the input) besides the default model."""
-    sys.path.insert(0, os.path.dirname(__file__))
-    from onnx_builders import save, sign_chain_graph
-
     from bnn_tvm.cli import main
-    from bnn_tvm.verify import verify
 
     assert main(["verify", "--target", "rasp3b", "--tracker", lab["tracker"], "--key", lab["key"]]) == 0
     x = np.random.default_rng(2).standard_normal((3, 12, 8, 8)).astype(np.float32)
@@ -143,12 +142,6 @@ def test_verify_runs_the_model_on_the_board(lab, tmp_path):
 def test_random_graphs_are_exact_on_the_board(lab, tmp_path, kind):
     """One graph of each random generator (``random_graphs.py``) verified on the board: the
     forms the x86 sweeps check, through the aarch64 schedules (NEON kernels included)."""
-    sys.path.insert(0, os.path.dirname(__file__))
-    from onnx_builders import save
-    from random_graphs import random_graph, random_sign_graph, random_token_graph
-
-    from bnn_tvm.verify import verify
-
     make = {"nchw": random_graph, "tokens": random_token_graph, "signs": random_sign_graph}[kind]
     model, x = make(1)
     report = verify(save(model, tmp_path / "m.onnx"), "rasp3b", x=x, tracker=lab["tracker"], key=lab["key"])
