@@ -213,7 +213,7 @@ def random_sign_graph(seed: int) -> tuple[onnx.ModelProto, np.ndarray]:
     return g.model([t]), x
 
 
-GENERATORS = {"--tokens": random_token_graph, "--signs": random_sign_graph}
+GENERATORS = {"nchw": random_graph, "tokens": random_token_graph, "signs": random_sign_graph}  # --KIND picks one
 
 
 def main() -> int:
@@ -232,7 +232,7 @@ def main() -> int:
     failed = []
     with tempfile.TemporaryDirectory() as folder:
         for seed in range(first, last):
-            model, x = next((make for flag, make in GENERATORS.items() if flag in sys.argv), random_graph)(seed)
+            model, x = next((make for kind, make in GENERATORS.items() if f"--{kind}" in sys.argv), random_graph)(seed)
             path = save(model, os.path.join(folder, f"random_{seed}.onnx"))
             try:
                 report = verify(path, target, x=x, **board)

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 from onnx_builders import save, sign_chain_graph
-from random_graphs import random_graph, random_sign_graph, random_token_graph
+from random_graphs import GENERATORS
 
 from bnn_tvm import board, tracker
 from bnn_tvm.compiler import compile_onnx
@@ -138,12 +138,11 @@ def test_verify_runs_the_model_on_the_board(lab, tmp_path):
     assert report.binary_checked >= 1
 
 
-@pytest.mark.parametrize("kind", ["nchw", "tokens", "signs"])
+@pytest.mark.parametrize("kind", GENERATORS)
 def test_random_graphs_are_exact_on_the_board(lab, tmp_path, kind):
     """One graph of each random generator (``random_graphs.py``) verified on the board: the
     forms the x86 sweeps check, through the aarch64 schedules (NEON kernels included)."""
-    make = {"nchw": random_graph, "tokens": random_token_graph, "signs": random_sign_graph}[kind]
-    model, x = make(1)
+    model, x = GENERATORS[kind](1)
     report = verify(save(model, tmp_path / "m.onnx"), "rasp3b", x=x, tracker=lab["tracker"], key=lab["key"])
     assert report.ok, "\n".join(report.lines())
     assert any("-> binary_" in line for line in report.fused), report.fused

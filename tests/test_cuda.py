@@ -25,7 +25,7 @@ from onnx_builders import (
     sign_chain_graph,
     ternary_sign_graph,
 )
-from random_graphs import random_graph, random_sign_graph, random_token_graph
+from random_graphs import GENERATORS
 from tvm import tirx
 
 import schedules
@@ -274,7 +274,6 @@ def binary_graphs(tmp_path):
 
 GRAPHS = ["padded_clamped_tail", "stride2_unpadded_batch2", "maxpool", "dense_batch3", "dorefa_planes", "dilated",
           "pooled_threshold", "grouped", "ternary_sign", "sign_chain_strict"]
-RANDOM_GENERATORS = {"nchw": random_graph, "tokens": random_token_graph, "signs": random_sign_graph}
 # the OR max pool is a one-thread-per-word kernel like pack_sign: replayed in the slow run only
 SLOW_EMULATION = {"maxpool"}
 
@@ -337,9 +336,9 @@ def test_cuda_build_of_binary_graphs_is_exact_when_emulated(tmp_path, monkeypatc
     assert report.ok, "\n".join(report.lines())
 
 
-@pytest.mark.parametrize("kind,seed", [(kind, seed) for kind in ("nchw", "tokens", "signs") for seed in range(3)])
+@pytest.mark.parametrize("kind,seed", [(kind, seed) for kind in GENERATORS for seed in range(3)])
 def test_cuda_build_of_random_graphs_is_exact_when_emulated(tmp_path, monkeypatch, kind, seed):
-    model, x = RANDOM_GENERATORS[kind](seed)
+    model, x = GENERATORS[kind](seed)
     report = verify_emulated(monkeypatch, save(model, tmp_path / "m.onnx"), x)
     assert report.ok, "\n".join(report.lines())
 
@@ -428,13 +427,13 @@ def test_binary_graphs_verify_exactly_on_the_gpu(tmp_path, graph):
 
 
 @needs_gpu
-@pytest.mark.parametrize("kind,seed", [(kind, seed) for kind in RANDOM_GENERATORS for seed in range(4)])
+@pytest.mark.parametrize("kind,seed", [(kind, seed) for kind in GENERATORS for seed in range(4)])
 def test_random_graphs_verify_exactly_on_the_gpu(tmp_path, kind, seed):
     """The random sweeps' combinations (``random_graphs.py``), on the device: every kernel
     form meets the others there too."""
     from bnn_tvm.verify import verify
 
-    model, x = RANDOM_GENERATORS[kind](seed)
+    model, x = GENERATORS[kind](seed)
     report = verify(save(model, tmp_path / "m.onnx"), "cuda", x=x)
     assert report.ok, "\n".join(report.lines())
     assert any("-> binary_" in line for line in report.fused), report.fused
