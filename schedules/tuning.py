@@ -7,8 +7,9 @@ into knobs:
 
 * structural knobs, one design space each (a trace that tensorizes must know its tile shape):
   the output-width tile (``width_block``), the vector width (``lanes``: output channels per
-  SIMD register), and which loops form the parallel loop (rows; rows and column blocks; rows,
-  column blocks and channel blocks);
+  SIMD register), which loops form the parallel loop (rows; rows and column blocks; rows,
+  column blocks and channel blocks), and on units whose popcount is a byte-table lookup, the
+  counters (bytes per chunk, ``cpu.count_mismatches``, or 32-bit words);
 * sampled knobs, as MetaSchedule sampling instructions that its evolutionary search mutates:
   the channel tile in vectors (``sample_perfect_tile``), the unrolled part of the reduction over
   kernel columns and channel words (``sample_perfect_tile``, the inner factor unrolled), and for
@@ -72,6 +73,8 @@ def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
 
 INTRINSIC_NAMES = (
     (re.compile(r"bnn_tuning_pack32_(\w+)$"), lambda m: pack32_intrin(m[1])),
+    (re.compile(r"bnn_byte_step_(\d+)_(int\d+)$"), lambda m: cpu.byte_step_intrin(int(m[1]), m[2])),
+    (re.compile(r"bnn_byte_finish_(\d+)_(int\d+)$"), lambda m: cpu.byte_finish_intrin(int(m[1]), m[2])),
     (re.compile(rf"bnn_tuning_tile_out_(\d+)x(\d+)(?:_div(\d+))?((?:_(?:{'|'.join(bitserial.EPILOGUE_OPS)}))*)_(int\d+)$"),
      lambda m: tile_out_intrin(int(m[1]), int(m[2]), tuple(m[4].split("_")[1:]), m[5], int(m[3] or 1))),
 )
@@ -82,7 +85,7 @@ def register_intrinsics_named_in(lines) -> None:
     it opens, and a ``Tensorize`` of an intrinsic this process has not registered fails it."""
     names = set()
     for line in lines:
-        names.update(re.findall(r"bnn_tuning_[A-Za-z0-9_]+", line))
+        names.update(re.findall(r"bnn_(?:tuning|byte)_[A-Za-z0-9_]+", line))
     for name in names:
         for pattern, register in INTRINSIC_NAMES:
             match = pattern.match(name)
@@ -115,10 +118,11 @@ class Tile:
     lanes: int  # output channels per vector register
     parallel: int  # outer loops fused into the parallel loop (see PARALLEL_NAMES)
     pad: str = "root"  # zero-padded input: "root" (one parallel pass first) or "task" (per parallel task)
+    counters: str = "words"  # mismatch counters: "words" (32-bit) or "bytes" (``cpu.count_mismatches``)
 
     def describe(self) -> str:
         return (f"{self.width_block} positions, {self.lanes} lanes, parallel over {PARALLEL_NAMES[self.parallel]}, "
-                f"padding {'in its own pass' if self.pad == 'root' else 'per task'}")
+                f"padding {'in its own pass' if self.pad == 'root' else 'per task'}, {self.counters[:-1]} counters")
 
 
 PARALLEL_NAMES = {0: "nothing", 1: "rows", 2: "rows x column blocks", 3: "rows x column blocks x channel blocks"}
@@ -143,13 +147,16 @@ def width_choices(width: int, budget: int) -> list[int]:
 def tiles(channels: int, width: int, unit, padded: bool, parallel_choices=(1, 2, 3)) -> list[Tile]:
     """Every combination of the structural knobs. A padded conv may copy its padded input in a
     pass of its own (another parallel region: a fork/join costs ~10 us on a busy machine) or per
-    parallel task, the rows that task reads (some rows twice)."""
+    parallel task, the rows that task reads (some rows twice). A unit whose popcount is a byte
+    table may count in bytes or in 32-bit words (whole vectors only); byte counters take the
+    padding in its own pass (their ``rfactor`` needs the counting block first in its task)."""
     return [
-        Tile(w, lanes, p, pad)
+        Tile(w, lanes, p, pad, counters)
         for lanes in lane_choices(channels, unit)
         for w in width_choices(width, unit.accumulators)
         for p in parallel_choices
         for pad in (("root", "task") if padded else ("root",))
+        for counters in (("bytes", "words") if unit.byte_counters and lanes >= 4 and pad == "root" else ("words",))
     ]
 
 
@@ -197,6 +204,17 @@ def accumulate_tile(sch: s_tir.Schedule, block, lanes: int) -> None:
         sch.vectorize(lane)
     sch.decompose_reduction(block, first)
     sch.set_scope(block, 0, "local")
+
+
+def count_tile(sch: s_tir.Schedule, block, tile: Tile, unit) -> None:
+    """The ``mismatches`` block inside a tile in the tile's counters: byte counters as
+    ``schedules.cpu`` lays them out, or 32-bit accumulators (``accumulate_tile``; also for a
+    k-bit conv's weighted planes, which byte counters do not take)."""
+    if tile.counters == "bytes" and cpu.is_single_popcount(sch, block):
+        conv = len(sch.get(block).iter_vars) == 7
+        cpu.count_mismatches(sch, block, tile.lanes, 2, 3 if conv else 1, unit)
+    else:
+        accumulate_tile(sch, block, tile.lanes)
 
 
 def finish_dot(sch: s_tir.Schedule, dot, loop, lanes: int) -> None:
@@ -289,7 +307,7 @@ def conv_float_design(sch, func, unit, tile: Tile, out_name: str) -> s_tir.Sched
     tile_loop = fused if tile.parallel == 3 else o_outer
     finish_dot(sch, dot, tile_loop, tile.lanes)
     sch.compute_at(mism, tile_loop, preserve_unit_loops=True)
-    accumulate_tile(sch, mism, tile.lanes)
+    count_tile(sch, mism, tile, unit)
     transposed = False
     if out_name == "dot_float" and tile.lanes >= 4 and tile.width_block > 1:
         index_dtype = str(sch.get(lane).loop_var.ty)
@@ -336,7 +354,7 @@ def conv_threshold_design(sch, func, unit, tile: Tile, channels: int) -> s_tir.S
         sch.compute_at(bits, x_inner, preserve_unit_loops=True)
         finish_dot(sch, dot, x_inner, tile.lanes)
         sch.compute_at(mism, fused if tile.parallel == 3 else cw_outer, preserve_unit_loops=True)
-        accumulate_tile(sch, mism, tile.lanes)
+        count_tile(sch, mism, tile, unit)
     else:
         # The last word reads clamped channels: the tile covers all channels of its positions,
         # accumulated a channel block (sampled) at a time.
@@ -354,7 +372,7 @@ def conv_threshold_design(sch, func, unit, tile: Tile, channels: int) -> s_tir.S
         o_outer, o_vectors = sch.split(vector_loop, vectors)
         sch.reorder(o_outer, positions)
         sch.fuse(o_vectors, lane)
-        accumulate_tile(sch, mism, tile.lanes)
+        count_tile(sch, mism, tile, unit)
     pack_words(sch, bits, pack, unit.lanes)
     place_padding(sch, tile, fused, unit.lanes)
     return sch

@@ -6,10 +6,11 @@ how many registers the tile may take on the target:
 
 * AVX-512 (32 zmm registers, 16 x 32-bit lanes): ``vpxord``/``vpopcntd``/``vpaddd`` when the CPU
   has VPOPCNTDQ (Ice Lake and later, Zen 4); without it LLVM expands the popcount with
-  ``vpshufb`` nibble tables (AVX512-BW);
+  ``vpshufb`` nibble tables (AVX512-BW), counted in byte counters;
 * AVX2 (16 ymm registers, 8 lanes): no popcount instruction; LLVM's vector popcount is the
-  nibble-table method (two ``vpshufb`` lookups per byte pair, then byte sums);
-* anything older: SSE-width vectors (4 lanes).
+  nibble-table method (two ``vpshufb`` lookups per byte pair), and the kernels keep its byte
+  counts as they are for up to 31 steps (``cpu.count_mismatches``) instead of widening each;
+* anything older: SSE-width vectors (4 lanes), byte counters too.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ def vector_unit(target) -> VectorUnit:
 
     with target:
         if codegen.target_has_features("avx512f"):
-            name = "avx512-vpopcntdq" if codegen.target_has_features("avx512vpopcntdq") else "avx512"
-            return VectorUnit(name, lanes=16, accumulators=24)
+            if codegen.target_has_features("avx512vpopcntdq"):
+                return VectorUnit("avx512-vpopcntdq", lanes=16, accumulators=24)
+            return VectorUnit("avx512", lanes=16, accumulators=24, byte_counters=True)
         if codegen.target_has_features("avx2"):
-            return VectorUnit("avx2", lanes=8, accumulators=12)
-    return VectorUnit("sse", lanes=4, accumulators=12)
+            return VectorUnit("avx2", lanes=8, accumulators=12, byte_counters=True)
+    return VectorUnit("sse", lanes=4, accumulators=12, byte_counters=True)
 
 
 def schedule(func, op: str, target) -> Scheduled:

@@ -9,6 +9,7 @@ odd channel counts, stride 2, batch 2, padding 0 and 1, and 1x1 kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -27,10 +28,24 @@ AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})  # runs on any AVX
 RASP3B = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53", "mattr": ["+neon"]})
 INT32_MIN, INT32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
 
+HOST_UNIT = x86.vector_unit(tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}))
 host_has_avx512 = pytest.mark.skipif(
-    not x86.vector_unit(tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})).name.startswith("avx512"),
-    reason="this host has no AVX-512: the AVX-512 kernels cannot run here",
+    HOST_UNIT.name != "avx512-vpopcntdq", reason="this host has no AVX-512 VPOPCNTDQ: those kernels cannot run here"
 )
+
+
+@pytest.fixture(params=[pytest.param(X86, id="avx512", marks=host_has_avx512), pytest.param(AVX2, id="avx2")])
+def x86_target(request):
+    """Each x86 unit the kernels are checked on: AVX-512 VPOPCNTDQ (32-bit counters, on hosts
+    that have it) and AVX2 (byte counters, on any x86-64 host with AVX2)."""
+    return request.param
+
+
+HOST_X86 = X86 if HOST_UNIT.name == "avx512-vpopcntdq" else AVX2  # the tests' default: runs here
+
+
+def lanes_of(target) -> int:
+    return x86.vector_unit(target).lanes
 
 
 # ------------------------------------------------------------------------------------------
@@ -162,9 +177,9 @@ def run(scheduled, executable, inputs, out_shape, out_dtype):
     return out.numpy()
 
 
-def check_case(case, target=X86, fast=True):
+def check_case(case, target=None, fast=True):
     op, attrs, inputs, compute, expected = case
-    scheduled, executable = build(op, attrs, inputs, compute, target)
+    scheduled, executable = build(op, attrs, inputs, compute, target or HOST_X86)
     if fast:
         assert "generic" not in scheduled.plan, scheduled.plan
     got = run(scheduled, executable, inputs, expected.shape, expected.dtype)
@@ -186,25 +201,71 @@ CONV_SHAPES = [
 ]
 
 
-@host_has_avx512
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))
 @pytest.mark.parametrize("threshold", [False, True], ids=["float", "threshold"])
-def test_conv_matches_numpy(shape, threshold):
+def test_conv_matches_numpy(shape, threshold, x86_target):
     rng = np.random.default_rng(sum(shape))
-    plan = check_case(conv_case(rng, *shape, threshold=threshold)).plan
-    if shape[4] % 16 == 0:
-        assert "16 lanes" in plan
-    if not threshold and shape[4] % 16 == 0:
+    plan = check_case(conv_case(rng, *shape, threshold=threshold), target=x86_target).plan
+    lanes = lanes_of(x86_target)
+    if shape[4] % lanes == 0:
+        assert f"{lanes} lanes" in plan
+    if not threshold and shape[4] % lanes == 0:
         assert "register-transposed" in plan
+    if shape[4] % lanes == 0:  # full vectors: AVX2 counts in bytes
+        assert ("byte counters" in plan) == x86.vector_unit(x86_target).byte_counters, plan
 
 
-@host_has_avx512
-@host_has_avx512
+@pytest.mark.parametrize("shape", [
+    (1, 64, 6, 6, 32, 3, 1, 1),  # 18 steps: the whole reduction is one chunk
+    (1, 256, 5, 5, 16, 3, 1, 1),  # 24 steps per kernel row: one chunk per row
+    (1, 992, 4, 4, 8, 3, 1, 0),  # 31 words per tap: one chunk per tap, at the limit
+    (1, 2048, 3, 3, 8, 1, 1, 0),  # 64 words: 4 chunks of 16
+    (1, 1184, 3, 3, 8, 1, 1, 0),  # 37 words, a prime: chunks of one word
+])
+@pytest.mark.parametrize("threshold", [False, True], ids=["float", "threshold"])
+def test_byte_counters_hold_every_mismatch(shape, threshold):
+    """The worst case for byte counters: activations the complement of every weight, so every
+    bit mismatches and each byte counter gains 8 per step, up to 248 in a 31-step chunk. A
+    chunk of 32 steps would wrap to 0 and the result would be off by 256 per byte."""
+    n, c, h, w, oc, k, stride, pad = shape
+    rng = np.random.default_rng(17)
+    op, attrs, inputs, compute, _ = conv_case(rng, *shape, threshold=threshold)
+    values = bipolar(rng, (1, c, 1, 1))
+    weight = np.broadcast_to(values, (oc, c, k, k)).copy()  # the same at every tap and channel
+    a = np.where(rng.random((n, c, h, w)) < 0.02, values, -values)  # the complement, but for a few matches
+    inputs[0] = pack_bits(a.transpose(0, 2, 3, 1))
+    inputs[1] = pack_bits(weight.transpose(0, 2, 3, 1))
+    inputs[2] = padding_correction(weight, (h, w), (stride, stride), (pad,) * 4, (1, 1))
+    dot = conv_reference(a, weight, stride, pad)
+    if threshold:
+        low, high = inputs[3], inputs[4]
+        expected = packed_decisions(((dot >= low[:, None, None]) & (dot <= high[:, None, None])).transpose(0, 2, 3, 1))
+    else:
+        expected = dot.astype(np.float32)
+        assert dot.min() <= -(c * k * k) // 2  # most taps really mismatch
+    plan = check_case((op, attrs, inputs, compute, expected), target=AVX2).plan
+    assert "byte counters" in plan, plan
+
+
+@pytest.mark.parametrize("threshold", [False, True], ids=["float", "threshold"])
+def test_dense_byte_counters_hold_every_mismatch(threshold):
+    n, k, o = 3, 64 * 32, 16  # 64 words: 4 chunks of 16 (chunks of 32 steps would wrap)
+    rng = np.random.default_rng(18)
+    op, attrs, inputs, compute, _ = dense_case(rng, n, k, o, threshold)
+    values = bipolar(rng, (1, k))
+    a = np.where(rng.random((n, k)) < 0.02, values, -values)
+    inputs[0], inputs[1] = pack_bits(a), pack_bits(np.repeat(values, o, axis=0))
+    dot = a @ np.repeat(values, o, axis=0).T
+    expected = packed_decisions((dot >= inputs[2]) & (dot <= inputs[3])) if threshold else dot.astype(np.float32)
+    plan = check_case((op, attrs, inputs, compute, expected), target=AVX2).plan
+    assert "byte counters" in plan, plan
+
+
 @pytest.mark.parametrize("shape", [(1, 32, 9, 9, 40, 3, 1, 2), (2, 33, 10, 9, 20, 3, 2, 1), (1, 64, 12, 12, 64, 3, 1, 0)],
                          ids=lambda s: "n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))
 @pytest.mark.parametrize("threshold", [False, True], ids=["float", "threshold"])
-def test_dilated_conv_matches_numpy(shape, threshold):
-    check_case(conv_case(np.random.default_rng(9), *shape, threshold=threshold, dilation=2))
+def test_dilated_conv_matches_numpy(shape, threshold, x86_target):
+    check_case(conv_case(np.random.default_rng(9), *shape, threshold=threshold, dilation=2), target=x86_target)
 
 
 def test_conv_with_weight_scale_matches_numpy():
@@ -219,11 +280,10 @@ MULTIBIT_SHAPES = [
 ]
 
 
-@host_has_avx512
 @pytest.mark.parametrize("shape", MULTIBIT_SHAPES, ids=lambda s: "b{}n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))
 @pytest.mark.parametrize("threshold,scale", [(False, False), (False, True), (True, False)], ids=["float", "scaled", "threshold"])
-def test_multibit_conv_matches_numpy(shape, threshold, scale):
-    plan = check_case(multibit_conv_case(np.random.default_rng(sum(shape)), *shape, threshold=threshold, scale=scale)).plan
+def test_multibit_conv_matches_numpy(shape, threshold, scale, x86_target):
+    plan = check_case(multibit_conv_case(np.random.default_rng(sum(shape)), *shape, threshold=threshold, scale=scale), target=x86_target).plan
     if not threshold and shape[5] % 16 == 0:
         assert "register-transposed" in plan
 
@@ -236,26 +296,23 @@ def test_avx2_schedules_match_numpy(shape, threshold):
     assert "16 lanes" not in scheduled.plan
 
 
-@host_has_avx512
 @pytest.mark.parametrize("n,k,o", [(1, 640, 10), (3, 70, 50), (2, 2048, 96), (5, 96, 64)])
 @pytest.mark.parametrize("threshold", [False, True], ids=["float", "threshold"])
-def test_dense_matches_numpy(n, k, o, threshold):
-    check_case(dense_case(np.random.default_rng(n * k + o), n, k, o, threshold))
+def test_dense_matches_numpy(n, k, o, threshold, x86_target):
+    check_case(dense_case(np.random.default_rng(n * k + o), n, k, o, threshold), target=x86_target)
 
 
-@host_has_avx512
 @pytest.mark.parametrize("shape", [(2, 70, 5, 8), (1, 64, 56, 56), (1, 3, 7, 7)])
-def test_pack_sign_matches_numpy(shape):
+def test_pack_sign_matches_numpy(shape, x86_target):
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     x[:, :, ::3] = 0.0  # exactly 0 binarizes to +1
     expected = pack_bits(np.where(x >= 0, 1, -1).transpose(0, 2, 3, 1))
-    check_case(("pack_sign", {}, [x], bitserial.pack_sign, expected))
+    check_case(("pack_sign", {}, [x], bitserial.pack_sign, expected), target=x86_target)
 
 
-@host_has_avx512
 @pytest.mark.parametrize("shape", [(1, 3, 20, 20, 64, 7, 2, 3), (2, 24, 9, 7, 40, 1, 2, 0), (1, 16, 8, 8, 32, 3, 1, 1)],
                          ids=["stem7x7s2", "1x1s2", "3x3"])
-def test_float_conv_matches_numpy(shape):
+def test_float_conv_matches_numpy(shape, x86_target):
     """The float convs around binary layers get the same tile (FMA accumulators)."""
     n, c, h, w, oc, k, stride, pad = shape
     rng = np.random.default_rng(k)
@@ -264,14 +321,13 @@ def test_float_conv_matches_numpy(shape):
     expected = conv_reference(x.astype(np.float64), weight.astype(np.float64), stride, pad)
     case = ("float_conv2d", {}, [x, weight], lambda d, wt: float_conv2d(d, wt, (stride, stride), (pad,) * 4), expected.astype(np.float32))
     op, attrs, inputs, compute, _ = case
-    scheduled, executable = build(op, attrs, inputs, compute, X86)
+    scheduled, executable = build(op, attrs, inputs, compute, x86_target)
     assert "float conv" in scheduled.plan
     got = run(scheduled, executable, inputs, expected.shape, np.float32)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
-@host_has_avx512
-def test_conv_with_table_lookup_matches_numpy():
+def test_conv_with_table_lookup_matches_numpy(x86_target):
     """``binary_conv2d_table``: a per-channel float function of the integer result, tabulated."""
     rng = np.random.default_rng(11)
     op, attrs, inputs, _, _ = conv_case(rng, 1, 32, 8, 8, 32, 3, 1, 1, threshold=False)
@@ -284,12 +340,11 @@ def test_conv_with_table_lookup_matches_numpy():
         conv = bitserial.binary_conv2d_dot(d, wt, corr, taps, (1, 1), (1, 1, 1, 1))
         return bitserial.table_lookup(conv, tab, taps)
 
-    scheduled = check_case(("binary_conv2d_table", attrs, inputs + [table], compute, expected.astype(np.float32)))
+    scheduled = check_case(("binary_conv2d_table", attrs, inputs + [table], compute, expected.astype(np.float32)), target=x86_target)
     assert "table lookups" in scheduled.plan
 
 
-@host_has_avx512
-def test_dense_with_table_lookup_matches_numpy():
+def test_dense_with_table_lookup_matches_numpy(x86_target):
     rng = np.random.default_rng(12)
     op, attrs, inputs, _, _ = dense_case(rng, 2, 200, 48, threshold=False)
     taps = attrs["bnn.taps"]
@@ -300,7 +355,7 @@ def test_dense_with_table_lookup_matches_numpy():
     def compute(d, w, tab):
         return bitserial.table_lookup(bitserial.binary_dense_dot(d, w, taps), tab, taps)
 
-    check_case(("binary_dense_table", attrs, inputs + [table], compute, expected.astype(np.float32)))
+    check_case(("binary_dense_table", attrs, inputs + [table], compute, expected.astype(np.float32)), target=x86_target)
 
 
 EPILOGUE = ("multiply", "multiply", "add", "rsubtract", "divide")  # weight scale, BN (s, shift), c - y, y / c
@@ -317,9 +372,8 @@ def epilogue_consts(rng, channels: int) -> list[np.ndarray]:
     return [scale, s, b, c, divisor]
 
 
-@host_has_avx512
 @pytest.mark.parametrize("n,c,h,w,oc,stride,pad", [(1, 64, 8, 8, 64, 1, 1), (2, 33, 7, 7, 19, 2, 1)])
-def test_conv_with_float_epilogue_matches_numpy(n, c, h, w, oc, stride, pad):
+def test_conv_with_float_epilogue_matches_numpy(n, c, h, w, oc, stride, pad, x86_target):
     """``binary_conv2d_epilogue``: per-channel float ops on the tile, each rounded like the float
     graph (no FMA), NCHW out; odd channels, stride 2, batch 2 take the other tile paths."""
     rng = np.random.default_rng(13)
@@ -334,13 +388,12 @@ def test_conv_with_float_epilogue_matches_numpy(n, c, h, w, oc, stride, pad):
         return bitserial.dot_to_float_nchw(conv, *cs, steps=EPILOGUE)
 
     attrs = {**attrs, "bnn.epilogue": ",".join(EPILOGUE)}
-    scheduled = check_case(("binary_conv2d_epilogue", attrs, inputs + consts, compute, expected))
+    scheduled = check_case(("binary_conv2d_epilogue", attrs, inputs + consts, compute, expected), target=x86_target)
     if oc % 16 == 0:
         assert "register-transposed" in scheduled.plan, scheduled.plan
 
 
-@host_has_avx512
-def test_dense_with_float_epilogue_matches_numpy():
+def test_dense_with_float_epilogue_matches_numpy(x86_target):
     rng = np.random.default_rng(14)
     op, attrs, inputs, _, _ = dense_case(rng, 2, 200, 48, threshold=False)
     taps = attrs["bnn.taps"]
@@ -351,7 +404,7 @@ def test_dense_with_float_epilogue_matches_numpy():
         return bitserial.dot_to_float_nchw(bitserial.binary_dense_dot(d, w, taps), *cs, steps=EPILOGUE)
 
     attrs = {**attrs, "bnn.epilogue": ",".join(EPILOGUE)}
-    check_case(("binary_dense_epilogue", attrs, inputs + consts, compute, expected))
+    check_case(("binary_dense_epilogue", attrs, inputs + consts, compute, expected), target=x86_target)
 
 
 def residual_conv_case(rng, n, c, h, w, oc, stride, pad, rprelu: bool = False):
@@ -382,11 +435,10 @@ def residual_conv_case(rng, n, c, h, w, oc, stride, pad, rprelu: bool = False):
     return op + "_epilogue", attrs, inputs + consts + [residual] + after_consts, compute, expected
 
 
-@host_has_avx512
 @pytest.mark.parametrize("n,c,h,w,oc,stride,pad", [(1, 64, 8, 8, 64, 1, 1), (2, 33, 7, 7, 19, 2, 1), (1, 64, 7, 7, 32, 1, 1)])
 @pytest.mark.parametrize("rprelu", [False, True], ids=["residual", "residual-rprelu"])
-def test_conv_with_residual_epilogue_matches_numpy(n, c, h, w, oc, stride, pad, rprelu):
-    scheduled = check_case(residual_conv_case(np.random.default_rng(15), n, c, h, w, oc, stride, pad, rprelu))
+def test_conv_with_residual_epilogue_matches_numpy(n, c, h, w, oc, stride, pad, rprelu, x86_target):
+    scheduled = check_case(residual_conv_case(np.random.default_rng(15), n, c, h, w, oc, stride, pad, rprelu), target=x86_target)
     if oc % 16 == 0:
         assert "register-transposed" in scheduled.plan, scheduled.plan
 
@@ -463,12 +515,21 @@ def test_avx512_conv_uses_vpopcntd_and_mask_packing():
     assert "kmovw" in asm or "kmovd" in asm  # threshold words packed from compare masks
 
 
-def test_avx2_conv_uses_nibble_table_popcount():
+@pytest.mark.parametrize("byte_counters", [True, False], ids=["bytes", "words"])
+def test_avx2_conv_uses_nibble_table_popcount(byte_counters, monkeypatch):
+    """The inner loop looks bytes up in a nibble table; with byte counters it adds the byte
+    counts as they are (no ``vpsadbw``/unpack widening to 32 bits per step)."""
+    if not byte_counters:
+        unit = x86.vector_unit(AVX2)
+        monkeypatch.setattr(x86, "vector_unit", lambda target: dataclasses.replace(unit, byte_counters=False))
     case = conv_case(np.random.default_rng(0), 1, 64, 8, 8, 64, 3, 1, 1, threshold=False)
     _, executable = build(*case[:4], AVX2)
     asm = function_asm(executable, "main")
     assert "vpopcnt" not in asm and "zmm" not in asm
-    assert any("vpshufb" in body and "ymm" in body for body in loops(asm))
+    inner = [body for body in loops(asm) if "vpshufb" in body and "ymm" in body]
+    assert inner
+    widening = [body for body in inner if re.search(r"vpsadbw|vpunpck|vpackus|vpmaddubsw", body)]
+    assert (not widening) == byte_counters
 
 
 @pytest.mark.parametrize("threshold", [False, True], ids=["float", "threshold"])
@@ -506,17 +567,16 @@ def test_schedule_module_relayouts_constants_at_compile_time(tmp_path, monkeypat
     np.testing.assert_array_equal(got, expected.astype(np.float32))
 
 
-@host_has_avx512
 @pytest.mark.parametrize("shape, threshold, expect_parallel", [
     ((1, 5, 6, 5, 3, 3, 2, 1), False, False),  # a few hundred popcounts: one core, no thread-pool wake-up
     ((1, 32, 8, 8, 64, 3, 1, 1), True, False),  # the digits model's conv (36,864 words)
     ((1, 128, 14, 14, 128, 3, 2, 1), False, True),  # a ResNet stage-entry conv
     ((1, 64, 12, 12, 64, 3, 1, 1), True, True),
 ])
-def test_only_kernels_with_enough_work_run_in_parallel(shape, threshold, expect_parallel):
+def test_only_kernels_with_enough_work_run_in_parallel(shape, threshold, expect_parallel, x86_target):
     """A parallel launch costs more than a tiny kernel takes; the schedules keep those serial
     (``cpu.PARALLEL_MIN_TILE_WORK``) and run the rest on all cores, exact either way."""
-    scheduled = check_case(conv_case(np.random.default_rng(5), *shape, threshold=threshold))
+    scheduled = check_case(conv_case(np.random.default_rng(5), *shape, threshold=threshold), target=x86_target)
     assert ("T.parallel" in scheduled.func.script()) == expect_parallel, scheduled.plan
 
 

@@ -96,8 +96,12 @@ def replay_fresh(design, func):
     return sch.mod["main"]
 
 
-@pytest.mark.parametrize("model", ["float_conv", "threshold_conv", "dorefa", "digits"])
-def test_design_spaces_are_exact_under_random_decisions(model, tmp_path):
+@pytest.mark.parametrize("model,target", [("float_conv", "x86"), ("threshold_conv", "x86"), ("dorefa", "x86"),
+                                          ("digits", "x86"), ("float_conv", "x86-avx2"), ("threshold_conv", "x86-avx2")])
+def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path):
+    """Every fifth design (the knobs vary fastest to slowest: counters, padding, parallel
+    loops, ...) with its sampled decisions redrawn, against the unscheduled kernel; AVX2 (byte
+    or 32-bit counters) on any host, the host's own unit too."""
     if model == "float_conv":
         path = float_conv_model(tmp_path / "m.onnx")
     elif model == "dorefa":
@@ -106,7 +110,7 @@ def test_design_spaces_are_exact_under_random_decisions(model, tmp_path):
         path = save(conv_block_model(32, 64, 6, stride=2)[0], tmp_path / "m.onnx")
     else:
         path = default_model_path()
-    spec = targets.get("x86")
+    spec = targets.get(target)
     mod = tuning.prepare_module(lower_onnx(path).mod, spec)
     rng = np.random.default_rng(0)
     checked = {}
@@ -136,7 +140,11 @@ def test_space_knobs_cover_the_hand_written_choices():
 
     lanes, channel_block, width_block = cpu.tile(64, 56, unit)
     space = tuning.tiles(64, 56, unit, padded=True)
-    assert any(t.lanes == lanes and t.width_block == width_block and t.parallel == 1 and t.pad == "root" for t in space)
+    counters = "bytes" if unit.byte_counters else "words"
+    assert any(t.lanes == lanes and t.width_block == width_block and t.parallel == 1 and t.pad == "root"
+               and t.counters == counters for t in space)
+    avx2 = tuning.vector_unit(targets.get("x86-avx2"))
+    assert {t.counters for t in tuning.tiles(64, 56, avx2, padded=True)} == {"bytes", "words"}
     assert channel_block // lanes <= unit.accumulators // width_block  # the sampled vector count reaches it
     assert {t.pad for t in space} == {"root", "task"} and {t.parallel for t in space} == {1, 2, 3}
 
