@@ -95,7 +95,7 @@ def binarized_input(ctx: RuleContext, call, features_last: bool = False) -> Bina
         cast = ctx.producer(doubled.args[0])
         if op_name(cast) != "relax.astype":
             return None
-        return _compare_source(ctx, cast.args[0], GREATER)
+        return _compare_source(ctx, cast.args[0], GREATER, features_last)
     return None
 
 

@@ -26,8 +26,8 @@ def binarize_less(g, x):
     return g.node("Where", [lt, g.const(np.float32(-1)), g.const(np.float32(1))])
 
 
-def binarize_cast(g, x):
-    ge = g.node("GreaterOrEqual", [x, g.const(np.float32(0))])
+def binarize_cast(g, x, threshold=np.float32(0), compare="GreaterOrEqual"):
+    ge = g.node(compare, [x, g.const(threshold)])
     doubled = g.node("Mul", [g.node("Cast", [ge], to=1), g.const(np.float32(2))])
     return g.node("Sub", [doubled, g.const(np.float32(1))])
 
@@ -448,14 +448,19 @@ def test_binary_matmul_on_tokens(tmp_path, binarizer):
 
 
 @pytest.mark.parametrize("compare", ["GreaterOrEqual", "Greater"])
-def test_rsign_on_the_token_input_lifts(tmp_path, compare):
-    """ReActNet's RSign, ``Where(x >= beta, 1, -1)`` with ``beta`` per feature, directly on a
-    ``[N, T, C]`` graph input: the matmul after it is a binary dense over the rows (it stayed
-    float: a 3-D tensor's per-channel constants were looked for along axis 1). Inputs exactly at
-    ``beta`` check the tie (``>=`` sends it to +1, ``>`` to -1)."""
+@pytest.mark.parametrize("form", ["where", "cast"])
+def test_rsign_on_the_token_input_lifts(tmp_path, compare, form):
+    """ReActNet's RSign, ``Where(x >= beta, 1, -1)`` (or ``Cast(x >= beta) * 2 - 1``) with
+    ``beta`` per feature, directly on a ``[N, T, C]`` graph input: the matmul after it is a
+    binary dense over the rows (it stayed float: a 3-D tensor's per-channel constants were
+    looked for along axis 1). Inputs exactly at ``beta`` check the tie (``>=`` sends it to +1,
+    ``>`` to -1)."""
     g = GraphBuilder([1, 8, 40], seed=12)
     beta = (g.rng.standard_normal((1, 1, 40)) * 0.3).astype(np.float32)
-    bits = g.node("Where", [g.node(compare, ["x", g.const(beta)]), g.const(np.float32(1)), g.const(np.float32(-1))])
+    if form == "where":
+        bits = g.node("Where", [g.node(compare, ["x", g.const(beta)]), g.const(np.float32(1)), g.const(np.float32(-1))])
+    else:
+        bits = binarize_cast(g, "x", beta, compare)
     out = g.node("MatMul", [bits, g.const(g.binary_weight((40, 10)), "w")])
     path = save(g.model([out]), tmp_path / "m.onnx")
     x = inputs([1, 8, 40], batch=2)
