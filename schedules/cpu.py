@@ -362,17 +362,25 @@ def accumulate(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduction: 
     unrolled, channels split into unrolled vectors of ``lanes``.
     """
     loops = sch.get_loops(block)
-    space, reduce = loops[-(spatial + reduction) : -reduction], loops[-reduction:]
-    *positions, channels = space
+    *positions, channels = loops[-(spatial + reduction) : -reduction]
+    lay_out_tile(sch, block, loops[-reduction:], positions, channels, lanes, vectorize=lanes > 1)
+    sch.set_scope(block, 0, "local")
+
+
+def lay_out_tile(sch: s_tir.Schedule, block, reduce: list, positions: list, channels, lanes: int,
+                 vectorize: bool = False):
+    """The reduction loops ``reduce`` outside, the tile inside: ``positions`` unrolled,
+    ``channels`` split into unrolled vectors of ``lanes`` (the lane loop vectorised if asked);
+    the block's initialisation before the reduction. Returns the lane loop."""
     vector_count, lane = sch.split(channels, [None, lanes])
     sch.reorder(*reduce, *positions, vector_count, lane)
     for loop in positions:
         sch.unroll(loop)
     sch.unroll(vector_count)
-    if lanes > 1:
+    if vectorize:
         sch.vectorize(lane)
     sch.decompose_reduction(block, reduce[0])
-    sch.set_scope(block, 0, "local")
+    return lane
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,23 +521,13 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
     partial = sch.rfactor(chunk, 0)  # [chunk, ...]: the byte counters of each chunk
     sch.set_scope(partial, 0, "local")
     *positions, channels, chunk = sch.get_loops(block)[-(spatial + 1) :]
-    vector_count, lane = sch.split(channels, [None, lanes])
-    sch.reorder(chunk, *positions, vector_count, lane)
-    for loop in positions:
-        sch.unroll(loop)
-    sch.unroll(vector_count)
-    sch.decompose_reduction(block, chunk)
+    lane = lay_out_tile(sch, block, [chunk], positions, channels, lanes)
     sch.set_scope(block, 0, "local")
     sch.compute_at(partial, chunk, preserve_unit_loops=True)
     steps = sum(int(var.iter_type) == tirx.IterVar.CommReduce for var in sch.get(partial).iter_vars)
     loops = sch.get_loops(partial)
     *part_positions, part_channels = loops[-(steps + spatial) : -steps]
-    part_vectors, part_lane = sch.split(part_channels, [None, lanes])
-    sch.reorder(*loops[-steps:], *part_positions, part_vectors, part_lane)
-    for loop in part_positions:
-        sch.unroll(loop)
-    sch.unroll(part_vectors)
-    sch.decompose_reduction(partial, loops[-steps])
+    part_lane = lay_out_tile(sch, partial, loops[-steps:], part_positions, part_channels, lanes)
     sch.tensorize(part_lane, byte_step_intrin(lanes, str(sch.get(part_lane).loop_var.ty)))
     sch.tensorize(lane, byte_finish_intrin(lanes, str(sch.get(lane).loop_var.ty)))
     return "byte counters"
