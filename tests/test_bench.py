@@ -132,3 +132,12 @@ def test_samples_wait_for_idle_thread_pools_with_several_threads(monkeypatch, th
     bench.measure_rounds(prepared, bench.Settings(threads=threads, repeat=3))
     assert slept == [bench.PAUSE_S] * pauses
     assert all(p.result.times_ms == [1.0] * 3 for p in prepared.values())
+
+
+def test_popcount_limit_counts_as_the_kernels_do():
+    """The limit is measured on the loop the conv kernels run: byte counters on AVX2 (which
+    beat the 32-bit-counter loop there), 32-bit counters on a unit with a vector popcount."""
+    from bnn_tvm.bench import popcount_peak
+
+    peak = popcount_peak("x86-avx2", 1)
+    assert "byte counters" in peak["method"] and peak["gmacs_per_s"] > 0
