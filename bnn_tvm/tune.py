@@ -556,7 +556,8 @@ def tune(
         if measurer.cache_info().currsize:
             measurer().close()
     records = stored_records(open_database(db_dir, writable=False), tasks, spec)
-    report = build_report(path, spec, db_dir, tasks, records, untuned, remaining, time.monotonic() - started, where)
+    added = sum(len(r) for r in records.values()) - stored  # fewer than asked when --minutes ran out
+    report = build_report(path, spec, db_dir, tasks, records, untuned, added, time.monotonic() - started, where)
     report_path = os.path.join(db_dir, REPORT_FILE)
     save_json(report_path, report)
     lock.close()

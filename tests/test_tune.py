@@ -238,6 +238,21 @@ def test_rerun_with_the_same_trials_does_nothing(tuned_db, capsys):
     assert len(complete_records(tuned_db["db"])) == TINY_TRIALS
 
 
+def test_time_limit_stops_the_search_and_reports_what_ran(tuned_db, tmp_path, capsys):
+    """``--minutes``: the search ends at the limit, short of ``--trials``; the records so far are
+    kept and the report counts those this run added, not those it was asked for."""
+    db = str(tmp_path / "db")
+    shutil.copytree(tuned_db["db"], db)
+    stored = len(complete_records(db))
+    asked = stored + 500
+    assert main(["tune", "--tasks", "binary", "--trials", str(asked), "--minutes", "0.05", "--db", db]) == 0
+    assert "time limit of 0.05 min reached" in "".join(capsys.readouterr())
+    added = len(complete_records(db)) - stored
+    assert 0 < added < 500
+    report = json.load(open(os.path.join(db, tune.REPORT_FILE)))
+    assert report["trials_this_run"] == added
+
+
 def database_with_untuned_seconds(tuned_db, tmp_path, seconds: float) -> str:
     """A copy of the tiny run's database whose hand-written schedules took ``seconds``."""
     db = str(tmp_path / "db")
