@@ -216,26 +216,41 @@ def random_sign_graph(seed: int) -> tuple[onnx.ModelProto, np.ndarray]:
 GENERATORS = {"nchw": random_graph, "tokens": random_token_graph, "signs": random_sign_graph}  # --KIND picks one
 
 
-def main() -> int:
+def parse_args(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Verify random binarized graphs (seeds FIRST..LAST-1) against ONNX Runtime.")
+    parser.add_argument("first", type=int, help="first seed")
+    parser.add_argument("last", type=int, help="one past the last seed")
+    kinds = parser.add_mutually_exclusive_group()
+    described = {"nchw": "conv graphs on NCHW images (the default)", "tokens": "binary matmuls on [N, T, C] tokens",
+                 "signs": "BinaryNet-style Sign chains"}
+    for kind in GENERATORS:
+        kinds.add_argument(f"--{kind}", dest="kind", action="store_const", const=kind, help=described[kind])
+    parser.add_argument("--target", default="x86", help="a name from `python -m bnn_tvm targets` (default x86)")
+    parser.add_argument("--rpc", metavar="HOST:PORT", help="run on the board's RPC server")
+    parser.add_argument("--tracker", metavar="HOST:PORT", help="run on a board from this RPC tracker")
+    parser.add_argument("--key", help="the board's key at the tracker")
+    parser.set_defaults(kind="nchw")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
     import tempfile
 
     from onnx_builders import save
 
     from bnn_tvm.verify import verify
 
-    first, last = (int(v) for v in sys.argv[1:3])
-    def option(name, default=None):
-        return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
-
-    target = option("--target", "x86")
-    board = {"rpc": option("--rpc"), "tracker": option("--tracker"), "key": option("--key")}
+    args = parse_args(argv)
+    board = {"rpc": args.rpc, "tracker": args.tracker, "key": args.key}
     failed = []
     with tempfile.TemporaryDirectory() as folder:
-        for seed in range(first, last):
-            model, x = next((make for kind, make in GENERATORS.items() if f"--{kind}" in sys.argv), random_graph)(seed)
+        for seed in range(args.first, args.last):
+            model, x = GENERATORS[args.kind](seed)
             path = save(model, os.path.join(folder, f"random_{seed}.onnx"))
             try:
-                report = verify(path, target, x=x, **board)
+                report = verify(path, args.target, x=x, **board)
                 lines = report.lines()
             except Exception as err:  # a compile error is a failed seed too; the sweep goes on
                 report, lines = None, [f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"]
@@ -245,7 +260,8 @@ def main() -> int:
                 failed.append(seed)
                 onnx.save(model, f"random_{seed}.onnx")
                 print("\n".join(lines), flush=True)
-    print(f"{last - first - len(failed)} of {last - first} exact on {target}; failed (saved here): {failed}")
+    count = args.last - args.first
+    print(f"{count - len(failed)} of {count} exact on {args.target}; failed (saved here): {failed}")
     return 1 if failed else 0
 
 
