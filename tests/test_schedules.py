@@ -24,6 +24,7 @@ from schedules import arm, bitserial, cpu, x86
 from schedules.float_conv import float_conv2d
 
 X86 = tvm.target.Target({"kind": "llvm", "mcpu": "rocketlake"})  # AVX-512 with VPOPCNTDQ
+SKX = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})  # AVX-512 without VPOPCNTDQ: byte counters
 AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})  # runs on any AVX-512 host too
 RASP3B = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53", "mattr": ["+neon"]})
 INT32_MIN, INT32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
@@ -34,10 +35,17 @@ host_has_avx512 = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(params=[pytest.param(X86, id="avx512", marks=host_has_avx512), pytest.param(AVX2, id="avx2")])
+host_has_avx512bw = pytest.mark.skipif(
+    not HOST_UNIT.name.startswith("avx512"), reason="this host has no AVX-512: those kernels cannot run here"
+)
+
+
+@pytest.fixture(params=[pytest.param(X86, id="avx512", marks=host_has_avx512),
+                        pytest.param(SKX, id="avx512-bytes", marks=host_has_avx512bw), pytest.param(AVX2, id="avx2")])
 def x86_target(request):
-    """Each x86 unit the kernels are checked on: AVX-512 VPOPCNTDQ (32-bit counters, on hosts
-    that have it) and AVX2 (byte counters, on any x86-64 host with AVX2)."""
+    """Each x86 unit the kernels are checked on: AVX-512 VPOPCNTDQ (32-bit counters), AVX-512
+    without it (byte counters in zmm registers), both on hosts that have AVX-512, and AVX2 (byte
+    counters, on any x86-64 host with AVX2)."""
     return request.param
 
 
@@ -503,6 +511,18 @@ def loops(asm: str) -> list[str]:
         if not any(start < other_start <= end and (other_start, other_end) != (start, end) for other_start, other_end in spans.values())
     ]
     return ["\n".join(lines[start : end + 1]) for start, end in innermost]
+
+
+def test_avx512_without_vpopcntdq_counts_bytes_in_zmm_registers():
+    """AVX-512 without VPOPCNTDQ (Skylake-SP): 16-lane tiles, nibble tables in zmm registers,
+    byte counts added as they come. Compiled only: runs on any host."""
+    case = conv_case(np.random.default_rng(0), 1, 64, 8, 8, 64, 3, 1, 1, threshold=False)
+    scheduled, executable = build(*case[:4], SKX)
+    assert "16 lanes" in scheduled.plan and "byte counters" in scheduled.plan, scheduled.plan
+    asm = function_asm(executable, "main")
+    inner = [body for body in loops(asm) if "vpshufb" in body and "zmm" in body]
+    assert inner and "vpopcnt" not in asm
+    assert not [body for body in inner if re.search(r"vpsadbw|vpunpck|vpackus", body)]
 
 
 def test_avx512_conv_uses_vpopcntd_and_mask_packing():
