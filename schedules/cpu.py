@@ -31,8 +31,8 @@ of a binarized network (``schedules.float_conv``) get the same tile with FMA acc
 The inner loop per (tap, word): ``vpxord`` (broadcast activation XOR weight vector),
 ``vpopcntd``, ``vpaddd`` on AVX-512 VPOPCNTDQ (3 vector uops per 512 bits: the popcount limit
 ``bench`` measures); on AVX2, ``vpxor``, the nibble-table lookup (``vpand``, ``vpsrlw``,
-``vpand``, two ``vpshufb``, ``vpaddb``) and ``vpaddb`` into byte counters, widened once per chunk
-of up to 31 steps (``count_mismatches``); ``eor``, ``cnt.16b``, ``uaddlp``, ``uadalp`` on aarch64 NEON (LLVM's
+``vpand``, two ``vpshufb``, ``vpaddb``) and ``vpaddd`` into byte counters, widened once per
+chunk of up to 31 steps (``count_mismatches``); ``eor``, ``cnt.16b``, ``uaddlp``, ``uadalp`` on aarch64 NEON (LLVM's
 lowering of an accumulated vector popcount: no ``addv`` in the loop); ``veor``, ``vcnt.8``,
 ``vpaddl.u8``, ``vpadal.u16`` on armv7 (tensorized by ``schedules.arm``: LLVM alone emits
 ``vpaddl.u16`` + ``vadd``).
@@ -388,11 +388,13 @@ def lay_out_tile(sch: s_tir.Schedule, block, reduce: list, positions: list, chan
 #
 # Without a 32-bit vector popcount (AVX2, AVX-512 without VPOPCNTDQ, SSE), LLVM counts the bits
 # of each byte with two ``vpshufb`` nibble-table lookups and then widens the byte counts to a
-# 32-bit lane (``vpsadbw``, unpacks and packs): about 13 vector instructions per XOR word
-# vector, of which the lookup is 6. Byte counters keep the counts as they come: per 32-bit lane,
-# four byte counters, each adding at most 8 per step, so 31 steps stay below 256 and cannot
-# carry into the next byte. The reduction is split into chunks of at most 31 steps
-# (``rfactor``): a chunk accumulates byte counters (``bnn_byte_step``: XOR, lookup, ``vpaddb``),
+# 32-bit lane (two ``vpsadbw``, two unpacks, a pack): 14 vector instructions per XOR word vector
+# in the AVX2 conv's inner loop, the broadcast of the activation word included, against 9 with
+# byte counters (``test_avx2_conv_uses_nibble_table_popcount``). Byte counters keep the counts
+# as they come: per 32-bit lane, four byte counters, each adding at most 8 per step, so 31
+# steps stay below 256 and cannot carry into the next byte. The reduction is split into chunks
+# of at most 31 steps (``rfactor``): a chunk accumulates byte counters (``bnn_byte_step``: XOR,
+# lookup, one add),
 # then the four counters of each lane are summed into the 32-bit total (``bnn_byte_finish``:
 # two masked adds). Measured on a Zen 3 (AVX2), Bi-Real ResNet-18's 3x3 convs: 1.5-2.0x faster.
 #
