@@ -55,36 +55,17 @@ def schedule(func, op: str, target) -> Scheduled:
 
 
 def _popcount_accumulate_funcs(lanes: int, index_dtype: str):
-    """``(desc, impl)`` of ``acc[i] += popcount(a ^ w[i])`` for ``lanes`` 32-bit lanes: one
-    activation word ``a`` against a vector of weight words ``w``, int32 accumulators."""
-    extent = tirx.IntImm(index_dtype, lanes)
+    """The popcount step of ``lanes`` 32-bit lanes (``cpu.popcount_step_funcs``, whose lane loop
+    ``cpu.accumulate`` vectorized) as ``vcnt.8`` + ``vpaddl.u8`` + ``vpadal.u16``."""
 
-    def declare():
-        acc = T.match_buffer(T.arg("acc", T.handle()), (lanes,), "int32", offset_factor=1, scope="local")
-        word = T.match_buffer(T.arg("a", T.handle()), (1,), "uint32", offset_factor=1)
-        weights = T.match_buffer(T.arg("w", T.handle()), (lanes,), "uint32", offset_factor=1)
-        return acc, word, weights
-
-    def regions(acc, word, weights):
-        T.reads(acc[0:lanes], word[0:1], weights[0:lanes])
-        T.writes(acc[0:lanes])
-
-    def per_lane(acc, word, weights):
-        with T.vectorized(extent) as i:  # cpu.accumulate vectorized the lanes
-            with T.sblock("update"):
-                vi = T.axis.spatial(extent, i)
-                T.reads(acc[vi], word[0], weights[vi])
-                T.writes(acc[vi])
-                T.buffer_store(acc, acc[vi] + T.Cast("int32", T.popcount(word[0] ^ weights[vi])), [vi])
-
-    def pairwise(acc, word, weights):
+    def pairwise(word, weights, acc):
         xor = tirx.Broadcast(word[0], lanes) ^ weights.vload([0], f"uint32x{lanes}")
         counts = T.call_llvm_pure_intrin(f"uint8x{4 * lanes}", "llvm.ctpop", T.reinterpret(f"uint8x{4 * lanes}", xor))
         halves = T.call_llvm_pure_intrin(f"uint16x{2 * lanes}", "llvm.arm.neon.vpaddlu", counts)
         total = T.call_llvm_pure_intrin(f"int32x{lanes}", "llvm.arm.neon.vpadalu", acc.vload([0], f"int32x{lanes}"), halves)
         T.buffer_store(acc, total, [tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)])
 
-    return cpu.intrinsic_side(declare, regions, per_lane), cpu.intrinsic_side(declare, regions, pairwise)
+    return cpu.popcount_step_funcs(lanes, index_dtype, pairwise, vectorized=True)
 
 
 def popcount_accumulate_intrin(lanes: int, index_dtype: str) -> str:

@@ -399,22 +399,21 @@ def lay_out_tile(sch: s_tir.Schedule, block, reduce: list, positions: list, chan
 # as they come: per 32-bit lane, four byte counters, each adding at most 8 per step, so 31
 # steps stay below 256 and cannot carry into the next byte. The reduction is split into chunks
 # of at most 31 steps (``rfactor``): a chunk accumulates byte counters (``bnn_byte_step``: XOR,
-# lookup, one add),
-# then the four counters of each lane are summed into the 32-bit total (``bnn_byte_finish``:
-# two masked adds). Measured on a Zen 3 (AVX2), Bi-Real ResNet-18's 3x3 convs: 1.5-2.0x faster.
+# lookup, one add), then the four counters of each lane are summed into the 32-bit total
+# (``bnn_byte_finish``: two masked adds). Measured on a Zen 3 (AVX2), Bi-Real ResNet-18's 3x3 convs: 1.5-2.0x faster.
 #
 # The chunk's partial result is TVM's ``rfactor`` buffer, declared int32 like the sum it
 # replaces: the step intrinsic stores byte counters there (as uint32 bits) and only the finish
 # intrinsic reads them, so nothing else sees the packed form.
 
 MAX_CHUNK_STEPS = 31  # 8 bits per step and byte counter: 31 * 8 = 248 < 256
+MIN_BYTE_COUNTER_LANES = 4  # narrower tiles (odd channel counts) keep 32-bit counters
 
 
 def popcount_bytes(word):
-    """Per byte of each 32-bit lane of ``word`` (uint32 or uint32xL), its popcount, in place."""
+    """Per byte of each 32-bit lane of ``word`` (uint32xL), its popcount, in place."""
     lanes = word.ty.dtype.lanes
-    wide = "uint32" if lanes == 1 else f"uint32x{lanes}"
-    return tirx.reinterpret(wide, tirx.popcount(tirx.reinterpret(f"uint8x{4 * lanes}", word)))
+    return tirx.reinterpret(f"uint32x{lanes}", tirx.popcount(tirx.reinterpret(f"uint8x{4 * lanes}", word)))
 
 
 def sum_bytes(counters):
@@ -425,9 +424,12 @@ def sum_bytes(counters):
     return (pairs & const(0xFFFF)) + (pairs >> const(16))
 
 
-def _byte_step_funcs(lanes: int, index_dtype: str):
-    """``(desc, impl)``: ``acc[o] += popcount(a ^ w[o])`` over a vector of channels; the
-    implementation adds byte counters instead (see the section's comment)."""
+def popcount_step_funcs(lanes: int, index_dtype: str, implementation, vectorized: bool = False):
+    """``(desc, impl)`` of one reduction step of a vector of output channels, ``acc[o] +=
+    popcount(a ^ w[o])``: one activation word ``a`` against ``lanes`` weight words ``w``, int32
+    accumulators ``acc``; the description's lane loop ``vectorized`` where the schedule
+    vectorized it. ``implementation(a, w, acc)`` emits the implementation (byte counters here,
+    ``schedules.arm``'s pairwise NEON accumulation)."""
     extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
 
     def declare():
@@ -441,19 +443,27 @@ def _byte_step_funcs(lanes: int, index_dtype: str):
         T.writes(acc[0:lanes])
 
     def popcounts(a, w, acc):
-        with T.serial(extent(lanes)) as o:
+        with (T.vectorized if vectorized else T.serial)(extent(lanes)) as o:
             with T.sblock("update"):
                 vo = T.axis.spatial(extent(lanes), o)
                 T.reads(acc[vo], a[0], w[vo])
                 T.writes(acc[vo])
                 T.buffer_store(acc, acc[vo] + T.Cast("int32", tirx.popcount(a[0] ^ w[vo])), [vo])
 
+    return intrinsic_side(declare, regions, popcounts), intrinsic_side(declare, regions, implementation)
+
+
+def _byte_step_funcs(lanes: int, index_dtype: str):
+    """The popcount step (``popcount_step_funcs``) implemented with byte counters (see the
+    section's comment)."""
+
     def byte_counts(a, w, acc):
         word = tirx.Broadcast(a[0], lanes) ^ w.vload([0], f"uint32x{lanes}")
         counters = tirx.reinterpret(f"uint32x{lanes}", acc.vload([0], f"int32x{lanes}")) + popcount_bytes(word)
-        T.buffer_store(acc, tirx.reinterpret(f"int32x{lanes}", counters), [tirx.Ramp(extent(0), extent(1), lanes)])
+        ramp = tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)
+        T.buffer_store(acc, tirx.reinterpret(f"int32x{lanes}", counters), [ramp])
 
-    return intrinsic_side(declare, regions, popcounts), intrinsic_side(declare, regions, byte_counts)
+    return popcount_step_funcs(lanes, index_dtype, byte_counts)
 
 
 def _byte_finish_funcs(lanes: int, index_dtype: str):
@@ -520,7 +530,7 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
     """The mismatch counts of a tile, as ``accumulate`` lays them out: in 32-bit accumulators,
     or on a unit with ``byte_counters``, in byte counters per chunk (see the section's comment).
     Returns how, for the kernel's plan."""
-    if not unit.byte_counters or lanes < 4 or not is_single_popcount(sch, block):
+    if not unit.byte_counters or lanes < MIN_BYTE_COUNTER_LANES or not is_single_popcount(sch, block):
         accumulate(sch, block, lanes, spatial, reduction)
         return "32-bit counters"
     loops = sch.get_loops(block)

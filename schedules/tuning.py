@@ -156,7 +156,8 @@ def tiles(channels: int, width: int, unit, padded: bool, parallel_choices=(1, 2,
         for w in width_choices(width, unit.accumulators)
         for p in parallel_choices
         for pad in (("root", "task") if padded else ("root",))
-        for counters in (("bytes", "words") if unit.byte_counters and lanes >= 4 and pad == "root" else ("words",))
+        for counters in (("bytes", "words") if unit.byte_counters and lanes >= cpu.MIN_BYTE_COUNTER_LANES
+                         and pad == "root" else ("words",))
     ]
 
 
