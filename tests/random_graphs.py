@@ -232,7 +232,15 @@ def parse_args(argv=None):
     parser.add_argument("--tracker", metavar="HOST:PORT", help="run on a board from this RPC tracker")
     parser.add_argument("--key", help="the board's key at the tracker")
     parser.set_defaults(kind="nchw")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    import targets
+    from bnn_tvm.errors import BnnError
+
+    try:
+        targets.get(args.target)
+    except BnnError as err:  # before the sweep: not a failure saved for every seed
+        parser.error(f"--target: {err}")
+    return args
 
 
 def main(argv=None) -> int:
