@@ -101,17 +101,25 @@ class LoweredModel:
         ]
 
     def binarizer_outputs(self) -> list[str]:
-        """ONNX tensors the passes turned into packed bits (binary and k-bit activations)."""
+        """ONNX tensors the passes turned into packed bits (binary and k-bit activations, and the
+        ternary ``Sign`` a conv or dense reads as two bipolar halves)."""
         nodes = {n.name: n for n in self.onnx_model.graph.node}
         found = []
         for log in self.logs:
             for rewrite in log.rewrites:
-                found_nodes = self.onnx_nodes(rewrite.nodes[:1])
+                if rewrite.kernel not in PACKED_TENSOR:
+                    continue
+                position = PACKED_TENSOR[rewrite.kernel]
+                found_nodes = self.onnx_nodes(rewrite.nodes[position:position + 1])
                 node = nodes.get(found_nodes[0]) if found_nodes else None
-                packed = rewrite.kernel in ("pack_sign", "pack_levels")
-                if packed and node is not None and node.output[0] not in found:
+                if node is not None and node.output[0] not in found:
                     found.append(node.output[0])
         return found
+
+
+# pack kernel -> position, among the names its rewrite logs, of the tensor it packs (a pair's first
+# name is the conv or dense that reads the pair)
+PACKED_TENSOR = {"pack_sign": 0, "pack_levels": 0, "pack_sign_pair": 1}
 
 
 def read_pinned(path: str, batch: int | None = None) -> tuple[onnx.ModelProto, str, list[int]]:

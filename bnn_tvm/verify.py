@@ -57,8 +57,10 @@ class VerifyReport:
         if self.binary_mismatches:
             for name, count in self.binary_mismatches.items():
                 out.append(f"binary activation {name}: {count} values differ")
-        else:
+        elif self.binary_checked:
             out.append(f"binary activations: all {self.binary_checked} tensors identical")
+        elif self.fused:
+            out.append("binary activations: none compared (no binarizer output of the ONNX graph was found)")
         for engine, acc in self.accuracy.items():
             out.append(f"accuracy ({engine}): {acc:.4f}")
         out.append("VERIFY OK" if self.ok else "VERIFY FAILED")

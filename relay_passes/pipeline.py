@@ -18,6 +18,7 @@ from .lift_token_matmul import lift_token_matmul
 from .lower_binarizers import lower_binarizer
 from .lower_multibit import lower_multibit
 from .lower_sign import lower_sign
+from .lower_straight_through import lower_straight_through
 from .split_channel_ops_over_concat import split_channel_ops_over_concat
 from .split_ternary_sign import split_ternary_sign
 
@@ -76,6 +77,9 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
     return tvm.transform.Sequential(
         [
             relax.transform.FoldConstant(),  # binarized weights, transposed Gemm weights -> constants
+            # a training-time estimator (sign(x) - p) + p is a Sign wherever p provably fits: the Sign passes take it
+            rule_pass("LowerStraightThrough", lower_straight_through, logs),
+            relax.transform.DeadCodeElimination(),  # the estimator's p, the Sign it replaced
             rule_pass("LiftConv1d", lift_conv1d, logs),
             rule_pass("LiftTokenMatmul", lift_token_matmul, logs),
             relax.transform.DeadCodeElimination(),  # a binarizer the token rows replaced: not lowered

@@ -1,0 +1,36 @@
+"""Models written the way published BNN code writes them (``published_bnn``), exported with both
+of PyTorch's exporters: every binary conv runs as a binary kernel and verifies exactly."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from published_bnn import FORMS, export, resnet
+
+from bnn_tvm.inspect import inspect_onnx
+from bnn_tvm.verify import verify
+
+FLOAT_CONVS = 3  # the stem and the two downsampling shortcuts
+
+
+def binarizer_inputs(batch=4, size=16, seed=3):
+    """Random normal images with exact zeros: where ``sign`` gives 0."""
+    x = np.random.default_rng(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
+    x[:, :, ::4] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_published_form_compiles_to_binary_kernels_exactly(tmp_path, form, dynamo):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export(resnet(form, blocks=1), tmp_path / f"{form}.onnx", dynamo, size=16)
+    convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
+    binary = [r for r in convs if r.binary]
+    assert len(binary) == len(convs) - FLOAT_CONVS == 6, [(r.name, r.note) for r in convs if not r.binary]
+    report = verify(path, "x86", x=binarizer_inputs())
+    assert report.ok, "\n".join(report.lines())
+    assert report.binary_checked >= 6  # every binarized tensor compared with ONNX Runtime's
