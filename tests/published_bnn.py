@@ -134,8 +134,22 @@ FORMS = {  # name -> (activation binarizer factory(channels), binary conv class)
 }
 
 
+class LambdaLayer(nn.Module):
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+
+    def forward(self, x):
+        return self.function(x)
+
+
+PAD_SHORTCUT = {"irnet"}  # forms whose code downsamples the shortcut by slicing and zero channels (option A)
+
+
 class Block(nn.Module):
-    """Bi-Real's block: binarize, binary conv, batch norm, real-valued shortcut added."""
+    """Bi-Real's block: binarize, binary conv, batch norm, real-valued shortcut added. The
+    downsampling shortcut is an average pool and a 1x1 float conv, or (IR-Net's ResNet-20, the
+    CIFAR ResNet paper's option A) every other pixel with zero channels padded on."""
 
     def __init__(self, form, cin, cout, stride):
         super().__init__()
@@ -144,7 +158,10 @@ class Block(nn.Module):
         self.conv = conv(cin, cout, stride)
         self.bn = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
+        if (stride != 1 or cin != cout) and form in PAD_SHORTCUT:
+            extra = (cout - cin) // 2
+            self.shortcut = LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, extra, extra), "constant", 0))
+        elif stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
