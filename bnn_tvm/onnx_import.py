@@ -106,6 +106,17 @@ def expand_qonnx(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def standard_onnx(path: str, folder: str) -> str:
+    """``path``, or when it holds QONNX ops, a copy in ``folder`` with them expanded into standard
+    ONNX (what every engine but ours reads)."""
+    model = load_onnx(path)
+    if not any(n.domain in QONNX_DOMAINS for n in model.graph.node):
+        return path
+    expanded = os.path.join(folder, os.path.splitext(os.path.basename(path))[0] + ".expanded.onnx")
+    onnx.save(expand_qonnx(model), expanded)
+    return expanded
+
+
 def load_for_compile(path: str) -> onnx.ModelProto:
     """The model at ``path`` in the form the compiler and the reference both read."""
     return expand_qonnx(constants_to_initializers(load_onnx(path)))
