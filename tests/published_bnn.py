@@ -210,3 +210,67 @@ def export(model: nn.Module, path, dynamo: bool, size: int = 32) -> str:
     kwargs = {} if dynamo else {"dynamo": False}
     torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["logits"], **kwargs)
     return str(path)
+
+
+class BinarizeConv2d(nn.Conv2d):
+    """BinaryNet.pytorch: the input is binarized with ``sign`` (except a 3-channel image), the
+    weights too."""
+
+    def forward(self, x):
+        if x.size(1) != 3:
+            x = torch.sign(x)
+        return F.conv2d(x, torch.sign(self.weight), None, self.stride, self.padding)
+
+
+class BinaryNetBlock(nn.Module):
+    """BinaryNet.pytorch's ResNet block: conv, BN, Hardtanh, conv, BN, residual add, BN, Hardtanh."""
+
+    def __init__(self, cin, cout, stride, do_bntan=True):
+        super().__init__()
+        self.do_bntan = do_bntan
+        self.conv1 = BinarizeConv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1, self.tanh1 = nn.BatchNorm2d(cout), nn.Hardtanh(inplace=True)
+        self.conv2 = BinarizeConv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2, self.bn3, self.tanh2 = nn.BatchNorm2d(cout), nn.BatchNorm2d(cout), nn.Hardtanh(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(BinarizeConv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        residual = x.clone()
+        out = self.tanh1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            residual = self.downsample(residual)
+        out += residual
+        return self.tanh2(self.bn3(out)) if self.do_bntan else out
+
+
+class BinaryNetResNet(nn.Module):
+    """``do_bntan=False`` blocks (BinaryNet's last one) pass the residual sum on as it is."""
+
+    def __init__(self, blocks=1, classes=10, do_bntan=True):
+        super().__init__()
+        self.stem = nn.Sequential(BinarizeConv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.Hardtanh())
+        layers, cin = [], 16
+        for stage, cout in enumerate((16, 32, 64)):
+            for i in range(blocks):
+                layers.append(BinaryNetBlock(cin, cout, 2 if stage and i == 0 else 1, do_bntan))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1))
+
+
+def binarynet_resnet(blocks: int = 1, seed: int = 0, do_bntan: bool = True) -> BinaryNetResNet:
+    torch.manual_seed(seed)
+    model = BinaryNetResNet(blocks, do_bntan=do_bntan)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_(0, 2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.normal_(1, 0.5)
+            module.bias.data.normal_(0, 0.3)
+    return model.eval()

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from published_bnn import FORMS, PAD_SHORTCUT, export, resnet
+from published_bnn import FORMS, PAD_SHORTCUT, binarynet_resnet, export, resnet
 
 from bnn_tvm.inspect import inspect_onnx
 from bnn_tvm.verify import verify
@@ -34,3 +34,20 @@ def test_published_form_compiles_to_binary_kernels_exactly(tmp_path, form, dynam
     report = verify(path, "x86", x=binarizer_inputs())
     assert report.ok, "\n".join(report.lines())
     assert report.binary_checked >= 6  # every binarized tensor compared with ONNX Runtime's
+
+
+@pytest.mark.parametrize("do_bntan", [True, False], ids=["bn_hardtanh", "bare_residual"])
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_binarynet_resnet_with_torch_sign_everywhere(tmp_path, dynamo, do_bntan):
+    """BinaryNet.pytorch's ResNet: ``torch.sign`` on every conv's input (the block input is
+    also the residual operand of an add that folds into a binary conv's epilogue) and weights;
+    with ``do_bntan=False`` the residual sum itself feeds the next block's ``Sign``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export(binarynet_resnet(blocks=1, do_bntan=do_bntan), tmp_path / "binarynet.onnx", dynamo, size=16)
+    convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
+    assert [r.name for r in convs if not r.binary] == [convs[0].name]  # the stem reads the float image
+    assert all(r.binary for r in inspect_onnx(path) if r.op_type == "Sign" and "constant-folded" not in r.note)
+    report = verify(path, "x86", x=binarizer_inputs())
+    assert report.ok, "\n".join(report.lines())
+    assert report.binary_checked >= 6
