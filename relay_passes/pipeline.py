@@ -12,6 +12,7 @@ from .fold_residual_add import fold_residual_add
 from .fold_thresholds import fold_threshold
 from .fuse_binary_conv2d import fuse_binary_conv2d
 from .fuse_binary_dense import fuse_binary_dense
+from .fold_zero_pad_into_conv import fold_zero_pad_into_conv
 from .fuse_binary_maxpool import fuse_binary_maxpool
 from .lift_conv1d import lift_conv1d
 from .lift_token_matmul import lift_token_matmul
@@ -80,6 +81,7 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
             # a training-time estimator (sign(x) - p) + p is a Sign wherever p provably fits: the Sign passes take it
             rule_pass("LowerStraightThrough", lower_straight_through, logs),
             relax.transform.DeadCodeElimination(),  # the estimator's p, the Sign it replaced
+            rule_pass("FoldZeroPadIntoConv", fold_zero_pad_into_conv, logs),  # Sign(Pad(x, 0)): the conv's padding
             rule_pass("LiftConv1d", lift_conv1d, logs),
             rule_pass("LiftTokenMatmul", lift_token_matmul, logs),
             relax.transform.DeadCodeElimination(),  # a binarizer the token rows replaced: not lowered

@@ -100,6 +100,25 @@ def test_where_with_larger_constants_is_not_a_binarizer(tmp_path):
     assert report.ok, "\n".join(report.lines())
 
 
+@pytest.mark.parametrize("order", ["sign_of_pad", "pad_of_sign"])
+def test_zero_pad_around_a_sign_becomes_the_convs_padding(tmp_path, order):
+    """``Sign(Pad(x, 0))`` and ``Pad(Sign(x), 0)`` (asymmetric) before a conv: the pad is the
+    conv's zero padding of ``Sign(x)`` (Sign(0) = 0), so the conv is binary, exact at x = 0."""
+    g = GraphBuilder([1, 8, 6, 6], seed=24)
+    pads = g.const(np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64))
+    if order == "sign_of_pad":
+        data = g.node("Sign", [g.node("Pad", ["x", pads], mode="constant")])
+    else:
+        data = g.node("Pad", [g.node("Sign", ["x"]), pads], mode="constant")
+    out = g.conv(data, g.binary_weight((5, 8, 3, 3)), pad=1)
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    x = inputs([1, 8, 6, 6])
+    x[:, :, :, ::2] = 0.0
+    check(path, x, ["-> binary_conv2d"])
+    reports = inspect_onnx(path)
+    assert all(r.binary for r in reports if r.op_type in ("Pad", "Sign", "Conv")), [(r.name, r.note) for r in reports]
+
+
 @pytest.mark.parametrize("value", [1.0, -1.0])
 def test_explicit_pad_before_conv(tmp_path, value):
     g = GraphBuilder([1, 37, 5, 5], seed=2)  # 37 channels: the +1 pad word must keep padding bits 0
