@@ -133,21 +133,23 @@ def read_pinned(path: str, batch: int | None = None) -> tuple[onnx.ModelProto, s
 
 
 def lower_onnx(
-    path: str, batch: int | None = None, extra_outputs: list[str] | None = None, target: str = "x86"
+    path: str, batch: int | None = None, extra_outputs: list[str] | None = None, target: str = "x86",
+    sign_zero: str = "exact",
 ) -> LoweredModel:
     """Import ``path`` into Relax and run the binarization passes (for ``target``: CPU kernels
-    compute their float epilogues, CUDA kernels look them up in tables)."""
+    compute their float epilogues, CUDA kernels look them up in tables; ``sign_zero``: the
+    ``Sign(0)`` convention, ``relay_passes.conventions.SIGN_ZERO``)."""
     model, name, shape = read_pinned(path, batch)
     add_graph_outputs(model, extra_outputs or [])
     mod, provenance = import_to_relax(model, {name: shape}, path)
     logs: list = []
-    mod = relay_passes.binarize(logs, float_epilogues=targets.get(target).family != "cuda")(mod)
+    mod = relay_passes.binarize(logs, float_epilogues=targets.get(target).family != "cuda", sign_zero=sign_zero)(mod)
     return LoweredModel(mod, model, name, shape, logs, provenance)
 
 
 def compile_onnx(
     path: str, target: str = "x86", batch: int | None = None, extra_outputs: list[str] | None = None,
-    db: str | None = None, progress: bool = False,
+    db: str | None = None, progress: bool = False, sign_zero: str = "exact",
 ) -> CompiledModel:
     """Compile the ONNX model at ``path``; ``extra_outputs`` exposes inner tensors (for verify);
     ``db``: a tuning database folder (``python -m bnn_tvm tune``) whose records replace the
@@ -167,7 +169,7 @@ def compile_onnx(
                 bar.set_postfix_str(stages[bar.n])
 
         stage(done=False)
-        lowered = lower_onnx(path, batch, extra_outputs, target)
+        lowered = lower_onnx(path, batch, extra_outputs, target, sign_zero)
         metadata = {
             "model": os.path.basename(path),
             "target": spec.name,
@@ -175,6 +177,7 @@ def compile_onnx(
             "input_shape": lowered.input_shape,
             "outputs": [o.name for o in lowered.onnx_model.graph.output],
             "fused": lowered.fused_lines(),
+            "sign_zero": sign_zero,
         }
         builder = relax.BlockBuilder(lowered.mod)
         with builder.function(METADATA_FUNC, []):

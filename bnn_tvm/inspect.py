@@ -42,9 +42,9 @@ def constant_nodes(graph) -> set[str]:
     return found
 
 
-def inspect_onnx(path: str, batch: int | None = None) -> list[NodeReport]:
+def inspect_onnx(path: str, batch: int | None = None, sign_zero: str = "exact") -> list[NodeReport]:
     original = load_onnx(path)
-    lowered = lower_onnx(path, batch)
+    lowered = lower_onnx(path, batch, sign_zero=sign_zero)
     pinned = lowered.onnx_model.graph
     remaining = {node.name for node in pinned.node} - constant_nodes(pinned)
     kernel_of: dict[str, str] = {}

@@ -117,6 +117,33 @@ def standard_onnx(path: str, folder: str) -> str:
     return expanded
 
 
+def signs_as_binarizers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose ``Sign`` nodes on activations are ``Where(x >= 0, 1, -1)``: the
+    float graph under ``--sign-zero plus`` (a ``Sign`` of constants, a weight's, keeps ``Sign(0) = 0``,
+    as the compiler folds it)."""
+    import numpy as np
+    from onnx import helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    constant = {i.name for i in model.graph.initializer} | {""}
+    nodes = []
+    for node in model.graph.node:
+        if all(name in constant for name in node.input):
+            constant.update(node.output)
+        if node.op_type != "Sign" or node.input[0] in constant:
+            nodes.append(node)
+            continue
+        ge, one, minus_one = (f"{node.output[0]}_bnn_{s}" for s in ("ge", "one", "minus_one"))
+        zero = f"{node.output[0]}_bnn_zero"
+        for name, value in ((zero, 0.0), (one, 1.0), (minus_one, -1.0)):
+            model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        nodes.append(helper.make_node("GreaterOrEqual", [node.input[0], zero], [ge], name=f"{node.name}_ge"))
+        nodes.append(helper.make_node("Where", [ge, one, minus_one], [node.output[0]], name=node.name))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
 def load_for_compile(path: str) -> onnx.ModelProto:
     """The model at ``path`` in the form the compiler and the reference both read."""
     return expand_qonnx(constants_to_initializers(load_onnx(path)))

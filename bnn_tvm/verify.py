@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from .compiler import add_graph_outputs, compile_onnx, lower_onnx
-from .onnx_import import graph_input, load_for_compile
+from .onnx_import import graph_input, load_for_compile, signs_as_binarizers
 from .runtime import CompiledRunner, check_runs_here
 
 RELATIVE_TOLERANCE = 1e-5
@@ -45,6 +45,9 @@ class VerifyReport:
     binary_mismatches: dict
     fused: list[str]
     accuracy: dict
+    # --sign-zero plus: the reference is the float graph with Sign(0) = +1; how far the compiled
+    # model is from the float graph itself (binary values differing, the outputs' max abs diff)
+    float_graph_differences: tuple[int, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -61,6 +64,10 @@ class VerifyReport:
             out.append(f"binary activations: all {self.binary_checked} tensors identical")
         elif self.fused:
             out.append("binary activations: none compared (no binarizer output of the ONNX graph was found)")
+        if self.float_graph_differences is not None:
+            values, diff = self.float_graph_differences
+            out.append(f"--sign-zero plus: checked against the float graph with Sign(0) = +1; against the float graph "
+                       f"itself {values} binarized values differ (where a Sign saw 0), outputs max abs diff {diff:.3g}")
         for engine, acc in self.accuracy.items():
             out.append(f"accuracy ({engine}): {acc:.4f}")
         out.append("VERIFY OK" if self.ok else "VERIFY FAILED")
@@ -78,10 +85,14 @@ def verify(
     rpc: str | None = None,
     tracker: str | None = None,
     key: str | None = None,
+    sign_zero: str = "exact",
 ) -> VerifyReport:
     """Compile ``path``, run it and ORT on ``x`` (random normal inputs when None), compare;
     ``progress``: the compile's stage bar. With ``rpc`` (HOST:PORT) or ``tracker`` + ``key``
-    the compiled module runs on that board (a Raspberry Pi, the emulated one), ORT here."""
+    the compiled module runs on that board (a Raspberry Pi, the emulated one), ORT here.
+    ``sign_zero="plus"``: the model is compiled with ``Sign(0) = +1`` and checked against the
+    float graph with the same convention; the report also says how far it is from the float
+    graph itself."""
     import targets
 
     check_runs_here(targets.get(target), remote=rpc is not None or tracker is not None)
@@ -90,12 +101,22 @@ def verify(
     if x is None:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((16, *[d or 1 for d in dims[1:]])).astype(np.float32)
-    binaries = lower_onnx(path, batch, target=target).binarizer_outputs()
-    compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries, progress=progress)
+    binaries = lower_onnx(path, batch, target=target, sign_zero=sign_zero).binarizer_outputs()
+    compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries, progress=progress, sign_zero=sign_zero)
     ours = compiled_outputs(compiled, target, x, rpc, tracker, key)
     add_graph_outputs(model, binaries)
+    float_graph = model
+    if sign_zero == "plus":
+        model = signs_as_binarizers(model)
     theirs = reference_outputs(model, x, input_name, dims[0] if dims else None)
     n_final = len(theirs) - len(binaries)
+    differences = None
+    if sign_zero == "plus":
+        exact = reference_outputs(float_graph, x, input_name, dims[0] if dims else None)
+        values = sum(int(np.sum(a != b)) for a, b in zip(ours[n_final:], exact[n_final:]))
+        diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(ours[:n_final], exact[:n_final])
+                    if a.size), default=0.0)
+        differences = (values, diff)
     abs_diff, rel_diff = 0.0, 0.0
     for a, b in zip(ours[:n_final], theirs[:n_final]):
         diff = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
@@ -110,7 +131,8 @@ def verify(
         accuracy["onnxruntime"] = float(np.mean(theirs[0].argmax(1) == labels))
         accuracy.update(extra_accuracy or {})
     names = [o.name for o in model.graph.output][:n_final]
-    return VerifyReport(names, abs_diff, rel_diff, len(binaries), mismatches, compiled.metadata["fused"], accuracy)
+    return VerifyReport(names, abs_diff, rel_diff, len(binaries), mismatches, compiled.metadata["fused"], accuracy,
+                        differences)
 
 
 def compiled_outputs(compiled, target: str, x: np.ndarray, rpc=None, tracker=None, key=None) -> list[np.ndarray]:

@@ -26,7 +26,7 @@ from .split_ternary_sign import split_ternary_sign
 MAX_ROUNDS = 256  # Sign rounds: about one per layer of a chain of Sign layers
 
 
-def sign_rounds(logs: list[PassLog] | None, fusions) -> tvm.transform.Pass:
+def sign_rounds(logs: list[PassLog] | None, fusions, sign_zero: str = "exact") -> tvm.transform.Pass:
     """``LowerSign``, ``SplitTernarySign`` and the ``fusions`` again and again until a round
     rewrites nothing. A ``Sign`` can only be proven binary once the layer before it is a
     binary kernel, so a ``Sign`` whose layer is fused in this round waits for the next; a chain
@@ -38,7 +38,7 @@ def sign_rounds(logs: list[PassLog] | None, fusions) -> tvm.transform.Pass:
         for _ in range(MAX_ROUNDS):
             round_logs: list[PassLog] = []
             mod = tvm.transform.Sequential([
-                rule_pass("LowerSign", lower_sign, round_logs),
+                rule_pass("LowerSign", lower_sign(sign_zero), round_logs),
                 rule_pass("SplitTernarySign", split_ternary_sign(wait), round_logs),  # the Signs LowerSign kept float
                 *fusions(round_logs),
             ])(mod)
@@ -55,7 +55,7 @@ def sign_rounds(logs: list[PassLog] | None, fusions) -> tvm.transform.Pass:
     return tvm.transform.module_pass(transform, opt_level=0, name="SignRounds")
 
 
-def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) -> tvm.transform.Pass:
+def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True, sign_zero: str = "exact") -> tvm.transform.Pass:
     """Fuse every recognised binary layer; everything else stays on TVM's float path.
 
     First, 1-D convs and matmuls on ``[N, T, C]`` tokens become the 2-D forms the fusions
@@ -66,6 +66,7 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
     otherwise lookup tables where small. Last, identical kernel calls on the same tensors run
     once: a model whose binary layers each carry their own (parameter-free) input quantizer
     has one binarizer per layer, so a tensor read by two binary layers is packed twice.
+    ``sign_zero``: the ``Sign(0)`` convention (``conventions.SIGN_ZERO``).
     """
 
     def fusions(to=logs):
@@ -88,7 +89,7 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
             rule_pass("LowerBinarizers", lower_binarizer, logs),
             rule_pass("LowerMultibit", lower_multibit, logs),
             *fusions(),
-            sign_rounds(logs, fusions),
+            sign_rounds(logs, fusions, sign_zero),
             rule_pass("FoldThresholds", fold_threshold, logs),
             relax.transform.DeadCodeElimination(),  # float ops the thresholds replaced are not chain ends
             *(

@@ -728,3 +728,20 @@ def test_unbounded_straight_through_estimator_stays_float_and_says_why(tmp_path)
     add = next(r for r in reports if r.op_type == "Add")
     assert not conv.binary and "straight-through estimator" in conv.note, conv.note
     assert "not proven" in add.note and "at x = " in add.note, add.note
+
+
+def test_sign_zero_plus_runs_every_sign_at_the_binary_cost_and_says_what_differs(tmp_path):
+    """``--sign-zero plus``: a ``Sign`` that can see 0 is the ``x >= 0`` binarizer (one pack, a
+    conv over C channels, not 2C), exact against the float graph with Sign(0) = +1, and verify
+    counts where the float graph itself differs (the zeros of x)."""
+    path = save(ternary_sign_graph(), tmp_path / "m.onnx")
+    x = inputs([1, 21, 7, 7], batch=2)
+    x[:, :, 0, :] = 0.0
+    exact = verify(path, "x86", x=x)
+    plus = verify(path, "x86", x=x, sign_zero="plus")
+    assert exact.ok and plus.ok, "\n".join(plus.lines())
+    assert "pack_sign_pair" in " ".join(exact.fused) and "pack_sign_pair" not in " ".join(plus.fused)
+    values, _ = plus.float_graph_differences
+    assert values >= 2 * 21 * 7  # the first Sign's zeros (+1 here, 0 in the float graph), and the later ones
+    assert any("--sign-zero plus" in line for line in plus.lines())
+    assert exact.float_graph_differences is None
