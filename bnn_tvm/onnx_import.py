@@ -76,20 +76,28 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def expand_qonnx(model: onnx.ModelProto) -> onnx.ModelProto:
+def expand_qonnx(model: onnx.ModelProto, path: str = "the model") -> onnx.ModelProto:
     """Replace QONNX ``BipolarQuant(x, scale)`` (as Brevitas exports it) by its definition,
-    ``Where(x >= 0, 1, -1) * scale``, in standard ONNX: TVM and ONNX Runtime can then read it."""
+    ``Where(x >= 0, 1, -1) * scale``, and ``Quant`` by its (``qonnx_quant``), in standard ONNX: TVM
+    and ONNX Runtime can then read it."""
+    from .qonnx_quant import expand_quant
+
     import numpy as np
     from onnx import helper
 
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    if not any(n.op_type == "BipolarQuant" and n.domain in QONNX_DOMAINS for n in model.graph.node):
+    if not any(n.op_type in ("BipolarQuant", "Quant") and n.domain in QONNX_DOMAINS for n in model.graph.node):
         return model
     one, zero, minus_one = "bnn_qonnx_one", "bnn_qonnx_zero", "bnn_qonnx_minus_one"
     for name, value in ((one, 1.0), (zero, 0.0), (minus_one, -1.0)):
         model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
     nodes = []
     for node in model.graph.node:
+        if node.op_type == "Quant" and node.domain in QONNX_DOMAINS:
+            quant_nodes, initializers = expand_quant(node, constants, path)
+            nodes.extend(quant_nodes)
+            model.graph.initializer.extend(initializers)
+            continue
         if node.op_type != "BipolarQuant" or node.domain not in QONNX_DOMAINS:
             nodes.append(node)
             continue
@@ -113,7 +121,7 @@ def standard_onnx(path: str, folder: str) -> str:
     if not any(n.domain in QONNX_DOMAINS for n in model.graph.node):
         return path
     expanded = os.path.join(folder, os.path.splitext(os.path.basename(path))[0] + ".expanded.onnx")
-    onnx.save(expand_qonnx(model), expanded)
+    onnx.save(expand_qonnx(model, path), expanded)
     return expanded
 
 
@@ -146,7 +154,7 @@ def signs_as_binarizers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def load_for_compile(path: str) -> onnx.ModelProto:
     """The model at ``path`` in the form the compiler and the reference both read."""
-    return expand_qonnx(constants_to_initializers(load_onnx(path)))
+    return expand_qonnx(constants_to_initializers(load_onnx(path)), path)
 
 
 def pin_input_shape(model: onnx.ModelProto, name: str, shape: list[int]) -> onnx.ModelProto:

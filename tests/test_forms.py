@@ -745,3 +745,85 @@ def test_sign_zero_plus_runs_every_sign_at_the_binary_cost_and_says_what_differs
     assert values >= 2 * 21 * 7  # the first Sign's zeros (+1 here, 0 in the float graph), and the later ones
     assert any("--sign-zero plus" in line for line in plus.lines())
     assert exact.float_graph_differences is None
+
+
+def qonnx_quant_reference(x, scale, zeropt, bits, signed, narrow, mode):
+    """QONNX's definition of ``Quant``, in numpy float32 (its own reference computes the same)."""
+    q = (x / scale).astype(np.float32) + zeropt
+    if bits == 1 and signed:
+        q = np.where(q >= 0, np.float32(1), np.float32(-1))
+    else:
+        low = -(2 ** (bits - 1)) + int(narrow) if signed else 0
+        high = 2 ** (bits - 1) - 1 if signed else 2**bits - 1 - int(narrow)
+        q = {"ROUND": np.round, "CEIL": np.ceil, "FLOOR": np.floor}[mode](np.clip(q, low, high))
+    return ((q - zeropt).astype(np.float32) * scale).astype(np.float32)
+
+
+QUANTS = [  # (scale, zero point, bits, signed, narrow, rounding mode)
+    (0.05, 0.0, 8, 1, 1, "ROUND"), (0.125, 0.0, 8, 1, 0, "ROUND"), (0.3, 2.0, 4, 0, 0, "FLOOR"),
+    (0.2, 0.0, 3, 0, 1, "CEIL"), (0.7, 0.0, 1, 1, 0, "ROUND"), (0.5, 0.0, 2, 1, 1, "ROUND"),
+]
+
+
+def test_qonnx_quant_matches_its_definition_and_feeds_a_binary_net(tmp_path):
+    """Brevitas' multi-bit ``Quant`` (8-bit input quantizer of its CNV net and others), each
+    attribute combination, expanded into standard ONNX: equal to QONNX's definition on values
+    at and around the rounding ties; a model with a Quant on the input before binary convs
+    compiles and verifies exactly."""
+    from bnn_tvm.onnx_import import expand_qonnx
+    from bnn_tvm.verify import reference_outputs
+
+    domain = "qonnx.custom_op.general"
+    g = GraphBuilder([1, 4, 6, 6], seed=25)
+    outs = []
+    for k, (scale, zeropt, bits, signed, narrow, mode) in enumerate(QUANTS):
+        inputs_ = ["x", g.const(np.float32(scale)), g.const(np.float32(zeropt)), g.const(np.float32(bits))]
+        outs.append(f"q{k}")
+        g.nodes.append(helper.make_node("Quant", inputs_, [f"q{k}"], name=f"quant{k}", domain=domain, signed=signed,
+                                        narrow=narrow, rounding_mode=mode))
+    model = g.model([])
+    del model.graph.output[:]
+    model.graph.output.extend(helper.make_empty_tensor_value_info(o) for o in outs)
+    model.opset_import.append(helper.make_opsetid(domain, 1))
+    x = (np.random.default_rng(3).standard_normal((5, 4, 6, 6)) * 4).astype(np.float32)
+    x[0] = (np.arange(4 * 36).reshape(4, 6, 6) - 72).astype(np.float32) * np.float32(0.025)  # ties of every scale
+    got = reference_outputs(expand_qonnx(model), x, "x")
+    for (scale, zeropt, bits, signed, narrow, mode), have in zip(QUANTS, got):
+        want = qonnx_quant_reference(x, np.float32(scale), np.float32(zeropt), bits, signed, narrow, mode)
+        np.testing.assert_array_equal(have, want, err_msg=str((scale, zeropt, bits, signed, narrow, mode)))
+
+    g = GraphBuilder([1, 8, 6, 6], seed=26)
+    quantized = g.name("q")
+    g.nodes.append(helper.make_node("Quant", ["x", g.const(np.float32(0.05)), g.const(np.float32(0)), g.const(np.float32(8))],
+                                    [quantized], name="input_quant", domain=domain, signed=1, narrow=0))
+    y = g.batch_norm(g.conv(g.binarize(quantized), g.binary_weight((16, 8, 3, 3)), pad=1), *g.random_bn(16, 0.3))
+    out = g.conv(g.binarize(y), g.binary_weight((4, 16, 3, 3)))
+    model = g.model([out])
+    model.opset_import.append(helper.make_opsetid(domain, 1))
+    check(save(model, tmp_path / "m.onnx"), inputs([1, 8, 6, 6]), ["binary_conv2d_threshold", "-> binary_conv2d"])
+
+
+def test_brevitas_qonnx_export_with_an_8_bit_input_quant(tmp_path):
+    """Brevitas' CNV-style net: an 8-bit ``Quant`` on the input (refused as an unknown op before),
+    a binary-weight conv on it (float: 8-bit activations), then binary layers."""
+    import brevitas.nn as qnn
+    import torch
+    from brevitas.export import export_qonnx
+    from brevitas.quant import Int8ActPerTensorFloat, SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst
+
+    binary = dict(weight_quant=SignedBinaryWeightPerTensorConst, bias=False)
+    model = torch.nn.Sequential(
+        qnn.QuantIdentity(act_quant=Int8ActPerTensorFloat, return_quant_tensor=True),
+        qnn.QuantConv2d(3, 16, 3, padding=1, **binary),
+        torch.nn.BatchNorm2d(16),
+        qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True),
+        qnn.QuantConv2d(16, 4, 3, stride=2, **binary),
+    ).eval()
+    with torch.no_grad():
+        bn = model[2]
+        bn.running_mean.uniform_(-3, 3), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(-1, 1)
+    path = str(tmp_path / "cnv.onnx")
+    export_qonnx(model, torch.randn(1, 3, 8, 8), path)
+    assert any(n.op_type == "Quant" for n in onnx.load(path).graph.node)
+    report = check(path, inputs([1, 3, 8, 8]), ["-> binary_conv2d"])
+    assert report.binary_checked == 1
