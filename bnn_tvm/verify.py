@@ -48,6 +48,7 @@ class VerifyReport:
     # --sign-zero plus: the reference is the float graph with Sign(0) = +1; how far the compiled
     # model is from the float graph itself (binary values differing, the outputs' max abs diff)
     float_graph_differences: tuple[int, float] | None = None
+    first_divergence: "Divergence | None" = None
 
     @property
     def ok(self) -> bool:
@@ -60,6 +61,8 @@ class VerifyReport:
         if self.binary_mismatches:
             for name, count in self.binary_mismatches.items():
                 out.append(f"binary activation {name}: {count} values differ")
+            if self.first_divergence is not None:
+                out.append(self.first_divergence.line())
         elif self.binary_checked:
             out.append(f"binary activations: all {self.binary_checked} tensors identical")
         elif self.fused:
@@ -131,8 +134,74 @@ def verify(
         accuracy["onnxruntime"] = float(np.mean(theirs[0].argmax(1) == labels))
         accuracy.update(extra_accuracy or {})
     names = [o.name for o in model.graph.output][:n_final]
+    divergence = None
+    if mismatches:
+        ours_of = dict(zip(binaries, ours[n_final:]))
+        theirs_of = dict(zip(binaries, theirs[n_final:]))
+        divergence = first_divergence(model, mismatches, ours_of, theirs_of, x, input_name, dims[0] if dims else None)
     return VerifyReport(names, abs_diff, rel_diff, len(binaries), mismatches, compiled.metadata["fused"], accuracy,
-                        differences)
+                        differences, divergence)
+
+
+NEAR_TIE = 1e-5  # relative to the range of a binarizer's input: within float rounding of its threshold
+DECISIONS = ("GreaterOrEqual", "Greater", "Less", "LessOrEqual", "Sign")
+
+
+@dataclass
+class Divergence:
+    """The first binarized tensor (in graph order) where the compiled model differs, and how many
+    of its differing values the float graph itself puts within rounding of the threshold."""
+
+    tensor: str
+    differing: int
+    near_ties: int | None  # None: the binarizer's input could not be found
+
+    def line(self) -> str:
+        head = f"first difference: binary activation {self.tensor}, {self.differing} values"
+        if self.near_ties is None:
+            return head + " (its binarizer's input was not found: no tie analysis)"
+        if self.near_ties == self.differing:
+            return (head + f", all within {NEAR_TIE:g} (relative to the input's range) of the binarizer's threshold "
+                    "in the float graph: float rounding upstream (a float conv or Gemm summing in its own order) "
+                    "decides them, and the later differences follow from them")
+        return (head + f", {self.differing - self.near_ties} of them not near the threshold: the compiled model "
+                "computes this binarizer's input differently (a compiler error; please report it)")
+
+
+def first_divergence(model, mismatches: dict, ours: dict, theirs: dict, x, input_name: str, batch) -> Divergence:
+    order = {out: index for index, node in enumerate(model.graph.node) for out in node.output}
+    tensor = min(mismatches, key=lambda name: order.get(name, len(order)))
+    found = decision_input(model, tensor)
+    if found is None:
+        return Divergence(tensor, mismatches[tensor], None)
+    source, threshold = found
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    add_graph_outputs(probe, [source])
+    values = reference_outputs(probe, x, input_name, batch)[-1].astype(np.float64) - threshold
+    scale = float(np.max(np.abs(values))) if values.size else 0.0
+    differing = ours[tensor] != theirs[tensor]
+    near = np.abs(values) <= NEAR_TIE * scale
+    return Divergence(tensor, int(differing.sum()), int((differing & near).sum()))
+
+
+def decision_input(model, tensor: str) -> tuple[str, float] | None:
+    """``(input, threshold)`` of the comparison (or ``Sign``) nearest above ``tensor``: what a
+    binarizer decides on. A threshold that is not a scalar constant is refused (None)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    constants = {i.name: i for i in model.graph.initializer}
+    frontier = [tensor]
+    for _ in range(8):
+        nodes = [producer[name] for name in frontier if name in producer]
+        for node in nodes:
+            if node.op_type == "Sign":
+                return node.input[0], 0.0
+            if node.op_type in DECISIONS:
+                value = onnx.numpy_helper.to_array(constants[node.input[1]]) if node.input[1] in constants else None
+                if value is None or value.size != 1:
+                    return None
+                return node.input[0], float(value.reshape(()))
+        frontier = [name for node in nodes for name in node.input if name not in constants]
+    return None
 
 
 def compiled_outputs(compiled, target: str, x: np.ndarray, rpc=None, tracker=None, key=None) -> list[np.ndarray]:
