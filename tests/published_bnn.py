@@ -191,12 +191,8 @@ def resnet(form: str, blocks: int = 3, seed: int = 0) -> ResNet:
     trained weights can be had offline; exactness and speed do not depend on them)."""
     torch.manual_seed(seed)
     model = ResNet(form, blocks)
+    randomize_batch_norms(model, mean_std=0.5, gamma_std=0.3)
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.normal_(0, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.normal_(1, 0.3)
-            module.bias.data.normal_(0, 0.3)
         if isinstance(module, (HardBinaryConv, XnorConv, IrConv, SignConv)):
             nn.init.normal_(module.weight)
         if isinstance(module, LearnableBias):
@@ -267,10 +263,15 @@ class BinaryNetResNet(nn.Module):
 def binarynet_resnet(blocks: int = 1, seed: int = 0, do_bntan: bool = True) -> BinaryNetResNet:
     torch.manual_seed(seed)
     model = BinaryNetResNet(blocks, do_bntan=do_bntan)
+    randomize_batch_norms(model, mean_std=2.0, gamma_std=0.5)
+    return model.eval()
+
+
+def randomize_batch_norms(model: nn.Module, mean_std: float, gamma_std: float) -> None:
+    """Batch-norm statistics and affine parameters as training would leave them, roughly."""
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.normal_(0, 2)
+            module.running_mean.normal_(0, mean_std)
             module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.normal_(1, 0.5)
+            module.weight.data.normal_(1, gamma_std)
             module.bias.data.normal_(0, 0.3)
-    return model.eval()

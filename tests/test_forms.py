@@ -578,26 +578,38 @@ def test_qonnx_bipolar_quant_by_hand(tmp_path):
     check(save(model, tmp_path / "m.onnx"), inputs([1, 9, 6, 6]), ["binary_conv2d_threshold", "-> binary_conv2d"])
 
 
-def test_brevitas_qonnx_export(tmp_path):
-    """A binarized model built with Brevitas and exported by its QONNX exporter."""
+def brevitas_binary_net(input_quant: str, channels: int):
+    """Brevitas layers: ``input_quant`` on the input, binary conv, batch norm (random statistics),
+    binary activation, binary conv; exported by its QONNX exporter."""
     import brevitas.nn as qnn
+    import brevitas.quant as quant
     import torch
-    from brevitas.export import export_qonnx
-    from brevitas.quant import SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst
 
-    binary = dict(weight_quant=SignedBinaryWeightPerTensorConst, bias=False)
+    binary = dict(weight_quant=quant.SignedBinaryWeightPerTensorConst, bias=False)
     model = torch.nn.Sequential(
-        qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True),
-        qnn.QuantConv2d(8, 16, 3, padding=1, **binary),
+        qnn.QuantIdentity(act_quant=getattr(quant, input_quant), return_quant_tensor=True),
+        qnn.QuantConv2d(channels, 16, 3, padding=1, **binary),
         torch.nn.BatchNorm2d(16),
-        qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True),
+        qnn.QuantIdentity(act_quant=quant.SignedBinaryActPerTensorConst, return_quant_tensor=True),
         qnn.QuantConv2d(16, 4, 3, stride=2, **binary),
     ).eval()
     with torch.no_grad():
         bn = model[2]
         bn.running_mean.uniform_(-3, 3), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(-1, 1)
-    path = str(tmp_path / "brevitas.onnx")
-    export_qonnx(model, torch.randn(1, 8, 6, 6), path)
+    return model
+
+
+def export_brevitas(model, channels: int, path) -> str:
+    import torch
+    from brevitas.export import export_qonnx
+
+    export_qonnx(model, torch.randn(1, channels, 6, 6), str(path))
+    return str(path)
+
+
+def test_brevitas_qonnx_export(tmp_path):
+    """A binarized model built with Brevitas and exported by its QONNX exporter."""
+    path = export_brevitas(brevitas_binary_net("SignedBinaryActPerTensorConst", 8), 8, tmp_path / "brevitas.onnx")
     report = check(path, inputs([1, 8, 6, 6]), ["binary_conv2d_threshold", "-> binary_conv2d"])
     assert report.binary_checked == 2
 
@@ -806,24 +818,7 @@ def test_qonnx_quant_matches_its_definition_and_feeds_a_binary_net(tmp_path):
 def test_brevitas_qonnx_export_with_an_8_bit_input_quant(tmp_path):
     """Brevitas' CNV-style net: an 8-bit ``Quant`` on the input (refused as an unknown op before),
     a binary-weight conv on it (float: 8-bit activations), then binary layers."""
-    import brevitas.nn as qnn
-    import torch
-    from brevitas.export import export_qonnx
-    from brevitas.quant import Int8ActPerTensorFloat, SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst
-
-    binary = dict(weight_quant=SignedBinaryWeightPerTensorConst, bias=False)
-    model = torch.nn.Sequential(
-        qnn.QuantIdentity(act_quant=Int8ActPerTensorFloat, return_quant_tensor=True),
-        qnn.QuantConv2d(3, 16, 3, padding=1, **binary),
-        torch.nn.BatchNorm2d(16),
-        qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True),
-        qnn.QuantConv2d(16, 4, 3, stride=2, **binary),
-    ).eval()
-    with torch.no_grad():
-        bn = model[2]
-        bn.running_mean.uniform_(-3, 3), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(-1, 1)
-    path = str(tmp_path / "cnv.onnx")
-    export_qonnx(model, torch.randn(1, 3, 8, 8), path)
+    path = export_brevitas(brevitas_binary_net("Int8ActPerTensorFloat", 3), 3, tmp_path / "cnv.onnx")
     assert any(n.op_type == "Quant" for n in onnx.load(path).graph.node)
-    report = check(path, inputs([1, 3, 8, 8]), ["-> binary_conv2d"])
+    report = check(path, inputs([1, 3, 6, 6]), ["-> binary_conv2d"])
     assert report.binary_checked == 1
