@@ -14,6 +14,7 @@ from .fuse_binary_conv2d import fuse_binary_conv2d
 from .fuse_binary_dense import fuse_binary_dense
 from .fold_zero_pad_into_conv import fold_zero_pad_into_conv
 from .fuse_binary_maxpool import fuse_binary_maxpool
+from .lift_activation_scale import lift_activation_scale
 from .lift_conv1d import lift_conv1d
 from .lift_token_matmul import lift_token_matmul
 from .lower_binarizers import lower_binarizer
@@ -83,6 +84,8 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True, si
             rule_pass("LowerStraightThrough", lower_straight_through, logs),
             relax.transform.DeadCodeElimination(),  # the estimator's p, the Sign it replaced
             rule_pass("FoldZeroPadIntoConv", fold_zero_pad_into_conv, logs),  # Sign(Pad(x, 0)): the conv's padding
+            # XNOR-Net's conv(beta * Sign(x)): the conv on Sign(x) is binary, beta scales its output
+            rule_pass("LiftActivationScale", lift_activation_scale, logs),
             rule_pass("LiftConv1d", lift_conv1d, logs),
             rule_pass("LiftTokenMatmul", lift_token_matmul, logs),
             relax.transform.DeadCodeElimination(),  # a binarizer the token rows replaced: not lowered

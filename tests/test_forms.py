@@ -822,3 +822,24 @@ def test_brevitas_qonnx_export_with_an_8_bit_input_quant(tmp_path):
     assert any(n.op_type == "Quant" for n in onnx.load(path).graph.node)
     report = check(path, inputs([1, 3, 6, 6]), ["-> binary_conv2d"])
     assert report.binary_checked == 1
+
+
+def test_xnor_net_per_sample_activation_scale_moves_after_the_conv(tmp_path):
+    """XNOR-Net's ``conv(mean(abs(x)) * Sign(x), alpha * sign(W))``: the conv on ``Sign(x)`` is
+    binary and the per-sample mean multiplies its output; verify exact on these inputs (the
+    batch norm and binarizer after it decide on float values within rounding of the graph's)."""
+    g = GraphBuilder([1, 16, 6, 6], seed=27)
+
+    def xnor_input(t):
+        beta = g.node("ReduceMean", [g.node("Abs", [t])], axes=[1, 2, 3], keepdims=1)
+        return g.node("Mul", [g.node("Sign", [t]), beta])
+
+    alpha = g.rng.uniform(0.1, 1, (24, 1, 1, 1)).astype(np.float32)
+    y = g.batch_norm(g.conv(xnor_input("x"), g.binary_weight((24, 16, 3, 3)) * alpha, pad=1), *g.random_bn(24, 0.3))
+    out = g.conv(xnor_input(y), g.binary_weight((8, 24, 3, 3)), pad=1)
+    model = g.model([out])
+    model.opset_import[0].version = 13  # ReduceMean with axes as an attribute
+    path = save(model, tmp_path / "m.onnx")
+    check(path, inputs([1, 16, 6, 6], batch=4), ["-> binary_conv2d"])
+    convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
+    assert all(r.binary for r in convs), [(r.name, r.note) for r in convs]
