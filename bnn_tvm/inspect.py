@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay_passes.cancel_layout_transposes import LAYOUT
 from relay_passes.fold_zero_pad_into_conv import ZERO_PAD
 from relay_passes.lift_activation_scale import SCALE_AFTER
 from relay_passes.lift_conv1d import LIFTED
@@ -17,7 +18,7 @@ from .onnx_import import load_onnx
 
 
 MATRIX_OPS = ("Conv", "Gemm", "MatMul")
-FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED, TOKENS_AS_ROWS, SPLIT, STRAIGHT_THROUGH, ZERO_PAD, SCALE_AFTER)  # rewrites that leave a node computing in float
+FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED, TOKENS_AS_ROWS, SPLIT, STRAIGHT_THROUGH, ZERO_PAD, SCALE_AFTER, LAYOUT)  # rewrites that leave a node computing in float
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .cancel_layout_transposes import cancel_layout_transposes
 from .common import PassLog, rule_pass
 from .fold_float_epilogues import fold_float_epilogues
 from .fold_float_tables import fold_float_tables
@@ -83,6 +84,9 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True, si
             # a training-time estimator (sign(x) - p) + p is a Sign wherever p provably fits: the Sign passes take it
             rule_pass("LowerStraightThrough", lower_straight_through, logs),
             relax.transform.DeadCodeElimination(),  # the estimator's p, the Sign it replaced
+            # tf2onnx's Transpose(NHWC) -> binarizer -> Pad -> Transpose(NCHW): the binarizer before its conv
+            rule_pass("CancelLayoutTransposes", cancel_layout_transposes, logs),
+            relax.transform.DeadCodeElimination(),
             rule_pass("FoldZeroPadIntoConv", fold_zero_pad_into_conv, logs),  # Sign(Pad(x, 0)): the conv's padding
             # XNOR-Net's conv(beta * Sign(x)): the conv on Sign(x) is binary, beta scales its output
             rule_pass("LiftActivationScale", lift_activation_scale, logs),
