@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from .common import RuleContext, op_name
+from .common import RuleContext, op_name, shape_of
 
 LAYOUT = "layout_transposes_cancelled"  # inspect: transposes that no longer exist
 
@@ -25,8 +25,20 @@ UNARY = ("relax.sign", "relax.negative", "relax.abs", "relax.clip", "relax.nn.re
 WITH_CONSTANT = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum")
 
 
-def axes(call) -> list[int]:
-    return [int(a) for a in call.attrs.axes]
+def as_permutation(node) -> list[int] | None:
+    """The axes of a ``permute_dims``, or of a reshape that only moves unit axes (tf2onnx writes
+    ``Reshape`` for a transpose of a 1x1 feature map): the same data order, a new axis order."""
+    if op_name(node) == "relax.permute_dims":
+        return [int(a) for a in node.attrs.axes]
+    if op_name(node) != "relax.reshape":
+        return None
+    before, after = shape_of(node.args[0]), shape_of(node)
+    if sorted(before) != sorted(after) or sum(d != 1 for d in before) > 1:
+        return None
+    unit = [k for k, d in enumerate(before) if d == 1]
+    others = iter([k for k, d in enumerate(before) if d != 1])
+    units = iter(unit)
+    return [next(others) if d != 1 else next(units) for d in after]
 
 
 def crossing(ctx: RuleContext, node) -> int | None:
@@ -61,25 +73,26 @@ def moved(ctx: RuleContext, node, tensor, position: int, perm: list[int]):
 
 
 def cancel_layout_transposes(ctx: RuleContext, call):
-    if op_name(call) != "relax.permute_dims":
+    outer = as_permutation(call)
+    if outer is None:
         return None
     chain, expr = [], call.args[0]
     while True:
         node = ctx.producer(expr)
-        if op_name(node) == "relax.permute_dims":
+        if as_permutation(node) is not None:
             break
         position = crossing(ctx, node)
         if position is None:
             return None
         chain.append((node, position, expr))
         expr = node.args[position]
-    inner = axes(node)
-    if not chain or [inner[k] for k in axes(call)] != list(range(len(inner))):
+    inner = as_permutation(node)
+    if not chain or len(inner) != len(outer) or [inner[k] for k in outer] != list(range(len(inner))):
         return None  # nothing between them, or the outer transpose does not undo the inner one
     tensor = node.args[0]
     for op, position, var in reversed(chain):
         tensor = ctx.builder_.emit(moved(ctx, op, tensor, position, inner), "untransposed")
         if isinstance(var, relax.Var):
             ctx.alias((var.name,), tensor)
-    ctx.fused(LAYOUT, f"transposes {inner} and {axes(call)} around {len(chain)} elementwise op(s) cancelled", expr)
+    ctx.fused(LAYOUT, f"transposes {inner} and {outer} around {len(chain)} elementwise op(s) cancelled", expr)
     return tensor

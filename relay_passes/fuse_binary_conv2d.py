@@ -216,7 +216,7 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
     if groups != 1:
         ctx.fused("binary_conv2d", f"{detail} groups {groups}: one binary conv per group, concatenated")
         return grouped_binary_conv2d(ctx, data, packed, explicit, weight, binary, groups, strides, padding, dilation)
-    ctx.fused("binary_conv2d", detail)
+    ctx.fused("binary_conv2d", detail, *([data] if explicit is not None else []))  # the Pad is in the kernel
     if explicit is not None:
         return binary_conv2d_kernel(ctx, packed, weight, scale, strides, explicit[1], dilation, explicit[0], extra)
     return binary_conv2d_kernel(ctx, packed, weight, scale, strides, padding, dilation, extra=extra)

@@ -865,9 +865,13 @@ def test_larq_binarizers_between_tf2onnx_transposes(tmp_path):
     scale = g.rng.uniform(0.2, 2.0, (24, 1, 1, 1)).astype(np.float32) * np.where(g.rng.random((24, 1, 1, 1)) < 0.3, -1, 1)
     y = g.conv(larq_binarizer_nhwc(g, "x", pad_one=True), g.binary_weight((24, 16, 3, 3)) * scale.astype(np.float32),
                bias=g.rng.standard_normal(24).astype(np.float32))
-    out = g.conv(larq_binarizer_nhwc(g, y, pad_one=False), g.binary_weight((8, 24, 3, 3)))
+    y = g.conv(larq_binarizer_nhwc(g, y, pad_one=False), g.binary_weight((8, 24, 6, 6)))  # to 1x1
+    # on a 1x1 feature map tf2onnx writes the transposes as reshapes
+    nhwc = g.node("Reshape", [y, g.const(np.array([1, 1, 1, 8], np.int64))])
+    bits = g.node("Sign", [g.node("Add", [g.node("Sign", [nhwc]), g.const(np.float32(0.1))])])
+    out = g.conv(g.node("Reshape", [bits, g.const(np.array([1, 8, 1, 1], np.int64))]), g.binary_weight((5, 8, 1, 1)))
     path = save(g.model([out]), tmp_path / "m.onnx")
-    x = inputs([1, 16, 6, 6])
+    x = inputs([1, 16, 6, 6], batch=1)
     x[:, :, ::2] = 0.0
     check(path, x, ["-> binary_conv2d_threshold", "-> binary_conv2d "])
     convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
