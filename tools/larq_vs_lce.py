@@ -78,7 +78,8 @@ def main() -> int:
             path = os.path.join(folder, f"{name}.onnx")
             convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
             report = verify(path, "x86")
-            info[name] = {"binary_convs": sum(r.binary for r in convs), "convs": len(convs), "verify_ok": report.ok}
+            info[name] = {"binary_convs": sum(r.binary for r in convs), "convs": len(convs), "verify_ok": report.ok,
+                          "verify": [line for line in report.lines() if not line.startswith("fused:")]}
             timers[name] = bnn_tvm_timer(path)
         worker = subprocess.Popen([args.tf_python, WORKER, "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True)
@@ -107,6 +108,9 @@ def main() -> int:
         print(f"{name:18} {info[name]['binary_convs']:>5} / {info[name]['convs']:<4} "
               f"{'OK' if info[name]['verify_ok'] else 'FAILED':>7} {medians['lce_default']:>11.3f} "
               f"{medians['lce_indirect_bgemm']:>12.3f} {medians['bnn_tvm']:>8.3f} {rows[name]['speedup_vs_best_lce']:>10.1f}x")
+    for name in models:
+        if not info[name]["verify_ok"]:
+            print(f"{name}: " + "; ".join(info[name]["verify"]))
     from bnn_tvm.bench import machine
 
     print(f"machine: {machine()}")

@@ -60,6 +60,7 @@ def zoo(name):
 def build(name):
     import tensorflow as tf
 
+    tf.keras.utils.set_random_seed(0)  # the same random weights every export
     model = small_cnn() if name == "custom" else zoo(name)
     rng = np.random.default_rng(0)
     for layer in model.layers:
