@@ -95,6 +95,16 @@ class LoweredModel:
         variables = [v for name in names for v in resolve(name)]
         return list(dict.fromkeys(self.provenance[v] for v in variables if v in self.provenance))
 
+    def outputs_follow_batch(self) -> bool:
+        """Whether every output's first axis is the batch (a ``[B*N, C]`` output's is not), so
+        that a batch can be run in chunks of the compiled one."""
+        from tvm import relax
+
+        returned = self.mod["main"].body.body.ty
+        fields = returned.fields if isinstance(returned, relax.TupleType) else [returned]
+        shapes = [[int(d) for d in f.shape.values] for f in fields]
+        return all(shape and shape[0] == self.input_shape[0] for shape in shapes)
+
     def fused_lines(self) -> list[str]:
         return [
             f"{r.detail} -> {r.kernel} [{', '.join(self.onnx_nodes(r.nodes))}]" for log in self.logs for r in log.rewrites

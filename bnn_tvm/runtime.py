@@ -99,22 +99,48 @@ class CompiledRunner:
                 f"{source}: input shape {tuple(x.shape)} does not match the model's "
                 f"(N, {', '.join(map(str, expected))}) [{self.metadata['input_name']}]"
             )
+        if len(x) == 0:
+            raise BnnError(f"{source}: the batch is empty (shape {tuple(x.shape)}); give at least one input")
         if not np.issubdtype(x.dtype, np.floating):
             raise BnnError(f"{source}: input dtype {x.dtype} is not floating point")
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def run(self, x: np.ndarray, source: str = "input") -> list[np.ndarray]:
-        """All graph outputs for the batch ``x``, concatenated over compiled-batch chunks."""
-        import tvm
-
+        """All graph outputs for the batch ``x``, concatenated over compiled-batch chunks. Only
+        outputs whose first axis is the batch can be cut and joined: a module with any other
+        output (``[B*N, C]`` rows) takes exactly its compiled batch."""
         x = self.check_input(x, source)
         batch = self.input_shape[0]
-        chunks: list[list[np.ndarray]] = []
-        for start in range(0, len(x), batch):
+        if len(x) == batch:
+            return self._call(x)
+        first = self._call(self._padded(x[:batch]))
+        self._check_outputs_follow_batch(first, len(x), source)
+        chunks = [[o[: min(batch, len(x))] for o in first]]
+        for start in range(batch, len(x), batch):
             part = x[start : start + batch]
-            padded = np.zeros((batch,) + part.shape[1:], np.float32)
-            padded[: len(part)] = part
-            result = self.vm["main"](tvm.runtime.tensor(padded, self.device))
-            outputs = [result] if hasattr(result, "numpy") else list(result)  # one tensor or a tuple
-            chunks.append([o.numpy()[: len(part)] for o in outputs])
+            chunks.append([o[: len(part)] for o in self._call(self._padded(part))])
         return [np.concatenate(parts) for parts in zip(*chunks)]
+
+    def _padded(self, part: np.ndarray) -> np.ndarray:
+        padded = np.zeros(tuple(self.input_shape), np.float32)
+        padded[: len(part)] = part
+        return padded
+
+    def _call(self, x: np.ndarray) -> list[np.ndarray]:
+        import tvm
+
+        result = self.vm["main"](tvm.runtime.tensor(x, self.device))
+        outputs = [result] if hasattr(result, "numpy") else list(result)  # one tensor or a tuple
+        return [o.numpy() for o in outputs]
+
+    def _check_outputs_follow_batch(self, outputs: list[np.ndarray], given: int, source: str) -> None:
+        batch = self.input_shape[0]
+        names = list(self.metadata.get("outputs") or [])
+        for index, output in enumerate(outputs):
+            if output.ndim == 0 or output.shape[0] != batch:
+                name = names[index] if index < len(names) else f"output {index}"
+                raise BnnError(
+                    f"{source}: {given} inputs, but the module takes exactly {batch} at a time: its output "
+                    f"{name!r} has shape {output.shape}, whose first axis is not the batch, so it cannot be "
+                    f"run in chunks; give {batch} inputs or compile with --batch {given}"
+                )

@@ -1,0 +1,87 @@
+"""Issue 26: data-loss paths and tracebacks on bad input, one test per defect."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from onnx_builders import GraphBuilder, save
+
+from bnn_tvm.cli import main
+
+
+@pytest.fixture(scope="module")
+def compiled_default(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "digits.so"
+    assert main(["compile", "--target", "x86", "-o", str(out)]) == 0
+    return out
+
+
+def digits_batch(path, n=3):
+    np.save(path, np.random.default_rng(0).standard_normal((n, 1, 8, 8)).astype(np.float32))
+    return str(path)
+
+
+# 3 ------------------------------------------------------------------------------------------
+
+
+def test_run_refuses_an_output_name_numpy_would_rename(compiled_default, tmp_path, capsys):
+    x = digits_batch(tmp_path / "x.npy")
+    target = tmp_path / "keep.bin"
+    target.write_bytes(b"precious")
+    assert main(["run", str(compiled_default), "--input", x, "--output", str(target)]) == 2
+    assert "--output" in capsys.readouterr().err and str(target) in capsys.readouterr().err + str(target)
+    assert target.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.bin", "x.npy"]
+
+
+# 14 -----------------------------------------------------------------------------------------
+
+
+def test_run_refuses_an_empty_batch_and_an_empty_file(compiled_default, tmp_path, capsys):
+    empty_batch = tmp_path / "empty.npy"
+    np.save(empty_batch, np.zeros((0, 1, 8, 8), np.float32))
+    zero_bytes = tmp_path / "zero.npy"
+    zero_bytes.write_bytes(b"")
+    for given, expected in ((empty_batch, "the batch is empty"), (zero_bytes, "empty or cut short")):
+        code = main(["run", str(compiled_default), "--input", str(given), "--output", str(tmp_path / "y.npy")])
+        err = capsys.readouterr().err
+        assert code == 2 and expected in err and str(given) in err
+    assert not (tmp_path / "y.npy").exists()
+
+
+# 4 ------------------------------------------------------------------------------------------
+
+
+def rows_model(path) -> str:
+    """A binary conv whose output is reshaped to rows, ``[N*16, 16]``: its first axis is not the batch."""
+    g = GraphBuilder([1, 8, 4, 4], seed=3)
+    y = g.conv(g.binarize("x"), g.binary_weight((16, 8, 3, 3)), pad=1)
+    rows = g.node("Reshape", [y, g.const(np.array([-1, 16], np.int64), "shape")])
+    return save(g.model([rows]), path)
+
+
+def test_run_never_truncates_outputs_whose_first_axis_is_not_the_batch(tmp_path, capsys):
+    from bnn_tvm.runtime import CompiledRunner
+    from bnn_tvm.verify import reference_outputs
+    from bnn_tvm.onnx_import import load_onnx
+
+    model = rows_model(tmp_path / "rows.onnx")
+    module = tmp_path / "rows.so"
+    assert main(["compile", model, "--batch", "2", "-o", str(module)]) == 0
+    x = np.random.default_rng(1).standard_normal((2, 8, 4, 4)).astype(np.float32)
+    ours = CompiledRunner.load(str(module)).run(x)[0]
+    assert ours.shape == (32, 16)
+    np.testing.assert_allclose(ours, reference_outputs(load_onnx(model), x, "x")[0], rtol=1e-5)
+    np.save(tmp_path / "x3.npy", np.concatenate([x, x[:1]]))
+    capsys.readouterr()
+    code = main(["run", str(module), "--input", str(tmp_path / "x3.npy"), "--output", str(tmp_path / "y.npy")])
+    err = capsys.readouterr().err
+    assert code == 2 and "takes exactly 2" in err and "--batch 3" in err
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_verify_a_model_with_row_outputs(tmp_path, capsys):
+    assert main(["verify", rows_model(tmp_path / "rows.onnx")]) == 0
+    assert "VERIFY OK" in capsys.readouterr().out
