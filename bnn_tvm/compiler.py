@@ -43,7 +43,10 @@ class CompiledModel:
 
 
 def input_shape(model: onnx.ModelProto, path: str, batch: int | None) -> tuple[str, list[int]]:
+    if batch is not None and batch < 1:
+        raise BnnError(f"--batch {batch}: must be at least 1")
     name, dims = graph_input(model, path)
+    check_float_input(model, name, path)
     if dims and dims[0] is not None and batch is not None and dims[0] != batch:
         raise BnnError(f"{path}: input {name!r} has a fixed batch of {dims[0]}, --batch {batch} was asked")
     first = dims[0] if dims and dims[0] is not None else (batch or 1)
@@ -51,6 +54,15 @@ def input_shape(model: onnx.ModelProto, path: str, batch: int | None) -> tuple[s
         if dim is None:
             raise BnnError(f"{path}: input {name!r} has a symbolic dimension at axis {axis}; only the batch may be")
     return name, [first, *dims[1:]]
+
+
+def check_float_input(model: onnx.ModelProto, name: str, path: str) -> None:
+    """A compiled module is fed float32 (``run`` converts any float batch): a model whose input
+    is of another type would compile and then never run."""
+    elem_type = next(i for i in model.graph.input if i.name == name).type.tensor_type.elem_type
+    if elem_type != onnx.TensorProto.FLOAT:
+        type_name = onnx.TensorProto.DataType.Name(elem_type).lower() if elem_type else "of no declared type"
+        raise BnnError(f"{path}: input {name!r} is {type_name}; bnn_tvm compiles models with a float32 input")
 
 
 def add_graph_outputs(model: onnx.ModelProto, names: list[str]) -> None:

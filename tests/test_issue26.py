@@ -85,3 +85,56 @@ def test_run_never_truncates_outputs_whose_first_axis_is_not_the_batch(tmp_path,
 def test_verify_a_model_with_row_outputs(tmp_path, capsys):
     assert main(["verify", rows_model(tmp_path / "rows.onnx")]) == 0
     assert "VERIFY OK" in capsys.readouterr().out
+
+
+# 6 ------------------------------------------------------------------------------------------
+
+
+def test_compile_refuses_an_output_that_is_the_model(tmp_path, capsys):
+    from bnn_tvm.export import default_model_path
+
+    model = tmp_path / "digits.onnx"
+    model.write_bytes(open(default_model_path(), "rb").read())
+    before = model.read_bytes()
+    assert main(["compile", str(model), "-o", str(model)]) == 2
+    assert "is the model being compiled" in capsys.readouterr().err
+    assert model.read_bytes() == before
+    os.symlink(model, tmp_path / "link.onnx")  # the same file under another name
+    assert main(["compile", str(model), "-o", str(tmp_path / "link.onnx")]) == 2
+    assert model.read_bytes() == before
+
+
+# 16 -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", ["0", "-2"])
+def test_a_batch_below_one_is_refused(tmp_path, capsys, batch):
+    assert main(["compile", "--batch", batch, "-o", str(tmp_path / "m.so")]) == 2
+    assert f"--batch {batch}: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "m.so").exists()
+
+
+# 17 -----------------------------------------------------------------------------------------
+
+
+def test_a_model_with_an_integer_input_is_refused_at_compile(tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    g = GraphBuilder([1, 4])
+    g.input = helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 4])
+    y = g.node("Relu", [g.node("Cast", ["x"], to=TensorProto.FLOAT)])
+    model = save(g.model([y]), tmp_path / "ints.onnx")
+    assert main(["compile", model, "-o", str(tmp_path / "m.so")]) == 2
+    err = capsys.readouterr().err
+    assert "input 'x' is int64" in err and "float32" in err and model in err
+    assert not (tmp_path / "m.so").exists()
+
+
+# 18 -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("minutes", ["-1", "0"])
+def test_tune_refuses_a_time_limit_that_is_not_positive(tmp_path, capsys, minutes):
+    assert main(["tune", "--minutes", minutes, "--db", str(tmp_path / "db")]) == 2
+    assert f"--minutes {minutes}: must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "db").exists()

@@ -26,11 +26,20 @@ def run(args) -> int:
 
     target = targets.get(args.target, arch=args.arch).name  # a .json file registers its target's name
     path = resolve_model(args.model)
-    compiled = compile_onnx(path, target, batch=args.batch, db=args.db, progress=True)
     output = args.output or os.path.splitext(os.path.basename(args.model or path))[0] + f"_{target}.so"
+    refuse_overwriting_the_model(output, [args.model, path])
+    compiled = compile_onnx(path, target, batch=args.batch, db=args.db, progress=True)
     compiled.export(output)
     for line in compiled.metadata["fused"]:
         print(f"fused: {line}")
     print(f"compiled {path} for {target} -> {output} ({os.path.getsize(output)} bytes)")
     return 0
 
+
+def refuse_overwriting_the_model(output: str, models: list) -> None:
+    """``-o`` naming the model file itself (the ONNX file or the checkpoint) would replace it."""
+    from ..errors import BnnError
+
+    for model in models:
+        if model and os.path.isfile(model) and os.path.exists(output) and os.path.samefile(model, output):
+            raise BnnError(f"-o {output} is the model being compiled; give another output file")
