@@ -138,3 +138,43 @@ def test_tune_refuses_a_time_limit_that_is_not_positive(tmp_path, capsys, minute
     assert main(["tune", "--minutes", minutes, "--db", str(tmp_path / "db")]) == 2
     assert f"--minutes {minutes}: must be positive" in capsys.readouterr().err
     assert not (tmp_path / "db").exists()
+
+
+# 7 ------------------------------------------------------------------------------------------
+
+
+def test_a_killed_compile_leaves_nothing_after_the_next_command(tmp_path):
+    """SIGKILL during the export (its temporary library exists beside the output): the next
+    command removes it and the killed command's temporary folder."""
+    import glob
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, BNN_TVM_CACHE=str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "-m", "bnn_tvm", "compile", "-o", str(out / "m.so")]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not glob.glob(str(out / ".tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert glob.glob(str(out / ".tmp-*")), "the compile ended before its export began"
+    assert os.listdir(tmp_path / "cache" / "tmp"), "the killed compile had no temporary folder"
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    assert sorted(os.listdir(out)) == ["m.so"]
+    assert os.listdir(tmp_path / "cache" / "tmp") == []
+
+
+def test_temporary_files_of_running_processes_stay(tmp_path):
+    from bnn_tvm.io import atomic_write
+
+    mine = tmp_path / f".tmp-{os.getpid()}-abc.so"  # a write in progress in a live process
+    mine.write_bytes(b"")
+    foreign = tmp_path / ".tmp-notapid.so"
+    foreign.write_bytes(b"")
+    atomic_write(str(tmp_path / "m.txt"), lambda tmp: open(tmp, "w").write("x"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, foreign.name, "m.txt"])
