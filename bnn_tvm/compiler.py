@@ -198,7 +198,10 @@ def compile_onnx(
         if db:
             from schedules import tuning
 
-            mod = tuning.apply_database(mod, db, spec)
+            from . import tuning_db
+
+            with tuning_db.readable_copy(db) as checked:
+                mod = tuning.apply_database(mod, checked, spec)
             stage()
         mod = schedules.schedule_module(mod, spec)
         stage()
