@@ -143,7 +143,71 @@ def read_pinned(path: str, batch: int | None = None) -> tuple[onnx.ModelProto, s
     model = load_for_compile(path)
     check_supported(model, path)
     name, shape = input_shape(model, path, batch)
-    return pin_input_shape(model, name, shape), name, shape
+    check_memory(model, name, shape, path)
+    pinned = pin_input_shape(model, name, shape)
+    check_memory(pinned, name, shape, path)
+    return pinned, name, shape
+
+
+def check_memory(model: onnx.ModelProto, input_name: str, shape: list[int], path: str) -> None:
+    """Refuse, before anything is allocated, a model whose tensors cannot fit in this machine's
+    memory: a huge declared input or ``ConstantOfShape`` would end in numpy's MemoryError or a
+    C++ ``std::bad_alloc`` deep in the import. The estimate sums every tensor whose shape is
+    known (the input, the shapes inference found, constants to be made), each once."""
+    sizes = dict(tensor_sizes(model))
+    sizes[f"input {input_name!r}"] = (shape, 4 * _product(shape))
+    total = sum(size for _, size in sizes.values())
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if total > available:
+        largest, (dims, size) = max(sizes.items(), key=lambda item: item[1][1])
+        raise BnnError(f"{path}: its tensors need about {total / 2**30:.1f} GiB, more than this machine's "
+                       f"{available / 2**30:.1f} GiB of memory (the largest: {largest} of shape {dims}, "
+                       f"{size / 2**30:.1f} GiB)")
+
+
+def tensor_sizes(model: onnx.ModelProto):
+    """``(description, (dims, bytes))`` of each tensor of ``model`` with a known static shape."""
+    from onnx import numpy_helper
+
+    for info in list(model.graph.value_info) + list(model.graph.output):
+        tensor = info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        if tensor.HasField("shape") and None not in dims and tensor.elem_type:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+            yield f"tensor {info.name!r}", (dims, itemsize * _product(dims))
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "ConstantOfShape" and node.input and node.input[0] in constants:
+            dims = [int(d) for d in numpy_helper.to_array(constants[node.input[0]]).reshape(-1)]
+            yield f"node {node.name or node.output[0]!r} (ConstantOfShape)", (dims, 4 * _product(dims))
+
+
+def _product(dims) -> int:
+    import math
+
+    return math.prod(max(int(d), 0) for d in dims)
+
+
+def check_static_shapes(mod, provenance: dict, path: str) -> None:
+    """Every tensor of the imported model has a static shape: the binarization passes and the
+    schedules need them. An op TVM imports with an unknown output shape (``Unique``, ``NonZero``)
+    is refused, named."""
+    from tvm import relax, tirx
+
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            ty = binding.var.ty
+            types = ty.fields if isinstance(ty, relax.TupleType) else [ty]
+            for field in types:
+                if not isinstance(field, relax.TensorType):
+                    continue
+                shape = getattr(field, "shape", None)
+                dims = list(shape.values) if shape is not None and hasattr(shape, "values") else None
+                if dims is None or not all(isinstance(d, tirx.IntImm) for d in dims):
+                    node = provenance.get(binding.var.name, binding.var.name)
+                    shown = "unknown" if dims is None else "[" + ", ".join(str(d) for d in dims) + "]"
+                    raise BnnError(f"{path}: node {node!r} has an output of shape {shown} that is only known when "
+                                   "the model runs; bnn_tvm compiles models whose shapes are all static")
 
 
 def lower_onnx(
@@ -154,6 +218,7 @@ def lower_onnx(
     model, name, shape = read_pinned(path, batch)
     add_graph_outputs(model, extra_outputs or [])
     mod, provenance = import_to_relax(model, {name: shape}, path)
+    check_static_shapes(mod, provenance, path)
     logs: list = []
     mod = relay_passes.binarize(logs, float_epilogues=targets.get(target).family != "cuda")(mod)
     return LoweredModel(mod, model, name, shape, logs, provenance)
@@ -173,7 +238,10 @@ def compile_onnx(
 
     spec = targets.get(target)
     stages = ["importing ONNX, binarization passes"] + (["tuning records"] if db else []) + ["scheduling", "LLVM build"]
-    with tqdm(total=len(stages), desc=f"compile {os.path.basename(path)}", unit="stage", disable=not progress) as bar:
+    # disable=None: no bar when stderr is not a terminal (a log, a pipe), where it would only
+    # add lines before an error message
+    bar = tqdm(total=len(stages), desc=f"compile {os.path.basename(path)}", unit="stage", disable=None if progress else True)
+    with bar:
 
         def stage(done: bool = True) -> None:
             bar.update(int(done))

@@ -178,3 +178,96 @@ def test_temporary_files_of_running_processes_stay(tmp_path):
     foreign.write_bytes(b"")
     atomic_write(str(tmp_path / "m.txt"), lambda tmp: open(tmp, "w").write("x"))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, foreign.name, "m.txt"])
+
+
+# 8, 9, 10, 11: models that used to end in a traceback -----------------------------------------
+
+
+def default_model_copy():
+    import onnx
+
+    from bnn_tvm.export import default_model_path
+
+    return onnx.load(default_model_path())
+
+
+def unique_after_binary_conv(path) -> str:
+    g = GraphBuilder([1, 8, 4, 4], seed=3)
+    y = g.conv(g.binarize("x"), g.binary_weight((16, 8, 3, 3)), pad=1)
+    y = g.batch_norm(y, *g.random_bn(16))
+    return save(g.model([g.node("Unique", [y])]), path)
+
+
+def short_initializer(path) -> str:
+    model = default_model_copy()
+    weight = next(i for i in model.graph.initializer if len(i.raw_data) > 100)
+    weight.raw_data = weight.raw_data[:-8]
+    return save(model, path)
+
+
+def with_opset(path, version) -> str:
+    from onnx import helper
+
+    model = default_model_copy()
+    del model.opset_import[:]
+    if version is not None:
+        model.opset_import.append(helper.make_opsetid("", version))
+    return save(model, path)
+
+
+def huge_input(path) -> str:
+    g = GraphBuilder([1, 3, 100000, 100000])
+    return save(g.model([g.node("Relu", ["x"])]), path)
+
+
+def constant_of_shape_bomb(path) -> str:
+    from onnx import numpy_helper
+
+    g = GraphBuilder([1, 4])
+    shape = g.const(np.array([100000, 100000, 10], np.int64))
+    bomb = g.node("ConstantOfShape", [shape], value=numpy_helper.from_array(np.array([1.0], np.float32)))
+    return save(g.model([g.node("Add", ["x", bomb])]), path)
+
+
+BAD_MODELS = {
+    "unknown_shape": (unique_after_binary_conv, "node 'node_unique_13' has an output of shape [unique_numbers]"),
+    "short_raw_data": (short_initializer, "initializer '0.weight' of dims [32, 1, 3, 3] holds 1144 bytes (1152 needed)"),
+    "no_opset": (lambda p: with_opset(p, None), "declares no ONNX opset"),
+    "opset_3": (lambda p: with_opset(p, 3), "ONNX opset 3 is not supported"),
+    "opset_99": (lambda p: with_opset(p, 99), "ONNX opset 99 is not supported"),
+    "huge_input": (huge_input, "(the largest: input 'x' of shape [1, 3, 100000, 100000], 111.8 GiB)"),
+    "constant_of_shape_bomb": (constant_of_shape_bomb, "ConstantOfShape) of shape [100000, 100000, 10], 372.5 GiB"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MODELS))
+@pytest.mark.parametrize("command", ["compile", "verify", "inspect"])
+def test_bad_models_are_refused_naming_the_fault(tmp_path, capsys, case, command):
+    build, expected = BAD_MODELS[case]
+    model = build(tmp_path / f"{case}.onnx")
+    args = [command, model] + (["-o", str(tmp_path / "m.so")] if command == "compile" else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert expected in err and model in err
+    assert sorted(os.listdir(tmp_path)) == [f"{case}.onnx"]
+
+
+def test_summary_refuses_a_short_initializer(tmp_path, capsys):
+    model = short_initializer(tmp_path / "short.onnx")
+    assert main(["summary", model]) == 2
+    assert "initializer '0.weight'" in capsys.readouterr().err
+
+
+def test_verify_reports_onnx_runtime_failures_as_errors(tmp_path, monkeypatch, capsys):
+    """An opset ONNX defines but this ONNX Runtime does not (simulated: ORT refusing the model)."""
+    import onnxruntime
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : opset 28 is under development\nmore")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+    from bnn_tvm.export import default_model_path
+
+    assert main(["verify", default_model_path()]) == 2
+    err = capsys.readouterr().err
+    assert "ONNX Runtime, the reference, cannot run the model: [ONNXRuntimeError]" in err and "more" not in err
