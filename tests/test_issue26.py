@@ -271,3 +271,37 @@ def test_verify_reports_onnx_runtime_failures_as_errors(tmp_path, monkeypatch, c
     assert main(["verify", default_model_path()]) == 2
     err = capsys.readouterr().err
     assert "ONNX Runtime, the reference, cannot run the model: [ONNXRuntimeError]" in err and "more" not in err
+
+
+# 15 -----------------------------------------------------------------------------------------
+
+
+def checkpoint_with(path, **fields) -> str:
+    import torch
+
+    from bnn_tvm.export import default_checkpoint_path
+
+    checkpoint = torch.load(default_checkpoint_path(), map_location="cpu", weights_only=True)
+    checkpoint.update(fields)
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+BAD_CHECKPOINTS = {
+    "unknown_option": ({"options": {"widht": 3}}, "field 'options' has an unknown key 'widht'"),
+    "list_as_model": ({"model": ["digits"]}, "field 'model' is ['digits'], not a zoo model"),
+    "unknown_model": ({"model": "resnet9000"}, "field 'model' is 'resnet9000', not a zoo model"),
+    "unknown_quantizer": ({"options": {"input_quantizer": "magic"}}, "field 'options.input_quantizer' is 'magic'"),
+    "options_not_a_dict": ({"options": ["ste_sign"]}, "field 'options' is a list"),
+    "bad_classes": ({"options": {"num_classes": "ten"}}, "field 'options.num_classes' is 'ten', not a positive integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CHECKPOINTS))
+def test_checkpoint_fields_are_checked_naming_the_checkpoint_and_field(tmp_path, capsys, case):
+    fields, expected = BAD_CHECKPOINTS[case]
+    checkpoint = checkpoint_with(tmp_path / f"{case}.pt", **fields)
+    assert main(["export", checkpoint, "-o", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and checkpoint in err and "--quantizer" not in err
+    assert not (tmp_path / "m.onnx").exists()
