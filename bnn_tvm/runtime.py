@@ -61,6 +61,28 @@ def prepare_cuda_loading() -> None:
         import tvm.support.nvcc  # registers TVM's NVRTC callback
 
 
+# platform.machine() -> the ELF e_machine of its shared libraries (targets.elf.MACHINE_NAMES)
+HOST_ELF_MACHINES = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183, "armv7l": 40, "armv8l": 40}
+
+
+def check_built_for_this_machine(path: str) -> None:
+    """A module for another architecture (an aarch64 board's on this x86 host) is named as such:
+    the dynamic loader would only say "cannot open shared object file"."""
+    import platform
+
+    from targets import elf
+
+    host = platform.machine()
+    try:
+        header = elf.read_header(path)
+    except (BnnError, OSError, KeyError, IndexError, ValueError):  # not ELF, or cut short: the loader says
+        return
+    expected = HOST_ELF_MACHINES.get(host.lower())
+    if expected is not None and header.machine != expected:
+        raise BnnError(f"{path} was compiled for {header.machine_name} ({header.describe()}); this machine is {host}: "
+                       "run it on its board (`verify --rpc/--tracker`, `bench --rpc/--tracker`)")
+
+
 class CompiledRunner:
     """Runs a module compiled for a fixed batch on inputs of any batch, chunk by chunk."""
 
@@ -78,6 +100,7 @@ class CompiledRunner:
 
         if not os.path.isfile(path):
             raise BnnError(f"no compiled module at {path}")
+        check_built_for_this_machine(path)
         prepare_cuda_loading()
         try:
             module = tvm.runtime.load_module(path)

@@ -305,3 +305,22 @@ def test_checkpoint_fields_are_checked_naming_the_checkpoint_and_field(tmp_path,
     err = capsys.readouterr().err
     assert expected in err and checkpoint in err and "--quantizer" not in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+# 20 -----------------------------------------------------------------------------------------
+
+
+def test_a_module_for_another_architecture_is_named_as_such(compiled_default, tmp_path, capsys):
+    import platform
+    import struct
+
+    if platform.machine() != "x86_64":
+        pytest.skip("the test relabels an x86-64 module")
+    module = bytearray(compiled_default.read_bytes())
+    module[18:20] = struct.pack("<H", 183)  # e_machine: AArch64, as a module compiled for rasp3b
+    aarch64 = tmp_path / "rasp3b.so"
+    aarch64.write_bytes(bytes(module))
+    code = main(["run", str(aarch64), "--input", digits_batch(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{aarch64} was compiled for AArch64" in err and "this machine is x86_64" in err
+    assert "No such file" not in err
