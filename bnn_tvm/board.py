@@ -259,6 +259,7 @@ class BoardState:
     counting: bool
     log: str
     started: float
+    pid_start: str | None = None  # process_start(pid) when started; None in older state files
 
     @property
     def address(self) -> str:
@@ -290,17 +291,56 @@ def _alive(pid: int) -> bool:
     return not zombie
 
 
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, field 22 of /proc/PID/stat): with the
+    pid it names one process, where the pid alone may since have been given to another."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
+    except (OSError, IndexError):
+        return None
+    return fields[19] if len(fields) > 19 else None  # fields[0] is field 3
+
+
+def process_cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def still_ours(pid: int, pid_start: str | None, marker: str) -> bool:
+    """Whether ``pid`` is still the process a state file recorded: alive and started when it was
+    (state files written before start times were recorded: its command line holds ``marker``).
+    A state file left by a crash may name a pid the system has since given to an unrelated
+    process, whose process group must not be signalled."""
+    if not _alive(pid):
+        return False
+    if pid_start is not None:
+        return process_start(pid) == pid_start
+    return marker in process_cmdline(pid)
+
+
+def forget_stale(path: str, what: str, pid: int) -> None:
+    """Remove the state file of a process that is gone or is no longer ours, saying so."""
+    reason = "has exited" if not _alive(pid) else "now belongs to another program"
+    print(f"note: removed the stale state file {path}: the {what}'s process {pid} {reason}; nothing was signalled")
+    os.remove(path)
+
+
 def running() -> list[BoardState]:
-    """Boards whose state file names a live process; stale files are removed."""
+    """Boards whose state file names a live process that is still the board; stale files are
+    removed."""
     states = []
     for entry in sorted(os.listdir(run_dir())):
         if entry.startswith("board-") and entry.endswith(".json"):
             path = os.path.join(run_dir(), entry)
             state = BoardState(**json.loads(_read(path) or "{}"))
-            if _alive(state.pid):
+            if still_ours(state.pid, state.pid_start, SERVER_SCRIPT):
                 states.append(state)
-            else:  # it died (killed, crashed): forget it
-                os.remove(path)
+            else:  # it died (killed, crashed), or its pid went to another process: forget it
+                forget_stale(path, f"board {state.name}", state.pid)
                 port_file = os.path.join(run_dir(), f"board-{state.name}.port")
                 if os.path.exists(port_file):
                     os.remove(port_file)
@@ -392,7 +432,7 @@ def start(
         _wait_until(lambda: _registered(tracker_addr, key), 60, proc, log, f"registered with the tracker as {key!r}")
     state = BoardState(name, spec.name, proc.pid, host, bound, key,
                        f"{tracker_addr[0]}:{tracker_addr[1]}" if tracker_addr else None,
-                       count_instructions, log, time.time())
+                       count_instructions, log, time.time(), process_start(proc.pid))
     with open(_state_path(name), "w") as f:
         json.dump(asdict(state), f)
     return state

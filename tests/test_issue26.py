@@ -324,3 +324,60 @@ def test_a_module_for_another_architecture_is_named_as_such(compiled_default, tm
     err = capsys.readouterr().err
     assert code == 2 and f"{aarch64} was compiled for AArch64" in err and "this machine is x86_64" in err
     assert "No such file" not in err
+
+
+# 2, 21 --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def unrelated_process(tmp_path, monkeypatch):
+    """A process in its own group that bnn_tvm did not start, and an empty run folder."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("BNN_TVM_CACHE", str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def write_state(name: str, state: dict) -> str:
+    import json
+
+    from bnn_tvm.board import run_dir
+
+    path = os.path.join(run_dir(), name)
+    with open(path, "w") as f:
+        json.dump(state, f)
+    return path
+
+
+@pytest.mark.parametrize("pid_start", [None, "1"])  # an older state file; a recorded start that differs
+def test_stop_never_signals_a_process_that_reused_a_stale_pid(unrelated_process, capsys, pid_start):
+    pid = unrelated_process.pid
+    tracker = write_state("tracker-9190.json", {"pid": pid, "host": "127.0.0.1", "port": 9190, "log": "x",
+                                                 "pid_start": pid_start})
+    board = write_state("board-rasp3b.json", {"name": "rasp3b", "target": "rasp3b", "pid": pid, "host": "127.0.0.1",
+                                              "port": 9090, "key": "rasp3b", "tracker": None, "counting": False,
+                                              "log": "x", "started": 0.0, "pid_start": pid_start})
+    assert main(["tracker", "stop"]) == 0
+    assert main(["board", "stop"]) == 0
+    out = capsys.readouterr().out
+    assert unrelated_process.poll() is None  # still running
+    assert not os.path.exists(tracker) and not os.path.exists(board)
+    assert f"removed the stale state file {tracker}" in out and f"process {pid} now belongs to another program" in out
+    assert f"removed the stale state file {board}" in out
+
+
+def test_tracker_stop_without_a_port_stops_every_tracker(monkeypatch, tmp_path):
+    """As `board stop` stops every board (the trackers are faked: no process is started)."""
+    from bnn_tvm import tracker
+
+    monkeypatch.setenv("BNN_TVM_CACHE", str(tmp_path / "cache"))
+    states = [tracker.TrackerState(1, "127.0.0.1", port, "log") for port in (9190, 9200)]
+    stopped = []
+    monkeypatch.setattr(tracker, "running", lambda: states)
+    monkeypatch.setattr(tracker, "_kill_group", stopped.append)
+    assert main(["tracker", "stop"]) == 0
+    assert stopped == [1, 1]

@@ -9,7 +9,8 @@ def add_parser(sub) -> None:
     s = sub.add_parser("tracker", help="start/stop a local TVM RPC tracker that boards register with")
     s.add_argument("action", choices=["start", "stop", "status"])
     s.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
-    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    s.add_argument("--port", type=int, help=f"port (start: default {DEFAULT_PORT}; stop: default every tracker, "
+                   "as `board stop` stops every board)")
     s.set_defaults(func=run)
 
 
@@ -17,10 +18,12 @@ def run(args) -> int:
     from .. import tracker
 
     if args.action == "start":
-        state = tracker.start(args.host, args.port)
+        state = tracker.start(args.host, args.port or tracker.DEFAULT_PORT)
         print(f"tracker listening on {state.address} (pid {state.pid}, log {state.log})")
     elif args.action == "stop":
         stopped = tracker.stop(args.port)
+        if not stopped:
+            print("no tracker started by bnn_tvm was running")
         for state in stopped:
             print(f"stopped tracker on {state.address} (pid {state.pid})")
     else:
