@@ -381,3 +381,43 @@ def test_tracker_stop_without_a_port_stops_every_tracker(monkeypatch, tmp_path):
     monkeypatch.setattr(tracker, "_kill_group", stopped.append)
     assert main(["tracker", "stop"]) == 0
     assert stopped == [1, 1]
+
+
+# 22 -----------------------------------------------------------------------------------------
+
+ABSOLUTE_PATH = rb"(?:/home/|/work/|/tmp/|/usr/|/root/|/opt/|site-packages|\.py\")"
+
+
+def exporter_metadata(model) -> list[str]:
+    found = [f"model {p.key}" for p in model.metadata_props] + [f"graph {p.key}" for p in model.graph.metadata_props]
+    for node in model.graph.node:
+        found += [f"node {node.name} {p.key}" for p in node.metadata_props] + ([f"node {node.name} doc"] if node.doc_string else [])
+    for item in [*model.graph.initializer, *model.graph.input, *model.graph.output, *model.graph.value_info]:
+        found += [f"{item.name} {p.key}" for p in item.metadata_props]
+    return found
+
+
+def test_the_bundled_model_carries_no_exporter_metadata():
+    import re
+
+    import onnx
+
+    from bnn_tvm.export import default_model_path
+
+    raw = open(default_model_path(), "rb").read()
+    assert re.findall(ABSOLUTE_PATH, raw) == []
+    assert exporter_metadata(onnx.load_from_string(raw)) == []
+
+
+def test_exported_models_carry_no_exporter_metadata(tmp_path, capsys):
+    import re
+
+    import onnx
+
+    from bnn_tvm.export import default_checkpoint_path
+
+    out = tmp_path / "digits.onnx"
+    assert main(["export", default_checkpoint_path(), "-o", str(out)]) == 0
+    raw = out.read_bytes()
+    assert re.findall(ABSOLUTE_PATH, raw) == []
+    assert exporter_metadata(onnx.load_from_string(raw)) == []
