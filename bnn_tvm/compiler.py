@@ -238,41 +238,41 @@ def compile_onnx(
 
     spec = targets.get(target)
     stages = ["importing ONNX, binarization passes"] + (["tuning records"] if db else []) + ["scheduling", "LLVM build"]
-    # disable=None: no bar when stderr is not a terminal (a log, a pipe), where it would only
-    # add lines before an error message
-    bar = tqdm(total=len(stages), desc=f"compile {os.path.basename(path)}", unit="stage", disable=None if progress else True)
-    with bar:
+    with tqdm(total=len(stages), desc=f"compile {os.path.basename(path)}", unit="stage", disable=not progress) as bar:
+        try:
+            def stage(done: bool = True) -> None:
+                bar.update(int(done))
+                if bar.n < len(stages):
+                    bar.set_postfix_str(stages[bar.n])
 
-        def stage(done: bool = True) -> None:
-            bar.update(int(done))
-            if bar.n < len(stages):
-                bar.set_postfix_str(stages[bar.n])
-
-        stage(done=False)
-        lowered = lower_onnx(path, batch, extra_outputs, target)
-        metadata = {
-            "model": os.path.basename(path),
-            "target": spec.name,
-            "input_name": lowered.input_name,
-            "input_shape": lowered.input_shape,
-            "outputs": [o.name for o in lowered.onnx_model.graph.output],
-            "fused": lowered.fused_lines(),
-        }
-        builder = relax.BlockBuilder(lowered.mod)
-        with builder.function(METADATA_FUNC, []):
-            builder.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
-        mod = builder.get()
-        stage()
-        if db:
-            from schedules import tuning
-
-            from . import tuning_db
-
-            with tuning_db.readable_copy(db) as checked:
-                mod = tuning.apply_database(mod, checked, spec)
+            stage(done=False)
+            lowered = lower_onnx(path, batch, extra_outputs, target)
+            metadata = {
+                "model": os.path.basename(path),
+                "target": spec.name,
+                "input_name": lowered.input_name,
+                "input_shape": lowered.input_shape,
+                "outputs": [o.name for o in lowered.onnx_model.graph.output],
+                "fused": lowered.fused_lines(),
+            }
+            builder = relax.BlockBuilder(lowered.mod)
+            with builder.function(METADATA_FUNC, []):
+                builder.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
+            mod = builder.get()
             stage()
-        mod = schedules.schedule_module(mod, spec)
-        stage()
-        executable = tvm.compile(mod, spec.tvm_target())
-        stage()
+            if db:
+                from schedules import tuning
+
+                from . import tuning_db
+
+                with tuning_db.readable_copy(db) as checked:
+                    mod = tuning.apply_database(mod, checked, spec)
+                stage()
+            mod = schedules.schedule_module(mod, spec)
+            stage()
+            executable = tvm.compile(mod, spec.tvm_target())
+            stage()
+        except BaseException:
+            bar.leave = False  # the bar is cleared: an error's message stays the one line on stderr
+            raise
     return CompiledModel(executable, metadata, lowered.logs)
