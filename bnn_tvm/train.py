@@ -149,7 +149,8 @@ def load_checkpoint(path: str) -> tuple[nn.Module, dict]:
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, KeyError) as err:
-        raise BnnError(f"{path}: weights do not fit zoo model {name!r} ({err})") from err
+        details = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())  # torch's spans lines
+        raise BnnError(f"{path}: weights do not fit zoo model {name!r} ({details})") from err
     return model.eval(), checkpoint
 
 
