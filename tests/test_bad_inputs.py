@@ -327,11 +327,34 @@ def run_forked(args: list[str], cache: str, folder: str) -> Result:
                 sys.stderr.flush()
             finally:
                 os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    status = wait_or_kill(pid, CASE_TIMEOUT_S)
     with open(err_path, "rb") as f:
         stderr = f.read()
     os.remove(err_path)
+    if status is None:
+        return Result(-9, stderr + f"\n(killed after {CASE_TIMEOUT_S} s)".encode())
     return Result(os.waitstatus_to_exitcode(status), stderr)
+
+
+# A case that is refused takes well under a second. One that is not may go on into ONNX Runtime
+# or TVM, whose thread pools can deadlock in a forked child: it is killed, and fails.
+CASE_TIMEOUT_S = 60
+
+
+def wait_or_kill(pid: int, timeout: float):
+    """The child's wait status, or None if it ran past ``timeout`` seconds (then it is killed)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
 
 
 def run_fresh(args: list[str], cache: str) -> Result:
