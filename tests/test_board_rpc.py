@@ -249,3 +249,51 @@ def test_server_killed_mid_run_fails_clearly_within_60s(lab, modules):
     assert "connection to the board was lost while" in message and lab["key"] in message
     board.stop(lab["key"]) if any(s.name == lab["key"] for s in board.running()) else None
     assert not group_alive(state.pid)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def test_board_survives_a_killed_session_and_keeps_serving():
+    """Issue 26 item 19: SIGKILL one RPC session (the board's forked child); the board stays up,
+    registered with its tracker, and serves the next client."""
+    import json
+
+    import tvm.rpc
+
+    board.ensure_root(progress=False)
+    tracker_state = tracker.start("127.0.0.1", free_port())
+    key = f"rasp3b-session{os.getpid()}"
+    try:
+        state = board.start("rasp3b", port=free_port(), tracker=tracker_state.address, key=key, progress=False,
+                            count_instructions=False)
+        client = tvm.rpc.connect_tracker("127.0.0.1", tracker_state.port)
+        session = client.request(key, session_timeout=120)
+        deadline = time.monotonic() + 60
+        while not children_of(state.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sessions = children_of(state.pid)
+        assert sessions, "no session process appeared"
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+        del session
+        deadline = time.monotonic() + 60
+        while key not in tracker.tracker_keys(("127.0.0.1", tracker_state.port)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert any(s.name == key for s in board.running()), "the board died with its session"
+        fresh = client.request(key, session_timeout=120)
+        assert json.loads(fresh.get_function("bnn.board.info")())["machine"] == "aarch64"
+    finally:
+        if any(s.name == key for s in board.running()):
+            board.stop(key)
+        tracker.stop(tracker_state.port)
