@@ -337,7 +337,7 @@ def running() -> list[BoardState]:
         if entry.startswith("board-") and entry.endswith(".json"):
             path = os.path.join(run_dir(), entry)
             state = BoardState(**json.loads(_read(path) or "{}"))
-            if still_ours(state.pid, state.pid_start, SERVER_SCRIPT):
+            if still_ours(state.pid, state.pid_start, os.path.basename(SERVER_SCRIPT)):
                 states.append(state)
             else:  # it died (killed, crashed), or its pid went to another process: forget it
                 forget_stale(path, f"board {state.name}", state.pid)
