@@ -347,6 +347,28 @@ def running() -> list[BoardState]:
     return states
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (an unresolvable name counts as not)."""
+    import ipaddress
+
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
+
+
+def exposure_warning(host: str, port: int, what: str) -> str | None:
+    """The warning for a server bound where other machines can reach it (None on loopback):
+    TVM RPC runs whatever code a client sends, and neither it nor its tracker authenticates."""
+    if is_loopback(host):
+        return None
+    import getpass
+
+    return (f"warning: the {what} listens on {host}:{port}, reachable from other machines; TVM RPC runs any code a "
+            f"client sends (as user {getpass.getuser()}) and has no authentication: use the default 127.0.0.1 "
+            "unless every machine on this network is trusted")
+
+
 def parse_address(text: str, option: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():

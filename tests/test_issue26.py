@@ -421,3 +421,30 @@ def test_exported_models_carry_no_exporter_metadata(tmp_path, capsys):
     raw = out.read_bytes()
     assert re.findall(ABSOLUTE_PATH, raw) == []
     assert exporter_metadata(onnx.load_from_string(raw)) == []
+
+
+# 1 ------------------------------------------------------------------------------------------
+
+
+def test_a_server_reachable_from_other_machines_is_warned_about():
+    from bnn_tvm.board import exposure_warning
+
+    assert exposure_warning("127.0.0.1", 9190, "RPC tracker") is None
+    assert exposure_warning("localhost", 9190, "RPC tracker") is None
+    warning = exposure_warning("0.0.0.0", 9090, "emulated board's RPC server")
+    assert warning.startswith("warning: the emulated board's RPC server listens on 0.0.0.0:9090, reachable from other")
+    assert "runs any code a client sends" in warning and "no authentication" in warning
+
+
+def test_tracker_start_on_all_interfaces_warns(monkeypatch, tmp_path, capsys):
+    from bnn_tvm import tracker
+
+    monkeypatch.setenv("BNN_TVM_CACHE", str(tmp_path))
+    started = []
+    monkeypatch.setattr(tracker, "start", lambda host, port: started.append((host, port)) or
+                        tracker.TrackerState(1, host, port, "log"))
+    assert main(["tracker", "start", "--host", "0.0.0.0"]) == 0
+    assert started == [("0.0.0.0", 9190)]
+    assert "warning: the RPC tracker (it hands out its boards) listens on 0.0.0.0:9190" in capsys.readouterr().err
+    assert main(["tracker", "start"]) == 0
+    assert capsys.readouterr().err == ""
