@@ -50,6 +50,13 @@ def _write_then_rename(path: str, write: Callable[[str], object]) -> None:
         raise
 
 
+def refuse_overwriting_input(output: str, inputs: list, option: str) -> None:
+    """An output naming one of the command's input files (also through a link) would replace it."""
+    for source in inputs:
+        if source and os.path.isfile(source) and os.path.exists(output) and os.path.samefile(source, output):
+            raise BnnError(f"{option} {output} is the model being read; give another output file")
+
+
 def remove_stale(directory: str, prefix: str = "") -> None:
     """Remove ``directory``'s entries named ``PREFIX<pid>-*`` whose process is gone (killed before
     it could clean up); those of running processes, and anything else, stay."""

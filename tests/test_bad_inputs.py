@@ -242,8 +242,10 @@ def corpus(module: str) -> dict[str, Case]:
         "option_batch_0": Case(["compile", "--batch", "0", "-o", "{out.so}"], "--batch 0: must be at least 1", output="out.so"),
         "option_batch_negative": Case(["compile", "--batch", "-2", "-o", "{out.so}"], "--batch -2: must be at least 1",
                                       output="out.so"),
-        "option_output_is_the_model": Case(["compile", "{model.onnx}", "-o", "{model.onnx}"], "is the model being compiled",
+        "option_output_is_the_model": Case(["compile", "{model.onnx}", "-o", "{model.onnx}"], "is the model being read",
                                            {"model.onnx": copy_of(default_model_path())}),
+        "option_export_over_the_checkpoint": Case(["export", "{ck.pt}", "-o", "{ck.pt}"], "is the model being read",
+                                                  {"ck.pt": copy_of(default_checkpoint_path())}),
         "option_minutes_negative": Case(["tune", "--minutes", "-1", "--db", "{db}"], "--minutes -1: must be positive"),
         # tuning databases
         "db_is_a_file_compile": Case(["compile", "--db", "{db}", "-o", "{out.so}"], "is a file, not a tuning database folder",

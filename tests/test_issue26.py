@@ -97,11 +97,22 @@ def test_compile_refuses_an_output_that_is_the_model(tmp_path, capsys):
     model.write_bytes(open(default_model_path(), "rb").read())
     before = model.read_bytes()
     assert main(["compile", str(model), "-o", str(model)]) == 2
-    assert "is the model being compiled" in capsys.readouterr().err
+    assert "is the model being read" in capsys.readouterr().err
     assert model.read_bytes() == before
     os.symlink(model, tmp_path / "link.onnx")  # the same file under another name
     assert main(["compile", str(model), "-o", str(tmp_path / "link.onnx")]) == 2
     assert model.read_bytes() == before
+
+
+def test_export_refuses_an_output_that_is_the_checkpoint(tmp_path, capsys):
+    from bnn_tvm.export import default_checkpoint_path
+
+    checkpoint = tmp_path / "digits.pt"
+    checkpoint.write_bytes(open(default_checkpoint_path(), "rb").read())
+    before = checkpoint.read_bytes()
+    assert main(["export", str(checkpoint), "-o", str(checkpoint)]) == 2
+    assert f"-o {checkpoint} is the model being read" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == before
 
 
 # 16 -----------------------------------------------------------------------------------------

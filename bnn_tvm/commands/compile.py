@@ -23,11 +23,12 @@ def run(args) -> int:
     import targets
 
     from ..compiler import compile_onnx
+    from ..io import refuse_overwriting_input
 
     target = targets.get(args.target, arch=args.arch).name  # a .json file registers its target's name
     path = resolve_model(args.model)
     output = args.output or os.path.splitext(os.path.basename(args.model or path))[0] + f"_{target}.so"
-    refuse_overwriting_the_model(output, [args.model, path])
+    refuse_overwriting_input(output, [args.model, path], "-o")
     compiled = compile_onnx(path, target, batch=args.batch, db=args.db, progress=True)
     compiled.export(output)
     for line in compiled.metadata["fused"]:
@@ -35,11 +36,3 @@ def run(args) -> int:
     print(f"compiled {path} for {target} -> {output} ({os.path.getsize(output)} bytes)")
     return 0
 
-
-def refuse_overwriting_the_model(output: str, models: list) -> None:
-    """``-o`` naming the model file itself (the ONNX file or the checkpoint) would replace it."""
-    from ..errors import BnnError
-
-    for model in models:
-        if model and os.path.isfile(model) and os.path.exists(output) and os.path.samefile(model, output):
-            raise BnnError(f"-o {output} is the model being compiled; give another output file")
