@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -224,6 +225,16 @@ def lower_onnx(
     return LoweredModel(mod, model, name, shape, logs, provenance)
 
 
+@contextlib.contextmanager
+def cleared_on_error(bar):
+    """On an error the progress bar is cleared, so the error's message stays the one line shown."""
+    try:
+        yield
+    except BaseException:
+        bar.leave = False
+        raise
+
+
 def compile_onnx(
     path: str, target: str = "x86", batch: int | None = None, extra_outputs: list[str] | None = None,
     db: str | None = None, progress: bool = False,
@@ -238,41 +249,39 @@ def compile_onnx(
 
     spec = targets.get(target)
     stages = ["importing ONNX, binarization passes"] + (["tuning records"] if db else []) + ["scheduling", "LLVM build"]
-    with tqdm(total=len(stages), desc=f"compile {os.path.basename(path)}", unit="stage", disable=not progress) as bar:
-        try:
-            def stage(done: bool = True) -> None:
-                bar.update(int(done))
-                if bar.n < len(stages):
-                    bar.set_postfix_str(stages[bar.n])
+    with tqdm(total=len(stages), desc=f"compile {os.path.basename(path)}", unit="stage", disable=not progress) as bar, \
+            cleared_on_error(bar):
 
-            stage(done=False)
-            lowered = lower_onnx(path, batch, extra_outputs, target)
-            metadata = {
-                "model": os.path.basename(path),
-                "target": spec.name,
-                "input_name": lowered.input_name,
-                "input_shape": lowered.input_shape,
-                "outputs": [o.name for o in lowered.onnx_model.graph.output],
-                "fused": lowered.fused_lines(),
-            }
-            builder = relax.BlockBuilder(lowered.mod)
-            with builder.function(METADATA_FUNC, []):
-                builder.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
-            mod = builder.get()
-            stage()
-            if db:
-                from schedules import tuning
+        def stage(done: bool = True) -> None:
+            bar.update(int(done))
+            if bar.n < len(stages):
+                bar.set_postfix_str(stages[bar.n])
 
-                from . import tuning_db
+        stage(done=False)
+        lowered = lower_onnx(path, batch, extra_outputs, target)
+        metadata = {
+            "model": os.path.basename(path),
+            "target": spec.name,
+            "input_name": lowered.input_name,
+            "input_shape": lowered.input_shape,
+            "outputs": [o.name for o in lowered.onnx_model.graph.output],
+            "fused": lowered.fused_lines(),
+        }
+        builder = relax.BlockBuilder(lowered.mod)
+        with builder.function(METADATA_FUNC, []):
+            builder.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
+        mod = builder.get()
+        stage()
+        if db:
+            from schedules import tuning
 
-                with tuning_db.readable_copy(db) as checked:
-                    mod = tuning.apply_database(mod, checked, spec)
-                stage()
-            mod = schedules.schedule_module(mod, spec)
+            from . import tuning_db
+
+            with tuning_db.readable_copy(db) as checked:
+                mod = tuning.apply_database(mod, checked, spec)
             stage()
-            executable = tvm.compile(mod, spec.tvm_target())
-            stage()
-        except BaseException:
-            bar.leave = False  # the bar is cleared: an error's message stays the one line on stderr
-            raise
+        mod = schedules.schedule_module(mod, spec)
+        stage()
+        executable = tvm.compile(mod, spec.tvm_target())
+        stage()
     return CompiledModel(executable, metadata, lowered.logs)
