@@ -297,3 +297,35 @@ def test_board_survives_a_killed_session_and_keeps_serving():
         if any(s.name == key for s in board.running()):
             board.stop(key)
         tracker.stop(tracker_state.port)
+
+
+def test_board_started_by_root_runs_unprivileged(tmp_path, monkeypatch):
+    """Issue 26 item 1: a board started by root runs as an unprivileged account where that
+    account can reach the board's files (here: a copy of the root in a world-readable folder)."""
+    import json
+    import tempfile
+
+    import tvm.rpc
+
+    if os.geteuid() != 0:
+        pytest.skip("started by root only")
+    source = board.ensure_root(progress=False).path
+    cache = tempfile.mkdtemp(prefix="bnn-board-cache-", dir="/tmp")  # pytest's own folders are 0700
+    try:
+        os.chmod(cache, 0o755)
+        shutil.copytree(source, os.path.join(cache, os.path.basename(source)), symlinks=True)
+        monkeypatch.setenv("BNN_TVM_CACHE", cache)
+        key = f"rasp3b-user{os.getpid()}"
+        state = board.start("rasp3b", port=free_port(), key=key, progress=False, count_instructions=False)
+        try:
+            assert state.user == board.UNPRIVILEGED_USER and state.user_reason == ""
+            with open(f"/proc/{state.pid}/status") as f:
+                uid = next(line.split()[1] for line in f if line.startswith("Uid:"))
+            assert int(uid) != 0
+            session = tvm.rpc.connect("127.0.0.1", state.port, key=key, session_timeout=120)
+            assert json.loads(session.get_function("bnn.board.info")())["machine"] == "aarch64"
+        finally:
+            board.stop(key)
+        assert not os.path.exists(state.work)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)

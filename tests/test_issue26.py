@@ -459,3 +459,19 @@ def test_tracker_start_on_all_interfaces_warns(monkeypatch, tmp_path, capsys):
     assert "warning: the RPC tracker (it hands out its boards) listens on 0.0.0.0:9190" in capsys.readouterr().err
     assert main(["tracker", "start"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_board_falls_back_to_this_user_with_a_stated_reason(tmp_path):
+    """Where the unprivileged account cannot reach the board's files (a root-only folder), the
+    board runs as this user and says why."""
+    from bnn_tvm import board
+
+    work = tmp_path / "private" / "board.d"
+    work.mkdir(parents=True)
+    os.chmod(tmp_path / "private", 0o700)
+    account, reason = board.board_account([str(tmp_path / "private" / "python")], str(work))
+    assert account is None
+    if os.geteuid() == 0:
+        assert reason == f"user {board.UNPRIVILEGED_USER} cannot reach {work}"
+    else:
+        assert reason == ""  # not root: the board runs as this (unprivileged) user anyway

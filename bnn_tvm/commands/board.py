@@ -41,7 +41,9 @@ def run(args) -> int:
                             count_instructions=args.count_instructions, threads=args.threads)
         where = f", registered with tracker {state.tracker} as key {state.key!r}" if state.tracker else ""
         print(f"board {state.name} ({state.target}) serving TVM RPC on {state.address}{where} "
-              f"(pid {state.pid}, log {state.log})")
+              f"(pid {state.pid}, user {state.user}, log {state.log})")
+        if state.user_reason:
+            print(f"note: the board runs as {state.user}, so code its clients send does too: {state.user_reason}")
     elif args.action == "stop":
         stopped = board.stop(args.key)
         if not stopped:
