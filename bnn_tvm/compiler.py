@@ -151,19 +151,23 @@ def read_pinned(path: str, batch: int | None = None) -> tuple[onnx.ModelProto, s
 
 
 def check_memory(model: onnx.ModelProto, input_name: str, shape: list[int], path: str) -> None:
-    """Refuse, before anything is allocated, a model whose tensors cannot fit in this machine's
-    memory: a huge declared input or ``ConstantOfShape`` would end in numpy's MemoryError or a
-    C++ ``std::bad_alloc`` deep in the import. The estimate sums every tensor whose shape is
-    known (the input, the shapes inference found, constants to be made), each once."""
+    """Refuse, before anything is allocated, a model that cannot fit in this machine's memory: a
+    huge declared input or ``ConstantOfShape`` would end in numpy's MemoryError or a C++
+    ``std::bad_alloc`` deep in the import. Refused: a single tensor larger than the memory, or
+    constants to be made that together are (the VM reuses activations' memory, so their sum,
+    printed as the estimate, is only an upper bound of what a run needs)."""
     sizes = dict(tensor_sizes(model))
     sizes[f"input {input_name!r}"] = (shape, 4 * _product(shape))
-    total = sum(size for _, size in sizes.values())
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if total > available:
-        largest, (dims, size) = max(sizes.items(), key=lambda item: item[1][1])
-        raise BnnError(f"{path}: its tensors need about {total / 2**30:.1f} GiB, more than this machine's "
-                       f"{available / 2**30:.1f} GiB of memory (the largest: {largest} of shape {dims}, "
-                       f"{size / 2**30:.1f} GiB)")
+    largest, (dims, size) = max(sizes.items(), key=lambda item: item[1][1])
+    constants = sum(size for what, (_, size) in sizes.items() if what.endswith("(ConstantOfShape)"))
+    if size <= available and constants <= available:
+        return
+    total = sum(size for _, size in sizes.values())
+    what = (f"{largest} of shape {dims} needs {size / 2**30:.1f} GiB" if size > available
+            else f"its ConstantOfShape constants need {constants / 2**30:.1f} GiB")
+    raise BnnError(f"{path}: {what}, more than this machine's {available / 2**30:.1f} GiB of memory "
+                   f"(all its tensors: about {total / 2**30:.1f} GiB)")
 
 
 def tensor_sizes(model: onnx.ModelProto):
@@ -180,7 +184,7 @@ def tensor_sizes(model: onnx.ModelProto):
     for node in model.graph.node:
         if node.op_type == "ConstantOfShape" and node.input and node.input[0] in constants:
             dims = [int(d) for d in numpy_helper.to_array(constants[node.input[0]]).reshape(-1)]
-            yield f"node {node.name or node.output[0]!r} (ConstantOfShape)", (dims, 4 * _product(dims))
+            yield f"constant of node {node.name or node.output[0]!r} (ConstantOfShape)", (dims, 4 * _product(dims))
 
 
 def _product(dims) -> int:
