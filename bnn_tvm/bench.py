@@ -207,9 +207,10 @@ def model_workload(model: str, workdir: str, batch: int) -> Workload:
     path = resolve_model(model, cache=os.path.join(workdir, "models"))
     if os.path.isfile(model) and not is_checkpoint(model):
         from .compiler import input_shape as onnx_input_shape
-        from .onnx_import import load_onnx
+        from .onnx_import import load_onnx, standard_onnx
         from .onnx_torch import module_from_onnx
 
+        path = standard_onnx(path, workdir)  # QONNX ops expanded: ONNX Runtime and PyTorch cannot run them
         _, shape = onnx_input_shape(load_onnx(path), path, batch)
         return Workload(os.path.basename(path), path, tuple(shape), lambda: module_from_onnx(path, shape[0]),
                         "the ONNX graph run node by node in PyTorch (bnn_tvm.onnx_torch)", torch_same_graph=True)
@@ -260,6 +261,7 @@ class Settings:
     key: str | None = None
     count_instructions: bool = False
     db: str | None = None  # tuning records for bnn_tvm (``tune``, ``compile --db``)
+    sign_zero: str = "exact"  # Sign(0) for bnn_tvm (relay_passes.conventions.SIGN_ZERO)
 
     @property
     def remote(self) -> bool:
@@ -388,9 +390,12 @@ def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workd
 def bnn_engine(workload, x, settings, workdir, outputs) -> Prepared:
     from .compiler import compile_onnx
 
-    compiled = compile_onnx(workload.onnx_path, settings.target, batch=workload.input_shape[0], db=settings.db)
+    compiled = compile_onnx(workload.onnx_path, settings.target, batch=workload.input_shape[0], db=settings.db,
+                            sign_zero=settings.sign_zero)
     prepared = run_compiled("bnn_tvm", compiled, x, settings, workdir, outputs)
     prepared.result.note += f", {len(compiled.metadata.get('fused', []))} fusions"
+    if settings.sign_zero != "exact":
+        prepared.result.note += f", --sign-zero {settings.sign_zero}"
     if settings.db:
         prepared.result.note += f", tuning records from {settings.db}"
     return prepared

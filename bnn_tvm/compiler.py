@@ -124,17 +124,25 @@ class LoweredModel:
         ]
 
     def binarizer_outputs(self) -> list[str]:
-        """ONNX tensors the passes turned into packed bits (binary and k-bit activations)."""
+        """ONNX tensors the passes turned into packed bits (binary and k-bit activations, and the
+        ternary ``Sign`` a conv or dense reads as two bipolar halves)."""
         nodes = {n.name: n for n in self.onnx_model.graph.node}
         found = []
         for log in self.logs:
             for rewrite in log.rewrites:
-                found_nodes = self.onnx_nodes(rewrite.nodes[:1])
+                if rewrite.kernel not in PACKED_TENSOR:
+                    continue
+                position = PACKED_TENSOR[rewrite.kernel]
+                found_nodes = self.onnx_nodes(rewrite.nodes[position:position + 1])
                 node = nodes.get(found_nodes[0]) if found_nodes else None
-                packed = rewrite.kernel in ("pack_sign", "pack_levels")
-                if packed and node is not None and node.output[0] not in found:
+                if node is not None and node.output[0] not in found:
                     found.append(node.output[0])
         return found
+
+
+# pack kernel -> position, among the names its rewrite logs, of the tensor it packs (a pair's first
+# name is the conv or dense that reads the pair)
+PACKED_TENSOR = {"pack_sign": 0, "pack_levels": 0, "pack_sign_pair": 1}
 
 
 def read_pinned(path: str, batch: int | None = None) -> tuple[onnx.ModelProto, str, list[int]]:
@@ -216,16 +224,18 @@ def check_static_shapes(mod, provenance: dict, path: str) -> None:
 
 
 def lower_onnx(
-    path: str, batch: int | None = None, extra_outputs: list[str] | None = None, target: str = "x86"
+    path: str, batch: int | None = None, extra_outputs: list[str] | None = None, target: str = "x86",
+    sign_zero: str = "exact",
 ) -> LoweredModel:
     """Import ``path`` into Relax and run the binarization passes (for ``target``: CPU kernels
-    compute their float epilogues, CUDA kernels look them up in tables)."""
+    compute their float epilogues, CUDA kernels look them up in tables; ``sign_zero``: the
+    ``Sign(0)`` convention, ``relay_passes.conventions.SIGN_ZERO``)."""
     model, name, shape = read_pinned(path, batch)
     add_graph_outputs(model, extra_outputs or [])
     mod, provenance = import_to_relax(model, {name: shape}, path)
     check_static_shapes(mod, provenance, path)
     logs: list = []
-    mod = relay_passes.binarize(logs, float_epilogues=targets.get(target).family != "cuda")(mod)
+    mod = relay_passes.binarize(logs, float_epilogues=targets.get(target).family != "cuda", sign_zero=sign_zero)(mod)
     return LoweredModel(mod, model, name, shape, logs, provenance)
 
 
@@ -241,7 +251,7 @@ def cleared_on_error(bar):
 
 def compile_onnx(
     path: str, target: str = "x86", batch: int | None = None, extra_outputs: list[str] | None = None,
-    db: str | None = None, progress: bool = False,
+    db: str | None = None, progress: bool = False, sign_zero: str = "exact",
 ) -> CompiledModel:
     """Compile the ONNX model at ``path``; ``extra_outputs`` exposes inner tensors (for verify);
     ``db``: a tuning database folder (``python -m bnn_tvm tune``) whose records replace the
@@ -262,7 +272,7 @@ def compile_onnx(
                 bar.set_postfix_str(stages[bar.n])
 
         stage(done=False)
-        lowered = lower_onnx(path, batch, extra_outputs, target)
+        lowered = lower_onnx(path, batch, extra_outputs, target, sign_zero)
         metadata = {
             "model": os.path.basename(path),
             "target": spec.name,
@@ -270,6 +280,7 @@ def compile_onnx(
             "input_shape": lowered.input_shape,
             "outputs": [o.name for o in lowered.onnx_model.graph.output],
             "fused": lowered.fused_lines(),
+            "sign_zero": sign_zero,
         }
         builder = relax.BlockBuilder(lowered.mod)
         with builder.function(METADATA_FUNC, []):

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay_passes.cancel_layout_transposes import LAYOUT
+from relay_passes.fold_zero_pad_into_conv import ZERO_PAD
+from relay_passes.lift_activation_scale import SCALE_AFTER
 from relay_passes.lift_conv1d import LIFTED
 from relay_passes.lift_token_matmul import LIFTED as TOKENS_AS_ROWS
+from relay_passes.lower_straight_through import STRAIGHT_THROUGH
 from relay_passes.split_channel_ops_over_concat import SPLIT
 from schedules.float_conv import FLOAT_KERNELS
 
@@ -14,7 +18,7 @@ from .onnx_import import load_onnx
 
 
 MATRIX_OPS = ("Conv", "Gemm", "MatMul")
-FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED, TOKENS_AS_ROWS, SPLIT)  # rewrites that leave a node computing in float
+FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED, TOKENS_AS_ROWS, SPLIT, STRAIGHT_THROUGH, ZERO_PAD, SCALE_AFTER, LAYOUT)  # rewrites that leave a node computing in float
 
 
 @dataclass
@@ -40,9 +44,9 @@ def constant_nodes(graph) -> set[str]:
     return found
 
 
-def inspect_onnx(path: str, batch: int | None = None) -> list[NodeReport]:
+def inspect_onnx(path: str, batch: int | None = None, sign_zero: str = "exact") -> list[NodeReport]:
     original = load_onnx(path)
-    lowered = lower_onnx(path, batch)
+    lowered = lower_onnx(path, batch, sign_zero=sign_zero)
     pinned = lowered.onnx_model.graph
     remaining = {node.name for node in pinned.node} - constant_nodes(pinned)
     kernel_of: dict[str, str] = {}
@@ -55,6 +59,7 @@ def inspect_onnx(path: str, batch: int | None = None) -> list[NodeReport]:
         for var, reason in log.kept_float.items():
             for node in lowered.onnx_nodes([var]):
                 reasons.setdefault(node, reason)
+    credit_straight_through(lowered, kernel_of, detail_of)
     reports = []
     for node in original.graph.node:
         if kernel_of.get(node.name) in FLOAT_REWRITES:
@@ -68,3 +73,14 @@ def inspect_onnx(path: str, batch: int | None = None) -> list[NodeReport]:
             default = "float path: no binarized operand" if node.op_type in MATRIX_OPS else "float path"
             reports.append(NodeReport(node.name, node.op_type, None, reasons.get(node.name, default)))
     return reports
+
+
+def credit_straight_through(lowered, kernel_of: dict, detail_of: dict) -> None:
+    """A straight-through estimator became the ``Sign`` of its last ``Add``; its other nodes
+    (``p``, the subtraction, the original ``Sign``) go where that ``Add`` went: into the pack of
+    the binary layer reading it, or the float path."""
+    for rewrite in (r for log in lowered.logs for r in log.rewrites if r.kernel == STRAIGHT_THROUGH):
+        result, *parts = lowered.onnx_nodes(rewrite.nodes)
+        if kernel_of.get(result) not in FLOAT_REWRITES:
+            for node in parts:
+                kernel_of[node], detail_of[node] = kernel_of[result], f"{detail_of[result]} ({rewrite.detail})"

@@ -119,20 +119,28 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def expand_qonnx(model: onnx.ModelProto) -> onnx.ModelProto:
+def expand_qonnx(model: onnx.ModelProto, path: str = "the model") -> onnx.ModelProto:
     """Replace QONNX ``BipolarQuant(x, scale)`` (as Brevitas exports it) by its definition,
-    ``Where(x >= 0, 1, -1) * scale``, in standard ONNX: TVM and ONNX Runtime can then read it."""
+    ``Where(x >= 0, 1, -1) * scale``, and ``Quant`` by its (``qonnx_quant``), in standard ONNX: TVM
+    and ONNX Runtime can then read it."""
+    from .qonnx_quant import expand_quant
+
     import numpy as np
     from onnx import helper
 
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    if not any(n.op_type == "BipolarQuant" and n.domain in QONNX_DOMAINS for n in model.graph.node):
+    if not any(n.op_type in ("BipolarQuant", "Quant") and n.domain in QONNX_DOMAINS for n in model.graph.node):
         return model
     one, zero, minus_one = "bnn_qonnx_one", "bnn_qonnx_zero", "bnn_qonnx_minus_one"
     for name, value in ((one, 1.0), (zero, 0.0), (minus_one, -1.0)):
         model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
     nodes = []
     for node in model.graph.node:
+        if node.op_type == "Quant" and node.domain in QONNX_DOMAINS:
+            quant_nodes, initializers = expand_quant(node, constants, path)
+            nodes.extend(quant_nodes)
+            model.graph.initializer.extend(initializers)
+            continue
         if node.op_type != "BipolarQuant" or node.domain not in QONNX_DOMAINS:
             nodes.append(node)
             continue
@@ -149,9 +157,47 @@ def expand_qonnx(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def standard_onnx(path: str, folder: str) -> str:
+    """``path``, or when it holds QONNX ops, a copy in ``folder`` with them expanded into standard
+    ONNX (what every engine but ours reads)."""
+    model = load_onnx(path)
+    if not any(n.domain in QONNX_DOMAINS for n in model.graph.node):
+        return path
+    expanded = os.path.join(folder, os.path.splitext(os.path.basename(path))[0] + ".expanded.onnx")
+    onnx.save(expand_qonnx(model, path), expanded)
+    return expanded
+
+
+def signs_as_binarizers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose ``Sign`` nodes on activations are ``Where(x >= 0, 1, -1)``: the
+    float graph under ``--sign-zero plus`` (a ``Sign`` of constants, a weight's, keeps ``Sign(0) = 0``,
+    as the compiler folds it)."""
+    import numpy as np
+    from onnx import helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    constant = {i.name for i in model.graph.initializer} | {""}
+    nodes = []
+    for node in model.graph.node:
+        if all(name in constant for name in node.input):
+            constant.update(node.output)
+        if node.op_type != "Sign" or node.input[0] in constant:
+            nodes.append(node)
+            continue
+        ge, one, minus_one = (f"{node.output[0]}_bnn_{s}" for s in ("ge", "one", "minus_one"))
+        zero = f"{node.output[0]}_bnn_zero"
+        for name, value in ((zero, 0.0), (one, 1.0), (minus_one, -1.0)):
+            model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        nodes.append(helper.make_node("GreaterOrEqual", [node.input[0], zero], [ge], name=f"{node.name}_ge"))
+        nodes.append(helper.make_node("Where", [ge, one, minus_one], [node.output[0]], name=node.name))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
 def load_for_compile(path: str) -> onnx.ModelProto:
     """The model at ``path`` in the form the compiler and the reference both read."""
-    return expand_qonnx(constants_to_initializers(load_onnx(path)))
+    return expand_qonnx(constants_to_initializers(load_onnx(path)), path)
 
 
 def pin_input_shape(model: onnx.ModelProto, name: str, shape: list[int]) -> onnx.ModelProto:

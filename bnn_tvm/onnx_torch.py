@@ -198,7 +198,8 @@ def pad(node, attrs, x, pads=None, value=None, axes=None):
     while len(arg) > 2 and arg[-2:] == [0, 0]:  # leading axes left unpadded: F.pad needs fewer pairs
         arg = arg[:-2]
     if mode == "constant":
-        fill = float(value.item()) if value is not None and value.numel() else float(attrs.get("value", 0.0))
+        value = None if value is None else np.asarray(value)  # a host input: numpy, not a tensor
+        fill = float(value.reshape(-1)[0]) if value is not None and value.size else float(attrs.get("value", 0.0))
         return F.pad(x, arg, value=fill)
     torch_mode = {"reflect": "reflect", "edge": "replicate"}.get(mode)
     if torch_mode is None:

@@ -128,7 +128,13 @@ def train(config: TrainConfig) -> dict:
 
 
 def save_checkpoint(checkpoint: dict, path: str) -> None:
-    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+    def write(tmp: str) -> None:
+        # through a file object: given a path, torch names its archive after the file's stem, and
+        # the temporary's (".tmp-xxxx" for an output without ".pt") has none
+        with open(tmp, "wb") as handle:
+            torch.save(checkpoint, handle)
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str) -> tuple[nn.Module, dict]:

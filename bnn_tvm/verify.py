@@ -16,7 +16,7 @@ import onnx
 
 from .compiler import add_graph_outputs, compile_onnx, lower_onnx
 from .errors import BnnError
-from .onnx_import import graph_input, load_for_compile
+from .onnx_import import graph_input, load_for_compile, signs_as_binarizers
 from .runtime import CompiledRunner, check_runs_here
 
 RELATIVE_TOLERANCE = 1e-5
@@ -49,6 +49,10 @@ class VerifyReport:
     binary_mismatches: dict
     fused: list[str]
     accuracy: dict
+    # --sign-zero plus: the reference is the float graph with Sign(0) = +1; how far the compiled
+    # model is from the float graph itself (binary values differing, the outputs' max abs diff)
+    float_graph_differences: tuple[int, float] | None = None
+    first_divergence: "Divergence | None" = None
 
     @property
     def ok(self) -> bool:
@@ -61,8 +65,16 @@ class VerifyReport:
         if self.binary_mismatches:
             for name, count in self.binary_mismatches.items():
                 out.append(f"binary activation {name}: {count} values differ")
-        else:
+            if self.first_divergence is not None:
+                out.append(self.first_divergence.line())
+        elif self.binary_checked:
             out.append(f"binary activations: all {self.binary_checked} tensors identical")
+        elif self.fused:
+            out.append("binary activations: none compared (no binarizer output of the ONNX graph was found)")
+        if self.float_graph_differences is not None:
+            values, diff = self.float_graph_differences
+            out.append(f"--sign-zero plus: checked against the float graph with Sign(0) = +1; against the float graph "
+                       f"itself {values} binarized values differ (where a Sign saw 0), outputs max abs diff {diff:.3g}")
         for engine, acc in self.accuracy.items():
             out.append(f"accuracy ({engine}): {acc:.4f}")
         out.append("VERIFY OK" if self.ok else "VERIFY FAILED")
@@ -80,30 +92,44 @@ def verify(
     rpc: str | None = None,
     tracker: str | None = None,
     key: str | None = None,
+    sign_zero: str = "exact",
 ) -> VerifyReport:
     """Compile ``path``, run it and ORT on ``x`` (random normal inputs when None), compare;
     ``progress``: the compile's stage bar. With ``rpc`` (HOST:PORT) or ``tracker`` + ``key``
-    the compiled module runs on that board (a Raspberry Pi, the emulated one), ORT here."""
+    the compiled module runs on that board (a Raspberry Pi, the emulated one), ORT here.
+    ``sign_zero="plus"``: the model is compiled with ``Sign(0) = +1`` and checked against the
+    float graph with the same convention; the report also says how far it is from the float
+    graph itself."""
     import targets
 
     check_runs_here(targets.get(target), remote=rpc is not None or tracker is not None)
     model = load_for_compile(path)
     input_name, dims = graph_input(model, path)
-    lowered = lower_onnx(path, batch, target=target)  # first: it refuses a model too large to run
+    lowered = lower_onnx(path, batch, target=target, sign_zero=sign_zero)  # first: it refuses a model too large to run
     if x is None:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((16, *[d or 1 for d in dims[1:]])).astype(np.float32)
     binaries = lowered.binarizer_outputs()
     if batch is None and dims and dims[0] is None and not lowered.outputs_follow_batch():
         batch = len(x)  # an output like [B*N, C] cannot be run in chunks: compile the whole batch
-    compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries, progress=progress)
+    compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries, progress=progress, sign_zero=sign_zero)
     ours = compiled_outputs(compiled, target, x, rpc, tracker, key)
     add_graph_outputs(model, binaries)
+    float_graph = model
+    if sign_zero == "plus":
+        model = signs_as_binarizers(model)
     try:
         theirs = reference_outputs(model, x, input_name, dims[0] if dims else None)
     except BnnError as err:
         raise BnnError(f"{path}: {err}") from err
     n_final = len(theirs) - len(binaries)
+    differences = None
+    if sign_zero == "plus":
+        exact = reference_outputs(float_graph, x, input_name, dims[0] if dims else None)
+        values = sum(int(np.sum(a != b)) for a, b in zip(ours[n_final:], exact[n_final:]))
+        diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(ours[:n_final], exact[:n_final])
+                    if a.size), default=0.0)
+        differences = (values, diff)
     abs_diff, rel_diff = 0.0, 0.0
     for a, b in zip(ours[:n_final], theirs[:n_final]):
         diff = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
@@ -118,7 +144,74 @@ def verify(
         accuracy["onnxruntime"] = float(np.mean(theirs[0].argmax(1) == labels))
         accuracy.update(extra_accuracy or {})
     names = [o.name for o in model.graph.output][:n_final]
-    return VerifyReport(names, abs_diff, rel_diff, len(binaries), mismatches, compiled.metadata["fused"], accuracy)
+    divergence = None
+    if mismatches:
+        ours_of = dict(zip(binaries, ours[n_final:]))
+        theirs_of = dict(zip(binaries, theirs[n_final:]))
+        divergence = first_divergence(model, mismatches, ours_of, theirs_of, x, input_name, dims[0] if dims else None)
+    return VerifyReport(names, abs_diff, rel_diff, len(binaries), mismatches, compiled.metadata["fused"], accuracy,
+                        differences, divergence)
+
+
+NEAR_TIE = 1e-5  # relative to the range of a binarizer's input: within float rounding of its threshold
+DECISIONS = ("GreaterOrEqual", "Greater", "Less", "LessOrEqual", "Sign")
+
+
+@dataclass
+class Divergence:
+    """The first binarized tensor (in graph order) where the compiled model differs, and how many
+    of its differing values the float graph itself puts within rounding of the threshold."""
+
+    tensor: str
+    differing: int
+    near_ties: int | None  # None: the binarizer's input could not be found
+
+    def line(self) -> str:
+        head = f"first difference: binary activation {self.tensor}, {self.differing} values"
+        if self.near_ties is None:
+            return head + " (its binarizer's input was not found: no tie analysis)"
+        if self.near_ties == self.differing:
+            return (head + f", all within {NEAR_TIE:g} (relative to the input's range) of the binarizer's threshold "
+                    "in the float graph: float rounding upstream (a float conv or Gemm summing in its own order) "
+                    "decides them, and the later differences follow from them")
+        return (head + f", {self.differing - self.near_ties} of them not near the threshold: the compiled model "
+                "computes this binarizer's input differently (a compiler error; please report it)")
+
+
+def first_divergence(model, mismatches: dict, ours: dict, theirs: dict, x, input_name: str, batch) -> Divergence:
+    order = {out: index for index, node in enumerate(model.graph.node) for out in node.output}
+    tensor = min(mismatches, key=lambda name: order.get(name, len(order)))
+    found = decision_input(model, tensor)
+    if found is None:
+        return Divergence(tensor, mismatches[tensor], None)
+    source, threshold = found
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    add_graph_outputs(probe, [source])
+    values = reference_outputs(probe, x, input_name, batch)[-1].astype(np.float64) - threshold
+    scale = float(np.max(np.abs(values))) if values.size else 0.0
+    differing = ours[tensor] != theirs[tensor]
+    near = np.abs(values) <= NEAR_TIE * scale
+    return Divergence(tensor, int(differing.sum()), int((differing & near).sum()))
+
+
+def decision_input(model, tensor: str) -> tuple[str, float] | None:
+    """``(input, threshold)`` of the comparison (or ``Sign``) nearest above ``tensor``: what a
+    binarizer decides on. A threshold that is not a scalar constant is refused (None)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    constants = {i.name: i for i in model.graph.initializer}
+    frontier = [tensor]
+    for _ in range(8):
+        nodes = [producer[name] for name in frontier if name in producer]
+        for node in nodes:
+            if node.op_type == "Sign":
+                return node.input[0], 0.0
+            if node.op_type in DECISIONS:
+                value = onnx.numpy_helper.to_array(constants[node.input[1]]) if node.input[1] in constants else None
+                if value is None or value.size != 1:
+                    return None
+                return node.input[0], float(value.reshape(()))
+        frontier = [name for node in nodes for name in node.input if name not in constants]
+    return None
 
 
 def compiled_outputs(compiled, target: str, x: np.ndarray, rpc=None, tracker=None, key=None) -> list[np.ndarray]:

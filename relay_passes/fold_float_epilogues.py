@@ -12,7 +12,7 @@ The float convs of the network (stem, downsampling shortcuts) get their bias and
 an epilogue the same way (``schedules.float_conv``).
 
 For LLVM targets (CPUs); ``FoldFloatTables`` does the same with lookup tables for the rest
-(CUDA, k-bit inputs). Chains whose float value is only known within a rounding band stay float.
+(CUDA, k-bit inputs).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def epilogue_rule(ends: set[str]):
         chain = analyse_chain(ctx, expr)
         if chain is None or not chain.steps or chain.name not in EPILOGUE_KERNELS:
             return None
-        if not chain.known_exactly:
-            return None  # the float graph's own value is only known within rounding: keep float
+        # a scale that is not a power of two: the kernel's alpha * d is the value the unfused graph
+        # would pass on too, so the epilogue is as close to the float graph's as the float ops
         steps = ([Step("multiply", chain.scale)] if chain.scale is not None else []) + list(chain.steps)
         ops = tuple(step.op for step in steps)
         inputs = ctx.kernel_inputs(chain.source)[: SCALE_INPUT[chain.name]]

@@ -298,6 +298,8 @@ def kernel_value_model(ctx: RuleContext, source, name: str, attrs: dict, channel
     else:
         # terms q/L * w: each q/L rounded once, and the kernel rounds d/L and d/L * alpha
         error = sum_rounding_error(taps, np.ones(channels) if scale is None else scale, roundings=3)
+    if "bnn.weight_deviation" in attrs:  # weights a few ulp off ±alpha (see BinaryWeights)
+        error = error + np.array([float(v) for v in attrs["bnn.weight_deviation"]])
     return taps, scale, error, levels, parity
 
 

@@ -12,6 +12,8 @@ per-position correction), and an explicit ``Pad`` with value -1 or +1 before an 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from tvm import relax
 
@@ -55,15 +57,46 @@ def plain_conv_reason(attrs, in_channels: int) -> str | None:
     return None
 
 
-def split_scale(weight: np.ndarray):
-    """``(±1 weights, per-output-channel scale or None)``, or ``(None, reason)``."""
+SCALE_SPREAD = 2.0**-16  # relative spread of |w| in a channel that folding a scale in float32 leaves: a few ulp
+
+
+@dataclass(frozen=True)
+class BinaryWeights:
+    """Weights as ±1 ``signs`` times a per-output-channel ``scale`` (None: exactly ±1), plus per
+    channel the sum over its taps of ``|w - scale * sign(w)|`` (``deviation``; None: exact).
+
+    An exporter or TVM's constant folding computes ``alpha * sign(W)`` (and a weight
+    straight-through estimator ``alpha * sign(W) - clip(W) + clip(W)``) in float32, which leaves
+    some weights an ulp or two off ``±alpha``. The float conv's sum then differs from
+    ``alpha * d`` by at most ``deviation`` (each activation has ``|x| <= 1``) besides rounding,
+    and ``fold_thresholds`` widens its rounding band by it."""
+
+    signs: np.ndarray
+    scale: np.ndarray | None
+    deviation: np.ndarray | None
+
+    def kernel_attrs(self) -> dict:
+        """The deviation as a kernel attribute (only where there is one: attributes are part of a
+        tuning record's workload)."""
+        return {} if self.deviation is None else {"weight_deviation": [float(v) for v in self.deviation]}
+
+
+def split_scale(weight: np.ndarray) -> BinaryWeights | str:
+    """The weights as ``BinaryWeights`` (``weight``: ``[OC, ...]``), or why they are not binary."""
     if is_bipolar(weight):
-        return weight, None
+        return BinaryWeights(weight, None, None)
     magnitude = np.abs(weight.reshape(weight.shape[0], -1))
-    alpha = magnitude[:, 0]
-    if not np.all(magnitude == alpha[:, None]) or not np.all(alpha > 0):
-        return None, "weights are not binary (±alpha per output channel)"
-    return np.sign(weight), alpha.astype(np.float32)
+    if np.any(magnitude == 0):
+        return "weights with exact zeros (ternary), not ±alpha per output channel"
+    alpha = np.median(magnitude, axis=1).astype(np.float32)
+    spread = np.abs(magnitude.astype(np.float64) - alpha[:, None])
+    if not np.all(spread <= SCALE_SPREAD * alpha[:, None]):
+        return "weights are not binary (±alpha per output channel)"
+    deviation = spread.sum(axis=1)
+    if not np.any(deviation):
+        return BinaryWeights(np.sign(weight), alpha, None)
+    # rounded up: a bound, never smaller than the exact sum
+    return BinaryWeights(np.sign(weight), alpha, np.nextafter(deviation, np.inf))
 
 
 def sum_rounding_error(taps: int, magnitude: np.ndarray, roundings: int) -> np.ndarray:
@@ -119,7 +152,7 @@ def multibit_offsets(weight: np.ndarray, levels: int) -> np.ndarray:
     return (levels * (weight.reshape(len(weight), -1) > 0).sum(axis=1)).astype(np.int32)
 
 
-def fuse_multibit_conv2d(ctx: RuleContext, call, planes, weight, scale, strides, padding):
+def fuse_multibit_conv2d(ctx: RuleContext, call, planes, weight, scale, strides, padding, extra):
     """The bit-plane conv: k-bit activations times binary weights."""
     bits = shape_of(planes)[0]
     levels = (1 << bits) - 1
@@ -139,6 +172,7 @@ def fuse_multibit_conv2d(ctx: RuleContext, call, planes, weight, scale, strides,
         levels=levels,
         strides=list(strides),
         padding=list(padding),
+        **extra,
     )
 
 
@@ -156,8 +190,8 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
     if reason is None and weight is None:
         reason = "weights are not constant"
     if reason is None:
-        weight, scale = split_scale(weight)
-        reason = scale if weight is None else None
+        binary = split_scale(weight)
+        reason = binary if isinstance(binary, str) else None
     strides = tuple(int(s) for s in call.attrs.strides)
     padding = tuple(int(p) for p in call.attrs.padding)
     dilation = tuple(int(d) for d in call.attrs.dilation)
@@ -170,9 +204,9 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
     if reason is not None:
         ctx.keep_float(reason)
         return None
-    weight = weight.astype(np.int64)
+    weight, scale, extra = binary.signs.astype(np.int64), binary.scale, binary.kernel_attrs()
     if len(shape_of(packed)) == 5:  # k-bit planes
-        return fuse_multibit_conv2d(ctx, call, packed, weight, scale, strides, padding)
+        return fuse_multibit_conv2d(ctx, call, packed, weight, scale, strides, padding, extra)
     oc, c, kh, kw = weight.shape
     detail = f"conv2d {oc}x{c * groups}x{kh}x{kw} stride {strides} pad {padding}"
     if dilation != (1, 1):
@@ -181,14 +215,14 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
         detail += f" (explicit Pad {explicit[0]:+g})"
     if groups != 1:
         ctx.fused("binary_conv2d", f"{detail} groups {groups}: one binary conv per group, concatenated")
-        return grouped_binary_conv2d(ctx, data, packed, explicit, weight, scale, groups, strides, padding, dilation)
+        return grouped_binary_conv2d(ctx, data, packed, explicit, weight, binary, groups, strides, padding, dilation)
     ctx.fused("binary_conv2d", detail)
     if explicit is not None:
-        return binary_conv2d_kernel(ctx, packed, weight, scale, strides, explicit[1], dilation, explicit[0])
-    return binary_conv2d_kernel(ctx, packed, weight, scale, strides, padding, dilation)
+        return binary_conv2d_kernel(ctx, packed, weight, scale, strides, explicit[1], dilation, explicit[0], extra)
+    return binary_conv2d_kernel(ctx, packed, weight, scale, strides, padding, dilation, extra=extra)
 
 
-def grouped_binary_conv2d(ctx: RuleContext, data, packed, explicit, weight, scale, groups, strides, padding, dilation):
+def grouped_binary_conv2d(ctx: RuleContext, data, packed, explicit, weight, binary, groups, strides, padding, dilation):
     """A grouped conv as one binary conv per group on that group's channels, outputs
     concatenated. Each group's bits: a slice of the packed words when groups are whole words,
     else the group's channels of the ±1 tensor ``data`` (the conv's own input, an explicit ±1
@@ -206,15 +240,18 @@ def grouped_binary_conv2d(ctx: RuleContext, data, packed, explicit, weight, scal
             part = ctx.builder_.emit(relax.op.strided_slice(data, axes=[1], begin=[g * c], end=[(g + 1) * c]), "group")
             bits = ctx.builder_.emit(ctx.emit_kernel(bitserial.pack_sign, part, op="pack_sign"), "packed")
         rows = slice(g * per_group, (g + 1) * per_group)
-        kernel = binary_conv2d_kernel(ctx, bits, weight[rows], None if scale is None else scale[rows],
-                                      strides, padding, dilation)
+        part = BinaryWeights(weight[rows], *(None if v is None else v[rows] for v in (binary.scale, binary.deviation)))
+        kernel = binary_conv2d_kernel(ctx, bits, part.signs, part.scale, strides, padding, dilation,
+                                      extra=part.kernel_attrs())
         outputs.append(ctx.builder_.emit(kernel, "group_conv"))
     return relax.op.concat(outputs, axis=1)
 
 
-def binary_conv2d_kernel(ctx: RuleContext, packed, weight, scale, strides, padding, dilation, pad_value=None):
+def binary_conv2d_kernel(ctx: RuleContext, packed, weight, scale, strides, padding, dilation, pad_value=None,
+                         extra=None):
     """The XNOR-popcount conv kernel on ``packed`` bits with ±1 ``weight`` ``[OC, C, KH, KW]``
-    (and a per-channel ``scale``): zero padding, or with ``pad_value`` an explicit ±1 pad."""
+    (and a per-channel ``scale``): zero padding, or with ``pad_value`` an explicit ±1 pad;
+    ``extra``: more kernel attributes (``BinaryWeights.kernel_attrs``)."""
     oc, c, kh, kw = weight.shape
     in_hw = shape_of(packed)[1:3]
     pad_ones = pad_value is not None and pad_value > 0
@@ -238,6 +275,7 @@ def binary_conv2d_kernel(ctx: RuleContext, packed, weight, scale, strides, paddi
         pad_ones=int(pad_ones),
         # only where it says something: the attributes are part of a tuning record's workload
         **({"dilation": list(dilation)} if dilation != (1, 1) else {}),
+        **(extra or {}),
     )
 
 

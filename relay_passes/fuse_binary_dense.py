@@ -62,11 +62,11 @@ def fuse_binary_dense(ctx: RuleContext, call):
     if weight is None or weight.ndim != 2:
         ctx.keep_float("weights are not a constant matrix")
         return None
-    rows_pm1, scale = split_scale(weight.T)
-    if rows_pm1 is None:
-        ctx.keep_float(scale)
+    binary = split_scale(weight.T)
+    if isinstance(binary, str):
+        ctx.keep_float(binary)
         return None
-    weight = rows_pm1.T
+    weight, scale = binary.signs.T, binary.scale
     packed, feature_shape = features
     rows = weight.T.reshape((weight.shape[1],) + tuple(feature_shape))  # [O, C(, H, W)]
     if rows.ndim == 4:
@@ -80,4 +80,5 @@ def fuse_binary_dense(ctx: RuleContext, call):
         *inputs,
         op="binary_dense",
         taps=taps,
+        **binary.kernel_attrs(),
     )

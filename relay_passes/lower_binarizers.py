@@ -9,6 +9,9 @@ packed bits and feed them to binary kernels directly. Recognised forms, all mean
 * ``where(x < 0, -1, 1)``,
 * ``cast(x >= 0) * 2 - 1``,
 
+* ``sign(sign(x) + c)`` with ``0 < c < 1`` (Larq's ``ste_sign`` as tf2onnx exports it, c = 0.1:
+  ``sign(0) + c = c > 0``), and with ``-1 < c < 0`` the strict binarizer,
+
 and the same with ``>`` (``<=``), meaning ``x > 0 -> +1``: a strict binarizer, packed by
 ``x > 0`` (PyTorch code writes ``torch.where(x > 0, 1., -1.)`` as often as ``>=``),
 
@@ -96,6 +99,21 @@ def binarized_input(ctx: RuleContext, call, features_last: bool = False) -> Bina
         if op_name(cast) != "relax.astype":
             return None
         return _compare_source(ctx, cast.args[0], GREATER, features_last)
+    if name == "relax.sign":
+        return shifted_sign_source(ctx, call.args[0])
+    return None
+
+
+def shifted_sign_source(ctx: RuleContext, shifted) -> Binarized | None:
+    """``x`` for ``sign(sign(x) + c)``: +1 where ``x > 0`` (1 + c > 0), -1 where ``x < 0`` (c - 1 < 0),
+    and at 0 the sign of ``c`` (``0 < |c| < 1``; all exact in float32)."""
+    node = ctx.producer(shifted)
+    if op_name(node) != "relax.add":
+        return None
+    for inner, offset in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+        c = ctx.uniform(offset, shape_of(node))
+        if c is not None and 0 < abs(c) < 1 and op_name(ctx.producer(inner)) == "relax.sign":
+            return Binarized(ctx.producer(inner).args[0], strict=c < 0)
     return None
 
 
@@ -109,7 +127,7 @@ def pattern_names(ctx: RuleContext, first) -> list[str]:
         node = ctx.producer(var)
         if op_name(node) in GREATER or op_name(node) in LESS:
             break
-        var = node.args[0] if op_name(node) in ("relax.multiply", "relax.astype") else None
+        var = node.args[0] if op_name(node) in ("relax.multiply", "relax.astype", "relax.add") else None
     return names
 
 

@@ -7,18 +7,41 @@ like one. The chain may cross one max pool (BinaryNet's conv -> MaxPool -> BN ->
 Sign): a pooled value is one of its window's values, so it is non-zero when they all are; and
 a flatten (``Sign`` commutes with it). A ``Sign`` on an arbitrary float tensor stays float:
 export ``Where(x >= 0, 1, -1)``.
+
+With ``--sign-zero plus`` (``conventions.SIGN_ZERO``) every ``Sign`` is the ``x >= 0`` binarizer at
+the plain binary cost, and the compiled model differs from the float graph wherever a ``Sign``
+sees exactly 0 (``verify`` counts it).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .common import RuleContext, op_name, shape_of
+from .common import RuleContext, dtype_of, op_name, shape_of
+from .conventions import SIGN_ZERO
 from .fold_thresholds import analyse_chain
 from .lower_binarizers import before_flatten, pack_and_unpack
 
 
-def lower_sign(ctx: RuleContext, call):
+def lower_sign(sign_zero: str = "exact"):
+    """The rule, for the ``Sign(0)`` convention ``sign_zero`` (one of ``SIGN_ZERO``)."""
+    if sign_zero not in SIGN_ZERO:
+        raise ValueError(f"sign_zero must be one of {SIGN_ZERO}, not {sign_zero!r}")
+    return lower_any_sign if sign_zero == "plus" else lower_proven_sign
+
+
+def lower_any_sign(ctx: RuleContext, call):
+    """``Sign(0) = +1`` by the user's choice: any ``Sign`` of a float32 NCHW or [N, C] tensor."""
+    if op_name(call) != "relax.sign":
+        return None
+    x, flat_shape = before_flatten(ctx, call.args[0])
+    if len(shape_of(x)) not in (2, 4) or dtype_of(x) != "float32":
+        ctx.keep_float("Sign on a tensor that is neither NCHW nor [N, C] float32")
+        return None
+    return pack_and_unpack(ctx, x, flat_shape)
+
+
+def lower_proven_sign(ctx: RuleContext, call):
     if op_name(call) != "relax.sign":
         return None
     x, flat_shape = before_flatten(ctx, call.args[0])

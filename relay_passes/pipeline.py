@@ -5,6 +5,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .cancel_layout_transposes import cancel_layout_transposes
 from .common import PassLog, rule_pass
 from .fold_float_epilogues import fold_float_epilogues
 from .fold_float_tables import fold_float_tables
@@ -12,19 +13,22 @@ from .fold_residual_add import fold_residual_add
 from .fold_thresholds import fold_threshold
 from .fuse_binary_conv2d import fuse_binary_conv2d
 from .fuse_binary_dense import fuse_binary_dense
+from .fold_zero_pad_into_conv import fold_zero_pad_into_conv
 from .fuse_binary_maxpool import fuse_binary_maxpool
+from .lift_activation_scale import lift_activation_scale
 from .lift_conv1d import lift_conv1d
 from .lift_token_matmul import lift_token_matmul
 from .lower_binarizers import lower_binarizer
 from .lower_multibit import lower_multibit
 from .lower_sign import lower_sign
+from .lower_straight_through import lower_straight_through
 from .split_channel_ops_over_concat import split_channel_ops_over_concat
 from .split_ternary_sign import split_ternary_sign
 
 MAX_ROUNDS = 256  # Sign rounds: about one per layer of a chain of Sign layers
 
 
-def sign_rounds(logs: list[PassLog] | None, fusions) -> tvm.transform.Pass:
+def sign_rounds(logs: list[PassLog] | None, fusions, sign_zero: str = "exact") -> tvm.transform.Pass:
     """``LowerSign``, ``SplitTernarySign`` and the ``fusions`` again and again until a round
     rewrites nothing. A ``Sign`` can only be proven binary once the layer before it is a
     binary kernel, so a ``Sign`` whose layer is fused in this round waits for the next; a chain
@@ -36,7 +40,7 @@ def sign_rounds(logs: list[PassLog] | None, fusions) -> tvm.transform.Pass:
         for _ in range(MAX_ROUNDS):
             round_logs: list[PassLog] = []
             mod = tvm.transform.Sequential([
-                rule_pass("LowerSign", lower_sign, round_logs),
+                rule_pass("LowerSign", lower_sign(sign_zero), round_logs),
                 rule_pass("SplitTernarySign", split_ternary_sign(wait), round_logs),  # the Signs LowerSign kept float
                 *fusions(round_logs),
             ])(mod)
@@ -53,7 +57,7 @@ def sign_rounds(logs: list[PassLog] | None, fusions) -> tvm.transform.Pass:
     return tvm.transform.module_pass(transform, opt_level=0, name="SignRounds")
 
 
-def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) -> tvm.transform.Pass:
+def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True, sign_zero: str = "exact") -> tvm.transform.Pass:
     """Fuse every recognised binary layer; everything else stays on TVM's float path.
 
     First, 1-D convs and matmuls on ``[N, T, C]`` tokens become the 2-D forms the fusions
@@ -64,6 +68,7 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
     otherwise lookup tables where small. Last, identical kernel calls on the same tensors run
     once: a model whose binary layers each carry their own (parameter-free) input quantizer
     has one binarizer per layer, so a tensor read by two binary layers is packed twice.
+    ``sign_zero``: the ``Sign(0)`` convention (``conventions.SIGN_ZERO``).
     """
 
     def fusions(to=logs):
@@ -76,13 +81,22 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True) ->
     return tvm.transform.Sequential(
         [
             relax.transform.FoldConstant(),  # binarized weights, transposed Gemm weights -> constants
+            # a training-time estimator (sign(x) - p) + p is a Sign wherever p provably fits: the Sign passes take it
+            rule_pass("LowerStraightThrough", lower_straight_through, logs),
+            relax.transform.DeadCodeElimination(),  # the estimator's p, the Sign it replaced
+            # tf2onnx's Transpose(NHWC) -> binarizer -> Pad -> Transpose(NCHW): the binarizer before its conv
+            rule_pass("CancelLayoutTransposes", cancel_layout_transposes, logs),
+            relax.transform.DeadCodeElimination(),
+            rule_pass("FoldZeroPadIntoConv", fold_zero_pad_into_conv, logs),  # Sign(Pad(x, 0)): the conv's padding
+            # XNOR-Net's conv(beta * Sign(x)): the conv on Sign(x) is binary, beta scales its output
+            rule_pass("LiftActivationScale", lift_activation_scale, logs),
             rule_pass("LiftConv1d", lift_conv1d, logs),
             rule_pass("LiftTokenMatmul", lift_token_matmul, logs),
             relax.transform.DeadCodeElimination(),  # a binarizer the token rows replaced: not lowered
             rule_pass("LowerBinarizers", lower_binarizer, logs),
             rule_pass("LowerMultibit", lower_multibit, logs),
             *fusions(),
-            sign_rounds(logs, fusions),
+            sign_rounds(logs, fusions, sign_zero),
             rule_pass("FoldThresholds", fold_threshold, logs),
             relax.transform.DeadCodeElimination(),  # float ops the thresholds replaced are not chain ends
             *(

@@ -25,6 +25,7 @@ from .fold_thresholds import trace_chain
 from .fuse_binary_conv2d import binarized_conv_input, plain_conv_reason, split_scale
 from .fuse_binary_dense import flattened_source, packed_features
 from .lower_binarizers import before_flatten
+from .lower_straight_through import estimator_parts
 
 
 def sign_input(ctx: RuleContext, data):
@@ -52,21 +53,12 @@ def paired_bits(ctx: RuleContext, sign_var, x, groups: int):
 
 
 def straight_through_estimator(ctx: RuleContext, data) -> bool:
-    """Whether ``data`` is ``p + (Sign(x) - p)`` or ``(Sign(x) - p) + p`` (either order): a
-    training-time estimator exported as arithmetic. In float32 it is not always exactly ±1/0
-    (``1 - p`` rounds), so it stays float; the export should carry the binarizer alone."""
-    node = ctx.producer(data)
-    if op_name(node) != "relax.add":
-        return False
-    for difference, other in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
-        sub = ctx.producer(difference)
-        if op_name(sub) == "relax.subtract" and op_name(ctx.producer(sub.args[0])) == "relax.sign":
-            return sub.args[1].same_as(other)
-    return False
+    """Whether ``data`` is a straight-through estimator ``(Sign(x) - p) + p`` that
+    ``LowerStraightThrough`` could not prove equal to ``Sign(x)`` (its node says why)."""
+    return estimator_parts(ctx, ctx.producer(data)) is not None
 
 
-STE_NOTE = ("input is a straight-through estimator left in the graph (p + (sign(x) - p)), not exactly "
-            "±1 in float32: export the binarizer alone (e.g. Where(x >= 0, 1, -1) at inference)")
+STE_NOTE = "input is a straight-through estimator (sign(x) - p) + p not proven equal to sign(x) (its Add node says why)"
 
 
 def conv_operands(ctx: RuleContext, call):
@@ -76,7 +68,7 @@ def conv_operands(ctx: RuleContext, call):
     if x is None or plain_conv_reason(call.attrs, shape_of(x)[1]) is not None:
         return None  # before the weights are copied out: every round asks this of every conv
     weight = ctx.constant(weight_expr)
-    return (x, weight) if weight is not None and split_scale(weight)[0] is not None else None
+    return (x, weight) if weight is not None and not isinstance(split_scale(weight), str) else None
 
 
 def dense_operands(ctx: RuleContext, call):
@@ -88,7 +80,7 @@ def dense_operands(ctx: RuleContext, call):
     if x is None:
         return None  # before the weights are copied out, as for a conv
     weight = ctx.constant(weight_expr)
-    if weight is None or weight.ndim != 2 or split_scale(weight.T)[0] is None:
+    if weight is None or weight.ndim != 2 or isinstance(split_scale(weight.T), str):
         return None
     return source, x, weight
 

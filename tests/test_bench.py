@@ -141,3 +141,25 @@ def test_popcount_limit_counts_as_the_kernels_do():
 
     peak = popcount_peak("x86-avx2", 1)
     assert "byte counters" in peak["method"] and peak["gmacs_per_s"] > 0
+
+
+def test_bench_qonnx_model_runs_the_expanded_graph_in_every_engine(tmp_path):
+    """A QONNX ``BipolarQuant`` model: ONNX Runtime and PyTorch cannot run the QONNX op, so
+    they (and the reference) run its standard-ONNX expansion, as the compiler reads it."""
+    from onnx import helper
+    from onnx_builders import GraphBuilder, save
+
+    g = GraphBuilder([1, 8, 6, 6], seed=4)
+    domain = "qonnx.custom_op.general"
+    bits = g.name("bq")
+    g.nodes.append(helper.make_node("BipolarQuant", ["x", g.const(np.float32(1))], [bits], name="quant", domain=domain))
+    out = g.conv(bits, g.binary_weight((4, 8, 3, 3)), pad=1)
+    model = g.model([out])
+    model.opset_import.append(helper.make_opsetid(domain, 1))
+    path = save(model, tmp_path / "qonnx.onnx")
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", path, "--engines", "bnn_tvm,ort_fp32,torch_fp32", "--repeat", "2", "--json", str(out_json)]) == 0
+    report = json.loads(out_json.read_text())
+    for engine in ("bnn_tvm", "ort_fp32", "torch_fp32"):
+        assert report["engines"][engine]["median_ms"] > 0, report["engines"][engine]
+    assert report["max_abs_diff_vs_reference"]["bnn_tvm"] == 0

@@ -193,3 +193,16 @@ def test_an_output_that_cannot_be_written_is_named(compiled_default, tmp_path, c
     err = capsys.readouterr().err
     assert f"cannot write {target}" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "x.npy"]
+
+
+def test_every_package_of_the_tree_is_installed():
+    """``pip install .`` installs the packages pyproject.toml lists, no more: a sub-package left
+    out (``bnn_tvm.commands`` was) breaks the installed CLI while the editable one works."""
+    import pathlib
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    tops = [top for top in root.iterdir() if (top / "__init__.py").is_file()]
+    found = {".".join(p.parent.relative_to(root).parts) for top in tops for p in top.rglob("__init__.py")}
+    assert found == listed

@@ -314,8 +314,8 @@ def verify_emulated(monkeypatch, path, x, batch=None):
     from bnn_tvm import compiler
     from bnn_tvm import verify as verify_module
 
-    def lower_for_cuda(path, batch=None, extra_outputs=None, target="x86"):
-        return real_lower(path, batch, extra_outputs, "cuda")
+    def lower_for_cuda(path, batch=None, extra_outputs=None, target="x86", sign_zero="exact"):
+        return real_lower(path, batch, extra_outputs, "cuda", sign_zero)
 
     real_lower = compiler.lower_onnx
     monkeypatch.setattr(compiler, "lower_onnx", lower_for_cuda)

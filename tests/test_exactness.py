@@ -248,3 +248,33 @@ def test_float_stem_with_bias_and_bn_in_its_epilogue(tmp_path):
     path = save(g.model([out, stem]), tmp_path / "m.onnx")
     report = check(path, inputs([1, 3, 20, 20], seed=17), ["float conv + 3 float op(s) in its epilogue -> float_conv2d"])
     assert report.max_abs_diff < 1e-3
+
+
+def test_first_difference_tells_float_rounding_from_a_compiler_error(tmp_path):
+    """verify's analysis of a difference: the first differing binarized tensor, and whether the
+    float graph puts each differing value within rounding of the binarizer's threshold."""
+    import onnx
+
+    from bnn_tvm.verify import decision_input, first_divergence, reference_outputs
+
+    g = GraphBuilder([1, 4, 5, 5], seed=30)
+    y = g.node("Mul", ["x", g.const(np.float32(3))])
+    bits = g.binarize(y)  # x >= 0 (the Where form)
+    signs = g.node("Sign", [g.node("Add", [y, g.const(np.float32(1))])])
+    model = g.model([bits, signs])
+    assert decision_input(model, bits) == (y, 0.0)
+    assert decision_input(model, signs)[1] == 0.0
+    x = inputs([1, 4, 5, 5])
+    x[0, 0, 0, :] = 0.0  # values on the threshold: float rounding upstream would decide them
+    theirs = dict(zip([bits, signs], reference_outputs(model, x, "x")))
+    ours = {name: value.copy() for name, value in theirs.items()}
+    ours[bits][0, 0, 0, :] *= -1  # flipped only at the ties
+    ours[signs][0, 1, 1, 1] *= -1  # a later tensor: not the first difference
+    mismatches = {name: int(np.sum(ours[name] != theirs[name])) for name in ours}
+    found = first_divergence(onnx.ModelProto.FromString(model.SerializeToString()), mismatches, ours, theirs, x, "x", None)
+    assert (found.tensor, found.differing, found.near_ties) == (bits, 5, 5)
+    assert "float rounding upstream" in found.line()
+    ours[bits][1, 2, 3, 3] *= -1  # a value far from the threshold
+    mismatches[bits] += 1
+    found = first_divergence(model, mismatches, ours, theirs, x, "x", None)
+    assert (found.differing, found.near_ties) == (6, 5) and "compiler error" in found.line()

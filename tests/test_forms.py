@@ -100,6 +100,25 @@ def test_where_with_larger_constants_is_not_a_binarizer(tmp_path):
     assert report.ok, "\n".join(report.lines())
 
 
+@pytest.mark.parametrize("order", ["sign_of_pad", "pad_of_sign"])
+def test_zero_pad_around_a_sign_becomes_the_convs_padding(tmp_path, order):
+    """``Sign(Pad(x, 0))`` and ``Pad(Sign(x), 0)`` (asymmetric) before a conv: the pad is the
+    conv's zero padding of ``Sign(x)`` (Sign(0) = 0), so the conv is binary, exact at x = 0."""
+    g = GraphBuilder([1, 8, 6, 6], seed=24)
+    pads = g.const(np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64))
+    if order == "sign_of_pad":
+        data = g.node("Sign", [g.node("Pad", ["x", pads], mode="constant")])
+    else:
+        data = g.node("Pad", [g.node("Sign", ["x"]), pads], mode="constant")
+    out = g.conv(data, g.binary_weight((5, 8, 3, 3)), pad=1)
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    x = inputs([1, 8, 6, 6])
+    x[:, :, :, ::2] = 0.0
+    check(path, x, ["-> binary_conv2d"])
+    reports = inspect_onnx(path)
+    assert all(r.binary for r in reports if r.op_type in ("Pad", "Sign", "Conv")), [(r.name, r.note) for r in reports]
+
+
 @pytest.mark.parametrize("value", [1.0, -1.0])
 def test_explicit_pad_before_conv(tmp_path, value):
     g = GraphBuilder([1, 37, 5, 5], seed=2)  # 37 channels: the +1 pad word must keep padding bits 0
@@ -324,7 +343,7 @@ def test_binarynet_sign_chain_runs_at_the_plain_binary_cost(tmp_path):
     assert fused.count("-> binary_dense_threshold") == 1, fused
     assert "conv2d 32x32x3x3" in fused and "dense 512->40" in fused, fused  # C channels, not 2C
     assert not [line for line in report.fused if line.endswith("[]")], fused  # each credited to its ONNX node
-    assert report.binary_checked == 3  # the three proven Signs, compared with ORT's
+    assert report.binary_checked == 4  # the three proven Signs and the split one, compared with ORT's
 
 
 def test_sign_after_a_layer_that_stays_float_still_runs_as_two_halves(tmp_path):
@@ -360,6 +379,57 @@ def test_xnor_net_scale_as_separate_mul_and_arbitrary_scale_in_weights(tmp_path)
     assert sum("-> binary_conv2d " in f for f in report.fused) == 2
 
 
+def ulp_off(weights: np.ndarray, fraction: float, rng) -> np.ndarray:
+    """``weights`` with a ``fraction`` of entries one float32 ulp off, up or down: what folding
+    ``alpha * sign(W) - clip(W) + clip(W)`` in float32 leaves."""
+    off = weights.copy()
+    picked = rng.random(weights.shape) < fraction
+    toward = np.where(rng.random(weights.shape) < 0.5, np.float32(np.inf), np.float32(0))
+    off[picked] = np.nextafter(weights[picked], toward[picked])
+    return off
+
+
+def test_weights_an_ulp_off_a_scale_run_binary(tmp_path):
+    """Weights ±alpha per channel with 3 % of them an ulp off: binary kernels whose thresholds
+    widen their rounding band by the weights' deviation; exact against ORT (the float graph
+    convolves the ulp-off weights), also where a tie-prone BN puts thresholds near sums."""
+    g = GraphBuilder([1, 16, 6, 6], seed=21)
+    alpha = g.rng.uniform(0.05, 2, (24, 1, 1, 1)).astype(np.float32)
+    first = ulp_off(g.binary_weight((24, 16, 3, 3)) * alpha, 0.03, g.rng)
+    assert not np.all(np.abs(first) == np.abs(first).reshape(24, -1)[:, :1, None, None])  # really off
+    y = g.batch_norm(g.conv(g.binarize("x"), first, pad=1), *g.random_bn(24, 0.3))
+    second = ulp_off(g.binary_weight((8, 24, 3, 3)) * np.float32(0.3), 0.03, g.rng)
+    out = g.conv(g.binarize(y), second, pad=1)
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    report = check(path, inputs([1, 16, 6, 6], batch=8), ["-> binary_conv2d_threshold", "-> binary_conv2d "])
+    assert report.binary_checked == 2
+
+
+def test_threshold_within_the_deviation_of_ulp_off_weights_is_not_folded(tmp_path):
+    """alpha = 0.5 multiplies exactly, so only the weights' deviation separates the float conv's
+    sum from 0.5 * d: a batch norm whose threshold sits exactly at 0.5 * 8 is not folded."""
+    g = GraphBuilder([1, 8, 5, 5], seed=23)
+    cout = 4
+    weights = ulp_off(g.binary_weight((cout, 8, 3, 3)) * np.float32(0.5), 0.2, g.rng)
+    bn = (np.ones(cout, np.float32), np.zeros(cout, np.float32), np.full(cout, 4.0, np.float32),
+          np.full(cout, 1 - 1e-5, np.float32))
+    y = g.batch_norm(g.conv(g.binarize("x"), weights, pad=1), *bn)
+    out = g.conv(g.binarize(y), g.binary_weight((3, cout, 1, 1)))
+    reports = inspect_onnx(save(g.model([out]), tmp_path / "m.onnx"))
+    assert "threshold" not in " ".join(str(r.kernel) for r in reports)
+    assert next(r for r in reports if r.op_type == "Conv").binary
+
+
+def test_weights_with_exact_zeros_stay_float_and_say_so(tmp_path):
+    g = GraphBuilder([1, 8, 5, 5], seed=22)
+    weights = g.binary_weight((4, 8, 3, 3)) * np.float32(0.5)
+    weights[1, 2, 0, 0] = 0.0  # sign(0) of a latent weight
+    out = g.conv(g.binarize("x"), weights, pad=1)
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    conv = next(r for r in inspect_onnx(path) if r.op_type == "Conv")
+    assert not conv.binary and "exact zeros" in conv.note, conv.note
+
+
 def test_threshold_within_rounding_of_a_scaled_sum_stays_float(tmp_path):
     """Weights ±0.1 (Brevitas' default): the float conv's sum of ±0.1 terms may round either
     side of a threshold placed exactly at 0.1 * d, so folding it could change an answer."""
@@ -372,8 +442,10 @@ def test_threshold_within_rounding_of_a_scaled_sum_stays_float(tmp_path):
     path = save(g.model([out]), tmp_path / "m.onnx")
     reports = inspect_onnx(path)
     bn_node = next(r for r in reports if r.op_type == "BatchNormalization")
-    assert not bn_node.binary and "within float rounding" in " ".join(r.note for r in reports)
-    assert next(r for r in reports if r.op_type == "Conv").kernel == "binary_conv2d"
+    # no threshold: the batch norm is computed in float, in the conv's epilogue, and binarized
+    assert bn_node.kernel == "binary_conv2d_epilogue", bn_node
+    assert next(r for r in reports if r.op_type == "Conv").kernel == "binary_conv2d_epilogue"
+    assert "threshold" not in " ".join(str(r.kernel) for r in reports)
 
 
 def test_threshold_near_an_unreachable_sum_folds(tmp_path):
@@ -506,26 +578,38 @@ def test_qonnx_bipolar_quant_by_hand(tmp_path):
     check(save(model, tmp_path / "m.onnx"), inputs([1, 9, 6, 6]), ["binary_conv2d_threshold", "-> binary_conv2d"])
 
 
-def test_brevitas_qonnx_export(tmp_path):
-    """A binarized model built with Brevitas and exported by its QONNX exporter."""
+def brevitas_binary_net(input_quant: str, channels: int):
+    """Brevitas layers: ``input_quant`` on the input, binary conv, batch norm (random statistics),
+    binary activation, binary conv; exported by its QONNX exporter."""
     import brevitas.nn as qnn
+    import brevitas.quant as quant
     import torch
-    from brevitas.export import export_qonnx
-    from brevitas.quant import SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst
 
-    binary = dict(weight_quant=SignedBinaryWeightPerTensorConst, bias=False)
+    binary = dict(weight_quant=quant.SignedBinaryWeightPerTensorConst, bias=False)
     model = torch.nn.Sequential(
-        qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True),
-        qnn.QuantConv2d(8, 16, 3, padding=1, **binary),
+        qnn.QuantIdentity(act_quant=getattr(quant, input_quant), return_quant_tensor=True),
+        qnn.QuantConv2d(channels, 16, 3, padding=1, **binary),
         torch.nn.BatchNorm2d(16),
-        qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True),
+        qnn.QuantIdentity(act_quant=quant.SignedBinaryActPerTensorConst, return_quant_tensor=True),
         qnn.QuantConv2d(16, 4, 3, stride=2, **binary),
     ).eval()
     with torch.no_grad():
         bn = model[2]
         bn.running_mean.uniform_(-3, 3), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(-1, 1)
-    path = str(tmp_path / "brevitas.onnx")
-    export_qonnx(model, torch.randn(1, 8, 6, 6), path)
+    return model
+
+
+def export_brevitas(model, channels: int, path) -> str:
+    import torch
+    from brevitas.export import export_qonnx
+
+    export_qonnx(model, torch.randn(1, channels, 6, 6), str(path))
+    return str(path)
+
+
+def test_brevitas_qonnx_export(tmp_path):
+    """A binarized model built with Brevitas and exported by its QONNX exporter."""
+    path = export_brevitas(brevitas_binary_net("SignedBinaryActPerTensorConst", 8), 8, tmp_path / "brevitas.onnx")
     report = check(path, inputs([1, 8, 6, 6]), ["binary_conv2d_threshold", "-> binary_conv2d"])
     assert report.binary_checked == 2
 
@@ -628,14 +712,163 @@ def test_per_channel_of_an_output_without_channels():
     np.testing.assert_array_equal(per_channel(np.arange(3, dtype=np.float32).reshape(3, 1, 1), (1, 3, 4, 4)), [0, 1, 2])
 
 
-def test_straight_through_estimator_left_in_the_graph_stays_float_and_says_why(tmp_path):
-    """``x + (Sign(x) - x)`` is ``Sign(x)`` in real arithmetic but not always in float32; the conv
-    on it stays float, exact, and ``inspect`` names the estimator."""
+def test_clipped_straight_through_estimator_is_a_sign(tmp_path):
+    """``c + (Sign(c) - c)`` with ``c = Clip(x, -1, 1)`` equals ``Sign(c)`` in float32 (|c| <= 1 with
+    the sign of c): the conv on it is binary (two halves: the Sign can be 0), exact at x = 0."""
     g = GraphBuilder([1, 8, 5, 5], seed=9)
     clipped = g.node("Clip", ["x", g.const(np.float32(-1)), g.const(np.float32(1))])
     estimator = g.node("Add", [clipped, g.node("Sub", [g.node("Sign", [clipped]), clipped])])
     out = g.conv(estimator, g.binary_weight((4, 8, 3, 3)), pad=1)
     path = save(g.model([out]), tmp_path / "m.onnx")
+    x = inputs([1, 8, 5, 5])
+    x[:, :, 1] = 0.0
+    report = check(path, x, ["-> pack_sign_pair", "-> binary_conv2d"])
+    assert report.binary_checked == 1  # the estimator's output, compared with ORT's
+    assert all(r.binary for r in inspect_onnx(path) if r.op_type in ("Clip", "Sign", "Sub", "Add", "Conv"))
+
+
+def test_unbounded_straight_through_estimator_stays_float_and_says_why(tmp_path):
+    """``x + (Sign(x) - x)`` is ``Sign(x)`` in real arithmetic but not in float32 (at x = 3e7,
+    ``1 - x`` rounds): the conv stays float, exact, and ``inspect`` names a counterexample."""
+    g = GraphBuilder([1, 8, 5, 5], seed=9)
+    estimator = g.node("Add", ["x", g.node("Sub", [g.node("Sign", ["x"]), "x"])])
+    out = g.conv(estimator, g.binary_weight((4, 8, 3, 3)), pad=1)
+    path = save(g.model([out]), tmp_path / "m.onnx")
     assert verify(path, "x86", x=inputs([1, 8, 5, 5])).ok
-    conv = next(r for r in inspect_onnx(path) if r.op_type == "Conv")
+    reports = inspect_onnx(path)
+    conv = next(r for r in reports if r.op_type == "Conv")
+    add = next(r for r in reports if r.op_type == "Add")
     assert not conv.binary and "straight-through estimator" in conv.note, conv.note
+    assert "not proven" in add.note and "at x = " in add.note, add.note
+
+
+def test_sign_zero_plus_runs_every_sign_at_the_binary_cost_and_says_what_differs(tmp_path):
+    """``--sign-zero plus``: a ``Sign`` that can see 0 is the ``x >= 0`` binarizer (one pack, a
+    conv over C channels, not 2C), exact against the float graph with Sign(0) = +1, and verify
+    counts where the float graph itself differs (the zeros of x)."""
+    path = save(ternary_sign_graph(), tmp_path / "m.onnx")
+    x = inputs([1, 21, 7, 7], batch=2)
+    x[:, :, 0, :] = 0.0
+    exact = verify(path, "x86", x=x)
+    plus = verify(path, "x86", x=x, sign_zero="plus")
+    assert exact.ok and plus.ok, "\n".join(plus.lines())
+    assert "pack_sign_pair" in " ".join(exact.fused) and "pack_sign_pair" not in " ".join(plus.fused)
+    values, _ = plus.float_graph_differences
+    assert values >= 2 * 21 * 7  # the first Sign's zeros (+1 here, 0 in the float graph), and the later ones
+    assert any("--sign-zero plus" in line for line in plus.lines())
+    assert exact.float_graph_differences is None
+
+
+def qonnx_quant_reference(x, scale, zeropt, bits, signed, narrow, mode):
+    """QONNX's definition of ``Quant``, in numpy float32 (its own reference computes the same)."""
+    q = (x / scale).astype(np.float32) + zeropt
+    if bits == 1 and signed:
+        q = np.where(q >= 0, np.float32(1), np.float32(-1))
+    else:
+        low = -(2 ** (bits - 1)) + int(narrow) if signed else 0
+        high = 2 ** (bits - 1) - 1 if signed else 2**bits - 1 - int(narrow)
+        q = {"ROUND": np.round, "CEIL": np.ceil, "FLOOR": np.floor}[mode](np.clip(q, low, high))
+    return ((q - zeropt).astype(np.float32) * scale).astype(np.float32)
+
+
+QUANTS = [  # (scale, zero point, bits, signed, narrow, rounding mode)
+    (0.05, 0.0, 8, 1, 1, "ROUND"), (0.125, 0.0, 8, 1, 0, "ROUND"), (0.3, 2.0, 4, 0, 0, "FLOOR"),
+    (0.2, 0.0, 3, 0, 1, "CEIL"), (0.7, 0.0, 1, 1, 0, "ROUND"), (0.5, 0.0, 2, 1, 1, "ROUND"),
+]
+
+
+def test_qonnx_quant_matches_its_definition_and_feeds_a_binary_net(tmp_path):
+    """Brevitas' multi-bit ``Quant`` (8-bit input quantizer of its CNV net and others), each
+    attribute combination, expanded into standard ONNX: equal to QONNX's definition on values
+    at and around the rounding ties; a model with a Quant on the input before binary convs
+    compiles and verifies exactly."""
+    from bnn_tvm.onnx_import import expand_qonnx
+    from bnn_tvm.verify import reference_outputs
+
+    domain = "qonnx.custom_op.general"
+    g = GraphBuilder([1, 4, 6, 6], seed=25)
+    outs = []
+    for k, (scale, zeropt, bits, signed, narrow, mode) in enumerate(QUANTS):
+        inputs_ = ["x", g.const(np.float32(scale)), g.const(np.float32(zeropt)), g.const(np.float32(bits))]
+        outs.append(f"q{k}")
+        g.nodes.append(helper.make_node("Quant", inputs_, [f"q{k}"], name=f"quant{k}", domain=domain, signed=signed,
+                                        narrow=narrow, rounding_mode=mode))
+    model = g.model([])
+    del model.graph.output[:]
+    model.graph.output.extend(helper.make_empty_tensor_value_info(o) for o in outs)
+    model.opset_import.append(helper.make_opsetid(domain, 1))
+    x = (np.random.default_rng(3).standard_normal((5, 4, 6, 6)) * 4).astype(np.float32)
+    x[0] = (np.arange(4 * 36).reshape(4, 6, 6) - 72).astype(np.float32) * np.float32(0.025)  # ties of every scale
+    got = reference_outputs(expand_qonnx(model), x, "x")
+    for (scale, zeropt, bits, signed, narrow, mode), have in zip(QUANTS, got):
+        want = qonnx_quant_reference(x, np.float32(scale), np.float32(zeropt), bits, signed, narrow, mode)
+        np.testing.assert_array_equal(have, want, err_msg=str((scale, zeropt, bits, signed, narrow, mode)))
+
+    g = GraphBuilder([1, 8, 6, 6], seed=26)
+    quantized = g.name("q")
+    g.nodes.append(helper.make_node("Quant", ["x", g.const(np.float32(0.05)), g.const(np.float32(0)), g.const(np.float32(8))],
+                                    [quantized], name="input_quant", domain=domain, signed=1, narrow=0))
+    y = g.batch_norm(g.conv(g.binarize(quantized), g.binary_weight((16, 8, 3, 3)), pad=1), *g.random_bn(16, 0.3))
+    out = g.conv(g.binarize(y), g.binary_weight((4, 16, 3, 3)))
+    model = g.model([out])
+    model.opset_import.append(helper.make_opsetid(domain, 1))
+    check(save(model, tmp_path / "m.onnx"), inputs([1, 8, 6, 6]), ["binary_conv2d_threshold", "-> binary_conv2d"])
+
+
+def test_brevitas_qonnx_export_with_an_8_bit_input_quant(tmp_path):
+    """Brevitas' CNV-style net: an 8-bit ``Quant`` on the input (refused as an unknown op before),
+    a binary-weight conv on it (float: 8-bit activations), then binary layers."""
+    path = export_brevitas(brevitas_binary_net("Int8ActPerTensorFloat", 3), 3, tmp_path / "cnv.onnx")
+    assert any(n.op_type == "Quant" for n in onnx.load(path).graph.node)
+    report = check(path, inputs([1, 3, 6, 6]), ["-> binary_conv2d"])
+    assert report.binary_checked == 1
+
+
+def test_xnor_net_per_sample_activation_scale_moves_after_the_conv(tmp_path):
+    """XNOR-Net's ``conv(mean(abs(x)) * Sign(x), alpha * sign(W))``: the conv on ``Sign(x)`` is
+    binary and the per-sample mean multiplies its output; verify exact on these inputs (the
+    batch norm and binarizer after it decide on float values within rounding of the graph's)."""
+    g = GraphBuilder([1, 16, 6, 6], seed=27)
+
+    def xnor_input(t):
+        beta = g.node("ReduceMean", [g.node("Abs", [t])], axes=[1, 2, 3], keepdims=1)
+        return g.node("Mul", [g.node("Sign", [t]), beta])
+
+    alpha = g.rng.uniform(0.1, 1, (24, 1, 1, 1)).astype(np.float32)
+    y = g.batch_norm(g.conv(xnor_input("x"), g.binary_weight((24, 16, 3, 3)) * alpha, pad=1), *g.random_bn(24, 0.3))
+    out = g.conv(xnor_input(y), g.binary_weight((8, 24, 3, 3)), pad=1)
+    model = g.model([out])
+    model.opset_import[0].version = 13  # ReduceMean with axes as an attribute
+    path = save(model, tmp_path / "m.onnx")
+    check(path, inputs([1, 16, 6, 6], batch=4), ["-> binary_conv2d"])
+    convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
+    assert all(r.binary for r in convs), [(r.name, r.note) for r in convs]
+
+
+def larq_binarizer_nhwc(g, x, pad_one: bool):
+    """Larq's ``ste_sign`` as tf2onnx exports it for NCHW inputs: ``Sign(Add(Sign(x), 0.1))`` in
+    NHWC between two transposes, with Larq's ``pad_values=1`` as an NHWC ``Pad`` before the second."""
+    nhwc = g.node("Transpose", [x], perm=[0, 2, 3, 1])
+    bits = g.node("Sign", [g.node("Add", [g.node("Sign", [nhwc]), g.const(np.float32(0.1))])])
+    if pad_one:
+        pads = g.const(np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64))
+        bits = g.node("Pad", [bits, pads, g.const(np.float32(1))], mode="constant")
+    return g.node("Transpose", [bits], perm=[0, 3, 1, 2])
+
+
+def test_larq_binarizers_between_tf2onnx_transposes(tmp_path):
+    """tf2onnx's layout: the transposes around Larq's binarizer (and its +1 pad) cancel, the
+    binarizer is recognised (x = 0 gives +1), the BN that tf2onnx folded into the weights
+    (``±gamma/sigma`` per channel, sign flipped for a negative gamma) runs as a scale, and the
+    convs are binary, exact at x = 0."""
+    g = GraphBuilder([1, 16, 6, 6], seed=28)
+    scale = g.rng.uniform(0.2, 2.0, (24, 1, 1, 1)).astype(np.float32) * np.where(g.rng.random((24, 1, 1, 1)) < 0.3, -1, 1)
+    y = g.conv(larq_binarizer_nhwc(g, "x", pad_one=True), g.binary_weight((24, 16, 3, 3)) * scale.astype(np.float32),
+               bias=g.rng.standard_normal(24).astype(np.float32))
+    out = g.conv(larq_binarizer_nhwc(g, y, pad_one=False), g.binary_weight((8, 24, 3, 3)))
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    x = inputs([1, 16, 6, 6])
+    x[:, :, ::2] = 0.0
+    check(path, x, ["-> binary_conv2d_threshold", "-> binary_conv2d "])
+    convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
+    assert all(r.binary for r in convs), [(r.name, r.note) for r in convs]

@@ -236,3 +236,18 @@ def test_resize_forms_it_cannot_run_are_named():
     module = torch_module(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
     with pytest.raises(BnnError, match="'up_cubic' \\(Resize\\): mode='cubic'"):
         module(torch.zeros(1, 1, 2, 2))
+
+
+def test_constant_pad_with_a_value_input_matches_onnx_runtime():
+    """``F.pad(x, ..., "constant", v)`` exports ``Pad(x, pads, value)``; the value is an input read
+    on the host (IR-Net's option-A shortcut pads channels with zeros this way)."""
+    inits = [const("pads", np.array([0, 2, 0, 0, 0, 1, 0, 0], np.int64)), const("value", np.float32(0.5))]
+    nodes = [helper.make_node("Pad", ["x", "pads", "value"], ["y"], mode="constant")]
+    graph = helper.make_graph(nodes, "pad_value", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6, 4, 4])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    x = np.random.default_rng(8).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    with torch.inference_mode():
+        got = torch_module(model).eval()(torch.from_numpy(x))
+    np.testing.assert_array_equal(got.numpy(), reference_outputs(model, x, "x")[0])

@@ -44,6 +44,19 @@ def test_quantizer_options_are_saved_and_reloaded(tmp_path):
     assert len(betas) == 3 and any(bool(torch.any(b != 0)) for b in betas)  # RSign thresholds were trained
 
 
+@pytest.mark.parametrize("name", ["checkpoint", "model.ckpt"])
+def test_checkpoint_saved_under_any_name(tmp_path, name):
+    """A checkpoint path without ``.pt`` (torch named its archive after the temporary's empty stem)."""
+    config = train.TrainConfig(model="digits", epochs=1)
+    checkpoint = train.train(config)
+    path = str(tmp_path / name)
+    train.save_checkpoint(checkpoint, path)
+    model, _ = train.load_checkpoint(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary left beside it
+    _, _, x_test, y_test = train.digits_split()
+    assert train.accuracy(model, x_test, y_test) == checkpoint["metrics"]["test_accuracy"]
+
+
 def test_ede_schedule_advances_each_epoch(monkeypatch):
     seen = []
 

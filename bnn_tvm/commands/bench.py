@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from relay_passes.conventions import SIGN_ZERO
+
 from ..errors import BnnError
 
 ENGINE_NAMES = ("bnn_tvm", "tvm_fp32", "torch_fp32", "ort_fp32", "topi_bitserial")
@@ -37,6 +39,7 @@ def add_parser(sub) -> None:
     s.add_argument("--tracker", metavar="HOST:PORT", help="run the TVM engines on a board from this RPC tracker")
     s.add_argument("--key", help="the board's key at the tracker (default: the target name)")
     s.add_argument("--count-instructions", action="store_true", help="count executed instructions (emulated board)")
+    s.add_argument("--sign-zero", choices=SIGN_ZERO, default="exact", help="Sign(0) for bnn_tvm (see `compile --help`)")
     s.set_defaults(func=run)
 
 
@@ -61,7 +64,8 @@ def run(args) -> int:
     from .. import bench
 
     settings = bench.Settings(args.target, args.threads, args.repeat, rpc=args.rpc, tracker=args.tracker,
-                              key=args.key, count_instructions=args.count_instructions, db=args.db)
+                              key=args.key, count_instructions=args.count_instructions, db=args.db,
+                              sign_zero=args.sign_zero)
     reports = []
     with tempfile.TemporaryDirectory(prefix="bnn-bench-model-") as workdir:
         if args.layer:

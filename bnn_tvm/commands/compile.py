@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from relay_passes.conventions import SIGN_ZERO
+
 from ..export import MODEL_HELP, resolve_model
 
 
@@ -16,6 +18,9 @@ def add_parser(sub) -> None:
     s.add_argument("--db", metavar="DIR", help="tuning database (`python -m bnn_tvm tune --db DIR`): use its tuned "
                    "schedules where they beat the hand-written ones")
     s.add_argument("-o", "--output")
+    s.add_argument("--sign-zero", choices=SIGN_ZERO, default="exact", help="what Sign(0) gives: exact (0, as the "
+                   "float graph; a Sign that can see 0 costs two binary halves) or plus (+1, as BNN engines do: plain "
+                   "binary cost, answers differ from the float graph where a Sign sees exactly 0)")
     s.set_defaults(func=run)
 
 
@@ -29,7 +34,7 @@ def run(args) -> int:
     path = resolve_model(args.model)
     output = args.output or os.path.splitext(os.path.basename(args.model or path))[0] + f"_{target}.so"
     refuse_overwriting_input(output, [args.model, path], "-o")
-    compiled = compile_onnx(path, target, batch=args.batch, db=args.db, progress=True)
+    compiled = compile_onnx(path, target, batch=args.batch, db=args.db, progress=True, sign_zero=args.sign_zero)
     compiled.export(output)
     for line in compiled.metadata["fused"]:
         print(f"fused: {line}")

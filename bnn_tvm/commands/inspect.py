@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from relay_passes.conventions import SIGN_ZERO
+
 from ..export import MODEL_HELP, resolve_model
 
 
@@ -12,13 +14,16 @@ def add_parser(sub) -> None:
     s.add_argument("model", nargs="?", help=MODEL_HELP)
     s.add_argument("--batch", type=int)
     s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.add_argument("--sign-zero", choices=SIGN_ZERO, default="exact", help="what Sign(0) gives: exact (0, as the "
+                   "float graph; a Sign that can see 0 costs two binary halves) or plus (+1, as BNN engines do: plain "
+                   "binary cost, answers differ from the float graph where a Sign sees exactly 0)")
     s.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..inspect import inspect_onnx
 
-    reports = inspect_onnx(resolve_model(args.model), args.batch)
+    reports = inspect_onnx(resolve_model(args.model), args.batch, sign_zero=args.sign_zero)
     if args.json:
         print(json.dumps([r.__dict__ for r in reports], indent=2))
         return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from relay_passes.conventions import SIGN_ZERO
+
 from ..export import MODEL_HELP, default_checkpoint_path, resolve_model
 
 
@@ -16,6 +18,9 @@ def add_parser(sub) -> None:
     s.add_argument("--rpc", metavar="HOST:PORT", help="run the compiled model on a board's RPC server")
     s.add_argument("--tracker", metavar="HOST:PORT", help="run the compiled model on a board from this RPC tracker")
     s.add_argument("--key", help="the board's key at the tracker (default: the target name)")
+    s.add_argument("--sign-zero", choices=SIGN_ZERO, default="exact", help="what Sign(0) gives: exact (0, as the "
+                   "float graph; a Sign that can see 0 costs two binary halves) or plus (+1, as BNN engines do: plain "
+                   "binary cost, answers differ from the float graph where a Sign sees exactly 0)")
     s.set_defaults(func=run)
 
 
@@ -34,7 +39,7 @@ def run(args) -> int:
             model, _ = load_checkpoint(default_checkpoint_path())
             extra["pytorch"] = accuracy(model, x, labels)
     report = verify(path, args.target, x=x, labels=labels, batch=args.batch, extra_accuracy=extra, progress=True,
-                    rpc=args.rpc, tracker=args.tracker, key=args.key)
+                    rpc=args.rpc, tracker=args.tracker, key=args.key, sign_zero=args.sign_zero)
     for line in report.lines():
         print(line)
     if "pytorch" in report.accuracy and report.accuracy["pytorch"] != report.accuracy["bnn_tvm"]:

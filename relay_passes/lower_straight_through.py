@@ -1,0 +1,204 @@
+"""Replace a straight-through estimator left in an exported graph by the ``Sign`` it equals.
+
+Published BNN code binarizes with a training trick that exports as arithmetic:
+``out = sign(x).detach() - p(x).detach() + p(x)``, i.e. ``(S - P) + P`` (or ``P + (S - P)``)
+with ``S = Sign(u)`` and ``P`` elementwise: ``Clip(x, -1, 1)`` (BinaryNet, DoReFa, XNOR++), or
+Bi-Real/ReActNet's piecewise polynomial built from ``Less -> Cast`` masks.
+
+Claim: ``(S - P) + P == S`` exactly in float32 (round to nearest even) whenever ``S = +1`` and
+``0 <= P <= 1``, ``S = -1`` and ``-1 <= P <= 0``, or ``S = 0`` and ``P`` finite. Proof for
+``S = 1`` (``S = -1`` is its mirror image): if ``P >= 1/2``, ``1 - P`` is exact (Sterbenz), so the
+sum is exactly 1. If ``P < 1/2``, ``1 - P`` lies in ``(1/2, 1]`` where float32 values are
+``2^-24`` apart, so ``fl(1 - P) = 1 - P + e`` with ``|e| <= 2^-25``, and the exact sum
+``fl(1 - P) + P = 1 + e`` rounds to 1: ``1 + 2^-25`` is below the midpoint to ``1 + 2^-23``, and
+``1 - 2^-25`` is the midpoint to ``1 - 2^-24``, which ties to the even 1. For ``S = 0``,
+``-P + P = 0`` for finite ``P``.
+
+The pass proves the condition for the graph at hand: ``S`` and ``P`` must be elementwise
+functions of one tensor ``r``, and ``analysis.elementwise.for_all_inputs`` checks the condition
+over every float32 value of ``r`` (interval bounds, value by value where they do not decide).
+Where ``P`` is NaN in the float graph (the polynomial's ``x * x`` overflows to inf for
+``|x| >= 2^64`` and ``inf * 0`` is NaN) the float graph's output is NaN and the compiled model
+gives ``sign(x)``: the log says from which ``|r|`` on. Unproven estimators stay float, with the
+reason (a counterexample value, or the op that is not supported).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from tvm import relax
+
+from .analysis.elementwise import COMPARE, Elementwise, Outcome, for_all_inputs
+from .common import RuleContext, clip_bounds, dtype_of, op_name, shape_of
+
+STRAIGHT_THROUGH = "straight_through_sign"  # inspect: nodes of an estimator that became a Sign
+
+ELEMENTWISE_OPS = {
+    "relax.add": "add", "relax.subtract": "subtract", "relax.multiply": "multiply", "relax.divide": "divide",
+    "relax.maximum": "maximum", "relax.minimum": "minimum", "relax.negative": "negative", "relax.abs": "abs",
+    "relax.sign": "sign", "relax.clip": "clip", "relax.where": "where",
+    **{f"relax.{name}": name for name in COMPARE},
+}
+
+
+def estimator_parts(ctx: RuleContext, call):
+    """``(S, P, subtraction)`` when ``call`` is ``(S - P) + P`` or ``P + (S - P)`` with ``S`` a
+    ``Sign``, else None."""
+    if op_name(call) != "relax.add":
+        return None
+    for difference, other in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
+        sub = ctx.producer(difference)
+        if op_name(sub) == "relax.subtract" and op_name(ctx.producer(sub.args[0])) == "relax.sign":
+            if sub.args[1].same_as(other):
+                return sub.args[0], other, difference
+    return None
+
+
+class Unsupported(Exception):
+    """The estimator's operands are not elementwise functions of one tensor in ops we bound."""
+
+
+APPROXIMATED = ("relax.tanh", "relax.exp", "relax.sigmoid", "relax.erf", "relax.log", "relax.sqrt", "relax.power")
+
+
+class FunctionBuilder:
+    """The DAG of ``Elementwise`` nodes computing some variables from one ``root`` tensor."""
+
+    def __init__(self, ctx: RuleContext, shape, root):
+        self.ctx, self.shape, self.root = ctx, tuple(shape), root
+        self.function = Elementwise()
+        self.names: list[str] = []  # the bindings the function covers, for the log
+        self.index: list = [(root, self.function.add("input"))]  # (Relax expression, node)
+
+    def node(self, expr) -> int:
+        for known, index in self.index:
+            if known.same_as(expr):
+                return index
+        index = self._build(expr)
+        self.index.append((expr, index))
+        if isinstance(expr, relax.Var) and not expr.same_as(self.root):
+            self.names.append(expr.name)
+        return index
+
+    def _build(self, expr) -> int:
+        value = self.ctx.uniform(expr, self.shape)
+        if value is not None:
+            return self.function.add("const", value=np.float32(value))
+        node = self.ctx.producer(expr)
+        name = op_name(node)
+        if self._is_elementwise(node):
+            if name == "relax.astype":
+                return self.function.add("cast_float", self.node(node.args[0]))
+            if name == "relax.clip":
+                return self.function.add("clip", self.node(node.args[0]), value=clip_bounds(node))
+            return self.function.add(ELEMENTWISE_OPS[name], *(self.node(a) for a in node.args))
+        if name in APPROXIMATED:
+            raise Unsupported(f"p computes {name.removeprefix('relax.')}, which float32 engines approximate differently")
+        raise Unsupported("p is not an elementwise function of the sign's input alone")
+
+    def _is_elementwise(self, node) -> bool:
+        """An op we bound, on operands of the result's shape or uniform constants."""
+        name = op_name(node)
+        if name == "relax.astype":
+            return str(node.attrs.dtype) == "float32" and dtype_of(node.args[0]) in ("bool", "float32")
+        if name not in ELEMENTWISE_OPS or shape_of(node) != self.shape:
+            return False
+        operands = node.args[:1] if name == "relax.clip" else node.args
+        return all(self.ctx.uniform(a, self.shape) is not None or shape_of(a) == self.shape for a in operands)
+
+
+def condition_on_bounds(sign_node: int, p_node: int):
+    """``decide_bounds`` for ``for_all_inputs``: the claim's condition from node bounds."""
+
+    def decide(bounds):
+        s, p = bounds[sign_node], bounds[p_node]
+        constant = (s.lo == s.hi) & ~s.nan & ~s.empty
+        some_p = ~p.empty
+        positive = (p.lo >= 0) & (p.hi <= 1)
+        negative = (p.lo >= -1) & (p.hi <= 0)
+        finite = np.isfinite(p.lo) & np.isfinite(p.hi)
+        fits = np.where(s.lo > 0, positive, np.where(s.lo < 0, negative, finite))
+        return constant & (~some_p | fits), p.nan, p.empty
+
+    return decide
+
+
+def condition_on_values(sign_node: int, p_node: int):
+    def decide(values):
+        s, p = values[sign_node], values[p_node]
+        nan = np.isnan(p) | np.isnan(s)
+        fits = np.where(s > 0, (p >= 0) & (p <= 1), np.where(s < 0, (p >= -1) & (p <= 0), np.isfinite(p)))
+        return nan | fits, nan
+
+    return decide
+
+
+def root_candidates(ctx: RuleContext, sign_var) -> list:
+    """Tensors that ``S`` and ``P`` may both be functions of, nearest first: the sign's input,
+    then up through ops with one tensor operand (``sign(clip(x))`` with ``P = clip(x)``: over
+    all of ``clip(x)``'s float32 values ``P`` is unbounded, over all of ``x``'s it is not)."""
+    found = [ctx.producer(sign_var).args[0]]
+    for _ in range(8):
+        node = ctx.producer(found[-1])
+        if not isinstance(node, relax.Call) or op_name(node) not in ELEMENTWISE_OPS:
+            break
+        tensors = [a for a in node.args if isinstance(a, relax.Var) and ctx.constant(a) is None]
+        if len(tensors) != 1 or shape_of(tensors[0]) != shape_of(sign_var) or dtype_of(tensors[0]) != "float32":
+            break
+        found.append(tensors[0])
+    return found
+
+
+def prove(ctx: RuleContext, sign_var, p_var) -> tuple[Outcome | None, str, FunctionBuilder | None]:
+    """``(outcome, reason, function)``: the proof over every float32 value of the first root
+    candidate that gives one, else the first refusal (``outcome`` None: why none was tried)."""
+    first = None
+    for root in root_candidates(ctx, sign_var):
+        try:
+            builder = FunctionBuilder(ctx, shape_of(sign_var), root=root)
+            sign_node, p_node = builder.node(sign_var), builder.node(p_var)
+        except Unsupported as err:
+            first = first or (None, str(err), None)
+            continue
+        outcome = proof(tuple(builder.function.nodes), sign_node, p_node)
+        if outcome.holds:
+            return outcome, "", builder
+        first = first or (outcome, "", None)
+    return first
+
+
+@functools.lru_cache(maxsize=64)
+def proof(nodes: tuple, sign_node: int, p_node: int) -> Outcome:
+    """The proof for one estimator function: every estimator of a model has the same one, and
+    the proof takes about a second."""
+    return for_all_inputs(Elementwise(list(nodes)), condition_on_bounds(sign_node, p_node),
+                          condition_on_values(sign_node, p_node))
+
+
+def refusal(outcome: Outcome | None, reason: str) -> str:
+    prefix = "straight-through estimator (sign(x) - p) + p not proven equal to sign(x): "
+    if outcome is None:
+        return prefix + reason
+    if outcome.undecided:
+        return prefix + "the bound analysis could not decide it"
+    return prefix + f"at x = {outcome.counterexample:.9g}, p has the wrong sign or |p| > 1, where float32 rounding can change the sum"
+
+
+def lower_straight_through(ctx: RuleContext, call):
+    parts = estimator_parts(ctx, call)
+    if parts is None or dtype_of(call) != "float32":
+        return None
+    sign_var, p_var, difference = parts
+    outcome, reason, builder = prove(ctx, sign_var, p_var)
+    if outcome is None or not outcome.holds:
+        ctx.keep_float(refusal(outcome, reason))
+        return None
+    detail = "straight-through estimator (sign(x) - p) + p: exactly sign(x), |p| <= 1 with the sign of x proven"
+    if outcome.nan_from is not None:
+        detail += (f" (the float graph yields NaN from |x| = {outcome.nan_from:.3g} on, where p overflows;"
+                   " the compiled model gives sign(x) there)")
+    ctx.fused(STRAIGHT_THROUGH, detail, difference, *builder.names)
+    sign_call = ctx.producer(sign_var)
+    return relax.op.sign(sign_call.args[0])

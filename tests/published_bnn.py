@@ -1,0 +1,277 @@
+"""Binarized layers written the way published PyTorch BNN code writes them, and a CIFAR ResNet
+built from them: what users bring to the compiler.
+
+The layers follow the public code of their papers in form (not copied): straight-through
+estimators left in the forward pass with ``.detach()``, Bi-Real's mask polynomial, autograd
+``Function``s whose forward is ``sign``, ReActNet's learnable bias before the sign, weight scales
+computed from the latent weights in the forward pass, IR-Net's standardised weights with a
+power-of-two scale. ``resnet(form, blocks)`` builds a CIFAR ResNet (3 stages, 16/32/64
+channels; ``blocks=3`` is ResNet-20) whose binary convs all use one form.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class BiRealActivation(nn.Module):
+    """Bi-Real Net / ReActNet: sign forward, a piecewise polynomial's gradient backward."""
+
+    def forward(self, x):
+        out_forward = torch.sign(x)
+        mask1 = x < -1
+        mask2 = x < 0
+        mask3 = x < 1
+        out1 = (-1) * mask1.type(torch.float32) + (x * x + 2 * x) * (1 - mask1.type(torch.float32))
+        out2 = out1 * mask2.type(torch.float32) + (-x * x + 2 * x) * (1 - mask2.type(torch.float32))
+        out3 = out2 * mask3.type(torch.float32) + 1 * (1 - mask3.type(torch.float32))
+        return out_forward.detach() - out3.detach() + out3
+
+
+class LearnableBias(nn.Module):
+    """ReActNet's RSign shift before the sign."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x):
+        return x + self.bias.expand_as(x)
+
+
+class HardtanhSTE(nn.Module):
+    """BNN/DoReFa/XNOR++ style: clip, then sign with the clipped value's gradient."""
+
+    def forward(self, x):
+        x = torch.clamp(x, -1, 1)
+        return x + (torch.sign(x) - x).detach()
+
+
+class SignFunction(torch.autograd.Function):
+    """BinaryNet / IR-Net style autograd function: sign forward, a clipped identity backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.sign()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).float()
+
+
+class SignActivation(nn.Module):
+    def forward(self, x):
+        return SignFunction.apply(x)
+
+
+class HardBinaryConv(nn.Module):
+    """Bi-Real / ReActNet weights: ``mean|W|`` per output channel times sign, with a weight
+    straight-through estimator through ``clamp(W)``."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.stride = stride
+        self.weight = nn.Parameter(torch.rand(cout, cin, 3, 3) * 0.001)
+
+    def forward(self, x):
+        real_weights = self.weight
+        scaling_factor = torch.mean(torch.mean(torch.mean(abs(real_weights), dim=3, keepdim=True), dim=2, keepdim=True),
+                                    dim=1, keepdim=True).detach()
+        binary_weights_no_grad = scaling_factor * torch.sign(real_weights)
+        cliped_weights = torch.clamp(real_weights, -1.0, 1.0)
+        binary_weights = binary_weights_no_grad.detach() - cliped_weights.detach() + cliped_weights
+        return F.conv2d(x, binary_weights, stride=self.stride, padding=1)
+
+
+class XnorConv(nn.Conv2d):
+    """XNOR-Net weights: ``alpha * sign(W - mean)`` with ``alpha = mean|W - mean|`` per output channel."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__(cin, cout, 3, stride, 1, bias=False)
+
+    def forward(self, x):
+        centred = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
+        alpha = centred.abs().mean(dim=(1, 2, 3), keepdim=True)
+        return F.conv2d(x, alpha * torch.sign(centred), stride=self.stride, padding=1)
+
+
+class IrConv(nn.Conv2d):
+    """IR-Net weights: standardised, sign, times a power-of-two scale per output channel."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__(cin, cout, 3, stride, 1, bias=False)
+
+    def forward(self, x):
+        w = self.weight
+        bw = w - w.view(w.size(0), -1).mean(-1).view(w.size(0), 1, 1, 1)
+        bw = bw / bw.view(bw.size(0), -1).std(-1).view(bw.size(0), 1, 1, 1)
+        sw = torch.pow(torch.tensor([2.0] * bw.size(0)),
+                       (torch.log(bw.abs().view(bw.size(0), -1).mean(-1)) / torch.log(torch.tensor(2.0))).round()
+                       ).view(bw.size(0), 1, 1, 1).detach()
+        return F.conv2d(x, SignFunction.apply(bw) * sw, stride=self.stride, padding=1)
+
+
+class SignConv(nn.Conv2d):
+    """BinaryNet.pytorch: the conv reads ``sign(W)``."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__(cin, cout, 3, stride, 1, bias=False)
+
+    def forward(self, x):
+        return F.conv2d(x, torch.sign(self.weight), stride=self.stride, padding=1)
+
+
+FORMS = {  # name -> (activation binarizer factory(channels), binary conv class)
+    "bireal": (lambda c: BiRealActivation(), HardBinaryConv),
+    "reactnet": (lambda c: nn.Sequential(LearnableBias(c), BiRealActivation()), HardBinaryConv),
+    "hardtanh_ste": (lambda c: HardtanhSTE(), XnorConv),
+    "autograd_sign": (lambda c: SignActivation(), SignConv),
+    "irnet": (lambda c: SignActivation(), IrConv),
+}
+
+
+class LambdaLayer(nn.Module):
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+
+    def forward(self, x):
+        return self.function(x)
+
+
+PAD_SHORTCUT = {"irnet"}  # forms whose code downsamples the shortcut by slicing and zero channels (option A)
+
+
+class Block(nn.Module):
+    """Bi-Real's block: binarize, binary conv, batch norm, real-valued shortcut added. The
+    downsampling shortcut is an average pool and a 1x1 float conv, or (IR-Net's ResNet-20, the
+    CIFAR ResNet paper's option A) every other pixel with zero channels padded on."""
+
+    def __init__(self, form, cin, cout, stride):
+        super().__init__()
+        act, conv = FORMS[form]
+        self.binarize = act(cin)
+        self.conv = conv(cin, cout, stride)
+        self.bn = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if (stride != 1 or cin != cout) and form in PAD_SHORTCUT:
+            extra = (cout - cin) // 2
+            self.shortcut = LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, extra, extra), "constant", 0))
+        elif stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return self.bn(self.conv(self.binarize(x))) + self.shortcut(x)
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet: float stem, 3 stages of ``blocks`` pairs of binary blocks, float classifier."""
+
+    def __init__(self, form, blocks=3, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        layers, cin = [], 16
+        for stage, cout in enumerate((16, 32, 64)):
+            for i in range(2 * blocks):
+                layers.append(Block(form, cin, cout, 2 if stage and i == 0 else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1))
+
+
+def resnet(form: str, blocks: int = 3, seed: int = 0) -> ResNet:
+    """An eval-mode ResNet of ``form`` with seeded random weights and batch-norm statistics (no
+    trained weights can be had offline; exactness and speed do not depend on them)."""
+    torch.manual_seed(seed)
+    model = ResNet(form, blocks)
+    randomize_batch_norms(model, mean_std=0.5, gamma_std=0.3)
+    for module in model.modules():
+        if isinstance(module, (HardBinaryConv, XnorConv, IrConv, SignConv)):
+            nn.init.normal_(module.weight)
+        if isinstance(module, LearnableBias):
+            module.bias.data.normal_(0, 0.2)
+    return model.eval()
+
+
+def export(model: nn.Module, path, dynamo: bool, size: int = 32) -> str:
+    """``torch.onnx.export`` as a user calls it, with PyTorch's new (``dynamo``) or legacy exporter."""
+    x = torch.randn(1, 3, size, size)
+    kwargs = {} if dynamo else {"dynamo": False}
+    torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["logits"], **kwargs)
+    return str(path)
+
+
+class BinarizeConv2d(nn.Conv2d):
+    """BinaryNet.pytorch: the input is binarized with ``sign`` (except a 3-channel image), the
+    weights too."""
+
+    def forward(self, x):
+        if x.size(1) != 3:
+            x = torch.sign(x)
+        return F.conv2d(x, torch.sign(self.weight), None, self.stride, self.padding)
+
+
+class BinaryNetBlock(nn.Module):
+    """BinaryNet.pytorch's ResNet block: conv, BN, Hardtanh, conv, BN, residual add, BN, Hardtanh."""
+
+    def __init__(self, cin, cout, stride, do_bntan=True):
+        super().__init__()
+        self.do_bntan = do_bntan
+        self.conv1 = BinarizeConv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1, self.tanh1 = nn.BatchNorm2d(cout), nn.Hardtanh(inplace=True)
+        self.conv2 = BinarizeConv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2, self.bn3, self.tanh2 = nn.BatchNorm2d(cout), nn.BatchNorm2d(cout), nn.Hardtanh(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(BinarizeConv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        residual = x.clone()
+        out = self.tanh1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            residual = self.downsample(residual)
+        out += residual
+        return self.tanh2(self.bn3(out)) if self.do_bntan else out
+
+
+class BinaryNetResNet(nn.Module):
+    """``do_bntan=False`` blocks (BinaryNet's last one) pass the residual sum on as it is."""
+
+    def __init__(self, blocks=1, classes=10, do_bntan=True):
+        super().__init__()
+        self.stem = nn.Sequential(BinarizeConv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.Hardtanh())
+        layers, cin = [], 16
+        for stage, cout in enumerate((16, 32, 64)):
+            for i in range(blocks):
+                layers.append(BinaryNetBlock(cin, cout, 2 if stage and i == 0 else 1, do_bntan))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1))
+
+
+def binarynet_resnet(blocks: int = 1, seed: int = 0, do_bntan: bool = True) -> BinaryNetResNet:
+    torch.manual_seed(seed)
+    model = BinaryNetResNet(blocks, do_bntan=do_bntan)
+    randomize_batch_norms(model, mean_std=2.0, gamma_std=0.5)
+    return model.eval()
+
+
+def randomize_batch_norms(model: nn.Module, mean_std: float, gamma_std: float) -> None:
+    """Batch-norm statistics and affine parameters as training would leave them, roughly."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_(0, mean_std)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.normal_(1, gamma_std)
+            module.bias.data.normal_(0, 0.3)
