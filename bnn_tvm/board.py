@@ -259,6 +259,13 @@ class BoardState:
     counting: bool
     log: str
     started: float
+    pid_start: str | None = None  # process_start(pid) when started; None in older state files
+    user: str = ""  # the account the board runs as ("" in older state files)
+    user_reason: str = ""  # why it runs as root, when started by root
+
+    @property
+    def work(self) -> str:
+        return board_work_dir(self.name)
 
     @property
     def address(self) -> str:
@@ -267,6 +274,49 @@ class BoardState:
 
 def _state_path(name: str) -> str:
     return os.path.join(run_dir(), f"board-{name}.json")
+
+
+def board_work_dir(name: str) -> str:
+    """The folder the board writes to (its port, instruction counts): its account owns it."""
+    return os.path.join(run_dir(), f"board-{name}.d")
+
+
+# The account an emulated board started by root runs as: a client's code runs on the board with
+# the board's rights (RPC is remote code execution by design), and qemu-user is no sandbox.
+UNPRIVILEGED_USER = "nobody"
+
+
+def as_user(account):
+    """A ``preexec_fn`` that makes the child process ``account`` (a ``pwd`` entry)."""
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(account.pw_gid)
+        os.setuid(account.pw_uid)
+
+    return drop
+
+
+def board_account(readable: list[str], work: str):
+    """``(pwd entry, "")`` of the unprivileged account a board started by root runs as, after
+    giving it ``work``; or ``(None, why not)`` (then the board runs as root). Not root: ``(None, "")``."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return None, ""
+    try:
+        account = pwd.getpwnam(UNPRIVILEGED_USER)
+    except KeyError:
+        return None, f"there is no user {UNPRIVILEGED_USER!r}"
+    try:
+        os.chown(work, account.pw_uid, account.pw_gid)
+    except OSError as err:
+        return None, f"cannot give {work} to user {UNPRIVILEGED_USER} ({err.strerror})"
+    check = 'test -w "$1" -a -x "$1" || { echo "$1"; exit 1; }; shift; for p; do test -r "$p" || { echo "$p"; exit 1; }; done'
+    done = subprocess.run(["/bin/sh", "-c", check, "sh", work, *readable], preexec_fn=as_user(account),
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return None, f"user {UNPRIVILEGED_USER} cannot reach {done.stdout.strip() or work}"
+    return account, ""
 
 
 def _alive(pid: int) -> bool:
@@ -290,21 +340,80 @@ def _alive(pid: int) -> bool:
     return not zombie
 
 
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, field 22 of /proc/PID/stat): with the
+    pid it names one process, where the pid alone may since have been given to another."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
+    except (OSError, IndexError):
+        return None
+    return fields[19] if len(fields) > 19 else None  # fields[0] is field 3
+
+
+def process_cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def still_ours(pid: int, pid_start: str | None, marker: str) -> bool:
+    """Whether ``pid`` is still the process a state file recorded: alive and started when it was
+    (state files written before start times were recorded: its command line holds ``marker``).
+    A state file left by a crash may name a pid the system has since given to an unrelated
+    process, whose process group must not be signalled."""
+    if not _alive(pid):
+        return False
+    if pid_start is not None:
+        return process_start(pid) == pid_start
+    return marker in process_cmdline(pid)
+
+
+def forget_stale(path: str, what: str, pid: int) -> None:
+    """Remove the state file of a process that is gone or is no longer ours, saying so."""
+    reason = "has exited" if not _alive(pid) else "now belongs to another program"
+    print(f"note: removed the stale state file {path}: the {what}'s process {pid} {reason}; nothing was signalled")
+    os.remove(path)
+
+
 def running() -> list[BoardState]:
-    """Boards whose state file names a live process; stale files are removed."""
+    """Boards whose state file names a live process that is still the board; stale files are
+    removed."""
     states = []
     for entry in sorted(os.listdir(run_dir())):
         if entry.startswith("board-") and entry.endswith(".json"):
             path = os.path.join(run_dir(), entry)
             state = BoardState(**json.loads(_read(path) or "{}"))
-            if _alive(state.pid):
+            if still_ours(state.pid, state.pid_start, os.path.basename(SERVER_SCRIPT)):
                 states.append(state)
-            else:  # it died (killed, crashed): forget it
-                os.remove(path)
-                port_file = os.path.join(run_dir(), f"board-{state.name}.port")
-                if os.path.exists(port_file):
-                    os.remove(port_file)
+            else:  # it died (killed, crashed), or its pid went to another process: forget it
+                forget_stale(path, f"board {state.name}", state.pid)
+                shutil.rmtree(state.work, ignore_errors=True)
     return states
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (an unresolvable name counts as not)."""
+    import ipaddress
+
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
+
+
+def exposure_warning(host: str, port: int, what: str) -> str | None:
+    """The warning for a server bound where other machines can reach it (None on loopback):
+    TVM RPC runs whatever code a client sends, and neither it nor its tracker authenticates."""
+    if is_loopback(host):
+        return None
+    import getpass
+
+    return (f"warning: the {what} listens on {host}:{port}, reachable from other machines; TVM RPC runs any code a "
+            f"client sends (as user {getpass.getuser()}) and has no authentication: use the default 127.0.0.1 "
+            "unless every machine on this network is trusted")
 
 
 def parse_address(text: str, option: str) -> tuple[str, int]:
@@ -367,11 +476,14 @@ def start(
             )
     tracker_addr = parse_address(tracker, "--tracker") if tracker else None
     root = ensure_root(spec.qemu, progress=progress)
-    port_file = os.path.join(run_dir(), f"board-{name}.port")
-    counts = os.path.join(run_dir(), f"board-{name}.insn")
+    work = board_work_dir(name)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    port_file = os.path.join(work, "port")
+    counts = os.path.join(work, "insn")
     log = os.path.join(run_dir(), f"board-{name}.log")
-    if os.path.exists(port_file):
-        os.remove(port_file)
+    account, user_reason = board_account([shutil.which(spec.qemu) or spec.qemu, root.python, root.site, root.plugin,
+                                          root.runtime_extra, SERVER_SCRIPT], work)
     cmd = [spec.qemu, "-cpu", spec.qemu_cpu]
     if count_instructions:
         cmd += ["-plugin", f"{root.plugin},out={counts}"]
@@ -385,17 +497,25 @@ def start(
     with open(log, "w") as log_file:
         # Own process group: stop() ends qemu and the session processes it forks, nothing else.
         proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=run_dir())
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=work,
+                                preexec_fn=as_user(account) if account else None)
     _wait_until(lambda: os.path.exists(port_file), timeout, proc, log, "listening")
     bound = int(_read(port_file))
     if tracker_addr:
         _wait_until(lambda: _registered(tracker_addr, key), 60, proc, log, f"registered with the tracker as {key!r}")
     state = BoardState(name, spec.name, proc.pid, host, bound, key,
                        f"{tracker_addr[0]}:{tracker_addr[1]}" if tracker_addr else None,
-                       count_instructions, log, time.time())
+                       count_instructions, log, time.time(), process_start(proc.pid),
+                       account.pw_name if account else current_user(), user_reason)
     with open(_state_path(name), "w") as f:
         json.dump(asdict(state), f)
     return state
+
+
+def current_user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
 
 
 def _has_board(name: str) -> bool:
@@ -446,10 +566,9 @@ def stop(name: str | None = None) -> list[BoardState]:
             raise BnnError(f"no emulated board named {name!r} is running")
     for state in states:
         _kill_group(state.pid)
-        for suffix in (".json", ".port"):
-            path = os.path.join(run_dir(), f"board-{state.name}{suffix}")
-            if os.path.exists(path):
-                os.remove(path)
+        shutil.rmtree(state.work, ignore_errors=True)
+        if os.path.exists(_state_path(state.name)):
+            os.remove(_state_path(state.name))
     return states
 
 

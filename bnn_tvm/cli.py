@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
 from .commands import COMMANDS
 from .errors import BnnError
+from .io import private_tempdir
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,8 +22,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # board and tracker start servers that outlive the command: they keep the system's $TMPDIR
+    temporary = contextlib.nullcontext() if args.command in ("board", "tracker") else private_tempdir()
     try:
-        return args.func(args)
+        with temporary:
+            return args.func(args)
     except BnnError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -43,7 +44,10 @@ class CompiledModel:
 
 
 def input_shape(model: onnx.ModelProto, path: str, batch: int | None) -> tuple[str, list[int]]:
+    if batch is not None and batch < 1:
+        raise BnnError(f"--batch {batch}: must be at least 1")
     name, dims = graph_input(model, path)
+    check_float_input(model, name, path)
     if dims and dims[0] is not None and batch is not None and dims[0] != batch:
         raise BnnError(f"{path}: input {name!r} has a fixed batch of {dims[0]}, --batch {batch} was asked")
     first = dims[0] if dims and dims[0] is not None else (batch or 1)
@@ -51,6 +55,15 @@ def input_shape(model: onnx.ModelProto, path: str, batch: int | None) -> tuple[s
         if dim is None:
             raise BnnError(f"{path}: input {name!r} has a symbolic dimension at axis {axis}; only the batch may be")
     return name, [first, *dims[1:]]
+
+
+def check_float_input(model: onnx.ModelProto, name: str, path: str) -> None:
+    """A compiled module is fed float32 (``run`` converts any float batch): a model whose input
+    is of another type would compile and then never run."""
+    elem_type = next(i for i in model.graph.input if i.name == name).type.tensor_type.elem_type
+    if elem_type != onnx.TensorProto.FLOAT:
+        type_name = onnx.TensorProto.DataType.Name(elem_type).lower() if elem_type else "of no declared type"
+        raise BnnError(f"{path}: input {name!r} is {type_name}; bnn_tvm compiles models with a float32 input")
 
 
 def add_graph_outputs(model: onnx.ModelProto, names: list[str]) -> None:
@@ -95,6 +108,16 @@ class LoweredModel:
         variables = [v for name in names for v in resolve(name)]
         return list(dict.fromkeys(self.provenance[v] for v in variables if v in self.provenance))
 
+    def outputs_follow_batch(self) -> bool:
+        """Whether every output's first axis is the batch (a ``[B*N, C]`` output's is not), so
+        that a batch can be run in chunks of the compiled one."""
+        from tvm import relax
+
+        returned = self.mod["main"].body.body.ty
+        fields = returned.fields if isinstance(returned, relax.TupleType) else [returned]
+        shapes = [[int(d) for d in f.shape.values] for f in fields]
+        return all(shape and shape[0] == self.input_shape[0] for shape in shapes)
+
     def fused_lines(self) -> list[str]:
         return [
             f"{r.detail} -> {r.kernel} [{', '.join(self.onnx_nodes(r.nodes))}]" for log in self.logs for r in log.rewrites
@@ -129,7 +152,75 @@ def read_pinned(path: str, batch: int | None = None) -> tuple[onnx.ModelProto, s
     model = load_for_compile(path)
     check_supported(model, path)
     name, shape = input_shape(model, path, batch)
-    return pin_input_shape(model, name, shape), name, shape
+    check_memory(model, name, shape, path)
+    pinned = pin_input_shape(model, name, shape)
+    check_memory(pinned, name, shape, path)
+    return pinned, name, shape
+
+
+def check_memory(model: onnx.ModelProto, input_name: str, shape: list[int], path: str) -> None:
+    """Refuse, before anything is allocated, a model that cannot fit in this machine's memory: a
+    huge declared input or ``ConstantOfShape`` would end in numpy's MemoryError or a C++
+    ``std::bad_alloc`` deep in the import. Refused: a single tensor larger than the memory, or
+    constants to be made that together are (the VM reuses activations' memory, so their sum,
+    printed as the estimate, is only an upper bound of what a run needs)."""
+    sizes = dict(tensor_sizes(model))
+    sizes[f"input {input_name!r}"] = (shape, 4 * _product(shape))
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    largest, (dims, size) = max(sizes.items(), key=lambda item: item[1][1])
+    constants = sum(size for what, (_, size) in sizes.items() if what.endswith("(ConstantOfShape)"))
+    if size <= available and constants <= available:
+        return
+    total = sum(size for _, size in sizes.values())
+    what = (f"{largest} of shape {dims} needs {size / 2**30:.1f} GiB" if size > available
+            else f"its ConstantOfShape constants need {constants / 2**30:.1f} GiB")
+    raise BnnError(f"{path}: {what}, more than this machine's {available / 2**30:.1f} GiB of memory "
+                   f"(all its tensors: about {total / 2**30:.1f} GiB)")
+
+
+def tensor_sizes(model: onnx.ModelProto):
+    """``(description, (dims, bytes))`` of each tensor of ``model`` with a known static shape."""
+    from onnx import numpy_helper
+
+    for info in list(model.graph.value_info) + list(model.graph.output):
+        tensor = info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        if tensor.HasField("shape") and None not in dims and tensor.elem_type:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+            yield f"tensor {info.name!r}", (dims, itemsize * _product(dims))
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "ConstantOfShape" and node.input and node.input[0] in constants:
+            dims = [int(d) for d in numpy_helper.to_array(constants[node.input[0]]).reshape(-1)]
+            yield f"constant of node {node.name or node.output[0]!r} (ConstantOfShape)", (dims, 4 * _product(dims))
+
+
+def _product(dims) -> int:
+    import math
+
+    return math.prod(max(int(d), 0) for d in dims)
+
+
+def check_static_shapes(mod, provenance: dict, path: str) -> None:
+    """Every tensor of the imported model has a static shape: the binarization passes and the
+    schedules need them. An op TVM imports with an unknown output shape (``Unique``, ``NonZero``)
+    is refused, named."""
+    from tvm import relax, tirx
+
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            ty = binding.var.ty
+            types = ty.fields if isinstance(ty, relax.TupleType) else [ty]
+            for field in types:
+                if not isinstance(field, relax.TensorType):
+                    continue
+                shape = getattr(field, "shape", None)
+                dims = list(shape.values) if shape is not None and hasattr(shape, "values") else None
+                if dims is None or not all(isinstance(d, tirx.IntImm) for d in dims):
+                    node = provenance.get(binding.var.name, binding.var.name)
+                    shown = "unknown" if dims is None else "[" + ", ".join(str(d) for d in dims) + "]"
+                    raise BnnError(f"{path}: node {node!r} has an output of shape {shown} that is only known when "
+                                   "the model runs; bnn_tvm compiles models whose shapes are all static")
 
 
 def lower_onnx(
@@ -142,9 +233,20 @@ def lower_onnx(
     model, name, shape = read_pinned(path, batch)
     add_graph_outputs(model, extra_outputs or [])
     mod, provenance = import_to_relax(model, {name: shape}, path)
+    check_static_shapes(mod, provenance, path)
     logs: list = []
     mod = relay_passes.binarize(logs, float_epilogues=targets.get(target).family != "cuda", sign_zero=sign_zero)(mod)
     return LoweredModel(mod, model, name, shape, logs, provenance)
+
+
+@contextlib.contextmanager
+def cleared_on_error(bar):
+    """On an error the progress bar is cleared, so the error's message stays the one line shown."""
+    try:
+        yield
+    except BaseException:
+        bar.leave = False
+        raise
 
 
 def compile_onnx(
@@ -161,7 +263,8 @@ def compile_onnx(
 
     spec = targets.get(target)
     stages = ["importing ONNX, binarization passes"] + (["tuning records"] if db else []) + ["scheduling", "LLVM build"]
-    with tqdm(total=len(stages), desc=f"compile {os.path.basename(path)}", unit="stage", disable=not progress) as bar:
+    with tqdm(total=len(stages), desc=f"compile {os.path.basename(path)}", unit="stage", disable=not progress) as bar, \
+            cleared_on_error(bar):
 
         def stage(done: bool = True) -> None:
             bar.update(int(done))
@@ -187,7 +290,10 @@ def compile_onnx(
         if db:
             from schedules import tuning
 
-            mod = tuning.apply_database(mod, db, spec)
+            from . import tuning_db
+
+            with tuning_db.readable_copy(db) as checked:
+                mod = tuning.apply_database(mod, checked, spec)
             stage()
         mod = schedules.schedule_module(mod, spec)
         stage()

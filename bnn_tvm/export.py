@@ -45,9 +45,40 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str, verbo
     # The default size limit (8192 elements) would leave large binarized weights unfolded.
     onnxscript.optimizer.fold_constants(program.model, input_size_limit=1 << 26, output_size_limit=1 << 26)
     onnxscript.optimizer.remove_unused_nodes(program.model)
-    proto = program.model_proto
+    proto = strip_metadata(program.model_proto)
     onnx.checker.check_model(proto)
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
+
+
+def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without the exporter's metadata and doc strings (in place): torch's exporter
+    records, per node, stack traces with the exporting machine's absolute file paths and its
+    FX graph, which a file the project writes or ships must not carry. Names, values and
+    attributes, all that the model computes, stay as they are."""
+    def strip(proto) -> None:
+        for name in ("metadata_props", "doc_string"):
+            if proto.DESCRIPTOR.fields_by_name.get(name) is not None:
+                proto.ClearField(name)
+
+    def strip_graph(graph: onnx.GraphProto) -> None:
+        strip(graph)
+        for item in [*graph.input, *graph.output, *graph.value_info, *graph.initializer, *graph.sparse_initializer]:
+            strip(item)
+        for node in graph.node:
+            strip(node)
+            for attribute in node.attribute:
+                strip(attribute)
+                # only graphs that are there: touching attribute.g would create an empty one
+                for subgraph in [*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs]:
+                    strip_graph(subgraph)
+
+    strip(model)
+    strip_graph(model.graph)
+    for function in model.functions:
+        strip(function)
+        for node in function.node:
+            strip(node)
+    return model
 
 
 def default_model_path() -> str:

@@ -26,8 +26,51 @@ def load_onnx(path: str) -> onnx.ModelProto:
         raise BnnError(f"{path} is not an ONNX model (protobuf decode failed: {err})") from err
     if not model.graph.node:
         raise BnnError(f"{path} is not an ONNX model (no graph nodes)")
+    check_opset(model, path)
     load_external_data(model, path)
+    check_initializers(model, path)
     return model
+
+
+# ONNX Runtime (the reference) reads opset 7 and later; ONNX itself defines up to its own version
+MIN_OPSET = 7
+
+
+def check_opset(model: onnx.ModelProto, path: str) -> None:
+    """The model declares an ONNX opset that both the importer and the reference can read."""
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    newest = onnx.defs.onnx_opset_version()
+    if not versions:
+        raise BnnError(f"{path}: declares no ONNX opset (opset_import has no entry for the default domain)")
+    if not MIN_OPSET <= versions[0] <= newest:
+        raise BnnError(f"{path}: ONNX opset {versions[0]} is not supported (opsets {MIN_OPSET} to {newest} are)")
+
+
+# strings have no fixed size; 4-bit types pack two values per byte
+UNCOUNTED_TYPES = {getattr(onnx.TensorProto, name) for name in ("STRING", "UNDEFINED", "INT4", "UINT4", "FLOAT4E2M1")
+                   if hasattr(onnx.TensorProto, name)}
+
+
+def check_initializers(model: onnx.ModelProto, path: str) -> None:
+    """Every initializer holds as many values as its dims say (a cut-short weight would fail
+    later, deep in numpy, as "cannot reshape")."""
+    import math
+
+    for init in model.graph.initializer:
+        if init.data_type in UNCOUNTED_TYPES:
+            continue
+        needed = math.prod(init.dims)
+        if init.raw_data:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+            held, unit = len(init.raw_data), f"bytes ({needed * itemsize} needed)"
+            short = held != needed * itemsize
+        else:
+            field = onnx.helper.tensor_dtype_to_field(init.data_type)
+            per_value = 2 if init.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+            held, unit = len(getattr(init, field)), f"values ({needed * per_value} needed)"
+            short = held != needed * per_value
+        if short:
+            raise BnnError(f"{path}: initializer {init.name!r} of dims {list(init.dims)} holds {held} {unit}")
 
 
 def load_external_data(model: onnx.ModelProto, path: str) -> None:

@@ -237,6 +237,9 @@ class _Session:
             vm.invoke_stateful("main")
             result = vm.get_outputs("main")
             outputs = [result] if hasattr(result, "numpy") else list(result)
+            if len(x) != batch_shape[0] and any(o.numpy().ndim == 0 or o.shape[0] != batch_shape[0] for o in outputs):
+                raise BnnError(f"{len(x)} inputs, but the module takes exactly {batch_shape[0]} at a time: an output's "
+                               f"first axis is not the batch, so it cannot be run in chunks")
             chunks.append([o.numpy()[: len(part)] for o in outputs])
         outputs = [np.concatenate(parts) for parts in zip(*chunks)]
         self.phase("time")  # the last batch is still set as input

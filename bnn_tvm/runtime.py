@@ -61,6 +61,28 @@ def prepare_cuda_loading() -> None:
         import tvm.support.nvcc  # registers TVM's NVRTC callback
 
 
+# platform.machine() -> the ELF e_machine of its shared libraries (targets.elf.MACHINE_NAMES)
+HOST_ELF_MACHINES = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183, "armv7l": 40, "armv8l": 40}
+
+
+def check_built_for_this_machine(path: str) -> None:
+    """A module for another architecture (an aarch64 board's on this x86 host) is named as such:
+    the dynamic loader would only say "cannot open shared object file"."""
+    import platform
+
+    from targets import elf
+
+    host = platform.machine()
+    try:
+        header = elf.read_header(path)
+    except (BnnError, OSError, KeyError, IndexError, ValueError):  # not ELF, or cut short: the loader says
+        return
+    expected = HOST_ELF_MACHINES.get(host.lower())
+    if expected is not None and header.machine != expected:
+        raise BnnError(f"{path} was compiled for {header.machine_name} ({header.describe()}); this machine is {host}: "
+                       "run it on its board (`verify --rpc/--tracker`, `bench --rpc/--tracker`)")
+
+
 class CompiledRunner:
     """Runs a module compiled for a fixed batch on inputs of any batch, chunk by chunk."""
 
@@ -78,6 +100,7 @@ class CompiledRunner:
 
         if not os.path.isfile(path):
             raise BnnError(f"no compiled module at {path}")
+        check_built_for_this_machine(path)
         prepare_cuda_loading()
         try:
             module = tvm.runtime.load_module(path)
@@ -99,22 +122,48 @@ class CompiledRunner:
                 f"{source}: input shape {tuple(x.shape)} does not match the model's "
                 f"(N, {', '.join(map(str, expected))}) [{self.metadata['input_name']}]"
             )
+        if len(x) == 0:
+            raise BnnError(f"{source}: the batch is empty (shape {tuple(x.shape)}); give at least one input")
         if not np.issubdtype(x.dtype, np.floating):
             raise BnnError(f"{source}: input dtype {x.dtype} is not floating point")
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def run(self, x: np.ndarray, source: str = "input") -> list[np.ndarray]:
-        """All graph outputs for the batch ``x``, concatenated over compiled-batch chunks."""
-        import tvm
-
+        """All graph outputs for the batch ``x``, concatenated over compiled-batch chunks. Only
+        outputs whose first axis is the batch can be cut and joined: a module with any other
+        output (``[B*N, C]`` rows) takes exactly its compiled batch."""
         x = self.check_input(x, source)
         batch = self.input_shape[0]
-        chunks: list[list[np.ndarray]] = []
-        for start in range(0, len(x), batch):
+        if len(x) == batch:
+            return self._call(x)
+        first = self._call(self._padded(x[:batch]))
+        self._check_outputs_follow_batch(first, len(x), source)
+        chunks = [[o[: min(batch, len(x))] for o in first]]
+        for start in range(batch, len(x), batch):
             part = x[start : start + batch]
-            padded = np.zeros((batch,) + part.shape[1:], np.float32)
-            padded[: len(part)] = part
-            result = self.vm["main"](tvm.runtime.tensor(padded, self.device))
-            outputs = [result] if hasattr(result, "numpy") else list(result)  # one tensor or a tuple
-            chunks.append([o.numpy()[: len(part)] for o in outputs])
+            chunks.append([o[: len(part)] for o in self._call(self._padded(part))])
         return [np.concatenate(parts) for parts in zip(*chunks)]
+
+    def _padded(self, part: np.ndarray) -> np.ndarray:
+        padded = np.zeros(tuple(self.input_shape), np.float32)
+        padded[: len(part)] = part
+        return padded
+
+    def _call(self, x: np.ndarray) -> list[np.ndarray]:
+        import tvm
+
+        result = self.vm["main"](tvm.runtime.tensor(x, self.device))
+        outputs = [result] if hasattr(result, "numpy") else list(result)  # one tensor or a tuple
+        return [o.numpy() for o in outputs]
+
+    def _check_outputs_follow_batch(self, outputs: list[np.ndarray], given: int, source: str) -> None:
+        batch = self.input_shape[0]
+        names = list(self.metadata.get("outputs") or [])
+        for index, output in enumerate(outputs):
+            if output.ndim == 0 or output.shape[0] != batch:
+                name = names[index] if index < len(names) else f"output {index}"
+                raise BnnError(
+                    f"{source}: {given} inputs, but the module takes exactly {batch} at a time: its output "
+                    f"{name!r} has shape {output.shape}, whose first axis is not the batch, so it cannot be "
+                    f"run in chunks; give {batch} inputs or compile with --batch {given}"
+                )

@@ -15,11 +15,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from .board import _alive, _kill_group, _read, _tail, parse_address, run_dir
+from .board import _kill_group, _read, _tail, forget_stale, parse_address, process_start, run_dir, still_ours
 from .errors import BnnError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9190  # TVM's usual tracker port
+TRACKER_MODULE = "tvm.exec.rpc_tracker"
 
 
 @dataclass
@@ -28,6 +29,7 @@ class TrackerState:
     host: str
     port: int
     log: str
+    pid_start: str | None = None  # board.process_start(pid) when started; None in older state files
 
     @property
     def address(self) -> str:
@@ -44,10 +46,10 @@ def running() -> list[TrackerState]:
         if entry.startswith("tracker-") and entry.endswith(".json"):
             path = os.path.join(run_dir(), entry)
             state = TrackerState(**json.loads(_read(path) or "{}"))
-            if _alive(state.pid):
+            if still_ours(state.pid, state.pid_start, TRACKER_MODULE):
                 states.append(state)
-            else:
-                os.remove(path)
+            else:  # it died, or its pid went to another process: forget it, signal nothing
+                forget_stale(path, f"tracker on port {state.port}", state.pid)
     return states
 
 
@@ -114,7 +116,7 @@ def start(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 6
         pass
     log = os.path.join(run_dir(), f"tracker-{port}.log")
     env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")  # the tracker needs no compiler
-    cmd = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(port),
+    cmd = [sys.executable, "-m", TRACKER_MODULE, "--host", host, "--port", str(port),
            "--port-end", str(port + 1)]
     with open(log, "w") as log_file:
         proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
@@ -131,7 +133,7 @@ def start(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 6
                 _kill_group(proc.pid)
                 raise BnnError(f"the RPC tracker did not answer on {host}:{port} within {timeout:.0f} s:\n{_tail(log)}")
             time.sleep(0.2)
-    state = TrackerState(proc.pid, host, port, log)
+    state = TrackerState(proc.pid, host, port, log, process_start(proc.pid))
     with open(_state_path(port), "w") as f:
         json.dump(asdict(state), f)
     return state

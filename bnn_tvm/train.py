@@ -150,12 +150,42 @@ def load_checkpoint(path: str) -> tuple[nn.Module, dict]:
             pickle.UnpicklingError) as err:
         raise BnnError(f"{path}: not a bnn_tvm checkpoint (written by `train`): {_load_failure(err)}; for a "
                        "model of your own, export it to ONNX (torch.onnx.export) and give the .onnx file") from err
+    check_checkpoint_fields(path, name, options)
     model = models.build(name, binary=True, **options)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, KeyError) as err:
-        raise BnnError(f"{path}: weights do not fit zoo model {name!r} ({err})") from err
+        details = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())  # torch's spans lines
+        raise BnnError(f"{path}: weights do not fit zoo model {name!r} ({details})") from err
     return model.eval(), checkpoint
+
+
+# the fields a checkpoint's options may hold, with the names each accepts (None: any positive int)
+CHECKPOINT_OPTIONS = {
+    "input_quantizer": models.ACTIVATION_QUANTIZERS,
+    "kernel_quantizer": models.KERNEL_QUANTIZERS,
+    "num_classes": None,
+}
+
+
+def check_checkpoint_fields(path: str, name, options) -> None:
+    """The model name and options a checkpoint carries are ones ``train`` writes: errors name the
+    checkpoint and the field (they are not the user's ``--quantizer`` options)."""
+    if not isinstance(name, str) or name not in models.ZOO:
+        raise BnnError(f"{path}: field 'model' is {name!r}, not a zoo model ({', '.join(sorted(models.ZOO))})")
+    if not isinstance(options, dict):
+        raise BnnError(f"{path}: field 'options' is a {type(options).__name__}, not a dict of build options")
+    for key, value in options.items():
+        if key not in CHECKPOINT_OPTIONS:
+            raise BnnError(f"{path}: field 'options' has an unknown key {key!r} (known: {', '.join(CHECKPOINT_OPTIONS)})")
+        allowed = CHECKPOINT_OPTIONS[key]
+        if value is None:  # the zoo's default
+            continue
+        if allowed is None:
+            if type(value) is not int or value < 1:
+                raise BnnError(f"{path}: field 'options.{key}' is {value!r}, not a positive integer")
+        elif not isinstance(value, str) or value.lower() not in allowed:
+            raise BnnError(f"{path}: field 'options.{key}' is {value!r}, not one of: {', '.join(allowed)}")
 
 
 def _load_failure(err: Exception) -> str:

@@ -519,7 +519,9 @@ def tune(
     import targets
 
     from .compiler import lower_onnx
-    from schedules.tuning import open_database
+    from schedules.tuning import open_database, workload
+
+    from . import tuning_db
 
     if trials < 0:
         raise BnnError(f"--trials {trials}: must be >= 0")
@@ -531,6 +533,7 @@ def tune(
     from .export import resolve_model
 
     path = resolve_model(model)
+    tuning_db.check_folder(db_dir, writable=True)
     setup_logging(db_dir)
     measurer = functools.lru_cache(maxsize=1)(lambda: make_measurer(spec, timeout, rpc, tracker, key))
     lowered = lower_onnx(path, batch, target=spec.name)
@@ -538,6 +541,7 @@ def tune(
     if not tasks:
         raise BnnError(f"{path}: no {' or '.join(kinds)} kernels to tune")
     lock = lock_database(db_dir)  # held until this process ends
+    tuning_db.repair(db_dir, [workload(t.func) for t in tasks])
     database = open_database(db_dir, writable=True)
     records = stored_records(database, tasks, spec)
     stored = sum(len(r) for r in records.values())

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from .compiler import add_graph_outputs, compile_onnx, lower_onnx
+from .errors import BnnError
 from .onnx_import import graph_input, load_for_compile, signs_as_binarizers
 from .runtime import CompiledRunner, check_runs_here
 
@@ -30,9 +31,12 @@ def reference_outputs(
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     step = batch or len(x)
-    chunks = [session.run(None, {input_name: x[i : i + step]}) for i in range(0, len(x), step)]
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        chunks = [session.run(None, {input_name: x[i : i + step]}) for i in range(0, len(x), step)]
+    except Exception as err:  # noqa: BLE001 (ORT's errors have no public common type)
+        raise BnnError(f"ONNX Runtime, the reference, cannot run the model: {str(err).strip().splitlines()[0]}") from err
     return [np.concatenate(parts) for parts in zip(*chunks)]
 
 
@@ -101,17 +105,23 @@ def verify(
     check_runs_here(targets.get(target), remote=rpc is not None or tracker is not None)
     model = load_for_compile(path)
     input_name, dims = graph_input(model, path)
+    lowered = lower_onnx(path, batch, target=target, sign_zero=sign_zero)  # first: it refuses a model too large to run
     if x is None:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((16, *[d or 1 for d in dims[1:]])).astype(np.float32)
-    binaries = lower_onnx(path, batch, target=target, sign_zero=sign_zero).binarizer_outputs()
+    binaries = lowered.binarizer_outputs()
+    if batch is None and dims and dims[0] is None and not lowered.outputs_follow_batch():
+        batch = len(x)  # an output like [B*N, C] cannot be run in chunks: compile the whole batch
     compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries, progress=progress, sign_zero=sign_zero)
     ours = compiled_outputs(compiled, target, x, rpc, tracker, key)
     add_graph_outputs(model, binaries)
     float_graph = model
     if sign_zero == "plus":
         model = signs_as_binarizers(model)
-    theirs = reference_outputs(model, x, input_name, dims[0] if dims else None)
+    try:
+        theirs = reference_outputs(model, x, input_name, dims[0] if dims else None)
+    except BnnError as err:
+        raise BnnError(f"{path}: {err}") from err
     n_final = len(theirs) - len(binaries)
     differences = None
     if sign_zero == "plus":

@@ -249,3 +249,83 @@ def test_server_killed_mid_run_fails_clearly_within_60s(lab, modules):
     assert "connection to the board was lost while" in message and lab["key"] in message
     board.stop(lab["key"]) if any(s.name == lab["key"] for s in board.running()) else None
     assert not group_alive(state.pid)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def test_board_survives_a_killed_session_and_keeps_serving():
+    """Issue 26 item 19: SIGKILL one RPC session (the board's forked child); the board stays up,
+    registered with its tracker, and serves the next client."""
+    import json
+
+    import tvm.rpc
+
+    board.ensure_root(progress=False)
+    tracker_state = tracker.start("127.0.0.1", free_port())
+    key = f"rasp3b-session{os.getpid()}"
+    try:
+        state = board.start("rasp3b", port=free_port(), tracker=tracker_state.address, key=key, progress=False,
+                            count_instructions=False)
+        client = tvm.rpc.connect_tracker("127.0.0.1", tracker_state.port)
+        session = client.request(key, session_timeout=120)
+        deadline = time.monotonic() + 60
+        while not children_of(state.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sessions = children_of(state.pid)
+        assert sessions, "no session process appeared"
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+        del session
+        deadline = time.monotonic() + 60
+        while key not in tracker.tracker_keys(("127.0.0.1", tracker_state.port)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert any(s.name == key for s in board.running()), "the board died with its session"
+        fresh = client.request(key, session_timeout=120)
+        assert json.loads(fresh.get_function("bnn.board.info")())["machine"] == "aarch64"
+    finally:
+        if any(s.name == key for s in board.running()):
+            board.stop(key)
+        tracker.stop(tracker_state.port)
+
+
+def test_board_started_by_root_runs_unprivileged(tmp_path, monkeypatch):
+    """Issue 26 item 1: a board started by root runs as an unprivileged account where that
+    account can reach the board's files (here: a copy of the root in a world-readable folder)."""
+    import json
+    import tempfile
+
+    import tvm.rpc
+
+    if os.geteuid() != 0:
+        pytest.skip("started by root only")
+    source = board.ensure_root(progress=False).path
+    cache = tempfile.mkdtemp(prefix="bnn-board-cache-", dir="/tmp")  # pytest's own folders are 0700
+    try:
+        os.chmod(cache, 0o755)
+        shutil.copytree(source, os.path.join(cache, os.path.basename(source)), symlinks=True)
+        monkeypatch.setenv("BNN_TVM_CACHE", cache)
+        key = f"rasp3b-user{os.getpid()}"
+        state = board.start("rasp3b", port=free_port(), key=key, progress=False, count_instructions=False)
+        try:
+            assert state.user == board.UNPRIVILEGED_USER and state.user_reason == ""
+            with open(f"/proc/{state.pid}/status") as f:
+                uid = next(line.split()[1] for line in f if line.startswith("Uid:"))
+            assert int(uid) != 0
+            session = tvm.rpc.connect("127.0.0.1", state.port, key=key, session_timeout=120)
+            assert json.loads(session.get_function("bnn.board.info")())["machine"] == "aarch64"
+        finally:
+            board.stop(key)
+        assert not os.path.exists(state.work)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)

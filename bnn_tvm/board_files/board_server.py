@@ -58,6 +58,24 @@ def board_info():
     )
 
 
+def survive_dead_sessions(server):
+    """Keep serving when a session process dies (killed, crashed): TVM's ``_serving`` raises
+    RuntimeError for a session that exited unsuccessfully, which would end the listening loop,
+    the whole board and its tracker registration with it. The next client is served instead."""
+    serving = server._serving
+
+    def serving_through_dead_sessions(sock, addr, opts, load_library):
+        cwd = os.getcwd()  # _serving moves into a per-session folder and returns only on success
+        try:
+            serving(sock, addr, opts, load_library)
+        except RuntimeError as err:
+            logging.warning("session from %s ended abnormally (%s); serving the next client", addr, err)
+            os.chdir(cwd)
+            sock.close()
+
+    server._serving = serving_through_dead_sessions
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -74,6 +92,7 @@ def main(argv=None):
     import tvm_ffi
     from tvm.rpc import server
 
+    survive_dead_sessions(server)
     tvm_ffi.register_global_func("bnn.board.count_instructions", count_instructions, override=True)
     tvm_ffi.register_global_func("bnn.board.info", board_info, override=True)
     tracker = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def add_parser(sub) -> None:
     from ..board import DEFAULT_PORT
@@ -16,7 +18,8 @@ def add_parser(sub) -> None:
     s.add_argument("--target", default="rasp3b", help="aarch64 target to emulate (default rasp3b)")
     s.add_argument("--tracker", metavar="HOST:PORT", help="register with this RPC tracker")
     s.add_argument("--key", help="tracker key (default: the target name); also names the board for stop")
-    s.add_argument("--host", default="127.0.0.1", help="address the RPC server listens on")
+    s.add_argument("--host", default="127.0.0.1", help="address the RPC server listens on (default 127.0.0.1: this "
+                   "machine only; RPC runs any code a client sends, so another address is warned about)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"first port to try (default {DEFAULT_PORT})")
     s.add_argument("--threads", type=int, default=1, help="TVM worker threads on the board (default 1)")
     s.add_argument("--no-count-instructions", dest="count_instructions", action="store_false",
@@ -31,11 +34,16 @@ def run(args) -> int:
         root = board.ensure_root()
         print(f"emulated board root ready at {root.path}")
     elif args.action == "start":
+        warning = board.exposure_warning(args.host, args.port, "emulated board's RPC server")
+        if warning:
+            print(warning, file=sys.stderr)
         state = board.start(args.target, args.host, args.port, args.tracker, args.key,
                             count_instructions=args.count_instructions, threads=args.threads)
         where = f", registered with tracker {state.tracker} as key {state.key!r}" if state.tracker else ""
         print(f"board {state.name} ({state.target}) serving TVM RPC on {state.address}{where} "
-              f"(pid {state.pid}, log {state.log})")
+              f"(pid {state.pid}, user {state.user}, log {state.log})")
+        if state.user_reason:
+            print(f"note: the board runs as {state.user}, so code its clients send does too: {state.user_reason}")
     elif args.action == "stop":
         stopped = board.stop(args.key)
         if not stopped:

@@ -28,11 +28,13 @@ def run(args) -> int:
     import targets
 
     from ..compiler import compile_onnx
+    from ..io import refuse_overwriting_input
 
     target = targets.get(args.target, arch=args.arch).name  # a .json file registers its target's name
     path = resolve_model(args.model)
-    compiled = compile_onnx(path, target, batch=args.batch, db=args.db, progress=True, sign_zero=args.sign_zero)
     output = args.output or os.path.splitext(os.path.basename(args.model or path))[0] + f"_{target}.so"
+    refuse_overwriting_input(output, [args.model, path], "-o")
+    compiled = compile_onnx(path, target, batch=args.batch, db=args.db, progress=True, sign_zero=args.sign_zero)
     compiled.export(output)
     for line in compiled.metadata["fused"]:
         print(f"fused: {line}")

@@ -15,6 +15,9 @@ def run(args) -> int:
     from ..export import export_onnx
     from ..train import load_checkpoint
 
+    from ..io import refuse_overwriting_input
+
+    refuse_overwriting_input(args.output, [args.checkpoint], "-o")
     model, checkpoint = load_checkpoint(args.checkpoint)
     export_onnx(model, models.input_shape(checkpoint["model"]), args.output)
     print(f"exported {args.output}")

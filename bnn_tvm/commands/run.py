@@ -6,6 +6,8 @@ import numpy as np
 
 from ..errors import BnnError
 
+OUTPUT_SUFFIXES = (".npy", ".npz")
+
 
 def add_parser(sub) -> None:
     s = sub.add_parser("run", help="run a compiled module on a .npy batch")
@@ -20,11 +22,11 @@ def run(args) -> int:
     from ..io import atomic_write
     from ..runtime import CompiledRunner
 
+    # numpy appends .npy to any other name, so the data would land beside the file asked for
+    if not args.output.endswith(OUTPUT_SUFFIXES):
+        raise BnnError(f"--output {args.output}: give a .npy (first output) or .npz (every output) file name")
     runner = CompiledRunner.load(args.module)
-    try:
-        x = np.load(args.input)
-    except (OSError, ValueError) as err:
-        raise BnnError(f"cannot read input {args.input}: {err}") from err
+    x = read_input(args.input)
     outputs = runner.run(x, source=args.input)
     names = list(runner.metadata.get("outputs") or [])[: len(outputs)]
     names += [f"output_{i}" for i in range(len(names), len(outputs))]
@@ -39,3 +41,16 @@ def run(args) -> int:
               "give --output FILE.npz to keep them all")
     return 0
 
+
+def read_input(path: str) -> np.ndarray:
+    """The array in a .npy file (an .npz archive or an empty or cut-short file is refused)."""
+    try:
+        x = np.load(path, allow_pickle=False)
+    except EOFError as err:
+        raise BnnError(f"cannot read input {path}: the file is empty or cut short") from err
+    except (OSError, ValueError) as err:
+        raise BnnError(f"cannot read input {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    if not isinstance(x, np.ndarray):
+        x.close()
+        raise BnnError(f"cannot read input {path}: it is an .npz archive; give one batch as a .npy file")
+    return x

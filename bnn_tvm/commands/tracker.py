@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def add_parser(sub) -> None:
     from ..tracker import DEFAULT_HOST, DEFAULT_PORT
 
     s = sub.add_parser("tracker", help="start/stop a local TVM RPC tracker that boards register with")
     s.add_argument("action", choices=["start", "stop", "status"])
-    s.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
-    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    s.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only; "
+                   "whoever reaches the tracker can request its boards, so another address is warned about)")
+    s.add_argument("--port", type=int, help=f"port (start: default {DEFAULT_PORT}; stop: default every tracker, "
+                   "as `board stop` stops every board)")
     s.set_defaults(func=run)
 
 
@@ -17,10 +21,17 @@ def run(args) -> int:
     from .. import tracker
 
     if args.action == "start":
-        state = tracker.start(args.host, args.port)
+        from ..board import exposure_warning
+
+        warning = exposure_warning(args.host, args.port or tracker.DEFAULT_PORT, "RPC tracker (it hands out its boards)")
+        if warning:
+            print(warning, file=sys.stderr)
+        state = tracker.start(args.host, args.port or tracker.DEFAULT_PORT)
         print(f"tracker listening on {state.address} (pid {state.pid}, log {state.log})")
     elif args.action == "stop":
         stopped = tracker.stop(args.port)
+        if not stopped:
+            print("no tracker started by bnn_tvm was running")
         for state in stopped:
             print(f"stopped tracker on {state.address} (pid {state.pid})")
     else:

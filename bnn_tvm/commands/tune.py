@@ -47,6 +47,8 @@ def run(args) -> int:
 
     if args.timeout <= 0:
         raise BnnError(f"--timeout {args.timeout:g}: must be positive")
+    if args.minutes is not None and not args.minutes > 0:
+        raise BnnError(f"--minutes {args.minutes:g}: must be positive")
     if args.population < 4:
         raise BnnError(f"--population {args.population}: must be at least 4")
     result = tune.tune(
