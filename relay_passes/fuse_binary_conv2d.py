@@ -27,7 +27,10 @@ def padding_correction(weight: np.ndarray, in_hw, strides, padding, dilation=(1,
     """int32 ``[OC, OH, OW]``: what the -1 bits at zero-padded taps took away, added back.
 
     A padded tap holds 0 in the float model; the kernel counts it as -1, contributing ``-w``.
-    The correction is the sum of ``w`` over the padded taps of each output position.
+    The correction is the sum of ``w`` over the padded taps of each output position. It depends
+    only on which kernel rows and columns fall outside the input (a handful of border classes),
+    so it is computed per class and then spread: memory and time of the output alone, not
+    ``OH * OW * KH * KW`` (a 4096x4096 input took gigabytes).
     """
     _, _, kh, kw = weight.shape
     (h, w), (sh, sw), (pt, pl, _, _), (dh, dw) = in_hw, strides, padding, dilation
@@ -36,9 +39,12 @@ def padding_correction(weight: np.ndarray, in_hw, strides, padding, dilation=(1,
     cols = np.arange(ow)[:, None] * sw - pl + dw * np.arange(kw)[None, :]  # [OW, KW]
     row_out = (rows < 0) | (rows >= h)
     col_out = (cols < 0) | (cols >= w)
-    padded = row_out[:, None, :, None] | col_out[None, :, None, :]  # [OH, OW, KH, KW]
+    row_keys, row_class = np.unique(row_out, axis=0, return_inverse=True)  # [NY, KH], [OH]
+    col_keys, col_class = np.unique(col_out, axis=0, return_inverse=True)  # [NX, KW], [OW]
+    padded = row_keys[:, None, :, None] | col_keys[None, :, None, :]  # [NY, NX, KH, KW]
     tap_sums = weight.sum(axis=1)  # [OC, KH, KW]
-    return np.einsum("okl,yxkl->oyx", tap_sums, padded.astype(weight.dtype)).astype(np.int32)
+    per_class = np.einsum("okl,yxkl->oyx", tap_sums, padded.astype(weight.dtype)).astype(np.int32)
+    return per_class[:, row_class.reshape(-1)][:, :, col_class.reshape(-1)]
 
 
 MIN_GROUP_CHANNELS = 16  # below this many input channels per group, one kernel per group costs more than a float conv

@@ -278,3 +278,27 @@ def test_first_difference_tells_float_rounding_from_a_compiler_error(tmp_path):
     mismatches[bits] += 1
     found = first_divergence(model, mismatches, ours, theirs, x, "x", None)
     assert (found.differing, found.near_ties) == (6, 5) and "compiler error" in found.line()
+
+
+@pytest.mark.parametrize("in_hw,strides,padding,dilation", [
+    ((7, 9), (1, 1), (1, 1, 1, 1), (1, 1)), ((11, 6), (2, 1), (2, 1, 2, 3), (1, 2)), ((4, 4), (1, 1), (3, 3, 3, 3), (1, 1)),
+])
+def test_padding_correction_per_border_class_equals_the_sum_over_padded_taps(in_hw, strides, padding, dilation):
+    """The correction, computed per border class, equals the plain sum of ``w`` over each output
+    position's padded taps (kernel 3x3 and 5x5, strides, dilation, asymmetric padding)."""
+    from relay_passes.fuse_binary_conv2d import output_hw, padding_correction
+
+    rng = np.random.default_rng(sum(in_hw))
+    kernel = 5 if dilation != (1, 1) else 3
+    weight = rng.choice([-1, 1], (4, 3, kernel, kernel)).astype(np.int64)
+    oh, ow = output_hw(in_hw, (kernel, kernel), strides, padding, dilation)
+    expected = np.zeros((4, oh, ow), np.int64)
+    for y in range(oh):
+        for x in range(ow):
+            for ky in range(kernel):
+                for kx in range(kernel):
+                    row = y * strides[0] - padding[0] + ky * dilation[0]
+                    col = x * strides[1] - padding[1] + kx * dilation[1]
+                    if not (0 <= row < in_hw[0] and 0 <= col < in_hw[1]):
+                        expected[:, y, x] += weight[:, :, ky, kx].sum(axis=1)
+    np.testing.assert_array_equal(padding_correction(weight, in_hw, strides, padding, dilation), expected)
