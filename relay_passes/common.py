@@ -163,6 +163,16 @@ def use_counts(func: relax.Function) -> dict:
     return counts
 
 
+def conv2d_like(call, data, padding=None):
+    """``call`` (a ``conv2d``) on other ``data`` (and with other ``padding``), its weight and
+    attributes otherwise unchanged."""
+    attrs = call.attrs
+    return relax.op.nn.conv2d(data, call.args[1], strides=attrs.strides,
+                              padding=attrs.padding if padding is None else padding, dilation=attrs.dilation,
+                              groups=attrs.groups, data_layout=str(attrs.data_layout),
+                              kernel_layout=str(attrs.kernel_layout), out_layout=str(attrs.out_layout))
+
+
 def op_name(call) -> str | None:
     return call.op.name if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) else None
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from tvm import relax
 
-from .common import RuleContext, op_name
+from .common import RuleContext, conv2d_like, op_name
 
 ZERO_PAD = "zero_pad_into_conv"  # inspect: a Pad (and Sign) that became the conv's own padding
 
@@ -55,7 +55,4 @@ def fold_zero_pad_into_conv(ctx: RuleContext, call):
     names = [v for v in (call.args[0], inner) if isinstance(v, relax.Var)]
     ctx.alias(tuple(v.name for v in names), sign)
     ctx.fused(ZERO_PAD, f"zero Pad {list(pad)} around the Sign folded into the conv's padding", *names)
-    attrs = call.attrs
-    return relax.op.nn.conv2d(sign, call.args[1], strides=attrs.strides, padding=padding, dilation=attrs.dilation,
-                              groups=attrs.groups, data_layout="NCHW", kernel_layout=str(attrs.kernel_layout),
-                              out_layout=str(attrs.out_layout))
+    return conv2d_like(call, sign, padding)

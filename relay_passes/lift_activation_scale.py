@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from tvm import relax
 
-from .common import RuleContext, op_name, shape_of
+from .common import RuleContext, conv2d_like, op_name, shape_of
 
 SIGN_LIKE = ("relax.sign", "relax.where")  # Sign, or a binarizer (its Where form)
 SCALE_AFTER = "activation_scale_after_conv"  # inspect: the scaling Mul, now after the conv
@@ -44,11 +44,7 @@ def lift_activation_scale(ctx: RuleContext, call):
     if found is None:
         return None
     binary, beta = found
-    attrs = call.attrs
-    conv = ctx.builder_.emit(relax.op.nn.conv2d(
-        binary, call.args[1], strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation,
-        groups=attrs.groups, data_layout="NCHW", kernel_layout=str(attrs.kernel_layout), out_layout=str(attrs.out_layout),
-    ), "unscaled_conv")
+    conv = ctx.builder_.emit(conv2d_like(call, binary), "unscaled_conv")
     ctx.alias((ctx.binding,), conv)
     ctx.fused(SCALE_AFTER, "XNOR-Net's per-sample activation scale moved after the conv (float, within rounding)",
               call.args[0])
