@@ -302,3 +302,18 @@ def test_padding_correction_per_border_class_equals_the_sum_over_padded_taps(in_
                     if not (0 <= row < in_hw[0] and 0 <= col < in_hw[1]):
                         expected[:, y, x] += weight[:, :, ky, kx].sum(axis=1)
     np.testing.assert_array_equal(padding_correction(weight, in_hw, strides, padding, dilation), expected)
+
+
+def test_padding_correction_needs_no_more_memory_than_its_output():
+    """Computed per border class, the correction of a large input costs about its own size; the
+    [OH, OW, KH, KW] mask it was computed from took gigabytes at 4096x4096."""
+    import tracemalloc
+
+    from relay_passes.fuse_binary_conv2d import padding_correction
+
+    weight = np.random.default_rng(0).choice([-1, 1], (4, 8, 3, 3)).astype(np.int64)
+    tracemalloc.start()
+    correction = padding_correction(weight, (1024, 1024), (1, 1), (1, 1, 1, 1))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 3 * correction.nbytes, (peak, correction.nbytes)

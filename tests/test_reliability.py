@@ -1,4 +1,4 @@
-"""Issue 26: data-loss paths and tracebacks on bad input, one test per defect."""
+"""Data-loss paths, tracebacks on bad input and the RPC guards: one test per defect found."""
 
 from __future__ import annotations
 
