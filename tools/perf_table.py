@@ -2,7 +2,7 @@
 """Markdown performance table for the README from ``python -m bnn_tvm bench --json`` files.
 
     python tools/perf_table.py layer.json resnet18_1t.json resnet18_2t.json > perf.md
-    python tools/perf_table.py *.json --readme README.md   # replace the block between
+    python tools/perf_table.py *.json --readme docs/performance.md   # replace the block between
                                                            # <!-- perf-table --> markers
 
 Each row is one benchmarked model or layer (a JSON with ``"layers"`` gives one row per layer):
