@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import BnnError
+from .qonnx_quant import add_binarizer_constants, binarizer_nodes, expand_quant
 
 CONSTANT_VALUE_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
 
@@ -123,17 +124,13 @@ def expand_qonnx(model: onnx.ModelProto, path: str = "the model") -> onnx.ModelP
     """Replace QONNX ``BipolarQuant(x, scale)`` (as Brevitas exports it) by its definition,
     ``Where(x >= 0, 1, -1) * scale``, and ``Quant`` by its (``qonnx_quant``), in standard ONNX: TVM
     and ONNX Runtime can then read it."""
-    from .qonnx_quant import expand_quant
-
     import numpy as np
     from onnx import helper
 
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     if not any(n.op_type in ("BipolarQuant", "Quant") and n.domain in QONNX_DOMAINS for n in model.graph.node):
         return model
-    one, zero, minus_one = "bnn_qonnx_one", "bnn_qonnx_zero", "bnn_qonnx_minus_one"
-    for name, value in ((one, 1.0), (zero, 0.0), (minus_one, -1.0)):
-        model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+    add_binarizer_constants(model)
     nodes = []
     for node in model.graph.node:
         if node.op_type == "Quant" and node.domain in QONNX_DOMAINS:
@@ -148,8 +145,7 @@ def expand_qonnx(model: onnx.ModelProto, path: str = "the model") -> onnx.ModelP
         out = node.output[0]
         unit = scale in constants and np.all(constants[scale] == 1)
         signed = out if unit else f"{out}_bipolar"
-        nodes.append(helper.make_node("GreaterOrEqual", [x, zero], [f"{out}_ge"], name=f"{node.name}_ge"))
-        nodes.append(helper.make_node("Where", [f"{out}_ge", one, minus_one], [signed], name=node.name if unit else f"{node.name}_sign"))
+        nodes.extend(binarizer_nodes(x, signed, node.name if unit else f"{node.name}_sign"))
         if not unit:
             nodes.append(helper.make_node("Mul", [signed, scale], [out], name=node.name))
     del model.graph.node[:]
@@ -172,11 +168,9 @@ def signs_as_binarizers(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose ``Sign`` nodes on activations are ``Where(x >= 0, 1, -1)``: the
     float graph under ``--sign-zero plus`` (a ``Sign`` of constants, a weight's, keeps ``Sign(0) = 0``,
     as the compiler folds it)."""
-    import numpy as np
-    from onnx import helper
-
     model = onnx.ModelProto.FromString(model.SerializeToString())
     constant = {i.name for i in model.graph.initializer} | {""}
+    add_binarizer_constants(model)
     nodes = []
     for node in model.graph.node:
         if all(name in constant for name in node.input):
@@ -184,12 +178,7 @@ def signs_as_binarizers(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type != "Sign" or node.input[0] in constant:
             nodes.append(node)
             continue
-        ge, one, minus_one = (f"{node.output[0]}_bnn_{s}" for s in ("ge", "one", "minus_one"))
-        zero = f"{node.output[0]}_bnn_zero"
-        for name, value in ((zero, 0.0), (one, 1.0), (minus_one, -1.0)):
-            model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
-        nodes.append(helper.make_node("GreaterOrEqual", [node.input[0], zero], [ge], name=f"{node.name}_ge"))
-        nodes.append(helper.make_node("Where", [ge, one, minus_one], [node.output[0]], name=node.name))
+        nodes.extend(binarizer_nodes(node.input[0], node.output[0], node.name))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return model

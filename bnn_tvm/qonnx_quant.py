@@ -24,6 +24,24 @@ from .errors import BnnError
 ROUNDING = {"ROUND": "Round", "CEIL": "Ceil", "FLOOR": "Floor"}
 
 
+BINARIZER_CONSTANTS = {"bnn_zero": 0.0, "bnn_one": 1.0, "bnn_minus_one": -1.0}
+
+
+def add_binarizer_constants(model: onnx.ModelProto) -> None:
+    """The scalar initializers ``binarizer_nodes`` reads, added once."""
+    present = {i.name for i in model.graph.initializer}
+    model.graph.initializer.extend(numpy_helper.from_array(np.array(value, np.float32), name)
+                                   for name, value in BINARIZER_CONSTANTS.items() if name not in present)
+
+
+def binarizer_nodes(x: str, out: str, name: str) -> list:
+    """``out = Where(x >= 0, 1, -1)``, this project's binarizer, as ONNX nodes (the Where named
+    ``name``; the constants come from ``add_binarizer_constants``)."""
+    zero, one, minus_one = BINARIZER_CONSTANTS
+    return [helper.make_node("GreaterOrEqual", [x, zero], [f"{out}_ge"], name=f"{name}_ge"),
+            helper.make_node("Where", [f"{out}_ge", one, minus_one], [out], name=name)]
+
+
 def integer_range(signed: bool, narrow: bool, bits: int) -> tuple[int, int]:
     if signed:
         return -(2 ** (bits - 1)) + int(narrow), 2 ** (bits - 1) - 1
@@ -52,11 +70,8 @@ def expand_quant(node: onnx.NodeProto, constants: dict, path: str):
     nodes = [helper.make_node("Div", [x, scale], [t("scaled")], name=f"{name}_div"),
              helper.make_node("Add", [t("scaled"), zeropt], [t("shifted")], name=f"{name}_add")]
     initializers = []
-    if int(bits) == 1 and signed:
-        initializers += [numpy_helper.from_array(np.array(v, np.float32), t(n)) for n, v in
-                         (("zero", 0.0), ("one", 1.0), ("minus_one", -1.0))]
-        nodes += [helper.make_node("GreaterOrEqual", [t("shifted"), t("zero")], [t("ge")], name=f"{name}_ge"),
-                  helper.make_node("Where", [t("ge"), t("one"), t("minus_one")], [t("rounded")], name=f"{name}_bipolar")]
+    if int(bits) == 1 and signed:  # the binarizer's constants: expand_qonnx adds them
+        nodes += binarizer_nodes(t("shifted"), t("rounded"), f"{name}_bipolar")
     else:
         low, high = integer_range(signed, narrow, int(bits))
         initializers += [numpy_helper.from_array(np.array(low, np.float32), t("low")),

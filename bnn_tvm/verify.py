@@ -118,26 +118,17 @@ def verify(
     float_graph = model
     if sign_zero == "plus":
         model = signs_as_binarizers(model)
+    chunk = dims[0] if dims else None  # a fixed-batch model runs in chunks of its batch
     try:
-        theirs = reference_outputs(model, x, input_name, dims[0] if dims else None)
+        theirs = reference_outputs(model, x, input_name, chunk)
     except BnnError as err:
         raise BnnError(f"{path}: {err}") from err
     n_final = len(theirs) - len(binaries)
+    abs_diff, rel_diff, mismatches = compare(ours, theirs, binaries)
     differences = None
     if sign_zero == "plus":
-        exact = reference_outputs(float_graph, x, input_name, dims[0] if dims else None)
-        values = sum(int(np.sum(a != b)) for a, b in zip(ours[n_final:], exact[n_final:]))
-        diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(ours[:n_final], exact[:n_final])
-                    if a.size), default=0.0)
-        differences = (values, diff)
-    abs_diff, rel_diff = 0.0, 0.0
-    for a, b in zip(ours[:n_final], theirs[:n_final]):
-        diff = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
-        abs_diff = max(abs_diff, diff)
-        rel_diff = max(rel_diff, diff / max(float(np.max(np.abs(b))), np.finfo(np.float32).tiny))
-    mismatches = {
-        name: int(np.sum(a != b)) for name, a, b in zip(binaries, ours[n_final:], theirs[n_final:]) if np.any(a != b)
-    }
+        plus_abs_diff, _, plus_mismatches = compare(ours, reference_outputs(float_graph, x, input_name, chunk), binaries)
+        differences = (sum(plus_mismatches.values()), plus_abs_diff)
     accuracy = {}
     if labels is not None:
         accuracy["bnn_tvm"] = float(np.mean(ours[0].argmax(1) == labels))
@@ -148,9 +139,24 @@ def verify(
     if mismatches:
         ours_of = dict(zip(binaries, ours[n_final:]))
         theirs_of = dict(zip(binaries, theirs[n_final:]))
-        divergence = first_divergence(model, mismatches, ours_of, theirs_of, x, input_name, dims[0] if dims else None)
+        divergence = first_divergence(model, mismatches, ours_of, theirs_of, x, input_name, chunk)
     return VerifyReport(names, abs_diff, rel_diff, len(binaries), mismatches, compiled.metadata["fused"], accuracy,
                         differences, divergence)
+
+
+def compare(ours: list, theirs: list, binaries: list[str]) -> tuple[float, float, dict]:
+    """``(max abs diff, max rel diff, {binarized tensor: differing values})``: the model's outputs
+    come first, the ``binaries`` last, on both sides."""
+    n_final = len(theirs) - len(binaries)
+    abs_diff, rel_diff = 0.0, 0.0
+    for a, b in zip(ours[:n_final], theirs[:n_final]):
+        diff = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
+        abs_diff = max(abs_diff, diff)
+        rel_diff = max(rel_diff, diff / max(float(np.max(np.abs(b))), np.finfo(np.float32).tiny))
+    mismatches = {
+        name: int(np.sum(a != b)) for name, a, b in zip(binaries, ours[n_final:], theirs[n_final:]) if np.any(a != b)
+    }
+    return abs_diff, rel_diff, mismatches
 
 
 NEAR_TIE = 1e-5  # relative to the range of a binarizer's input: within float rounding of its threshold

@@ -30,17 +30,12 @@ import functools
 import numpy as np
 from tvm import relax
 
-from .analysis.elementwise import COMPARE, Elementwise, Outcome, for_all_inputs
+from .analysis.elementwise import RELAX_NAMED, Elementwise, Outcome, for_all_inputs
 from .common import RuleContext, clip_bounds, dtype_of, op_name, shape_of
 
 STRAIGHT_THROUGH = "straight_through_sign"  # inspect: nodes of an estimator that became a Sign
 
-ELEMENTWISE_OPS = {
-    "relax.add": "add", "relax.subtract": "subtract", "relax.multiply": "multiply", "relax.divide": "divide",
-    "relax.maximum": "maximum", "relax.minimum": "minimum", "relax.negative": "negative", "relax.abs": "abs",
-    "relax.sign": "sign", "relax.clip": "clip", "relax.where": "where",
-    **{f"relax.{name}": name for name in COMPARE},
-}
+ELEMENTWISE_OPS = {f"relax.{op}": op for op in RELAX_NAMED}  # Relax op -> Elementwise op
 
 
 def estimator_parts(ctx: RuleContext, call):

@@ -26,8 +26,10 @@ from typing import Callable
 import numpy as np
 
 BINARY = {"add", "subtract", "multiply", "divide", "maximum", "minimum"}
-UNARY = {"negative", "abs", "sign", "cast_float"}
+UNARY = {"negative", "abs", "sign"}
 COMPARE = {"less", "less_equal", "greater", "greater_equal", "equal"}
+# the ops named as Relax names them (relax.<op>); "cast_float" (bool or float32 -> float32) is not
+RELAX_NAMED = BINARY | UNARY | COMPARE | {"clip", "where"}
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Node:
     """One op: ``op`` on the nodes ``args`` (indices of earlier nodes); ``value``: a constant's
     value or a clip's ``(lo, hi)``."""
 
-    op: str  # "input", "const", "clip", "where" or one of BINARY, UNARY, COMPARE
+    op: str  # "input", "const", "cast_float" or one of RELAX_NAMED
     args: tuple[int, ...] = ()
     value: object = None
 
@@ -254,7 +256,7 @@ def from_ordinal(ordinals: np.ndarray) -> np.ndarray:
 @dataclass
 class Outcome:
     """What ``for_all_inputs`` found: ``holds`` over every non-NaN float32 input, or a
-    ``counterexample``; ``nan_inputs``: the smallest ``|r|`` at which the checked function may
+    ``counterexample``; ``nan_from``: the smallest ``|r|`` at which the checked function may
     be NaN (None: nowhere), reported because the float graph itself then yields NaN."""
 
     holds: bool
