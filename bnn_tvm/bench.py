@@ -207,11 +207,11 @@ def model_workload(model: str, workdir: str, batch: int) -> Workload:
     path = resolve_model(model, cache=os.path.join(workdir, "models"))
     if os.path.isfile(model) and not is_checkpoint(model):
         from .compiler import input_shape as onnx_input_shape
-        from .onnx_import import load_onnx, standard_onnx
+        from .onnx_import import standard_onnx
         from .onnx_torch import module_from_onnx
 
-        path = standard_onnx(path, workdir)  # QONNX ops expanded: ONNX Runtime and PyTorch cannot run them
-        _, shape = onnx_input_shape(load_onnx(path), path, batch)
+        path, model = standard_onnx(path, workdir)  # QONNX ops expanded: ONNX Runtime and PyTorch cannot run them
+        _, shape = onnx_input_shape(model, path, batch)
         return Workload(os.path.basename(path), path, tuple(shape), lambda: module_from_onnx(path, shape[0]),
                         "the ONNX graph run node by node in PyTorch (bnn_tvm.onnx_torch)", torch_same_graph=True)
     if os.path.isfile(model):

@@ -153,15 +153,16 @@ def expand_qonnx(model: onnx.ModelProto, path: str = "the model") -> onnx.ModelP
     return model
 
 
-def standard_onnx(path: str, folder: str) -> str:
-    """``path``, or when it holds QONNX ops, a copy in ``folder`` with them expanded into standard
-    ONNX (what every engine but ours reads)."""
+def standard_onnx(path: str, folder: str) -> tuple[str, onnx.ModelProto]:
+    """``(path, model)`` of the model at ``path``, or when it holds QONNX ops, of a copy in
+    ``folder`` with them expanded into standard ONNX (what every engine but ours reads)."""
     model = load_onnx(path)
     if not any(n.domain in QONNX_DOMAINS for n in model.graph.node):
-        return path
+        return path, model
     expanded = os.path.join(folder, os.path.splitext(os.path.basename(path))[0] + ".expanded.onnx")
-    onnx.save(expand_qonnx(model, path), expanded)
-    return expanded
+    model = expand_qonnx(model, path)
+    onnx.save(model, expanded)
+    return expanded, model
 
 
 def signs_as_binarizers(model: onnx.ModelProto) -> onnx.ModelProto:
