@@ -51,7 +51,8 @@ RESNET18_LAYERS = (
     "conv3x3:256x14x14,out=512,stride=2",
     "conv3x3:512x7x7",
 )
-LAYER_SYNTAX = "convKxK:CxHxW[,out=OC][,stride=S][,pad=P][,batch=N]"
+LAYER_SYNTAX = "convKxK:CxHxW[,out=OC][,stride=S][,pad=P][,batch=N][,input=binary|ternary]"
+LAYER_INPUTS = ("binary", "ternary")  # Where(x >= 0, 1, -1), or Sign(x) with its zeros (torch.sign)
 PAUSE_S = 0.2  # idle seconds before each sample with several threads (``Settings.pause_s``)
 
 
@@ -61,7 +62,8 @@ PAUSE_S = 0.2  # idle seconds before each sample with several threads (``Setting
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One binary conv layer: binarized input, ±1 weights, zero padding."""
+    """One binary conv layer: binarized input (or ``input="ternary"``: ``Sign(x)``, which is 0
+    at 0), ±1 weights, zero padding."""
 
     kernel: int
     channels: int
@@ -71,23 +73,30 @@ class LayerSpec:
     stride: int = 1
     pad: int = 0
     batch: int = 1
+    input: str = "binary"
 
     @classmethod
     def parse(cls, text: str) -> "LayerSpec":
-        match = re.fullmatch(r"conv(\d+)x(\d+):(\d+)x(\d+)x(\d+)((?:,\w+=\d+)*)", text.strip())
+        match = re.fullmatch(r"conv(\d+)x(\d+):(\d+)x(\d+)x(\d+)((?:,\w+=\w+)*)", text.strip())
         if match is None or match.group(1) != match.group(2):
             raise BnnError(f"--layer {text!r}: expected {LAYER_SYNTAX} (e.g. conv3x3:64x56x56)")
         kernel, channels, height, width = (int(match.group(i)) for i in (1, 3, 4, 5))
         options = dict(item.split("=") for item in match.group(6).split(",") if item)
-        unknown = set(options) - {"out", "stride", "pad", "batch"}
+        unknown = set(options) - {"out", "stride", "pad", "batch", "input"}
         if unknown:
             raise BnnError(f"--layer {text!r}: unknown option(s) {', '.join(sorted(unknown))}; syntax {LAYER_SYNTAX}")
+        if options.get("input", "binary") not in LAYER_INPUTS:
+            raise BnnError(f"--layer {text!r}: input={options['input']}: expected one of {', '.join(LAYER_INPUTS)}")
+        numbers = {key: value for key, value in options.items() if key != "input"}
+        if not all(value.isdigit() for value in numbers.values()):
+            raise BnnError(f"--layer {text!r}: sizes must be positive integers; syntax {LAYER_SYNTAX}")
         spec = cls(
             kernel, channels, height, width,
             out_channels=int(options.get("out", channels)),
             stride=int(options.get("stride", 1)),
             pad=int(options.get("pad", kernel // 2)),
             batch=int(options.get("batch", 1)),
+            input=options.get("input", "binary"),
         )
         if min(kernel, channels, height, width, spec.out_channels, spec.stride, spec.batch) < 1 or spec.pad < 0:
             raise BnnError(f"--layer {text!r}: sizes must be positive")
@@ -99,7 +108,7 @@ class LayerSpec:
     def name(self) -> str:
         text = f"conv{self.kernel}x{self.kernel}:{self.channels}x{self.height}x{self.width}"
         extras = [("out", self.out_channels, self.channels), ("stride", self.stride, 1),
-                  ("pad", self.pad, self.kernel // 2), ("batch", self.batch, 1)]
+                  ("pad", self.pad, self.kernel // 2), ("batch", self.batch, 1), ("input", self.input, "binary")]
         return text + "".join(f",{key}={value}" for key, value, default in extras if value != default)
 
     @property
@@ -121,14 +130,18 @@ class LayerSpec:
         return np.where(np.random.default_rng(seed).standard_normal(shape) >= 0, 1.0, -1.0).astype(np.float32)
 
     def onnx_model(self, binary_input: bool = True, seed: int = 0):
-        """The layer as ONNX: ``Where(x >= 0, 1, -1)`` (unless ``binary_input`` is False) + ``Conv``."""
+        """The layer as ONNX: ``Where(x >= 0, 1, -1)`` (``Sign(x)`` for a ternary input; nothing
+        unless ``binary_input``) + ``Conv``."""
         import onnx
         from onnx import TensorProto, helper, numpy_helper
 
         inits = [numpy_helper.from_array(self.weights(seed), "w")]
         nodes = []
         conv_input = "x"
-        if binary_input:
+        if binary_input and self.input == "ternary":
+            nodes.append(helper.make_node("Sign", ["x"], ["x_sign"], name="sign"))
+            conv_input = "x_sign"
+        elif binary_input:
             inits += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("zero", 0), ("one", 1), ("minus_one", -1))]
             nodes += [
                 helper.make_node("GreaterOrEqual", ["x", "zero"], ["is_positive"], name="binarize_compare"),

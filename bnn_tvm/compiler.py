@@ -90,7 +90,7 @@ class LoweredModel:
         binarizer's; a binding a pass emitted for a node's op (``PassLog.aliases``), that node's."""
         aliases = {
             r.nodes[-1]: r.nodes[:-1] for log in self.logs for r in log.rewrites
-            if r.kernel in ("pack_sign", "pack_sign_pair", "pack_levels")
+            if r.kernel in PACKED_TENSOR
         }
         for log in self.logs:
             aliases.update(log.aliases)
@@ -125,7 +125,7 @@ class LoweredModel:
 
     def binarizer_outputs(self) -> list[str]:
         """ONNX tensors the passes turned into packed bits (binary and k-bit activations, and the
-        ternary ``Sign`` a conv or dense reads as two bipolar halves)."""
+        ternary ``Sign`` a conv or dense reads as sign and nonzero planes, or as two bipolar halves)."""
         nodes = {n.name: n for n in self.onnx_model.graph.node}
         found = []
         for log in self.logs:
@@ -140,9 +140,9 @@ class LoweredModel:
         return found
 
 
-# pack kernel -> position, among the names its rewrite logs, of the tensor it packs (a pair's first
-# name is the conv or dense that reads the pair)
-PACKED_TENSOR = {"pack_sign": 0, "pack_levels": 0, "pack_sign_pair": 1}
+# pack kernel -> position, among the names its rewrite logs, of the tensor it packs (a pair's or
+# ternary planes' first name is the conv or dense that reads them)
+PACKED_TENSOR = {"pack_sign": 0, "pack_levels": 0, "pack_sign_pair": 1, "pack_ternary": 1}
 
 
 def read_pinned(path: str, batch: int | None = None) -> tuple[onnx.ModelProto, str, list[int]]:

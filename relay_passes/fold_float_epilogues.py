@@ -34,7 +34,7 @@ from .fold_thresholds import (
     viewed_as,
 )
 
-EPILOGUE_KERNELS = {"binary_conv2d": "binary_conv2d_epilogue", "binary_dense": "binary_dense_epilogue"}
+EPILOGUE_KERNELS = {name: f"{name}_epilogue" for name in ("binary_conv2d", "binary_dense", "ternary_conv2d", "ternary_dense")}
 
 
 def epilogue_rule(ends: set[str]):

@@ -34,7 +34,9 @@ from .fold_thresholds import SCALE_INPUT, integer_dot, kernel_params, single_ste
 
 # epilogue kernel -> (the integer compute it finishes, what a note calls it)
 SOURCES = {"binary_conv2d_epilogue": ("binary_conv2d", "binary conv"),
-           "binary_dense_epilogue": ("binary_dense", "binary dense")}
+           "binary_dense_epilogue": ("binary_dense", "binary dense"),
+           "ternary_conv2d_epilogue": ("ternary_conv2d", "ternary conv"),
+           "ternary_dense_epilogue": ("ternary_dense", "ternary dense")}
 
 
 def residual_rule(uses: dict):

@@ -31,8 +31,11 @@ FOLDABLE = {
     "binary_conv2d": "binary_conv2d_threshold",
     "binary_dense": "binary_dense_threshold",
     "multibit_conv2d": "multibit_conv2d_threshold",
+    "ternary_conv2d": "ternary_conv2d_threshold",
+    "ternary_dense": "ternary_dense_threshold",
 }
-SCALE_INPUT = {"binary_conv2d": 3, "binary_dense": 2, "multibit_conv2d": 3}  # input holding alpha
+SCALE_INPUT = {"binary_conv2d": 3, "binary_dense": 2, "multibit_conv2d": 3,  # input holding alpha
+               "ternary_conv2d": 2, "ternary_dense": 2}
 
 
 def per_channel(values: np.ndarray, out_shape) -> np.ndarray | None:
@@ -270,7 +273,7 @@ def result_parity(ctx: RuleContext, source, name: str, attrs: dict, taps: int, l
     with an even number of input channels every count is even. Odd ``d`` are then unreachable,
     and a threshold near one of them need not be refused (a BN folded into the weights by
     PyTorch's exporter puts thresholds anywhere)."""
-    if levels != 1:
+    if levels != 1 or name.startswith("ternary_"):  # a ternary input's zeros drop out: any count
         return None
     if name == "binary_dense":
         return taps % 2
@@ -458,10 +461,14 @@ def integer_dot(name: str, attrs: dict):
     taps = int(attrs["bnn.taps"])
     if name == "binary_dense":
         return lambda d, w: bitserial.binary_dense_dot(d, w, taps)
+    if name == "ternary_dense":
+        return bitserial.ternary_dense_dot
     strides = tuple(int(s) for s in attrs["bnn.strides"])
     padding = tuple(int(p) for p in attrs["bnn.padding"])
     if name == "multibit_conv2d":
         return lambda d, w, k: bitserial.multibit_conv2d_dot(d, w, k, strides, padding)
-    pad_ones = bool(int(attrs["bnn.pad_ones"]))
     dilation = bitserial.kernel_dilation(attrs)
+    if name == "ternary_conv2d":
+        return lambda d, w: bitserial.ternary_conv2d_dot(d, w, strides, padding, dilation)
+    pad_ones = bool(int(attrs["bnn.pad_ones"]))
     return lambda d, w, k: bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones, dilation)

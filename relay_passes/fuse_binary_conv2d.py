@@ -122,9 +122,13 @@ def weight_scale_error(scale: np.ndarray | None, taps: int) -> np.ndarray:
     return sum_rounding_error(taps, scale, roundings=1)
 
 
+UNPACKED_INPUTS = ("unpack_sign", "unpack_levels", "unpack_ternary")  # bits a conv or dense can read packed
+
+
 def binarized_conv_input(ctx: RuleContext, data):
     """``(packed, explicit pad or None)`` when ``data`` is binarized bits, possibly ±1-padded,
-    or k-bit planes (``unpack_levels``; no explicit pad)."""
+    k-bit planes (``unpack_levels``) or ternary planes (``unpack_ternary``; these two with no
+    explicit pad)."""
     data = through_unit_axes_reshapes(ctx, data)
     node = ctx.producer(data)
     explicit = None
@@ -136,9 +140,9 @@ def binarized_conv_input(ctx: RuleContext, data):
         explicit = (value, (width[4], width[6], width[5], width[7]))  # top, left, bottom, right
         data = node.args[0]
     kernel = ctx.bnn_kernel(data)
-    if kernel is None or kernel[0] not in ("unpack_sign", "unpack_levels"):
+    if kernel is None or kernel[0] not in UNPACKED_INPUTS:
         return None
-    if kernel[0] == "unpack_levels" and explicit is not None:
+    if kernel[0] != "unpack_sign" and explicit is not None:
         return None
     return ctx.kernel_inputs(data)[0], explicit
 
@@ -182,6 +186,29 @@ def fuse_multibit_conv2d(ctx: RuleContext, call, planes, weight, scale, strides,
     )
 
 
+def fuse_ternary_conv2d(ctx: RuleContext, planes, weight, scale, strides, padding, dilation, extra):
+    """The conv of a ternary activation (sign and nonzero planes) with binary weights."""
+    oc, c, kh, kw = weight.shape
+    detail = f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding}"
+    ctx.fused("ternary_conv2d", detail + (f" dilation {dilation}" if dilation != (1, 1) else "")
+              + " on a ternary activation (sign and nonzero planes)")
+    inputs = [planes, relax.const(pack_bits(weight.transpose(0, 2, 3, 1)))]
+    if scale is not None:
+        inputs.append(relax.const(scale))
+    return ctx.emit_kernel(
+        lambda d, w, *alpha: bitserial.dot_to_float_nchw(
+            bitserial.ternary_conv2d_dot(d, w, strides, padding, dilation), *alpha
+        ),
+        *inputs,
+        op="ternary_conv2d",
+        taps=c * kh * kw,
+        strides=list(strides),
+        padding=list(padding),
+        **({"dilation": list(dilation)} if dilation != (1, 1) else {}),
+        **extra,
+    )
+
+
 def fuse_binary_conv2d(ctx: RuleContext, call):
     if op_name(call) != "relax.nn.conv2d":
         return None
@@ -190,6 +217,7 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
     if source is None:
         return None
     packed, explicit = source
+    ternary = (ctx.bnn_kernel(packed) or ("",))[0] == "pack_ternary"
     groups = int(call.attrs.groups)
     reason = plain_conv_reason(call.attrs, shape_of(data)[1])
     weight = ctx.constant(weight_expr)
@@ -203,14 +231,16 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
     dilation = tuple(int(d) for d in call.attrs.dilation)
     if reason is None and explicit is not None and any(padding):
         reason = "an explicit Pad followed by a padded conv"
-    if reason is None and dilation != (1, 1) and len(shape_of(packed)) == 5:
+    if reason is None and dilation != (1, 1) and len(shape_of(packed)) == 5 and not ternary:
         reason = "a dilated conv on k-bit activations"
     if reason is None and groups != 1 and len(shape_of(packed)) == 5:
-        reason = "a grouped conv on k-bit activations"
+        reason = "a grouped conv on k-bit or ternary activations"
     if reason is not None:
         ctx.keep_float(reason)
         return None
     weight, scale, extra = binary.signs.astype(np.int64), binary.scale, binary.kernel_attrs()
+    if ternary:
+        return fuse_ternary_conv2d(ctx, packed, weight, scale, strides, padding, dilation, extra)
     if len(shape_of(packed)) == 5:  # k-bit planes
         return fuse_multibit_conv2d(ctx, call, packed, weight, scale, strides, padding, extra)
     oc, c, kh, kw = weight.shape

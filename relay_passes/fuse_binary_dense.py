@@ -46,7 +46,7 @@ def packed_features(ctx: RuleContext, data):
         flat = ctx.builder_.emit(relax.op.reshape(packed, (n, int(np.prod(shape_of(packed)[1:])))))
         return flat, shape_of(source)[1:]
     kernel = ctx.bnn_kernel(data)
-    if kernel is None or kernel[0] != "unpack_sign":
+    if kernel is None or kernel[0] not in ("unpack_sign", "unpack_ternary"):
         return None
     return ctx.kernel_inputs(data)[0], shape_of(data)[1:]
 
@@ -73,8 +73,15 @@ def fuse_binary_dense(ctx: RuleContext, call):
         rows = rows.transpose(0, 2, 3, 1)  # [O, H, W, C]: the packed layout
     packed_weight = pack_bits(rows).reshape(weight.shape[1], -1)
     taps = weight.shape[0]
-    ctx.fused("binary_dense", f"dense {taps}->{weight.shape[1]}", data)
     inputs = [packed, relax.const(packed_weight)] + ([relax.const(scale)] if scale is not None else [])
+    if len(shape_of(packed)) == 3:  # a ternary activation's sign and nonzero planes [2, N, KW]
+        ctx.fused("ternary_dense", f"dense {taps}->{weight.shape[1]} on a ternary activation (sign and nonzero planes)",
+                  data)
+        return ctx.emit_kernel(
+            lambda d, w, *alpha: bitserial.dot_to_float_nchw(bitserial.ternary_dense_dot(d, w), *alpha),
+            *inputs, op="ternary_dense", taps=taps, **binary.kernel_attrs(),
+        )
+    ctx.fused("binary_dense", f"dense {taps}->{weight.shape[1]}", data)
     return ctx.emit_kernel(
         lambda d, w, *alpha: bitserial.dot_to_float_nchw(bitserial.binary_dense_dot(d, w, taps), *alpha),
         *inputs,

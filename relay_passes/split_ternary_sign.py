@@ -1,16 +1,18 @@
-"""Run a conv or dense on ``Sign(x)`` of a float tensor as a bipolar one over twice the channels.
+"""Run a conv or dense on ``Sign(x)`` of a float tensor as a ternary one: sign and nonzero planes.
 
 ``Sign(0) = 0`` is a third value no single bit holds, so ``lower_sign`` keeps a ``Sign`` float
-unless it provably never sees 0. But ``Sign(x) = (b(x) - b(-x)) / 2`` exactly, with the bipolar
-binarizer ``b(v) = +1 if v >= 0 else -1`` (x > 0: (1 + 1) / 2; x = 0: (1 - 1) / 2; x < 0:
-(-1 - 1) / 2). So
+unless it provably never sees 0. Here such a ``Sign`` becomes two bit planes (``pack_ternary``:
+bit set where ``x > 0``, and where ``x != 0``), and the conv or dense reading it a ternary kernel
+(``ternary_conv2d_dot``): ``dot = nonzeros - 2 * popcount((s XOR w) AND m)``, one AND per word
+more than a binary kernel. Zero padding stays exact (a 0 in both planes).
+
+A grouped conv keeps the older form: ``Sign(x) = (b(x) - b(-x)) / 2`` exactly, with the bipolar
+binarizer ``b(v) = +1 if v >= 0 else -1``, so
 
     conv(Sign(x), W) = conv([b(x), b(-x)], [W, -W]) / 2
 
-with the halves side by side along the input channels (per group for a grouped conv): one XNOR-
-popcount conv over 2C channels, at twice the binary cost, instead of a float conv. Zero padding
-stays exact: a padded tap is 0 in every channel of both halves. The halving is exact in float32.
-A dense on ``Flatten(Sign(x))`` is split the same way along its features.
+with the halves side by side along each group's input channels: one XNOR-popcount conv over 2C
+channels, at twice the binary cost. The halving is exact in float32.
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ def paired_bits(ctx: RuleContext, sign_var, x, groups: int):
     return ctx.builder_.emit(
         ctx.emit_kernel(lambda p: bitserial.unpack_sign(p, channels), packed, op="unpack_sign", channels=channels),
         "unpacked_pair",
+    )
+
+
+def ternary_bits(ctx: RuleContext, sign_var, x):
+    """``Sign(x)`` as ``unpack_ternary(pack_ternary(x))``: the planes a conv or dense reads packed."""
+    planes = ctx.builder_.emit(ctx.emit_kernel(bitserial.pack_ternary, x, op="pack_ternary"),
+                               ctx.logged_name("ternary_planes"))
+    ctx.fused("pack_ternary", f"Sign on {shape_of(x)} as sign and nonzero planes (its zeros exact)", sign_var, planes)
+    channels = shape_of(x)[1]
+    return ctx.builder_.emit(
+        ctx.emit_kernel(lambda p: bitserial.unpack_ternary(p, channels), planes, op="unpack_ternary",
+                        channels=channels),
+        "unpacked_ternary",
     )
 
 
@@ -113,8 +128,15 @@ def split_conv(ctx: RuleContext, call, wait: bool):
     if operands is None or (wait and waits_for_a_fusion(ctx, operands[0])):
         return None
     x, weight = operands
-    paired = np.concatenate([weight, -weight], axis=1)  # per group: [W_g, -W_g] over [x_g, -x_g]
     attrs = call.attrs
+    if int(attrs.groups) == 1:
+        conv = ctx.builder_.emit(relax.op.nn.conv2d(
+            ternary_bits(ctx, call.args[0], x), call.args[1], strides=attrs.strides, padding=attrs.padding,
+            dilation=attrs.dilation,
+        ), ctx.logged_name("ternary_conv"))
+        ctx.alias((ctx.binding,), conv)  # fused in the next pass: credited to this conv's node
+        return conv
+    paired = np.concatenate([weight, -weight], axis=1)  # per group: [W_g, -W_g] over [x_g, -x_g]
     conv = ctx.builder_.emit(relax.op.nn.conv2d(
         paired_bits(ctx, call.args[0], x, int(attrs.groups)), relax.const(paired.astype(np.float32)),
         strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation, groups=attrs.groups,
@@ -132,16 +154,13 @@ def split_dense(ctx: RuleContext, call, wait: bool):
     operands = dense_operands(ctx, call)
     if operands is None or (wait and waits_for_a_fusion(ctx, operands[1])):
         return None
-    source, x, weight = operands
-    bits = paired_bits(ctx, source, x, 1)
-    features = int(np.prod(shape_of(bits)[1:]))
-    flat = bits if len(shape_of(bits)) == 2 else ctx.builder_.emit(
-        relax.op.reshape(bits, (shape_of(bits)[0], features)), "flat_pair")
-    # flattened [N, 2C, H, W] is all of x's features, then all of -x's: the weight rows follow
-    paired = np.concatenate([weight, -weight], axis=0).astype(np.float32)
-    product = ctx.builder_.emit(relax.op.matmul(flat, relax.const(paired)), ctx.logged_name("paired_dense"))
+    source, x, _ = operands
+    # a flatten of Sign(x) is Sign of x's flatten: the planes are packed along the features
+    flat = x if len(shape_of(x)) == 2 else ctx.builder_.emit(relax.op.reshape(x, shape_of(data)), "flat")
+    product = ctx.builder_.emit(relax.op.matmul(ternary_bits(ctx, source, flat), call.args[1]),
+                                ctx.logged_name("ternary_dense"))
     ctx.alias((ctx.binding,), product)
-    return relax.op.multiply(product, relax.const(np.float32(0.5)))
+    return product
 
 
 def split_ternary_sign(wait: bool):

@@ -78,9 +78,9 @@ def pairwise_accumulate(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """Tensorize the vectorized lane loop of the popcount accumulation of a kernel scheduled by
     ``schedules.cpu`` into ``vcnt.8`` + ``vpaddl.u8`` + ``vpadal.u16`` (64- or 128-bit vectors).
     Kernels without such a loop (float convs, scalar lanes, the generic fallback) and k-bit
-    convs (several shifted popcounts per step: LLVM's own lowering, the same sums) are returned
-    unchanged."""
-    if cpu.is_multibit(func):
+    convs (several shifted popcounts per step: LLVM's own lowering, the same sums) and ternary
+    kernels (a masked popcount) are returned unchanged."""
+    if cpu.is_planar(func):
         return func
     sch = s_tir.Schedule(func)
     for name in POPCOUNT_UPDATES:

@@ -101,6 +101,54 @@ def unpack_sign(packed: te.Tensor, channels: int, dtype: str = "float32") -> te.
     )
 
 
+def pack_ternary(x: te.Tensor) -> te.Tensor:
+    """``Sign(x)`` in {-1, 0, +1} as two bit planes packed along channels, channels last:
+    ``[2, N, H, W, CW]`` (or ``[2, N, CW]`` for ``[N, C]``). Plane 0 (signs): bit set where
+    ``x > 0``; plane 1 (nonzeros): bit set where ``x != 0``. A zero (and a channel padding bit)
+    is 0 in both planes, so it drops out of every product (``ternary_conv2d_dot``)."""
+    channels = int(x.shape[1])
+    words = num_words(channels)
+    b = te.reduce_axis((0, WORD_BITS), name="bit")
+
+    def bit(plane, c, read):
+        value = read(tirx.min(c, channels - 1))
+        zero = tirx.const(0, x.dtype)
+        # plane 0: x > 0; plane 1: x != 0, i.e. also x < 0 (as And/Or: a select on the plane
+        # would not vectorise)
+        return _bit(tirx.all(c < channels, tirx.any(value > zero, tirx.all(plane == 1, value < zero))), b)
+
+    if len(x.shape) == 4:
+        n, _, h, w = x.shape
+        return te.compute(
+            (2, n, h, w, words),
+            lambda p, i, y, z, cw: te.sum(bit(p, cw * WORD_BITS + b, lambda k: x[i, k, y, z]), axis=b),
+            name="pack_sign",  # the CPU schedule of pack_sign, with one more (plane) loop
+        )
+    n = x.shape[0]
+    return te.compute(
+        (2, n, words), lambda p, i, cw: te.sum(bit(p, cw * WORD_BITS + b, lambda k: x[i, k]), axis=b),
+        name="pack_sign",
+    )
+
+
+def unpack_ternary(planes: te.Tensor, channels: int, dtype: str = "float32") -> te.Tensor:
+    """Inverse of :func:`pack_ternary`: the two planes back to ``Sign(x)`` in NCHW (or ``[N, C]``)."""
+
+    def value(index, c):
+        shift = (c % WORD_BITS).astype(WORD_DTYPE)
+        one = tirx.const(1, WORD_DTYPE)
+        positive = (planes[(0, *index, c // WORD_BITS)] >> shift) & one
+        nonzero = (planes[(1, *index, c // WORD_BITS)] >> shift) & one
+        return tirx.Select(nonzero == 0, tirx.const(0, dtype),
+                           tirx.Select(positive == 1, tirx.const(1, dtype), tirx.const(-1, dtype)))
+
+    if len(planes.shape) == 5:
+        _, n, h, w, _ = planes.shape
+        return te.compute((n, channels, h, w), lambda i, c, y, z: value((i, y, z), c), name="unpack_ternary")
+    n = planes.shape[1]
+    return te.compute((n, channels), lambda i, c: value((i,), c), name="unpack_ternary")
+
+
 def _pad_word(channels: int, words: int):
     """The packed word of a +1 pad value: all real channel bits set, channel padding bits 0."""
     full = (1 << WORD_BITS) - 1
@@ -193,6 +241,73 @@ def binary_dense_dot(data: te.Tensor, weight: te.Tensor, taps: int) -> te.Tensor
         name="mismatches",
     )
     return te.compute((n, out), lambda i, o: taps - 2 * mismatches[i, o], name="binary_dense_dot")
+
+
+def ternary_conv2d_dot(
+    planes: te.Tensor,
+    weight: te.Tensor,
+    strides: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int] = (1, 1),
+) -> te.Tensor:
+    """Exact conv of a ternary activation (``pack_ternary``'s planes ``[2, N, H, W, CW]``) with
+    ±1 weights (packed ``[OC, KH, KW, CW]``): int32 ``[N, OH, OW, OC]``.
+
+    Over the taps where the activation is not 0 (nonzero bit m), ``a * w`` is +1 when the sign
+    bit s equals the weight bit and -1 otherwise, so ``dot = nonzeros - 2 * popcount((s XOR w)
+    AND m)``: one AND per word more than a binary conv. ``nonzeros`` (the window's count of m
+    bits) does not depend on the output channel and is counted once per position. Zero padding
+    is a 0 in both planes, the float model's 0 exactly: no correction.
+    """
+    _, n, h, w, cw = (int(v) for v in planes.shape)
+    oc, kh, kw, _ = (int(v) for v in weight.shape)
+    sh, sw = strides
+    dh, dw = dilation
+    pt, pl, pb, pr = padding
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    padded = padded_words(planes, padding)
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    rc = te.reduce_axis((0, cw), name="rc")
+
+    def nonzero_count(i, y, x):
+        # read unpadded with a bounds check: the padded copy then has one reader (the tile)
+        yy, xx = y * sh + ry * dh - pt, x * sw + rx * dw - pl
+        inside = tirx.all(yy >= 0, yy < h, xx >= 0, xx < w)
+        word = planes[1, i, tirx.max(tirx.min(yy, h - 1), 0), tirx.max(tirx.min(xx, w - 1), 0), rc]
+        return te.sum(tirx.if_then_else(inside, tirx.popcount(word).astype("int32"), 0), axis=[ry, rx, rc])
+
+    nonzeros = te.compute((n, oh, ow), nonzero_count, name="nonzeros")
+    rz = [te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx"), te.reduce_axis((0, cw), name="rc")]
+
+    def masked_mismatches(i, y, x, o):
+        yy, xx, c = y * sh + rz[0] * dh, x * sw + rz[1] * dw, rz[2]
+        mismatch = (padded[0, i, yy, xx, c] ^ weight[o, rz[0], rz[1], c]) & padded[1, i, yy, xx, c]
+        return te.sum(tirx.popcount(mismatch).astype("int32"), axis=rz)
+
+    mismatches = te.compute((n, oh, ow, oc), masked_mismatches, name="mismatches")
+    return te.compute(
+        (n, oh, ow, oc), lambda i, y, x, o: nonzeros[i, y, x] - 2 * mismatches[i, y, x, o], name="ternary_conv2d_dot"
+    )
+
+
+def ternary_dense_dot(planes: te.Tensor, weight: te.Tensor) -> te.Tensor:
+    """Exact dense of a ternary activation (planes ``[2, N, KW]``) with ±1 weights (packed
+    ``[O, KW]``): int32 ``[N, O]``, ``nonzeros - 2 * popcount((s XOR w) AND m)`` as for a conv."""
+    _, n, kw = (int(v) for v in planes.shape)
+    out = int(weight.shape[0])
+    rn = te.reduce_axis((0, kw), name="rk")
+    nonzeros = te.compute((n,), lambda i: te.sum(tirx.popcount(planes[1, i, rn]).astype("int32"), axis=rn),
+                          name="nonzeros")
+    rk = te.reduce_axis((0, kw), name="rk")
+    mismatches = te.compute(
+        (n, out),
+        lambda i, o: te.sum(
+            tirx.popcount((planes[0, i, rk] ^ weight[o, rk]) & planes[1, i, rk]).astype("int32"), axis=rk),
+        name="mismatches",
+    )
+    return te.compute((n, out), lambda i, o: nonzeros[i] - 2 * mismatches[i, o], name="ternary_dense_dot")
 
 
 RESIDUAL = "residual"

@@ -520,10 +520,13 @@ def chunk_loop(sch: s_tir.Schedule, reduce: list):
 
 
 def is_single_popcount(sch: s_tir.Schedule, block) -> bool:
-    """Whether ``block`` adds one ``popcount(a ^ w)`` per step (not a k-bit conv's weighted planes)."""
+    """Whether ``block`` adds one ``popcount(a ^ w)`` per step (not a k-bit conv's weighted
+    planes, nor a ternary kernel's masked ``popcount((a ^ w) & m)``)."""
     value = sch.get(block).body.value
     term = getattr(value, "b", None)
-    return isinstance(term, tirx.Cast) and isinstance(term.value, tvm.ir.Call) and term.value.op.name == "tirx.popcount"
+    if not (isinstance(term, tirx.Cast) and isinstance(term.value, tvm.ir.Call) and term.value.op.name == "tirx.popcount"):
+        return False
+    return type(term.value.args[0]).__name__ == "BitwiseXor"
 
 
 def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduction: int, unit: VectorUnit) -> str:
@@ -654,9 +657,11 @@ def epilogue_steps(func) -> tuple[str, ...]:
     (table, ycls, xcls; a ``multibit_conv2d``'s offsets) and out."""
     if func.attrs is not None and "bnn.epilogue" in func.attrs:
         return tuple(str(func.attrs["bnn.epilogue"]).split(","))
-    op = str(func.attrs.get("bnn.op", "")) if func.attrs is not None else ""
+    op = kernel_op(func)
     if op in ("binary_conv2d", "multibit_conv2d"):  # a k-bit conv's offsets take the correction's place
         return ("multiply",) * (len(func.params) - (6 if is_compact(func) else 4))
+    if op == "ternary_conv2d":  # planes, weights, out: no correction
+        return ("multiply",) * (len(func.params) - 3)
     return ()
 
 
@@ -667,7 +672,7 @@ def relayout_conv_constants(sch: s_tir.Schedule, func) -> dict[int, tuple[int, .
     ``Scheduled.relayouts``."""
     sch.transform_layout(sch.get_sblock("mismatches"), param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
     relayouts = {1: (1, 2, 3, 0)}
-    if not is_compact(func) and not is_multibit(func):
+    if not is_compact(func) and not is_planar(func):
         sch.transform_layout(sch.get_sblock("binary_conv2d_dot"), param_name(func, 2), lambda o, y, x: (y, x, o))
         relayouts[2] = (1, 2, 0)
     return relayouts
@@ -695,14 +700,38 @@ def kernel_levels(func) -> int:
     return int(func.attrs["bnn.levels"]) if func.attrs is not None and "bnn.levels" in func.attrs else 1
 
 
+def kernel_op(func) -> str:
+    return str(func.attrs.get("bnn.op", "")) if func.attrs is not None else ""
+
+
 def is_multibit(func) -> bool:
     """Whether the kernel is a conv on k-bit planes (``bitserial.multibit_conv2d_dot``)."""
-    return func.attrs is not None and str(func.attrs.get("bnn.op", "")).startswith("multibit_")
+    return kernel_op(func).startswith("multibit_")
+
+
+def is_planar(func) -> bool:
+    """Whether the kernel reads bit planes (k-bit or ternary activations) and no padding correction."""
+    return is_multibit(func) or kernel_op(func).startswith("ternary_")
 
 
 def integer_result(sch: s_tir.Schedule, func):
-    """The block finishing the conv's integer result from its mismatch counts."""
-    return sch.get_sblock("multibit_conv2d_dot" if is_multibit(func) else "binary_conv2d_dot")
+    """The block finishing the integer result (of a conv or dense) from its mismatch counts."""
+    family = kernel_op(func).split("_")[0]  # binary, multibit, ternary
+    kind = "conv2d" if "_conv2d" in kernel_op(func) else "dense"
+    return sch.get_sblock(f"{family}_{kind}_dot")
+
+
+def count_nonzeros(sch: s_tir.Schedule) -> None:
+    """A ternary kernel's nonzero counts per position (``bitserial.ternary_conv2d_dot``), once
+    for all output channels: at root, rows in parallel."""
+    try:
+        block = sch.get_sblock("nonzeros")
+    except (RuntimeError, ValueError, tvm.error.InternalError):
+        return
+    kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+    spatial = [loop for loop, kind in zip(sch.get_loops(block), kinds) if kind == tirx.IterVar.DataPar]
+    rows = sch.fuse(*spatial[:2]) if len(spatial) > 1 else spatial[0]
+    parallel(sch, rows, block_work(sch, block))
 
 
 def is_compact(func) -> bool:
@@ -730,6 +759,7 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     else:
         epilogue = transpose_out(sch, out, o_inner, x_inner, lanes, width_block, func)
     pad_rows(sch, unit)
+    count_nonzeros(sch)
     plan = f"conv: {width_block} positions x {channel_block} channels in registers, {lanes} lanes, {counters}, {epilogue}"
     return Scheduled(sch.mod["main"], plan, relayouts)
 
@@ -763,6 +793,7 @@ def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     counters = count_mismatches(sch, mism, lanes, 2, 3, unit)
     pack_words(sch, bits, pack, unit.lanes)
     pad_rows(sch, unit)
+    count_nonzeros(sch)
     plan = f"conv+threshold: {width_block} positions x {channel_block} channels, {lanes} lanes, {counters}, mask-packed words"
     return Scheduled(sch.mod["main"], plan, relayouts)
 
@@ -770,7 +801,8 @@ def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
 def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     mism = sch.get_sblock("mismatches")
     sch.transform_layout(mism, param_name(func, 1), lambda o, k: (k, o))
-    sch.compute_inline(sch.get_sblock("binary_dense_dot"))
+    sch.compute_inline(integer_result(sch, func))
+    count_nonzeros(sch)
     table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     out = sch.get_sblock("table_lookup" if table else "dot_float")  # a lookup per output, or a convert
     n, o = sch.get_loops(out)
@@ -794,7 +826,8 @@ def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
 def dense_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     mism = sch.get_sblock("mismatches")
     sch.transform_layout(mism, param_name(func, 1), lambda o, k: (k, o))
-    dot = sch.get_sblock("binary_dense_dot")
+    dot = integer_result(sch, func)
+    count_nonzeros(sch)
     bits = sch.get_sblock("threshold_bits")
     pack = sch.get_sblock("threshold_pack")
     n, cw, _ = sch.get_loops(pack)
@@ -833,6 +866,9 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     are stored channels-last."""
     block = sch.get_sblock("pack_sign")
     loops = sch.get_loops(block)
+    # a ternary activation's two planes (``pack_ternary``): both words of a channel word from
+    # one read of the floats, the plane loop unrolled inside
+    planes = [loops.pop(0)] if len(loops) == 6 else []
     if len(loops) != 5:
         return generic(sch, func, unit)
     n, y, x, cw, b = loops
@@ -841,16 +877,18 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     # region non-rectangular.
     lanes = power_of_two_divisor(width, unit.lanes)
     x_outer, x_inner = sch.split(x, [None, lanes])
-    sch.reorder(n, y, x_outer, cw, b, x_inner)
+    sch.reorder(n, y, x_outer, cw, *planes, b, x_inner)
     task = sch.fuse(n, y)
     parallel(sch, task, block_work(sch, block))
     words = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(words, cw)
     if lanes > 1:
         sch.vectorize(x_inner)
-    sch.decompose_reduction(block, b)
+    sch.decompose_reduction(block, planes[0] if planes else b)
     sch.unroll(b)
-    return Scheduled(sch.mod["main"], f"pack: {lanes} positions per vector")
+    for plane in planes:
+        sch.unroll(plane)
+    return Scheduled(sch.mod["main"], f"pack: {lanes} positions per vector" + (", both planes" if planes else ""))
 
 
 def power_of_two_divisor(n: int, limit: int) -> int:
@@ -886,8 +924,17 @@ KERNELS = {
     "multibit_conv2d": conv_float,
     "multibit_conv2d_table": conv_float,
     "multibit_conv2d_threshold": conv_threshold,
+    "ternary_conv2d": conv_float,
+    "ternary_conv2d_table": conv_float,
+    "ternary_conv2d_epilogue": conv_float,
+    "ternary_conv2d_threshold": conv_threshold,
+    "ternary_dense": dense_float,
+    "ternary_dense_table": dense_float,
+    "ternary_dense_epilogue": dense_float,
+    "ternary_dense_threshold": dense_threshold,
     "pack_sign": pack_sign,
     "pack_sign_pair": pack_sign,
+    "pack_ternary": pack_sign,
 }
 
 

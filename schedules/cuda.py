@@ -266,12 +266,12 @@ def word_tiles(sch: s_tir.Schedule, func, op: str) -> Scheduled:
 
     # stage weights and input words in shared memory (threads bound first: the staged region
     # is then the whole block's, not one thread's)
-    weights = sch.cache_read(main, read_index(sch, main, func, 1), "shared")
+    weights = sch.cache_read(main, read_index(sch, main, func, 1), "shared", consumer_blocks=[main])
     if producers:
         (data,) = producers
         sch.set_scope(data, 0, "shared")
     else:
-        data = sch.cache_read(main, read_index(sch, main, func, 0), "shared")
+        data = sch.cache_read(main, read_index(sch, main, func, 0), "shared", consumer_blocks=[main])
     for stage in (weights, data):
         sch.compute_at(stage, rc_outer, preserve_unit_loops=True)
         cooperative_copy(sch, stage, threads)
@@ -294,25 +294,41 @@ def word_tiles(sch: s_tir.Schedule, func, op: str) -> Scheduled:
 
 
 def dense_float(sch: s_tir.Schedule, func, op: str) -> Scheduled:
-    """Dense with a float output: one thread per output unit, the input row in shared memory."""
+    """Dense with a float output: one thread per output unit, the input row in shared memory.
+    The threads are made on the output's loops and the counter computed at the thread's loop,
+    so a ternary dense's per-row nonzero counts (their own launch) may feed the output too."""
     main = main_block(sch, func)
     out = output_block(sch)
     inline_between(sch, main, out)
-    i, o, rk = sch.get_loops(main)
-    units, words = extents(sch, [o, rk])
+    i, o = sch.get_loops(out)
+    units, words = extents(sch, [o, sch.get_loops(main)[-1]])
     threads = min(units, ELEMENTWISE_THREADS)
     o_outer, o_inner = sch.split(o, [None, threads])
-    sch.reorder(i, o_outer, o_inner, rk)
     sch.bind(i, "blockIdx.y")
     sch.bind(o_outer, "blockIdx.x")
     sch.bind(o_inner, "threadIdx.x")
+    sch.compute_at(main, o_inner, preserve_unit_loops=True)
     sch.set_scope(main, 0, "local")
-    sch.reverse_compute_at(out, o_inner, preserve_unit_loops=True)
-    row = sch.cache_read(main, read_index(sch, main, func, 0), "shared")
+    row = sch.cache_read(main, read_index(sch, main, func, 0), "shared", consumer_blocks=[main])
     sch.compute_at(row, o_inner, preserve_unit_loops=True)
     cooperative_copy(sch, row, threads)
-    sch.decompose_reduction(main, rk)
+    sch.decompose_reduction(main, sch.get_loops(main)[-1])
     return finish(sch, f"one thread per output, {threads} per block, input row ({words} words) in shared memory")
+
+
+def count_nonzeros(sch: s_tir.Schedule) -> None:
+    """A ternary kernel's nonzero counts per position (``bitserial.ternary_conv2d_dot``): their
+    own launch, a thread per position, before the tiles that read them."""
+    try:
+        block = sch.get_sblock("nonzeros")
+    except s_tir.ScheduleError:  # not a ternary kernel
+        return
+    kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+    spatial = [loop for loop, kind in zip(sch.get_loops(block), kinds) if kind == tirx.IterVar.DataPar]
+    fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+    thread_x = thread_loop(sch, fused, min(ELEMENTWISE_THREADS, extents(sch, [fused])[0]))
+    register = sch.cache_write(block, 0, "local")  # the count in a register, stored once
+    sch.reverse_compute_at(register, thread_x, preserve_unit_loops=True)
 
 
 def per_output(sch: s_tir.Schedule, func, op: str) -> Scheduled:
@@ -360,6 +376,7 @@ def apply(sch: s_tir.Schedule, func, op: str) -> Scheduled:
     main = main_block(sch, func)
     if main is None:
         return per_output(sch, func, op)
+    count_nonzeros(sch)
     spatial = len(sch.get(main).iter_vars) - len(reduction_vars(sch, main))
     packed_output = str(func.params[-1].dtype) == "uint32"
     if spatial == 4 or packed_output:

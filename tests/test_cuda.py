@@ -193,14 +193,16 @@ def random_arguments(func, rng) -> list[np.ndarray]:
         dtype = str(param.dtype)
         if dtype == "uint32":
             value = rng.integers(0, 2**32, shape, dtype=np.uint64).astype(np.uint32)
-        elif dtype == "int32" and len(shape) == 1 and len(arrays) == 2 and len(func.params[0].shape) == 5:
+        elif dtype == "int32" and len(shape) == 1 and len(arrays) == 2 and str(func.attrs["bnn.op"]).startswith("multibit_"):
             # a k-bit conv's offsets: L times the +1 weights (set bits) of each output channel
             levels = 2 ** int(func.params[0].shape[0]) - 1
             value = (levels * np.unpackbits(arrays[1].reshape(shape[0], -1).view(np.uint8), axis=1).sum(axis=1)).astype(np.int32)
         elif dtype == "int32" and len(shape) == 1:  # low, high thresholds per channel
             words = int(np.prod([int(v) for v in func.params[1].shape[1:]]))
             data_shape = [int(v) for v in func.params[0].shape]
-            if len(data_shape) == 5:  # k bit planes: L P - sum over planes of popc(a ^ w) << j, about 0
+            if str(func.attrs["bnn.op"]).startswith("ternary_"):  # nonzeros - 2 popc((s ^ w) & m), about 0
+                center, variance = 0, 16 * words
+            elif len(data_shape) == 5:  # k bit planes: L P - sum over planes of popc(a ^ w) << j, about 0
                 center, variance = 0, 16 * words * sum(4**j for j in range(data_shape[0]))
             else:  # XNOR: taps - 2 popc(a ^ w), popcounts of random words ~ 16 +- 2.8 per word
                 center, variance = int(func.attrs["bnn.taps"]) - 32 * words, 32 * words

@@ -103,7 +103,8 @@ def test_where_with_larger_constants_is_not_a_binarizer(tmp_path):
 @pytest.mark.parametrize("order", ["sign_of_pad", "pad_of_sign"])
 def test_zero_pad_around_a_sign_becomes_the_convs_padding(tmp_path, order):
     """``Sign(Pad(x, 0))`` and ``Pad(Sign(x), 0)`` (asymmetric) before a conv: the pad is the
-    conv's zero padding of ``Sign(x)`` (Sign(0) = 0), so the conv is binary, exact at x = 0."""
+    conv's zero padding of ``Sign(x)`` (Sign(0) = 0), so the conv is a ternary kernel (a padded
+    tap is 0 in both planes), exact at x = 0."""
     g = GraphBuilder([1, 8, 6, 6], seed=24)
     pads = g.const(np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64))
     if order == "sign_of_pad":
@@ -114,7 +115,7 @@ def test_zero_pad_around_a_sign_becomes_the_convs_padding(tmp_path, order):
     path = save(g.model([out]), tmp_path / "m.onnx")
     x = inputs([1, 8, 6, 6])
     x[:, :, :, ::2] = 0.0
-    check(path, x, ["-> binary_conv2d"])
+    check(path, x, ["-> ternary_conv2d"])
     reports = inspect_onnx(path)
     assert all(r.binary for r in reports if r.op_type in ("Pad", "Sign", "Conv")), [(r.name, r.note) for r in reports]
 
@@ -289,10 +290,11 @@ def test_sign_after_binary_conv_is_proven_binary(tmp_path):
     check(path, inputs([1, 8, 5, 5]), ["binary_conv2d_threshold"])
 
 
-def test_sign_that_can_be_zero_runs_as_two_bipolar_halves(tmp_path):
+def test_sign_that_can_be_zero_runs_as_ternary_kernels(tmp_path):
     """``Sign(x)`` with exact zeros (in the input, and in integer conv sums without BN) feeds a
-    scaled conv, a grouped conv and a dense: each runs as an XNOR-popcount kernel over the two
-    halves ``b(x), b(-x)``, exact against ORT. Binarizing a 0 to ±1 in either half (``x < 0``
+    scaled conv, a grouped conv and a dense: the conv and the dense run as ternary kernels (sign
+    and nonzero planes), the grouped conv as an XNOR-popcount kernel over the two halves
+    ``b(x), b(-x)``; all exact against ORT. Binarizing a 0 to ±1 in either half (``x < 0``
     for the second) or pairing the halves across groups changes the outputs."""
     x = inputs([1, 21, 7, 7])
     x[:, :, ::3] = 0.0
@@ -300,11 +302,11 @@ def test_sign_that_can_be_zero_runs_as_two_bipolar_halves(tmp_path):
     report = verify(path, "x86", x=x)
     assert report.ok, "\n".join(report.lines())
     fused = " | ".join(report.fused)
-    assert fused.count("-> pack_sign_pair") == 3, fused
-    assert fused.count("-> binary_conv2d [") == 2, fused  # the stride-2 conv, the grouped conv (a kernel per group)
-    # the halves' 1/2 in each kernel: the grouped conv's is split over its groups' concat
-    assert fused.count("-> binary_conv2d_epilogue") == 3, fused
-    assert "-> binary_dense" in fused, fused
+    assert fused.count("-> pack_ternary") == 2 and fused.count("-> pack_sign_pair") == 1, fused
+    assert fused.count("-> ternary_conv2d [") == 1 and fused.count("-> binary_conv2d [") == 1, fused
+    # the halves' 1/2 in the grouped conv: split over its groups' concat
+    assert fused.count("-> binary_conv2d_epilogue") == 2, fused
+    assert "-> ternary_dense" in fused, fused
     notes = {r.name: r for r in inspect_onnx(path)}
     assert all(r.binary for r in notes.values() if r.op_type in ("Sign", "Conv", "Gemm")), notes
 
@@ -328,8 +330,7 @@ def binarynet_graph():
 
 
 def test_binarynet_sign_chain_runs_at_the_plain_binary_cost(tmp_path):
-    """Only the first ``Sign`` (on the float input, where 0 occurs) needs the two bipolar
-    halves. Each later one reads BN + Hardtanh of a binary layer's integer result (across a
+    """Only the first ``Sign`` (on the float input, where 0 occurs) needs a ternary kernel. Each later one reads BN + Hardtanh of a binary layer's integer result (across a
     max pool, or a flatten), which never maps to 0 here: it is proven binary once that layer is
     a kernel, a round later, and folds into its thresholds; the next layer runs on C channels,
     not 2C."""
@@ -338,24 +339,25 @@ def test_binarynet_sign_chain_runs_at_the_plain_binary_cost(tmp_path):
     report = verify(save(binarynet_graph(), tmp_path / "m.onnx"), "x86", x=x)
     assert report.ok, "\n".join(report.lines())
     fused = " | ".join(report.fused)
-    assert fused.count("-> pack_sign_pair") == 1, fused
-    assert fused.count("-> binary_conv2d_threshold") == 2, fused
+    assert fused.count("-> pack_ternary") == 1, fused
+    # the first conv, ternary, folds its BN + Hardtanh + Sign across the max pool as the second does
+    assert fused.count("-> ternary_conv2d_threshold") == 1 and fused.count("-> binary_conv2d_threshold") == 1, fused
     assert fused.count("-> binary_dense_threshold") == 1, fused
     assert "conv2d 32x32x3x3" in fused and "dense 512->40" in fused, fused  # C channels, not 2C
     assert not [line for line in report.fused if line.endswith("[]")], fused  # each credited to its ONNX node
     assert report.binary_checked == 4  # the three proven Signs and the split one, compared with ORT's
 
 
-def test_sign_after_a_layer_that_stays_float_still_runs_as_two_halves(tmp_path):
+def test_sign_after_a_layer_that_stays_float_still_runs_as_ternary(tmp_path):
     """A conv on binarized bits with float weights looks like a layer about to become a binary
     kernel, so the ``Sign`` after it waits; the conv stays float, and once nothing else changes
-    the waiting ``Sign`` is split like any other."""
+    the waiting ``Sign`` becomes ternary planes like any other."""
     g = GraphBuilder([1, 16, 8, 8], seed=12)
     float_weights = g.rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
     y = g.batch_norm(g.conv(g.binarize("x"), float_weights, pad=1), *g.random_bn(32, 0.3))
     out = g.conv(g.node("Sign", [y]), g.binary_weight((8, 32, 3, 3)), pad=1)
-    report = check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 16, 8, 8]), ["-> pack_sign_pair"])
-    assert "conv2d 8x64x3x3" in " | ".join(report.fused)
+    report = check(save(g.model([out]), tmp_path / "m.onnx"), inputs([1, 16, 8, 8]), ["-> pack_ternary"])
+    assert "conv2d 8x32x3x3" in " | ".join(report.fused)
 
 
 def test_power_of_two_weight_scales_folded_into_weights(tmp_path):
@@ -714,7 +716,7 @@ def test_per_channel_of_an_output_without_channels():
 
 def test_clipped_straight_through_estimator_is_a_sign(tmp_path):
     """``c + (Sign(c) - c)`` with ``c = Clip(x, -1, 1)`` equals ``Sign(c)`` in float32 (|c| <= 1 with
-    the sign of c): the conv on it is binary (two halves: the Sign can be 0), exact at x = 0."""
+    the sign of c): the conv on it is a ternary kernel (the Sign can be 0), exact at x = 0."""
     g = GraphBuilder([1, 8, 5, 5], seed=9)
     clipped = g.node("Clip", ["x", g.const(np.float32(-1)), g.const(np.float32(1))])
     estimator = g.node("Add", [clipped, g.node("Sub", [g.node("Sign", [clipped]), clipped])])
@@ -722,7 +724,7 @@ def test_clipped_straight_through_estimator_is_a_sign(tmp_path):
     path = save(g.model([out]), tmp_path / "m.onnx")
     x = inputs([1, 8, 5, 5])
     x[:, :, 1] = 0.0
-    report = check(path, x, ["-> pack_sign_pair", "-> binary_conv2d"])
+    report = check(path, x, ["-> pack_ternary", "-> ternary_conv2d"])
     assert report.binary_checked == 1  # the estimator's output, compared with ORT's
     assert all(r.binary for r in inspect_onnx(path) if r.op_type in ("Clip", "Sign", "Sub", "Add", "Conv"))
 
@@ -743,8 +745,8 @@ def test_unbounded_straight_through_estimator_stays_float_and_says_why(tmp_path)
 
 
 def test_sign_zero_plus_runs_every_sign_at_the_binary_cost_and_says_what_differs(tmp_path):
-    """``--sign-zero plus``: a ``Sign`` that can see 0 is the ``x >= 0`` binarizer (one pack, a
-    conv over C channels, not 2C), exact against the float graph with Sign(0) = +1, and verify
+    """``--sign-zero plus``: a ``Sign`` that can see 0 is the ``x >= 0`` binarizer (one bit plane,
+    no ternary kernel), exact against the float graph with Sign(0) = +1, and verify
     counts where the float graph itself differs (the zeros of x)."""
     path = save(ternary_sign_graph(), tmp_path / "m.onnx")
     x = inputs([1, 21, 7, 7], batch=2)
@@ -752,7 +754,7 @@ def test_sign_zero_plus_runs_every_sign_at_the_binary_cost_and_says_what_differs
     exact = verify(path, "x86", x=x)
     plus = verify(path, "x86", x=x, sign_zero="plus")
     assert exact.ok and plus.ok, "\n".join(plus.lines())
-    assert "pack_sign_pair" in " ".join(exact.fused) and "pack_sign_pair" not in " ".join(plus.fused)
+    assert "pack_ternary" in " ".join(exact.fused) and "pack_ternary" not in " ".join(plus.fused)
     values, _ = plus.float_graph_differences
     assert values >= 2 * 21 * 7  # the first Sign's zeros (+1 here, 0 in the float graph), and the later ones
     assert any("--sign-zero plus" in line for line in plus.lines())
@@ -840,7 +842,7 @@ def test_xnor_net_per_sample_activation_scale_moves_after_the_conv(tmp_path):
     model = g.model([out])
     model.opset_import[0].version = 13  # ReduceMean with axes as an attribute
     path = save(model, tmp_path / "m.onnx")
-    check(path, inputs([1, 16, 6, 6], batch=4), ["-> binary_conv2d"])
+    check(path, inputs([1, 16, 6, 6], batch=4), ["-> ternary_conv2d"])
     convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
     assert all(r.binary for r in convs), [(r.name, r.note) for r in convs]
 

@@ -1,0 +1,171 @@
+"""Ternary activations (a ``Sign`` that can output 0) as sign and nonzero bit planes.
+
+Kernels: ``pack_ternary`` and the ternary conv and dense (``schedules.bitserial``), built the way
+the passes build them, scheduled for each x86 unit and compared with numpy on values with many
+exact zeros. Models: a ``Sign`` that sees 0 feeds a conv or dense, which must run as a ternary
+kernel (not two bipolar halves, not float), exact against ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx_builders import GraphBuilder, save
+from test_exactness import inputs
+from test_schedules import (
+    HOST_X86,
+    RASP3B,
+    build,
+    check_case,
+    conv_reference,
+    bipolar,
+    packed_decisions,
+    thresholds,
+    x86_target,  # noqa: F401 (the fixture)
+)
+
+from bnn_tvm.verify import verify
+from relay_passes.common import pack_bits
+from schedules import bitserial
+
+
+def ternary(rng, shape, zeros: float = 0.3) -> np.ndarray:
+    """Values in {-1, 0, +1}, about ``zeros`` of them 0."""
+    values = bipolar(rng, shape)
+    values[rng.random(shape) < zeros] = 0
+    return values
+
+
+def planes_of(values: np.ndarray) -> np.ndarray:
+    """``pack_ternary``'s planes from {-1, 0, +1} values ``[N, C, ...]``, channels packed last."""
+    order = (0, *range(2, values.ndim), 1)
+    return np.stack([pack_bits(np.where(values > 0, 1, -1).transpose(order)),
+                     pack_bits(np.where(values != 0, 1, -1).transpose(order))])
+
+
+def ternary_conv_case(rng, n, c, h, w, oc, k, stride, pad, threshold=False, scale=False, dilation=1):
+    a, weight = ternary(rng, (n, c, h, w)), bipolar(rng, (oc, c, k, k))
+    dot = conv_reference(a, weight, stride, pad, dilation)
+    padding, dilations = (pad,) * 4, (dilation, dilation)
+    inputs_ = [planes_of(a), pack_bits(weight.transpose(0, 2, 3, 1))]
+    attrs = {"bnn.taps": c * k * k, "bnn.strides": [stride, stride], "bnn.padding": list(padding),
+             "bnn.dilation": list(dilations)}
+
+    def conv(d, wt):
+        return bitserial.ternary_conv2d_dot(d, wt, (stride, stride), padding, dilations)
+
+    if threshold:
+        low, high = thresholds(rng, oc)
+        expected = packed_decisions(((dot >= low[:, None, None]) & (dot <= high[:, None, None])).transpose(0, 2, 3, 1))
+        return ("ternary_conv2d_threshold", attrs, inputs_ + [low, high],
+                lambda d, wt, lo, hi: bitserial.threshold_pack(conv(d, wt), lo, hi), expected)
+    if scale:
+        alpha = np.exp2(rng.integers(-3, 3, oc)).astype(np.float32)
+        return ("ternary_conv2d", attrs, inputs_ + [alpha], lambda d, wt, s: bitserial.dot_to_float_nchw(conv(d, wt), s),
+                dot.astype(np.float32) * alpha[:, None, None])
+    return "ternary_conv2d", attrs, inputs_, lambda d, wt: bitserial.dot_to_float_nchw(conv(d, wt)), dot.astype(np.float32)
+
+
+def ternary_dense_case(rng, n, k, o, threshold=False):
+    a, weight = ternary(rng, (n, k)), bipolar(rng, (o, k))
+    dot = a @ weight.T
+    inputs_ = [planes_of(a), pack_bits(weight)]
+    attrs = {"bnn.taps": k}
+    if threshold:
+        low, high = thresholds(rng, o)
+        return ("ternary_dense_threshold", attrs, inputs_ + [low, high],
+                lambda d, w, lo, hi: bitserial.threshold_pack(bitserial.ternary_dense_dot(d, w), lo, hi),
+                packed_decisions((dot >= low) & (dot <= high)))
+    return ("ternary_dense", attrs, inputs_, lambda d, w: bitserial.dot_to_float_nchw(bitserial.ternary_dense_dot(d, w)),
+            dot.astype(np.float32))
+
+
+CONV_SHAPES = [
+    # n, c, h, w, oc, k, stride, pad
+    (1, 64, 12, 12, 64, 3, 1, 1),
+    (2, 33, 9, 7, 70, 3, 2, 1),  # batch 2, odd channels, stride 2
+    (1, 40, 8, 8, 48, 3, 1, 0),  # unpadded
+    (2, 96, 7, 7, 32, 1, 1, 0),  # 1x1
+    (1, 5, 6, 5, 3, 3, 2, 1),  # tiny channel counts
+]
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))
+@pytest.mark.parametrize("form", ["float", "scaled", "threshold"])
+def test_ternary_conv_matches_numpy(shape, form, x86_target):  # noqa: F811 (the fixture)
+    case = ternary_conv_case(np.random.default_rng(sum(shape)), *shape, threshold=form == "threshold",
+                             scale=form == "scaled")
+    plan = check_case(case, target=x86_target).plan
+    assert "32-bit counters" in plan, plan
+
+
+def test_dilated_ternary_conv_matches_numpy():
+    check_case(ternary_conv_case(np.random.default_rng(3), 1, 32, 9, 9, 40, 3, 1, 2, dilation=2))
+
+
+@pytest.mark.parametrize("n,k,o", [(1, 640, 10), (3, 70, 50), (5, 96, 64)])
+@pytest.mark.parametrize("threshold", [False, True], ids=["float", "threshold"])
+def test_ternary_dense_matches_numpy(n, k, o, threshold, x86_target):  # noqa: F811 (the fixture)
+    check_case(ternary_dense_case(np.random.default_rng(n + k + o), n, k, o, threshold), target=x86_target)
+
+
+@pytest.mark.parametrize("shape", [(2, 70, 5, 8), (1, 64, 16, 16), (3, 37)])
+def test_pack_ternary_matches_numpy(shape):
+    """Exact zeros (and -0.0) to a 0 in both planes, the rest by sign; channel padding bits 0."""
+    rng = np.random.default_rng(len(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[rng.random(shape) < 0.3] = 0.0
+    x.flat[1] = -0.0
+    expected = planes_of(np.sign(x).astype(np.int64))
+    case = ("pack_ternary", {}, [x], bitserial.pack_ternary, expected)
+    check_case(case, fast=len(shape) == 4)
+
+
+def test_rasp3b_ternary_conv_compiles_with_cnt():
+    """The aarch64 build vectorises the masked popcount (``cnt`` on 128-bit vectors)."""
+    _, executable = build(*ternary_conv_case(np.random.default_rng(0), 1, 64, 12, 12, 64, 3, 1, 1)[:4], RASP3B)
+    asm = executable.mod.inspect_source("asm")
+    assert "cnt\tv" in asm and "and\tv" in asm
+
+
+# ------------------------------------------------------------------------------------------
+# Models: the kernels the passes choose, exact against ONNX Runtime
+
+
+def residual_sign_graph():
+    """BinaryNet-style residual block with ``torch.sign`` after the add: the sum of two binary
+    convs' integer results is 0 wherever they cancel, so the next conv reads a true ternary
+    ``Sign``; then a dense on another ``Sign`` that sees 0."""
+    g = GraphBuilder([1, 16, 8, 8], seed=21)
+    bits = g.binarize("x")
+    a = g.conv(bits, g.binary_weight((16, 16, 3, 3)), pad=1)
+    b = g.conv(bits, g.binary_weight((16, 16, 3, 3)), pad=1)
+    y = g.conv(g.node("Sign", [g.node("Add", [a, b])]), g.binary_weight((24, 16, 3, 3)), pad=1, stride=2)
+    y = g.node("Flatten", [g.node("Sign", [g.node("Add", [y, y])])])  # even sums: 0 where y is 0
+    return g.model([g.node("MatMul", [y, g.const(g.binary_weight((24 * 4 * 4, 10)))])])
+
+
+def test_sign_that_sees_zero_runs_as_ternary_kernels(tmp_path):
+    report = verify(save(residual_sign_graph(), tmp_path / "m.onnx"), "x86", x=inputs([4, 16, 8, 8]))
+    assert report.ok, "\n".join(report.lines())
+    fused = " | ".join(report.fused)
+    assert fused.count("-> pack_ternary") == 2, fused
+    assert "-> ternary_conv2d" in fused and "-> ternary_dense" in fused, fused
+    assert "pack_sign_pair" not in fused, fused
+    assert report.binary_checked == 2 + 1  # the two ternary Signs and the binarizer of x
+
+
+def test_ternary_kernels_are_compared_in_verify(tmp_path, monkeypatch):
+    """Mutation check: a ternary kernel that read a 0 as -1 (the nonzero plane all ones) is caught."""
+    original = bitserial.pack_ternary
+
+    def zeros_as_minus_one(x):
+        planes = original(x)
+        from tvm import te, tirx
+
+        return te.compute(planes.shape, lambda p, *i: tirx.if_then_else(p == 1, tirx.const(0xFFFFFFFF, "uint32"),
+                                                                        planes[(p, *i)]), name="broken")
+
+    monkeypatch.setattr(bitserial, "pack_ternary", zeros_as_minus_one)
+    report = verify(save(residual_sign_graph(), tmp_path / "m.onnx"), "x86", x=inputs([4, 16, 8, 8]))
+    assert not report.ok
