@@ -248,6 +248,7 @@ class EngineResult:
     note: str = ""
     error: str | None = None
     instructions: int | None = None
+    mca: dict | None = None  # llvm-mca estimates of the kernels' inner loops (``targets.mca``)
 
     @property
     def median_ms(self) -> float | None:
@@ -260,6 +261,8 @@ class EngineResult:
             out["error"] = self.error
         if self.instructions is not None:
             out["instructions"] = self.instructions
+        if self.mca is not None:
+            out["mca"] = self.mca
         return out
 
 
@@ -405,13 +408,39 @@ def bnn_engine(workload, x, settings, workdir, outputs) -> Prepared:
 
     compiled = compile_onnx(workload.onnx_path, settings.target, batch=workload.input_shape[0], db=settings.db,
                             sign_zero=settings.sign_zero)
+    estimates = mca_estimates(compiled, settings)
     prepared = run_compiled("bnn_tvm", compiled, x, settings, workdir, outputs)
+    prepared.result.mca = estimates
     prepared.result.note += f", {len(compiled.metadata.get('fused', []))} fusions"
     if settings.sign_zero != "exact":
         prepared.result.note += f", --sign-zero {settings.sign_zero}"
     if settings.db:
         prepared.result.note += f", tuning records from {settings.db}"
     return prepared
+
+
+def wants_mca(settings: Settings) -> bool:
+    """Instruction counts come with llvm-mca's cycle estimates on ARM targets: a count weighs
+    every instruction alike, the in-order Cortex-A53 does not."""
+    import targets
+
+    return settings.count_instructions and targets.get(settings.target).family == "arm"
+
+
+def mca_estimates(compiled, settings: Settings) -> dict | None:
+    """The estimates of ``compiled``'s kernels (computed here, from its assembly), or None. A
+    CPU that llvm-mca has no model for is reported in the result, not raised: the board's
+    instruction count still comes."""
+    if not wants_mca(settings):
+        return None
+    import targets
+    from targets import mca
+
+    try:
+        return mca.kernel_estimates(compiled.executable, targets.get(settings.target))
+    except BnnError as err:
+        mca.llvm_mca()  # a missing llvm-mca is the user's to fix: raise that one
+        return {"error": str(err)}
 
 
 def tvm_fp32_engine(workload, x, settings, workdir, outputs) -> Prepared:
@@ -739,6 +768,11 @@ def report_lines(report: dict) -> list[str]:
         faster = "" if name == "bnn_tvm" or ratio is None else (f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower")
         instr = f", {r['instructions']:,} instructions" if r.get("instructions") is not None else ""
         lines.append(f"  {name:<16}{r['median_ms']:>11.3f}{r['min_ms']:>10.3f}{r['runs']:>6}{faster:>14}  {r['note']}{instr}")
+    estimates = report["engines"].get("bnn_tvm", {}).get("mca")
+    if estimates:
+        from targets.mca import report_lines as mca_lines
+
+        lines += mca_lines(estimates) if "error" not in estimates else [f"  llvm-mca estimate failed: {estimates['error']}"]
     sizes = report["sizes"]
     size_text = f"  sizes: ONNX {sizes['onnx_bytes'] / 1024:.0f} KiB (fp32 parameters {sizes['fp32_parameter_bytes'] / 1024:.0f} KiB)"
     for engine in ("bnn_tvm", "tvm_fp32"):

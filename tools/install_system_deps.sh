@@ -2,11 +2,12 @@
 # System packages for cross-compiling to ARM and for the emulated Raspberry Pi board:
 # Debian's cross toolchains, the dynamically linked qemu-user (its -plugin option counts
 # instructions), a host C compiler for that plugin, and the arm64 package lists that the
-# board's set-up downloads its aarch64 Python from (apt-get download, no install).
+# board's set-up downloads its aarch64 Python from (apt-get download, no install), and LLVM's
+# tools for llvm-mca (the Cortex-A53 cycle estimates of `bench --count-instructions`).
 # Idempotent: when everything is present it only checks and returns (well under a second).
 set -euo pipefail
 
-PACKAGES=(g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user gcc binfmt-support)
+PACKAGES=(g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user gcc binfmt-support llvm)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -4,12 +4,18 @@
     python tools/kernel_times.py birealnet18 --threads 1
     python tools/kernel_times.py model.onnx --target x86 --runs 30 --top 15
     python tools/kernel_times.py birealnet18 --target cuda-sm_90 --batch 64   # on a GPU host
+    python tools/kernel_times.py --layer conv3x3:64x56x56 --target rasp3b    # ARM: llvm-mca estimates
 
 MODEL: the bundled default (none given), an ONNX file or a zoo name (exported with seeded random
 weights, as `tune` does). The module is compiled for a local target and run with a VM
 instrument that times every kernel call (summed per kernel over its calls; on a GPU, each call
 is waited for); the table gives the median over ``--runs`` inferences. The instrument adds a few microseconds per call, so the total
 is a little above `bench`'s median; use `bench` for speed claims and this to see the split.
+
+An ARM target (``rasp3b``, ...) does not run here: for it the tool prints, per binary kernel,
+llvm-mca's *estimate* of its inner loop on the target's CPU model (cycles per iteration and per
+binary MAC, ``targets.mca``), from the module's assembly; no board is needed. Time the module on
+a board with ``bench --count-instructions``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import collections
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -64,10 +71,35 @@ def kernel_times(path: str, target: str, runs: int, batch: int = 1) -> tuple[dic
     return {name: float(np.median(values)) for name, values in samples.items()}, float(np.median(totals))
 
 
+def arm_estimates(path: str, target: str, batch: int) -> list[str]:
+    """llvm-mca's estimates of the kernels' inner loops for an ARM target (``targets.mca``)."""
+    import targets
+    from bnn_tvm.compiler import compile_onnx
+    from targets import mca
+
+    mca.target_cpu(targets.get(target))  # before compiling: say at once what cannot be estimated
+    mca.llvm_mca()
+    compiled = compile_onnx(path, target, batch)
+    estimates = mca.kernel_estimates(compiled.executable, targets.get(target))
+    return [f"{os.path.basename(path)} on {target}, batch {batch}: an ARM target, so not run here"] + mca.report_lines(estimates)
+
+
+def layer_onnx(spec_text: str, folder: str) -> tuple[str, int]:
+    """A ``bench --layer`` spec (e.g. conv3x3:64x56x56) as an ONNX file in ``folder``, and its
+    batch (the layer's ``batch=N``; the file fixes it)."""
+    from bnn_tvm.bench import LayerSpec, layer_workload
+
+    spec = LayerSpec.parse(spec_text)
+    return layer_workload(spec, folder).onnx_path, spec.batch
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="ONNX file or zoo name (default: the bundled model)")
-    parser.add_argument("--target", default="x86", help="a local target: x86 (default), or cuda[-sm_XX] on a GPU host")
+    parser.add_argument("--layer", metavar="SPEC", help="one binary conv layer instead of a model, as `bench --layer` "
+                        "takes it (convKxK:CxHxW[,out=OC][,stride=S][,pad=P][,batch=N])")
+    parser.add_argument("--target", default="x86", help="a local target: x86 (default), or cuda[-sm_XX] on a GPU host; "
+                        "an ARM target (rasp3b, ...) prints llvm-mca estimates instead of times")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="TVM worker threads (default 1)")
     parser.add_argument("--runs", type=int, default=15, help="inferences timed (default 15)")
@@ -81,10 +113,19 @@ def main() -> int:
 
     try:
         spec = targets.get(args.target)
-        if not spec.is_host and spec.family != "cuda":
+        if not spec.is_host and spec.family not in ("cuda", "arm"):
             raise BnnError(f"--target {args.target}: this tool runs the model here, and that target is not this machine")
-        path = resolve_model(args.model)
-        times, total = kernel_times(path, args.target, args.runs, args.batch)
+        if args.layer and args.model:
+            raise BnnError("give either MODEL or --layer, not both")
+        with tempfile.TemporaryDirectory(prefix="bnn-kernel-times-") as folder:
+            if args.layer:
+                path, args.batch = layer_onnx(args.layer, folder)
+            else:
+                path = resolve_model(args.model)
+            if spec.family == "arm":
+                print("\n".join(arm_estimates(path, args.target, args.batch)))
+                return 0
+            times, total = kernel_times(path, args.target, args.runs, args.batch)
     except BnnError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -38,9 +38,17 @@ def add_parser(sub) -> None:
     s.add_argument("--rpc", metavar="HOST:PORT", help="run the TVM engines on a board's RPC server")
     s.add_argument("--tracker", metavar="HOST:PORT", help="run the TVM engines on a board from this RPC tracker")
     s.add_argument("--key", help="the board's key at the tracker (default: the target name)")
-    s.add_argument("--count-instructions", action="store_true", help="count executed instructions (emulated board)")
+    s.add_argument("--count-instructions", action="store_true", help="count executed instructions (emulated board); "
+                   "on ARM targets also llvm-mca's estimated cycles per iteration of each binary kernel's inner loop "
+                   "and per binary MAC (computed here from the assembly; needs llvm-mca)")
     s.add_argument("--sign-zero", choices=SIGN_ZERO, default="exact", help="Sign(0) for bnn_tvm (see `compile --help`)")
     s.set_defaults(func=run)
+
+
+def targets_family(name: str) -> str:
+    import targets
+
+    return targets.get(name).family
 
 
 def run(args) -> int:
@@ -56,6 +64,11 @@ def run(args) -> int:
         engines.insert(0, "bnn_tvm")  # the reference every speedup is relative to
     if args.layer and args.model:
         raise BnnError("give either MODEL or --layer, not both")
+
+    if args.count_instructions and targets_family(args.target) == "arm":
+        from targets.mca import llvm_mca
+
+        llvm_mca()  # before the board run: its cycle estimates need llvm-mca here
 
     import tempfile
 
