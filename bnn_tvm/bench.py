@@ -51,8 +51,10 @@ RESNET18_LAYERS = (
     "conv3x3:256x14x14,out=512,stride=2",
     "conv3x3:512x7x7",
 )
-LAYER_SYNTAX = "convKxK:CxHxW[,out=OC][,stride=S][,pad=P][,batch=N][,input=binary|ternary]"
-LAYER_INPUTS = ("binary", "ternary")  # Where(x >= 0, 1, -1), or Sign(x) with its zeros (torch.sign)
+LAYER_SYNTAX = "convKxK:CxHxW[,out=OC][,stride=S][,pad=P][,batch=N][,input=binary|ternary][,weights=binary|ternary]"
+# input: Where(x >= 0, 1, -1), or Sign(x) with its zeros (torch.sign); weights: ±1, or TWN's
+# {-1, 0, +1} (a third of them 0)
+LAYER_KINDS = ("binary", "ternary")
 PAUSE_S = 0.2  # idle seconds before each sample with several threads (``Settings.pause_s``)
 
 
@@ -63,7 +65,7 @@ PAUSE_S = 0.2  # idle seconds before each sample with several threads (``Setting
 @dataclass(frozen=True)
 class LayerSpec:
     """One binary conv layer: binarized input (or ``input="ternary"``: ``Sign(x)``, which is 0
-    at 0), ±1 weights, zero padding."""
+    at 0), ±1 weights (or ``weights="ternary"``: a third of them 0), zero padding."""
 
     kernel: int
     channels: int
@@ -74,6 +76,7 @@ class LayerSpec:
     pad: int = 0
     batch: int = 1
     input: str = "binary"
+    weights_kind: str = "binary"
 
     @classmethod
     def parse(cls, text: str) -> "LayerSpec":
@@ -82,12 +85,13 @@ class LayerSpec:
             raise BnnError(f"--layer {text!r}: expected {LAYER_SYNTAX} (e.g. conv3x3:64x56x56)")
         kernel, channels, height, width = (int(match.group(i)) for i in (1, 3, 4, 5))
         options = dict(item.split("=") for item in match.group(6).split(",") if item)
-        unknown = set(options) - {"out", "stride", "pad", "batch", "input"}
+        unknown = set(options) - {"out", "stride", "pad", "batch", "input", "weights"}
         if unknown:
             raise BnnError(f"--layer {text!r}: unknown option(s) {', '.join(sorted(unknown))}; syntax {LAYER_SYNTAX}")
-        if options.get("input", "binary") not in LAYER_INPUTS:
-            raise BnnError(f"--layer {text!r}: input={options['input']}: expected one of {', '.join(LAYER_INPUTS)}")
-        numbers = {key: value for key, value in options.items() if key != "input"}
+        for key in ("input", "weights"):
+            if options.get(key, "binary") not in LAYER_KINDS:
+                raise BnnError(f"--layer {text!r}: {key}={options[key]}: expected one of {', '.join(LAYER_KINDS)}")
+        numbers = {key: value for key, value in options.items() if key not in ("input", "weights")}
         if not all(value.isdigit() for value in numbers.values()):
             raise BnnError(f"--layer {text!r}: sizes must be positive integers; syntax {LAYER_SYNTAX}")
         spec = cls(
@@ -97,6 +101,7 @@ class LayerSpec:
             pad=int(options.get("pad", kernel // 2)),
             batch=int(options.get("batch", 1)),
             input=options.get("input", "binary"),
+            weights_kind=options.get("weights", "binary"),
         )
         if min(kernel, channels, height, width, spec.out_channels, spec.stride, spec.batch) < 1 or spec.pad < 0:
             raise BnnError(f"--layer {text!r}: sizes must be positive")
@@ -108,7 +113,8 @@ class LayerSpec:
     def name(self) -> str:
         text = f"conv{self.kernel}x{self.kernel}:{self.channels}x{self.height}x{self.width}"
         extras = [("out", self.out_channels, self.channels), ("stride", self.stride, 1),
-                  ("pad", self.pad, self.kernel // 2), ("batch", self.batch, 1), ("input", self.input, "binary")]
+                  ("pad", self.pad, self.kernel // 2), ("batch", self.batch, 1), ("input", self.input, "binary"),
+                  ("weights", self.weights_kind, "binary")]
         return text + "".join(f",{key}={value}" for key, value, default in extras if value != default)
 
     @property
@@ -127,7 +133,10 @@ class LayerSpec:
 
     def weights(self, seed: int = 0) -> np.ndarray:
         shape = (self.out_channels, self.channels, self.kernel, self.kernel)
-        return np.where(np.random.default_rng(seed).standard_normal(shape) >= 0, 1.0, -1.0).astype(np.float32)
+        normal = np.random.default_rng(seed).standard_normal(shape)
+        if self.weights_kind == "ternary":  # TWN's threshold: |w| < 0.43 (about a third) -> 0
+            return np.where(np.abs(normal) < 0.43, 0.0, np.sign(normal)).astype(np.float32)
+        return np.where(normal >= 0, 1.0, -1.0).astype(np.float32)
 
     def onnx_model(self, binary_input: bool = True, seed: int = 0):
         """The layer as ONNX: ``Where(x >= 0, 1, -1)`` (``Sign(x)`` for a ternary input; nothing

@@ -273,7 +273,8 @@ def result_parity(ctx: RuleContext, source, name: str, attrs: dict, taps: int, l
     with an even number of input channels every count is even. Odd ``d`` are then unreachable,
     and a threshold near one of them need not be refused (a BN folded into the weights by
     PyTorch's exporter puts thresholds anywhere)."""
-    if levels != 1 or name.startswith("ternary_"):  # a ternary input's zeros drop out: any count
+    # a ternary input's or weight's zeros drop out of the sum: any count of taps
+    if levels != 1 or name.startswith("ternary_") or "bnn.ternary_weights" in attrs:
         return None
     if name == "binary_dense":
         return taps % 2

@@ -77,27 +77,47 @@ class BinaryWeights:
     ``alpha * d`` by at most ``deviation`` (each activation has ``|x| <= 1``) besides rounding,
     and ``fold_thresholds`` widens its rounding band by it."""
 
-    signs: np.ndarray
+    signs: np.ndarray  # ±1, or with ``split_scale(..., ternary=True)`` also 0
     scale: np.ndarray | None
     deviation: np.ndarray | None
 
+    @property
+    def ternary(self) -> bool:
+        """Whether some weight is exactly 0 (TWN's ``{-alpha, 0, +alpha}``)."""
+        return bool(np.any(self.signs == 0))
+
     def kernel_attrs(self) -> dict:
-        """The deviation as a kernel attribute (only where there is one: attributes are part of a
-        tuning record's workload)."""
-        return {} if self.deviation is None else {"weight_deviation": [float(v) for v in self.deviation]}
+        """The deviation (and ternary weights) as kernel attributes (only where there is one:
+        attributes are part of a tuning record's workload)."""
+        attrs = {} if self.deviation is None else {"weight_deviation": [float(v) for v in self.deviation]}
+        return {**attrs, "ternary_weights": 1} if self.ternary else attrs
+
+    def planes(self) -> np.ndarray:
+        """Packed ``[OC, KH, KW, CW]`` sign bits, or for ternary weights ``[2, OC, KH, KW, CW]``:
+        the sign plane and the nonzero plane (``bitserial.binary_conv2d_dot``)."""
+        signs = self.signs.transpose(0, 2, 3, 1)
+        if not self.ternary:
+            return pack_bits(signs)
+        return np.stack([pack_bits(np.where(signs > 0, 1, -1)), pack_bits(np.where(signs != 0, 1, -1))])
 
 
-def split_scale(weight: np.ndarray) -> BinaryWeights | str:
-    """The weights as ``BinaryWeights`` (``weight``: ``[OC, ...]``), or why they are not binary."""
+def split_scale(weight: np.ndarray, ternary: bool = False) -> BinaryWeights | str:
+    """The weights as ``BinaryWeights`` (``weight``: ``[OC, ...]``), or why they are not binary.
+    ``ternary``: exact zeros are allowed (``{-alpha, 0, +alpha}`` per output channel)."""
     if is_bipolar(weight):
         return BinaryWeights(weight, None, None)
     magnitude = np.abs(weight.reshape(weight.shape[0], -1))
-    if np.any(magnitude == 0):
+    zero = magnitude == 0
+    if np.any(zero) and not ternary:
         return "weights with exact zeros (ternary), not ±alpha per output channel"
-    alpha = np.median(magnitude, axis=1).astype(np.float32)
-    spread = np.abs(magnitude.astype(np.float64) - alpha[:, None])
+    if ternary and np.all(np.isin(weight, (-1.0, 0.0, 1.0))):
+        return BinaryWeights(np.sign(weight), None, None)
+    # the median of each channel's nonzero magnitudes (1 for a channel of zeros)
+    alpha = np.array([np.median(row[~z]) if np.any(~z) else 1.0 for row, z in zip(magnitude, zero)], np.float32)
+    spread = np.where(zero, 0.0, np.abs(magnitude.astype(np.float64) - alpha[:, None]))
     if not np.all(spread <= SCALE_SPREAD * alpha[:, None]):
-        return "weights are not binary (±alpha per output channel)"
+        kind = "ternary (±alpha or 0" if ternary else "binary (±alpha"
+        return f"weights are not {kind} per output channel)"
     deviation = spread.sum(axis=1)
     if not np.any(deviation):
         return BinaryWeights(np.sign(weight), alpha, None)
@@ -186,15 +206,15 @@ def fuse_multibit_conv2d(ctx: RuleContext, call, planes, weight, scale, strides,
     )
 
 
-def fuse_ternary_conv2d(ctx: RuleContext, planes, weight, scale, strides, padding, dilation, extra):
-    """The conv of a ternary activation (sign and nonzero planes) with binary weights."""
-    oc, c, kh, kw = weight.shape
+def fuse_ternary_conv2d(ctx: RuleContext, planes, binary: BinaryWeights, strides, padding, dilation):
+    """The conv of a ternary activation (sign and nonzero planes) with binary or ternary weights."""
+    oc, c, kh, kw = binary.signs.shape
     detail = f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding}"
     ctx.fused("ternary_conv2d", detail + (f" dilation {dilation}" if dilation != (1, 1) else "")
-              + " on a ternary activation (sign and nonzero planes)")
-    inputs = [planes, relax.const(pack_bits(weight.transpose(0, 2, 3, 1)))]
-    if scale is not None:
-        inputs.append(relax.const(scale))
+              + " on a ternary activation (sign and nonzero planes)" + (", ternary weights" if binary.ternary else ""))
+    inputs = [planes, relax.const(binary.planes())]
+    if binary.scale is not None:
+        inputs.append(relax.const(binary.scale))
     return ctx.emit_kernel(
         lambda d, w, *alpha: bitserial.dot_to_float_nchw(
             bitserial.ternary_conv2d_dot(d, w, strides, padding, dilation), *alpha
@@ -205,7 +225,7 @@ def fuse_ternary_conv2d(ctx: RuleContext, planes, weight, scale, strides, paddin
         strides=list(strides),
         padding=list(padding),
         **({"dilation": list(dilation)} if dilation != (1, 1) else {}),
-        **extra,
+        **binary.kernel_attrs(),
     )
 
 
@@ -224,7 +244,7 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
     if reason is None and weight is None:
         reason = "weights are not constant"
     if reason is None:
-        binary = split_scale(weight)
+        binary = split_scale(weight, ternary=len(shape_of(packed)) == 4 or ternary)  # k-bit planes: ±alpha only
         reason = binary if isinstance(binary, str) else None
     strides = tuple(int(s) for s in call.attrs.strides)
     padding = tuple(int(p) for p in call.attrs.padding)
@@ -238,32 +258,34 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
     if reason is not None:
         ctx.keep_float(reason)
         return None
-    weight, scale, extra = binary.signs.astype(np.int64), binary.scale, binary.kernel_attrs()
     if ternary:
-        return fuse_ternary_conv2d(ctx, packed, weight, scale, strides, padding, dilation, extra)
+        return fuse_ternary_conv2d(ctx, packed, binary, strides, padding, dilation)
     if len(shape_of(packed)) == 5:  # k-bit planes
+        weight, scale, extra = binary.signs.astype(np.int64), binary.scale, binary.kernel_attrs()
         return fuse_multibit_conv2d(ctx, call, packed, weight, scale, strides, padding, extra)
-    oc, c, kh, kw = weight.shape
+    oc, c, kh, kw = binary.signs.shape
     detail = f"conv2d {oc}x{c * groups}x{kh}x{kw} stride {strides} pad {padding}"
     if dilation != (1, 1):
         detail += f" dilation {dilation}"
     if explicit is not None:
         detail += f" (explicit Pad {explicit[0]:+g})"
+    if binary.ternary:
+        detail += ", ternary weights (sign and nonzero planes)"
     if groups != 1:
         ctx.fused("binary_conv2d", f"{detail} groups {groups}: one binary conv per group, concatenated")
-        return grouped_binary_conv2d(ctx, data, packed, explicit, weight, binary, groups, strides, padding, dilation)
+        return grouped_binary_conv2d(ctx, data, packed, explicit, binary, groups, strides, padding, dilation)
     ctx.fused("binary_conv2d", detail, *([data] if explicit is not None else []))  # the Pad is in the kernel
     if explicit is not None:
-        return binary_conv2d_kernel(ctx, packed, weight, scale, strides, explicit[1], dilation, explicit[0], extra)
-    return binary_conv2d_kernel(ctx, packed, weight, scale, strides, padding, dilation, extra=extra)
+        return binary_conv2d_kernel(ctx, packed, binary, strides, explicit[1], dilation, explicit[0])
+    return binary_conv2d_kernel(ctx, packed, binary, strides, padding, dilation)
 
 
-def grouped_binary_conv2d(ctx: RuleContext, data, packed, explicit, weight, binary, groups, strides, padding, dilation):
+def grouped_binary_conv2d(ctx: RuleContext, data, packed, explicit, binary, groups, strides, padding, dilation):
     """A grouped conv as one binary conv per group on that group's channels, outputs
     concatenated. Each group's bits: a slice of the packed words when groups are whole words,
     else the group's channels of the ±1 tensor ``data`` (the conv's own input, an explicit ±1
     pad included) packed on their own, so that their channel padding bits are 0."""
-    oc, c = weight.shape[:2]
+    oc, c = binary.signs.shape[:2]
     per_group = oc // groups
     whole_words = explicit is None and c % bitserial.WORD_BITS == 0
     outputs = []
@@ -276,18 +298,21 @@ def grouped_binary_conv2d(ctx: RuleContext, data, packed, explicit, weight, bina
             part = ctx.builder_.emit(relax.op.strided_slice(data, axes=[1], begin=[g * c], end=[(g + 1) * c]), "group")
             bits = ctx.builder_.emit(ctx.emit_kernel(bitserial.pack_sign, part, op="pack_sign"), "packed")
         rows = slice(g * per_group, (g + 1) * per_group)
-        part = BinaryWeights(weight[rows], *(None if v is None else v[rows] for v in (binary.scale, binary.deviation)))
-        kernel = binary_conv2d_kernel(ctx, bits, part.signs, part.scale, strides, padding, dilation,
-                                      extra=part.kernel_attrs())
+        part = BinaryWeights(binary.signs[rows], *(None if v is None else v[rows] for v in (binary.scale, binary.deviation)))
+        kernel = binary_conv2d_kernel(ctx, bits, part, strides, padding, dilation)
         outputs.append(ctx.builder_.emit(kernel, "group_conv"))
     return relax.op.concat(outputs, axis=1)
 
 
-def binary_conv2d_kernel(ctx: RuleContext, packed, weight, scale, strides, padding, dilation, pad_value=None,
-                         extra=None):
-    """The XNOR-popcount conv kernel on ``packed`` bits with ±1 ``weight`` ``[OC, C, KH, KW]``
-    (and a per-channel ``scale``): zero padding, or with ``pad_value`` an explicit ±1 pad;
-    ``extra``: more kernel attributes (``BinaryWeights.kernel_attrs``)."""
+def binary_conv2d_kernel(ctx: RuleContext, packed, binary: BinaryWeights, strides, padding, dilation, pad_value=None):
+    """The XNOR-popcount conv kernel on ``packed`` bits with ``binary`` weights (signs ``[OC, C,
+    KH, KW]`` ±1, or ternary with zeros, and a per-channel scale): zero padding, or with
+    ``pad_value`` an explicit ±1 pad.
+
+    Ternary weights (sign and nonzero planes) count only the taps with a nonzero weight, ``nnz[o]
+    - 2 * popcount((a XOR s) AND m)``: the correction also holds ``nnz[o] - taps``, so the
+    kernel's ``taps - 2 m + correction`` stays one formula."""
+    weight = binary.signs.astype(np.int64)
     oc, c, kh, kw = weight.shape
     in_hw = shape_of(packed)[1:3]
     pad_ones = pad_value is not None and pad_value > 0
@@ -296,9 +321,12 @@ def binary_conv2d_kernel(ctx: RuleContext, packed, weight, scale, strides, paddi
     else:
         correction = padding_correction(weight, in_hw, strides, padding, dilation)
     taps = c * kh * kw
-    inputs = [packed, relax.const(pack_bits(weight.transpose(0, 2, 3, 1))), relax.const(correction)]
-    if scale is not None:
-        inputs.append(relax.const(scale))
+    if binary.ternary:
+        nonzeros = np.count_nonzero(weight.reshape(oc, -1), axis=1)
+        correction = (correction + (nonzeros - taps)[:, None, None]).astype(np.int32)
+    inputs = [packed, relax.const(binary.planes()), relax.const(correction)]
+    if binary.scale is not None:
+        inputs.append(relax.const(binary.scale))
     return ctx.emit_kernel(
         lambda d, w, k, *alpha: bitserial.dot_to_float_nchw(
             bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones, dilation), *alpha
@@ -311,7 +339,7 @@ def binary_conv2d_kernel(ctx: RuleContext, packed, weight, scale, strides, paddi
         pad_ones=int(pad_ones),
         # only where it says something: the attributes are part of a tuning record's workload
         **({"dilation": list(dilation)} if dilation != (1, 1) else {}),
-        **(extra or {}),
+        **binary.kernel_attrs(),
     )
 
 

@@ -83,7 +83,7 @@ def conv_operands(ctx: RuleContext, call):
     if x is None or plain_conv_reason(call.attrs, shape_of(x)[1]) is not None:
         return None  # before the weights are copied out: every round asks this of every conv
     weight = ctx.constant(weight_expr)
-    return (x, weight) if weight is not None and not isinstance(split_scale(weight), str) else None
+    return (x, weight) if weight is not None and not isinstance(split_scale(weight, ternary=True), str) else None
 
 
 def dense_operands(ctx: RuleContext, call):
@@ -95,7 +95,7 @@ def dense_operands(ctx: RuleContext, call):
     if x is None:
         return None  # before the weights are copied out, as for a conv
     weight = ctx.constant(weight_expr)
-    if weight is None or weight.ndim != 2 or isinstance(split_scale(weight.T), str):
+    if weight is None or weight.ndim != 2 or isinstance(split_scale(weight.T, ternary=True), str):
         return None
     return source, x, weight
 

@@ -193,27 +193,30 @@ def binary_conv2d_dot(
 ) -> te.Tensor:
     """Exact bipolar conv: int32 ``[N, OH, OW, OC]``.
 
-    ``data``: packed ``[N, H, W, CW]``; ``weight``: packed ``[OC, KH, KW, CW]``;
-    ``correction``: int32 ``[OC, OH, OW]`` (zero-padding correction, all zeros when unpadded);
+    ``data``: packed ``[N, H, W, CW]``; ``weight``: packed ``[OC, KH, KW, CW]``, or ternary
+    weights as sign and nonzero planes ``[2, OC, KH, KW, CW]`` (a zero weight's taps drop out of
+    the popcount: ``weight_term``); ``correction``: int32 ``[OC, OH, OW]`` (zero-padding
+    correction, all zeros when unpadded; for ternary weights it also holds ``nonzeros[o] - taps``);
     ``taps``: ``C * KH * KW`` real taps; ``padding``: top, left, bottom, right; ``dilation``:
     the distance between kernel taps. Padded taps are -1 bits, or +1 bits with ``pad_ones``
     (an explicit ``Pad`` with value +1; channel padding bits stay 0 so they still cancel).
     """
     n, h, w, cw = (int(v) for v in data.shape)
-    oc, kh, kw, _ = (int(v) for v in weight.shape)
+    oc, kh, kw, _ = (int(v) for v in weight.shape[-4:])
     sh, sw = strides
     dh, dw = dilation
     pt, pl, pb, pr = padding
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
     padded = padded_words(data, padding, _pad_word(taps // (kh * kw), cw) if pad_ones else None)
+    mismatch = weight_term(weight)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     rc = te.reduce_axis((0, cw), name="rc")
     mismatches = te.compute(
         (n, oh, ow, oc),
         lambda i, y, x, o: te.sum(
-            tirx.popcount(padded[i, y * sh + ry * dh, x * sw + rx * dw, rc] ^ weight[o, ry, rx, rc]).astype(
+            tirx.popcount(mismatch(padded[i, y * sh + ry * dh, x * sw + rx * dw, rc], (o, ry, rx, rc))).astype(
                 "int32"
             ),
             axis=[ry, rx, rc],
@@ -228,6 +231,14 @@ def binary_conv2d_dot(
         lambda i, y, x, o: taps - 2 * mismatches[i, y, x, o] + correct(o, y, x),
         name="binary_conv2d_dot",
     )
+
+
+def weight_term(weight: te.Tensor):
+    """``(activation word, weight index) -> the word of mismatching taps``: ``a XOR w``, or for
+    ternary weights (sign and nonzero planes) ``(a XOR s) AND m``."""
+    if len(weight.shape) == 4:
+        return lambda word, index: word ^ weight[index]
+    return lambda word, index: (word ^ weight[(0, *index)]) & weight[(1, *index)]
 
 
 def binary_dense_dot(data: te.Tensor, weight: te.Tensor, taps: int) -> te.Tensor:
@@ -260,7 +271,7 @@ def ternary_conv2d_dot(
     is a 0 in both planes, the float model's 0 exactly: no correction.
     """
     _, n, h, w, cw = (int(v) for v in planes.shape)
-    oc, kh, kw, _ = (int(v) for v in weight.shape)
+    oc, kh, kw, _ = (int(v) for v in weight.shape[-4:])
     sh, sw = strides
     dh, dw = dilation
     pt, pl, pb, pr = padding
@@ -278,8 +289,19 @@ def ternary_conv2d_dot(
         word = planes[1, i, tirx.max(tirx.min(yy, h - 1), 0), tirx.max(tirx.min(xx, w - 1), 0), rc]
         return te.sum(tirx.if_then_else(inside, tirx.popcount(word).astype("int32"), 0), axis=[ry, rx, rc])
 
-    nonzeros = te.compute((n, oh, ow), nonzero_count, name="nonzeros")
     rz = [te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx"), te.reduce_axis((0, cw), name="rc")]
+    if len(weight.shape) == 5:
+        # ternary weights too: the taps where both are nonzero depend on the output channel,
+        # counted in the same reduction (two popcounts per word): -dot = 2 popc(x & m) - popc(m)
+        def signed_mismatches(i, y, x, o):
+            yy, xx, c = y * sh + rz[0] * dh, x * sw + rz[1] * dw, rz[2]
+            both = padded[1, i, yy, xx, c] & weight[1, o, rz[0], rz[1], c]
+            mismatch = (padded[0, i, yy, xx, c] ^ weight[0, o, rz[0], rz[1], c]) & both
+            return te.sum(2 * tirx.popcount(mismatch).astype("int32") - tirx.popcount(both).astype("int32"), axis=rz)
+
+        mismatches = te.compute((n, oh, ow, oc), signed_mismatches, name="mismatches")
+        return te.compute((n, oh, ow, oc), lambda i, y, x, o: -mismatches[i, y, x, o], name="ternary_conv2d_dot")
+    nonzeros = te.compute((n, oh, ow), nonzero_count, name="nonzeros")
 
     def masked_mismatches(i, y, x, o):
         yy, xx, c = y * sh + rz[0] * dh, x * sw + rz[1] * dw, rz[2]

@@ -666,12 +666,18 @@ def epilogue_steps(func) -> tuple[str, ...]:
 
 
 def relayout_conv_constants(sch: s_tir.Schedule, func) -> dict[int, tuple[int, ...]]:
-    """Weights ``[OC, KH, KW, CW] -> [KH, KW, CW, OC]`` (a vector of output channels is one load)
+    """Weights ``[OC, KH, KW, CW] -> [KH, KW, CW, OC]`` (a vector of output channels is one load;
+    ternary weights' planes alike)
     and a full correction ``[OC, OH, OW] -> [OH, OW, OC]`` (a compact table is channels-last
     already, a k-bit conv's per-channel offsets need none); returns the permutations made, for
     ``Scheduled.relayouts``."""
-    sch.transform_layout(sch.get_sblock("mismatches"), param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
-    relayouts = {1: (1, 2, 3, 0)}
+    mism = sch.get_sblock("mismatches")
+    if len(func.params[1].shape) == 5:  # ternary weights: each plane [OC, KH, KW, CW] the same way
+        sch.transform_layout(mism, param_name(func, 1), lambda p, o, y, x, c: (p, y, x, c, o))
+        relayouts = {1: (0, 2, 3, 4, 1)}
+    else:
+        sch.transform_layout(mism, param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
+        relayouts = {1: (1, 2, 3, 0)}
     if not is_compact(func) and not is_planar(func):
         sch.transform_layout(sch.get_sblock("binary_conv2d_dot"), param_name(func, 2), lambda o, y, x: (y, x, o))
         relayouts[2] = (1, 2, 0)

@@ -250,8 +250,10 @@ def word_tiles(sch: s_tir.Schedule, func, op: str) -> Scheduled:
 
     # shared memory per channel word: 32 channels' weights and the input patch (all planes)
     weight_shape = [int(v) for v in func.params[1].shape]
+    weight_planes = weight_shape[0] if len(weight_shape) == 5 else 1  # ternary weights: sign, nonzero
+    weight_shape = weight_shape[-4:]
     data_shape = [int(v) for v in func.params[0].shape]
-    taps = weight_shape[1] * weight_shape[2] if conv else 1
+    taps = weight_planes * weight_shape[1] * weight_shape[2] if conv else 1
     planes = data_shape[0] if len(data_shape) == 5 else 1
     patch = columns
     if conv:

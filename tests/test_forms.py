@@ -422,14 +422,26 @@ def test_threshold_within_the_deviation_of_ulp_off_weights_is_not_folded(tmp_pat
     assert next(r for r in reports if r.op_type == "Conv").binary
 
 
-def test_weights_with_exact_zeros_stay_float_and_say_so(tmp_path):
+def test_weights_with_exact_zeros_run_as_ternary_weights(tmp_path):
+    """``sign(W)`` of a latent weight that is exactly 0: the conv runs binary with a nonzero
+    plane for its weights, exact at the border (the zero weight's padded taps add nothing)."""
     g = GraphBuilder([1, 8, 5, 5], seed=22)
     weights = g.binary_weight((4, 8, 3, 3)) * np.float32(0.5)
     weights[1, 2, 0, 0] = 0.0  # sign(0) of a latent weight
     out = g.conv(g.binarize("x"), weights, pad=1)
     path = save(g.model([out]), tmp_path / "m.onnx")
     conv = next(r for r in inspect_onnx(path) if r.op_type == "Conv")
-    assert not conv.binary and "exact zeros" in conv.note, conv.note
+    assert conv.binary and "ternary weights" in conv.note, conv.note
+    check(path, inputs([3, 8, 5, 5]), ["-> binary_conv2d"])
+
+
+def test_weights_neither_binary_nor_ternary_stay_float_and_say_so(tmp_path):
+    g = GraphBuilder([1, 8, 5, 5], seed=22)
+    weights = g.binary_weight((4, 8, 3, 3)) * np.float32(0.5)
+    weights[1, 2, 0, 0] = 0.25
+    out = g.conv(g.binarize("x"), weights, pad=1)
+    conv = next(r for r in inspect_onnx(save(g.model([out]), tmp_path / "m.onnx")) if r.op_type == "Conv")
+    assert not conv.binary and "not ternary (±alpha or 0 per output channel)" in conv.note, conv.note
 
 
 def test_threshold_within_rounding_of_a_scaled_sum_stays_float(tmp_path):

@@ -24,6 +24,7 @@ from test_schedules import (
     x86_target,  # noqa: F401 (the fixture)
 )
 
+from bnn_tvm.inspect import inspect_onnx
 from bnn_tvm.verify import verify
 from relay_passes.common import pack_bits
 from schedules import bitserial
@@ -43,11 +44,20 @@ def planes_of(values: np.ndarray) -> np.ndarray:
                      pack_bits(np.where(values != 0, 1, -1).transpose(order))])
 
 
-def ternary_conv_case(rng, n, c, h, w, oc, k, stride, pad, threshold=False, scale=False, dilation=1):
-    a, weight = ternary(rng, (n, c, h, w)), bipolar(rng, (oc, c, k, k))
+def weight_planes(weight: np.ndarray) -> np.ndarray:
+    """Packed ``[OC, KH, KW, CW]`` bits of ±1 weights, or the two planes of ternary ones."""
+    if np.all(weight != 0):
+        return pack_bits(weight.transpose(0, 2, 3, 1))
+    return planes_of(weight)
+
+
+def ternary_conv_case(rng, n, c, h, w, oc, k, stride, pad, threshold=False, scale=False, dilation=1,
+                      ternary_weights=False):
+    a = ternary(rng, (n, c, h, w))
+    weight = ternary(rng, (oc, c, k, k), 0.4) if ternary_weights else bipolar(rng, (oc, c, k, k))
     dot = conv_reference(a, weight, stride, pad, dilation)
     padding, dilations = (pad,) * 4, (dilation, dilation)
-    inputs_ = [planes_of(a), pack_bits(weight.transpose(0, 2, 3, 1))]
+    inputs_ = [planes_of(a), weight_planes(weight)]
     attrs = {"bnn.taps": c * k * k, "bnn.strides": [stride, stride], "bnn.padding": list(padding),
              "bnn.dilation": list(dilations)}
 
@@ -97,6 +107,48 @@ def test_ternary_conv_matches_numpy(shape, form, x86_target):  # noqa: F811 (the
                              scale=form == "scaled")
     plan = check_case(case, target=x86_target).plan
     assert "32-bit counters" in plan, plan
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES[:3], ids=lambda s: "n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))
+@pytest.mark.parametrize("form", ["float", "threshold"])
+def test_ternary_conv_with_ternary_weights_matches_numpy(shape, form, x86_target):  # noqa: F811 (the fixture)
+    """Both operands ternary: the taps where both are nonzero counted per output channel."""
+    case = ternary_conv_case(np.random.default_rng(sum(shape) + 1), *shape, threshold=form == "threshold",
+                             ternary_weights=True)
+    check_case(case, target=x86_target)
+
+
+def binary_conv_ternary_weights_case(rng, n, c, h, w, oc, k, stride, pad, threshold=False):
+    """Binary activations, ternary weights: the binary conv kernel with weight planes and the
+    correction the passes give it (zero padding, plus ``nonzeros[o] - taps``)."""
+    from relay_passes.fuse_binary_conv2d import padding_correction
+
+    a, weight = bipolar(rng, (n, c, h, w)), ternary(rng, (oc, c, k, k), 0.4)
+    dot = conv_reference(a, weight, stride, pad)
+    padding, taps = (pad,) * 4, c * k * k
+    correction = padding_correction(weight, (h, w), (stride, stride), padding)
+    correction = (correction + (np.count_nonzero(weight.reshape(oc, -1), axis=1) - taps)[:, None, None]).astype(np.int32)
+    inputs_ = [pack_bits(a.transpose(0, 2, 3, 1)), planes_of(weight), correction]
+    attrs = {"bnn.taps": taps, "bnn.strides": [stride, stride], "bnn.padding": list(padding), "bnn.pad_ones": 0,
+             "bnn.ternary_weights": 1}
+
+    def conv(d, wt, k_):
+        return bitserial.binary_conv2d_dot(d, wt, k_, taps, (stride, stride), padding)
+
+    if threshold:
+        low, high = thresholds(rng, oc)
+        expected = packed_decisions(((dot >= low[:, None, None]) & (dot <= high[:, None, None])).transpose(0, 2, 3, 1))
+        return ("binary_conv2d_threshold", attrs, inputs_ + [low, high],
+                lambda d, wt, k_, lo, hi: bitserial.threshold_pack(conv(d, wt, k_), lo, hi), expected)
+    return ("binary_conv2d", attrs, inputs_, lambda d, wt, k_: bitserial.dot_to_float_nchw(conv(d, wt, k_)),
+            dot.astype(np.float32))
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))
+@pytest.mark.parametrize("form", ["float", "threshold"])
+def test_binary_conv_with_ternary_weights_matches_numpy(shape, form, x86_target):  # noqa: F811 (the fixture)
+    case = binary_conv_ternary_weights_case(np.random.default_rng(sum(shape) + 2), *shape, threshold=form == "threshold")
+    check_case(case, target=x86_target)
 
 
 def test_dilated_ternary_conv_matches_numpy():
@@ -169,3 +221,34 @@ def test_ternary_kernels_are_compared_in_verify(tmp_path, monkeypatch):
     monkeypatch.setattr(bitserial, "pack_ternary", zeros_as_minus_one)
     report = verify(save(residual_sign_graph(), tmp_path / "m.onnx"), "x86", x=inputs([4, 16, 8, 8]))
     assert not report.ok
+
+
+def ternary_weight_graph():
+    """TWN layers: ``{-alpha, 0, +alpha}`` weights (alpha not a power of two) on binarized
+    input, a batch norm and binarizer between (a threshold with the scale's rounding band), a
+    conv with ternary weights on a ``Sign`` that sees 0 (both operands ternary), and a
+    BinaryNet-style ``sign(W)`` whose latent weights hold exact zeros."""
+    g = GraphBuilder([1, 16, 8, 8], seed=31)
+    rng = np.random.default_rng(31)
+
+    def twn(shape, alpha):
+        return (ternary(rng, shape, 0.35) * np.float32(alpha)).astype(np.float32)
+
+    y = g.batch_norm(g.conv(g.binarize("x"), twn((24, 16, 3, 3), 0.37), pad=1), *g.random_bn(24, 0.3))
+    # float output: the scale in the epilogue (a power of two, so that the float graph's sum is
+    # exact too and the Sign after it sees the same zeros)
+    y = g.conv(g.binarize(y), twn((16, 24, 3, 3), 0.5), pad=1)
+    y = g.conv(g.node("Sign", [y]), ternary(rng, (16, 16, 3, 3), 0.3).astype(np.float32), pad=1, stride=2)
+    return g.model([y])
+
+
+def test_ternary_weights_run_in_binary_and_ternary_kernels(tmp_path):
+    x = inputs([4, 16, 8, 8])
+    x[:, :, ::4] = 0.0
+    report = verify(save(ternary_weight_graph(), tmp_path / "m.onnx"), "x86", x=x)
+    assert report.ok, "\n".join(report.lines())
+    fused = " | ".join(report.fused)
+    assert fused.count("ternary weights") == 3, fused
+    assert "-> binary_conv2d_threshold" in fused and "-> ternary_conv2d" in fused, fused
+    convs = [r for r in inspect_onnx(str(tmp_path / "m.onnx")) if r.op_type == "Conv"]
+    assert len(convs) == 3 and all(r.binary for r in convs), convs
