@@ -169,7 +169,8 @@ def verify(
         reference = signs_as_binarizers(lowered.onnx_model) if sign_zero == "plus" else lowered.onnx_model
         try:
             report.per_layer = verify_per_layer(lowered, reference, x, target, sign_zero, progress,
-                                                run=lambda c, row: compiled_outputs(c, target, row, rpc, tracker, key))
+                                                run=lambda c, row: compiled_outputs(c, target, row, rpc, tracker, key),
+                                                whole_fused=compiled.metadata["fused"])
         except BnnError as err:
             report.per_layer_note = f"not run: {err}"
     elif report.exact:

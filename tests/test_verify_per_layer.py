@@ -67,6 +67,7 @@ def test_float_rounding_upstream_fails_end_to_end_but_verifies_per_layer(near_ti
     assert report.per_layer.exact and "all exact" in lines, lines
     kinds = [line.split(" -> ")[1].split(" [")[0] for line in report.per_layer.fused]
     assert kinds.count("binary_conv2d") == 2  # the segments ran as binary kernels, as in the whole model
+    assert report.per_layer.unchecked == {} and "compiled without" not in lines
     assert report.ok and lines.endswith("VERIFY OK")
 
 
@@ -111,7 +112,7 @@ def test_segments_cut_at_binarized_tensors_float_layers_and_shared_tensors(tmp_p
     b1 = g.binarize(x1)
     x2 = g.node("Add", [g.batch_norm(g.conv(b1, g.binary_weight((16, 16, 3, 3)), pad=1), *g.random_bn(16)), x1])
     lowered = lower_onnx(save(g.model([x2]), tmp_path / "residual.onnx"))
-    cuts = set(lowered.packed_kinds()) | float_layer_outputs(lowered) | {x2}
     assert float_layer_outputs(lowered) == {stem}
-    found = {s.outputs[0]: s.inputs for s in cut_into_segments(lowered.onnx_model.graph, cuts)}
-    assert found == {stem: ["x"], b0: [stem], b1: [stem, b0], x2: [x1, b1]}
+    segments = cut_into_segments(lowered.onnx_model.graph, set(lowered.packed_kinds()), {stem}, {x2})
+    found = {tuple(s.outputs): sorted(s.inputs) for s in segments}
+    assert found == {(b0,): [stem], (b1, x1): sorted([stem, b0]), (stem,): ["x"], (x2,): sorted([x1, b1])}
