@@ -99,51 +99,60 @@ class PerLayerReport:
         return out
 
 
-def float_layer_outputs(lowered) -> set[str]:
-    """ONNX tensors that a float layer of the lowered model computes: a float kernel of ours
-    (with its fused epilogue, so its output is the epilogue's) or a Relax op of
-    ``FLOAT_LAYER_OPS``."""
+def materialised_tensors(lowered) -> tuple[set, set]:
+    """``(float layer outputs, all)``: the ONNX tensors the lowered model computes as a binding of
+    its own (a kernel's output, with its fused epilogue's last op; a Relax op), and among them
+    those of a float layer: a float kernel of ours or a Relax op of ``FLOAT_LAYER_OPS``. Tensors
+    inside a fused kernel (a chain folded into thresholds) are in neither."""
     import tvm
     from tvm import relax
 
     from schedules.float_conv import FLOAT_KERNELS
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
-    order = {node.name: index for index, node in enumerate(lowered.onnx_model.graph.node)}
-    found = set()
+    graph = lowered.onnx_model.graph
+    order = {node.name: index for index, node in enumerate(graph.node)}
+    floats, found = set(), set()
     for block in lowered.mod["main"].body.blocks:
         for binding in block.bindings:
             value = binding.value
-            if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
+            nodes = [n for n in lowered.onnx_nodes([binding.var.name]) if n in order]
+            if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op) or not nodes:
                 continue
+            tensor = graph.node[max(order[n] for n in nodes)].output[0]
+            found.add(tensor)
             if value.op == call_tir:
                 attrs = lowered.mod[value.args[0]].attrs
-                is_float = attrs is not None and "bnn.op" in attrs and str(attrs["bnn.op"]) in FLOAT_KERNELS
-            else:
-                is_float = value.op.name in FLOAT_LAYER_OPS
-            nodes = [n for n in lowered.onnx_nodes([binding.var.name]) if n in order]
-            if is_float and nodes:
-                found.add(lowered.onnx_model.graph.node[max(order[n] for n in nodes)].output[0])
-    return found
+                if attrs is not None and "bnn.op" in attrs and str(attrs["bnn.op"]) in FLOAT_KERNELS:
+                    floats.add(tensor)
+            elif value.op.name in FLOAT_LAYER_OPS:
+                floats.add(tensor)
+    return floats, found
 
 
-def cut_into_segments(graph, binarized: set, float_outputs: set, outputs: set = frozenset()) -> list[Segment]:
+def cut_into_segments(graph, binarized: set, float_outputs: set, outputs: set = frozenset(),
+                      materialised: set | None = None) -> list[Segment]:
     """One segment per cut tensor (``binarized`` and ``float_outputs``), computing it from the
-    nearest cut tensors, the graph input and tensors that other segments compute (each node is
-    in one segment). Binarized tensors go first: a chain of float ops that both a binarizer and
-    something else read is then the binarizer's, which the whole model folds into thresholds.
-    ``outputs`` (the model's) are compared too, but not cut at: a float output that a binarizer
-    also reads is computed by one kernel, and the binarizer by another that folds the same float
-    ops into its thresholds; both are checked only if the binarizer's segment computes them."""
+    nearest cut tensors, the graph input, and the ``materialised`` tensors (the whole model
+    computes them once; None: every tensor) that an earlier segment computes: those are outputs
+    of that segment too, compared, and read by the later ones (a residual stream). A chain of
+    float ops that is not materialised (the whole model folds it into each binarizer's
+    thresholds) is computed again by every segment that needs it.
+
+    Binarized tensors go first: a float chain that a binarizer and a float layer both read is
+    then the binarizer's, as the thresholds fold it. ``outputs`` (the model's) are compared too,
+    but not cut at: a float output that a binarizer also reads is computed by one kernel and the
+    binarizer by another, and both are checked only if the binarizer's segment computes them."""
     producer = {out: index for index, node in enumerate(graph.node) for out in node.output if out}
     cuts = set(binarized) | set(float_outputs)
     ordered = []
     for heads in (set(binarized), set(float_outputs) - set(binarized), set(outputs) - cuts):
         ordered += sorted((t for t in heads if t in producer), key=lambda t: producer[t])
+    data_inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}  # some list weights as inputs
     owner: dict[int, Segment] = {}
     segments: list[Segment] = []
     for out in ordered:
-        if producer[out] in owner:  # another output of a node already in a segment
+        if producer[out] in owner:  # a model output an earlier segment computes
             owner[producer[out]].outputs.append(out)
             continue
         segment = Segment([out], [])
@@ -152,21 +161,20 @@ def cut_into_segments(graph, binarized: set, float_outputs: set, outputs: set = 
             tensor = stack.pop()
             index = producer.get(tensor)
             if index is None or index in segment.nodes:
-                if index is None and tensor in {i.name for i in graph.input}:
+                if index is None and tensor in data_inputs:
                     segment.inputs.append(tensor)
                 continue
-            if (tensor != out and tensor in cuts) or index in owner:
+            shared = index in owner and (materialised is None or tensor in materialised)
+            if (tensor != out and tensor in cuts) or shared:
                 segment.inputs.append(tensor)
                 continue
             segment.nodes.add(index)
             stack.extend(name for name in graph.node[index].input if name)
         segment.inputs = list(dict.fromkeys(segment.inputs))
         for index in segment.nodes:
-            owner[index] = segment
+            owner.setdefault(index, segment)
         segments.append(segment)
     for tensor in dict.fromkeys(t for segment in segments for t in segment.inputs):
-        # a tensor computed inside one segment and read by others (a residual stream) is an
-        # output of that segment too: the whole model materialises it, so that kernel is checked
         segment = owner.get(producer.get(tensor, -1))
         if segment is not None and tensor not in segment.outputs:
             segment.outputs.append(tensor)
@@ -227,12 +235,18 @@ def segments_model(model: onnx.ModelProto, segments: list[Segment], shapes: dict
             nodes += more_nodes
             initializers += more_initializers
         offset += size
-    for segment in segments:  # graph order within a segment; across segments only fed tensors
-        reads = set(segment.inputs)
+    emitted: set[int] = set()
+    for number, segment in enumerate(segments):  # graph order within a segment; across segments only fed tensors
+        renamed = {name: name + FED for name in segment.inputs}
         for index in sorted(segment.nodes):
             node = onnx.NodeProto()
             node.CopyFrom(graph.node[index])
-            node.input[:] = [name + FED if name in reads else name for name in node.input]
+            node.input[:] = [renamed.get(name, name) for name in node.input]
+            if index in emitted:  # a chain another segment computes too: its own copy
+                for position, name in enumerate(node.output):
+                    renamed[name] = node.output[position] = f"{name}/segment{number}" if name else name
+                node.name = f"{node.name}/segment{number}"
+            emitted.add(index)
             nodes.append(node)
     outputs = [helper.make_empty_tensor_value_info(t) for s in segments for t in s.outputs]
     inputs = [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, [1, offset])]
@@ -256,7 +270,8 @@ def verify_per_layer(
 
     graph = lowered.onnx_model.graph
     kinds = lowered.packed_kinds()
-    segments = cut_into_segments(graph, set(kinds), float_layer_outputs(lowered), {o.name for o in graph.output})
+    floats, materialised = materialised_tensors(lowered)
+    segments = cut_into_segments(graph, set(kinds), floats, {o.name for o in graph.output}, materialised)
     wanted = list(dict.fromkeys([t for s in segments for t in s.inputs] + [t for s in segments for t in s.outputs]))
     batch = lowered.input_shape[0]
     x = whole_chunks(x, batch)

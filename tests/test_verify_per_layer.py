@@ -103,7 +103,7 @@ def test_per_layer_on_the_command_line(tmp_path, capsys):
 def test_segments_cut_at_binarized_tensors_float_layers_and_shared_tensors(tmp_path):
     """A residual stream is computed by the first segment that needs it and read by the later ones."""
     from bnn_tvm.compiler import lower_onnx
-    from bnn_tvm.verify_layers import cut_into_segments, float_layer_outputs
+    from bnn_tvm.verify_layers import cut_into_segments, materialised_tensors
 
     g = GraphBuilder([1, 8, 6, 6], seed=3)
     stem = g.conv("x", np.random.default_rng(3).standard_normal((16, 8, 3, 3)).astype(np.float32), pad=1)
@@ -112,7 +112,8 @@ def test_segments_cut_at_binarized_tensors_float_layers_and_shared_tensors(tmp_p
     b1 = g.binarize(x1)
     x2 = g.node("Add", [g.batch_norm(g.conv(b1, g.binary_weight((16, 16, 3, 3)), pad=1), *g.random_bn(16)), x1])
     lowered = lower_onnx(save(g.model([x2]), tmp_path / "residual.onnx"))
-    assert float_layer_outputs(lowered) == {stem}
-    segments = cut_into_segments(lowered.onnx_model.graph, set(lowered.packed_kinds()), {stem}, {x2})
+    floats, materialised = materialised_tensors(lowered)
+    assert floats == {stem} and {stem, x1, x2} <= materialised
+    segments = cut_into_segments(lowered.onnx_model.graph, set(lowered.packed_kinds()), {stem}, {x2}, materialised)
     found = {tuple(s.outputs): sorted(s.inputs) for s in segments}
     assert found == {(b0,): [stem], (b1, x1): sorted([stem, b0]), (stem,): ["x"], (x2,): sorted([x1, b1])}
