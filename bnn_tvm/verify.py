@@ -175,7 +175,8 @@ def verify(
             report.per_layer_note = f"not run: {err}"
         except Exception as err:  # noqa: BLE001 (a crash here must not hide the end-to-end report)
             first = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-            report.per_layer_note = f"not run: the segments model failed ({type(err).__name__}: {first}); please report it"
+            report.per_layer_note = (f"not run: the segments model failed ({type(err).__name__}: {first}); "
+                                     "please report it")
     elif report.exact:
         report.per_layer_note = "not run (end to end exact; --per-layer checks each kernel on ONNX Runtime's inputs)"
     return report

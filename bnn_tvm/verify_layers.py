@@ -250,7 +250,8 @@ def segments_model(model: onnx.ModelProto, segments: list[Segment], shapes: dict
             nodes.append(node)
     outputs = [helper.make_empty_tensor_value_info(t) for s in segments for t in s.outputs]
     inputs = [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, [1, offset])]
-    new_graph = helper.make_graph(nodes, "segments", inputs, outputs, initializer=list(graph.initializer) + initializers)
+    weights = list(graph.initializer) + initializers
+    new_graph = helper.make_graph(nodes, "segments", inputs, outputs, initializer=weights)
     result = helper.make_model(new_graph, opset_imports=list(model.opset_import))
     result.ir_version = model.ir_version
     return result
@@ -265,37 +266,33 @@ def verify_per_layer(
     ``--sign-zero plus``) values of its inputs on ``x`` and compare. ``run(compiled, row)``: the
     compiled segments' outputs for one ``[1, total]`` row (here, or on a board); ``whole_fused``:
     the whole model's fused kernels, to name those the segments did not compile to."""
-    from .compiler import add_graph_outputs, compile_onnx
-    from .verify import reference_outputs
+    from .compiler import compile_onnx
 
     graph = lowered.onnx_model.graph
     kinds = lowered.packed_kinds()
     floats, materialised = materialised_tensors(lowered)
     segments = cut_into_segments(graph, set(kinds), floats, {o.name for o in graph.output}, materialised)
-    wanted = list(dict.fromkeys([t for s in segments for t in s.inputs] + [t for s in segments for t in s.outputs]))
+    fed = list(dict.fromkeys(t for s in segments for t in s.inputs))
+    outputs = [t for s in segments for t in s.outputs]
     batch = lowered.input_shape[0]
     x = whole_chunks(x, batch)
-    probe = onnx.ModelProto.FromString(reference_model.SerializeToString())
-    del probe.graph.output[:]
-    add_graph_outputs(probe, wanted)
-    values = dict(zip(wanted, reference_outputs(probe, x, lowered.input_name, batch)))
     chunks = len(x) // batch
+    values = reference_values(reference_model, list(dict.fromkeys(fed + outputs)), x, lowered.input_name, batch)
     shapes = {t: (len(v) // chunks, *v.shape[1:]) for t, v in values.items()}
     model = segments_model(lowered.onnx_model, segments, shapes, kinds)
     with tempfile.TemporaryDirectory(prefix="bnn-per-layer-") as folder:
         path = os.path.join(folder, "segments.onnx")
         onnx.save(model, path)
         compiled = compile_onnx(path, target, progress=progress, sign_zero=sign_zero)
-    fed = list(dict.fromkeys(t for s in segments for t in s.inputs))
-    outputs = [t for s in segments for t in s.outputs]
-    rows = np.stack([np.concatenate([part(values[t], c, chunks).reshape(-1) for t in fed]) for c in range(chunks)])
-    ours = [run(compiled, rows[c:c + 1]) for c in range(chunks)]
+    ours = [run(compiled, np.concatenate([part(values[t], c, chunks).reshape(-1) for t in fed])[None])
+            for c in range(chunks)]  # one compiled batch's segment inputs per run, as one row
     ours_of = {t: np.concatenate([o[i] for o in ours]) for i, t in enumerate(outputs)}
     results = []
     for segment in segments:
         for tensor in segment.outputs:
             results.append(compare_segment(tensor, tensor in kinds, ours_of[tensor], values[tensor], segment.inputs))
-    return PerLayerReport(results, compiled.metadata["fused"], unchecked_kernels(whole_fused, compiled.metadata["fused"]))
+    fused = compiled.metadata["fused"]
+    return PerLayerReport(results, fused, unchecked_kernels(whole_fused, fused))
 
 
 def unchecked_kernels(whole: list, segments: list) -> dict:
@@ -310,6 +307,17 @@ def unchecked_kernels(whole: list, segments: list) -> dict:
 
     lacking = kinds(whole) - kinds(segments)
     return {kernel: count for kernel, count in lacking.items() if kernel not in PACKED_TENSOR}
+
+
+def reference_values(model: onnx.ModelProto, tensors: list, x: np.ndarray, input_name: str, batch: int) -> dict:
+    """ONNX Runtime's values of ``tensors`` on ``x``, in chunks of the pinned ``model``'s batch."""
+    from .compiler import add_graph_outputs
+    from .verify import reference_outputs
+
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    del probe.graph.output[:]
+    add_graph_outputs(probe, tensors)
+    return dict(zip(tensors, reference_outputs(probe, x, input_name, batch)))
 
 
 def whole_chunks(x: np.ndarray, batch: int) -> np.ndarray:
