@@ -126,8 +126,13 @@ class LoweredModel:
     def binarizer_outputs(self) -> list[str]:
         """ONNX tensors the passes turned into packed bits (binary and k-bit activations, and the
         ternary ``Sign`` a conv or dense reads as sign and nonzero planes, or as two bipolar halves)."""
+        return list(self.packed_kinds())
+
+    def packed_kinds(self) -> dict:
+        """``{ONNX tensor: pack kernel}`` of ``binarizer_outputs``, in the order the passes packed
+        them (the kernel says what values the tensor holds: ``PACKED_TENSOR``)."""
         nodes = {n.name: n for n in self.onnx_model.graph.node}
-        found = []
+        found: dict = {}
         for log in self.logs:
             for rewrite in log.rewrites:
                 if rewrite.kernel not in PACKED_TENSOR:
@@ -135,13 +140,14 @@ class LoweredModel:
                 position = PACKED_TENSOR[rewrite.kernel]
                 found_nodes = self.onnx_nodes(rewrite.nodes[position:position + 1])
                 node = nodes.get(found_nodes[0]) if found_nodes else None
-                if node is not None and node.output[0] not in found:
-                    found.append(node.output[0])
+                if node is not None:
+                    found.setdefault(node.output[0], rewrite.kernel)
         return found
 
 
 # pack kernel -> position, among the names its rewrite logs, of the tensor it packs (a pair's or
-# ternary planes' first name is the conv or dense that reads them)
+# ternary planes' first name is the conv or dense that reads them); the tensor holds +-1
+# (pack_sign), -1/0/+1 (pack_sign_pair, pack_ternary) or k/L, k = 0..L (pack_levels)
 PACKED_TENSOR = {"pack_sign": 0, "pack_levels": 0, "pack_sign_pair": 1, "pack_ternary": 1}
 
 

@@ -18,6 +18,7 @@ from .compiler import add_graph_outputs, compile_onnx, lower_onnx
 from .errors import BnnError
 from .onnx_import import graph_input, load_for_compile, signs_as_binarizers
 from .runtime import CompiledRunner, check_runs_here
+from .verify_layers import PerLayerReport, verify_per_layer
 
 RELATIVE_TOLERANCE = 1e-5
 
@@ -52,11 +53,23 @@ class VerifyReport:
     # --sign-zero plus: the reference is the float graph with Sign(0) = +1; how far the compiled
     # model is from the float graph itself (binary values differing, the outputs' max abs diff)
     float_graph_differences: tuple[int, float] | None = None
-    first_divergence: "Divergence | None" = None
+    end_to_end: "EndToEnd | None" = None  # where binarized values differ: where the differences start
+    per_layer: "PerLayerReport | None" = None
+    per_layer_note: str | None = None  # why the per-layer check did not run
+
+    @property
+    def exact(self) -> bool:
+        """End to end: binarized values identical, outputs within float rounding."""
+        return self.max_rel_diff <= RELATIVE_TOLERANCE and not self.binary_mismatches
 
     @property
     def ok(self) -> bool:
-        return self.max_rel_diff <= RELATIVE_TOLERANCE and not self.binary_mismatches
+        """Without the per-layer check: exact end to end. With it (``RULE``): every segment exact,
+        and end to end exact or each difference traced to float rounding upstream."""
+        if self.per_layer is None:
+            return self.exact
+        traced = bool(self.binary_mismatches) and self.end_to_end is not None and self.end_to_end.traced
+        return self.per_layer.exact and (self.exact or traced)
 
     def lines(self) -> list[str]:
         out = [f"fused: {line}" for line in self.fused] or ["fused: nothing (no binary layer recognised)"]
@@ -65,8 +78,8 @@ class VerifyReport:
         if self.binary_mismatches:
             for name, count in self.binary_mismatches.items():
                 out.append(f"binary activation {name}: {count} values differ")
-            if self.first_divergence is not None:
-                out.append(self.first_divergence.line())
+            if self.end_to_end is not None:
+                out.extend(self.end_to_end.lines())
         elif self.binary_checked:
             out.append(f"binary activations: all {self.binary_checked} tensors identical")
         elif self.fused:
@@ -75,10 +88,19 @@ class VerifyReport:
             values, diff = self.float_graph_differences
             out.append(f"--sign-zero plus: checked against the float graph with Sign(0) = +1; against the float graph "
                        f"itself {values} binarized values differ (where a Sign saw 0), outputs max abs diff {diff:.3g}")
+        if self.per_layer is not None:
+            out.extend(self.per_layer.lines())
+            out.append(RULE)
+        elif self.per_layer_note:
+            out.append(f"per layer: {self.per_layer_note}")
         for engine, acc in self.accuracy.items():
             out.append(f"accuracy ({engine}): {acc:.4f}")
         out.append("VERIFY OK" if self.ok else "VERIFY FAILED")
         return out
+
+
+RULE = ("rule: VERIFY OK when every segment is exact on ONNX Runtime's inputs and, end to end, every binarized value is "
+        "identical or its difference starts at a near-tie of a float layer (float rounding upstream)")
 
 
 def verify(
@@ -93,13 +115,15 @@ def verify(
     tracker: str | None = None,
     key: str | None = None,
     sign_zero: str = "exact",
+    per_layer: bool = False,
 ) -> VerifyReport:
     """Compile ``path``, run it and ORT on ``x`` (random normal inputs when None), compare;
     ``progress``: the compile's stage bar. With ``rpc`` (HOST:PORT) or ``tracker`` + ``key``
     the compiled module runs on that board (a Raspberry Pi, the emulated one), ORT here.
     ``sign_zero="plus"``: the model is compiled with ``Sign(0) = +1`` and checked against the
     float graph with the same convention; the report also says how far it is from the float
-    graph itself."""
+    graph itself. ``per_layer``: also check every compiled kernel on ONNX Runtime's values of its
+    inputs (``verify_layers``); it runs by itself when binarized values differ end to end."""
     import targets
 
     check_runs_here(targets.get(target), remote=rpc is not None or tracker is not None)
@@ -135,13 +159,27 @@ def verify(
         accuracy["onnxruntime"] = float(np.mean(theirs[0].argmax(1) == labels))
         accuracy.update(extra_accuracy or {})
     names = [o.name for o in model.graph.output][:n_final]
-    divergence = None
+    report = VerifyReport(names, abs_diff, rel_diff, len(binaries), mismatches, compiled.metadata["fused"], accuracy,
+                          differences)
     if mismatches:
         ours_of = dict(zip(binaries, ours[n_final:]))
         theirs_of = dict(zip(binaries, theirs[n_final:]))
-        divergence = first_divergence(model, mismatches, ours_of, theirs_of, x, input_name, chunk)
-    return VerifyReport(names, abs_diff, rel_diff, len(binaries), mismatches, compiled.metadata["fused"], accuracy,
-                        differences, divergence)
+        report.end_to_end = trace_end_to_end(model, binaries, mismatches, ours_of, theirs_of, x, input_name, chunk)
+    if per_layer or mismatches:
+        reference = signs_as_binarizers(lowered.onnx_model) if sign_zero == "plus" else lowered.onnx_model
+        try:
+            report.per_layer = verify_per_layer(lowered, reference, x, target, sign_zero, progress,
+                                                run=lambda c, row: compiled_outputs(c, target, row, rpc, tracker, key),
+                                                whole_fused=compiled.metadata["fused"])
+        except BnnError as err:
+            report.per_layer_note = f"not run: {err}"
+        except Exception as err:  # noqa: BLE001 (a crash here must not hide the end-to-end report)
+            first = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+            report.per_layer_note = (f"not run: the segments model failed ({type(err).__name__}: {first}); "
+                                     "please report it")
+    elif report.exact:
+        report.per_layer_note = "not run (end to end exact; --per-layer checks each kernel on ONNX Runtime's inputs)"
+    return report
 
 
 def compare(ours: list, theirs: list, binaries: list[str]) -> tuple[float, float, dict]:
@@ -160,7 +198,7 @@ def compare(ours: list, theirs: list, binaries: list[str]) -> tuple[float, float
 
 
 NEAR_TIE = 1e-5  # relative to the range of a binarizer's input: within float rounding of its threshold
-DECISIONS = ("GreaterOrEqual", "Greater", "Less", "LessOrEqual", "Sign")
+DECISIONS = ("GreaterOrEqual", "Greater", "Less", "LessOrEqual", "Sign", "Round")
 
 
 @dataclass
@@ -187,30 +225,47 @@ class Divergence:
 def first_divergence(model, mismatches: dict, ours: dict, theirs: dict, x, input_name: str, batch) -> Divergence:
     order = {out: index for index, node in enumerate(model.graph.node) for out in node.output}
     tensor = min(mismatches, key=lambda name: order.get(name, len(order)))
-    found = decision_input(model, tensor)
-    if found is None:
-        return Divergence(tensor, mismatches[tensor], None)
-    source, threshold = found
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    add_graph_outputs(probe, [source])
-    values = reference_outputs(probe, x, input_name, batch)[-1].astype(np.float64) - threshold
-    scale = float(np.max(np.abs(values))) if values.size else 0.0
+    near = near_ties(model, [tensor], x, input_name, batch)[tensor]
     differing = ours[tensor] != theirs[tensor]
-    near = np.abs(values) <= NEAR_TIE * scale
-    return Divergence(tensor, int(differing.sum()), int((differing & near).sum()))
+    found = None if near is None or near.shape != differing.shape else int((differing & near).sum())
+    return Divergence(tensor, int(differing.sum()), found)
 
 
-def decision_input(model, tensor: str) -> tuple[str, float] | None:
-    """``(input, threshold)`` of the comparison (or ``Sign``) nearest above ``tensor``: what a
-    binarizer decides on. A threshold that is not a scalar constant is refused (None)."""
+def near_ties(model, tensors: list[str], x, input_name: str, batch) -> dict:
+    """``{tensor: mask}``: where the float graph (ONNX Runtime, on ``x``) puts the input of the
+    binarizer producing ``tensor`` within ``NEAR_TIE`` of its range from the threshold (from a
+    rounding boundary, for a ``Round``); None where that input is not found."""
+    found = {tensor: decision_input(model, tensor) for tensor in tensors}
+    sources = list(dict.fromkeys(f[0] for f in found.values() if f is not None))
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    del probe.graph.output[:]
+    add_graph_outputs(probe, sources)
+    values = dict(zip(sources, reference_outputs(probe, x, input_name, batch))) if sources else {}
+    masks = {}
+    for tensor, decision in found.items():
+        if decision is None:
+            masks[tensor] = None
+            continue
+        source, threshold = decision
+        value = values[source].astype(np.float64)
+        distance = value - threshold if threshold is not None else value - (np.floor(value) + 0.5)
+        scale = float(np.max(np.abs(value - (threshold or 0.0)))) if value.size else 0.0
+        masks[tensor] = np.abs(distance) <= NEAR_TIE * scale
+    return masks
+
+
+def decision_input(model, tensor: str) -> tuple[str, float | None] | None:
+    """``(input, threshold)`` of the comparison (or ``Sign``, or ``Round``: threshold None, its
+    boundaries are the half integers) nearest above ``tensor``: what a binarizer decides on. A
+    threshold that is not a scalar constant is refused (None)."""
     producer = {out: node for node in model.graph.node for out in node.output}
     constants = {i.name: i for i in model.graph.initializer}
     frontier = [tensor]
     for _ in range(8):
         nodes = [producer[name] for name in frontier if name in producer]
         for node in nodes:
-            if node.op_type == "Sign":
-                return node.input[0], 0.0
+            if node.op_type in ("Sign", "Round"):
+                return node.input[0], 0.0 if node.op_type == "Sign" else None
             if node.op_type in DECISIONS:
                 value = onnx.numpy_helper.to_array(constants[node.input[1]]) if node.input[1] in constants else None
                 if value is None or value.size != 1:
@@ -218,6 +273,70 @@ def decision_input(model, tensor: str) -> tuple[str, float] | None:
                 return node.input[0], float(value.reshape(()))
         frontier = [name for node in nodes for name in node.input if name not in constants]
     return None
+
+
+@dataclass
+class EndToEnd:
+    """Binarized values that differ end to end, how many of them are near-ties of a float layer,
+    and the tensors where the differences start (no binarized tensor before them differs):
+    ``{tensor: (differing values, near-ties or None without a tie analysis)}``."""
+
+    differing: int
+    near_ties: int
+    tensors: int
+    origins: dict
+
+    @property
+    def traced(self) -> bool:
+        """Every difference starts at a near-tie: float rounding upstream decided it; the rest
+        follow from those flips."""
+        return bool(self.origins) and all(near == count for count, near in self.origins.values())
+
+    def lines(self) -> list[str]:
+        out = [f"end to end: {self.differing} binarized values differ (in {self.tensors} tensors), {self.near_ties} of "
+               f"them near-ties of a float layer (its input within {NEAR_TIE:g} of its range from the binarizer's "
+               "threshold in ONNX Runtime: float rounding upstream)"]
+        for tensor, (count, near) in self.origins.items():
+            if near is None:
+                how = "its binarizer's input was not found: no tie analysis"
+            elif near == count:
+                how = "all near-ties"
+            else:
+                how = f"{count - near} of them not near the threshold: not float rounding"
+            out.append(f"end to end: differences start in {tensor}: {count} values, {how}")
+        if self.traced:
+            out.append("end to end: every difference traced to float rounding upstream (the later ones follow "
+                       "from those flips)")
+        return out
+
+
+def trace_end_to_end(model, binaries: list, mismatches: dict, ours: dict, theirs: dict, x, input_name: str,
+                     batch) -> EndToEnd:
+    masks = near_ties(model, list(mismatches), x, input_name, batch)
+    near_counts = {}
+    for tensor in mismatches:
+        differing, mask = ours[tensor] != theirs[tensor], masks[tensor]
+        near_counts[tensor] = None if mask is None or mask.shape != differing.shape else int((differing & mask).sum())
+    origins = {t: (mismatches[t], near_counts[t]) for t in mismatches
+               if not binarized_ancestors(model, t, set(binaries)) & set(mismatches)}
+    return EndToEnd(sum(mismatches.values()), sum(n or 0 for n in near_counts.values()), len(mismatches), origins)
+
+
+def binarized_ancestors(model, tensor: str, binarized: set) -> set:
+    """The nearest tensors of ``binarized`` that ``tensor`` is computed from: a difference
+    reaches ``tensor`` only through a float path or through one of them."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    found, seen, stack = set(), set(), list(producer[tensor].input) if tensor in producer else []
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in binarized:
+            found.add(name)
+        elif name in producer:
+            stack.extend(producer[name].input)
+    return found
 
 
 def compiled_outputs(compiled, target: str, x: np.ndarray, rpc=None, tracker=None, key=None) -> list[np.ndarray]:

@@ -21,6 +21,10 @@ def add_parser(sub) -> None:
     s.add_argument("--sign-zero", choices=SIGN_ZERO, default="exact", help="what Sign(0) gives: exact (0, as the "
                    "float graph; a Sign that can see 0 costs two binary halves) or plus (+1, as BNN engines do: plain "
                    "binary cost, answers differ from the float graph where a Sign sees exactly 0)")
+    s.add_argument("--per-layer", action="store_true", help="also run every compiled kernel on ONNX Runtime's values "
+                   "of its inputs (segments cut at binarized tensors and float layers, compiled together once) and "
+                   "compare; runs by itself when binarized values differ end to end, to tell a compiler error from "
+                   "float rounding upstream of a binarizer")
     s.set_defaults(func=run)
 
 
@@ -39,7 +43,8 @@ def run(args) -> int:
             model, _ = load_checkpoint(default_checkpoint_path())
             extra["pytorch"] = accuracy(model, x, labels)
     report = verify(path, args.target, x=x, labels=labels, batch=args.batch, extra_accuracy=extra, progress=True,
-                    rpc=args.rpc, tracker=args.tracker, key=args.key, sign_zero=args.sign_zero)
+                    rpc=args.rpc, tracker=args.tracker, key=args.key, sign_zero=args.sign_zero,
+                    per_layer=args.per_layer)
     for line in report.lines():
         print(line)
     if "pytorch" in report.accuracy and report.accuracy["pytorch"] != report.accuracy["bnn_tvm"]:

@@ -1,0 +1,119 @@
+"""verify's per-layer check: every compiled kernel run on ONNX Runtime's values of its inputs, so
+that float rounding upstream of a binarizer is told apart from a compiler error.
+
+The model reproduces how real models fail end to end: a downsampling shortcut (an average pool,
+which TVM sums in another order than ONNX Runtime, and a 1x1 float conv) feeds a binarizer, one
+of whose inputs sits on its threshold in ONNX Runtime and one ulp below it in the compiled model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx_builders import GraphBuilder, save
+
+from bnn_tvm.cli import main
+from bnn_tvm.compiler import compile_onnx
+from bnn_tvm.runtime import CompiledRunner
+from bnn_tvm.verify import reference_outputs, verify
+
+SHAPE = [1, 8, 8, 8]
+
+
+def shortcut_model(path, threshold: float, probe: bool = False) -> str:
+    """avg pool 3x3 -> 1x1 float conv (+ bias) -> minus ``threshold`` -> binarizer -> binary conv,
+    batch norm -> binarizer -> binary conv; ``probe``: only the float part, its output exposed."""
+    g = GraphBuilder(SHAPE, seed=7)
+    rng = np.random.default_rng(7)
+    pooled = g.node("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    shortcut = g.conv(pooled, rng.standard_normal((16, 8, 1, 1)).astype(np.float32),
+                      bias=rng.standard_normal(16).astype(np.float32))
+    if probe:
+        return save(g.model([shortcut]), path)
+    bits = g.binarize(g.node("Sub", [shortcut, g.const(np.float32(threshold))]))
+    hidden = g.binarize(g.batch_norm(g.conv(bits, g.binary_weight((16, 16, 3, 3)), pad=1), *g.random_bn(16)))
+    return save(g.model([g.conv(hidden, g.binary_weight((8, 16, 3, 3)), pad=1)]), path)
+
+
+def inputs(batch=4):
+    return np.random.default_rng(8).standard_normal((batch, *SHAPE[1:])).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def near_tie_model(tmp_path_factory):
+    """The model with its binarizer's threshold at a value of the shortcut that the compiled
+    model computes one ulp lower than ONNX Runtime: a near-tie decided by float rounding."""
+    folder = tmp_path_factory.mktemp("per_layer")
+    probe = shortcut_model(folder / "probe.onnx", 0.0, probe=True)
+    x = inputs()
+    ours = CompiledRunner(compile_onnx(probe, "x86").executable).run(x)[0]
+    theirs = reference_outputs(onnx.load(probe), x, "x")[0]
+    lower = np.flatnonzero(ours < theirs)
+    if not lower.size:
+        pytest.skip("the average pool rounds as ONNX Runtime's on this machine: no near-tie to build")
+    return shortcut_model(folder / "model.onnx", float(theirs.reshape(-1)[lower[0]])), x
+
+
+def test_float_rounding_upstream_fails_end_to_end_but_verifies_per_layer(near_tie_model):
+    path, x = near_tie_model
+    report = verify(path, "x86", x=x)
+    lines = "\n".join(report.lines())
+    assert not report.exact and report.binary_mismatches, lines  # end to end the flip spreads
+    first, *later = report.binary_mismatches
+    assert report.end_to_end.origins == {first: (report.binary_mismatches[first], report.binary_mismatches[first])}
+    assert later and report.end_to_end.near_ties < report.end_to_end.differing  # followers are not ties
+    assert "every difference traced to float rounding upstream" in lines
+    assert report.per_layer.exact and "all exact" in lines, lines
+    kinds = [line.split(" -> ")[1].split(" [")[0] for line in report.per_layer.fused]
+    assert kinds.count("binary_conv2d") == 2  # the segments ran as binary kernels, as in the whole model
+    assert report.per_layer.unchecked == {} and "compiled without" not in lines
+    assert report.ok and lines.endswith("VERIFY OK")
+
+
+def test_a_kernel_error_fails_per_layer(near_tie_model, monkeypatch):
+    """A genuine compiler error (the binary conv's zero-padding correction left out) shows in
+    the per-layer check as a segment that differs on ONNX Runtime's own inputs."""
+    import relay_passes.fuse_binary_conv2d as fuse
+
+    original = fuse.padding_correction
+    monkeypatch.setattr(fuse, "padding_correction", lambda *args, **kw: np.zeros_like(original(*args, **kw)))
+    path, x = near_tie_model
+    report = verify(path, "x86", x=x)
+    assert not report.per_layer.exact and not report.ok
+    bad = [r for r in report.per_layer.results if not r.exact]
+    assert bad and all(r.binary or r.tensor == report.output_names[0] for r in bad)
+    lines = "\n".join(report.lines())
+    assert "(a compiler error; please report it)" in lines and lines.endswith("VERIFY FAILED")
+
+
+def test_per_layer_on_the_command_line(tmp_path, capsys):
+    """``--per-layer`` on a model exact end to end adds the per-layer lines; without it one line
+    says it was not run."""
+    path = shortcut_model(tmp_path / "m.onnx", 0.5)
+    assert main(["verify", path]) == 0
+    printed = capsys.readouterr().out
+    assert "per layer: not run (end to end exact" in printed and "VERIFY OK" in printed
+    assert main(["verify", path, "--per-layer"]) == 0
+    printed = capsys.readouterr().out
+    assert "per layer: 5 segments (2 binary, 3 float)" in printed and "all exact" in printed
+    assert "rule: VERIFY OK when" in printed and "VERIFY OK" in printed
+
+
+def test_segments_cut_at_binarized_tensors_float_layers_and_shared_tensors(tmp_path):
+    """A residual stream is computed by the first segment that needs it and read by the later ones."""
+    from bnn_tvm.compiler import lower_onnx
+    from bnn_tvm.verify_layers import cut_into_segments, materialised_tensors
+
+    g = GraphBuilder([1, 8, 6, 6], seed=3)
+    stem = g.conv("x", np.random.default_rng(3).standard_normal((16, 8, 3, 3)).astype(np.float32), pad=1)
+    b0 = g.binarize(stem)
+    x1 = g.node("Add", [g.batch_norm(g.conv(b0, g.binary_weight((16, 16, 3, 3)), pad=1), *g.random_bn(16)), stem])
+    b1 = g.binarize(x1)
+    x2 = g.node("Add", [g.batch_norm(g.conv(b1, g.binary_weight((16, 16, 3, 3)), pad=1), *g.random_bn(16)), x1])
+    lowered = lower_onnx(save(g.model([x2]), tmp_path / "residual.onnx"))
+    floats, materialised = materialised_tensors(lowered)
+    assert floats == {stem} and {stem, x1, x2} <= materialised
+    segments = cut_into_segments(lowered.onnx_model.graph, set(lowered.packed_kinds()), {stem}, {x2}, materialised)
+    found = {tuple(s.outputs): sorted(s.inputs) for s in segments}
+    assert found == {(b0,): [stem], (b1, x1): sorted([stem, b0]), (stem,): ["x"], (x2,): sorted([x1, b1])}
