@@ -251,7 +251,7 @@ def fuse_binary_conv2d(ctx: RuleContext, call):
         reason = "an explicit Pad followed by a padded conv"
     if reason is None and dilation != (1, 1) and len(shape_of(packed)) == 5 and not ternary:
         reason = "a dilated conv on k-bit activations"
-    if reason is None and groups != 1 and len(shape_of(packed)) == 5:
+    if reason is None and groups != 1 and (len(shape_of(packed)) == 5 or ternary):
         reason = "a grouped conv on k-bit or ternary activations"
     if reason is not None:
         ctx.keep_float(reason)

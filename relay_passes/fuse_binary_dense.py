@@ -74,7 +74,7 @@ def fuse_binary_dense(ctx: RuleContext, call):
     weight_bits = pack_planes(rows).reshape(2, outputs, -1) if binary.ternary else pack_bits(rows).reshape(outputs, -1)
     scale = [relax.const(binary.scale)] if binary.scale is not None else []
     note = ", ternary weights (sign and nonzero planes)" if binary.ternary else ""
-    if len(shape_of(packed)) == 3:  # a ternary activation's sign and nonzero planes [2, N, KW]
+    if (ctx.bnn_kernel(packed) or ("",))[0] == "pack_ternary":  # a ternary activation's sign and nonzero words
         ctx.fused("ternary_dense", f"dense {taps}->{outputs} on a ternary activation (sign and nonzero planes){note}",
                   data)
         return ctx.emit_kernel(

@@ -58,9 +58,8 @@ def _popcount_accumulate_funcs(lanes: int, index_dtype: str):
     """The popcount step of ``lanes`` 32-bit lanes (``cpu.popcount_step_funcs``, whose lane loop
     ``cpu.accumulate`` vectorized) as ``vcnt.8`` + ``vpaddl.u8`` + ``vpadal.u16``."""
 
-    def pairwise(word, weights, acc):
-        xor = tirx.Broadcast(word[0], lanes) ^ weights.vload([0], f"uint32x{lanes}")
-        counts = T.call_llvm_pure_intrin(f"uint8x{4 * lanes}", "llvm.ctpop", T.reinterpret(f"uint8x{4 * lanes}", xor))
+    def pairwise(word, acc):
+        counts = T.call_llvm_pure_intrin(f"uint8x{4 * lanes}", "llvm.ctpop", T.reinterpret(f"uint8x{4 * lanes}", word))
         halves = T.call_llvm_pure_intrin(f"uint16x{2 * lanes}", "llvm.arm.neon.vpaddlu", counts)
         total = T.call_llvm_pure_intrin(f"int32x{lanes}", "llvm.arm.neon.vpadalu", acc.vload([0], f"int32x{lanes}"), halves)
         T.buffer_store(acc, total, [tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)])

@@ -102,50 +102,48 @@ def unpack_sign(packed: te.Tensor, channels: int, dtype: str = "float32") -> te.
 
 
 def pack_ternary(x: te.Tensor) -> te.Tensor:
-    """``Sign(x)`` in {-1, 0, +1} as two bit planes packed along channels, channels last:
-    ``[2, N, H, W, CW]`` (or ``[2, N, CW]`` for ``[N, C]``). Plane 0 (signs): bit set where
-    ``x > 0``; plane 1 (nonzeros): bit set where ``x != 0``. A zero (and a channel padding bit)
-    is 0 in both planes, so it drops out of every product (``ternary_conv2d_dot``)."""
+    """``Sign(x)`` in {-1, 0, +1} as two bit planes packed along channels, channels last, their
+    words interleaved: ``[N, H, W, 2 * CW]`` (or ``[N, 2 * CW]`` for ``[N, C]``), word ``2 w``
+    the signs of channel word ``w`` (bit set where ``x > 0``), word ``2 w + 1`` its nonzeros
+    (bit set where ``x != 0``). A zero (and a channel padding bit) is 0 in both, so it drops out
+    of every product (``ternary_conv2d_dot``). Interleaved, the two words a step reads are
+    adjacent: one load pair, and a tensor intrinsic can take them as one 2-word region.
+    """
     channels = int(x.shape[1])
     words = num_words(channels)
     b = te.reduce_axis((0, WORD_BITS), name="bit")
 
-    def bit(plane, c, read):
+    def bit(word, read):
+        c = (word // 2) * WORD_BITS + b
         value = read(tirx.min(c, channels - 1))
         zero = tirx.const(0, x.dtype)
-        # plane 0: x > 0; plane 1: x != 0, i.e. also x < 0 (as And/Or: a select on the plane
-        # would not vectorise)
-        return _bit(tirx.all(c < channels, tirx.any(value > zero, tirx.all(plane == 1, value < zero))), b)
+        # even words: x > 0; odd words: x != 0, i.e. also x < 0 (as And/Or: a select on the word's
+        # parity would not vectorise)
+        return _bit(tirx.all(c < channels, tirx.any(value > zero, tirx.all(word % 2 == 1, value < zero))), b)
 
     if len(x.shape) == 4:
         n, _, h, w = x.shape
-        return te.compute(
-            (2, n, h, w, words),
-            lambda p, i, y, z, cw: te.sum(bit(p, cw * WORD_BITS + b, lambda k: x[i, k, y, z]), axis=b),
-            name="pack_sign",  # the CPU schedule of pack_sign, with one more (plane) loop
-        )
+        return te.compute((n, h, w, 2 * words), lambda i, y, z, cw: te.sum(bit(cw, lambda k: x[i, k, y, z]), axis=b),
+                          name="pack_sign")  # the CPU schedule of pack_sign
     n = x.shape[0]
-    return te.compute(
-        (2, n, words), lambda p, i, cw: te.sum(bit(p, cw * WORD_BITS + b, lambda k: x[i, k]), axis=b),
-        name="pack_sign",
-    )
+    return te.compute((n, 2 * words), lambda i, cw: te.sum(bit(cw, lambda k: x[i, k]), axis=b), name="pack_sign")
 
 
 def unpack_ternary(planes: te.Tensor, channels: int, dtype: str = "float32") -> te.Tensor:
-    """Inverse of :func:`pack_ternary`: the two planes back to ``Sign(x)`` in NCHW (or ``[N, C]``)."""
+    """Inverse of :func:`pack_ternary`: the interleaved words back to ``Sign(x)`` in NCHW (or ``[N, C]``)."""
 
     def value(index, c):
         shift = (c % WORD_BITS).astype(WORD_DTYPE)
         one = tirx.const(1, WORD_DTYPE)
-        positive = (planes[(0, *index, c // WORD_BITS)] >> shift) & one
-        nonzero = (planes[(1, *index, c // WORD_BITS)] >> shift) & one
+        positive = (planes[(*index, 2 * (c // WORD_BITS))] >> shift) & one
+        nonzero = (planes[(*index, 2 * (c // WORD_BITS) + 1)] >> shift) & one
         return tirx.Select(nonzero == 0, tirx.const(0, dtype),
                            tirx.Select(positive == 1, tirx.const(1, dtype), tirx.const(-1, dtype)))
 
-    if len(planes.shape) == 5:
-        _, n, h, w, _ = planes.shape
+    if len(planes.shape) == 4:
+        n, h, w, _ = planes.shape
         return te.compute((n, channels, h, w), lambda i, c, y, z: value((i, y, z), c), name="unpack_ternary")
-    n = planes.shape[1]
+    n = planes.shape[0]
     return te.compute((n, channels), lambda i, c: value((i,), c), name="unpack_ternary")
 
 
@@ -266,8 +264,9 @@ def ternary_conv2d_dot(
     padding: tuple[int, int, int, int],
     dilation: tuple[int, int] = (1, 1),
 ) -> te.Tensor:
-    """Exact conv of a ternary activation (``pack_ternary``'s planes ``[2, N, H, W, CW]``) with
-    ±1 weights (packed ``[OC, KH, KW, CW]``): int32 ``[N, OH, OW, OC]``.
+    """Exact conv of a ternary activation (``pack_ternary``'s interleaved words ``[N, H, W, 2 *
+    CW]``) with ±1 weights (packed ``[OC, KH, KW, CW]``), or ternary weights (sign and nonzero
+    planes ``[2, OC, KH, KW, CW]``): int32 ``[N, OH, OW, OC]``.
 
     Over the taps where the activation is not 0 (nonzero bit m), ``a * w`` is +1 when the sign
     bit s equals the weight bit and -1 otherwise, so ``dot = nonzeros - 2 * popcount((s XOR w)
@@ -275,7 +274,8 @@ def ternary_conv2d_dot(
     bits) does not depend on the output channel and is counted once per position. Zero padding
     is a 0 in both planes, the float model's 0 exactly: no correction.
     """
-    _, n, h, w, cw = (int(v) for v in planes.shape)
+    n, h, w, cw = (int(v) for v in planes.shape)
+    cw //= 2
     oc, kh, kw, _ = (int(v) for v in weight.shape[-4:])
     sh, sw = strides
     dh, dw = dilation
@@ -291,7 +291,7 @@ def ternary_conv2d_dot(
         # read unpadded with a bounds check: the padded copy then has one reader (the tile)
         yy, xx = y * sh + ry * dh - pt, x * sw + rx * dw - pl
         inside = tirx.all(yy >= 0, yy < h, xx >= 0, xx < w)
-        word = planes[1, i, tirx.max(tirx.min(yy, h - 1), 0), tirx.max(tirx.min(xx, w - 1), 0), rc]
+        word = planes[i, tirx.max(tirx.min(yy, h - 1), 0), tirx.max(tirx.min(xx, w - 1), 0), 2 * rc + 1]
         return te.sum(tirx.if_then_else(inside, tirx.popcount(word).astype("int32"), 0), axis=[ry, rx, rc])
 
     rz = [te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx"), te.reduce_axis((0, cw), name="rc")]
@@ -300,8 +300,8 @@ def ternary_conv2d_dot(
         # counted in the same reduction (two popcounts per word): -dot = 2 popc(x & m) - popc(m)
         def signed_mismatches(i, y, x, o):
             yy, xx, c = y * sh + rz[0] * dh, x * sw + rz[1] * dw, rz[2]
-            both = padded[1, i, yy, xx, c] & weight[1, o, rz[0], rz[1], c]
-            mismatch = (padded[0, i, yy, xx, c] ^ weight[0, o, rz[0], rz[1], c]) & both
+            both = padded[i, yy, xx, 2 * c + 1] & weight[1, o, rz[0], rz[1], c]
+            mismatch = (padded[i, yy, xx, 2 * c] ^ weight[0, o, rz[0], rz[1], c]) & both
             return te.sum(2 * tirx.popcount(mismatch).astype("int32") - tirx.popcount(both).astype("int32"), axis=rz)
 
         mismatches = te.compute((n, oh, ow, oc), signed_mismatches, name="mismatches")
@@ -310,7 +310,7 @@ def ternary_conv2d_dot(
 
     def masked_mismatches(i, y, x, o):
         yy, xx, c = y * sh + rz[0] * dh, x * sw + rz[1] * dw, rz[2]
-        mismatch = (padded[0, i, yy, xx, c] ^ weight[o, rz[0], rz[1], c]) & padded[1, i, yy, xx, c]
+        mismatch = (padded[i, yy, xx, 2 * c] ^ weight[o, rz[0], rz[1], c]) & padded[i, yy, xx, 2 * c + 1]
         return te.sum(tirx.popcount(mismatch).astype("int32"), axis=rz)
 
     mismatches = te.compute((n, oh, ow, oc), masked_mismatches, name="mismatches")
@@ -320,28 +320,30 @@ def ternary_conv2d_dot(
 
 
 def ternary_dense_dot(planes: te.Tensor, weight: te.Tensor) -> te.Tensor:
-    """Exact dense of a ternary activation (planes ``[2, N, KW]``) with ±1 weights (packed
-    ``[O, KW]``): int32 ``[N, O]``, ``nonzeros - 2 * popcount((s XOR w) AND m)`` as for a conv."""
-    _, n, kw = (int(v) for v in planes.shape)
+    """Exact dense of a ternary activation (interleaved words ``[N, 2 * KW]``) with ±1 weights
+    (packed ``[O, KW]``) or ternary ones (planes ``[2, O, KW]``): int32 ``[N, O]``,
+    ``nonzeros - 2 * popcount((s XOR w) AND m)`` as for a conv."""
+    n, kw = (int(v) for v in planes.shape)
+    kw //= 2
     out = int(weight.shape[-2])
     if len(weight.shape) == 3:  # ternary weights too: as for a conv, -dot = 2 popc(x & m) - popc(m)
         rb = te.reduce_axis((0, kw), name="rk")
 
         def signed_mismatches(i, o):
-            both = planes[1, i, rb] & weight[1, o, rb]
-            mismatch = (planes[0, i, rb] ^ weight[0, o, rb]) & both
+            both = planes[i, 2 * rb + 1] & weight[1, o, rb]
+            mismatch = (planes[i, 2 * rb] ^ weight[0, o, rb]) & both
             return te.sum(2 * tirx.popcount(mismatch).astype("int32") - tirx.popcount(both).astype("int32"), axis=rb)
 
         mismatches = te.compute((n, out), signed_mismatches, name="mismatches")
         return te.compute((n, out), lambda i, o: -mismatches[i, o], name="ternary_dense_dot")
     rn = te.reduce_axis((0, kw), name="rk")
-    nonzeros = te.compute((n,), lambda i: te.sum(tirx.popcount(planes[1, i, rn]).astype("int32"), axis=rn),
+    nonzeros = te.compute((n,), lambda i: te.sum(tirx.popcount(planes[i, 2 * rn + 1]).astype("int32"), axis=rn),
                           name="nonzeros")
     rk = te.reduce_axis((0, kw), name="rk")
     mismatches = te.compute(
         (n, out),
         lambda i, o: te.sum(
-            tirx.popcount((planes[0, i, rk] ^ weight[o, rk]) & planes[1, i, rk]).astype("int32"), axis=rk),
+            tirx.popcount((planes[i, 2 * rk] ^ weight[o, rk]) & planes[i, 2 * rk + 1]).astype("int32"), axis=rk),
         name="mismatches",
     )
     return te.compute((n, out), lambda i, o: nonzeros[i] - 2 * mismatches[i, o], name="ternary_dense_dot")

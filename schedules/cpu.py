@@ -424,46 +424,79 @@ def sum_bytes(counters):
     return (pairs & const(0xFFFF)) + (pairs >> const(16))
 
 
-def popcount_step_funcs(lanes: int, index_dtype: str, implementation, vectorized: bool = False):
+# The word a popcount step counts, by what the block's term reads: ``a ^ w`` (binary), a ternary
+# activation's ``(a_sign ^ w) & a_nonzero`` (two words of the input) or ternary weights'
+# ``(a ^ w_sign) & w_nonzero`` (two planes of weight vectors).
+STEP_FORMS = ("xor", "masked_data", "masked_weight")
+
+
+def step_word(form: str, a, w, o):
+    """The scalar word of output channel ``o`` (the description)."""
+    if form == "masked_data":
+        return (a[0] ^ w[o]) & a[1]
+    if form == "masked_weight":
+        return (a[0] ^ w[0, o]) & w[1, o]
+    return a[0] ^ w[o]
+
+
+def step_vector(form: str, a, w, lanes: int):
+    """The same for ``lanes`` output channels as one vector (the implementations)."""
+    vector = f"uint32x{lanes}"
+    if form == "masked_data":
+        return (tirx.Broadcast(a[0], lanes) ^ w.vload([0], vector)) & tirx.Broadcast(a[1], lanes)
+    if form == "masked_weight":
+        return (tirx.Broadcast(a[0], lanes) ^ w.vload([0, 0], vector)) & w.vload([1, 0], vector)
+    return tirx.Broadcast(a[0], lanes) ^ w.vload([0], vector)
+
+
+def popcount_step_funcs(lanes: int, index_dtype: str, implementation, vectorized: bool = False, form: str = "xor"):
     """``(desc, impl)`` of one reduction step of a vector of output channels, ``acc[o] +=
-    popcount(a ^ w[o])``: one activation word ``a`` against ``lanes`` weight words ``w``, int32
-    accumulators ``acc``; the description's lane loop ``vectorized`` where the schedule
-    vectorized it. ``implementation(a, w, acc)`` emits the implementation (byte counters here,
-    ``schedules.arm``'s pairwise NEON accumulation)."""
+    popcount(word[o])`` with the ``form``'s word (``step_word``): one activation word (two for a
+    ternary activation, a plane apart) against ``lanes`` weight words (two planes of them for
+    ternary weights), int32 accumulators ``acc``; the description's lane loop ``vectorized``
+    where the schedule vectorized it. ``implementation(word, acc)`` emits the implementation
+    from the vector of words (byte counters here, ``schedules.arm``'s pairwise NEON
+    accumulation)."""
     extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
+    words, planes = (2 if form == "masked_data" else 1), (2 if form == "masked_weight" else 1)
 
     def declare():
-        a = T.match_buffer(T.arg("a", T.handle()), (1,), "uint32", offset_factor=1)
-        w = T.match_buffer(T.arg("w", T.handle()), (lanes,), "uint32", offset_factor=1)
+        plane_stride = tirx.Var("plane_stride", index_dtype)  # wherever the planes lie apart
+        a = T.match_buffer(T.arg("a", T.handle()), (words,), "uint32", offset_factor=1,
+                           strides=[plane_stride] if words > 1 else None)
+        w_shape, w_strides = ((lanes,), None) if planes == 1 else ((planes, lanes), [tirx.Var("w_stride", index_dtype), 1])
+        w = T.match_buffer(T.arg("w", T.handle()), w_shape, "uint32", offset_factor=1, strides=w_strides)
         acc = T.match_buffer(T.arg("acc", T.handle()), (lanes,), "int32", offset_factor=1, scope="local")
         return a, w, acc
 
     def regions(a, w, acc):
-        T.reads(acc[0:lanes], a[0:1], w[0:lanes])
+        T.reads(acc[0:lanes], a[0:words], w[0:lanes] if planes == 1 else w[0:planes, 0:lanes])
         T.writes(acc[0:lanes])
 
     def popcounts(a, w, acc):
         with (T.vectorized if vectorized else T.serial)(extent(lanes)) as o:
             with T.sblock("update"):
                 vo = T.axis.spatial(extent(lanes), o)
-                T.reads(acc[vo], a[0], w[vo])
+                T.reads(acc[vo], a[0:words], w[vo] if planes == 1 else w[0:planes, vo])
                 T.writes(acc[vo])
-                T.buffer_store(acc, acc[vo] + T.Cast("int32", tirx.popcount(a[0] ^ w[vo])), [vo])
+                T.buffer_store(acc, acc[vo] + T.Cast("int32", tirx.popcount(step_word(form, a, w, vo))), [vo])
 
-    return intrinsic_side(declare, regions, popcounts), intrinsic_side(declare, regions, implementation)
+    def implement(a, w, acc):
+        implementation(step_vector(form, a, w, lanes), acc)
+
+    return intrinsic_side(declare, regions, popcounts), intrinsic_side(declare, regions, implement)
 
 
-def _byte_step_funcs(lanes: int, index_dtype: str):
+def _byte_step_funcs(lanes: int, index_dtype: str, form: str = "xor"):
     """The popcount step (``popcount_step_funcs``) implemented with byte counters (see the
     section's comment)."""
 
-    def byte_counts(a, w, acc):
-        word = tirx.Broadcast(a[0], lanes) ^ w.vload([0], f"uint32x{lanes}")
+    def byte_counts(word, acc):
         counters = tirx.reinterpret(f"uint32x{lanes}", acc.vload([0], f"int32x{lanes}")) + popcount_bytes(word)
         ramp = tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)
         T.buffer_store(acc, tirx.reinterpret(f"int32x{lanes}", counters), [ramp])
 
-    return popcount_step_funcs(lanes, index_dtype, byte_counts)
+    return popcount_step_funcs(lanes, index_dtype, byte_counts, form=form)
 
 
 def _byte_finish_funcs(lanes: int, index_dtype: str):
@@ -495,8 +528,10 @@ def _byte_finish_funcs(lanes: int, index_dtype: str):
     return intrinsic_side(declare, regions, sums), intrinsic_side(declare, regions, byte_sums)
 
 
-def byte_step_intrin(lanes: int, index_dtype: str) -> str:
-    return register_intrinsic(f"bnn_byte_step_{lanes}_{index_dtype}", lambda: _byte_step_funcs(lanes, index_dtype))
+def byte_step_intrin(lanes: int, index_dtype: str, form: str = "xor") -> str:
+    suffix = "" if form == "xor" else f"_{form}"  # the binary step keeps the name stored tuning records use
+    return register_intrinsic(f"bnn_byte_step_{lanes}_{index_dtype}{suffix}",
+                              lambda: _byte_step_funcs(lanes, index_dtype, form))
 
 
 def byte_finish_intrin(lanes: int, index_dtype: str) -> str:
@@ -519,21 +554,37 @@ def chunk_loop(sch: s_tir.Schedule, reduce: list):
     return sch.fuse(*reduce[: whole - 1], outer) if whole > 1 else outer
 
 
-def is_single_popcount(sch: s_tir.Schedule, block) -> bool:
-    """Whether ``block`` adds one ``popcount(a ^ w)`` per step (not a k-bit conv's weighted
-    planes, nor a ternary kernel's masked ``popcount((a ^ w) & m)``)."""
+def popcount_form(sch: s_tir.Schedule, block) -> str | None:
+    """The ``STEP_FORMS`` word that ``block`` adds one popcount of per step, or None (a k-bit
+    conv's weighted planes, a ternary-by-ternary kernel's two popcounts)."""
     value = sch.get(block).body.value
     term = getattr(value, "b", None)
     if not (isinstance(term, tirx.Cast) and isinstance(term.value, tvm.ir.Call) and term.value.op.name == "tirx.popcount"):
-        return False
-    return type(term.value.args[0]).__name__ == "BitwiseXor"
+        return None
+    word = term.value.args[0]
+    if type(word).__name__ == "BitwiseXor":
+        return "xor"
+    if type(word).__name__ != "BitwiseAnd" or type(word.a).__name__ != "BitwiseXor":
+        return None
+    mask, data, weight = word.b, word.a.a, word.a.b
+    if not all(hasattr(v, "source") and hasattr(v, "indices") for v in (mask, data, weight)):  # loads
+        return None
+    if mask.source.same_as(data.source):
+        return "masked_data"
+    return "masked_weight" if mask.source.same_as(weight.source) else None
+
+
+def is_single_popcount(sch: s_tir.Schedule, block) -> bool:
+    """Whether ``block`` adds one popcount of a ``STEP_FORMS`` word per step."""
+    return popcount_form(sch, block) is not None
 
 
 def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduction: int, unit: VectorUnit) -> str:
     """The mismatch counts of a tile, as ``accumulate`` lays them out: in 32-bit accumulators,
     or on a unit with ``byte_counters``, in byte counters per chunk (see the section's comment).
     Returns how, for the kernel's plan."""
-    if not unit.byte_counters or lanes < MIN_BYTE_COUNTER_LANES or not is_single_popcount(sch, block):
+    form = popcount_form(sch, block)
+    if not unit.byte_counters or lanes < MIN_BYTE_COUNTER_LANES or form is None:
         accumulate(sch, block, lanes, spatial, reduction)
         return "32-bit counters"
     loops = sch.get_loops(block)
@@ -548,7 +599,7 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
     loops = sch.get_loops(partial)
     *part_positions, part_channels = loops[-(steps + spatial) : -steps]
     part_lane = lay_out_tile(sch, partial, loops[-steps:], part_positions, part_channels, lanes)
-    sch.tensorize(part_lane, byte_step_intrin(lanes, str(sch.get(part_lane).loop_var.ty)))
+    sch.tensorize(part_lane, byte_step_intrin(lanes, str(sch.get(part_lane).loop_var.ty), form))
     sch.tensorize(lane, byte_finish_intrin(lanes, str(sch.get(lane).loop_var.ty)))
     return "byte counters"
 
@@ -672,9 +723,9 @@ def relayout_conv_constants(sch: s_tir.Schedule, func) -> dict[int, tuple[int, .
     already, a k-bit conv's per-channel offsets need none); returns the permutations made, for
     ``Scheduled.relayouts``."""
     mism = sch.get_sblock("mismatches")
-    if len(func.params[1].shape) == 5:  # ternary weights: each plane [OC, KH, KW, CW] the same way
-        sch.transform_layout(mism, param_name(func, 1), lambda p, o, y, x, c: (p, y, x, c, o))
-        relayouts = {1: (0, 2, 3, 4, 1)}
+    if len(func.params[1].shape) == 5:  # ternary weights: a tap's sign and nonzero vectors adjacent
+        sch.transform_layout(mism, param_name(func, 1), lambda p, o, y, x, c: (y, x, c, p, o))
+        relayouts = {1: (2, 3, 4, 0, 1)}
     else:
         sch.transform_layout(mism, param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
         relayouts = {1: (1, 2, 3, 0)}
@@ -809,8 +860,8 @@ def relayout_dense_weights(sch: s_tir.Schedule, func) -> dict[int, tuple[int, ..
     planes alike); returns the permutation made, for ``Scheduled.relayouts``."""
     mism = sch.get_sblock("mismatches")
     if len(func.params[1].shape) == 3:
-        sch.transform_layout(mism, param_name(func, 1), lambda p, o, k: (p, k, o))
-        return {1: (0, 2, 1)}
+        sch.transform_layout(mism, param_name(func, 1), lambda p, o, k: (k, p, o))
+        return {1: (2, 0, 1)}
     sch.transform_layout(mism, param_name(func, 1), lambda o, k: (k, o))
     return {1: (1, 0)}
 
@@ -883,9 +934,6 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     are stored channels-last."""
     block = sch.get_sblock("pack_sign")
     loops = sch.get_loops(block)
-    # a ternary activation's two planes (``pack_ternary``): both words of a channel word from
-    # one read of the floats, the plane loop unrolled inside
-    planes = [loops.pop(0)] if len(loops) == 6 else []
     if len(loops) != 5:
         return generic(sch, func, unit)
     n, y, x, cw, b = loops
@@ -894,18 +942,21 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     # region non-rectangular.
     lanes = power_of_two_divisor(width, unit.lanes)
     x_outer, x_inner = sch.split(x, [None, lanes])
-    sch.reorder(n, y, x_outer, cw, *planes, b, x_inner)
+    # a ternary activation's interleaved sign and nonzero words (``pack_ternary``): both from
+    # one load and compare per channel, the word's parity a constant in each unrolled copy
+    planes = list(sch.split(cw, [None, 2])) if kernel_op(func) == "pack_ternary" else [cw]
+    sch.reorder(n, y, x_outer, planes[0], b, *planes[1:], x_inner)
     task = sch.fuse(n, y)
     parallel(sch, task, block_work(sch, block))
     words = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(words, cw)
+    sch.reverse_compute_at(words, planes[0])
     if lanes > 1:
         sch.vectorize(x_inner)
-    sch.decompose_reduction(block, planes[0] if planes else b)
+    sch.decompose_reduction(block, b)
     sch.unroll(b)
-    for plane in planes:
+    for plane in planes[1:]:
         sch.unroll(plane)
-    return Scheduled(sch.mod["main"], f"pack: {lanes} positions per vector" + (", both planes" if planes else ""))
+    return Scheduled(sch.mod["main"], f"pack: {lanes} positions per vector" + (", both words" if planes[1:] else ""))
 
 
 def power_of_two_divisor(n: int, limit: int) -> int:

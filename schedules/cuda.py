@@ -254,7 +254,8 @@ def word_tiles(sch: s_tir.Schedule, func, op: str) -> Scheduled:
     weight_shape = weight_shape[-4:]
     data_shape = [int(v) for v in func.params[0].shape]
     taps = weight_planes * weight_shape[1] * weight_shape[2] if conv else 1
-    planes = data_shape[0] if len(data_shape) == 5 else 1
+    # k-bit planes, or a ternary activation's interleaved sign and nonzero words
+    planes = data_shape[0] if len(data_shape) == 5 else (2 if str(func.attrs["bnn.op"]).startswith("ternary_") else 1)
     patch = columns
     if conv:
         sh, sw = (int(v) for v in func.attrs["bnn.strides"])

@@ -13,6 +13,7 @@ import pytest
 from onnx_builders import GraphBuilder, save
 from test_exactness import inputs
 from test_schedules import (
+    AVX2,
     HOST_X86,
     RASP3B,
     build,
@@ -38,10 +39,16 @@ def ternary(rng, shape, zeros: float = 0.3) -> np.ndarray:
 
 
 def planes_of(values: np.ndarray) -> np.ndarray:
-    """``pack_ternary``'s planes from {-1, 0, +1} values ``[N, C, ...]``, channels packed last."""
+    """Ternary weights' planes ``[2, OC, ...]`` from {-1, 0, +1} values ``[OC, C, ...]``, channels packed last."""
     order = (0, *range(2, values.ndim), 1)
     return np.stack([pack_bits(np.where(values > 0, 1, -1).transpose(order)),
                      pack_bits(np.where(values != 0, 1, -1).transpose(order))])
+
+
+def words_of(values: np.ndarray) -> np.ndarray:
+    """``pack_ternary``'s interleaved words ``[N, ..., 2 * CW]`` from {-1, 0, +1} activations."""
+    planes = planes_of(values)
+    return np.stack([planes[0], planes[1]], axis=-1).reshape(*planes.shape[1:-1], -1)
 
 
 def weight_planes(weight: np.ndarray) -> np.ndarray:
@@ -57,7 +64,7 @@ def ternary_conv_case(rng, n, c, h, w, oc, k, stride, pad, threshold=False, scal
     weight = ternary(rng, (oc, c, k, k), 0.4) if ternary_weights else bipolar(rng, (oc, c, k, k))
     dot = conv_reference(a, weight, stride, pad, dilation)
     padding, dilations = (pad,) * 4, (dilation, dilation)
-    inputs_ = [planes_of(a), weight_planes(weight)]
+    inputs_ = [words_of(a), weight_planes(weight)]
     attrs = {"bnn.taps": c * k * k, "bnn.strides": [stride, stride], "bnn.padding": list(padding),
              "bnn.dilation": list(dilations)}
 
@@ -80,7 +87,7 @@ def ternary_dense_case(rng, n, k, o, threshold=False, ternary_weights=False):
     a = ternary(rng, (n, k))
     weight = ternary(rng, (o, k), 0.4) if ternary_weights else bipolar(rng, (o, k))
     dot = a @ weight.T
-    inputs_ = [planes_of(a), planes_of(weight) if ternary_weights else pack_bits(weight)]
+    inputs_ = [words_of(a), planes_of(weight) if ternary_weights else pack_bits(weight)]
     attrs = {"bnn.taps": k}
     if threshold:
         low, high = thresholds(rng, o)
@@ -106,8 +113,22 @@ CONV_SHAPES = [
 def test_ternary_conv_matches_numpy(shape, form, x86_target):  # noqa: F811 (the fixture)
     case = ternary_conv_case(np.random.default_rng(sum(shape)), *shape, threshold=form == "threshold",
                              scale=form == "scaled")
-    plan = check_case(case, target=x86_target).plan
-    assert "32-bit counters" in plan, plan
+    check_case(case, target=x86_target)
+
+
+@pytest.mark.parametrize("weights", ["binary", "ternary"])
+def test_avx2_ternary_kernels_count_in_bytes(weights):
+    """A ternary activation's ``(s ^ w) & m`` and ternary weights' ``(a ^ s) & m`` take the byte
+    counters of the AVX2 kernels (one AND more per step), as the binary ``a ^ w`` does; a
+    kernel with both ternary (two popcounts per step) keeps 32-bit counters."""
+    rng = np.random.default_rng(5)
+    if weights == "binary":
+        case = ternary_conv_case(rng, 1, 64, 12, 12, 64, 3, 1, 1)
+    else:
+        case = binary_conv_ternary_weights_case(rng, 1, 64, 12, 12, 64, 3, 1, 1)
+    assert "byte counters" in check_case(case, target=AVX2).plan
+    both = ternary_conv_case(rng, 1, 64, 12, 12, 64, 3, 1, 1, ternary_weights=True)
+    assert "32-bit counters" in check_case(both, target=AVX2).plan
 
 
 @pytest.mark.parametrize("shape", CONV_SHAPES[:3], ids=lambda s: "n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))
@@ -192,7 +213,7 @@ def test_pack_ternary_matches_numpy(shape):
     x = rng.standard_normal(shape).astype(np.float32)
     x[rng.random(shape) < 0.3] = 0.0
     x.flat[1] = -0.0
-    expected = planes_of(np.sign(x).astype(np.int64))
+    expected = words_of(np.sign(x).astype(np.int64))
     case = ("pack_ternary", {}, [x], bitserial.pack_ternary, expected)
     check_case(case, fast=len(shape) == 4)
 
@@ -232,15 +253,15 @@ def test_sign_that_sees_zero_runs_as_ternary_kernels(tmp_path):
 
 
 def test_ternary_kernels_are_compared_in_verify(tmp_path, monkeypatch):
-    """Mutation check: a ternary kernel that read a 0 as -1 (the nonzero plane all ones) is caught."""
+    """Mutation check: a ternary kernel that read a 0 as -1 (every nonzero word all ones) is caught."""
     original = bitserial.pack_ternary
 
     def zeros_as_minus_one(x):
         planes = original(x)
         from tvm import te, tirx
 
-        return te.compute(planes.shape, lambda p, *i: tirx.if_then_else(p == 1, tirx.const(0xFFFFFFFF, "uint32"),
-                                                                        planes[(p, *i)]), name="broken")
+        return te.compute(planes.shape, lambda *i: tirx.if_then_else(i[-1] % 2 == 1, tirx.const(0xFFFFFFFF, "uint32"),
+                                                                     planes[i]), name="broken")
 
     monkeypatch.setattr(bitserial, "pack_ternary", zeros_as_minus_one)
     report = verify(save(residual_sign_graph(), tmp_path / "m.onnx"), "x86", x=inputs([4, 16, 8, 8]))
