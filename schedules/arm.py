@@ -54,7 +54,7 @@ def schedule(func, op: str, target) -> Scheduled:
 # armv7: popcount accumulation as vcnt.8 + vpaddl.u8 + vpadal.u16
 
 
-def _popcount_accumulate_funcs(lanes: int, index_dtype: str):
+def _popcount_accumulate_funcs(lanes: int, index_dtype: str, form: str = "xor"):
     """The popcount step of ``lanes`` 32-bit lanes (``cpu.popcount_step_funcs``, whose lane loop
     ``cpu.accumulate`` vectorized) as ``vcnt.8`` + ``vpaddl.u8`` + ``vpadal.u16``."""
 
@@ -64,22 +64,24 @@ def _popcount_accumulate_funcs(lanes: int, index_dtype: str):
         total = T.call_llvm_pure_intrin(f"int32x{lanes}", "llvm.arm.neon.vpadalu", acc.vload([0], f"int32x{lanes}"), halves)
         T.buffer_store(acc, total, [tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)])
 
-    return cpu.popcount_step_funcs(lanes, index_dtype, pairwise, vectorized=True)
+    return cpu.popcount_step_funcs(lanes, index_dtype, pairwise, vectorized=True, form=form)
 
 
-def popcount_accumulate_intrin(lanes: int, index_dtype: str) -> str:
-    """Register (once) and name the armv7 popcount-accumulate step for ``lanes`` lanes."""
-    return cpu.register_intrinsic(f"bnn_armv7_vpadal_{lanes}_{index_dtype}",
-                                  lambda: _popcount_accumulate_funcs(lanes, index_dtype))
+def popcount_accumulate_intrin(lanes: int, index_dtype: str, form: str = "xor") -> str:
+    """Register (once) and name the armv7 popcount-accumulate step for ``lanes`` lanes and the
+    step's word ``form`` (``cpu.STEP_FORMS``)."""
+    suffix = "" if form == "xor" else f"_{form}"
+    return cpu.register_intrinsic(f"bnn_armv7_vpadal_{lanes}_{index_dtype}{suffix}",
+                                  lambda: _popcount_accumulate_funcs(lanes, index_dtype, form))
 
 
 def pairwise_accumulate(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """Tensorize the vectorized lane loop of the popcount accumulation of a kernel scheduled by
     ``schedules.cpu`` into ``vcnt.8`` + ``vpaddl.u8`` + ``vpadal.u16`` (64- or 128-bit vectors).
-    Kernels without such a loop (float convs, scalar lanes, the generic fallback) and k-bit
-    convs (several shifted popcounts per step: LLVM's own lowering, the same sums) and ternary
-    kernels (a masked popcount) are returned unchanged."""
-    if cpu.is_planar(func):
+    Kernels without such a loop (float convs, scalar lanes, the generic fallback), k-bit convs
+    and kernels with both operands ternary (several popcounts per step: LLVM's own lowering, the
+    same sums) are returned unchanged."""
+    if cpu.is_multibit(func):
         return func
     sch = s_tir.Schedule(func)
     for name in POPCOUNT_UPDATES:
@@ -90,10 +92,11 @@ def pairwise_accumulate(func: tirx.PrimFunc) -> tirx.PrimFunc:
         lane = sch.get_loops(block)[-1]
         loop = sch.get(lane)
         lanes = int(loop.extent) if isinstance(loop.extent, tirx.IntImm) else 0
-        if loop.kind != tirx.ForKind.VECTORIZED or lanes not in (2, 4):
+        form = cpu.popcount_form(sch, block)
+        if loop.kind != tirx.ForKind.VECTORIZED or lanes not in (2, 4) or form is None:
             continue
         try:
-            sch.tensorize(lane, popcount_accumulate_intrin(lanes, str(loop.loop_var.ty)))
+            sch.tensorize(lane, popcount_accumulate_intrin(lanes, str(loop.loop_var.ty), form))
         except (RuntimeError, ValueError, tvm.error.InternalError):
             if os.environ.get("BNN_STRICT_SCHEDULES"):
                 raise

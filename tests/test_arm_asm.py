@@ -15,6 +15,7 @@ import shutil
 import numpy as np
 import pytest
 from test_schedules import build, conv_case, dense_case, function_asm, loops, multibit_conv_case, residual_conv_case
+from test_ternary import binary_conv_ternary_weights_case, ternary_conv_case, ternary_dense_case
 
 import targets
 from schedules import arm
@@ -89,7 +90,15 @@ EXACT_CASES = {
     # k-bit planes: several shifted popcounts per step, left to LLVM's own lowering
     "multibit-odd-stride2": lambda: multibit_conv_case(np.random.default_rng(20), 2, 2, 33, 9, 7, 70, 3, 2, 1, threshold=False),
     "multibit-threshold": lambda: multibit_conv_case(np.random.default_rng(21), 3, 1, 64, 8, 8, 64, 3, 1, 1, threshold=True),
+    # ternary activations or weights: a masked popcount per step, the same NEON accumulation
+    "ternary-input": lambda: ternary_conv_case(np.random.default_rng(23), 2, 33, 9, 7, 70, 3, 2, 1),
+    "ternary-input-threshold": lambda: ternary_conv_case(np.random.default_rng(24), 1, 64, 8, 8, 64, 3, 1, 1, threshold=True),
+    "ternary-weights": lambda: binary_conv_ternary_weights_case(np.random.default_rng(25), 1, 64, 8, 8, 64, 3, 1, 1),
+    "ternary-dense": lambda: ternary_dense_case(np.random.default_rng(26), 3, 70, 50),
+    # both ternary: two popcounts per step, LLVM's own lowering
+    "both-ternary": lambda: ternary_conv_case(np.random.default_rng(27), 1, 40, 8, 8, 48, 3, 1, 0, ternary_weights=True),
 }
+UNTENSORIZED = {"multibit-odd-stride2", "multibit-threshold", "both-ternary"}  # several popcounts per step
 
 needs_qemu_arm = pytest.mark.skipif(
     shutil.which("qemu-arm") is None or shutil.which("arm-linux-gnueabihf-gcc") is None,
@@ -108,7 +117,7 @@ def test_armv7_kernels_match_numpy_under_qemu_arm(tmp_path):
         op, attrs, inputs, compute, expected = make()
         scheduled, executable = build(op, attrs, inputs, compute, ARMV7)
         assert "generic" not in scheduled.plan, (name, scheduled.plan)
-        assert ("llvm.arm.neon.vpadalu" in scheduled.func.script()) != name.startswith("multibit"), name
+        assert ("llvm.arm.neon.vpadalu" in scheduled.func.script()) != (name in UNTENSORIZED), name
         library = str(tmp_path / f"{name}.so")
         executable.mod.export_library(library, fcompile=cc.cross_compiler(ARMV7_SPEC.cross_compiler))
         args = [np.ascontiguousarray(a.transpose(scheduled.relayouts[i])) if i in scheduled.relayouts else a
