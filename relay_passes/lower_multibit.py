@@ -18,9 +18,12 @@ from schedules.bitserial import LevelCode
 from .common import RuleContext, clip_bounds, dtype_of, op_name, shape_of
 
 MAX_BITS = 4
-# A Quant of more bits stays float: its planes cost about one binary conv each, and from this
-# many on a float conv is faster (measured with ``bench``; see README's k-bit row)
 MAX_QUANT_BITS = 8
+# A conv on k planes of W words per position costs about PLANE_WORD_COST float channels per
+# plane and word (``bench``, one thread, Zen 4: 3x3 convs to 64 channels on 3..64 input channels
+# at 2, 4 and 8 bits; README's k-bit row): a Quant on fewer channels stays float, e.g. an 8-bit
+# Quant on an RGB input, where a float conv is 3x faster than its 8 planes
+PLANE_WORD_COST = 1.5
 QUANT_ROUNDINGS = {"relax.round": "round", "relax.ceil": "ceil", "relax.floor": "floor"}
 
 
@@ -85,8 +88,9 @@ def quant_chain(ctx: RuleContext, call):
     return expr, scale, zero, low, high, QUANT_ROUNDINGS[op_name(rounded)], ops
 
 
-def quant_code(scale: np.ndarray, zero: np.ndarray, low: float, high: float, rounding: str) -> LevelCode | str:
-    """The planes' ``LevelCode`` of a ``Quant``, or why it stays float."""
+def quant_code(scale: np.ndarray, zero: np.ndarray, low: float, high: float, rounding: str,
+               channels: int) -> LevelCode | str:
+    """The planes' ``LevelCode`` of a ``Quant`` on ``channels`` channels, or why it stays float."""
     if scale.size != 1 or zero.size != 1:
         return "a Quant with a per-channel scale or zero point (a conv's sum needs one scale)"
     s, z = float(scale.reshape(())), float(zero.reshape(()))
@@ -97,6 +101,10 @@ def quant_code(scale: np.ndarray, zero: np.ndarray, low: float, high: float, rou
     bits = (int(high) - int(low)).bit_length()
     if bits > MAX_QUANT_BITS:
         return f"a {bits}-bit Quant: more than {MAX_QUANT_BITS} bit planes"
+    words = bitserial.num_words(channels)
+    if PLANE_WORD_COST * bits * words > channels:
+        return (f"a {bits}-bit Quant on {channels} channels: a float conv is faster than {bits} bit planes of "
+                f"{words} word(s) (each costs about {PLANE_WORD_COST:g} float channels)")
     code = LevelCode(bits, s, int(z), int(low), int(high), rounding)
     if not 0 <= code.pad_level < 1 << bits:
         return f"a Quant whose zero point {z:g} lies outside its range {low:g}..{high:g} (zero padding has no level)"
@@ -112,9 +120,12 @@ def lower_multibit(ctx: RuleContext, call):
     if chain is None:
         return None
     x, scale, zero, low, high, rounding, ops = chain
-    code = quant_code(scale, zero, low, high, rounding)
-    if isinstance(code, str) or len(shape_of(x)) != 4 or dtype_of(x) != "float32":
-        ctx.keep_float(code if isinstance(code, str) else "a Quant on a tensor that is not float32 NCHW", *ops)
+    if len(shape_of(x)) != 4 or dtype_of(x) != "float32":
+        ctx.keep_float("a Quant on a tensor that is not float32 NCHW (bit planes are for convs)", *ops)
+        return None
+    code = quant_code(scale, zero, low, high, rounding, shape_of(x)[1])
+    if isinstance(code, str):
+        ctx.keep_float(code, *ops)
         return None
     detail = (f"{code.bits}-bit Quant (scale {code.scale:g}, zero point {code.zero_point}, "
               f"{code.low}..{code.high}, {rounding})")

@@ -568,7 +568,8 @@ def pack_levels(x: te.Tensor, code: LevelCode | int) -> te.Tensor:
         on = tirx.all(c < channels, (q[i, safe, y, z] >> j) & 1 == 1)
         return te.sum(_bit(on, b), axis=b)
 
-    return te.compute((code.bits, n, h, w, words), body, name="pack_levels")
+    # named like a ternary pack: the CPU schedule of pack_sign, with one more (plane) loop
+    return te.compute((code.bits, n, h, w, words), body, name="pack_sign")
 
 
 def unpack_levels(planes: te.Tensor, channels: int, code: LevelCode | None = None, dtype: str = "float32") -> te.Tensor:

@@ -958,6 +958,7 @@ KERNELS = {
     "pack_sign": pack_sign,
     "pack_sign_pair": pack_sign,
     "pack_ternary": pack_sign,
+    "pack_levels": pack_sign,
 }
 
 
