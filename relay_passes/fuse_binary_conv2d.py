@@ -176,13 +176,13 @@ def through_unit_axes_reshapes(ctx: RuleContext, data):
     return source if shape_of(source) == shape_of(data) else data
 
 
-def multibit_offsets(weight: np.ndarray, code: bitserial.LevelCode) -> np.ndarray:
+def multibit_offsets(weight: np.ndarray, levels: int, offset: int = 0) -> np.ndarray:
     """int32 ``[OC]``, the constant term of ``bitserial.multibit_conv2d_dot`` (``weight``: ±1
-    ``[OC, ...]``): ``2^bits - 1`` times each output channel's count of +1 weights, plus the
-    code's ``offset`` times the sum of its weights (a ``Quant``'s ``q - z = u + offset``)."""
+    ``[OC, ...]``): ``levels`` (``2^bits - 1``) times each output channel's count of +1 weights,
+    plus ``offset`` times the sum of its weights (a ``Quant``'s ``q - z = u + offset``,
+    ``LevelCode.offset``)."""
     flat = weight.reshape(len(weight), -1)
-    levels = (1 << code.bits) - 1
-    return (levels * (flat > 0).sum(axis=1) + code.offset * flat.sum(axis=1)).astype(np.int32)
+    return (levels * (flat > 0).sum(axis=1) + offset * flat.sum(axis=1)).astype(np.int32)
 
 
 def fuse_multibit_conv2d(ctx: RuleContext, call, planes, weight, scale, strides, padding, extra):
@@ -192,7 +192,7 @@ def fuse_multibit_conv2d(ctx: RuleContext, call, planes, weight, scale, strides,
     taps = c * kh * kw
     what = f"{code.bits}-bit planes" + ("" if code.scale is None else f" of a Quant (scale {code.scale:g})")
     ctx.fused("multibit_conv2d", f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding} on {what}")
-    inputs = [planes, relax.const(pack_bits(weight.transpose(0, 2, 3, 1))), relax.const(multibit_offsets(weight, code))]
+    inputs = [planes, relax.const(pack_bits(weight.transpose(0, 2, 3, 1))), relax.const(multibit_offsets(weight, (1 << code.bits) - 1, code.offset))]
     if scale is not None:
         inputs.append(relax.const(scale))
     # levels: the bound of |q - z| (the integer result's range); DoReFa also divides by it
