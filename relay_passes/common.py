@@ -247,6 +247,12 @@ def is_bipolar(values: np.ndarray | None) -> bool:
     return values is not None and values.size > 0 and bool(np.all(np.abs(values) == 1))
 
 
+def pack_planes(ternary: np.ndarray) -> np.ndarray:
+    """Values in {-1, 0, +1} as two packed planes ``[2, ...]``: bit set where ``> 0`` (signs),
+    and where ``!= 0`` (nonzeros); the last axis packed as by ``pack_bits``."""
+    return np.stack([pack_bits(np.where(ternary > 0, 1, -1)), pack_bits(np.where(ternary != 0, 1, -1))])
+
+
 def pack_bits(bipolar: np.ndarray, word_bits: int = 32) -> np.ndarray:
     """Pack the last axis of a ±1 array into uint32 words, bit 1 = +1, padding bits 0."""
     channels = bipolar.shape[-1]

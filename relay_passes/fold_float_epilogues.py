@@ -25,10 +25,10 @@ from schedules import bitserial, float_conv
 from .common import PassLog, RuleContext, either_rule
 from .fold_float_tables import chain_end_pass
 from .fold_thresholds import (
-    SCALE_INPUT,
     Step,
     analyse_chain,
     integer_dot,
+    integer_inputs,
     kernel_params,
     trace_chain,
     viewed_as,
@@ -48,7 +48,7 @@ def epilogue_rule(ends: set[str]):
         # would pass on too, so the epilogue is as close to the float graph's as the float ops
         steps = ([Step("multiply", chain.scale)] if chain.scale is not None else []) + list(chain.steps)
         ops = tuple(step.op for step in steps)
-        inputs = ctx.kernel_inputs(chain.source)[: SCALE_INPUT[chain.name]]
+        inputs = ctx.kernel_inputs(chain.source)[: integer_inputs(chain.name, chain.attrs)]
         dot = integer_dot(chain.name, chain.attrs)
         kernel = EPILOGUE_KERNELS[chain.name]
         ctx.fused(kernel, f"{chain.name} + {len(chain.steps)} float op(s) in its epilogue", *chain.visited[1:])

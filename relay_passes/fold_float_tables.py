@@ -21,9 +21,9 @@ from schedules import bitserial
 from .common import PassLog, RuleContext, function_rule_pass
 from .fold_thresholds import (
     CHAIN_OPS,
-    SCALE_INPUT,
     analyse_chain,
     integer_dot,
+    integer_inputs,
     kernel_params,
     per_channel,
     viewed_as,
@@ -80,7 +80,7 @@ def table_rule(ends: set[str]):
             return None
         dot = integer_dot(chain.name, chain.attrs)
         offset = chain.levels * chain.taps
-        inputs = ctx.kernel_inputs(chain.source)[: SCALE_INPUT[chain.name]]
+        inputs = ctx.kernel_inputs(chain.source)[: integer_inputs(chain.name, chain.attrs)]
         kernel = f"{chain.name}_table"
         ctx.fused(kernel, f"{chain.name} + {len(chain.steps)} float op(s) as a lookup table", *chain.visited[1:])
         computed = ctx.emit_kernel(

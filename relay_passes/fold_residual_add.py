@@ -30,7 +30,7 @@ from .common import (
     shape_of,
     use_counts,
 )
-from .fold_thresholds import SCALE_INPUT, integer_dot, kernel_params, single_step
+from .fold_thresholds import integer_dot, integer_inputs, kernel_params, single_step
 
 # epilogue kernel -> (the integer compute it finishes, what a note calls it)
 SOURCES = {"binary_conv2d_epilogue": ("binary_conv2d", "binary conv"),
@@ -86,7 +86,7 @@ def emit(ctx: RuleContext, source, operands, kernel: tuple[str, dict], steps: tu
     name, attrs = kernel
     integer = SOURCES[name][0]
     inputs = ctx.kernel_inputs(source)
-    count = SCALE_INPUT[integer]
+    count = integer_inputs(integer, attrs)
     dot = integer_dot(integer, attrs)
     ctx.fused(name, note)  # the folded node: the conv or dense keeps its line
     params = {**kernel_params(attrs), "epilogue": ",".join(steps)}

@@ -38,6 +38,13 @@ SCALE_INPUT = {"binary_conv2d": 3, "binary_dense": 2, "multibit_conv2d": 3,  # i
                "ternary_conv2d": 2, "ternary_dense": 2}
 
 
+def integer_inputs(name: str, attrs: dict) -> int:
+    """How many of a binary kernel's inputs its integer result reads (the weight scale, if any,
+    follows them): ``SCALE_INPUT``, and for a binary dense with ternary weights one more, the
+    per-output ``nonzeros - taps`` (``bitserial.binary_dense_dot``)."""
+    return SCALE_INPUT[name] + int(name == "binary_dense" and "bnn.ternary_weights" in attrs)
+
+
 def per_channel(values: np.ndarray, out_shape) -> np.ndarray | None:
     """A constant operand as one float32 value per channel (axis 1), or None if it varies otherwise
     or the output has no channel axis (a scalar or 1-D op of a weight or shape computation)."""
@@ -316,7 +323,8 @@ def kernel_value_model(ctx: RuleContext, source, name: str, attrs: dict, channel
     levels = int(attrs.get("bnn.levels", 1))
     parity = result_parity(ctx, source, name, attrs, taps, levels)
     inputs = ctx.kernel_inputs(source)
-    scale = ctx.constant(inputs[SCALE_INPUT[name]]) if len(inputs) > SCALE_INPUT[name] else None
+    count = integer_inputs(name, attrs)
+    scale = ctx.constant(inputs[count]) if len(inputs) > count else None
     activation_scale = float(attrs["bnn.activation_scale"]) if "bnn.activation_scale" in attrs else None
     if activation_scale is not None:
         error = quant_input_error(taps, levels, activation_scale, scale, channels)
@@ -440,7 +448,7 @@ def fold_threshold(ctx: RuleContext, call):
             ctx.keep_float(refusal, *visited[:-1])
             return None
     low, high = (relax.const(v) for v in interval)
-    inputs = ctx.kernel_inputs(source)[: SCALE_INPUT[name]]  # integers compare without the scale
+    inputs = ctx.kernel_inputs(source)[: integer_inputs(name, attrs)]  # integers compare without the scale
     ctx.fused(FOLDABLE[name], f"{name} + {len(steps)} float op(s) + binarizer", *visited)
     dot = integer_dot(name, attrs)
     params = kernel_params(attrs)
@@ -502,7 +510,7 @@ def integer_dot(name: str, attrs: dict):
     """The TE compute of a binary kernel's integer result, from its tensor inputs."""
     taps = int(attrs["bnn.taps"])
     if name == "binary_dense":
-        return lambda d, w: bitserial.binary_dense_dot(d, w, taps)
+        return lambda d, w, *offsets: bitserial.binary_dense_dot(d, w, taps, *offsets)
     if name == "ternary_dense":
         return bitserial.ternary_dense_dot
     strides = tuple(int(s) for s in attrs["bnn.strides"])

@@ -19,7 +19,7 @@ from tvm import relax
 
 from schedules import bitserial
 
-from .common import RuleContext, is_bipolar, is_power_of_two, op_name, pack_bits, shape_of
+from .common import RuleContext, is_bipolar, is_power_of_two, op_name, pack_bits, pack_planes, shape_of
 from .lift_conv1d import is_unit_axes_reshape
 
 
@@ -96,9 +96,7 @@ class BinaryWeights:
         """Packed ``[OC, KH, KW, CW]`` sign bits, or for ternary weights ``[2, OC, KH, KW, CW]``:
         the sign plane and the nonzero plane (``bitserial.binary_conv2d_dot``)."""
         signs = self.signs.transpose(0, 2, 3, 1)
-        if not self.ternary:
-            return pack_bits(signs)
-        return np.stack([pack_bits(np.where(signs > 0, 1, -1)), pack_bits(np.where(signs != 0, 1, -1))])
+        return pack_planes(signs) if self.ternary else pack_bits(signs)
 
 
 def split_scale(weight: np.ndarray, ternary: bool = False) -> BinaryWeights | str:

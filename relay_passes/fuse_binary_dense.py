@@ -13,7 +13,7 @@ from tvm import relax
 
 from schedules import bitserial
 
-from .common import RuleContext, op_name, pack_bits, shape_of
+from .common import RuleContext, op_name, pack_bits, pack_planes, shape_of
 from .fuse_binary_conv2d import split_scale
 
 
@@ -62,30 +62,33 @@ def fuse_binary_dense(ctx: RuleContext, call):
     if weight is None or weight.ndim != 2:
         ctx.keep_float("weights are not a constant matrix")
         return None
-    binary = split_scale(weight.T)
+    binary = split_scale(weight.T, ternary=True)
     if isinstance(binary, str):
         ctx.keep_float(binary)
         return None
-    weight, scale = binary.signs.T, binary.scale
     packed, feature_shape = features
-    rows = weight.T.reshape((weight.shape[1],) + tuple(feature_shape))  # [O, C(, H, W)]
+    taps, outputs = weight.shape
+    rows = binary.signs.reshape((outputs,) + tuple(feature_shape))  # [O, C(, H, W)]
     if rows.ndim == 4:
-        rows = rows.transpose(0, 2, 3, 1)  # [O, H, W, C]: the packed layout
-    packed_weight = pack_bits(rows).reshape(weight.shape[1], -1)
-    taps = weight.shape[0]
-    inputs = [packed, relax.const(packed_weight)] + ([relax.const(scale)] if scale is not None else [])
+        rows = rows.transpose(0, 2, 3, 1)  # [O, H, W, C]: the packed layout, channels padded per position
+    weight_bits = pack_planes(rows).reshape(2, outputs, -1) if binary.ternary else pack_bits(rows).reshape(outputs, -1)
+    scale = [relax.const(binary.scale)] if binary.scale is not None else []
+    note = ", ternary weights (sign and nonzero planes)" if binary.ternary else ""
     if len(shape_of(packed)) == 3:  # a ternary activation's sign and nonzero planes [2, N, KW]
-        ctx.fused("ternary_dense", f"dense {taps}->{weight.shape[1]} on a ternary activation (sign and nonzero planes)",
+        ctx.fused("ternary_dense", f"dense {taps}->{outputs} on a ternary activation (sign and nonzero planes){note}",
                   data)
         return ctx.emit_kernel(
             lambda d, w, *alpha: bitserial.dot_to_float_nchw(bitserial.ternary_dense_dot(d, w), *alpha),
-            *inputs, op="ternary_dense", taps=taps, **binary.kernel_attrs(),
+            packed, relax.const(weight_bits), *scale, op="ternary_dense", taps=taps, **binary.kernel_attrs(),
         )
-    ctx.fused("binary_dense", f"dense {taps}->{weight.shape[1]}", data)
+    ctx.fused("binary_dense", f"dense {taps}->{outputs}{note}", data)
+    if binary.ternary:  # the count of nonzero weights per output, minus taps
+        offsets = relax.const((np.count_nonzero(rows.reshape(outputs, -1), axis=1) - taps).astype(np.int32))
+        return ctx.emit_kernel(
+            lambda d, w, k, *alpha: bitserial.dot_to_float_nchw(bitserial.binary_dense_dot(d, w, taps, k), *alpha),
+            packed, relax.const(weight_bits), offsets, *scale, op="binary_dense", taps=taps, **binary.kernel_attrs(),
+        )
     return ctx.emit_kernel(
         lambda d, w, *alpha: bitserial.dot_to_float_nchw(bitserial.binary_dense_dot(d, w, taps), *alpha),
-        *inputs,
-        op="binary_dense",
-        taps=taps,
-        **binary.kernel_attrs(),
+        packed, relax.const(weight_bits), *scale, op="binary_dense", taps=taps, **binary.kernel_attrs(),
     )

@@ -38,6 +38,7 @@ def lift_conv1d(ctx: RuleContext, call):
         ),
         ctx.binding,
     )
+    ctx.alias((ctx.binding,), rows, conv)  # what later passes fuse into them is credited to the conv's node
     ctx.fused(LIFTED, "1-D conv computed as a 2-D conv over one row")
     return relax.op.reshape(conv, shape_of(call))
 

@@ -88,6 +88,8 @@ def lift_matmul(ctx: RuleContext, call):
         ctx.alias((ctx.binding,), dense)
         ctx.fused(LIFTED, f"matmul on {t} tokens computed as a dense over {n * t} rows")
         return relax.op.reshape(dense, [n, t, values.shape[1]])
+    if op_name(ctx.producer(data)) == "relax.sign":  # torch.sign on tokens: Sign on the rows
+        return lift_sign_matmul(ctx, data, weight, values.shape[1])
     found = binarized_input(ctx, ctx.producer(data), features_last=True)  # RSign's beta per feature
     if found is None or shape_of(found.x) != shape_of(data):
         return None
@@ -102,6 +104,20 @@ def lift_matmul(ctx: RuleContext, call):
     ctx.alias((ctx.binding,), dense)
     ctx.fused(LIFTED, f"matmul on {t} tokens computed as a dense over {n * t} rows")
     return relax.op.reshape(dense, [n, t, values.shape[1]])
+
+
+def lift_sign_matmul(ctx: RuleContext, data, weight, outputs: int):
+    """``matmul(Sign(x), W)`` on tokens as ``Sign`` of ``x``'s rows times ``W``: ``LowerSign`` may
+    then prove the rows never 0, else ``SplitTernarySign`` makes the dense ternary."""
+    n, t, c = shape_of(data)
+    sign = ctx.producer(data)
+    rows = ctx.builder_.emit(relax.op.reshape(sign.args[0], [n * t, c]), data.name)
+    signs = ctx.builder_.emit(relax.op.sign(rows), data.name)
+    dense = ctx.builder_.emit(relax.op.matmul(signs, weight), ctx.binding)
+    ctx.alias((data.name,), rows, signs)  # credited to the Sign's node
+    ctx.alias((ctx.binding,), dense)
+    ctx.fused(LIFTED, f"matmul on {t} tokens computed as a dense over {n * t} rows")
+    return relax.op.reshape(dense, [n, t, outputs])
 
 
 lift_token_matmul = either_rule(lift_matmul, sink_token_view)

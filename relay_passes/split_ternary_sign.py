@@ -27,16 +27,32 @@ from .fold_thresholds import trace_chain
 from .fuse_binary_conv2d import binarized_conv_input, plain_conv_reason, split_scale
 from .fuse_binary_dense import flattened_source, packed_features
 from .lower_binarizers import before_flatten
+from .lift_conv1d import is_unit_axes_reshape
 from .lower_straight_through import estimator_parts
 
 
 def sign_input(ctx: RuleContext, data):
-    """``x`` when ``data`` is ``Sign(x)`` of a float32 NCHW or [N, C] tensor, else None."""
+    """``x`` when ``data`` is ``Sign(x)`` of a float32 NCHW or [N, C] tensor, or a one-row view
+    of ``Sign(x)`` on a 1-D conv's ``[N, C, L]`` input (``lift_conv1d``; ``x`` then has that
+    shape: ``viewed_input`` gives the view), else None."""
     node = ctx.producer(data)
+    if is_unit_axes_reshape(node) and op_name(ctx.producer(node.args[0])) == "relax.sign":
+        node = ctx.producer(node.args[0])
     if op_name(node) != "relax.sign":
         return None
     x = node.args[0]
-    return x if len(shape_of(x)) in (2, 4) and dtype_of(x) == "float32" else None
+    return x if len(shape_of(x)) in (2, 3, 4) and dtype_of(x) == "float32" else None
+
+
+def sign_of(ctx: RuleContext, data):
+    """The ``Sign`` binding that ``data`` is, or views (its node is the binarized ONNX tensor)."""
+    node = ctx.producer(data)
+    return node.args[0] if is_unit_axes_reshape(node) else data
+
+
+def viewed_input(ctx: RuleContext, x, data):
+    """``x`` in the shape of the conv's input ``data`` (a 1-D conv's row view)."""
+    return x if shape_of(x) == shape_of(data) else ctx.builder_.emit(relax.op.reshape(x, shape_of(data)), "row")
 
 
 def paired_bits(ctx: RuleContext, sign_var, x, groups: int):
@@ -131,14 +147,14 @@ def split_conv(ctx: RuleContext, call, wait: bool):
     attrs = call.attrs
     if int(attrs.groups) == 1:
         conv = ctx.builder_.emit(relax.op.nn.conv2d(
-            ternary_bits(ctx, call.args[0], x), call.args[1], strides=attrs.strides, padding=attrs.padding,
+            ternary_bits(ctx, sign_of(ctx, call.args[0]), viewed_input(ctx, x, call.args[0])), call.args[1], strides=attrs.strides, padding=attrs.padding,
             dilation=attrs.dilation,
         ), ctx.logged_name("ternary_conv"))
         ctx.alias((ctx.binding,), conv)  # fused in the next pass: credited to this conv's node
         return conv
     paired = np.concatenate([weight, -weight], axis=1)  # per group: [W_g, -W_g] over [x_g, -x_g]
     conv = ctx.builder_.emit(relax.op.nn.conv2d(
-        paired_bits(ctx, call.args[0], x, int(attrs.groups)), relax.const(paired.astype(np.float32)),
+        paired_bits(ctx, sign_of(ctx, call.args[0]), viewed_input(ctx, x, call.args[0]), int(attrs.groups)), relax.const(paired.astype(np.float32)),
         strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation, groups=attrs.groups,
     ), ctx.logged_name("paired_conv"))
     ctx.alias((ctx.binding,), conv)  # fused in the next pass: credited to this conv's node

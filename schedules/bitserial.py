@@ -237,23 +237,28 @@ def binary_conv2d_dot(
 
 def weight_term(weight: te.Tensor):
     """``(activation word, weight index) -> the word of mismatching taps``: ``a XOR w``, or for
-    ternary weights (sign and nonzero planes) ``(a XOR s) AND m``."""
-    if len(weight.shape) == 4:
+    ternary weights (sign and nonzero planes, one more leading axis) ``(a XOR s) AND m``."""
+    if len(weight.shape) in (2, 4):
         return lambda word, index: word ^ weight[index]
     return lambda word, index: (word ^ weight[(0, *index)]) & weight[(1, *index)]
 
 
-def binary_dense_dot(data: te.Tensor, weight: te.Tensor, taps: int) -> te.Tensor:
-    """Exact bipolar dense: int32 ``[N, O]`` from packed ``[N, KW]`` and packed ``[O, KW]``."""
+def binary_dense_dot(data: te.Tensor, weight: te.Tensor, taps: int, offsets: te.Tensor | None = None) -> te.Tensor:
+    """Exact bipolar dense: int32 ``[N, O]`` from packed ``[N, KW]`` and packed ``[O, KW]``; or
+    with ternary weights (sign and nonzero planes ``[2, O, KW]``) and ``offsets`` int32 ``[O]``
+    holding ``nonzeros[o] - taps``: ``nonzeros[o] - 2 * popcount((a XOR s) AND m)``."""
     n, kw = (int(v) for v in data.shape)
-    out = int(weight.shape[0])
+    out = int(weight.shape[-2])
     rk = te.reduce_axis((0, kw), name="rk")
+    mismatch = weight_term(weight)
     mismatches = te.compute(
         (n, out),
-        lambda i, o: te.sum(tirx.popcount(data[i, rk] ^ weight[o, rk]).astype("int32"), axis=rk),
+        lambda i, o: te.sum(tirx.popcount(mismatch(data[i, rk], (o, rk))).astype("int32"), axis=rk),
         name="mismatches",
     )
-    return te.compute((n, out), lambda i, o: taps - 2 * mismatches[i, o], name="binary_dense_dot")
+    if offsets is None:
+        return te.compute((n, out), lambda i, o: taps - 2 * mismatches[i, o], name="binary_dense_dot")
+    return te.compute((n, out), lambda i, o: taps + offsets[o] - 2 * mismatches[i, o], name="binary_dense_dot")
 
 
 def ternary_conv2d_dot(
@@ -320,7 +325,17 @@ def ternary_dense_dot(planes: te.Tensor, weight: te.Tensor) -> te.Tensor:
     """Exact dense of a ternary activation (planes ``[2, N, KW]``) with ±1 weights (packed
     ``[O, KW]``): int32 ``[N, O]``, ``nonzeros - 2 * popcount((s XOR w) AND m)`` as for a conv."""
     _, n, kw = (int(v) for v in planes.shape)
-    out = int(weight.shape[0])
+    out = int(weight.shape[-2])
+    if len(weight.shape) == 3:  # ternary weights too: as for a conv, -dot = 2 popc(x & m) - popc(m)
+        rb = te.reduce_axis((0, kw), name="rk")
+
+        def signed_mismatches(i, o):
+            both = planes[1, i, rb] & weight[1, o, rb]
+            mismatch = (planes[0, i, rb] ^ weight[0, o, rb]) & both
+            return te.sum(2 * tirx.popcount(mismatch).astype("int32") - tirx.popcount(both).astype("int32"), axis=rb)
+
+        mismatches = te.compute((n, out), signed_mismatches, name="mismatches")
+        return te.compute((n, out), lambda i, o: -mismatches[i, o], name="ternary_dense_dot")
     rn = te.reduce_axis((0, kw), name="rk")
     nonzeros = te.compute((n,), lambda i: te.sum(tirx.popcount(planes[1, i, rn]).astype("int32"), axis=rn),
                           name="nonzeros")

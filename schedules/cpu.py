@@ -821,9 +821,20 @@ def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     return Scheduled(sch.mod["main"], plan, relayouts)
 
 
+def relayout_dense_weights(sch: s_tir.Schedule, func) -> dict[int, tuple[int, ...]]:
+    """Dense weights ``[O, KW] -> [KW, O]`` (a vector of outputs is one load; ternary weights'
+    planes alike); returns the permutation made, for ``Scheduled.relayouts``."""
+    mism = sch.get_sblock("mismatches")
+    if len(func.params[1].shape) == 3:
+        sch.transform_layout(mism, param_name(func, 1), lambda p, o, k: (p, k, o))
+        return {1: (0, 2, 1)}
+    sch.transform_layout(mism, param_name(func, 1), lambda o, k: (k, o))
+    return {1: (1, 0)}
+
+
 def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     mism = sch.get_sblock("mismatches")
-    sch.transform_layout(mism, param_name(func, 1), lambda o, k: (k, o))
+    relayouts = relayout_dense_weights(sch, func)
     sch.compute_inline(integer_result(sch, func))
     count_nonzeros(sch)
     table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
@@ -843,12 +854,12 @@ def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
         sch.vectorize(lane)
     counters = count_mismatches(sch, mism, lanes, 2, 1, unit)
     plan = f"dense: {batch_block} rows x {channel_block} outputs in registers, {lanes} lanes, {counters}"
-    return Scheduled(sch.mod["main"], plan, {1: (1, 0)})
+    return Scheduled(sch.mod["main"], plan, relayouts)
 
 
 def dense_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     mism = sch.get_sblock("mismatches")
-    sch.transform_layout(mism, param_name(func, 1), lambda o, k: (k, o))
+    relayouts = relayout_dense_weights(sch, func)
     dot = integer_result(sch, func)
     count_nonzeros(sch)
     bits = sch.get_sblock("threshold_bits")
@@ -880,7 +891,7 @@ def dense_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     counters = count_mismatches(sch, mism, lanes, 2, 1, unit)
     pack_words(sch, bits, pack, unit.lanes)
     plan = f"dense+threshold: {batch_block} rows x {channel_block} outputs, {lanes} lanes, {counters}, mask-packed words"
-    return Scheduled(sch.mod["main"], plan, {1: (1, 0)})
+    return Scheduled(sch.mod["main"], plan, relayouts)
 
 
 def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:

@@ -76,10 +76,11 @@ def ternary_conv_case(rng, n, c, h, w, oc, k, stride, pad, threshold=False, scal
     return "ternary_conv2d", attrs, inputs_, lambda d, wt: bitserial.dot_to_float_nchw(conv(d, wt)), dot.astype(np.float32)
 
 
-def ternary_dense_case(rng, n, k, o, threshold=False):
-    a, weight = ternary(rng, (n, k)), bipolar(rng, (o, k))
+def ternary_dense_case(rng, n, k, o, threshold=False, ternary_weights=False):
+    a = ternary(rng, (n, k))
+    weight = ternary(rng, (o, k), 0.4) if ternary_weights else bipolar(rng, (o, k))
     dot = a @ weight.T
-    inputs_ = [planes_of(a), pack_bits(weight)]
+    inputs_ = [planes_of(a), planes_of(weight) if ternary_weights else pack_bits(weight)]
     attrs = {"bnn.taps": k}
     if threshold:
         low, high = thresholds(rng, o)
@@ -161,6 +162,29 @@ def test_ternary_dense_matches_numpy(n, k, o, threshold, x86_target):  # noqa: F
     check_case(ternary_dense_case(np.random.default_rng(n + k + o), n, k, o, threshold), target=x86_target)
 
 
+@pytest.mark.parametrize("n,k,o", [(1, 640, 10), (3, 70, 50)])
+@pytest.mark.parametrize("threshold", [False, True], ids=["float", "threshold"])
+def test_dense_with_ternary_weights_matches_numpy(n, k, o, threshold, x86_target):  # noqa: F811 (the fixture)
+    """Ternary weights on a ternary input (both masked), and on a binary input (the binary dense
+    with weight planes and per-output ``nonzeros - taps``)."""
+    rng = np.random.default_rng(n + k)
+    check_case(ternary_dense_case(rng, n, k, o, threshold, ternary_weights=True), target=x86_target)
+    a, weight = bipolar(rng, (n, k)), ternary(rng, (o, k), 0.4)
+    dot = a @ weight.T
+    offsets = (np.count_nonzero(weight, axis=1) - k).astype(np.int32)
+    inputs_ = [pack_bits(a), planes_of(weight), offsets]
+    attrs = {"bnn.taps": k, "bnn.ternary_weights": 1}
+    if threshold:
+        low, high = thresholds(rng, o)
+        case = ("binary_dense_threshold", attrs, inputs_ + [low, high],
+                lambda d, w, f, lo, hi: bitserial.threshold_pack(bitserial.binary_dense_dot(d, w, k, f), lo, hi),
+                packed_decisions((dot >= low) & (dot <= high)))
+    else:
+        case = ("binary_dense", attrs, inputs_,
+                lambda d, w, f: bitserial.dot_to_float_nchw(bitserial.binary_dense_dot(d, w, k, f)), dot.astype(np.float32))
+    check_case(case, target=x86_target)
+
+
 @pytest.mark.parametrize("shape", [(2, 70, 5, 8), (1, 64, 16, 16), (3, 37)])
 def test_pack_ternary_matches_numpy(shape):
     """Exact zeros (and -0.0) to a 0 in both planes, the rest by sign; channel padding bits 0."""
@@ -239,7 +263,11 @@ def ternary_weight_graph():
     # exact too and the Sign after it sees the same zeros)
     y = g.conv(g.binarize(y), twn((16, 24, 3, 3), 0.5), pad=1)
     y = g.conv(g.node("Sign", [y]), ternary(rng, (16, 16, 3, 3), 0.3).astype(np.float32), pad=1, stride=2)
-    return g.model([y])
+    # denses with TWN weights: on a binarizer (after a batch norm: a threshold) and on a Sign
+    flat = g.node("Flatten", [g.binarize(g.batch_norm(y, *g.random_bn(16, 0.3)))])
+    hidden = g.node("MatMul", [flat, g.const(twn((16 * 4 * 4, 40), 0.25).T.copy().T)])
+    out = g.node("MatMul", [g.node("Sign", [hidden]), g.const(twn((40, 10), 1.0))])
+    return g.model([y, out])
 
 
 def test_ternary_weights_run_in_binary_and_ternary_kernels(tmp_path):
@@ -248,7 +276,35 @@ def test_ternary_weights_run_in_binary_and_ternary_kernels(tmp_path):
     report = verify(save(ternary_weight_graph(), tmp_path / "m.onnx"), "x86", x=x)
     assert report.ok, "\n".join(report.lines())
     fused = " | ".join(report.fused)
-    assert fused.count("ternary weights") == 3, fused
+    assert fused.count("ternary weights") == 5, fused
+    assert "-> binary_dense" in fused and "-> ternary_dense" in fused, fused
     assert "-> binary_conv2d_threshold" in fused and "-> ternary_conv2d" in fused, fused
     convs = [r for r in inspect_onnx(str(tmp_path / "m.onnx")) if r.op_type == "Conv"]
     assert len(convs) == 3 and all(r.binary for r in convs), convs
+
+
+def test_sign_on_tokens_and_conv1d_inputs_runs_ternary(tmp_path):
+    """``torch.sign`` on ``[N, T, C]`` tokens before a matmul (a dense over the rows), and after
+    the residual add of two such layers; ``torch.sign`` on a 1-D conv's ``[N, C, L]`` input (a
+    one-row conv): ternary kernels, exact with exact zeros, each credited to its ONNX nodes."""
+    g = GraphBuilder([1, 16, 64], seed=3)
+    y = g.node("MatMul", [g.node("Sign", ["x"]), g.const(g.binary_weight((64, 64)))])
+    y = g.node("MatMul", [g.node("Sign", [g.node("Add", [y, g.node("MatMul", [g.node("Sign", ["x"]),
+                                                                               g.const(g.binary_weight((64, 64)))])])]),
+                          g.const(g.binary_weight((64, 32)))])
+    x = inputs([2, 16, 64])
+    x[:, ::3] = 0.0
+    report = verify(save(g.model([y]), tmp_path / "tokens.onnx"), "x86", x=x)
+    assert report.ok, "\n".join(report.lines())
+    fused = " | ".join(report.fused)
+    assert fused.count("-> ternary_dense") == 3 and "[]" not in fused, fused
+
+    g = GraphBuilder([1, 32, 20], seed=4)
+    y = g.node("Conv", [g.node("Sign", ["x"]), g.const(g.binary_weight((16, 32, 3)), "w")], kernel_shape=[3],
+               pads=[1, 1], strides=[1])
+    x = inputs([2, 32, 20])
+    x[:, :, ::3] = 0.0
+    report = verify(save(g.model([y]), tmp_path / "conv1d.onnx"), "x86", x=x)
+    assert report.ok and report.binary_checked == 1, "\n".join(report.lines())
+    fused = " | ".join(report.fused)
+    assert "-> ternary_conv2d [node_conv" in fused and "pack_ternary [node_conv_3, node_sign_1]" in fused, fused
