@@ -190,7 +190,8 @@ def fuse_multibit_conv2d(ctx: RuleContext, call, planes, weight, scale, strides,
     taps = c * kh * kw
     what = f"{code.bits}-bit planes" + ("" if code.scale is None else f" of a Quant (scale {code.scale:g})")
     ctx.fused("multibit_conv2d", f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding} on {what}")
-    inputs = [planes, relax.const(pack_bits(weight.transpose(0, 2, 3, 1))), relax.const(multibit_offsets(weight, (1 << code.bits) - 1, code.offset))]
+    offsets = multibit_offsets(weight, (1 << code.bits) - 1, code.offset)
+    inputs = [planes, relax.const(pack_bits(weight.transpose(0, 2, 3, 1))), relax.const(offsets)]
     if scale is not None:
         inputs.append(relax.const(scale))
     # levels: the bound of |q - z| (the integer result's range); DoReFa also divides by it
