@@ -192,6 +192,9 @@ def rebinarizer(tensor: str, kind: str, fed: str, graph) -> tuple[list, list]:
                                        name=out)], []
     if kind in ("pack_sign_pair", "pack_ternary"):  # -1, 0, +1
         return [helper.make_node("Sign", [fed], [out], name=out)], []
+    quant = quant_nodes(tensor, graph)
+    if quant is not None:
+        return requantizer(quant, fed, out), []
     levels = out + "_levels"  # k/L: round(clip(v, 0, 1) * L) / L gives v back
     initializer = numpy_helper.from_array(np.array(level_count(tensor, graph), np.float32), levels)
     nodes, previous = [], fed
@@ -200,6 +203,40 @@ def rebinarizer(tensor: str, kind: str, fed: str, graph) -> tuple[list, list]:
         nodes.append(helper.make_node(op, [previous] + ([operand] if operand else []), [result], name=result))
         previous = result
     return nodes + [helper.make_node("Div", [previous, levels], [out], name=out)], [initializer]
+
+
+QUANT_OPS = ("Mul", "Sub", ("Round", "Ceil", "Floor"), "Min", "Max", "Add", "Div")  # output first
+
+
+def quant_nodes(tensor: str, graph) -> list | None:
+    """The nodes of an expanded QONNX ``Quant`` (``bnn_tvm.qonnx_quant``) computing ``tensor``,
+    output first, or None when another form computes it."""
+    producers = {out: node for node in graph.node for out in node.output}
+    nodes, current = [], tensor
+    for ops in QUANT_OPS:
+        node = producers.get(current)
+        if node is None or node.op_type not in (ops if isinstance(ops, tuple) else (ops,)):
+            return None
+        nodes.append(node)
+        current = node.input[0]
+    return nodes
+
+
+def requantizer(nodes: list, fed: str, out: str) -> list:
+    """``nodes`` (a ``Quant``'s, output first) again on ``fed``, rounding half to even: ``(q - z) *
+    s`` quantizes back to itself (``((q - z) * s) / s + z`` lies within far less than 1/2 of the
+    integer ``q``, maybe on either side, so a ``Ceil`` or ``Floor`` becomes a ``Round``), so the
+    copy is the identity on ONNX Runtime's values and compiles to the same planes."""
+    renamed = {nodes[-1].input[0]: fed, nodes[0].output[0]: out}
+    copies = []
+    for node in reversed(nodes):
+        inputs = [renamed.get(name, name) for name in node.input]
+        for name in node.output:
+            renamed.setdefault(name, f"{out}_{name}")
+        op = "Round" if node.op_type in QUANT_OPS[2] else node.op_type
+        copies.append(helper.make_node(op, inputs, [renamed[name] for name in node.output],
+                                       name=f"{out}_{node.name or node.output[0]}"))
+    return copies
 
 
 def level_count(tensor: str, graph) -> float:

@@ -17,7 +17,7 @@ from tvm import relax
 
 from schedules import bitserial
 
-from .common import RuleContext, clip_bounds, op_name, pack_bits, shape_of
+from .common import RuleContext, clip_bounds, is_power_of_two, op_name, pack_bits, shape_of
 from .fuse_binary_conv2d import sum_rounding_error, weight_scale_error
 from .fuse_binary_maxpool import emit_or_pool, or_pool_refusal
 from .lift_conv1d import is_unit_axes_reshape
@@ -240,19 +240,25 @@ def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel, pools: lis
         expr = found[1]
 
 
-def chain_values(steps, channels: int, taps: int, scale=None, error=None, levels: int = 1,
-                 parity: int | None = None) -> list[np.ndarray]:
+def chain_values(steps, channels: int, model: "ValueModel", every_integer: bool = False) -> list[np.ndarray]:
     """float32 ``[channels, candidates]``: the chain at every integer ``d`` the kernel can produce
-    (``candidates_of``: ``-levels * taps .. levels * taps``, of one ``parity`` when it has one).
+    (``candidates_of``: ``-levels * taps .. levels * taps``, of one ``parity`` when it has one;
+    ``every_integer``: all of them, one column each, as a lookup table indexes them).
 
-    The kernel's value is ``d / levels * scale`` (k-bit inputs have ``levels = 2^k - 1``; ±alpha
-    weights a ``scale``); with a rounding ``error`` band (the float conv's possible distance from
-    it) the chain is also evaluated at both ends of the band, rounded outwards, and all three
-    are returned.
+    The kernel's value is ``activation(d) * scale``: ``activation(d)`` is ``d`` for binary inputs,
+    ``d / levels`` for DoReFa's k-bit ones (``levels = 2^k - 1``), ``d * activation_scale`` for a
+    ``Quant``'s (``levels``: its largest ``|q - z|``); ±alpha weights have a ``scale``. With a
+    rounding ``error`` band (the float conv's possible distance from it) the chain is also
+    evaluated at both ends of the band, rounded outwards, and all three are returned.
     """
-    candidates = candidates_of(taps, levels, parity)
+    taps, scale, error, levels, activation_scale = (model.taps, model.scale, model.error, model.levels,
+                                                    model.activation_scale)
+    candidates = candidates_of(taps, levels, None if every_integer else model.parity)
     d = np.broadcast_to(candidates.astype(np.float32), (channels, candidates.size))
-    start = d if levels == 1 else (d / np.float32(levels)).astype(np.float32)
+    if activation_scale is not None:
+        start = (d * np.float32(activation_scale)).astype(np.float32)
+    else:
+        start = d if levels == 1 else (d / np.float32(levels)).astype(np.float32)
     start = start if scale is None else (start * scale[:, None]).astype(np.float32)
     starts = [start]
     if error is not None and np.any(error > 0):
@@ -280,8 +286,9 @@ def result_parity(ctx: RuleContext, source, name: str, attrs: dict, taps: int, l
     with an even number of input channels every count is even. Odd ``d`` are then unreachable,
     and a threshold near one of them need not be refused (a BN folded into the weights by
     PyTorch's exporter puts thresholds anywhere)."""
-    # a ternary input's or weight's zeros drop out of the sum: any count of taps
-    if levels != 1 or name.startswith("ternary_") or "bnn.ternary_weights" in attrs:
+    # a ternary input's or weight's zeros drop out of the sum, a k-bit input's (even a 1-bit
+    # Quant's 0/1) sums any integers: any count of taps
+    if levels != 1 or name.startswith(("ternary_", "multibit_")) or "bnn.ternary_weights" in attrs:
         return None
     if name == "binary_dense":
         return taps % 2
@@ -292,12 +299,25 @@ def result_parity(ctx: RuleContext, source, name: str, attrs: dict, taps: int, l
     return 0 if (taps // (kh * kw)) % 2 == 0 else None
 
 
-def kernel_value_model(ctx: RuleContext, source, name: str, attrs: dict, channels: int):
-    """``(taps, scale, error, levels, parity)``: how the kernel's float value follows from its integer.
+@dataclass(frozen=True)
+class ValueModel:
+    """How a kernel's float value follows from its integer ``d`` (``chain_values``)."""
+
+    taps: int
+    scale: np.ndarray | None  # ±alpha weights' per-channel scale
+    error: np.ndarray | None  # bound of the float graph's distance from it, per channel
+    levels: int  # the integer result lies in -levels * taps .. levels * taps
+    parity: int | None  # of every integer the kernel returns, when they share one
+    activation_scale: float | None = None  # a Quant input's scale: d * s instead of d / levels
+
+
+def kernel_value_model(ctx: RuleContext, source, name: str, attrs: dict, channels: int) -> ValueModel:
+    """How the kernel's float value follows from its integer.
 
     ``error`` bounds how far the float graph's own conv can be from that value; it is zero
-    unless the weights carry a non-power-of-two scale or the input has k-bit levels (1/L is
-    inexact, so the float conv sums rounded terms).
+    unless the weights carry a non-power-of-two scale or the input has k-bit levels: the float
+    conv sums rounded terms (DoReFa's ``q/L * w``, a ``Quant``'s ``((q - z) * s) * w``) where
+    the kernel rounds its exact sum once (``d / L`` or ``d * s``, then ``* alpha``).
     """
     taps = int(attrs["bnn.taps"])
     levels = int(attrs.get("bnn.levels", 1))
@@ -305,23 +325,38 @@ def kernel_value_model(ctx: RuleContext, source, name: str, attrs: dict, channel
     inputs = ctx.kernel_inputs(source)
     count = integer_inputs(name, attrs)
     scale = ctx.constant(inputs[count]) if len(inputs) > count else None
-    if levels == 1:
+    activation_scale = float(attrs["bnn.activation_scale"]) if "bnn.activation_scale" in attrs else None
+    if activation_scale is not None:
+        error = quant_input_error(taps, levels, activation_scale, scale, channels)
+    elif levels == 1:
         error = weight_scale_error(scale, taps) if scale is not None else None
     else:
         # terms q/L * w: each q/L rounded once, and the kernel rounds d/L and d/L * alpha
         error = sum_rounding_error(taps, np.ones(channels) if scale is None else scale, roundings=3)
-    if "bnn.weight_deviation" in attrs:  # weights a few ulp off ±alpha (see BinaryWeights)
-        error = error + np.array([float(v) for v in attrs["bnn.weight_deviation"]])
-    return taps, scale, error, levels, parity
+    if "bnn.weight_deviation" in attrs:  # weights a few ulp off ±alpha (see BinaryWeights), times |x|'s bound
+        largest_input = 1.0 if activation_scale is None else levels * abs(activation_scale)
+        error = error + np.array([float(v) for v in attrs["bnn.weight_deviation"]]) * largest_input
+    return ValueModel(taps, scale, error, levels, parity, activation_scale)
 
 
-def decision_interval(steps, channels: int, taps: int, scale=None, error=None, levels: int = 1, strict: bool = False,
-                      parity: int | None = None):
+def quant_input_error(taps: int, levels: int, activation_scale: float, scale, channels: int) -> np.ndarray:
+    """The error band of a conv on a ``Quant``'s planes: terms ``((q - z) * s) * w`` of size at
+    most ``levels * |s| * alpha``, each ``(q - z) * s`` rounded once, the kernel's ``d * s`` and
+    ``* alpha`` once each (as DoReFa's ``q / L``). None of it rounds where s and alpha are powers
+    of two and every partial sum is an integer multiple of ``s * alpha`` below 2^24 of them."""
+    alpha = np.ones(channels) if scale is None else np.asarray(scale, np.float64)
+    exact = is_power_of_two(np.array([activation_scale])) and (scale is None or is_power_of_two(scale))
+    if exact and levels * taps < 2**24:
+        return np.zeros(channels)
+    return sum_rounding_error(taps, levels * abs(activation_scale) * alpha, roundings=3)
+
+
+def decision_interval(steps, channels: int, model: "ValueModel", strict: bool = False):
     """Per channel ``[low, high]`` such that ``chain(d) >= 0`` (``strict``: ``> 0``) iff
     ``low <= d <= high``; None if no interval says it (not monotone, or a value within rounding
     error of the threshold)."""
-    candidates = candidates_of(taps, levels, parity)
-    decisions = [y > 0 if strict else y >= 0 for y in chain_values(steps, channels, taps, scale, error, levels, parity)]
+    candidates = candidates_of(model.taps, model.levels, model.parity)
+    decisions = [y > 0 if strict else y >= 0 for y in chain_values(steps, channels, model)]
     if any(np.any(other != decisions[0]) for other in decisions[1:]):
         return None
     decide = decisions[0]
@@ -348,26 +383,33 @@ class Chain:
     steps: list[Step]  # the float ops, kernel side first
     visited: list  # their variables, tensor side first, the kernel's last
     channels: int
-    taps: int
-    scale: np.ndarray | None
-    error: np.ndarray | None
-    levels: int
-    parity: int | None  # of every integer the kernel returns, when they share one (result_parity)
+    model: ValueModel
+
+    @property
+    def taps(self) -> int:
+        return self.model.taps
+
+    @property
+    def scale(self) -> np.ndarray | None:
+        return self.model.scale
+
+    @property
+    def levels(self) -> int:
+        return self.model.levels
 
     def values(self, every_integer: bool = False) -> list[np.ndarray]:
         """``chain_values`` at the integers the kernel can return (``every_integer``: at all of
         ``-levels * taps .. levels * taps``, one column each, as a lookup table indexes them)."""
-        parity = None if every_integer else self.parity
-        return chain_values(self.steps, self.channels, self.taps, self.scale, self.error, self.levels, parity)
+        return chain_values(self.steps, self.channels, self.model, every_integer)
 
     @property
     def known_exactly(self) -> bool:
         """Whether the float graph's value at each integer is known exactly (no rounding band)."""
-        return self.error is None or not self.error.size or self.error.max() <= 0
+        error = self.model.error
+        return error is None or not error.size or error.max() <= 0
 
     def decision_interval(self, strict: bool = False):
-        return decision_interval(self.steps, self.channels, self.taps, self.scale, self.error, self.levels, strict,
-                                 self.parity)
+        return decision_interval(self.steps, self.channels, self.model, strict)
 
 
 def analyse_chain(ctx: RuleContext, expr, pools: list | None = None) -> Chain | None:
@@ -379,8 +421,7 @@ def analyse_chain(ctx: RuleContext, expr, pools: list | None = None) -> Chain | 
     source, steps, visited = traced
     name, attrs = ctx.bnn_kernel(source)
     channels = shape_of(source)[1]
-    taps, scale, error, levels, parity = kernel_value_model(ctx, source, name, attrs, channels)
-    return Chain(source, name, attrs, steps, visited, channels, taps, scale, error, levels, parity)
+    return Chain(source, name, attrs, steps, visited, channels, kernel_value_model(ctx, source, name, attrs, channels))
 
 
 def fold_threshold(ctx: RuleContext, call):
@@ -475,7 +516,10 @@ def integer_dot(name: str, attrs: dict):
     strides = tuple(int(s) for s in attrs["bnn.strides"])
     padding = tuple(int(p) for p in attrs["bnn.padding"])
     if name == "multibit_conv2d":
-        return lambda d, w, k: bitserial.multibit_conv2d_dot(d, w, k, strides, padding)
+        pad_level = int(attrs.get("bnn.pad_level", 0))  # a Quant's planes: the level of the value 0
+        return lambda d, w, k: bitserial.multibit_conv2d_dot(
+            d, w, k, strides, padding, pad_level, taps // (int(w.shape[1]) * int(w.shape[2]))
+        )
     dilation = bitserial.kernel_dilation(attrs)
     if name == "ternary_conv2d":
         return lambda d, w: bitserial.ternary_conv2d_dot(d, w, strides, padding, dilation)

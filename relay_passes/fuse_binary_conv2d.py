@@ -174,32 +174,43 @@ def through_unit_axes_reshapes(ctx: RuleContext, data):
     return source if shape_of(source) == shape_of(data) else data
 
 
-def multibit_offsets(weight: np.ndarray, levels: int) -> np.ndarray:
-    """int32 ``[OC]``: ``levels`` times each output channel's count of +1 weights (``weight``:
-    ±1 ``[OC, ...]``), the constant term of ``bitserial.multibit_conv2d_dot``."""
-    return (levels * (weight.reshape(len(weight), -1) > 0).sum(axis=1)).astype(np.int32)
+def multibit_offsets(weight: np.ndarray, levels: int, offset: int = 0) -> np.ndarray:
+    """int32 ``[OC]``, the constant term of ``bitserial.multibit_conv2d_dot`` (``weight``: ±1
+    ``[OC, ...]``): ``levels`` (``2^bits - 1``) times each output channel's count of +1 weights,
+    plus ``offset`` times the sum of its weights (a ``Quant``'s ``q - z = u + offset``,
+    ``LevelCode.offset``)."""
+    flat = weight.reshape(len(weight), -1)
+    return (levels * (flat > 0).sum(axis=1) + offset * flat.sum(axis=1)).astype(np.int32)
 
 
 def fuse_multibit_conv2d(ctx: RuleContext, call, planes, weight, scale, strides, padding, extra):
     """The bit-plane conv: k-bit activations times binary weights."""
-    bits = shape_of(planes)[0]
-    levels = (1 << bits) - 1
+    code = bitserial.LevelCode.of(ctx.bnn_kernel(planes)[1])
     oc, c, kh, kw = weight.shape
     taps = c * kh * kw
-    ctx.fused("multibit_conv2d", f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding} on {bits}-bit planes")
-    inputs = [planes, relax.const(pack_bits(weight.transpose(0, 2, 3, 1))), relax.const(multibit_offsets(weight, levels))]
+    what = f"{code.bits}-bit planes" + ("" if code.scale is None else f" of a Quant (scale {code.scale:g})")
+    ctx.fused("multibit_conv2d", f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding} on {what}")
+    offsets = multibit_offsets(weight, (1 << code.bits) - 1, code.offset)
+    inputs = [planes, relax.const(pack_bits(weight.transpose(0, 2, 3, 1))), relax.const(offsets)]
     if scale is not None:
         inputs.append(relax.const(scale))
+    # levels: the bound of |q - z| (the integer result's range); DoReFa also divides by it
+    activation = {"levels": code.bound}
+    if code.scale is not None:
+        activation["activation_scale"] = code.scale
+    if code.pad_level and any(padding):
+        activation["pad_level"] = code.pad_level
     return ctx.emit_kernel(
         lambda d, w, k, *alpha: bitserial.dot_to_float_nchw(
-            bitserial.multibit_conv2d_dot(d, w, k, strides, padding), *alpha, levels=levels
+            bitserial.multibit_conv2d_dot(d, w, k, strides, padding, code.pad_level, c), *alpha,
+            levels=code.bound, activation_scale=code.scale,
         ),
         *inputs,
         op="multibit_conv2d",
         taps=taps,
-        levels=levels,
         strides=list(strides),
         padding=list(padding),
+        **activation,
         **extra,
     )
 

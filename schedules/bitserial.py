@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import operator
+from dataclasses import dataclass
 
 from tvm import te, tirx
 
@@ -151,25 +152,26 @@ def _pad_word(channels: int, words: int):
     """The packed word of a +1 pad value: all real channel bits set, channel padding bits 0."""
     full = (1 << WORD_BITS) - 1
     last = (1 << (channels - (words - 1) * WORD_BITS)) - 1
-    return lambda c: tirx.Select(
-        c == words - 1, tirx.const(last, WORD_DTYPE), tirx.const(full, WORD_DTYPE)
+    return lambda *index: tirx.Select(
+        index[-1] == words - 1, tirx.const(last, WORD_DTYPE), tirx.const(full, WORD_DTYPE)
     )
 
 
 def padded_words(data: te.Tensor, padding: tuple[int, int, int, int], fill=None) -> te.Tensor:
     """Packed words ``[..., H, W, CW]`` with the two spatial axes padded (top, left, bottom,
-    right) by 0 words, or by ``fill(channel word)``; ``data`` itself when unpadded. The block is
-    ``pad_bits``, which the CPU schedules place by name."""
+    right) by 0 words, or by ``fill(*index)`` (the padded word's index, channel word last);
+    ``data`` itself when unpadded. The block is ``pad_bits``, which the CPU schedules place by
+    name."""
     if not any(padding):
         return data
     *lead, h, w, cw = (int(v) for v in data.shape)
     pt, pl, pb, pr = padding
-    fill = fill or (lambda c: tirx.const(0, WORD_DTYPE))
+    fill = fill or (lambda *index: tirx.const(0, WORD_DTYPE))
 
     def word(*index):
         *outer, y, x, c = index
         inside = tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
-        return tirx.if_then_else(inside, data[(*outer, y - pt, x - pl, c)], fill(c))
+        return tirx.if_then_else(inside, data[(*outer, y - pt, x - pl, c)], fill(*index))
 
     return te.compute((*lead, h + pt + pb, w + pl + pr, cw), word, name="pad_bits")
 
@@ -387,12 +389,25 @@ def apply_epilogue(value, consts, steps):
     return value
 
 
+def activation_value(v, levels: int = 1, activation_scale: float | None = None, lanes: int = 1):
+    """A k-bit conv's float value of its integer ``v`` (converted to float32, ``lanes`` wide):
+    ``v * s`` for a ``Quant``'s scale s (the float graph's ``(q - z) * s``, summed), else
+    DoReFa's ``v / L`` (``levels`` L; 1: a binary kernel, ``v`` itself). One rounding, like each
+    term of the float graph."""
+    if activation_scale is None and levels == 1:
+        return v
+    const = tirx.const(levels if activation_scale is None else activation_scale, "float32")
+    const = const if lanes == 1 else tirx.Broadcast(const, lanes)
+    return v / const if activation_scale is None else v * const
+
+
 def dot_to_float_nchw(
     dot: te.Tensor, *consts: te.Tensor, steps: tuple[str, ...] | None = None, levels: int = 1,
-    dtype: str = "float32",
+    activation_scale: float | None = None, dtype: str = "float32",
 ) -> te.Tensor:
     """The integer result as the float model sees it, NCHW (or ``[N, O]``): divided by the
-    activation ``levels`` of a multi-bit input, then the per-channel ``steps`` with ``consts``
+    activation ``levels`` of a multi-bit input (or multiplied by a ``Quant``'s ``activation_scale``:
+    ``activation_value``), then the per-channel ``steps`` with ``consts``
     (``apply_epilogue``; default: one multiply, the per-channel weight scale of ±scale
     weights); one step ``residual`` adds a tensor of the output's shape (a residual connection;
     per-channel steps may follow it, e.g. ReActNet's RPReLU). Exact below 2^24 with no steps;
@@ -405,8 +420,7 @@ def dot_to_float_nchw(
 
     def value(d, index):
         o = index[1]
-        v = d.astype(dtype)
-        v = v if levels == 1 else v / tirx.const(levels, dtype)
+        v = activation_value(d.astype(dtype), levels, activation_scale)
         operands = [c[index] if step == RESIDUAL else c[o] for step, c in zip(steps, consts)]
         return apply_epilogue(v, operands, steps)
 
@@ -487,21 +501,82 @@ def max_pool_or(
     return te.compute(pooled.shape, lambda i, y, x, c: pooled[i, y, x, c] ^ flip[c], name="max_pool_flip")
 
 
-def pack_levels(x: te.Tensor, bits: int) -> te.Tensor:
-    """DoReFa's k-bit activation as ``bits`` packed bit planes ``[bits, N, H, W, CW]``.
+@dataclass(frozen=True)
+class LevelCode:
+    """How ``bits`` packed bit planes encode a k-bit activation: plane ``j`` holds bit ``j`` of
+    an unsigned integer ``u`` in ``0 .. 2^bits - 1``.
 
-    ``q = round_half_even(clip(x, 0, 1) * L)``, ``L = 2^bits - 1``, computed in float32 like
-    ONNX ``Round(Clip(x, 0, 1) * L)``; plane ``j`` holds bit ``j`` of ``q``.
+    DoReFa (``scale`` None): ``u = q = round_half_even(clip(x, 0, 1) * L)``, value ``q / L``,
+    ``L = 2^bits - 1``. QONNX ``Quant`` (``scale`` s, ``zero_point`` z, integer range ``low ..
+    high``): ``q = round(clip(x / s + z, low, high))``, value ``(q - z) * s``, stored as
+    ``u = q - low``. Either way the value is ``(u + offset) * unit`` with ``offset = low - z``,
+    an exact integer, and a conv's integer sum ``sum (u + offset) * w`` is exact; the float
+    value 0 (a conv's zero padding) is ``u = pad_level = z - low``.
     """
+
+    bits: int
+    scale: float | None = None  # None: DoReFa
+    zero_point: int = 0
+    low: int = 0
+    high: int = 0  # DoReFa: L
+    rounding: str = "round"  # half to even (ONNX Round); QONNX also defines "ceil" and "floor"
+
+    @staticmethod
+    def dorefa(bits: int) -> "LevelCode":
+        return LevelCode(bits, high=(1 << bits) - 1)
+
+    @property
+    def offset(self) -> int:
+        return self.low - self.zero_point
+
+    @property
+    def pad_level(self) -> int:
+        return -self.offset
+
+    @property
+    def bound(self) -> int:
+        """The largest ``|q - z|``: a conv's integer result lies in ``-bound * taps .. bound * taps``."""
+        return max(abs(self.low - self.zero_point), abs(self.high - self.zero_point))
+
+    def attrs(self) -> dict:
+        """Kernel attributes (``bits`` alone for DoReFa, as kernels made before Quant had)."""
+        if self.scale is None:
+            return {"bits": self.bits}
+        return {"bits": self.bits, "scale": self.scale, "zero_point": self.zero_point, "low": self.low,
+                "high": self.high, "rounding": self.rounding}
+
+    @staticmethod
+    def of(attrs: dict) -> "LevelCode":
+        """The code of a ``pack_levels`` kernel from its ``bnn.*`` attributes."""
+        bits = int(attrs["bnn.bits"])
+        if "bnn.scale" not in attrs:
+            return LevelCode.dorefa(bits)
+        return LevelCode(bits, float(attrs["bnn.scale"]), int(attrs["bnn.zero_point"]), int(attrs["bnn.low"]),
+                         int(attrs["bnn.high"]), str(attrs["bnn.rounding"]))
+
+
+ROUNDINGS = {"round": tirx.nearbyint, "ceil": tirx.ceil, "floor": tirx.floor}
+
+
+def quantized_level(value, code: LevelCode):
+    """``u`` (int32) of one float32 activation, with the float graph's ops in its order: DoReFa's
+    ``Round(Clip(x, 0, 1) * L)``, or ``Quant``'s ``Div``, ``Add``, ``Max``, ``Min``, ``Round``."""
+    f = lambda v: tirx.const(v, value.dtype)  # noqa: E731
+    if code.scale is None:
+        clipped = tirx.min(tirx.max(value, f(0.0)), f(1.0))
+        return tirx.nearbyint(clipped * f(float(code.high))).astype("int32")
+    shifted = value / f(code.scale) + f(float(code.zero_point))
+    clipped = tirx.min(tirx.max(shifted, f(float(code.low))), f(float(code.high)))
+    return ROUNDINGS[code.rounding](clipped).astype("int32") - code.low
+
+
+def pack_levels(x: te.Tensor, code: LevelCode | int) -> te.Tensor:
+    """A k-bit activation as ``bits`` packed bit planes ``[bits, N, H, W, CW]`` (``code``: a
+    ``LevelCode``, or DoReFa's bit count); plane ``j`` holds bit ``j`` of ``u``."""
+    code = code if isinstance(code, LevelCode) else LevelCode.dorefa(code)
     n, channels, h, w = (int(v) for v in x.shape)
-    levels = float((1 << bits) - 1)
     words = num_words(channels)
-
-    def level(i, c, y, z):
-        clipped = tirx.min(tirx.max(x[i, c, y, z], tirx.const(0.0, x.dtype)), tirx.const(1.0, x.dtype))
-        return tirx.nearbyint(clipped * tirx.const(levels, x.dtype)).astype("int32")
-
-    q = te.compute((n, channels, h, w), level, name="levels")
+    q = te.compute((n, channels, h, w), lambda i, c, y, z: quantized_level(x[i, c, y, z], code), name="levels")
     b = te.reduce_axis((0, WORD_BITS), name="bit")
 
     def body(j, i, y, z, cw):
@@ -510,27 +585,31 @@ def pack_levels(x: te.Tensor, bits: int) -> te.Tensor:
         on = tirx.all(c < channels, (q[i, safe, y, z] >> j) & 1 == 1)
         return te.sum(_bit(on, b), axis=b)
 
-    return te.compute((bits, n, h, w, words), body, name="pack_levels")
+    # named like a ternary pack: the CPU schedule of pack_sign, with one more (plane) loop
+    return te.compute((code.bits, n, h, w, words), body, name="pack_sign")
 
 
-def unpack_levels(planes: te.Tensor, channels: int, dtype: str = "float32") -> te.Tensor:
-    """Bit planes back to DoReFa's float values ``q / L`` in NCHW."""
+def unpack_levels(planes: te.Tensor, channels: int, code: LevelCode | None = None, dtype: str = "float32") -> te.Tensor:
+    """Bit planes back to the float values in NCHW: DoReFa's ``q / L``, ``Quant``'s ``(q - z) * s``
+    (``q - z = u + offset`` exactly, so one rounding, as the float graph's ``Mul``)."""
     bits, n, h, w, _ = (int(v) for v in planes.shape)
-    levels = (1 << bits) - 1
+    code = code or LevelCode.dorefa(bits)
 
     def value(i, c, y, z):
-        q = tirx.const(0, "int32")
+        u = tirx.const(0, "int32")
         for j in range(bits):
             word = planes[j, i, y, z, c // WORD_BITS]
-            q = q + (((word >> (c % WORD_BITS).astype(WORD_DTYPE)) & tirx.const(1, WORD_DTYPE)).astype("int32") << j)
-        return q.astype(dtype) / tirx.const(levels, dtype)
+            u = u + (((word >> (c % WORD_BITS).astype(WORD_DTYPE)) & tirx.const(1, WORD_DTYPE)).astype("int32") << j)
+        if code.scale is None:
+            return u.astype(dtype) / tirx.const(code.high, dtype)
+        return (u + code.offset).astype(dtype) * tirx.const(code.scale, dtype)
 
     return te.compute((n, channels, h, w), value, name="unpack_levels")
 
 
 def multibit_conv2d_dot(
     planes: te.Tensor, weight: te.Tensor, offsets: te.Tensor, strides: tuple[int, int],
-    padding: tuple[int, int, int, int],
+    padding: tuple[int, int, int, int], pad_level: int = 0, channels: int = 0,
 ) -> te.Tensor:
     """Exact ``sum q * w`` (q in 0..L, w = ±1) over bit planes: int32 ``[N, OH, OW, OC]``.
 
@@ -540,6 +619,12 @@ def multibit_conv2d_dot(
     ``L * P`` per output channel (``fuse_binary_conv2d.multibit_offsets``). One popcount per word and plane, like a
     binary conv. Zero padding is q = 0, a 0 word, exactly the float model's 0 (``wb - wb``):
     no correction is needed. ``planes``: ``[bits, N, H, W, CW]``; ``weight``: ``[OC, KH, KW, CW]``.
+
+    A ``Quant`` code (``LevelCode``) stores ``u = q - low``: the sum of ``(u + offset) * w`` is
+    this one plus ``offset * sum w`` (in ``offsets``, over every tap). Padded taps then hold
+    ``u = pad_level`` (its bits in each plane's words, over the ``channels`` real channels), whose
+    value ``pad_level + offset = 0`` is the float model's zero padding, at every position: no
+    per-position correction.
     """
     bits, n, h, w, cw = (int(v) for v in planes.shape)
     oc, kh, kw, _ = (int(v) for v in weight.shape)
@@ -547,7 +632,7 @@ def multibit_conv2d_dot(
     pt, pl, pb, pr = padding
     oh = (h + pt + pb - kh) // sh + 1
     ow = (w + pl + pr - kw) // sw + 1
-    padded = padded_words(planes, padding)
+    padded = padded_words(planes, padding, level_fill(pad_level, channels, cw) if pad_level else None)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     rc = te.reduce_axis((0, cw), name="rc")
@@ -565,6 +650,15 @@ def multibit_conv2d_dot(
     mismatches = te.compute((n, oh, ow, oc), weighted_mismatches, name="mismatches")
     return te.compute(
         (n, oh, ow, oc), lambda i, y, x, o: offsets[o] - mismatches[i, y, x, o], name="multibit_conv2d_dot"
+    )
+
+
+def level_fill(level: int, channels: int, words: int):
+    """The padded word of plane ``j`` for the level ``level``: the +1 pad word (real channel bits
+    set) where bit ``j`` of ``level`` is set, else 0."""
+    ones = _pad_word(channels, words)
+    return lambda j, *index: tirx.Select(
+        (tirx.const(level, "int32") >> j) & 1 == 1, ones(*index), tirx.const(0, WORD_DTYPE)
     )
 
 

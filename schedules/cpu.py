@@ -41,6 +41,7 @@ lowering of an accumulated vector popcount: no ``addv`` in the loop); ``veor``, 
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, field
 
 import tvm
@@ -189,18 +190,32 @@ def quad_transpose(rows: list, lanes: int, shuffle) -> list:
 
 
 def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, tile_dtype: str = "int32",
-                    levels: int = 1) -> str:
+                    levels: int = 1, activation_scale: float | None = None) -> str:
     """Register (once) and name the tile epilogue for ``rows`` positions x ``lanes`` channels
-    with the per-channel float ``steps`` (``bitserial.apply_epilogue``), after a division by the
-    activation ``levels`` of k-bit inputs."""
-    divided = f"_div{levels}" if levels != 1 else ""
-    name = f"bnn_tile_out_{tile_dtype}_{rows}x{lanes}{divided}{''.join('_' + step for step in steps)}_{index_dtype}"
-    return register_intrinsic(name, lambda: _tile_out_funcs(rows, lanes, tuple(steps), index_dtype, tile_dtype, levels))
+    with the per-channel float ``steps`` (``bitserial.apply_epilogue``), after a k-bit input's
+    ``bitserial.activation_value`` (a division by ``levels``, or a multiply by ``activation_scale``)."""
+    activation = activation_suffix(levels, activation_scale)
+    name = f"bnn_tile_out_{tile_dtype}_{rows}x{lanes}{activation}{''.join('_' + step for step in steps)}_{index_dtype}"
+    return register_intrinsic(
+        name, lambda: _tile_out_funcs(rows, lanes, tuple(steps), index_dtype, tile_dtype, levels, activation_scale)
+    )
+
+
+def activation_suffix(levels: int = 1, activation_scale: float | None = None) -> str:
+    """An intrinsic name's part for a k-bit activation: ``_div{L}`` or ``_mul{float32 bits, hex}``."""
+    if activation_scale is not None:
+        return f"_mul{struct.unpack('<I', struct.pack('<f', activation_scale))[0]:08x}"
+    return f"_div{levels}" if levels != 1 else ""
+
+
+def scale_of_suffix(bits_hex: str) -> float:
+    """The activation scale an ``activation_suffix`` names."""
+    return struct.unpack("<f", struct.pack("<I", int(bits_hex, 16)))[0]
 
 
 def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, tile_dtype: str = "int32",
-                    levels: int = 1):
-    """``(desc, impl)``: ``out[o, x] = epilogue(float(dot[x, o]) [/ levels], consts[o])`` for a
+                    levels: int = 1, activation_scale: float | None = None):
+    """``(desc, impl)``: ``out[o, x] = epilogue(activation_value(float(dot[x, o])), consts[o])`` for a
     tile ``dot`` of ``rows`` positions x ``lanes`` channels (the finished integer results, in
     registers), as ``bitserial.dot_to_float_nchw`` computes it.
     Converted and finished (``steps``, one per-channel constant each) as vectors of channels,
@@ -250,8 +265,7 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
                 T.reads(*in_read_order(dot[vx, vo], operand_regions(operands, vo, vx)))
                 T.writes(out[vo, 0, vx])
                 value = dot[vx, vo] if tile_dtype == "float32" else T.Cast("float32", dot[vx, vo])
-                if levels != 1:
-                    value = value / tirx.const(levels, "float32")
+                value = bitserial.activation_value(value, levels, activation_scale)
                 value = bitserial.apply_epilogue(value, operand_regions(operands, vo, vx), steps)
                 T.buffer_store(out, value, [vo, extent(0), vx])
 
@@ -266,8 +280,7 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
             value = dot.vload([x, 0], f"{tile_dtype}x{lanes}")
             if tile_dtype != "float32":
                 value = T.Cast(f"float32x{lanes}", value)
-            if levels != 1:
-                value = value / tirx.Broadcast(tirx.const(levels, "float32"), lanes)
+            value = bitserial.activation_value(value, levels, activation_scale, lanes)
             consts = [c.vload([0], f"float32x{lanes}") for c in operands[:split]]
             value = bitserial.apply_epilogue(value, consts, channel_steps)
             # the fence also keeps LLVM from pushing the arithmetic through the shuffles
@@ -654,7 +667,7 @@ def transpose_out(sch: s_tir.Schedule, out, o_inner, x_inner, lanes: int, width_
         vector_count, lane = sch.split(o_inner, [None, lanes])
         try:
             index_dtype = str(sch.get(lane).loop_var.ty)
-            intrin = tile_out_intrin(width_block, lanes, steps, index_dtype, tile_dtype, kernel_levels(func))
+            intrin = tile_out_intrin(width_block, lanes, steps, index_dtype, tile_dtype, *kernel_activation(func))
             sch.tensorize(lane, intrin)
             sch.unroll(vector_count)
             return "register-transposed NCHW stores"
@@ -752,9 +765,13 @@ def tile_nchw_out(sch: s_tir.Schedule, out, unit: VectorUnit, work: int, fewest_
     return lanes, channel_block, width_block, (o_outer, o_inner, x_inner)
 
 
-def kernel_levels(func) -> int:
-    """The activation levels L a k-bit conv divides its integer result by (1 for binary)."""
-    return int(func.attrs["bnn.levels"]) if func.attrs is not None and "bnn.levels" in func.attrs else 1
+def kernel_activation(func) -> tuple[int, float | None]:
+    """``(levels, activation_scale)`` of a k-bit conv (``bitserial.activation_value``): DoReFa
+    divides its integer result by L, a ``Quant``'s multiplies it by its scale; ``(1, None)`` for
+    binary kernels."""
+    attrs = func.attrs if func.attrs is not None else {}
+    levels = int(attrs["bnn.levels"]) if "bnn.levels" in attrs else 1
+    return levels, float(attrs["bnn.activation_scale"]) if "bnn.activation_scale" in attrs else None
 
 
 def kernel_op(func) -> str:
@@ -1003,6 +1020,7 @@ KERNELS = {
     "pack_sign": pack_sign,
     "pack_sign_pair": pack_sign,
     "pack_ternary": pack_sign,
+    "pack_levels": pack_sign,
 }
 
 

@@ -61,13 +61,15 @@ def pack32_intrin(index_dtype: str) -> str:
     return cpu.register_intrinsic(f"bnn_tuning_pack32_{index_dtype}", lambda: cpu._pack_bits32_funcs(index_dtype))
 
 
-def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, levels: int = 1) -> str:
-    """``schedules.cpu``'s tile epilogue (convert, divide by a k-bit input's ``levels``,
+def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, levels: int = 1,
+                    activation_scale: float | None = None) -> str:
+    """``schedules.cpu``'s tile epilogue (convert, a k-bit input's ``bitserial.activation_value``,
     per-channel float ``steps``, transpose)."""
-    divided = f"_div{levels}" if levels != 1 else ""
-    name = f"bnn_tuning_tile_out_{rows}x{lanes}{divided}{''.join('_' + step for step in steps)}_{index_dtype}"
+    activation = cpu.activation_suffix(levels, activation_scale)
+    name = f"bnn_tuning_tile_out_{rows}x{lanes}{activation}{''.join('_' + step for step in steps)}_{index_dtype}"
     return cpu.register_intrinsic(
-        name, lambda: cpu._tile_out_funcs(rows, lanes, tuple(steps), index_dtype, levels=levels)
+        name, lambda: cpu._tile_out_funcs(rows, lanes, tuple(steps), index_dtype, levels=levels,
+                                          activation_scale=activation_scale)
     )
 
 
@@ -76,8 +78,9 @@ INTRINSIC_NAMES = (
     (re.compile(r"bnn_byte_step_(\d+)_(int\d+)(?:_(masked_data|masked_weight))?$"),
      lambda m: cpu.byte_step_intrin(int(m[1]), m[2], m[3] or "xor")),
     (re.compile(r"bnn_byte_finish_(\d+)_(int\d+)$"), lambda m: cpu.byte_finish_intrin(int(m[1]), m[2])),
-    (re.compile(rf"bnn_tuning_tile_out_(\d+)x(\d+)(?:_div(\d+))?((?:_(?:{'|'.join(bitserial.EPILOGUE_OPS)}))*)_(int\d+)$"),
-     lambda m: tile_out_intrin(int(m[1]), int(m[2]), tuple(m[4].split("_")[1:]), m[5], int(m[3] or 1))),
+    (re.compile(rf"bnn_tuning_tile_out_(\d+)x(\d+)(?:_div(\d+)|_mul([0-9a-f]{{8}}))?((?:_(?:{'|'.join(bitserial.EPILOGUE_OPS)}))*)_(int\d+)$"),
+     lambda m: tile_out_intrin(int(m[1]), int(m[2]), tuple(m[5].split("_")[1:]), m[6], int(m[3] or 1),
+                               cpu.scale_of_suffix(m[4]) if m[4] else None)),
 )
 
 
@@ -315,7 +318,7 @@ def conv_float_design(sch, func, unit, tile: Tile, out_name: str) -> s_tir.Sched
         index_dtype = str(sch.get(lane).loop_var.ty)
         try:
             intrin = tile_out_intrin(tile.width_block, tile.lanes, cpu.epilogue_steps(func), index_dtype,
-                                     levels=cpu.kernel_levels(func))
+                                     *cpu.kernel_activation(func))
             sch.tensorize(lane, intrin)
             transposed = True
         except (RuntimeError, ValueError, tvm.error.InternalError) as err:

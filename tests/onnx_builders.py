@@ -173,3 +173,21 @@ def sign_chain_graph(seed=12):
     clipped = g.node("Clip", [g.batch_norm(pooled, *g.random_bn(20, 0.3)), g.const(np.float32(-1)), g.const(np.float32(1))])
     y = g.batch_norm(g.conv(g.node("Sign", [clipped]), g.binary_weight((24, 20, 3, 3)), pad=1), *g.random_bn(24, 0.3))
     return g.model([g.conv(g.binarize(y, strict=True), g.binary_weight((6, 24, 3, 3)), pad=1)])
+
+
+def quant_planes_graph(seed=23, channels=16, size=6):
+    """A signed 4-bit QONNX ``Quant`` (power-of-two scale) on the input feeding a zero-padded conv
+    with float output (``multibit_conv2d``, padded with the level of 0) and one whose batch norm
+    and binarizer fold into thresholds (``multibit_conv2d_threshold``)."""
+    domain = "qonnx.custom_op.general"
+    g = GraphBuilder([1, channels, size, size], seed=seed)
+    planes = g.name("quant")
+    scale, zero, bits = (g.const(np.float32(v)) for v in (0.25, 0, 4))
+    g.nodes.append(helper.make_node("Quant", ["x", scale, zero, bits], [planes], name="input_quant", domain=domain,
+                                    signed=1, narrow=0, rounding_mode="ROUND"))
+    out = g.conv(planes, g.binary_weight((channels, channels, 3, 3)), pad=1)
+    y = g.batch_norm(g.conv(planes, g.binary_weight((channels, channels, 3, 3)), pad=1), *g.random_bn(channels, 0.3))
+    folded = g.conv(g.binarize(y), g.binary_weight((8, channels, 1, 1)))
+    model = g.model([out, folded])
+    model.opset_import.append(helper.make_opsetid(domain, 1))
+    return model

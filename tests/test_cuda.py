@@ -21,6 +21,7 @@ from onnx_builders import (
     dilated_conv_graph,
     grouped_conv_graph,
     pooled_threshold_graph,
+    quant_planes_graph,
     save,
     sign_chain_graph,
     ternary_sign_graph,
@@ -271,11 +272,13 @@ def binary_graphs(tmp_path):
     graphs["ternary_sign"] = (save(ternary_sign_graph(), tmp_path / "j.onnx"), 2)
     # Sign chains as BinaryNet's PyTorch port exports them, and a strict binarizer (0 -> -1)
     graphs["sign_chain_strict"] = (save(sign_chain_graph(), tmp_path / "k.onnx"), 2)
+    # a signed 4-bit QONNX Quant as planes (padded with the level of 0), float out and thresholds
+    graphs["quant_planes"] = (save(quant_planes_graph(), tmp_path / "l.onnx"), 1)
     return graphs
 
 
 GRAPHS = ["padded_clamped_tail", "stride2_unpadded_batch2", "maxpool", "dense_batch3", "dorefa_planes", "dilated",
-          "pooled_threshold", "grouped", "ternary_sign", "sign_chain_strict"]
+          "pooled_threshold", "grouped", "ternary_sign", "sign_chain_strict", "quant_planes"]
 # the OR max pool is a one-thread-per-word kernel like pack_sign: replayed in the slow run only
 SLOW_EMULATION = {"maxpool"}
 

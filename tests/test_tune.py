@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 import pytest
-from onnx_builders import GraphBuilder, conv_block_model, save
+from onnx_builders import GraphBuilder, conv_block_model, quant_planes_graph, save
 from test_forms import dorefa
 
 import schedules
@@ -97,7 +97,7 @@ def replay_fresh(design, func):
 
 
 @pytest.mark.parametrize("model,target", [("float_conv", "x86"), ("threshold_conv", "x86"), ("dorefa", "x86"),
-                                          ("digits", "x86"), ("float_conv", "x86-avx2"), ("threshold_conv", "x86-avx2")])
+                                          ("quant", "x86"), ("digits", "x86"), ("float_conv", "x86-avx2"), ("threshold_conv", "x86-avx2")])
 def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path):
     """Every fifth design (the knobs vary fastest to slowest: counters, padding, parallel
     loops, ...) with its sampled decisions redrawn, against the unscheduled kernel; AVX2 (byte
@@ -106,6 +106,8 @@ def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path)
         path = float_conv_model(tmp_path / "m.onnx")
     elif model == "dorefa":
         path = dorefa_model(tmp_path / "m.onnx")
+    elif model == "quant":
+        path = save(quant_planes_graph(), tmp_path / "m.onnx")
     elif model == "threshold_conv":
         path = save(conv_block_model(32, 64, 6, stride=2)[0], tmp_path / "m.onnx")
     else:
@@ -128,7 +130,8 @@ def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path)
             assert np.array_equal(run_kernel(tuned.func, moved), reference), f"{gvar.name_hint}: {design.trace}"
         checked[op] = checked.get(op, 0) + len(spaces[::5])
     expected = {"float_conv": ["binary_conv2d"], "threshold_conv": ["binary_conv2d_threshold"],
-                "dorefa": ["multibit_conv2d", "multibit_conv2d_threshold"], "digits": ["pack_sign"]}[model]
+                "dorefa": ["multibit_conv2d", "multibit_conv2d_threshold"],
+                "quant": ["multibit_conv2d", "multibit_conv2d_threshold"], "digits": ["pack_sign"]}[model]
     assert all(checked.get(op, 0) >= 1 for op in expected), checked
 
 
