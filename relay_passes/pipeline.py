@@ -8,6 +8,8 @@ from tvm import relax
 from .cancel_layout_transposes import cancel_layout_transposes
 from .common import PassLog, rule_pass
 from .fold_float_epilogues import fold_float_epilogues
+from .flatten_channel_concats import flatten_channel_concats
+from .fold_channel_ops_into_pack import fold_channel_ops_into_pack
 from .fold_float_tables import fold_float_tables
 from .fold_residual_add import fold_residual_add
 from .fold_thresholds import fold_threshold
@@ -100,7 +102,9 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True, si
             rule_pass("FoldThresholds", fold_threshold, logs),
             relax.transform.DeadCodeElimination(),  # float ops the thresholds replaced are not chain ends
             *(
-                [split_channel_ops_over_concat(logs), relax.transform.DeadCodeElimination(),  # the concat split
+                [fold_channel_ops_into_pack(logs), relax.transform.DeadCodeElimination(),  # BN(concat) in the packs
+                 flatten_channel_concats(logs), relax.transform.DeadCodeElimination(),  # the inner concats joined
+                 split_channel_ops_over_concat(logs), relax.transform.DeadCodeElimination(),  # the concat split
                  fold_float_epilogues(logs), relax.transform.DeadCodeElimination(),
                  fold_residual_add(logs), relax.transform.DeadCodeElimination()]
                 if float_epilogues

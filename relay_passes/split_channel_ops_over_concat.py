@@ -8,7 +8,10 @@ the same float32 op on the same values, so results do not change. Each part then
 own kernel's output, and ``FoldResidualAdd`` moves the residual add and the ops after it into
 that kernel's epilogue instead of a float pass over the concatenated tensor per op.
 
-Only when the concat feeds nothing else (otherwise it would be computed anyway). For CPU
+Only when the concat feeds nothing else (otherwise it would be computed anyway) and each part
+feeds nothing but the concat (a part read elsewhere, such as a DenseNet layer's output that every
+later layer reads, keeps its kernel's plain output: folding the op into the kernel would compute
+it twice, and the split would only add kernels). For CPU
 targets, before ``FoldFloatEpilogues`` (a part that is a binary conv takes the op into its
 epilogue) and ``FoldResidualAdd``; says whether it changed the graph in its log.
 """
@@ -53,6 +56,9 @@ def split_rule(uses: dict):
         parts = ctx.producer(concat.args[0])
         if not isinstance(parts, relax.Tuple):
             return None
+        # (a part this pass emitted, for the op before, has no count: the new concat reads it alone)
+        if any(uses.get(part, 1) != 1 for part in parts.fields):
+            return None  # a part read elsewhere keeps its kernel's output: the op could not fold into it
         channels, start, split_parts = shape_of(call)[1], 0, []
         for part in parts.fields:
             stop = start + shape_of(part)[1]

@@ -38,9 +38,16 @@ def _bit(value, b):
     return tirx.if_then_else(value, one << b.astype(WORD_DTYPE), tirx.const(0, WORD_DTYPE))
 
 
-def pack_sign(x: te.Tensor, pair_groups: int = 0, strict: bool = False) -> te.Tensor:
+def pack_sign(x: te.Tensor, *consts: te.Tensor, pair_groups: int = 0, strict: bool = False,
+              steps: tuple[str, ...] = (), within: bool = False) -> te.Tensor:
     """Binarize ``x >= 0 -> +1`` (``strict``: ``x > 0 -> +1``) and pack along channels (axis 1),
     channels last.
+
+    ``steps`` (``EPILOGUE_OPS`` names) with ``consts`` (one value per channel each): per-channel
+    float ops applied to ``x`` first, each rounded as the float graph rounds it
+    (``apply_epilogue``), so that a batch norm before the binarizer costs no pass of its own.
+    ``within``: ``consts`` are float bounds ``low, high`` per channel instead, +1 exactly when
+    ``low <= x <= high`` (a monotone chain folded at compile time: two compares, no arithmetic).
 
     ``x``: float ``[N, C, H, W]`` or ``[N, C]``. Bits of different channels never overlap, so a
     sum of the shifted bits is their OR.
@@ -54,10 +61,21 @@ def pack_sign(x: te.Tensor, pair_groups: int = 0, strict: bool = False) -> te.Te
     words = num_words(packed_channels)
     b = te.reduce_axis((0, WORD_BITS), name="bit")
 
+    if within and len(consts) != 2:
+        raise ValueError(f"pack_sign: within needs two per-channel bounds, got {len(consts)} constants")
+    if not within and len(steps) != len(consts):
+        raise ValueError(f"pack_sign: steps {steps} need {len(steps)} per-channel constants, got {len(consts)}")
+    if steps and pair_groups:
+        raise ValueError("pack_sign: per-channel steps before a pair of halves are not supported")
+
     def decision(c, read):
         """Bit ``c`` of the packed channels; ``read(channel)`` is the float value there."""
         if not pair_groups:
-            value = read(tirx.min(c, channels - 1))
+            k = tirx.min(c, channels - 1)
+            if within:
+                value = read(k)
+                return tirx.all(c < channels, value >= consts[0][k], value <= consts[1][k])
+            value = apply_epilogue(read(k), [const[k] for const in consts], steps)
             return tirx.all(c < channels, value > 0 if strict else value >= 0)
         per_group = channels // pair_groups
         group, slot = c // (2 * per_group), c % (2 * per_group)

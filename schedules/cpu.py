@@ -1019,6 +1019,7 @@ KERNELS = {
     "ternary_dense_threshold": dense_threshold,
     "pack_sign": pack_sign,
     "pack_sign_pair": pack_sign,
+    "pack_sign_steps": pack_sign,
     "pack_ternary": pack_sign,
     "pack_levels": pack_sign,
 }
