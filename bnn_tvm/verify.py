@@ -99,8 +99,9 @@ class VerifyReport:
         return out
 
 
-RULE = ("rule: VERIFY OK when every segment is exact on ONNX Runtime's inputs and, end to end, every binarized value is "
-        "identical or its difference starts at a near-tie of a float layer (float rounding upstream)")
+RULE = ("rule: VERIFY OK when every segment is exact on ONNX Runtime's inputs (a binarized value may differ only where "
+        "ONNX Runtime's own input to it is a near-tie) and, end to end, every binarized value is identical or its "
+        "difference starts at a near-tie of a float layer (float rounding upstream)")
 
 
 def verify(

@@ -125,12 +125,29 @@ class SignConv(nn.Conv2d):
         return F.conv2d(x, torch.sign(self.weight), stride=self.stride, padding=1)
 
 
+class TwnConv(nn.Conv2d):
+    """Ternary Weight Networks (Li et al.): ``delta = 0.7 * mean|W|`` per output channel, weights
+    with ``|W| > delta`` become ``alpha * sign(W)`` with ``alpha`` their mean magnitude, the rest 0."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__(cin, cout, 3, stride, 1, bias=False)
+
+    def forward(self, x):
+        w = self.weight
+        delta = 0.7 * w.abs().mean(dim=(1, 2, 3), keepdim=True)
+        mask = (w.abs() > delta).float()
+        alpha = (w.abs() * mask).sum(dim=(1, 2, 3), keepdim=True) / mask.sum(dim=(1, 2, 3), keepdim=True)
+        return F.conv2d(x, alpha * torch.sign(w) * mask, stride=self.stride, padding=1)
+
+
 FORMS = {  # name -> (activation binarizer factory(channels), binary conv class)
     "bireal": (lambda c: BiRealActivation(), HardBinaryConv),
     "reactnet": (lambda c: nn.Sequential(LearnableBias(c), BiRealActivation()), HardBinaryConv),
     "hardtanh_ste": (lambda c: HardtanhSTE(), XnorConv),
     "autograd_sign": (lambda c: SignActivation(), SignConv),
     "irnet": (lambda c: SignActivation(), IrConv),
+    # torch.sign of the residual stream (which can be 0: a ternary activation) and TWN weights
+    "twn": (lambda c: SignActivation(), TwnConv),
 }
 
 
@@ -193,7 +210,7 @@ def resnet(form: str, blocks: int = 3, seed: int = 0) -> ResNet:
     model = ResNet(form, blocks)
     randomize_batch_norms(model, mean_std=0.5, gamma_std=0.3)
     for module in model.modules():
-        if isinstance(module, (HardBinaryConv, XnorConv, IrConv, SignConv)):
+        if isinstance(module, (HardBinaryConv, XnorConv, IrConv, SignConv, TwnConv)):
             nn.init.normal_(module.weight)
         if isinstance(module, LearnableBias):
             module.bias.data.normal_(0, 0.2)

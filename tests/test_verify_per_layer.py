@@ -117,3 +117,17 @@ def test_segments_cut_at_binarized_tensors_float_layers_and_shared_tensors(tmp_p
     segments = cut_into_segments(lowered.onnx_model.graph, set(lowered.packed_kinds()), {stem}, {x2}, materialised)
     found = {tuple(s.outputs): sorted(s.inputs) for s in segments}
     assert found == {(b0,): [stem], (b1, x1): sorted([stem, b0]), (stem,): ["x"], (x2,): sorted([x1, b1])}
+
+
+def test_segment_that_differs_only_at_near_ties_is_reported_apart():
+    """A binary segment whose differing values all sit at near-ties of ONNX Runtime's own input
+    (float rounding inside the segment) is not a compiler error; one more differing value that is
+    not a near-tie is."""
+    from bnn_tvm.verify_layers import PerLayerReport, SegmentResult
+
+    tie = SegmentResult("sign_14", True, 1, 0.0, ["sign_12"], near_ties=1)
+    report = PerLayerReport([tie, SegmentResult("sign_16", True, 0, 0.0, ["sign_14"])])
+    assert report.exact and "near-ties only" in report.lines()[0]
+    assert any("float rounding inside the segment" in line for line in report.lines())
+    wrong = PerLayerReport([SegmentResult("sign_14", True, 2, 0.0, ["sign_12"], near_ties=1)])
+    assert not wrong.exact and "compiler error" in " ".join(wrong.lines())
