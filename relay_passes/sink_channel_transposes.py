@@ -95,7 +95,7 @@ def sink_batch_norm(ctx: RuleContext, item):
     )
     out = ctx.builder_.emit(relax.TupleGetItem(normed, 0), ctx.binding)
     ctx.alias((ctx.binding,), out)  # later folds credit the batch norm's node
-    ctx.fused(ROWS, f"batch norm on the [B, C, N] transpose computed on {dims[0] * dims[1]} rows")
+    ctx.fused(ROWS, f"batch norm on the [B, C, N] transpose computed on {dims[0] * dims[1]} rows", bn.args[0])
     return channel_first_view(out, dims)
 
 
@@ -116,10 +116,11 @@ def sink_channel_op(ctx: RuleContext, call):
         args[other] = per_channel_row_constant(ctx, args[other], shape_of(call)[1])
         if args[other] is None:
             return None
-    args[views[0]], dims = channel_first_rows(ctx, call.args[views[0]])
+    view = call.args[views[0]]
+    args[views[0]], dims = channel_first_rows(ctx, view)
     new = ctx.builder_.emit(relax.Call(call.op, args, call.attrs), ctx.binding)
     ctx.alias((ctx.binding,), new)
-    ctx.fused(ROWS, f"per-channel op on the [B, C, N] transpose computed on {dims[0] * dims[1]} rows")
+    ctx.fused(ROWS, f"per-channel op on the [B, C, N] transpose computed on {dims[0] * dims[1]} rows", view)
     return channel_first_view(new, dims)
 
 
