@@ -21,6 +21,7 @@ from .common import RuleContext, clip_bounds, is_power_of_two, op_name, pack_bit
 from .fuse_binary_conv2d import sum_rounding_error, weight_scale_error
 from .fuse_binary_maxpool import emit_or_pool, or_pool_refusal
 from .lift_conv1d import is_unit_axes_reshape
+from .points_max_on_bits import emit_points_or, pooled_point_decisions, points_max_rows
 
 # The open ends of a decision interval: beyond every integer a kernel returns (|d| <= levels *
 # taps, far below 2^29) yet far from int32's limits. Once a schedule inlines d = taps - 2 m into
@@ -215,6 +216,12 @@ def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel, pools: lis
         if pools is not None and not pools and op_name(node) == "relax.nn.max_pool2d" and or_pool_refusal(node) is None:
             pools.append((node, len(steps)))
             expr = node.args[0]
+            out_shape = shape_of(expr)
+            continue
+        rows = points_max_rows(ctx, node) if pools is not None and not pools else None
+        if rows is not None:  # PointNet's max over the points of a dense's rows: the same channels
+            pools.append((node, len(steps)))
+            expr = rows
             out_shape = shape_of(expr)
             continue
         if isinstance(node, relax.TupleGetItem) and node.index == 0:
@@ -442,7 +449,13 @@ def fold_threshold(ctx: RuleContext, call):
         )
         return None
     flip = None
-    if pools:
+    over_points = bool(pools) and op_name(pools[0][0]) == "relax.max"
+    if over_points:
+        refusal, interval, flip = pooled_point_decisions(chain, pools[0][1], interval, OPEN_LOW, OPEN_HIGH)
+        if refusal is not None:
+            ctx.keep_float(refusal, *visited[:-1])
+            return None
+    elif pools:
         refusal, interval, flip = pooled_decisions(chain, pools[0][1], interval)
         if refusal is not None:
             ctx.keep_float(refusal, *visited[:-1])
@@ -462,6 +475,8 @@ def fold_threshold(ctx: RuleContext, call):
     )
     if not pools:
         return packed
+    if over_points:
+        return emit_points_or(ctx, ctx.builder_.emit(packed, "thresholded"), pools[0][0], flip)
     return emit_or_pool(ctx, ctx.builder_.emit(packed, "thresholded"), pools[0][0], flip)
 
 

@@ -27,7 +27,7 @@ from .lower_binarizers import binarized_input, pattern_names
 LIFTED = "tokens_as_rows"  # the rewrite's name in the pass log: a view, not a kernel
 ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
                "relax.greater_equal", "relax.greater", "relax.less", "relax.less_equal", "relax.where", "relax.astype",
-               "relax.clip", "relax.nn.relu")
+               "relax.clip", "relax.nn.relu", "relax.sign")
 
 
 def token_rows(ctx: RuleContext, expr):

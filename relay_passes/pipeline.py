@@ -6,7 +6,7 @@ import tvm
 from tvm import relax
 
 from .cancel_layout_transposes import cancel_layout_transposes
-from .common import PassLog, rule_pass
+from .common import PassLog, either_rule, rule_pass
 from .fold_float_epilogues import fold_float_epilogues
 from .flatten_channel_concats import flatten_channel_concats
 from .fold_channel_ops_into_pack import fold_channel_ops_into_pack
@@ -24,6 +24,7 @@ from .lower_binarizers import lower_binarizer
 from .lower_multibit import lower_multibit
 from .lower_sign import lower_sign
 from .lower_straight_through import lower_straight_through
+from .sink_channel_transposes import sink_channel_transposes
 from .split_channel_ops_over_concat import split_channel_ops_over_concat
 from .split_ternary_sign import split_ternary_sign
 
@@ -93,7 +94,8 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True, si
             # XNOR-Net's conv(beta * Sign(x)): the conv on Sign(x) is binary, beta scales its output
             rule_pass("LiftActivationScale", lift_activation_scale, logs),
             rule_pass("LiftConv1d", lift_conv1d, logs),
-            rule_pass("LiftTokenMatmul", lift_token_matmul, logs),
+            # one walk: a point MLP's batch norm between transposes moves onto the rows a matmul was just lifted to
+            rule_pass("LiftTokenMatmul", either_rule(lift_token_matmul, sink_channel_transposes), logs),
             relax.transform.DeadCodeElimination(),  # a binarizer the token rows replaced: not lowered
             rule_pass("LowerBinarizers", lower_binarizer, logs),
             rule_pass("LowerMultibit", lower_multibit, logs),

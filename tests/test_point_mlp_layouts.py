@@ -1,0 +1,120 @@
+"""Point MLPs (PointNet, BiPointNet): per-channel ops between ``transpose(1, 2)``s move onto the
+``[B*N, C]`` rows of the binary denses (``sink_channel_transposes``), and a max over the points
+before a binarizer runs on thresholded bits (``points_max_on_bits``): no transpose kernel between
+binary layers, every decision equal to ONNX Runtime's."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from onnx_builders import GraphBuilder, save
+from published_bnn import bipointnet, export_points
+from test_exactness import check
+
+from bnn_tvm.compiler import lower_onnx
+from bnn_tvm.inspect import inspect_onnx
+from bnn_tvm.verify import verify
+from relay_passes import points_max_on_bits
+from relay_passes.sink_channel_transposes import ROWS
+
+SWAP = [0, 2, 1]
+
+
+def point_inputs(points, channels, batch=3, seed=1):
+    x = np.random.default_rng(seed).standard_normal((batch, points, channels)).astype(np.float32)
+    x[:, ::5, ::3] = 0.0  # exactly on the binarizer's threshold
+    return x
+
+
+def float_ops(path) -> str:
+    """The lowered main function's text: what stays on TVM's float path."""
+    return lower_onnx(path).mod["main"].script(show_meta=False)
+
+
+def channel_ops_graph(seed=3, points=24, cin=40, hidden=48, cout=20):
+    """binarize -> MatMul -> Transpose -> BN -> Mul [C, 1] -> PRelu [C, 1] -> Transpose -> binarize -> MatMul."""
+    g = GraphBuilder([1, points, cin], seed=seed)
+    h = g.node("MatMul", [g.binarize("x"), g.const(g.binary_weight((cin, hidden)), "w")])
+    t = g.node("Transpose", [h], perm=SWAP)
+    t = g.batch_norm(t, *g.random_bn(hidden, negative_fraction=0.3))
+    t = g.node("Mul", [t, g.const(g.rng.uniform(0.5, 2, (hidden, 1)).astype(np.float32))])
+    t = g.node("PRelu", [t, g.const(g.rng.uniform(0.1, 0.5, (hidden, 1)).astype(np.float32))])
+    h = g.node("Transpose", [t], perm=SWAP)
+    out = g.node("MatMul", [g.binarize(h), g.const(g.binary_weight((hidden, cout)), "w")])
+    return g.model([out])
+
+
+def points_max_graph(seed=4, points=32, cin=40, hidden=70, negative_fraction=0.4):
+    """binarize -> MatMul -> Transpose -> BN (some negative gammas) -> Transpose -> ReduceMax over
+    the points -> binarize -> MatMul."""
+    g = GraphBuilder([1, points, cin], seed=seed)
+    h = g.node("MatMul", [g.binarize("x"), g.const(g.binary_weight((cin, hidden)), "w")])
+    t = g.batch_norm(g.node("Transpose", [h], perm=SWAP), *g.random_bn(hidden, negative_fraction))
+    pooled = g.node("ReduceMax", [g.node("Transpose", [t], perm=SWAP), g.const(np.array([1], np.int64))], keepdims=0)
+    out = g.node("MatMul", [g.binarize(pooled), g.const(g.binary_weight((hidden, 10)), "w")])
+    return g.model([out])
+
+
+def test_per_channel_ops_between_transposes_fold_into_thresholds(tmp_path):
+    """The batch norm, a per-channel scale and a PReLU on the ``[B, C, N]`` view fold into the
+    first dense's thresholds; both transposes are gone."""
+    path = save(channel_ops_graph(), tmp_path / "m.onnx")
+    report = check(path, point_inputs(24, 40), ["binary_dense + 4 float op(s) + binarizer -> binary_dense_threshold"])
+    assert report.max_abs_diff == 0.0
+    assert "permute_dims" not in float_ops(path)
+    reports = {r.op_type: r for r in inspect_onnx(path)}
+    assert all(reports[op].binary for op in ("BatchNormalization", "Mul", "PRelu", "MatMul")), reports
+    assert "removed" in reports["Transpose"].note
+
+
+def test_transposes_around_a_float_tensor_cancel(tmp_path):
+    """A float stem (no binarized operand) before the batch norm: it moves onto a reshape of the
+    stem's output all the same, and the binarizer after it reads rows."""
+    g = GraphBuilder([1, 16, 3], seed=5)
+    h = g.node("MatMul", ["x", g.const(g.rng.standard_normal((3, 40)).astype(np.float32))])
+    t = g.batch_norm(g.node("Transpose", [h], perm=SWAP), *g.random_bn(40))
+    h = g.node("Transpose", [g.node("Clip", [t, g.const(np.float32(-1)), g.const(np.float32(1))])], perm=SWAP)
+    out = g.node("MatMul", [g.binarize(h), g.const(g.binary_weight((40, 8)), "w")])
+    path = save(g.model([out]), tmp_path / "m.onnx")
+    check(path, point_inputs(16, 3), ["-> binary_dense"])
+    assert "permute_dims" not in float_ops(path)
+
+
+def test_max_over_points_runs_on_thresholded_bits(tmp_path):
+    """Channels with a negative gamma take the min of the integers (an AND of the bits), the
+    others the max (an OR)."""
+    path = save(points_max_graph(), tmp_path / "m.onnx")
+    report = check(path, point_inputs(32, 40), ["-> points_max_or", "binary_dense_threshold"])
+    assert report.max_abs_diff == 0.0
+    lowered = float_ops(path)
+    assert "R.max(" not in lowered and "permute_dims" not in lowered
+
+
+def test_max_over_points_with_the_wrong_direction_fails(tmp_path, monkeypatch):
+    """Mutation: the max taken on every channel (no min for negative gammas) is caught."""
+    monkeypatch.setattr(points_max_on_bits, "chain_direction", lambda scale, steps, channels: np.ones(channels, np.int8))
+    path = save(points_max_graph(), tmp_path / "m.onnx")
+    report = verify(path, "x86", x=point_inputs(32, 40))
+    assert not report.ok
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_bipointnet_runs_binary_without_transposes(tmp_path, dynamo):
+    """BiPointNet as its public code writes it, 1024 points: every binary linear layer in a
+    binary kernel, no transpose left, the max over points on bits, verified exactly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export_points(bipointnet(), tmp_path / "bipointnet.onnx", dynamo)
+    reports = inspect_onnx(path)
+    matmuls = [r for r in reports if r.op_type in ("MatMul", "Gemm")]
+    assert [r.name for r in matmuls if not r.binary] == [matmuls[0].name, matmuls[-1].name]  # float stem, float fc
+    transposes = [r for r in reports if r.op_type == "Transpose"]
+    assert all(r.kernel == ROWS or "constant-folded" in r.note for r in transposes), transposes
+    lowered = float_ops(path)
+    assert "permute_dims" not in lowered and "R.max(" not in lowered
+    report = verify(path, "x86", x=point_inputs(1024, 3, batch=2))
+    assert report.ok, "\n".join(report.lines())
+    assert report.max_abs_diff == 0.0 and report.binary_checked == 6
+    assert any("points_max_or" in line for line in report.fused)
