@@ -106,6 +106,9 @@ def fuse_binary_attention(ctx: RuleContext, call):
     if op_name(call) != "relax.matmul" or len(shape_of(call)) != 4:
         return None
     left, right = (signed_heads(ctx, call.args[0], False), signed_heads(ctx, call.args[1], True))
+    if left is None and right is None and signed_heads(ctx, call.args[1], False) is not None:
+        ctx.keep_float("P @ Sign(V) of Bi-Attention: not yet a binary kernel (the float matmul is exact: 0/1 times -1/0/+1)")
+        return None
     if left is None or right is None:
         if left is not None or right is not None:
             ctx.keep_float("attention product with one Sign operand: the other is not Sign(heads)^T")
