@@ -689,3 +689,76 @@ def table_lookup(dot: te.Tensor, table: te.Tensor, offset: int) -> te.Tensor:
             (n, oc, oh, ow), lambda i, o, y, x: table[o, dot[i, y, x, o] + offset], name="table_lookup"
         )
     return te.compute(dot.shape, lambda i, o: table[o, dot[i, o] + offset], name="table_lookup")
+
+
+# --------------------------------------------------------------------------------------------
+# Attention: matmuls of two binarized activations, per head
+
+
+def pack_heads(x: te.Tensor, heads_axis: int = 1, ternary: bool = False, tokens_last: bool = False) -> te.Tensor:
+    """A float per-head tensor binarized and packed along its head dimension ``d``.
+
+    ``x``: float ``[B, H, T, d]`` (``heads_axis`` 1), or ``[B, T, H, d]`` (``heads_axis`` 2: the
+    head split before the transpose that attention applies, read in place so the transpose never
+    runs). Result ``[B, H, T, W]`` (``tokens_last``: ``[B, H, W, T]``, a vector of tokens one
+    load), bit ``b`` of word ``w`` holding ``d = 32 w + b`` and padding bits 0. Bipolar: bit set
+    where ``x >= 0``. ``ternary`` (``Sign`` that may see 0): the words interleaved as in
+    ``pack_ternary``, ``2 w`` the signs (``x > 0``), ``2 w + 1`` the nonzeros (``x != 0``).
+    """
+    if heads_axis == 1:
+        batch, heads, tokens, depth = (int(v) for v in x.shape)
+        read = lambda i, h, t, k: x[i, h, t, k]  # noqa: E731
+    else:
+        batch, tokens, heads, depth = (int(v) for v in x.shape)
+        read = lambda i, h, t, k: x[i, t, h, k]  # noqa: E731
+    words = num_words(depth)
+    b = te.reduce_axis((0, WORD_BITS), name="bit")
+    zero = tirx.const(0, x.dtype)
+
+    def word(i, h, t, w):
+        k = (w // 2 if ternary else w) * WORD_BITS + b
+        value = read(i, h, t, tirx.min(k, depth - 1))
+        if ternary:  # even words x > 0, odd words x != 0 (as And/Or, see pack_ternary)
+            on = tirx.any(value > zero, tirx.all(w % 2 == 1, value < zero))
+        else:
+            on = value >= zero
+        return te.sum(_bit(tirx.all(k < depth, on), b), axis=b)
+
+    count = 2 * words if ternary else words
+    if tokens_last:
+        return te.compute((batch, heads, count, tokens), lambda i, h, w, t: word(i, h, t, w), name="pack_heads")
+    return te.compute((batch, heads, tokens, count), word, name="pack_heads")
+
+
+def attention_scores_dot(q: te.Tensor, k: te.Tensor, taps: int, ternary: bool = False) -> te.Tensor:
+    """``Q K^T`` of two packed activations, exact: int32 ``[B, H, T, T2]``.
+
+    ``q``: ``pack_heads`` words ``[B, H, T, W]``; ``k``: ``[B, H, W, T2]`` (tokens last). Bipolar:
+    ``S = taps - 2 * popcount(q XOR k)`` over ``taps = d`` (padding bits 0 in both cancel).
+    ``ternary`` (both as sign and nonzero words): over the taps where both are nonzero (``m =
+    m_q AND m_k``) a product is +1 where the signs agree and -1 where not, so ``S = popcount(m)
+    - 2 * popcount((s_q XOR s_k) AND m)``; summed here as ``-S = sum 2 popc(x AND m) - popc(m)``.
+    """
+    batch, heads, tokens, words = (int(v) for v in q.shape)
+    keys = int(k.shape[-1])
+    rw = te.reduce_axis((0, words // 2 if ternary else words), name="rw")
+    if not ternary:
+        mismatches = te.compute(
+            (batch, heads, tokens, keys),
+            lambda i, h, t, j: te.sum(tirx.popcount(q[i, h, t, rw] ^ k[i, h, rw, j]).astype("int32"), axis=rw),
+            name="mismatches",
+        )
+        return te.compute(mismatches.shape, lambda *index: taps - 2 * mismatches[index], name="attention_dot")
+
+    def signed_mismatches(i, h, t, j):
+        both = q[i, h, t, 2 * rw + 1] & k[i, h, 2 * rw + 1, j]
+        mismatch = (q[i, h, t, 2 * rw] ^ k[i, h, 2 * rw, j]) & both
+        return te.sum(2 * tirx.popcount(mismatch).astype("int32") - tirx.popcount(both).astype("int32"), axis=rw)
+
+    mismatches = te.compute((batch, heads, tokens, keys), signed_mismatches, name="mismatches")
+    return te.compute(mismatches.shape, lambda *index: -mismatches[index], name="attention_dot")
+
+
+def scores_to_float(dot: te.Tensor, dtype: str = "float32") -> te.Tensor:
+    """The integer scores as the float graph's matmul gives them: exact, ``|S| <= d < 2^24``."""
+    return te.compute(dot.shape, lambda *index: dot[index].astype(dtype), name="scores_float")

@@ -945,6 +945,32 @@ def dense_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     return Scheduled(sch.mod["main"], plan, relayouts)
 
 
+def attention_scores(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+    """``Sign(Q) Sign(K)^T`` (``bitserial.attention_scores_dot``): per (batch, head, block of query
+    rows, block of keys) one task, a tile of rows x keys accumulated in vector registers over the
+    words of d, as a dense's rows x outputs. K arrives tokens last (``pack_heads``), so a vector
+    of keys is one load, and each query word is broadcast to all lanes."""
+    mism = sch.get_sblock("mismatches")
+    sch.compute_inline(sch.get_sblock("attention_dot"))
+    out = sch.get_sblock("scores_float")
+    b, h, t, j = sch.get_loops(out)
+    keys, tokens = extents(sch, [j, t])
+    lanes, key_block, row_block = tile(keys, tokens, unit, transposed=False)
+    t_outer, t_inner = sch.split(t, [None, row_block])
+    j_outer, j_inner = sch.split(j, [None, key_block])
+    sch.reorder(b, h, t_outer, j_outer, t_inner, j_inner)
+    task = sch.fuse(b, h, t_outer, j_outer)
+    parallel(sch, task, block_work(sch, mism), PARALLEL_MIN_TILE_WORK)
+    sch.compute_at(mism, task, preserve_unit_loops=True)
+    sch.unroll(t_inner)
+    if lanes > 1:
+        _, lane = sch.split(j_inner, [None, lanes])
+        sch.vectorize(lane)
+    accumulate(sch, mism, lanes, 2, 1)
+    return Scheduled(sch.mod["main"], f"attention scores: {row_block} queries x {key_block} keys in registers, "
+                                      f"{lanes} lanes, 32-bit counters")
+
+
 def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     """Float NCHW -> bits: each vector takes ``lanes`` consecutive positions of a row; per
     channel one load, one compare, one masked add of the channel's bit; the finished words
@@ -1022,6 +1048,8 @@ KERNELS = {
     "pack_sign_steps": pack_sign,
     "pack_ternary": pack_sign,
     "pack_levels": pack_sign,
+    "binary_attention_scores": attention_scores,
+    "ternary_attention_scores": attention_scores,
 }
 
 

@@ -377,7 +377,9 @@ def apply(sch: s_tir.Schedule, func, op: str) -> Scheduled:
     thresholds, lookup tables), not by its name: a popcount reduction over the weights makes a
     tiled kernel, anything else gets a thread per output element."""
     main = main_block(sch, func)
-    if main is None:
+    if main is None or op.endswith("attention_scores"):
+        # attention scores (two activations, d/32 words per score): a thread per score, its
+        # counter in a register; no staged operand yet
         return per_output(sch, func, op)
     count_nonzeros(sch)
     spatial = len(sch.get(main).iter_vars) - len(reduction_vars(sch, main))

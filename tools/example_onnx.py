@@ -3,6 +3,7 @@
 
     python tools/example_onnx.py mixer mixer.onnx
     python tools/example_onnx.py binarynet binarynet.onnx
+    python tools/example_onnx.py bibert bibert.onnx
     python -m bnn_tvm bench mixer.onnx --target x86 --threads 1
 
 ``mixer``: a binary MLP-Mixer-style net. Two blocks on ``[1, 196, 384]`` tokens (14x14 patches
@@ -15,6 +16,11 @@ of 384 features), each ``t + (b(b(t) @ W1 * s1 + c1) @ W2) * s2`` with binary ``
 which output 0 at 0), then BatchNorm and Hardtanh; the first conv reads the float image.
 128-128-M-256-256-M-512-512-M, then dense 1024-1024-10, on 32x32 RGB. BatchNorm statistics are
 random too, so the thresholds are not trivial. The figure of the ``Sign`` rounds.
+
+``bibert``: one BiBERT encoder layer (hidden 256, 4 heads, 64 tokens, FFN 1024; ``tests/bibert.py``):
+binary Q/K/V/output/FFN linears with ``torch.sign`` and mean-|W| weight scales, ``Sign`` on the
+heads, Bi-Attention (``scores / sqrt(d) >= 0`` as 0/1, no softmax), GELU and LayerNorm; exported
+with ``torch.onnx.export(dynamo=False)``, for ``[1, 64, 256]`` inputs.
 
 Each writes the same bytes every time.
 """
@@ -101,7 +107,13 @@ def write_binarynet(path: str) -> None:
     torch.onnx.export(binarynet(), torch.randn(1, 3, 32, 32), path, opset_version=17, dynamo=False, input_names=["image"])
 
 
-MODELS = {"mixer": write_mixer, "binarynet": write_binarynet}
+def write_bibert(path: str) -> None:
+    from bibert import BiBertLayer, export
+
+    export(path, BiBertLayer(256, 4, 1024), 64, 256)
+
+
+MODELS = {"mixer": write_mixer, "binarynet": write_binarynet, "bibert": write_bibert}
 
 
 def main() -> int:
