@@ -352,6 +352,4 @@ def binary_conv2d_kernel(ctx: RuleContext, packed, binary: BinaryWeights, stride
     )
 
 
-def output_hw(in_hw, kernel, strides, padding, dilation=(1, 1)) -> tuple[int, int]:
-    (h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = in_hw, kernel, strides, padding, dilation
-    return (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+output_hw = bitserial.conv_output_hw

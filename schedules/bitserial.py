@@ -194,6 +194,12 @@ def padded_words(data: te.Tensor, padding: tuple[int, int, int, int], fill=None)
     return te.compute((*lead, h + pt + pb, w + pl + pr, cw), word, name="pad_bits")
 
 
+def conv_output_hw(in_hw, kernel, strides, padding, dilation=(1, 1)) -> tuple[int, int]:
+    """A conv's output rows and columns (``padding``: top, left, bottom, right)."""
+    (h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = in_hw, kernel, strides, padding, dilation
+    return (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+
+
 def kernel_dilation(attrs) -> tuple[int, int]:
     """A binary conv kernel's ``bnn.dilation`` attribute (none on kernels made before it existed)."""
     return tuple(int(d) for d in attrs["bnn.dilation"]) if "bnn.dilation" in attrs else (1, 1)
@@ -223,9 +229,8 @@ def binary_conv2d_dot(
     oc, kh, kw, _ = (int(v) for v in weight.shape[-4:])
     sh, sw = strides
     dh, dw = dilation
-    pt, pl, pb, pr = padding
-    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    pt, pl, _, _ = padding
+    oh, ow = conv_output_hw((h, w), (kh, kw), strides, padding, dilation)
     padded = padded_words(data, padding, _pad_word(taps // (kh * kw), cw) if pad_ones else None)
     mismatch = weight_term(weight)
     ry = te.reduce_axis((0, kh), name="ry")
@@ -299,9 +304,8 @@ def ternary_conv2d_dot(
     oc, kh, kw, _ = (int(v) for v in weight.shape[-4:])
     sh, sw = strides
     dh, dw = dilation
-    pt, pl, pb, pr = padding
-    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    pt, pl, _, _ = padding
+    oh, ow = conv_output_hw((h, w), (kh, kw), strides, padding, dilation)
     padded = padded_words(planes, padding)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
@@ -647,9 +651,8 @@ def multibit_conv2d_dot(
     bits, n, h, w, cw = (int(v) for v in planes.shape)
     oc, kh, kw, _ = (int(v) for v in weight.shape)
     sh, sw = strides
-    pt, pl, pb, pr = padding
-    oh = (h + pt + pb - kh) // sh + 1
-    ow = (w + pl + pr - kw) // sw + 1
+    pt, pl, _, _ = padding
+    oh, ow = conv_output_hw((h, w), (kh, kw), strides, padding)
     padded = padded_words(planes, padding, level_fill(pad_level, channels, cw) if pad_level else None)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")

@@ -131,3 +131,18 @@ def test_segment_that_differs_only_at_near_ties_is_reported_apart():
     assert any("float rounding inside the segment" in line for line in report.lines())
     wrong = PerLayerReport([SegmentResult("sign_14", True, 2, 0.0, ["sign_12"], near_ties=1)])
     assert not wrong.exact and "compiler error" in " ".join(wrong.lines())
+
+
+def test_near_ties_excuse_a_segment_only_behind_a_summing_op():
+    """Elementwise ops round alike in ONNX Runtime and the kernels: a near-tie after them alone
+    (a k-bit Quant on the input) that differs is a compiler error; after a conv it may not be."""
+    from onnx import helper
+
+    from bnn_tvm.verify_layers import sums_before
+
+    graph = helper.make_graph([
+        helper.make_node("Div", ["x", "s"], ["d"]), helper.make_node("Round", ["d"], ["q"]),
+        helper.make_node("Conv", ["q", "w"], ["c"]), helper.make_node("Sign", ["c"], ["b"]),
+    ], "g", [], [])
+    assert not sums_before(graph, "q", {"x"})
+    assert sums_before(graph, "b", {"x"}) and not sums_before(graph, "b", {"c"})
