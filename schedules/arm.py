@@ -58,7 +58,8 @@ def _popcount_accumulate_funcs(lanes: int, index_dtype: str, form: str = "xor"):
     """The popcount step of ``lanes`` 32-bit lanes (``cpu.popcount_step_funcs``, whose lane loop
     ``cpu.accumulate`` vectorized) as ``vcnt.8`` + ``vpaddl.u8`` + ``vpadal.u16``."""
 
-    def pairwise(word, acc):
+    def pairwise(words, acc):
+        (word,) = words  # one word a step: a both-ternary step is left to LLVM (pairwise_accumulate)
         counts = T.call_llvm_pure_intrin(f"uint8x{4 * lanes}", "llvm.ctpop", T.reinterpret(f"uint8x{4 * lanes}", word))
         halves = T.call_llvm_pure_intrin(f"uint16x{2 * lanes}", "llvm.arm.neon.vpaddlu", counts)
         total = T.call_llvm_pure_intrin(f"int32x{lanes}", "llvm.arm.neon.vpadalu", acc.vload([0], f"int32x{lanes}"), halves)
@@ -93,7 +94,7 @@ def pairwise_accumulate(func: tirx.PrimFunc) -> tirx.PrimFunc:
         loop = sch.get(lane)
         lanes = int(loop.extent) if isinstance(loop.extent, tirx.IntImm) else 0
         form = cpu.popcount_form(sch, block)
-        if loop.kind != tirx.ForKind.VECTORIZED or lanes not in (2, 4) or form is None:
+        if loop.kind != tirx.ForKind.VECTORIZED or lanes not in (2, 4) or form in (None, "both_ternary"):
             continue
         try:
             sch.tensorize(lane, popcount_accumulate_intrin(lanes, str(loop.loop_var.ty), form))

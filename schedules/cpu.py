@@ -40,6 +40,8 @@ lowering of an accumulated vector popcount: no ``addv`` in the loop); ``veor``, 
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import struct
 from dataclasses import dataclass, field
@@ -437,29 +439,48 @@ def sum_bytes(counters):
     return (pairs & const(0xFFFF)) + (pairs >> const(16))
 
 
-# The word a popcount step counts, by what the block's term reads: ``a ^ w`` (binary), a ternary
-# activation's ``(a_sign ^ w) & a_nonzero`` (two words of the input) or ternary weights'
-# ``(a ^ w_sign) & w_nonzero`` (two planes of weight vectors).
-STEP_FORMS = ("xor", "masked_data", "masked_weight")
+# What a popcount step adds, by what the block's term reads: the popcount of ``a ^ w`` (binary),
+# of a ternary activation's ``(a_sign ^ w) & a_nonzero`` (two words of the input) or of ternary
+# weights' ``(a ^ w_sign) & w_nonzero`` (two planes of weight vectors); with both ternary,
+# ``2 popcount(x & m) - popcount(m)`` (``bitserial.ternary_conv2d_dot``).
+STEP_FORMS = ("xor", "masked_data", "masked_weight", "both_ternary")
 
 
-def step_word(form: str, a, w, o):
-    """The scalar word of output channel ``o`` (the description)."""
+def step_term(form: str, a, w, o):
+    """The int32 term a step adds for output channel ``o`` (the description)."""
+    if form == "both_ternary":
+        both = a[1] & w[1, o]
+        mismatch = (a[0] ^ w[0, o]) & both
+        return T.Cast("int32", tirx.popcount(mismatch)) * 2 - T.Cast("int32", tirx.popcount(both))
     if form == "masked_data":
-        return (a[0] ^ w[o]) & a[1]
-    if form == "masked_weight":
-        return (a[0] ^ w[0, o]) & w[1, o]
-    return a[0] ^ w[o]
+        word = (a[0] ^ w[o]) & a[1]
+    elif form == "masked_weight":
+        word = (a[0] ^ w[0, o]) & w[1, o]
+    else:
+        word = a[0] ^ w[o]
+    return T.Cast("int32", tirx.popcount(word))
 
 
-def step_vector(form: str, a, w, lanes: int):
-    """The same for ``lanes`` output channels as one vector (the implementations)."""
+def step_vectors(form: str, a, w, lanes: int) -> list:
+    """For ``lanes`` output channels, the vectors of words whose popcounts the implementations
+    add: the step's word, or with both ternary ``m & ~x`` and ``~(m & x)``, whose popcounts add
+    up to ``32 - term`` (never negative, at most 8 a byte each: byte counters take them, and the
+    finish turns them back, ``_byte_finish_funcs``)."""
     vector = f"uint32x{lanes}"
+    broadcast = lambda i: tirx.Broadcast(a[i], lanes)  # noqa: E731
+    if form == "both_ternary":
+        both, sign = broadcast(1) & w.vload([1, 0], vector), broadcast(0) ^ w.vload([0, 0], vector)
+        return [both & ~sign, ~(both & sign)]
     if form == "masked_data":
-        return (tirx.Broadcast(a[0], lanes) ^ w.vload([0], vector)) & tirx.Broadcast(a[1], lanes)
+        return [(broadcast(0) ^ w.vload([0], vector)) & broadcast(1)]
     if form == "masked_weight":
-        return (tirx.Broadcast(a[0], lanes) ^ w.vload([0, 0], vector)) & w.vload([1, 0], vector)
-    return tirx.Broadcast(a[0], lanes) ^ w.vload([0], vector)
+        return [(broadcast(0) ^ w.vload([0, 0], vector)) & w.vload([1, 0], vector)]
+    return [broadcast(0) ^ w.vload([0], vector)]
+
+
+def chunk_steps(form: str) -> int:
+    """Steps a byte counter takes before it could carry: each word of a step adds at most 8."""
+    return MAX_CHUNK_STEPS // (2 if form == "both_ternary" else 1)
 
 
 def popcount_step_funcs(lanes: int, index_dtype: str, implementation, vectorized: bool = False, form: str = "xor"):
@@ -471,7 +492,8 @@ def popcount_step_funcs(lanes: int, index_dtype: str, implementation, vectorized
     from the vector of words (byte counters here, ``schedules.arm``'s pairwise NEON
     accumulation)."""
     extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
-    words, planes = (2 if form == "masked_data" else 1), (2 if form == "masked_weight" else 1)
+    words = 2 if form in ("masked_data", "both_ternary") else 1
+    planes = 2 if form in ("masked_weight", "both_ternary") else 1
 
     def declare():
         plane_stride = tirx.Var("plane_stride", index_dtype)  # wherever the planes lie apart
@@ -492,10 +514,10 @@ def popcount_step_funcs(lanes: int, index_dtype: str, implementation, vectorized
                 vo = T.axis.spatial(extent(lanes), o)
                 T.reads(acc[vo], a[0:words], w[vo] if planes == 1 else w[0:planes, vo])
                 T.writes(acc[vo])
-                T.buffer_store(acc, acc[vo] + T.Cast("int32", tirx.popcount(step_word(form, a, w, vo))), [vo])
+                T.buffer_store(acc, acc[vo] + step_term(form, a, w, vo), [vo])
 
     def implement(a, w, acc):
-        implementation(step_vector(form, a, w, lanes), acc)
+        implementation(step_vectors(form, a, w, lanes), acc)
 
     return intrinsic_side(declare, regions, popcounts), intrinsic_side(declare, regions, implement)
 
@@ -504,16 +526,19 @@ def _byte_step_funcs(lanes: int, index_dtype: str, form: str = "xor"):
     """The popcount step (``popcount_step_funcs``) implemented with byte counters (see the
     section's comment)."""
 
-    def byte_counts(word, acc):
-        counters = tirx.reinterpret(f"uint32x{lanes}", acc.vload([0], f"int32x{lanes}")) + popcount_bytes(word)
+    def byte_counts(words, acc):
+        counts = functools.reduce(operator.add, [popcount_bytes(word) for word in words])
+        counters = tirx.reinterpret(f"uint32x{lanes}", acc.vload([0], f"int32x{lanes}")) + counts
         ramp = tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)
         T.buffer_store(acc, tirx.reinterpret(f"int32x{lanes}", counters), [ramp])
 
     return popcount_step_funcs(lanes, index_dtype, byte_counts, form=form)
 
 
-def _byte_finish_funcs(lanes: int, index_dtype: str):
-    """``(desc, impl)``: ``acc[o] += part[o]``, the implementation summing ``part``'s byte counters."""
+def _byte_finish_funcs(lanes: int, index_dtype: str, minus_from: int = 0):
+    """``(desc, impl)``: ``acc[o] += part[o]``, the implementation summing ``part``'s byte
+    counters; with ``minus_from`` (both ternary: ``32 * steps`` of the chunk) the counters hold
+    ``minus_from - part``, and the implementation adds ``minus_from - their sum``."""
     extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
 
     def declare():
@@ -534,9 +559,11 @@ def _byte_finish_funcs(lanes: int, index_dtype: str):
                 T.buffer_store(acc, acc[vo] + part[vo], [vo])
 
     def byte_sums(part, acc):
-        counts = sum_bytes(tirx.reinterpret(f"uint32x{lanes}", part.vload([0], f"int32x{lanes}")))
-        T.buffer_store(acc, acc.vload([0], f"int32x{lanes}") + tirx.reinterpret(f"int32x{lanes}", counts),
-                       [tirx.Ramp(extent(0), extent(1), lanes)])
+        counts = tirx.reinterpret(f"int32x{lanes}", sum_bytes(tirx.reinterpret(f"uint32x{lanes}",
+                                                                                part.vload([0], f"int32x{lanes}"))))
+        if minus_from:
+            counts = tirx.Broadcast(tirx.const(minus_from, "int32"), lanes) - counts
+        T.buffer_store(acc, acc.vload([0], f"int32x{lanes}") + counts, [tirx.Ramp(extent(0), extent(1), lanes)])
 
     return intrinsic_side(declare, regions, sums), intrinsic_side(declare, regions, byte_sums)
 
@@ -547,32 +574,42 @@ def byte_step_intrin(lanes: int, index_dtype: str, form: str = "xor") -> str:
                               lambda: _byte_step_funcs(lanes, index_dtype, form))
 
 
-def byte_finish_intrin(lanes: int, index_dtype: str) -> str:
-    return register_intrinsic(f"bnn_byte_finish_{lanes}_{index_dtype}", lambda: _byte_finish_funcs(lanes, index_dtype))
+def byte_finish_intrin(lanes: int, index_dtype: str, minus_from: int = 0) -> str:
+    suffix = f"_minus_from_{minus_from}" if minus_from else ""
+    return register_intrinsic(f"bnn_byte_finish_{lanes}_{index_dtype}{suffix}",
+                              lambda: _byte_finish_funcs(lanes, index_dtype, minus_from))
 
 
-def chunk_loop(sch: s_tir.Schedule, reduce: list):
+def chunk_loop(sch: s_tir.Schedule, reduce: list, max_steps: int = MAX_CHUNK_STEPS):
     """Regroup the reduction loops ``reduce`` (outermost first) into one loop of chunks, the
-    loops inside it taking at most ``MAX_CHUNK_STEPS`` steps: the innermost loops that fit
-    whole, the next one split by its largest divisor that fits; returns the chunk loop."""
+    loops inside it taking at most ``max_steps`` steps: the innermost loops that fit whole, the
+    next one split by its largest divisor that fits; returns ``(chunk loop, steps per chunk)``."""
     sizes = extents(sch, reduce)
     steps, whole = 1, len(reduce)
-    while whole > 0 and steps * sizes[whole - 1] <= MAX_CHUNK_STEPS:
+    while whole > 0 and steps * sizes[whole - 1] <= max_steps:
         whole -= 1
         steps *= sizes[whole]
     if whole == 0:  # the whole reduction is one chunk
         outer, _ = sch.split(reduce[0], [1, None])
-        return outer
-    outer, _ = sch.split(reduce[whole - 1], [None, largest_divisor(sizes[whole - 1], MAX_CHUNK_STEPS // steps)])
-    return sch.fuse(*reduce[: whole - 1], outer) if whole > 1 else outer
+        return outer, steps
+    inner = largest_divisor(sizes[whole - 1], max_steps // steps)
+    outer, _ = sch.split(reduce[whole - 1], [None, inner])
+    return (sch.fuse(*reduce[: whole - 1], outer) if whole > 1 else outer), steps * inner
+
+
+def is_popcount(term) -> bool:
+    return isinstance(term, tirx.Cast) and isinstance(term.value, tvm.ir.Call) and term.value.op.name == "tirx.popcount"
 
 
 def popcount_form(sch: s_tir.Schedule, block) -> str | None:
-    """The ``STEP_FORMS`` word that ``block`` adds one popcount of per step, or None (a k-bit
-    conv's weighted planes, a ternary-by-ternary kernel's two popcounts)."""
+    """The ``STEP_FORMS`` term that ``block`` adds per step, or None (a k-bit conv's weighted
+    planes). Tensorizing checks the match to the letter."""
     value = sch.get(block).body.value
     term = getattr(value, "b", None)
-    if not (isinstance(term, tirx.Cast) and isinstance(term.value, tvm.ir.Call) and term.value.op.name == "tirx.popcount"):
+    if (type(term).__name__ == "Sub" and type(term.a).__name__ == "Mul"
+            and (is_popcount(term.a.a) or is_popcount(term.a.b)) and is_popcount(term.b)):
+        return "both_ternary"
+    if not is_popcount(term):
         return None
     word = term.value.args[0]
     if type(word).__name__ == "BitwiseXor":
@@ -601,7 +638,7 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
         accumulate(sch, block, lanes, spatial, reduction)
         return "32-bit counters"
     loops = sch.get_loops(block)
-    chunk = chunk_loop(sch, loops[-reduction:])
+    chunk, chunk_size = chunk_loop(sch, loops[-reduction:], chunk_steps(form))
     partial = sch.rfactor(chunk, 0)  # [chunk, ...]: the byte counters of each chunk
     sch.set_scope(partial, 0, "local")
     *positions, channels, chunk = sch.get_loops(block)[-(spatial + 1) :]
@@ -613,7 +650,8 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
     *part_positions, part_channels = loops[-(steps + spatial) : -steps]
     part_lane = lay_out_tile(sch, partial, loops[-steps:], part_positions, part_channels, lanes)
     sch.tensorize(part_lane, byte_step_intrin(lanes, str(sch.get(part_lane).loop_var.ty), form))
-    sch.tensorize(lane, byte_finish_intrin(lanes, str(sch.get(lane).loop_var.ty)))
+    minus_from = WORD_BITS * chunk_size if form == "both_ternary" else 0  # see step_vectors
+    sch.tensorize(lane, byte_finish_intrin(lanes, str(sch.get(lane).loop_var.ty), minus_from))
     return "byte counters"
 
 

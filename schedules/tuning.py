@@ -75,9 +75,10 @@ def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
 
 INTRINSIC_NAMES = (
     (re.compile(r"bnn_tuning_pack32_(\w+)$"), lambda m: pack32_intrin(m[1])),
-    (re.compile(r"bnn_byte_step_(\d+)_(int\d+)(?:_(masked_data|masked_weight))?$"),
+    (re.compile(r"bnn_byte_step_(\d+)_(int\d+)(?:_(masked_data|masked_weight|both_ternary))?$"),
      lambda m: cpu.byte_step_intrin(int(m[1]), m[2], m[3] or "xor")),
-    (re.compile(r"bnn_byte_finish_(\d+)_(int\d+)$"), lambda m: cpu.byte_finish_intrin(int(m[1]), m[2])),
+    (re.compile(r"bnn_byte_finish_(\d+)_(int\d+)(?:_minus_from_(\d+))?$"),
+     lambda m: cpu.byte_finish_intrin(int(m[1]), m[2], int(m[3] or 0))),
     (re.compile(rf"bnn_tuning_tile_out_(\d+)x(\d+)(?:_div(\d+)|_mul([0-9a-f]{{8}}))?((?:_(?:{'|'.join(bitserial.EPILOGUE_OPS)}))*)_(int\d+)$"),
      lambda m: tile_out_intrin(int(m[1]), int(m[2]), tuple(m[5].split("_")[1:]), m[6], int(m[3] or 1),
                                cpu.scale_of_suffix(m[4]) if m[4] else None)),
