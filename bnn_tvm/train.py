@@ -146,7 +146,9 @@ def load_checkpoint(path: str) -> tuple[nn.Module, dict]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         name = checkpoint["model"]
         options = checkpoint.get("options") or {}
-    except (OSError, RuntimeError, KeyError, TypeError, AttributeError, ValueError, EOFError,
+    # what torch's weights-only unpickler raises on bytes that are not a pickle of plain data
+    # (random bytes: an IndexError in about 1 of 15)
+    except (OSError, RuntimeError, KeyError, IndexError, TypeError, AttributeError, ValueError, EOFError,
             pickle.UnpicklingError) as err:
         raise BnnError(f"{path}: not a bnn_tvm checkpoint (written by `train`): {_load_failure(err)}; for a "
                        "model of your own, export it to ONNX (torch.onnx.export) and give the .onnx file") from err
