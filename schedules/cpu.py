@@ -921,6 +921,27 @@ def relayout_dense_weights(sch: s_tir.Schedule, func) -> dict[int, tuple[int, ..
     return {1: (1, 0)}
 
 
+def row_tiles(sch: s_tir.Schedule, out, mism, unit: VectorUnit) -> tuple[int, int, int]:
+    """Tile an output block ``[..., rows, outputs]`` (a dense's batch rows, attention's queries
+    and keys): tiles of ``row_block`` rows x ``out_block`` outputs, one parallel task per tile
+    (with the leading loops), the counts ``mism`` computed at the task, rows unrolled, outputs
+    as vectors of ``lanes``. Returns ``(lanes, out_block, row_block)``."""
+    *lead, rows, outputs = sch.get_loops(out)
+    count, height = extents(sch, [outputs, rows])
+    lanes, out_block, row_block = tile(count, height, unit, transposed=False)
+    r_outer, r_inner = sch.split(rows, [None, row_block])
+    o_outer, o_inner = sch.split(outputs, [None, out_block])
+    sch.reorder(*lead, r_outer, o_outer, r_inner, o_inner)
+    task = sch.fuse(*lead, r_outer, o_outer)
+    parallel(sch, task, block_work(sch, mism), PARALLEL_MIN_TILE_WORK)
+    sch.compute_at(mism, task, preserve_unit_loops=True)
+    sch.unroll(r_inner)
+    if lanes > 1:
+        _, lane = sch.split(o_inner, [None, lanes])
+        sch.vectorize(lane)
+    return lanes, out_block, row_block
+
+
 def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     mism = sch.get_sblock("mismatches")
     relayouts = relayout_dense_weights(sch, func)
@@ -928,19 +949,7 @@ def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     count_nonzeros(sch)
     table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     out = sch.get_sblock("table_lookup" if table else "dot_float")  # a lookup per output, or a convert
-    n, o = sch.get_loops(out)
-    channels, batch = extents(sch, [o, n])
-    lanes, channel_block, batch_block = tile(channels, batch, unit, transposed=False)
-    n_outer, n_inner = sch.split(n, [None, batch_block])
-    o_outer, o_inner = sch.split(o, [None, channel_block])
-    sch.reorder(n_outer, o_outer, n_inner, o_inner)
-    task = sch.fuse(n_outer, o_outer)
-    parallel(sch, task, block_work(sch, mism), PARALLEL_MIN_TILE_WORK)
-    sch.compute_at(mism, task, preserve_unit_loops=True)
-    sch.unroll(n_inner)
-    if lanes > 1:
-        _, lane = sch.split(o_inner, [None, lanes])
-        sch.vectorize(lane)
+    lanes, channel_block, batch_block = row_tiles(sch, out, mism, unit)
     counters = count_mismatches(sch, mism, lanes, 2, 1, unit)
     plan = f"dense: {batch_block} rows x {channel_block} outputs in registers, {lanes} lanes, {counters}"
     return Scheduled(sch.mod["main"], plan, relayouts)
@@ -991,19 +1000,7 @@ def attention_scores(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     mism = sch.get_sblock("mismatches")
     sch.compute_inline(sch.get_sblock("attention_dot"))
     out = sch.get_sblock("scores_float")
-    b, h, t, j = sch.get_loops(out)
-    keys, tokens = extents(sch, [j, t])
-    lanes, key_block, row_block = tile(keys, tokens, unit, transposed=False)
-    t_outer, t_inner = sch.split(t, [None, row_block])
-    j_outer, j_inner = sch.split(j, [None, key_block])
-    sch.reorder(b, h, t_outer, j_outer, t_inner, j_inner)
-    task = sch.fuse(b, h, t_outer, j_outer)
-    parallel(sch, task, block_work(sch, mism), PARALLEL_MIN_TILE_WORK)
-    sch.compute_at(mism, task, preserve_unit_loops=True)
-    sch.unroll(t_inner)
-    if lanes > 1:
-        _, lane = sch.split(j_inner, [None, lanes])
-        sch.vectorize(lane)
+    lanes, key_block, row_block = row_tiles(sch, out, mism, unit)
     accumulate(sch, mism, lanes, 2, 1)
     return Scheduled(sch.mod["main"], f"attention scores: {row_block} queries x {key_block} keys in registers, "
                                       f"{lanes} lanes, 32-bit counters")
