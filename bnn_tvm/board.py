@@ -416,6 +416,22 @@ def exposure_warning(host: str, port: int, what: str) -> str | None:
             "unless every machine on this network is trusted")
 
 
+def board_key(target: str, host: str, key: str | None) -> str:
+    """The key a board answers to: ``key`` if given; on loopback the target name (what every
+    client tries first); on an address other machines reach, a random one. An RPC server
+    refuses a direct connection that brings another key, so a random key keeps clients that
+    were not told it off a board reached without a tracker. It is no password: anyone who can
+    reach a tracker the board registers with can list its keys, the key crosses the network in
+    clear, and whoever holds it runs any code on the board."""
+    if key:
+        return key
+    if is_loopback(host):
+        return target
+    import secrets
+
+    return f"{target}-{secrets.token_hex(8)}"
+
+
 def parse_address(text: str, option: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -466,7 +482,7 @@ def start(
             f"target {spec.name} has no emulated board (boards exist for the aarch64 targets: "
             f"{', '.join(n for n in targets.names() if _has_board(n))}); {spec.runtime}"
         )
-    key = key or spec.name
+    key = board_key(spec.name, host, key)
     name = key
     for state in running():
         if state.name == name:

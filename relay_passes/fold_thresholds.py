@@ -35,7 +35,7 @@ FOLDABLE = {
     "ternary_conv2d": "ternary_conv2d_threshold",
     "ternary_dense": "ternary_dense_threshold",
 }
-SCALE_INPUT = {"binary_conv2d": 3, "binary_dense": 2, "multibit_conv2d": 3,  # input holding alpha
+SCALE_INPUT = {"binary_conv2d": 5, "binary_dense": 2, "multibit_conv2d": 3,  # input holding alpha
                "ternary_conv2d": 2, "ternary_dense": 2}
 
 
@@ -539,4 +539,6 @@ def integer_dot(name: str, attrs: dict):
     if name == "ternary_conv2d":
         return lambda d, w: bitserial.ternary_conv2d_dot(d, w, strides, padding, dilation)
     pad_ones = bool(int(attrs["bnn.pad_ones"]))
-    return lambda d, w, k: bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones, dilation)
+    return lambda d, w, table, ycls, xcls: bitserial.binary_conv2d_dot(
+        d, w, bitserial.BorderTable(table, ycls, xcls), taps, strides, padding, pad_ones, dilation
+    )

@@ -7,7 +7,7 @@ any other alpha differs from the float conv's sum of ±alpha terms by float roun
 ``fold_thresholds`` takes into account (see ``weight_scale_error``).
 
 Padding is exact in all three forms: the conv's own zero padding (pad with -1 bits, add back a
-per-position correction), and an explicit ``Pad`` with value -1 or +1 before an unpadded conv.
+per-border-class correction), and an explicit ``Pad`` with value -1 or +1 before an unpadded conv.
 """
 
 from __future__ import annotations
@@ -23,28 +23,27 @@ from .common import RuleContext, is_bipolar, is_power_of_two, op_name, pack_bits
 from .lift_conv1d import is_unit_axes_reshape
 
 
-def padding_correction(weight: np.ndarray, in_hw, strides, padding, dilation=(1, 1)) -> np.ndarray:
-    """int32 ``[OC, OH, OW]``: what the -1 bits at zero-padded taps took away, added back.
+def padding_correction(weight: np.ndarray, in_hw, strides, padding, dilation=(1, 1)):
+    """What the -1 bits at zero-padded taps took away, to add back: ``(table [NY, NX, OC],
+    ycls [OH], xcls [OW])`` int32, ``bitserial.BorderTable``'s arrays.
 
     A padded tap holds 0 in the float model; the kernel counts it as -1, contributing ``-w``.
-    The correction is the sum of ``w`` over the padded taps of each output position. It depends
-    only on which kernel rows and columns fall outside the input (a handful of border classes),
-    so it is computed per class and then spread: memory and time of the output alone, not
-    ``OH * OW * KH * KW`` (a 4096x4096 input took gigabytes).
+    The correction of an output position is the sum of ``w`` over its padded taps. It depends
+    only on which kernel rows and columns fall outside the input (the position's border class),
+    so it is computed and stored per class: a few entries per channel, never ``[OC, OH, OW]``
+    (a 4096x4096 input took gigabytes when it was).
     """
     _, _, kh, kw = weight.shape
     (h, w), (sh, sw), (pt, pl, _, _), (dh, dw) = in_hw, strides, padding, dilation
     oh, ow = output_hw(in_hw, (kh, kw), strides, padding, dilation)
     rows = np.arange(oh)[:, None] * sh - pt + dh * np.arange(kh)[None, :]  # [OH, KH]
     cols = np.arange(ow)[:, None] * sw - pl + dw * np.arange(kw)[None, :]  # [OW, KW]
-    row_out = (rows < 0) | (rows >= h)
-    col_out = (cols < 0) | (cols >= w)
-    row_keys, row_class = np.unique(row_out, axis=0, return_inverse=True)  # [NY, KH], [OH]
-    col_keys, col_class = np.unique(col_out, axis=0, return_inverse=True)  # [NX, KW], [OW]
+    row_keys, row_class = np.unique((rows < 0) | (rows >= h), axis=0, return_inverse=True)  # [NY, KH], [OH]
+    col_keys, col_class = np.unique((cols < 0) | (cols >= w), axis=0, return_inverse=True)  # [NX, KW], [OW]
     padded = row_keys[:, None, :, None] | col_keys[None, :, None, :]  # [NY, NX, KH, KW]
     tap_sums = weight.sum(axis=1)  # [OC, KH, KW]
-    per_class = np.einsum("okl,yxkl->oyx", tap_sums, padded.astype(weight.dtype)).astype(np.int32)
-    return per_class[:, row_class.reshape(-1)][:, :, col_class.reshape(-1)]
+    table = np.einsum("okl,yxkl->yxo", tap_sums, padded.astype(weight.dtype)).astype(np.int32)
+    return table, row_class.reshape(-1).astype(np.int32), col_class.reshape(-1).astype(np.int32)
 
 
 MIN_GROUP_CHANNELS = 16  # below this many input channels per group, one kernel per group costs more than a float conv
@@ -319,26 +318,28 @@ def binary_conv2d_kernel(ctx: RuleContext, packed, binary: BinaryWeights, stride
     ``pad_value`` an explicit ±1 pad.
 
     Ternary weights (sign and nonzero planes) count only the taps with a nonzero weight, ``nnz[o]
-    - 2 * popcount((a XOR s) AND m)``: the correction also holds ``nnz[o] - taps``, so the
-    kernel's ``taps - 2 m + correction`` stays one formula."""
+    - 2 * popcount((a XOR s) AND m)``: the correction table also holds ``nnz[o] - taps``, so
+    the kernel's ``taps - 2 m + correction`` stays one formula."""
     weight = binary.signs.astype(np.int64)
     oc, c, kh, kw = weight.shape
     in_hw = shape_of(packed)[1:3]
     pad_ones = pad_value is not None and pad_value > 0
-    if pad_value is not None:
-        correction = np.zeros((oc,) + output_hw(in_hw, (kh, kw), strides, padding, dilation), np.int32)
-    else:
-        correction = padding_correction(weight, in_hw, strides, padding, dilation)
+    if pad_value is None:
+        table, ycls, xcls = padding_correction(weight, in_hw, strides, padding, dilation)
+    else:  # an explicit ±1 pad is in the bits: one class, nothing to add back
+        oh, ow = output_hw(in_hw, (kh, kw), strides, padding, dilation)
+        table, ycls, xcls = np.zeros((1, 1, oc), np.int32), np.zeros(oh, np.int32), np.zeros(ow, np.int32)
     taps = c * kh * kw
     if binary.ternary:
         nonzeros = np.count_nonzero(weight.reshape(oc, -1), axis=1)
-        correction = (correction + (nonzeros - taps)[:, None, None]).astype(np.int32)
-    inputs = [packed, relax.const(binary.planes()), relax.const(correction)]
+        table = (table + (nonzeros - taps)[None, None, :]).astype(np.int32)
+    inputs = [packed, relax.const(binary.planes()), *(relax.const(v) for v in (table, ycls, xcls))]
     if binary.scale is not None:
         inputs.append(relax.const(binary.scale))
     return ctx.emit_kernel(
-        lambda d, w, k, *alpha: bitserial.dot_to_float_nchw(
-            bitserial.binary_conv2d_dot(d, w, k, taps, strides, padding, pad_ones, dilation), *alpha
+        lambda d, w, t, yc, xc, *alpha: bitserial.dot_to_float_nchw(
+            bitserial.binary_conv2d_dot(d, w, bitserial.BorderTable(t, yc, xc), taps, strides, padding, pad_ones, dilation),
+            *alpha,
         ),
         *inputs,
         op="binary_conv2d",

@@ -88,14 +88,12 @@ def legalize(mod, target):
 
 def prepare_cpu_kernels(mod, spec, plans: dict | None = None):
     """The rewrites before scheduling on CPU families, shared by the build and the tuner (so
-    both see the same kernels): compact padding corrections (``schedules.compact``), float convs
-    as kernels (``schedules.float_conv``), the hand-written float ops (max pools, matmuls with a
+    both see the same kernels): float convs as kernels (``schedules.float_conv``), the hand-written float ops (max pools, matmuls with a
     constant weight: ``schedules.float_ops.rewrite_hand_written``)."""
-    from .compact import compact_corrections
     from .float_conv import float_convs
     from .float_ops import rewrite_hand_written
 
-    return rewrite_hand_written(float_convs(compact_corrections(mod)), vector_lanes32(spec), plans)
+    return rewrite_hand_written(float_convs(mod), vector_lanes32(spec), plans)
 
 
 def vector_unit(spec):

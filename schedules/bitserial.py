@@ -9,8 +9,9 @@ Conventions shared by every operator here and by the passes that emit them:
   weights, so they never contribute to a popcount.
 * Over K real taps the bipolar dot product is ``K - 2 * popcount(a XOR w)``.
 * Spatial zero padding of the float model feeds 0, which is neither +1 nor -1. The kernel pads
-  with 0 bits (-1) and adds a per-output-position correction computed from the constant weights
-  (see ``relay_passes.weights.padding_correction``), which makes the result exact.
+  with 0 bits (-1) and adds back what the padded taps took away, computed from the constant
+  weights per border class (``BorderTable``; ``relay_passes.fuse_binary_conv2d.padding_correction``),
+  which makes the result exact.
 
 The schedules live beside this file, one target family per module; these functions only say
 *what* is computed (as TVM's ``topi`` does).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import functools
 import operator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from tvm import te, tirx
 
@@ -205,10 +207,25 @@ def kernel_dilation(attrs) -> tuple[int, int]:
     return tuple(int(d) for d in attrs["bnn.dilation"]) if "bnn.dilation" in attrs else (1, 1)
 
 
+class BorderTable(NamedTuple):
+    """A conv's per-position integer correction as a table over border classes: output row
+    ``y`` and column ``x`` get ``table[ycls[y], xcls[x], o]``. Positions whose window has the
+    same taps in the padding share a class (a 3x3 conv with padding 1: 3 x 3 classes), so the
+    table is ``[NY, NX, OC]`` int32 beside two index vectors ``[OH]``, ``[OW]``, never a tensor
+    as large as the output (a 4096x4096 image's ``[OC, OH, OW]`` took gigabytes to compile)."""
+
+    table: te.Tensor
+    ycls: te.Tensor
+    xcls: te.Tensor
+
+    def at(self, o, y, x):
+        return self.table[self.ycls[y], self.xcls[x], o]
+
+
 def binary_conv2d_dot(
     data: te.Tensor,
     weight: te.Tensor,
-    correction: te.Tensor,
+    correction: BorderTable,
     taps: int,
     strides: tuple[int, int],
     padding: tuple[int, int, int, int],
@@ -219,8 +236,8 @@ def binary_conv2d_dot(
 
     ``data``: packed ``[N, H, W, CW]``; ``weight``: packed ``[OC, KH, KW, CW]``, or ternary
     weights as sign and nonzero planes ``[2, OC, KH, KW, CW]`` (a zero weight's taps drop out of
-    the popcount: ``weight_term``); ``correction``: int32 ``[OC, OH, OW]`` (zero-padding
-    correction, all zeros when unpadded; for ternary weights it also holds ``nonzeros[o] - taps``);
+    the popcount: ``weight_term``); ``correction``: the zero-padding correction per border class
+    (all zeros when unpadded; for ternary weights it also holds ``nonzeros[o] - taps``);
     ``taps``: ``C * KH * KW`` real taps; ``padding``: top, left, bottom, right; ``dilation``:
     the distance between kernel taps. Padded taps are -1 bits, or +1 bits with ``pad_ones``
     (an explicit ``Pad`` with value +1; channel padding bits stay 0 so they still cancel).
@@ -246,12 +263,9 @@ def binary_conv2d_dot(
         ),
         name="mismatches",
     )
-    # ``correction`` may also be a function (o, y, x) -> int32, e.g. a CPU schedule's compact
-    # per-border-class table (``schedules.compact``): same values, no [OC, OH, OW] tensor.
-    correct = correction if callable(correction) else (lambda o, y, x: correction[o, y, x])
     return te.compute(
         (n, oh, ow, oc),
-        lambda i, y, x, o: taps - 2 * mismatches[i, y, x, o] + correct(o, y, x),
+        lambda i, y, x, o: taps - 2 * mismatches[i, y, x, o] + correction.at(o, y, x),
         name="binary_conv2d_dot",
     )
 

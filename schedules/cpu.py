@@ -25,7 +25,7 @@ TVM's stack-allocation limit so LLVM keeps it in registers), then finished:
 Weights are constants: their layout is changed at compile time to ``[KH, KW, CW, OC]`` (dense:
 ``[KW, O]``) so a vector of output channels is one contiguous load; ``schedule_module`` applies
 the same permutation to the constant it passes in (``Scheduled.relayouts``). The padding
-correction arrives as a small per-border-class table (``schedules.compact``). The float convs
+correction arrives as a small per-border-class table (``bitserial.BorderTable``). The float convs
 of a binarized network (``schedules.float_conv``) get the same tile with FMA accumulators.
 
 The inner loop per (tap, word): ``vpxord`` (broadcast activation XOR weight vector),
@@ -760,8 +760,10 @@ def epilogue_steps(func) -> tuple[str, ...]:
     if func.attrs is not None and "bnn.epilogue" in func.attrs:
         return tuple(str(func.attrs["bnn.epilogue"]).split(","))
     op = kernel_op(func)
-    if op in ("binary_conv2d", "multibit_conv2d"):  # a k-bit conv's offsets take the correction's place
-        return ("multiply",) * (len(func.params) - (6 if is_compact(func) else 4))
+    if op == "binary_conv2d":  # data, weights, table, ycls, xcls, out
+        return ("multiply",) * (len(func.params) - 6)
+    if op == "multibit_conv2d":  # data, weights, offsets, out
+        return ("multiply",) * (len(func.params) - 4)
     if op == "ternary_conv2d":  # planes, weights, out: no correction
         return ("multiply",) * (len(func.params) - 3)
     return ()
@@ -770,9 +772,8 @@ def epilogue_steps(func) -> tuple[str, ...]:
 def relayout_conv_constants(sch: s_tir.Schedule, func) -> dict[int, tuple[int, ...]]:
     """Weights ``[OC, KH, KW, CW] -> [KH, KW, CW, OC]`` (a vector of output channels is one load;
     ternary weights' planes alike)
-    and a full correction ``[OC, OH, OW] -> [OH, OW, OC]`` (a compact table is channels-last
-    already, a k-bit conv's per-channel offsets need none); returns the permutations made, for
-    ``Scheduled.relayouts``."""
+    (the border correction table is channels-last already, a k-bit conv's per-channel offsets
+    need none); returns the permutations made, for ``Scheduled.relayouts``."""
     mism = sch.get_sblock("mismatches")
     if len(func.params[1].shape) == 5:  # ternary weights: a tap's sign and nonzero vectors adjacent
         sch.transform_layout(mism, param_name(func, 1), lambda p, o, y, x, c: (y, x, c, p, o))
@@ -780,9 +781,6 @@ def relayout_conv_constants(sch: s_tir.Schedule, func) -> dict[int, tuple[int, .
     else:
         sch.transform_layout(mism, param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
         relayouts = {1: (1, 2, 3, 0)}
-    if not is_compact(func) and not is_planar(func):
-        sch.transform_layout(sch.get_sblock("binary_conv2d_dot"), param_name(func, 2), lambda o, y, x: (y, x, o))
-        relayouts[2] = (1, 2, 0)
     return relayouts
 
 
@@ -821,11 +819,6 @@ def is_multibit(func) -> bool:
     return kernel_op(func).startswith("multibit_")
 
 
-def is_planar(func) -> bool:
-    """Whether the kernel reads bit planes (k-bit or ternary activations) and no padding correction."""
-    return is_multibit(func) or kernel_op(func).startswith("ternary_")
-
-
 def integer_result(sch: s_tir.Schedule, func):
     """The block finishing the integer result (of a conv or dense) from its mismatch counts."""
     family = kernel_op(func).split("_")[0]  # binary, multibit, ternary
@@ -844,11 +837,6 @@ def count_nonzeros(sch: s_tir.Schedule) -> None:
     spatial = [loop for loop, kind in zip(sch.get_loops(block), kinds) if kind == tirx.IterVar.DataPar]
     rows = sch.fuse(*spatial[:2]) if len(spatial) > 1 else spatial[0]
     parallel(sch, rows, block_work(sch, block))
-
-
-def is_compact(func) -> bool:
-    """Whether the kernel reads its padding correction as a compact table (``schedules.compact``)."""
-    return func.attrs is not None and "bnn.compact_correction" in func.attrs
 
 
 def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:

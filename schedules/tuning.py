@@ -463,7 +463,7 @@ def workload(func) -> tvm.IRModule:
 
 def prepare_module(mod, spec):
     """The Relax module as its kernels will be compiled: what ``schedule_module`` does before it
-    schedules (CPU: compact padding corrections, float convs as ``float_conv2d`` kernels, the
+    schedules (CPU: float convs as ``float_conv2d`` kernels, the
     hand-written max pools and matmuls of ``schedules.float_ops``) and
     what ``tvm.compile`` does first (Relax operators lowered to PrimFuncs), so that the tuner and
     ``compile --db`` see the same kernels as the build."""

@@ -329,3 +329,23 @@ def test_board_started_by_root_runs_unprivileged(tmp_path, monkeypatch):
         assert not os.path.exists(state.work)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_a_board_reachable_from_other_machines_answers_only_to_its_random_key(modules):
+    """``board start --host 0.0.0.0`` without ``--key`` picks a random key: a direct client
+    without it (the target name, the empty key) is refused; with it, the model runs."""
+    paths, _ = modules
+    assert board.board_key("rasp3b", "127.0.0.1", None) == "rasp3b"
+    assert board.board_key("rasp3b", "0.0.0.0", "mine") == "mine"
+    state = board.start("rasp3b", host="0.0.0.0", port=free_port(), count_instructions=False, progress=False)
+    try:
+        assert state.key.startswith("rasp3b-") and len(state.key) == len("rasp3b-") + 16
+        assert state.key != board.board_key("rasp3b", "0.0.0.0", None)
+        x = np.zeros((BATCH, 1, 8, 8), np.float32)
+        rpc = f"127.0.0.1:{state.port}"
+        with pytest.raises(BnnError, match="answers to another key"):
+            remote_bench(paths["rasp3b"], "rasp3b", x, rpc=rpc, repeat=1)
+        result = remote_bench(paths["rasp3b"], "rasp3b", x, rpc=rpc, key=state.key, repeat=1)
+        assert result["outputs"][0].shape[0] == BATCH
+    finally:
+        board.stop(state.key)

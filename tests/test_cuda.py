@@ -198,6 +198,9 @@ def random_arguments(func, rng) -> list[np.ndarray]:
             # a k-bit conv's offsets: L times the +1 weights (set bits) of each output channel
             levels = 2 ** int(func.params[0].shape[0]) - 1
             value = (levels * np.unpackbits(arrays[1].reshape(shape[0], -1).view(np.uint8), axis=1).sum(axis=1)).astype(np.int32)
+        elif dtype == "int32" and len(arrays) in (3, 4) and str(func.attrs["bnn.op"]).startswith("binary_conv2d"):
+            # a binary conv's border classes of rows and columns: indices into the correction table
+            value = rng.integers(0, arrays[2].shape[len(arrays) - 3], shape).astype(np.int32)
         elif dtype == "int32" and len(shape) == 1:  # low, high thresholds per channel
             words = int(np.prod([int(v) for v in func.params[1].shape[1:]]))
             data_shape = [int(v) for v in func.params[0].shape]
@@ -215,7 +218,7 @@ def random_arguments(func, rng) -> list[np.ndarray]:
                 value = np.where(rng.random(shape) < 0.5, OPEN_HIGH, bounded)  # the passes' open end
             thresholds.append(len(arrays))
             value = value.astype(np.int32)
-        elif dtype == "int32":  # padding corrections
+        elif dtype == "int32":  # padding corrections per border class
             value = rng.integers(-3, 4, shape).astype(np.int32)
         else:
             value = rng.standard_normal(shape).astype(dtype)

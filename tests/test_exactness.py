@@ -280,19 +280,13 @@ def test_first_difference_tells_float_rounding_from_a_compiler_error(tmp_path):
     assert (found.differing, found.near_ties) == (6, 5) and "compiler error" in found.line()
 
 
-@pytest.mark.parametrize("in_hw,strides,padding,dilation", [
-    ((7, 9), (1, 1), (1, 1, 1, 1), (1, 1)), ((11, 6), (2, 1), (2, 1, 2, 3), (1, 2)), ((4, 4), (1, 1), (3, 3, 3, 3), (1, 1)),
-])
-def test_padding_correction_per_border_class_equals_the_sum_over_padded_taps(in_hw, strides, padding, dilation):
-    """The correction, computed per border class, equals the plain sum of ``w`` over each output
-    position's padded taps (kernel 3x3 and 5x5, strides, dilation, asymmetric padding)."""
-    from relay_passes.fuse_binary_conv2d import output_hw, padding_correction
+def correction_by_taps(weight, in_hw, strides, padding, dilation) -> np.ndarray:
+    """``[OC, OH, OW]``: the plain sum of ``w`` over each output position's padded taps."""
+    from relay_passes.fuse_binary_conv2d import output_hw
 
-    rng = np.random.default_rng(sum(in_hw))
-    kernel = 5 if dilation != (1, 1) else 3
-    weight = rng.choice([-1, 1], (4, 3, kernel, kernel)).astype(np.int64)
+    kernel = weight.shape[2]
     oh, ow = output_hw(in_hw, (kernel, kernel), strides, padding, dilation)
-    expected = np.zeros((4, oh, ow), np.int64)
+    expected = np.zeros((weight.shape[0], oh, ow), np.int64)
     for y in range(oh):
         for x in range(ow):
             for ky in range(kernel):
@@ -301,19 +295,55 @@ def test_padding_correction_per_border_class_equals_the_sum_over_padded_taps(in_
                     col = x * strides[1] - padding[1] + kx * dilation[1]
                     if not (0 <= row < in_hw[0] and 0 <= col < in_hw[1]):
                         expected[:, y, x] += weight[:, :, ky, kx].sum(axis=1)
-    np.testing.assert_array_equal(padding_correction(weight, in_hw, strides, padding, dilation), expected)
+    return expected
 
 
-def test_padding_correction_needs_no_more_memory_than_its_output():
-    """Computed per border class, the correction of a large input costs about its own size; the
-    [OH, OW, KH, KW] mask it was computed from took gigabytes at 4096x4096."""
+def spread(table, ycls, xcls) -> np.ndarray:
+    """A per-border-class correction as the ``[OC, OH, OW]`` tensor it stands for."""
+    return table[ycls][:, xcls].transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("in_hw,strides,padding,dilation", [
+    ((7, 9), (1, 1), (1, 1, 1, 1), (1, 1)), ((11, 6), (2, 1), (2, 1, 2, 3), (1, 2)), ((4, 4), (1, 1), (3, 3, 3, 3), (1, 1)),
+    ((11, 10), (1, 1), (2, 2, 2, 2), (2, 2)),
+])
+def test_padding_correction_per_border_class_equals_the_sum_over_padded_taps(in_hw, strides, padding, dilation):
+    """The correction table, spread over the output, equals the plain sum of ``w`` over each
+    output position's padded taps (kernel 3x3 and 5x5, strides, dilation, asymmetric padding),
+    and has one row per border class, not per position."""
+    from relay_passes.fuse_binary_conv2d import padding_correction
+
+    rng = np.random.default_rng(sum(in_hw))
+    kernel = 5 if dilation == (1, 2) else 3
+    weight = rng.choice([-1, 1], (4, 3, kernel, kernel)).astype(np.int64)
+    table, ycls, xcls = padding_correction(weight, in_hw, strides, padding, dilation)
+    np.testing.assert_array_equal(spread(table, ycls, xcls), correction_by_taps(weight, in_hw, strides, padding, dilation))
+    assert table.shape[0] == len(set(ycls.tolist())) and table.shape[1] == len(set(xcls.tolist()))
+
+
+def test_border_classes_of_a_dilated_conv_count_taps_dilation_apart():
+    """Taken one apart, the border classes of a dilated conv give another (wrong) correction."""
+    from relay_passes.fuse_binary_conv2d import padding_correction
+
+    weight = np.random.default_rng(4).choice([-1, 1], (6, 3, 3, 3)).astype(np.int64)
+    in_hw, padding = (11, 10), (2, 2, 2, 2)
+    expected = correction_by_taps(weight, in_hw, (1, 1), padding, (2, 2))
+    undilated = spread(*padding_correction(weight, in_hw, (1, 1), padding, (1, 1)))
+    assert not np.array_equal(undilated[:, : expected.shape[1], : expected.shape[2]], expected)
+
+
+def test_padding_correction_is_stored_per_border_class():
+    """The correction of a 4096x4096 input is a 3 x 3 table per channel beside two index
+    vectors: computing it takes memory of the order of those vectors, not of the output
+    ([OC, OH, OW] int32 is 512 MiB here; the [OH, OW, KH, KW] mask it once came from, gigabytes)."""
     import tracemalloc
 
     from relay_passes.fuse_binary_conv2d import padding_correction
 
-    weight = np.random.default_rng(0).choice([-1, 1], (4, 8, 3, 3)).astype(np.int64)
+    weight = np.random.default_rng(0).choice([-1, 1], (8, 8, 3, 3)).astype(np.int64)
     tracemalloc.start()
-    correction = padding_correction(weight, (1024, 1024), (1, 1), (1, 1, 1, 1))
+    table, ycls, xcls = padding_correction(weight, (4096, 4096), (1, 1), (1, 1, 1, 1))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak < 3 * correction.nbytes, (peak, correction.nbytes)
+    assert table.shape == (3, 3, 8) and ycls.shape == xcls.shape == (4096,)
+    assert peak < 2**20, peak  # a MiB: the row/column masks, not the 512 MiB output

@@ -106,26 +106,26 @@ def conv_case(rng, n, c, h, w, oc, k, stride, pad, threshold: bool, scale: bool 
     inputs = [
         pack_bits(a.transpose(0, 2, 3, 1)),
         pack_bits(weight.transpose(0, 2, 3, 1)),
-        padding_correction(weight, (h, w), (stride, stride), padding, dilations),
+        *padding_correction(weight, (h, w), (stride, stride), padding, dilations),
     ]
     taps = c * k * k
     attrs = {"bnn.taps": taps, "bnn.strides": [stride, stride], "bnn.padding": list(padding), "bnn.pad_ones": 0,
              "bnn.dilation": list(dilations)}
 
-    def conv(d, wt, corr):
-        return bitserial.binary_conv2d_dot(d, wt, corr, taps, (stride, stride), padding, dilation=dilations)
+    def conv(d, wt, *corr):
+        return bitserial.binary_conv2d_dot(d, wt, bitserial.BorderTable(*corr), taps, (stride, stride), padding, dilation=dilations)
 
     if threshold:
         low, high = thresholds(rng, oc)
         inputs += [low, high]
         expected = packed_decisions(((dot >= low[:, None, None]) & (dot <= high[:, None, None])).transpose(0, 2, 3, 1))
-        return "binary_conv2d_threshold", attrs, inputs, lambda d, wt, corr, lo, hi: bitserial.threshold_pack(conv(d, wt, corr), lo, hi), expected
+        return "binary_conv2d_threshold", attrs, inputs, lambda d, wt, t, yc, xc, lo, hi: bitserial.threshold_pack(conv(d, wt, t, yc, xc), lo, hi), expected
     if scale:
         alpha = np.exp2(rng.integers(-3, 3, oc)).astype(np.float32)
         inputs.append(alpha)
         expected = dot.astype(np.float32) * alpha[:, None, None]
-        return "binary_conv2d", attrs, inputs, lambda d, wt, corr, s: bitserial.dot_to_float_nchw(conv(d, wt, corr), s), expected
-    return "binary_conv2d", attrs, inputs, lambda d, wt, corr: bitserial.dot_to_float_nchw(conv(d, wt, corr)), dot.astype(np.float32)
+        return "binary_conv2d", attrs, inputs, lambda d, wt, t, yc, xc, s: bitserial.dot_to_float_nchw(conv(d, wt, t, yc, xc), s), expected
+    return "binary_conv2d", attrs, inputs, lambda d, wt, t, yc, xc: bitserial.dot_to_float_nchw(conv(d, wt, t, yc, xc)), dot.astype(np.float32)
 
 
 def multibit_conv_case(rng, bits, n, c, h, w, oc, k, stride, pad, threshold: bool, scale: bool = False):
@@ -243,10 +243,10 @@ def test_byte_counters_hold_every_mismatch(shape, threshold):
     a = np.where(rng.random((n, c, h, w)) < 0.02, values, -values)  # the complement, but for a few matches
     inputs[0] = pack_bits(a.transpose(0, 2, 3, 1))
     inputs[1] = pack_bits(weight.transpose(0, 2, 3, 1))
-    inputs[2] = padding_correction(weight, (h, w), (stride, stride), (pad,) * 4, (1, 1))
+    inputs[2:5] = padding_correction(weight, (h, w), (stride, stride), (pad,) * 4, (1, 1))
     dot = conv_reference(a, weight, stride, pad)
     if threshold:
-        low, high = inputs[3], inputs[4]
+        low, high = inputs[5], inputs[6]
         expected = packed_decisions(((dot >= low[:, None, None]) & (dot <= high[:, None, None])).transpose(0, 2, 3, 1))
     else:
         expected = dot.astype(np.float32)
@@ -344,8 +344,8 @@ def test_conv_with_table_lookup_matches_numpy(x86_target):
     dot = conv_reference(unpacked(inputs[0], 32).transpose(0, 3, 1, 2), unpacked(inputs[1], 32).transpose(0, 3, 1, 2), 1, 1)
     expected = table[np.arange(32)[None, :, None, None], dot + taps]
 
-    def compute(d, wt, corr, tab):
-        conv = bitserial.binary_conv2d_dot(d, wt, corr, taps, (1, 1), (1, 1, 1, 1))
+    def compute(d, wt, t, yc, xc, tab):
+        conv = bitserial.binary_conv2d_dot(d, wt, bitserial.BorderTable(t, yc, xc), taps, (1, 1), (1, 1, 1, 1))
         return bitserial.table_lookup(conv, tab, taps)
 
     scheduled = check_case(("binary_conv2d_table", attrs, inputs + [table], compute, expected.astype(np.float32)), target=x86_target)
@@ -391,8 +391,8 @@ def test_conv_with_float_epilogue_matches_numpy(n, c, h, w, oc, stride, pad, x86
     dot = conv_reference(unpacked(inputs[0], c).transpose(0, 3, 1, 2), unpacked(inputs[1], c).transpose(0, 3, 1, 2), stride, pad)
     expected = numpy_epilogue(dot, consts, channel_axis=1)
 
-    def compute(d, wt, corr, *cs):
-        conv = bitserial.binary_conv2d_dot(d, wt, corr, taps, (stride, stride), (pad,) * 4)
+    def compute(d, wt, t, yc, xc, *cs):
+        conv = bitserial.binary_conv2d_dot(d, wt, bitserial.BorderTable(t, yc, xc), taps, (stride, stride), (pad,) * 4)
         return bitserial.dot_to_float_nchw(conv, *cs, steps=EPILOGUE)
 
     attrs = {**attrs, "bnn.epilogue": ",".join(EPILOGUE)}
@@ -435,8 +435,8 @@ def residual_conv_case(rng, n, c, h, w, oc, stride, pad, rprelu: bool = False):
     for step, const in zip(after, after_consts):
         expected = numpy_epilogue(expected, [const], channel_axis=1, steps=(step,))
 
-    def compute(d, wt, corr, *cs):
-        conv = bitserial.binary_conv2d_dot(d, wt, corr, taps, (stride, stride), (pad,) * 4)
+    def compute(d, wt, t, yc, xc, *cs):
+        conv = bitserial.binary_conv2d_dot(d, wt, bitserial.BorderTable(t, yc, xc), taps, (stride, stride), (pad,) * 4)
         return bitserial.dot_to_float_nchw(conv, *cs, steps=steps)
 
     attrs = {**attrs, "bnn.epilogue": ",".join(steps)}
@@ -598,17 +598,3 @@ def test_only_kernels_with_enough_work_run_in_parallel(shape, threshold, expect_
     (``cpu.PARALLEL_MIN_TILE_WORK``) and run the rest on all cores, exact either way."""
     scheduled = check_case(conv_case(np.random.default_rng(5), *shape, threshold=threshold), target=x86_target)
     assert ("T.parallel" in scheduled.func.script()) == expect_parallel, scheduled.plan
-
-
-def test_compact_correction_of_a_dilated_conv():
-    """The border classes of a dilated conv count its taps ``dilation`` apart: the compact table
-    then reproduces the full correction; taken one apart, it would not."""
-    from schedules.compact import compact
-
-    weight = bipolar(np.random.default_rng(4), (6, 3, 3, 3))
-    args = ((11, 10), (3, 3), (1, 1), (2, 2, 2, 2))
-    correction = padding_correction(weight, args[0], args[2], args[3], (2, 2))
-    table, ycls, xcls = compact(correction, *args, dilation=(2, 2))
-    np.testing.assert_array_equal(table[ycls][:, xcls].transpose(2, 0, 1), correction)
-    assert len(table) < correction.shape[1]  # a table, not the tensor again
-    assert compact(correction, *args) is None

@@ -149,21 +149,21 @@ def binary_conv_ternary_weights_case(rng, n, c, h, w, oc, k, stride, pad, thresh
     a, weight = bipolar(rng, (n, c, h, w)), ternary(rng, (oc, c, k, k), 0.4)
     dot = conv_reference(a, weight, stride, pad)
     padding, taps = (pad,) * 4, c * k * k
-    correction = padding_correction(weight, (h, w), (stride, stride), padding)
-    correction = (correction + (np.count_nonzero(weight.reshape(oc, -1), axis=1) - taps)[:, None, None]).astype(np.int32)
-    inputs_ = [pack_bits(a.transpose(0, 2, 3, 1)), planes_of(weight), correction]
+    table, ycls, xcls = padding_correction(weight, (h, w), (stride, stride), padding)
+    table = (table + (np.count_nonzero(weight.reshape(oc, -1), axis=1) - taps)[None, None, :]).astype(np.int32)
+    inputs_ = [pack_bits(a.transpose(0, 2, 3, 1)), planes_of(weight), table, ycls, xcls]
     attrs = {"bnn.taps": taps, "bnn.strides": [stride, stride], "bnn.padding": list(padding), "bnn.pad_ones": 0,
              "bnn.ternary_weights": 1}
 
-    def conv(d, wt, k_):
-        return bitserial.binary_conv2d_dot(d, wt, k_, taps, (stride, stride), padding)
+    def conv(d, wt, *correction):
+        return bitserial.binary_conv2d_dot(d, wt, bitserial.BorderTable(*correction), taps, (stride, stride), padding)
 
     if threshold:
         low, high = thresholds(rng, oc)
         expected = packed_decisions(((dot >= low[:, None, None]) & (dot <= high[:, None, None])).transpose(0, 2, 3, 1))
         return ("binary_conv2d_threshold", attrs, inputs_ + [low, high],
-                lambda d, wt, k_, lo, hi: bitserial.threshold_pack(conv(d, wt, k_), lo, hi), expected)
-    return ("binary_conv2d", attrs, inputs_, lambda d, wt, k_: bitserial.dot_to_float_nchw(conv(d, wt, k_)),
+                lambda d, wt, t, yc, xc, lo, hi: bitserial.threshold_pack(conv(d, wt, t, yc, xc), lo, hi), expected)
+    return ("binary_conv2d", attrs, inputs_, lambda d, wt, t, yc, xc: bitserial.dot_to_float_nchw(conv(d, wt, t, yc, xc)),
             dot.astype(np.float32))
 
 

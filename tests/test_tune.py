@@ -72,7 +72,7 @@ def kernel_inputs(func, rng) -> list[np.ndarray]:
             arrays.append(rng.integers(-400, 400, size=shape).astype(dtype))
         else:
             arrays.append(rng.standard_normal(shape).astype(dtype))
-    if cpu.is_compact(func):  # border class indices into the correction table
+    if cpu.kernel_op(func).startswith("binary_conv2d"):  # border class indices into the correction table
         arrays[3] = rng.integers(0, arrays[2].shape[0], size=arrays[3].shape).astype("int32")
         arrays[4] = rng.integers(0, arrays[2].shape[1], size=arrays[4].shape).astype("int32")
     return arrays

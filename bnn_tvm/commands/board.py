@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
     s.add_argument("action", choices=["start", "stop", "status", "setup"])
     s.add_argument("--target", default="rasp3b", help="aarch64 target to emulate (default rasp3b)")
     s.add_argument("--tracker", metavar="HOST:PORT", help="register with this RPC tracker")
-    s.add_argument("--key", help="tracker key (default: the target name); also names the board for stop")
+    s.add_argument("--key", help="the key clients must give (default: the target name on 127.0.0.1, a random key "
+                   "printed at start on any other --host); also names the board for stop")
     s.add_argument("--host", default="127.0.0.1", help="address the RPC server listens on (default 127.0.0.1: this "
                    "machine only; RPC runs any code a client sends, so another address is warned about)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"first port to try (default {DEFAULT_PORT})")
@@ -42,6 +43,10 @@ def run(args) -> int:
         where = f", registered with tracker {state.tracker} as key {state.key!r}" if state.tracker else ""
         print(f"board {state.name} ({state.target}) serving TVM RPC on {state.address}{where} "
               f"(pid {state.pid}, user {state.user}, log {state.log})")
+        if state.key != state.target and not args.key:
+            print(f"note: the board answers only to key {state.key!r} (random, as it is reachable from other "
+                  f"machines): clients give --key {state.key}. It keeps out clients that do not know it; it is no "
+                  "password (a tracker lists its keys to anyone, and it crosses the network in clear)")
         if state.user_reason:
             print(f"note: the board runs as {state.user}, so code its clients send does too: {state.user_reason}")
     elif args.action == "stop":
