@@ -820,7 +820,7 @@ def plot(reports: list[dict], path: str) -> None:
                     va="center", fontsize=8)
         ax.set_xlabel("median ms (log scale)")
     fig.tight_layout()
-    from .io import atomic_write
+    from .atomic_files import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

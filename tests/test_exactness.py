@@ -11,7 +11,7 @@ import pytest
 from onnx import helper
 from onnx_builders import GraphBuilder, conv_block_model, save
 
-from bnn_tvm.inspect import inspect_onnx
+from bnn_tvm.inspection import inspect_onnx
 from bnn_tvm.verify import verify
 
 

@@ -17,7 +17,7 @@ from onnx_builders import (
 from test_exactness import check, inputs
 
 from bnn_tvm.errors import BnnError
-from bnn_tvm.inspect import inspect_onnx
+from bnn_tvm.inspection import inspect_onnx
 from bnn_tvm.verify import verify
 
 

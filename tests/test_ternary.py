@@ -25,7 +25,7 @@ from test_schedules import (
     x86_target,  # noqa: F401 (the fixture)
 )
 
-from bnn_tvm.inspect import inspect_onnx
+from bnn_tvm.inspection import inspect_onnx
 from bnn_tvm.verify import verify
 from relay_passes.common import pack_bits
 from schedules import bitserial
