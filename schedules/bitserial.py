@@ -10,7 +10,7 @@ Conventions shared by every operator here and by the passes that emit them:
 * Over K real taps the bipolar dot product is ``K - 2 * popcount(a XOR w)``.
 * Spatial zero padding of the float model feeds 0, which is neither +1 nor -1. The kernel pads
   with 0 bits (-1) and adds a per-output-position correction computed from the constant weights
-  (see ``relay_passes.weights.padding_correction``), which makes the result exact.
+  (see ``relay_passes.fuse_binary_conv2d.padding_correction``), which makes the result exact.
 
 The schedules live beside this file, one target family per module; these functions only say
 *what* is computed (as TVM's ``topi`` does).

@@ -1,6 +1,6 @@
 """Binary-aware MetaSchedule search spaces for the XNOR-popcount kernels, and tuned records applied.
 
-MetaSchedule's generic space does not find popcount-friendly schedules (``shared/NOTES.md`` 5),
+MetaSchedule's generic space does not find popcount-friendly schedules,
 so for each kernel kind the passes emit (``bnn.op``) the space here is the family of schedules
 the hand-written CPU schedules (``schedules.cpu``) belong to, with their fixed choices turned
 into knobs:
