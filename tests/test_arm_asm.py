@@ -14,8 +14,18 @@ import shutil
 
 import numpy as np
 import pytest
-from test_schedules import build, conv_case, dense_case, function_asm, loops, multibit_conv_case, residual_conv_case
-from test_ternary import binary_conv_ternary_weights_case, ternary_conv_case, ternary_dense_case
+from conftest import (
+    binary_conv_ternary_weights_case,
+    build,
+    conv_case,
+    dense_case,
+    function_asm,
+    loops,
+    multibit_conv_case,
+    residual_conv_case,
+    ternary_conv_case,
+    ternary_dense_case,
+)
 
 import targets
 from schedules import arm

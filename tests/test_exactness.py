@@ -8,25 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import check, inputs
 from onnx import helper
 from onnx_builders import GraphBuilder, conv_block_model, save
 
 from bnn_tvm.inspection import inspect_onnx
-from bnn_tvm.verify import verify
-
-
-def check(path, x, expect_fused):
-    report = verify(path, "x86", x=x)
-    assert report.ok, "\n".join(report.lines())
-    fused = " | ".join(report.fused)
-    for kernel in expect_fused:
-        assert kernel in fused, fused
-    assert report.binary_checked >= 1
-    return report
-
-
-def inputs(shape, seed=1, batch=3):
-    return np.random.default_rng(seed).standard_normal((batch, *shape[1:])).astype(np.float32)
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,8 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import dorefa
 from onnx_builders import GraphBuilder, conv_block_model, quant_planes_graph, save
-from test_forms import dorefa
 
 import schedules
 import targets
