@@ -3,7 +3,7 @@
 Test modules import these with ``from conftest import ...`` (pytest puts ``tests/`` on the path);
 no test module imports another. The ONNX graph builders are in ``onnx_builders.py``, published
 BNN forms in ``published_bnn.py``, BiBERT's attention in ``bibert.py``, random graphs in
-``tools/random_graphs.py``.
+``random_graphs.py`` (swept over many seeds by ``tools/random_graph_sweep.py``).
 """
 
 from __future__ import annotations
