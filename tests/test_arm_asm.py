@@ -1,4 +1,4 @@
-"""Issue 5, armv7 NEON (``rasp3b-armv7``): the binary kernels' inner loop accumulates the popcount
+"""armv7 NEON (``rasp3b-armv7``): the binary kernels' inner loop accumulates the popcount
 with ``vcnt.8`` + ``vpaddl.u8`` + ``vpadal.u16`` (``schedules.arm.pairwise_accumulate``), not
 LLVM's ``vpaddl.u16`` + ``vadd.i32`` chain, and the kernels stay exact: they run under
 ``qemu-arm`` on odd shapes and are compared with numpy.

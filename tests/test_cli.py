@@ -1,4 +1,4 @@
-"""The issue-2 command forms, driven as a user drives them, and their errors on bad input."""
+"""The command forms, driven as a user drives them, and their errors on bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 8: the CUDA target's compile path, and the GPU runs where a GPU is present.
+"""The CUDA target's compile path, and the GPU runs where a GPU is present.
 
 Without a GPU (CI, most machines): the default model and small binary graphs compile for
 ``cuda`` through the compiler's schedule hook (``schedules.schedule_module`` -> ``schedules.cuda``); the generated CUDA source uses ``__popc`` on 32-bit words with shared-memory

@@ -1,4 +1,4 @@
-"""Issue 2: every compiled binary layer is bit-exact against ONNX Runtime (optimisations off).
+"""Every compiled binary layer is bit-exact against ONNX Runtime (optimisations off).
 
 Each case asserts that the binary path was actually taken (the fused kernels are listed), so a
 silent float fallback cannot pass for an exact binary kernel.

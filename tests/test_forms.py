@@ -1,4 +1,4 @@
-"""Issue 4: the binarized forms users' exporters produce, each fused and exact against ORT."""
+"""The binarized forms users' exporters produce, each fused and exact against ORT."""
 
 from __future__ import annotations
 

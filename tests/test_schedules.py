@@ -1,4 +1,4 @@
-"""Issue 5: the CPU schedules of the binary kernels are exact and generate the intended code.
+"""The CPU schedules of the binary kernels are exact and generate the intended code.
 
 Every kernel is built the way the passes build it (``schedules.bitserial`` computes, int64
 shapes, ``bnn.*`` attributes), scheduled by ``schedules.x86`` / ``schedules.arm``, compiled, and
