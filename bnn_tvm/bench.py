@@ -385,7 +385,7 @@ def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workd
     compiled.export(path)
     result = EngineResult(engine, note=f"module {os.path.getsize(path) / 1024:.0f} KiB")
     if settings.remote:
-        from .remote import remote_bench  # the board/RPC client (issue 6)
+        from .remote import remote_bench  # the board/RPC client
 
         remote = remote_bench(path, settings.target, x, rpc=settings.rpc, tracker=settings.tracker, key=settings.key,
                               repeat=settings.repeat, count_instructions=settings.count_instructions)
@@ -521,7 +521,7 @@ def ort_engine(workload, x, settings, workdir, outputs) -> Prepared:
 
 def topi_engine(workload, x, settings, workdir, outputs) -> Prepared:
     """TVM's shipped ``bitserial_conv2d_nhwc`` (unipolar, int32 output), default lowering: a
-    CPU baseline (issue 5), which TVM has no GPU schedule for."""
+    CPU baseline, which TVM has no GPU schedule for."""
     import tvm
     from tvm import te, topi
 
@@ -820,7 +820,7 @@ def plot(reports: list[dict], path: str) -> None:
                     va="center", fontsize=8)
         ax.set_xlabel("median ms (log scale)")
     fig.tight_layout()
-    from .io import atomic_write
+    from .atomic_files import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

@@ -5,9 +5,9 @@ Set-up (once, cached under ``cache_dir()/board-aarch64``; apt and pip only):
     ``apt-get download`` and unpacked with ``dpkg -x`` (nothing is installed on the host);
   * the aarch64 wheels of TVM 0.27 (``pip install --target --platform manylinux_2_28_aarch64``),
     run with ``TVM_USE_RUNTIME_LIB=1`` so only ``libtvm_runtime`` is loaded;
-  * the instruction-counting QEMU plugin, compiled from ``board_files/insn_count.c``.
+  * the instruction-counting QEMU plugin, compiled from ``qemu_board/insn_count.c``.
 
-Start/stop: ``start()`` runs ``board_files/board_server.py`` with that Python under
+Start/stop: ``start()`` runs ``qemu_board/board_server.py`` with that Python under
 ``qemu-aarch64 -cpu cortex-a53`` (or the target's CPU) in its own process group, waits until it
 listens (and, with a tracker, until the tracker lists it), and records it in a state file;
 ``stop()`` ends that process group, the forked per-session servers included.
@@ -30,9 +30,9 @@ import targets
 
 from .errors import BnnError
 
-BOARD_FILES = os.path.join(os.path.dirname(__file__), "board_files")
-SERVER_SCRIPT = os.path.join(BOARD_FILES, "board_server.py")
-PLUGIN_SOURCE = os.path.join(BOARD_FILES, "insn_count.c")
+QEMU_BOARD_DIR = os.path.join(os.path.dirname(__file__), "qemu_board")
+SERVER_SCRIPT = os.path.join(QEMU_BOARD_DIR, "board_server.py")
+PLUGIN_SOURCE = os.path.join(QEMU_BOARD_DIR, "insn_count.c")
 WHEELS = ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0"]
 ROOT_PACKAGES = ["python3.11-minimal", "libpython3.11-stdlib", "libstdc++6"]
 # Parts of the closure a Python interpreter never loads (tools with maintainer scripts).

@@ -9,7 +9,7 @@ import sys
 
 from .commands import COMMANDS
 from .errors import BnnError
-from .io import private_tempdir
+from .atomic_files import private_tempdir
 
 
 def parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ import schedules
 import targets
 
 from .errors import BnnError
-from .io import atomic_write
+from .atomic_files import atomic_write
 from .onnx_import import check_supported, graph_input, import_to_relax, load_for_compile, pin_input_shape
 
 METADATA_FUNC = "bnn_metadata"

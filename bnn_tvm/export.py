@@ -19,7 +19,7 @@ import onnxscript.optimizer
 import torch
 from torch import nn
 
-from .io import atomic_write
+from .atomic_files import atomic_write
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import models
 from .data import digits_split
 from .errors import BnnError
-from .io import atomic_write
+from .atomic_files import atomic_write
 from .layers import clip_latent_weights
 
 DIGITS_SHAPE = (1, 8, 8)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import BnnError
-from .io import atomic_write
+from .atomic_files import atomic_write
 
 DEFAULT_TRIALS = 64
 DEFAULT_TIMEOUT_S = 120  # builder and runner, per candidate

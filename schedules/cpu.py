@@ -774,12 +774,12 @@ def relayout_conv_constants(sch: s_tir.Schedule, func) -> dict[int, tuple[int, .
     ternary weights' planes alike)
     (the border correction table is channels-last already, a k-bit conv's per-channel offsets
     need none); returns the permutations made, for ``Scheduled.relayouts``."""
-    mism = sch.get_sblock("mismatches")
+    mismatches = sch.get_sblock("mismatches")
     if len(func.params[1].shape) == 5:  # ternary weights: a tap's sign and nonzero vectors adjacent
-        sch.transform_layout(mism, param_name(func, 1), lambda p, o, y, x, c: (y, x, c, p, o))
+        sch.transform_layout(mismatches, param_name(func, 1), lambda p, o, y, x, c: (y, x, c, p, o))
         relayouts = {1: (2, 3, 4, 0, 1)}
     else:
-        sch.transform_layout(mism, param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
+        sch.transform_layout(mismatches, param_name(func, 1), lambda o, y, x, c: (y, x, c, o))
         relayouts = {1: (1, 2, 3, 0)}
     return relayouts
 
@@ -843,14 +843,14 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     """``binary_conv2d`` (and on k-bit planes, ``multibit_conv2d``): int32 tile in registers,
     finished as vectors of channels, transposed, float NCHW out."""
     relayouts = relayout_conv_constants(sch, func)
-    mism, dot = sch.get_sblock("mismatches"), integer_result(sch, func)
+    mismatches, dot = sch.get_sblock("mismatches"), integer_result(sch, func)
     table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     out = sch.get_sblock("table_lookup" if table else "dot_float")
-    work = block_work(sch, mism)
+    work = block_work(sch, mismatches)
     lanes, channel_block, width_block, (o_outer, o_inner, x_inner) = tile_nchw_out(sch, out, unit, work)
     keep_dot_apart(sch, dot, o_outer, lanes)
-    sch.compute_at(mism, o_outer, preserve_unit_loops=True)
-    counters = count_mismatches(sch, mism, lanes, 2, 3, unit)
+    sch.compute_at(mismatches, o_outer, preserve_unit_loops=True)
+    counters = count_mismatches(sch, mismatches, lanes, 2, 3, unit)
     if table:  # a per-channel float function tabulated at compile time: one lookup per output
         sch.unroll(o_inner)
         if width_block > 1:
@@ -868,29 +868,29 @@ def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     """``binary_conv2d_threshold`` (``multibit_conv2d_threshold``): per 32 output channels, tile
     -> thresholds -> packed word."""
     relayouts = relayout_conv_constants(sch, func)
-    mism, dot = sch.get_sblock("mismatches"), integer_result(sch, func)
+    mismatches, dot = sch.get_sblock("mismatches"), integer_result(sch, func)
     bits = sch.get_sblock("threshold_bits")
     pack = sch.get_sblock("threshold_pack")
     n, y, x, cw, _ = sch.get_loops(pack)
-    channels = int(sch.get(sch.get_loops(mism)[3]).extent)
+    channels = int(sch.get(sch.get_loops(mismatches)[3]).extent)
     (width,) = extents(sch, [x])
     word_aligned = channels % WORD_BITS == 0
     lanes, channel_block, width_block = tile(channels, width, unit, WORD_BITS if word_aligned else None)
     row = sch.fuse(n, y)
     x_outer, x_inner = sch.split(x, [None, width_block])
     sch.reorder(row, x_outer, cw, x_inner)
-    parallel(sch, row, block_work(sch, mism), PARALLEL_MIN_TILE_WORK)
+    parallel(sch, row, block_work(sch, mismatches), PARALLEL_MIN_TILE_WORK)
     sch.compute_at(bits, x_inner, preserve_unit_loops=True)
     keep_dot_apart(sch, dot, x_inner if word_aligned else x_outer, lanes if word_aligned else 1)
     # Word-aligned channels: accumulate exactly one word's 32 channels per tile. Otherwise the
     # last word reads clamped channels, so the tile covers all channels of the positions.
-    sch.compute_at(mism, cw if word_aligned else x_outer, preserve_unit_loops=True)
+    sch.compute_at(mismatches, cw if word_aligned else x_outer, preserve_unit_loops=True)
     if not word_aligned:
-        o = sch.get_loops(mism)[-4]
+        o = sch.get_loops(mismatches)[-4]
         o_outer, _ = sch.split(o, [None, channel_block])
-        loops = sch.get_loops(mism)
+        loops = sch.get_loops(mismatches)
         sch.reorder(o_outer, loops[-6])  # channel blocks outside the positions
-    counters = count_mismatches(sch, mism, lanes, 2, 3, unit)
+    counters = count_mismatches(sch, mismatches, lanes, 2, 3, unit)
     pack_words(sch, bits, pack, unit.lanes)
     pad_rows(sch, unit)
     count_nonzeros(sch)
@@ -901,18 +901,18 @@ def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
 def relayout_dense_weights(sch: s_tir.Schedule, func) -> dict[int, tuple[int, ...]]:
     """Dense weights ``[O, KW] -> [KW, O]`` (a vector of outputs is one load; ternary weights'
     planes alike); returns the permutation made, for ``Scheduled.relayouts``."""
-    mism = sch.get_sblock("mismatches")
+    mismatches = sch.get_sblock("mismatches")
     if len(func.params[1].shape) == 3:
-        sch.transform_layout(mism, param_name(func, 1), lambda p, o, k: (k, p, o))
+        sch.transform_layout(mismatches, param_name(func, 1), lambda p, o, k: (k, p, o))
         return {1: (2, 0, 1)}
-    sch.transform_layout(mism, param_name(func, 1), lambda o, k: (k, o))
+    sch.transform_layout(mismatches, param_name(func, 1), lambda o, k: (k, o))
     return {1: (1, 0)}
 
 
-def row_tiles(sch: s_tir.Schedule, out, mism, unit: VectorUnit) -> tuple[int, int, int]:
+def row_tiles(sch: s_tir.Schedule, out, mismatches, unit: VectorUnit) -> tuple[int, int, int]:
     """Tile an output block ``[..., rows, outputs]`` (a dense's batch rows, attention's queries
     and keys): tiles of ``row_block`` rows x ``out_block`` outputs, one parallel task per tile
-    (with the leading loops), the counts ``mism`` computed at the task, rows unrolled, outputs
+    (with the leading loops), the counts ``mismatches`` computed at the task, rows unrolled, outputs
     as vectors of ``lanes``. Returns ``(lanes, out_block, row_block)``."""
     *lead, rows, outputs = sch.get_loops(out)
     count, height = extents(sch, [outputs, rows])
@@ -921,8 +921,8 @@ def row_tiles(sch: s_tir.Schedule, out, mism, unit: VectorUnit) -> tuple[int, in
     o_outer, o_inner = sch.split(outputs, [None, out_block])
     sch.reorder(*lead, r_outer, o_outer, r_inner, o_inner)
     task = sch.fuse(*lead, r_outer, o_outer)
-    parallel(sch, task, block_work(sch, mism), PARALLEL_MIN_TILE_WORK)
-    sch.compute_at(mism, task, preserve_unit_loops=True)
+    parallel(sch, task, block_work(sch, mismatches), PARALLEL_MIN_TILE_WORK)
+    sch.compute_at(mismatches, task, preserve_unit_loops=True)
     sch.unroll(r_inner)
     if lanes > 1:
         _, lane = sch.split(o_inner, [None, lanes])
@@ -931,27 +931,27 @@ def row_tiles(sch: s_tir.Schedule, out, mism, unit: VectorUnit) -> tuple[int, in
 
 
 def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
-    mism = sch.get_sblock("mismatches")
+    mismatches = sch.get_sblock("mismatches")
     relayouts = relayout_dense_weights(sch, func)
     sch.compute_inline(integer_result(sch, func))
     count_nonzeros(sch)
     table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     out = sch.get_sblock("table_lookup" if table else "dot_float")  # a lookup per output, or a convert
-    lanes, channel_block, batch_block = row_tiles(sch, out, mism, unit)
-    counters = count_mismatches(sch, mism, lanes, 2, 1, unit)
+    lanes, channel_block, batch_block = row_tiles(sch, out, mismatches, unit)
+    counters = count_mismatches(sch, mismatches, lanes, 2, 1, unit)
     plan = f"dense: {batch_block} rows x {channel_block} outputs in registers, {lanes} lanes, {counters}"
     return Scheduled(sch.mod["main"], plan, relayouts)
 
 
 def dense_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
-    mism = sch.get_sblock("mismatches")
+    mismatches = sch.get_sblock("mismatches")
     relayouts = relayout_dense_weights(sch, func)
     dot = integer_result(sch, func)
     count_nonzeros(sch)
     bits = sch.get_sblock("threshold_bits")
     pack = sch.get_sblock("threshold_pack")
     n, cw, _ = sch.get_loops(pack)
-    channels = int(sch.get(sch.get_loops(mism)[1]).extent)
+    channels = int(sch.get(sch.get_loops(mismatches)[1]).extent)
     (batch,) = extents(sch, [n])
     word_aligned = channels % WORD_BITS == 0
     # word-aligned: each tile accumulates one word's 32 channels for its rows
@@ -962,19 +962,19 @@ def dense_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     sch.reorder(n_outer, cw, n_inner)
     sch.compute_at(bits, n_inner, preserve_unit_loops=True)
     keep_dot_apart(sch, dot, n_inner if word_aligned else n_outer, lanes if word_aligned else 1)
-    work = block_work(sch, mism)
+    work = block_work(sch, mismatches)
     if word_aligned:
         task = sch.fuse(n_outer, cw)
         parallel(sch, task, work, PARALLEL_MIN_TILE_WORK)
-        sch.compute_at(mism, task, preserve_unit_loops=True)
+        sch.compute_at(mismatches, task, preserve_unit_loops=True)
     else:
         parallel(sch, n_outer, work, PARALLEL_MIN_TILE_WORK)
-        sch.compute_at(mism, n_outer, preserve_unit_loops=True)
-        o = sch.get_loops(mism)[-2]
+        sch.compute_at(mismatches, n_outer, preserve_unit_loops=True)
+        o = sch.get_loops(mismatches)[-2]
         o_outer, _ = sch.split(o, [None, channel_block])
-        loops = sch.get_loops(mism)
+        loops = sch.get_loops(mismatches)
         sch.reorder(o_outer, loops[-4])
-    counters = count_mismatches(sch, mism, lanes, 2, 1, unit)
+    counters = count_mismatches(sch, mismatches, lanes, 2, 1, unit)
     pack_words(sch, bits, pack, unit.lanes)
     plan = f"dense+threshold: {batch_block} rows x {channel_block} outputs, {lanes} lanes, {counters}, mask-packed words"
     return Scheduled(sch.mod["main"], plan, relayouts)
@@ -985,11 +985,11 @@ def attention_scores(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     rows, block of keys) one task, a tile of rows x keys accumulated in vector registers over the
     words of d, as a dense's rows x outputs. K arrives tokens last (``pack_heads``), so a vector
     of keys is one load, and each query word is broadcast to all lanes."""
-    mism = sch.get_sblock("mismatches")
+    mismatches = sch.get_sblock("mismatches")
     sch.compute_inline(sch.get_sblock("attention_dot"))
     out = sch.get_sblock("scores_float")
-    lanes, key_block, row_block = row_tiles(sch, out, mism, unit)
-    accumulate(sch, mism, lanes, 2, 1)
+    lanes, key_block, row_block = row_tiles(sch, out, mismatches, unit)
+    accumulate(sch, mismatches, lanes, 2, 1)
     return Scheduled(sch.mod["main"], f"attention scores: {row_block} queries x {key_block} keys in registers, "
                                       f"{lanes} lanes, 32-bit counters")
 

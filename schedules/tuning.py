@@ -1,6 +1,6 @@
 """Binary-aware MetaSchedule search spaces for the XNOR-popcount kernels, and tuned records applied.
 
-MetaSchedule's generic space does not find popcount-friendly schedules (``shared/NOTES.md`` 5),
+MetaSchedule's generic space does not find popcount-friendly schedules,
 so for each kernel kind the passes emit (``bnn.op``) the space here is the family of schedules
 the hand-written CPU schedules (``schedules.cpu``) belong to, with their fixed choices turned
 into knobs:
@@ -300,7 +300,7 @@ def conv_float_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule]:
 
 def conv_float_design(sch, func, unit, tile: Tile, out_name: str) -> s_tir.Schedule:
     cpu.relayout_conv_constants(sch, func)
-    mism, dot, out = sch.get_sblock("mismatches"), cpu.integer_result(sch, func), sch.get_sblock(out_name)
+    mismatches, dot, out = sch.get_sblock("mismatches"), cpu.integer_result(sch, func), sch.get_sblock(out_name)
     n, o, y, x = sch.get_loops(out)
     sch.reorder(n, y, x, o)
     row = sch.fuse(n, y)
@@ -312,8 +312,8 @@ def conv_float_design(sch, func, unit, tile: Tile, out_name: str) -> s_tir.Sched
     fused = parallel_loop(sch, [row, x_outer, o_outer], tile.parallel)
     tile_loop = fused if tile.parallel == 3 else o_outer
     finish_dot(sch, dot, tile_loop, tile.lanes)
-    sch.compute_at(mism, tile_loop, preserve_unit_loops=True)
-    count_tile(sch, mism, tile, unit)
+    sch.compute_at(mismatches, tile_loop, preserve_unit_loops=True)
+    count_tile(sch, mismatches, tile, unit)
     transposed = False
     if out_name == "dot_float" and tile.lanes >= 4 and tile.width_block > 1:
         index_dtype = str(sch.get(lane).loop_var.ty)
@@ -343,7 +343,7 @@ def conv_threshold_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule
 
 def conv_threshold_design(sch, func, unit, tile: Tile, channels: int) -> s_tir.Schedule:
     cpu.relayout_conv_constants(sch, func)
-    mism, dot = sch.get_sblock("mismatches"), cpu.integer_result(sch, func)
+    mismatches, dot = sch.get_sblock("mismatches"), cpu.integer_result(sch, func)
     bits, pack = sch.get_sblock("threshold_bits"), sch.get_sblock("threshold_pack")
     n, y, x, cw, _ = sch.get_loops(pack)
     row = sch.fuse(n, y)
@@ -359,8 +359,8 @@ def conv_threshold_design(sch, func, unit, tile: Tile, channels: int) -> s_tir.S
         fused = parallel_loop(sch, [row, x_outer, cw_outer], tile.parallel)
         sch.compute_at(bits, x_inner, preserve_unit_loops=True)
         finish_dot(sch, dot, x_inner, tile.lanes)
-        sch.compute_at(mism, fused if tile.parallel == 3 else cw_outer, preserve_unit_loops=True)
-        count_tile(sch, mism, tile, unit)
+        sch.compute_at(mismatches, fused if tile.parallel == 3 else cw_outer, preserve_unit_loops=True)
+        count_tile(sch, mismatches, tile, unit)
     else:
         # The last word reads clamped channels: the tile covers all channels of its positions,
         # accumulated a channel block (sampled) at a time.
@@ -370,15 +370,15 @@ def conv_threshold_design(sch, func, unit, tile: Tile, channels: int) -> s_tir.S
         sch.compute_at(bits, x_inner, preserve_unit_loops=True)
         sch.compute_at(dot, block_loop, preserve_unit_loops=True)
         sch.set_scope(dot, 0, "local")
-        sch.compute_at(mism, block_loop, preserve_unit_loops=True)
-        loops = sch.get_loops(mism)
+        sch.compute_at(mismatches, block_loop, preserve_unit_loops=True)
+        loops = sch.get_loops(mismatches)
         positions, o = loops[-5], loops[-4]
         vector_loop, lane = sch.split(o, [None, tile.lanes])
         vectors = sch.sample_perfect_tile(vector_loop, n=2, max_innermost_factor=max(1, unit.accumulators // tile.width_block))
         o_outer, o_vectors = sch.split(vector_loop, vectors)
         sch.reorder(o_outer, positions)
         sch.fuse(o_vectors, lane)
-        count_tile(sch, mism, tile, unit)
+        count_tile(sch, mismatches, tile, unit)
     pack_words(sch, bits, pack, unit.lanes)
     place_padding(sch, tile, fused, unit.lanes)
     return sch
@@ -526,7 +526,7 @@ def valid_record(line: str, n_workloads: int) -> bool:
 
 def repair_database(db_dir: str) -> int:
     """Rewrite (atomically) a database folder without its broken lines; returns how many went."""
-    from bnn_tvm.io import atomic_write
+    from bnn_tvm.atomic_files import atomic_write
 
     workloads, records, dropped = clean_database_files(db_dir)
     if dropped:

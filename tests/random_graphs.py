@@ -6,25 +6,15 @@ grouped and dilated convs, explicit ±1 padding, a Bi-Real downsampling block, a
 can be 0, a binary dense at the end; a third of the binarizers strict, ``x > 0``) with random channel counts, sizes and batch norms (some
 with negative gammas), and exposes a few inner tensors as graph outputs; token graphs chain
 binary matmuls on ``[N, T, C]`` with elementwise ops and residual adds. ``verify`` must find
-every one exact: the combinations are what no hand-written case covers.
-
-    python tests/random_graphs.py 0 200             # a longer sweep than the test run's
-    python tests/random_graphs.py 0 200 --tokens    # binary matmuls on [N, T, C] tokens
-    python tests/random_graphs.py 0 200 --signs     # BinaryNet-style Sign chains
-    python tests/random_graphs.py 0 50 --target cuda  # on another target (default x86)
-    python tests/random_graphs.py 0 50 --target rasp3b --tracker 127.0.0.1:9190 --key rasp3b  # on a board
+every one exact: the combinations are what no hand-written case covers. The tests check fixed
+seeds; ``tools/random_graph_sweep.py`` verifies a range of seeds on any target.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import onnx
 from onnx_builders import GraphBuilder
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
 def channel_ops(g: GraphBuilder, t: str, c: int, rng) -> str:
@@ -213,65 +203,4 @@ def random_sign_graph(seed: int) -> tuple[onnx.ModelProto, np.ndarray]:
     return g.model([t]), x
 
 
-GENERATORS = {"nchw": random_graph, "tokens": random_token_graph, "signs": random_sign_graph}  # --KIND picks one
-
-
-def parse_args(argv=None):
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Verify random binarized graphs (seeds FIRST..LAST-1) against ONNX Runtime.")
-    parser.add_argument("first", type=int, help="first seed")
-    parser.add_argument("last", type=int, help="one past the last seed")
-    kinds = parser.add_mutually_exclusive_group()
-    described = {"nchw": "conv graphs on NCHW images (the default)", "tokens": "binary matmuls on [N, T, C] tokens",
-                 "signs": "BinaryNet-style Sign chains"}
-    for kind in GENERATORS:
-        kinds.add_argument(f"--{kind}", dest="kind", action="store_const", const=kind, help=described[kind])
-    parser.add_argument("--target", default="x86", help="a name from `python -m bnn_tvm targets` (default x86)")
-    parser.add_argument("--rpc", metavar="HOST:PORT", help="run on the board's RPC server")
-    parser.add_argument("--tracker", metavar="HOST:PORT", help="run on a board from this RPC tracker")
-    parser.add_argument("--key", help="the board's key at the tracker")
-    parser.set_defaults(kind="nchw")
-    args = parser.parse_args(argv)
-    import targets
-    from bnn_tvm.errors import BnnError
-
-    try:
-        targets.get(args.target)
-    except BnnError as err:  # before the sweep: not a failure saved for every seed
-        parser.error(f"--target: {err}")
-    return args
-
-
-def main(argv=None) -> int:
-    import tempfile
-
-    from onnx_builders import save
-
-    from bnn_tvm.verify import verify
-
-    args = parse_args(argv)
-    board = {"rpc": args.rpc, "tracker": args.tracker, "key": args.key}
-    failed = []
-    with tempfile.TemporaryDirectory() as folder:
-        for seed in range(args.first, args.last):
-            model, x = GENERATORS[args.kind](seed)
-            path = save(model, os.path.join(folder, f"random_{seed}.onnx"))
-            try:
-                report = verify(path, args.target, x=x, **board)
-                lines = report.lines()
-            except Exception as err:  # a compile error is a failed seed too; the sweep goes on
-                report, lines = None, [f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"]
-            ok = report is not None and report.ok
-            print(seed, "OK" if ok else "FAILED", flush=True)
-            if not ok:
-                failed.append(seed)
-                onnx.save(model, f"random_{seed}.onnx")
-                print("\n".join(lines), flush=True)
-    count = args.last - args.first
-    print(f"{count - len(failed)} of {count} exact on {args.target}; failed (saved here): {failed}")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+GENERATORS = {"nchw": random_graph, "tokens": random_token_graph, "signs": random_sign_graph}  # the sweep's --KIND picks one

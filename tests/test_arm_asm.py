@@ -1,4 +1,4 @@
-"""Issue 5, armv7 NEON (``rasp3b-armv7``): the binary kernels' inner loop accumulates the popcount
+"""armv7 NEON (``rasp3b-armv7``): the binary kernels' inner loop accumulates the popcount
 with ``vcnt.8`` + ``vpaddl.u8`` + ``vpadal.u16`` (``schedules.arm.pairwise_accumulate``), not
 LLVM's ``vpaddl.u16`` + ``vadd.i32`` chain, and the kernels stay exact: they run under
 ``qemu-arm`` on odd shapes and are compared with numpy.
@@ -14,8 +14,18 @@ import shutil
 
 import numpy as np
 import pytest
-from test_schedules import build, conv_case, dense_case, function_asm, loops, multibit_conv_case, residual_conv_case
-from test_ternary import binary_conv_ternary_weights_case, ternary_conv_case, ternary_dense_case
+from conftest import (
+    binary_conv_ternary_weights_case,
+    build,
+    conv_case,
+    dense_case,
+    function_asm,
+    loops,
+    multibit_conv_case,
+    residual_conv_case,
+    ternary_conv_case,
+    ternary_dense_case,
+)
 
 import targets
 from schedules import arm

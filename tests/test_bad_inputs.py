@@ -1,5 +1,5 @@
 """The command line on a generated corpus of broken models, checkpoints, inputs, modules, options
-and tuning databases (issue 26). Each case must end as a careful user expects: exit code 2, one
+and tuning databases. Each case must end as a careful user expects: exit code 2, one
 line on stderr that names the file, node or option at fault, no traceback, no file left behind,
 and the output that was already there untouched.
 

@@ -1,4 +1,4 @@
-"""Issue 5: the ``bench`` command. Benchmarks are commands, not timed tests: these only check
+"""The ``bench`` command. Benchmarks are commands, not timed tests: these only check
 that a tiny run works end to end (all engines, JSON, plot, table) and that bad options fail
 clearly. Nothing here asserts a speed."""
 

@@ -15,11 +15,11 @@ import re
 import numpy as np
 import pytest
 from bibert import BiAttention, export
-from test_cuda import random_arguments, run_on_cpu
+from conftest import random_arguments, run_on_cpu
 
 import schedules
 from bnn_tvm.compiler import lower_onnx
-from bnn_tvm.inspect import inspect_onnx
+from bnn_tvm.inspection import inspect_onnx
 from bnn_tvm.verify import verify
 from schedules import bitserial, cuda
 

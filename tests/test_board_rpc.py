@@ -265,7 +265,7 @@ def children_of(pid: int) -> list[int]:
 
 
 def test_board_survives_a_killed_session_and_keeps_serving():
-    """Issue 26 item 19: SIGKILL one RPC session (the board's forked child); the board stays up,
+    """SIGKILL one RPC session (the board's forked child); the board stays up,
     registered with its tracker, and serves the next client."""
     import json
 
@@ -300,7 +300,7 @@ def test_board_survives_a_killed_session_and_keeps_serving():
 
 
 def test_board_started_by_root_runs_unprivileged(tmp_path, monkeypatch):
-    """Issue 26 item 1: a board started by root runs as an unprivileged account where that
+    """A board started by root runs as an unprivileged account where that
     account can reach the board's files (here: a copy of the root in a world-readable folder)."""
     import json
     import tempfile

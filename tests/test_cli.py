@@ -1,4 +1,4 @@
-"""The issue-2 command forms, driven as a user drives them, and their errors on bad input."""
+"""The command forms, driven as a user drives them, and their errors on bad input."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def test_atomic_outputs_get_the_mode_a_plain_write_would(tmp_path):
     import os
     import stat
 
-    from bnn_tvm.io import atomic_write
+    from bnn_tvm.atomic_files import atomic_write
 
     saved = os.umask(0o022)
     try:

@@ -1,4 +1,4 @@
-"""Issue 8: the CUDA target's compile path, and the GPU runs where a GPU is present.
+"""The CUDA target's compile path, and the GPU runs where a GPU is present.
 
 Without a GPU (CI, most machines): the default model and small binary graphs compile for
 ``cuda`` through the compiler's schedule hook (``schedules.schedule_module`` -> ``schedules.cuda``); the generated CUDA source uses ``__popc`` on 32-bit words with shared-memory
@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import random_arguments, run_on_cpu
 from onnx_builders import (
     GraphBuilder,
     conv_block_model,
@@ -35,7 +36,6 @@ from bnn_tvm.cli import main
 from bnn_tvm.compiler import compile_onnx, lower_onnx
 from bnn_tvm.errors import BnnError
 from bnn_tvm.export import default_model_path
-from relay_passes.fold_thresholds import OPEN_HIGH
 from schedules import cuda
 
 
@@ -183,56 +183,6 @@ def test_device_code_embeds_ptx_for_newer_gpus():
 
 # --------------------------------------------------------------------------------------------
 # Without a GPU: the schedules, replayed on the CPU, against the unscheduled computes
-
-
-def random_arguments(func, rng) -> list[np.ndarray]:
-    """Random inputs for a kernel, thresholds placed where the dots of random words fall (so
-    packed outputs mix 0 and 1 bits); the last argument is the output."""
-    arrays, thresholds = [], []
-    for param in func.params:
-        shape = [int(s) for s in param.shape]
-        dtype = str(param.dtype)
-        if dtype == "uint32":
-            value = rng.integers(0, 2**32, shape, dtype=np.uint64).astype(np.uint32)
-        elif dtype == "int32" and len(shape) == 1 and len(arrays) == 2 and str(func.attrs["bnn.op"]).startswith("multibit_"):
-            # a k-bit conv's offsets: L times the +1 weights (set bits) of each output channel
-            levels = 2 ** int(func.params[0].shape[0]) - 1
-            value = (levels * np.unpackbits(arrays[1].reshape(shape[0], -1).view(np.uint8), axis=1).sum(axis=1)).astype(np.int32)
-        elif dtype == "int32" and len(arrays) in (3, 4) and str(func.attrs["bnn.op"]).startswith("binary_conv2d"):
-            # a binary conv's border classes of rows and columns: indices into the correction table
-            value = rng.integers(0, arrays[2].shape[len(arrays) - 3], shape).astype(np.int32)
-        elif dtype == "int32" and len(shape) == 1:  # low, high thresholds per channel
-            words = int(np.prod([int(v) for v in func.params[1].shape[1:]]))
-            data_shape = [int(v) for v in func.params[0].shape]
-            if str(func.attrs["bnn.op"]).startswith("ternary_"):  # nonzeros - 2 popc((s ^ w) & m), about 0
-                center, variance = 0, 16 * words
-            elif len(data_shape) == 5:  # k bit planes: L P - sum over planes of popc(a ^ w) << j, about 0
-                center, variance = 0, 16 * words * sum(4**j for j in range(data_shape[0]))
-            else:  # XNOR: taps - 2 popc(a ^ w), popcounts of random words ~ 16 +- 2.8 per word
-                center, variance = int(func.attrs["bnn.taps"]) - 32 * words, 32 * words
-            spread = int(np.sqrt(variance)) + 1
-            if len(thresholds) % 2 == 0:
-                value = rng.integers(center - 2 * spread, center + 2 * spread, shape)
-            else:
-                bounded = arrays[thresholds[-1]] + rng.integers(0, 4 * spread, shape)
-                value = np.where(rng.random(shape) < 0.5, OPEN_HIGH, bounded)  # the passes' open end
-            thresholds.append(len(arrays))
-            value = value.astype(np.int32)
-        elif dtype == "int32":  # padding corrections per border class
-            value = rng.integers(-3, 4, shape).astype(np.int32)
-        else:
-            value = rng.standard_normal(shape).astype(dtype)
-        arrays.append(value)
-    return arrays
-
-
-def run_on_cpu(func, arrays) -> np.ndarray:
-    import tvm
-
-    built = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), "llvm")
-    tensors = [tvm.runtime.tensor(a.copy()) for a in arrays]
-    built(*tensors)
-    return tensors[-1].numpy()
 
 
 def dorefa(g, x, bits):

@@ -1,4 +1,4 @@
-"""Issue 2: every compiled binary layer is bit-exact against ONNX Runtime (optimisations off).
+"""Every compiled binary layer is bit-exact against ONNX Runtime (optimisations off).
 
 Each case asserts that the binary path was actually taken (the fused kernels are listed), so a
 silent float fallback cannot pass for an exact binary kernel.
@@ -8,25 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import check, inputs
 from onnx import helper
 from onnx_builders import GraphBuilder, conv_block_model, save
 
-from bnn_tvm.inspect import inspect_onnx
-from bnn_tvm.verify import verify
-
-
-def check(path, x, expect_fused):
-    report = verify(path, "x86", x=x)
-    assert report.ok, "\n".join(report.lines())
-    fused = " | ".join(report.fused)
-    for kernel in expect_fused:
-        assert kernel in fused, fused
-    assert report.binary_checked >= 1
-    return report
-
-
-def inputs(shape, seed=1, batch=3):
-    return np.random.default_rng(seed).standard_normal((batch, *shape[1:])).astype(np.float32)
+from bnn_tvm.inspection import inspect_onnx
 
 
 @pytest.mark.parametrize(

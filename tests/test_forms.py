@@ -1,10 +1,11 @@
-"""Issue 4: the binarized forms users' exporters produce, each fused and exact against ORT."""
+"""The binarized forms users' exporters produce, each fused and exact against ORT."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
+from conftest import binarize_ones_like, check, dorefa, inputs, qonnx_quant_reference
 from onnx import helper
 from onnx_builders import (
     GraphBuilder,
@@ -14,10 +15,9 @@ from onnx_builders import (
     save,
     ternary_sign_graph,
 )
-from test_exactness import check, inputs
 
 from bnn_tvm.errors import BnnError
-from bnn_tvm.inspect import inspect_onnx
+from bnn_tvm.inspection import inspect_onnx
 from bnn_tvm.verify import verify
 
 
@@ -30,16 +30,6 @@ def binarize_cast(g, x, threshold=np.float32(0), compare="GreaterOrEqual"):
     ge = g.node(compare, [x, g.const(threshold)])
     doubled = g.node("Mul", [g.node("Cast", [ge], to=1), g.const(np.float32(2))])
     return g.node("Sub", [doubled, g.const(np.float32(1))])
-
-
-def binarize_ones_like(g, x):
-    """PyTorch's ``torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))``: the ±1 are
-    ``ConstantOfShape(Shape(x))`` tensors, constant only once the batch is pinned."""
-    ge = g.node("GreaterOrEqual", [x, g.const(np.float32(0))])
-    one = helper.make_tensor("value", 1, [1], [1.0])
-    ones = g.node("ConstantOfShape", [g.node("Shape", [x])], value=one)
-    minus_ones = g.node("Neg", [g.node("ConstantOfShape", [g.node("Shape", [x])], value=one)])
-    return g.node("Where", [ge, ones, minus_ones])
 
 
 @pytest.mark.parametrize("binarizer", [binarize_less, binarize_cast, binarize_ones_like])
@@ -628,17 +618,6 @@ def test_brevitas_qonnx_export(tmp_path):
     assert report.binary_checked == 2
 
 
-def dorefa(g, x, bits=2, clip_as_max_min=False):
-    """DoReFa's k-bit activation: Round(Clip(x, 0, 1) * L) / L."""
-    levels = np.float32((1 << bits) - 1)
-    if clip_as_max_min:  # as torch's exporter writes a clamp
-        clipped = g.node("Min", [g.node("Max", [x, g.const(np.float32(0))]), g.const(np.float32(1))])
-    else:
-        clipped = g.node("Clip", [x, g.const(np.float32(0)), g.const(np.float32(1))])
-    rounded = g.node("Round", [g.node("Mul", [clipped, g.const(levels)])])
-    return g.node("Div", [rounded, g.const(levels)])
-
-
 @pytest.mark.parametrize("bits,max_min", [(2, False), (2, True), (3, False)])
 def test_dorefa_bit_planes_with_binary_weights(tmp_path, bits, max_min):
     g = GraphBuilder([1, 10, 6, 6], seed=20 + bits)
@@ -771,18 +750,6 @@ def test_sign_zero_plus_runs_every_sign_at_the_binary_cost_and_says_what_differs
     assert values >= 2 * 21 * 7  # the first Sign's zeros (+1 here, 0 in the float graph), and the later ones
     assert any("--sign-zero plus" in line for line in plus.lines())
     assert exact.float_graph_differences is None
-
-
-def qonnx_quant_reference(x, scale, zeropt, bits, signed, narrow, mode):
-    """QONNX's definition of ``Quant``, in numpy float32 (its own reference computes the same)."""
-    q = (x / scale).astype(np.float32) + zeropt
-    if bits == 1 and signed:
-        q = np.where(q >= 0, np.float32(1), np.float32(-1))
-    else:
-        low = -(2 ** (bits - 1)) + int(narrow) if signed else 0
-        high = 2 ** (bits - 1) - 1 if signed else 2**bits - 1 - int(narrow)
-        q = {"ROUND": np.round, "CEIL": np.ceil, "FLOOR": np.floor}[mode](np.clip(q, low, high))
-    return ((q - zeropt).astype(np.float32) * scale).astype(np.float32)
 
 
 QUANTS = [  # (scale, zero point, bits, signed, narrow, rounding mode)

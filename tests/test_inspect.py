@@ -7,7 +7,7 @@ import onnx
 from bnn_tvm import models
 from bnn_tvm.cli import main
 from bnn_tvm.export import export_onnx
-from bnn_tvm.inspect import inspect_onnx
+from bnn_tvm.inspection import inspect_onnx
 
 
 def test_default_model_report(capsys):

@@ -9,12 +9,12 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import check
 from onnx_builders import GraphBuilder, save
 from published_bnn import bipointnet, export_points
-from test_exactness import check
 
 from bnn_tvm.compiler import lower_onnx
-from bnn_tvm.inspect import inspect_onnx
+from bnn_tvm.inspection import inspect_onnx
 from bnn_tvm.verify import verify
 from relay_passes import points_max_on_bits
 from relay_passes.sink_channel_transposes import ROWS

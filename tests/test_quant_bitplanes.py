@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import qonnx_quant_reference
 from onnx import helper
 from onnx_builders import GraphBuilder, save
-from test_forms import qonnx_quant_reference
 
-from bnn_tvm.inspect import inspect_onnx
+from bnn_tvm.inspection import inspect_onnx
 from bnn_tvm.qonnx_quant import integer_range
 from bnn_tvm.verify import verify
 from schedules import bitserial

@@ -1,6 +1,6 @@
 """Random combinations of the binarized forms (``random_graphs.py``), each exact against ORT.
 
-The default run checks fixed seeds; ``python tests/random_graphs.py FIRST LAST [--tokens|--signs]``
+The default run checks fixed seeds; ``python tools/random_graph_sweep.py FIRST LAST [--tokens|--signs]``
 sweeps more.
 """
 

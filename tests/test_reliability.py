@@ -181,7 +181,7 @@ def test_a_killed_compile_leaves_nothing_after_the_next_command(tmp_path):
 
 
 def test_temporary_files_of_running_processes_stay(tmp_path):
-    from bnn_tvm.io import atomic_write
+    from bnn_tvm.atomic_files import atomic_write
 
     mine = tmp_path / f".tmp-{os.getpid()}-abc.so"  # a write in progress in a live process
     mine.write_bytes(b"")

@@ -1,4 +1,4 @@
-"""Issue 5: the CPU schedules of the binary kernels are exact and generate the intended code.
+"""The CPU schedules of the binary kernels are exact and generate the intended code.
 
 Every kernel is built the way the passes build it (``schedules.bitserial`` computes, int64
 shapes, ``bnn.*`` attributes), scheduled by ``schedules.x86`` / ``schedules.arm``, compiled, and
@@ -14,185 +14,38 @@ import re
 
 import numpy as np
 import pytest
-import tvm
-from tvm import te
+from conftest import (
+    AVX2,
+    EPILOGUE,
+    RASP3B,
+    SKX,
+    X86,
+    bipolar,
+    build,
+    check_case,
+    conv_case,
+    conv_reference,
+    dense_case,
+    epilogue_consts,
+    function_asm,
+    loops,
+    multibit_conv_case,
+    numpy_epilogue,
+    packed_decisions,
+    residual_conv_case,
+    run,
+    unpacked,
+)
 
 import schedules
 from relay_passes.common import pack_bits
-from relay_passes.fuse_binary_conv2d import multibit_offsets, padding_correction
-from schedules import arm, bitserial, cpu, x86
+from relay_passes.fuse_binary_conv2d import padding_correction
+from schedules import bitserial, cpu, x86
 from schedules.float_conv import float_conv2d
-
-X86 = tvm.target.Target({"kind": "llvm", "mcpu": "rocketlake"})  # AVX-512 with VPOPCNTDQ
-SKX = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})  # AVX-512 without VPOPCNTDQ: byte counters
-AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})  # runs on any AVX-512 host too
-RASP3B = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53", "mattr": ["+neon"]})
-INT32_MIN, INT32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
-
-HOST_UNIT = x86.vector_unit(tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}))
-host_has_avx512 = pytest.mark.skipif(
-    HOST_UNIT.name != "avx512-vpopcntdq", reason="this host has no AVX-512 VPOPCNTDQ: those kernels cannot run here"
-)
-
-
-host_has_avx512bw = pytest.mark.skipif(
-    not HOST_UNIT.name.startswith("avx512"), reason="this host has no AVX-512: those kernels cannot run here"
-)
-
-
-@pytest.fixture(params=[pytest.param(X86, id="avx512", marks=host_has_avx512),
-                        pytest.param(SKX, id="avx512-bytes", marks=host_has_avx512bw), pytest.param(AVX2, id="avx2")])
-def x86_target(request):
-    """Each x86 unit the kernels are checked on: AVX-512 VPOPCNTDQ (32-bit counters), AVX-512
-    without it (byte counters in zmm registers), both on hosts that have AVX-512, and AVX2 (byte
-    counters, on any x86-64 host with AVX2)."""
-    return request.param
-
-
-HOST_X86 = X86 if HOST_UNIT.name == "avx512-vpopcntdq" else AVX2  # the tests' default: runs here
 
 
 def lanes_of(target) -> int:
     return x86.vector_unit(target).lanes
-
-
-# ------------------------------------------------------------------------------------------
-# Kernels as the passes emit them, and numpy references
-
-
-def placeholder(array: np.ndarray, name: str) -> te.Tensor:
-    return te.placeholder([tvm.tirx.IntImm("int64", d) for d in array.shape], str(array.dtype), name=name)
-
-
-def bipolar(rng, shape) -> np.ndarray:
-    return np.where(rng.standard_normal(shape) >= 0, 1, -1).astype(np.int64)
-
-
-def conv_reference(a: np.ndarray, w: np.ndarray, stride: int, pad: int, dilation: int = 1) -> np.ndarray:
-    """NCHW conv with zero padding (integer for ±1 values, float64 for floats)."""
-    a = np.pad(a, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    n, _, h, wd = a.shape
-    oc, _, kh, kw = w.shape
-    oh, ow = (h - dilation * (kh - 1) - 1) // stride + 1, (wd - dilation * (kw - 1) - 1) // stride + 1
-    out = np.zeros((n, oc, oh, ow), np.result_type(a, w))
-    for i in range(kh):
-        for j in range(kw):
-            y, x = i * dilation, j * dilation
-            window = a[:, :, y : y + stride * (oh - 1) + 1 : stride, x : x + stride * (ow - 1) + 1 : stride]
-            out += np.einsum("nchw,oc->nohw", window, w[:, :, i, j])
-    return out
-
-
-def thresholds(rng, channels: int):
-    """Per-channel intervals with open sides at int32's limits: the passes emit ±2^30
-    (``OPEN_LOW``/``OPEN_HIGH``), but the CPU schedules keep the integer result apart from the
-    comparisons and stay exact even at INT32_MIN/MAX."""
-    low = rng.integers(-30, 5, channels).astype(np.int32)
-    high = rng.integers(-5, 30, channels).astype(np.int32)
-    low[::3] = INT32_MIN
-    high[1::4] = INT32_MAX
-    return low, high
-
-
-def packed_decisions(decisions: np.ndarray) -> np.ndarray:
-    """bool ``[..., C]`` -> packed words, as ``threshold_pack`` writes them."""
-    return pack_bits(np.where(decisions, 1, -1))
-
-
-def conv_case(rng, n, c, h, w, oc, k, stride, pad, threshold: bool, scale: bool = False, dilation: int = 1):
-    a, weight = bipolar(rng, (n, c, h, w)), bipolar(rng, (oc, c, k, k))
-    dot = conv_reference(a, weight, stride, pad, dilation)
-    padding, dilations = (pad,) * 4, (dilation, dilation)
-    inputs = [
-        pack_bits(a.transpose(0, 2, 3, 1)),
-        pack_bits(weight.transpose(0, 2, 3, 1)),
-        *padding_correction(weight, (h, w), (stride, stride), padding, dilations),
-    ]
-    taps = c * k * k
-    attrs = {"bnn.taps": taps, "bnn.strides": [stride, stride], "bnn.padding": list(padding), "bnn.pad_ones": 0,
-             "bnn.dilation": list(dilations)}
-
-    def conv(d, wt, *corr):
-        return bitserial.binary_conv2d_dot(d, wt, bitserial.BorderTable(*corr), taps, (stride, stride), padding, dilation=dilations)
-
-    if threshold:
-        low, high = thresholds(rng, oc)
-        inputs += [low, high]
-        expected = packed_decisions(((dot >= low[:, None, None]) & (dot <= high[:, None, None])).transpose(0, 2, 3, 1))
-        return "binary_conv2d_threshold", attrs, inputs, lambda d, wt, t, yc, xc, lo, hi: bitserial.threshold_pack(conv(d, wt, t, yc, xc), lo, hi), expected
-    if scale:
-        alpha = np.exp2(rng.integers(-3, 3, oc)).astype(np.float32)
-        inputs.append(alpha)
-        expected = dot.astype(np.float32) * alpha[:, None, None]
-        return "binary_conv2d", attrs, inputs, lambda d, wt, t, yc, xc, s: bitserial.dot_to_float_nchw(conv(d, wt, t, yc, xc), s), expected
-    return "binary_conv2d", attrs, inputs, lambda d, wt, t, yc, xc: bitserial.dot_to_float_nchw(conv(d, wt, t, yc, xc)), dot.astype(np.float32)
-
-
-def multibit_conv_case(rng, bits, n, c, h, w, oc, k, stride, pad, threshold: bool, scale: bool = False):
-    """A conv on k-bit planes (DoReFa levels q in 0..L) with ±1 weights, as ``fuse_multibit_conv2d``
-    emits it; float output ``sum(q * w) / L [* alpha]`` or threshold words."""
-    levels = (1 << bits) - 1
-    q, weight = rng.integers(0, levels + 1, (n, c, h, w)), bipolar(rng, (oc, c, k, k))
-    dot = conv_reference(q, weight, stride, pad)
-    padding = (pad,) * 4
-    planes = np.stack([pack_bits(np.where((q >> j) & 1, 1, -1).transpose(0, 2, 3, 1)) for j in range(bits)])
-    inputs = [planes, pack_bits(weight.transpose(0, 2, 3, 1)), multibit_offsets(weight, levels)]
-    attrs = {"bnn.taps": c * k * k, "bnn.levels": levels, "bnn.strides": [stride, stride], "bnn.padding": list(padding)}
-
-    def conv(d, wt, offsets):
-        return bitserial.multibit_conv2d_dot(d, wt, offsets, (stride, stride), padding)
-
-    if threshold:
-        low, high = thresholds(rng, oc)
-        inputs += [low, high]
-        expected = packed_decisions(((dot >= low[:, None, None]) & (dot <= high[:, None, None])).transpose(0, 2, 3, 1))
-        return "multibit_conv2d_threshold", attrs, inputs, lambda d, wt, o, lo, hi: bitserial.threshold_pack(conv(d, wt, o), lo, hi), expected
-    value = (dot.astype(np.float32) / np.float32(levels)).astype(np.float32)
-    if scale:
-        alpha = rng.uniform(0.5, 2, oc).astype(np.float32)
-        inputs.append(alpha)
-        expected = (value * alpha[:, None, None]).astype(np.float32)
-        return "multibit_conv2d", attrs, inputs, lambda d, wt, o, s: bitserial.dot_to_float_nchw(conv(d, wt, o), s, levels=levels), expected
-    return "multibit_conv2d", attrs, inputs, lambda d, wt, o: bitserial.dot_to_float_nchw(conv(d, wt, o), levels=levels), value
-
-
-def dense_case(rng, n, k, o, threshold: bool):
-    a, weight = bipolar(rng, (n, k)), bipolar(rng, (o, k))
-    dot = a @ weight.T
-    inputs = [pack_bits(a), pack_bits(weight)]
-    attrs = {"bnn.taps": k}
-    if threshold:
-        low, high = thresholds(rng, o)
-        inputs += [low, high]
-        expected = packed_decisions((dot >= low) & (dot <= high))
-        return "binary_dense_threshold", attrs, inputs, lambda d, w, lo, hi: bitserial.threshold_pack(bitserial.binary_dense_dot(d, w, k), lo, hi), expected
-    return "binary_dense", attrs, inputs, lambda d, w: bitserial.dot_to_float_nchw(bitserial.binary_dense_dot(d, w, k)), dot.astype(np.float32)
-
-
-def build(op, attrs, inputs, compute, target):
-    tensors = [placeholder(array, f"arg{i}") for i, array in enumerate(inputs)]
-    func = te.create_prim_func(tensors + [compute(*tensors)]).with_attrs({"bnn.op": op, **attrs})
-    family = arm if str(target.attrs.get("mtriple", "")).startswith(("aarch64", "arm")) else x86
-    scheduled = family.schedule(func, op, target)
-    return scheduled, tvm.compile(tvm.IRModule({"main": scheduled.func}), target)
-
-
-def run(scheduled, executable, inputs, out_shape, out_dtype):
-    dev = tvm.cpu()
-    moved = [np.ascontiguousarray(a.transpose(scheduled.relayouts[i])) if i in scheduled.relayouts else a for i, a in enumerate(inputs)]
-    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype), dev)
-    executable(*[tvm.runtime.tensor(a, dev) for a in moved], out)
-    return out.numpy()
-
-
-def check_case(case, target=None, fast=True):
-    op, attrs, inputs, compute, expected = case
-    scheduled, executable = build(op, attrs, inputs, compute, target or HOST_X86)
-    if fast:
-        assert "generic" not in scheduled.plan, scheduled.plan
-    got = run(scheduled, executable, inputs, expected.shape, expected.dtype)
-    np.testing.assert_array_equal(got, expected)
-    return scheduled
 
 
 # ------------------------------------------------------------------------------------------
@@ -366,20 +219,6 @@ def test_dense_with_table_lookup_matches_numpy(x86_target):
     check_case(("binary_dense_table", attrs, inputs + [table], compute, expected.astype(np.float32)), target=x86_target)
 
 
-EPILOGUE = ("multiply", "multiply", "add", "rsubtract", "divide")  # weight scale, BN (s, shift), c - y, y / c
-
-
-def epilogue_consts(rng, channels: int) -> list[np.ndarray]:
-    # BN-like scales with full 24-bit mantissas: an FMA (one rounding for d * s + b) differs
-    # from the reference's two roundings on many outputs, so a contracted epilogue fails.
-    scale = np.exp2(rng.integers(-2, 2, channels)).astype(np.float32)
-    s = rng.uniform(0.1, 3, channels).astype(np.float32)
-    b = rng.standard_normal(channels).astype(np.float32)
-    c = rng.standard_normal(channels).astype(np.float32)
-    divisor = rng.uniform(5, 9, channels).astype(np.float32)  # never zero
-    return [scale, s, b, c, divisor]
-
-
 @pytest.mark.parametrize("n,c,h,w,oc,stride,pad", [(1, 64, 8, 8, 64, 1, 1), (2, 33, 7, 7, 19, 2, 1)])
 def test_conv_with_float_epilogue_matches_numpy(n, c, h, w, oc, stride, pad, x86_target):
     """``binary_conv2d_epilogue``: per-channel float ops on the tile, each rounded like the float
@@ -415,58 +254,12 @@ def test_dense_with_float_epilogue_matches_numpy(x86_target):
     check_case(("binary_dense_epilogue", attrs, inputs + consts, compute, expected), target=x86_target)
 
 
-def residual_conv_case(rng, n, c, h, w, oc, stride, pad, rprelu: bool = False):
-    """A conv whose epilogue is a product then a residual tensor added
-    (``relay_passes.fold_residual_add``): the kernel must round ``d * s`` before adding the
-    residual (an FMA would not), and add it at the right position of every channel. With
-    ``rprelu``, ReActNet's RPReLU follows the residual (subtract, PReLU, add per channel, after
-    the transpose: each channel's constants on its own row, the PReLU's product not fused into
-    the add)."""
-    op, attrs, inputs, _, _ = conv_case(rng, n, c, h, w, oc, 3, stride, pad, threshold=False)
-    taps = attrs["bnn.taps"]
-    after = ("subtract", "prelu", "add") if rprelu else ()
-    steps = ("multiply", "multiply", "residual", *after)
-    dot = conv_reference(unpacked(inputs[0], c).transpose(0, 3, 1, 2), unpacked(inputs[1], c).transpose(0, 3, 1, 2), stride, pad)
-    consts = epilogue_consts(rng, oc)[:2]
-    residual = rng.standard_normal(dot.shape).astype(np.float32)
-    expected = numpy_epilogue(dot, consts, channel_axis=1, steps=steps[:2]) + residual
-    after_consts = [rng.standard_normal(oc).astype(np.float32), rng.uniform(0.1, 0.9, oc).astype(np.float32),
-                    rng.standard_normal(oc).astype(np.float32)][: len(after)]
-    for step, const in zip(after, after_consts):
-        expected = numpy_epilogue(expected, [const], channel_axis=1, steps=(step,))
-
-    def compute(d, wt, t, yc, xc, *cs):
-        conv = bitserial.binary_conv2d_dot(d, wt, bitserial.BorderTable(t, yc, xc), taps, (stride, stride), (pad,) * 4)
-        return bitserial.dot_to_float_nchw(conv, *cs, steps=steps)
-
-    attrs = {**attrs, "bnn.epilogue": ",".join(steps)}
-    return op + "_epilogue", attrs, inputs + consts + [residual] + after_consts, compute, expected
-
-
 @pytest.mark.parametrize("n,c,h,w,oc,stride,pad", [(1, 64, 8, 8, 64, 1, 1), (2, 33, 7, 7, 19, 2, 1), (1, 64, 7, 7, 32, 1, 1)])
 @pytest.mark.parametrize("rprelu", [False, True], ids=["residual", "residual-rprelu"])
 def test_conv_with_residual_epilogue_matches_numpy(n, c, h, w, oc, stride, pad, rprelu, x86_target):
     scheduled = check_case(residual_conv_case(np.random.default_rng(15), n, c, h, w, oc, stride, pad, rprelu), target=x86_target)
     if oc % 16 == 0:
         assert "register-transposed" in scheduled.plan, scheduled.plan
-
-
-def numpy_epilogue(dot: np.ndarray, consts: list[np.ndarray], channel_axis: int, steps=EPILOGUE) -> np.ndarray:
-    """The epilogue as the float graph computes it: one float32 rounding per op."""
-    from relay_passes.fold_thresholds import NUMPY_OPS
-
-    shape = [1] * dot.ndim
-    shape[channel_axis] = -1
-    y = dot.astype(np.float32)
-    for op, const in zip(steps, consts):
-        y = NUMPY_OPS[op](y, const.reshape(shape)).astype(np.float32)
-    return y
-
-
-def unpacked(words: np.ndarray, channels: int) -> np.ndarray:
-    """Packed channels-last words back to ±1 (int64), for references."""
-    bits = (words[..., None] >> np.arange(32, dtype=np.uint32)) & 1
-    return np.where(bits.reshape(words.shape[:-1] + (-1,))[..., :channels] == 1, 1, -1).astype(np.int64)
 
 
 def test_unscheduled_shapes_fall_back_exactly(monkeypatch):
@@ -486,31 +279,6 @@ def test_interleave_transpose_recipe():
 
 # ------------------------------------------------------------------------------------------
 # Generated code
-
-
-def function_asm(executable, name_part: str) -> str:
-    """The assembly of the compiled function whose symbol contains ``name_part``."""
-    asm = executable.mod.inspect_source("asm") if not executable.mod.imports else executable.mod.imports[0].inspect_source("asm")
-    blocks = re.split(r"\n(?=[A-Za-z_][\w.]*:\n)", asm)
-    found = [b for b in blocks if b.split(":", 1)[0].endswith("_compute_") or name_part in b.split(":", 1)[0]]
-    return "\n".join(found) or asm
-
-
-def loops(asm: str) -> list[str]:
-    """Bodies of the innermost loops: from a label to the last backward branch to it, with no
-    other loop's label inside."""
-    lines = asm.splitlines()
-    labels = {line.rstrip(":"): i for i, line in enumerate(lines) if re.match(r"^\.?L\w+:$", line)}
-    spans = {}
-    for i, line in enumerate(lines):
-        match = re.search(r"\b(?:j\w+|b\.\w+|b|b(?:eq|ne|hs|lo|mi|pl|hi|ls|ge|lt|gt|le)|cbnz|cbz|tbnz|tbz)\s+.*?(\.?L\w+)\s*$", line)
-        if match and match.group(1) in labels and labels[match.group(1)] < i:
-            spans[match.group(1)] = (labels[match.group(1)], i)
-    innermost = [
-        (start, end) for start, end in spans.values()
-        if not any(start < other_start <= end and (other_start, other_end) != (start, end) for other_start, other_end in spans.values())
-    ]
-    return ["\n".join(lines[start : end + 1]) for start, end in innermost]
 
 
 def test_avx512_without_vpopcntdq_counts_bytes_in_zmm_registers():

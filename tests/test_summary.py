@@ -86,8 +86,8 @@ def test_pytorch_export_forms_counted_as_binary(tmp_path):
     not parameters), and a weight that is ±alpha per output channel (an exporter folded a batch
     norm into it) is 1-bit with one float scale per channel."""
     import numpy as np
+    from conftest import binarize_ones_like
     from onnx_builders import GraphBuilder, save
-    from test_forms import binarize_ones_like
 
     g = GraphBuilder([1, 6, 5, 5], seed=3)
     alphas = np.array([0.5, -2.0, 3.0, 1.5], np.float32).reshape(4, 1, 1, 1)

@@ -146,7 +146,7 @@ def test_armv7_binary_kernels_match_x86_under_qemu_arm(compiled):
 
     x = digits_split()[2][:2]
     calls = record_kernel_calls(compiled["x86"], x)
-    ops = {re.sub(r"\d*(_compact\d*)?$", "", c.symbol) for c in calls}  # bnn_<op>[N][_compact[N]]
+    ops = {re.sub(r"\d*$", "", c.symbol) for c in calls}  # bnn_<op>[N]
     assert {"bnn_pack_sign", "bnn_binary_conv2d_threshold", "bnn_binary_dense_epilogue"} <= ops
     constants = target_constants(default_model_path(), "rasp3b-armv7")  # armv7's weight layouts
     assert set(constants) <= {c.symbol for c in calls}

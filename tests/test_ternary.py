@@ -10,92 +10,28 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx_builders import GraphBuilder, save
-from test_exactness import inputs
-from test_schedules import (
+from conftest import (
     AVX2,
-    HOST_X86,
     RASP3B,
+    binary_conv_ternary_weights_case,
+    bipolar,
     build,
     check_case,
-    conv_reference,
-    bipolar,
+    inputs,
     packed_decisions,
+    planes_of,
+    ternary,
+    ternary_conv_case,
+    ternary_dense_case,
     thresholds,
-    x86_target,  # noqa: F401 (the fixture)
+    words_of,
 )
+from onnx_builders import GraphBuilder, save
 
-from bnn_tvm.inspect import inspect_onnx
+from bnn_tvm.inspection import inspect_onnx
 from bnn_tvm.verify import verify
 from relay_passes.common import pack_bits
 from schedules import bitserial
-
-
-def ternary(rng, shape, zeros: float = 0.3) -> np.ndarray:
-    """Values in {-1, 0, +1}, about ``zeros`` of them 0."""
-    values = bipolar(rng, shape)
-    values[rng.random(shape) < zeros] = 0
-    return values
-
-
-def planes_of(values: np.ndarray) -> np.ndarray:
-    """Ternary weights' planes ``[2, OC, ...]`` from {-1, 0, +1} values ``[OC, C, ...]``, channels packed last."""
-    order = (0, *range(2, values.ndim), 1)
-    return np.stack([pack_bits(np.where(values > 0, 1, -1).transpose(order)),
-                     pack_bits(np.where(values != 0, 1, -1).transpose(order))])
-
-
-def words_of(values: np.ndarray) -> np.ndarray:
-    """``pack_ternary``'s interleaved words ``[N, ..., 2 * CW]`` from {-1, 0, +1} activations."""
-    planes = planes_of(values)
-    return np.stack([planes[0], planes[1]], axis=-1).reshape(*planes.shape[1:-1], -1)
-
-
-def weight_planes(weight: np.ndarray) -> np.ndarray:
-    """Packed ``[OC, KH, KW, CW]`` bits of ±1 weights, or the two planes of ternary ones."""
-    if np.all(weight != 0):
-        return pack_bits(weight.transpose(0, 2, 3, 1))
-    return planes_of(weight)
-
-
-def ternary_conv_case(rng, n, c, h, w, oc, k, stride, pad, threshold=False, scale=False, dilation=1,
-                      ternary_weights=False):
-    a = ternary(rng, (n, c, h, w))
-    weight = ternary(rng, (oc, c, k, k), 0.4) if ternary_weights else bipolar(rng, (oc, c, k, k))
-    dot = conv_reference(a, weight, stride, pad, dilation)
-    padding, dilations = (pad,) * 4, (dilation, dilation)
-    inputs_ = [words_of(a), weight_planes(weight)]
-    attrs = {"bnn.taps": c * k * k, "bnn.strides": [stride, stride], "bnn.padding": list(padding),
-             "bnn.dilation": list(dilations)}
-
-    def conv(d, wt):
-        return bitserial.ternary_conv2d_dot(d, wt, (stride, stride), padding, dilations)
-
-    if threshold:
-        low, high = thresholds(rng, oc)
-        expected = packed_decisions(((dot >= low[:, None, None]) & (dot <= high[:, None, None])).transpose(0, 2, 3, 1))
-        return ("ternary_conv2d_threshold", attrs, inputs_ + [low, high],
-                lambda d, wt, lo, hi: bitserial.threshold_pack(conv(d, wt), lo, hi), expected)
-    if scale:
-        alpha = np.exp2(rng.integers(-3, 3, oc)).astype(np.float32)
-        return ("ternary_conv2d", attrs, inputs_ + [alpha], lambda d, wt, s: bitserial.dot_to_float_nchw(conv(d, wt), s),
-                dot.astype(np.float32) * alpha[:, None, None])
-    return "ternary_conv2d", attrs, inputs_, lambda d, wt: bitserial.dot_to_float_nchw(conv(d, wt)), dot.astype(np.float32)
-
-
-def ternary_dense_case(rng, n, k, o, threshold=False, ternary_weights=False):
-    a = ternary(rng, (n, k))
-    weight = ternary(rng, (o, k), 0.4) if ternary_weights else bipolar(rng, (o, k))
-    dot = a @ weight.T
-    inputs_ = [words_of(a), planes_of(weight) if ternary_weights else pack_bits(weight)]
-    attrs = {"bnn.taps": k}
-    if threshold:
-        low, high = thresholds(rng, o)
-        return ("ternary_dense_threshold", attrs, inputs_ + [low, high],
-                lambda d, w, lo, hi: bitserial.threshold_pack(bitserial.ternary_dense_dot(d, w), lo, hi),
-                packed_decisions((dot >= low) & (dot <= high)))
-    return ("ternary_dense", attrs, inputs_, lambda d, w: bitserial.dot_to_float_nchw(bitserial.ternary_dense_dot(d, w)),
-            dot.astype(np.float32))
 
 
 CONV_SHAPES = [
@@ -139,32 +75,6 @@ def test_ternary_conv_with_ternary_weights_matches_numpy(shape, form, x86_target
     case = ternary_conv_case(np.random.default_rng(sum(shape) + 1), *shape, threshold=form == "threshold",
                              ternary_weights=True)
     check_case(case, target=x86_target)
-
-
-def binary_conv_ternary_weights_case(rng, n, c, h, w, oc, k, stride, pad, threshold=False):
-    """Binary activations, ternary weights: the binary conv kernel with weight planes and the
-    correction the passes give it (zero padding, plus ``nonzeros[o] - taps``)."""
-    from relay_passes.fuse_binary_conv2d import padding_correction
-
-    a, weight = bipolar(rng, (n, c, h, w)), ternary(rng, (oc, c, k, k), 0.4)
-    dot = conv_reference(a, weight, stride, pad)
-    padding, taps = (pad,) * 4, c * k * k
-    table, ycls, xcls = padding_correction(weight, (h, w), (stride, stride), padding)
-    table = (table + (np.count_nonzero(weight.reshape(oc, -1), axis=1) - taps)[None, None, :]).astype(np.int32)
-    inputs_ = [pack_bits(a.transpose(0, 2, 3, 1)), planes_of(weight), table, ycls, xcls]
-    attrs = {"bnn.taps": taps, "bnn.strides": [stride, stride], "bnn.padding": list(padding), "bnn.pad_ones": 0,
-             "bnn.ternary_weights": 1}
-
-    def conv(d, wt, *correction):
-        return bitserial.binary_conv2d_dot(d, wt, bitserial.BorderTable(*correction), taps, (stride, stride), padding)
-
-    if threshold:
-        low, high = thresholds(rng, oc)
-        expected = packed_decisions(((dot >= low[:, None, None]) & (dot <= high[:, None, None])).transpose(0, 2, 3, 1))
-        return ("binary_conv2d_threshold", attrs, inputs_ + [low, high],
-                lambda d, wt, t, yc, xc, lo, hi: bitserial.threshold_pack(conv(d, wt, t, yc, xc), lo, hi), expected)
-    return ("binary_conv2d", attrs, inputs_, lambda d, wt, t, yc, xc: bitserial.dot_to_float_nchw(conv(d, wt, t, yc, xc)),
-            dot.astype(np.float32))
 
 
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))

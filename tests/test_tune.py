@@ -1,4 +1,4 @@
-"""Autotuning (issue 7): binary-aware search spaces, a tuning run killed and resumed, its
+"""Autotuning: binary-aware search spaces, a tuning run killed and resumed, its
 database compiled, the database's tolerance of a killed writer, and tuning over RPC (slow).
 
 The default run does one tiny tuning run (a few trials of the digits model's binary kernels,
@@ -20,8 +20,8 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import dorefa
 from onnx_builders import GraphBuilder, conv_block_model, quant_planes_graph, save
-from test_forms import dorefa
 
 import schedules
 import targets

@@ -1,4 +1,4 @@
-"""Issue 26 items 5 and 13: the tuning database is checked before use and repaired without loss.
+"""The tuning database is checked before use and repaired without loss.
 
 The databases are written here with MetaSchedule's own API (records of the default model's
 binary kernels, unscheduled traces), so no tuning run is needed; ``tune --trials N`` with N

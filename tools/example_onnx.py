@@ -122,7 +122,7 @@ def main() -> int:
     parser.add_argument("output", help="the ONNX file to write")
     args = parser.parse_args()
     from bnn_tvm.errors import BnnError
-    from bnn_tvm.io import atomic_write
+    from bnn_tvm.atomic_files import atomic_write
 
     try:
         atomic_write(args.output, MODELS[args.model])

@@ -69,7 +69,7 @@ def main() -> int:
     # read when TVM's thread pool starts: one worker, as LCE's interpreter gets (num_threads=1);
     # unset, TVM takes every core and its kernels then wait on each other's share of a busy machine
     os.environ["TVM_NUM_THREADS"] = "1"
-    from bnn_tvm.inspect import inspect_onnx
+    from bnn_tvm.inspection import inspect_onnx
     from bnn_tvm.verify import verify
 
     rows = {}

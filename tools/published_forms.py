@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from published_bnn import FORMS, export, resnet  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bnn_tvm.inspect import inspect_onnx  # noqa: E402
+from bnn_tvm.inspection import inspect_onnx  # noqa: E402
 from bnn_tvm.verify import verify  # noqa: E402
 
 

@@ -94,7 +94,7 @@ def run(args) -> int:
     for report in reports:
         print("\n".join(bench.report_lines(report)))
     if args.json:
-        from ..io import atomic_write
+        from ..atomic_files import atomic_write
 
         payload = reports[0] if len(reports) == 1 else {"layers": reports}
         atomic_write(args.json, lambda tmp: open(tmp, "w").write(json.dumps(payload, indent=2) + "\n"))

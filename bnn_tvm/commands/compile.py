@@ -28,7 +28,7 @@ def run(args) -> int:
     import targets
 
     from ..compiler import compile_onnx
-    from ..io import refuse_overwriting_input
+    from ..atomic_files import refuse_overwriting_input
 
     target = targets.get(args.target, arch=args.arch).name  # a .json file registers its target's name
     path = resolve_model(args.model)

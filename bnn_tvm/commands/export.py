@@ -15,7 +15,7 @@ def run(args) -> int:
     from ..export import export_onnx
     from ..train import load_checkpoint
 
-    from ..io import refuse_overwriting_input
+    from ..atomic_files import refuse_overwriting_input
 
     refuse_overwriting_input(args.output, [args.checkpoint], "-o")
     model, checkpoint = load_checkpoint(args.checkpoint)

@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..inspect import inspect_onnx
+    from ..inspection import inspect_onnx
 
     reports = inspect_onnx(resolve_model(args.model), args.batch, sign_zero=args.sign_zero)
     if args.json:

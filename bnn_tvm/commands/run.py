@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..io import atomic_write
+    from ..atomic_files import atomic_write
     from ..runtime import CompiledRunner
 
     # numpy appends .npy to any other name, so the data would land beside the file asked for

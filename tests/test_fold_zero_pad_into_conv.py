@@ -1,0 +1,89 @@
+"""``FoldZeroPadIntoConv`` on small Relax modules: ``conv(Sign(Pad(x, 0)), W, p)`` becomes
+``conv(Sign(x), W, p + pad)``, and the pass leaves alone every pad that is not a zero pad of the
+two spatial axes of an NCHW conv's input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from relay_passes.common import op_name, rule_pass
+from relay_passes.fold_zero_pad_into_conv import ZERO_PAD, fold_zero_pad_into_conv
+
+SPATIAL_PAD = [0, 0, 0, 0, 1, 2, 0, 1]  # NCHW, before/after per axis: top 1, bottom 2, left 0, right 1
+
+
+def padded_sign_conv(pad_width=SPATIAL_PAD, pad_value=0.0, sign_first=False, conv_padding=(1, 1, 1, 1)):
+    """``main(x) = conv2d(Sign(Pad(x)), W, conv_padding)`` (or ``Pad(Sign(x))`` with ``sign_first``)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 4, 6, 6], "float32"))
+    weight = relax.const(np.where(np.random.default_rng(0).standard_normal((8, 4, 3, 3)) >= 0, 1, -1).astype(np.float32))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            if sign_first:
+                binary = bb.emit(relax.op.nn.pad(bb.emit(relax.op.sign(x)), pad_width, "constant", pad_value))
+            else:
+                binary = bb.emit(relax.op.sign(bb.emit(relax.op.nn.pad(x, pad_width, "constant", pad_value))))
+            out = bb.emit_output(relax.op.nn.conv2d(binary, weight, padding=conv_padding))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def run_pass(mod):
+    logs = []
+    after = rule_pass("FoldZeroPadIntoConv", fold_zero_pad_into_conv, logs)(mod)
+    return after, logs[0]
+
+
+def calls(mod) -> list:
+    found = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: found.append(e) if isinstance(e, relax.Call) else None)
+    return found
+
+
+def conv_of(mod):
+    (conv,) = [c for c in calls(mod) if op_name(c) == "relax.nn.conv2d"]
+    return conv
+
+
+@pytest.mark.parametrize("sign_first", [False, True], ids=["sign_of_pad", "pad_of_sign"])
+def test_fires_zero_pad_becomes_the_convs_padding(sign_first):
+    after, log = run_pass(padded_sign_conv(sign_first=sign_first))
+    assert log.changed and [r.kernel for r in log.rewrites] == [ZERO_PAD]
+    assert "zero Pad [1, 0, 2, 1]" in log.rewrites[0].detail
+    conv = conv_of(after)
+    # conv padding is (top, left, bottom, right): 1 + 1, 1 + 0, 1 + 2, 1 + 1
+    assert [int(p) for p in conv.attrs.padding] == [2, 1, 3, 2]
+    live = calls(relax.transform.DeadCodeElimination()(after))
+    assert not any(op_name(c) == "relax.nn.pad" for c in live)
+    assert sum(op_name(c) == "relax.sign" for c in live) == 1
+
+
+def test_fired_module_computes_the_same():
+    before = padded_sign_conv()
+    after, _ = run_pass(before)
+    x = np.random.default_rng(1).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    x[0, 0, 0, :3] = 0  # Sign(0) = 0, as the padded zeros are
+    results = []
+    for mod in (before, after):
+        vm = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
+        results.append(vm["main"](tvm.runtime.tensor(x)).numpy())
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize(
+    "pad_width,pad_value",
+    [
+        (SPATIAL_PAD, 1.0),  # a ±1 pad is no conv padding (FuseBinaryConv2d's explicit pad handles it)
+        ([1, 0, 0, 0, 0, 0, 0, 0], 0.0),  # batch padding
+        ([0, 0, 0, 0, -1, 0, 0, 0], 0.0),  # a crop
+    ],
+    ids=["pad_of_ones", "batch_pad", "crop"],
+)
+def test_refuses_pads_that_are_not_spatial_zero_padding(pad_width, pad_value):
+    before = padded_sign_conv(pad_width=pad_width, pad_value=pad_value)
+    after, log = run_pass(before)
+    assert not log.changed
+    tvm.ir.assert_structural_equal(after, before)
