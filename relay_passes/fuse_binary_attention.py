@@ -141,12 +141,13 @@ MAX_MASK_VALUES = 1 << 20  # elements of the broadcast constants whose intervals
 
 def attention_bool(ctx: RuleContext, expr):
     """``(comparison, strict, its vars)`` when ``expr`` is float32 ``Cast(cmp(x, c))`` or ``Where(cmp(x, c),
-    1, 0)`` with ``cmp`` one of ``>=``, ``>`` and ``c`` a scalar constant, else None."""
+    1, 0)`` (the 1 and 0 may be full constant tensors, as ``torch.ones_like`` exports) with ``cmp``
+    one of ``>=``, ``>`` and ``c`` a scalar constant, else None."""
     if dtype_of(expr) != "float32":
         return None
     node = ctx.producer(expr)
     if not (op_name(node) == "relax.astype" or (
-            op_name(node) == "relax.where" and (ctx.scalar(node.args[1]), ctx.scalar(node.args[2])) == (1.0, 0.0))):
+            op_name(node) == "relax.where" and (ctx.uniform(node.args[1], shape_of(expr)), ctx.uniform(node.args[2], shape_of(expr))) == (1.0, 0.0))):
         return None
     cmp = ctx.producer(node.args[0])
     if op_name(cmp) not in COMPARISONS or ctx.scalar(cmp.args[1]) is None or ctx.constant(cmp.args[0]) is not None:
@@ -252,8 +253,9 @@ def fuse_attention_context(ctx: RuleContext, call):
         ctx.logged_name("bits"),
     )
     ops = " ".join(f"{op} {'mask' if c.size > 1 else float(c.reshape(()))}" for op, c in steps)
-    ctx.fused(kind, f"P = S ({ops}) {'>' if strict else '>='} {ctx.scalar(cmp.args[1])} as an integer interval "
-              f"on S per {'x'.join(map(str, intervals[0].shape))} mask element, bits along {keys} keys",
+    per = ("one integer interval on S" if intervals[0].size == 1 else
+           f"an integer interval on S per element of the {'x'.join(map(str, intervals[0].shape))} constants")
+    ctx.fused(kind, f"P = S ({ops}) {'>' if strict else '>='} {ctx.scalar(cmp.args[1])} as {per}, bits along {keys} keys",
               *bool_vars, *visited)
     ternary_v = not never_zero(ctx, xv)
     source, axis = head_source(ctx, xv)
