@@ -1017,18 +1017,24 @@ def attention_bits(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     pack = sch.get_sblock("threshold_pack")
     *lead, rows, kw, _ = sch.get_loops(pack)
     keys = int(sch.get(sch.get_loops(mism)[3]).extent)
-    if keys % WORD_BITS:
-        raise ValueError("keys not a multiple of 32")
     (height,) = extents(sch, [rows])
-    lanes, key_block, row_block = tile(keys, height, unit, WORD_BITS, transposed=False,
-                                       vectors=WORD_BITS // vector_lanes(keys, unit))
+    aligned = keys % WORD_BITS == 0
+    lanes, key_block, row_block = tile(keys, height, unit, WORD_BITS if aligned else None, transposed=False,
+                                       vectors=WORD_BITS // vector_lanes(keys, unit) if aligned else None)
     r_outer, r_inner = sch.split(rows, [None, row_block])
     sch.reorder(*lead, r_outer, kw, r_inner)
     sch.compute_at(bits, r_inner, preserve_unit_loops=True)
-    keep_dot_apart(sch, dot, r_inner, lanes)
-    task = sch.fuse(*lead, r_outer, kw)
+    # word-aligned keys: a task per row block and word of 32 keys; otherwise the last word reads
+    # clamped keys, so the task covers all keys of its rows (as a dense's thresholds)
+    keep_dot_apart(sch, dot, r_inner if aligned else r_outer, lanes if aligned else 1)
+    task = sch.fuse(*lead, r_outer, kw) if aligned else sch.fuse(*lead, r_outer)
     parallel(sch, task, block_work(sch, mism), PARALLEL_MIN_TILE_WORK)
     sch.compute_at(mism, task, preserve_unit_loops=True)
+    if not aligned:
+        key = sch.get_loops(mism)[-2]
+        k_outer, _ = sch.split(key, [None, key_block])
+        loops = sch.get_loops(mism)
+        sch.reorder(k_outer, loops[-4])  # key blocks outside the rows
     accumulate(sch, mism, lanes, 2, 1)
     pack_words(sch, bits, pack, unit.lanes)
     return Scheduled(sch.mod["main"], f"attention bits: {row_block} queries x {key_block} keys in registers, "

@@ -127,7 +127,8 @@ def kernels_of(path) -> dict:
 
 @pytest.mark.parametrize("form,dynamo", [(">=", False), (">", False), ("where", False), (">", True)],
                          ids=["ge-legacy", "gt-legacy", "where-legacy", "gt-dynamo"])
-def test_masked_attention_bits_and_context_are_exact(tmp_path, form, dynamo):
+def test_masked_attention_bits_and_context_are_exact(tmp_path, form, dynamo, monkeypatch):
+    monkeypatch.setenv("BNN_STRICT_SCHEDULES", "1")  # the fast CPU schedules take 16 keys (not a whole word) too
     path = masked_model(tmp_path, form, dynamo)
     kernels = kernels_of(path)
     matmuls = [kernel for name, kernel in kernels.items() if name.startswith("MatMul:")]
@@ -169,3 +170,20 @@ def test_attention_threshold_off_by_one_fails_verify(tmp_path, monkeypatch):
     monkeypatch.setattr(fuse_binary_attention, "score_intervals", off_by_one)
     report = verify(path, "x86", x=inputs())
     assert not report.exact and report.max_abs_diff > 0
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_bibert_layer_runs_every_matmul_binary_and_verifies(tmp_path, dynamo, monkeypatch):
+    """A whole encoder layer (32 tokens: whole words of keys): every MatMul a binary kernel, the
+    attention's two included, and ``verify`` exact."""
+    from bibert import BiBertLayer
+
+    monkeypatch.setenv("BNN_STRICT_SCHEDULES", "1")
+    path = export(tmp_path / f"layer_{dynamo}.onnx", BiBertLayer(HIDDEN, HEADS, 128), 32, HIDDEN, dynamo=dynamo)
+    kernels = kernels_of(path)
+    matmuls = {name: kernel for name, kernel in kernels.items() if name.startswith("MatMul:")}
+    assert len(matmuls) == 8 and all(matmuls.values()), matmuls  # q, k, v, scores, context, out, up, down
+    assert any(k.endswith("_attention_context") for k in matmuls.values()), matmuls
+    x = np.random.default_rng(1).standard_normal((1, 32, HIDDEN)).astype(np.float32)
+    report = verify(path, "x86", x=x)
+    assert report.ok and report.exact, "\n".join(report.lines())
