@@ -13,7 +13,7 @@ from .fold_channel_ops_into_pack import fold_channel_ops_into_pack
 from .fold_float_tables import fold_float_tables
 from .fold_residual_add import fold_residual_add
 from .fold_thresholds import fold_threshold
-from .fuse_binary_attention import fuse_binary_attention
+from .fuse_binary_attention import fuse_attention_context, fuse_binary_attention
 from .fuse_binary_conv2d import fuse_binary_conv2d
 from .fuse_binary_dense import fuse_binary_dense
 from .fold_zero_pad_into_conv import fold_zero_pad_into_conv
@@ -104,6 +104,8 @@ def binarize(logs: list[PassLog] | None = None, float_epilogues: bool = True, si
             sign_rounds(logs, fusions, sign_zero),
             # Sign(Q) Sign(K)^T: after the rounds, so the linears before the Signs are kernels (proofs of non-zero)
             rule_pass("FuseBinaryAttention", fuse_binary_attention, logs),
+            # Bi-Attention's P = bool(S / sqrt(d) + mask) as bits, P @ Sign(V) one popcount kernel
+            rule_pass("FuseAttentionContext", fuse_attention_context, logs),
             rule_pass("FoldThresholds", fold_threshold, logs),
             relax.transform.DeadCodeElimination(),  # float ops the thresholds replaced are not chain ends
             *(

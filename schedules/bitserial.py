@@ -779,3 +779,93 @@ def attention_scores_dot(q: te.Tensor, k: te.Tensor, taps: int, ternary: bool = 
 def scores_to_float(dot: te.Tensor, dtype: str = "float32") -> te.Tensor:
     """The integer scores as the float graph's matmul gives them: exact, ``|S| <= d < 2^24``."""
     return te.compute(dot.shape, lambda *index: dot[index].astype(dtype), name="scores_float")
+
+
+# --------------------------------------------------------------------------------------------
+# Bi-Attention: P = bool(S / sqrt(d) + mask) as bits along the keys, then P @ Sign(V)
+
+
+def attention_bits(q: te.Tensor, k: te.Tensor, low: te.Tensor, high: te.Tensor, taps: int,
+                   ternary: bool = False) -> te.Tensor:
+    """Bi-Attention's ``P = bool(S / sqrt(d) + mask)`` packed along the keys: uint32 ``[B, H, T,
+    ceil(T2 / 32)]``, bit ``b`` of word ``w`` the decision for key ``32 w + b`` (padding keys 0).
+
+    ``S`` is ``attention_scores_dot(q, k, taps, ternary)``, the exact integer scores; the float
+    chain after it (the division, the mask, the comparison) is folded into an integer interval
+    per element of the constant mask (``low``, ``high``: int32, each axis 1 or the scores' own,
+    ``relay_passes.fuse_binary_attention.score_intervals``): the bit is ``low <= S <= high``."""
+    dot = attention_scores_dot(q, k, taps, ternary)
+    keys = int(dot.shape[-1])
+    words = num_words(keys)
+
+    def at(table, index):
+        return table[tuple(0 if int(extent) == 1 else i for extent, i in zip(table.shape, index))]
+
+    def decide(i, h, t, c):
+        if keys == words * WORD_BITS:  # no padding keys: no clamp
+            value = dot[i, h, t, c]
+            return tirx.all(value >= at(low, (i, h, t, c)), value <= at(high, (i, h, t, c)))
+        safe = tirx.min(c, keys - 1)
+        value = dot[i, h, t, safe]
+        return tirx.all(c < keys, value >= at(low, (i, h, t, safe)), value <= at(high, (i, h, t, safe)))
+
+    decisions = te.compute(tuple(dot.shape[:-1]) + (words * WORD_BITS,), decide, name="threshold_bits")
+    return pack_decisions(decisions)
+
+
+def pack_tokens(x: te.Tensor, heads_axis: int = 1, ternary: bool = False) -> te.Tensor:
+    """``Sign(V)`` of float heads packed along the *tokens* (the axis ``P @ V`` contracts):
+    uint32 ``[B, H, W, d]`` with ``W = ceil(T / 32)``, bit ``b`` of word ``w`` holding token
+    ``32 w + b`` (padding tokens 0), ``d`` last so that a vector of outputs is one load.
+
+    ``x``: ``[B, H, T, d]`` (``heads_axis`` 1) or the ``[B, T, H, d]`` view before the head
+    transpose (``heads_axis`` 2, read in place). Bipolar: bit set where ``x >= 0``. ``ternary``:
+    ``[B, H, 2 W, d]``, word ``2 w`` the signs (``x > 0``), ``2 w + 1`` the nonzeros (``x != 0``).
+    """
+    if heads_axis == 1:
+        batch, heads, tokens, depth = (int(v) for v in x.shape)
+        read = lambda i, h, t, j: x[i, h, t, j]  # noqa: E731
+    else:
+        batch, tokens, heads, depth = (int(v) for v in x.shape)
+        read = lambda i, h, t, j: x[i, t, h, j]  # noqa: E731
+    words = num_words(tokens)
+    b = te.reduce_axis((0, WORD_BITS), name="bit")
+    zero = tirx.const(0, x.dtype)
+
+    def word(i, h, w, j):
+        t = (w // 2 if ternary else w) * WORD_BITS + b
+        value = read(i, h, tirx.min(t, tokens - 1), j)
+        if ternary:
+            on = tirx.any(value > zero, tirx.all(w % 2 == 1, value < zero))
+        else:
+            on = value >= zero
+        return te.sum(_bit(tirx.all(t < tokens, on), b), axis=b)
+
+    count = 2 * words if ternary else words
+    return te.compute((batch, heads, count, depth), word, name="pack_tokens")
+
+
+def attention_context_dot(p: te.Tensor, v: te.Tensor, ternary: bool = False) -> te.Tensor:
+    """``P @ Sign(V)`` of attention bits ``p`` (``attention_bits``: ``[B, H, T, W]``, 0/1 along
+    the keys) and values ``v`` packed along the tokens (``pack_tokens``: ``[B, H, W, d]``),
+    exact: int32 ``[B, H, T, d]``.
+
+    Over the keys where ``p`` is 1 a term is +1 where the value bit is set and -1 where not:
+    ``C = 2 * popcount(p AND v) - popcount(p)`` (padding bits are 0 in ``p``). ``ternary``
+    (values as sign and nonzero words ``[B, H, 2 W, d]``; a sign bit is set only where the
+    nonzero bit is): over the keys where both are set, ``C = 2 * popcount(p AND s) -
+    popcount(p AND m)``. Named as ``attention_scores_dot``'s blocks, so its schedules apply."""
+    batch, heads, tokens, words = (int(v_) for v_ in p.shape)
+    depth = int(v.shape[-1])
+    rw = te.reduce_axis((0, words), name="rw")
+
+    def count(i, h, t, j):
+        row = p[i, h, t, rw]
+        if ternary:
+            ones, weight = v[i, h, 2 * rw, j], tirx.popcount(row & v[i, h, 2 * rw + 1, j]).astype("int32")
+        else:
+            ones, weight = v[i, h, rw, j], tirx.popcount(row).astype("int32")
+        return te.sum(2 * tirx.popcount(row & ones).astype("int32") - weight, axis=rw)
+
+    counts = te.compute((batch, heads, tokens, depth), count, name="mismatches")
+    return te.compute(counts.shape, lambda *index: counts[index], name="attention_dot")

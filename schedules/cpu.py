@@ -994,6 +994,41 @@ def attention_scores(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
                                       f"{lanes} lanes, 32-bit counters")
 
 
+def attention_bits(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+    """Bi-Attention's bits (``bitserial.attention_bits``): as a dense's thresholds, per (batch,
+    head, block of query rows, word of 32 keys) one task, the scores of the rows x 32 keys
+    accumulated in vector registers over the words of d, compared with the keys' intervals and
+    packed into each row's word by mask."""
+    mism = sch.get_sblock("mismatches")
+    dot = sch.get_sblock("attention_dot")
+    bits = sch.get_sblock("threshold_bits")
+    pack = sch.get_sblock("threshold_pack")
+    *lead, rows, kw, _ = sch.get_loops(pack)
+    keys = int(sch.get(sch.get_loops(mism)[3]).extent)
+    (height,) = extents(sch, [rows])
+    aligned = keys % WORD_BITS == 0
+    lanes, key_block, row_block = tile(keys, height, unit, WORD_BITS if aligned else None, transposed=False,
+                                       vectors=WORD_BITS // vector_lanes(keys, unit) if aligned else None)
+    r_outer, r_inner = sch.split(rows, [None, row_block])
+    sch.reorder(*lead, r_outer, kw, r_inner)
+    sch.compute_at(bits, r_inner, preserve_unit_loops=True)
+    # word-aligned keys: a task per row block and word of 32 keys; otherwise the last word reads
+    # clamped keys, so the task covers all keys of its rows (as a dense's thresholds)
+    keep_dot_apart(sch, dot, r_inner if aligned else r_outer, lanes if aligned else 1)
+    task = sch.fuse(*lead, r_outer, kw) if aligned else sch.fuse(*lead, r_outer)
+    parallel(sch, task, block_work(sch, mism), PARALLEL_MIN_TILE_WORK)
+    sch.compute_at(mism, task, preserve_unit_loops=True)
+    if not aligned:
+        key = sch.get_loops(mism)[-2]
+        k_outer, _ = sch.split(key, [None, key_block])
+        loops = sch.get_loops(mism)
+        sch.reorder(k_outer, loops[-4])  # key blocks outside the rows
+    accumulate(sch, mism, lanes, 2, 1)
+    pack_words(sch, bits, pack, unit.lanes)
+    return Scheduled(sch.mod["main"], f"attention bits: {row_block} queries x {key_block} keys in registers, "
+                                      f"{lanes} lanes, 32-bit counters, mask-packed words")
+
+
 def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     """Float NCHW -> bits: each vector takes ``lanes`` consecutive positions of a row; per
     channel one load, one compare, one masked add of the channel's bit; the finished words
@@ -1073,6 +1108,10 @@ KERNELS = {
     "pack_levels": pack_sign,
     "binary_attention_scores": attention_scores,
     "ternary_attention_scores": attention_scores,
+    "binary_attention_bits": attention_bits,
+    "ternary_attention_bits": attention_bits,
+    "binary_attention_context": attention_scores,  # the same blocks: rows x outputs over words
+    "ternary_attention_context": attention_scores,
 }
 
 

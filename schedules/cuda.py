@@ -377,8 +377,8 @@ def apply(sch: s_tir.Schedule, func, op: str) -> Scheduled:
     thresholds, lookup tables), not by its name: a popcount reduction over the weights makes a
     tiled kernel, anything else gets a thread per output element."""
     main = main_block(sch, func)
-    if main is None or op.endswith("attention_scores"):
-        # attention scores (two activations, d/32 words per score): a thread per score, its
+    if main is None or "_attention_" in op:
+        # attention scores, bits and context (two activations, a few words per output): a thread per output, its
         # counter in a register; no staged operand yet
         return per_output(sch, func, op)
     count_nonzeros(sch)

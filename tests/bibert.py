@@ -1,8 +1,9 @@
 """BiBERT-style binarized attention and encoder layer (Qin et al., ICLR 2022), written as its
 public PyTorch code writes them: binary linears (``sign`` of the input, ``sign(W)`` times the
 mean ``|W|`` per output), ``sign`` on the Q, K and V heads, ``Sign(Q) @ Sign(K)^T / sqrt(d)``
-(plus a mask), Bi-Attention's ``bool`` (``scores >= 0`` as 0/1 floats) in place of softmax, then
-``P @ Sign(V)``. Random (seeded) weights.
+(plus a mask), Bi-Attention's ``bool`` (``scores >= 0`` as 0/1 floats; ``form=">"``: ``scores >
+0``, ``form="where"``: ``torch.where(scores >= 0, 1., 0.)``) in place of softmax, then ``P @
+Sign(V)``. Random (seeded) weights.
 
 ``export(path, ...)`` writes the ONNX file with either of PyTorch's exporters.
 """
@@ -31,12 +32,13 @@ class BinaryLinear(nn.Linear):
 class BiAttention(nn.Module):
     """Multi-head Bi-Attention; ``outputs="all"`` also returns the scores and the attention bits."""
 
-    def __init__(self, hidden: int = 64, heads: int = 2, outputs: str = "context", mask=None):
+    def __init__(self, hidden: int = 64, heads: int = 2, outputs: str = "context", mask=None, form: str = ">="):
         super().__init__()
         self.heads, self.depth = heads, hidden // heads
         self.q, self.k, self.v = (BinaryLinear(hidden, hidden) for _ in range(3))
         self.outputs = outputs
-        self.mask = mask
+        self.mask = mask  # added to the scaled scores: BERT's extended mask, 0 or -10000 per key, [1, 1, 1, T]
+        self.form = form
 
     def split(self, x):
         batch, tokens, _ = x.shape
@@ -50,7 +52,10 @@ class BiAttention(nn.Module):
         scores = raw / math.sqrt(self.depth)
         if self.mask is not None:
             scores = scores + self.mask
-        bits = (scores >= 0).float()
+        if self.form == "where":
+            bits = torch.where(scores >= 0, torch.ones_like(scores), torch.zeros_like(scores))
+        else:
+            bits = (scores > 0 if self.form == ">" else scores >= 0).float()
         context = torch.matmul(bits, v).permute(0, 2, 1, 3).contiguous()
         context = context.view(context.shape[0], context.shape[1], -1)
         return (context, raw, bits) if self.outputs == "all" else context
