@@ -369,7 +369,7 @@ class StandaloneModule:
             cmd = [gcc, "-O2", "-fPIC", "-shared", "-std=gnu11", "-I", FILES, "-I", include, "-o", path,
                    os.path.join(work, "driver.c"), os.path.join(work, "constants.S"), kernels,
                    f"-Wl,--version-script={os.path.join(work, 'exports.map')}", "-Wl,--no-undefined",
-                   "-Wl,-z,noexecstack", "-lpthread", "-lm"]
+                   "-Wl,-z,noexecstack", "-Wl,--strip-debug", "-static-libgcc", "-lpthread", "-lm"]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 raise BnnError(f"--standalone: linking the library with {gcc} failed:\n{done.stderr[-2000:]}")
