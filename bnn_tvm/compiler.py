@@ -279,6 +279,9 @@ def compile_onnx(
     from tvm import relax
 
     spec = targets.get(target)
+    if standalone and spec.family == "cuda":
+        raise BnnError(f"target {spec.name}: --standalone builds CPU libraries (x86, ARM); a CUDA module needs "
+                       "TVM's runtime")
     stages = ["importing ONNX, binarization passes"] + (["tuning records"] if db else []) + ["scheduling", "LLVM build"]
     with tqdm(total=len(stages), desc=f"compile {os.path.basename(path)}", unit="stage", disable=not progress) as bar, \
             cleared_on_error(bar):

@@ -234,6 +234,7 @@ def emit_driver(program: Program, metadata: dict, slots: list[str]) -> str:
             tensors.append(t)
         return index_of[t]
 
+    input_index = tensor(program.input)  # every tensor is registered before the tables are written
     args = [tensor(t) for _, call_args in program.calls for t in call_args]
     outputs = [tensor(t) for t in program.outputs]
     shapes, shape_at = [], []
@@ -289,7 +290,7 @@ def emit_driver(program: Program, metadata: dict, slots: list[str]) -> str:
         f"static const char *const bnn_output_dtypes[] = {{{', '.join(json.dumps(tensors[o].dtype) for o in outputs)}}};",
         f"static const size_t bnn_output_bytes[] = {{{', '.join(str(tensors[o].nbytes) for o in outputs)}}};",
         f"static const size_t bnn_input_bytes = {program.input.nbytes};",
-        f"static const int bnn_input_tensor = {tensor(program.input)};",
+        f"static const int bnn_input_tensor = {input_index};",
         f"static const char bnn_meta[] = {{{c_bytes(meta)}, 0}};",
         "",
         "static void bnn_install_slots(void)",
