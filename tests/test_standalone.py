@@ -176,7 +176,7 @@ def test_refusals_are_one_line_exit_2(tmp_path, capsys):
 @pytest.mark.slow
 @needs("arm-linux-gnueabihf-gcc", "qemu-arm")
 def test_birealnet18_x86_and_armv7_bit_identical(tmp_path):
-    """Bi-Real ResNet-18 at 224x224 (random weights), 2 images: about 90 s with the compiles."""
+    """Bi-Real ResNet-18 at 224x224 (random weights), 2 images: about 40 s with the three compiles."""
     from bnn_tvm.compiler import compile_onnx
     from bnn_tvm.export import resolve_model
 
