@@ -4,7 +4,7 @@ program linked against the library, and ``bnn_runner`` behind ``run``/``verify``
 
 from __future__ import annotations
 
-import os
+import pathlib
 import shutil
 import subprocess
 
@@ -189,3 +189,62 @@ def test_birealnet18_x86_and_armv7_bit_identical(tmp_path):
         compile_onnx(path, target, standalone=True).export(library)
         assert needed_libraries(library) <= ALLOWED_NEEDED
         assert np.array_equal(bits(CompiledRunner.load(library).run(x)[0]), bits(expected)), target
+
+
+ARMHF_PYTHON = ["python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libffi8", "zlib1g", "libexpat1"]
+CTYPES_SCRIPT = r"""
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.bnn_model_input_shape.restype = lib.bnn_model_output_shape.restype = ctypes.POINTER(ctypes.c_int64)
+size = lambda shape, ndim: eval("*".join(str(shape[d]) for d in range(ndim)) or "1")
+n_in = size(lib.bnn_model_input_shape(), lib.bnn_model_input_ndim())
+n_out = size(lib.bnn_model_output_shape(0), lib.bnn_model_output_ndim(0))
+data, out = open(sys.argv[2], "rb").read(), bytearray()
+x, y = (ctypes.c_float * n_in)(), (ctypes.c_float * n_out)()
+for i in range(len(data) // (4 * n_in)):
+    ctypes.memmove(x, data[4 * n_in * i:4 * n_in * (i + 1)], 4 * n_in)
+    assert lib.bnn_model_run(x, y) == 0
+    out += bytes(y)
+open(sys.argv[3], "wb").write(out)
+"""
+
+
+def armhf_python(root) -> str | None:
+    """Debian's armhf Python 3.11 unpacked under ``root`` (apt-get download, dpkg -x; nothing is
+    installed), or None where the armhf package lists are absent (dpkg --add-architecture armhf)."""
+    python = root / "usr" / "bin" / "python3.11"
+    if python.exists():
+        return str(python)
+    arches = subprocess.run(["dpkg", "--print-foreign-architectures"], capture_output=True, text=True).stdout.split()
+    if "armhf" not in arches or shutil.which("apt-get") is None:
+        return None
+    debs = root / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["apt-get", "download", "-q", *[f"{p}:armhf" for p in ARMHF_PYTHON]], cwd=debs,
+                      capture_output=True, timeout=300).returncode != 0:
+        return None
+    for deb in debs.glob("*.deb"):
+        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+    return str(python)
+
+
+@needs("arm-linux-gnueabihf-gcc", "qemu-arm", "dpkg")
+def test_armv7_library_from_python_ctypes_under_qemu_arm(build, digits, reference, tmp_path):
+    """Python's ctypes on armv7 (Debian's armhf Python under qemu-arm), no numpy, no TVM."""
+    from bnn_tvm.board import cache_dir
+
+    root = pathlib.Path(cache_dir()) / "armhf-python"
+    python = armhf_python(root)
+    if python is None:
+        pytest.skip("no armhf Python: dpkg --add-architecture armhf && apt-get update (its packages are downloaded, "
+                    "not installed)")
+    (tmp_path / "run.py").write_text(CTYPES_SCRIPT)
+    np.ascontiguousarray(digits[0], np.float32).tofile(tmp_path / "x.bin")
+    libs = f"{root}/usr/lib/arm-linux-gnueabihf:{root}/lib/arm-linux-gnueabihf"
+    done = subprocess.run([ARMV7.qemu, "-cpu", ARMV7.qemu_cpu, "-L", ARMV7.sysroot, "-E", f"LD_LIBRARY_PATH={libs}",
+                           "-E", f"PYTHONHOME={root}/usr", python, str(tmp_path / "run.py"),
+                           build("rasp3b-armv7", True), str(tmp_path / "x.bin"), str(tmp_path / "y.bin")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = np.fromfile(tmp_path / "y.bin", np.float32).reshape(reference.shape)
+    assert np.array_equal(bits(got), bits(reference))
