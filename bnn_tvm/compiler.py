@@ -28,7 +28,17 @@ class CompiledModel:
     metadata: dict
     logs: list = field(default_factory=list)
 
+    @property
+    def standalone(self) -> bool:
+        """Whether ``executable`` is a standalone library (``--standalone``) rather than a TVM module."""
+        from .standalone import StandaloneModule
+
+        return isinstance(self.executable, StandaloneModule)
+
     def export(self, path: str) -> None:
+        if self.standalone:
+            atomic_write(path, self.executable.export)
+            return
         spec = targets.get(self.metadata["target"])
         kwargs = {}
         if spec.cross_compiler:
@@ -257,17 +267,21 @@ def cleared_on_error(bar):
 
 def compile_onnx(
     path: str, target: str = "x86", batch: int | None = None, extra_outputs: list[str] | None = None,
-    db: str | None = None, progress: bool = False, sign_zero: str = "exact",
+    db: str | None = None, progress: bool = False, sign_zero: str = "exact", standalone: bool = False,
 ) -> CompiledModel:
     """Compile the ONNX model at ``path``; ``extra_outputs`` exposes inner tensors (for verify);
     ``db``: a tuning database folder (``python -m bnn_tvm tune``) whose records replace the
     hand-written schedules where they were faster; ``progress``: a bar over the compile stages
-    (a large model takes tens of seconds, most of it in the import and in LLVM)."""
+    (a large model takes tens of seconds, most of it in the import and in LLVM); ``standalone``:
+    kernels and a C driver with no TVM runtime (``bnn_tvm.standalone``) instead of a VM module."""
     import tvm
     from tqdm import tqdm
     from tvm import relax
 
     spec = targets.get(target)
+    if standalone and spec.family == "cuda":
+        raise BnnError(f"target {spec.name}: --standalone builds CPU libraries (x86, ARM); a CUDA module needs "
+                       "TVM's runtime")
     stages = ["importing ONNX, binarization passes"] + (["tuning records"] if db else []) + ["scheduling", "LLVM build"]
     with tqdm(total=len(stages), desc=f"compile {os.path.basename(path)}", unit="stage", disable=not progress) as bar, \
             cleared_on_error(bar):
@@ -288,6 +302,8 @@ def compile_onnx(
             "fused": lowered.fused_lines(),
             "sign_zero": sign_zero,
         }
+        if standalone:
+            metadata["standalone"] = True
         builder = relax.BlockBuilder(lowered.mod)
         with builder.function(METADATA_FUNC, []):
             builder.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
@@ -303,6 +319,11 @@ def compile_onnx(
             stage()
         mod = schedules.schedule_module(mod, spec)
         stage()
-        executable = tvm.compile(mod, spec.tvm_target())
+        if standalone:
+            from .standalone import build
+
+            executable = build(mod, spec, metadata)
+        else:
+            executable = tvm.compile(mod, spec.tvm_target())
         stage()
     return CompiledModel(executable, metadata, lowered.logs)

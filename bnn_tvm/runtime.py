@@ -1,4 +1,5 @@
-"""Running a compiled module: the Relax VM over the shared library, any batch size."""
+"""Running a compiled module: the Relax VM over the shared library, any batch size (a standalone
+library, ``compile --standalone``, through ``standalone_runtime``)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,10 @@ class CompiledRunner:
 
         if not os.path.isfile(path):
             raise BnnError(f"no compiled module at {path}")
+        from .standalone_runtime import StandaloneRunner, is_standalone
+
+        if is_standalone(path):  # compile --standalone: ctypes here, or bnn_runner under qemu
+            return StandaloneRunner.load(path)
         check_built_for_this_machine(path)
         prepare_cuda_loading()
         try:

@@ -9,6 +9,7 @@ within float rounding.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +118,7 @@ def verify(
     key: str | None = None,
     sign_zero: str = "exact",
     per_layer: bool = False,
+    standalone: bool = False,
 ) -> VerifyReport:
     """Compile ``path``, run it and ORT on ``x`` (random normal inputs when None), compare;
     ``progress``: the compile's stage bar. With ``rpc`` (HOST:PORT) or ``tracker`` + ``key``
@@ -124,10 +126,16 @@ def verify(
     ``sign_zero="plus"``: the model is compiled with ``Sign(0) = +1`` and checked against the
     float graph with the same convention; the report also says how far it is from the float
     graph itself. ``per_layer``: also check every compiled kernel on ONNX Runtime's values of its
-    inputs (``verify_layers``); it runs by itself when binarized values differ end to end."""
+    inputs (``verify_layers``); it runs by itself when binarized values differ end to end.
+    ``standalone``: the model is compiled as a standalone library (``bnn_tvm.standalone``) and
+    run here, through ctypes or, for an ARM target, under qemu-user."""
     import targets
 
-    check_runs_here(targets.get(target), remote=rpc is not None or tracker is not None)
+    remote = rpc is not None or tracker is not None
+    if standalone:
+        check_standalone_runs_here(targets.get(target), remote)
+    else:
+        check_runs_here(targets.get(target), remote=remote)
     model = load_for_compile(path)
     input_name, dims = graph_input(model, path)
     lowered = lower_onnx(path, batch, target=target, sign_zero=sign_zero)  # first: it refuses a model too large to run
@@ -137,7 +145,8 @@ def verify(
     binaries = lowered.binarizer_outputs()
     if batch is None and dims and dims[0] is None and not lowered.outputs_follow_batch():
         batch = len(x)  # an output like [B*N, C] cannot be run in chunks: compile the whole batch
-    compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries, progress=progress, sign_zero=sign_zero)
+    compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries, progress=progress, sign_zero=sign_zero,
+                            standalone=standalone)
     ours = compiled_outputs(compiled, target, x, rpc, tracker, key)
     add_graph_outputs(model, binaries)
     float_graph = model
@@ -171,7 +180,7 @@ def verify(
         try:
             report.per_layer = verify_per_layer(lowered, reference, x, target, sign_zero, progress,
                                                 run=lambda c, row: compiled_outputs(c, target, row, rpc, tracker, key),
-                                                whole_fused=compiled.metadata["fused"])
+                                                whole_fused=compiled.metadata["fused"], standalone=standalone)
         except BnnError as err:
             report.per_layer_note = f"not run: {err}"
         except Exception as err:  # noqa: BLE001 (a crash here must not hide the end-to-end report)
@@ -181,6 +190,21 @@ def verify(
     elif report.exact:
         report.per_layer_note = "not run (end to end exact; --per-layer checks each kernel on ONNX Runtime's inputs)"
     return report
+
+
+def check_standalone_runs_here(spec, remote: bool) -> None:
+    """A standalone library runs on this machine (x86) or under qemu-user (ARM); a board runs
+    TVM modules (``--rpc``/``--tracker``)."""
+    if remote:
+        raise BnnError("--standalone libraries run here (natively or under qemu-user); --rpc/--tracker run TVM modules "
+                       "on a board: leave one of them out")
+    if spec.family == "cuda":
+        raise BnnError(f"target {spec.name}: --standalone builds CPU libraries (x86, ARM); a CUDA module needs "
+                       "TVM's runtime")
+    if not spec.is_host and spec.isa == "x86_64":
+        return  # another x86 CPU's code: runs here if this CPU has its features
+    if not spec.is_host and spec.qemu and shutil.which(spec.qemu) is None:
+        raise BnnError(f"target {spec.name}: its standalone library runs here under {spec.qemu}: apt-get install qemu-user")
 
 
 def compare(ours: list, theirs: list, binaries: list[str]) -> tuple[float, float, dict]:
@@ -342,7 +366,17 @@ def binarized_ancestors(model, tensor: str, binarized: set) -> set:
 
 def compiled_outputs(compiled, target: str, x: np.ndarray, rpc=None, tracker=None, key=None) -> list[np.ndarray]:
     """The compiled module's outputs on ``x``: here, or on the board (exported to a temporary
-    library and sent over RPC, as ``bench`` does)."""
+    library and sent over RPC, as ``bench`` does). A standalone library is exported and run here
+    (ctypes, or under qemu for ARM)."""
+    if compiled.standalone:
+        import tempfile
+
+        from .standalone_runtime import StandaloneRunner
+
+        with tempfile.TemporaryDirectory(prefix="bnn-verify-") as folder:
+            library = os.path.join(folder, "model.so")
+            compiled.export(library)
+            return StandaloneRunner.load(library).run(x)
     if rpc is None and tracker is None:
         return CompiledRunner(compiled.executable).run(x)
     import tempfile

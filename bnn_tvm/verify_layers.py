@@ -312,13 +312,14 @@ def segments_model(model: onnx.ModelProto, segments: list[Segment], shapes: dict
 
 def verify_per_layer(
     lowered, reference_model: onnx.ModelProto, x: np.ndarray, target: str, sign_zero: str = "exact",
-    progress: bool = False, run=None, whole_fused: list = (),
+    progress: bool = False, run=None, whole_fused: list = (), standalone: bool = False,
 ) -> PerLayerReport:
     """Cut ``lowered``'s model into segments, compile them once, run each on ONNX Runtime's
     (``reference_model``: the pinned graph the reference runs, ``Sign(0) = +1`` under
     ``--sign-zero plus``) values of its inputs on ``x`` and compare. ``run(compiled, row)``: the
     compiled segments' outputs for one ``[1, total]`` row (here, or on a board); ``whole_fused``:
-    the whole model's fused kernels, to name those the segments did not compile to."""
+    the whole model's fused kernels, to name those the segments did not compile to; ``standalone``:
+    the segments compiled as a standalone library, as the whole model was."""
     from .compiler import compile_onnx
 
     graph = lowered.onnx_model.graph
@@ -336,7 +337,7 @@ def verify_per_layer(
     with tempfile.TemporaryDirectory(prefix="bnn-per-layer-") as folder:
         path = os.path.join(folder, "segments.onnx")
         onnx.save(model, path)
-        compiled = compile_onnx(path, target, progress=progress, sign_zero=sign_zero)
+        compiled = compile_onnx(path, target, progress=progress, sign_zero=sign_zero, standalone=standalone)
     ours = [run(compiled, np.concatenate([part(values[t], c, chunks).reshape(-1) for t in fed])[None])
             for c in range(chunks)]  # one compiled batch's segment inputs per run, as one row
     ours_of = {t: np.concatenate([o[i] for o in ours]) for i, t in enumerate(outputs)}

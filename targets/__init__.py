@@ -134,7 +134,8 @@ _FIXED = {
         apt_package="g++-arm-linux-gnueabihf",
         family="arm",
         isa="arm",
-        runtime="a TVM 0.27 runtime built for armv7l (PyPI has no armv7 wheel: build libtvm_runtime on the Pi)",
+        runtime="nothing for `compile --standalone` (libc only, glibc >= 2.34); a TVM module needs a TVM 0.27 "
+        "runtime built for armv7l (PyPI has no armv7 wheel)",
         qemu="qemu-arm",
         qemu_cpu="max",  # qemu has no 32-bit Cortex-A53 model
         sysroot="/usr/arm-linux-gnueabihf",

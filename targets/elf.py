@@ -49,3 +49,41 @@ def read_header(path: str) -> ElfHeader:
     flags_offset = 36 if bits == 32 else 48  # after e_entry/e_phoff/e_shoff, which are 4 or 8 bytes
     (e_flags,) = struct.unpack_from(endian + "I", head, flags_offset)
     return ElfHeader(bits, e_machine, e_flags, e_type == 3)
+
+
+SHT_DYNSYM = 11
+
+
+def dynamic_symbols(path: str) -> set[str]:
+    """The names a shared object exports (defined symbols of its ``.dynsym``), for any ELF class
+    and machine: how ``bnn_tvm`` tells a standalone library from a TVM module without loading it
+    (an ARM library cannot be loaded on x86)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"\x7fELF":
+        raise BnnError(f"{path} is not an ELF file")
+    bits = {1: 32, 2: 64}[data[4]]
+    endian = "<" if data[5] == 1 else ">"
+    if bits == 32:
+        shoff, = struct.unpack_from(endian + "I", data, 32)
+        shentsize, shnum = struct.unpack_from(endian + "HH", data, 46)
+        section = lambda i: struct.unpack_from(endian + "IIIIIIIIII", data, shoff + i * shentsize)  # noqa: E731
+    else:
+        shoff, = struct.unpack_from(endian + "Q", data, 40)
+        shentsize, shnum = struct.unpack_from(endian + "HH", data, 58)
+        section = lambda i: struct.unpack_from(endian + "IIQQQQIIQQ", data, shoff + i * shentsize)  # noqa: E731
+    names: set[str] = set()
+    for i in range(shnum):
+        _, sh_type, _, _, offset, size, link, _, _, entsize = section(i)
+        if sh_type != SHT_DYNSYM or not entsize:
+            continue
+        _, _, _, _, str_offset, _, _, _, _, _ = section(link)
+        for start in range(offset, offset + size, entsize):
+            if bits == 32:
+                name, _, _, _, _, shndx = struct.unpack_from(endian + "IIIBBH", data, start)
+            else:
+                name, _, _, shndx, _, _ = struct.unpack_from(endian + "IBBHQQ", data, start)
+            if name and shndx:
+                end = data.index(b"\0", str_offset + name)
+                names.add(data[str_offset + name:end].decode("utf-8", "replace"))
+    return names

@@ -2,7 +2,8 @@
 # System packages for cross-compiling to ARM and for the emulated Raspberry Pi board:
 # Debian's cross toolchains, the dynamically linked qemu-user (its -plugin option counts
 # instructions), a host C compiler for that plugin, and the arm64 package lists that the
-# board's set-up downloads its aarch64 Python from (apt-get download, no install), and LLVM's
+# board's set-up downloads its aarch64 Python from (apt-get download, no install), the armhf lists
+# for the armv7 Python that tests a standalone library through ctypes under qemu-arm, and LLVM's
 # tools for llvm-mca (the Cortex-A53 cycle estimates of `bench --count-instructions`).
 # Idempotent: when everything is present it only checks and returns (well under a second).
 set -euo pipefail
@@ -16,9 +17,12 @@ for pkg in "${PACKAGES[@]}"; do
 done
 has_arm64=0
 dpkg --print-foreign-architectures | grep -qx arm64 && has_arm64=1
-# The arm64 lists exist once apt-get update ran after the architecture was added.
+has_armhf=0
+dpkg --print-foreign-architectures | grep -qx armhf && has_armhf=1
+# The arm64 (armhf) lists exist once apt-get update ran after the architecture was added.
 arm64_lists=0
-if [[ $has_arm64 == 1 ]] && compgen -G "/var/lib/apt/lists/*binary-arm64_Packages*" >/dev/null; then
+if [[ $has_arm64 == 1 && $has_armhf == 1 ]] && compgen -G "/var/lib/apt/lists/*binary-arm64_Packages*" >/dev/null \
+        && compgen -G "/var/lib/apt/lists/*binary-armhf_Packages*" >/dev/null; then
     arm64_lists=1
 fi
 
@@ -38,6 +42,7 @@ fi
 
 echo "install_system_deps.sh: installing ${missing[*]:-} (and the arm64 package lists)"
 [[ $has_arm64 == 1 ]] || $SUDO dpkg --add-architecture arm64
+[[ $has_armhf == 1 ]] || $SUDO dpkg --add-architecture armhf
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 if [[ ${#missing[@]} != 0 ]]; then

@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
     s.add_argument("--sign-zero", choices=SIGN_ZERO, default="exact", help="what Sign(0) gives: exact (0, as the "
                    "float graph; a Sign that can see 0 costs two binary halves) or plus (+1, as BNN engines do: plain "
                    "binary cost, answers differ from the float graph where a Sign sees exactly 0)")
+    s.add_argument("--standalone", action="store_true", help="one shared library with a plain C API (bnn_model.h: "
+                   "bnn_model_run(in, out), shapes queryable) that needs no TVM runtime: only libc; for CPU targets "
+                   "(x86, aarch64, rasp3b-armv7, where PyPI has no TVM runtime); `run` and `verify --standalone` use it")
     s.set_defaults(func=run)
 
 
@@ -34,10 +37,12 @@ def run(args) -> int:
     path = resolve_model(args.model)
     output = args.output or os.path.splitext(os.path.basename(args.model or path))[0] + f"_{target}.so"
     refuse_overwriting_input(output, [args.model, path], "-o")
-    compiled = compile_onnx(path, target, batch=args.batch, db=args.db, progress=True, sign_zero=args.sign_zero)
+    compiled = compile_onnx(path, target, batch=args.batch, db=args.db, progress=True, sign_zero=args.sign_zero,
+                            standalone=args.standalone)
     compiled.export(output)
     for line in compiled.metadata["fused"]:
         print(f"fused: {line}")
-    print(f"compiled {path} for {target} -> {output} ({os.path.getsize(output)} bytes)")
+    kind = ", standalone: no TVM runtime needed" if args.standalone else ""
+    print(f"compiled {path} for {target} -> {output} ({os.path.getsize(output)} bytes{kind})")
     return 0
 

@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
                    "of its inputs (segments cut at binarized tensors and float layers, compiled together once) and "
                    "compare; runs by itself when binarized values differ end to end, to tell a compiler error from "
                    "float rounding upstream of a binarizer")
+    s.add_argument("--standalone", action="store_true", help="compile a standalone library (compile --standalone) "
+                   "and run it: here through ctypes, or an ARM one under qemu-user (no board needed)")
     s.set_defaults(func=run)
 
 
@@ -44,7 +46,7 @@ def run(args) -> int:
             extra["pytorch"] = accuracy(model, x, labels)
     report = verify(path, args.target, x=x, labels=labels, batch=args.batch, extra_accuracy=extra, progress=True,
                     rpc=args.rpc, tracker=args.tracker, key=args.key, sign_zero=args.sign_zero,
-                    per_layer=args.per_layer)
+                    per_layer=args.per_layer, standalone=args.standalone)
     for line in report.lines():
         print(line)
     if "pytorch" in report.accuracy and report.accuracy["pytorch"] != report.accuracy["bnn_tvm"]:
