@@ -7,8 +7,9 @@ Pad(value=1) in NHWC -> Transpose(to NCHW) -> Conv`` (its transpose optimiser ha
 the axes, so ``T2(f(T1(x))) = f'(x)`` when ``T2`` undoes ``T1``; the binarizer and its pad then
 sit directly before the conv, where the other passes find them.
 
-The ops crossed: unary elementwise ops, and elementwise ops with a constant operand (a scalar, or
-a full-rank constant, which is transposed along); ``pad``. Anything else between the two
+The ops crossed: unary elementwise ops, and elementwise ops with a constant operand (any
+constant that broadcasts: it is transposed along, a lower-rank one first given its leading unit
+axes); ``pad``. Anything else between the two
 transposes (an op of two tensors, a reduction, another transpose) stops the rewrite.
 """
 
@@ -67,8 +68,10 @@ def moved(ctx: RuleContext, node, tensor, position: int, perm: list[int]):
     args[position] = tensor
     for i, arg in enumerate(args):
         value = ctx.constant(arg) if i != position else None
-        if value is not None and value.ndim == len(perm) and value.size > 1:
-            args[i] = relax.const(np.ascontiguousarray(value.transpose(np.argsort(perm))))
+        if value is not None and value.size > 1:
+            # broadcasting aligns trailing axes: a [C] bias of an NHWC tensor is [1, 1, 1, C]
+            full = value.reshape((1,) * (len(perm) - value.ndim) + value.shape)
+            args[i] = relax.const(np.ascontiguousarray(full.transpose(np.argsort(perm))))
     return relax.Call(node.op, args, node.attrs)
 
 
