@@ -1042,6 +1042,11 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     # Vectors along the row only: a vector spanning rows would make the local word buffer's
     # region non-rectangular.
     lanes = power_of_two_divisor(width, unit.lanes)
+    if lanes < 4:
+        # narrow rows (7, 14: a ResNet's last stages) as one odd-width vector, which LLVM widens
+        # to a register: 2-3x faster packs there than 1- or 2-lane vectors (Zen 4). Where a
+        # power of two of 4 or more lanes divides the row (28, 56), it stays: faster than that.
+        lanes = largest_divisor(width, unit.lanes)
     x_outer, x_inner = sch.split(x, [None, lanes])
     # a ternary activation's interleaved sign and nonzero words (``pack_ternary``): both from
     # one load and compare per channel, the word's parity a constant in each unrolled copy
