@@ -20,6 +20,11 @@ The schedules do not change arithmetic, so results are bit-identical to the defa
   or subtracts (``batch_norm``'s ``x * gamma`` stays a stored intermediate before ``+ beta``);
 * a small producer broadcast into a larger consumer (``sqrt(var + eps)`` per channel) stays
   its own loop, computed once per channel, not once per element;
+* a reduction strided along its innermost output loop (LayerNorm's row sums over the hidden
+  axis) accumulates 8 outputs side by side in registers, each in its order (independent chains);
+* the one exception to bit-identity: float32 ``erf`` (GELU, ONNX ``Erf``) is legalized with
+  ``schedules.float_erf`` (vectorisable, within 1 ulp of libm's ``erff``, the same sign and ±1
+  set; see docs/exactness.md) instead of a libm call per element;
 * max pools and matmuls with a constant weight have hand-written kernels instead
   (``rewrite_hand_written``, run before scheduling by ``schedules.prepare_cpu_kernels``):
   ``schedules.max_pool`` (no padded copy of the input; max is exact in any order) and
