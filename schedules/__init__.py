@@ -74,15 +74,20 @@ def schedule_module(mod, spec, plans: dict | None = None):
     return mod
 
 
-def legalize(mod, target):
+def legalize(mod, target, vector_erf: bool = False):
     """Lower the Relax operators of ``mod`` to PrimFuncs with the passes ``tvm.compile``'s
-    pipeline would run for ``target``, so that the float ones can be scheduled here first."""
+    pipeline would run for ``target``, so that the float ones can be scheduled here first;
+    ``vector_erf`` (CPU float schedules): float32 ``erf`` and GELU with the vectorisable
+    ``schedules.float_erf`` instead of a libm call per element."""
     import tvm
     from tvm import relax
 
+    from .float_erf import legalize_map
+
     with target:
         return tvm.transform.Sequential(
-            [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan(), relax.transform.LegalizeOps()]
+            [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan(),
+             relax.transform.LegalizeOps(legalize_map() if vector_erf else None)]
         )(mod)
 
 

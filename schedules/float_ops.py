@@ -20,6 +20,11 @@ The schedules do not change arithmetic, so results are bit-identical to the defa
   or subtracts (``batch_norm``'s ``x * gamma`` stays a stored intermediate before ``+ beta``);
 * a small producer broadcast into a larger consumer (``sqrt(var + eps)`` per channel) stays
   its own loop, computed once per channel, not once per element;
+* a reduction strided along its innermost output loop (LayerNorm's row sums over the hidden
+  axis) accumulates 8 outputs side by side in registers, each in its order (independent chains);
+* the one exception to bit-identity: float32 ``erf`` (GELU, ONNX ``Erf``) is legalized with
+  ``schedules.float_erf`` (vectorisable, within 1 ulp of libm's ``erff``, the same sign and ±1
+  set; see docs/exactness.md) instead of a libm call per element;
 * max pools and matmuls with a constant weight have hand-written kernels instead
   (``rewrite_hand_written``, run before scheduling by ``schedules.prepare_cpu_kernels``):
   ``schedules.max_pool`` (no padded copy of the input; max is exact in any order) and
@@ -52,6 +57,7 @@ LOG = logging.getLogger(__name__)
 FLOAT_OP_ATTR = "bnn.float_op"  # the plan of a scheduled float kernel (for tests, inspect)
 PARALLEL_MIN_CHUNKS = 64  # parallel chunks wanted of a nest left in its default loop order
 UNROLL_FACTORS = (4, 5, 3, 2)  # independent vector accumulators of a reduction (hide the add latency)
+INTERLEAVE_FACTORS = (8, 4, 2)  # outputs of a strided reduction accumulated side by side (independent chains)
 
 
 def enabled() -> bool:
@@ -87,7 +93,7 @@ def schedule_float_ops(mod, target, lanes32: int, plans: dict | None = None):
     of the target's vectors. ``plans``, if given, receives ``{kernel name: plan}``."""
     from . import legalize
 
-    mod = legalize(mod, target)
+    mod = legalize(mod, target, vector_erf=True)
     updates = {}
     for gvar, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc) or SCHEDULED_ATTR in (func.attrs or {}):
@@ -319,6 +325,10 @@ def _schedule_nest(sch, block, lanes32: int) -> str:
         if not lanes:
             first = j
     plan = [name]
+    if strided and reduction:
+        factor = next((f for f in INTERLEAVE_FACTORS if extents[j] % f == 0), 0)
+        if factor:
+            return _interleaved_reduction(sch, block, spatial, j, reduction, factor, total * red_work)
     if not lanes:
         # no explicit vector: the loop order stays the default one (LLVM vectorizes the innermost
         # loop where it can; a strided pooling window is faster so than with a reordered nest);
@@ -366,6 +376,29 @@ def _schedule_nest(sch, block, lanes32: int) -> str:
         wb_loops = sch.get_loops(write_back)
         if len(wb_loops) > 1:
             sch.vectorize(sch.fuse(*wb_loops[1:]) if len(wb_loops) > 2 else wb_loops[-1])
+    return " ".join(plan)
+
+
+def _interleaved_reduction(sch, block, spatial, j, reduction, factor: int, work: int) -> str:
+    """A reduction whose input is strided along its innermost output loop (LayerNorm's sum over
+    the hidden axis of each row): ``factor`` outputs (rows) accumulate side by side, in registers,
+    each over the reduction loops in their order -- independent add chains instead of one
+    latency-bound chain per output, the same sums. The leading spatial loops run in parallel where
+    the kernel does enough work."""
+    name = sch.get(block).name_hint
+    rows_outer, rows = sch.split(spatial[j], [None, factor])
+    outer_loops = list(spatial[:j]) + [rows_outer] + list(spatial[j + 1 :])
+    sch.reorder(*(outer_loops + list(reduction) + [rows]))
+    outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
+    write_back = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(write_back, outer)
+    sch.unroll(rows)
+    plan = [name, f"reduction over {len(reduction)} loop(s) kept in order inside, {factor} outputs interleaved"]
+    if work >= PARALLEL_MIN_WORK and int(sch.get(outer).extent) > 1:
+        sch.parallel(outer)
+        plan.append("parallel")
+    init = sch.decompose_reduction(block, reduction[0])
+    sch.unroll(sch.get_loops(init)[-1])
     return " ".join(plan)
 
 
