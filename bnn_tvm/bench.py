@@ -518,9 +518,9 @@ def ort_board_engine(workload, x, settings, workdir, outputs) -> Prepared:
 
     remote = remote_ort_bench(workload.onnx_path, settings.target, x, rpc=settings.rpc, tracker=settings.tracker,
                               key=settings.key, repeat=settings.repeat, count_instructions=settings.count_instructions,
-                              threads=settings.threads)
+                              threads=settings.threads, budget_s=settings.budget_s)
     note = (f"the same ONNX in ONNX Runtime {remote['ort_version']} (aarch64 build) on the board, all graph "
-            "optimisations, CPUExecutionProvider, timed on the board (median of its runs)")
+            f"optimisations, CPUExecutionProvider, timed on the board (median of its {len(remote['times_ms'])} runs)")
     result = EngineResult("ort_fp32", times_ms=[float(remote["median_ms"])], note=note,
                           instructions=remote.get("instructions"))
     outputs["ort_fp32"] = remote["outputs"][0]

@@ -116,11 +116,13 @@ def remote_ort_bench(
     repeat: int = 10,
     count_instructions: bool = False,
     threads: int = 1,
+    budget_s: float = 0.0,
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> dict:
     """Run the ONNX model ``onnx_path`` in ONNX Runtime on the emulated board (its
     ``bnn.board.ort_bench``: CPU provider, all graph optimisations, ``threads`` intra-op
-    threads), on one batch ``inputs`` as the model takes it. Returns what ``remote_bench``
+    threads), on one batch ``inputs`` as the model takes it; ``repeat`` timed runs, fewer (at
+    least one) once they took ``budget_s`` seconds if that is positive. Returns what ``remote_bench``
     returns, with ``ort_version``; the instruction count brackets one ``session.run`` the way
     ``remote_bench`` brackets one call of the compiled model."""
     import onnx
@@ -138,7 +140,8 @@ def remote_ort_bench(
         raise BnnError(f"no ONNX model at {onnx_path}")
     folder = os.path.dirname(os.path.abspath(onnx_path))
     extra = [os.path.join(folder, f) for f in external_data_files(onnx.load(onnx_path, load_external_data=False))]
-    request = {"engine": "ort", "module": os.path.abspath(onnx_path), "files": extra, "threads": int(threads)}
+    request = {"engine": "ort", "module": os.path.abspath(onnx_path), "files": extra, "threads": int(threads),
+               "budget_s": float(budget_s)}
     return _remote(request, spec, inputs, rpc, tracker, key, repeat, count_instructions, timeout)
 
 
@@ -280,7 +283,8 @@ class _Session:
         remote.upload(bytearray(buffer.getvalue()), target="input.npy")
         self.phase("run")  # and timing, and counting: one call on the board
         info = json.loads(str(ort_bench("model.onnx", "input.npy", "outputs.npz", self.request["threads"],
-                                        self.request["repeat"], self.request["count_instructions"])))
+                                        self.request["repeat"], self.request["count_instructions"],
+                                        self.request["budget_s"])))
         self.phase("done")
         with np.load(io.BytesIO(bytes(remote.download("outputs.npz")))) as data:
             outputs = [data[f"out{i}"] for i in range(len(data.files))]

@@ -50,12 +50,14 @@ def count_instructions(module, func_name, *args):
     return counted(lambda: func(*args))
 
 
-def ort_bench(model_file, input_file, output_file, threads, repeat, count):
+def ort_bench(model_file, input_file, output_file, threads, repeat, count, budget_s=0.0):
     """Run the uploaded ONNX ``model_file`` on the uploaded ``input_file`` (``.npy``) in ONNX
     Runtime, with what ``bench``'s x86 ``ort_fp32`` engine uses: CPU provider, all graph
     optimisations, ``threads`` intra-op threads, one inter-op thread. Writes the outputs of one
     run to ``output_file`` (``.npz``, ``out0``, ``out1``, ...), times ``repeat`` further runs
-    (``session.run``, as on x86) and, if ``count``, counts the executed instructions of one more
+    (``session.run``, as on x86; fewer, at least one, once they took ``budget_s`` seconds if that
+    is positive: a float ResNet-18 takes about 20 s a run under qemu) and, if ``count``, counts
+    the executed instructions of one more
     run (warm: arena and kernels set up by the runs before). Files are in the session's folder;
     returns a JSON string."""
     import json
@@ -84,6 +86,8 @@ def ort_bench(model_file, input_file, output_file, threads, repeat, count):
         start = time.perf_counter()
         session.run(None, feed)
         times.append((time.perf_counter() - start) * 1e3)
+        if budget_s > 0 and sum(times) > budget_s * 1e3:
+            break
     instructions = counted(lambda: session.run(None, feed)) if count else None
     return json.dumps({"times_ms": times, "instructions": instructions, "version": ort.__version__,
                        "threads": int(threads), "optimization": "ORT_ENABLE_ALL"})
