@@ -13,7 +13,8 @@ runs (after warm-up):
 * ``ort_fp32``: ONNX Runtime (all graph optimisations) on the same ONNX as ``tvm_fp32``; with a
   board on an aarch64 target (``--rpc``/``--tracker``), ONNX Runtime's aarch64 build on the
   emulated board, timed there and, with ``--count-instructions``, counted by the same plugin over
-  one ``session.run`` (``instruction_ratio`` in the report: each count over ``bnn_tvm``'s);
+  one ``session.run`` (the median of 3 such runs: its count varies by up to ~1.6 %;
+  ``instruction_ratio`` in the report: each count over ``bnn_tvm``'s);
 * ``topi_bitserial`` (single layers only): TVM's own ``topi.nn.bitserial_conv2d_nhwc``,
   unipolar, int32 output, default (untuned, unscheduled) lowering.
 
@@ -260,6 +261,7 @@ class EngineResult:
     note: str = ""
     error: str | None = None
     instructions: int | None = None
+    instruction_samples: list[int] | None = None  # several counted runs, where counts vary (ort_fp32 on a board)
     mca: dict | None = None  # llvm-mca estimates of the kernels' inner loops (``targets.mca``)
 
     @property
@@ -273,6 +275,8 @@ class EngineResult:
             out["error"] = self.error
         if self.instructions is not None:
             out["instructions"] = self.instructions
+        if self.instruction_samples:
+            out["instruction_samples"] = self.instruction_samples
         if self.mca is not None:
             out["mca"] = self.mca
         return out
@@ -521,8 +525,11 @@ def ort_board_engine(workload, x, settings, workdir, outputs) -> Prepared:
                               threads=settings.threads, budget_s=settings.budget_s)
     note = (f"the same ONNX in ONNX Runtime {remote['ort_version']} (aarch64 build) on the board, all graph "
             f"optimisations, CPUExecutionProvider, timed on the board (median of its {len(remote['times_ms'])} runs)")
+    samples = remote.get("instruction_samples")
+    if samples:
+        note += f"; instructions: median of {len(samples)} counted runs ({min(samples):,}-{max(samples):,})"
     result = EngineResult("ort_fp32", times_ms=[float(remote["median_ms"])], note=note,
-                          instructions=remote.get("instructions"))
+                          instructions=remote.get("instructions"), instruction_samples=samples)
     outputs["ort_fp32"] = remote["outputs"][0]
     return Prepared(result)
 

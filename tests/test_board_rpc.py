@@ -128,29 +128,29 @@ def test_onnx_runtime_on_the_board_matches_x86_and_is_counted(lab):
     """``bench``'s ``ort_fp32`` on an aarch64 board: ONNX Runtime's aarch64 build in the board's
     root (importable thanks to its Pi 3B /proc/cpuinfo) runs the default model with the x86
     engine's options; outputs agree with x86 ONNX Runtime within float rounding (float BN and
-    Gemm, FMA on aarch64), and the same plugin counts one run, the same within 0.2 %."""
+    Gemm, FMA on aarch64), and the same plugin counts its runs."""
     import onnxruntime as ort
 
     x = digits_split()[2][:BATCH]
-    runs = [remote_ort_bench(default_model_path(), "rasp3b", x, tracker=lab["tracker"], key=lab["key"], repeat=2,
-                             count_instructions=True) for _ in range(2)]
+    result = remote_ort_bench(default_model_path(), "rasp3b", x, tracker=lab["tracker"], key=lab["key"], repeat=2,
+                              count_instructions=True)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(default_model_path(), options, providers=["CPUExecutionProvider"])
     expected = session.run(None, {session.get_inputs()[0].name: x})[0]
-    board_out = runs[0]["outputs"][0]
+    board_out = result["outputs"][0]
     assert board_out.shape == expected.shape == (BATCH, 10)
     np.testing.assert_allclose(board_out, expected, rtol=1e-5, atol=1e-5)
     assert np.array_equal(board_out.argmax(1), expected.argmax(1))
-    assert runs[0]["ort_version"] == ort.__version__
-    assert len(runs[0]["times_ms"]) == 2 and runs[0]["median_ms"] > 0
-    # Not to the instruction: two sessions differed by 13 and by 6,593 of 10.7 M (0.06 %; ONNX
-    # Runtime's own run-to-run work, e.g. copies of buffers at other alignments), where
-    # bnn_tvm's count repeats exactly.
-    assert runs[0]["instructions"] > 10_000
-    assert runs[1]["instructions"] == pytest.approx(runs[0]["instructions"], rel=2e-3)
-    assert runs[0]["board"]["machine"] == "aarch64"
+    assert result["ort_version"] == ort.__version__
+    assert len(result["times_ms"]) == 2 and result["median_ms"] > 0
+    assert result["board"]["machine"] == "aarch64"
+    # The median of 3 counted runs: ONNX Runtime's count varies a little from run to run (up to
+    # 0.06 % here, 1.6 % on the reference layer), where bnn_tvm's repeats exactly.
+    samples = result["instruction_samples"]
+    assert len(samples) == 3 and result["instructions"] == sorted(samples)[1] > 10_000
+    assert max(samples) < 1.05 * min(samples)
 
 
 def test_bench_counts_bnn_tvm_against_onnx_runtime_on_the_board(lab, tmp_path):
