@@ -10,7 +10,11 @@ runs (after warm-up):
   NCHW and channels_last memory formats; for a bare ONNX file, which has no PyTorch model behind
   it, the ONNX graph itself run node by node in PyTorch (``bnn_tvm.onnx_torch``, the same float
   arithmetic as ``tvm_fp32``; its output is checked against the reference like TVM's);
-* ``ort_fp32``: ONNX Runtime (all graph optimisations) on the same ONNX as ``tvm_fp32``;
+* ``ort_fp32``: ONNX Runtime (all graph optimisations) on the same ONNX as ``tvm_fp32``; with a
+  board on an aarch64 target (``--rpc``/``--tracker``), ONNX Runtime's aarch64 build on the
+  emulated board, timed there and, with ``--count-instructions``, counted by the same plugin over
+  one ``session.run`` (the median of 3 such runs: its count varies by up to ~1.6 %;
+  ``instruction_ratio`` in the report: each count over ``bnn_tvm``'s);
 * ``topi_bitserial`` (single layers only): TVM's own ``topi.nn.bitserial_conv2d_nhwc``,
   unipolar, int32 output, default (untuned, unscheduled) lowering.
 
@@ -257,6 +261,7 @@ class EngineResult:
     note: str = ""
     error: str | None = None
     instructions: int | None = None
+    instruction_samples: list[int] | None = None  # several counted runs, where counts vary (ort_fp32 on a board)
     mca: dict | None = None  # llvm-mca estimates of the kernels' inner loops (``targets.mca``)
 
     @property
@@ -270,6 +275,8 @@ class EngineResult:
             out["error"] = self.error
         if self.instructions is not None:
             out["instructions"] = self.instructions
+        if self.instruction_samples:
+            out["instruction_samples"] = self.instruction_samples
         if self.mca is not None:
             out["mca"] = self.mca
         return out
@@ -500,7 +507,36 @@ def torch_engine(workload, x, settings, workdir, outputs) -> Prepared:
     return Prepared(EngineResult("torch_fp32", note=f"{workload.torch_note}; {where}; best layout {layout}"), timed)
 
 
+def ort_on_board(settings: Settings) -> bool:
+    """Whether ``ort_fp32`` runs on the board: remote runs on aarch64 targets, whose emulated
+    board has ONNX Runtime's aarch64 build (``bnn_tvm.board``)."""
+    import targets
+
+    return settings.remote and targets.get(settings.target).isa == "aarch64"
+
+
+def ort_board_engine(workload, x, settings, workdir, outputs) -> Prepared:
+    """ONNX Runtime's aarch64 build on the board, the same ONNX and options as on x86; timed on
+    the board (median of its runs), counted over one ``session.run`` like ``bnn_tvm``'s call."""
+    from .remote import remote_ort_bench
+
+    remote = remote_ort_bench(workload.onnx_path, settings.target, x, rpc=settings.rpc, tracker=settings.tracker,
+                              key=settings.key, repeat=settings.repeat, count_instructions=settings.count_instructions,
+                              threads=settings.threads, budget_s=settings.budget_s)
+    note = (f"the same ONNX in ONNX Runtime {remote['ort_version']} (aarch64 build) on the board, all graph "
+            f"optimisations, CPUExecutionProvider, timed on the board (median of its {len(remote['times_ms'])} runs)")
+    samples = remote.get("instruction_samples")
+    if samples:
+        note += f"; instructions: median of {len(samples)} counted runs ({min(samples):,}-{max(samples):,})"
+    result = EngineResult("ort_fp32", times_ms=[float(remote["median_ms"])], note=note,
+                          instructions=remote.get("instructions"), instruction_samples=samples)
+    outputs["ort_fp32"] = remote["outputs"][0]
+    return Prepared(result)
+
+
 def ort_engine(workload, x, settings, workdir, outputs) -> Prepared:
+    if ort_on_board(settings):
+        return ort_board_engine(workload, x, settings, workdir, outputs)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -673,7 +709,7 @@ def benchmark(workload: Workload, settings: Settings, engines: list[str], progre
                 continue
             if progress is not None:
                 progress.set_postfix_str(f"{workload.name}: preparing {engine}")
-            if engine in HOST_ONLY and settings.remote:
+            if engine in HOST_ONLY and settings.remote and not (engine == "ort_fp32" and ort_on_board(settings)):
                 prepared[engine] = Prepared(EngineResult(engine, error="runs on the host CPU only, not on the remote board"))
             else:
                 try:
@@ -698,8 +734,15 @@ def benchmark(workload: Workload, settings: Settings, engines: list[str], progre
         "speedup": {name: r.median_ms / base for name, r in results.items() if r.median_ms and base},
         "sizes": sizes,
     }
+    counted = results["bnn_tvm"].instructions
+    if counted:  # on the emulated board: every count of the run over bnn_tvm's, the like-for-like ratio
+        report["instruction_ratio"] = {name: r.instructions / counted for name, r in results.items()
+                                       if r.instructions is not None}
     reference = reference_output(workload, x)
-    for engine in ("bnn_tvm", "tvm_fp32", "torch_fp32"):
+    # ONNX Runtime's own output is checked where it ran on the board (its aarch64 build); on x86
+    # it is the reference's library with other optimisations.
+    checked = ("bnn_tvm", "tvm_fp32", "torch_fp32") + (("ort_fp32",) if ort_on_board(settings) else ())
+    for engine in checked:
         if engine in outputs:
             diff = np.abs(outputs[engine].astype(np.float64) - reference)
             report.setdefault("max_abs_diff_vs_reference", {})[engine] = float(diff.max())
@@ -777,6 +820,11 @@ def report_lines(report: dict) -> list[str]:
         faster = "" if name == "bnn_tvm" or ratio is None else (f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower")
         instr = f", {r['instructions']:,} instructions" if r.get("instructions") is not None else ""
         lines.append(f"  {name:<16}{r['median_ms']:>11.3f}{r['min_ms']:>10.3f}{r['runs']:>6}{faster:>14}  {r['note']}{instr}")
+    ratios = {name: ratio for name, ratio in report.get("instruction_ratio", {}).items() if name != "bnn_tvm"}
+    if ratios:
+        lines.append("  executed instructions (one run, same board and plugin): bnn_tvm executes "
+                     + ", ".join(f"{ratio:.1f}x fewer than {name}" if ratio >= 1 else f"{1 / ratio:.1f}x more than {name}"
+                                 for name, ratio in ratios.items()))
     estimates = report["engines"].get("bnn_tvm", {}).get("mca")
     if estimates:
         from targets.mca import report_lines as mca_lines

@@ -4,7 +4,11 @@ Set-up (once, cached under ``cache_dir()/board-aarch64``; apt and pip only):
   * Debian's arm64 Python 3.11 and the libraries it and TVM need, fetched with
     ``apt-get download`` and unpacked with ``dpkg -x`` (nothing is installed on the host);
   * the aarch64 wheels of TVM 0.27 (``pip install --target --platform manylinux_2_28_aarch64``),
-    run with ``TVM_USE_RUNTIME_LIB=1`` so only ``libtvm_runtime`` is loaded;
+    run with ``TVM_USE_RUNTIME_LIB=1`` so only ``libtvm_runtime`` is loaded, and of ONNX Runtime
+    (the ``ort_fp32`` engine of ``bench`` on the board);
+  * a Raspberry Pi 3B's ``/proc/cpuinfo`` at ``root/proc/cpuinfo``: qemu-user looks absolute paths
+    up under ``QEMU_LD_PREFIX`` first, and qemu 7.2 would otherwise pass the host's x86 text
+    through, on which ONNX Runtime's CPU detection (pytorch/cpuinfo) crashes at import;
   * the instruction-counting QEMU plugin, compiled from ``qemu_board/insn_count.c``.
 
 Start/stop: ``start()`` runs ``qemu_board/board_server.py`` with that Python under
@@ -34,11 +38,27 @@ QEMU_BOARD_DIR = os.path.join(os.path.dirname(__file__), "qemu_board")
 SERVER_SCRIPT = os.path.join(QEMU_BOARD_DIR, "board_server.py")
 PLUGIN_SOURCE = os.path.join(QEMU_BOARD_DIR, "insn_count.c")
 WHEELS = ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0"]
+# ONNX Runtime's aarch64 build, the float baseline ``bench --engines ort_fp32`` runs on the board;
+# the version the host's environment pins, so both sides run the same release.
+ORT_WHEELS = ["onnxruntime==1.31.1"]
 ROOT_PACKAGES = ["python3.11-minimal", "libpython3.11-stdlib", "libstdc++6"]
 # Parts of the closure a Python interpreter never loads (tools with maintainer scripts).
 SKIPPED_PACKAGES = {"dpkg", "install-info", "tar"}
 DEFAULT_PORT = 9090
 START_TIMEOUT_S = 180  # qemu imports tvm in ~10 s here; a loaded CI machine is slower
+
+
+def _pi3b_cpuinfo() -> str:
+    """``/proc/cpuinfo`` of a Raspberry Pi 3B under a 64-bit kernel: four Cortex-A53 cores (ARM
+    part 0xd03), the features its ARMv8.0-A cores report (no atomics, no fp16, no dot product)."""
+    core = ("BogoMIPS\t: 38.40\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\n"
+            "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd03\nCPU revision\t: 4\n")
+    cores = "\n".join(f"processor\t: {i}\n{core}" for i in range(4))
+    return (cores + "\nHardware\t: BCM2835\nRevision\t: a02082\nSerial\t\t: 0000000000000000\n"
+            "Model\t\t: Raspberry Pi 3 Model B Rev 1.2\n")
+
+
+PI3B_CPUINFO = _pi3b_cpuinfo()
 
 
 def cache_dir() -> str:
@@ -106,7 +126,8 @@ def _setup_version() -> str:
     for path in (PLUGIN_SOURCE,):
         with open(path, "rb") as f:
             digest.update(f.read())
-    digest.update(" ".join(WHEELS + ROOT_PACKAGES + sorted(SKIPPED_PACKAGES)).encode())
+    digest.update(" ".join(WHEELS + ORT_WHEELS + ROOT_PACKAGES + sorted(SKIPPED_PACKAGES)).encode())
+    digest.update(PI3B_CPUINFO.encode())
     return digest.hexdigest()[:16]
 
 
@@ -167,8 +188,8 @@ def _install_wheels(work: str) -> None:
          "--no-warn-script-location", "--target", site,
          "--platform", "manylinux_2_28_aarch64", "--platform", "manylinux_2_17_aarch64",
          "--platform", "manylinux2014_aarch64", "--only-binary=:all:", "--python-version", "3.11",
-         "--implementation", "cp", "--abi", "cp311", *WHEELS],
-        "pip install of the aarch64 TVM wheels",
+         "--implementation", "cp", "--abi", "cp311", *WHEELS, *ORT_WHEELS],
+        "pip install of the aarch64 TVM and ONNX Runtime wheels",
         timeout=900,
     )
     # The board loads libtvm_runtime only (TVM_USE_RUNTIME_LIB=1): drop the 240 MB compiler.
@@ -176,6 +197,15 @@ def _install_wheels(work: str) -> None:
         path = os.path.join(site, "tvm", "lib", unused)
         if os.path.exists(path):
             os.remove(path)
+
+
+def _write_cpuinfo(work: str) -> None:
+    """The guest's ``/proc/cpuinfo`` (see the module docstring). qemu opens ``/proc/self/*`` and
+    the rest of ``/proc`` from the host still: only this one file exists under ``root/proc``."""
+    folder = os.path.join(work, "root", "proc")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "cpuinfo"), "w") as f:
+        f.write(PI3B_CPUINFO)
 
 
 def _build_plugin(work: str) -> None:
@@ -187,13 +217,16 @@ def _build_plugin(work: str) -> None:
 
 def _smoke_test(root: BoardRoot, qemu: str) -> None:
     out = _run(
-        [qemu, root.python, "-c", "import platform, tvm; print(platform.machine(), tvm.__version__)"],
-        "importing tvm under qemu",
+        [qemu, root.python, "-c",
+         "import platform, tvm, onnxruntime; print(platform.machine(), tvm.__version__, onnxruntime.__version__)"],
+        "importing tvm and onnxruntime under qemu",
         timeout=300,
         env=root.env("cortex-a53"),
     )
-    if not out.startswith("aarch64 0.27"):
-        raise BnnError(f"board set-up: the emulated Python reports {out.strip()!r}, expected aarch64 with TVM 0.27")
+    ort_version = ORT_WHEELS[0].split("==")[1]
+    if not (out.startswith("aarch64 0.27") and out.split()[-1] == ort_version):
+        raise BnnError(f"board set-up: the emulated Python reports {out.strip()!r}, expected aarch64 with TVM 0.27 "
+                       f"and ONNX Runtime {ort_version}")
 
 
 def ensure_root(qemu: str = "qemu-aarch64", progress: bool = True) -> BoardRoot:
@@ -221,6 +254,7 @@ def ensure_root(qemu: str = "qemu-aarch64", progress: bool = True) -> BoardRoot:
         with tqdm(total=5, desc="board set-up", unit="step", disable=not progress) as bar:
             _download_and_unpack(work, _arm64_closure(), bar)
             _install_wheels(work)
+            _write_cpuinfo(work)
             bar.update(1)
             _build_plugin(work)
             bar.update(1)

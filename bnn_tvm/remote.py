@@ -1,4 +1,6 @@
 """Benchmark a compiled module on a board over TVM RPC: upload, load in the Relax VM, run, time.
+Or (``remote_ort_bench``) an ONNX model in the board's ONNX Runtime, through the emulated board's
+``bnn.board.ort_bench`` function (``qemu_board/board_server.py``), timed and counted alike.
 
 The RPC session runs in a worker process (``python -m bnn_tvm.remote DIR``) that the caller
 kills when its deadline passes: TVM's RPC client blocks in C++ socket reads without a timeout,
@@ -23,6 +25,12 @@ from .errors import BnnError
 
 DEFAULT_TIMEOUT_S = 300.0  # whole benchmark, emulated board included
 TRACKER_CHECK_TIMEOUT_S = 10.0
+# ONNX Runtime's instruction count varies by up to ~1.6 % from run to run (board_server.ort_bench):
+# the median of this many counted runs is reported.
+ORT_COUNTED_RUNS = 3
+# A float ResNet-18 in ONNX Runtime takes 20-40 s a run under qemu: a first run, the timed ones
+# (within bench's budget) and the counted ones take minutes.
+ORT_TIMEOUT_S = 900.0
 PHASES = {
     "start": "starting the RPC client",
     "connect": "connecting to the board",
@@ -99,6 +107,53 @@ def remote_bench(
 
     if isinstance(spec, str):
         spec = targets.get(spec)
+    _check_module(module_path, spec)
+    request = {"engine": "tvm", "module": os.path.abspath(module_path)}
+    return _remote(request, spec, inputs, rpc, tracker, key, repeat, count_instructions, timeout)
+
+
+def remote_ort_bench(
+    onnx_path: str,
+    spec,
+    inputs,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
+    repeat: int = 10,
+    count_instructions: bool = False,
+    threads: int = 1,
+    budget_s: float = 0.0,
+    timeout: float = ORT_TIMEOUT_S,
+) -> dict:
+    """Run the ONNX model ``onnx_path`` in ONNX Runtime on the emulated board (its
+    ``bnn.board.ort_bench``: CPU provider, all graph optimisations, ``threads`` intra-op
+    threads), on one batch ``inputs`` as the model takes it; ``repeat`` timed runs, fewer (at
+    least one) once they took ``budget_s`` seconds if that is positive. Returns what ``remote_bench``
+    returns, with ``ort_version`` and ``instruction_samples``: each count brackets one
+    ``session.run`` the way ``remote_bench`` brackets one call of the compiled model, and
+    ``instructions`` is the median of ``ORT_COUNTED_RUNS`` of them (ONNX Runtime's count varies
+    a little from run to run; a TVM module's does not)."""
+    import onnx
+
+    import targets
+
+    from .onnx_import import external_data_files
+
+    if isinstance(spec, str):
+        spec = targets.get(spec)
+    if spec.isa != "aarch64":
+        raise BnnError(f"ONNX Runtime on a board: the board's root has the aarch64 build only; target {spec.name} "
+                       f"runs {spec.isa} code")
+    if not os.path.isfile(onnx_path):
+        raise BnnError(f"no ONNX model at {onnx_path}")
+    folder = os.path.dirname(os.path.abspath(onnx_path))
+    extra = [os.path.join(folder, f) for f in external_data_files(onnx.load(onnx_path, load_external_data=False))]
+    request = {"engine": "ort", "module": os.path.abspath(onnx_path), "files": extra, "threads": int(threads),
+               "budget_s": float(budget_s)}
+    return _remote(request, spec, inputs, rpc, tracker, key, repeat, count_instructions, timeout)
+
+
+def _remote(request, spec, inputs, rpc, tracker, key, repeat, count_instructions, timeout) -> dict:
     if (rpc is None) == (tracker is None):
         raise BnnError("remote benchmark: give exactly one of --rpc HOST:PORT or --tracker HOST:PORT")
     # A server registered with no tracker answers to its own key; ours use the target name,
@@ -107,14 +162,13 @@ def remote_bench(
     key = keys[0]
     x = inputs[0] if isinstance(inputs, list | tuple) else inputs
     x = np.ascontiguousarray(x, dtype=np.float32)
-    _check_module(module_path, spec)
     if tracker is not None:
         _check_tracker_key(tracker, key)
     else:
         _check_reachable(rpc)
     where = _board_label(rpc, tracker, key)
     request = {
-        "module": os.path.abspath(module_path),
+        **request,
         "rpc": rpc,
         "tracker": tracker,
         "key": key,
@@ -211,6 +265,49 @@ class _Session:
         return rpc.connect_tracker(host, port).request(self.request["key"], session_timeout=session_timeout, max_retry=1)
 
     def run(self) -> tuple[dict, list[np.ndarray]]:
+        if self.request.get("engine") == "ort":
+            return self.run_ort()
+        return self.run_tvm()
+
+    def run_ort(self) -> tuple[dict, list[np.ndarray]]:
+        """The ONNX model in the board's ONNX Runtime (``board_server.ort_bench``)."""
+        import io
+
+        remote = self.connect()
+        try:
+            ort_bench = remote.get_function("bnn.board.ort_bench")
+        except Exception as err:
+            raise BnnError(
+                f"{self.where} cannot run ONNX Runtime: only the emulated board (`python -m bnn_tvm board start`) "
+                "has the function that does (bnn.board.ort_bench)"
+            ) from err
+        self.phase("upload")
+        model = self.request["module"]
+        remote.upload(model, target="model.onnx")
+        for path in self.request.get("files", []):  # external tensor data, beside the model
+            remote.upload(path, target=os.path.basename(path))
+        buffer = io.BytesIO()
+        np.save(buffer, np.load(os.path.join(self.work, "inputs.npy")))
+        remote.upload(bytearray(buffer.getvalue()), target="input.npy")
+        self.phase("run")  # and timing, and counting: one call on the board
+        counted_runs = ORT_COUNTED_RUNS if self.request["count_instructions"] else 0
+        info = json.loads(str(ort_bench("model.onnx", "input.npy", "outputs.npz", self.request["threads"],
+                                        self.request["repeat"], counted_runs, self.request["budget_s"])))
+        self.phase("done")
+        with np.load(io.BytesIO(bytes(remote.download("outputs.npz")))) as data:
+            outputs = [data[f"out{i}"] for i in range(len(data.files))]
+        times = info["times_ms"]
+        result = {
+            "median_ms": float(np.median(times)) if times else None,
+            "times_ms": times,
+            "instructions": info["instructions"],
+            "instruction_samples": info.get("instruction_samples") or None,
+            "ort_version": info["version"],
+            "board": self.board_info(remote),
+        }
+        return result, outputs
+
+    def run_tvm(self) -> tuple[dict, list[np.ndarray]]:
         import tvm
         from tvm.runtime.vm import VirtualMachine
 

@@ -26,7 +26,7 @@ from bnn_tvm.compiler import compile_onnx
 from bnn_tvm.data import digits_split
 from bnn_tvm.errors import BnnError
 from bnn_tvm.export import default_model_path
-from bnn_tvm.remote import remote_bench
+from bnn_tvm.remote import remote_bench, remote_ort_bench
 from bnn_tvm.runtime import CompiledRunner
 from bnn_tvm.verify import verify
 
@@ -122,6 +122,52 @@ def test_remote_run_on_emulated_rasp3b_matches_x86(lab, modules):
     assert result["median_ms"] > 0 and len(result["times_ms"]) == 5
     assert result["board"]["machine"] == "aarch64" and result["board"]["cpu"] == "cortex-a53"
     assert result["instructions"] > 10_000
+
+
+def test_onnx_runtime_on_the_board_matches_x86_and_is_counted(lab):
+    """``bench``'s ``ort_fp32`` on an aarch64 board: ONNX Runtime's aarch64 build in the board's
+    root (importable thanks to its Pi 3B /proc/cpuinfo) runs the default model with the x86
+    engine's options; outputs agree with x86 ONNX Runtime within float rounding (float BN and
+    Gemm, FMA on aarch64), and the same plugin counts its runs."""
+    import onnxruntime as ort
+
+    x = digits_split()[2][:BATCH]
+    result = remote_ort_bench(default_model_path(), "rasp3b", x, tracker=lab["tracker"], key=lab["key"], repeat=2,
+                              count_instructions=True)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(default_model_path(), options, providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: x})[0]
+    board_out = result["outputs"][0]
+    assert board_out.shape == expected.shape == (BATCH, 10)
+    np.testing.assert_allclose(board_out, expected, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(board_out.argmax(1), expected.argmax(1))
+    assert result["ort_version"] == ort.__version__
+    assert len(result["times_ms"]) == 2 and result["median_ms"] > 0
+    assert result["board"]["machine"] == "aarch64"
+    # The median of 3 counted runs: ONNX Runtime's count varies a little from run to run (up to
+    # 0.06 % here, 1.6 % on the reference layer), where bnn_tvm's repeats exactly.
+    samples = result["instruction_samples"]
+    assert len(samples) == 3 and result["instructions"] == sorted(samples)[1] > 10_000
+    assert max(samples) < 1.05 * min(samples)
+
+
+def test_bench_counts_bnn_tvm_against_onnx_runtime_on_the_board(lab, tmp_path):
+    """``bench --target rasp3b --tracker --count-instructions --engines bnn_tvm,ort_fp32``: both
+    run on the board, both counted, the ratio in the report; ONNX Runtime's output checked."""
+    from bnn_tvm import bench
+
+    settings = bench.Settings("rasp3b", repeat=1, tracker=lab["tracker"], key=lab["key"], count_instructions=True)
+    workload = bench.layer_workload(bench.LayerSpec.parse("conv3x3:16x8x8"), str(tmp_path))
+    report = bench.benchmark(workload, settings, ["bnn_tvm", "ort_fp32"])
+    ort_result = report["engines"]["ort_fp32"]
+    assert "error" not in ort_result and "aarch64 build" in ort_result["note"], ort_result
+    counts = {name: report["engines"][name]["instructions"] for name in ("bnn_tvm", "ort_fp32")}
+    assert min(counts.values()) > 0
+    assert report["instruction_ratio"]["ort_fp32"] == pytest.approx(counts["ort_fp32"] / counts["bnn_tvm"])
+    assert report["max_abs_diff_vs_reference"] == {"bnn_tvm": 0.0, "ort_fp32": 0.0}  # integer-valued conv
+    assert any("fewer than ort_fp32" in line or "more than ort_fp32" in line for line in bench.report_lines(report))
 
 
 def test_verify_runs_the_model_on_the_board(lab, tmp_path):

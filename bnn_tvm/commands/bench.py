@@ -35,8 +35,10 @@ def add_parser(sub) -> None:
     s.add_argument("--db", metavar="DIR", help="apply these tuning records to bnn_tvm (see `tune`)")
     s.add_argument("--json", metavar="FILE", help="write the results as JSON")
     s.add_argument("--plot", metavar="FILE.png", help="write a bar chart of the medians")
-    s.add_argument("--rpc", metavar="HOST:PORT", help="run the TVM engines on a board's RPC server")
-    s.add_argument("--tracker", metavar="HOST:PORT", help="run the TVM engines on a board from this RPC tracker")
+    s.add_argument("--rpc", metavar="HOST:PORT", help="run the TVM engines on a board's RPC server (and ort_fp32, "
+                   "ONNX Runtime's aarch64 build, on the emulated board of an aarch64 target)")
+    s.add_argument("--tracker", metavar="HOST:PORT", help="run the TVM engines (and ort_fp32, as --rpc) on a board "
+                   "from this RPC tracker")
     s.add_argument("--key", help="the board's key at the tracker (default: the target name)")
     s.add_argument("--count-instructions", action="store_true", help="count executed instructions (emulated board); "
                    "on ARM targets also llvm-mca's estimated cycles per iteration of each binary kernel's inner loop "

@@ -3,10 +3,13 @@
 It is TVM's own RPC server (``tvm.rpc.server``: one forked session process per client, modules
 uploaded and loaded through the usual ``tvm.rpc.server.*`` functions), started without the
 popen worker that ``python -m tvm.exec.rpc_server`` uses: that worker re-executes the
-interpreter, which under qemu-user would need binfmt_misc.  Beside it, one extra global
-function counts the guest instructions of a call when the board runs with the counting plugin.
+interpreter, which under qemu-user would need binfmt_misc.  Beside it, extra global functions:
+one counts the guest instructions of a call when the board runs with the counting plugin, one
+runs an uploaded ONNX model in the board's ONNX Runtime (``bench``'s ``ort_fp32`` engine),
+timed and counted the same way.
 
-Standalone on purpose: only the standard library and tvm are importable on the board.
+Standalone on purpose: only the standard library, numpy, tvm and onnxruntime are importable on
+the board.
 """
 
 import argparse
@@ -19,26 +22,79 @@ MARKER_SYSCALL = 4242  # must match insn_count.c
 MARKER_START, MARKER_STOP = 1, 2
 
 
-def count_instructions(module, func_name, *args):
-    """Executed guest instructions of ``module[func_name](*args)``, bracketed by plugin markers."""
+def counted(call):
+    """Executed guest instructions of ``call()``, bracketed by plugin markers: exactly the
+    instructions between the two marker system calls, of every thread of the process."""
     out = os.environ.get("BNN_INSN_OUT")
     if not out:
         raise RuntimeError(
             "this board runs without the instruction-counting plugin; "
             "start it with `python -m bnn_tvm board start --count-instructions`"
         )
-    func = module[func_name]
     libc = ctypes.CDLL(None, use_errno=True)
     result_path = f"{out}.{os.getpid()}"
     if os.path.exists(result_path):
         os.remove(result_path)
     libc.syscall(MARKER_SYSCALL, MARKER_START)
-    func(*args)
+    call()
     libc.syscall(MARKER_SYSCALL, MARKER_STOP)
     with open(result_path) as f:
         count = int(f.read())
     os.remove(result_path)
     return count
+
+
+def count_instructions(module, func_name, *args):
+    """Executed guest instructions of ``module[func_name](*args)``, bracketed by plugin markers."""
+    func = module[func_name]
+    return counted(lambda: func(*args))
+
+
+def ort_bench(model_file, input_file, output_file, threads, repeat, count, budget_s=0.0):
+    """Run the uploaded ONNX ``model_file`` on the uploaded ``input_file`` (``.npy``) in ONNX
+    Runtime, with what ``bench``'s x86 ``ort_fp32`` engine uses: CPU provider, all graph
+    optimisations, ``threads`` intra-op threads, one inter-op thread. Writes the outputs of one
+    run to ``output_file`` (``.npz``, ``out0``, ``out1``, ...), times ``repeat`` further runs
+    (``session.run``, as on x86; fewer, at least one, once they took ``budget_s`` seconds if that
+    is positive: a float ResNet-18 takes about 20 s a run under qemu) and, if ``count``, counts
+    the executed instructions of ``count`` more runs (warm: arena and kernels set up by the runs
+    before). Unlike a TVM module's, ONNX Runtime's count varies from run to run in one process
+    (the reference layer: 42.58-43.25 M, with or without Python's garbage collector; its
+    allocations through glibc's malloc are the likely cause), so the median of several is
+    reported. Files are in the session's folder; returns a JSON string."""
+    import json
+    import time
+
+    import numpy as np
+    import tvm_ffi
+
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise RuntimeError(f"this board's Python has no onnxruntime ({err}); a root set up by bnn_tvm from "
+                           "this version on has it: stop the board and start it again to upgrade") from err
+    workpath = tvm_ffi.get_global_func("tvm.rpc.server.workpath")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(workpath(model_file), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.load(workpath(input_file))}
+    outputs = session.run(None, feed)
+    np.savez(workpath(output_file), **{f"out{i}": o for i, o in enumerate(outputs)})
+    times = []
+    for _ in range(int(repeat)):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1e3)
+        if budget_s > 0 and sum(times) > budget_s * 1e3:
+            break
+    samples = [counted(lambda: session.run(None, feed)) for _ in range(int(count))]
+    instructions = sorted(samples)[len(samples) // 2] if samples else None  # the median (an odd count)
+    return json.dumps({"times_ms": times, "instructions": instructions, "instruction_samples": samples,
+                       "version": ort.__version__,
+                       "threads": int(threads), "optimization": "ORT_ENABLE_ALL"})
 
 
 def board_info():
@@ -94,6 +150,7 @@ def main(argv=None):
 
     survive_dead_sessions(server)
     tvm_ffi.register_global_func("bnn.board.count_instructions", count_instructions, override=True)
+    tvm_ffi.register_global_func("bnn.board.ort_bench", ort_bench, override=True)
     tvm_ffi.register_global_func("bnn.board.info", board_info, override=True)
     tracker = None
     if args.tracker:
