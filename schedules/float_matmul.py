@@ -62,7 +62,8 @@ def schedule(func, lanes: int) -> tuple[tvm.tirx.PrimFunc, str]:
 
 def rewrite_matmuls(mod: tvm.IRModule, lanes32: int, plans: dict | None = None) -> tvm.IRModule:
     """Replace ``matmul(x [N, K], constant [K, J])`` (float32) by the blocked kernel."""
-    from . import float_conv, float_ops, rewrite_calls
+    from . import float_conv, float_ops
+    from .calls import rewrite_calls
 
     op = tvm.ir.Op.get(MATMUL)
 

@@ -90,7 +90,8 @@ def schedule(func: tirx.PrimFunc, lanes32: int) -> tuple[tirx.PrimFunc, str]:
 def rewrite_max_pools(mod: tvm.IRModule, lanes32: int, plans: dict | None = None) -> tvm.IRModule:
     """Replace the max pools of ``mod``'s Relax functions that ``clamped_windows_apply`` accepts
     by scheduled kernels (tagged scheduled, so the float op schedules leave them alone)."""
-    from . import float_ops, rewrite_calls
+    from . import float_ops
+    from .calls import rewrite_calls
 
     op = tvm.ir.Op.get(MAX_POOL)
 
