@@ -4,7 +4,7 @@ Weights are packed at compile time. Accepted weights: constant ±1, or ±alpha p
 (a scale folded into the weights by an exporter: IR-Net's powers of two, Brevitas' per-tensor
 constants). The kernel multiplies its integer result by alpha. A power of two makes that exact;
 any other alpha differs from the float conv's sum of ±alpha terms by float rounding, which
-``fold_thresholds`` takes into account (see ``weight_scale_error``).
+``FoldThresholds`` takes into account (see ``analysis.rounding.weight_scale_error``).
 
 Padding is exact in all three forms: the conv's own zero padding (pad with -1 bits, add back a
 per-border-class correction), and an explicit ``Pad`` with value -1 or +1 before an unpadded conv.

@@ -471,7 +471,7 @@ def threshold_pack(dot: te.Tensor, low: te.Tensor, high: te.Tensor) -> te.Tensor
 
     Output channel ``o`` is +1 exactly when ``low[o] <= dot <= high[o]``: the folded form of any
     monotone per-channel float chain (bias, batch norm, scale) followed by ``>= 0``; a negative
-    scale gives an open ``low`` (``relay_passes.fold_thresholds.OPEN_LOW``). Channels are the
+    scale gives an open ``low`` (``relay_passes.analysis.rounding.OPEN_LOW``). Channels are the
     last axis of ``dot``.
 
     Two stages: one decision (bool) per channel, padded to whole words, then the packing of

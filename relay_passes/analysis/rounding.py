@@ -95,7 +95,7 @@ def kernel_value_model(ctx: RuleContext, source, name: str, attrs: dict, channel
     else:
         # terms q/L * w: each q/L rounded once, and the kernel rounds d/L and d/L * alpha
         error = sum_rounding_error(taps, np.ones(channels) if scale is None else scale, roundings=3)
-    if "bnn.weight_deviation" in attrs:  # weights a few ulp off ±alpha (see BinaryWeights), times |x|'s bound
+    if "bnn.weight_deviation" in attrs:  # weights a few ulp off ±alpha (see analysis.weights.BinaryWeights), times |x|'s bound
         largest_input = 1.0 if activation_scale is None else levels * abs(activation_scale)
         error = error + np.array([float(v) for v in attrs["bnn.weight_deviation"]]) * largest_input
     return ValueModel(taps, scale, error, levels, parity, activation_scale)

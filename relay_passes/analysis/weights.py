@@ -21,7 +21,7 @@ class BinaryWeights:
     straight-through estimator ``alpha * sign(W) - clip(W) + clip(W)``) in float32, which leaves
     some weights an ulp or two off ``±alpha``. The float conv's sum then differs from
     ``alpha * d`` by at most ``deviation`` (each activation has ``|x| <= 1``) besides rounding,
-    and ``fold_thresholds`` widens its rounding band by it."""
+    and ``analysis.rounding.kernel_value_model`` widens its rounding band by it."""
 
     signs: np.ndarray  # ±1, or with ``split_scale(..., ternary=True)`` also 0
     scale: np.ndarray | None
