@@ -41,8 +41,9 @@ def project_modules() -> dict[str, str]:
     return found
 
 
-def imports_of(module: str, path: str, modules) -> list[tuple[str, bool]]:
-    """``(imported project module, function-local?)`` for each import statement of ``module``."""
+def imports_of(module: str, path: str, modules) -> list[tuple[list[str], bool]]:
+    """``(imported project modules, function-local?)`` for each import statement of ``module``
+    (the list is empty for an import of anything else: TVM, numpy, the standard library)."""
     tree = ast.parse(open(path, encoding="utf-8").read(), path)
     package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
     found = []
@@ -51,24 +52,24 @@ def imports_of(module: str, path: str, modules) -> list[tuple[str, bool]]:
         for child in ast.iter_child_nodes(node):
             inner = local or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             if isinstance(child, ast.Import):
+                targets = []
                 for alias in child.names:
                     name = alias.name
                     while name and name not in modules:
                         name = name.rpartition(".")[0]
-                    if name:
-                        found.append((name, local))
+                    targets += [name] if name else []
+                found.append((targets, local))
             elif isinstance(child, ast.ImportFrom):
                 base = child.module or ""
                 if child.level:
                     parts = package.split(".")
                     parts = parts[: len(parts) - (child.level - 1)]
                     base = ".".join(parts + ([child.module] if child.module else []))
+                targets = []
                 for alias in child.names:
                     target = f"{base}.{alias.name}"
-                    if target in modules:
-                        found.append((target, local))
-                    elif base in modules:
-                        found.append((base, local))
+                    targets += [target] if target in modules else [base] if base in modules else []
+                found.append((targets, local))
             visit(child, inner)
 
     visit(tree, False)
@@ -76,16 +77,18 @@ def imports_of(module: str, path: str, modules) -> list[tuple[str, bool]]:
 
 
 def import_graph():
-    """``(edges {module: {imported}}, function-local import counts {module: n})``."""
+    """``(edges {module: {imported}}, function-local import statements {module: (of project
+    modules, of anything)})``."""
     modules = project_modules()
-    edges, local = defaultdict(set), defaultdict(int)
+    edges, local = defaultdict(set), {}
     for module, path in modules.items():
         edges[module]
-        for target, is_local in imports_of(module, path, modules):
-            if target != module:
-                edges[module].add(target)
-            local[module] += int(is_local)
-    return dict(edges), dict(local)
+        statements = imports_of(module, path, modules)
+        for targets, _ in statements:
+            edges[module].update(t for t in targets if t != module)
+        local[module] = (sum(bool(t) and is_local for t, is_local in statements),
+                         sum(is_local for _, is_local in statements))
+    return dict(edges), local
 
 
 def cycles(edges: dict, within: tuple[str, ...] = PACKAGES) -> list[list[str]]:
@@ -173,7 +176,8 @@ if __name__ == "__main__":  # the graph's cycles and function-local imports, for
     edges, local = import_graph()
     for component in cycles(edges):
         print("cycle:", " ".join(component))
-    for module, count in sorted(local.items(), key=lambda kv: -kv[1]):
-        if count:
-            print(f"{count:4d} function-local imports in {module}")
-    print(sum(local.values()), "function-local imports in all")
+    print("function-local import statements: of project modules / of anything (TVM, numpy, ...)")
+    for module, (ours, total) in sorted(local.items(), key=lambda kv: (-kv[1][1], kv[0])):
+        if total:
+            print(f"{ours:4d} {total:4d}  {module}")
+    print(f"{sum(o for o, _ in local.values()):4d} {sum(t for _, t in local.values()):4d}  in all")
