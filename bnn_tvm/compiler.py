@@ -251,7 +251,7 @@ def lower_onnx(
     mod, provenance = import_to_relax(model, {name: shape}, path)
     check_static_shapes(mod, provenance, path)
     logs: list = []
-    mod = relay_passes.binarize(logs, float_epilogues=targets.get(target).family != "cuda", sign_zero=sign_zero)(mod)
+    mod = relay_passes.binarize(logs, targets.get(target).family, sign_zero)(mod)
     return LoweredModel(mod, model, name, shape, logs, provenance)
 
 

@@ -16,9 +16,10 @@ transposes (an op of two tensors, a reduction, another transpose) stops the rewr
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax
 
-from .common import RuleContext, op_name, shape_of
+from .common import PassLog, RuleContext, op_name, rule_pass, shape_of
 
 LAYOUT = "layout_transposes_cancelled"  # inspect: transposes that no longer exist
 
@@ -75,7 +76,7 @@ def moved(ctx: RuleContext, node, tensor, position: int, perm: list[int]):
     return relax.Call(node.op, args, node.attrs)
 
 
-def cancel_layout_transposes(ctx: RuleContext, call):
+def rewrite(ctx: RuleContext, call):
     outer = as_permutation(call)
     if outer is None:
         return None
@@ -99,3 +100,7 @@ def cancel_layout_transposes(ctx: RuleContext, call):
             ctx.alias((var.name,), tensor)
     ctx.fused(LAYOUT, f"transposes {inner} and {outer} around {len(chain)} elementwise op(s) cancelled", expr)
     return tensor
+
+
+def cancel_layout_transposes(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    return rule_pass(__name__, rewrite, logs)

@@ -1,7 +1,12 @@
 """What every binarization pass shares: walking bindings, reading constants, tagging our kernels.
 
 Each pass is a small ``tvm.ir.transform`` module pass built from one rewrite rule (a function
-``rule(rewriter, call) -> Expr | None``). The rewriter visits every call after its arguments, so a
+``rule(rewriter, call) -> Expr | None``). A pass module ``relay_passes/<name>.py`` defines one
+pass, the function ``<name>(logs=None, **options)`` returning it (``rule_pass(__name__, rule,
+logs)`` or ``function_rule_pass``), named ``pass_name(__name__)`` (``FoldThresholds``); it imports
+the analyses (``relay_passes.analysis``), the kernels passes share (``relay_passes.kernels``),
+this module and computes (``schedules``), never another pass. ``relay_passes.pipeline`` orders
+the passes into phases. The rewriter visits every call after its arguments, so a
 rule sees its operands already rewritten, and it records what it changed in ``PassLog``.
 
 Kernels emitted by the passes are ``call_tir`` calls whose PrimFunc carries the attribute
@@ -190,8 +195,16 @@ def dtype_of(expr) -> str:
     return str(expr.ty.dtype)
 
 
-def rule_pass(name: str, rule: Rule, logs: list[PassLog] | None = None) -> tvm.transform.Pass:
-    """A module pass applying ``rule`` to every Relax function; its log goes to ``logs``."""
+def pass_name(module: str) -> str:
+    """The name of the pass the module ``module`` defines: its file's name in CamelCase
+    (``relay_passes.fold_thresholds`` -> ``FoldThresholds``); the name its log carries."""
+    return "".join(word[:1].upper() + word[1:] for word in module.rpartition(".")[2].split("_"))
+
+
+def rule_pass(module: str, rule: Rule, logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    """The pass of the module ``module`` (its ``__name__``; the pass is named by ``pass_name``):
+    ``rule`` applied to every Relax function; its log goes to ``logs``."""
+    name = pass_name(module)
 
     def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         log = PassLog(name)
@@ -219,9 +232,10 @@ def either_rule(*rules):
     return apply
 
 
-def function_rule_pass(name: str, make_rule, logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+def function_rule_pass(module: str, make_rule, logs: list[PassLog] | None = None) -> tvm.transform.Pass:
     """Like ``rule_pass``, for rules that need an analysis of the whole function first:
     ``make_rule(func)`` returns the rule for the Relax function ``func``."""
+    name = pass_name(module)
 
     def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         log = PassLog(name)
@@ -237,14 +251,8 @@ def function_rule_pass(name: str, make_rule, logs: list[PassLog] | None = None) 
     return tvm.transform.module_pass(transform, opt_level=0, name=name)
 
 
-def is_power_of_two(values: np.ndarray) -> bool:
-    """Scales that multiply exactly: float rounding of ``d * s`` then equals the float conv's sum."""
-    mantissa, _ = np.frexp(np.abs(values.astype(np.float64)))
-    return bool(np.all(values != 0) and np.all(mantissa == 0.5))
 
 
-def is_bipolar(values: np.ndarray | None) -> bool:
-    return values is not None and values.size > 0 and bool(np.all(np.abs(values) == 1))
 
 
 def pack_planes(ternary: np.ndarray) -> np.ndarray:

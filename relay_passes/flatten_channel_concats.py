@@ -50,4 +50,4 @@ def flatten_rule(uses: dict):
 
 
 def flatten_channel_concats(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
-    return function_rule_pass("FlattenChannelConcats", lambda func: flatten_rule(use_counts(func)), logs)
+    return function_rule_pass(__name__, lambda func: flatten_rule(use_counts(func)), logs)

@@ -35,8 +35,8 @@ from tvm import relax
 
 from schedules import bitserial
 
+from .analysis.chain import CHAIN_OPS, trace_chain
 from .common import PassLog, RuleContext, function_rule_pass, op_name, shape_of, use_counts
-from .fold_thresholds import CHAIN_OPS, trace_chain
 
 KERNEL = "pack_sign_steps"
 EPILOGUE_SOURCES = ("relax.call_tir", "relax.nn.conv2d", "relax.matmul")  # take the ops as their epilogue
@@ -139,7 +139,7 @@ def emit_packs(ctx: RuleContext, parts: list, steps: list, strict: bool) -> list
 
 
 def fold_channel_ops_into_pack(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
-    return function_rule_pass("FoldChannelOpsIntoPack", lambda func: pack_rule(use_counts(func)), logs)
+    return function_rule_pass(__name__, lambda func: pack_rule(use_counts(func)), logs)
 
 
 # the float32 line in order, as integers: -inf .. -0 = +0 .. +inf (NaN left out)

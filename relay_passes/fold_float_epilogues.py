@@ -22,17 +22,10 @@ from tvm import relax
 
 from schedules import bitserial, float_conv
 
-from .common import PassLog, RuleContext, either_rule
-from .fold_float_tables import chain_end_pass
-from .fold_thresholds import (
-    Step,
-    analyse_chain,
-    integer_dot,
-    integer_inputs,
-    kernel_params,
-    trace_chain,
-    viewed_as,
-)
+from .analysis.chain import Step, analyse_chain, chain_ends, trace_chain
+from .analysis.rounding import integer_inputs
+from .common import PassLog, RuleContext, either_rule, function_rule_pass
+from .kernels import integer_dot, kernel_params, viewed_as
 
 EPILOGUE_KERNELS = {name: f"{name}_epilogue" for name in ("binary_conv2d", "binary_dense", "ternary_conv2d", "ternary_dense")}
 
@@ -109,6 +102,8 @@ def float_conv_rule(ends: set[str]):
 
 
 def fold_float_epilogues(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
-    return chain_end_pass(
-        "FoldFloatEpilogues", lambda ends: either_rule(epilogue_rule(ends), float_conv_rule(ends)), logs
-    )
+    def make_rule(func):
+        ends = chain_ends(func)
+        return either_rule(epilogue_rule(ends), float_conv_rule(ends))
+
+    return function_rule_pass(__name__, make_rule, logs)

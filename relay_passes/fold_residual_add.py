@@ -20,6 +20,8 @@ from tvm import relax
 
 from schedules import bitserial
 
+from .analysis.chain import single_step
+from .analysis.rounding import integer_inputs
 from .common import (
     PassLog,
     RuleContext,
@@ -30,7 +32,7 @@ from .common import (
     shape_of,
     use_counts,
 )
-from .fold_thresholds import integer_dot, integer_inputs, kernel_params, single_step
+from .kernels import integer_dot, kernel_params
 
 # epilogue kernel -> (the integer compute it finishes, what a note calls it)
 SOURCES = {"binary_conv2d_epilogue": ("binary_conv2d", "binary conv"),
@@ -101,4 +103,4 @@ def fold_residual_add(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
         uses = use_counts(func)
         return either_rule(residual_rule(uses), after_residual_rule(uses))
 
-    return function_rule_pass("FoldResidualAdd", rules, logs)
+    return function_rule_pass(__name__, rules, logs)

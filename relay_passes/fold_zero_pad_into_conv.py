@@ -12,9 +12,10 @@ to +1, which ``FuseBinaryConv2d`` handles as an explicit ±1 pad of its own.
 
 from __future__ import annotations
 
+import tvm
 from tvm import relax
 
-from .common import RuleContext, conv2d_like, op_name
+from .common import PassLog, RuleContext, conv2d_like, op_name, rule_pass
 
 ZERO_PAD = "zero_pad_into_conv"  # inspect: a Pad (and Sign) that became the conv's own padding
 
@@ -43,7 +44,7 @@ def padded_sign(ctx: RuleContext, data):
     return None
 
 
-def fold_zero_pad_into_conv(ctx: RuleContext, call):
+def rewrite(ctx: RuleContext, call):
     if op_name(call) != "relax.nn.conv2d" or str(call.attrs.data_layout) != "NCHW":
         return None
     found = padded_sign(ctx, call.args[0])
@@ -56,3 +57,7 @@ def fold_zero_pad_into_conv(ctx: RuleContext, call):
     ctx.alias(tuple(v.name for v in names), sign)
     ctx.fused(ZERO_PAD, f"zero Pad {list(pad)} around the Sign folded into the conv's padding", *names)
     return conv2d_like(call, sign, padding)
+
+
+def fold_zero_pad_into_conv(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    return rule_pass(__name__, rewrite, logs)

@@ -4,7 +4,7 @@ Weights are packed at compile time. Accepted weights: constant ±1, or ±alpha p
 (a scale folded into the weights by an exporter: IR-Net's powers of two, Brevitas' per-tensor
 constants). The kernel multiplies its integer result by alpha. A power of two makes that exact;
 any other alpha differs from the float conv's sum of ±alpha terms by float rounding, which
-``fold_thresholds`` takes into account (see ``weight_scale_error``).
+``FoldThresholds`` takes into account (see ``analysis.rounding.weight_scale_error``).
 
 Padding is exact in all three forms: the conv's own zero padding (pad with -1 bits, add back a
 per-border-class correction), and an explicit ``Pad`` with value -1 or +1 before an unpadded conv.
@@ -12,15 +12,15 @@ per-border-class correction), and an explicit ``Pad`` with value -1 or +1 before
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+import tvm
 from tvm import relax
 
 from schedules import bitserial
 
-from .common import RuleContext, is_bipolar, is_power_of_two, op_name, pack_bits, pack_planes, shape_of
-from .lift_conv1d import is_unit_axes_reshape
+from .analysis.patterns import binarized_conv_input, plain_conv_reason
+from .analysis.weights import BinaryWeights, split_scale
+from .common import PassLog, RuleContext, op_name, pack_bits, rule_pass, shape_of
 
 
 def padding_correction(weight: np.ndarray, in_hw, strides, padding, dilation=(1, 1)):
@@ -44,133 +44,6 @@ def padding_correction(weight: np.ndarray, in_hw, strides, padding, dilation=(1,
     tap_sums = weight.sum(axis=1)  # [OC, KH, KW]
     table = np.einsum("okl,yxkl->yxo", tap_sums, padded.astype(weight.dtype)).astype(np.int32)
     return table, row_class.reshape(-1).astype(np.int32), col_class.reshape(-1).astype(np.int32)
-
-
-MIN_GROUP_CHANNELS = 16  # below this many input channels per group, one kernel per group costs more than a float conv
-
-
-def plain_conv_reason(attrs, in_channels: int) -> str | None:
-    """Why a conv with these attributes cannot be binary, or None. A grouped conv can (one
-    kernel per group) when its groups have at least ``MIN_GROUP_CHANNELS`` input channels."""
-    groups = int(attrs.groups)
-    if groups != 1 and in_channels // groups < MIN_GROUP_CHANNELS:
-        return (f"grouped conv (groups={groups}, {in_channels // groups} input channels per group; fewer than "
-                f"{MIN_GROUP_CHANNELS} per group run faster as a float conv)")
-    layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
-    if layouts != ("NCHW", "OIHW", "NCHW"):
-        return f"layouts {layouts}"
-    return None
-
-
-SCALE_SPREAD = 2.0**-16  # relative spread of |w| in a channel that folding a scale in float32 leaves: a few ulp
-
-
-@dataclass(frozen=True)
-class BinaryWeights:
-    """Weights as ±1 ``signs`` times a per-output-channel ``scale`` (None: exactly ±1), plus per
-    channel the sum over its taps of ``|w - scale * sign(w)|`` (``deviation``; None: exact).
-
-    An exporter or TVM's constant folding computes ``alpha * sign(W)`` (and a weight
-    straight-through estimator ``alpha * sign(W) - clip(W) + clip(W)``) in float32, which leaves
-    some weights an ulp or two off ``±alpha``. The float conv's sum then differs from
-    ``alpha * d`` by at most ``deviation`` (each activation has ``|x| <= 1``) besides rounding,
-    and ``fold_thresholds`` widens its rounding band by it."""
-
-    signs: np.ndarray  # ±1, or with ``split_scale(..., ternary=True)`` also 0
-    scale: np.ndarray | None
-    deviation: np.ndarray | None
-
-    @property
-    def ternary(self) -> bool:
-        """Whether some weight is exactly 0 (TWN's ``{-alpha, 0, +alpha}``)."""
-        return bool(np.any(self.signs == 0))
-
-    def kernel_attrs(self) -> dict:
-        """The deviation (and ternary weights) as kernel attributes (only where there is one:
-        attributes are part of a tuning record's workload)."""
-        attrs = {} if self.deviation is None else {"weight_deviation": [float(v) for v in self.deviation]}
-        return {**attrs, "ternary_weights": 1} if self.ternary else attrs
-
-    def planes(self) -> np.ndarray:
-        """Packed ``[OC, KH, KW, CW]`` sign bits, or for ternary weights ``[2, OC, KH, KW, CW]``:
-        the sign plane and the nonzero plane (``bitserial.binary_conv2d_dot``)."""
-        signs = self.signs.transpose(0, 2, 3, 1)
-        return pack_planes(signs) if self.ternary else pack_bits(signs)
-
-
-def split_scale(weight: np.ndarray, ternary: bool = False) -> BinaryWeights | str:
-    """The weights as ``BinaryWeights`` (``weight``: ``[OC, ...]``), or why they are not binary.
-    ``ternary``: exact zeros are allowed (``{-alpha, 0, +alpha}`` per output channel)."""
-    if is_bipolar(weight):
-        return BinaryWeights(weight, None, None)
-    magnitude = np.abs(weight.reshape(weight.shape[0], -1))
-    zero = magnitude == 0
-    if np.any(zero) and not ternary:
-        return "weights with exact zeros (ternary), not ±alpha per output channel"
-    if ternary and np.all(np.isin(weight, (-1.0, 0.0, 1.0))):
-        return BinaryWeights(np.sign(weight), None, None)
-    # the median of each channel's nonzero magnitudes (1 for a channel of zeros)
-    alpha = np.array([np.median(row[~z]) if np.any(~z) else 1.0 for row, z in zip(magnitude, zero)], np.float32)
-    spread = np.where(zero, 0.0, np.abs(magnitude.astype(np.float64) - alpha[:, None]))
-    if not np.all(spread <= SCALE_SPREAD * alpha[:, None]):
-        kind = "ternary (±alpha or 0" if ternary else "binary (±alpha"
-        return f"weights are not {kind} per output channel)"
-    deviation = spread.sum(axis=1)
-    if not np.any(deviation):
-        return BinaryWeights(np.sign(weight), alpha, None)
-    # rounded up: a bound, never smaller than the exact sum
-    return BinaryWeights(np.sign(weight), alpha, np.nextafter(deviation, np.inf))
-
-
-def sum_rounding_error(taps: int, magnitude: np.ndarray, roundings: int) -> np.ndarray:
-    """How far a float32 sum of ``taps`` terms of size at most ``magnitude`` can be from the exact
-    sum, whatever the summation order (Higham: ``gamma_K * K * m``, ``gamma_K = K u / (1 - K u)``,
-    u = 2^-24), plus ``roundings`` more roundings of each term or of the kernel's own value."""
-    u = 2.0**-24
-    gamma = taps * u / (1 - taps * u)
-    return (gamma + roundings * u) * taps * np.asarray(magnitude, np.float64)
-
-
-def weight_scale_error(scale: np.ndarray | None, taps: int) -> np.ndarray:
-    """Per channel, how far the float conv's sum of ``taps`` terms ``±alpha`` can be from the
-    kernel's ``alpha * d``; zero for powers of two, where both are exact."""
-    if scale is None or is_power_of_two(scale):
-        return np.zeros(0 if scale is None else scale.shape, np.float64)
-    return sum_rounding_error(taps, scale, roundings=1)
-
-
-UNPACKED_INPUTS = ("unpack_sign", "unpack_levels", "unpack_ternary")  # bits a conv or dense can read packed
-
-
-def binarized_conv_input(ctx: RuleContext, data):
-    """``(packed, explicit pad or None)`` when ``data`` is binarized bits, possibly ±1-padded,
-    k-bit planes (``unpack_levels``) or ternary planes (``unpack_ternary``; these two with no
-    explicit pad)."""
-    data = through_unit_axes_reshapes(ctx, data)
-    node = ctx.producer(data)
-    explicit = None
-    if op_name(node) == "relax.nn.pad":
-        width = [int(v) for v in node.attrs.pad_width]
-        value = float(node.attrs.pad_value)
-        if str(node.attrs.pad_mode) != "constant" or value not in (1.0, -1.0) or any(width[:4]):
-            return None
-        explicit = (value, (width[4], width[6], width[5], width[7]))  # top, left, bottom, right
-        data = node.args[0]
-    kernel = ctx.bnn_kernel(data)
-    if kernel is None or kernel[0] not in UNPACKED_INPUTS:
-        return None
-    if kernel[0] != "unpack_sign" and explicit is not None:
-        return None
-    return ctx.kernel_inputs(data)[0], explicit
-
-
-def through_unit_axes_reshapes(ctx: RuleContext, data):
-    """The tensor behind a chain of reshapes that only add or drop unit axes (a 1-D tensor's
-    one-row view and back) when it has ``data``'s shape; else ``data``."""
-    source = data
-    while is_unit_axes_reshape(ctx.producer(source)):
-        source = ctx.producer(source).args[0]
-    return source if shape_of(source) == shape_of(data) else data
 
 
 def multibit_offsets(weight: np.ndarray, levels: int, offset: int = 0) -> np.ndarray:
@@ -237,7 +110,7 @@ def fuse_ternary_conv2d(ctx: RuleContext, planes, binary: BinaryWeights, strides
     )
 
 
-def fuse_binary_conv2d(ctx: RuleContext, call):
+def rewrite(ctx: RuleContext, call):
     if op_name(call) != "relax.nn.conv2d":
         return None
     data, weight_expr = call.args
@@ -354,3 +227,7 @@ def binary_conv2d_kernel(ctx: RuleContext, packed, binary: BinaryWeights, stride
 
 
 output_hw = bitserial.conv_output_hw
+
+
+def fuse_binary_conv2d(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    return rule_pass(__name__, rewrite, logs)

@@ -9,49 +9,17 @@ weight's rows are permuted to (H, W, C) order before packing: no data movement a
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from schedules import bitserial
 
-from .common import RuleContext, op_name, pack_bits, pack_planes, shape_of
-from .fuse_binary_conv2d import split_scale
+from .analysis.patterns import packed_features
+from .analysis.weights import split_scale
+from .common import PassLog, RuleContext, op_name, pack_bits, pack_planes, rule_pass
 
 
-def flattened_source(ctx: RuleContext, data):
-    """What a dense's ``[N, K]`` input ``data`` reads: the tensor a batch-keeping reshape (a
-    flatten) of it views, or ``data`` itself; None when ``data`` is not 2-D or the reshape
-    changes the batch."""
-    if len(shape_of(data)) != 2:
-        return None
-    producer = ctx.producer(data)
-    if op_name(producer) != "relax.reshape":
-        return data
-    source = producer.args[0]
-    return source if shape_of(source)[0] == shape_of(data)[0] else None
-
-
-def packed_features(ctx: RuleContext, data):
-    """``(packed words [N, KW], spatial shape (C, H, W) or (C,))`` feeding a dense, or None."""
-    source = flattened_source(ctx, data)
-    if source is None:
-        return None
-    if source is not data:
-        if len(shape_of(source)) != 4:
-            return None
-        kernel = ctx.bnn_kernel(source)
-        if kernel is None or kernel[0] != "unpack_sign":
-            return None
-        packed = ctx.kernel_inputs(source)[0]
-        n = shape_of(packed)[0]
-        flat = ctx.builder_.emit(relax.op.reshape(packed, (n, int(np.prod(shape_of(packed)[1:])))))
-        return flat, shape_of(source)[1:]
-    kernel = ctx.bnn_kernel(data)
-    if kernel is None or kernel[0] not in ("unpack_sign", "unpack_ternary"):
-        return None
-    return ctx.kernel_inputs(data)[0], shape_of(data)[1:]
-
-
-def fuse_binary_dense(ctx: RuleContext, call):
+def rewrite(ctx: RuleContext, call):
     if op_name(call) != "relax.matmul":
         return None
     data, weight_expr = call.args
@@ -92,3 +60,7 @@ def fuse_binary_dense(ctx: RuleContext, call):
         lambda d, w, *alpha: bitserial.dot_to_float_nchw(bitserial.binary_dense_dot(d, w, taps), *alpha),
         packed, relax.const(weight_bits), *scale, op="binary_dense", taps=taps, **binary.kernel_attrs(),
     )
+
+
+def fuse_binary_dense(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    return rule_pass(__name__, rewrite, logs)

@@ -15,9 +15,10 @@ values within rounding of the float graph's (``inspect`` says so).
 
 from __future__ import annotations
 
+import tvm
 from tvm import relax
 
-from .common import RuleContext, conv2d_like, op_name, shape_of
+from .common import PassLog, RuleContext, conv2d_like, op_name, rule_pass, shape_of
 
 SIGN_LIKE = ("relax.sign", "relax.where")  # Sign, or a binarizer (its Where form)
 SCALE_AFTER = "activation_scale_after_conv"  # inspect: the scaling Mul, now after the conv
@@ -37,7 +38,7 @@ def per_sample_scale(ctx: RuleContext, data):
     return None
 
 
-def lift_activation_scale(ctx: RuleContext, call):
+def rewrite(ctx: RuleContext, call):
     if op_name(call) != "relax.nn.conv2d" or str(call.attrs.data_layout) != "NCHW":
         return None
     found = per_sample_scale(ctx, call.args[0])
@@ -50,3 +51,6 @@ def lift_activation_scale(ctx: RuleContext, call):
               call.args[0])
     return relax.op.multiply(conv, beta)
 
+
+def lift_activation_scale(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    return rule_pass(__name__, rewrite, logs)

@@ -4,19 +4,20 @@
 the same sum of the same products, so every later pass (binarizer lowering, the binary conv,
 thresholds, epilogues) treats a 1-D binarized network like a 2-D one with a single row. The
 reshapes in between are views: the passes look through reshapes that only add or drop unit
-axes after the channel axis (``is_unit_axes_reshape``).
+axes after the channel axis (``analysis.patterns.is_unit_axes_reshape``).
 """
 
 from __future__ import annotations
 
+import tvm
 from tvm import relax
 
-from .common import RuleContext, op_name, shape_of
+from .common import PassLog, RuleContext, op_name, rule_pass, shape_of
 
 LIFTED = "conv1d_as_conv2d"  # the rewrite's name in the pass log: a view, not a kernel
 
 
-def lift_conv1d(ctx: RuleContext, call):
+def rewrite(ctx: RuleContext, call):
     if op_name(call) != "relax.nn.conv1d":
         return None
     attrs = call.attrs
@@ -43,13 +44,5 @@ def lift_conv1d(ctx: RuleContext, call):
     return relax.op.reshape(conv, shape_of(call))
 
 
-def is_unit_axes_reshape(call) -> bool:
-    """Whether ``call`` reshapes ``[N, C, ...]`` only by adding or dropping axes of size 1 after
-    the channel axis (a 1-D tensor's one-row 2-D view and back)."""
-    if op_name(call) != "relax.reshape":
-        return False
-    source, target = shape_of(call.args[0]), shape_of(call)
-    return (
-        source[:2] == target[:2]
-        and [d for d in source[2:] if d != 1] == [d for d in target[2:] if d != 1]
-    )
+def lift_conv1d(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    return rule_pass(__name__, rewrite, logs)

@@ -15,29 +15,43 @@ tensors viewed as rows), so that ``FoldThresholds`` and ``FoldFloatEpilogues`` f
 the dense, and the next matmul reads the rows.
 
 Before ``LowerBinarizers``; says whether it changed the graph in its log.
+
+In the same walk (the rows a matmul was just lifted to are what they move onto), per-channel ops
+between two transposes move onto the rows (``sink_batch_norm``, ``sink_channel_op``):
+
+    Move per-channel ops on a ``[B, C, N]`` transpose of point features onto the ``[B*N, C]`` rows.
+
+    PointNet-style shared MLPs (BiPointNet) apply a linear layer to every point of ``x[B, N, C]``
+    and a ``BatchNorm1d`` between two ``transpose(1, 2)``s: ``T(bn(T(x)))`` with ``T`` the
+    ``[0, 2, 1]`` permutation. The batch norm normalises channel ``c`` of ``T(x)[b, c, n] =
+    x[b, n, c]``, which is column ``c`` of the rows ``r = reshape(x, [B*N, C])``; so
+
+        bn_axis1(T(x)) == T(reshape(bn_axis1(r), [B, N, C]))
+
+    element for element: the same float32 ops (``x * s + (beta - mean * s)`` per channel) on the
+    same values, only addressed differently. The same holds for every op that is elementwise with
+    per-channel constants (a clamp, ReLU, PReLU along the channels, ``Sign``, a constant of shape
+    ``[C, 1]`` or ``[1, C, 1]`` added or multiplied). Each such op on a ``T`` view of point features
+    is rewritten to act on the rows, its result viewed back as ``[B, C, N]``; a transpose of that
+    view then cancels (``T(T(y)) == y``), which leaves the ``[B, N, C]`` token view of the rows that
+    ``LiftTokenMatmul`` moves the following Hardtanh, binarizer and matmul onto. The binary dense's
+    batch norm thereby sits directly after it on its rows, where ``FoldThresholds`` and
+    ``FoldFloatEpilogues`` find it, and no transpose kernel is left between two binary layers.
 """
 
 from __future__ import annotations
 
+import tvm
 from tvm import relax
 
-from .common import RuleContext, either_rule, op_name, shape_of
-from .lower_binarizers import binarized_input, pattern_names
+from .analysis.binarizers import binarized_input, pattern_names
+from .analysis.patterns import token_rows
+from .common import PassLog, RuleContext, either_rule, op_name, rule_pass, shape_of
 
 LIFTED = "tokens_as_rows"  # the rewrite's name in the pass log: a view, not a kernel
 ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
                "relax.greater_equal", "relax.greater", "relax.less", "relax.less_equal", "relax.where", "relax.astype",
                "relax.clip", "relax.nn.relu", "relax.sign")
-
-
-def token_rows(ctx: RuleContext, expr):
-    """The ``[N*T, C]`` rows that the ``[N, T, C]`` tensor ``expr`` is a reshaped view of, or None."""
-    producer = ctx.producer(expr)
-    if op_name(producer) != "relax.reshape":
-        return None
-    rows, tokens = producer.args[0], shape_of(expr)
-    shape = shape_of(rows)
-    return rows if len(shape) == 2 and len(tokens) == 3 and shape == (tokens[0] * tokens[1], tokens[2]) else None
 
 
 def as_rows(ctx: RuleContext, arg, tokens):
@@ -120,4 +134,127 @@ def lift_sign_matmul(ctx: RuleContext, data, weight, outputs: int):
     return relax.op.reshape(dense, [n, t, outputs])
 
 
-lift_token_matmul = either_rule(lift_matmul, sink_token_view)
+# --------------------------------------------------------------------------------------------
+# per-channel ops on a [B, C, N] transpose of point features: onto the rows
+
+ROWS = "channels_as_rows"  # the rewrite's name in the pass log: a view, not a kernel
+
+SWAP = (0, 2, 1)  # torch's transpose(1, 2) of a 3-D tensor
+UNARY = ("relax.clip", "relax.nn.relu", "relax.sign", "relax.nn.prelu")
+BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum")
+
+
+def permutation(call) -> tuple[int, ...] | None:
+    """The axes of a ``permute_dims`` call, or None for anything else."""
+    if op_name(call) != "relax.permute_dims" or call.attrs.axes is None:
+        return None
+    return tuple(int(a) for a in call.attrs.axes)
+
+
+def channel_first_rows(ctx: RuleContext, expr):
+    """``(rows [B*N, C], (B, N, C))`` when ``expr`` is the ``[B, C, N]`` transpose of point features
+    ``[B, N, C]``; the rows are those the features are a view of, else a new reshape of them."""
+    producer = ctx.producer(expr)
+    if permutation(producer) != SWAP:
+        return None
+    points = producer.args[0]
+    if len(shape_of(points)) != 3:
+        return None
+    b, n, c = shape_of(points)
+    rows = token_rows(ctx, points)
+    if rows is None:
+        rows = ctx.builder_.emit(relax.op.reshape(points, [b * n, c]), "rows")
+    return rows, (b, n, c)
+
+
+def channel_first_view(rows, dims):
+    """``T(reshape(rows, [B, N, C]))``: the rows' ``[B, C, N]`` view."""
+    return relax.op.permute_dims(relax.op.reshape(rows, list(dims)), list(SWAP))
+
+
+def per_channel_row_constant(ctx: RuleContext, arg, channels: int):
+    """A constant operand of an op on ``[B, C, N]`` for the same op on ``[B*N, C]`` rows: a scalar
+    as it is, a per-channel constant (``[C, 1]``, ``[1, C, 1]``) as ``[1, C]``; None otherwise."""
+    values = ctx.constant(arg)
+    if values is None:
+        return arg if not isinstance(arg.ty, relax.TensorType) else None
+    if values.size == 1:
+        return relax.const(values.reshape(()))
+    shape = (1,) * (3 - values.ndim) + values.shape
+    if values.ndim > 3 or shape[0] != 1 or shape[1] != channels or shape[2] != 1:
+        return None
+    return relax.const(values.reshape(1, channels))
+
+
+def sink_batch_norm(ctx: RuleContext, item):
+    """``bn(T(x))[0]`` along the channels -> ``T(view(bn(rows)[0]))``."""
+    if not isinstance(item, relax.TupleGetItem) or item.index != 0:
+        return None
+    bn = ctx.producer(item.tuple_value)
+    if op_name(bn) != "relax.nn.batch_norm" or int(bn.attrs.axis) != 1 or bool(bn.attrs.training):
+        return None
+    found = channel_first_rows(ctx, bn.args[0])
+    if found is None:
+        return None
+    rows, dims = found
+    attrs = bn.attrs
+    normed = ctx.builder_.emit(
+        relax.op.nn.batch_norm(rows, *bn.args[1:], axis=1, epsilon=float(attrs.epsilon), center=bool(attrs.center),
+                               scale=bool(attrs.scale), momentum=float(attrs.momentum), training=False),
+        ctx.binding,
+    )
+    out = ctx.builder_.emit(relax.TupleGetItem(normed, 0), ctx.binding)
+    ctx.alias((ctx.binding,), out)  # later folds credit the batch norm's node
+    ctx.fused(ROWS, f"batch norm on the [B, C, N] transpose computed on {dims[0] * dims[1]} rows", bn.args[0])
+    return channel_first_view(out, dims)
+
+
+def sink_channel_op(ctx: RuleContext, call):
+    """A per-channel elementwise op on ``T(x)`` -> ``T(view(op(rows)))``."""
+    name = op_name(call)
+    if name not in UNARY + BINARY or len(shape_of(call)) != 3:
+        return None
+    if name == "relax.nn.prelu" and int(call.attrs.axis) != 1:
+        return None
+    operands = call.args[:2] if name in BINARY else call.args[:1]
+    views = [i for i, a in enumerate(operands) if is_channel_first(ctx, a)]
+    if len(views) != 1:
+        return None
+    args = list(call.args)
+    if name in BINARY:
+        other = 1 - views[0]
+        args[other] = per_channel_row_constant(ctx, args[other], shape_of(call)[1])
+        if args[other] is None:
+            return None
+    view = call.args[views[0]]
+    args[views[0]], dims = channel_first_rows(ctx, view)
+    new = ctx.builder_.emit(relax.Call(call.op, args, call.attrs), ctx.binding)
+    ctx.alias((ctx.binding,), new)
+    ctx.fused(ROWS, f"per-channel op on the [B, C, N] transpose computed on {dims[0] * dims[1]} rows", view)
+    return channel_first_view(new, dims)
+
+
+def is_channel_first(ctx: RuleContext, expr) -> bool:
+    """Whether ``expr`` is a ``[B, C, N]`` transpose of point features (emits nothing)."""
+    producer = ctx.producer(expr)
+    return permutation(producer) == SWAP and len(shape_of(producer.args[0])) == 3
+
+
+def cancel_transposes(ctx: RuleContext, call):
+    """``permute(permute(x, p), q)`` with ``q`` undoing ``p`` -> ``x``."""
+    outer = permutation(call)
+    if outer is None:
+        return None
+    producer = ctx.producer(call.args[0])
+    inner = permutation(producer)
+    if inner is None or len(inner) != len(outer) or any(inner[outer[i]] != i for i in range(len(outer))):
+        return None
+    ctx.fused(ROWS, "a transpose undoing the transpose before it: removed")
+    return producer.args[0]
+
+
+def lift_token_matmul(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    """One walk: a point MLP's batch norm between transposes moves onto the rows a matmul was just
+    lifted to."""
+    return rule_pass(__name__, either_rule(lift_matmul, sink_token_view, sink_batch_norm, sink_channel_op,
+                                           cancel_transposes), logs)

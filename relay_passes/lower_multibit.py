@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import tvm
 
 from schedules import bitserial
 from schedules.bitserial import LevelCode
 
-from .common import RuleContext, clip_bounds, dtype_of, op_name, shape_of
+from .common import PassLog, RuleContext, clip_bounds, dtype_of, op_name, rule_pass, shape_of
 
 MAX_BITS = 4
 MAX_QUANT_BITS = 8
@@ -111,7 +112,7 @@ def quant_code(scale: np.ndarray, zero: np.ndarray, low: float, high: float, rou
     return code
 
 
-def lower_multibit(ctx: RuleContext, call):
+def rewrite(ctx: RuleContext, call):
     found = quantized_input(ctx, call)
     if found is not None:
         x, bits = found
@@ -142,3 +143,7 @@ def emit_planes(ctx: RuleContext, x, code: LevelCode, detail: str, *ops):
     return ctx.emit_kernel(
         lambda p: bitserial.unpack_levels(p, channels, code), planes, op="unpack_levels", channels=channels
     )
+
+
+def lower_multibit(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    return rule_pass(__name__, rewrite, logs)

@@ -16,18 +16,20 @@ sees exactly 0 (``verify`` counts it).
 from __future__ import annotations
 
 import numpy as np
+import tvm
 
-from .common import RuleContext, dtype_of, op_name, shape_of
+from .analysis.chain import analyse_chain
+from .analysis.patterns import before_flatten
+from .common import PassLog, RuleContext, dtype_of, op_name, rule_pass, shape_of
 from .conventions import SIGN_ZERO
-from .fold_thresholds import analyse_chain
-from .lower_binarizers import before_flatten, pack_and_unpack
+from .kernels import pack_and_unpack
 
 
-def lower_sign(sign_zero: str = "exact"):
-    """The rule, for the ``Sign(0)`` convention ``sign_zero`` (one of ``SIGN_ZERO``)."""
+def lower_sign(logs: list[PassLog] | None = None, sign_zero: str = "exact") -> tvm.transform.Pass:
+    """The pass, for the ``Sign(0)`` convention ``sign_zero`` (one of ``SIGN_ZERO``)."""
     if sign_zero not in SIGN_ZERO:
         raise ValueError(f"sign_zero must be one of {SIGN_ZERO}, not {sign_zero!r}")
-    return lower_any_sign if sign_zero == "plus" else lower_proven_sign
+    return rule_pass(__name__, lower_any_sign if sign_zero == "plus" else lower_proven_sign, logs)
 
 
 def lower_any_sign(ctx: RuleContext, call):

@@ -28,27 +28,16 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from .analysis.elementwise import RELAX_NAMED, Elementwise, Outcome, for_all_inputs
-from .common import RuleContext, clip_bounds, dtype_of, op_name, shape_of
+from .analysis.patterns import estimator_parts
+from .common import PassLog, RuleContext, clip_bounds, dtype_of, op_name, rule_pass, shape_of
 
 STRAIGHT_THROUGH = "straight_through_sign"  # inspect: nodes of an estimator that became a Sign
 
 ELEMENTWISE_OPS = {f"relax.{op}": op for op in RELAX_NAMED}  # Relax op -> Elementwise op
-
-
-def estimator_parts(ctx: RuleContext, call):
-    """``(S, P, subtraction)`` when ``call`` is ``(S - P) + P`` or ``P + (S - P)`` with ``S`` a
-    ``Sign``, else None."""
-    if op_name(call) != "relax.add":
-        return None
-    for difference, other in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
-        sub = ctx.producer(difference)
-        if op_name(sub) == "relax.subtract" and op_name(ctx.producer(sub.args[0])) == "relax.sign":
-            if sub.args[1].same_as(other):
-                return sub.args[0], other, difference
-    return None
 
 
 class Unsupported(Exception):
@@ -181,7 +170,7 @@ def refusal(outcome: Outcome | None, reason: str) -> str:
     return prefix + f"at x = {outcome.counterexample:.9g}, p has the wrong sign or |p| > 1, where float32 rounding can change the sum"
 
 
-def lower_straight_through(ctx: RuleContext, call):
+def rewrite(ctx: RuleContext, call):
     parts = estimator_parts(ctx, call)
     if parts is None or dtype_of(call) != "float32":
         return None
@@ -197,3 +186,7 @@ def lower_straight_through(ctx: RuleContext, call):
     ctx.fused(STRAIGHT_THROUGH, detail, difference, *builder.names)
     sign_call = ctx.producer(sign_var)
     return relax.op.sign(sign_call.args[0])
+
+
+def lower_straight_through(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+    return rule_pass(__name__, rewrite, logs)

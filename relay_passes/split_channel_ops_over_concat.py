@@ -22,8 +22,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .analysis.chain import single_step
 from .common import PassLog, RuleContext, function_rule_pass, op_name, shape_of, use_counts
-from .fold_thresholds import single_step
 
 SPLIT = "per_concat_part"  # the rewrite's name in the pass log: the op stays float, per part
 
@@ -74,4 +74,4 @@ def split_rule(uses: dict):
 
 
 def split_channel_ops_over_concat(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
-    return function_rule_pass("SplitChannelOpsOverConcat", lambda func: split_rule(use_counts(func)), logs)
+    return function_rule_pass(__name__, lambda func: split_rule(use_counts(func)), logs)

@@ -18,17 +18,23 @@ channels, at twice the binary cost. The halving is exact in float32.
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from schedules import bitserial
 
-from .common import RuleContext, dtype_of, op_name, shape_of
-from .fold_thresholds import trace_chain
-from .fuse_binary_conv2d import binarized_conv_input, plain_conv_reason, split_scale
-from .fuse_binary_dense import flattened_source, packed_features
-from .lower_binarizers import before_flatten
-from .lift_conv1d import is_unit_axes_reshape
-from .lower_straight_through import estimator_parts
+from .analysis.chain import trace_chain
+from .analysis.patterns import (
+    before_flatten,
+    binarized_conv_input,
+    estimator_parts,
+    flattened_source,
+    is_unit_axes_reshape,
+    packed_features,
+    plain_conv_reason,
+)
+from .analysis.weights import split_scale
+from .common import PassLog, RuleContext, dtype_of, op_name, rule_pass, shape_of
 
 
 def sign_input(ctx: RuleContext, data):
@@ -179,8 +185,8 @@ def split_dense(ctx: RuleContext, call, wait: bool):
     return product
 
 
-def split_ternary_sign(wait: bool):
-    """The rule; ``wait``: leave a ``Sign`` whose input ``waits_for_a_fusion`` for a later round."""
+def split_ternary_sign(logs: list[PassLog] | None = None, wait: bool = True) -> tvm.transform.Pass:
+    """The pass; ``wait``: leave a ``Sign`` whose input ``waits_for_a_fusion`` for a later round."""
 
     def rule(ctx: RuleContext, call):
         name = op_name(call)
@@ -190,4 +196,4 @@ def split_ternary_sign(wait: bool):
             return split_dense(ctx, call, wait)
         return None
 
-    return rule
+    return rule_pass(__name__, rule, logs)

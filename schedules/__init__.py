@@ -17,8 +17,8 @@ import importlib
 
 import numpy as np
 
-OPAQUE_PATTERN = 8  # relax OpPatternKind::kOpaque
-SCHEDULED_ATTR = "tirx.is_scheduled"  # tvm.compile's pipeline leaves such PrimFuncs as they are
+from .calls import OPAQUE_PATTERN, SCHEDULED_ATTR, legalize, rewrite_calls  # noqa: F401 (the package's API)
+
 FAMILY_MODULES = {"x86": "schedules.x86", "arm": "schedules.arm", "cuda": "schedules.cuda"}
 
 
@@ -74,31 +74,17 @@ def schedule_module(mod, spec, plans: dict | None = None):
     return mod
 
 
-def legalize(mod, target, vector_erf: bool = False):
-    """Lower the Relax operators of ``mod`` to PrimFuncs with the passes ``tvm.compile``'s
-    pipeline would run for ``target``, so that the float ones can be scheduled here first;
-    ``vector_erf`` (CPU float schedules): float32 ``erf`` and GELU with the vectorisable
-    ``schedules.float_erf`` instead of a libm call per element."""
-    import tvm
-    from tvm import relax
-
-    from .float_erf import legalize_map
-
-    with target:
-        return tvm.transform.Sequential(
-            [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan(),
-             relax.transform.LegalizeOps(legalize_map() if vector_erf else None)]
-        )(mod)
-
-
 def prepare_cpu_kernels(mod, spec, plans: dict | None = None):
-    """The rewrites before scheduling on CPU families, shared by the build and the tuner (so
-    both see the same kernels): float convs as kernels (``schedules.float_conv``), the hand-written float ops (max pools, matmuls with a
-    constant weight: ``schedules.float_ops.rewrite_hand_written``)."""
-    from .float_conv import float_convs
-    from .float_ops import rewrite_hand_written
+    """The binarization pipeline's target-prepare phase for ``spec`` (``relay_passes.pipeline.
+    prepare_passes``: float convs as kernels, the hand-written float ops), shared by the build
+    and the tuner (``schedules.tuning.prepare_module``) so that both see the same kernels;
+    ``plans`` receives the hand-written kernels' plans."""
+    import tvm
 
-    return rewrite_hand_written(float_convs(mod), vector_lanes32(spec), plans)
+    # here, not at the top: ``import schedules`` stays free of TVM for the CLI's start-up
+    from relay_passes.pipeline import prepare_passes
+
+    return tvm.transform.Sequential(prepare_passes(spec.family, vector_lanes32(spec), plans))(mod)
 
 
 def vector_unit(spec):
@@ -111,26 +97,6 @@ def vector_lanes32(spec) -> int:
     """32-bit lanes of a target's vectors (4 for a family without a vector unit description)."""
     unit = vector_unit(spec)
     return unit.lanes if unit is not None else 4
-
-
-def rewrite_calls(mod, rewrite):
-    """``mod`` with ``rewrite(mutator, call)`` applied to every call of its Relax functions,
-    arguments first (``mutator.builder_`` adds functions, ``mutator.lookup_binding`` reads
-    bindings); ``rewrite`` returns the replacement, or None to keep the call."""
-    from tvm import relax
-
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 (TVM's visitor naming)
-            call = self.visit_expr_post_order(call)
-            new = rewrite(self, call)
-            return call if new is None else new
-
-    rewriter = Rewriter(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
 
 
 def replace_kernels(mod, scheduled: dict):

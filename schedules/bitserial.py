@@ -471,7 +471,7 @@ def threshold_pack(dot: te.Tensor, low: te.Tensor, high: te.Tensor) -> te.Tensor
 
     Output channel ``o`` is +1 exactly when ``low[o] <= dot <= high[o]``: the folded form of any
     monotone per-channel float chain (bias, batch norm, scale) followed by ``>= 0``; a negative
-    scale gives an open ``low`` (``relay_passes.fold_thresholds.OPEN_LOW``). Channels are the
+    scale gives an open ``low`` (``relay_passes.analysis.rounding.OPEN_LOW``). Channels are the
     last axis of ``dot``.
 
     Two stages: one decision (bool) per channel, padded to whole words, then the packing of
@@ -793,7 +793,7 @@ def attention_bits(q: te.Tensor, k: te.Tensor, low: te.Tensor, high: te.Tensor, 
     ``S`` is ``attention_scores_dot(q, k, taps, ternary)``, the exact integer scores; the float
     chain after it (the division, the mask, the comparison) is folded into an integer interval
     per element of the constant mask (``low``, ``high``: int32, each axis 1 or the scores' own,
-    ``relay_passes.fuse_binary_attention.score_intervals``): the bit is ``low <= S <= high``."""
+    ``relay_passes.analysis.attention.score_intervals``): the bit is ``low <= S <= high``."""
     dot = attention_scores_dot(q, k, taps, ternary)
     keys = int(dot.shape[-1])
     words = num_words(keys)

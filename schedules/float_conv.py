@@ -5,7 +5,7 @@ shortcuts). Left to TVM's default lowering they run as naive loops -- the 7x7 st
 ResNet-18 alone took 125 ms, forty times more than all its binary layers -- so the compiled
 model would lose to the float engines on the float layers it shares with them.
 
-``float_convs(mod)`` turns every plain float ``relax.nn.conv2d`` with constant weights (NCHW,
+``relay_passes.float_conv_kernels`` (the pipeline's target-prepare phase) turns every plain float ``relax.nn.conv2d`` with constant weights (NCHW,
 OIHW, no groups, no dilation) into a kernel tagged ``bnn.op = "float_conv2d"``: a compute that
 accumulates channels-last (``float_conv2d``) so that ``schedules.cpu`` gives it the binary
 kernels' structure -- output channels across SIMD lanes, weights relaid out at compile time, a
@@ -80,28 +80,3 @@ def constant_weight(call, lookup_binding):
     if not isinstance(weight, tvm.ir.Constant) or str(weight.ty.dtype) != "float32":
         return None
     return weight
-
-
-def float_convs(mod):
-    """Rewrite the plain float convs of ``mod`` with constant weights (see the module doc)."""
-    import tvm
-
-    from . import rewrite_calls
-
-    conv_op = tvm.ir.Op.get("relax.nn.conv2d")
-
-    def rewrite(mutator, call):
-        if call.op != conv_op or not plain_float_conv(call):
-            return None
-        weight = constant_weight(call, mutator.lookup_binding)
-        if weight is None:
-            return None
-        strides = tuple(int(v) for v in call.attrs.strides)
-        padding = tuple(int(v) for v in call.attrs.padding)
-        return mutator.builder_.call_te(
-            lambda d, w: float_conv2d(d, w, strides, padding), call.args[0], weight,
-            primfunc_name_hint="float_conv2d",
-            primfunc_attrs={"bnn.op": FLOAT_CONV, "bnn.strides": list(strides), "bnn.padding": list(padding)},
-        )
-
-    return rewrite_calls(mod, rewrite)

@@ -17,7 +17,8 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir, te
 
-from . import cpu
+from . import cpu, float_conv, float_ops
+from .calls import rewrite_calls
 
 MATMUL = "relax.matmul"
 BLOCKS_PER_TASK = 8  # at most, vectors of outputs per parallel task: independent FMA chains
@@ -62,8 +63,6 @@ def schedule(func, lanes: int) -> tuple[tvm.tirx.PrimFunc, str]:
 
 def rewrite_matmuls(mod: tvm.IRModule, lanes32: int, plans: dict | None = None) -> tvm.IRModule:
     """Replace ``matmul(x [N, K], constant [K, J])`` (float32) by the blocked kernel."""
-    from . import float_conv, float_ops, rewrite_calls
-
     op = tvm.ir.Op.get(MATMUL)
 
     def rewrite(mutator, call):

@@ -26,7 +26,7 @@ The schedules do not change arithmetic, so results are bit-identical to the defa
   ``schedules.float_erf`` (vectorisable, within 1 ulp of libm's ``erff``, the same sign and ±1
   set; see docs/exactness.md) instead of a libm call per element;
 * max pools and matmuls with a constant weight have hand-written kernels instead
-  (``rewrite_hand_written``, run before scheduling by ``schedules.prepare_cpu_kernels``):
+  (``relay_passes.hand_written_float_ops``, the pipeline's target-prepare phase):
   ``schedules.max_pool`` (no padded copy of the input; max is exact in any order) and
   ``schedules.float_matmul`` (the weight blocked at compile time; same sums, same order).
 
@@ -49,7 +49,7 @@ import os
 import tvm
 from tvm import s_tir, tirx
 
-from . import SCHEDULED_ATTR
+from .calls import SCHEDULED_ATTR
 from .cpu import PARALLEL_MIN_WORK, block_work
 
 LOG = logging.getLogger(__name__)
@@ -62,17 +62,6 @@ INTERLEAVE_FACTORS = (8, 4, 2)  # outputs of a strided reduction accumulated sid
 
 def enabled() -> bool:
     return os.environ.get("BNN_FLOAT_SCHEDULES", "1") not in ("0", "", "false", "no")
-
-
-def rewrite_hand_written(mod, lanes32: int, plans: dict | None = None):
-    """The float ops with a hand-written kernel (max pools, matmuls with a constant weight),
-    replaced before legalization by scheduled kernels; a no-op when disabled or done."""
-    if not enabled():
-        return mod
-    from .float_matmul import rewrite_matmuls
-    from .max_pool import rewrite_max_pools
-
-    return rewrite_matmuls(rewrite_max_pools(mod, lanes32, plans), lanes32, plans)
 
 
 def call_hand_written(mutator, func, plan: str, name: str, args: list, out_ty, plans: dict | None = None):
@@ -91,7 +80,7 @@ def schedule_float_ops(mod, target, lanes32: int, plans: dict | None = None):
     """Legalize the Relax operators of ``mod`` as ``tvm.compile``'s CPU pipeline would and schedule
     every resulting PrimFunc not yet tagged ``tirx.is_scheduled``. ``lanes32``: 32-bit lanes
     of the target's vectors. ``plans``, if given, receives ``{kernel name: plan}``."""
-    from . import legalize
+    from .calls import legalize
 
     mod = legalize(mod, target, vector_erf=True)
     updates = {}

@@ -17,7 +17,8 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, te, tirx
 
-from . import cpu
+from . import cpu, float_ops
+from .calls import rewrite_calls
 
 MAX_POOL = "relax.nn.max_pool2d"
 
@@ -90,8 +91,6 @@ def schedule(func: tirx.PrimFunc, lanes32: int) -> tuple[tirx.PrimFunc, str]:
 def rewrite_max_pools(mod: tvm.IRModule, lanes32: int, plans: dict | None = None) -> tvm.IRModule:
     """Replace the max pools of ``mod``'s Relax functions that ``clamped_windows_apply`` accepts
     by scheduled kernels (tagged scheduled, so the float op schedules leave them alone)."""
-    from . import float_ops, rewrite_calls
-
     op = tvm.ir.Op.get(MAX_POOL)
 
     def rewrite(mutator, call):

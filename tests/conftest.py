@@ -18,7 +18,7 @@ from tvm import te
 
 from bnn_tvm.verify import verify
 from relay_passes.common import pack_bits
-from relay_passes.fold_thresholds import OPEN_HIGH
+from relay_passes.analysis.rounding import OPEN_HIGH
 from relay_passes.fuse_binary_conv2d import multibit_offsets, padding_correction
 from schedules import arm, bitserial, x86
 
@@ -235,7 +235,7 @@ def residual_conv_case(rng, n, c, h, w, oc, stride, pad, rprelu: bool = False):
 
 def numpy_epilogue(dot: np.ndarray, consts: list[np.ndarray], channel_axis: int, steps=EPILOGUE) -> np.ndarray:
     """The epilogue as the float graph computes it: one float32 rounding per op."""
-    from relay_passes.fold_thresholds import NUMPY_OPS
+    from relay_passes.analysis.chain import NUMPY_OPS
 
     shape = [1] * dot.ndim
     shape[channel_axis] = -1

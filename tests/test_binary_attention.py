@@ -142,7 +142,7 @@ def test_masked_attention_bits_and_context_are_exact(tmp_path, form, dynamo, mon
 
 def test_score_intervals_match_the_float_chain():
     """The folded intervals against the float32 chain on every S, d = 32 (sqrt inexact)."""
-    from relay_passes.fuse_binary_attention import score_intervals
+    from relay_passes.analysis.attention import score_intervals
 
     scale = np.float32(np.sqrt(32))
     mask = np.array([0, -10000, -1e-7, 1e-7, -0.1767767, 0.5], np.float32).reshape(1, 1, 1, -1)
@@ -157,17 +157,17 @@ def test_score_intervals_match_the_float_chain():
 
 
 def test_attention_threshold_off_by_one_fails_verify(tmp_path, monkeypatch):
-    from relay_passes import fuse_binary_attention
+    from relay_passes import fuse_attention_context
 
     path = masked_model(tmp_path, ">=")
-    original = fuse_binary_attention.score_intervals
+    original = fuse_attention_context.score_intervals
 
     def off_by_one(*args):  # S = low (the tie S / 8 + m = 0) no longer counts
         low, high = original(*args)
         return np.where(low > -(1 << 29), low + 1, low).astype(np.int32), high
 
     monkeypatch.setenv("BNN_TVM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(fuse_binary_attention, "score_intervals", off_by_one)
+    monkeypatch.setattr(fuse_attention_context, "score_intervals", off_by_one)
     report = verify(path, "x86", x=inputs())
     assert not report.exact and report.max_abs_diff > 0
 

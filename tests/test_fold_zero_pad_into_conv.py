@@ -9,7 +9,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from relay_passes.common import op_name, rule_pass
+from relay_passes.common import op_name
 from relay_passes.fold_zero_pad_into_conv import ZERO_PAD, fold_zero_pad_into_conv
 
 SPATIAL_PAD = [0, 0, 0, 0, 1, 2, 0, 1]  # NCHW, before/after per axis: top 1, bottom 2, left 0, right 1
@@ -33,7 +33,7 @@ def padded_sign_conv(pad_width=SPATIAL_PAD, pad_value=0.0, sign_first=False, con
 
 def run_pass(mod):
     logs = []
-    after = rule_pass("FoldZeroPadIntoConv", fold_zero_pad_into_conv, logs)(mod)
+    after = fold_zero_pad_into_conv(logs)(mod)
     return after, logs[0]
 
 

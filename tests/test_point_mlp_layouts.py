@@ -1,6 +1,6 @@
 """Point MLPs (PointNet, BiPointNet): per-channel ops between ``transpose(1, 2)``s move onto the
-``[B*N, C]`` rows of the binary denses (``sink_channel_transposes``), and a max over the points
-before a binarizer runs on thresholded bits (``points_max_on_bits``): no transpose kernel between
+``[B*N, C]`` rows of the binary denses (``LiftTokenMatmul``), and a max over the points
+before a binarizer runs on thresholded bits (``analysis.pools``): no transpose kernel between
 binary layers, every decision equal to ONNX Runtime's."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from published_bnn import bipointnet, export_points
 from bnn_tvm.compiler import lower_onnx
 from bnn_tvm.inspection import inspect_onnx
 from bnn_tvm.verify import verify
-from relay_passes import points_max_on_bits
-from relay_passes.sink_channel_transposes import ROWS
+from relay_passes.analysis import pools
+from relay_passes.lift_token_matmul import ROWS
 
 SWAP = [0, 2, 1]
 
@@ -94,7 +94,7 @@ def test_max_over_points_runs_on_thresholded_bits(tmp_path):
 
 def test_max_over_points_with_the_wrong_direction_fails(tmp_path, monkeypatch):
     """Mutation: the max taken on every channel (no min for negative gammas) is caught."""
-    monkeypatch.setattr(points_max_on_bits, "chain_direction", lambda scale, steps, channels: np.ones(channels, np.int8))
+    monkeypatch.setattr(pools, "chain_direction", lambda scale, steps, channels: np.ones(channels, np.int8))
     path = save(points_max_graph(), tmp_path / "m.onnx")
     report = verify(path, "x86", x=point_inputs(32, 40))
     assert not report.ok

@@ -1,4 +1,7 @@
-"""Max over the points of a binary dense's rows, before a binarizer: an OR of thresholded bits.
+"""Decisions through a max pool: a folded chain with a max inside becomes an OR of thresholded bits.
+
+A 2-D max pool between a binary kernel and a binarizer (``pooled_decisions``), and PointNet's max
+over the points of a binary dense's rows (``pooled_point_decisions``):
 
 PointNet's global feature is ``m[b, c] = max_n g(d[b*N + n, c])``: a binary dense over the
 ``B*N`` point rows (integer result ``d``), its per-channel float chain ``g1`` (scale, batch
@@ -27,28 +30,46 @@ or a non-monotone step keeps the max float.
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax, te, tirx
 
-from schedules.bitserial import WORD_DTYPE
-
-from .common import RuleContext, op_name, pack_bits, shape_of
-
-POINTS_OR = "points_max_or"
+from ..common import pack_bits
+from .chain import Chain, Step
+from .rounding import OPEN_HIGH, OPEN_LOW
 
 
-def points_max_rows(ctx: RuleContext, node):
-    """The ``[B*N, C]`` rows whose ``[B, N, C]`` view ``node`` (a call) takes the max over the
-    points of (``max(view, axis=1)``), or None."""
-    if op_name(node) != "relax.max" or bool(node.attrs.keepdims) or node.attrs.axis is None:
-        return None
-    if [int(a) for a in node.attrs.axis] not in ([1], [-2]):
-        return None
-    view = ctx.producer(node.args[0])
-    if op_name(view) != "relax.reshape" or len(shape_of(node.args[0])) != 3:
-        return None
-    rows = view.args[0]
-    b, n, c = shape_of(node.args[0])
-    return rows if shape_of(rows) == (b * n, c) else None
+def never_decreases(step: Step) -> bool:
+    """Whether ``y -> step(y)`` is non-decreasing in float32 (rounding is monotone)."""
+    if step.op in ("add", "subtract", "maximum", "minimum"):
+        return True
+    if step.op in ("multiply", "prelu"):
+        return bool(np.all(step.const >= 0))
+    if step.op == "divide":
+        return bool(np.all(step.const > 0))
+    return False
+
+
+def pooled_decisions(chain: Chain, steps_after: int, interval):
+    """``(refusal, interval, flip words)``: how a max pool inside a folded chain becomes a
+    pool of thresholded bits, or why it cannot (``refusal``).
+
+    ``binarize(g2(maxpool(g1(d))))``: when ``g1`` (the scale and the steps before the pool) never
+    decreases, in float32 as in exact arithmetic, ``maxpool(g1(d)) = g1(max d)``, so the decision
+    is the interval's on ``max d``. An interval open upwards (``max d >= low``) holds exactly when
+    some ``d >= low`` in the window: threshold every position, then OR the bits (the pool's
+    -inf padding is a 0 bit). One open downwards (a negative batch-norm gamma: ``max d <= high``)
+    holds when every ``d <= high``: threshold the complement ``d > high``, OR, flip the bit back.
+    """
+    before = chain.steps[: len(chain.steps) - steps_after]
+    if not (chain.scale is None or bool(np.all(chain.scale >= 0))) or not all(never_decreases(s) for s in before):
+        return "a max pool after a float op that can decrease (negative scale) stays float", interval, None
+    low, high = (v.astype(np.int64) for v in interval)
+    downwards = (low == OPEN_LOW) & (high < OPEN_HIGH) & (low <= high)
+    upwards_or_constant = (high == OPEN_HIGH) | (low > high)
+    if not np.all(downwards | upwards_or_constant):
+        return "a max pool before a float op that keeps only a bounded range of values stays float", interval, None
+    low = np.where(downwards, high + 1, low)
+    high = np.where(downwards, OPEN_HIGH, high)
+    flip = pack_bits(np.where(downwards, 1.0, -1.0)) if np.any(downwards) else None
+    return None, (low.astype(np.int32), high.astype(np.int32)), flip
 
 
 def step_direction(step) -> np.ndarray | None:
@@ -99,27 +120,3 @@ def pooled_point_decisions(chain, steps_after: int, interval, open_low: int, ope
     new_high = np.where(never, high, np.where(rising, open_high, np.where(upwards, low - 1, high)))
     words = pack_bits(np.where(flip, 1.0, -1.0)) if np.any(flip) else None
     return None, (new_low.astype(np.int32), new_high.astype(np.int32)), words
-
-
-def points_max_or(data: te.Tensor, points: int, flip: te.Tensor | None = None) -> te.Tensor:
-    """``[B*N, W]`` packed rows -> ``[B, W]``: the OR of each sample's ``points`` rows (the max of
-    ±1 values is +1 iff any is), ``flip`` words XORed in (an AND for complemented channels)."""
-    rows, words = (int(v) for v in data.shape)
-    bitwise_or = te.comm_reducer(lambda a, b: a | b, lambda dtype: tirx.const(0, dtype), name="bitwise_or")
-    n = te.reduce_axis((0, points), name="n")
-    pooled = te.compute((rows // points, words), lambda b, w: bitwise_or(data[b * points + n, w], axis=[n]),
-                        name="points_max_or")
-    if flip is None:
-        return pooled
-    return te.compute(pooled.shape, lambda b, w: pooled[b, w] ^ flip[w].astype(WORD_DTYPE), name="points_max_flip")
-
-
-def emit_points_or(ctx: RuleContext, packed, max_call, flip=None):
-    """The kernel ORing the thresholded point rows ``packed`` of the max ``max_call``."""
-    points = shape_of(max_call.args[0])[1]
-    extra = [] if flip is None else [relax.const(flip)]
-    pooled = ctx.builder_.emit(
-        ctx.emit_kernel(lambda d, *f: points_max_or(d, points, *f), packed, *extra, op=POINTS_OR), "pooled"
-    )
-    ctx.fused(POINTS_OR, f"max over {points} points on packed bits", pooled)
-    return pooled
