@@ -10,7 +10,7 @@ import tvm
 from tvm import relax
 
 from relay_passes.cancel_layout_transposes import LAYOUT, cancel_layout_transposes
-from relay_passes.common import op_name, rule_pass
+from relay_passes.common import op_name
 
 NCHW = [1, 3, 4, 5]
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -51,7 +51,7 @@ def two_tensors(bb, t):
 
 def run_pass(mod):
     logs = []
-    after = rule_pass("CancelLayoutTransposes", cancel_layout_transposes, logs)(mod)
+    after = cancel_layout_transposes(logs)(mod)
     return relax.transform.DeadCodeElimination()(after), logs[0]
 
 

@@ -9,7 +9,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from relay_passes.common import op_name, rule_pass
+from relay_passes.common import op_name
 from relay_passes.lower_straight_through import STRAIGHT_THROUGH, lower_straight_through
 
 SHAPE = [2, 3, 4]
@@ -59,7 +59,7 @@ def estimator_p(p_of):
 
 def run_pass(mod):
     logs = []
-    after = rule_pass("LowerStraightThrough", lower_straight_through, logs)(mod)
+    after = lower_straight_through(logs)(mod)
     return relax.transform.DeadCodeElimination()(after), logs[0]
 
 
