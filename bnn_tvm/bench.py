@@ -370,7 +370,7 @@ def compile_float(path: str, target: str, batch: int):
     import tvm
     from tvm import relax
 
-    import targets
+    from bnn_tvm import targets
 
     from .compiler import METADATA_FUNC, CompiledModel, read_pinned
     from .onnx_import import import_to_relax
@@ -438,7 +438,7 @@ def bnn_engine(workload, x, settings, workdir, outputs) -> Prepared:
 def wants_mca(settings: Settings) -> bool:
     """Instruction counts come with llvm-mca's cycle estimates on ARM targets: a count weighs
     every instruction alike, the in-order Cortex-A53 does not."""
-    import targets
+    from bnn_tvm import targets
 
     return settings.count_instructions and targets.get(settings.target).family == "arm"
 
@@ -449,8 +449,8 @@ def mca_estimates(compiled, settings: Settings) -> dict | None:
     instruction count still comes."""
     if not wants_mca(settings):
         return None
-    import targets
-    from targets import mca
+    from bnn_tvm import targets
+    from bnn_tvm.targets import mca
 
     try:
         return mca.kernel_estimates(compiled.executable, targets.get(settings.target))
@@ -510,7 +510,7 @@ def torch_engine(workload, x, settings, workdir, outputs) -> Prepared:
 def ort_on_board(settings: Settings) -> bool:
     """Whether ``ort_fp32`` runs on the board: remote runs on aarch64 targets, whose emulated
     board has ONNX Runtime's aarch64 build (``bnn_tvm.board``)."""
-    import targets
+    from bnn_tvm import targets
 
     return settings.remote and targets.get(settings.target).isa == "aarch64"
 
@@ -561,7 +561,7 @@ def topi_engine(workload, x, settings, workdir, outputs) -> Prepared:
     import tvm
     from tvm import te, topi
 
-    import targets
+    from bnn_tvm import targets
 
     if on_cuda(settings):
         return Prepared(EngineResult("topi_bitserial", error="a CPU baseline: TVM ships no CUDA schedule for it"))
@@ -590,7 +590,7 @@ HOST_ONLY = {"torch_fp32", "ort_fp32", "topi_bitserial"}
 
 
 def on_cuda(settings: Settings) -> bool:
-    import targets
+    from bnn_tvm import targets
 
     return targets.get(settings.target).family == "cuda"
 
@@ -608,8 +608,8 @@ def popcount_peak(target: str, threads: int) -> dict:
     import tvm
     from tvm import s_tir, te, tirx
 
-    import targets
-    from schedules import cpu, x86
+    from bnn_tvm import targets
+    from bnn_tvm.schedules import cpu, x86
 
     tvm_target = targets.get(target).tvm_target()
     unit = x86.vector_unit(tvm_target)
@@ -694,7 +694,7 @@ def measure_rounds(prepared: dict, settings: Settings, progress=None, label: str
 
 def benchmark(workload: Workload, settings: Settings, engines: list[str], progress=None) -> dict:
     """Run every engine on ``workload``; the JSON-ready result (see the module docstring)."""
-    import targets
+    from bnn_tvm import targets
 
     from .runtime import check_runs_here
 
@@ -827,7 +827,7 @@ def report_lines(report: dict) -> list[str]:
                                  for name, ratio in ratios.items()))
     estimates = report["engines"].get("bnn_tvm", {}).get("mca")
     if estimates:
-        from targets.mca import report_lines as mca_lines
+        from bnn_tvm.targets.mca import report_lines as mca_lines
 
         lines += mca_lines(estimates) if "error" not in estimates else [f"  llvm-mca estimate failed: {estimates['error']}"]
     sizes = report["sizes"]

@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-import targets
+from bnn_tvm import targets
 
 from .errors import BnnError
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import onnx
 
-import relay_passes
-import schedules
-import targets
+from bnn_tvm import relay_passes
+from bnn_tvm import schedules
+from bnn_tvm import targets
 
 from .errors import BnnError
 from .atomic_files import atomic_write
@@ -310,7 +310,7 @@ def compile_onnx(
         mod = builder.get()
         stage()
         if db:
-            from schedules import tuning
+            from bnn_tvm.schedules import tuning
 
             from . import tuning_db
 

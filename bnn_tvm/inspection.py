@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay_passes.cancel_layout_transposes import LAYOUT
-from relay_passes.fold_zero_pad_into_conv import ZERO_PAD
-from relay_passes.lift_activation_scale import SCALE_AFTER
-from relay_passes.lift_conv1d import LIFTED
-from relay_passes.lift_token_matmul import LIFTED as TOKENS_AS_ROWS
-from relay_passes.lower_straight_through import STRAIGHT_THROUGH
-from relay_passes.split_channel_ops_over_concat import SPLIT
-from schedules.float_conv import FLOAT_KERNELS
+from bnn_tvm.relay_passes.cancel_layout_transposes import LAYOUT
+from bnn_tvm.relay_passes.fold_zero_pad_into_conv import ZERO_PAD
+from bnn_tvm.relay_passes.lift_activation_scale import SCALE_AFTER
+from bnn_tvm.relay_passes.lift_conv1d import LIFTED
+from bnn_tvm.relay_passes.lift_token_matmul import LIFTED as TOKENS_AS_ROWS
+from bnn_tvm.relay_passes.lower_straight_through import STRAIGHT_THROUGH
+from bnn_tvm.relay_passes.split_channel_ops_over_concat import SPLIT
+from bnn_tvm.schedules.float_conv import FLOAT_KERNELS
 
 from .compiler import lower_onnx
 from .onnx_import import load_onnx

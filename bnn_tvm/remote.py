@@ -48,7 +48,7 @@ def _board_label(rpc: str | None, tracker: str | None, key: str | None) -> str:
 
 
 def _check_module(module_path: str, spec) -> None:
-    from targets.elf import MACHINE_NAMES, read_header
+    from bnn_tvm.targets.elf import MACHINE_NAMES, read_header
 
     if not os.path.isfile(module_path):
         raise BnnError(f"no compiled module at {module_path}")
@@ -103,7 +103,7 @@ def remote_bench(
     board) and ``instructions`` (executed guest instructions of one run, emulated board only,
     else None).  Every failure raises BnnError within ``timeout`` seconds.
     """
-    import targets
+    from bnn_tvm import targets
 
     if isinstance(spec, str):
         spec = targets.get(spec)
@@ -135,7 +135,7 @@ def remote_ort_bench(
     a little from run to run; a TVM module's does not)."""
     import onnx
 
-    import targets
+    from bnn_tvm import targets
 
     from .onnx_import import external_data_files
 

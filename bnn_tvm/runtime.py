@@ -56,7 +56,7 @@ def prepare_cuda_loading() -> None:
 
     if not tvm.cuda(0).exist:
         return
-    from schedules.cuda import install_nvcc_callback
+    from bnn_tvm.schedules.cuda import install_nvcc_callback
 
     if not install_nvcc_callback():
         import tvm.support.nvcc  # registers TVM's NVRTC callback
@@ -71,7 +71,7 @@ def check_built_for_this_machine(path: str) -> None:
     the dynamic loader would only say "cannot open shared object file"."""
     import platform
 
-    from targets import elf
+    from bnn_tvm.targets import elf
 
     host = platform.machine()
     try:

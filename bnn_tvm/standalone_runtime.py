@@ -33,7 +33,7 @@ EMULATED_TARGETS = {40: "rasp3b-armv7", 183: "aarch64"}
 def is_standalone(path: str) -> bool:
     """Whether ``path`` is a standalone library: it exports ``bnn_model_run_all`` (read from its
     ELF symbol table, so that an ARM library is recognised on x86 too)."""
-    from targets import elf
+    from bnn_tvm.targets import elf
 
     try:
         return API_SYMBOL in elf.dynamic_symbols(path)
@@ -49,7 +49,7 @@ class StandaloneRunner(CompiledRunner):
     """A standalone library behind ``CompiledRunner``'s interface (no Relax VM)."""
 
     def __init__(self, path: str):  # noqa: D107 (CompiledRunner.__init__ needs a TVM module; not called)
-        from targets import elf
+        from bnn_tvm.targets import elf
 
         self.path = os.path.abspath(path)
         self.device = None
@@ -141,8 +141,8 @@ class StandaloneRunner(CompiledRunner):
 
 def emulator_for(path: str, machine: int) -> list[str]:
     """``[qemu, -cpu, CPU, -L, SYSROOT, bnn_runner]`` for a library of ELF ``machine``."""
-    import targets
-    from targets import elf
+    from bnn_tvm import targets
+    from bnn_tvm.targets import elf
 
     if machine not in EMULATED_TARGETS:
         raise BnnError(f"{path} was compiled for {elf.read_header(path).describe()}; this machine is "

@@ -64,7 +64,7 @@ class Task:
 
     @property
     def space(self) -> str:
-        from schedules.tuning import SPACES
+        from bnn_tvm.schedules.tuning import SPACES
 
         return "binary-aware" if self.op in SPACES else "MetaSchedule default"
 
@@ -90,8 +90,8 @@ def call_counts(mod) -> dict[str, int]:
 
 def extract_tasks(mod, spec, kinds=("binary", "float")) -> list[Task]:
     """The tuning tasks of a Relax module after the binarization passes."""
-    from schedules.float_conv import FLOAT_KERNELS
-    from schedules.tuning import prepare_module, tunable_kernels, workload_key
+    from bnn_tvm.schedules.float_conv import FLOAT_KERNELS
+    from bnn_tvm.schedules.tuning import prepare_module, tunable_kernels, workload_key
 
     prepared = prepare_module(mod, spec)
     counts = call_counts(prepared)
@@ -272,9 +272,9 @@ def measure_funcs(funcs: list, spec, measurer: Measurer) -> list[tuple[float | N
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    from schedules.tuning import workload
+    from bnn_tvm.schedules.tuning import workload
 
-    from schedules.tuning import tuning_target
+    from bnn_tvm.schedules.tuning import tuning_target
 
     target = tuning_target(spec)
     mods = [workload(f) for f in funcs]
@@ -298,8 +298,8 @@ def measure_funcs(funcs: list, spec, measurer: Measurer) -> list[tuple[float | N
 def untuned_func(task: Task, spec):
     """The kernel as compiled without a database: the hand-written schedule of a binary kernel,
     the default lowering of a float one."""
-    import schedules
-    from schedules.tuning import workload
+    from bnn_tvm import schedules
+    from bnn_tvm.schedules.tuning import workload
 
     if task.op is None:
         return task.func
@@ -317,7 +317,7 @@ def target_label(spec) -> str:
 
 
 def target_label_of(target) -> str:
-    from schedules.tuning import target_label as label
+    from bnn_tvm.schedules.tuning import target_label as label
 
     return label(target)
 
@@ -334,7 +334,7 @@ def stored_records(database, tasks: list[Task], spec) -> dict[str, list]:
         by_hash.setdefault(tvm_ffi.structural_hash(record.workload.mod), []).append(record)
     found = {}
     for task in tasks:
-        from schedules.tuning import workload
+        from bnn_tvm.schedules.tuning import workload
 
         records = by_hash.get(tvm_ffi.structural_hash(workload(task.func)), [])
         found[task.key] = sorted(records, key=record_seconds)
@@ -342,7 +342,7 @@ def stored_records(database, tasks: list[Task], spec) -> dict[str, list]:
 
 
 def record_seconds(record) -> float:
-    from schedules.tuning import record_seconds as seconds
+    from bnn_tvm.schedules.tuning import record_seconds as seconds
 
     return seconds(record)
 
@@ -390,7 +390,7 @@ def untuned_label(task: Task) -> str:
 def tune_context(task: Task, spec, population: int, seed: int):
     from tvm.s_tir import meta_schedule as ms
 
-    from schedules.tuning import space_generator, tuning_target, workload
+    from bnn_tvm.schedules.tuning import space_generator, tuning_target, workload
 
     strategy = ms.search_strategy.EvolutionarySearch(
         population_size=population,
@@ -424,7 +424,7 @@ def warm_cost_model(model, contexts: list, tasks: list[Task], records: dict) -> 
     """Train the cost model on the stored records (a resumed run), so its first batch is not random."""
     from tvm.s_tir import meta_schedule as ms
 
-    from schedules.tuning import register_intrinsics
+    from bnn_tvm.schedules.tuning import register_intrinsics
 
     used = 0
     for context, task in zip(contexts, tasks):
@@ -516,10 +516,10 @@ def tune(
 ) -> TuneResult:
     """Tune ``model`` for ``target`` until the database holds ``trials`` records of its tasks (or
     ``minutes`` of searching have passed)."""
-    import targets
+    from bnn_tvm import targets
 
     from .compiler import lower_onnx
-    from schedules.tuning import open_database, workload
+    from bnn_tvm.schedules.tuning import open_database, workload
 
     from . import tuning_db
 
@@ -709,7 +709,7 @@ def compare_model(path: str, target: str, db_dir: str, batch: int | None = None,
     import tvm
     from tvm import relax
 
-    import targets
+    from bnn_tvm import targets
 
     from .compiler import compile_onnx
 

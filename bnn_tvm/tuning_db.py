@@ -63,7 +63,7 @@ class Contents:
 def read(db_dir: str, model_workloads=()) -> Contents:
     """The folder's workload and record lines that MetaSchedule can load and its untuned times;
     ``model_workloads`` (IRModules of the model's kernels) rebuild workload lines that are gone."""
-    from schedules.tuning import register_intrinsics_named_in
+    from bnn_tvm.schedules.tuning import register_intrinsics_named_in
 
     contents = Contents()
     workloads = read_workloads(os.path.join(db_dir, WORKLOAD_FILE), contents.problems)

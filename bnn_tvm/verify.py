@@ -129,7 +129,7 @@ def verify(
     inputs (``verify_layers``); it runs by itself when binarized values differ end to end.
     ``standalone``: the model is compiled as a standalone library (``bnn_tvm.standalone``) and
     run here, through ctypes or, for an ARM target, under qemu-user."""
-    import targets
+    from bnn_tvm import targets
 
     remote = rpc is not None or tracker is not None
     if standalone:

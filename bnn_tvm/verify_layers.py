@@ -123,7 +123,7 @@ def materialised_tensors(lowered) -> tuple[set, set]:
     import tvm
     from tvm import relax
 
-    from schedules.float_conv import FLOAT_KERNELS
+    from bnn_tvm.schedules.float_conv import FLOAT_KERNELS
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
     graph = lowered.onnx_model.graph

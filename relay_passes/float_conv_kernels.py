@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tvm
 
-from schedules import float_conv
+from bnn_tvm.schedules import float_conv
 
 from .common import PassLog, RuleContext, op_name, rule_pass
 

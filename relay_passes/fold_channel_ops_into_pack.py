@@ -33,7 +33,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from schedules import bitserial
+from bnn_tvm.schedules import bitserial
 
 from .analysis.chain import CHAIN_OPS, trace_chain
 from .common import PassLog, RuleContext, function_rule_pass, op_name, shape_of, use_counts

@@ -20,7 +20,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from schedules import bitserial, float_conv
+from bnn_tvm.schedules import bitserial, float_conv
 
 from .analysis.chain import Step, analyse_chain, chain_ends, trace_chain
 from .analysis.rounding import integer_inputs

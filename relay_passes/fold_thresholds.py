@@ -13,7 +13,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from schedules import bitserial
+from bnn_tvm.schedules import bitserial
 
 from .analysis.chain import FOLDABLE, analyse_chain
 from .analysis.pools import pooled_decisions, pooled_point_decisions

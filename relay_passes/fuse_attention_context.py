@@ -15,7 +15,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from schedules import bitserial
+from bnn_tvm.schedules import bitserial
 
 from .analysis.attention import (
     CONTEXT_REFUSAL,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import tvm
 
-from schedules import bitserial
+from bnn_tvm.schedules import bitserial
 
 from .analysis.attention import CONTEXT_REFUSAL, head_source, never_zero, signed_heads
 from .common import PassLog, RuleContext, op_name, rule_pass, shape_of

@@ -16,7 +16,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from schedules import bitserial
+from bnn_tvm.schedules import bitserial
 
 from .analysis.patterns import binarized_conv_input, plain_conv_reason
 from .analysis.weights import BinaryWeights, split_scale

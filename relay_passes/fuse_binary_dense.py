@@ -12,7 +12,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from schedules import bitserial
+from bnn_tvm.schedules import bitserial
 
 from .analysis.patterns import packed_features
 from .analysis.weights import split_scale

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tvm
 
-from schedules import bitserial
+from bnn_tvm.schedules import bitserial
 
 from .analysis.patterns import or_pool_refusal
 from .common import PassLog, RuleContext, op_name, rule_pass, shape_of

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import tvm
 
-from schedules import float_ops
-from schedules.float_matmul import rewrite_matmuls
-from schedules.max_pool import rewrite_max_pools
+from bnn_tvm.schedules import float_ops
+from bnn_tvm.schedules.float_matmul import rewrite_matmuls
+from bnn_tvm.schedules.max_pool import rewrite_max_pools
 
 from .common import PassLog, pass_name
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from tvm import relax, te, tirx
 
-from schedules import bitserial
-from schedules.bitserial import WORD_DTYPE
+from bnn_tvm.schedules import bitserial
+from bnn_tvm.schedules.bitserial import WORD_DTYPE
 
 from .common import RuleContext, shape_of
 

@@ -13,8 +13,8 @@ import math
 import numpy as np
 import tvm
 
-from schedules import bitserial
-from schedules.bitserial import LevelCode
+from bnn_tvm.schedules import bitserial
+from bnn_tvm.schedules.bitserial import LevelCode
 
 from .common import PassLog, RuleContext, clip_bounds, dtype_of, op_name, rule_pass, shape_of
 

@@ -21,7 +21,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from schedules import bitserial
+from bnn_tvm.schedules import bitserial
 
 from .analysis.chain import trace_chain
 from .analysis.patterns import (

@@ -19,7 +19,7 @@ import numpy as np
 
 from .calls import OPAQUE_PATTERN, SCHEDULED_ATTR, legalize, rewrite_calls  # noqa: F401 (the package's API)
 
-FAMILY_MODULES = {"x86": "schedules.x86", "arm": "schedules.arm", "cuda": "schedules.cuda"}
+FAMILY_MODULES = {"x86": "bnn_tvm.schedules.x86", "arm": "bnn_tvm.schedules.arm", "cuda": "bnn_tvm.schedules.cuda"}
 
 
 def family_module(family: str):
@@ -82,7 +82,7 @@ def prepare_cpu_kernels(mod, spec, plans: dict | None = None):
     import tvm
 
     # here, not at the top: ``import schedules`` stays free of TVM for the CLI's start-up
-    from relay_passes.pipeline import prepare_passes
+    from bnn_tvm.relay_passes.pipeline import prepare_passes
 
     return tvm.transform.Sequential(prepare_passes(spec.family, vector_lanes32(spec), plans))(mod)
 

@@ -87,7 +87,7 @@ def target_constants(model_path: str, target: str, batch: int | None = None) -> 
     lay them out: the layouts differ between targets (vector widths), so a kernel replayed on
     another target takes the activations recorded on the host with the target's own constants.
     Lowered like ``compile`` lowers ``model_path`` (same passes, same kernel names)."""
-    import schedules
+    from bnn_tvm import schedules
     from bnn_tvm.compiler import lower_onnx
     from tvm import relax
     from tvm.ir import Constant

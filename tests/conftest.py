@@ -17,10 +17,10 @@ from onnx import helper
 from tvm import te
 
 from bnn_tvm.verify import verify
-from relay_passes.common import pack_bits
-from relay_passes.analysis.rounding import OPEN_HIGH
-from relay_passes.fuse_binary_conv2d import multibit_offsets, padding_correction
-from schedules import arm, bitserial, x86
+from bnn_tvm.relay_passes.common import pack_bits
+from bnn_tvm.relay_passes.analysis.rounding import OPEN_HIGH
+from bnn_tvm.relay_passes.fuse_binary_conv2d import multibit_offsets, padding_correction
+from bnn_tvm.schedules import arm, bitserial, x86
 
 
 # ------------------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def residual_conv_case(rng, n, c, h, w, oc, stride, pad, rprelu: bool = False):
 
 def numpy_epilogue(dot: np.ndarray, consts: list[np.ndarray], channel_axis: int, steps=EPILOGUE) -> np.ndarray:
     """The epilogue as the float graph computes it: one float32 rounding per op."""
-    from relay_passes.analysis.chain import NUMPY_OPS
+    from bnn_tvm.relay_passes.analysis.chain import NUMPY_OPS
 
     shape = [1] * dot.ndim
     shape[channel_axis] = -1
@@ -350,7 +350,7 @@ def ternary_dense_case(rng, n, k, o, threshold=False, ternary_weights=False):
 def binary_conv_ternary_weights_case(rng, n, c, h, w, oc, k, stride, pad, threshold=False):
     """Binary activations, ternary weights: the binary conv kernel with weight planes and the
     correction the passes give it (zero padding, plus ``nonzeros[o] - taps``)."""
-    from relay_passes.fuse_binary_conv2d import padding_correction
+    from bnn_tvm.relay_passes.fuse_binary_conv2d import padding_correction
 
     a, weight = bipolar(rng, (n, c, h, w)), ternary(rng, (oc, c, k, k), 0.4)
     dot = conv_reference(a, weight, stride, pad)

@@ -27,8 +27,8 @@ from conftest import (
     ternary_dense_case,
 )
 
-import targets
-from schedules import arm
+from bnn_tvm import targets
+from bnn_tvm.schedules import arm
 
 ARMV7_SPEC = targets.get("rasp3b-armv7")
 ARMV7 = ARMV7_SPEC.tvm_target()
@@ -120,7 +120,7 @@ needs_qemu_arm = pytest.mark.skipif(
 def test_armv7_kernels_match_numpy_under_qemu_arm(tmp_path):
     from tvm.support import cc
 
-    from targets.kernel_check import KernelCall, _write_case, build_runner, run_case
+    from bnn_tvm.targets.kernel_check import KernelCall, _write_case, build_runner, run_case
 
     runner = build_runner(ARMV7_SPEC, str(tmp_path))
     for name, make in EXACT_CASES.items():

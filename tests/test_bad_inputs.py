@@ -31,8 +31,8 @@ from onnx_builders import GraphBuilder, save
 import bnn_tvm.cli  # noqa: F401,E402
 import onnxruntime  # noqa: F401,E402
 import onnxscript.optimizer  # noqa: F401,E402
-import relay_passes  # noqa: F401,E402
-import schedules  # noqa: F401,E402
+import bnn_tvm.relay_passes  # noqa: F401,E402
+import bnn_tvm.schedules  # noqa: F401,E402
 import tvm.relax.frontend.onnx  # noqa: F401,E402
 from bnn_tvm.export import default_checkpoint_path, default_model_path
 

@@ -18,11 +18,11 @@ import torch
 from bibert import BiAttention, export
 from conftest import random_arguments, run_on_cpu
 
-import schedules
+from bnn_tvm import schedules
 from bnn_tvm.compiler import lower_onnx
 from bnn_tvm.inspection import inspect_onnx
 from bnn_tvm.verify import verify
-from schedules import bitserial, cuda
+from bnn_tvm.schedules import bitserial, cuda
 
 HIDDEN, HEADS, TOKENS = 64, 2, 16
 
@@ -142,7 +142,7 @@ def test_masked_attention_bits_and_context_are_exact(tmp_path, form, dynamo, mon
 
 def test_score_intervals_match_the_float_chain():
     """The folded intervals against the float32 chain on every S, d = 32 (sqrt inexact)."""
-    from relay_passes.analysis.attention import score_intervals
+    from bnn_tvm.relay_passes.analysis.attention import score_intervals
 
     scale = np.float32(np.sqrt(32))
     mask = np.array([0, -10000, -1e-7, 1e-7, -0.1767767, 0.5], np.float32).reshape(1, 1, 1, -1)
@@ -157,7 +157,7 @@ def test_score_intervals_match_the_float_chain():
 
 
 def test_attention_threshold_off_by_one_fails_verify(tmp_path, monkeypatch):
-    from relay_passes import fuse_attention_context
+    from bnn_tvm.relay_passes import fuse_attention_context
 
     path = masked_model(tmp_path, ">=")
     original = fuse_attention_context.score_intervals

@@ -9,8 +9,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from relay_passes.cancel_layout_transposes import LAYOUT, cancel_layout_transposes
-from relay_passes.common import op_name
+from bnn_tvm.relay_passes.cancel_layout_transposes import LAYOUT, cancel_layout_transposes
+from bnn_tvm.relay_passes.common import op_name
 
 NCHW = [1, 3, 4, 5]
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]

@@ -202,7 +202,15 @@ def test_every_package_of_the_tree_is_installed():
     import tomllib
 
     root = pathlib.Path(__file__).resolve().parent.parent
-    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    folders = {folder: package for package, folder in setuptools["package-dir"].items()}  # relay_passes -> bnn_tvm.relay_passes
     tops = [top for top in root.iterdir() if (top / "__init__.py").is_file()]
-    found = {".".join(p.parent.relative_to(root).parts) for top in tops for p in top.rglob("__init__.py")}
+    found = set()
+    for top in tops:
+        for init in top.rglob("__init__.py"):
+            parts = init.parent.relative_to(root).parts
+            found.add(".".join((folders.get(parts[0], parts[0]),) + parts[1:]))
     assert found == listed
+    # no generic top-level name: every installed package lives under bnn_tvm
+    assert {name.split(".")[0] for name in listed} == {"bnn_tvm"}

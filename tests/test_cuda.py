@@ -30,13 +30,13 @@ from onnx_builders import (
 from random_graphs import GENERATORS
 from tvm import tirx
 
-import schedules
-import targets
+from bnn_tvm import schedules
+from bnn_tvm import targets
 from bnn_tvm.cli import main
 from bnn_tvm.compiler import compile_onnx, lower_onnx
 from bnn_tvm.errors import BnnError
 from bnn_tvm.export import default_model_path
-from schedules import cuda
+from bnn_tvm.schedules import cuda
 
 
 def gpu_present() -> bool:

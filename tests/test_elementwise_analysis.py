@@ -1,11 +1,11 @@
-"""relay_passes.analysis.elementwise: bounds that hold, proofs over every float32 input."""
+"""bnn_tvm.relay_passes.analysis.elementwise: bounds that hold, proofs over every float32 input."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from relay_passes.analysis.elementwise import Elementwise, for_all_inputs, from_ordinal, to_ordinal
-from relay_passes.lower_straight_through import condition_on_bounds, condition_on_values
+from bnn_tvm.relay_passes.analysis.elementwise import Elementwise, for_all_inputs, from_ordinal, to_ordinal
+from bnn_tvm.relay_passes.lower_straight_through import condition_on_bounds, condition_on_values
 
 
 def bireal_estimator():

@@ -268,7 +268,7 @@ def test_first_difference_tells_float_rounding_from_a_compiler_error(tmp_path):
 
 def correction_by_taps(weight, in_hw, strides, padding, dilation) -> np.ndarray:
     """``[OC, OH, OW]``: the plain sum of ``w`` over each output position's padded taps."""
-    from relay_passes.fuse_binary_conv2d import output_hw
+    from bnn_tvm.relay_passes.fuse_binary_conv2d import output_hw
 
     kernel = weight.shape[2]
     oh, ow = output_hw(in_hw, (kernel, kernel), strides, padding, dilation)
@@ -297,7 +297,7 @@ def test_padding_correction_per_border_class_equals_the_sum_over_padded_taps(in_
     """The correction table, spread over the output, equals the plain sum of ``w`` over each
     output position's padded taps (kernel 3x3 and 5x5, strides, dilation, asymmetric padding),
     and has one row per border class, not per position."""
-    from relay_passes.fuse_binary_conv2d import padding_correction
+    from bnn_tvm.relay_passes.fuse_binary_conv2d import padding_correction
 
     rng = np.random.default_rng(sum(in_hw))
     kernel = 5 if dilation == (1, 2) else 3
@@ -309,7 +309,7 @@ def test_padding_correction_per_border_class_equals_the_sum_over_padded_taps(in_
 
 def test_border_classes_of_a_dilated_conv_count_taps_dilation_apart():
     """Taken one apart, the border classes of a dilated conv give another (wrong) correction."""
-    from relay_passes.fuse_binary_conv2d import padding_correction
+    from bnn_tvm.relay_passes.fuse_binary_conv2d import padding_correction
 
     weight = np.random.default_rng(4).choice([-1, 1], (6, 3, 3, 3)).astype(np.int64)
     in_hw, padding = (11, 10), (2, 2, 2, 2)
@@ -324,7 +324,7 @@ def test_padding_correction_is_stored_per_border_class():
     ([OC, OH, OW] int32 is 512 MiB here; the [OH, OW, KH, KW] mask it once came from, gigabytes)."""
     import tracemalloc
 
-    from relay_passes.fuse_binary_conv2d import padding_correction
+    from bnn_tvm.relay_passes.fuse_binary_conv2d import padding_correction
 
     weight = np.random.default_rng(0).choice([-1, 1], (8, 8, 3, 3)).astype(np.int64)
     tracemalloc.start()

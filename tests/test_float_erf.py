@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-import schedules
-import targets
+from bnn_tvm import schedules
+from bnn_tvm import targets
 from bnn_tvm.compiler import compile_onnx, lower_onnx
 from bnn_tvm.runtime import CompiledRunner
 from onnx_builders import GraphBuilder, save
-from schedules import float_erf, float_ops
+from bnn_tvm.schedules import float_erf, float_ops
 
 ONE_BITS = 1081791557  # float32 bits of float_erf.ERF_ONE
 

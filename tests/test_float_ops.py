@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import schedules
-import targets
+from bnn_tvm import schedules
+from bnn_tvm import targets
 from bnn_tvm.compiler import compile_onnx, lower_onnx
 from bnn_tvm.runtime import CompiledRunner
-from schedules import float_ops
+from bnn_tvm.schedules import float_ops
 from onnx_builders import GraphBuilder, save
 
 
@@ -168,7 +168,7 @@ def numpy_max_pool(x, kernel, stride, pads, out_hw):
 def test_max_pool_window_outside_input_keeps_default_lowering(tmp_path, monkeypatch):
     """A window entirely in the padding (pad >= kernel) has no tap to stand in for it: that pool
     stays on TVM's lowering (which returns its pad value there)."""
-    from schedules import max_pool
+    from bnn_tvm.schedules import max_pool
 
     assert max_pool.window_overlaps(112, 56, 3, 2, 1)
     assert not max_pool.window_overlaps(4, 4, 1, 1, 1)  # output 0 reads input -1 only
@@ -184,7 +184,7 @@ def test_tuner_sees_the_hand_written_float_kernels(tmp_path, monkeypatch):
     database-compiled model would otherwise run), and they are not offered for tuning."""
     import tvm
 
-    from schedules import tuning
+    from bnn_tvm.schedules import tuning
 
     monkeypatch.setenv("BNN_FLOAT_SCHEDULES", "1")
     path = save(float_model(channels=16, size=14), tmp_path / "m.onnx")

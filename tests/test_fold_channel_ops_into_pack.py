@@ -94,8 +94,8 @@ def test_single_use_float_conv_keeps_its_epilogue(tmp_path):
 def test_decision_bounds_agree_with_the_float_chain(strict):
     """The bounds found by bisection decide every float32 as the batch norm chain rounded in
     float32 does: random values, values next to each bound, zeros of both signs, infinities."""
-    from relay_passes.fold_channel_ops_into_pack import chain_at, decision_bounds
-    from relay_passes.analysis.chain import Step
+    from bnn_tvm.relay_passes.fold_channel_ops_into_pack import chain_at, decision_bounds
+    from bnn_tvm.relay_passes.analysis.chain import Step
 
     rng = np.random.default_rng(34)
     channels = 64
@@ -118,8 +118,8 @@ def test_decision_bounds_agree_with_the_float_chain(strict):
 
 
 def test_chain_not_provably_monotone_has_no_bounds():
-    from relay_passes.fold_channel_ops_into_pack import decision_bounds
-    from relay_passes.analysis.chain import Step
+    from bnn_tvm.relay_passes.fold_channel_ops_into_pack import decision_bounds
+    from bnn_tvm.relay_passes.analysis.chain import Step
 
     zero_scale = [Step("multiply", np.array([1.0, 0.0], np.float32)), Step("add", np.ones(2, np.float32))]
     assert decision_bounds(zero_scale, False) is None

@@ -9,8 +9,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from relay_passes.common import op_name
-from relay_passes.fold_zero_pad_into_conv import ZERO_PAD, fold_zero_pad_into_conv
+from bnn_tvm.relay_passes.common import op_name
+from bnn_tvm.relay_passes.fold_zero_pad_into_conv import ZERO_PAD, fold_zero_pad_into_conv
 
 SPATIAL_PAD = [0, 0, 0, 0, 1, 2, 0, 1]  # NCHW, before/after per axis: top 1, bottom 2, left 0, right 1
 

@@ -698,7 +698,7 @@ def test_torchscript_pad_arithmetic_is_folded(tmp_path):
 
 def test_per_channel_of_an_output_without_channels():
     """A scalar or 1-D float op (a weight's or a shape's arithmetic) has no channel axis."""
-    from relay_passes.analysis.chain import per_channel
+    from bnn_tvm.relay_passes.analysis.chain import per_channel
 
     assert per_channel(np.float32(2), ()) is None
     assert per_channel(np.ones(3, np.float32), (3,)) is None

@@ -20,6 +20,14 @@ from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("bnn_tvm", "relay_passes", "schedules", "targets")
+# the pipeline's stages: folders of the repository, installed as bnn_tvm.relay_passes etc.
+STAGES = ("relay_passes", "schedules", "targets")
+
+
+def short(name: str) -> str:
+    """An imported name as this graph names modules: ``bnn_tvm.schedules.cpu`` is ``schedules.cpu``."""
+    head, _, rest = name.partition(".")
+    return rest if head == "bnn_tvm" and rest.split(".")[0] in STAGES else name
 # relay_passes modules that are no pass: the rule machinery and the layers around the passes
 PASS_LAYERS = ("relay_passes", "relay_passes.common", "relay_passes.conventions", "relay_passes.kernels",
                "relay_passes.pipeline")
@@ -54,7 +62,7 @@ def imports_of(module: str, path: str, modules) -> list[tuple[list[str], bool]]:
             if isinstance(child, ast.Import):
                 targets = []
                 for alias in child.names:
-                    name = alias.name
+                    name = short(alias.name)
                     while name and name not in modules:
                         name = name.rpartition(".")[0]
                     targets += [name] if name else []
@@ -66,8 +74,9 @@ def imports_of(module: str, path: str, modules) -> list[tuple[list[str], bool]]:
                     parts = parts[: len(parts) - (child.level - 1)]
                     base = ".".join(parts + ([child.module] if child.module else []))
                 targets = []
+                base = short(base)
                 for alias in child.names:
-                    target = f"{base}.{alias.name}"
+                    target = short(f"{base}.{alias.name}")
                     targets += [target] if target in modules else [base] if base in modules else []
                 found.append((targets, local))
             visit(child, inner)
@@ -165,6 +174,23 @@ KNOWN_CYCLES = [
     ["bnn_tvm.runtime", "bnn_tvm.standalone_runtime"],  # a CompiledRunner subclass; runtime opens it by kind
     ["bnn_tvm.verify", "bnn_tvm.verify_layers"],  # the tolerances and reference outputs, both ways
 ]
+
+
+def test_stages_are_imported_under_the_bnn_tvm_namespace():
+    """Installed, the stages exist only as ``bnn_tvm.relay_passes`` etc.: an import by the
+    folder's own name works in a checkout and fails for every user (no top-level ``schedules``
+    or ``targets`` package, which would collide with other projects', is installed)."""
+    wrong = []
+    for folder in ("bnn_tvm", *STAGES, "tests", "tools"):
+        for dirpath, dirs, files in os.walk(os.path.join(ROOT, folder)):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.join(dirpath, name)
+                for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                        [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                    wrong += [f"{os.path.relpath(path, ROOT)}:{node.lineno} {n}" for n in names if n.split(".")[0] in STAGES]
+    assert not wrong, wrong
 
 
 def test_project_has_no_other_cycles():

@@ -9,8 +9,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from relay_passes.common import op_name
-from relay_passes.lower_straight_through import STRAIGHT_THROUGH, lower_straight_through
+from bnn_tvm.relay_passes.common import op_name
+from bnn_tvm.relay_passes.lower_straight_through import STRAIGHT_THROUGH, lower_straight_through
 
 SHAPE = [2, 3, 4]
 

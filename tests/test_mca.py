@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-import targets
+from bnn_tvm import targets
 from bnn_tvm.errors import BnnError
-from targets import mca
+from bnn_tvm.targets import mca
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_LAYER = "conv3x3:64x56x56"

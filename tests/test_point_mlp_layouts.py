@@ -16,8 +16,8 @@ from published_bnn import bipointnet, export_points
 from bnn_tvm.compiler import lower_onnx
 from bnn_tvm.inspection import inspect_onnx
 from bnn_tvm.verify import verify
-from relay_passes.analysis import pools
-from relay_passes.lift_token_matmul import ROWS
+from bnn_tvm.relay_passes.analysis import pools
+from bnn_tvm.relay_passes.lift_token_matmul import ROWS
 
 SWAP = [0, 2, 1]
 

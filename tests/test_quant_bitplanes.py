@@ -17,7 +17,7 @@ from onnx_builders import GraphBuilder, save
 from bnn_tvm.inspection import inspect_onnx
 from bnn_tvm.qonnx_quant import integer_range
 from bnn_tvm.verify import verify
-from schedules import bitserial
+from bnn_tvm.schedules import bitserial
 
 DOMAIN = "qonnx.custom_op.general"
 

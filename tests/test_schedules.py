@@ -37,11 +37,11 @@ from conftest import (
     unpacked,
 )
 
-import schedules
-from relay_passes.common import pack_bits
-from relay_passes.fuse_binary_conv2d import padding_correction
-from schedules import bitserial, cpu, x86
-from schedules.float_conv import float_conv2d
+from bnn_tvm import schedules
+from bnn_tvm.relay_passes.common import pack_bits
+from bnn_tvm.relay_passes.fuse_binary_conv2d import padding_correction
+from bnn_tvm.schedules import bitserial, cpu, x86
+from bnn_tvm.schedules.float_conv import float_conv2d
 
 
 def lanes_of(target) -> int:

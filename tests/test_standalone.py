@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-import targets
+from bnn_tvm import targets
 from bnn_tvm.cli import main
 from bnn_tvm.data import digits_split
 from bnn_tvm.errors import BnnError

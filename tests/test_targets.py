@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-import targets
+from bnn_tvm import targets
 from bnn_tvm.errors import BnnError
 from bnn_tvm.export import default_model_path
-from targets.elf import read_header
+from bnn_tvm.targets.elf import read_header
 
 REQUIRED = ["x86", "x86-avx2", "rasp3b", "rasp3b-armv7", "rasp4b", "aarch64", "cuda"]
 
@@ -142,7 +142,7 @@ def test_armv7_library_is_32_bit_hard_float(compiled):
 def test_armv7_binary_kernels_match_x86_under_qemu_arm(compiled):
     from bnn_tvm.data import digits_split
     from bnn_tvm.export import default_model_path
-    from targets.kernel_check import check_kernels, record_kernel_calls, target_constants
+    from bnn_tvm.targets.kernel_check import check_kernels, record_kernel_calls, target_constants
 
     x = digits_split()[2][:2]
     calls = record_kernel_calls(compiled["x86"], x)

@@ -30,8 +30,8 @@ from onnx_builders import GraphBuilder, save
 
 from bnn_tvm.inspection import inspect_onnx
 from bnn_tvm.verify import verify
-from relay_passes.common import pack_bits
-from schedules import bitserial
+from bnn_tvm.relay_passes.common import pack_bits
+from bnn_tvm.schedules import bitserial
 
 
 CONV_SHAPES = [

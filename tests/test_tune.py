@@ -23,8 +23,8 @@ import pytest
 from conftest import dorefa
 from onnx_builders import GraphBuilder, conv_block_model, quant_planes_graph, save
 
-import schedules
-import targets
+from bnn_tvm import schedules
+from bnn_tvm import targets
 from bnn_tvm import tune
 from bnn_tvm.cli import main
 from bnn_tvm.compiler import compile_onnx, lower_onnx
@@ -32,7 +32,7 @@ from bnn_tvm.data import digits_split
 from bnn_tvm.errors import BnnError
 from bnn_tvm.export import default_model_path
 from bnn_tvm.runtime import CompiledRunner
-from schedules import cpu, tuning
+from bnn_tvm.schedules import cpu, tuning
 
 TINY_TRIALS = 6
 RECORDS = os.path.join("{db}", tuning.RECORD_FILE)
@@ -139,7 +139,7 @@ def test_space_knobs_cover_the_hand_written_choices():
     """The tile the hand-written x86 schedule picks for a ResNet layer is one of the space's."""
     spec = targets.get("x86")
     unit = tuning.vector_unit(spec)
-    from schedules import cpu
+    from bnn_tvm.schedules import cpu
 
     lanes, channel_block, width_block = cpu.tile(64, 56, unit)
     space = tuning.tiles(64, 56, unit, padded=True)

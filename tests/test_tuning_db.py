@@ -25,8 +25,8 @@ RECORDS_PER_TASK = 3
 def database(tmp_path_factory):
     """A database folder with RECORDS_PER_TASK records of each binary kernel of the default
     model and their untuned times (so that ``tune`` measures nothing)."""
-    import targets
-    from schedules.tuning import tuning_target, workload
+    from bnn_tvm import targets
+    from bnn_tvm.schedules.tuning import tuning_target, workload
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 

@@ -74,7 +74,7 @@ def test_float_rounding_upstream_fails_end_to_end_but_verifies_per_layer(near_ti
 def test_a_kernel_error_fails_per_layer(near_tie_model, monkeypatch):
     """A genuine compiler error (the binary conv's zero-padding correction left out) shows in
     the per-layer check as a segment that differs on ONNX Runtime's own inputs."""
-    import relay_passes.fuse_binary_conv2d as fuse
+    import bnn_tvm.relay_passes.fuse_binary_conv2d as fuse
 
     original = fuse.padding_correction
     def without_table(*args, **kw):

@@ -23,7 +23,7 @@ def erf_kernels(target=None):
     import tvm
     from tvm import te
 
-    from schedules.float_erf import erf_f32
+    from bnn_tvm.schedules.float_erf import erf_f32
 
     target = target or {"kind": "llvm", "mcpu": os.environ.get("BNN_ERF_MCPU", "znver4")}
     n = te.var("n")

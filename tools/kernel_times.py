@@ -73,9 +73,9 @@ def kernel_times(path: str, target: str, runs: int, batch: int = 1) -> tuple[dic
 
 def arm_estimates(path: str, target: str, batch: int) -> list[str]:
     """llvm-mca's estimates of the kernels' inner loops for an ARM target (``targets.mca``)."""
-    import targets
+    from bnn_tvm import targets
     from bnn_tvm.compiler import compile_onnx
-    from targets import mca
+    from bnn_tvm.targets import mca
 
     mca.target_cpu(targets.get(target))  # before compiling: say at once what cannot be estimated
     mca.llvm_mca()
@@ -107,7 +107,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's thread pool starts
 
-    import targets
+    from bnn_tvm import targets
     from bnn_tvm.errors import BnnError
     from bnn_tvm.export import resolve_model
 

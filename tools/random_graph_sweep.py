@@ -39,7 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--key", help="the board's key at the tracker")
     parser.set_defaults(kind="nchw")
     args = parser.parse_args(argv)
-    import targets
+    from bnn_tvm import targets
     from bnn_tvm.errors import BnnError
 
     try:

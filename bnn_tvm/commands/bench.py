@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from relay_passes.conventions import SIGN_ZERO
+from bnn_tvm.relay_passes.conventions import SIGN_ZERO
 
 from ..errors import BnnError
 
@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
 
 
 def targets_family(name: str) -> str:
-    import targets
+    from bnn_tvm import targets
 
     return targets.get(name).family
 
@@ -68,7 +68,7 @@ def run(args) -> int:
         raise BnnError("give either MODEL or --layer, not both")
 
     if args.count_instructions and targets_family(args.target) == "arm":
-        from targets.mca import llvm_mca
+        from bnn_tvm.targets.mca import llvm_mca
 
         llvm_mca()  # before the board run: its cycle estimates need llvm-mca here
 

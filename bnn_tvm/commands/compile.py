@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from relay_passes.conventions import SIGN_ZERO
+from bnn_tvm.relay_passes.conventions import SIGN_ZERO
 
 from ..export import MODEL_HELP, resolve_model
 
@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import targets
+    from bnn_tvm import targets
 
     from ..compiler import compile_onnx
     from ..atomic_files import refuse_overwriting_input

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from relay_passes.conventions import SIGN_ZERO
+from bnn_tvm.relay_passes.conventions import SIGN_ZERO
 
 from ..export import MODEL_HELP, resolve_model
 

@@ -31,7 +31,7 @@ def _emulation(spec) -> str:
 
 
 def run(args) -> int:
-    import targets
+    from bnn_tvm import targets
 
     specs = [targets.get(args.target)] if args.target else [targets.get(n) for n in targets.names()]
     if args.json:
