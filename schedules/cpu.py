@@ -737,6 +737,21 @@ def is_single_popcount(sch: s_tir.Schedule, block) -> bool:
     return popcount_form(sch, block) is not None
 
 
+MAX_UNROLLED_TAPS = 7
+
+
+def unroll_taps(sch: s_tir.Schedule, ry, rx, rc) -> None:
+    """A conv's steps in a chunk as rows of taps, words, then the kernel row's taps unrolled
+    (up to ``MAX_UNROLLED_TAPS``): a tile's neighbouring positions read the same activation
+    words at neighbouring taps, so in the unrolled taps LLVM loads each broadcast word once.
+    Measured (NEON halfword counters, Cortex-A53 under qemu, the 3x3 64->64 56x56 layer): 5.13 M
+    -> 4.67 M executed instructions; llvm-mca's estimate 0.0381 -> 0.0296 cycles per binary MAC."""
+    if int(sch.get(rx).extent) > MAX_UNROLLED_TAPS:
+        return
+    sch.reorder(rc, rx)
+    sch.unroll(rx)
+
+
 MIN_HALFWORD_COUNTER_LANES = 2  # 64-bit NEON vectors (``cnt .8b``, ``uadalp .4h``) too
 
 
@@ -774,6 +789,8 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
     loops = sch.get_loops(partial)
     *part_positions, part_channels = loops[-(steps + spatial) : -steps]
     part_lane = lay_out_tile(sch, partial, loops[-steps:], part_positions, part_channels, lanes)
+    if narrow == "halfwords" and steps == 3:
+        unroll_taps(sch, *loops[-steps:])
     index_dtype = str(sch.get(part_lane).loop_var.ty)
     minus_from = WORD_BITS * chunk_size if form == "both_ternary" else 0  # see step_vectors
     if narrow == "bytes":
