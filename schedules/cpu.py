@@ -32,10 +32,10 @@ The inner loop per (tap, word): ``vpxord`` (broadcast activation XOR weight vect
 ``vpopcntd``, ``vpaddd`` on AVX-512 VPOPCNTDQ (3 vector uops per 512 bits: the popcount limit
 ``bench`` measures); on AVX2, ``vpxor``, the nibble-table lookup (``vpand``, ``vpsrlw``,
 ``vpand``, two ``vpshufb``, ``vpaddb``) and ``vpaddd`` into byte counters, widened once per
-chunk of up to 31 steps (``count_mismatches``); ``eor``, ``cnt.16b``, ``uaddlp``, ``uadalp`` on aarch64 NEON (LLVM's
-lowering of an accumulated vector popcount: no ``addv`` in the loop); ``veor``, ``vcnt.8``,
-``vpaddl.u8``, ``vpadal.u16`` on armv7 (tensorized by ``schedules.arm``: LLVM alone emits
-``vpaddl.u16`` + ``vadd``).
+chunk of up to 31 steps (``count_mismatches``); on NEON ``eor``, ``cnt`` and one accumulating
+pairwise add into halfword counters per 128 bits (``uadalp .8h`` on aarch64, ``vpadal.u8`` on
+armv7), widened to 32 bits once per chunk of up to 4095 steps (``count_mismatches``), a conv's
+kernel-row taps unrolled so neighbouring positions share their broadcast loads (``unroll_taps``).
 """
 
 from __future__ import annotations
