@@ -1,18 +1,17 @@
 """ARM schedules: NEON, 128-bit vectors of 4 x 32-bit lanes (Cortex-A53 and later).
 
-The structure is ``schedules.cpu``'s. A vector popcount of 32-bit lanes that is accumulated
-becomes ``eor`` + ``cnt v.16b`` (bytes) + ``uaddlp`` (bytes -> halfwords) + ``uadalp``
-(halfwords widened and added into the 32-bit accumulators) in LLVM's aarch64 backend: the
-horizontal ``addv`` of a scalar popcount never appears in the inner loop.
-
-LLVM's armv7 backend does not fold the accumulation into the pairwise add: it emits ``veor``,
-``vcnt.8``, ``vpaddl.u8``, ``vpaddl.u16`` and a separate ``vadd.i32``. On armv7 the
-accumulation step is therefore tensorized (``pairwise_accumulate``) into explicit NEON
-intrinsics: ``vcnt.8`` (``llvm.ctpop`` on bytes), ``vpaddl.u8`` (``llvm.arm.neon.vpaddlu``,
-bytes -> halfwords) and ``vpadal.u16`` (``llvm.arm.neon.vpadalu``, halfword pairs widened and
-added straight into the u32 accumulators). Each 32-bit lane of the result is the sum of the
-four byte counts of the same 32-bit word, so the sums are exactly those of the compute.
-``tests/test_arm_asm.py`` and ``tests/test_schedules.py`` check the assembly.
+The structure is ``schedules.cpu``'s. The binary kernels count mismatches in halfword counters
+(``cpu.count_mismatches``, ``VectorUnit.halfword_counters``): per step ``eor``, ``cnt v.16b``
+(bytes) and one ``uadalp v.8h, v.16b`` (byte pairs added into 16-bit counters) on aarch64,
+``veor``, ``vcnt.8``, ``vpadal.u8`` on armv7; the counters are widened to 32 bits once per chunk
+of up to 4095 steps (``uadalp .4s`` / ``vpadal.u16``). Where a kernel keeps 32-bit counters (a
+tuned "words" tile), LLVM's aarch64 backend lowers the accumulated vector popcount to ``cnt`` +
+``uaddlp`` + ``uadalp``, and on armv7 the step is tensorized (``pairwise_accumulate``) into
+``vcnt.8`` + ``vpaddl.u8`` (``llvm.arm.neon.vpaddlu``) + ``vpadal.u16``
+(``llvm.arm.neon.vpadalu``), since LLVM alone emits ``vpaddl.u16`` and a separate ``vadd.i32``.
+Each 32-bit lane of the result is the sum of the four byte counts of the same 32-bit word, so the
+sums are exactly those of the compute. ``tests/test_arm_asm.py`` checks the assembly and runs the
+kernels under qemu.
 
 aarch64 has 32 vector registers, armv7 16 (as 128-bit ``q`` registers); the accumulator tile
 leaves room for the weight vectors and the broadcast activation word.
@@ -38,8 +37,8 @@ POPCOUNT_UPDATES = ("mismatches_update",)
 def vector_unit(target) -> VectorUnit:
     triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
     if triple.startswith(("aarch64", "arm64")):
-        return VectorUnit("neon-aarch64", lanes=4, accumulators=24)
-    return VectorUnit(ARMV7, lanes=4, accumulators=10)
+        return VectorUnit("neon-aarch64", lanes=4, accumulators=24, halfword_counters="aarch64")
+    return VectorUnit(ARMV7, lanes=4, accumulators=10, halfword_counters="armv7")
 
 
 def schedule(func, op: str, target) -> Scheduled:

@@ -9,7 +9,8 @@ into knobs:
   the output-width tile (``width_block``), the vector width (``lanes``: output channels per
   SIMD register), which loops form the parallel loop (rows; rows and column blocks; rows,
   column blocks and channel blocks), and on units whose popcount is a byte-table lookup, the
-  counters (bytes per chunk, ``cpu.count_mismatches``, or 32-bit words);
+  counters (bytes per chunk, ``cpu.count_mismatches``, or 32-bit words); on NEON, halfwords
+  per chunk or 32-bit words;
 * sampled knobs, as MetaSchedule sampling instructions that its evolutionary search mutates:
   the channel tile in vectors (``sample_perfect_tile``), the unrolled part of the reduction over
   kernel columns and channel words (``sample_perfect_tile``, the inner factor unrolled), and for
@@ -79,6 +80,10 @@ INTRINSIC_NAMES = (
      lambda m: cpu.byte_step_intrin(int(m[1]), m[2], m[3] or "xor")),
     (re.compile(r"bnn_byte_finish_(\d+)_(int\d+)(?:_minus_from_(\d+))?$"),
      lambda m: cpu.byte_finish_intrin(int(m[1]), m[2], int(m[3] or 0))),
+    (re.compile(r"bnn_halfword_step_(aarch64|armv7)_(\d+)_(int\d+)(?:_(masked_data|masked_weight|both_ternary))?$"),
+     lambda m: cpu.halfword_step_intrin(int(m[2]), m[3], m[1], m[4] or "xor")),
+    (re.compile(r"bnn_halfword_finish_(aarch64|armv7)_(\d+)_(int\d+)(?:_minus_from_(\d+))?$"),
+     lambda m: cpu.halfword_finish_intrin(int(m[2]), m[3], m[1], int(m[4] or 0))),
     (re.compile(rf"bnn_tuning_tile_out_(\d+)x(\d+)(?:_div(\d+)|_mul([0-9a-f]{{8}}))?((?:_(?:{'|'.join(bitserial.EPILOGUE_OPS)}))*)_(int\d+)$"),
      lambda m: tile_out_intrin(int(m[1]), int(m[2]), tuple(m[5].split("_")[1:]), m[6], int(m[3] or 1),
                                cpu.scale_of_suffix(m[4]) if m[4] else None)),
@@ -90,7 +95,7 @@ def register_intrinsics_named_in(lines) -> None:
     it opens, and a ``Tensorize`` of an intrinsic this process has not registered fails it."""
     names = set()
     for line in lines:
-        names.update(re.findall(r"bnn_(?:tuning|byte)_[A-Za-z0-9_]+", line))
+        names.update(re.findall(r"bnn_(?:tuning|byte|halfword)_[A-Za-z0-9_]+", line))
     for name in names:
         for pattern, register in INTRINSIC_NAMES:
             match = pattern.match(name)
@@ -123,7 +128,7 @@ class Tile:
     lanes: int  # output channels per vector register
     parallel: int  # outer loops fused into the parallel loop (see PARALLEL_NAMES)
     pad: str = "root"  # zero-padded input: "root" (one parallel pass first) or "task" (per parallel task)
-    counters: str = "words"  # mismatch counters: "words" (32-bit) or "bytes" (``cpu.count_mismatches``)
+    counters: str = "words"  # mismatch counters: "words" (32-bit), "bytes" or "halfwords" (``cpu.count_mismatches``)
 
     def describe(self) -> str:
         return (f"{self.width_block} positions, {self.lanes} lanes, parallel over {PARALLEL_NAMES[self.parallel]}, "
@@ -153,17 +158,23 @@ def tiles(channels: int, width: int, unit, padded: bool, parallel_choices=(1, 2,
     """Every combination of the structural knobs. A padded conv may copy its padded input in a
     pass of its own (another parallel region: a fork/join costs ~10 us on a busy machine) or per
     parallel task, the rows that task reads (some rows twice). A unit whose popcount is a byte
-    table may count in bytes or in 32-bit words (whole vectors only); byte counters take the
-    padding in its own pass (their ``rfactor`` needs the counting block first in its task)."""
+    table may count in bytes or in 32-bit words (whole vectors only), a NEON unit in halfwords or
+    32-bit words; narrow counters take the padding in its own pass (their ``rfactor`` needs the
+    counting block first in its task)."""
     return [
         Tile(w, lanes, p, pad, counters)
         for lanes in lane_choices(channels, unit)
         for w in width_choices(width, unit.accumulators)
         for p in parallel_choices
         for pad in (("root", "task") if padded else ("root",))
-        for counters in (("bytes", "words") if unit.byte_counters and lanes >= cpu.MIN_BYTE_COUNTER_LANES
-                         and pad == "root" else ("words",))
+        for counters in narrow_choices(unit, lanes, pad)
     ]
+
+
+def narrow_choices(unit, lanes: int, pad: str) -> tuple[str, ...]:
+    """The counters a tile of ``lanes`` may count in on ``unit`` (``cpu.narrow_counters``)."""
+    narrow = cpu.narrow_counters(unit, lanes, "xor") if pad == "root" else ""
+    return (narrow, "words") if narrow else ("words",)
 
 
 def extent(sch: s_tir.Schedule, loop) -> int:
@@ -213,10 +224,10 @@ def accumulate_tile(sch: s_tir.Schedule, block, lanes: int) -> None:
 
 
 def count_tile(sch: s_tir.Schedule, block, tile: Tile, unit) -> None:
-    """The ``mismatches`` block inside a tile in the tile's counters: byte counters as
+    """The ``mismatches`` block inside a tile in the tile's counters: byte (halfword) counters as
     ``schedules.cpu`` lays them out, or 32-bit accumulators (``accumulate_tile``; also for a
     k-bit conv's weighted planes, which byte counters do not take)."""
-    if tile.counters == "bytes" and cpu.is_single_popcount(sch, block):
+    if tile.counters in ("bytes", "halfwords") and cpu.is_single_popcount(sch, block):
         conv = len(sch.get(block).iter_vars) == 7
         cpu.count_mismatches(sch, block, tile.lanes, 2, 3 if conv else 1, unit)
     else:
