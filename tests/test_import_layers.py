@@ -29,8 +29,8 @@ def short(name: str) -> str:
     head, _, rest = name.partition(".")
     return rest if head == "bnn_tvm" and rest.split(".")[0] in STAGES else name
 # relay_passes modules that are no pass: the rule machinery and the layers around the passes
-PASS_LAYERS = ("relay_passes", "bnn_tvm.relay_passes.common", "bnn_tvm.relay_passes.conventions", "bnn_tvm.relay_passes.kernels",
-               "bnn_tvm.relay_passes.pipeline")
+PASS_LAYERS = ("relay_passes", "relay_passes.common", "relay_passes.conventions", "relay_passes.kernels",
+               "relay_passes.pipeline")
 
 
 def project_modules() -> dict[str, str]:
@@ -137,7 +137,7 @@ def cycles(edges: dict, within: tuple[str, ...] = PACKAGES) -> list[list[str]]:
 
 def is_pass_module(module: str) -> bool:
     return module.startswith("relay_passes.") and module not in PASS_LAYERS and not module.startswith(
-        "bnn_tvm.relay_passes.analysis")
+        "relay_passes.analysis")
 
 
 def test_no_pass_imports_another_pass():
@@ -148,17 +148,17 @@ def test_no_pass_imports_another_pass():
 
 def test_layers_below_the_passes_import_no_pass():
     edges, _ = import_graph()
-    below = [m for m in edges if m.startswith("relay_passes.") and not is_pass_module(m) and m != "bnn_tvm.relay_passes.pipeline"]
-    wrong = {m: sorted(t for t in edges[m] if is_pass_module(t) or t == "bnn_tvm.relay_passes.pipeline") for m in below}
+    below = [m for m in edges if m.startswith("relay_passes.") and not is_pass_module(m) and m != "relay_passes.pipeline"]
+    wrong = {m: sorted(t for t in edges[m] if is_pass_module(t) or t == "relay_passes.pipeline") for m in below}
     assert not {m: t for m, t in wrong.items() if t}
 
 
 def test_analysis_imports_only_analysis_and_the_rule_machinery():
     edges, _ = import_graph()
-    allowed = ("bnn_tvm.relay_passes.analysis", "bnn_tvm.relay_passes.common", "bnn_tvm.relay_passes.conventions")
+    allowed = ("relay_passes.analysis", "relay_passes.common", "relay_passes.conventions")
     wrong = {m: sorted(t for t in targets if t.split(".")[0] in PACKAGES and not t.startswith(allowed)
-                       and t != "bnn_tvm.schedules.bitserial")
-             for m, targets in edges.items() if m.startswith("bnn_tvm.relay_passes.analysis")}
+                       and t != "schedules.bitserial")
+             for m, targets in edges.items() if m.startswith("relay_passes.analysis")}
     assert not {m: t for m, t in wrong.items() if t}
 
 
