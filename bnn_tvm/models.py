@@ -12,6 +12,13 @@ classes. ``build(name, ...)`` fills in the zoo's defaults for whatever is not gi
 | resnet20 | 3x32x32 | CIFAR ResNet-20, shortcut around every binary conv | ede_sign / libra_pb_weight (IR-Net) |
 | reactnet_block | 3x32x32 | float stem, a ReActNet block and a reduction block | rsign / magnitude_aware_sign |
 | birealnet18 | 3x224x224 | Bi-Real ResNet-18, float stem, shortcuts, classifier | approx_sign / magnitude_aware_sign |
+| bibert_layer | 64x256 | a BiBERT encoder layer (hidden 256, 4 heads, FFN 1024), Bi-Attention | torch.sign (its own) |
+| bipointnet | 1024x3 | BiPointNet classifier, float stem and classifier, 40 classes | torch.sign (its own) |
+| dfsmn | 1x32x32 | BiBench's DFSMN (keyword spotting, 8 memory blocks), float stem and classifier | ste sign (its own) |
+
+The last three are written as their papers' public code writes them (``published_models``): their
+binarizers are their own, so they take no quantizer options. No zoo model ships trained weights
+except the digits checkpoint: the zoo exports seeded random weights.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import quantizers
+from . import published_models, quantizers
 from .errors import BnnError
 from .layers import BinaryActivation, BinaryConv2d, BinaryLinear
 
@@ -266,9 +273,13 @@ def reactnet_block(
 class ZooEntry:
     builder: Callable[..., nn.Module]
     input_shape: tuple[int, ...]
-    input_quantizer: str
-    kernel_quantizer: str
-    num_classes: int
+    input_quantizer: str | None  # None: the model's own binarizers (a published form), no options
+    kernel_quantizer: str | None
+    num_classes: int | None  # None: not a classifier
+
+    @property
+    def fixed_form(self) -> bool:
+        return self.input_quantizer is None
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -278,6 +289,9 @@ ZOO: dict[str, ZooEntry] = {
     "resnet20": ZooEntry(resnet20, (3, 32, 32), "ede_sign", "libra_pb_weight", 10),
     "reactnet_block": ZooEntry(reactnet_block, (3, 32, 32), "rsign", "magnitude_aware_sign", 10),
     "birealnet18": ZooEntry(birealnet18, (3, 224, 224), "approx_sign", "magnitude_aware_sign", 1000),
+    "bibert_layer": ZooEntry(published_models.bibert_layer, (64, 256), None, None, None),
+    "bipointnet": ZooEntry(published_models.bipointnet, (1024, 3), None, None, 40),
+    "dfsmn": ZooEntry(published_models.dfsmn, (1, 32, 32), None, None, 12),
 }
 
 
@@ -300,6 +314,10 @@ def check_quantizers(input_quantizer: str | None, kernel_quantizer: str | None) 
 def options(name: str, input_quantizer=None, kernel_quantizer=None, num_classes=None) -> dict:
     """The full build options of a zoo model: the given ones, the zoo's defaults for the rest."""
     zoo = entry(name)
+    if zoo.fixed_form:
+        if input_quantizer or kernel_quantizer:
+            raise BnnError(f"{name} binarizes as its published code does: it takes no quantizer options")
+        return {"input_quantizer": None, "kernel_quantizer": None, "num_classes": num_classes or zoo.num_classes}
     check_quantizers(input_quantizer, kernel_quantizer)
     return {
         "input_quantizer": (input_quantizer or zoo.input_quantizer).lower(),
@@ -317,5 +335,6 @@ def build(
 
 
 def input_shape(name: str) -> tuple[int, ...]:
-    """Per-sample input shape (C, H, W) of a zoo model."""
+    """Per-sample input shape of a zoo model: (C, H, W) for images, (tokens, features) for
+    BiBERT, (points, 3) for BiPointNet."""
     return entry(name).input_shape

@@ -251,9 +251,10 @@ def _module_stats(module, qualified: str, in_shape, out_shape) -> LayerStats:
     from .layers import _BinaryMixin
 
     layer = LayerStats(qualified, type(module).__name__, list(out_shape[1:]))
-    weighted = isinstance(module, (nn.Conv2d, nn.Linear))
+    weighted = isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear))
     if weighted:
-        binary = isinstance(module, _BinaryMixin)
+        # published forms' binary layers (``published_models``) state their bits as attributes
+        binary = isinstance(module, _BinaryMixin) or getattr(module, "weight_bits", None) is not None
         layer.input_bits = module.input_bits if binary else FLOAT_BITS
         layer.weight_bits = module.weight_bits if binary else FLOAT_BITS
         if binary and module.has_channel_scale:
@@ -264,11 +265,14 @@ def _module_stats(module, qualified: str, in_shape, out_shape) -> LayerStats:
     for bname, buffer in module.named_buffers():
         if bname.split(".")[-1] in ("running_mean", "running_var"):
             layer.add_params(FLOAT_BITS, buffer.numel())
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        layer.add_macs(math.prod(out_shape[1:]) * (module.in_channels // module.groups) * kh * kw)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        taps = math.prod(module.kernel_size)
+        layer.add_macs(math.prod(out_shape[1:]) * (module.in_channels // module.groups) * taps)
     elif isinstance(module, nn.Linear):
         layer.add_macs(math.prod(out_shape[1:]) * module.in_features)
+    elif hasattr(module, "summary_macs"):  # a matmul of two activations (BiBERT's attention)
+        layer.input_bits, layer.weight_bits = module.input_bits, module.weight_bits
+        layer.add_macs(module.summary_macs(in_shape, out_shape))
     return layer
 
 

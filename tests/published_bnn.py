@@ -294,67 +294,7 @@ def randomize_batch_norms(model: nn.Module, mean_std: float, gamma_std: float) -
             module.bias.data.normal_(0, 0.3)
 
 
-class BinaryQuantize(torch.autograd.Function):
-    """BiPointNet's binarizer: ``sign`` forward, a clipped identity backward."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.sign(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).float()
-
-
-class BiLinearLSR(nn.Linear):
-    """BiPointNet's binary linear layer with layer-wise scale recovery: ``sign(x)`` times the
-    centred weights' signs, times one learned scalar per layer. ``scale_weights``: the scalar
-    multiplies the binarized weights (``±alpha`` weights, whose float products ONNX Runtime sums
-    with rounding) instead of the layer's output (an exact integer sum, scaled once)."""
-
-    def __init__(self, cin, cout, scale_weights=False):
-        super().__init__(cin, cout, bias=False)
-        self.scale = nn.Parameter(torch.tensor(1.0))
-        self.scale_weights = scale_weights
-
-    def forward(self, x):
-        w = BinaryQuantize.apply(self.weight - self.weight.mean())
-        if self.scale_weights:
-            return F.linear(BinaryQuantize.apply(x), w * self.scale)
-        return F.linear(BinaryQuantize.apply(x), w) * self.scale
-
-
-class BiPointNet(nn.Module):
-    """A BiPointNet classifier as its public code writes PointNet: shared MLPs as linear layers on
-    ``[B, N, C]`` points, each batch norm between ``transpose(1, 2)``s, max over the points (the
-    EMA-max aggregation in eval), a binary head and a float first and last layer. ``binary=False``
-    is the float twin (``nn.Linear`` everywhere). Input ``[B, N, 3]``."""
-
-    def __init__(self, classes=40, widths=(64, 64, 64, 128, 1024), head=(512, 256), binary=True, scale_weights=False):
-        super().__init__()
-        if binary:
-            linear = lambda cin, cout: BiLinearLSR(cin, cout, scale_weights)  # noqa: E731
-        else:
-            linear = lambda cin, cout: nn.Linear(cin, cout, bias=False)  # noqa: E731
-        self.stem = nn.Linear(3, widths[0])
-        self.mlp = nn.ModuleList(linear(cin, cout) for cin, cout in zip(widths, widths[1:]))
-        self.bns = nn.ModuleList(nn.BatchNorm1d(c) for c in widths)
-        self.head = nn.ModuleList(linear(cin, cout) for cin, cout in zip((widths[-1],) + head, head))
-        self.head_bns = nn.ModuleList(nn.BatchNorm1d(c) for c in head)
-        self.fc = nn.Linear(head[-1], classes)
-        self.act = nn.Hardtanh() if binary else nn.ReLU()
-
-    def forward(self, x):
-        x = self.act(self.bns[0](self.stem(x).transpose(1, 2)).transpose(1, 2))
-        for i, (layer, bn) in enumerate(zip(self.mlp, self.bns[1:])):
-            x = bn(layer(x).transpose(1, 2)).transpose(1, 2)
-            x = x if i == len(self.mlp) - 1 else self.act(x)  # PointNet: no activation before the max
-        x = torch.max(x, 1)[0]
-        for layer, bn in zip(self.head, self.head_bns):
-            x = self.act(bn(layer(x)))
-        return self.fc(x)
+from bnn_tvm.published_models import BiLinearLSR, BinaryQuantize, BiPointNet  # noqa: E402,F401  (the zoo's)
 
 
 def bipointnet(points: int = 1024, seed: int = 0, binary: bool = True, **kwargs) -> BiPointNet:

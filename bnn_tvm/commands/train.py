@@ -33,6 +33,9 @@ def run(args) -> int:
         raise BnnError(f"--epochs must be >= 1, got {args.epochs}")
     # Fail on a bad model or quantizer name before training anything.
     options = models.options(args.model, args.quantizer, args.kernel_quantizer)
+    if models.entry(args.model).fixed_form:
+        raise BnnError(f"{args.model} does not train on digits (its input is {models.input_shape(args.model)}); "
+                       "its zoo form has random weights, for latency and exactness")
     shape = models.input_shape(args.model)
     if shape != DIGITS_SHAPE:
         print(f"note: {args.model} takes {'x'.join(map(str, shape))} inputs: training on digits upsampled to that size")
