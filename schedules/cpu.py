@@ -540,10 +540,10 @@ def _byte_step_funcs(lanes: int, index_dtype: str, form: str = "xor"):
     return popcount_step_funcs(lanes, index_dtype, byte_counts, form=form)
 
 
-def _byte_finish_funcs(lanes: int, index_dtype: str, minus_from: int = 0):
-    """``(desc, impl)``: ``acc[o] += part[o]``, the implementation summing ``part``'s byte
-    counters; with ``minus_from`` (both ternary: ``32 * steps`` of the chunk) the counters hold
-    ``minus_from - part``, and the implementation adds ``minus_from - their sum``."""
+def _finish_funcs(lanes: int, index_dtype: str, add_counters):
+    """``(desc, impl)`` of a chunk's finish: ``acc[o] += part[o]``, where the implementation's
+    ``part`` holds narrow counters (bytes, halfwords) that ``add_counters(part, acc)`` sums into
+    ``acc``."""
     extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
 
     def declare():
@@ -563,14 +563,23 @@ def _byte_finish_funcs(lanes: int, index_dtype: str, minus_from: int = 0):
                 T.writes(acc[vo])
                 T.buffer_store(acc, acc[vo] + part[vo], [vo])
 
+    return intrinsic_side(declare, regions, sums), intrinsic_side(declare, regions, add_counters)
+
+
+def _byte_finish_funcs(lanes: int, index_dtype: str, minus_from: int = 0):
+    """The finish summing ``part``'s byte counters; with ``minus_from`` (both ternary: ``32 *
+    steps`` of the chunk) the counters hold ``minus_from - part``, and it adds ``minus_from -
+    their sum``."""
+
     def byte_sums(part, acc):
         counts = tirx.reinterpret(f"int32x{lanes}", sum_bytes(tirx.reinterpret(f"uint32x{lanes}",
                                                                                 part.vload([0], f"int32x{lanes}"))))
         if minus_from:
             counts = tirx.Broadcast(tirx.const(minus_from, "int32"), lanes) - counts
-        T.buffer_store(acc, acc.vload([0], f"int32x{lanes}") + counts, [tirx.Ramp(extent(0), extent(1), lanes)])
+        T.buffer_store(acc, acc.vload([0], f"int32x{lanes}") + counts,
+                       [tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)])
 
-    return intrinsic_side(declare, regions, sums), intrinsic_side(declare, regions, byte_sums)
+    return _finish_funcs(lanes, index_dtype, byte_sums)
 
 
 def byte_step_intrin(lanes: int, index_dtype: str, form: str = "xor") -> str:
@@ -639,28 +648,9 @@ def _halfword_step_funcs(lanes: int, index_dtype: str, flavour: str, form: str =
 
 
 def _halfword_finish_funcs(lanes: int, index_dtype: str, flavour: str, minus_from: int = 0):
-    """``(desc, impl)``: ``acc[o] += part[o]``, the implementation summing the two halfword
-    counters of each lane of ``part``; with ``minus_from`` (both ternary: ``32 * steps`` of the
-    chunk) the counters hold ``minus_from - part``, and the implementation adds ``minus_from -
-    their sum``."""
-    extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
-
-    def declare():
-        part = T.match_buffer(T.arg("part", T.handle()), (lanes,), "int32", offset_factor=1, scope="local")
-        acc = T.match_buffer(T.arg("acc", T.handle()), (lanes,), "int32", offset_factor=1, scope="local")
-        return part, acc
-
-    def regions(part, acc):
-        T.reads(acc[0:lanes], part[0:lanes])
-        T.writes(acc[0:lanes])
-
-    def sums(part, acc):
-        with T.serial(extent(lanes)) as o:
-            with T.sblock("update"):
-                vo = T.axis.spatial(extent(lanes), o)
-                T.reads(acc[vo], part[vo])
-                T.writes(acc[vo])
-                T.buffer_store(acc, acc[vo] + part[vo], [vo])
+    """The finish summing the two halfword counters of each lane of ``part``; with ``minus_from``
+    (both ternary: ``32 * steps`` of the chunk) the counters hold ``minus_from - part``, and it
+    adds ``minus_from - their sum``."""
 
     def halfword_sums(part, acc):
         halves = tirx.reinterpret(f"uint16x{2 * lanes}", part.vload([0], f"int32x{lanes}"))
@@ -671,9 +661,9 @@ def _halfword_finish_funcs(lanes: int, index_dtype: str, flavour: str, minus_fro
         else:
             total = tirx.reinterpret(f"int32x{lanes}",
                                      pairwise_widen(flavour, halves, tirx.reinterpret(f"uint32x{lanes}", total)))
-        T.buffer_store(acc, total, [tirx.Ramp(extent(0), extent(1), lanes)])
+        T.buffer_store(acc, total, [tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)])
 
-    return intrinsic_side(declare, regions, sums), intrinsic_side(declare, regions, halfword_sums)
+    return _finish_funcs(lanes, index_dtype, halfword_sums)
 
 
 def halfword_step_intrin(lanes: int, index_dtype: str, flavour: str, form: str = "xor") -> str:
