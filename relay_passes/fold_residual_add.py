@@ -10,6 +10,10 @@ rounds once), so results do not change.
 Per-channel float ops after the residual add (ReActNet's RPReLU: subtract, PReLU, add) follow it
 into the epilogue the same way, one op at a time, each rounded on its own as before.
 
+Both look through a 1-D tensor's one-row view (``LiftConv1d``: the conv computes ``[N, C, 1, L]``,
+the graph adds ``[N, C, L]``): the kernel reads the shortcut through the same kind of view and
+the sum is viewed back, so a DFSMN memory block stays one kernel.
+
 For CPU targets, after ``FoldFloatEpilogues``; says whether it changed the graph in its log.
 """
 
@@ -21,6 +25,7 @@ from tvm import relax
 from bnn_tvm.schedules import bitserial
 
 from .analysis.chain import single_step
+from .analysis.patterns import is_unit_axes_reshape
 from .analysis.rounding import integer_inputs
 from .common import (
     PassLog,
@@ -41,19 +46,48 @@ SOURCES = {"binary_conv2d_epilogue": ("binary_conv2d", "binary conv"),
            "ternary_dense_epilogue": ("ternary_dense", "ternary dense")}
 
 
+def kernel_behind_views(ctx: RuleContext, expr, uses: dict):
+    """The tensor ``expr`` views through one-row views (``is_unit_axes_reshape``) read by nothing
+    else, or ``expr`` itself."""
+    while is_unit_axes_reshape(ctx.producer(expr)) and uses.get(expr, 0) == 1:
+        expr = ctx.producer(expr).args[0]
+    return expr
+
+
+def same_view(a, b) -> bool:
+    """Whether tensors of shapes ``a`` and ``b`` are one-row views of each other (or equal)."""
+    return a[:2] == b[:2] and [d for d in a[2:] if d != 1] == [d for d in b[2:] if d != 1]
+
+
+def in_shape(ctx: RuleContext, value, shape):
+    """``value`` as a view of ``shape`` (itself when it has that shape)."""
+    return value if shape_of(value) == tuple(shape) else ctx.builder_.emit(relax.op.reshape(value, shape), ctx.binding)
+
+
+def viewed_back(ctx: RuleContext, computed, source, shape):
+    """The kernel call ``computed`` (in ``source``'s shape) as a view of ``shape`` (the call
+    itself when the shapes agree)."""
+    if shape_of(source) == tuple(shape):
+        return computed
+    return relax.op.reshape(ctx.builder_.emit(computed, ctx.binding), shape)
+
+
 def residual_rule(uses: dict):
     def fold(ctx: RuleContext, call):
         if op_name(call) != "relax.add":
             return None
-        for conv, shortcut in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
+        for viewed, shortcut in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
+            conv = kernel_behind_views(ctx, viewed, uses)
             kernel = ctx.bnn_kernel(conv)
             if kernel is None or kernel[0] not in SOURCES or uses.get(conv, 0) != 1:
                 continue
             steps = tuple(str(kernel[1]["bnn.epilogue"]).split(","))
-            if bitserial.RESIDUAL in steps or dtype_of(shortcut) != "float32" or shape_of(shortcut) != shape_of(conv):
+            if (bitserial.RESIDUAL in steps or dtype_of(shortcut) != "float32"
+                    or shape_of(shortcut) != shape_of(viewed) or not same_view(shape_of(conv), shape_of(viewed))):
                 continue
-            return emit(ctx, conv, [shortcut], kernel, steps + (bitserial.RESIDUAL,),
-                        f"residual add as the {SOURCES[kernel[0]][1]}'s last epilogue step")
+            added = emit(ctx, conv, [in_shape(ctx, shortcut, shape_of(conv))], kernel, steps + (bitserial.RESIDUAL,),
+                         f"residual add as the {SOURCES[kernel[0]][1]}'s last epilogue step")
+            return viewed_back(ctx, added, conv, shape_of(call))
         return None
 
     return fold
@@ -67,17 +101,20 @@ def after_residual_rule(uses: dict):
         found = single_step(ctx, call)
         if found is None:
             return None
-        steps, source = found
+        steps, viewed = found
+        source = kernel_behind_views(ctx, viewed, uses)
         kernel = ctx.bnn_kernel(source)
-        if kernel is None or kernel[0] not in SOURCES or uses.get(source, 0) != 1 or shape_of(source) != shape_of(call):
+        if (kernel is None or kernel[0] not in SOURCES or uses.get(source, 0) != 1
+                or shape_of(viewed) != shape_of(call) or not same_view(shape_of(source), shape_of(call))):
             return None
         old = tuple(str(kernel[1]["bnn.epilogue"]).split(","))
         if bitserial.RESIDUAL not in old:
             return None
         extra = [relax.const(step.const) for step in steps]
-        return emit(ctx, source, extra, kernel, old + tuple(step.op for step in steps),
-                    f"{' + '.join(step.op for step in steps)} after the residual add, "
-                    f"in the {SOURCES[kernel[0]][1]}'s epilogue")
+        computed = emit(ctx, source, extra, kernel, old + tuple(step.op for step in steps),
+                        f"{' + '.join(step.op for step in steps)} after the residual add, "
+                        f"in the {SOURCES[kernel[0]][1]}'s epilogue")
+        return viewed_back(ctx, computed, source, shape_of(call))
 
     return fold
 

@@ -10,7 +10,7 @@
 * ``attention_passes``: attention products of ``Sign``ed heads (after the rounds);
 * ``fold_passes(family)``: the float ops after a kernel into it (thresholds; on CPUs float
   epilogues and residual adds; lookup tables);
-* ``cleanup_passes``: identical kernel calls once, dead bindings gone.
+* ``cleanup_passes``: views between kernels merged, identical kernel calls once, dead bindings gone.
 
 The target-prepare phase (``prepare_passes``: float convs and the hand-written float ops as CPU
 kernels) belongs to the same pipeline but runs where the kernels are scheduled
@@ -45,6 +45,7 @@ from .hand_written_float_ops import hand_written_float_ops
 from .lift_activation_scale import lift_activation_scale
 from .lift_conv1d import lift_conv1d
 from .lift_token_matmul import lift_token_matmul
+from .merge_unit_views import merge_unit_views
 from .lower_binarizers import lower_binarizers
 from .lower_multibit import lower_multibit
 from .lower_sign import lower_sign
@@ -174,8 +175,12 @@ def fold_passes(logs: Logs, family: str) -> list[tvm.transform.Pass]:
     ]
 
 
-def cleanup_passes() -> list[tvm.transform.Pass]:
+def cleanup_passes(logs: Logs = None) -> list[tvm.transform.Pass]:
     return [
+        # the one-row views between the kernels of a lifted 1-D network merged (views of views,
+        # a zero pad between two views), so that kernels read each other's outputs
+        merge_unit_views(logs),
+        relax.transform.CanonicalizeBindings(),
         # identical kernel calls on the same tensors once (a tensor each binary layer packed for
         # itself); after the folds: they look at readers
         relax.transform.EliminateCommonSubexpr(),
@@ -206,7 +211,7 @@ def binarize_passes(family: str, logs: Logs = None, sign_zero: str = "exact") ->
         sign_rounds(logs, sign_zero),
         *attention_passes(logs),
         *fold_passes(logs, family),
-        *cleanup_passes(),
+        *cleanup_passes(logs),
     ]
 
 

@@ -129,11 +129,13 @@ def clamp_steps(call, channels: int) -> list[Step] | None:
 
 
 def prelu_step(ctx: RuleContext, call, out_shape) -> Step | None:
-    """``prelu(x, slope)`` along the channel axis with a constant slope (one, or one per channel)."""
-    if op_name(call) != "relax.nn.prelu" or int(call.attrs.axis) != 1:
+    """``prelu(x, slope)`` with a constant slope: one per channel along the channel axis, or one
+    for all (then its axis does not matter: the ONNX importer puts a one-value slope on the
+    last axis)."""
+    if op_name(call) != "relax.nn.prelu":
         return None
     slope = ctx.constant(call.args[1])
-    if slope is None or slope.size not in (1, out_shape[1]):
+    if slope is None or slope.size not in (1, out_shape[1]) or (slope.size != 1 and int(call.attrs.axis) != 1):
         return None
     return Step("prelu", np.broadcast_to(slope.astype(np.float32).reshape(-1), (out_shape[1],)).copy())
 
@@ -295,13 +297,16 @@ def is_chain_step(value, operands) -> bool:
     out_shape = tuple(int(d) for d in value.args[0].ty.shape.values)
     # tensor constants (clip's bounds are scalar constants holding a float)
     constants = [v.value.numpy() for v in operands if isinstance(v, Constant) and hasattr(v.value, "numpy")]
+    if value.op.name == "relax.nn.prelu" and len(constants) == 1 and constants[0].size == 1:
+        return True  # one slope for all channels, on whichever axis
     if value.op.name in ("relax.nn.batch_norm", "relax.nn.prelu"):  # constants along their axis
         return int(value.attrs.axis) == 1
     return all(per_channel(c, out_shape) is not None for c in constants)
 
 
 def chain_ends(func: relax.Function) -> set[str]:
-    """Variables read by something other than a per-channel float op, or returned."""
+    """Variables read by something other than a per-channel float op or a 1-D tensor's one-row
+    view (``is_unit_axes_reshape``: ``trace_chain`` walks through it), or returned."""
     ends = set()
     for block in func.body.blocks:
         for binding in block.bindings:
@@ -313,6 +318,6 @@ def chain_ends(func: relax.Function) -> set[str]:
             operands = list(value.args) if isinstance(value, relax.Call) else list(getattr(value, "fields", [value]))
             # a call_tir (one of our kernels) takes its tensors as a tuple
             operands = [field for v in operands for field in (v.fields if isinstance(v, relax.Tuple) else [v])]
-            if not is_chain_step(value, operands):
+            if not (is_chain_step(value, operands) or is_unit_axes_reshape(value)):
                 ends.update(v.name for v in operands if isinstance(v, relax.Var))
     return ends
