@@ -135,8 +135,8 @@ def test_llvm_mca_on_small_loop():
 @pytest.fixture(scope="module")
 def reference_rasp3b(tmp_path_factory):
     """The reference layer compiled for rasp3b (about 6 s)."""
-    from bnn_tvm.bench import LayerSpec, layer_workload
-    from bnn_tvm.compiler import compile_onnx
+    from bnn_tvm.measure.bench import LayerSpec, layer_workload
+    from bnn_tvm.compilation.compiler import compile_onnx
 
     spec = LayerSpec.parse(REFERENCE_LAYER)
     path = layer_workload(spec, str(tmp_path_factory.mktemp("mca"))).onnx_path
@@ -165,7 +165,8 @@ def test_bench_count_instructions_reports_the_estimates(reference_rasp3b, monkey
     assembly, and land in the engine's JSON and the report (the board run itself is replaced)."""
     import numpy as np
 
-    from bnn_tvm import bench, compiler
+    from bnn_tvm.measure import bench
+    from bnn_tvm.compilation import compiler
 
     spec, compiled = reference_rasp3b
     monkeypatch.setattr(compiler, "compile_onnx", lambda *args, **kwargs: compiled)

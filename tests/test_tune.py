@@ -25,13 +25,13 @@ from onnx_builders import GraphBuilder, conv_block_model, quant_planes_graph, sa
 
 from bnn_tvm import schedules
 from bnn_tvm import targets
-from bnn_tvm import tune
+from bnn_tvm.measure import tune
 from bnn_tvm.cli import main
-from bnn_tvm.compiler import compile_onnx, lower_onnx
-from bnn_tvm.data import digits_split
+from bnn_tvm.compilation.compiler import compile_onnx, lower_onnx
+from bnn_tvm.training.data import digits_split
 from bnn_tvm.errors import BnnError
-from bnn_tvm.export import default_model_path
-from bnn_tvm.runtime import CompiledRunner
+from bnn_tvm.frontend.export import default_model_path
+from bnn_tvm.compilation.runtime import CompiledRunner
 from bnn_tvm.schedules import cpu, tuning
 
 TINY_TRIALS = 6
@@ -392,7 +392,7 @@ def test_bad_requests_are_refused_clearly(tmp_path):
 def test_tuning_over_rpc_on_the_emulated_board_compiles(tmp_path):
     import socket
 
-    from bnn_tvm import board, tracker
+    from bnn_tvm.devices import board, tracker
 
     def free_port():
         with socket.socket() as s:

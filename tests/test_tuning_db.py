@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 
-from bnn_tvm import tune, tuning_db
+from bnn_tvm.measure import tune, tuning_db
 from bnn_tvm.cli import main
 
 RECORDS_PER_TASK = 3
@@ -30,8 +30,8 @@ def database(tmp_path_factory):
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
-    from bnn_tvm.compiler import lower_onnx
-    from bnn_tvm.export import default_model_path
+    from bnn_tvm.compilation.compiler import lower_onnx
+    from bnn_tvm.frontend.export import default_model_path
 
     spec = targets.get("x86")
     tasks = tune.extract_tasks(lower_onnx(default_model_path()).mod, spec, ("binary",))

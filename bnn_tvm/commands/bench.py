@@ -13,7 +13,7 @@ ENGINE_NAMES = ("bnn_tvm", "tvm_fp32", "torch_fp32", "ort_fp32", "topi_bitserial
 
 
 def add_parser(sub) -> None:
-    from ..export import MODEL_HELP
+    from ..frontend.export import MODEL_HELP
 
     s = sub.add_parser(
         "bench",
@@ -76,7 +76,7 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from .. import bench
+    from ..measure import bench
 
     settings = bench.Settings(args.target, args.threads, args.repeat, rpc=args.rpc, tracker=args.tracker,
                               key=args.key, count_instructions=args.count_instructions, db=args.db,
@@ -86,7 +86,7 @@ def run(args) -> int:
         if args.layer:
             workloads = [bench.layer_workload(spec, workdir) for spec in bench.parse_layers(args.layer)]
         else:
-            from ..export import default_model_path
+            from ..frontend.export import default_model_path
 
             workloads = [bench.model_workload(args.model or default_model_path(), workdir, args.batch)]
         total = sum(len([e for e in engines if e != "topi_bitserial" or w.layer is not None]) for w in workloads)

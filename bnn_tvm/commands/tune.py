@@ -8,8 +8,8 @@ KINDS = {"all": ("binary", "float"), "binary": ("binary",), "float": ("float",)}
 
 
 def add_parser(sub) -> None:
-    from ..export import MODEL_HELP
-    from ..tune import DEFAULT_POPULATION, DEFAULT_TIMEOUT_S, DEFAULT_TRIALS
+    from ..frontend.export import MODEL_HELP
+    from ..measure.tune import DEFAULT_POPULATION, DEFAULT_TIMEOUT_S, DEFAULT_TRIALS
 
     s = sub.add_parser(
         "tune",
@@ -42,8 +42,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import tune
-    from ..export import resolve_model
+    from ..measure import tune
+    from ..frontend.export import resolve_model
 
     if args.timeout <= 0:
         raise BnnError(f"--timeout {args.timeout:g}: must be positive")

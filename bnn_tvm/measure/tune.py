@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import BnnError
-from .atomic_files import atomic_write
+from ..errors import BnnError
+from ..atomic_files import atomic_write
 
 DEFAULT_TRIALS = 64
 DEFAULT_TIMEOUT_S = 120  # builder and runner, per candidate
@@ -140,7 +140,7 @@ def light_tensor_intrinsics(family: str) -> None:
     name = "tvm.s_tir.tensor_intrin"
     if name not in sys.modules:
         found = importlib.util.find_spec(name)
-        package = types.ModuleType(name, "TVM's tensor intrinsics, only the submodules bnn_tvm.tune imported")
+        package = types.ModuleType(name, "TVM's tensor intrinsics, only the submodules bnn_tvm.measure.tune imported")
         package.__path__ = list(found.submodule_search_locations)
         package.__package__ = name
         package.__spec__ = found
@@ -214,7 +214,7 @@ class Measurer:
 
 def board_label(spec, rpc: str | None, tracker: str | None, key: str | None) -> str:
     """Where candidates run; fails fast (clear error) when that board cannot be reached."""
-    from .remote import _check_reachable, _check_tracker_key
+    from ..devices.remote import _check_reachable, _check_tracker_key
 
     if rpc is None and tracker is None:
         if not spec.is_host:
@@ -238,7 +238,7 @@ def make_measurer(spec, timeout: float, rpc: str | None = None, tracker: str | N
 
     from tvm.s_tir import meta_schedule as ms
 
-    from .tracker import parse_address
+    from ..devices.tracker import parse_address
 
     where = board_label(spec, rpc, tracker, key)
     workers = max(1, min(2, os.cpu_count() or 1))
@@ -408,7 +408,7 @@ def tune_context(task: Task, spec, population: int, seed: int):
         task_name=task.name,
         rand_state=seed,
         num_threads=max(1, os.cpu_count() or 1),
-        logger=logging.getLogger("bnn_tvm.tune.ms"),
+        logger=logging.getLogger("bnn_tvm.measure.tune.ms"),
     )
 
 
@@ -484,7 +484,7 @@ def setup_logging(db_dir: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("bnn_tvm.tune.ms", "tvm.s_tir.meta_schedule"):
+    for name in ("bnn_tvm.measure.tune.ms", "tvm.s_tir.meta_schedule"):
         logger = logging.getLogger(name)
         logger.handlers = [handler]
         logger.setLevel(logging.INFO)
@@ -518,7 +518,7 @@ def tune(
     ``minutes`` of searching have passed)."""
     from bnn_tvm import targets
 
-    from .compiler import lower_onnx
+    from ..compilation.compiler import lower_onnx
     from bnn_tvm.schedules.tuning import open_database, workload
 
     from . import tuning_db
@@ -530,7 +530,7 @@ def tune(
     if spec.family not in ("x86", "arm"):
         raise BnnError(f"--target {spec.name}: tuning supports CPU targets (x86, arm); {spec.family} kernels keep their hand-written schedules")
     where = board_label(spec, rpc, tracker, key)
-    from .export import resolve_model
+    from ..frontend.export import resolve_model
 
     path = resolve_model(model)
     tuning_db.check_folder(db_dir, writable=True)
@@ -711,7 +711,7 @@ def compare_model(path: str, target: str, db_dir: str, batch: int | None = None,
 
     from bnn_tvm import targets
 
-    from .compiler import compile_onnx
+    from ..compilation.compiler import compile_onnx
 
     if not targets.get(target).is_host:
         raise BnnError(f"--compare runs the model here; target {target} is not this machine")

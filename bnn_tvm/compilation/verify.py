@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 
 from .compiler import add_graph_outputs, compile_onnx, lower_onnx
-from .errors import BnnError
-from .onnx_import import graph_input, load_for_compile, signs_as_binarizers
+from ..errors import BnnError
+from ..frontend.onnx_import import graph_input, load_for_compile, signs_as_binarizers
 from .runtime import CompiledRunner, check_runs_here
 from .verify_layers import PerLayerReport, verify_per_layer
 
@@ -127,7 +127,7 @@ def verify(
     float graph with the same convention; the report also says how far it is from the float
     graph itself. ``per_layer``: also check every compiled kernel on ONNX Runtime's values of its
     inputs (``verify_layers``); it runs by itself when binarized values differ end to end.
-    ``standalone``: the model is compiled as a standalone library (``bnn_tvm.standalone``) and
+    ``standalone``: the model is compiled as a standalone library (``bnn_tvm.compilation.standalone``) and
     run here, through ctypes or, for an ARM target, under qemu-user."""
     from bnn_tvm import targets
 
@@ -381,7 +381,7 @@ def compiled_outputs(compiled, target: str, x: np.ndarray, rpc=None, tracker=Non
         return CompiledRunner(compiled.executable).run(x)
     import tempfile
 
-    from .remote import remote_bench
+    from ..devices.remote import remote_bench
 
     with tempfile.TemporaryDirectory(prefix="bnn-verify-") as folder:
         library = os.path.join(folder, "model.so")

@@ -21,8 +21,8 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from .errors import BnnError
-from .atomic_files import atomic_write
+from ..errors import BnnError
+from ..atomic_files import atomic_write
 
 WORKLOAD_FILE = "database_workload.json"  # schedules.tuning.WORKLOAD_FILE
 RECORD_FILE = "database_tuning_record.json"  # schedules.tuning.RECORD_FILE

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import BnnError
+from ..errors import BnnError
 
 FLOAT_BITS = 32
 
@@ -210,7 +210,7 @@ def summarize_module(model, input_shape: tuple[int, ...], name: str, source: str
     """Summary of a PyTorch model; one forward pass (batch 1, eval mode) gives the shapes."""
     import torch
 
-    from .layers import BinaryActivation, _BinaryMixin
+    from ..training.layers import BinaryActivation, _BinaryMixin
 
     model = model.eval()
     units = {}  # module -> qualified name; binary layers count as one unit with their quantizers
@@ -248,7 +248,7 @@ def _record_shape(shapes: dict, module):
 def _module_stats(module, qualified: str, in_shape, out_shape) -> LayerStats:
     from torch import nn
 
-    from .layers import _BinaryMixin
+    from ..training.layers import _BinaryMixin
 
     layer = LayerStats(qualified, type(module).__name__, list(out_shape[1:]))
     weighted = isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear))
@@ -286,7 +286,7 @@ def summarize_onnx(path: str) -> ModelSummary:
     import onnx
     from onnx import numpy_helper
 
-    from .onnx_import import constants_to_initializers, graph_input, load_onnx, pin_input_shape
+    from ..frontend.onnx_import import constants_to_initializers, graph_input, load_onnx, pin_input_shape
 
     model = constants_to_initializers(load_onnx(path))
     input_name, dims = graph_input(model, path)
@@ -432,12 +432,12 @@ def _activation_bits(name: str, producers: dict, constants: dict) -> int:
 # Entry point -----------------------------------------------------------------------------------
 def summarize(model: str) -> ModelSummary:
     """Summary of a zoo model name, a checkpoint (.pt/.pth/.ckpt) or an ONNX file."""
-    from . import models
-    from .export import is_checkpoint, not_a_model
+    from ..training import models
+    from ..frontend.export import is_checkpoint, not_a_model
 
     if os.path.isfile(model):
         if is_checkpoint(model):
-            from .train import load_checkpoint
+            from ..training.train import load_checkpoint
 
             module, checkpoint = load_checkpoint(model)
             shape = models.input_shape(checkpoint["model"])

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import BnnError
+from ..errors import BnnError
 
 
 def attributes(node) -> dict:
@@ -640,7 +640,7 @@ def _module_class():
 def module_from_onnx(path: str, batch: int | None = None):
     """The ONNX model at ``path`` as a ``torch.nn.Module`` in eval mode, read as the compiler reads
     it (``compiler.read_pinned``: input shape pinned to ``batch``, shape arithmetic folded)."""
-    from .compiler import read_pinned
+    from ..compilation.compiler import read_pinned
 
     model, _, _ = read_pinned(path, batch)
     try:

@@ -2,7 +2,7 @@
 Or (``remote_ort_bench``) an ONNX model in the board's ONNX Runtime, through the emulated board's
 ``bnn.board.ort_bench`` function (``qemu_board/board_server.py``), timed and counted alike.
 
-The RPC session runs in a worker process (``python -m bnn_tvm.remote DIR``) that the caller
+The RPC session runs in a worker process (``python -m bnn_tvm.devices.remote DIR``) that the caller
 kills when its deadline passes: TVM's RPC client blocks in C++ socket reads without a timeout,
 so a hung or stopped board could otherwise hang the caller forever.  The worker reports the
 phase it is in, so a failure or a timeout says what was going on (connecting, uploading,
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from .errors import BnnError
+from ..errors import BnnError
 
 DEFAULT_TIMEOUT_S = 300.0  # whole benchmark, emulated board included
 TRACKER_CHECK_TIMEOUT_S = 10.0
@@ -137,7 +137,7 @@ def remote_ort_bench(
 
     from bnn_tvm import targets
 
-    from .onnx_import import external_data_files
+    from ..frontend.onnx_import import external_data_files
 
     if isinstance(spec, str):
         spec = targets.get(spec)
@@ -191,7 +191,7 @@ def _remote(request, spec, inputs, rpc, tracker, key, repeat, count_instructions
 
 
 def _run_worker(work: str, timeout: float, where: str) -> None:
-    cmd = [sys.executable, "-m", "bnn_tvm.remote", work]
+    cmd = [sys.executable, "-m", "bnn_tvm.devices.remote", work]
     log_path = os.path.join(work, "worker.log")
     with open(log_path, "w") as log:
         # Own process group, so that a timeout ends the worker and anything it started.

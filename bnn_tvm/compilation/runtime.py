@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from .compiler import METADATA_FUNC
-from .errors import BnnError
+from ..errors import BnnError
 
 
 def has_cuda_code(module) -> bool:

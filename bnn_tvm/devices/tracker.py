@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from .board import _kill_group, _read, _tail, forget_stale, parse_address, process_start, run_dir, still_ours
-from .errors import BnnError
+from ..errors import BnnError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9190  # TVM's usual tracker port

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from . import models
 from .data import digits_split
-from .errors import BnnError
-from .atomic_files import atomic_write
+from ..errors import BnnError
+from ..atomic_files import atomic_write
 from .layers import clip_latent_weights
 
 DIGITS_SHAPE = (1, 8, 8)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from . import published_models, quantizers
-from .errors import BnnError
+from ..errors import BnnError
 from .layers import BinaryActivation, BinaryConv2d, BinaryLinear
 
 # Names usable as ``--quantizer`` (activations) and ``--kernel-quantizer`` (weights).
@@ -72,7 +72,7 @@ def digits(
     Channel counts (48, 40) are deliberately not multiples of 32: packing pads them.
     The second binary conv has stride 2 (8x8 -> 4x4). The float twin replaces every quantizer by
     a hardtanh activation and keeps float weights. (Layer order and names are those of the
-    bundled checkpoint ``data/digits.pt``: do not change them.)
+    bundled checkpoint ``bnn_tvm/data/digits.pt``: do not change them.)
     """
     quant = input_quantizer if binary else None
     kquant = kernel_quantizer if binary else None

@@ -14,7 +14,7 @@ from bnn_tvm.relay_passes.split_channel_ops_over_concat import SPLIT
 from bnn_tvm.schedules.float_conv import FLOAT_KERNELS
 
 from .compiler import lower_onnx
-from .onnx_import import load_onnx
+from ..frontend.onnx_import import load_onnx
 
 
 MATRIX_OPS = ("Conv", "Gemm", "MatMul")

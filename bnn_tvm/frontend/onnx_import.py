@@ -9,7 +9,7 @@ import warnings
 import onnx
 from onnx import numpy_helper
 
-from .errors import BnnError
+from ..errors import BnnError
 from .qonnx_quant import add_binarizer_constants, binarizer_nodes, expand_quant
 
 CONSTANT_VALUE_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")

@@ -8,7 +8,7 @@ runs (after warm-up):
   twin's arithmetic: binarizers run as float ``Where`` ops, convs as float convs), untuned;
 * ``torch_fp32``: PyTorch on the float twin (the same layers with float values), the better of
   NCHW and channels_last memory formats; for a bare ONNX file, which has no PyTorch model behind
-  it, the ONNX graph itself run node by node in PyTorch (``bnn_tvm.onnx_torch``, the same float
+  it, the ONNX graph itself run node by node in PyTorch (``bnn_tvm.measure.onnx_torch``, the same float
   arithmetic as ``tvm_fp32``; its output is checked against the reference like TVM's);
 * ``ort_fp32``: ONNX Runtime (all graph optimisations) on the same ONNX as ``tvm_fp32``; with a
   board on an aarch64 target (``--rpc``/``--tracker``), ONNX Runtime's aarch64 build on the
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import BnnError
+from ..errors import BnnError
 
 ENGINES = ("bnn_tvm", "tvm_fp32", "torch_fp32", "ort_fp32", "topi_bitserial")
 
@@ -227,21 +227,21 @@ def model_workload(model: str, workdir: str, batch: int) -> Workload:
     """A zoo name, a checkpoint or an ONNX file (``export.resolve_model``). Zoo models are
     benchmarked with their seeded random initial weights (latency does not depend on the
     values), checkpoints with their trained ones; both against their float twins."""
-    from . import models
-    from .export import is_checkpoint, resolve_model
+    from ..training import models
+    from ..frontend.export import is_checkpoint, resolve_model
 
     path = resolve_model(model, cache=os.path.join(workdir, "models"))
     if os.path.isfile(model) and not is_checkpoint(model):
-        from .compiler import input_shape as onnx_input_shape
-        from .onnx_import import standard_onnx
+        from ..compilation.compiler import input_shape as onnx_input_shape
+        from ..frontend.onnx_import import standard_onnx
         from .onnx_torch import module_from_onnx
 
         path, model = standard_onnx(path, workdir)  # QONNX ops expanded: ONNX Runtime and PyTorch cannot run them
         _, shape = onnx_input_shape(model, path, batch)
         return Workload(os.path.basename(path), path, tuple(shape), lambda: module_from_onnx(path, shape[0]),
-                        "the ONNX graph run node by node in PyTorch (bnn_tvm.onnx_torch)", torch_same_graph=True)
+                        "the ONNX graph run node by node in PyTorch (bnn_tvm.measure.onnx_torch)", torch_same_graph=True)
     if os.path.isfile(model):
-        from .train import load_checkpoint
+        from ..training.train import load_checkpoint
 
         _, checkpoint = load_checkpoint(model)
         name, options, label = checkpoint["model"], checkpoint.get("options") or {}, os.path.basename(model)
@@ -372,8 +372,8 @@ def compile_float(path: str, target: str, batch: int):
 
     from bnn_tvm import targets
 
-    from .compiler import METADATA_FUNC, CompiledModel, read_pinned
-    from .onnx_import import import_to_relax
+    from ..compilation.compiler import METADATA_FUNC, CompiledModel, read_pinned
+    from ..frontend.onnx_import import import_to_relax
 
     spec = targets.get(target)
     model, name, shape = read_pinned(path, batch)
@@ -392,7 +392,7 @@ def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workd
     compiled.export(path)
     result = EngineResult(engine, note=f"module {os.path.getsize(path) / 1024:.0f} KiB")
     if settings.remote:
-        from .remote import remote_bench  # the board/RPC client
+        from ..devices.remote import remote_bench  # the board/RPC client
 
         remote = remote_bench(path, settings.target, x, rpc=settings.rpc, tracker=settings.tracker, key=settings.key,
                               repeat=settings.repeat, count_instructions=settings.count_instructions)
@@ -403,7 +403,7 @@ def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workd
         return Prepared(result)
     import tvm
 
-    from .runtime import CompiledRunner
+    from ..compilation.runtime import CompiledRunner
 
     runner = CompiledRunner.load(path)  # on the GPU for CUDA modules
     outputs[engine] = runner.run(x)[0]
@@ -420,7 +420,7 @@ def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workd
 
 
 def bnn_engine(workload, x, settings, workdir, outputs) -> Prepared:
-    from .compiler import compile_onnx
+    from ..compilation.compiler import compile_onnx
 
     compiled = compile_onnx(workload.onnx_path, settings.target, batch=workload.input_shape[0], db=settings.db,
                             sign_zero=settings.sign_zero)
@@ -509,7 +509,7 @@ def torch_engine(workload, x, settings, workdir, outputs) -> Prepared:
 
 def ort_on_board(settings: Settings) -> bool:
     """Whether ``ort_fp32`` runs on the board: remote runs on aarch64 targets, whose emulated
-    board has ONNX Runtime's aarch64 build (``bnn_tvm.board``)."""
+    board has ONNX Runtime's aarch64 build (``bnn_tvm.devices.board``)."""
     from bnn_tvm import targets
 
     return settings.remote and targets.get(settings.target).isa == "aarch64"
@@ -518,7 +518,7 @@ def ort_on_board(settings: Settings) -> bool:
 def ort_board_engine(workload, x, settings, workdir, outputs) -> Prepared:
     """ONNX Runtime's aarch64 build on the board, the same ONNX and options as on x86; timed on
     the board (median of its runs), counted over one ``session.run`` like ``bnn_tvm``'s call."""
-    from .remote import remote_ort_bench
+    from ..devices.remote import remote_ort_bench
 
     remote = remote_ort_bench(workload.onnx_path, settings.target, x, rpc=settings.rpc, tracker=settings.tracker,
                               key=settings.key, repeat=settings.repeat, count_instructions=settings.count_instructions,
@@ -696,7 +696,7 @@ def benchmark(workload: Workload, settings: Settings, engines: list[str], progre
     """Run every engine on ``workload``; the JSON-ready result (see the module docstring)."""
     from bnn_tvm import targets
 
-    from .runtime import check_runs_here
+    from ..compilation.runtime import check_runs_here
 
     spec = targets.get(settings.target)
     check_runs_here(spec, settings.remote)
@@ -778,7 +778,7 @@ def reference_output(workload: Workload, x: np.ndarray) -> np.ndarray:
     against."""
     import onnx
 
-    from .verify import reference_outputs
+    from ..compilation.verify import reference_outputs
 
     model = onnx.load(workload.onnx_path)
     name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
@@ -788,7 +788,7 @@ def reference_output(workload: Workload, x: np.ndarray) -> np.ndarray:
 def model_sizes(onnx_path: str, workdir: str) -> dict:
     import onnx
 
-    from .onnx_import import external_data_files
+    from ..frontend.onnx_import import external_data_files
 
     model = onnx.load(onnx_path, load_external_data=False)
     float_params = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
@@ -868,7 +868,7 @@ def plot(reports: list[dict], path: str) -> None:
                     va="center", fontsize=8)
         ax.set_xlabel("median ms (log scale)")
     fig.tight_layout()
-    from .atomic_files import atomic_write
+    from ..atomic_files import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

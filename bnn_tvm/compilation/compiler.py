@@ -15,9 +15,9 @@ from bnn_tvm import relay_passes
 from bnn_tvm import schedules
 from bnn_tvm import targets
 
-from .errors import BnnError
-from .atomic_files import atomic_write
-from .onnx_import import check_supported, graph_input, import_to_relax, load_for_compile, pin_input_shape
+from ..errors import BnnError
+from ..atomic_files import atomic_write
+from ..frontend.onnx_import import check_supported, graph_input, import_to_relax, load_for_compile, pin_input_shape
 
 METADATA_FUNC = "bnn_metadata"
 
@@ -273,7 +273,7 @@ def compile_onnx(
     ``db``: a tuning database folder (``python -m bnn_tvm tune``) whose records replace the
     hand-written schedules where they were faster; ``progress``: a bar over the compile stages
     (a large model takes tens of seconds, most of it in the import and in LLVM); ``standalone``:
-    kernels and a C driver with no TVM runtime (``bnn_tvm.standalone``) instead of a VM module."""
+    kernels and a C driver with no TVM runtime (``bnn_tvm.compilation.standalone``) instead of a VM module."""
     import tvm
     from tqdm import tqdm
     from tvm import relax
@@ -312,7 +312,7 @@ def compile_onnx(
         if db:
             from bnn_tvm.schedules import tuning
 
-            from . import tuning_db
+            from ..measure import tuning_db
 
             with tuning_db.readable_copy(db) as checked:
                 mod = tuning.apply_database(mod, checked, spec)

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import BnnError
+from ..errors import BnnError
 
 # Relax ops whose float result depends on a summation order (a batch norm is per channel: the
 # kernels compute it in ONNX Runtime's order, and it folds into thresholds, so no cut there): a
@@ -225,7 +225,7 @@ QUANT_OPS = ("Mul", "Sub", ("Round", "Ceil", "Floor"), "Min", "Max", "Add", "Div
 
 
 def quant_nodes(tensor: str, graph) -> list | None:
-    """The nodes of an expanded QONNX ``Quant`` (``bnn_tvm.qonnx_quant``) computing ``tensor``,
+    """The nodes of an expanded QONNX ``Quant`` (``bnn_tvm.frontend.qonnx_quant``) computing ``tensor``,
     output first, or None when another form computes it."""
     producers = {out: node for node in graph.node for out in node.output}
     nodes, current = [], tensor

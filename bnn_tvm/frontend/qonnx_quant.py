@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import BnnError
+from ..errors import BnnError
 
 ROUNDING = {"ROUND": "Round", "CEIL": "Ceil", "FLOOR": "Floor"}
 

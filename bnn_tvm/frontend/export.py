@@ -19,7 +19,7 @@ import onnxscript.optimizer
 import torch
 from torch import nn
 
-from .atomic_files import atomic_write
+from ..atomic_files import atomic_write
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -81,12 +81,16 @@ def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+# the bundled model: package data of bnn_tvm itself (bnn_tvm/data/)
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+
+
 def default_model_path() -> str:
-    return os.path.join(os.path.dirname(__file__), "data", "digits.onnx")
+    return os.path.join(DATA_DIR, "digits.onnx")
 
 
 def default_checkpoint_path() -> str:
-    return os.path.join(os.path.dirname(__file__), "data", "digits.pt")
+    return os.path.join(DATA_DIR, "digits.pt")
 
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -100,8 +104,8 @@ def is_checkpoint(path: str) -> bool:
 
 
 def not_a_model(model: str) -> Exception:
-    from . import models
-    from .errors import BnnError
+    from ..training import models
+    from ..errors import BnnError
 
     return BnnError(f"{model!r} is neither a file nor a zoo model; give an ONNX file, a checkpoint "
                     f"({'/'.join(CHECKPOINT_SUFFIXES)}) or one of: {', '.join(sorted(models.ZOO))}")
@@ -119,11 +123,11 @@ def resolve_model(model: str | None, cache: str | None = None) -> str:
 
     Exports go into ``cache``, default the board cache's ``models`` folder.
     """
-    from . import models
+    from ..training import models
 
     if model is None:
         return default_model_path()
-    from .board import cache_dir
+    from ..devices.board import cache_dir
 
     folder = cache or os.path.join(cache_dir(), "models")
     if os.path.isfile(model):
@@ -138,8 +142,8 @@ def resolve_model(model: str | None, cache: str | None = None) -> str:
 
 
 def _exported_checkpoint(checkpoint: str, folder: str) -> str:
-    from . import models
-    from .train import load_checkpoint
+    from ..training import models
+    from ..training.train import load_checkpoint
 
     with open(checkpoint, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()[:16]

@@ -1,4 +1,4 @@
-/* ---- the C API (bnn_model.h); appended to the generated tables by bnn_tvm.standalone ------- */
+/* ---- the C API (bnn_model.h); appended to the generated tables by bnn_tvm.compilation.standalone */
 
 static pthread_mutex_t bnn_run_mu = PTHREAD_MUTEX_INITIALIZER;
 

@@ -21,7 +21,7 @@ import tempfile
 
 import numpy as np
 
-from .errors import BnnError
+from ..errors import BnnError
 from .runtime import HOST_ELF_MACHINES, CompiledRunner
 from .standalone import API_SYMBOL, FILES
 
@@ -156,8 +156,8 @@ def emulator_for(path: str, machine: int) -> list[str]:
 
 def runner_for(spec) -> str:
     """``bnn_runner`` cross-compiled for ``spec`` into the cache (rebuilt when its source changes)."""
-    from .board import cache_dir
-    from .atomic_files import atomic_write
+    from ..devices.board import cache_dir
+    from ..atomic_files import atomic_write
     from .standalone import gcc_of
 
     gcc = gcc_of(spec)

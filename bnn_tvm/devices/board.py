@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 
 from bnn_tvm import targets
 
-from .errors import BnnError
+from ..errors import BnnError
 
 QEMU_BOARD_DIR = os.path.join(os.path.dirname(__file__), "qemu_board")
 SERVER_SCRIPT = os.path.join(QEMU_BOARD_DIR, "board_server.py")
