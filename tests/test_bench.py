@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from bnn_tvm.measure.bench import RESNET18_LAYERS, LayerSpec, parse_layers
+from bnn_tvm.measure.bench.layers import LayerSpec, RESNET18_LAYERS, parse_layers
 from bnn_tvm.cli import main
 from bnn_tvm.errors import BnnError
 
@@ -124,20 +124,22 @@ def test_bench_rejects_bad_options(capsys):
 def test_samples_wait_for_idle_thread_pools_with_several_threads(monkeypatch, threads, pauses):
     """With several threads each sample starts after a pause (the previous engine's spinning
     worker threads would share the cores with it); with one thread, no time is spent waiting."""
-    from bnn_tvm.measure import bench
+    from bnn_tvm.measure.bench import run
+    from bnn_tvm.measure.bench.run import measure_rounds
+    from bnn_tvm.measure.bench.workload import EngineResult, PAUSE_S, Prepared, Settings
 
     slept = []
-    monkeypatch.setattr(bench.time, "sleep", slept.append)
-    prepared = {name: bench.Prepared(bench.EngineResult(name), lambda: 1.0) for name in ("bnn_tvm", "ort_fp32")}
-    bench.measure_rounds(prepared, bench.Settings(threads=threads, repeat=3))
-    assert slept == [bench.PAUSE_S] * pauses
+    monkeypatch.setattr(run.time, "sleep", slept.append)
+    prepared = {name: Prepared(EngineResult(name), lambda: 1.0) for name in ("bnn_tvm", "ort_fp32")}
+    measure_rounds(prepared, Settings(threads=threads, repeat=3))
+    assert slept == [PAUSE_S] * pauses
     assert all(p.result.times_ms == [1.0] * 3 for p in prepared.values())
 
 
 def test_popcount_limit_counts_as_the_kernels_do():
     """The limit is measured on the loop the conv kernels run: byte counters on AVX2 (which
     beat the 32-bit-counter loop there), 32-bit counters on a unit with a vector popcount."""
-    from bnn_tvm.measure.bench import popcount_peak
+    from bnn_tvm.measure.bench.limit import popcount_peak
 
     peak = popcount_peak("x86-avx2", 1)
     assert "byte counters" in peak["method"] and peak["gmacs_per_s"] > 0

@@ -156,18 +156,21 @@ def test_onnx_runtime_on_the_board_matches_x86_and_is_counted(lab):
 def test_bench_counts_bnn_tvm_against_onnx_runtime_on_the_board(lab, tmp_path):
     """``bench --target rasp3b --tracker --count-instructions --engines bnn_tvm,ort_fp32``: both
     run on the board, both counted, the ratio in the report; ONNX Runtime's output checked."""
-    from bnn_tvm.measure import bench
+    from bnn_tvm.measure.bench.layers import LayerSpec
+    from bnn_tvm.measure.bench.report import report_lines
+    from bnn_tvm.measure.bench.run import benchmark
+    from bnn_tvm.measure.bench.workload import Settings, layer_workload
 
-    settings = bench.Settings("rasp3b", repeat=1, tracker=lab["tracker"], key=lab["key"], count_instructions=True)
-    workload = bench.layer_workload(bench.LayerSpec.parse("conv3x3:16x8x8"), str(tmp_path))
-    report = bench.benchmark(workload, settings, ["bnn_tvm", "ort_fp32"])
+    settings = Settings("rasp3b", repeat=1, tracker=lab["tracker"], key=lab["key"], count_instructions=True)
+    workload = layer_workload(LayerSpec.parse("conv3x3:16x8x8"), str(tmp_path))
+    report = benchmark(workload, settings, ["bnn_tvm", "ort_fp32"])
     ort_result = report["engines"]["ort_fp32"]
     assert "error" not in ort_result and "aarch64 build" in ort_result["note"], ort_result
     counts = {name: report["engines"][name]["instructions"] for name in ("bnn_tvm", "ort_fp32")}
     assert min(counts.values()) > 0
     assert report["instruction_ratio"]["ort_fp32"] == pytest.approx(counts["ort_fp32"] / counts["bnn_tvm"])
     assert report["max_abs_diff_vs_reference"] == {"bnn_tvm": 0.0, "ort_fp32": 0.0}  # integer-valued conv
-    assert any("fewer than ort_fp32" in line or "more than ort_fp32" in line for line in bench.report_lines(report))
+    assert any("fewer than ort_fp32" in line or "more than ort_fp32" in line for line in report_lines(report))
 
 
 def test_verify_runs_the_model_on_the_board(lab, tmp_path):

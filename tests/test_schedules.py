@@ -337,7 +337,7 @@ def test_schedule_module_relayouts_constants_at_compile_time(tmp_path, monkeypat
     """End to end through the Relax module: weights change layout once, results stay exact."""
     import onnx
 
-    from bnn_tvm.measure.bench import LayerSpec
+    from bnn_tvm.measure.bench.layers import LayerSpec
     from bnn_tvm.compilation.compiler import compile_onnx
     from bnn_tvm.compilation.runtime import CompiledRunner
 

@@ -87,7 +87,8 @@ def arm_estimates(path: str, target: str, batch: int) -> list[str]:
 def layer_onnx(spec_text: str, folder: str) -> tuple[str, int]:
     """A ``bench --layer`` spec (e.g. conv3x3:64x56x56) as an ONNX file in ``folder``, and its
     batch (the layer's ``batch=N``; the file fixes it)."""
-    from bnn_tvm.measure.bench import LayerSpec, layer_workload
+    from bnn_tvm.measure.bench.layers import LayerSpec
+    from bnn_tvm.measure.bench.workload import layer_workload
 
     spec = LayerSpec.parse(spec_text)
     return layer_workload(spec, folder).onnx_path, spec.batch

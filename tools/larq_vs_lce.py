@@ -114,7 +114,7 @@ def main() -> int:
     for name in models:
         if not info[name]["verify_ok"]:
             print(f"{name}: " + "; ".join(info[name]["verify"]))
-    from bnn_tvm.measure.bench import machine
+    from bnn_tvm.measure.bench.run import machine
 
     print(f"machine: {machine()}")
     if args.json:
