@@ -356,7 +356,7 @@ def unrelated_process(tmp_path, monkeypatch):
 def write_state(name: str, state: dict) -> str:
     import json
 
-    from bnn_tvm.devices.board import run_dir
+    from bnn_tvm.devices.processes import run_dir
 
     path = os.path.join(run_dir(), name)
     with open(path, "w") as f:
@@ -389,7 +389,7 @@ def test_tracker_stop_without_a_port_stops_every_tracker(monkeypatch, tmp_path):
     states = [tracker.TrackerState(1, "127.0.0.1", port, "log") for port in (9190, 9200)]
     stopped = []
     monkeypatch.setattr(tracker, "running", lambda: states)
-    monkeypatch.setattr(tracker, "_kill_group", stopped.append)
+    monkeypatch.setattr(tracker, "kill_group", stopped.append)
     assert main(["tracker", "stop"]) == 0
     assert stopped == [1, 1]
 

@@ -231,7 +231,7 @@ def armhf_python(root) -> str | None:
 @needs("arm-linux-gnueabihf-gcc", "qemu-arm", "dpkg")
 def test_armv7_library_from_python_ctypes_under_qemu_arm(build, digits, reference, tmp_path):
     """Python's ctypes on armv7 (Debian's armhf Python under qemu-arm), no numpy, no TVM."""
-    from bnn_tvm.devices.board import cache_dir
+    from bnn_tvm.cache import cache_dir
 
     root = pathlib.Path(cache_dir()) / "armhf-python"
     python = armhf_python(root)

@@ -156,7 +156,7 @@ def emulator_for(path: str, machine: int) -> list[str]:
 
 def runner_for(spec) -> str:
     """``bnn_runner`` cross-compiled for ``spec`` into the cache (rebuilt when its source changes)."""
-    from ..devices.board import cache_dir
+    from ..cache import cache_dir
     from ..atomic_files import atomic_write
     from .standalone import gcc_of
 

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,9 @@ from dataclasses import asdict, dataclass
 
 from bnn_tvm import targets
 
+from ..cache import cache_dir
 from ..errors import BnnError
+from .processes import forget_stale, kill_group, parse_address, process_start, read_text, run_dir, still_ours, tail
 
 QEMU_BOARD_DIR = os.path.join(os.path.dirname(__file__), "qemu_board")
 SERVER_SCRIPT = os.path.join(QEMU_BOARD_DIR, "board_server.py")
@@ -59,20 +60,6 @@ def _pi3b_cpuinfo() -> str:
 
 
 PI3B_CPUINFO = _pi3b_cpuinfo()
-
-
-def cache_dir() -> str:
-    base = os.environ.get("BNN_TVM_CACHE")
-    if not base:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        base = os.path.join(xdg, "bnn_tvm")
-    return base
-
-
-def run_dir() -> str:
-    path = os.path.join(cache_dir(), "run")
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,12 +226,12 @@ def ensure_root(qemu: str = "qemu-aarch64", progress: bool = True) -> BoardRoot:
     root = BoardRoot(path)
     stamp = os.path.join(path, "ready")
     version = _setup_version()
-    if _read(stamp) == version:
+    if read_text(stamp) == version:
         return root
     os.makedirs(cache_dir(), exist_ok=True)
     with open(os.path.join(cache_dir(), "board-aarch64.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second set-up waits for the first, then reuses it
-        if _read(stamp) == version:
+        if read_text(stamp) == version:
             return root
         _check_tools(qemu)
         work = path + ".partial"
@@ -267,14 +254,6 @@ def ensure_root(qemu: str = "qemu-aarch64", progress: bool = True) -> BoardRoot:
         with open(os.path.join(path, "setup_seconds"), "w") as f:
             f.write(f"{time.monotonic() - started:.1f}\n")
     return root
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,65 +332,6 @@ def board_account(readable: list[str], work: str):
     return account, ""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) counts as gone; reap it if it is ours.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            zombie = f.read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
-    if zombie:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-    return not zombie
-
-
-def process_start(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, field 22 of /proc/PID/stat): with the
-    pid it names one process, where the pid alone may since have been given to another."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
-    except (OSError, IndexError):
-        return None
-    return fields[19] if len(fields) > 19 else None  # fields[0] is field 3
-
-
-def process_cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def still_ours(pid: int, pid_start: str | None, marker: str) -> bool:
-    """Whether ``pid`` is still the process a state file recorded: alive and started when it was
-    (state files written before start times were recorded: its command line holds ``marker``).
-    A state file left by a crash may name a pid the system has since given to an unrelated
-    process, whose process group must not be signalled."""
-    if not _alive(pid):
-        return False
-    if pid_start is not None:
-        return process_start(pid) == pid_start
-    return marker in process_cmdline(pid)
-
-
-def forget_stale(path: str, what: str, pid: int) -> None:
-    """Remove the state file of a process that is gone or is no longer ours, saying so."""
-    reason = "has exited" if not _alive(pid) else "now belongs to another program"
-    print(f"note: removed the stale state file {path}: the {what}'s process {pid} {reason}; nothing was signalled")
-    os.remove(path)
-
-
 def running() -> list[BoardState]:
     """Boards whose state file names a live process that is still the board; stale files are
     removed."""
@@ -419,7 +339,7 @@ def running() -> list[BoardState]:
     for entry in sorted(os.listdir(run_dir())):
         if entry.startswith("board-") and entry.endswith(".json"):
             path = os.path.join(run_dir(), entry)
-            state = BoardState(**json.loads(_read(path) or "{}"))
+            state = BoardState(**json.loads(read_text(path) or "{}"))
             if still_ours(state.pid, state.pid_start, os.path.basename(SERVER_SCRIPT)):
                 states.append(state)
             else:  # it died (killed, crashed), or its pid went to another process: forget it
@@ -466,27 +386,15 @@ def board_key(target: str, host: str, key: str | None) -> str:
     return f"{target}-{secrets.token_hex(8)}"
 
 
-def parse_address(text: str, option: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise BnnError(f"{option} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9190")
-    return host, int(port)
-
-
 def _wait_until(condition, timeout: float, proc: subprocess.Popen, log: str, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if proc.poll() is not None:
-            raise BnnError(f"the emulated board exited (code {proc.returncode}) while {what}:\n{_tail(log)}")
+            raise BnnError(f"the emulated board exited (code {proc.returncode}) while {what}:\n{tail(log)}")
         if time.monotonic() > deadline:
-            _kill_group(proc.pid)
-            raise BnnError(f"the emulated board was not {what} after {timeout:.0f} s; log {log}:\n{_tail(log)}")
+            kill_group(proc.pid)
+            raise BnnError(f"the emulated board was not {what} after {timeout:.0f} s; log {log}:\n{tail(log)}")
         time.sleep(0.2)
-
-
-def _tail(path: str, lines: int = 12) -> str:
-    text = _read(path) or ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _registered(tracker: tuple[str, int], key: str) -> bool:
@@ -550,7 +458,7 @@ def start(
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=work,
                                 preexec_fn=as_user(account) if account else None)
     _wait_until(lambda: os.path.exists(port_file), timeout, proc, log, "listening")
-    bound = int(_read(port_file))
+    bound = int(read_text(port_file))
     if tracker_addr:
         _wait_until(lambda: _registered(tracker_addr, key), 60, proc, log, f"registered with the tracker as {key!r}")
     state = BoardState(name, spec.name, proc.pid, host, bound, key,
@@ -575,38 +483,6 @@ def _has_board(name: str) -> bool:
         return False
 
 
-def _kill_group(pid: int, grace: float = 5.0) -> None:
-    """SIGTERM the process group led by ``pid`` (one we started), SIGKILL it if it lingers."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            reaped, _ = os.waitpid(pid, os.WNOHANG)  # our child when started in this process
-        except ChildProcessError:
-            reaped = 0
-        if reaped == pid or not _alive(pid):
-            break
-        time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)  # the forked session servers too, if any survived
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:  # until the kernel has removed every member
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-
-
 def stop(name: str | None = None) -> list[BoardState]:
     """Stop the board called ``name`` (its key), or every running board; returns those stopped."""
     states = running()
@@ -615,7 +491,7 @@ def stop(name: str | None = None) -> list[BoardState]:
         if not states:
             raise BnnError(f"no emulated board named {name!r} is running")
     for state in states:
-        _kill_group(state.pid)
+        kill_group(state.pid)
         shutil.rmtree(state.work, ignore_errors=True)
         if os.path.exists(_state_path(state.name)):
             os.remove(_state_path(state.name))

@@ -61,7 +61,8 @@ def _check_module(module_path: str, spec) -> None:
 
 
 def _check_tracker_key(tracker: str, key: str) -> None:
-    from .tracker import parse_address, tracker_keys
+    from .processes import parse_address
+    from .tracker import tracker_keys
 
     keys = tracker_keys(parse_address(tracker, "--tracker"), timeout=TRACKER_CHECK_TIMEOUT_S)
     if key not in keys:
@@ -73,7 +74,7 @@ def _check_reachable(rpc: str) -> None:
     """Fail fast when nothing listens at ``rpc`` (TVM's own connect retries for seconds)."""
     import socket
 
-    from .tracker import parse_address
+    from .processes import parse_address
 
     host, port = parse_address(rpc, "--rpc")
     try:
@@ -249,7 +250,7 @@ class _Session:
     def connect(self):
         from tvm import rpc
 
-        from .tracker import parse_address
+        from .processes import parse_address
 
         self.phase("connect")
         session_timeout = self.request["session_timeout"]

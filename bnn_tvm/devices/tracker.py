@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from .board import _kill_group, _read, _tail, forget_stale, parse_address, process_start, run_dir, still_ours
+from .processes import forget_stale, kill_group, parse_address, process_start, read_text, run_dir, still_ours, tail
 from ..errors import BnnError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -29,7 +29,7 @@ class TrackerState:
     host: str
     port: int
     log: str
-    pid_start: str | None = None  # board.process_start(pid) when started; None in older state files
+    pid_start: str | None = None  # processes.process_start(pid) when started; None in older state files
 
     @property
     def address(self) -> str:
@@ -45,7 +45,7 @@ def running() -> list[TrackerState]:
     for entry in sorted(os.listdir(run_dir())):
         if entry.startswith("tracker-") and entry.endswith(".json"):
             path = os.path.join(run_dir(), entry)
-            state = TrackerState(**json.loads(_read(path) or "{}"))
+            state = TrackerState(**json.loads(read_text(path) or "{}"))
             if still_ours(state.pid, state.pid_start, TRACKER_MODULE):
                 states.append(state)
             else:  # it died, or its pid went to another process: forget it, signal nothing
@@ -124,14 +124,14 @@ def start(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 6
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise BnnError(f"the RPC tracker exited (code {proc.returncode}):\n{_tail(log)}")
+            raise BnnError(f"the RPC tracker exited (code {proc.returncode}):\n{tail(log)}")
         try:
             summary((host, port), timeout=2)
             break
         except BnnError:
             if time.monotonic() > deadline:
-                _kill_group(proc.pid)
-                raise BnnError(f"the RPC tracker did not answer on {host}:{port} within {timeout:.0f} s:\n{_tail(log)}")
+                kill_group(proc.pid)
+                raise BnnError(f"the RPC tracker did not answer on {host}:{port} within {timeout:.0f} s:\n{tail(log)}")
             time.sleep(0.2)
     state = TrackerState(proc.pid, host, port, log, process_start(proc.pid))
     with open(_state_path(port), "w") as f:
@@ -144,7 +144,7 @@ def stop(port: int | None = None) -> list[TrackerState]:
     if port is not None and not states:
         raise BnnError(f"no tracker started by bnn_tvm runs on port {port}")
     for state in states:
-        _kill_group(state.pid)
+        kill_group(state.pid)
         path = _state_path(state.port)
         if os.path.exists(path):
             os.remove(path)

@@ -127,7 +127,7 @@ def resolve_model(model: str | None, cache: str | None = None) -> str:
 
     if model is None:
         return default_model_path()
-    from ..devices.board import cache_dir
+    from ..cache import cache_dir
 
     folder = cache or os.path.join(cache_dir(), "models")
     if os.path.isfile(model):

@@ -139,7 +139,7 @@ def make_measurer(spec, timeout: float, rpc: str | None = None, tracker: str | N
 
     from tvm.s_tir import meta_schedule as ms
 
-    from ...devices.tracker import parse_address
+    from ...devices.processes import parse_address
 
     where = board_label(spec, rpc, tracker, key)
     workers = max(1, min(2, os.cpu_count() or 1))
