@@ -60,11 +60,11 @@ def refuse_overwriting_input(output: str, inputs: list, option: str) -> None:
 def remove_stale(directory: str, prefix: str = "") -> None:
     """Remove ``directory``'s entries named ``PREFIX<pid>-*`` whose process is gone (killed before
     it could clean up); those of running processes, and anything else, stay."""
-    from .board import _alive
+    from .devices.processes import alive
 
     for entry in glob.glob(os.path.join(glob.escape(directory), f"{glob.escape(prefix)}*-*")):
         pid = os.path.basename(entry)[len(prefix):].split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or alive(int(pid)):
             continue
         try:
             shutil.rmtree(entry) if os.path.isdir(entry) and not os.path.islink(entry) else os.remove(entry)
@@ -77,7 +77,7 @@ def private_tempdir():
     """Point ``tempfile`` and ``$TMPDIR`` (for the compilers TVM runs) at a folder of this process's
     own under the cache, removed afterwards; the folders of killed commands are removed first.
     Where the cache cannot be written the system's temporary folder stays in use."""
-    from .board import cache_dir
+    from .cache import cache_dir
 
     base = os.path.join(cache_dir(), "tmp")
     try:

@@ -2,7 +2,7 @@
 a following conv with binary weights consumes directly (``fuse_binary_conv2d``).
 
 Two forms: DoReFa's ``Round(Clip(x, 0, 1) * L) / L`` (``L = 2^k - 1``), and QONNX's ``Quant``
-as ``bnn_tvm.qonnx_quant`` expands it, ``Mul(Sub(Round(Min(Max(Add(Div(x, s), z), low),
+as ``bnn_tvm.frontend.qonnx_quant`` expands it, ``Mul(Sub(Round(Min(Max(Add(Div(x, s), z), low),
 high)), z), s)`` with a per-tensor scale s and an integer zero point z (``LevelCode``).
 """
 

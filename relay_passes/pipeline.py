@@ -15,7 +15,7 @@
 The target-prepare phase (``prepare_passes``: float convs and the hand-written float ops as CPU
 kernels) belongs to the same pipeline but runs where the kernels are scheduled
 (``schedules.prepare_cpu_kernels``, for the build and the tuner alike): it needs the concrete
-target's vector width, and the module ``bnn_tvm.compiler.lower_onnx`` returns (what ``inspect``
+target's vector width, and the module ``bnn_tvm.compilation.compiler.lower_onnx`` returns (what ``inspect``
 and ``verify`` read) keeps the float ops as the graph has them.
 
 Each pass is the function of the module named as it (``common.rule_pass``); a phase is a list.

@@ -37,7 +37,7 @@ class TargetSpec:
     qemu: str | None = None  # qemu-user binary that runs the target's code here
     qemu_cpu: str | None = None  # its -cpu model
     sysroot: str | None = None  # cross libc root for qemu -L
-    board: str | None = None  # emulated board that serves it over RPC (bnn_tvm.board), if any
+    board: str | None = None  # emulated board that serves it over RPC (bnn_tvm.devices.board), if any
     features: tuple = ()  # CPU features the schedules may rely on (x86: from /proc/cpuinfo)
     arch: str | None = None  # CUDA compute capability, e.g. sm_80
 

@@ -60,7 +60,7 @@ class KernelReport:
 
 def record_kernel_calls(module_path: str, x: np.ndarray, prefix: str = BINARY_KERNEL_PREFIX) -> list[KernelCall]:
     """The calls of kernels named ``prefix*`` when the (host) module runs on ``x``."""
-    from bnn_tvm.runtime import CompiledRunner
+    from bnn_tvm.compilation.runtime import CompiledRunner
 
     runner = CompiledRunner.load(module_path)
     calls: list[KernelCall] = []
@@ -88,7 +88,7 @@ def target_constants(model_path: str, target: str, batch: int | None = None) -> 
     another target takes the activations recorded on the host with the target's own constants.
     Lowered like ``compile`` lowers ``model_path`` (same passes, same kernel names)."""
     from bnn_tvm import schedules
-    from bnn_tvm.compiler import lower_onnx
+    from bnn_tvm.compilation.compiler import lower_onnx
     from tvm import relax
     from tvm.ir import Constant
 

@@ -3,7 +3,7 @@ public PyTorch code writes them: binary linears (``sign`` of the input, ``sign(W
 mean ``|W|`` per output), ``sign`` on the Q, K and V heads, ``Sign(Q) @ Sign(K)^T / sqrt(d)``
 (plus a mask), Bi-Attention's ``bool`` (``scores >= 0`` as 0/1 floats; ``form=">"``: ``scores >
 0``, ``form="where"``: ``torch.where(scores >= 0, 1., 0.)``) in place of softmax, then ``P @
-Sign(V)``. Random (seeded) weights. The model is the zoo's (``bnn_tvm.published_models``,
+Sign(V)``. Random (seeded) weights. The model is the zoo's (``bnn_tvm.training.published_models``,
 zoo name ``bibert_layer``).
 
 ``export(path, ...)`` writes the ONNX file with either of PyTorch's exporters.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bnn_tvm.published_models import BiAttention, BiBertLayer, BinaryLinear  # noqa: F401  (the zoo's)
+from bnn_tvm.training.published_models import BiAttention, BiBertLayer, BinaryLinear  # noqa: F401  (the zoo's)
 
 
 def export(path, model: nn.Module, tokens: int, hidden: int, dynamo: bool = False, seed: int = 0,

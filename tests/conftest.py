@@ -16,7 +16,7 @@ import tvm
 from onnx import helper
 from tvm import te
 
-from bnn_tvm.verify import verify
+from bnn_tvm.compilation.verify import verify
 from bnn_tvm.relay_passes.common import pack_bits
 from bnn_tvm.relay_passes.analysis.rounding import OPEN_HIGH
 from bnn_tvm.relay_passes.fuse_binary_conv2d import multibit_offsets, padding_correction

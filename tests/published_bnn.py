@@ -294,7 +294,7 @@ def randomize_batch_norms(model: nn.Module, mean_std: float, gamma_std: float) -
             module.bias.data.normal_(0, 0.3)
 
 
-from bnn_tvm.published_models import BiLinearLSR, BinaryQuantize, BiPointNet  # noqa: E402,F401  (the zoo's)
+from bnn_tvm.training.published_models import BiLinearLSR, BinaryQuantize, BiPointNet  # noqa: E402,F401  (the zoo's)
 
 
 def bipointnet(points: int = 1024, seed: int = 0, binary: bool = True, **kwargs) -> BiPointNet:

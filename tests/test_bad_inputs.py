@@ -34,7 +34,7 @@ import onnxscript.optimizer  # noqa: F401,E402
 import bnn_tvm.relay_passes  # noqa: F401,E402
 import bnn_tvm.schedules  # noqa: F401,E402
 import tvm.relax.frontend.onnx  # noqa: F401,E402
-from bnn_tvm.export import default_checkpoint_path, default_model_path
+from bnn_tvm.frontend.export import default_checkpoint_path, default_model_path
 
 PRECIOUS = b"the previous output, which must survive\n"
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from bnn_tvm.bench import RESNET18_LAYERS, LayerSpec, parse_layers
+from bnn_tvm.measure.bench.layers import LayerSpec, RESNET18_LAYERS, parse_layers
 from bnn_tvm.cli import main
 from bnn_tvm.errors import BnnError
 
@@ -80,14 +80,14 @@ def test_bench_smoke_all_engines(tmp_path, capsys):
 def test_bench_bare_onnx_file_with_a_subset_of_engines(tmp_path):
     """MODEL as a bare ONNX file (the bundled default) with a subset of engines: PyTorch runs the
     ONNX graph itself, and its output is checked against ONNX Runtime like TVM's."""
-    from bnn_tvm.export import default_model_path
+    from bnn_tvm.frontend.export import default_model_path
 
     out_json = tmp_path / "bench.json"
     assert main(["bench", default_model_path(), "--engines", "bnn_tvm,torch_fp32", "--repeat", "3", "--json", str(out_json)]) == 0
     report = json.loads(out_json.read_text())
     assert report["engines"]["bnn_tvm"]["median_ms"] > 0
     assert report["engines"]["torch_fp32"]["median_ms"] > 0, report["engines"]["torch_fp32"]
-    assert "bnn_tvm.onnx_torch" in report["engines"]["torch_fp32"]["note"]
+    assert "bnn_tvm.measure.onnx_torch" in report["engines"]["torch_fp32"]["note"]
     assert report["max_abs_diff_vs_reference"]["torch_fp32"] < 1e-4
     assert report["speedup"]["torch_fp32"] > 0
     assert "topi_bitserial" not in report["engines"]
@@ -124,20 +124,22 @@ def test_bench_rejects_bad_options(capsys):
 def test_samples_wait_for_idle_thread_pools_with_several_threads(monkeypatch, threads, pauses):
     """With several threads each sample starts after a pause (the previous engine's spinning
     worker threads would share the cores with it); with one thread, no time is spent waiting."""
-    from bnn_tvm import bench
+    from bnn_tvm.measure.bench import run
+    from bnn_tvm.measure.bench.run import measure_rounds
+    from bnn_tvm.measure.bench.workload import EngineResult, PAUSE_S, Prepared, Settings
 
     slept = []
-    monkeypatch.setattr(bench.time, "sleep", slept.append)
-    prepared = {name: bench.Prepared(bench.EngineResult(name), lambda: 1.0) for name in ("bnn_tvm", "ort_fp32")}
-    bench.measure_rounds(prepared, bench.Settings(threads=threads, repeat=3))
-    assert slept == [bench.PAUSE_S] * pauses
+    monkeypatch.setattr(run.time, "sleep", slept.append)
+    prepared = {name: Prepared(EngineResult(name), lambda: 1.0) for name in ("bnn_tvm", "ort_fp32")}
+    measure_rounds(prepared, Settings(threads=threads, repeat=3))
+    assert slept == [PAUSE_S] * pauses
     assert all(p.result.times_ms == [1.0] * 3 for p in prepared.values())
 
 
 def test_popcount_limit_counts_as_the_kernels_do():
     """The limit is measured on the loop the conv kernels run: byte counters on AVX2 (which
     beat the 32-bit-counter loop there), 32-bit counters on a unit with a vector popcount."""
-    from bnn_tvm.bench import popcount_peak
+    from bnn_tvm.measure.bench.limit import popcount_peak
 
     peak = popcount_peak("x86-avx2", 1)
     assert "byte counters" in peak["method"] and peak["gmacs_per_s"] > 0

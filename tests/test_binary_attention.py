@@ -19,9 +19,9 @@ from bibert import BiAttention, export
 from conftest import random_arguments, run_on_cpu
 
 from bnn_tvm import schedules
-from bnn_tvm.compiler import lower_onnx
-from bnn_tvm.inspection import inspect_onnx
-from bnn_tvm.verify import verify
+from bnn_tvm.compilation.compiler import lower_onnx
+from bnn_tvm.compilation.inspection import inspect_onnx
+from bnn_tvm.compilation.verify import verify
 from bnn_tvm.schedules import bitserial, cuda
 
 HIDDEN, HEADS, TOKENS = 64, 2, 16
@@ -84,7 +84,7 @@ def test_cuda_attention_schedule_replays_exactly(tmp_path, zero_bias):
 
 
 def test_attention_compiles_for_cuda(tmp_path):
-    from bnn_tvm.compiler import compile_onnx
+    from bnn_tvm.compilation.compiler import compile_onnx
 
     source = cuda.cuda_source(compile_onnx(attention_model(tmp_path, True, True), "cuda").executable)
     names = re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(", source)

@@ -21,14 +21,14 @@ import pytest
 from onnx_builders import save, sign_chain_graph
 from random_graphs import GENERATORS
 
-from bnn_tvm import board, tracker
-from bnn_tvm.compiler import compile_onnx
-from bnn_tvm.data import digits_split
+from bnn_tvm.devices import board, tracker
+from bnn_tvm.compilation.compiler import compile_onnx
+from bnn_tvm.training.data import digits_split
 from bnn_tvm.errors import BnnError
-from bnn_tvm.export import default_model_path
-from bnn_tvm.remote import remote_bench, remote_ort_bench
-from bnn_tvm.runtime import CompiledRunner
-from bnn_tvm.verify import verify
+from bnn_tvm.frontend.export import default_model_path
+from bnn_tvm.devices.remote import remote_bench, remote_ort_bench
+from bnn_tvm.compilation.runtime import CompiledRunner
+from bnn_tvm.compilation.verify import verify
 
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-aarch64") is None, reason="qemu-aarch64 missing: run tools/install_system_deps.sh"
@@ -59,13 +59,13 @@ def group_alive(pgid: int, settle: float = 10.0) -> bool:
 
 def binary_activations(model_path: str) -> list[str]:
     try:  # the compiler names them since lower_onnx exists
-        from bnn_tvm.compiler import lower_onnx
+        from bnn_tvm.compilation.compiler import lower_onnx
 
         return lower_onnx(model_path).binarizer_outputs()
     except ImportError:
         import onnx
 
-        from bnn_tvm.verify import binarizer_outputs
+        from bnn_tvm.compilation.verify import binarizer_outputs
 
         return binarizer_outputs(onnx.load(model_path))
 
@@ -156,18 +156,21 @@ def test_onnx_runtime_on_the_board_matches_x86_and_is_counted(lab):
 def test_bench_counts_bnn_tvm_against_onnx_runtime_on_the_board(lab, tmp_path):
     """``bench --target rasp3b --tracker --count-instructions --engines bnn_tvm,ort_fp32``: both
     run on the board, both counted, the ratio in the report; ONNX Runtime's output checked."""
-    from bnn_tvm import bench
+    from bnn_tvm.measure.bench.layers import LayerSpec
+    from bnn_tvm.measure.bench.report import report_lines
+    from bnn_tvm.measure.bench.run import benchmark
+    from bnn_tvm.measure.bench.workload import Settings, layer_workload
 
-    settings = bench.Settings("rasp3b", repeat=1, tracker=lab["tracker"], key=lab["key"], count_instructions=True)
-    workload = bench.layer_workload(bench.LayerSpec.parse("conv3x3:16x8x8"), str(tmp_path))
-    report = bench.benchmark(workload, settings, ["bnn_tvm", "ort_fp32"])
+    settings = Settings("rasp3b", repeat=1, tracker=lab["tracker"], key=lab["key"], count_instructions=True)
+    workload = layer_workload(LayerSpec.parse("conv3x3:16x8x8"), str(tmp_path))
+    report = benchmark(workload, settings, ["bnn_tvm", "ort_fp32"])
     ort_result = report["engines"]["ort_fp32"]
     assert "error" not in ort_result and "aarch64 build" in ort_result["note"], ort_result
     counts = {name: report["engines"][name]["instructions"] for name in ("bnn_tvm", "ort_fp32")}
     assert min(counts.values()) > 0
     assert report["instruction_ratio"]["ort_fp32"] == pytest.approx(counts["ort_fp32"] / counts["bnn_tvm"])
     assert report["max_abs_diff_vs_reference"] == {"bnn_tvm": 0.0, "ort_fp32": 0.0}  # integer-valued conv
-    assert any("fewer than ort_fp32" in line or "more than ort_fp32" in line for line in bench.report_lines(report))
+    assert any("fewer than ort_fp32" in line or "more than ort_fp32" in line for line in report_lines(report))
 
 
 def test_verify_runs_the_model_on_the_board(lab, tmp_path):

@@ -11,10 +11,10 @@ from onnx import helper
 from onnx_builders import GraphBuilder, save
 
 from bnn_tvm.cli import main
-from bnn_tvm.data import digits_split
-from bnn_tvm.export import default_model_path
-from bnn_tvm.verify import reference_outputs
-from bnn_tvm.onnx_import import load_onnx
+from bnn_tvm.training.data import digits_split
+from bnn_tvm.frontend.export import default_model_path
+from bnn_tvm.compilation.verify import reference_outputs
+from bnn_tvm.frontend.onnx_import import load_onnx
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_a_checkpoint_is_a_model_for_every_command(tmp_path, monkeypatch, capsys
 
     import torch
 
-    from bnn_tvm.export import default_checkpoint_path
+    from bnn_tvm.frontend.export import default_checkpoint_path
 
     monkeypatch.setenv("BNN_TVM_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)

@@ -33,9 +33,9 @@ from tvm import tirx
 from bnn_tvm import schedules
 from bnn_tvm import targets
 from bnn_tvm.cli import main
-from bnn_tvm.compiler import compile_onnx, lower_onnx
+from bnn_tvm.compilation.compiler import compile_onnx, lower_onnx
 from bnn_tvm.errors import BnnError
-from bnn_tvm.export import default_model_path
+from bnn_tvm.frontend.export import default_model_path
 from bnn_tvm.schedules import cuda
 
 
@@ -126,7 +126,7 @@ def test_compile_command_writes_a_cuda_library(tmp_path):
     assert main(["compile", "--target", "cuda", "--arch", "sm_80", "-o", str(out)]) == 0
     data = out.read_bytes()
     assert data[:4] == b"\x7fELF"
-    from bnn_tvm.runtime import CompiledRunner
+    from bnn_tvm.compilation.runtime import CompiledRunner
 
     if gpu_present():
         # on a GPU host nvcc builds the device code at compile time: sm_80 machine code plus its
@@ -269,8 +269,8 @@ def verify_emulated(monkeypatch, path, x, batch=None):
     """``verify``, of the module ``compile --target cuda`` builds (its passes: lookup tables,
     not float epilogues), with every kernel's CUDA schedule replayed on the CPU: the whole
     graph is checked against ONNX Runtime without a GPU (only thread semantics are not)."""
-    from bnn_tvm import compiler
-    from bnn_tvm import verify as verify_module
+    from bnn_tvm.compilation import compiler
+    from bnn_tvm.compilation import verify as verify_module
 
     def lower_for_cuda(path, batch=None, extra_outputs=None, target="x86", sign_zero="exact"):
         return real_lower(path, batch, extra_outputs, "cuda", sign_zero)
@@ -362,7 +362,7 @@ def test_schedule_is_the_family_entry_point():
 
 @needs_gpu
 def test_default_model_verifies_exactly_on_the_gpu():
-    from bnn_tvm.verify import verify
+    from bnn_tvm.compilation.verify import verify
 
     report = verify(default_model_path(), "cuda")
     assert report.ok, "\n".join(report.lines())
@@ -372,7 +372,7 @@ def test_default_model_verifies_exactly_on_the_gpu():
 @needs_gpu
 @pytest.mark.parametrize("graph", GRAPHS)
 def test_binary_graphs_verify_exactly_on_the_gpu(tmp_path, graph):
-    from bnn_tvm.verify import verify
+    from bnn_tvm.compilation.verify import verify
 
     path, batch = binary_graphs(tmp_path)[graph]
     x = np.random.default_rng(1).standard_normal((5, *lower_onnx(path, batch).input_shape[1:])).astype(np.float32)
@@ -389,7 +389,7 @@ def test_binary_graphs_verify_exactly_on_the_gpu(tmp_path, graph):
 def test_random_graphs_verify_exactly_on_the_gpu(tmp_path, kind, seed):
     """The random sweeps' combinations (``random_graphs.py``), on the device: every kernel
     form meets the others there too."""
-    from bnn_tvm.verify import verify
+    from bnn_tvm.compilation.verify import verify
 
     model, x = GENERATORS[kind](seed)
     report = verify(save(model, tmp_path / "m.onnx"), "cuda", x=x)
@@ -421,8 +421,8 @@ def test_each_kernel_on_the_gpu_computes_exactly_what_its_compute_does(tmp_path,
 
 @needs_gpu
 def test_exported_library_loads_and_runs_on_the_gpu(tmp_path):
-    from bnn_tvm.data import digits_split
-    from bnn_tvm.runtime import CompiledRunner
+    from bnn_tvm.training.data import digits_split
+    from bnn_tvm.compilation.runtime import CompiledRunner
 
     out = tmp_path / "digits_cuda.so"
     assert main(["compile", "--target", "cuda", "-o", str(out)]) == 0

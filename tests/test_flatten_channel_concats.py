@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from onnx_builders import GraphBuilder, save
 
-from bnn_tvm.compiler import lower_onnx
-from bnn_tvm.verify import verify
+from bnn_tvm.compilation.compiler import lower_onnx
+from bnn_tvm.compilation.verify import verify
 
 
 def nested_model(path, inner_is_output: bool) -> str:

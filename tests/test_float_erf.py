@@ -19,8 +19,8 @@ from onnx import TensorProto, helper
 
 from bnn_tvm import schedules
 from bnn_tvm import targets
-from bnn_tvm.compiler import compile_onnx, lower_onnx
-from bnn_tvm.runtime import CompiledRunner
+from bnn_tvm.compilation.compiler import compile_onnx, lower_onnx
+from bnn_tvm.compilation.runtime import CompiledRunner
 from onnx_builders import GraphBuilder, save
 from bnn_tvm.schedules import float_erf, float_ops
 

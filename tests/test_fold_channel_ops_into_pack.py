@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from onnx_builders import GraphBuilder, save
 
-from bnn_tvm.compiler import lower_onnx
-from bnn_tvm.verify import verify
+from bnn_tvm.compilation.compiler import lower_onnx
+from bnn_tvm.compilation.verify import verify
 
 KERNEL = "pack_sign_steps"
 

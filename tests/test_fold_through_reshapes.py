@@ -1,7 +1,7 @@
 """A lifted 1-D binary conv keeps its float ops: the BN, a one-slope PReLU and the residual add
 after it fold into the conv's epilogue across the one-row views ``LiftConv1d`` puts around it
 (``FoldFloatEpilogues``, ``FoldResidualAdd``), and the views left between kernels are merged
-(``MergeUnitViews``). A DFSMN memory block (``bnn_tvm.published_models.DfsmnLayer``) is then
+(``MergeUnitViews``). A DFSMN memory block (``bnn_tvm.training.published_models.DfsmnLayer``) is then
 three kernels and their packs, exact with both PyTorch exporters."""
 
 import numpy as np
@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import inputs
 
-from bnn_tvm.compiler import lower_onnx
-from bnn_tvm.inspection import inspect_onnx
-from bnn_tvm.published_models import DfsmnLayer, randomize_batch_norms
+from bnn_tvm.compilation.compiler import lower_onnx
+from bnn_tvm.compilation.inspection import inspect_onnx
+from bnn_tvm.training.published_models import DfsmnLayer, randomize_batch_norms
 from bnn_tvm.relay_passes.common import op_name
-from bnn_tvm.verify import verify
+from bnn_tvm.compilation.verify import verify
 
 CHANNELS, FRAMES = 32, 8
 

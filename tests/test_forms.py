@@ -17,8 +17,8 @@ from onnx_builders import (
 )
 
 from bnn_tvm.errors import BnnError
-from bnn_tvm.inspection import inspect_onnx
-from bnn_tvm.verify import verify
+from bnn_tvm.compilation.inspection import inspect_onnx
+from bnn_tvm.compilation.verify import verify
 
 
 def binarize_less(g, x):
@@ -252,7 +252,7 @@ def test_tensor_binarized_by_two_layers_is_computed_once(tmp_path, residual):
     identical binarizers in the graph. Their bits are computed once (by the threshold kernel
     both binarizers fold into, or by one pack of the real-valued residual sum), and both convs
     stay exact."""
-    from bnn_tvm.compiler import lower_onnx
+    from bnn_tvm.compilation.compiler import lower_onnx
 
     g = GraphBuilder([1, 16, 6, 6], seed=4)
     y = g.batch_norm(g.conv(g.binarize("x"), g.binary_weight((16, 16, 3, 3)), pad=1), *g.random_bn(16))
@@ -763,8 +763,8 @@ def test_qonnx_quant_matches_its_definition_and_feeds_a_binary_net(tmp_path):
     attribute combination, expanded into standard ONNX: equal to QONNX's definition on values
     at and around the rounding ties; a model with a Quant on the input before binary convs
     compiles and verifies exactly."""
-    from bnn_tvm.onnx_import import expand_qonnx
-    from bnn_tvm.verify import reference_outputs
+    from bnn_tvm.frontend.onnx_import import expand_qonnx
+    from bnn_tvm.compilation.verify import reference_outputs
 
     domain = "qonnx.custom_op.general"
     g = GraphBuilder([1, 4, 6, 6], seed=25)

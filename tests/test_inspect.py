@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import onnx
 
-from bnn_tvm import models
+from bnn_tvm.training import models
 from bnn_tvm.cli import main
-from bnn_tvm.export import export_onnx
-from bnn_tvm.inspection import inspect_onnx
+from bnn_tvm.frontend.export import export_onnx
+from bnn_tvm.compilation.inspection import inspect_onnx
 
 
 def test_default_model_report(capsys):

@@ -135,8 +135,9 @@ def test_llvm_mca_on_small_loop():
 @pytest.fixture(scope="module")
 def reference_rasp3b(tmp_path_factory):
     """The reference layer compiled for rasp3b (about 6 s)."""
-    from bnn_tvm.bench import LayerSpec, layer_workload
-    from bnn_tvm.compiler import compile_onnx
+    from bnn_tvm.measure.bench.layers import LayerSpec
+    from bnn_tvm.measure.bench.workload import layer_workload
+    from bnn_tvm.compilation.compiler import compile_onnx
 
     spec = LayerSpec.parse(REFERENCE_LAYER)
     path = layer_workload(spec, str(tmp_path_factory.mktemp("mca"))).onnx_path
@@ -165,23 +166,27 @@ def test_bench_count_instructions_reports_the_estimates(reference_rasp3b, monkey
     assembly, and land in the engine's JSON and the report (the board run itself is replaced)."""
     import numpy as np
 
-    from bnn_tvm import bench, compiler
+    from bnn_tvm.measure.bench import engines
+    from bnn_tvm.measure.bench.engines import bnn_engine, wants_mca
+    from bnn_tvm.measure.bench.report import report_lines
+    from bnn_tvm.measure.bench.workload import EngineResult, Prepared, Settings, Workload
+    from bnn_tvm.compilation import compiler
 
     spec, compiled = reference_rasp3b
     monkeypatch.setattr(compiler, "compile_onnx", lambda *args, **kwargs: compiled)
-    monkeypatch.setattr(bench, "run_compiled", lambda engine, *args: bench.Prepared(
-        bench.EngineResult(engine, times_ms=[1.0], note="module", instructions=123)))
-    workload = bench.Workload(spec.name, "unused.onnx", spec.input_shape, layer=spec, binary_macs=spec.binary_macs)
-    settings = bench.Settings("rasp3b", rpc="127.0.0.1:1", count_instructions=True)
-    result = bench.bnn_engine(workload, np.zeros(spec.input_shape, np.float32), settings, str(tmp_path), {}).result
+    monkeypatch.setattr(engines, "run_compiled", lambda engine, *args: Prepared(
+        EngineResult(engine, times_ms=[1.0], note="module", instructions=123)))
+    workload = Workload(spec.name, "unused.onnx", spec.input_shape, layer=spec, binary_macs=spec.binary_macs)
+    settings = Settings("rasp3b", rpc="127.0.0.1:1", count_instructions=True)
+    result = bnn_engine(workload, np.zeros(spec.input_shape, np.float32), settings, str(tmp_path), {}).result
     engine_json = result.to_json()
     kernels = engine_json["mca"]["kernels"]
     assert kernels and all(0 < k["mca_cycles_per_binary_mac"] < 1 for k in kernels.values())
     report = {"model": spec.name, "target": "rasp3b", "threads": 1, "machine": {"board": "test"},
               "engines": {"bnn_tvm": engine_json}, "speedup": {}, "sizes": {"onnx_bytes": 0, "fp32_parameter_bytes": 0}}
-    text = "\n".join(bench.report_lines(report))
+    text = "\n".join(report_lines(report))
     assert "123 instructions" in text and "llvm-mca ESTIMATES, not measurements" in text
-    assert not bench.wants_mca(bench.Settings("rasp3b", rpc="127.0.0.1:1"))  # without --count-instructions
+    assert not wants_mca(Settings("rasp3b", rpc="127.0.0.1:1"))  # without --count-instructions
 
 
 @needs_mca

@@ -9,13 +9,13 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from bnn_tvm import models
+from bnn_tvm.training import models
 from bnn_tvm.errors import BnnError
-from bnn_tvm.export import default_checkpoint_path, export_onnx
-from bnn_tvm.layers import BinaryActivation, BinaryConv2d, BinaryLinear
-from bnn_tvm.quantizers import RSign
-from bnn_tvm.train import load_checkpoint
-from bnn_tvm.verify import verify
+from bnn_tvm.frontend.export import default_checkpoint_path, export_onnx
+from bnn_tvm.training.layers import BinaryActivation, BinaryConv2d, BinaryLinear
+from bnn_tvm.training.quantizers import RSign
+from bnn_tvm.training.train import load_checkpoint
+from bnn_tvm.compilation.verify import verify
 
 SMALL = ["digits", "bmlp", "vgg_small", "resnet20", "reactnet_block"]
 

@@ -13,9 +13,9 @@ from conftest import check
 from onnx_builders import GraphBuilder, save
 from published_bnn import bipointnet, export_points
 
-from bnn_tvm.compiler import lower_onnx
-from bnn_tvm.inspection import inspect_onnx
-from bnn_tvm.verify import verify
+from bnn_tvm.compilation.compiler import lower_onnx
+from bnn_tvm.compilation.inspection import inspect_onnx
+from bnn_tvm.compilation.verify import verify
 from bnn_tvm.relay_passes.analysis import pools
 from bnn_tvm.relay_passes.lift_token_matmul import ROWS
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from published_bnn import FORMS, PAD_SHORTCUT, binarynet_resnet, export, resnet
 
-from bnn_tvm.inspection import inspect_onnx
-from bnn_tvm.verify import verify
+from bnn_tvm.compilation.inspection import inspect_onnx
+from bnn_tvm.compilation.verify import verify
 
 
 

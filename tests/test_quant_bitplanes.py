@@ -14,9 +14,9 @@ from conftest import qonnx_quant_reference
 from onnx import helper
 from onnx_builders import GraphBuilder, save
 
-from bnn_tvm.inspection import inspect_onnx
-from bnn_tvm.qonnx_quant import integer_range
-from bnn_tvm.verify import verify
+from bnn_tvm.compilation.inspection import inspect_onnx
+from bnn_tvm.frontend.qonnx_quant import integer_range
+from bnn_tvm.compilation.verify import verify
 from bnn_tvm.schedules import bitserial
 
 DOMAIN = "qonnx.custom_op.general"

@@ -1,4 +1,4 @@
-"""Forward values, closed-form gradients, eval/export behaviour and registry of bnn_tvm.quantizers."""
+"""Forward values, closed-form gradients, eval/export behaviour and registry of bnn_tvm.training.quantizers."""
 
 import io
 import math
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from bnn_tvm import quantizers
-from bnn_tvm.quantizers import (
+from bnn_tvm.training import quantizers
+from bnn_tvm.training.quantizers import (
     ApproxSign,
     DoReFa,
     EdeSign,

@@ -10,7 +10,7 @@ import pytest
 from onnx_builders import save
 from random_graphs import random_graph, random_sign_graph, random_token_graph
 
-from bnn_tvm.verify import verify
+from bnn_tvm.compilation.verify import verify
 
 
 def check_exact(model, x, path, kernels=("-> binary_", "-> ternary_"), compared=True):

@@ -63,9 +63,9 @@ def rows_model(path) -> str:
 
 
 def test_run_never_truncates_outputs_whose_first_axis_is_not_the_batch(tmp_path, capsys):
-    from bnn_tvm.runtime import CompiledRunner
-    from bnn_tvm.verify import reference_outputs
-    from bnn_tvm.onnx_import import load_onnx
+    from bnn_tvm.compilation.runtime import CompiledRunner
+    from bnn_tvm.compilation.verify import reference_outputs
+    from bnn_tvm.frontend.onnx_import import load_onnx
 
     model = rows_model(tmp_path / "rows.onnx")
     module = tmp_path / "rows.so"
@@ -91,7 +91,7 @@ def test_verify_a_model_with_row_outputs(tmp_path, capsys):
 
 
 def test_compile_refuses_an_output_that_is_the_model(tmp_path, capsys):
-    from bnn_tvm.export import default_model_path
+    from bnn_tvm.frontend.export import default_model_path
 
     model = tmp_path / "digits.onnx"
     model.write_bytes(open(default_model_path(), "rb").read())
@@ -105,7 +105,7 @@ def test_compile_refuses_an_output_that_is_the_model(tmp_path, capsys):
 
 
 def test_export_refuses_an_output_that_is_the_checkpoint(tmp_path, capsys):
-    from bnn_tvm.export import default_checkpoint_path
+    from bnn_tvm.frontend.export import default_checkpoint_path
 
     checkpoint = tmp_path / "digits.pt"
     checkpoint.write_bytes(open(default_checkpoint_path(), "rb").read())
@@ -197,7 +197,7 @@ def test_temporary_files_of_running_processes_stay(tmp_path):
 def default_model_copy():
     import onnx
 
-    from bnn_tvm.export import default_model_path
+    from bnn_tvm.frontend.export import default_model_path
 
     return onnx.load(default_model_path())
 
@@ -277,7 +277,7 @@ def test_verify_reports_onnx_runtime_failures_as_errors(tmp_path, monkeypatch, c
         raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : opset 28 is under development\nmore")
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
-    from bnn_tvm.export import default_model_path
+    from bnn_tvm.frontend.export import default_model_path
 
     assert main(["verify", default_model_path()]) == 2
     err = capsys.readouterr().err
@@ -290,7 +290,7 @@ def test_verify_reports_onnx_runtime_failures_as_errors(tmp_path, monkeypatch, c
 def checkpoint_with(path, **fields) -> str:
     import torch
 
-    from bnn_tvm.export import default_checkpoint_path
+    from bnn_tvm.frontend.export import default_checkpoint_path
 
     checkpoint = torch.load(default_checkpoint_path(), map_location="cpu", weights_only=True)
     checkpoint.update(fields)
@@ -356,7 +356,7 @@ def unrelated_process(tmp_path, monkeypatch):
 def write_state(name: str, state: dict) -> str:
     import json
 
-    from bnn_tvm.board import run_dir
+    from bnn_tvm.devices.processes import run_dir
 
     path = os.path.join(run_dir(), name)
     with open(path, "w") as f:
@@ -383,13 +383,13 @@ def test_stop_never_signals_a_process_that_reused_a_stale_pid(unrelated_process,
 
 def test_tracker_stop_without_a_port_stops_every_tracker(monkeypatch, tmp_path):
     """As `board stop` stops every board (the trackers are faked: no process is started)."""
-    from bnn_tvm import tracker
+    from bnn_tvm.devices import tracker
 
     monkeypatch.setenv("BNN_TVM_CACHE", str(tmp_path / "cache"))
     states = [tracker.TrackerState(1, "127.0.0.1", port, "log") for port in (9190, 9200)]
     stopped = []
     monkeypatch.setattr(tracker, "running", lambda: states)
-    monkeypatch.setattr(tracker, "_kill_group", stopped.append)
+    monkeypatch.setattr(tracker, "kill_group", stopped.append)
     assert main(["tracker", "stop"]) == 0
     assert stopped == [1, 1]
 
@@ -413,7 +413,7 @@ def test_the_bundled_model_carries_no_exporter_metadata():
 
     import onnx
 
-    from bnn_tvm.export import default_model_path
+    from bnn_tvm.frontend.export import default_model_path
 
     raw = open(default_model_path(), "rb").read()
     assert re.findall(ABSOLUTE_PATH, raw) == []
@@ -425,7 +425,7 @@ def test_exported_models_carry_no_exporter_metadata(tmp_path, capsys):
 
     import onnx
 
-    from bnn_tvm.export import default_checkpoint_path
+    from bnn_tvm.frontend.export import default_checkpoint_path
 
     out = tmp_path / "digits.onnx"
     assert main(["export", default_checkpoint_path(), "-o", str(out)]) == 0
@@ -438,7 +438,7 @@ def test_exported_models_carry_no_exporter_metadata(tmp_path, capsys):
 
 
 def test_a_server_reachable_from_other_machines_is_warned_about():
-    from bnn_tvm.board import exposure_warning
+    from bnn_tvm.devices.board import exposure_warning
 
     assert exposure_warning("127.0.0.1", 9190, "RPC tracker") is None
     assert exposure_warning("localhost", 9190, "RPC tracker") is None
@@ -448,7 +448,7 @@ def test_a_server_reachable_from_other_machines_is_warned_about():
 
 
 def test_tracker_start_on_all_interfaces_warns(monkeypatch, tmp_path, capsys):
-    from bnn_tvm import tracker
+    from bnn_tvm.devices import tracker
 
     monkeypatch.setenv("BNN_TVM_CACHE", str(tmp_path))
     started = []
@@ -464,7 +464,7 @@ def test_tracker_start_on_all_interfaces_warns(monkeypatch, tmp_path, capsys):
 def test_a_board_falls_back_to_this_user_with_a_stated_reason(tmp_path):
     """Where the unprivileged account cannot reach the board's files (a root-only folder), the
     board runs as this user and says why."""
-    from bnn_tvm import board
+    from bnn_tvm.devices import board
 
     work = tmp_path / "private" / "board.d"
     work.mkdir(parents=True)
@@ -480,7 +480,7 @@ def test_a_board_falls_back_to_this_user_with_a_stated_reason(tmp_path):
 def test_the_memory_check_refuses_only_what_cannot_fit(monkeypatch):
     """Many activations that together exceed the memory are no reason to refuse (the VM reuses
     their memory); one tensor, or constants, larger than the memory are."""
-    from bnn_tvm import compiler
+    from bnn_tvm.compilation import compiler
     from bnn_tvm.errors import BnnError
 
     gib = 2**30

@@ -337,9 +337,9 @@ def test_schedule_module_relayouts_constants_at_compile_time(tmp_path, monkeypat
     """End to end through the Relax module: weights change layout once, results stay exact."""
     import onnx
 
-    from bnn_tvm.bench import LayerSpec
-    from bnn_tvm.compiler import compile_onnx
-    from bnn_tvm.runtime import CompiledRunner
+    from bnn_tvm.measure.bench.layers import LayerSpec
+    from bnn_tvm.compilation.compiler import compile_onnx
+    from bnn_tvm.compilation.runtime import CompiledRunner
 
     spec = LayerSpec.parse("conv3x3:32x6x6,out=48,stride=2")
     path = str(tmp_path / "layer.onnx")

@@ -13,11 +13,11 @@ import pytest
 
 from bnn_tvm import targets
 from bnn_tvm.cli import main
-from bnn_tvm.data import digits_split
+from bnn_tvm.training.data import digits_split
 from bnn_tvm.errors import BnnError
-from bnn_tvm.runtime import CompiledRunner
-from bnn_tvm.standalone import FILES, plan
-from bnn_tvm.standalone_runtime import StandaloneRunner, is_standalone
+from bnn_tvm.compilation.runtime import CompiledRunner
+from bnn_tvm.compilation.standalone import FILES, plan
+from bnn_tvm.compilation.standalone_runtime import StandaloneRunner, is_standalone
 
 ALLOWED_NEEDED = {"libc.so.6", "libm.so.6", "libpthread.so.0", "libstdc++.so.6"}
 ARMV7 = targets.get("rasp3b-armv7")
@@ -150,7 +150,7 @@ def test_verify_standalone_armv7_under_qemu(capsys):
 def test_unknown_vm_builtin_and_runtime_function_are_named():
     from tvm import relax
 
-    from bnn_tvm.standalone import runtime_symbols
+    from bnn_tvm.compilation.standalone import runtime_symbols
 
     x = relax.Var("x", relax.TensorType([1, 4], "float32"))
     builder = relax.BlockBuilder()
@@ -177,8 +177,8 @@ def test_refusals_are_one_line_exit_2(tmp_path, capsys):
 @needs("arm-linux-gnueabihf-gcc", "qemu-arm")
 def test_birealnet18_x86_and_armv7_bit_identical(tmp_path):
     """Bi-Real ResNet-18 at 224x224 (random weights), 2 images: about 40 s with the three compiles."""
-    from bnn_tvm.compiler import compile_onnx
-    from bnn_tvm.export import resolve_model
+    from bnn_tvm.compilation.compiler import compile_onnx
+    from bnn_tvm.frontend.export import resolve_model
 
     path = resolve_model("birealnet18")
     x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
@@ -231,7 +231,7 @@ def armhf_python(root) -> str | None:
 @needs("arm-linux-gnueabihf-gcc", "qemu-arm", "dpkg")
 def test_armv7_library_from_python_ctypes_under_qemu_arm(build, digits, reference, tmp_path):
     """Python's ctypes on armv7 (Debian's armhf Python under qemu-arm), no numpy, no TVM."""
-    from bnn_tvm.board import cache_dir
+    from bnn_tvm.cache import cache_dir
 
     root = pathlib.Path(cache_dir()) / "armhf-python"
     python = armhf_python(root)

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from bnn_tvm import models
+from bnn_tvm.training import models
 from bnn_tvm.cli import main
-from bnn_tvm.export import default_checkpoint_path, default_model_path, export_onnx
-from bnn_tvm.summary import summarize, summarize_module
+from bnn_tvm.frontend.export import default_checkpoint_path, default_model_path, export_onnx
+from bnn_tvm.measure.summary import summarize, summarize_module
 
 # The digits model counted by hand (per sample):
 #   binary weights: 32*48*3*3 + 48*40*3*3 + 640*10 = 37504 bits

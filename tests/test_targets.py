@@ -13,7 +13,7 @@ import pytest
 
 from bnn_tvm import targets
 from bnn_tvm.errors import BnnError
-from bnn_tvm.export import default_model_path
+from bnn_tvm.frontend.export import default_model_path
 from bnn_tvm.targets.elf import read_header
 
 REQUIRED = ["x86", "x86-avx2", "rasp3b", "rasp3b-armv7", "rasp4b", "aarch64", "cuda"]
@@ -140,8 +140,8 @@ def test_armv7_library_is_32_bit_hard_float(compiled):
 @needs("qemu-arm", "qemu-user")
 @needs("arm-linux-gnueabihf-gcc", "g++-arm-linux-gnueabihf")
 def test_armv7_binary_kernels_match_x86_under_qemu_arm(compiled):
-    from bnn_tvm.data import digits_split
-    from bnn_tvm.export import default_model_path
+    from bnn_tvm.training.data import digits_split
+    from bnn_tvm.frontend.export import default_model_path
     from bnn_tvm.targets.kernel_check import check_kernels, record_kernel_calls, target_constants
 
     x = digits_split()[2][:2]
@@ -160,7 +160,7 @@ def test_armv7_binary_kernels_match_x86_under_qemu_arm(compiled):
 
 
 def test_missing_cross_compiler_names_the_package(tmp_path):
-    from bnn_tvm.compiler import compile_onnx
+    from bnn_tvm.compilation.compiler import compile_onnx
 
     path = tmp_path / "t.json"
     path.write_text(json.dumps({

@@ -28,8 +28,8 @@ from conftest import (
 )
 from onnx_builders import GraphBuilder, save
 
-from bnn_tvm.inspection import inspect_onnx
-from bnn_tvm.verify import verify
+from bnn_tvm.compilation.inspection import inspect_onnx
+from bnn_tvm.compilation.verify import verify
 from bnn_tvm.relay_passes.common import pack_bits
 from bnn_tvm.schedules import bitserial
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from bnn_tvm import models, train
+from bnn_tvm.training import models, train
 from bnn_tvm.cli import main
-from bnn_tvm.quantizers import EdeSign
+from bnn_tvm.training.quantizers import EdeSign
 
 CI_BUDGET_S = 60
 

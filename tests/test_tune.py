@@ -25,13 +25,15 @@ from onnx_builders import GraphBuilder, conv_block_model, quant_planes_graph, sa
 
 from bnn_tvm import schedules
 from bnn_tvm import targets
-from bnn_tvm import tune
+from bnn_tvm.measure.tune.compare import compare_model
+from bnn_tvm.measure.tune.report import REPORT_FILE, plot_report, report_lines
+from bnn_tvm.measure.tune.search import lock_database, tune
 from bnn_tvm.cli import main
-from bnn_tvm.compiler import compile_onnx, lower_onnx
-from bnn_tvm.data import digits_split
+from bnn_tvm.compilation.compiler import compile_onnx, lower_onnx
+from bnn_tvm.training.data import digits_split
 from bnn_tvm.errors import BnnError
-from bnn_tvm.export import default_model_path
-from bnn_tvm.runtime import CompiledRunner
+from bnn_tvm.frontend.export import default_model_path
+from bnn_tvm.compilation.runtime import CompiledRunner
 from bnn_tvm.schedules import cpu, tuning
 
 TINY_TRIALS = 6
@@ -228,7 +230,7 @@ def test_killed_run_resumes_without_losing_records(tuned_db):
     assert len(after) == TINY_TRIALS > len(before)
     assert after[: len(before)] == before  # nothing lost, nothing rewritten
     assert all(line for line in record_lines(tuned_db["db"])[:-1])  # no broken line left in the file
-    report = json.load(open(os.path.join(tuned_db["db"], tune.REPORT_FILE)))
+    report = json.load(open(os.path.join(tuned_db["db"], REPORT_FILE)))
     assert sum(r["trials"] for r in report["tasks"]) == TINY_TRIALS
     assert report["trials_this_run"] == TINY_TRIALS - len(before)
     assert all(r["untuned_ms"] and r["untuned_ms"] > 0 for r in report["tasks"])
@@ -252,7 +254,7 @@ def test_time_limit_stops_the_search_and_reports_what_ran(tuned_db, tmp_path, ca
     assert "time limit of 0.05 min reached" in "".join(capsys.readouterr())
     added = len(complete_records(db)) - stored
     assert 0 < added < 500
-    report = json.load(open(os.path.join(db, tune.REPORT_FILE)))
+    report = json.load(open(os.path.join(db, REPORT_FILE)))
     assert report["trials_this_run"] == added
 
 
@@ -300,16 +302,16 @@ def test_slower_records_are_not_applied(tuned_db, tmp_path):
 
 
 def test_report_plot(tuned_db, tmp_path):
-    report = json.load(open(os.path.join(tuned_db["db"], tune.REPORT_FILE)))
+    report = json.load(open(os.path.join(tuned_db["db"], REPORT_FILE)))
     out = tmp_path / "tuning.png"
-    tune.plot_report(report, str(out))
+    plot_report(report, str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    lines = tune.report_lines(report)
+    lines = report_lines(report)
     assert lines[0].split()[:2] == ["task", "kind"] and "binary kernels in total" in lines[-1]
 
 
 def test_compare_profiles_both_builds(tuned_db):
-    result = tune.compare_model(default_model_path(), "x86", tuned_db["db"], batch=1, rounds=3)
+    result = compare_model(default_model_path(), "x86", tuned_db["db"], batch=1, rounds=3)
     for build in ("untuned", "tuned"):
         # binary_ms is timed around each kernel call from Python, model_ms without that overhead:
         # on the tiny default model they are not comparable, only both non-zero (kernels found).
@@ -362,23 +364,23 @@ def test_broken_workload_line_in_the_middle_is_an_error(tuned_db, tmp_path):
 
 
 def test_second_run_on_a_locked_database_is_refused(tmp_path):
-    lock = tune.lock_database(str(tmp_path / "db"))
+    lock = lock_database(str(tmp_path / "db"))
     try:
         with pytest.raises(BnnError, match="another tuning run is using this database"):
-            tune.tune(db_dir=str(tmp_path / "db"), trials=0)
+            tune(db_dir=str(tmp_path / "db"), trials=0)
     finally:
         lock.close()
 
 
 def test_bad_requests_are_refused_clearly(tmp_path):
     with pytest.raises(BnnError, match="tuning supports CPU targets"):
-        tune.tune(target="cuda", db_dir=str(tmp_path / "db"))
+        tune(target="cuda", db_dir=str(tmp_path / "db"))
     with pytest.raises(BnnError, match="runs on another machine: give --tracker"):
-        tune.tune(target="rasp3b", db_dir=str(tmp_path / "db"))
+        tune(target="rasp3b", db_dir=str(tmp_path / "db"))
     with pytest.raises(BnnError, match="give one of them"):
-        tune.tune(target="rasp3b", rpc="127.0.0.1:1", tracker="127.0.0.1:2", db_dir=str(tmp_path / "db"))
+        tune(target="rasp3b", rpc="127.0.0.1:1", tracker="127.0.0.1:2", db_dir=str(tmp_path / "db"))
     with pytest.raises(BnnError, match="neither a file nor a zoo model"):
-        tune.tune("no_such_model", db_dir=str(tmp_path / "db"))
+        tune("no_such_model", db_dir=str(tmp_path / "db"))
     with pytest.raises(BnnError, match="no tuning database there"):
         compile_onnx(default_model_path(), "x86", db=str(tmp_path / "nothing"))
 
@@ -392,7 +394,7 @@ def test_bad_requests_are_refused_clearly(tmp_path):
 def test_tuning_over_rpc_on_the_emulated_board_compiles(tmp_path):
     import socket
 
-    from bnn_tvm import board, tracker
+    from bnn_tvm.devices import board, tracker
 
     def free_port():
         with socket.socket() as s:
@@ -405,7 +407,7 @@ def test_tuning_over_rpc_on_the_emulated_board_compiles(tmp_path):
     try:
         board.start("rasp3b", port=free_port(), tracker=tracker_state.address, key=key, progress=False)
         db = str(tmp_path / "db")
-        result = tune.tune(None, "rasp3b", trials=4, db_dir=db, tracker=tracker_state.address, key=key,
+        result = tune(None, "rasp3b", trials=4, db_dir=db, tracker=tracker_state.address, key=key,
                            kinds=("binary",), timeout=300, progress=False)
         assert result.report["measured_on"] == f"key {key!r} of tracker {tracker_state.address}"
         rows = result.report["tasks"]

@@ -15,7 +15,9 @@ import warnings
 
 import pytest
 
-from bnn_tvm import tune, tuning_db
+from bnn_tvm.measure import tuning_db
+from bnn_tvm.measure.tune.records import target_label
+from bnn_tvm.measure.tune.tasks import extract_tasks
 from bnn_tvm.cli import main
 
 RECORDS_PER_TASK = 3
@@ -30,11 +32,11 @@ def database(tmp_path_factory):
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
-    from bnn_tvm.compiler import lower_onnx
-    from bnn_tvm.export import default_model_path
+    from bnn_tvm.compilation.compiler import lower_onnx
+    from bnn_tvm.frontend.export import default_model_path
 
     spec = targets.get("x86")
-    tasks = tune.extract_tasks(lower_onnx(default_model_path()).mod, spec, ("binary",))
+    tasks = extract_tasks(lower_onnx(default_model_path()).mod, spec, ("binary",))
     folder = str(tmp_path_factory.mktemp("db") / "db")
     os.makedirs(folder)
     db = ms.database.JSONDatabase(work_dir=folder, module_equality="structural")
@@ -45,7 +47,7 @@ def database(tmp_path_factory):
         for seconds in range(RECORDS_PER_TASK):
             args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
             db.commit_tuning_record(ms.database.TuningRecord(s_tir.Schedule(mod).trace, entry, [1.0 + seconds], target, args))
-    untuned = {tune.target_label(spec): {t.key: {"seconds": 0.5, "name": t.name, "schedule": "hand"} for t in tasks}}
+    untuned = {target_label(spec): {t.key: {"seconds": 0.5, "name": t.name, "schedule": "hand"} for t in tasks}}
     json.dump(untuned, open(os.path.join(folder, tuning_db.UNTUNED_FILE), "w"))
     return {"folder": folder, "tasks": len(tasks)}
 

@@ -14,9 +14,9 @@ import pytest
 from onnx_builders import GraphBuilder, save
 
 from bnn_tvm.cli import main
-from bnn_tvm.compiler import compile_onnx
-from bnn_tvm.runtime import CompiledRunner
-from bnn_tvm.verify import reference_outputs, verify
+from bnn_tvm.compilation.compiler import compile_onnx
+from bnn_tvm.compilation.runtime import CompiledRunner
+from bnn_tvm.compilation.verify import reference_outputs, verify
 
 SHAPE = [1, 8, 8, 8]
 
@@ -106,8 +106,8 @@ def test_per_layer_on_the_command_line(tmp_path, capsys):
 
 def test_segments_cut_at_binarized_tensors_float_layers_and_shared_tensors(tmp_path):
     """A residual stream is computed by the first segment that needs it and read by the later ones."""
-    from bnn_tvm.compiler import lower_onnx
-    from bnn_tvm.verify_layers import cut_into_segments, materialised_tensors
+    from bnn_tvm.compilation.compiler import lower_onnx
+    from bnn_tvm.compilation.verify_layers import cut_into_segments, materialised_tensors
 
     g = GraphBuilder([1, 8, 6, 6], seed=3)
     stem = g.conv("x", np.random.default_rng(3).standard_normal((16, 8, 3, 3)).astype(np.float32), pad=1)
@@ -127,7 +127,7 @@ def test_segment_that_differs_only_at_near_ties_is_reported_apart():
     """A binary segment whose differing values all sit at near-ties of ONNX Runtime's own input
     (float rounding inside the segment) is not a compiler error; one more differing value that is
     not a near-tie is."""
-    from bnn_tvm.verify_layers import PerLayerReport, SegmentResult
+    from bnn_tvm.compilation.verify_layers import PerLayerReport, SegmentResult
 
     tie = SegmentResult("sign_14", True, 1, 0.0, ["sign_12"], near_ties=1)
     report = PerLayerReport([tie, SegmentResult("sign_16", True, 0, 0.0, ["sign_14"])])
@@ -142,7 +142,7 @@ def test_near_ties_excuse_a_segment_only_behind_a_summing_op():
     (a k-bit Quant on the input) that differs is a compiler error; after a conv it may not be."""
     from onnx import helper
 
-    from bnn_tvm.verify_layers import sums_before
+    from bnn_tvm.compilation.verify_layers import sums_before
 
     graph = helper.make_graph([
         helper.make_node("Div", ["x", "s"], ["d"]), helper.make_node("Round", ["d"], ["q"]),

@@ -1,4 +1,4 @@
-"""The zoo's published-form models (``bnn_tvm.published_models``): BiBERT's encoder layer,
+"""The zoo's published-form models (``bnn_tvm.training.published_models``): BiBERT's encoder layer,
 BiPointNet and BiBench's binarized DFSMN. Each exports (``export NAME``), compiles, verifies
 exactly against ONNX Runtime, has a float twin of the same output shape, and ``summary`` counts
 its binary MACs."""
@@ -6,11 +6,11 @@ its binary MACs."""
 import pytest
 import torch
 
-from bnn_tvm import models
+from bnn_tvm.training import models
 from bnn_tvm.cli import main
 from bnn_tvm.errors import BnnError
-from bnn_tvm.summary import summarize
-from bnn_tvm.verify import verify
+from bnn_tvm.measure.summary import summarize
+from bnn_tvm.compilation.verify import verify
 
 # name -> least binary MAC share ``summary`` must report (DFSMN: 96.5 %, as BiBench binarizes it)
 BINARY_SHARE = {"bibert_layer": 0.99, "bipointnet": 0.99, "dfsmn": 0.96}

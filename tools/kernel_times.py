@@ -36,8 +36,8 @@ def kernel_times(path: str, target: str, runs: int, batch: int = 1) -> tuple[dic
     import tvm
     from tvm import relax
 
-    from bnn_tvm.compiler import compile_onnx
-    from bnn_tvm.runtime import has_cuda_code, module_device
+    from bnn_tvm.compilation.compiler import compile_onnx
+    from bnn_tvm.compilation.runtime import has_cuda_code, module_device
 
     compiled = compile_onnx(path, target, batch)
     device = module_device(compiled.executable)
@@ -74,7 +74,7 @@ def kernel_times(path: str, target: str, runs: int, batch: int = 1) -> tuple[dic
 def arm_estimates(path: str, target: str, batch: int) -> list[str]:
     """llvm-mca's estimates of the kernels' inner loops for an ARM target (``targets.mca``)."""
     from bnn_tvm import targets
-    from bnn_tvm.compiler import compile_onnx
+    from bnn_tvm.compilation.compiler import compile_onnx
     from bnn_tvm.targets import mca
 
     mca.target_cpu(targets.get(target))  # before compiling: say at once what cannot be estimated
@@ -87,7 +87,8 @@ def arm_estimates(path: str, target: str, batch: int) -> list[str]:
 def layer_onnx(spec_text: str, folder: str) -> tuple[str, int]:
     """A ``bench --layer`` spec (e.g. conv3x3:64x56x56) as an ONNX file in ``folder``, and its
     batch (the layer's ``batch=N``; the file fixes it)."""
-    from bnn_tvm.bench import LayerSpec, layer_workload
+    from bnn_tvm.measure.bench.layers import LayerSpec
+    from bnn_tvm.measure.bench.workload import layer_workload
 
     spec = LayerSpec.parse(spec_text)
     return layer_workload(spec, folder).onnx_path, spec.batch
@@ -109,7 +110,7 @@ def main() -> int:
 
     from bnn_tvm import targets
     from bnn_tvm.errors import BnnError
-    from bnn_tvm.export import resolve_model
+    from bnn_tvm.frontend.export import resolve_model
 
     try:
         spec = targets.get(args.target)

@@ -32,8 +32,8 @@ ENGINES = ("lce_default", "lce_indirect_bgemm", "bnn_tvm")
 
 
 def bnn_tvm_timer(path: str):
-    from bnn_tvm.compiler import compile_onnx
-    from bnn_tvm.runtime import CompiledRunner
+    from bnn_tvm.compilation.compiler import compile_onnx
+    from bnn_tvm.compilation.runtime import CompiledRunner
 
     compiled = compile_onnx(path, "x86")
     runner = CompiledRunner(compiled.executable)
@@ -69,8 +69,8 @@ def main() -> int:
     # read when TVM's thread pool starts: one worker, as LCE's interpreter gets (num_threads=1);
     # unset, TVM takes every core and its kernels then wait on each other's share of a busy machine
     os.environ["TVM_NUM_THREADS"] = "1"
-    from bnn_tvm.inspection import inspect_onnx
-    from bnn_tvm.verify import verify
+    from bnn_tvm.compilation.inspection import inspect_onnx
+    from bnn_tvm.compilation.verify import verify
 
     rows = {}
     with tempfile.TemporaryDirectory(prefix="larq-vs-lce-") as folder:
@@ -114,7 +114,7 @@ def main() -> int:
     for name in models:
         if not info[name]["verify_ok"]:
             print(f"{name}: " + "; ".join(info[name]["verify"]))
-    from bnn_tvm.bench import machine
+    from bnn_tvm.measure.bench.run import machine
 
     print(f"machine: {machine()}")
     if args.json:

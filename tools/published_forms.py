@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from published_bnn import FORMS, export, resnet  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bnn_tvm.inspection import inspect_onnx  # noqa: E402
-from bnn_tvm.verify import verify  # noqa: E402
+from bnn_tvm.compilation.inspection import inspect_onnx  # noqa: E402
+from bnn_tvm.compilation.verify import verify  # noqa: E402
 
 
 def bench(path: str, repeat: int) -> dict:

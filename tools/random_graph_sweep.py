@@ -54,7 +54,7 @@ def main(argv=None) -> int:
 
     from onnx_builders import save
 
-    from bnn_tvm.verify import verify
+    from bnn_tvm.compilation.verify import verify
 
     args = parse_args(argv)
     board = {"rpc": args.rpc, "tracker": args.tracker, "key": args.key}

@@ -13,7 +13,7 @@ ENGINE_NAMES = ("bnn_tvm", "tvm_fp32", "torch_fp32", "ort_fp32", "topi_bitserial
 
 
 def add_parser(sub) -> None:
-    from ..export import MODEL_HELP
+    from ..frontend.export import MODEL_HELP
 
     s = sub.add_parser(
         "bench",
@@ -76,30 +76,33 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from .. import bench
+    from ..measure.bench.layers import parse_layers
+    from ..measure.bench.report import plot, report_lines
+    from ..measure.bench.run import benchmark
+    from ..measure.bench.workload import Settings, layer_workload, model_workload
 
-    settings = bench.Settings(args.target, args.threads, args.repeat, rpc=args.rpc, tracker=args.tracker,
+    settings = Settings(args.target, args.threads, args.repeat, rpc=args.rpc, tracker=args.tracker,
                               key=args.key, count_instructions=args.count_instructions, db=args.db,
                               sign_zero=args.sign_zero)
     reports = []
     with tempfile.TemporaryDirectory(prefix="bnn-bench-model-") as workdir:
         if args.layer:
-            workloads = [bench.layer_workload(spec, workdir) for spec in bench.parse_layers(args.layer)]
+            workloads = [layer_workload(spec, workdir) for spec in parse_layers(args.layer)]
         else:
-            from ..export import default_model_path
+            from ..frontend.export import default_model_path
 
-            workloads = [bench.model_workload(args.model or default_model_path(), workdir, args.batch)]
+            workloads = [model_workload(args.model or default_model_path(), workdir, args.batch)]
         total = sum(len([e for e in engines if e != "topi_bitserial" or w.layer is not None]) for w in workloads)
         with tqdm(total=total, desc="bench", unit="engine") as progress:
             for workload in workloads:
-                reports.append(bench.benchmark(workload, settings, engines, progress))
+                reports.append(benchmark(workload, settings, engines, progress))
     for report in reports:
-        print("\n".join(bench.report_lines(report)))
+        print("\n".join(report_lines(report)))
     if args.json:
         from ..atomic_files import atomic_write
 
         payload = reports[0] if len(reports) == 1 else {"layers": reports}
         atomic_write(args.json, lambda tmp: open(tmp, "w").write(json.dumps(payload, indent=2) + "\n"))
     if args.plot:
-        bench.plot(reports, args.plot)
+        plot(reports, args.plot)
     return 0

@@ -6,7 +6,7 @@ import sys
 
 
 def add_parser(sub) -> None:
-    from ..board import DEFAULT_PORT
+    from ..devices.board import DEFAULT_PORT
 
     s = sub.add_parser(
         "board",
@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import board
+    from ..devices import board
 
     if args.action == "setup":
         root = board.ensure_root()

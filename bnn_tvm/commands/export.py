@@ -16,10 +16,10 @@ def run(args) -> int:
 
     import torch
 
-    from .. import models
+    from ..training import models
     from ..atomic_files import refuse_overwriting_input
-    from ..export import export_onnx, not_a_model
-    from ..train import load_checkpoint
+    from ..frontend.export import export_onnx, not_a_model
+    from ..training.train import load_checkpoint
 
     refuse_overwriting_input(args.output, [args.checkpoint], "-o")
     if not os.path.isfile(args.checkpoint) and args.checkpoint in models.ZOO:

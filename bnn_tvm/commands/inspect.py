@@ -6,7 +6,7 @@ import json
 
 from bnn_tvm.relay_passes.conventions import SIGN_ZERO
 
-from ..export import MODEL_HELP, resolve_model
+from ..frontend.export import MODEL_HELP, resolve_model
 
 
 def add_parser(sub) -> None:
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..inspection import inspect_onnx
+    from ..compilation.inspection import inspect_onnx
 
     reports = inspect_onnx(resolve_model(args.model), args.batch, sign_zero=args.sign_zero)
     if args.json:

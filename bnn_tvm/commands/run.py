@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..atomic_files import atomic_write
-    from ..runtime import CompiledRunner
+    from ..compilation.runtime import CompiledRunner
 
     # numpy appends .npy to any other name, so the data would land beside the file asked for
     if not args.output.endswith(OUTPUT_SUFFIXES):

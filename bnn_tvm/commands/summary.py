@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..summary import summarize
+    from ..measure.summary import summarize
 
     summary = summarize(args.model)
     print(summary.to_json() if args.json else summary.table())

@@ -6,7 +6,7 @@ import sys
 
 
 def add_parser(sub) -> None:
-    from ..tracker import DEFAULT_HOST, DEFAULT_PORT
+    from ..devices.tracker import DEFAULT_HOST, DEFAULT_PORT
 
     s = sub.add_parser("tracker", help="start/stop a local TVM RPC tracker that boards register with")
     s.add_argument("action", choices=["start", "stop", "status"])
@@ -18,10 +18,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import tracker
+    from ..devices import tracker
 
     if args.action == "start":
-        from ..board import exposure_warning
+        from ..devices.board import exposure_warning
 
         warning = exposure_warning(args.host, args.port or tracker.DEFAULT_PORT, "RPC tracker (it hands out its boards)")
         if warning:

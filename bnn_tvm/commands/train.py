@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..models import ACTIVATION_QUANTIZERS, KERNEL_QUANTIZERS
+from ..training.models import ACTIVATION_QUANTIZERS, KERNEL_QUANTIZERS
 
 
 def add_parser(sub) -> None:
@@ -25,9 +25,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import models
+    from ..training import models
     from ..errors import BnnError
-    from ..train import DIGITS_SHAPE, TrainConfig, save_checkpoint, train, write_metrics
+    from ..training.train import DIGITS_SHAPE, TrainConfig, save_checkpoint, train, write_metrics
 
     if args.epochs < 1:
         raise BnnError(f"--epochs must be >= 1, got {args.epochs}")

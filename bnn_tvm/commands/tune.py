@@ -8,8 +8,8 @@ KINDS = {"all": ("binary", "float"), "binary": ("binary",), "float": ("float",)}
 
 
 def add_parser(sub) -> None:
-    from ..export import MODEL_HELP
-    from ..tune import DEFAULT_POPULATION, DEFAULT_TIMEOUT_S, DEFAULT_TRIALS
+    from ..frontend.export import MODEL_HELP
+    from ..measure.tune.search import DEFAULT_POPULATION, DEFAULT_TIMEOUT_S, DEFAULT_TRIALS
 
     s = sub.add_parser(
         "tune",
@@ -42,8 +42,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import tune
-    from ..export import resolve_model
+    from ..measure.tune.compare import compare_model
+    from ..measure.tune.records import save_json
+    from ..measure.tune.report import plot_report, report_lines
+    from ..measure.tune.search import tune
+    from ..frontend.export import resolve_model
 
     if args.timeout <= 0:
         raise BnnError(f"--timeout {args.timeout:g}: must be positive")
@@ -51,17 +54,17 @@ def run(args) -> int:
         raise BnnError(f"--minutes {args.minutes:g}: must be positive")
     if args.population < 4:
         raise BnnError(f"--population {args.population}: must be at least 4")
-    result = tune.tune(
+    result = tune(
         args.model, args.target, args.trials, args.db, rpc=args.rpc, tracker=args.tracker, key=args.key,
         timeout=args.timeout, batch=args.batch, kinds=KINDS[args.tasks], population=args.population, seed=args.seed,
         minutes=args.minutes,
     )
-    for line in tune.report_lines(result.report):
+    for line in report_lines(result.report):
         print(line)
     if args.compare:
-        comparison = tune.compare_model(resolve_model(args.model), args.target, args.db, args.batch)
+        comparison = compare_model(resolve_model(args.model), args.target, args.db, args.batch)
         result.report["model_comparison"] = comparison
-        tune.save_json(result.report_path, result.report)
+        save_json(result.report_path, result.report)
         print(f"model profiled {comparison['rounds']} times each way: binary kernels "
               f"{comparison['untuned']['binary_ms']:.3f} -> {comparison['tuned']['binary_ms']:.3f} ms "
               f"(x{comparison['binary_speedup']:.2f}), whole model {comparison['untuned']['model_ms']:.3f} -> "
@@ -72,7 +75,7 @@ def run(args) -> int:
                   f"at {limit['gmacs_per_s']:.0f} G/s, so no schedule can make the binary kernels more than "
                   f"x{limit['binary_speedup_at_limit']:.2f} faster than untuned")
     if args.plot:
-        tune.plot_report(result.report, args.plot)
+        plot_report(result.report, args.plot)
         print(f"plot: {args.plot}")
     print(f"report: {result.report_path}; compile with: python -m bnn_tvm compile "
           f"{args.model or ''} --target {args.target} --db {args.db}".replace("  ", " "))

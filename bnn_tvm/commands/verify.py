@@ -6,7 +6,7 @@ import os
 
 from bnn_tvm.relay_passes.conventions import SIGN_ZERO
 
-from ..export import MODEL_HELP, default_checkpoint_path, resolve_model
+from ..frontend.export import MODEL_HELP, default_checkpoint_path, resolve_model
 
 
 def add_parser(sub) -> None:
@@ -31,14 +31,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..verify import verify
+    from ..compilation.verify import verify
 
     x = labels = None
     extra = {}
     path = resolve_model(args.model)
     if args.model is None:
-        from ..data import digits_split
-        from ..train import accuracy, load_checkpoint
+        from ..training.data import digits_split
+        from ..training.train import accuracy, load_checkpoint
 
         _, _, x, labels = digits_split()
         if os.path.isfile(default_checkpoint_path()):

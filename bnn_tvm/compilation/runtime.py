@@ -1,0 +1,174 @@
+"""Running a compiled module: the Relax VM over the shared library, any batch size (a standalone
+library, ``compile --standalone``, through ``standalone_runtime``)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .compiler import METADATA_FUNC
+from ..errors import BnnError
+
+
+def has_cuda_code(module) -> bool:
+    """Whether a compiled module (executable or loaded library) holds CUDA kernels."""
+    pending = [getattr(module, "mod", module)]
+    while pending:
+        current = pending.pop()
+        if current.kind == "cuda":
+            return True
+        pending.extend(current.imports)
+    return False
+
+
+def check_runs_here(spec, remote: bool) -> None:
+    """CPU targets run here or on a board (``remote``: over RPC); CUDA targets on this host's GPU."""
+    if spec.family == "cuda":
+        import tvm
+
+        if remote:
+            raise BnnError(f"target {spec.name}: --rpc/--tracker/--count-instructions are for boards; "
+                           "a CUDA target runs on this host's GPU")
+        if not tvm.cuda(0).exist:
+            raise BnnError(f"target {spec.name} needs an NVIDIA GPU here (tvm.cuda(0).exist is False)")
+    elif not spec.is_host and not remote:
+        raise BnnError(f"target {spec.name} does not run on this host: give --rpc HOST:PORT or --tracker HOST:PORT --key KEY")
+
+
+def module_device(module):
+    """The device a module's kernels run on: the first CUDA GPU for CUDA kernels, else the CPU."""
+    import tvm
+
+    if not has_cuda_code(module):
+        return tvm.cpu()
+    if not tvm.cuda(0).exist:
+        raise BnnError("the module was compiled for CUDA, but no CUDA GPU is visible here (tvm.cuda(0).exist is False)")
+    return tvm.cuda(0)
+
+
+def prepare_cuda_loading() -> None:
+    """A module compiled without a GPU carries CUDA source; TVM compiles it when the module is
+    loaded, through the ``tvm_callback_cuda_compile`` callback: nvcc if installed, else TVM's
+    NVRTC one (which needs the ``cuda-bindings`` package)."""
+    import tvm
+
+    if not tvm.cuda(0).exist:
+        return
+    from bnn_tvm.schedules.cuda import install_nvcc_callback
+
+    if not install_nvcc_callback():
+        import tvm.support.nvcc  # registers TVM's NVRTC callback
+
+
+# platform.machine() -> the ELF e_machine of its shared libraries (targets.elf.MACHINE_NAMES)
+HOST_ELF_MACHINES = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183, "armv7l": 40, "armv8l": 40}
+
+
+def check_built_for_this_machine(path: str) -> None:
+    """A module for another architecture (an aarch64 board's on this x86 host) is named as such:
+    the dynamic loader would only say "cannot open shared object file"."""
+    import platform
+
+    from bnn_tvm.targets import elf
+
+    host = platform.machine()
+    try:
+        header = elf.read_header(path)
+    except (BnnError, OSError, KeyError, IndexError, ValueError):  # not ELF, or cut short: the loader says
+        return
+    expected = HOST_ELF_MACHINES.get(host.lower())
+    if expected is not None and header.machine != expected:
+        raise BnnError(f"{path} was compiled for {header.machine_name} ({header.describe()}); this machine is {host}: "
+                       "run it on its board (`verify --rpc/--tracker`, `bench --rpc/--tracker`)")
+
+
+class CompiledRunner:
+    """Runs a module compiled for a fixed batch on inputs of any batch, chunk by chunk."""
+
+    def __init__(self, module, device=None):
+        from tvm import relax
+
+        self.device = device or module_device(module)
+        self.vm = relax.VirtualMachine(module, self.device)
+        self.metadata = json.loads(str(self.vm[METADATA_FUNC]()))
+        self.input_shape = tuple(self.metadata["input_shape"])
+
+    @classmethod
+    def load(cls, path: str) -> "CompiledRunner":
+        import tvm
+
+        if not os.path.isfile(path):
+            raise BnnError(f"no compiled module at {path}")
+        from .standalone_runtime import StandaloneRunner, is_standalone
+
+        if is_standalone(path):  # compile --standalone: ctypes here, or bnn_runner under qemu
+            return StandaloneRunner.load(path)
+        check_built_for_this_machine(path)
+        prepare_cuda_loading()
+        try:
+            module = tvm.runtime.load_module(path)
+            return cls(module)
+        except BnnError as err:
+            raise BnnError(f"{path}: {err}") from err
+        except Exception as err:
+            if "load_from_bytes.cuda" in str(err):
+                raise BnnError(
+                    f"{path} holds CUDA kernels: it runs on a machine with an NVIDIA GPU and driver "
+                    f"(none here: tvm.cuda(0).exist is False)"
+                ) from err
+            raise BnnError(f"{path} is not a bnn_tvm module ({err})") from err
+
+    def check_input(self, x: np.ndarray, source: str) -> np.ndarray:
+        expected = self.input_shape[1:]
+        if x.ndim != len(self.input_shape) or tuple(x.shape[1:]) != expected:
+            raise BnnError(
+                f"{source}: input shape {tuple(x.shape)} does not match the model's "
+                f"(N, {', '.join(map(str, expected))}) [{self.metadata['input_name']}]"
+            )
+        if len(x) == 0:
+            raise BnnError(f"{source}: the batch is empty (shape {tuple(x.shape)}); give at least one input")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise BnnError(f"{source}: input dtype {x.dtype} is not floating point")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def run(self, x: np.ndarray, source: str = "input") -> list[np.ndarray]:
+        """All graph outputs for the batch ``x``, concatenated over compiled-batch chunks. Only
+        outputs whose first axis is the batch can be cut and joined: a module with any other
+        output (``[B*N, C]`` rows) takes exactly its compiled batch."""
+        x = self.check_input(x, source)
+        batch = self.input_shape[0]
+        if len(x) == batch:
+            return self._call(x)
+        first = self._call(self._padded(x[:batch]))
+        self._check_outputs_follow_batch(first, len(x), source)
+        chunks = [[o[: min(batch, len(x))] for o in first]]
+        for start in range(batch, len(x), batch):
+            part = x[start : start + batch]
+            chunks.append([o[: len(part)] for o in self._call(self._padded(part))])
+        return [np.concatenate(parts) for parts in zip(*chunks)]
+
+    def _padded(self, part: np.ndarray) -> np.ndarray:
+        padded = np.zeros(tuple(self.input_shape), np.float32)
+        padded[: len(part)] = part
+        return padded
+
+    def _call(self, x: np.ndarray) -> list[np.ndarray]:
+        import tvm
+
+        result = self.vm["main"](tvm.runtime.tensor(x, self.device))
+        outputs = [result] if hasattr(result, "numpy") else list(result)  # one tensor or a tuple
+        return [o.numpy() for o in outputs]
+
+    def _check_outputs_follow_batch(self, outputs: list[np.ndarray], given: int, source: str) -> None:
+        batch = self.input_shape[0]
+        names = list(self.metadata.get("outputs") or [])
+        for index, output in enumerate(outputs):
+            if output.ndim == 0 or output.shape[0] != batch:
+                name = names[index] if index < len(names) else f"output {index}"
+                raise BnnError(
+                    f"{source}: {given} inputs, but the module takes exactly {batch} at a time: its output "
+                    f"{name!r} has shape {output.shape}, whose first axis is not the batch, so it cannot be "
+                    f"run in chunks; give {batch} inputs or compile with --batch {given}"
+                )

@@ -1,0 +1,448 @@
+"""Per-layer precision, parameter memory and MACs of a binarized model (Larq's ``models.summary``).
+
+A model is a zoo name, a training checkpoint (``.pt``) or an ONNX file. Per layer that holds
+parameters or does multiply-accumulates: the precision of its inputs and weights, its parameters
+by bit width, their memory, and its MACs by precision (a MAC is as wide as the wider of its two
+operands: 1-bit only when inputs and weights are both binary). Totals give the model size, its
+float-32 equivalent (every parameter at 32 bits) and the compression ratio between them.
+
+What counts as a parameter, in both sources alike:
+- binary conv/dense weights at 1 bit; every other weight, bias, batch-norm scale, shift, running
+  mean and variance, RSign threshold and RPReLU parameter at 32 bits;
+- the per-output-channel scale of ``magnitude_aware_sign`` / ``libra_pb_weight`` weights at
+  32 bits: computed from the latent weights during training, stored beside the ±1 weights when
+  deployed (in ONNX it is the ``Mul`` after the conv);
+- not counted: scalar graph constants (binarizer 0/+1/-1, DoReFa levels), integer shape
+  tensors, and the all-zero conv bias the ONNX exporter adds to a bias-free conv.
+MACs are per sample (batch 1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import BnnError
+
+FLOAT_BITS = 32
+
+
+@dataclass
+class LayerStats:
+    name: str
+    kind: str  # module class or ONNX op type
+    output_shape: list[int]  # per sample
+    input_bits: int | None = None  # None: the layer has no weighted inputs (BN, scale, threshold)
+    weight_bits: int | None = None
+    params: dict[int, int] = field(default_factory=dict)  # bits -> count
+    macs: dict[int, int] = field(default_factory=dict)  # bits -> count
+
+    @property
+    def memory_bits(self) -> int:
+        return sum(bits * count for bits, count in self.params.items())
+
+    @property
+    def is_float_compute(self) -> bool:
+        """A conv/dense whose weights are not binary."""
+        return self.weight_bits is not None and self.weight_bits > 1
+
+    def add_params(self, bits: int, count: int) -> None:
+        if count:
+            self.params[bits] = self.params.get(bits, 0) + int(count)
+
+    def add_macs(self, count: int) -> None:
+        bits = max(self.input_bits or FLOAT_BITS, self.weight_bits or FLOAT_BITS)
+        if count:
+            self.macs[bits] = self.macs.get(bits, 0) + int(count)
+
+
+@dataclass
+class ModelSummary:
+    model: str
+    source: str  # "zoo", "checkpoint" or "onnx"
+    input_shape: list[int]
+    layers: list[LayerStats]
+
+    def params_by_bits(self) -> dict[int, int]:
+        return _merge(layer.params for layer in self.layers)
+
+    def macs_by_bits(self) -> dict[int, int]:
+        return _merge(layer.macs for layer in self.layers)
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.params_by_bits().values())
+
+    @property
+    def memory_bits(self) -> int:
+        return sum(layer.memory_bits for layer in self.layers)
+
+    @property
+    def float32_bits(self) -> int:
+        return self.total_params * FLOAT_BITS
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.float32_bits / self.memory_bits if self.memory_bits else 1.0
+
+    @property
+    def binary_mac_fraction(self) -> float:
+        macs = self.macs_by_bits()
+        total = sum(macs.values())
+        return macs.get(1, 0) / total if total else 0.0
+
+    @property
+    def float_layers(self) -> list[str]:
+        return [layer.name for layer in self.layers if layer.is_float_compute]
+
+    def to_dict(self) -> dict:
+        layers = []
+        for layer in self.layers:
+            row = asdict(layer)
+            row["params"] = _str_keys(layer.params)
+            row["macs"] = _str_keys(layer.macs)
+            row["memory_bytes"] = layer.memory_bits / 8
+            layers.append(row)
+        return {
+            "model": self.model,
+            "source": self.source,
+            "input_shape": self.input_shape,
+            "layers": layers,
+            "total_params": self.total_params,
+            "params_by_bits": _str_keys(self.params_by_bits()),
+            "model_size_bytes": self.memory_bits / 8,
+            "float32_size_bytes": self.float32_bits / 8,
+            "compression_ratio": self.compression_ratio,
+            "macs_by_bits": _str_keys(self.macs_by_bits()),
+            "binary_mac_fraction": self.binary_mac_fraction,
+            "float_layers": self.float_layers,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        return "\n".join(_table_lines(self))
+
+
+def _merge(dicts) -> dict[int, int]:
+    merged: dict[int, int] = {}
+    for d in dicts:
+        for bits, count in d.items():
+            merged[bits] = merged.get(bits, 0) + count
+    return dict(sorted(merged.items()))
+
+
+def _str_keys(d: dict[int, int]) -> dict[str, int]:
+    return {str(bits): count for bits, count in sorted(d.items())}
+
+
+# Text rendering --------------------------------------------------------------------------------
+def _si(value: float) -> str:
+    for limit, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(value) >= limit:
+            return f"{value / limit:.2f}{suffix}"
+    return f"{value:g}"
+
+
+def _bytes(n_bytes: float) -> str:
+    for limit, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n_bytes >= limit:
+            return f"{n_bytes / limit:.2f} {unit}"
+    return f"{n_bytes:g} B"
+
+
+def _table_lines(summary: ModelSummary) -> list[str]:
+    param_bits = sorted(summary.params_by_bits())
+    mac_bits = sorted(summary.macs_by_bits())
+    header = ["Layer", "Type", "In bits", "W bits", "Output"]
+    header += [f"# {b}-bit" for b in param_bits] + ["Memory (kB)"] + [f"{b}-bit MACs" for b in mac_bits]
+
+    def row(layer: LayerStats) -> list[str]:
+        cells = [
+            layer.name,
+            layer.kind,
+            "-" if layer.input_bits is None else str(layer.input_bits),
+            "-" if layer.weight_bits is None else str(layer.weight_bits),
+            "x".join(map(str, layer.output_shape)),
+        ]
+        cells += [str(layer.params.get(b, 0)) for b in param_bits]
+        cells.append(f"{layer.memory_bits / 8 / 1000:.2f}")
+        return cells + [str(layer.macs.get(b, 0)) for b in mac_bits]
+
+    totals = ["Total", "", "", "", ""]
+    totals += [str(summary.params_by_bits()[b]) for b in param_bits]
+    totals.append(f"{summary.memory_bits / 8 / 1000:.2f}")
+    totals += [str(summary.macs_by_bits()[b]) for b in mac_bits]
+    rows = [header] + [row(layer) for layer in summary.layers] + [totals]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+
+    def fmt(cells):  # names and types left-aligned, numbers right-aligned
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    rule = "-" * len(fmt(header))
+    shape = "x".join(map(str, summary.input_shape))
+    lines = [f"{summary.model} ({summary.source}), input {shape}", rule, fmt(header), rule]
+    lines += [fmt(r) for r in rows[1:-1]] + [rule, fmt(totals), rule]
+    params = summary.params_by_bits()
+    split = ", ".join(f"{b}-bit {_si(c)}" for b, c in params.items())
+    macs = summary.macs_by_bits()
+    floats = [layer for layer in summary.layers if layer.is_float_compute]
+    lines += [
+        f"Total params                {_si(summary.total_params)} ({split})",
+        f"Model size                  {_bytes(summary.memory_bits / 8)}",
+        f"Float-32 equivalent         {_bytes(summary.float32_bits / 8)}",
+        f"Compression ratio vs fp32   {summary.compression_ratio:.2f}x",
+        f"MACs                        {_si(sum(macs.values()))} ("
+        + ", ".join(f"{b}-bit {_si(c)}" for b, c in macs.items())
+        + f"); binarized fraction {summary.binary_mac_fraction:.4f}",
+        f"Float layers ({len(floats)})".ljust(28) + (", ".join(f"{l.name} ({l.kind})" for l in floats) or "none"),
+    ]
+    return lines
+
+
+# PyTorch modules -------------------------------------------------------------------------------
+def summarize_module(model, input_shape: tuple[int, ...], name: str, source: str) -> ModelSummary:
+    """Summary of a PyTorch model; one forward pass (batch 1, eval mode) gives the shapes."""
+    import torch
+
+    from ..training.layers import BinaryActivation, _BinaryMixin
+
+    model = model.eval()
+    units = {}  # module -> qualified name; binary layers count as one unit with their quantizers
+    for qualified, module in model.named_modules():
+        if any(qualified.startswith(parent + ".") for parent in units.values()):
+            continue
+        if isinstance(module, (_BinaryMixin, BinaryActivation)) or not any(module.children()):
+            units[module] = qualified or type(module).__name__
+    shapes = {}
+    hooks = [m.register_forward_hook(_record_shape(shapes, m)) for m in units]
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1,) + tuple(input_shape)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    layers = []
+    for module, qualified in units.items():
+        if module not in shapes:
+            continue  # not called in forward (unused)
+        layer = _module_stats(module, qualified, *shapes[module])
+        if layer.params or layer.macs:
+            layers.append(layer)
+    return ModelSummary(name, source, list(input_shape), layers)
+
+
+def _record_shape(shapes: dict, module):
+    def hook(_module, inputs, output):
+        if module not in shapes:  # a module used twice is summarised at its first use
+            shapes[module] = (tuple(inputs[0].shape), tuple(output.shape))
+
+    return hook
+
+
+def _module_stats(module, qualified: str, in_shape, out_shape) -> LayerStats:
+    from torch import nn
+
+    from ..training.layers import _BinaryMixin
+
+    layer = LayerStats(qualified, type(module).__name__, list(out_shape[1:]))
+    weighted = isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear))
+    if weighted:
+        # published forms' binary layers (``published_models``) state their bits as attributes
+        binary = isinstance(module, _BinaryMixin) or getattr(module, "weight_bits", None) is not None
+        layer.input_bits = module.input_bits if binary else FLOAT_BITS
+        layer.weight_bits = module.weight_bits if binary else FLOAT_BITS
+        if binary and module.has_channel_scale:
+            layer.add_params(FLOAT_BITS, module.weight.shape[0])
+    for pname, param in module.named_parameters():
+        bits = layer.weight_bits if weighted and pname == "weight" else FLOAT_BITS
+        layer.add_params(bits, param.numel())
+    for bname, buffer in module.named_buffers():
+        if bname.split(".")[-1] in ("running_mean", "running_var"):
+            layer.add_params(FLOAT_BITS, buffer.numel())
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        taps = math.prod(module.kernel_size)
+        layer.add_macs(math.prod(out_shape[1:]) * (module.in_channels // module.groups) * taps)
+    elif isinstance(module, nn.Linear):
+        layer.add_macs(math.prod(out_shape[1:]) * module.in_features)
+    elif hasattr(module, "summary_macs"):  # a matmul of two activations (BiBERT's attention)
+        layer.input_bits, layer.weight_bits = module.input_bits, module.weight_bits
+        layer.add_macs(module.summary_macs(in_shape, out_shape))
+    return layer
+
+
+# ONNX files ------------------------------------------------------------------------------------
+WEIGHTED_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1}  # op -> index of the weight input
+PASS_THROUGH_OPS = {"Pad", "Reshape", "Flatten", "MaxPool", "Transpose", "Identity", "Squeeze", "Unsqueeze"}
+
+
+def summarize_onnx(path: str) -> ModelSummary:
+    """Summary of an ONNX file: weights from its initializers, shapes by ONNX shape inference."""
+    import onnx
+    from onnx import numpy_helper
+
+    from ..frontend.onnx_import import constants_to_initializers, graph_input, load_onnx, pin_input_shape
+
+    model = constants_to_initializers(load_onnx(path))
+    input_name, dims = graph_input(model, path)
+    if any(d is None for d in dims[1:]):
+        raise BnnError(f"{path}: input {input_name!r} has a symbolic non-batch dimension {dims}")
+    model = pin_input_shape(model, input_name, [1, *dims[1:]])
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as err:  # onnx raises several types here
+        raise BnnError(f"{path}: ONNX shape inference failed: {err}") from err
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    shapes = _value_shapes(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    counted: set[str] = set()
+    layers = []
+    for index, node in enumerate(model.graph.node):
+        layer = _node_stats(node, index, constants, shapes, producers, counted, path)
+        if layer.params or layer.macs:
+            layers.append(layer)
+    return ModelSummary(os.path.basename(path), "onnx", list(dims[1:]), layers)
+
+
+def _value_shapes(model) -> dict[str, list[int]]:
+    shapes = {}
+    for info in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        dims = info.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[info.name] = [d.dim_value for d in dims]
+    return shapes
+
+
+def _is_parameter(value: np.ndarray) -> bool:
+    return value.dtype.kind == "f" and value.size > 1
+
+
+def _node_stats(node, index, constants, shapes, producers, counted, path) -> LayerStats:
+    out_shape = shapes.get(node.output[0]) if node.output else None
+    layer = LayerStats(node.name or f"{node.op_type}_{index}", node.op_type, list((out_shape or [1])[1:]))
+    weight_index = WEIGHTED_OPS.get(node.op_type)
+    weight = constants.get(node.input[weight_index]) if weight_index is not None else None
+    if weight is not None:
+        layer.input_bits = _activation_bits(node.input[0], producers, constants)
+        scales = _channel_scales(node, weight)
+        layer.weight_bits = 1 if scales is not None else FLOAT_BITS
+        if scales is not None and not np.all(scales == 1):
+            layer.add_params(FLOAT_BITS, scales.size)  # ±alpha: one float scale per output channel
+    # a binarizer's ±1 (folded ``ones_like`` tensors) are not parameters
+    binarizer = node.op_type == "Where" and _is_binarizer(node, producers, constants)
+    for position, name in enumerate(node.input):
+        value = constants.get(name)
+        if value is None or name in counted or binarizer or not _is_parameter(value):
+            continue
+        if position == 2 and weight is not None and not np.any(value):
+            continue  # the exporter's zero bias of a bias-free conv
+        counted.add(name)
+        layer.add_params(layer.weight_bits if position == weight_index else FLOAT_BITS, value.size)
+    if weight is not None:
+        if out_shape is None:
+            raise BnnError(f"{path}: node {layer.name!r} ({node.op_type}): output shape unknown after inference")
+        layer.add_macs(_node_macs(node, weight, out_shape))
+    return layer
+
+
+def _node_macs(node, weight: np.ndarray, out_shape: list[int]) -> int:
+    per_sample = math.prod(out_shape[1:])
+    if node.op_type == "Conv":
+        return per_sample * math.prod(weight.shape[1:])  # weight [OC, C/groups, kh, kw]
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return per_sample * weight.shape[1 if trans_b else 0]
+    return per_sample * weight.shape[-2]  # MatMul: [..., K, N]
+
+
+def _channel_scales(node, weight: np.ndarray) -> np.ndarray | None:
+    """Per output channel ``alpha`` when the weight is ``±alpha`` per output channel (±1: all
+    ones; an exporter that folds a batch norm into binary weights gives other alphas), else None."""
+    if weight.size == 0 or weight.ndim < 2:
+        return None
+    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+    axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b) else weight.ndim - 1
+    magnitudes = np.moveaxis(np.abs(weight), axis, 0).reshape(weight.shape[axis], -1)
+    scales = magnitudes[:, 0]
+    if np.any(scales == 0) or not np.all(magnitudes == scales[:, None]):
+        return None
+    return scales
+
+
+def _is_binarizer(node, producers: dict, constants: dict) -> bool:
+    """``Where(x >= 0, 1, -1)`` (or ``>``), the ±1 as scalars or full tensors."""
+    compare = producers.get(node.input[0])
+    return (compare is not None and compare.op_type in ("GreaterOrEqual", "Greater")
+            and _uniform_value(node.input[1], producers, constants) == 1
+            and _uniform_value(node.input[2], producers, constants) == -1)
+
+
+def _uniform_value(name: str, producers: dict, constants: dict) -> float | None:
+    """The value of a tensor whose elements are all one constant: an initializer, or PyTorch's
+    ``ones_like`` (``ConstantOfShape`` or ``Expand`` of a scalar), possibly negated."""
+    if name in constants:
+        values = constants[name]
+        return float(values.flat[0]) if values.size and np.all(values == values.flat[0]) else None
+    node = producers.get(name)
+    if node is None:
+        return None
+    if node.op_type == "ConstantOfShape":
+        from onnx import numpy_helper
+
+        fill = next((a.t for a in node.attribute if a.name == "value"), None)
+        return float(numpy_helper.to_array(fill).flat[0]) if fill is not None else 0.0
+    if node.op_type == "Expand":
+        return _uniform_value(node.input[0], producers, constants)
+    if node.op_type == "Neg":
+        inner = _uniform_value(node.input[0], producers, constants)
+        return None if inner is None else -inner
+    return None
+
+
+def _activation_bits(name: str, producers: dict, constants: dict) -> int:
+    """Bits of the values in tensor ``name``: 1 behind a binarizer, k behind DoReFa, else 32."""
+    node = producers.get(name)
+    if node is None:
+        return FLOAT_BITS
+    if node.op_type == "Sign":
+        return 1
+    if node.op_type == "Where":
+        return 1 if _is_binarizer(node, producers, constants) else FLOAT_BITS
+    if node.op_type == "Pad":
+        pad_value = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1)
+        inner = _activation_bits(node.input[0], producers, constants)
+        return inner if pad_value is not None and np.all(np.abs(pad_value) <= 1) else FLOAT_BITS
+    if node.op_type in PASS_THROUGH_OPS:
+        return _activation_bits(node.input[0], producers, constants)
+    if node.op_type == "Div":  # DoReFa: round(clip(x, 0, 1) * L) / L with L = 2^k - 1
+        levels = constants.get(node.input[1])
+        rounded = producers.get(node.input[0])
+        if levels is not None and levels.size == 1 and rounded is not None and rounded.op_type == "Round":
+            bits = math.log2(float(levels.reshape(())) + 1)
+            if bits.is_integer() and bits >= 1:
+                return int(bits)
+    return FLOAT_BITS
+
+
+# Entry point -----------------------------------------------------------------------------------
+def summarize(model: str) -> ModelSummary:
+    """Summary of a zoo model name, a checkpoint (.pt/.pth/.ckpt) or an ONNX file."""
+    from ..training import models
+    from ..frontend.export import is_checkpoint, not_a_model
+
+    if os.path.isfile(model):
+        if is_checkpoint(model):
+            from ..training.train import load_checkpoint
+
+            module, checkpoint = load_checkpoint(model)
+            shape = models.input_shape(checkpoint["model"])
+            return summarize_module(module, shape, os.path.basename(model), "checkpoint")
+        return summarize_onnx(model)
+    if model in models.ZOO:
+        return summarize_module(models.build(model), models.input_shape(model), model, "zoo")
+    raise not_a_model(model)
