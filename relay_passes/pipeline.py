@@ -180,7 +180,6 @@ def cleanup_passes(logs: Logs = None) -> list[tvm.transform.Pass]:
         # the one-row views between the kernels of a lifted 1-D network merged (views of views,
         # a zero pad between two views), so that kernels read each other's outputs
         merge_unit_views(logs),
-        relax.transform.CanonicalizeBindings(),
         # identical kernel calls on the same tensors once (a tensor each binary layer packed for
         # itself); after the folds: they look at readers
         relax.transform.EliminateCommonSubexpr(),
