@@ -480,3 +480,23 @@ def run_on_cpu(func, arrays) -> np.ndarray:
     tensors = [tvm.runtime.tensor(a.copy()) for a in arrays]
     built(*tensors)
     return tensors[-1].numpy()
+
+
+# Per-pass tests on small Relax modules ---------------------------------------------------------
+def relax_ops(mod) -> list[str]:
+    """The ops of the calls left in ``mod``'s ``main``, in post order."""
+    from tvm import relax
+
+    from bnn_tvm.relay_passes.common import op_name
+
+    found = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: found.append(op_name(e)) if isinstance(e, relax.Call) else None)
+    return found
+
+
+def run_relax(mod, x: np.ndarray) -> np.ndarray:
+    """``mod``'s ``main`` on ``x``, built for the host CPU by TVM's default pipeline."""
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 from tvm import relax
 
 from bnn_tvm.relay_passes.cancel_layout_transposes import LAYOUT, cancel_layout_transposes
+from conftest import relax_ops, run_relax
+
 from bnn_tvm.relay_passes.common import op_name
 
 NCHW = [1, 3, 4, 5]
@@ -55,26 +56,15 @@ def run_pass(mod):
     return relax.transform.DeadCodeElimination()(after), logs[0]
 
 
-def live_ops(mod) -> list[str]:
-    found = []
-    relax.analysis.post_order_visit(mod["main"], lambda e: found.append(op_name(e)) if isinstance(e, relax.Call) else None)
-    return found
-
-
-def evaluate(mod, x: np.ndarray) -> np.ndarray:
-    vm = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
-    return vm["main"](tvm.runtime.tensor(x)).numpy()
-
-
 @pytest.mark.parametrize("body", [larq_binarizer, full_rank_scale, per_channel_bias])
 def test_fires_and_computes_the_same(body):
     before = wrapped(body)
     after, log = run_pass(before)
     assert log.changed and [r.kernel for r in log.rewrites] == [LAYOUT]
-    assert "relax.permute_dims" not in live_ops(after)
+    assert "relax.permute_dims" not in relax_ops(after)
     x = RNG.standard_normal(NCHW).astype(np.float32)
     x[0, 0, 0, :2] = 0  # Sign(0) = 0 on both paths
-    np.testing.assert_array_equal(evaluate(after, x), evaluate(before, x))
+    np.testing.assert_array_equal(run_relax(after, x), run_relax(before, x))
 
 
 def test_a_per_channel_constant_follows_the_channels_where_width_equals_channels():
@@ -85,8 +75,8 @@ def test_a_per_channel_constant_follows_the_channels_where_width_equals_channels
     after, log = run_pass(before)
     assert log.changed
     x = RNG.standard_normal(shape).astype(np.float32)
-    np.testing.assert_array_equal(evaluate(after, x), x + np.array([1.0, -2.0, 3.0], np.float32)[None, :, None, None])
-    np.testing.assert_array_equal(evaluate(after, x), evaluate(before, x))
+    np.testing.assert_array_equal(run_relax(after, x), x + np.array([1.0, -2.0, 3.0], np.float32)[None, :, None, None])
+    np.testing.assert_array_equal(run_relax(after, x), run_relax(before, x))
 
 
 def test_the_pad_widths_follow_the_axes():
@@ -104,7 +94,7 @@ def test_leaves_other_chains_alone(body, outer):
     before = wrapped(body, outer)
     after, log = run_pass(before)
     assert not log.changed
-    assert live_ops(after).count("relax.permute_dims") == 2
+    assert relax_ops(after).count("relax.permute_dims") == 2
 
 
 def _calls(mod) -> list:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 from tvm import relax
 
-from bnn_tvm.relay_passes.common import op_name
+from conftest import relax_ops, run_relax
+
 from bnn_tvm.relay_passes.lower_straight_through import STRAIGHT_THROUGH, lower_straight_through
 
 SHAPE = [2, 3, 4]
@@ -63,17 +63,6 @@ def run_pass(mod):
     return relax.transform.DeadCodeElimination()(after), logs[0]
 
 
-def live_ops(mod) -> list[str]:
-    found = []
-    relax.analysis.post_order_visit(mod["main"], lambda e: found.append(op_name(e)) if isinstance(e, relax.Call) else None)
-    return found
-
-
-def evaluate(mod, x: np.ndarray) -> np.ndarray:
-    vm = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
-    return vm["main"](tvm.runtime.tensor(x)).numpy()
-
-
 @pytest.mark.parametrize("p_of", [hardtanh, half_hardtanh], ids=["hardtanh", "half_hardtanh"])
 @pytest.mark.parametrize("commuted", [False, True], ids=["s_minus_p_plus_p", "p_plus_s_minus_p"])
 def test_fires_the_estimator_becomes_its_sign(p_of, commuted):
@@ -81,11 +70,11 @@ def test_fires_the_estimator_becomes_its_sign(p_of, commuted):
     after, log = run_pass(before)
     assert log.changed and [r.kernel for r in log.rewrites] == [STRAIGHT_THROUGH]
     assert "exactly sign(x)" in log.rewrites[0].detail
-    assert live_ops(after) == ["relax.sign"]
+    assert relax_ops(after) == ["relax.sign"]
     # the same values, ties of the proof included: 0, tiny, 1/2, 1, beyond 1, the largest floats
     x = np.array([0.0, -0.0, 1e-30, -1e-30, 0.5, -0.5, 1.0, -1.0, 3.0, -3e38, 3e38, 0.1] * 2, np.float32).reshape(SHAPE)
-    np.testing.assert_array_equal(evaluate(after, x), evaluate(before, x))
-    np.testing.assert_array_equal(evaluate(after, x), np.sign(x))
+    np.testing.assert_array_equal(run_relax(after, x), run_relax(before, x))
+    np.testing.assert_array_equal(run_relax(after, x), np.sign(x))
 
 
 @pytest.mark.parametrize("p_of,reason", [
@@ -98,10 +87,10 @@ def test_refuses_an_estimator_it_cannot_prove_with_a_counterexample(p_of, reason
     assert not log.changed
     (why,) = set(log.kept_float.values())
     assert reason in why
-    assert "relax.add" in live_ops(after) and "relax.subtract" in live_ops(after)
+    assert "relax.add" in relax_ops(after) and "relax.subtract" in relax_ops(after)
     # the value named breaks the proof's condition there (the sum may still happen to be Sign(x))
     x = np.full(SHAPE, np.float32(float(why.split("at x = ")[1].split(",")[0])))
-    p = evaluate(estimator_p(p_of), x)
+    p = run_relax(estimator_p(p_of), x)
     assert np.all((np.abs(p) > 1) | (np.sign(p) * np.sign(x) < 0)), (x.flat[0], p.flat[0])
 
 
