@@ -712,6 +712,17 @@ def table_lookup(dot: te.Tensor, table: te.Tensor, offset: int) -> te.Tensor:
 # Attention: matmuls of two binarized activations, per head
 
 
+def head_view(x: te.Tensor, heads_axis: int):
+    """``(batch, heads, tokens, depth, read(i, h, t, k))`` of attention heads ``[B, H, T, d]``
+    (``heads_axis`` 1), or of the ``[B, T, H, d]`` view before the head transpose (``heads_axis``
+    2), read in place."""
+    if heads_axis == 1:
+        batch, heads, tokens, depth = (int(v) for v in x.shape)
+        return batch, heads, tokens, depth, lambda i, h, t, k: x[i, h, t, k]
+    batch, tokens, heads, depth = (int(v) for v in x.shape)
+    return batch, heads, tokens, depth, lambda i, h, t, k: x[i, t, h, k]
+
+
 def pack_heads(x: te.Tensor, heads_axis: int = 1, ternary: bool = False, tokens_last: bool = False) -> te.Tensor:
     """A float per-head tensor binarized and packed along its head dimension ``d``.
 
@@ -722,12 +733,7 @@ def pack_heads(x: te.Tensor, heads_axis: int = 1, ternary: bool = False, tokens_
     where ``x >= 0``. ``ternary`` (``Sign`` that may see 0): the words interleaved as in
     ``pack_ternary``, ``2 w`` the signs (``x > 0``), ``2 w + 1`` the nonzeros (``x != 0``).
     """
-    if heads_axis == 1:
-        batch, heads, tokens, depth = (int(v) for v in x.shape)
-        read = lambda i, h, t, k: x[i, h, t, k]  # noqa: E731
-    else:
-        batch, tokens, heads, depth = (int(v) for v in x.shape)
-        read = lambda i, h, t, k: x[i, t, h, k]  # noqa: E731
+    batch, heads, tokens, depth, read = head_view(x, heads_axis)
     words = num_words(depth)
     b = te.reduce_axis((0, WORD_BITS), name="bit")
     zero = tirx.const(0, x.dtype)
@@ -822,12 +828,7 @@ def pack_tokens(x: te.Tensor, heads_axis: int = 1, ternary: bool = False) -> te.
     transpose (``heads_axis`` 2, read in place). Bipolar: bit set where ``x >= 0``. ``ternary``:
     ``[B, H, 2 W, d]``, word ``2 w`` the signs (``x > 0``), ``2 w + 1`` the nonzeros (``x != 0``).
     """
-    if heads_axis == 1:
-        batch, heads, tokens, depth = (int(v) for v in x.shape)
-        read = lambda i, h, t, j: x[i, h, t, j]  # noqa: E731
-    else:
-        batch, tokens, heads, depth = (int(v) for v in x.shape)
-        read = lambda i, h, t, j: x[i, t, h, j]  # noqa: E731
+    batch, heads, tokens, depth, read = head_view(x, heads_axis)
     words = num_words(tokens)
     b = te.reduce_axis((0, WORD_BITS), name="bit")
     zero = tirx.const(0, x.dtype)
