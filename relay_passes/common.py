@@ -251,10 +251,6 @@ def function_rule_pass(module: str, make_rule, logs: list[PassLog] | None = None
     return tvm.transform.module_pass(transform, opt_level=0, name=name)
 
 
-
-
-
-
 def pack_planes(ternary: np.ndarray) -> np.ndarray:
     """Values in {-1, 0, +1} as two packed planes ``[2, ...]``: bit set where ``> 0`` (signs),
     and where ``!= 0`` (nonzeros); the last axis packed as by ``pack_bits``."""
