@@ -1,0 +1,81 @@
+"""``FuseBinaryConv2d`` on small Relax modules (binarizers already lowered to ``unpack(pack(x))``
+by ``LowerBinarizers``): a conv of packed bits with ±1 or ±alpha weights becomes one
+XNOR-popcount kernel computing the float conv exactly, zero padding included, and the pass says
+why a conv on bits stays float (weights that are no binary tensor, a depthwise conv)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from conftest import relax_ops, run_relax
+
+from bnn_tvm.relay_passes.fuse_binary_conv2d import fuse_binary_conv2d
+from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
+
+SHAPE = [1, 8, 6, 6]
+RNG = np.random.default_rng(5)
+
+
+def binarized_conv(weight: np.ndarray, padding=(1, 1, 1, 1), strides=(1, 1), groups=1):
+    """``LowerBinarizers`` applied to ``conv2d(where(x >= 0, 1, -1), W)``."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
+    one, minus_one, zero = (relax.const(np.float32(v)) for v in (1.0, -1.0, 0.0))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            bits = bb.emit(relax.op.where(relax.op.greater_equal(x, zero), one, minus_one))
+            out = bb.emit_output(relax.op.nn.conv2d(bits, relax.const(weight), strides=strides, padding=padding,
+                                                    groups=groups))
+        bb.emit_func_output(out)
+    return relax.transform.DeadCodeElimination()(lower_binarizers([])(bb.get()))
+
+
+def signs(shape) -> np.ndarray:
+    return np.where(RNG.standard_normal(shape) >= 0, 1, -1).astype(np.float32)
+
+
+def run_pass(mod):
+    logs = []
+    after = fuse_binary_conv2d(logs)(mod)
+    return relax.transform.DeadCodeElimination()(after), logs[0]
+
+
+def kernels(mod) -> list[str]:
+    return sorted(str(f.attrs["bnn.op"]) for _, f in mod.functions_items()
+                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "bnn.op" in f.attrs)
+
+
+def inputs() -> np.ndarray:
+    x = RNG.standard_normal(SHAPE).astype(np.float32)
+    x[0, :, 0, :3] = 0.0  # binarized to +1, as the float graph does
+    return x
+
+
+@pytest.mark.parametrize("weight,padding,strides", [
+    (signs((16, 8, 3, 3)), (1, 1, 1, 1), (1, 1)),  # zero padding: the border table corrects it
+    (signs((16, 8, 3, 3)), (0, 2, 1, 0), (2, 1)),  # asymmetric, strided
+    (signs((16, 8, 3, 3)) * np.float32(0.25), (1, 1, 1, 1), (1, 1)),  # ±alpha, a power of two
+], ids=["padded", "asymmetric_strided", "power_of_two_scale"])
+def test_fires_one_kernel_computing_the_float_conv(weight, padding, strides):
+    before = binarized_conv(weight, padding, strides)
+    after, log = run_pass(before)
+    assert log.changed and [r.kernel for r in log.rewrites] == ["binary_conv2d"]
+    assert "relax.nn.conv2d" not in relax_ops(after)
+    assert "binary_conv2d" in kernels(after)
+    x = inputs()
+    np.testing.assert_array_equal(run_relax(after, x), run_relax(before, x))
+
+
+@pytest.mark.parametrize("weight,groups,reason", [
+    (RNG.standard_normal((16, 8, 3, 3)).astype(np.float32), 1, "weights"),  # real-valued weights
+    (signs((8, 1, 3, 3)), 8, "grouped conv"),  # depthwise: a float conv is faster
+], ids=["real_weights", "depthwise"])
+def test_keeps_a_conv_float_naming_the_reason(weight, groups, reason):
+    before = binarized_conv(weight, groups=groups)
+    after, log = run_pass(before)
+    assert not log.changed
+    assert any(reason in why for why in log.kept_float.values()), log.kept_float
+    assert "relax.nn.conv2d" in relax_ops(after)
