@@ -1,0 +1,46 @@
+"""``HandWrittenFloatOps`` on small Relax modules: a max pool and a matmul with a constant weight
+become calls of the hand-written CPU kernels (clamped windows; the weight blocked at compile
+time), computing bit-identical values; with ``BNN_FLOAT_SCHEDULES=0`` the module is unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from conftest import relax_ops, run_relax
+
+from bnn_tvm.relay_passes.hand_written_float_ops import hand_written_float_ops
+
+RNG = np.random.default_rng(41)
+SHAPE = [2, 8, 7, 7]
+
+
+def pool_then_classifier():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
+    weight = relax.const(RNG.standard_normal((8 * 4 * 4, 16)).astype(np.float32))  # outputs in vectors of 8
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            pooled = bb.emit(relax.op.nn.max_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1)))
+            flat = bb.emit(relax.op.reshape(pooled, [2, 8 * 4 * 4]))
+            out = bb.emit_output(relax.op.matmul(flat, weight))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_fires_both_ops_become_hand_written_kernels_bit_identical():
+    before = pool_then_classifier()
+    plans = {}
+    after = relax.transform.DeadCodeElimination()(hand_written_float_ops(lanes32=8, plans=plans)(before))
+    ops = relax_ops(after)
+    assert "relax.nn.max_pool2d" not in ops and "relax.matmul" not in ops
+    assert len(plans) == 2, plans  # one plan per kernel
+    x = RNG.standard_normal(SHAPE).astype(np.float32)
+    np.testing.assert_array_equal(run_relax(after, x), run_relax(before, x))
+
+
+def test_off_with_the_float_schedules(monkeypatch):
+    monkeypatch.setenv("BNN_FLOAT_SCHEDULES", "0")
+    before = pool_then_classifier()
+    after = hand_written_float_ops(lanes32=8)(before)
+    assert relax_ops(after) == relax_ops(before)
