@@ -500,3 +500,17 @@ def run_relax(mod, x: np.ndarray) -> np.ndarray:
 
     vm = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def bnn_kernels(mod) -> list[str]:
+    """The ``bnn.op`` of every kernel (PrimFunc) of ``mod``, sorted."""
+    return sorted(str(f.attrs["bnn.op"]) for _, f in mod.functions_items()
+                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "bnn.op" in f.attrs)
+
+
+def emit_binarizer(bb, t):
+    """This project's binarizer ``where(t >= 0, 1, -1)`` on ``t``, emitted by the block builder ``bb``."""
+    from tvm import relax
+
+    one, minus_one, zero = (relax.const(np.float32(v)) for v in (1.0, -1.0, 0.0))
+    return bb.emit(relax.op.where(relax.op.greater_equal(t, zero), one, minus_one))

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 from tvm import relax
 
-from conftest import run_relax
+from conftest import bnn_kernels, emit_binarizer, run_relax
 
 from bnn_tvm.relay_passes.fold_float_epilogues import fold_float_epilogues
 from bnn_tvm.relay_passes.fuse_binary_conv2d import fuse_binary_conv2d
@@ -37,20 +36,14 @@ def batch_norm_prelu(bb, d):
 def binary_conv_then(chain):
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
-    one, minus_one, zero = (relax.const(np.float32(v)) for v in (1.0, -1.0, 0.0))
     with bb.function("main", [x]):
         with bb.dataflow():
-            bits = bb.emit(relax.op.where(relax.op.greater_equal(x, zero), one, minus_one))
+            bits = emit_binarizer(bb, x)
             conv = bb.emit(relax.op.nn.conv2d(bits, relax.const(WEIGHT), padding=[1, 1, 1, 1]))
             out = bb.emit_output(chain(bb, conv))
         bb.emit_func_output(out)
     mod = lower_binarizers([])(bb.get())
     return relax.transform.DeadCodeElimination()(fuse_binary_conv2d([])(mod))
-
-
-def kernels(mod) -> list[str]:
-    return sorted(str(f.attrs["bnn.op"]) for _, f in mod.functions_items()
-                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "bnn.op" in f.attrs)
 
 
 @pytest.mark.parametrize("chain,steps", [(batch_norm, 2), (batch_norm_prelu, 3)], ids=["batch_norm", "batch_norm_prelu"])
@@ -61,6 +54,6 @@ def test_fires_the_float_ops_run_in_the_kernel_bit_identically(chain, steps):
     (log,) = logs
     assert log.changed and [r.kernel for r in log.rewrites] == ["binary_conv2d_epilogue"]
     assert f"{steps} float op(s)" in log.rewrites[0].detail
-    assert "binary_conv2d_epilogue" in kernels(after) and "binary_conv2d" not in kernels(after)
+    assert "binary_conv2d_epilogue" in bnn_kernels(after) and "binary_conv2d" not in bnn_kernels(after)
     x = RNG.standard_normal(SHAPE).astype(np.float32)
     np.testing.assert_array_equal(run_relax(after, x), run_relax(before, x))

@@ -6,10 +6,9 @@ chains' on CPUs)."""
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm import relax
 
-from conftest import run_relax
+from conftest import bnn_kernels, emit_binarizer, run_relax
 
 from bnn_tvm.relay_passes.fold_float_tables import fold_float_tables
 from bnn_tvm.relay_passes.fuse_binary_conv2d import fuse_binary_conv2d
@@ -24,22 +23,16 @@ WEIGHT = np.where(RNG.standard_normal((16, 16, 3, 3)) >= 0, 1, -1).astype(np.flo
 def binary_conv_then_batch_norm():
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
-    one, minus_one, zero = (relax.const(np.float32(v)) for v in (1.0, -1.0, 0.0))
     scale = relax.const(RNG.uniform(0.1, 3, 16).astype(np.float32).reshape(CHANNEL))
     shift = relax.const(RNG.standard_normal(16).astype(np.float32).reshape(CHANNEL))
     with bb.function("main", [x]):
         with bb.dataflow():
-            bits = bb.emit(relax.op.where(relax.op.greater_equal(x, zero), one, minus_one))
+            bits = emit_binarizer(bb, x)
             conv = bb.emit(relax.op.nn.conv2d(bits, relax.const(WEIGHT), padding=[1, 1, 1, 1]))
             out = bb.emit_output(relax.op.add(relax.op.multiply(conv, scale), shift))
         bb.emit_func_output(out)
     mod = lower_binarizers([])(bb.get())
     return relax.transform.DeadCodeElimination()(fuse_binary_conv2d([])(mod))
-
-
-def kernels(mod) -> list[str]:
-    return sorted(str(f.attrs["bnn.op"]) for _, f in mod.functions_items()
-                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "bnn.op" in f.attrs)
 
 
 def test_fires_a_table_over_every_reachable_integer_bit_identical():
@@ -49,7 +42,7 @@ def test_fires_a_table_over_every_reachable_integer_bit_identical():
     (log,) = logs
     assert log.changed and [r.kernel for r in log.rewrites] == ["binary_conv2d_table"]
     assert "lookup table" in log.rewrites[0].detail
-    assert "binary_conv2d_table" in kernels(after) and "binary_conv2d" not in kernels(after)
+    assert "binary_conv2d_table" in bnn_kernels(after) and "binary_conv2d" not in bnn_kernels(after)
     for seed in range(3):
         x = np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
         np.testing.assert_array_equal(run_relax(after, x), run_relax(before, x))

@@ -9,7 +9,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from conftest import run_relax
+from conftest import emit_binarizer, run_relax
 
 from bnn_tvm.relay_passes.fold_float_epilogues import fold_float_epilogues
 from bnn_tvm.relay_passes.fold_residual_add import fold_residual_add
@@ -31,10 +31,9 @@ def residual_block(rprelu: bool = False, shared: bool = False):
     applied; ``shared``: the batch norm's output is a second output too."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
-    one, minus_one, zero = (relax.const(np.float32(v)) for v in (1.0, -1.0, 0.0))
     with bb.function("main", [x]):
         with bb.dataflow():
-            bits = bb.emit(relax.op.where(relax.op.greater_equal(x, zero), one, minus_one))
+            bits = emit_binarizer(bb, x)
             conv = bb.emit(relax.op.nn.conv2d(bits, relax.const(WEIGHT), padding=[1, 1, 1, 1]))
             bn = bb.emit(relax.op.add(relax.op.multiply(conv, per_channel(RNG.uniform(0.1, 3, 16))),
                                       per_channel(RNG.standard_normal(16))))

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 from tvm import relax
 
-from conftest import run_relax
+from conftest import bnn_kernels, emit_binarizer, run_relax
 
 from bnn_tvm.relay_passes.fold_thresholds import fold_thresholds
 from bnn_tvm.relay_passes.fuse_binary_conv2d import fuse_binary_conv2d
@@ -27,10 +26,9 @@ def binary_layer_then_binarizer(chain):
     lowered and the conv fused (the state ``FoldThresholds`` sees in the pipeline)."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
-    one, minus_one, zero = (relax.const(np.float32(v)) for v in (1.0, -1.0, 0.0))
 
     def binarize(t):
-        return bb.emit(relax.op.where(relax.op.greater_equal(t, zero), one, minus_one))
+        return emit_binarizer(bb, t)
 
     with bb.function("main", [x]):
         with bb.dataflow():
@@ -62,16 +60,11 @@ def run_pass(mod):
     return relax.transform.DeadCodeElimination()(after), logs[0]
 
 
-def kernels(mod) -> list[str]:
-    return sorted(str(f.attrs["bnn.op"]) for _, f in mod.functions_items()
-                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "bnn.op" in f.attrs)
-
-
 def test_fires_decides_as_the_float_graph_ties_included():
     before = binary_layer_then_binarizer(batch_norm_with_ties)
     after, log = run_pass(before)
     assert log.changed and [r.kernel for r in log.rewrites] == ["binary_conv2d_threshold"]
-    assert "binary_conv2d_threshold" in kernels(after) and "binary_conv2d" not in kernels(after)
+    assert "binary_conv2d_threshold" in bnn_kernels(after) and "binary_conv2d" not in bnn_kernels(after)
     for seed in range(4):
         x = np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
         np.testing.assert_array_equal(run_relax(after, x), run_relax(before, x))
@@ -82,4 +75,4 @@ def test_a_chain_that_is_not_monotone_stays_float_with_the_reason():
     after, log = run_pass(before)
     assert not log.changed
     assert any("not monotone per channel" in why for why in log.kept_float.values()), log.kept_float
-    assert kernels(after) == kernels(before)
+    assert bnn_kernels(after) == bnn_kernels(before)

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 from tvm import relax
 
-from conftest import relax_ops, run_relax
+from conftest import bnn_kernels, emit_binarizer, relax_ops, run_relax
 
 from bnn_tvm.relay_passes.fuse_binary_conv2d import fuse_binary_conv2d
 from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
@@ -23,10 +22,9 @@ def binarized_conv(weight: np.ndarray, padding=(1, 1, 1, 1), strides=(1, 1), gro
     """``LowerBinarizers`` applied to ``conv2d(where(x >= 0, 1, -1), W)``."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
-    one, minus_one, zero = (relax.const(np.float32(v)) for v in (1.0, -1.0, 0.0))
     with bb.function("main", [x]):
         with bb.dataflow():
-            bits = bb.emit(relax.op.where(relax.op.greater_equal(x, zero), one, minus_one))
+            bits = emit_binarizer(bb, x)
             out = bb.emit_output(relax.op.nn.conv2d(bits, relax.const(weight), strides=strides, padding=padding,
                                                     groups=groups))
         bb.emit_func_output(out)
@@ -41,11 +39,6 @@ def run_pass(mod):
     logs = []
     after = fuse_binary_conv2d(logs)(mod)
     return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
-def kernels(mod) -> list[str]:
-    return sorted(str(f.attrs["bnn.op"]) for _, f in mod.functions_items()
-                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "bnn.op" in f.attrs)
 
 
 def inputs() -> np.ndarray:
@@ -64,7 +57,7 @@ def test_fires_one_kernel_computing_the_float_conv(weight, padding, strides):
     after, log = run_pass(before)
     assert log.changed and [r.kernel for r in log.rewrites] == ["binary_conv2d"]
     assert "relax.nn.conv2d" not in relax_ops(after)
-    assert "binary_conv2d" in kernels(after)
+    assert "binary_conv2d" in bnn_kernels(after)
     x = inputs()
     np.testing.assert_array_equal(run_relax(after, x), run_relax(before, x))
 

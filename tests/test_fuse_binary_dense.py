@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 from tvm import relax
 
-from conftest import relax_ops, run_relax
+from conftest import bnn_kernels, emit_binarizer, relax_ops, run_relax
 
 from bnn_tvm.relay_passes.fuse_binary_dense import fuse_binary_dense
 from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
@@ -22,10 +21,9 @@ def binarized_matmul(in_shape, weight: np.ndarray):
     """``LowerBinarizers`` applied to ``matmul(flatten(where(x >= 0, 1, -1)), W)``."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(in_shape, "float32"))
-    one, minus_one, zero = (relax.const(np.float32(v)) for v in (1.0, -1.0, 0.0))
     with bb.function("main", [x]):
         with bb.dataflow():
-            bits = bb.emit(relax.op.where(relax.op.greater_equal(x, zero), one, minus_one))
+            bits = emit_binarizer(bb, x)
             if len(in_shape) > 2:
                 bits = bb.emit(relax.op.reshape(bits, [in_shape[0], int(np.prod(in_shape[1:]))]))
             out = bb.emit_output(relax.op.matmul(bits, relax.const(weight)))
@@ -43,11 +41,6 @@ def run_pass(mod):
     return relax.transform.DeadCodeElimination()(after), logs[0]
 
 
-def kernels(mod) -> list[str]:
-    return sorted(str(f.attrs["bnn.op"]) for _, f in mod.functions_items()
-                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "bnn.op" in f.attrs)
-
-
 @pytest.mark.parametrize("in_shape,weight", [
     ([3, 70], signs((70, 24))),  # features not a multiple of 32
     ([2, 8, 3, 3], signs((72, 10))),  # a flatten of NCHW bits: rows permuted to (H, W, C)
@@ -58,7 +51,7 @@ def test_fires_one_kernel_computing_the_float_matmul(in_shape, weight):
     before = binarized_matmul(in_shape, weight.astype(np.float32))
     after, log = run_pass(before)
     assert log.changed and [r.kernel for r in log.rewrites] == ["binary_dense"]
-    assert "relax.matmul" not in relax_ops(after) and "binary_dense" in kernels(after)
+    assert "relax.matmul" not in relax_ops(after) and "binary_dense" in bnn_kernels(after)
     x = RNG.standard_normal(in_shape).astype(np.float32)
     x.reshape(-1)[::7] = 0.0  # binarized to +1
     np.testing.assert_array_equal(run_relax(after, x), run_relax(before, x))

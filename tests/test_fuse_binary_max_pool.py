@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 from tvm import relax
 
-from conftest import relax_ops, run_relax
+from conftest import emit_binarizer, relax_ops, run_relax
 
 from bnn_tvm.relay_passes.fuse_binary_max_pool import fuse_binary_max_pool
 from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
@@ -20,10 +19,9 @@ SHAPE = [2, 40, 7, 7]
 def pooled_bits(pool_size=(2, 2), strides=(2, 2), padding=(0, 0, 0, 0), dilation=(1, 1)):
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
-    one, minus_one, zero = (relax.const(np.float32(v)) for v in (1.0, -1.0, 0.0))
     with bb.function("main", [x]):
         with bb.dataflow():
-            bits = bb.emit(relax.op.where(relax.op.greater_equal(x, zero), one, minus_one))
+            bits = emit_binarizer(bb, x)
             out = bb.emit_output(relax.op.nn.max_pool2d(bits, pool_size, strides, padding, dilation))
         bb.emit_func_output(out)
     return relax.transform.DeadCodeElimination()(lower_binarizers([])(bb.get()))

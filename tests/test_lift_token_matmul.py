@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from conftest import relax_ops, run_relax
+from conftest import emit_binarizer, relax_ops, run_relax
 
 from bnn_tvm.relay_passes.lift_token_matmul import LIFTED, ROWS, lift_token_matmul
 
@@ -19,11 +19,10 @@ TOKENS = [2, 5, 12]  # [N, T, C]
 def token_matmul(binarized: bool):
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(TOKENS, "float32"))
-    one, minus_one, zero = (relax.const(np.float32(v)) for v in (1.0, -1.0, 0.0))
     weight = relax.const(np.where(RNG.standard_normal((12, 7)) >= 0, 1, -1).astype(np.float32))
     with bb.function("main", [x]):
         with bb.dataflow():
-            data = bb.emit(relax.op.where(relax.op.greater_equal(x, zero), one, minus_one)) if binarized else x
+            data = emit_binarizer(bb, x) if binarized else x
             out = bb.emit_output(relax.op.matmul(data, weight))
         bb.emit_func_output(out)
     return bb.get()

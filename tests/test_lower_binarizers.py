@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 from tvm import relax
 
-from conftest import run_relax
+from conftest import bnn_kernels, run_relax
 
 from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
 
@@ -59,11 +58,6 @@ def run_pass(mod):
     return relax.transform.DeadCodeElimination()(after), logs[0]
 
 
-def kernels(mod) -> list[str]:
-    return sorted(str(f.attrs["bnn.op"]) for _, f in mod.functions_items()
-                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "bnn.op" in f.attrs)
-
-
 @pytest.mark.parametrize("form,strict", [(where_ge, False), (where_lt, False), (cast_ge, False), (where_gt, True)],
                          ids=["where_ge", "where_lt", "cast_ge", "where_gt"])
 def test_fires_and_computes_the_same_with_ties(form, strict):
@@ -71,7 +65,7 @@ def test_fires_and_computes_the_same_with_ties(form, strict):
     after, log = run_pass(before)
     assert log.changed and [r.kernel for r in log.rewrites] == ["pack_sign"]
     assert ("x > 0" in log.rewrites[0].detail) == strict
-    assert kernels(after) == ["pack_sign", "unpack_sign"]
+    assert bnn_kernels(after) == ["pack_sign", "unpack_sign"]
     x = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
     x[0, 0, 0, :] = 0.0
     x[1, 2, 3, :2] = -0.0

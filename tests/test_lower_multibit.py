@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 from tvm import relax
 
-from conftest import run_relax
+from conftest import bnn_kernels, run_relax
 
 from bnn_tvm.relay_passes.lower_multibit import MAX_BITS, lower_multibit
 
@@ -35,18 +34,13 @@ def run_pass(mod):
     return relax.transform.DeadCodeElimination()(after), logs[0]
 
 
-def kernels(mod) -> list[str]:
-    return sorted(str(f.attrs["bnn.op"]) for _, f in mod.functions_items()
-                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "bnn.op" in f.attrs)
-
-
 @pytest.mark.parametrize("bits", [1, 2, 3])
 def test_fires_k_planes_with_the_same_values_ties_included(bits):
     before = dorefa(bits)
     after, log = run_pass(before)
     assert log.changed and [r.kernel for r in log.rewrites] == ["pack_levels"]
     assert f"{bits}-bit activation" in log.rewrites[0].detail
-    assert kernels(after) == ["pack_levels", "unpack_levels"]
+    assert bnn_kernels(after) == ["pack_levels", "unpack_levels"]
     levels = 2**bits - 1
     x = np.random.default_rng(bits).uniform(-0.5, 1.5, SHAPE).astype(np.float32)
     ties = (np.arange(levels) + 0.5) / levels  # x * L exactly half way between two levels

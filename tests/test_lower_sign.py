@@ -11,7 +11,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from conftest import run_relax
+from conftest import emit_binarizer, run_relax
 
 from bnn_tvm.relay_passes.fuse_binary_conv2d import fuse_binary_conv2d
 from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
@@ -27,10 +27,9 @@ def sign_after_binary_conv(shift: float):
     conv's results are even integers in [-72, 72]."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
-    one, minus_one, zero = (relax.const(np.float32(v)) for v in (1.0, -1.0, 0.0))
     with bb.function("main", [x]):
         with bb.dataflow():
-            bits = bb.emit(relax.op.where(relax.op.greater_equal(x, zero), one, minus_one))
+            bits = emit_binarizer(bb, x)
             conv = bb.emit(relax.op.nn.conv2d(bits, relax.const(WEIGHT)))
             affine = bb.emit(relax.op.add(relax.op.multiply(conv, relax.const(np.float32(0.5))),
                                           relax.const(np.float32(shift))))

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 from tvm import relax
 
-from conftest import relax_ops, run_relax
+from conftest import bnn_kernels, emit_binarizer, relax_ops, run_relax
 
 from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
 from bnn_tvm.relay_passes.split_ternary_sign import split_ternary_sign
@@ -49,10 +48,9 @@ def sign_after_a_binary_conv():
     fusions of this round make a kernel, so this Sign waits for ``LowerSign``."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([1, 32, 5, 5], "float32"))
-    one, minus_one, zero = (relax.const(np.float32(v)) for v in (1.0, -1.0, 0.0))
     with bb.function("main", [x]):
         with bb.dataflow():
-            bits = bb.emit(relax.op.where(relax.op.greater_equal(x, zero), one, minus_one))
+            bits = emit_binarizer(bb, x)
             first = bb.emit(relax.op.nn.conv2d(bits, relax.const(signs((32, 32, 3, 3))), padding=[1, 1, 1, 1]))
             out = bb.emit_output(relax.op.nn.conv2d(bb.emit(relax.op.sign(first)), relax.const(signs((32, 32, 3, 3))),
                                                     padding=[1, 1, 1, 1]))
@@ -64,11 +62,6 @@ def run_pass(mod, wait=True):
     logs = []
     after = split_ternary_sign(logs, wait)(mod)
     return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
-def kernels(mod) -> list[str]:
-    return sorted(str(f.attrs["bnn.op"]) for _, f in mod.functions_items()
-                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "bnn.op" in f.attrs)
 
 
 def with_zeros(shape) -> np.ndarray:
@@ -87,7 +80,7 @@ def test_fires_the_sign_becomes_planes_with_its_zeros_exact(make, shape, kernel)
     after, log = run_pass(before)
     assert log.changed and [r.kernel for r in log.rewrites] == [kernel]
     assert "relax.sign" not in relax_ops(after)
-    assert kernel in kernels(after)
+    assert kernel in bnn_kernels(after)
     x = with_zeros(shape)
     np.testing.assert_array_equal(run_relax(after, x), run_relax(before, x))
 
