@@ -14,29 +14,6 @@ from .workload import EngineResult, Prepared, Settings, calls_per_sample, python
 ENGINES = ("bnn_tvm", "tvm_fp32", "torch_fp32", "ort_fp32", "topi_bitserial")
 
 
-def compile_float(path: str, target: str, batch: int):
-    """The same ONNX through TVM with the binarization passes off: ``tvm_fp32``."""
-    import json as _json
-
-    import tvm
-    from tvm import relax
-
-    from bnn_tvm import targets
-
-    from ...compilation.compiler import METADATA_FUNC, CompiledModel, read_pinned
-    from ...frontend.onnx_import import import_to_relax
-
-    spec = targets.get(target)
-    model, name, shape = read_pinned(path, batch)
-    mod, _ = import_to_relax(model, {name: shape}, path)
-    metadata = {"model": os.path.basename(path), "target": spec.name, "input_name": name, "input_shape": shape,
-                "outputs": [o.name for o in model.graph.output], "fused": []}
-    builder = relax.BlockBuilder(mod)
-    with builder.function(METADATA_FUNC, []):
-        builder.emit_func_output(tvm.ir.StringImm(_json.dumps(metadata)))
-    return CompiledModel(tvm.compile(builder.get(), spec.tvm_target()), metadata, [])
-
-
 def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workdir: str, outputs: dict) -> Prepared:
     """Export a compiled model and prepare its timing here, or time it on the board over RPC."""
     path = os.path.join(workdir, f"{engine}.so")
@@ -111,7 +88,9 @@ def mca_estimates(compiled, settings: Settings) -> dict | None:
 
 
 def tvm_fp32_engine(workload, x, settings, workdir, outputs) -> Prepared:
-    compiled = compile_float(workload.onnx_path, settings.target, workload.input_shape[0])
+    from ...compilation.compiler import compile_onnx
+
+    compiled = compile_onnx(workload.onnx_path, settings.target, batch=workload.input_shape[0], binarize=False)
     prepared = run_compiled("tvm_fp32", compiled, x, settings, workdir, outputs)
     prepared.result.note += ", untuned TVM default lowering"
     return prepared
