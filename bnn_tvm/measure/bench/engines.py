@@ -22,8 +22,8 @@ def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workd
     if settings.remote:
         from ...devices.remote import remote_bench  # the board/RPC client
 
-        remote = remote_bench(path, settings.target, x, rpc=settings.rpc, tracker=settings.tracker, key=settings.key,
-                              repeat=settings.repeat, count_instructions=settings.count_instructions)
+        remote = remote_bench(path, settings.target, x, settings.endpoint, repeat=settings.repeat,
+                              count_instructions=settings.count_instructions)
         result.times_ms = [float(remote["median_ms"])]
         result.instructions = remote.get("instructions")
         result.note += ", timed on the board (median of its runs)"
@@ -150,9 +150,9 @@ def ort_board_engine(workload, x, settings, workdir, outputs) -> Prepared:
     the board (median of its runs), counted over one ``session.run`` like ``bnn_tvm``'s call."""
     from ...devices.remote import remote_ort_bench
 
-    remote = remote_ort_bench(workload.onnx_path, settings.target, x, rpc=settings.rpc, tracker=settings.tracker,
-                              key=settings.key, repeat=settings.repeat, count_instructions=settings.count_instructions,
-                              threads=settings.threads, budget_s=settings.budget_s)
+    remote = remote_ort_bench(workload.onnx_path, settings.target, x, settings.endpoint, repeat=settings.repeat,
+                              count_instructions=settings.count_instructions, threads=settings.threads,
+                              budget_s=settings.budget_s)
     note = (f"the same ONNX in ONNX Runtime {remote['ort_version']} (aarch64 build) on the board, all graph "
             f"optimisations, CPUExecutionProvider, timed on the board (median of its {len(remote['times_ms'])} runs)")
     samples = remote.get("instruction_samples")
