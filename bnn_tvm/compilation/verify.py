@@ -9,7 +9,6 @@ within float rounding.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,8 +200,10 @@ def check_standalone_runs_here(spec, remote: bool) -> None:
                        "TVM's runtime")
     if not spec.is_host and spec.isa == "x86_64":
         return  # another x86 CPU's code: runs here if this CPU has its features
-    if not spec.is_host and spec.qemu and shutil.which(spec.qemu) is None:
-        raise BnnError(f"target {spec.name}: its standalone library runs here under {spec.qemu}: apt-get install qemu-user")
+    if not spec.is_host and spec.qemu:
+        from bnn_tvm.targets.qemu_user import qemu_command
+
+        qemu_command(spec, f"the standalone library of target {spec.name}")  # before compiling: installed?
 
 
 def compare(ours: list, theirs: list, binaries: list[str]) -> tuple[float, float, dict]:
