@@ -20,6 +20,7 @@ import numpy as np
 from bnn_tvm.errors import BnnError
 
 from . import TargetSpec, get
+from .qemu_user import run_emulated
 
 RUNNER_SOURCE = os.path.join(os.path.dirname(__file__), "kernel_runner.c")
 BINARY_KERNEL_PREFIX = "bnn_"  # relay_passes name the binary PrimFuncs bnn_<op>
@@ -135,15 +136,8 @@ def _write_case(case_dir: str, call: KernelCall) -> None:
 
 
 def run_case(spec: TargetSpec, runner: str, module_path: str, case_dir: str, timeout: float = 120) -> None:
-    if shutil.which(spec.qemu or "") is None:
-        raise BnnError(f"target {spec.name} runs under {spec.qemu}: apt-get install qemu-user")
-    cmd = [spec.qemu, "-cpu", spec.qemu_cpu, "-L", spec.sysroot, runner, os.path.abspath(module_path), case_dir]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as err:
-        raise BnnError(f"{case_dir}: the kernel ran longer than {timeout:.0f} s under {spec.qemu}") from err
-    if done.returncode != 0:
-        raise BnnError(f"{case_dir}: {spec.qemu} run failed (code {done.returncode}): {(done.stderr or done.stdout)[-1000:]}")
+    """The kernel runner under qemu on the case in ``case_dir`` (it writes the arguments after the call there)."""
+    run_emulated(spec, [runner, os.path.abspath(module_path), case_dir], f"kernel case {case_dir}", timeout)
 
 
 def check_kernels(

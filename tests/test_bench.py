@@ -93,6 +93,23 @@ def test_bench_bare_onnx_file_with_a_subset_of_engines(tmp_path):
     assert "topi_bitserial" not in report["engines"]
 
 
+def test_tvm_fp32_is_the_float_graph_through_compile_onnx():
+    """``tvm_fp32`` is ``compile_onnx(binarize=False)``: the imported graph with no binary
+    kernel, nothing fused, no ``Sign(0)`` convention, and the options of the binary kernels refused."""
+    from bnn_tvm import schedules
+    from bnn_tvm.compilation.compiler import compile_onnx, lower_onnx
+    from bnn_tvm.frontend.export import default_model_path
+
+    path = default_model_path()
+    assert list(schedules.bnn_kernels(lower_onnx(path).mod))  # the default model has binary layers...
+    assert not list(schedules.bnn_kernels(lower_onnx(path, binarize=False).mod))  # ...left float here
+    compiled = compile_onnx(path, binarize=False)
+    assert compiled.metadata["fused"] == [] and "sign_zero" not in compiled.metadata and compiled.logs == []
+    for options in ({"db": "records"}, {"standalone": True}, {"sign_zero": "plus"}):
+        with pytest.raises(BnnError, match="binarize=False"):
+            compile_onnx(path, binarize=False, **options)
+
+
 def test_bench_model_with_a_token_input(tmp_path):
     """A model whose input is ``[N, T, C]`` (binary matmuls on tokens): PyTorch has no
     channels_last layout for it, so its one layout is timed, not an error."""

@@ -26,6 +26,7 @@ from bnn_tvm.compilation.compiler import compile_onnx
 from bnn_tvm.training.data import digits_split
 from bnn_tvm.errors import BnnError
 from bnn_tvm.frontend.export import default_model_path
+from bnn_tvm.devices.endpoint import Endpoint
 from bnn_tvm.devices.remote import remote_bench, remote_ort_bench
 from bnn_tvm.compilation.runtime import CompiledRunner
 from bnn_tvm.compilation.verify import verify
@@ -82,7 +83,8 @@ def lab():
     except BaseException:
         tracker.stop(tracker_state.port)
         raise
-    yield {"tracker": address, "key": key, "board": board_state, "tracker_state": tracker_state}
+    yield {"tracker": address, "key": key, "board": board_state, "tracker_state": tracker_state,
+           "endpoint": board_state.endpoint}
     board.stop(key) if any(s.name == key for s in board.running()) else None
     tracker.stop(tracker_state.port)
     assert not group_alive(board_state.pid), "board processes left behind"
@@ -109,8 +111,7 @@ def modules(tmp_path_factory):
 def test_remote_run_on_emulated_rasp3b_matches_x86(lab, modules):
     paths, n_binary = modules
     x = digits_split()[2][:N_INPUTS]
-    result = remote_bench(paths["rasp3b"], "rasp3b", x, tracker=lab["tracker"], key=lab["key"],
-                          repeat=5, count_instructions=True)
+    result = remote_bench(paths["rasp3b"], "rasp3b", x, lab["endpoint"], repeat=5, count_instructions=True)
     local = CompiledRunner.load(paths["x86"]).run(x)
     remote = result["outputs"]
     assert len(remote) == len(local) == 1 + n_binary
@@ -132,7 +133,7 @@ def test_onnx_runtime_on_the_board_matches_x86_and_is_counted(lab):
     import onnxruntime as ort
 
     x = digits_split()[2][:BATCH]
-    result = remote_ort_bench(default_model_path(), "rasp3b", x, tracker=lab["tracker"], key=lab["key"], repeat=2,
+    result = remote_ort_bench(default_model_path(), "rasp3b", x, lab["endpoint"], repeat=2,
                               count_instructions=True)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -161,7 +162,7 @@ def test_bench_counts_bnn_tvm_against_onnx_runtime_on_the_board(lab, tmp_path):
     from bnn_tvm.measure.bench.run import benchmark
     from bnn_tvm.measure.bench.workload import Settings, layer_workload
 
-    settings = Settings("rasp3b", repeat=1, tracker=lab["tracker"], key=lab["key"], count_instructions=True)
+    settings = Settings("rasp3b", repeat=1, endpoint=lab["endpoint"], count_instructions=True)
     workload = layer_workload(LayerSpec.parse("conv3x3:16x8x8"), str(tmp_path))
     report = benchmark(workload, settings, ["bnn_tvm", "ort_fp32"])
     ort_result = report["engines"]["ort_fp32"]
@@ -182,7 +183,7 @@ def test_verify_runs_the_model_on_the_board(lab, tmp_path):
     assert main(["verify", "--target", "rasp3b", "--tracker", lab["tracker"], "--key", lab["key"]]) == 0
     x = np.random.default_rng(2).standard_normal((3, 12, 8, 8)).astype(np.float32)
     x[:, :, ::3] = 0.0
-    report = verify(save(sign_chain_graph(), tmp_path / "signs.onnx"), "rasp3b", x=x, tracker=lab["tracker"], key=lab["key"])
+    report = verify(save(sign_chain_graph(), tmp_path / "signs.onnx"), "rasp3b", x=x, endpoint=lab["endpoint"])
     assert report.ok, "\n".join(report.lines())
     assert report.binary_checked >= 1
 
@@ -192,7 +193,7 @@ def test_random_graphs_are_exact_on_the_board(lab, tmp_path, kind):
     """One graph of each random generator (``random_graphs.py``) verified on the board: the
     forms the x86 sweeps check, through the aarch64 schedules (NEON kernels included)."""
     model, x = GENERATORS[kind](1)
-    report = verify(save(model, tmp_path / "m.onnx"), "rasp3b", x=x, tracker=lab["tracker"], key=lab["key"])
+    report = verify(save(model, tmp_path / "m.onnx"), "rasp3b", x=x, endpoint=lab["endpoint"])
     assert report.ok, "\n".join(report.lines())
     assert any("-> binary_" in line for line in report.fused), report.fused
 
@@ -201,8 +202,7 @@ def test_instruction_count_is_deterministic(lab, modules):
     paths, _ = modules
     x = digits_split()[2][:BATCH]
     counts = [
-        remote_bench(paths["rasp3b"], "rasp3b", x, tracker=lab["tracker"], key=lab["key"], repeat=1,
-                     count_instructions=True)["instructions"]
+        remote_bench(paths["rasp3b"], "rasp3b", x, lab["endpoint"], repeat=1, count_instructions=True)["instructions"]
         for _ in range(2)
     ]
     assert counts[0] == counts[1] > 0
@@ -221,8 +221,8 @@ def test_wrong_key_is_refused_quickly(lab, modules):
     paths, _ = modules
     started = time.monotonic()
     with pytest.raises(BnnError, match="no server registered with key 'rasp4b-nowhere'.*" + lab["key"]):
-        remote_bench(paths["rasp3b"], "rasp3b", np.zeros((1, 1, 8, 8), np.float32), tracker=lab["tracker"],
-                     key="rasp4b-nowhere")
+        remote_bench(paths["rasp3b"], "rasp3b", np.zeros((1, 1, 8, 8), np.float32),
+                     Endpoint(tracker=lab["tracker"], key="rasp4b-nowhere"))
     assert time.monotonic() - started < 15
 
 
@@ -231,15 +231,15 @@ def test_tracker_unreachable_and_no_server_are_clear(modules):
     x = np.zeros((1, 1, 8, 8), np.float32)
     port = free_port()  # nothing listens there
     with pytest.raises(BnnError, match=f"tracker 127.0.0.1:{port} unreachable"):
-        remote_bench(paths["rasp3b"], "rasp3b", x, tracker=f"127.0.0.1:{port}", key="rasp3b")
+        remote_bench(paths["rasp3b"], "rasp3b", x, Endpoint(tracker=f"127.0.0.1:{port}", key="rasp3b"))
     with pytest.raises(BnnError, match=f"no RPC server answers at 127.0.0.1:{port}"):
-        remote_bench(paths["rasp3b"], "rasp3b", x, rpc=f"127.0.0.1:{port}")
+        remote_bench(paths["rasp3b"], "rasp3b", x, Endpoint(rpc=f"127.0.0.1:{port}"))
 
 
 def test_module_for_another_machine_is_refused(lab, modules):
     paths, _ = modules
     with pytest.raises(BnnError, match="built for x86-64.*--target rasp3b"):
-        remote_bench(paths["x86"], "rasp3b", np.zeros((1, 1, 8, 8), np.float32), tracker=lab["tracker"], key=lab["key"])
+        remote_bench(paths["x86"], "rasp3b", np.zeros((1, 1, 8, 8), np.float32), lab["endpoint"])
 
 
 def test_silent_server_times_out(modules):
@@ -255,8 +255,8 @@ def test_silent_server_times_out(modules):
     try:
         # The phase is "connecting" unless a loaded machine needs the whole limit to start the client.
         with pytest.raises(BnnError, match="no answer within 20 s while (connecting|starting)"):
-            remote_bench(paths["rasp3b"], "rasp3b", np.zeros((1, 1, 8, 8), np.float32), rpc=f"127.0.0.1:{port}",
-                         timeout=20)
+            remote_bench(paths["rasp3b"], "rasp3b", np.zeros((1, 1, 8, 8), np.float32),
+                         Endpoint(rpc=f"127.0.0.1:{port}"), timeout=20)
     finally:
         listener.close()
         for conn, _ in accepted:
@@ -272,8 +272,8 @@ def test_server_killed_mid_run_fails_clearly_within_60s(lab, modules):
 
     def bench():
         try:
-            remote_bench(paths["rasp3b"], "rasp3b", np.zeros((BATCH, 1, 8, 8), np.float32), tracker=lab["tracker"],
-                         key=lab["key"], repeat=1_000_000, timeout=600)
+            remote_bench(paths["rasp3b"], "rasp3b", np.zeros((BATCH, 1, 8, 8), np.float32), lab["endpoint"],
+                         repeat=1_000_000, timeout=600)
         except BnnError as err:
             outcome["error"] = err
         outcome["ended"] = time.monotonic()
@@ -393,8 +393,8 @@ def test_a_board_reachable_from_other_machines_answers_only_to_its_random_key(mo
         x = np.zeros((BATCH, 1, 8, 8), np.float32)
         rpc = f"127.0.0.1:{state.port}"
         with pytest.raises(BnnError, match="answers to another key"):
-            remote_bench(paths["rasp3b"], "rasp3b", x, rpc=rpc, repeat=1)
-        result = remote_bench(paths["rasp3b"], "rasp3b", x, rpc=rpc, key=state.key, repeat=1)
+            remote_bench(paths["rasp3b"], "rasp3b", x, Endpoint(rpc=rpc), repeat=1)
+        result = remote_bench(paths["rasp3b"], "rasp3b", x, Endpoint(rpc=rpc, key=state.key), repeat=1)
         assert result["outputs"][0].shape[0] == BATCH
     finally:
         board.stop(state.key)

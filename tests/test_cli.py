@@ -131,6 +131,34 @@ def test_verify_for_a_board_target_asks_for_the_board(capsys):
     assert "rasp3b does not run on this host" in err and "--tracker" in err
 
 
+@pytest.mark.parametrize("command", ["bench", "verify", "tune"])
+@pytest.mark.parametrize("options, message", [
+    (["--rpc", "nohost"], "--rpc 'nohost': expected HOST:PORT"),
+    (["--tracker", "127.0.0.1:x"], "--tracker '127.0.0.1:x': expected HOST:PORT"),
+    (["--rpc", "127.0.0.1:1", "--tracker", "127.0.0.1:2"], "--rpc and --tracker: give one of them"),
+    (["--key", "pi"], "--key pi: the key of a board at --tracker HOST:PORT"),
+])
+def test_board_options_are_checked_before_any_work(command, options, message, capsys):
+    """``--rpc``/``--tracker``/``--key`` become one ``Endpoint``, checked when the command
+    starts: one line naming the option, exit 2, before anything is compiled or contacted."""
+    assert main([command, "--target", "rasp3b", *options]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_endpoint_says_which_keys_a_client_tries():
+    from bnn_tvm.devices.endpoint import Endpoint
+
+    assert not Endpoint().remote and Endpoint().label("rasp3b") == "this machine"
+    direct = Endpoint(rpc="10.0.0.2:9090")
+    assert direct.remote and direct.address == ("10.0.0.2", 9090)
+    assert direct.keys("rasp3b") == ["rasp3b", ""]  # ours, then a plain `tvm.exec.rpc_server`'s
+    tracked = Endpoint(tracker="127.0.0.1:9190")
+    assert tracked.keys("rasp3b") == ["rasp3b"] and tracked.label("rasp3b") == "key 'rasp3b' of tracker 127.0.0.1:9190"
+    assert Endpoint(rpc="h:1", key="k").keys("rasp3b") == ["k"]
+    assert Endpoint(rpc="h:1", key="k").label("rasp3b") == "RPC server h:1"
+
+
 def test_atomic_outputs_get_the_mode_a_plain_write_would(tmp_path):
     """Written via mkstemp (owner-only), an output still gets 0666 less the umask, and a file
     that is replaced keeps its mode."""

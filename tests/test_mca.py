@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from bnn_tvm import targets
+from bnn_tvm.devices.endpoint import Endpoint
 from bnn_tvm.errors import BnnError
 from bnn_tvm.targets import mca
 
@@ -177,7 +178,7 @@ def test_bench_count_instructions_reports_the_estimates(reference_rasp3b, monkey
     monkeypatch.setattr(engines, "run_compiled", lambda engine, *args: Prepared(
         EngineResult(engine, times_ms=[1.0], note="module", instructions=123)))
     workload = Workload(spec.name, "unused.onnx", spec.input_shape, layer=spec, binary_macs=spec.binary_macs)
-    settings = Settings("rasp3b", rpc="127.0.0.1:1", count_instructions=True)
+    settings = Settings("rasp3b", endpoint=Endpoint(rpc="127.0.0.1:1"), count_instructions=True)
     result = bnn_engine(workload, np.zeros(spec.input_shape, np.float32), settings, str(tmp_path), {}).result
     engine_json = result.to_json()
     kernels = engine_json["mca"]["kernels"]
@@ -186,7 +187,7 @@ def test_bench_count_instructions_reports_the_estimates(reference_rasp3b, monkey
               "engines": {"bnn_tvm": engine_json}, "speedup": {}, "sizes": {"onnx_bytes": 0, "fp32_parameter_bytes": 0}}
     text = "\n".join(report_lines(report))
     assert "123 instructions" in text and "llvm-mca ESTIMATES, not measurements" in text
-    assert not wants_mca(Settings("rasp3b", rpc="127.0.0.1:1"))  # without --count-instructions
+    assert not wants_mca(Settings("rasp3b", endpoint=Endpoint(rpc="127.0.0.1:1")))  # without --count-instructions
 
 
 @needs_mca

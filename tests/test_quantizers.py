@@ -409,6 +409,40 @@ def test_classes_carry_name_and_documented_formulas(name):
         assert section in cls.__doc__, f"{cls.__name__} docstring lacks {section}"
 
 
+def test_each_quantizer_states_its_precision_role_formula_and_reference():
+    """As Larq's quantizers do: what a layer, ``train`` and ``summary`` read from the registry."""
+    assert quantizers.names("activation") == ["ste_sign", "approx_sign", "swish_sign", "ede_sign", "rsign", "dorefa"]
+    assert quantizers.names("weight") == ["ste_sign", "approx_sign", "swish_sign", "ede_sign", "libra_pb_weight",
+                                          "magnitude_aware_sign"]
+    assert [n for n, cls in quantizers.REGISTRY.items() if cls.channel_scale] == ["libra_pb_weight",
+                                                                                 "magnitude_aware_sign"]
+    assert quantizers.REGISTRY["rprelu"].role is None  # an activation function registered beside them
+    bits = {name: quantizers.precision(factory()) for name, factory in ALL_FACTORIES.items()}
+    assert bits == {**dict.fromkeys(ALL_FACTORIES, 1), "rprelu": 32, "dorefa": 2}
+    assert quantizers.precision(DoReFa(3)) == 3 and quantizers.precision(None) == 32
+    assert SteSign.formula == "forward: y = +1 if x >= 0 else -1; backward: dL/dx = dL/dy * 1{|x| <= clip_value}"
+    assert RSign.formula.endswith("dL/dbeta_c = -sum over all dims but 1 of (dL/dy * 1{|x - beta_c| <= clip_value})")
+    assert MagnitudeAwareSign.reference == 'Rastegari et al., "XNOR-Net", ECCV 2016; Liu et al., "Bi-Real Net", ECCV 2018.'
+    with pytest.raises(ValueError, match="role"):
+        quantizers.names("both")
+
+
+def test_register_takes_the_description_from_the_docstring(monkeypatch):
+    monkeypatch.setattr(quantizers, "REGISTRY", dict(quantizers.REGISTRY))
+
+    class Undocumented(quantizers.Quantizer):
+        """Sign with no stated arithmetic."""
+
+    with pytest.raises(ValueError, match="Undocumented: its docstring states no Forward:"):
+        quantizers.register("undocumented")(Undocumented)
+
+    class Ternary(SteSign):
+        role = "input"
+
+    with pytest.raises(ValueError, match="role 'input' is not one of"):
+        quantizers.register("ternary")(Ternary)
+
+
 def test_get_by_name_is_case_insensitive_and_passes_kwargs():
     q = quantizers.get("STE_Sign", clip_value=0.5)
     assert type(q) is SteSign and q.clip_value == 0.5

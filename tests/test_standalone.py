@@ -70,7 +70,7 @@ def test_x86_library_via_ctypes_is_bit_identical_to_the_tvm_module(build, digits
     path = build("x86", True)
     assert is_standalone(path) and not is_standalone(build("x86", False))
     runner = CompiledRunner.load(path)
-    assert isinstance(runner, StandaloneRunner) and runner.emulator is None
+    assert isinstance(runner, StandaloneRunner) and runner.emulated is None
     assert runner.input_shape == (1, 1, 8, 8) and runner.metadata["outputs"] == ["logits"]
     for threads in (1, 2):
         runner.set_num_threads(threads)
@@ -128,7 +128,7 @@ def test_armv7_library_under_qemu_arm_from_c_and_through_run(build, digits, refe
     x = digits[0][:16]
     assert np.array_equal(run_test_program(ARMV7, path, x, tmp_path), reference[:16].reshape(-1).view(np.uint32))
     runner = CompiledRunner.load(path)  # bnn_runner under qemu-arm
-    assert runner.emulator[0] == "qemu-arm" and runner.metadata["target"] == "rasp3b-armv7"
+    assert runner.emulated.qemu == "qemu-arm" and runner.metadata["target"] == "rasp3b-armv7"
     assert np.array_equal(bits(runner.run(digits[0])[0]), bits(reference))
 
 

@@ -178,3 +178,26 @@ def test_compile_arch_option_is_cuda_only(capsys):
 
     assert main(["compile", "--target", "x86", "--arch", "sm_75"]) != 0
     assert "--arch applies to cuda" in capsys.readouterr().err
+
+
+def test_a_program_under_qemu_user_fails_naming_what_ran():
+    """``targets.qemu_user.run_emulated``, which the kernel checker and the standalone runner share:
+    a missing emulator and a failing program each end in one BnnError that names what ran."""
+    import dataclasses
+
+    from bnn_tvm.targets.qemu_user import run_emulated
+
+    spec = targets.get("rasp3b")
+    with pytest.raises(BnnError, match="^probe runs under qemu-nowhere, which is not installed: apt-get install"):
+        run_emulated(dataclasses.replace(spec, qemu="qemu-nowhere"), ["prog"], "probe", 10)
+
+
+@needs("qemu-aarch64", "qemu-user")
+def test_a_program_runs_under_the_targets_qemu_cpu_and_sysroot():
+    from bnn_tvm.targets.qemu_user import run_emulated
+
+    spec = targets.get("rasp3b")
+    loader = "/usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1"  # an aarch64 program of the cross sysroot
+    assert "--list" in run_emulated(spec, [loader, "--help"], "probe", 60).stdout
+    with pytest.raises(BnnError, match="^probe: the run under qemu-aarch64 failed \\(code 1\\): .*unrecognized option"):
+        run_emulated(spec, [loader, "--no-such-option"], "probe", 60)

@@ -34,6 +34,7 @@ from bnn_tvm.training.data import digits_split
 from bnn_tvm.errors import BnnError
 from bnn_tvm.frontend.export import default_model_path
 from bnn_tvm.compilation.runtime import CompiledRunner
+from bnn_tvm.devices.endpoint import Endpoint
 from bnn_tvm.schedules import cpu, tuning
 
 TINY_TRIALS = 6
@@ -377,8 +378,8 @@ def test_bad_requests_are_refused_clearly(tmp_path):
         tune(target="cuda", db_dir=str(tmp_path / "db"))
     with pytest.raises(BnnError, match="runs on another machine: give --tracker"):
         tune(target="rasp3b", db_dir=str(tmp_path / "db"))
-    with pytest.raises(BnnError, match="give one of them"):
-        tune(target="rasp3b", rpc="127.0.0.1:1", tracker="127.0.0.1:2", db_dir=str(tmp_path / "db"))
+    with pytest.raises(BnnError, match="--rpc and --tracker: give one of them"):
+        tune(target="rasp3b", endpoint=Endpoint(rpc="127.0.0.1:1", tracker="127.0.0.1:2"), db_dir=str(tmp_path / "db"))
     with pytest.raises(BnnError, match="neither a file nor a zoo model"):
         tune("no_such_model", db_dir=str(tmp_path / "db"))
     with pytest.raises(BnnError, match="no tuning database there"):
@@ -405,10 +406,10 @@ def test_tuning_over_rpc_on_the_emulated_board_compiles(tmp_path):
     tracker_state = tracker.start("127.0.0.1", free_port())
     key = f"rasp3b-tune{os.getpid()}"
     try:
-        board.start("rasp3b", port=free_port(), tracker=tracker_state.address, key=key, progress=False)
+        state = board.start("rasp3b", port=free_port(), tracker=tracker_state.address, key=key, progress=False)
         db = str(tmp_path / "db")
-        result = tune(None, "rasp3b", trials=4, db_dir=db, tracker=tracker_state.address, key=key,
-                           kinds=("binary",), timeout=300, progress=False)
+        result = tune(None, "rasp3b", trials=4, db_dir=db, endpoint=state.endpoint, kinds=("binary",), timeout=300,
+                      progress=False)
         assert result.report["measured_on"] == f"key {key!r} of tracker {tracker_state.address}"
         rows = result.report["tasks"]
         assert sum(r["trials"] for r in rows) == 4 and all(r["untuned_ms"] for r in rows)

@@ -34,18 +34,21 @@ def parse_args(argv=None):
     for kind in GENERATORS:
         kinds.add_argument(f"--{kind}", dest="kind", action="store_const", const=kind, help=described[kind])
     parser.add_argument("--target", default="x86", help="a name from `python -m bnn_tvm targets` (default x86)")
-    parser.add_argument("--rpc", metavar="HOST:PORT", help="run on the board's RPC server")
-    parser.add_argument("--tracker", metavar="HOST:PORT", help="run on a board from this RPC tracker")
-    parser.add_argument("--key", help="the board's key at the tracker")
-    parser.set_defaults(kind="nchw")
-    args = parser.parse_args(argv)
     from bnn_tvm import targets
+    from bnn_tvm.devices.endpoint import Endpoint, add_endpoint_options
     from bnn_tvm.errors import BnnError
 
-    try:
+    add_endpoint_options(parser, "run on the board's RPC server", "run on a board from this RPC tracker")
+    parser.set_defaults(kind="nchw")
+    args = parser.parse_args(argv)
+    try:  # before the sweep: not a failure saved for every seed
         targets.get(args.target)
-    except BnnError as err:  # before the sweep: not a failure saved for every seed
+    except BnnError as err:
         parser.error(f"--target: {err}")
+    try:
+        args.endpoint = Endpoint.from_args(args)
+    except BnnError as err:
+        parser.error(str(err))
     return args
 
 
@@ -57,14 +60,13 @@ def main(argv=None) -> int:
     from bnn_tvm.compilation.verify import verify
 
     args = parse_args(argv)
-    board = {"rpc": args.rpc, "tracker": args.tracker, "key": args.key}
     failed = []
     with tempfile.TemporaryDirectory() as folder:
         for seed in range(args.first, args.last):
             model, x = GENERATORS[args.kind](seed)
             path = save(model, os.path.join(folder, f"random_{seed}.onnx"))
             try:
-                report = verify(path, args.target, x=x, **board)
+                report = verify(path, args.target, x=x, endpoint=args.endpoint)
                 lines = report.lines()
             except Exception as err:  # a compile error is a failed seed too; the sweep goes on
                 report, lines = None, [f"{type(err).__name__}: {str(err).strip().splitlines()[-1]}"]

@@ -7,6 +7,7 @@ import os
 
 from bnn_tvm.relay_passes.conventions import SIGN_ZERO
 
+from ..devices.endpoint import Endpoint, add_endpoint_options
 from ..errors import BnnError
 
 ENGINE_NAMES = ("bnn_tvm", "tvm_fp32", "torch_fp32", "ort_fp32", "topi_bitserial")
@@ -35,11 +36,9 @@ def add_parser(sub) -> None:
     s.add_argument("--db", metavar="DIR", help="apply these tuning records to bnn_tvm (see `tune`)")
     s.add_argument("--json", metavar="FILE", help="write the results as JSON")
     s.add_argument("--plot", metavar="FILE.png", help="write a bar chart of the medians")
-    s.add_argument("--rpc", metavar="HOST:PORT", help="run the TVM engines on a board's RPC server (and ort_fp32, "
-                   "ONNX Runtime's aarch64 build, on the emulated board of an aarch64 target)")
-    s.add_argument("--tracker", metavar="HOST:PORT", help="run the TVM engines (and ort_fp32, as --rpc) on a board "
-                   "from this RPC tracker")
-    s.add_argument("--key", help="the board's key at the tracker (default: the target name)")
+    add_endpoint_options(s, "run the TVM engines on a board's RPC server (and ort_fp32, ONNX Runtime's aarch64 "
+                         "build, on the emulated board of an aarch64 target)",
+                         "run the TVM engines (and ort_fp32, as --rpc) on a board from this RPC tracker")
     s.add_argument("--count-instructions", action="store_true", help="count executed instructions (emulated board); "
                    "on ARM targets also llvm-mca's estimated cycles per iteration of each binary kernel's inner loop "
                    "and per binary MAC (computed here from the assembly; needs llvm-mca)")
@@ -66,6 +65,7 @@ def run(args) -> int:
         engines.insert(0, "bnn_tvm")  # the reference every speedup is relative to
     if args.layer and args.model:
         raise BnnError("give either MODEL or --layer, not both")
+    endpoint = Endpoint.from_args(args)
 
     if args.count_instructions and targets_family(args.target) == "arm":
         from bnn_tvm.targets.mca import llvm_mca
@@ -81,9 +81,8 @@ def run(args) -> int:
     from ..measure.bench.run import benchmark
     from ..measure.bench.workload import Settings, layer_workload, model_workload
 
-    settings = Settings(args.target, args.threads, args.repeat, rpc=args.rpc, tracker=args.tracker,
-                              key=args.key, count_instructions=args.count_instructions, db=args.db,
-                              sign_zero=args.sign_zero)
+    settings = Settings(args.target, args.threads, args.repeat, endpoint=endpoint,
+                        count_instructions=args.count_instructions, db=args.db, sign_zero=args.sign_zero)
     reports = []
     with tempfile.TemporaryDirectory(prefix="bnn-bench-model-") as workdir:
         if args.layer:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..training.models import ACTIVATION_QUANTIZERS, KERNEL_QUANTIZERS
+from ..training import quantizers
 
 
 def add_parser(sub) -> None:
@@ -13,8 +13,8 @@ def add_parser(sub) -> None:
         "input is not 1x8x8 train on the digits upsampled (nearest) to their input size, grey repeated per channel.",
     )
     s.add_argument("--model", default="digits", help="zoo model name (default: digits)")
-    s.add_argument("--quantizer", help=f"activation quantizer ({', '.join(ACTIVATION_QUANTIZERS)}); default: the model's")
-    s.add_argument("--kernel-quantizer", help=f"weight quantizer ({', '.join(KERNEL_QUANTIZERS)}); default: the model's")
+    s.add_argument("--quantizer", help=f"activation quantizer ({', '.join(quantizers.names('activation'))}); default: the model's")
+    s.add_argument("--kernel-quantizer", help=f"weight quantizer ({', '.join(quantizers.names('weight'))}); default: the model's")
     s.add_argument("--epochs", type=int, default=40)
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--lr", type=float, default=5e-3)

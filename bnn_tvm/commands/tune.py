@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..devices.endpoint import Endpoint, add_endpoint_options
 from ..errors import BnnError
 
 KINDS = {"all": ("binary", "float"), "binary": ("binary",), "float": ("float",)}
@@ -24,9 +25,8 @@ def add_parser(sub) -> None:
     s.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
                    help=f"records the database should hold for this model (default {DEFAULT_TRIALS})")
     s.add_argument("--db", metavar="DIR", default="tuning_db", help="database folder (default: tuning_db)")
-    s.add_argument("--rpc", metavar="HOST:PORT", help="measure on the RPC server at HOST:PORT")
-    s.add_argument("--tracker", metavar="HOST:PORT", help="measure on a board from this RPC tracker")
-    s.add_argument("--key", help="the board's key at the tracker (default: the target name)")
+    add_endpoint_options(s, "measure on the RPC server at HOST:PORT",
+                         "measure on a board from this RPC tracker")
     s.add_argument("--minutes", type=float, help="stop searching after this many minutes (records so far are kept)")
     s.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help=f"seconds per build and per measurement (default {DEFAULT_TIMEOUT_S:g})")
@@ -55,7 +55,7 @@ def run(args) -> int:
     if args.population < 4:
         raise BnnError(f"--population {args.population}: must be at least 4")
     result = tune(
-        args.model, args.target, args.trials, args.db, rpc=args.rpc, tracker=args.tracker, key=args.key,
+        args.model, args.target, args.trials, args.db, endpoint=Endpoint.from_args(args),
         timeout=args.timeout, batch=args.batch, kinds=KINDS[args.tasks], population=args.population, seed=args.seed,
         minutes=args.minutes,
     )

@@ -6,6 +6,7 @@ import os
 
 from bnn_tvm.relay_passes.conventions import SIGN_ZERO
 
+from ..devices.endpoint import Endpoint, add_endpoint_options
 from ..frontend.export import MODEL_HELP, default_checkpoint_path, resolve_model
 
 
@@ -15,9 +16,8 @@ def add_parser(sub) -> None:
                    "model on random normal inputs")
     s.add_argument("--target", default="x86")
     s.add_argument("--batch", type=int)
-    s.add_argument("--rpc", metavar="HOST:PORT", help="run the compiled model on a board's RPC server")
-    s.add_argument("--tracker", metavar="HOST:PORT", help="run the compiled model on a board from this RPC tracker")
-    s.add_argument("--key", help="the board's key at the tracker (default: the target name)")
+    add_endpoint_options(s, "run the compiled model on a board's RPC server",
+                         "run the compiled model on a board from this RPC tracker")
     s.add_argument("--sign-zero", choices=SIGN_ZERO, default="exact", help="what Sign(0) gives: exact (0, as the "
                    "float graph; a Sign that can see 0 costs two binary halves) or plus (+1, as BNN engines do: plain "
                    "binary cost, answers differ from the float graph where a Sign sees exactly 0)")
@@ -33,6 +33,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..compilation.verify import verify
 
+    endpoint = Endpoint.from_args(args)
     x = labels = None
     extra = {}
     path = resolve_model(args.model)
@@ -45,7 +46,7 @@ def run(args) -> int:
             model, _ = load_checkpoint(default_checkpoint_path())
             extra["pytorch"] = accuracy(model, x, labels)
     report = verify(path, args.target, x=x, labels=labels, batch=args.batch, extra_accuracy=extra, progress=True,
-                    rpc=args.rpc, tracker=args.tracker, key=args.key, sign_zero=args.sign_zero,
+                    endpoint=endpoint, sign_zero=args.sign_zero,
                     per_layer=args.per_layer, standalone=args.standalone)
     for line in report.lines():
         print(line)

@@ -241,18 +241,32 @@ def check_static_shapes(mod, provenance: dict, path: str) -> None:
 
 def lower_onnx(
     path: str, batch: int | None = None, extra_outputs: list[str] | None = None, target: str = "x86",
-    sign_zero: str = "exact",
+    sign_zero: str = "exact", binarize: bool = True,
 ) -> LoweredModel:
     """Import ``path`` into Relax and run the binarization passes (for ``target``: CPU kernels
     compute their float epilogues, CUDA kernels look them up in tables; ``sign_zero``: the
-    ``Sign(0)`` convention, ``relay_passes.conventions.SIGN_ZERO``)."""
+    ``Sign(0)`` convention, ``relay_passes.conventions.SIGN_ZERO``). ``binarize=False``: the
+    imported float graph as it is (no passes, so no static-shape requirement either)."""
     model, name, shape = read_pinned(path, batch)
     add_graph_outputs(model, extra_outputs or [])
     mod, provenance = import_to_relax(model, {name: shape}, path)
-    check_static_shapes(mod, provenance, path)
     logs: list = []
-    mod = relay_passes.binarize(logs, targets.get(target).family, sign_zero)(mod)
+    if binarize:
+        check_static_shapes(mod, provenance, path)  # the passes and the schedules need them
+        mod = relay_passes.binarize(logs, targets.get(target).family, sign_zero)(mod)
     return LoweredModel(mod, model, name, shape, logs, provenance)
+
+
+def check_build_options(spec, db: str | None, sign_zero: str, standalone: bool, binarize: bool) -> None:
+    """Refuse the ``compile_onnx`` options that cannot go together: a CUDA module needs TVM's
+    runtime, and tuning records, a ``Sign(0)`` convention and the standalone library all apply
+    to the binary kernels, which ``binarize=False`` does not make."""
+    if standalone and spec.family == "cuda":
+        raise BnnError(f"target {spec.name}: --standalone builds CPU libraries (x86, ARM); a CUDA module needs "
+                       "TVM's runtime")
+    if not binarize and (db or standalone or sign_zero != "exact"):
+        raise BnnError("the float build (binarize=False) takes no tuning records, --standalone or --sign-zero: "
+                       "they apply to the binary kernels")
 
 
 @contextlib.contextmanager
@@ -268,21 +282,23 @@ def cleared_on_error(bar):
 def compile_onnx(
     path: str, target: str = "x86", batch: int | None = None, extra_outputs: list[str] | None = None,
     db: str | None = None, progress: bool = False, sign_zero: str = "exact", standalone: bool = False,
+    binarize: bool = True,
 ) -> CompiledModel:
     """Compile the ONNX model at ``path``; ``extra_outputs`` exposes inner tensors (for verify);
     ``db``: a tuning database folder (``python -m bnn_tvm tune``) whose records replace the
     hand-written schedules where they were faster; ``progress``: a bar over the compile stages
     (a large model takes tens of seconds, most of it in the import and in LLVM); ``standalone``:
-    kernels and a C driver with no TVM runtime (``bnn_tvm.compilation.standalone``) instead of a VM module."""
+    kernels and a C driver with no TVM runtime (``bnn_tvm.compilation.standalone``) instead of a VM module;
+    ``binarize=False``: the float graph in TVM's default lowering, with none of the passes,
+    schedules or records (``bench``'s ``tvm_fp32`` baseline)."""
     import tvm
     from tqdm import tqdm
     from tvm import relax
 
     spec = targets.get(target)
-    if standalone and spec.family == "cuda":
-        raise BnnError(f"target {spec.name}: --standalone builds CPU libraries (x86, ARM); a CUDA module needs "
-                       "TVM's runtime")
-    stages = ["importing ONNX, binarization passes"] + (["tuning records"] if db else []) + ["scheduling", "LLVM build"]
+    check_build_options(spec, db, sign_zero, standalone, binarize)
+    stages = (["importing ONNX, binarization passes" if binarize else "importing ONNX"]
+              + (["tuning records"] if db else []) + (["scheduling"] if binarize else []) + ["LLVM build"])
     with tqdm(total=len(stages), desc=f"compile {os.path.basename(path)}", unit="stage", disable=not progress) as bar, \
             cleared_on_error(bar):
 
@@ -292,7 +308,7 @@ def compile_onnx(
                 bar.set_postfix_str(stages[bar.n])
 
         stage(done=False)
-        lowered = lower_onnx(path, batch, extra_outputs, target, sign_zero)
+        lowered = lower_onnx(path, batch, extra_outputs, target, sign_zero, binarize)
         metadata = {
             "model": os.path.basename(path),
             "target": spec.name,
@@ -300,8 +316,9 @@ def compile_onnx(
             "input_shape": lowered.input_shape,
             "outputs": [o.name for o in lowered.onnx_model.graph.output],
             "fused": lowered.fused_lines(),
-            "sign_zero": sign_zero,
         }
+        if binarize:
+            metadata["sign_zero"] = sign_zero  # the convention the passes compiled (none without them)
         if standalone:
             metadata["standalone"] = True
         builder = relax.BlockBuilder(lowered.mod)
@@ -317,8 +334,9 @@ def compile_onnx(
             with tuning_db.readable_copy(db) as checked:
                 mod = tuning.apply_database(mod, checked, spec)
             stage()
-        mod = schedules.schedule_module(mod, spec)
-        stage()
+        if binarize:
+            mod = schedules.schedule_module(mod, spec)
+            stage()
         if standalone:
             from .standalone import build
 

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 import tempfile
 
@@ -54,8 +53,9 @@ class StandaloneRunner(CompiledRunner):
         self.path = os.path.abspath(path)
         self.device = None
         machine = elf.read_header(path).machine
-        self.emulator = None if machine == HOST_ELF_MACHINES.get(platform.machine().lower()) else emulator_for(path, machine)
-        info = self._info_ctypes() if self.emulator is None else self._info_emulated()
+        # None: a library for this machine; else the target whose qemu-user runs it here
+        self.emulated = None if machine == HOST_ELF_MACHINES.get(platform.machine().lower()) else emulated_target(path, machine)
+        info = self._info_ctypes() if self.emulated is None else self._info_emulated()
         self.metadata = info["metadata"]
         self.input_shape = tuple(info["input_shape"])
         self.output_shapes = [tuple(o["shape"]) for o in info["outputs"]]
@@ -89,7 +89,7 @@ class StandaloneRunner(CompiledRunner):
     def set_num_threads(self, threads: int) -> int:
         """Threads for the kernels' parallel loops (this machine only; ``run`` under qemu takes
         ``$BNN_NUM_THREADS``)."""
-        return self.lib.bnn_model_set_num_threads(threads) if self.emulator is None else threads
+        return self.lib.bnn_model_set_num_threads(threads) if self.emulated is None else threads
 
     def _call(self, x: np.ndarray) -> list[np.ndarray]:
         outputs = [np.empty(shape, dtype) for shape, dtype in zip(self.output_shapes, self.output_dtypes)]
@@ -109,18 +109,14 @@ class StandaloneRunner(CompiledRunner):
             raise BnnError(f"{self.path}: bnn_runner printed no model description: {done.stdout[:200]!r}") from err
 
     def _emulate(self, args: list[str], timeout: float = 3600) -> subprocess.CompletedProcess:
-        cmd = [*self.emulator, self.path, *args]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as err:
-            raise BnnError(f"{self.path}: the run under {self.emulator[0]} took longer than {timeout:.0f} s") from err
-        if done.returncode != 0:
-            raise BnnError(f"{self.path} under {self.emulator[0]}: {(done.stderr or done.stdout).strip()[-1000:]}")
-        return done
+        """``bnn_runner`` (cross-compiled for the library's architecture) on this library under qemu."""
+        from bnn_tvm.targets.qemu_user import run_emulated
+
+        return run_emulated(self.emulated, [runner_for(self.emulated), self.path, *args], self.path, timeout)
 
     def run(self, x: np.ndarray, source: str = "input") -> list[np.ndarray]:
         """As ``CompiledRunner.run``; under qemu every chunk runs in one emulator process."""
-        if self.emulator is None:
+        if self.emulated is None:
             return super().run(x, source)
         x = self.check_input(x, source)
         batch = self.input_shape[0]
@@ -139,19 +135,19 @@ class StandaloneRunner(CompiledRunner):
         return [o.reshape(count * o.shape[1], *o.shape[2:])[: len(x)] for o in outputs]
 
 
-def emulator_for(path: str, machine: int) -> list[str]:
-    """``[qemu, -cpu, CPU, -L, SYSROOT, bnn_runner]`` for a library of ELF ``machine``."""
+def emulated_target(path: str, machine: int):
+    """The built-in target (``targets.TargetSpec``) whose qemu-user, CPU model and sysroot run a
+    library of ELF ``machine`` here; a BnnError when there is none or its qemu is missing."""
     from bnn_tvm import targets
     from bnn_tvm.targets import elf
+    from bnn_tvm.targets.qemu_user import qemu_command
 
     if machine not in EMULATED_TARGETS:
         raise BnnError(f"{path} was compiled for {elf.read_header(path).describe()}; this machine is "
                        f"{platform.machine()} and has no emulator for it")
     spec = targets.get(EMULATED_TARGETS[machine])
-    if shutil.which(spec.qemu) is None:
-        raise BnnError(f"{path} is an {elf.MACHINE_NAMES[machine]} library: running it here needs {spec.qemu} "
-                       "(apt-get install qemu-user, or tools/install_system_deps.sh)")
-    return [spec.qemu, "-cpu", spec.qemu_cpu, "-L", spec.sysroot, runner_for(spec)]
+    qemu_command(spec, f"{path} (an {elf.MACHINE_NAMES[machine]} library)")  # installed: before building the runner
+    return spec
 
 
 def runner_for(spec) -> str:

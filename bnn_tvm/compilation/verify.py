@@ -9,13 +9,13 @@ within float rounding.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from .compiler import add_graph_outputs, compile_onnx, lower_onnx
+from ..devices.endpoint import Endpoint
 from ..errors import BnnError
 from ..frontend.onnx_import import graph_input, load_for_compile, signs_as_binarizers
 from .runtime import CompiledRunner, check_runs_here
@@ -113,16 +113,14 @@ def verify(
     batch: int | None = None,
     extra_accuracy: dict | None = None,
     progress: bool = False,
-    rpc: str | None = None,
-    tracker: str | None = None,
-    key: str | None = None,
+    endpoint: Endpoint = Endpoint(),
     sign_zero: str = "exact",
     per_layer: bool = False,
     standalone: bool = False,
 ) -> VerifyReport:
     """Compile ``path``, run it and ORT on ``x`` (random normal inputs when None), compare;
-    ``progress``: the compile's stage bar. With ``rpc`` (HOST:PORT) or ``tracker`` + ``key``
-    the compiled module runs on that board (a Raspberry Pi, the emulated one), ORT here.
+    ``progress``: the compile's stage bar. With a remote ``endpoint`` (``--rpc``, or ``--tracker``
+    and ``--key``) the compiled module runs on that board (a Raspberry Pi, the emulated one), ORT here.
     ``sign_zero="plus"``: the model is compiled with ``Sign(0) = +1`` and checked against the
     float graph with the same convention; the report also says how far it is from the float
     graph itself. ``per_layer``: also check every compiled kernel on ONNX Runtime's values of its
@@ -131,11 +129,10 @@ def verify(
     run here, through ctypes or, for an ARM target, under qemu-user."""
     from bnn_tvm import targets
 
-    remote = rpc is not None or tracker is not None
     if standalone:
-        check_standalone_runs_here(targets.get(target), remote)
+        check_standalone_runs_here(targets.get(target), endpoint.remote)
     else:
-        check_runs_here(targets.get(target), remote=remote)
+        check_runs_here(targets.get(target), remote=endpoint.remote)
     model = load_for_compile(path)
     input_name, dims = graph_input(model, path)
     lowered = lower_onnx(path, batch, target=target, sign_zero=sign_zero)  # first: it refuses a model too large to run
@@ -147,7 +144,7 @@ def verify(
         batch = len(x)  # an output like [B*N, C] cannot be run in chunks: compile the whole batch
     compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries, progress=progress, sign_zero=sign_zero,
                             standalone=standalone)
-    ours = compiled_outputs(compiled, target, x, rpc, tracker, key)
+    ours = compiled_outputs(compiled, target, x, endpoint)
     add_graph_outputs(model, binaries)
     float_graph = model
     if sign_zero == "plus":
@@ -179,7 +176,7 @@ def verify(
         reference = signs_as_binarizers(lowered.onnx_model) if sign_zero == "plus" else lowered.onnx_model
         try:
             report.per_layer = verify_per_layer(lowered, reference, x, target, sign_zero, progress,
-                                                run=lambda c, row: compiled_outputs(c, target, row, rpc, tracker, key),
+                                                run=lambda c, row: compiled_outputs(c, target, row, endpoint),
                                                 whole_fused=compiled.metadata["fused"], standalone=standalone)
         except BnnError as err:
             report.per_layer_note = f"not run: {err}"
@@ -203,8 +200,10 @@ def check_standalone_runs_here(spec, remote: bool) -> None:
                        "TVM's runtime")
     if not spec.is_host and spec.isa == "x86_64":
         return  # another x86 CPU's code: runs here if this CPU has its features
-    if not spec.is_host and spec.qemu and shutil.which(spec.qemu) is None:
-        raise BnnError(f"target {spec.name}: its standalone library runs here under {spec.qemu}: apt-get install qemu-user")
+    if not spec.is_host and spec.qemu:
+        from bnn_tvm.targets.qemu_user import qemu_command
+
+        qemu_command(spec, f"the standalone library of target {spec.name}")  # before compiling: installed?
 
 
 def compare(ours: list, theirs: list, binaries: list[str]) -> tuple[float, float, dict]:
@@ -364,7 +363,7 @@ def binarized_ancestors(model, tensor: str, binarized: set) -> set:
     return found
 
 
-def compiled_outputs(compiled, target: str, x: np.ndarray, rpc=None, tracker=None, key=None) -> list[np.ndarray]:
+def compiled_outputs(compiled, target: str, x: np.ndarray, endpoint: Endpoint = Endpoint()) -> list[np.ndarray]:
     """The compiled module's outputs on ``x``: here, or on the board (exported to a temporary
     library and sent over RPC, as ``bench`` does). A standalone library is exported and run here
     (ctypes, or under qemu for ARM)."""
@@ -377,7 +376,7 @@ def compiled_outputs(compiled, target: str, x: np.ndarray, rpc=None, tracker=Non
             library = os.path.join(folder, "model.so")
             compiled.export(library)
             return StandaloneRunner.load(library).run(x)
-    if rpc is None and tracker is None:
+    if not endpoint.remote:
         return CompiledRunner(compiled.executable).run(x)
     import tempfile
 
@@ -386,4 +385,4 @@ def compiled_outputs(compiled, target: str, x: np.ndarray, rpc=None, tracker=Non
     with tempfile.TemporaryDirectory(prefix="bnn-verify-") as folder:
         library = os.path.join(folder, "model.so")
         compiled.export(library)
-        return remote_bench(library, target, x, rpc=rpc, tracker=tracker, key=key, repeat=1)["outputs"]
+        return remote_bench(library, target, x, endpoint, repeat=1)["outputs"]

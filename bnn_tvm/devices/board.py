@@ -33,6 +33,7 @@ from bnn_tvm import targets
 
 from ..cache import cache_dir
 from ..errors import BnnError
+from .endpoint import Endpoint
 from .processes import forget_stale, kill_group, parse_address, process_start, read_text, run_dir, still_ours, tail
 
 QEMU_BOARD_DIR = os.path.join(os.path.dirname(__file__), "qemu_board")
@@ -283,6 +284,14 @@ class BoardState:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """How a client reaches this board: through its tracker if it registered with one, else
+        at its own address; with its key either way."""
+        if self.tracker:
+            return Endpoint(tracker=self.tracker, key=self.key)
+        return Endpoint(rpc=self.address, key=self.key)
 
 
 def _state_path(name: str) -> str:

@@ -22,9 +22,9 @@ import time
 import numpy as np
 
 from ..errors import BnnError
+from .endpoint import Endpoint
 
 DEFAULT_TIMEOUT_S = 300.0  # whole benchmark, emulated board included
-TRACKER_CHECK_TIMEOUT_S = 10.0
 # ONNX Runtime's instruction count varies by up to ~1.6 % from run to run (board_server.ort_bench):
 # the median of this many counted runs is reported.
 ORT_COUNTED_RUNS = 3
@@ -43,10 +43,6 @@ PHASES = {
 }
 
 
-def _board_label(rpc: str | None, tracker: str | None, key: str | None) -> str:
-    return f"RPC server {rpc}" if rpc else f"key {key!r} of tracker {tracker}"
-
-
 def _check_module(module_path: str, spec) -> None:
     from bnn_tvm.targets.elf import MACHINE_NAMES, read_header
 
@@ -60,44 +56,16 @@ def _check_module(module_path: str, spec) -> None:
         )
 
 
-def _check_tracker_key(tracker: str, key: str) -> None:
-    from .processes import parse_address
-    from .tracker import tracker_keys
-
-    keys = tracker_keys(parse_address(tracker, "--tracker"), timeout=TRACKER_CHECK_TIMEOUT_S)
-    if key not in keys:
-        known = ", ".join(f"{k} ({free} free)" for k, free in sorted(keys.items())) or "none"
-        raise BnnError(f"tracker {tracker} has no server registered with key {key!r}; registered keys: {known}")
-
-
-def _check_reachable(rpc: str) -> None:
-    """Fail fast when nothing listens at ``rpc`` (TVM's own connect retries for seconds)."""
-    import socket
-
-    from .processes import parse_address
-
-    host, port = parse_address(rpc, "--rpc")
-    try:
-        socket.create_connection((host, port), timeout=TRACKER_CHECK_TIMEOUT_S).close()
-    except OSError as err:
-        raise BnnError(
-            f"no RPC server answers at {rpc} ({err.strerror or err}); is the board running? "
-            "(`python -m bnn_tvm board start`, or `python -m tvm.exec.rpc_server` on the Pi)"
-        ) from err
-
-
 def remote_bench(
     module_path: str,
     spec,
     inputs,
-    rpc: str | None = None,
-    tracker: str | None = None,
-    key: str | None = None,
+    endpoint: Endpoint,
     repeat: int = 10,
     count_instructions: bool = False,
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> dict:
-    """Run ``module_path`` on a board reached by ``rpc`` (HOST:PORT) or ``tracker`` + ``key``.
+    """Run ``module_path`` on the board at ``endpoint``.
 
     Returns ``outputs`` (the model's outputs for all of ``inputs``, run chunk by chunk of the
     compiled batch), ``median_ms`` (median of ``repeat`` timed runs of one batch, timed on the
@@ -110,16 +78,14 @@ def remote_bench(
         spec = targets.get(spec)
     _check_module(module_path, spec)
     request = {"engine": "tvm", "module": os.path.abspath(module_path)}
-    return _remote(request, spec, inputs, rpc, tracker, key, repeat, count_instructions, timeout)
+    return _remote(request, spec, inputs, endpoint, repeat, count_instructions, timeout)
 
 
 def remote_ort_bench(
     onnx_path: str,
     spec,
     inputs,
-    rpc: str | None = None,
-    tracker: str | None = None,
-    key: str | None = None,
+    endpoint: Endpoint,
     repeat: int = 10,
     count_instructions: bool = False,
     threads: int = 1,
@@ -151,29 +117,22 @@ def remote_ort_bench(
     extra = [os.path.join(folder, f) for f in external_data_files(onnx.load(onnx_path, load_external_data=False))]
     request = {"engine": "ort", "module": os.path.abspath(onnx_path), "files": extra, "threads": int(threads),
                "budget_s": float(budget_s)}
-    return _remote(request, spec, inputs, rpc, tracker, key, repeat, count_instructions, timeout)
+    return _remote(request, spec, inputs, endpoint, repeat, count_instructions, timeout)
 
 
-def _remote(request, spec, inputs, rpc, tracker, key, repeat, count_instructions, timeout) -> dict:
-    if (rpc is None) == (tracker is None):
-        raise BnnError("remote benchmark: give exactly one of --rpc HOST:PORT or --tracker HOST:PORT")
-    # A server registered with no tracker answers to its own key; ours use the target name,
-    # `python -m tvm.exec.rpc_server` on a Pi uses "" unless told otherwise.
-    keys = [key] if key is not None else ([spec.name] if tracker is not None else [spec.name, ""])
-    key = keys[0]
+def _remote(request, spec, inputs, endpoint: Endpoint, repeat, count_instructions, timeout) -> dict:
+    if not endpoint.remote:
+        raise BnnError("remote benchmark: give --rpc HOST:PORT or --tracker HOST:PORT")
     x = inputs[0] if isinstance(inputs, list | tuple) else inputs
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if tracker is not None:
-        _check_tracker_key(tracker, key)
-    else:
-        _check_reachable(rpc)
-    where = _board_label(rpc, tracker, key)
+    endpoint.check_reachable(spec.name)
+    where = endpoint.label(spec.name)
     request = {
         **request,
-        "rpc": rpc,
-        "tracker": tracker,
-        "key": key,
-        "keys": keys,
+        "rpc": endpoint.rpc,
+        "tracker": endpoint.tracker,
+        "key": endpoint.key,
+        "target": spec.name,
         "repeat": int(repeat),
         "count_instructions": bool(count_instructions),
         "session_timeout": float(timeout),
@@ -240,7 +199,8 @@ class _Session:
     def __init__(self, work: str, request: dict):
         self.work = work
         self.request = request
-        self.where = _board_label(request["rpc"], request["tracker"], request["key"])
+        self.endpoint = Endpoint(request["rpc"], request["tracker"], request["key"])
+        self.where = self.endpoint.label(request["target"])
 
     def phase(self, name: str) -> None:
         with open(os.path.join(self.work, "phase"), "w") as f:
@@ -250,20 +210,18 @@ class _Session:
     def connect(self):
         from tvm import rpc
 
-        from .processes import parse_address
-
         self.phase("connect")
         session_timeout = self.request["session_timeout"]
-        if self.request["rpc"]:
-            host, port = parse_address(self.request["rpc"], "--rpc")
-            for attempt, key in enumerate(self.request["keys"], start=1):
+        host, port = self.endpoint.address
+        keys = self.endpoint.keys(self.request["target"])
+        if self.endpoint.rpc is not None:
+            for attempt, key in enumerate(keys, start=1):
                 try:
                     return rpc.connect(host, port, key=key, session_timeout=session_timeout)
                 except Exception as err:
-                    if "matches key" not in str(err) or attempt == len(self.request["keys"]):
+                    if "matches key" not in str(err) or attempt == len(keys):
                         raise
-        host, port = parse_address(self.request["tracker"], "--tracker")
-        return rpc.connect_tracker(host, port).request(self.request["key"], session_timeout=session_timeout, max_retry=1)
+        return rpc.connect_tracker(host, port).request(keys[0], session_timeout=session_timeout, max_retry=1)
 
     def run(self) -> tuple[dict, list[np.ndarray]]:
         if self.request.get("engine") == "ort":

@@ -5,8 +5,8 @@ quantizers are plain ``where(x >= 0, 1, -1)`` tensor ops that the compiler recog
 weights are clipped to [-1, 1] after each step (``clip_latent_weights``), as Larq's
 ``weight_clip`` constraint does: beyond that range the straight-through gradient is zero anyway.
 
-Kernel quantizers with a per-output-channel scale (``magnitude_aware_sign``, ``libra_pb_weight``)
-compute ``alpha_c * sign(W_c)``. In eval mode the layer computes the same value as
+Kernel quantizers with a per-output-channel scale (``channel_scale``: ``magnitude_aware_sign``,
+``libra_pb_weight``) compute ``alpha_c * sign(W_c)``. In eval mode the layer computes the same value as
 ``alpha * conv(x, sign(W))``: the conv keeps ±1 weights (a binary kernel for the compiler) and
 the scale is a separate per-channel ``Mul`` after it, which a following batch norm or binarizer
 threshold can absorb.
@@ -23,8 +23,6 @@ from torch import nn
 from . import quantizers
 
 PAD_VALUES = (0.0, 1.0, -1.0)
-# Kernel quantizers whose output is alpha_c * (±1) per output channel c.
-SCALED_KERNEL_QUANTIZERS = (quantizers.MagnitudeAwareSign, quantizers.LibraPBWeight)
 
 
 def make_quantizer(spec, channels: int) -> nn.Module | None:
@@ -37,17 +35,6 @@ def make_quantizer(spec, channels: int) -> nn.Module | None:
     return quantizers.get(spec)
 
 
-def quantizer_bits(quantizer: nn.Module | None) -> int:
-    """Bits of the values a quantizer produces: 32 for none, k for DoReFa, 1 for sign types."""
-    if quantizer is None:
-        return 32
-    if isinstance(quantizer, quantizers.DoReFa):
-        return quantizer.k_bit
-    if isinstance(quantizer, quantizers.RPReLU):
-        return 32
-    return 1
-
-
 class _BinaryMixin:
     def _setup_quantizers(self, input_quantizer, kernel_quantizer, latent_clip, in_channels):
         self.input_quantizer = make_quantizer(input_quantizer, in_channels)
@@ -56,15 +43,15 @@ class _BinaryMixin:
 
     @property
     def input_bits(self) -> int:
-        return quantizer_bits(self.input_quantizer)
+        return quantizers.precision(self.input_quantizer)
 
     @property
     def weight_bits(self) -> int:
-        return quantizer_bits(self.kernel_quantizer)
+        return quantizers.precision(self.kernel_quantizer)
 
     @property
     def has_channel_scale(self) -> bool:
-        return isinstance(self.kernel_quantizer, SCALED_KERNEL_QUANTIZERS)
+        return getattr(self.kernel_quantizer, "channel_scale", False)
 
     def quantized_weight(self) -> torch.Tensor:
         return self.weight if self.kernel_quantizer is None else self.kernel_quantizer(self.weight)
@@ -176,7 +163,7 @@ class BinaryActivation(nn.Module):
 
     @property
     def output_bits(self) -> int:
-        return quantizer_bits(self.quantizer)
+        return quantizers.precision(self.quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.quantizer is None else self.quantizer(x)

@@ -34,8 +34,6 @@ from ..errors import BnnError
 from .layers import BinaryActivation, BinaryConv2d, BinaryLinear
 
 # Names usable as ``--quantizer`` (activations) and ``--kernel-quantizer`` (weights).
-ACTIVATION_QUANTIZERS = ("ste_sign", "approx_sign", "swish_sign", "ede_sign", "rsign", "dorefa")
-KERNEL_QUANTIZERS = ("ste_sign", "approx_sign", "swish_sign", "ede_sign", "libra_pb_weight", "magnitude_aware_sign")
 
 
 @dataclass(frozen=True)
@@ -303,12 +301,13 @@ def entry(name: str) -> ZooEntry:
 
 def check_quantizers(input_quantizer: str | None, kernel_quantizer: str | None) -> None:
     """Fail with the option at fault when a quantizer name does not fit its role."""
-    if input_quantizer is not None and input_quantizer.lower() not in ACTIVATION_QUANTIZERS:
+    activation, weight = quantizers.names("activation"), quantizers.names("weight")
+    if input_quantizer is not None and input_quantizer.lower() not in activation:
         raise BnnError(f"--quantizer {input_quantizer!r} is not an activation quantizer; "
-                       f"choose one of: {', '.join(ACTIVATION_QUANTIZERS)}")
-    if kernel_quantizer is not None and kernel_quantizer.lower() not in KERNEL_QUANTIZERS:
+                       f"choose one of: {', '.join(activation)}")
+    if kernel_quantizer is not None and kernel_quantizer.lower() not in weight:
         raise BnnError(f"--kernel-quantizer {kernel_quantizer!r} is not a weight quantizer; "
-                       f"choose one of: {', '.join(KERNEL_QUANTIZERS)}")
+                       f"choose one of: {', '.join(weight)}")
 
 
 def options(name: str, input_quantizer=None, kernel_quantizer=None, num_classes=None) -> dict:

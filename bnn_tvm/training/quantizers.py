@@ -5,6 +5,13 @@ Every quantizer is a small ``torch.nn.Module`` registered under a lower-case nam
     q = quantizers.get("ste_sign", clip_value=1.0)
     y = q(x)
 
+Each quantizer states what it is, as Larq's quantizers do: ``precision`` (bits of the values it
+produces), ``role`` (which operand of a binary layer it may quantize: ``"activation"``,
+``"weight"`` or ``"both"``), ``channel_scale`` (a weight quantizer whose output is
+``alpha_c * (+-1)`` per output channel), and, taken from its docstring when it is registered,
+``formula`` (the forward computation and the gradient estimator) and ``reference`` (the paper). ``names(role)`` lists the
+quantizers of a role, ``precision(q)`` the bits of a layer's quantizer.
+
 Conventions shared by the whole module:
 
 * ``sign(0) = +1`` everywhere, so that the binarized value is always in {-1, +1}.
@@ -17,6 +24,7 @@ Conventions shared by the whole module:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -26,9 +34,13 @@ from torch import nn
 
 __all__ = [
     "REGISTRY",
+    "ROLES",
+    "Quantizer",
     "register",
     "get",
     "available",
+    "names",
+    "precision",
     "hard_sign",
     "SteSign",
     "ApproxSign",
@@ -41,26 +53,84 @@ __all__ = [
     "DoReFa",
 ]
 
-REGISTRY: dict[str, type[nn.Module]] = {}
+ROLES = ("activation", "weight", "both")
+FLOAT_BITS = 32  # the precision of a layer operand no quantizer touches
 
 
-def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: registers the class under ``name`` (lower-cased) and sets ``cls.name``."""
+class Quantizer(nn.Module):
+    """A registered quantizer's description (class attributes; ``formula`` and ``reference`` are
+    set by ``register`` from the class docstring's ``Forward:`` and ``Backward:``, and its
+    ``Paper:`` or ``Papers:``)."""
+
+    name: str
+    formula: str
+    reference: str
+    precision: int = 1  # bits of the values it produces
+    role: str | None = "both"  # one of ROLES; None: registered beside the quantizers, not one (RPReLU)
+    channel_scale: bool = False  # a weight quantizer whose output is alpha_c * (+-1) per output channel
+
+
+REGISTRY: dict[str, type[Quantizer]] = {}
+
+
+def register(name: str) -> Callable[[type[Quantizer]], type[Quantizer]]:
+    """Class decorator: registers the class under ``name`` (lower-cased) and sets ``cls.name``,
+    ``cls.formula`` and ``cls.reference`` (from its docstring, which must state them)."""
     key = name.lower()
 
-    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+    def decorator(cls: type[Quantizer]) -> type[Quantizer]:
         if key in REGISTRY:
             raise ValueError(f"Quantizer name {key!r} is already registered to {REGISTRY[key].__name__}")
+        if cls.role is not None and cls.role not in ROLES:
+            raise ValueError(f"Quantizer {key!r}: role {cls.role!r} is not one of {', '.join(ROLES)}")
         cls.name = key
+        cls.formula = (f"forward: {_docstring_section(cls, ('Forward:',))}; "
+                       f"backward: {_docstring_section(cls, ('Backward:',))}")
+        cls.reference = _docstring_section(cls, ("Paper:", "Papers:"))
         REGISTRY[key] = cls
         return cls
 
     return decorator
 
 
+def _docstring_section(cls: type, headings: tuple[str, ...]) -> str:
+    """The text after the first of ``headings`` in ``cls``'s docstring with its continuation lines
+    (those indented deeper than the heading), on one line."""
+    lines = (inspect.getdoc(cls) or "").splitlines()
+    for start, line in enumerate(lines):
+        stripped = line.lstrip()
+        heading = next((h for h in headings if stripped.startswith(h)), None)
+        if heading is None:
+            continue
+        indent = len(line) - len(stripped)
+        parts = [stripped[len(heading):]]
+        for following in lines[start + 1:]:
+            if not following.strip() or len(following) - len(following.lstrip()) <= indent:
+                break
+            parts.append(following)
+        return " ".join(" ".join(parts).split())
+    raise ValueError(f"{cls.__name__}: its docstring states no {' or '.join(headings)} section")
+
+
 def available() -> list[str]:
     """Sorted names of all registered quantizers."""
     return sorted(REGISTRY)
+
+
+def names(role: str) -> list[str]:
+    """The registered quantizers that may quantize a layer's ``role`` operand ("activation" or
+    "weight": those of that role and those of both), in registration order."""
+    if role not in ROLES[:2]:
+        raise ValueError(f"role must be 'activation' or 'weight', got {role!r}")
+    return [name for name, cls in REGISTRY.items() if cls.role in (role, "both")]
+
+
+def precision(quantizer: nn.Module | None) -> int:
+    """Bits of the values ``quantizer`` produces: its ``precision``; 32 with none (the operand
+    stays float); 1 for a module that states none (a sign of the user's own)."""
+    if quantizer is None:
+        return FLOAT_BITS
+    return getattr(quantizer, "precision", 1)
 
 
 def get(name_or_obj: str | nn.Module | None, **kwargs) -> nn.Module | None:
@@ -122,10 +192,9 @@ def _check_positive(name: str, value: float) -> float:
     return float(value)
 
 
-class _SignQuantizer(nn.Module):
-    """Base for activation sign quantizers: exact sign forward, ``surrogate_grad`` backward."""
-
-    name: str
+class _SignQuantizer(Quantizer):
+    """Base for the sign quantizers of activations and weights: exact sign forward,
+    ``surrogate_grad`` backward."""
 
     def surrogate_grad(self, x: torch.Tensor) -> torch.Tensor:
         """d(sign)/dx used by the backward pass, evaluated at x."""
@@ -251,7 +320,7 @@ def _as_channel_column(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @register("libra_pb_weight")
-class LibraPBWeight(nn.Module):
+class LibraPBWeight(Quantizer):
     """IR-Net Libra-PB weight binarization (balanced, standardised weights with a power-of-2 scale).
 
     Per output channel c (dim 0), with mean/std over all other dims (std is unbiased, as
@@ -270,7 +339,8 @@ class LibraPBWeight(nn.Module):
     Networks" (IR-Net), CVPR 2020.
     """
 
-    name: str
+    role = "weight"
+    channel_scale = True
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         rows = _per_channel_rows(w)
@@ -291,7 +361,7 @@ class LibraPBWeight(nn.Module):
 
 
 @register("magnitude_aware_sign")
-class MagnitudeAwareSign(nn.Module):
+class MagnitudeAwareSign(Quantizer):
     """Weight sign scaled by the per-output-channel mean magnitude.
 
     Per output channel c (dim 0), n = fan-in:
@@ -307,7 +377,8 @@ class MagnitudeAwareSign(nn.Module):
     Papers: Rastegari et al., "XNOR-Net", ECCV 2016; Liu et al., "Bi-Real Net", ECCV 2018.
     """
 
-    name: str
+    role = "weight"
+    channel_scale = True
 
     def __init__(self, clip_value: float = 1.0):
         super().__init__()
@@ -331,7 +402,7 @@ def _channel_param_view(param: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 @register("rsign")
-class RSign(nn.Module):
+class RSign(Quantizer):
     """ReActNet RSign: sign with a learnable per-channel threshold beta (channel dim 1).
 
     Forward:  y = +1 if x >= beta_c else -1   (i.e. sign(x - beta_c), sign(0) = +1)
@@ -343,7 +414,7 @@ class RSign(nn.Module):
     Paper: Liu et al., "ReActNet", ECCV 2020.
     """
 
-    name: str
+    role = "activation"
 
     def __init__(self, num_channels: int, clip_value: float = 1.0):
         super().__init__()
@@ -364,7 +435,7 @@ class RSign(nn.Module):
 
 
 @register("rprelu")
-class RPReLU(nn.Module):
+class RPReLU(Quantizer):
     """ReActNet RPReLU activation (not a quantizer, registered for convenience).
 
     Forward:  y = PReLU_beta(x - gamma_c) + zeta_c, i.e. with u = x - gamma_c (channel dim 1)
@@ -377,7 +448,8 @@ class RPReLU(nn.Module):
     Paper: Liu et al., "ReActNet", ECCV 2020.
     """
 
-    name: str
+    role = None
+    precision = FLOAT_BITS
 
     def __init__(self, num_channels: int, init_slope: float = 0.25):
         super().__init__()
@@ -414,7 +486,7 @@ def _dorefa_levels(x: torch.Tensor, levels: int) -> torch.Tensor:
 
 
 @register("dorefa")
-class DoReFa(nn.Module):
+class DoReFa(Quantizer):
     """DoReFa k-bit activation quantizer.
 
     Forward:  y = round(clip(x, 0, 1) * (2^k - 1)) / (2^k - 1)   (round half to even, as ONNX Round)
@@ -423,13 +495,18 @@ class DoReFa(nn.Module):
     Paper: Zhou et al., "DoReFa-Net", 2016.
     """
 
-    name: str
+    role = "activation"
 
     def __init__(self, k_bit: int = 2):
         super().__init__()
         if isinstance(k_bit, bool) or not isinstance(k_bit, int) or k_bit < 1:
             raise ValueError(f"k_bit must be an integer >= 1, got {k_bit!r}")
         self.k_bit = k_bit
+
+    @property
+    def precision(self) -> int:
+        """k bits (2^k levels from 0 to 1)."""
+        return self.k_bit
 
     @property
     def levels(self) -> int:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import models
+from . import models, quantizers
 from .data import digits_split
 from ..errors import BnnError
 from ..atomic_files import atomic_write
@@ -162,10 +162,11 @@ def load_checkpoint(path: str) -> tuple[nn.Module, dict]:
     return model.eval(), checkpoint
 
 
-# the fields a checkpoint's options may hold, with the names each accepts (None: any positive int)
+# the fields a checkpoint's options may hold, with the quantizer role of the names each accepts
+# (``quantizers.names``; None: any positive int)
 CHECKPOINT_OPTIONS = {
-    "input_quantizer": models.ACTIVATION_QUANTIZERS,
-    "kernel_quantizer": models.KERNEL_QUANTIZERS,
+    "input_quantizer": "activation",
+    "kernel_quantizer": "weight",
     "num_classes": None,
 }
 
@@ -180,9 +181,10 @@ def check_checkpoint_fields(path: str, name, options) -> None:
     for key, value in options.items():
         if key not in CHECKPOINT_OPTIONS:
             raise BnnError(f"{path}: field 'options' has an unknown key {key!r} (known: {', '.join(CHECKPOINT_OPTIONS)})")
-        allowed = CHECKPOINT_OPTIONS[key]
+        role = CHECKPOINT_OPTIONS[key]
         if value is None:  # the zoo's default
             continue
+        allowed = quantizers.names(role) if role else None
         if allowed is None:
             if type(value) is not int or value < 1:
                 raise BnnError(f"{path}: field 'options.{key}' is {value!r}, not a positive integer")

@@ -14,29 +14,6 @@ from .workload import EngineResult, Prepared, Settings, calls_per_sample, python
 ENGINES = ("bnn_tvm", "tvm_fp32", "torch_fp32", "ort_fp32", "topi_bitserial")
 
 
-def compile_float(path: str, target: str, batch: int):
-    """The same ONNX through TVM with the binarization passes off: ``tvm_fp32``."""
-    import json as _json
-
-    import tvm
-    from tvm import relax
-
-    from bnn_tvm import targets
-
-    from ...compilation.compiler import METADATA_FUNC, CompiledModel, read_pinned
-    from ...frontend.onnx_import import import_to_relax
-
-    spec = targets.get(target)
-    model, name, shape = read_pinned(path, batch)
-    mod, _ = import_to_relax(model, {name: shape}, path)
-    metadata = {"model": os.path.basename(path), "target": spec.name, "input_name": name, "input_shape": shape,
-                "outputs": [o.name for o in model.graph.output], "fused": []}
-    builder = relax.BlockBuilder(mod)
-    with builder.function(METADATA_FUNC, []):
-        builder.emit_func_output(tvm.ir.StringImm(_json.dumps(metadata)))
-    return CompiledModel(tvm.compile(builder.get(), spec.tvm_target()), metadata, [])
-
-
 def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workdir: str, outputs: dict) -> Prepared:
     """Export a compiled model and prepare its timing here, or time it on the board over RPC."""
     path = os.path.join(workdir, f"{engine}.so")
@@ -45,8 +22,8 @@ def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workd
     if settings.remote:
         from ...devices.remote import remote_bench  # the board/RPC client
 
-        remote = remote_bench(path, settings.target, x, rpc=settings.rpc, tracker=settings.tracker, key=settings.key,
-                              repeat=settings.repeat, count_instructions=settings.count_instructions)
+        remote = remote_bench(path, settings.target, x, settings.endpoint, repeat=settings.repeat,
+                              count_instructions=settings.count_instructions)
         result.times_ms = [float(remote["median_ms"])]
         result.instructions = remote.get("instructions")
         result.note += ", timed on the board (median of its runs)"
@@ -111,7 +88,9 @@ def mca_estimates(compiled, settings: Settings) -> dict | None:
 
 
 def tvm_fp32_engine(workload, x, settings, workdir, outputs) -> Prepared:
-    compiled = compile_float(workload.onnx_path, settings.target, workload.input_shape[0])
+    from ...compilation.compiler import compile_onnx
+
+    compiled = compile_onnx(workload.onnx_path, settings.target, batch=workload.input_shape[0], binarize=False)
     prepared = run_compiled("tvm_fp32", compiled, x, settings, workdir, outputs)
     prepared.result.note += ", untuned TVM default lowering"
     return prepared
@@ -171,9 +150,9 @@ def ort_board_engine(workload, x, settings, workdir, outputs) -> Prepared:
     the board (median of its runs), counted over one ``session.run`` like ``bnn_tvm``'s call."""
     from ...devices.remote import remote_ort_bench
 
-    remote = remote_ort_bench(workload.onnx_path, settings.target, x, rpc=settings.rpc, tracker=settings.tracker,
-                              key=settings.key, repeat=settings.repeat, count_instructions=settings.count_instructions,
-                              threads=settings.threads, budget_s=settings.budget_s)
+    remote = remote_ort_bench(workload.onnx_path, settings.target, x, settings.endpoint, repeat=settings.repeat,
+                              count_instructions=settings.count_instructions, threads=settings.threads,
+                              budget_s=settings.budget_s)
     note = (f"the same ONNX in ONNX Runtime {remote['ort_version']} (aarch64 build) on the board, all graph "
             f"optimisations, CPUExecutionProvider, timed on the board (median of its {len(remote['times_ms'])} runs)")
     samples = remote.get("instruction_samples")

@@ -94,7 +94,7 @@ def benchmark(workload: Workload, settings: Settings, engines: list[str], progre
         "target": spec.name,
         "threads": settings.threads,
         "input_shape": list(workload.input_shape),
-        "machine": machine(spec) if not settings.remote else {"board": settings.rpc or f"{settings.tracker} key {settings.key}"},
+        "machine": machine(spec) if not settings.remote else {"board": board_address(settings.endpoint, spec.name)},
         "engines": {name: r.to_json() for name, r in results.items()},
         "speedup": {name: r.median_ms / base for name, r in results.items() if r.median_ms and base},
         "sizes": sizes,
@@ -117,6 +117,11 @@ def benchmark(workload: Workload, settings: Settings, engines: list[str], progre
             peak = popcount_peak(settings.target, settings.threads)
             report["popcount_limit"] = limit_report(workload.binary_macs, peak, results)
     return report
+
+
+def board_address(endpoint, target: str) -> str:
+    """The report's ``machine.board``: ``HOST:PORT`` of the RPC server, or the tracker's and the key."""
+    return endpoint.rpc or f"{endpoint.tracker} key {endpoint.keys(target)[0]}"
 
 
 def ms_at_limit(binary_macs: int, peak: dict) -> float:

@@ -8,6 +8,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from ...devices.endpoint import Endpoint
 from .layers import LayerSpec
 
 
@@ -104,16 +105,14 @@ class Settings:
     threads: int = 1
     repeat: int = 20
     budget_s: float = 20.0  # per engine: fewer repeats (at least 3) when an engine is slow
-    rpc: str | None = None
-    tracker: str | None = None
-    key: str | None = None
+    endpoint: Endpoint = Endpoint()  # the board the TVM engines run on (default: here)
     count_instructions: bool = False
     db: str | None = None  # tuning records for bnn_tvm (``tune``, ``compile --db``)
     sign_zero: str = "exact"  # Sign(0) for bnn_tvm (relay_passes.conventions.SIGN_ZERO)
 
     @property
     def remote(self) -> bool:
-        return bool(self.rpc or self.tracker or self.key or self.count_instructions)
+        return self.endpoint.remote or self.count_instructions
 
     @property
     def pause_s(self) -> float:

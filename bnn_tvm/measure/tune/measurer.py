@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...devices.endpoint import Endpoint
 from ...errors import BnnError
 from .tasks import Task
 
@@ -113,35 +114,24 @@ class Measurer:
         shutil.rmtree(self.artifacts, ignore_errors=True)
 
 
-def board_label(spec, rpc: str | None, tracker: str | None, key: str | None) -> str:
+def board_label(spec, endpoint: Endpoint) -> str:
     """Where candidates run; fails fast (clear error) when that board cannot be reached."""
-    from ...devices.remote import _check_reachable, _check_tracker_key
-
-    if rpc is None and tracker is None:
-        if not spec.is_host:
-            raise BnnError(
-                f"target {spec.name} runs on another machine: give --tracker HOST:PORT --key KEY "
-                f"(or --rpc HOST:PORT) of a board (`python -m bnn_tvm board start --target {spec.name}`)"
-            )
-        return "this machine"
-    if rpc is not None and tracker is not None:
-        raise BnnError("--rpc and --tracker: give one of them")
-    if tracker is not None:
-        _check_tracker_key(tracker, key or spec.name)
-        return f"key {key or spec.name!r} of tracker {tracker}"
-    _check_reachable(rpc)
-    return f"RPC server {rpc}"
+    if endpoint.remote:
+        endpoint.check_reachable(spec.name)
+    elif not spec.is_host:
+        raise BnnError(
+            f"target {spec.name} runs on another machine: give --tracker HOST:PORT --key KEY "
+            f"(or --rpc HOST:PORT) of a board (`python -m bnn_tvm board start --target {spec.name}`)"
+        )
+    return endpoint.label(spec.name)
 
 
-def make_measurer(spec, timeout: float, rpc: str | None = None, tracker: str | None = None,
-                  key: str | None = None) -> Measurer:
+def make_measurer(spec, timeout: float, endpoint: Endpoint) -> Measurer:
     import tempfile
 
     from tvm.s_tir import meta_schedule as ms
 
-    from ...devices.processes import parse_address
-
-    where = board_label(spec, rpc, tracker, key)
+    where = board_label(spec, endpoint)
     workers = max(1, min(2, os.cpu_count() or 1))
     artifacts = tempfile.mkdtemp(prefix="bnn_tune_")
     builder = ms.builder.LocalBuilder(
@@ -152,14 +142,15 @@ def make_measurer(spec, timeout: float, rpc: str | None = None, tracker: str | N
     # other layers evicted its weights, and with warm caches and back-to-back calls the
     # measurements favoured schedules that were slower in the model.
     evaluator = ms.runner.EvaluatorConfig(number=1, repeat=REPEATS, min_repeat_ms=0, enable_cpu_cache_flush=True)
-    if rpc is None and tracker is None:
+    if not endpoint.remote:
         runner = ms.runner.LocalRunner(timeout_sec=timeout, evaluator_config=evaluator, f_alloc_argument=alloc_local)
-    elif tracker is not None:
-        host, port = parse_address(tracker, "--tracker")
-        config = ms.runner.RPCConfig(host, port, key or spec.name, session_priority=1, session_timeout_sec=int(timeout))
+    elif endpoint.tracker is not None:
+        host, port = endpoint.address
+        config = ms.runner.RPCConfig(host, port, endpoint.keys(spec.name)[0], session_priority=1,
+                                     session_timeout_sec=int(timeout))
         runner = ms.runner.RPCRunner(config, evaluator, f_alloc_argument=alloc_remote, max_workers=1)
     else:
-        host, port = parse_address(rpc, "--rpc")
+        host, port = endpoint.address
         config = ms.runner.RPCConfig(host, port, "direct", session_timeout_sec=int(timeout))
         runner = ms.runner.RPCRunner(
             config, evaluator, f_alloc_argument=alloc_remote, max_workers=1,

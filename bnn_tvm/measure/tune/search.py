@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...devices.endpoint import Endpoint
 from ...errors import BnnError
 from .measurer import board_label, light_tensor_intrinsics, make_measurer
 from .records import FAILED_RUN_SECS, measure_untuned, save_json, stored_records
@@ -139,9 +140,7 @@ def tune(
     target: str = "x86",
     trials: int = DEFAULT_TRIALS,
     db_dir: str = "tuning_db",
-    rpc: str | None = None,
-    tracker: str | None = None,
-    key: str | None = None,
+    endpoint: Endpoint = Endpoint(),
     timeout: float = DEFAULT_TIMEOUT_S,
     batch: int | None = None,
     kinds=("binary", "float"),
@@ -152,7 +151,7 @@ def tune(
     minutes: float | None = None,
 ) -> TuneResult:
     """Tune ``model`` for ``target`` until the database holds ``trials`` records of its tasks (or
-    ``minutes`` of searching have passed)."""
+    ``minutes`` of searching have passed), measuring on the board at ``endpoint`` (default: here)."""
     from bnn_tvm import targets
 
     from ...compilation.compiler import lower_onnx
@@ -166,13 +165,13 @@ def tune(
     light_tensor_intrinsics(spec.family)
     if spec.family not in ("x86", "arm"):
         raise BnnError(f"--target {spec.name}: tuning supports CPU targets (x86, arm); {spec.family} kernels keep their hand-written schedules")
-    where = board_label(spec, rpc, tracker, key)
+    where = board_label(spec, endpoint)
     from ...frontend.export import resolve_model
 
     path = resolve_model(model)
     tuning_db.check_folder(db_dir, writable=True)
     setup_logging(db_dir)
-    measurer = functools.lru_cache(maxsize=1)(lambda: make_measurer(spec, timeout, rpc, tracker, key))
+    measurer = functools.lru_cache(maxsize=1)(lambda: make_measurer(spec, timeout, endpoint))
     lowered = lower_onnx(path, batch, target=spec.name)
     tasks = extract_tasks(lowered.mod, spec, kinds)
     if not tasks:
