@@ -47,12 +47,11 @@ import tvm
 from tvm import s_tir, tirx
 
 from . import OPAQUE_PATTERN, SCHEDULED_ATTR, bitserial, cpu, vector_unit
+from .tuning_files import FAILED_RUN_SECS, RECORD_FILE, UNTUNED_FILE, WORKLOAD_FILE  # noqa: F401 (the module's API)
 
 LOG = logging.getLogger(__name__)
 
 TUNED_OP_ATTR = "bnn.tuned_op"
-WORKLOAD_FILE = "database_workload.json"
-RECORD_FILE = "database_tuning_record.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +156,7 @@ def mutate_choice():
     import random
 
     from tvm.s_tir.meta_schedule.mutator import PyMutator
-    from tvm.s_tir.meta_schedule.utils import derived_object
+    from tvm.ir.utils import derived_object
 
     @derived_object
     class MutateChoice(PyMutator):
@@ -173,7 +172,7 @@ def mutate_choice():
             inst = rng.choice(choices)
             current = int(trace.decisions[inst])
             decision = rng.choice([k for k in range(len(inst.attrs[0])) if k != current])
-            return trace.with_decision(inst, tvm.tirx.IntImm("int32", decision), remove_postproc=True)
+            return trace.with_decision(inst, decision, remove_postproc=True)
 
         def clone(self):
             return MutateChoice()
@@ -303,10 +302,6 @@ def _load_copy(folder: str):
         memory.commit_workload(record.workload.mod)
         memory.commit_tuning_record(record)
     return memory
-
-
-FAILED_RUN_SECS = 1e9  # MetaSchedule records 1e10 s for a candidate that did not build or run
-UNTUNED_FILE = "untuned.json"
 
 
 def workload_key(func) -> str:
