@@ -428,7 +428,8 @@ def accumulate_unrolled(sch: s_tir.Schedule, block, lanes: int, reduction: int) 
 
     if reduction == 3:
         ry, rx, rc = reduce
-        (rx_outer, rx_inner), (rc_outer, rc_inner) = unrolled_split(rx, MAX_UNROLLED_COLUMNS), unrolled_split(rc, MAX_UNROLLED_WORDS)
+        rx_outer, rx_inner = unrolled_split(rx, MAX_UNROLLED_COLUMNS)
+        rc_outer, rc_inner = unrolled_split(rc, MAX_UNROLLED_WORDS)
         outer, unrolled = [ry, rx_outer, rc_outer], [rx_inner, rc_inner]
     else:
         outer, unrolled = unrolled_split(reduce[0], MAX_UNROLLED_WORDS)
@@ -1062,7 +1063,7 @@ def count_nonzeros(sch: s_tir.Schedule) -> None:
 # tensorizes must know its tile shape), the hand defaults first, each applied with
 # ``space=True``, which draws the sampled knobs with MetaSchedule sampling instructions whose
 # decisions are the knobs' values. The first design at its own decisions *is* the hand schedule
-# (``tests/test_schedules.py`` checks the IR is the same), so tuned and untuned schedules
+# (``tests/test_tune.py`` checks the IR is the same), so tuned and untuned schedules
 # cannot drift apart.
 
 PARALLEL_LOOPS = {0: "nothing", 1: "rows", 2: "rows x column blocks", 3: "rows x column blocks x channel blocks"}
@@ -1106,11 +1107,6 @@ class ConvKnobs:
     # a word-aligned threshold conv's words per tile: None, one (the word loop unsplit); a
     # number, the word loop split by it (sampled in a space)
     words: int | None = None
-
-    def describe(self) -> str:
-        return (f"{self.width_block} positions, {self.lanes} lanes, parallel over {PARALLEL_LOOPS[self.parallel]}, "
-                f"padding {'in its own pass' if self.pad == 'root' else 'per task'}, {self.counters[:-1]} counters"
-                + (", reduction partly unrolled" if self.unroll else "") + (", words sampled" if self.words else ""))
 
 
 def conv_out_block(sch: s_tir.Schedule):
@@ -1410,10 +1406,7 @@ class PackKnobs:
     """The choices of a sign-pack's schedule."""
 
     lanes: int  # consecutive positions of a row per vector (sampled in a space)
-    parallel: int  # outer loops fused into the parallel loop: 0, rows, rows x column blocks
-
-    def describe(self) -> str:
-        return f"parallel over {PARALLEL_LOOPS[self.parallel]}"
+    parallel: int  # outer loops fused into the parallel loop: none, rows, rows x column blocks
 
 
 MAX_PACK_POSITIONS = 16  # positions per vector a design space samples up to
