@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import tempfile
@@ -96,6 +97,7 @@ def register_intrinsics(trace) -> None:
 
 
 def register_intrinsic_named(name: str) -> None:
+    """Register the tensor intrinsic ``name`` (one of ``INTRINSIC_NAMES``' patterns; others are not ours)."""
     for pattern, register in INTRINSIC_NAMES:
         match = pattern.match(name)
         if match:
@@ -153,8 +155,6 @@ def mutate_choice():
     """A MetaSchedule mutator that redraws one ``sample_categorical`` decision (a rule's choice
     among candidates, ``cpu.choose``): MetaSchedule's own mutators change only tile sizes and
     unroll annotations."""
-    import random
-
     from tvm.s_tir.meta_schedule.mutator import PyMutator
     from tvm.ir.utils import derived_object
 
