@@ -44,6 +44,7 @@ import functools
 import operator
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import tvm
@@ -375,6 +376,22 @@ def parallel(sch: s_tir.Schedule, loop, work: int, least: int = PARALLEL_MIN_WOR
         sch.parallel(loop)
 
 
+def parallel_count(work: int, least: int = PARALLEL_MIN_WORK) -> int:
+    """How many outer loops a hand schedule runs in parallel (``parallel_loop``): the first, when
+    the kernel does ``work`` >= ``least`` body executions (see ``parallel``), else none."""
+    return 1 if work >= least else 0
+
+
+def parallel_loop(sch: s_tir.Schedule, loops: list, count: int):
+    """Fuse the first ``count`` of ``loops`` (adjacent, outermost first) into the parallel loop;
+    returns it (the first loop, serial, when ``count`` is 0)."""
+    if count == 0:
+        return loops[0]
+    fused = sch.fuse(*loops[:count]) if count > 1 else loops[0]
+    sch.parallel(fused)
+    return fused
+
+
 # --------------------------------------------------------------------------------------------
 # Pieces shared by the kernels
 
@@ -389,6 +406,38 @@ def accumulate(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduction: 
     loops = sch.get_loops(block)
     *positions, channels = loops[-(spatial + reduction) : -reduction]
     lay_out_tile(sch, block, loops[-reduction:], positions, channels, lanes, vectorize=lanes > 1)
+    sch.set_scope(block, 0, "local")
+
+
+MAX_UNROLLED_COLUMNS = 3  # kernel columns and channel words a design space may unroll
+MAX_UNROLLED_WORDS = 4
+
+
+def accumulate_unrolled(sch: s_tir.Schedule, block, lanes: int, reduction: int) -> None:
+    """``accumulate`` with part of the reduction unrolled: of a conv's kernel columns and
+    channel words (``reduction`` 3: ``ry, rx, rc``) or a dense's words (1), an inner part of a
+    sampled size (at most ``MAX_UNROLLED_COLUMNS`` and ``MAX_UNROLLED_WORDS``) unrolled inside
+    the rest of the reduction, the tile inside it."""
+    loops = sch.get_loops(block)
+    reduce = loops[-reduction:]
+    positions, channels = loops[-reduction - 2 : -reduction]
+
+    def unrolled_split(loop, most: int):
+        (size,) = extents(sch, [loop])
+        return sch.split(loop, sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(1, min(most, size))))
+
+    if reduction == 3:
+        ry, rx, rc = reduce
+        rx_outer, rx_inner = unrolled_split(rx, MAX_UNROLLED_COLUMNS)
+        rc_outer, rc_inner = unrolled_split(rc, MAX_UNROLLED_WORDS)
+        outer, unrolled = [ry, rx_outer, rc_outer], [rx_inner, rc_inner]
+    else:
+        outer, unrolled = unrolled_split(reduce[0], MAX_UNROLLED_WORDS)
+        outer, unrolled = [outer], [unrolled]
+    sch.reorder(*outer, *unrolled)
+    for loop in unrolled:
+        sch.unroll(loop)
+    lay_out_tile(sch, block, outer + unrolled, [positions], channels, lanes, vectorize=lanes > 1)
     sch.set_scope(block, 0, "local")
 
 
@@ -757,12 +806,21 @@ def narrow_counters(unit: VectorUnit, lanes: int, form: str | None) -> str:
     return ""
 
 
-def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduction: int, unit: VectorUnit) -> str:
+def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduction: int, unit: VectorUnit,
+                     counters: str | None = None, unroll: bool = False) -> str:
     """The mismatch counts of a tile, as ``accumulate`` lays them out: in 32-bit accumulators,
     or on a unit with ``byte_counters`` (``halfword_counters``), in byte (halfword) counters per
-    chunk (see the sections' comments). Returns how, for the kernel's plan."""
+    chunk (see the sections' comments). ``counters`` ("words", "bytes", "halfwords"; a rule's
+    knob) overrides the unit's choice; a block whose steps are no single popcount (a k-bit conv's
+    weighted planes) counts in words, ``unroll``ed as ``accumulate_unrolled`` does. Returns how,
+    for the kernel's plan."""
     form = popcount_form(sch, block)
     narrow = narrow_counters(unit, lanes, form)
+    if counters is not None:
+        narrow = "" if counters == "words" or form is None else counters
+    if not narrow and unroll:
+        accumulate_unrolled(sch, block, lanes, reduction)
+        return "32-bit counters, reduction partly unrolled"
     if not narrow:
         accumulate(sch, block, lanes, spatial, reduction)
         return "32-bit counters"
@@ -816,13 +874,30 @@ def pack_words(sch: s_tir.Schedule, bits_block, pack_block, lanes: int) -> None:
     sch.tensorize(bit, pack_bits32_intrin(str(sch.get(bit).loop_var.ty)))
 
 
+def has_block(sch: s_tir.Schedule, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except (RuntimeError, ValueError, tvm.error.InternalError):
+        return False
+
+
+def place_padding(sch: s_tir.Schedule, unit: VectorUnit, where: str = "root", task=None) -> None:
+    """The zero-padded copy of the input (of each bit plane), if the conv pads: in a pass of its
+    own (``where="root"``, ``pad_rows``) or computed inside each parallel ``task`` ("task": the
+    rows that task reads, some of them twice, but no second parallel region)."""
+    if not has_block(sch, "pad_bits"):
+        return
+    if where == "task":
+        sch.compute_at(sch.get_sblock("pad_bits"), task, preserve_unit_loops=True)
+    else:
+        pad_rows(sch, unit)
+
+
 def pad_rows(sch: s_tir.Schedule, unit: VectorUnit) -> None:
     """The zero-padded copy of the input (of each bit plane), at root: rows in parallel, each
     row one vector loop."""
-    try:
-        pad = sch.get_sblock("pad_bits")
-    except Exception:  # unpadded conv: no pad block  # noqa: BLE001 (TVM raises its own error types)
-        return
+    pad = sch.get_sblock("pad_bits")
     *rows, x, c = sch.get_loops(pad)  # (plane,) image, row, column, word
     row = sch.fuse(*rows)
     parallel(sch, row, block_work(sch, pad))
@@ -862,8 +937,10 @@ def float_conv(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     acc = sch.get_sblock("conv_acc")
     sch.transform_layout(acc, param_name(func, 1), lambda o, c, y, x: (c, y, x, o))
     out = sch.get_sblock("conv_out")
-    lanes, channel_block, width_block, (o_outer, o_inner, x_inner) = tile_nchw_out(sch, out, unit, block_work(sch, acc),
-                                                                                   fewest_loads=True)
+    _, o, _, x = sch.get_loops(out)
+    lanes, channel_block, width_block = tile(*extents(sch, [o, x]), unit, fewest_loads=True)
+    parallel_loops = parallel_count(block_work(sch, acc), PARALLEL_MIN_TILE_WORK)
+    _, o_outer, o_inner, x_inner = tile_nchw_out(sch, out, channel_block, width_block, parallel_loops)
     sch.compute_at(acc, o_outer, preserve_unit_loops=True)
     accumulate(sch, acc, lanes, spatial=2, reduction=3)
     epilogue = transpose_out(sch, out, o_inner, x_inner, lanes, width_block, func, tile_dtype="float32")
@@ -922,21 +999,20 @@ def relayout_conv_constants(sch: s_tir.Schedule, func) -> dict[int, tuple[int, .
     return relayouts
 
 
-def tile_nchw_out(sch: s_tir.Schedule, out, unit: VectorUnit, work: int, fewest_loads: bool = False):
-    """Tile an NCHW output block: one parallel task per image row (when the kernel's ``work``
-    is worth a parallel launch), inside it tiles of ``width_block`` positions x
-    ``channel_block`` channels. Returns ``(lanes, channel_block, width_block, (o_outer,
-    o_inner, x_inner))``: the tile is computed at ``o_outer``."""
+def tile_nchw_out(sch: s_tir.Schedule, out, channel_block, width_block: int, parallel_loops: int):
+    """Tile an NCHW output block: per image row, tiles of ``width_block`` positions x
+    ``channel_block`` channels (an int, or a design space's sampled choice), the first
+    ``parallel_loops`` of (rows, column blocks, channel blocks) fused into the parallel loop.
+    Returns ``(task, tile loop, o_inner, x_inner)``: the parallel task's loop, and the loop the
+    tile is computed at."""
     n, o, y, x = sch.get_loops(out)
-    channels, width = extents(sch, [o, x])
-    lanes, channel_block, width_block = tile(channels, width, unit, fewest_loads=fewest_loads)
     sch.reorder(n, y, x, o)
     row = sch.fuse(n, y)
     x_outer, x_inner = sch.split(x, [None, width_block])
     o_outer, o_inner = sch.split(o, [None, channel_block])
     sch.reorder(row, x_outer, o_outer, o_inner, x_inner)
-    parallel(sch, row, work, PARALLEL_MIN_TILE_WORK)
-    return lanes, channel_block, width_block, (o_outer, o_inner, x_inner)
+    task = parallel_loop(sch, [row, x_outer, o_outer], parallel_loops)
+    return task, (task if parallel_loops == 3 else o_outer), o_inner, x_inner
 
 
 def kernel_activation(func) -> tuple[int, float | None]:
@@ -977,18 +1053,154 @@ def count_nonzeros(sch: s_tir.Schedule) -> None:
     parallel(sch, rows, block_work(sch, block))
 
 
-def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+# --------------------------------------------------------------------------------------------
+# Rules: one per kernel kind whose schedule has knobs (binary and k-bit convs, sign-packs).
+#
+# A rule is the kind's schedule written once, its choices taken from a knobs object:
+# ``defaults(sch, func, unit)`` gives the hand choices, and the hand schedule is the rule at its
+# defaults (``KERNELS``). ``schedules.tuning`` turns the same rule into MetaSchedule design
+# spaces: one design per setting of the structural knobs ``choices`` enumerates (a design that
+# tensorizes must know its tile shape), the hand defaults first, each applied with
+# ``space=True``, which draws the sampled knobs with MetaSchedule sampling instructions whose
+# decisions are the knobs' values. The first design at its own decisions *is* the hand schedule
+# (``tests/test_tune.py`` checks the IR is the same), so tuned and untuned schedules
+# cannot drift apart.
+
+PARALLEL_LOOPS = {0: "nothing", 1: "rows", 2: "rows x column blocks", 3: "rows x column blocks x channel blocks"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A kernel kind's schedule: ``apply(sch, func, unit, knobs=None, space=False)`` schedules
+    (``knobs`` None: the ``defaults``), ``defaults(sch, func, unit)`` are the hand choices,
+    ``choices(sch, func, unit)`` the structural knob settings a design space enumerates, and
+    ``relayout(sch, func)`` the constant relayouts every setting makes (None: none)."""
+
+    apply: Callable
+    defaults: Callable
+    choices: Callable
+    relayout: Callable | None = None
+
+
+def choose(sch: s_tir.Schedule, value: int, candidates: list[int], space: bool):
+    """``value``; in a design space (``space``), a choice among ``candidates`` sampled by
+    MetaSchedule (``sample_categorical``) whose decision is ``value``."""
+    candidates = sorted(set(candidates) | {value})
+    if not space or len(candidates) < 2:
+        return value
+    return sch.sample_categorical(candidates, [1 / len(candidates)] * len(candidates),
+                                  decision=candidates.index(value))
+
+
+@dataclass(frozen=True)
+class ConvKnobs:
+    """The choices of a binary (ternary, k-bit) conv's schedule, float or packed output."""
+
+    lanes: int  # output channels per vector register
+    width_block: int  # output positions per register tile
+    channel_block: int  # output channels per tile (sampled in a space; a word-aligned threshold tile is one word)
+    parallel: int  # outer loops fused into the parallel loop (PARALLEL_LOOPS)
+    counters: str  # mismatch counters: "words" (32-bit), "bytes" or "halfwords" (``count_mismatches``)
+    pad: str = "root"  # the zero-padded input: "root" (a pass of its own) or "task" (per parallel task)
+    # 32-bit counters: the kernel columns and channel words split, the inner parts (sampled) unrolled
+    unroll: bool = False
+    # a word-aligned threshold conv's words per tile: None, one (the word loop unsplit); a
+    # number, the word loop split by it (sampled in a space)
+    words: int | None = None
+
+
+def conv_out_block(sch: s_tir.Schedule):
+    """A float-output conv's output block: a convert (and epilogue), or a table lookup."""
+    return sch.get_sblock("table_lookup" if has_block(sch, "table_lookup") else "dot_float")
+
+
+def conv_shape(sch: s_tir.Schedule, threshold: bool) -> tuple[int, int]:
+    """``(output channels, output width)`` of a conv kernel."""
+    channels = extents(sch, [sch.get_loops(sch.get_sblock("mismatches"))[3]])[0]
+    if threshold:
+        return channels, extents(sch, [sch.get_loops(sch.get_sblock("threshold_pack"))[2]])[0]
+    return channels, extents(sch, [sch.get_loops(conv_out_block(sch))[3]])[0]
+
+
+def conv_knobs(sch: s_tir.Schedule, func, unit: VectorUnit, threshold: bool = False) -> ConvKnobs:
+    """The hand choices (``tile``; a threshold conv's tile one word where the channels are
+    whole words): rows in parallel where the kernel is worth it, the unit's counters, the
+    padded input in its own pass."""
+    channels, width = conv_shape(sch, threshold)
+    word_aligned = threshold and channels % WORD_BITS == 0
+    lanes, channel_block, width_block = tile(channels, width, unit, WORD_BITS if word_aligned else None)
+    mismatches = sch.get_sblock("mismatches")
+    counters = narrow_counters(unit, lanes, popcount_form(sch, mismatches)) or "words"
+    return ConvKnobs(lanes, width_block, channel_block, parallel_count(block_work(sch, mismatches), PARALLEL_MIN_TILE_WORK),
+                     counters)
+
+
+def channel_blocks(channels: int, lanes: int, width_block: int, unit: VectorUnit) -> list[int]:
+    """Channels per tile a design space samples: whole vectors that divide the channels, the
+    tile within the unit's accumulator registers and TVM's stack-allocation limit."""
+    most = max(1, unit.accumulators // width_block)
+    return [lanes * v for v in range(1, most + 1)
+            if channels % (lanes * v) == 0 and 4 * lanes * v * width_block < MAX_STACK_BYTES] or [lanes]
+
+
+def lane_choices(channels: int, unit: VectorUnit) -> list[int]:
+    """The unit's full vector width and half of it, where they divide ``channels``."""
+    widest = vector_lanes(channels, unit)
+    return sorted({widest, widest // 2} if widest >= 8 else {widest}, reverse=True)
+
+
+def width_choices(width: int, budget: int) -> list[int]:
+    """Width tiles that divide the output width (no loop tails); one position only as a last resort."""
+    found = [d for d in range(2, min(width, budget) + 1) if width % d == 0]
+    return found or [1]
+
+
+def counter_choices(unit: VectorUnit, lanes: int, pad: str) -> tuple[str, ...]:
+    """The counters a tile of ``lanes`` may count in on ``unit`` (``narrow_counters``): narrow
+    counters take the padding in its own pass (their ``rfactor`` needs the counting block first
+    in its task)."""
+    narrow = narrow_counters(unit, lanes, "xor") if pad == "root" else ""
+    return (narrow, "words") if narrow else ("words",)
+
+
+def conv_choices(sch: s_tir.Schedule, func, unit: VectorUnit, threshold: bool = False) -> list[ConvKnobs]:
+    """Every combination of a conv's structural knobs: lanes, width tile, parallel loops (a
+    threshold conv whose last word reads clamped channels: rows and column blocks at most),
+    padding placement, counters; the channel block starts at two vectors where they fit, 32-bit
+    counters unroll a sampled part of the reduction, a word-aligned threshold tile takes a
+    sampled number of words."""
+    channels, width = conv_shape(sch, threshold)
+    word_aligned = threshold and channels % WORD_BITS == 0
+    padded = has_block(sch, "pad_bits")
+    found = []
+    for lanes in lane_choices(channels, unit):
+        for width_block in width_choices(width, unit.accumulators):
+            blocks = channel_blocks(channels, lanes, width_block, unit)
+            channel_block = WORD_BITS if word_aligned else max(b for b in blocks if b <= 2 * lanes)
+            for parallel_loops in ((1, 2, 3) if word_aligned or not threshold else (1, 2)):
+                for pad in ("root", "task") if padded else ("root",):
+                    for counters in counter_choices(unit, lanes, pad):
+                        found.append(ConvKnobs(lanes, width_block, channel_block, parallel_loops, counters, pad,
+                                               unroll=counters == "words", words=1 if word_aligned else None))
+    return found
+
+
+def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: ConvKnobs | None = None,
+               space: bool = False) -> Scheduled:
     """``binary_conv2d`` (and on k-bit planes, ``multibit_conv2d``): int32 tile in registers,
     finished as vectors of channels, transposed, float NCHW out."""
+    knobs = knobs or conv_knobs(sch, func, unit)
+    lanes, width_block = knobs.lanes, knobs.width_block
     relayouts = relayout_conv_constants(sch, func)
     mismatches, dot = sch.get_sblock("mismatches"), integer_result(sch, func)
-    table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-    out = sch.get_sblock("table_lookup" if table else "dot_float")
-    work = block_work(sch, mismatches)
-    lanes, channel_block, width_block, (o_outer, o_inner, x_inner) = tile_nchw_out(sch, out, unit, work)
-    keep_dot_apart(sch, dot, o_outer, lanes)
-    sch.compute_at(mismatches, o_outer, preserve_unit_loops=True)
-    counters = count_mismatches(sch, mismatches, lanes, 2, 3, unit)
+    table = has_block(sch, "table_lookup")
+    out = conv_out_block(sch)
+    channels, _ = conv_shape(sch, threshold=False)
+    channel_block = choose(sch, knobs.channel_block, channel_blocks(channels, lanes, width_block, unit), space)
+    task, tile_loop, o_inner, x_inner = tile_nchw_out(sch, out, channel_block, width_block, knobs.parallel)
+    keep_dot_apart(sch, dot, tile_loop, lanes)
+    sch.compute_at(mismatches, tile_loop, preserve_unit_loops=True)
+    counters = count_mismatches(sch, mismatches, lanes, 2, 3, unit, knobs.counters, knobs.unroll)
     if table:  # a per-channel float function tabulated at compile time: one lookup per output
         sch.unroll(o_inner)
         if width_block > 1:
@@ -996,44 +1208,66 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
         epilogue = "table lookups, NCHW vector stores"
     else:
         epilogue = transpose_out(sch, out, o_inner, x_inner, lanes, width_block, func)
-    pad_rows(sch, unit)
+    place_padding(sch, unit, knobs.pad, task)
     count_nonzeros(sch)
-    plan = f"conv: {width_block} positions x {channel_block} channels in registers, {lanes} lanes, {counters}, {epilogue}"
+    plan = (f"conv: {width_block} positions x {knobs.channel_block} channels in registers, {lanes} lanes, {counters}, "
+            f"{epilogue}")
     return Scheduled(sch.mod["main"], plan, relayouts)
 
 
-def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: ConvKnobs | None = None,
+                   space: bool = False) -> Scheduled:
     """``binary_conv2d_threshold`` (``multibit_conv2d_threshold``): per 32 output channels, tile
     -> thresholds -> packed word."""
+    knobs = knobs or conv_knobs(sch, func, unit, threshold=True)
+    lanes = knobs.lanes
     relayouts = relayout_conv_constants(sch, func)
     mismatches, dot = sch.get_sblock("mismatches"), integer_result(sch, func)
     bits = sch.get_sblock("threshold_bits")
     pack = sch.get_sblock("threshold_pack")
     n, y, x, cw, _ = sch.get_loops(pack)
-    channels = int(sch.get(sch.get_loops(mismatches)[3]).extent)
-    (width,) = extents(sch, [x])
+    channels, _ = conv_shape(sch, threshold=True)
     word_aligned = channels % WORD_BITS == 0
-    lanes, channel_block, width_block = tile(channels, width, unit, WORD_BITS if word_aligned else None)
     row = sch.fuse(n, y)
-    x_outer, x_inner = sch.split(x, [None, width_block])
-    sch.reorder(row, x_outer, cw, x_inner)
-    parallel(sch, row, block_work(sch, mismatches), PARALLEL_MIN_TILE_WORK)
+    x_outer, x_inner = sch.split(x, [None, knobs.width_block])
+    # Word-aligned channels: a tile accumulates exactly one word's 32 channels (or ``words``
+    # of them) at the word loop, or the parallel loop it is fused into. Otherwise the last word
+    # reads clamped channels, so the tile covers all channels of its positions, a channel
+    # block at a time.
+    words = [cw]
+    if word_aligned and knobs.words is not None:
+        most = max(1, unit.accumulators // (knobs.width_block * (WORD_BITS // lanes)))
+        (count,) = extents(sch, [cw])
+        words = sch.split(cw, sch.sample_perfect_tile(cw, n=2, max_innermost_factor=max(most, knobs.words),
+                                                       decision=[count // knobs.words, knobs.words])
+                          if space else [None, knobs.words])
+    sch.reorder(row, x_outer, *words, x_inner)
+    task = parallel_loop(sch, [row, x_outer, words[0]] if word_aligned else [row, x_outer], knobs.parallel)
+    if word_aligned:
+        tile_loop = task if knobs.parallel == 3 else words[0]
+    else:
+        tile_loop = task if knobs.parallel == 2 else x_outer
     sch.compute_at(bits, x_inner, preserve_unit_loops=True)
-    keep_dot_apart(sch, dot, x_inner if word_aligned else x_outer, lanes if word_aligned else 1)
-    # Word-aligned channels: accumulate exactly one word's 32 channels per tile. Otherwise the
-    # last word reads clamped channels, so the tile covers all channels of the positions.
-    sch.compute_at(mismatches, cw if word_aligned else x_outer, preserve_unit_loops=True)
+    keep_dot_apart(sch, dot, x_inner if word_aligned else tile_loop, lanes if word_aligned else 1)
+    sch.compute_at(mismatches, tile_loop, preserve_unit_loops=True)
     if not word_aligned:
         o = sch.get_loops(mismatches)[-4]
+        channel_block = choose(sch, knobs.channel_block, channel_blocks(channels, lanes, knobs.width_block, unit), space)
         o_outer, _ = sch.split(o, [None, channel_block])
         loops = sch.get_loops(mismatches)
         sch.reorder(o_outer, loops[-6])  # channel blocks outside the positions
-    counters = count_mismatches(sch, mismatches, lanes, 2, 3, unit)
+    counters = count_mismatches(sch, mismatches, lanes, 2, 3, unit, knobs.counters, knobs.unroll)
     pack_words(sch, bits, pack, unit.lanes)
-    pad_rows(sch, unit)
+    place_padding(sch, unit, knobs.pad, task)
     count_nonzeros(sch)
-    plan = f"conv+threshold: {width_block} positions x {channel_block} channels, {lanes} lanes, {counters}, mask-packed words"
+    plan = (f"conv+threshold: {knobs.width_block} positions x {knobs.channel_block} channels, {lanes} lanes, "
+            f"{counters}, mask-packed words")
     return Scheduled(sch.mod["main"], plan, relayouts)
+
+
+CONV_FLOAT = Rule(conv_float, conv_knobs, conv_choices, relayout_conv_constants)
+CONV_THRESHOLD = Rule(conv_threshold, functools.partial(conv_knobs, threshold=True),
+                      functools.partial(conv_choices, threshold=True), relayout_conv_constants)
 
 
 def relayout_dense_weights(sch: s_tir.Schedule, func) -> dict[int, tuple[int, ...]]:
@@ -1167,10 +1401,46 @@ def attention_bits(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
                                       f"{lanes} lanes, 32-bit counters, mask-packed words")
 
 
-def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+@dataclass(frozen=True)
+class PackKnobs:
+    """The choices of a sign-pack's schedule."""
+
+    lanes: int  # consecutive positions of a row per vector (sampled in a space)
+    parallel: int  # outer loops fused into the parallel loop: none, rows, rows x column blocks
+
+
+MAX_PACK_POSITIONS = 16  # positions per vector a design space samples up to
+
+
+def pack_knobs(sch: s_tir.Schedule, func, unit: VectorUnit) -> PackKnobs:
+    """The hand choices: the widest power-of-two vector of positions that divides the row, or
+    for narrow rows (7, 14: a ResNet's last stages) the row's largest divisor up to the unit's
+    lanes as one odd-width vector, which LLVM widens to a register: 2-3x faster packs there
+    than 1- or 2-lane vectors (Zen 4); where a power of two of 4 or more lanes divides the row
+    (28, 56), it stays: faster than that. Rows in parallel where the pack is worth it."""
+    block = sch.get_sblock("pack_sign")
+    loops = sch.get_loops(block)
+    (width,) = extents(sch, [loops[2]]) if len(loops) == 5 else (1,)
+    lanes = power_of_two_divisor(width, unit.lanes)
+    if lanes < 4:
+        lanes = largest_divisor(width, unit.lanes)
+    return PackKnobs(lanes, parallel_count(block_work(sch, block)))
+
+
+def pack_choices(sch: s_tir.Schedule, func, unit: VectorUnit) -> list[PackKnobs]:
+    """The parallel loops (the positions per vector are sampled); none for a 2-D input."""
+    if len(sch.get_loops(sch.get_sblock("pack_sign"))) != 5:
+        return []
+    lanes = pack_knobs(sch, func, unit).lanes
+    return [PackKnobs(lanes, parallel_loops) for parallel_loops in (0, 1, 2)]
+
+
+def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: PackKnobs | None = None,
+              space: bool = False) -> Scheduled:
     """Float NCHW -> bits: each vector takes ``lanes`` consecutive positions of a row; per
     channel one load, one compare, one masked add of the channel's bit; the finished words
-    are stored channels-last."""
+    are stored channels-last. A 2-D input: ``generic``."""
+    knobs = knobs or pack_knobs(sch, func, unit)
     block = sch.get_sblock("pack_sign")
     loops = sch.get_loops(block)
     if len(loops) != 5:
@@ -1179,28 +1449,30 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     (width,) = extents(sch, [x])
     # Vectors along the row only: a vector spanning rows would make the local word buffer's
     # region non-rectangular.
-    lanes = power_of_two_divisor(width, unit.lanes)
-    if lanes < 4:
-        # narrow rows (7, 14: a ResNet's last stages) as one odd-width vector, which LLVM widens
-        # to a register: 2-3x faster packs there than 1- or 2-lane vectors (Zen 4). Where a
-        # power of two of 4 or more lanes divides the row (28, 56), it stays: faster than that.
-        lanes = largest_divisor(width, unit.lanes)
-    x_outer, x_inner = sch.split(x, [None, lanes])
+    if space:
+        positions = sch.sample_perfect_tile(x, n=2, max_innermost_factor=max(MAX_PACK_POSITIONS, knobs.lanes),
+                                            decision=[width // knobs.lanes, knobs.lanes])
+    else:
+        positions = [None, knobs.lanes]
+    x_outer, x_inner = sch.split(x, positions)
     # a ternary activation's interleaved sign and nonzero words (``pack_ternary``): both from
     # one load and compare per channel, the word's parity a constant in each unrolled copy
     planes = list(sch.split(cw, [None, 2])) if kernel_op(func) == "pack_ternary" else [cw]
     sch.reorder(n, y, x_outer, planes[0], b, *planes[1:], x_inner)
     task = sch.fuse(n, y)
-    parallel(sch, task, block_work(sch, block))
+    parallel_loop(sch, [task, x_outer], knobs.parallel)
     words = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(words, planes[0])
-    if lanes > 1:
+    if knobs.lanes > 1:
         sch.vectorize(x_inner)
     sch.decompose_reduction(block, b)
     sch.unroll(b)
     for plane in planes[1:]:
         sch.unroll(plane)
-    return Scheduled(sch.mod["main"], f"pack: {lanes} positions per vector" + (", both words" if planes[1:] else ""))
+    return Scheduled(sch.mod["main"], f"pack: {knobs.lanes} positions per vector" + (", both words" if planes[1:] else ""))
+
+
+PACK_SIGN = Rule(pack_sign, pack_knobs, pack_choices)
 
 
 def power_of_two_divisor(n: int, limit: int) -> int:
@@ -1223,32 +1495,26 @@ def generic(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     return Scheduled(sch.mod["main"], "generic: parallel outer loops")
 
 
+# The kinds whose schedule is a rule with knobs (``schedules.tuning``'s binary-aware design spaces)
+RULES = {
+    **dict.fromkeys(("binary_conv2d", "binary_conv2d_table", "binary_conv2d_epilogue", "multibit_conv2d",
+                     "multibit_conv2d_table", "ternary_conv2d", "ternary_conv2d_table", "ternary_conv2d_epilogue"),
+                    CONV_FLOAT),
+    **dict.fromkeys(("binary_conv2d_threshold", "multibit_conv2d_threshold", "ternary_conv2d_threshold"), CONV_THRESHOLD),
+    **dict.fromkeys(("pack_sign", "pack_sign_pair", "pack_sign_steps", "pack_ternary", "pack_levels"), PACK_SIGN),
+}
+
 KERNELS = {
+    **{op: rule.apply for op, rule in RULES.items()},
     "float_conv2d": float_conv,
-    "binary_conv2d": conv_float,
-    "binary_conv2d_table": conv_float,
-    "binary_conv2d_epilogue": conv_float,
-    "binary_conv2d_threshold": conv_threshold,
     "binary_dense": dense_float,
     "binary_dense_table": dense_float,
     "binary_dense_epilogue": dense_float,
     "binary_dense_threshold": dense_threshold,
-    "multibit_conv2d": conv_float,
-    "multibit_conv2d_table": conv_float,
-    "multibit_conv2d_threshold": conv_threshold,
-    "ternary_conv2d": conv_float,
-    "ternary_conv2d_table": conv_float,
-    "ternary_conv2d_epilogue": conv_float,
-    "ternary_conv2d_threshold": conv_threshold,
     "ternary_dense": dense_float,
     "ternary_dense_table": dense_float,
     "ternary_dense_epilogue": dense_float,
     "ternary_dense_threshold": dense_threshold,
-    "pack_sign": pack_sign,
-    "pack_sign_pair": pack_sign,
-    "pack_sign_steps": pack_sign,
-    "pack_ternary": pack_sign,
-    "pack_levels": pack_sign,
     "binary_attention_scores": attention_scores,
     "ternary_attention_scores": attention_scores,
     "binary_attention_bits": attention_bits,

@@ -1,28 +1,31 @@
-"""Binary-aware MetaSchedule search spaces for the XNOR-popcount kernels, and tuned records applied.
+"""Binary-aware MetaSchedule design spaces for the XNOR-popcount kernels, and tuned records applied.
 
-MetaSchedule's generic space does not find popcount-friendly schedules,
-so for each kernel kind the passes emit (``bnn.op``) the space here is the family of schedules
-the hand-written CPU schedules (``schedules.cpu``) belong to, with their fixed choices turned
-into knobs:
+MetaSchedule's generic space does not find popcount-friendly schedules, so for each kernel kind
+whose hand schedule is a rule with knobs (``schedules.cpu.RULES``: binary, ternary and k-bit
+convs, sign-packs) the space is that rule: one design per setting of its structural knobs
+(``Rule.choices``; a trace that tensorizes must know its tile shape), the hand defaults first,
+its sampled knobs drawn by MetaSchedule sampling instructions whose decisions default to the
+setting's values:
 
-* structural knobs, one design space each (a trace that tensorizes must know its tile shape):
-  the output-width tile (``width_block``), the vector width (``lanes``: output channels per
-  SIMD register), which loops form the parallel loop (rows; rows and column blocks; rows,
-  column blocks and channel blocks), and on units whose popcount is a byte-table lookup, the
-  counters (bytes per chunk, ``cpu.count_mismatches``, or 32-bit words); on NEON, halfwords
-  per chunk or 32-bit words;
-* sampled knobs, as MetaSchedule sampling instructions that its evolutionary search mutates:
-  the channel tile in vectors (``sample_perfect_tile``), the unrolled part of the reduction over
-  kernel columns and channel words (``sample_perfect_tile``, the inner factor unrolled), and for
-  ``pack_sign`` the positions packed per vector.
+* structural knobs: the output-width tile (``width_block``), the vector width (``lanes``:
+  output channels per SIMD register), which loops form the parallel loop (rows; rows and column
+  blocks; rows, column blocks and channel blocks), where the padded input is copied, and on
+  units whose popcount is a byte-table lookup the counters (bytes per chunk,
+  ``cpu.count_mismatches``, or 32-bit words; on NEON, halfwords or 32-bit words);
+* sampled knobs: the channel block (``sample_categorical`` among whole vectors that fit the
+  registers; ``mutate_choice`` redraws it), a word-aligned threshold tile's words and the
+  unrolled part of the reduction over kernel columns and channel words with 32-bit counters
+  (``sample_perfect_tile``, mutated by ``MutateTileSize``), and for a sign-pack the positions
+  packed per vector.
 
-Weights and the padding correction are constants: every space relays them out the way
-``schedules.cpu`` does (output channels innermost), and :func:`apply_database` permutes the
-constants at the call sites (``schedules.replace_kernels``), as ``schedule_module`` does.
+The first design at its own decisions is the hand schedule, so a tuned record and the hand
+default are two settings of the same code (``tests/test_tune.py`` checks the IR is the same).
+Weights and the padding correction are constants: every design relays them out the way the rule
+does (output channels innermost), and :func:`apply_database` permutes the constants at the call
+sites (``schedules.replace_kernels``), as ``schedule_module`` does.
 
 Float kernels (``LegalizeOps`` output) are tuned in MetaSchedule's default space; kernel kinds
-without a space here (``max_pool_or``, ``pack_levels``, ...) too. k-bit convs (``multibit_*``)
-share the binary convs' spaces: their planes are unrolled inside the popcount term.
+without a rule (``max_pool_or``, dense kernels, ...) too.
 
 :func:`apply_database` (``compile --db DIR``) replaces each PrimFunc whose workload has a record
 by the best record's schedule, tagged ``tirx.is_scheduled``; a tuned binary kernel keeps its
@@ -34,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import tempfile
@@ -44,38 +48,21 @@ import tvm
 from tvm import s_tir, tirx
 
 from . import OPAQUE_PATTERN, SCHEDULED_ATTR, bitserial, cpu, vector_unit
+from .tuning_files import FAILED_RUN_SECS, RECORD_FILE, UNTUNED_FILE, WORKLOAD_FILE  # noqa: F401 (the module's API)
 
 LOG = logging.getLogger(__name__)
 
-WORD_BITS = 32
 TUNED_OP_ATTR = "bnn.tuned_op"
-WORKLOAD_FILE = "database_workload.json"
-RECORD_FILE = "database_tuning_record.json"
 
 
 # --------------------------------------------------------------------------------------------
-# Tensor intrinsics of the spaces: ``schedules.cpu``'s, registered under names of their own
-# (a stored trace names them; ``register_intrinsics_named_in`` re-registers them by name)
-
-
-def pack32_intrin(index_dtype: str) -> str:
-    return cpu.register_intrinsic(f"bnn_tuning_pack32_{index_dtype}", lambda: cpu._pack_bits32_funcs(index_dtype))
-
-
-def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: str, levels: int = 1,
-                    activation_scale: float | None = None) -> str:
-    """``schedules.cpu``'s tile epilogue (convert, a k-bit input's ``bitserial.activation_value``,
-    per-channel float ``steps``, transpose)."""
-    activation = cpu.activation_suffix(levels, activation_scale)
-    name = f"bnn_tuning_tile_out_{rows}x{lanes}{activation}{''.join('_' + step for step in steps)}_{index_dtype}"
-    return cpu.register_intrinsic(
-        name, lambda: cpu._tile_out_funcs(rows, lanes, tuple(steps), index_dtype, levels=levels,
-                                          activation_scale=activation_scale)
-    )
-
+# Tensor intrinsics a stored trace names: registered per tile shape on first use, which a new
+# process has not seen yet. ``bnn_tuning_*``: the names records written before the spaces were
+# the hand schedules' rules gave the same intrinsics.
 
 INTRINSIC_NAMES = (
-    (re.compile(r"bnn_tuning_pack32_(\w+)$"), lambda m: pack32_intrin(m[1])),
+    (re.compile(r"bnn_(?:tuning_pack32|pack_bits32)_(\w+)$"),
+     lambda m: cpu.register_intrinsic(m[0], lambda: cpu._pack_bits32_funcs(m[1]))),
     (re.compile(r"bnn_byte_step_(\d+)_(int\d+)(?:_(masked_data|masked_weight|both_ternary))?$"),
      lambda m: cpu.byte_step_intrin(int(m[1]), m[2], m[3] or "xor")),
     (re.compile(r"bnn_byte_finish_(\d+)_(int\d+)(?:_minus_from_(\d+))?$"),
@@ -84,9 +71,11 @@ INTRINSIC_NAMES = (
      lambda m: cpu.halfword_step_intrin(int(m[2]), m[3], m[1], m[4] or "xor")),
     (re.compile(r"bnn_halfword_finish_(aarch64|armv7)_(\d+)_(int\d+)(?:_minus_from_(\d+))?$"),
      lambda m: cpu.halfword_finish_intrin(int(m[2]), m[3], m[1], int(m[4] or 0))),
-    (re.compile(rf"bnn_tuning_tile_out_(\d+)x(\d+)(?:_div(\d+)|_mul([0-9a-f]{{8}}))?((?:_(?:{'|'.join(bitserial.EPILOGUE_OPS)}))*)_(int\d+)$"),
-     lambda m: tile_out_intrin(int(m[1]), int(m[2]), tuple(m[5].split("_")[1:]), m[6], int(m[3] or 1),
-                               cpu.scale_of_suffix(m[4]) if m[4] else None)),
+    (re.compile(rf"bnn_(?:tuning_tile_out|tile_out_(int32|float32))_(\d+)x(\d+)(?:_div(\d+)|_mul([0-9a-f]{{8}}))?"
+                rf"((?:_(?:{'|'.join(bitserial.EPILOGUE_OPS)}))*)_(int\d+)$"),
+     lambda m: cpu.register_intrinsic(m[0], lambda: cpu._tile_out_funcs(
+         int(m[2]), int(m[3]), tuple(m[6].split("_")[1:]), m[7], m[1] or "int32", int(m[4] or 1),
+         cpu.scale_of_suffix(m[5]) if m[5] else None))),
 )
 
 
@@ -95,348 +84,50 @@ def register_intrinsics_named_in(lines) -> None:
     it opens, and a ``Tensorize`` of an intrinsic this process has not registered fails it."""
     names = set()
     for line in lines:
-        names.update(re.findall(r"bnn_(?:tuning|byte|halfword)_[A-Za-z0-9_]+", line))
+        names.update(re.findall(r"bnn_(?:tuning|byte|halfword|tile_out|pack_bits32)_[A-Za-z0-9_]+", line))
     for name in names:
-        for pattern, register in INTRINSIC_NAMES:
-            match = pattern.match(name)
-            if match:
-                register(match)
+        register_intrinsic_named(name)
 
 
 def register_intrinsics(trace) -> None:
-    """Register the tensor intrinsics a stored trace names (they exist per tile shape and are
-    registered on first use, which a new process has not seen yet)."""
+    """Register the tensor intrinsics a stored trace names."""
     for inst in trace.insts:
-        if inst.kind.name != "Tensorize":
-            continue
-        name = str(inst.attrs[0])
-        for pattern, register in INTRINSIC_NAMES:
-            match = pattern.match(name)
-            if match:
-                register(match)
+        if inst.kind.name == "Tensorize":
+            register_intrinsic_named(str(inst.attrs[0]))
+
+
+def register_intrinsic_named(name: str) -> None:
+    """Register the tensor intrinsic ``name`` (one of ``INTRINSIC_NAMES``' patterns; others are not ours)."""
+    for pattern, register in INTRINSIC_NAMES:
+        match = pattern.match(name)
+        if match:
+            register(match)
 
 
 # --------------------------------------------------------------------------------------------
-# Knob ranges
+# Design spaces: the kernel kind's rule (``cpu.RULES``) over its structural knobs
 
 
-@dataclass(frozen=True)
-class Tile:
-    """The structural knobs of one design space."""
-
-    width_block: int  # output positions per register tile
-    lanes: int  # output channels per vector register
-    parallel: int  # outer loops fused into the parallel loop (see PARALLEL_NAMES)
-    pad: str = "root"  # zero-padded input: "root" (one parallel pass first) or "task" (per parallel task)
-    counters: str = "words"  # mismatch counters: "words" (32-bit), "bytes" or "halfwords" (``cpu.count_mismatches``)
-
-    def describe(self) -> str:
-        return (f"{self.width_block} positions, {self.lanes} lanes, parallel over {PARALLEL_NAMES[self.parallel]}, "
-                f"padding {'in its own pass' if self.pad == 'root' else 'per task'}, {self.counters[:-1]} counters")
-
-
-PARALLEL_NAMES = {0: "nothing", 1: "rows", 2: "rows x column blocks", 3: "rows x column blocks x channel blocks"}
-
-
-def divisors(n: int, limit: int) -> list[int]:
-    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
-
-
-def lane_choices(channels: int, unit) -> list[int]:
-    """The unit's full vector width and half of it, where they divide ``channels``."""
-    widest = cpu.vector_lanes(channels, unit)
-    return sorted({widest, widest // 2} if widest >= 8 else {widest}, reverse=True)
-
-
-def width_choices(width: int, budget: int) -> list[int]:
-    """Width tiles that divide the output width (no loop tails); one position only as a last resort."""
-    found = [d for d in divisors(width, budget) if d > 1]
-    return found or [1]
-
-
-def tiles(channels: int, width: int, unit, padded: bool, parallel_choices=(1, 2, 3)) -> list[Tile]:
-    """Every combination of the structural knobs. A padded conv may copy its padded input in a
-    pass of its own (another parallel region: a fork/join costs ~10 us on a busy machine) or per
-    parallel task, the rows that task reads (some rows twice). A unit whose popcount is a byte
-    table may count in bytes or in 32-bit words (whole vectors only), a NEON unit in halfwords or
-    32-bit words; narrow counters take the padding in its own pass (their ``rfactor`` needs the
-    counting block first in its task)."""
-    return [
-        Tile(w, lanes, p, pad, counters)
-        for lanes in lane_choices(channels, unit)
-        for w in width_choices(width, unit.accumulators)
-        for p in parallel_choices
-        for pad in (("root", "task") if padded else ("root",))
-        for counters in narrow_choices(unit, lanes, pad)
-    ]
-
-
-def narrow_choices(unit, lanes: int, pad: str) -> tuple[str, ...]:
-    """The counters a tile of ``lanes`` may count in on ``unit`` (``cpu.narrow_counters``)."""
-    narrow = cpu.narrow_counters(unit, lanes, "xor") if pad == "root" else ""
-    return (narrow, "words") if narrow else ("words",)
-
-
-def extent(sch: s_tir.Schedule, loop) -> int:
-    return int(sch.get(loop).extent)
-
-
-# --------------------------------------------------------------------------------------------
-# Pieces shared by the spaces
-
-
-def unrolled_split(sch: s_tir.Schedule, loop, max_unroll: int):
-    """Split ``loop`` by a sampled factor (at most ``max_unroll``) and return ``(outer, inner)``;
-    the caller unrolls ``inner``."""
-    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(1, min(max_unroll, extent(sch, loop))))
-    return sch.split(loop, factors)
-
-
-def accumulate_tile(sch: s_tir.Schedule, block, lanes: int) -> None:
-    """Register accumulation of a ``mismatches`` block computed inside a tile.
-
-    The block's innermost loops are ``positions, channels, ry, rx, rc`` (conv) or
-    ``positions, channels, rk`` (dense). The reduction goes outside the tile; a sampled part of
-    the kernel columns and of the channel words is unrolled; positions and vectors of channels
-    are unrolled, lanes vectorised.
-    """
-    loops = sch.get_loops(block)
-    conv = len(sch.get(block).iter_vars) == 7
-    reduce = loops[-3:] if conv else loops[-1:]
-    positions, channels = loops[-len(reduce) - 2 : -len(reduce)]
-    vectors, lane = sch.split(channels, [None, lanes])
-    if conv:
-        ry, rx, rc = reduce
-        rx_outer, rx_inner = unrolled_split(sch, rx, 3)
-        rc_outer, rc_inner = unrolled_split(sch, rc, 4)
-        sch.reorder(ry, rx_outer, rc_outer, rx_inner, rc_inner, positions, vectors, lane)
-        first, unrolled = ry, [rx_inner, rc_inner]
-    else:
-        rk_outer, rk_inner = unrolled_split(sch, reduce[0], 4)
-        sch.reorder(rk_outer, rk_inner, positions, vectors, lane)
-        first, unrolled = rk_outer, [rk_inner]
-    for loop in unrolled + [positions, vectors]:
-        sch.unroll(loop)
-    if lanes > 1:
-        sch.vectorize(lane)
-    sch.decompose_reduction(block, first)
-    sch.set_scope(block, 0, "local")
-
-
-def count_tile(sch: s_tir.Schedule, block, tile: Tile, unit) -> None:
-    """The ``mismatches`` block inside a tile in the tile's counters: byte (halfword) counters as
-    ``schedules.cpu`` lays them out, or 32-bit accumulators (``accumulate_tile``; also for a
-    k-bit conv's weighted planes, which byte counters do not take)."""
-    if tile.counters in ("bytes", "halfwords") and cpu.is_single_popcount(sch, block):
-        conv = len(sch.get(block).iter_vars) == 7
-        cpu.count_mismatches(sch, block, tile.lanes, 2, 3 if conv else 1, unit)
-    else:
-        accumulate_tile(sch, block, tile.lanes)
-
-
-def finish_dot(sch: s_tir.Schedule, dot, loop, lanes: int) -> None:
-    """The integer result (``taps - 2 m + correction``) as its own register stage at ``loop``:
-    not inlined into the thresholds (TVM's simplifier would move its terms across ``<=`` and
-    overflow on INT32_MIN/MAX bounds), and finished as vectors of channels."""
-    sch.compute_at(dot, loop, preserve_unit_loops=True)
-    sch.set_scope(dot, 0, "local")
-    positions, channels = sch.get_loops(dot)[-2:]
-    vectors, lane = sch.split(channels, [None, lanes])
-    sch.unroll(positions)
-    sch.unroll(vectors)
-    if lanes > 1:
-        sch.vectorize(lane)
-
-
-def pack_words(sch: s_tir.Schedule, bits_block, pack_block, lanes: int) -> None:
-    """Each word's 32 decisions as one vector, the word packed by mask (tensorized)."""
-    if lanes > 1:
-        sch.vectorize(sch.get_loops(bits_block)[-1])
-    sch.decompose_reduction(pack_block, sch.get_loops(pack_block)[-1])
-    bit = sch.get_loops(pack_block)[-1]
-    sch.tensorize(bit, pack32_intrin(str(sch.get(bit).loop_var.ty)))
-
-
-def place_padding(sch: s_tir.Schedule, tile: "Tile", task_loop, lanes: int) -> None:
-    """The zero-padded input copy: its own pass, or computed inside each parallel task."""
-    if not has_block(sch, "pad_bits"):
-        return
-    if tile.pad == "task":
-        sch.compute_at(sch.get_sblock("pad_bits"), task_loop, preserve_unit_loops=True)
-        return
-    pad_rows(sch, lanes)
-
-
-def pad_rows(sch: s_tir.Schedule, lanes: int) -> None:
-    """The zero-padded input copy at root: rows in parallel, each row's words as vectors."""
-    if not has_block(sch, "pad_bits"):
-        return
-    *rows, x, c = sch.get_loops(sch.get_sblock("pad_bits"))  # (plane,) image, row, column, word
-    sch.parallel(sch.fuse(*rows))
-    words = sch.fuse(x, c)
-    width = max(d for d in divisors(extent(sch, words), lanes))
-    if width > 1:
-        sch.vectorize(sch.split(words, [None, width])[1])
-
-
-def parallel_loop(sch: s_tir.Schedule, loops: list, count: int):
-    """Fuse the first ``count`` of ``loops`` into the parallel loop; returns it (the first loop,
-    serial, when ``count`` is 0)."""
-    if count == 0:
-        return loops[0]
-    fused = sch.fuse(*loops[:count]) if count > 1 else loops[0]
-    sch.parallel(fused)
-    return fused
-
-
-def has_block(sch: s_tir.Schedule, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-        return True
-    except (RuntimeError, ValueError, tvm.error.InternalError):
-        return False
-
-
-# --------------------------------------------------------------------------------------------
-# Spaces, one function per kernel kind: (schedule, func, unit) -> list of design spaces
-
-
-def conv_float_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule]:
-    """``binary_conv2d`` (float NCHW out) and ``binary_conv2d_table`` (per-channel table out)."""
-    out_name = "dot_float" if has_block(sch, "dot_float") else "table_lookup"
-    _, channels, _, width = (extent(sch, loop) for loop in sch.get_loops(sch.get_sblock(out_name)))
-    padded = has_block(sch, "pad_bits")
-    return [conv_float_design(sch.copy(), func, unit, tile, out_name) for tile in tiles(channels, width, unit, padded)]
-
-
-def conv_float_design(sch, func, unit, tile: Tile, out_name: str) -> s_tir.Schedule:
-    cpu.relayout_conv_constants(sch, func)
-    mismatches, dot, out = sch.get_sblock("mismatches"), cpu.integer_result(sch, func), sch.get_sblock(out_name)
-    n, o, y, x = sch.get_loops(out)
-    sch.reorder(n, y, x, o)
-    row = sch.fuse(n, y)
-    x_outer, x_inner = sch.split(x, [None, tile.width_block])
-    vector_loop, lane = sch.split(o, [None, tile.lanes])
-    vectors = sch.sample_perfect_tile(vector_loop, n=2, max_innermost_factor=max(1, unit.accumulators // tile.width_block))
-    o_outer, o_vectors = sch.split(vector_loop, vectors)
-    sch.reorder(row, x_outer, o_outer, o_vectors, lane, x_inner)
-    fused = parallel_loop(sch, [row, x_outer, o_outer], tile.parallel)
-    tile_loop = fused if tile.parallel == 3 else o_outer
-    finish_dot(sch, dot, tile_loop, tile.lanes)
-    sch.compute_at(mismatches, tile_loop, preserve_unit_loops=True)
-    count_tile(sch, mismatches, tile, unit)
-    transposed = False
-    if out_name == "dot_float" and tile.lanes >= 4 and tile.width_block > 1:
-        index_dtype = str(sch.get(lane).loop_var.ty)
-        try:
-            intrin = tile_out_intrin(tile.width_block, tile.lanes, cpu.epilogue_steps(func), index_dtype,
-                                     *cpu.kernel_activation(func))
-            sch.tensorize(lane, intrin)
-            transposed = True
-        except (RuntimeError, ValueError, tvm.error.InternalError) as err:
-            LOG.debug("register transpose not applicable: %s", str(err).splitlines()[0])
-    sch.unroll(o_vectors)
-    if not transposed:
-        sch.unroll(lane)
-        if tile.width_block > 1:
-            sch.vectorize(x_inner)
-    place_padding(sch, tile, fused, unit.lanes)
-    return sch
-
-
-def conv_threshold_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule]:
-    """``binary_conv2d_threshold``: tile -> thresholds -> mask-packed words."""
-    channels = extent(sch, sch.get_loops(sch.get_sblock("mismatches"))[3])
-    width = extent(sch, sch.get_loops(sch.get_sblock("threshold_pack"))[2])
-    padded = has_block(sch, "pad_bits")
-    return [conv_threshold_design(sch.copy(), func, unit, tile, channels) for tile in tiles(channels, width, unit, padded)]
-
-
-def conv_threshold_design(sch, func, unit, tile: Tile, channels: int) -> s_tir.Schedule:
-    cpu.relayout_conv_constants(sch, func)
-    mismatches, dot = sch.get_sblock("mismatches"), cpu.integer_result(sch, func)
-    bits, pack = sch.get_sblock("threshold_bits"), sch.get_sblock("threshold_pack")
-    n, y, x, cw, _ = sch.get_loops(pack)
-    row = sch.fuse(n, y)
-    x_outer, x_inner = sch.split(x, [None, tile.width_block])
-    if channels % WORD_BITS == 0:
-        # A tile of whole words (how many: sampled), thresholded and packed word by word.
-        per_word = WORD_BITS // tile.lanes
-        words = sch.sample_perfect_tile(
-            cw, n=2, max_innermost_factor=max(1, unit.accumulators // (tile.width_block * per_word))
-        )
-        cw_outer, cw_inner = sch.split(cw, words)
-        sch.reorder(row, x_outer, cw_outer, cw_inner, x_inner)
-        fused = parallel_loop(sch, [row, x_outer, cw_outer], tile.parallel)
-        sch.compute_at(bits, x_inner, preserve_unit_loops=True)
-        finish_dot(sch, dot, x_inner, tile.lanes)
-        sch.compute_at(mismatches, fused if tile.parallel == 3 else cw_outer, preserve_unit_loops=True)
-        count_tile(sch, mismatches, tile, unit)
-    else:
-        # The last word reads clamped channels: the tile covers all channels of its positions,
-        # accumulated a channel block (sampled) at a time.
-        sch.reorder(row, x_outer, cw, x_inner)
-        fused = parallel_loop(sch, [row, x_outer], min(tile.parallel, 2))
-        block_loop = fused if tile.parallel >= 2 else x_outer
-        sch.compute_at(bits, x_inner, preserve_unit_loops=True)
-        sch.compute_at(dot, block_loop, preserve_unit_loops=True)
-        sch.set_scope(dot, 0, "local")
-        sch.compute_at(mismatches, block_loop, preserve_unit_loops=True)
-        loops = sch.get_loops(mismatches)
-        positions, o = loops[-5], loops[-4]
-        vector_loop, lane = sch.split(o, [None, tile.lanes])
-        vectors = sch.sample_perfect_tile(vector_loop, n=2, max_innermost_factor=max(1, unit.accumulators // tile.width_block))
-        o_outer, o_vectors = sch.split(vector_loop, vectors)
-        sch.reorder(o_outer, positions)
-        sch.fuse(o_vectors, lane)
-        count_tile(sch, mismatches, tile, unit)
-    pack_words(sch, bits, pack, unit.lanes)
-    place_padding(sch, tile, fused, unit.lanes)
-    return sch
-
-
-def pack_sign_space(sch: s_tir.Schedule, func, unit) -> list[s_tir.Schedule]:
-    """Float NCHW -> packed bits: positions per vector (sampled), which loops run in parallel."""
-    if len(sch.get_loops(sch.get_sblock("pack_sign"))) != 5:
-        return [sch]  # 2-D input: nothing to choose here, the default lowering
-    return [pack_sign_design(sch.copy(), parallel) for parallel in (0, 1, 2)]
-
-
-def pack_sign_design(sch, parallel: int, max_positions: int = 16) -> s_tir.Schedule:
-    block = sch.get_sblock("pack_sign")
-    n, y, x, cw, b = sch.get_loops(block)
-    x_outer, x_inner = sch.split(x, sch.sample_perfect_tile(x, n=2, max_innermost_factor=max_positions))
-    sch.reorder(n, y, x_outer, cw, b, x_inner)
-    row = sch.fuse(n, y)
-    parallel_loop(sch, [row, x_outer], parallel)
-    words = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(words, cw)
-    sch.vectorize(x_inner)
-    sch.decompose_reduction(block, b)
-    sch.unroll(b)
-    return sch
-
-
-SPACES = {
-    "binary_conv2d": conv_float_space,
-    "binary_conv2d_table": conv_float_space,
-    "binary_conv2d_epilogue": conv_float_space,
-    "binary_conv2d_threshold": conv_threshold_space,
-    "multibit_conv2d": conv_float_space,
-    "multibit_conv2d_table": conv_float_space,
-    "multibit_conv2d_threshold": conv_threshold_space,
-    "pack_sign": pack_sign_space,
-    "pack_sign_pair": pack_sign_space,
-}
+def rule_designs(sch: s_tir.Schedule, func, unit, rule: cpu.Rule) -> list[s_tir.Schedule]:
+    """One design per structural knob setting of ``rule``, the hand defaults first; each draws
+    its sampled knobs by MetaSchedule sampling instructions whose decisions are the setting's
+    values (the first design, at its decisions, is the hand schedule)."""
+    defaults = rule.defaults(sch, func, unit)
+    designs = []
+    for knobs in [defaults] + [k for k in rule.choices(sch, func, unit) if k != defaults]:
+        design = sch.copy()
+        rule.apply(design, func, unit, knobs, space=True)
+        designs.append(design)
+    return designs
 
 
 def design_spaces(func, op: str, spec) -> list[s_tir.Schedule] | None:
     """The binary-aware design spaces of a kernel, or None when it has none here."""
-    space = SPACES.get(op)
+    rule = cpu.RULES.get(op)
     unit = vector_unit(spec)
-    if space is None or unit is None:
+    if rule is None or unit is None:
         return None
-    return space(s_tir.Schedule(workload(func)), func, unit)
+    return rule_designs(s_tir.Schedule(workload(func)), func, unit, rule)
 
 
 def space_generator(func, op: str | None, spec):
@@ -445,19 +136,48 @@ def space_generator(func, op: str | None, spec):
     from tvm.s_tir import meta_schedule as ms
 
     unit = vector_unit(spec)
-    if op not in SPACES or unit is None:
+    rule = cpu.RULES.get(op or "")
+    if rule is None or unit is None:
         return "post-order-apply"
-    space = SPACES[op]
 
     def generate(sch: s_tir.Schedule):
-        return space(sch, func, unit)
+        return rule_designs(sch, func, unit, rule)
 
     return ms.space_generator.ScheduleFn(
         generate,
         sch_rules=[],
         postprocs=[ms.postproc.DisallowDynamicLoop()],
-        mutator_probs={ms.mutator.MutateTileSize(): 1.0},
+        mutator_probs={ms.mutator.MutateTileSize(): 0.5, mutate_choice(): 0.5},
     )
+
+
+def mutate_choice():
+    """A MetaSchedule mutator that redraws one ``sample_categorical`` decision (a rule's choice
+    among candidates, ``cpu.choose``): MetaSchedule's own mutators change only tile sizes and
+    unroll annotations."""
+    from tvm.s_tir.meta_schedule.mutator import PyMutator
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class MutateChoice(PyMutator):
+        def _initialize_with_tune_context(self, context) -> None:
+            pass
+
+        def apply(self, trace, rand_state):
+            choices = [inst for inst in trace.insts if inst.kind.name == "SampleCategorical"
+                       and len(inst.attrs[0]) > 1 and inst in trace.decisions]
+            if not choices:
+                return None
+            rng = random.Random(int(rand_state))
+            inst = rng.choice(choices)
+            current = int(trace.decisions[inst])
+            decision = rng.choice([k for k in range(len(inst.attrs[0])) if k != current])
+            return trace.with_decision(inst, decision, remove_postproc=True)
+
+        def clone(self):
+            return MutateChoice()
+
+    return MutateChoice()
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,10 +304,6 @@ def _load_copy(folder: str):
     return memory
 
 
-FAILED_RUN_SECS = 1e9  # MetaSchedule records 1e10 s for a candidate that did not build or run
-UNTUNED_FILE = "untuned.json"
-
-
 def workload_key(func) -> str:
     """A task's identity across runs and processes: the structural hash of its workload."""
     import tvm_ffi
@@ -679,13 +395,14 @@ def tuned_kernel(original, scheduled, op: str | None, name: str) -> TunedKernel:
 
 
 def space_relayouts(original, op: str | None) -> dict:
-    """The permutations of constant parameters every design space of ``op`` makes (a conv
-    space's are the CPU schedule's, ``cpu.relayout_conv_constants``); none for MetaSchedule's
-    default space. Taken from the space, not guessed from the tuned shapes: with equal extents
-    (8 channels of an 8x8 output) a permuted correction has the shape it had."""
-    if SPACES.get(op or "") not in (conv_float_space, conv_threshold_space):
+    """The permutations of constant parameters every design of ``op``'s rule makes (a conv's:
+    ``cpu.relayout_conv_constants``); none for MetaSchedule's default space. Taken from the
+    rule, not guessed from the tuned shapes: with equal extents (8 channels of an 8x8 output) a
+    permuted correction has the shape it had."""
+    rule = cpu.RULES.get(op or "")
+    if rule is None or rule.relayout is None:
         return {}
-    return cpu.relayout_conv_constants(s_tir.Schedule(original), original)
+    return rule.relayout(s_tir.Schedule(original), original)
 
 
 def apply_database(mod, db_dir: str, spec, applied: dict | None = None):

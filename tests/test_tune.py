@@ -20,11 +20,14 @@ import warnings
 
 import numpy as np
 import pytest
+import tvm
+import tvm_ffi
 from conftest import dorefa
 from onnx_builders import GraphBuilder, conv_block_model, quant_planes_graph, save
 
 from bnn_tvm import schedules
 from bnn_tvm import targets
+from bnn_tvm.measure.bench.layers import LayerSpec
 from bnn_tvm.measure.tune.compare import compare_model
 from bnn_tvm.measure.tune.report import REPORT_FILE, plot_report, report_lines
 from bnn_tvm.measure.tune.search import lock_database, tune
@@ -138,25 +141,64 @@ def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path)
     assert all(checked.get(op, 0) >= 1 for op in expected), checked
 
 
-def test_space_knobs_cover_the_hand_written_choices():
-    """The tile the hand-written x86 schedule picks for a ResNet layer is one of the space's."""
-    spec = targets.get("x86")
+def hand_and_default_kernels(path, spec):
+    """``(name, op, hand-scheduled PrimFunc, the first design of its space at its own decisions)``
+    of every kernel of ``path`` that has a rule."""
     unit = tuning.vector_unit(spec)
-    from bnn_tvm.schedules import cpu
+    mod = schedules.prepare_cpu_kernels(lower_onnx(path, 1, target=spec.name).mod, spec)
+    for gvar, func, op in schedules.bnn_kernels(mod):
+        spaces = tuning.design_spaces(func, op, spec)
+        if spaces is not None:
+            yield gvar.name_hint, op, cpu.schedule_kernel(func, op, unit).func, spaces[0].mod["main"]
 
-    lanes, channel_block, width_block = cpu.tile(64, 56, unit)
-    space = tuning.tiles(64, 56, unit, padded=True)
-    counters = "bytes" if unit.byte_counters else "words"
-    assert any(t.lanes == lanes and t.width_block == width_block and t.parallel == 1 and t.pad == "root"
-               and t.counters == counters for t in space)
+
+def without_names(func):
+    return func.without_attr("global_symbol").without_attr("tirx.noalias")
+
+
+@pytest.mark.parametrize("target", ["x86", "x86-avx2", "rasp3b", "rasp3b-armv7"])
+def test_default_decisions_reproduce_the_hand_schedules(target, tmp_path):
+    """A tuned record and the hand schedule are two settings of one rule: the first design of a
+    kernel's space, at its own decisions, is the hand-scheduled IR (AVX-512 and AVX2 byte
+    counters, NEON halfword counters on aarch64 and armv7): binary, ternary and k-bit convs with
+    float or packed outputs, word-aligned or not, padded, strided, odd channel counts, packs."""
+
+    paths = [default_model_path(), float_conv_model(tmp_path / "float.onnx"), dorefa_model(tmp_path / "dorefa.onnx"),
+             save(conv_block_model(32, 64, 6, stride=2)[0], tmp_path / "aligned.onnx"),
+             save(conv_block_model(24, 40, 7)[0], tmp_path / "unaligned.onnx")]
+    for k, text in enumerate(["conv3x3:16x8x8,input=ternary,weights=ternary,pad=1", "conv3x3:13x9x9,out=7,stride=2,pad=1"]):
+        paths.append(save(LayerSpec.parse(text).onnx_model(), tmp_path / f"layer{k}.onnx"))
+    spec = targets.get(target)
+    seen = set()
+    for path in paths:
+        for name, op, hand, default in hand_and_default_kernels(str(path), spec):
+            assert tvm_ffi.structural_equal(without_names(default), without_names(hand)), f"{path}: {name}"
+            seen.add(op)
+    assert {"binary_conv2d", "binary_conv2d_threshold", "multibit_conv2d", "multibit_conv2d_threshold",
+            "ternary_conv2d", "pack_sign", "pack_ternary"} <= seen, seen
+
+
+def test_space_knobs_cover_the_old_space():
+    """The structural knobs a ResNet layer's space enumerates: both lane widths, padding in its own
+    pass or per task, every parallel nesting; AVX2's byte or 32-bit counters; the hand choices
+    first."""
+    path = save(conv_block_model(64, 64, 8, stride=1)[0], tempfile.mktemp(suffix=".onnx"))
+    mod = schedules.prepare_cpu_kernels(lower_onnx(path, 1).mod, targets.get("x86"))
+    func = next(f for _, f, op in schedules.bnn_kernels(mod) if op == "binary_conv2d_threshold")
+    unit = tuning.vector_unit(targets.get("x86"))
+    sch = tvm.s_tir.Schedule(func)
+    choices = cpu.conv_choices(sch, func, unit, threshold=True)
+    assert {k.pad for k in choices} == {"root", "task"} and {k.parallel for k in choices} == {1, 2, 3}
+    assert {k.lanes for k in choices} == {unit.lanes, unit.lanes // 2} and all(k.words == 1 for k in choices)
     avx2 = tuning.vector_unit(targets.get("x86-avx2"))
-    assert {t.counters for t in tuning.tiles(64, 56, avx2, padded=True)} == {"bytes", "words"}
-    assert channel_block // lanes <= unit.accumulators // width_block  # the sampled vector count reaches it
-    assert {t.pad for t in space} == {"root", "task"} and {t.parallel for t in space} == {1, 2, 3}
+    assert {k.counters for k in cpu.conv_choices(sch, func, avx2, threshold=True)} == {"bytes", "words"}
+    hand = cpu.conv_knobs(sch, func, unit, threshold=True)
+    assert hand.words is None and not hand.unroll
 
 
 def test_space_traces_are_tunable_by_metaschedule():
-    """Design spaces have sampling instructions the evolutionary search mutates."""
+    """Design spaces have sampling instructions the evolutionary search mutates, and the choice
+    mutator redraws a sampled channel block into a trace that replays."""
     spec = targets.get("x86")
     mod = tuning.prepare_module(lower_onnx(default_model_path()).mod, spec)
     for _, func, op in schedules.bnn_kernels(mod):
@@ -164,8 +206,17 @@ def test_space_traces_are_tunable_by_metaschedule():
         if spaces is None:
             assert tuning.space_generator(func, op, spec) == "post-order-apply"
             continue
-        kinds = {inst.kind.name for inst in spaces[0].trace.insts}
+        kinds = {inst.kind.name for design in spaces for inst in design.trace.insts}
         assert "SamplePerfectTile" in kinds, op
+    func = tuning.prepare_module(lower_onnx(float_conv_model(tempfile.mktemp(suffix=".onnx"))).mod, spec)
+    func = next(f for _, f, op in schedules.bnn_kernels(func) if op == "binary_conv2d")
+    design = tuning.design_spaces(func, "binary_conv2d", spec)[0]
+    (choice,) = [inst for inst in design.trace.insts if inst.kind.name == "SampleCategorical"]
+    mutated = tuning.mutate_choice().apply(design.trace)
+    assert int(mutated.decisions[choice]) != int(design.trace.decisions[choice])
+    sch = tvm.s_tir.Schedule(tuning.workload(func))
+    mutated.apply_to_schedule(sch, remove_postproc=True)
+    assert not tvm_ffi.structural_equal(sch.mod, design.mod)
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 
 from ..errors import BnnError
 from ..atomic_files import atomic_write
+from bnn_tvm.schedules.tuning_files import RECORD_FILE, UNTUNED_FILE, WORKLOAD_FILE
 
-WORKLOAD_FILE = "database_workload.json"  # schedules.tuning.WORKLOAD_FILE
-RECORD_FILE = "database_tuning_record.json"  # schedules.tuning.RECORD_FILE
-UNTUNED_FILE = "untuned.json"  # schedules.tuning.UNTUNED_FILE
 DATABASE_FILES = (WORKLOAD_FILE, RECORD_FILE, UNTUNED_FILE)
 
 

@@ -6,12 +6,10 @@ import json
 import os
 
 from ...atomic_files import atomic_write
+from bnn_tvm.schedules.tuning_files import UNTUNED_FILE
+
 from .measurer import measure_funcs, untuned_func
 from .tasks import Task
-
-
-UNTUNED_FILE = "untuned.json"  # schedules.tuning.UNTUNED_FILE (compile --db reads it)
-FAILED_RUN_SECS = 1e9  # schedules.tuning.FAILED_RUN_SECS: MetaSchedule stores 1e10 s for a failed candidate
 
 
 def target_label(spec) -> str:

@@ -7,7 +7,9 @@ import os
 import numpy as np
 
 from ...atomic_files import atomic_write
-from .records import FAILED_RUN_SECS, record_seconds, untuned_label
+from bnn_tvm.schedules.tuning_files import FAILED_RUN_SECS
+
+from .records import record_seconds, untuned_label
 
 
 REPORT_FILE = "report.json"

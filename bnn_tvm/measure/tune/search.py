@@ -13,7 +13,9 @@ import numpy as np
 from ...devices.endpoint import Endpoint
 from ...errors import BnnError
 from .measurer import board_label, light_tensor_intrinsics, make_measurer
-from .records import FAILED_RUN_SECS, measure_untuned, save_json, stored_records
+from bnn_tvm.schedules.tuning_files import FAILED_RUN_SECS
+
+from .records import measure_untuned, save_json, stored_records
 from .report import REPORT_FILE, build_report
 from .tasks import Task, extract_tasks
 

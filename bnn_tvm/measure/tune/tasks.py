@@ -16,9 +16,9 @@ class Task:
 
     @property
     def space(self) -> str:
-        from bnn_tvm.schedules.tuning import SPACES
+        from bnn_tvm.schedules.cpu import RULES
 
-        return "binary-aware" if self.op in SPACES else "MetaSchedule default"
+        return "binary-aware" if self.op in RULES else "MetaSchedule default"
 
 
 def call_counts(mod) -> dict[str, int]:
