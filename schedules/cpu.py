@@ -1173,6 +1173,8 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     are stored channels-last."""
     block = sch.get_sblock("pack_sign")
     loops = sch.get_loops(block)
+    if len(loops) == 3:
+        return pack_rows(sch, func, unit)
     if len(loops) != 5:
         return generic(sch, func, unit)
     n, y, x, cw, b = loops
@@ -1201,6 +1203,28 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     for plane in planes[1:]:
         sch.unroll(plane)
     return Scheduled(sch.mod["main"], f"pack: {lanes} positions per vector" + (", both words" if planes[1:] else ""))
+
+
+def pack_rows(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+    """Float ``[N, C]`` -> bits (a dense's or a token matmul's rows, channels contiguous): a
+    word's 32 bits as vectors of ``lanes`` consecutive channels (one load, one compare, one
+    masked add of their bits each), the lanes' partial words then summed (bits of different
+    channels never overlap: the sum is their OR, in any order)."""
+    block = sch.get_sblock("pack_sign")
+    i, cw, b = sch.get_loops(block)
+    lanes = power_of_two_divisor(WORD_BITS, unit.lanes)
+    if lanes < 4:
+        return generic(sch, func, unit)
+    _, lane = sch.split(b, [None, lanes])
+    partial = sch.rfactor(lane, 0)
+    parallel(sch, i, block_work(sch, block))
+    sch.compute_at(partial, sch.get_loops(block)[1])
+    sch.set_scope(partial, 0, "local")
+    lane_loop, bit_outer = sch.get_loops(partial)[-2:]
+    sch.reorder(bit_outer, lane_loop)
+    sch.vectorize(lane_loop)
+    sch.decompose_reduction(partial, bit_outer)
+    return Scheduled(sch.mod["main"], f"pack: rows, {lanes} channels per vector")
 
 
 def power_of_two_divisor(n: int, limit: int) -> int:
