@@ -92,8 +92,8 @@ def rewrite(ctx: RuleContext, call):
         found = padded_row_sign(ctx, call.args[0])
         if found is None:
             return None
+        # not the view itself: LiftConv1d credits it to the conv's own ONNX node
         data, pad, between, sign = found
-        between = (call.args[0], *between)
     padding = [int(p) + extra for p, extra in zip(call.attrs.padding, pad)]
     names = [v for v in between if isinstance(v, relax.Var)]
     ctx.alias(tuple(v.name for v in names), sign)
