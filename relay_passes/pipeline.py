@@ -70,14 +70,15 @@ def lift_passes(logs: Logs) -> list[tvm.transform.Pass]:
         cancel_layout_transposes(logs),
         # the transposes that cancelled
         relax.transform.DeadCodeElimination(),
-        # Sign(Pad(x, 0)): the conv's padding
-        fold_zero_pad_into_conv(logs),
         # XNOR-Net's conv(beta * Sign(x)): the conv on Sign(x) is binary, beta scales its output
         lift_activation_scale(logs),
         # conv1d as a conv2d over one row: the 2-D fusions take it
         lift_conv1d(logs),
         # token matmuls as denses over rows; a point MLP's batch norm between transposes onto those rows
         lift_token_matmul(logs),
+        # Sign(Pad(x, 0)), also in a lifted 1-D conv's one-row view: the conv's padding (after the token
+        # lift, which would move the unpadded Sign of a transposed token tensor away from the conv)
+        fold_zero_pad_into_conv(logs),
         # a binarizer the token rows replaced: not lowered
         relax.transform.DeadCodeElimination(),
     ]

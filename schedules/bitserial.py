@@ -37,7 +37,7 @@ def num_words(channels: int) -> int:
 def _bit(value, b):
     """``1 << b`` as a word when ``value`` holds, else 0 (a select, so nothing is read out of bounds)."""
     one = tirx.const(1, WORD_DTYPE)
-    return tirx.if_then_else(value, one << b.astype(WORD_DTYPE), tirx.const(0, WORD_DTYPE))
+    return tirx.Select(value, one << b.astype(WORD_DTYPE), tirx.const(0, WORD_DTYPE))
 
 
 def pack_sign(x: te.Tensor, *consts: te.Tensor, pair_groups: int = 0, strict: bool = False,

@@ -1443,6 +1443,8 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: PackKnobs | No
     knobs = knobs or pack_knobs(sch, func, unit)
     block = sch.get_sblock("pack_sign")
     loops = sch.get_loops(block)
+    if len(loops) == 3:
+        return pack_rows(sch, func, unit)
     if len(loops) != 5:
         return generic(sch, func, unit)
     n, y, x, cw, b = loops
@@ -1473,6 +1475,35 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: PackKnobs | No
 
 
 PACK_SIGN = Rule(pack_sign, pack_knobs, pack_choices)
+
+
+def pack_rows(sch: s_tir.Schedule, func, unit: VectorUnit, name: str = "pack_sign") -> Scheduled:
+    """Float ``[N, C]`` -> bits (a dense's or a token matmul's rows; or attention's per-head
+    ``pack_heads``), the packed axis contiguous: a word's 32 bits as vectors of ``lanes``
+    consecutive channels (one load, one compare, one masked add of their bits each), the lanes'
+    partial words then summed (bits of different channels never overlap: the sum is their OR,
+    in any order)."""
+    block = sch.get_sblock(name)
+    *outer, word, b = sch.get_loops(block)
+    lanes = power_of_two_divisor(WORD_BITS, unit.lanes)
+    if lanes < 4:
+        return generic(sch, func, unit)
+    _, lane = sch.split(b, [None, lanes])
+    partial = sch.rfactor(lane, 0)
+    task = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    parallel(sch, task, block_work(sch, block))
+    sch.compute_at(partial, word)
+    sch.set_scope(partial, 0, "local")
+    lane_loop, bit_outer = sch.get_loops(partial)[-2:]
+    sch.reorder(bit_outer, lane_loop)
+    sch.vectorize(lane_loop)
+    sch.decompose_reduction(partial, bit_outer)
+    return Scheduled(sch.mod["main"], f"pack: {lanes} bits of a word per vector")
+
+
+def pack_heads(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+    """Attention's heads packed along ``d`` (contiguous in the float input): as ``pack_rows``."""
+    return pack_rows(sch, func, unit, "pack_heads")
 
 
 def power_of_two_divisor(n: int, limit: int) -> int:
@@ -1515,6 +1546,7 @@ KERNELS = {
     "ternary_dense_table": dense_float,
     "ternary_dense_epilogue": dense_float,
     "ternary_dense_threshold": dense_threshold,
+    "pack_heads": pack_heads,
     "binary_attention_scores": attention_scores,
     "ternary_attention_scores": attention_scores,
     "binary_attention_bits": attention_bits,

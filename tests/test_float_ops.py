@@ -44,6 +44,16 @@ def big_bn_model():
     return g.model([y])
 
 
+def token_matmul_model(tokens=8, features=64, out=32):
+    """``x [1, T, K] @ W [K, J] + b``: a linear layer on every token (DFSMN's frame features),
+    the hand-written matmul over ``T`` rows."""
+    g = GraphBuilder((1, tokens, features), seed=7)
+    weight = g.rng.standard_normal((features, out)).astype(np.float32)
+    y = g.node("MatMul", ["x", g.const(weight)])
+    y = g.node("Add", [y, g.const(g.rng.standard_normal(out).astype(np.float32))])
+    return g.model([y])
+
+
 def inputs(shape):
     rng = np.random.default_rng(11)
     return [rng.standard_normal(shape).astype(np.float32) * scale for scale in (1.0, 1e3, 1e-3)]
@@ -55,7 +65,7 @@ def compiled_outputs(path, xs, monkeypatch, enabled: bool):
     return [runner.run(x)[0] for x in xs]
 
 
-@pytest.mark.parametrize("build", [float_model, big_bn_model])
+@pytest.mark.parametrize("build", [float_model, big_bn_model, token_matmul_model])
 def test_float_schedules_bit_identical_to_default_lowering(tmp_path, monkeypatch, build):
     monkeypatch.setenv("BNN_STRICT_SCHEDULES", "1")  # a schedule that fails is an error here
     path = save(build(), tmp_path / "model.onnx")

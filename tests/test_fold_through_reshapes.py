@@ -47,9 +47,10 @@ def test_dfsmn_block_is_one_kernel_per_conv_and_exact(tmp_path, dynamo):
     main = lower_onnx(path).mod["main"]
     ops = [op_name(b.value) for block in main.body.blocks for b in block.bindings]
     assert "relax.nn.prelu" not in ops and "relax.add" not in ops, ops
-    # the views left are at the block's edges: the padded input's and the input's (the first
-    # shortcut) one-row views, and the output's view back; none between kernels
-    assert ops.count("relax.reshape") == 3, ops
+    # the views left are at the block's edges: the input's one-row view (the memory conv's,
+    # its zero frame pad the conv's padding, and the first shortcut's) and the output's view
+    # back; none between kernels, no pad
+    assert ops.count("relax.reshape") == 2 and "relax.nn.pad" not in ops, ops
 
 
 def test_float_values_match_the_reference_exactly(tmp_path):
