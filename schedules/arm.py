@@ -37,7 +37,8 @@ POPCOUNT_UPDATES = ("mismatches_update",)
 def vector_unit(target) -> VectorUnit:
     triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
     if triple.startswith(("aarch64", "arm64")):
-        return VectorUnit("neon-aarch64", lanes=4, accumulators=24, halfword_counters="aarch64")
+        return VectorUnit("neon-aarch64", lanes=4, accumulators=24, halfword_counters="aarch64",
+                          fma_channel_vectors=4)
     return VectorUnit(ARMV7, lanes=4, accumulators=10, halfword_counters="armv7")
 
 
