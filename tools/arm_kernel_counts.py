@@ -25,29 +25,43 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
+def session_kernel_counts(remote, module_path: str, x) -> dict[str, tuple[int, int]]:
+    """``{kernel: (calls, executed instructions)}`` of one run of the compiled ``module_path`` on
+    ``x`` in the RPC session ``remote`` (an emulated board with the counting plugin)."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    remote.upload(module_path)
+    vm = VirtualMachine(remote.load_module(os.path.basename(module_path)), remote.cpu())
+    vm.set_input("main", tvm.runtime.tensor(x, remote.cpu()))
+    counts = remote.get_function("bnn.board.kernel_counts")(vm.module, "invoke_stateful", "main")
+    return {name: tuple(value) for name, value in json.loads(str(counts)).items()}
+
+
+def net_counts(counts: dict[str, tuple[int, int]]) -> tuple[dict[str, tuple[int, int]], int]:
+    """The kernels' counts (``{kernel: (calls, instructions)}``) less the hook's overhead per
+    call, estimated as the cheapest VM builtin call; and that overhead."""
+    builtins = [total / calls for name, (calls, total) in counts.items() if name.startswith("vm.builtin.")]
+    overhead = int(min(builtins)) if builtins else 0
+    return {name: (calls, total - calls * overhead) for name, (calls, total) in counts.items()
+            if not name.startswith("vm.builtin.")}, overhead
+
+
 def kernel_counts(path: str, target: str, batch: int, rpc_address: str, key: str) -> dict[str, tuple[int, int]]:
     """``{kernel: (calls, executed instructions)}`` of one run of ``path`` on the board."""
     import numpy as np
-    import tvm
     from tvm import rpc
-    from tvm.runtime.vm import VirtualMachine
 
     from bnn_tvm.compilation.compiler import compile_onnx
     from bnn_tvm.devices.processes import parse_address
 
     compiled = compile_onnx(path, target, batch)
+    x = np.random.default_rng(0).standard_normal(compiled.metadata["input_shape"]).astype("float32")
+    host, port = parse_address(rpc_address, "--rpc")
     with tempfile.TemporaryDirectory(prefix="bnn-arm-counts-") as folder:
         module = os.path.join(folder, "model.so")
         compiled.export(module)
-        host, port = parse_address(rpc_address, "--rpc")
-        remote = rpc.connect(host, port, key=key, session_timeout=600)
-        remote.upload(module)
-        vm = VirtualMachine(remote.load_module("model.so"), remote.cpu())
-    shape = compiled.metadata["input_shape"]
-    x = np.random.default_rng(0).standard_normal(shape).astype("float32")
-    vm.set_input("main", tvm.runtime.tensor(x, remote.cpu()))
-    counts = remote.get_function("bnn.board.kernel_counts")(vm.module, "invoke_stateful", "main")
-    return {name: tuple(value) for name, value in json.loads(str(counts)).items()}
+        return session_kernel_counts(rpc.connect(host, port, key=key, session_timeout=600), module, x)
 
 
 def main() -> int:
@@ -70,15 +84,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bnn-arm-counts-") as folder:
         path, batch = layer_onnx(args.layer, folder) if args.layer else (resolve_model(args.model), args.batch)
         counts = kernel_counts(path, args.target, batch, args.rpc, args.key or args.target)
-    builtins = [total / calls for name, (calls, total) in counts.items() if name.startswith("vm.builtin.")]
-    overhead = int(min(builtins)) if builtins else 0
-    kernels = {n: c for n, c in counts.items() if not n.startswith("vm.builtin.")}
-    total = sum(t - calls * overhead for calls, t in kernels.values())
+    kernels, overhead = net_counts(counts)
+    total = sum(net for _, net in kernels.values())
     print(f"{os.path.basename(path)} on {args.target}: {total:,} executed instructions in kernels "
           f"(net of {overhead:,} per call of hook overhead, the cheapest VM builtin call)")
     print(f"{'net instructions':>18} {'%':>6} {'calls':>6}  kernel")
-    for name, (calls, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[: args.top]:
-        net = t - calls * overhead
+    for name, (calls, net) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[: args.top]:
         print(f"{net:18,} {100 * net / total:6.1f} {calls:6}  {name}")
     if args.json:
         with open(args.json, "w") as f:
