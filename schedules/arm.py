@@ -14,7 +14,11 @@ sums are exactly those of the compute. ``tests/test_arm_asm.py`` checks the asse
 kernels under qemu.
 
 aarch64 has 32 vector registers, armv7 16 (as 128-bit ``q`` registers); the accumulator tile
-leaves room for the weight vectors and the broadcast activation word.
+leaves room for the weight vectors and the broadcast activation word. After ``schedules.cpu``:
+the conv tiles go on the stack (``stack_tiles``), and on aarch64 stride-1 float convs load a
+tile's activations as vectors (``row_loads``); the chunks of few steps are unrolled whole
+(``cpu.unroll_taps``). ``tools/arm_kernel_counts.py`` counts each kernel's executed instructions
+on the emulated board.
 """
 
 from __future__ import annotations
