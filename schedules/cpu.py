@@ -79,6 +79,9 @@ class VectorUnit:
     # the NEON flavour whose pairwise adds do it ("aarch64": ``uadalp .8h``, "armv7":
     # ``vpadal.u8``), or "" for none
     halfword_counters: str = ""
+    # channel vectors an FMA tile (``float_conv``) may take per step: more weight vectors share
+    # each broadcast activation (aarch64's 32 registers hold 4 x 4 accumulators and their operands)
+    fma_channel_vectors: int = 2
 
 
 @dataclass
@@ -341,11 +344,11 @@ def tile(channels: int, width: int, unit: VectorUnit, channel_limit: int | None 
     every accumulator through memory).
     """
     lanes = vector_lanes(channels, unit)
-    most = 2 if channels % (2 * lanes) == 0 else 1
+    most = unit.fma_channel_vectors if fewest_loads else 2
     if channel_limit is not None:
         most = max(1, min(most, channel_limit // lanes))
     candidates = []
-    for vectors in [vectors] if vectors else range(most, 0, -1):
+    for vectors in [vectors] if vectors else [v for v in range(most, 0, -1) if channels % (v * lanes) == 0]:
         limit = max(1, min(unit.accumulators // vectors, (MAX_STACK_BYTES - 1) // (4 * lanes * vectors)))
         divisors = [d for d in range(1, min(width, limit) + 1) if width % d == 0]
         quads = [d for d in divisors if d % 4 == 0] if transposed else []  # whole 4x4 blocks: no padding
@@ -777,18 +780,31 @@ def is_single_popcount(sch: s_tir.Schedule, block) -> bool:
 
 
 MAX_UNROLLED_TAPS = 7
+# aarch64 (32 vector registers): a chunk's words and rows unrolled too, up to these many steps
+# per kernel row and per chunk (the 64- and 128-channel 3x3 convs of ResNet-18); more (256
+# channels: 72 steps) spilled and cost instructions
+MAX_UNROLLED_ROW_STEPS = 12
+MAX_UNROLLED_CHUNK_STEPS = 36
 
 
-def unroll_taps(sch: s_tir.Schedule, ry, rx, rc) -> None:
+def unroll_taps(sch: s_tir.Schedule, ry, rx, rc, whole_chunk: bool = False) -> None:
     """A conv's steps in a chunk as rows of taps, words, then the kernel row's taps unrolled
     (up to ``MAX_UNROLLED_TAPS``): a tile's neighbouring positions read the same activation
     words at neighbouring taps, so in the unrolled taps LLVM loads each broadcast word once.
     Measured (NEON halfword counters, Cortex-A53 under qemu, the 3x3 64->64 56x56 layer): 5.13 M
-    -> 4.67 M executed instructions; llvm-mca's estimate 0.0381 -> 0.0296 cycles per binary MAC."""
+    -> 4.67 M executed instructions; llvm-mca's estimate 0.0381 -> 0.0296 cycles per binary MAC.
+    ``whole_chunk``: also the row's words and the rows, where few (``MAX_UNROLLED_*_STEPS``):
+    no loop counters or address arithmetic between steps, the broadcasts shared across rows
+    (the same layer's conv, tiles on the stack: 3.94 -> 3.54 M executed instructions)."""
     if int(sch.get(rx).extent) > MAX_UNROLLED_TAPS:
         return
     sch.reorder(rc, rx)
     sch.unroll(rx)
+    row_steps = int(sch.get(rc).extent) * int(sch.get(rx).extent)
+    if whole_chunk and row_steps <= MAX_UNROLLED_ROW_STEPS:
+        sch.unroll(rc)
+        if row_steps * int(sch.get(ry).extent) <= MAX_UNROLLED_CHUNK_STEPS:
+            sch.unroll(ry)
 
 
 MIN_HALFWORD_COUNTER_LANES = 2  # 64-bit NEON vectors (``cnt .8b``, ``uadalp .4h``) too
@@ -838,7 +854,7 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
     *part_positions, part_channels = loops[-(steps + spatial) : -steps]
     part_lane = lay_out_tile(sch, partial, loops[-steps:], part_positions, part_channels, lanes)
     if narrow == "halfwords" and steps == 3:
-        unroll_taps(sch, *loops[-steps:])
+        unroll_taps(sch, *loops[-steps:], whole_chunk=unit.halfword_counters == "aarch64")
     index_dtype = str(sch.get(part_lane).loop_var.ty)
     minus_from = WORD_BITS * chunk_size if form == "both_ternary" else 0  # see step_vectors
     if narrow == "bytes":

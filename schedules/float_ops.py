@@ -266,6 +266,23 @@ def _unit_stride(sch, block, var) -> bool:
     return True
 
 
+def _windowed(sch, block, var) -> bool:
+    """Whether ``block`` reads along its iter var ``var`` in the last dimension at a stride above
+    one: a pooling window sliding along a row (``x * 2 + rx``). Such a reduction keeps the default
+    loop order, which LLVM's loop vectorizer turns into wide loads and shuffles (Bi-Real's 2x2
+    average pools on the Cortex-A53: 12 executed instructions per output, against 112 with the
+    outputs interleaved in scalar registers); interleaving is for rows of a reduction along the
+    last dimension (LayerNorm), where ``var`` strides an outer dimension."""
+    from tvm import sym
+
+    for region in sch.get(block).reads:
+        last = list(region.region)[-1]
+        linear = sym.detect_linear_equation(last.min, [var])
+        if len(linear) and isinstance(linear[0], tirx.IntImm) and abs(int(linear[0].value)) > 1:
+            return True
+    return False
+
+
 def _iter_var_of(sch, block, loop):
     realize = sch.get(sch.get_loops(block)[-1]).body
     var = sch.get(loop).loop_var
@@ -314,7 +331,7 @@ def _schedule_nest(sch, block, lanes32: int) -> str:
         if not lanes:
             first = j
     plan = [name]
-    if strided and reduction:
+    if strided and reduction and not _windowed(sch, block, _iter_var_of(sch, block, spatial[j])):
         factor = next((f for f in INTERLEAVE_FACTORS if extents[j] % f == 0), 0)
         if factor:
             return _interleaved_reduction(sch, block, spatial, j, reduction, factor, total * red_work)

@@ -50,6 +50,41 @@ def count_instructions(module, func_name, *args):
     return counted(lambda: func(*args))
 
 
+def kernel_counts(vm_module, func_name, *args):
+    """Executed guest instructions of each kernel that ``vm_module[func_name](*args)`` calls (a
+    Relax VM), summed per kernel name: the VM's instrument hook brackets every call with the
+    plugin's markers. Each count includes the hook's own way back into the VM and out to the
+    next hook (a few thousand instructions of Python and FFI, the same for every call): the
+    VM builtins (``vm.builtin.*``, cheap C++ calls) show its size. Returns a JSON string
+    ``{name: [calls, instructions]}``."""
+    import json
+
+    out = os.environ.get("BNN_INSN_OUT")
+    if not out:
+        raise RuntimeError("this board runs without the instruction-counting plugin")
+    libc = ctypes.CDLL(None, use_errno=True)
+    result_path = f"{out}.{os.getpid()}"
+    totals = {}
+
+    def instrument(func, symbol, before_run, ret_value, *_):
+        if before_run:
+            libc.syscall(MARKER_SYSCALL, MARKER_START)
+            return 0
+        libc.syscall(MARKER_SYSCALL, MARKER_STOP)
+        with open(result_path) as f:
+            count = int(f.read())
+        calls, total = totals.get(str(symbol), (0, 0))
+        totals[str(symbol)] = (calls + 1, total + count)
+        return 0  # VMInstrumentReturnKind.NO_OP
+
+    vm_module["set_instrument"](instrument)
+    try:
+        vm_module[func_name](*args)
+    finally:
+        vm_module["set_instrument"](None)
+    return json.dumps(totals)
+
+
 def ort_bench(model_file, input_file, output_file, threads, repeat, count, budget_s=0.0):
     """Run the uploaded ONNX ``model_file`` on the uploaded ``input_file`` (``.npy``) in ONNX
     Runtime, with what ``bench``'s x86 ``ort_fp32`` engine uses: CPU provider, all graph
@@ -150,6 +185,7 @@ def main(argv=None):
 
     survive_dead_sessions(server)
     tvm_ffi.register_global_func("bnn.board.count_instructions", count_instructions, override=True)
+    tvm_ffi.register_global_func("bnn.board.kernel_counts", kernel_counts, override=True)
     tvm_ffi.register_global_func("bnn.board.ort_bench", ort_bench, override=True)
     tvm_ffi.register_global_func("bnn.board.info", board_info, override=True)
     tracker = None
