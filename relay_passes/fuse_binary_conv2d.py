@@ -24,7 +24,7 @@ from tvm import relax
 from bnn_tvm.schedules import bitserial
 
 from .analysis.patterns import binarized_conv_input, plain_conv_reason
-from .analysis.weights import AsymmetricWeights, BinaryWeights, split_asymmetric, split_scale
+from .analysis.weights import ASYMMETRIC_HALVES, AsymmetricWeights, BinaryWeights, split_asymmetric, split_scale
 from .common import PassLog, RuleContext, op_name, pack_bits, rule_pass, shape_of
 
 
@@ -120,9 +120,6 @@ def ternary_conv2d_kernel(ctx: RuleContext, planes, binary: BinaryWeights, strid
         **binary.kernel_attrs(),
         **extra,
     )
-
-
-ASYMMETRIC_HALVES = "ttq_halves"  # kernel attribute: its 2 * OC channels are b * P, then a * N
 
 
 def fuse_asymmetric_conv2d(ctx: RuleContext, data, packed, ternary: bool, weights: AsymmetricWeights, strides,

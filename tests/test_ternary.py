@@ -240,3 +240,92 @@ def test_sign_on_tokens_and_conv1d_inputs_runs_ternary(tmp_path):
     assert report.ok and report.binary_checked == 1, "\n".join(report.lines())
     fused = " | ".join(report.fused)
     assert "-> ternary_conv2d [node_conv" in fused and "pack_ternary [node_conv_3, node_sign_1]" in fused, fused
+
+
+def ttq(rng, shape, plus, minus, zeros=0.35) -> np.ndarray:
+    """TTQ's ``{-a, 0, +b}`` weights (``plus`` b, ``minus`` a: per layer scalars or per output
+    channel arrays), folded in float32 as ``Wp * pos - Wn * neg``."""
+    signs = ternary(rng, shape, zeros)
+    column = lambda v: np.asarray(v, np.float32).reshape(-1, *[1] * (len(shape) - 1))  # noqa: E731
+    return (column(plus) * (signs > 0) - column(minus) * (signs < 0)).astype(np.float32)
+
+
+def ttq_graph(b=0.625, a=1.375):
+    """TTQ convs: on a binarizer (per-layer scales ``b``, ``a``, then a batch norm and binarizer:
+    the proven margin), per-channel scales with a float output, and on a ``Sign`` that sees 0
+    (both operands ternary) with a batch norm and ``Sign`` after it. The default scales are
+    multiples of 1/8: every sum is exact on both sides."""
+    g = GraphBuilder([1, 16, 8, 8], seed=41)
+    rng = np.random.default_rng(41)
+    y = g.batch_norm(g.conv(g.binarize("x"), ttq(rng, (24, 16, 3, 3), b, a), pad=1), *g.random_bn(24, 0.3))
+    per_channel = ttq(rng, (16, 24, 3, 3), rng.uniform(0.2, 2, 16), rng.uniform(0.2, 2, 16))
+    out = g.conv(g.binarize(y), per_channel, pad=1)
+    z = g.batch_norm(g.conv(g.node("Sign", ["x"]), ttq(rng, (16, 16, 3, 3), 0.25, 0.75), pad=1), *g.random_bn(16, 0.3))
+    z = g.conv(g.node("Sign", [z]), ttq(rng, (8, 16, 3, 3), 1.1, 0.45), pad=1, stride=2)
+    return g.model([out, z])
+
+
+def ttq_inputs():
+    x = inputs([4, 16, 8, 8])
+    x[:, :, ::3] = 0.0  # Sign(x) = 0 there: the ternary activation's zeros
+    return x
+
+
+def test_ttq_weights_run_in_binary_and_ternary_kernels(tmp_path):
+    path = save(ttq_graph(), tmp_path / "m.onnx")
+    report = verify(path, "x86", x=ttq_inputs())
+    assert report.ok, "\n".join(report.lines())
+    assert report.binary_checked == 4  # the two binarizers, the two Signs
+    fused = " | ".join(report.fused)
+    assert fused.count("TTQ weights") == 4, fused
+    assert fused.count("TTQ weights {-a, 0, +b} per layer") == 3, fused
+    reports = inspect_onnx(path)
+    convs = [r for r in reports if r.op_type == "Conv"]
+    assert len(convs) == 4 and all(r.binary for r in convs), [(r.name, r.note) for r in convs]
+    assert [r.kernel for r in convs].count("ternary_conv2d") == 2, [(r.name, r.kernel) for r in convs]
+    first_bn = next(r for r in reports if r.op_type == "BatchNormalization")
+    assert "after a TTQ conv's b*P - a*N: exact" in first_bn.note, first_bn.note
+
+
+def test_ttq_threshold_within_rounding_of_reachable_values_is_not_proven(tmp_path):
+    """Scales on no common grid (0.61, 1.37): the float sums round, the reachable ``b * P - a *
+    N`` lie dense, and channels whose threshold one of them lies within the rounding band of are
+    named in ``inspect``; the compiled model still verifies (no input lands on such a tie)."""
+    path = save(ttq_graph(b=0.61, a=1.37), tmp_path / "m.onnx")
+    first_bn = next(r for r in inspect_onnx(path) if r.op_type == "BatchNormalization")
+    assert "after a TTQ conv's b*P - a*N: not proven exact in 7 of 24 channels" in first_bn.note, first_bn.note
+    assert verify(path, "x86", x=ttq_inputs()).ok
+
+
+def test_ttq_margin_is_checked_at_each_bound():
+    """``asymmetric_margin`` against brute force over every reachable (P, N), on bounds placed on,
+    beside and between reachable values."""
+    from bnn_tvm.relay_passes.analysis.rounding import asymmetric_margin, sum_rounding_error
+
+    rng = np.random.default_rng(7)
+    plus, minus = np.float32([0.61, 0.3]), np.float32([1.37, 0.7])
+    positives, negatives, taps = np.array([5, 4]), np.array([6, 3]), 12
+    band = sum_rounding_error(taps, np.maximum(plus, minus).astype(np.float64), roundings=3)
+    for _ in range(200):
+        low = np.float32(rng.uniform(-8, 8, 2))
+        p, n = rng.integers(-4, 5, 2), rng.integers(-3, 4, 2)
+        on_value = rng.random(2) < 0.5  # half the bounds exactly on a reachable value
+        low = np.where(on_value, (plus * p - minus * n).astype(np.float32), low)
+        high = np.full(2, np.inf, np.float32)
+        got = asymmetric_margin(plus, minus, positives, negatives, taps, low, high)
+        for o in range(2):
+            values = [plus[o] * float(i) - minus[o] * float(j) for i in range(-positives[o], positives[o] + 1)
+                      for j in range(-negatives[o], negatives[o] + 1)]
+            near = min(abs(v - float(low[o])) for v in values) <= band[o] + float(np.spacing(np.float32(abs(low[o]))))
+            assert got[o] == (not near), (o, low[o])
+
+
+def test_weight_off_the_two_ttq_values_stays_float(tmp_path):
+    g = GraphBuilder([1, 16, 8, 8], seed=42)
+    weight = ttq(np.random.default_rng(42), (8, 16, 3, 3), 0.61, 1.37)
+    weight[3, 5, 1, 1] = np.nextafter(np.float32(0.61), np.float32(1))  # one weight an ulp off +b
+    path = save(g.model([g.conv(g.binarize("x"), weight, pad=1)]), tmp_path / "m.onnx")
+    (conv,) = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
+    assert not conv.binary
+    assert "output channel 3 has 2 distinct positive weights (not TTQ's {-a, 0, +b}" in conv.note, conv.note
+    assert verify(path, "x86", x=ttq_inputs()).ok
