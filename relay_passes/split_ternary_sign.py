@@ -116,14 +116,16 @@ def conv_operands(ctx: RuleContext, call):
 
 def dense_operands(ctx: RuleContext, call):
     """``(source, x, W)`` when ``call`` is a matmul of a (flattened) ``Sign(x)`` with constant
-    ±alpha weights ``[K, O]``, else None."""
+    ±alpha (or 0) weights ``[K, O]``, or TTQ's ``{-a, 0, +b}``, else None."""
     data, weight_expr = call.args
     source = flattened_source(ctx, data)
     x = None if source is None else sign_input(ctx, source)
     if x is None:
         return None  # before the weights are copied out, as for a conv
     weight = ctx.constant(weight_expr)
-    if weight is None or weight.ndim != 2 or isinstance(split_scale(weight.T, ternary=True), str):
+    if weight is None or weight.ndim != 2:
+        return None
+    if isinstance(split_scale(weight.T, ternary=True), str) and isinstance(split_asymmetric(weight.T), str):
         return None
     return source, x, weight
 

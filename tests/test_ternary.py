@@ -252,14 +252,15 @@ def test_ttq_weights_run_in_binary_and_ternary_kernels(tmp_path):
     path = save(ttq_graph(), tmp_path / "m.onnx")
     report = verify(path, "x86", x=ttq_inputs())
     assert report.ok, "\n".join(report.lines())
-    assert report.binary_checked == 4  # the two binarizers, the two Signs
+    assert report.binary_checked == 6  # three binarizers, three Signs
     fused = " | ".join(report.fused)
-    assert fused.count("TTQ weights") == 4, fused
+    assert fused.count("TTQ weights") == 6, fused
     assert fused.count("TTQ weights {-a, 0, +b} per layer") == 3, fused
     reports = inspect_onnx(path)
-    convs = [r for r in reports if r.op_type == "Conv"]
-    assert len(convs) == 4 and all(r.binary for r in convs), [(r.name, r.note) for r in convs]
-    assert [r.kernel for r in convs].count("ternary_conv2d") == 2, [(r.name, r.kernel) for r in convs]
+    layers = [r for r in reports if r.op_type in ("Conv", "MatMul")]
+    assert len(layers) == 6 and all(r.binary for r in layers), [(r.name, r.note) for r in layers]
+    assert [r.kernel for r in layers] == ["binary_conv2d", "binary_conv2d", "ternary_conv2d", "ternary_conv2d",
+                                          "binary_dense", "ternary_dense"], [(r.name, r.kernel) for r in layers]
     first_bn = next(r for r in reports if r.op_type == "BatchNormalization")
     assert "after a TTQ conv's b*P - a*N: exact" in first_bn.note, first_bn.note
 
