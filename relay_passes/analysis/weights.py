@@ -95,12 +95,6 @@ class AsymmetricWeights:
         signs = np.concatenate([self.positive, self.negative]).astype(np.float32)
         return BinaryWeights(signs, np.concatenate([self.plus, self.minus]).astype(np.float32), None)
 
-    def tap_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per output channel, how many taps are positive and how many negative (``|P|`` and
-        ``|N|`` are at most these)."""
-        flat = lambda m: m.reshape(len(m), -1).sum(axis=1).astype(np.int64)  # noqa: E731
-        return flat(self.positive), flat(self.negative)
-
 
 def split_asymmetric(weight: np.ndarray) -> AsymmetricWeights | str:
     """The weights (``[OC, ...]``) as TTQ's ``{-a[o], 0, +b[o]}``, or why they are not: every
