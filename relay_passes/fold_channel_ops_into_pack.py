@@ -74,7 +74,7 @@ def is_chain_source(ctx: RuleContext, expr) -> bool:
     node = ctx.producer(expr)
     if isinstance(node, relax.TupleGetItem):
         return op_name(ctx.producer(node.tuple_value)) != "relax.nn.batch_norm"
-    return op_name(node) not in CHAIN_OPS or asymmetric_value(ctx, expr) is not None  # a TTQ conv's b*P - a*N
+    return op_name(node) not in CHAIN_OPS
 
 
 def pack_rule(uses: dict):
@@ -98,7 +98,8 @@ def pack_rule(uses: dict):
         parts = channel_concat_parts(ctx, source)
         if parts is not None and not word_aligned(parts):
             parts = None
-        if parts is None and (not steps or single_use_epilogue_source(ctx, source, uses)):
+        # after a TTQ conv the ops fold here (compares only) rather than into its difference kernel
+        if parts is None and (not steps or (margin is None and single_use_epilogue_source(ctx, source, uses))):
             return None
         packed = emit_packs(ctx, parts or [source], steps, strict)
         what = f"{len(steps)} float op(s) before the binarizer in its pack"

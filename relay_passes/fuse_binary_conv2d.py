@@ -24,8 +24,9 @@ from tvm import relax
 from bnn_tvm.schedules import bitserial
 
 from .analysis.patterns import binarized_conv_input, plain_conv_reason
-from .analysis.weights import ASYMMETRIC_HALVES, AsymmetricWeights, BinaryWeights, split_asymmetric, split_scale
+from .analysis.weights import AsymmetricWeights, BinaryWeights, split_asymmetric, split_scale
 from .common import PassLog, RuleContext, op_name, pack_bits, rule_pass, shape_of
+from .kernels import emit_difference
 
 
 def padding_correction(weight: np.ndarray, in_hw, strides, padding, dilation=(1, 1)):
@@ -101,8 +102,8 @@ def fuse_ternary_conv2d(ctx: RuleContext, planes, binary: BinaryWeights, strides
     return ternary_conv2d_kernel(ctx, planes, binary, strides, padding, dilation)
 
 
-def ternary_conv2d_kernel(ctx: RuleContext, planes, binary: BinaryWeights, strides, padding, dilation, **extra):
-    """The ternary conv kernel on sign and nonzero ``planes`` (``extra``: more kernel attributes)."""
+def ternary_conv2d_kernel(ctx: RuleContext, planes, binary: BinaryWeights, strides, padding, dilation):
+    """The ternary conv kernel on sign and nonzero ``planes``."""
     oc, c, kh, kw = binary.signs.shape
     inputs = [planes, relax.const(binary.planes())]
     if binary.scale is not None:
@@ -118,7 +119,6 @@ def ternary_conv2d_kernel(ctx: RuleContext, planes, binary: BinaryWeights, strid
         padding=list(padding),
         **({"dilation": list(dilation)} if dilation != (1, 1) else {}),
         **binary.kernel_attrs(),
-        **extra,
     )
 
 
@@ -128,7 +128,9 @@ def fuse_asymmetric_conv2d(ctx: RuleContext, data, packed, ternary: bool, weight
     ``2 * OC`` ternary-weight channels ``b * P`` and ``a * N`` (``AsymmetricWeights.halves``),
     then ``b * P - a * N`` in float32. Each product and the difference round once, the float
     conv's sum of ``±a, ±b`` terms rounds in its own order: equal within float rounding (a
-    binarizer after it is checked by ``FoldChannelOpsIntoPack``, ``analysis.rounding.asymmetric_margin``)."""
+    binarizer after it is checked by ``FoldChannelOpsIntoPack``, ``analysis.rounding.asymmetric_margin``).
+    The difference is a kernel of its own (``kernels.emit_difference``), which takes the float
+    ops after it as its epilogue (``FoldFloatEpilogues``, ``FoldResidualAdd``)."""
     oc, c, kh, kw = weights.positive.shape
     halves = weights.halves()
     per_layer = all(np.unique(v[v > 0]).size <= 1 for v in (weights.plus, weights.minus))
@@ -138,22 +140,17 @@ def fuse_asymmetric_conv2d(ctx: RuleContext, data, packed, ternary: bool, weight
               + (f" (explicit Pad {explicit[0]:+g})" if explicit is not None else "")
               + f", TTQ weights {{-a, 0, +b}} per {'layer' if per_layer else 'output channel'}: positive and "
               f"negative taps as 2x{oc} ternary-weight channels (P, N), b*P - a*N in float")
-    marker = {ASYMMETRIC_HALVES: 1}
     if ternary:
         ctx.fused("ternary_conv2d", detail)
-        kernel = ternary_conv2d_kernel(ctx, packed, halves, strides, padding, dilation, **marker)
+        kernel = ternary_conv2d_kernel(ctx, packed, halves, strides, padding, dilation)
     elif explicit is not None:
         ctx.fused("binary_conv2d", detail, data)  # the Pad is in the kernel
-        kernel = binary_conv2d_kernel(ctx, packed, halves, strides, explicit[1], dilation, explicit[0], **marker)
+        kernel = binary_conv2d_kernel(ctx, packed, halves, strides, explicit[1], dilation, explicit[0])
     else:
         ctx.fused("binary_conv2d", detail)
-        kernel = binary_conv2d_kernel(ctx, packed, halves, strides, padding, dilation, **marker)
+        kernel = binary_conv2d_kernel(ctx, packed, halves, strides, padding, dilation)
     both = ctx.builder_.emit(kernel, ctx.logged_name("ttq_halves"))
-    positive, negative = (
-        ctx.builder_.emit(relax.op.strided_slice(both, axes=[1], begin=[start], end=[start + oc]), name)
-        for start, name in ((0, "ttq_positive"), (oc, "ttq_negative"))
-    )
-    return relax.op.subtract(positive, negative)
+    return emit_difference(ctx, both)
 
 
 def asymmetric_or_reason(reason: str, weight: np.ndarray, k_bit: bool, groups: int):
@@ -247,8 +244,7 @@ def grouped_binary_conv2d(ctx: RuleContext, data, packed, explicit, binary, grou
     return relax.op.concat(outputs, axis=1)
 
 
-def binary_conv2d_kernel(ctx: RuleContext, packed, binary: BinaryWeights, strides, padding, dilation, pad_value=None,
-                         **extra):
+def binary_conv2d_kernel(ctx: RuleContext, packed, binary: BinaryWeights, strides, padding, dilation, pad_value=None):
     """The XNOR-popcount conv kernel on ``packed`` bits with ``binary`` weights (signs ``[OC, C,
     KH, KW]`` ±1, or ternary with zeros, and a per-channel scale): zero padding, or with
     ``pad_value`` an explicit ±1 pad.
@@ -286,7 +282,6 @@ def binary_conv2d_kernel(ctx: RuleContext, packed, binary: BinaryWeights, stride
         # only where it says something: the attributes are part of a tuning record's workload
         **({"dilation": list(dilation)} if dilation != (1, 1) else {}),
         **binary.kernel_attrs(),
-        **extra,
     )
 
 

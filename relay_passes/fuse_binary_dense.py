@@ -16,8 +16,9 @@ from tvm import relax
 from bnn_tvm.schedules import bitserial
 
 from .analysis.patterns import packed_features
-from .analysis.weights import ASYMMETRIC_HALVES, AsymmetricWeights, BinaryWeights, split_asymmetric, split_scale
+from .analysis.weights import AsymmetricWeights, BinaryWeights, split_asymmetric, split_scale
 from .common import PassLog, RuleContext, op_name, pack_bits, pack_planes, rule_pass
+from .kernels import emit_difference
 
 
 def rewrite(ctx: RuleContext, call):
@@ -61,16 +62,12 @@ def fuse_asymmetric_dense(ctx: RuleContext, data, features, weights: AsymmetricW
                                                    else "")
               + f", TTQ weights {{-a, 0, +b}}: positive and negative taps as 2x{outputs} ternary-weight outputs "
               "(P, N), b*P - a*N in float", data)
-    both = ctx.builder_.emit(dense_kernel(ctx, features, weights.halves(), ternary_input, **{ASYMMETRIC_HALVES: 1}),
+    both = ctx.builder_.emit(dense_kernel(ctx, features, weights.halves(), ternary_input),
                              ctx.logged_name("ttq_halves"))
-    positive, negative = (
-        ctx.builder_.emit(relax.op.strided_slice(both, axes=[1], begin=[start], end=[start + outputs]), name)
-        for start, name in ((0, "ttq_positive"), (outputs, "ttq_negative"))
-    )
-    return relax.op.subtract(positive, negative)
+    return emit_difference(ctx, both)
 
 
-def dense_kernel(ctx: RuleContext, features, binary: BinaryWeights, ternary_input: bool, **extra):
+def dense_kernel(ctx: RuleContext, features, binary: BinaryWeights, ternary_input: bool):
     """The dense kernel on the packed ``features`` (``packed_features``) with ``binary`` weights
     ``[O, K]``; ``ternary_input``: the features are sign and nonzero words."""
     packed, feature_shape = features
@@ -80,7 +77,7 @@ def dense_kernel(ctx: RuleContext, features, binary: BinaryWeights, ternary_inpu
         rows = rows.transpose(0, 2, 3, 1)  # [O, H, W, C]: the packed layout, channels padded per position
     weight_bits = pack_planes(rows).reshape(2, outputs, -1) if binary.ternary else pack_bits(rows).reshape(outputs, -1)
     scale = [relax.const(binary.scale)] if binary.scale is not None else []
-    attrs = {**binary.kernel_attrs(), **extra}
+    attrs = binary.kernel_attrs()
     if ternary_input:
         return ctx.emit_kernel(
             lambda d, w, *alpha: bitserial.dot_to_float_nchw(bitserial.ternary_dense_dot(d, w), *alpha),

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..common import RuleContext, op_name, shape_of
-from .weights import ASYMMETRIC_HALVES
+from ..common import RuleContext, shape_of
+from .weights import DIFFERENCE
 
 
 # The open ends of a decision interval: beyond every integer a kernel returns (|d| <= levels *
@@ -238,22 +238,16 @@ class AsymmetricValue:
 
 
 def asymmetric_value(ctx: RuleContext, expr) -> AsymmetricValue | None:
-    """The TTQ conv whose ``b * P - a * N`` ``expr`` is (``fuse_binary_conv2d``: the difference
-    of the two channel halves of a kernel marked ``ASYMMETRIC_HALVES``), else None."""
-    node = ctx.producer(expr)
-    if op_name(node) != "relax.subtract":
+    """The TTQ conv (or dense) whose ``b * P - a * N`` ``expr`` is (a ``DIFFERENCE`` kernel with
+    no steps yet, on a kernel whose ``2 * OC`` channels are ``b * P`` and ``a * N``), else None."""
+    found = ctx.bnn_kernel(expr)
+    if found is None or found[0] != DIFFERENCE or "bnn.epilogue" in found[1]:
         return None
-    slices = [ctx.producer(arg) for arg in node.args]
-    if any(op_name(s) != "relax.strided_slice" for s in slices) or not slices[0].args[0].same_as(slices[1].args[0]):
-        return None
-    kernel = slices[0].args[0]
-    found = ctx.bnn_kernel(kernel)
-    if found is None or f"bnn.{ASYMMETRIC_HALVES}" not in found[1]:
-        return None
-    name, attrs = found
-    inputs = ctx.kernel_inputs(kernel)
+    (halves,) = ctx.kernel_inputs(expr)
+    name, attrs = ctx.bnn_kernel(halves)
+    inputs = ctx.kernel_inputs(halves)
     scale = ctx.constant(inputs[integer_inputs(name, attrs)])
-    nonzero = ctx.constant(inputs[1])[1]  # the weights' nonzero plane [2 * OC, KH, KW, CW]
+    nonzero = ctx.constant(inputs[1])[1]  # the weights' nonzero plane [2 * OC, ...]
     counts = np.unpackbits(nonzero.reshape(len(nonzero), -1).view(np.uint8), axis=1).sum(axis=1).astype(np.int64)
     oc = len(scale) // 2
     return AsymmetricValue(scale[:oc], scale[oc:], counts[:oc], counts[oc:], int(attrs["bnn.taps"]))

@@ -10,7 +10,7 @@ import numpy as np
 from ..common import pack_bits, pack_planes
 
 
-ASYMMETRIC_HALVES = "ttq_halves"  # a kernel attribute: its 2 * OC channels are b * P, then a * N (AsymmetricWeights)
+DIFFERENCE = "ttq_difference"  # the kernel computing b*P - a*N from a kernel over 2 * OC channels (AsymmetricWeights)
 SCALE_SPREAD = 2.0**-16  # relative spread of |w| in a channel that folding a scale in float32 leaves: a few ulp
 
 
