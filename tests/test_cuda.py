@@ -275,8 +275,8 @@ def verify_emulated(monkeypatch, path, x, batch=None):
     from bnn_tvm.compilation import compiler
     from bnn_tvm.compilation import verify as verify_module
 
-    def lower_for_cuda(path, batch=None, extra_outputs=None, target="x86", sign_zero="exact"):
-        return real_lower(path, batch, extra_outputs, "cuda", sign_zero)
+    def lower_for_cuda(path, batch=None, extra_outputs=None, target="x86", sign_zero="exact", binarize=True):
+        return real_lower(path, batch, extra_outputs, "cuda", sign_zero, binarize)
 
     real_lower = compiler.lower_onnx
     monkeypatch.setattr(compiler, "lower_onnx", lower_for_cuda)
