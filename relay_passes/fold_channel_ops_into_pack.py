@@ -36,6 +36,7 @@ from tvm import relax
 from bnn_tvm.schedules import bitserial
 
 from .analysis.chain import CHAIN_OPS, trace_chain
+from .analysis.rounding import asymmetric_margin, asymmetric_value
 from .common import PassLog, RuleContext, function_rule_pass, op_name, shape_of, use_counts
 
 KERNEL = "pack_sign_steps"
@@ -89,14 +90,21 @@ def pack_rule(uses: dict):
         inside = [v for v in visited[:-1] if isinstance(v, relax.Var)]
         if shape_of(source) != shape_of(x) or any(uses.get(v, 0) != 1 for v in inside):
             return None
+        strict = bool(int(kernel[1].get("bnn.strict", 0)))
+        margin = asymmetric_note(ctx, source, steps, strict)
+        if margin is not None and not steps:  # nothing to fold: the binarizer's node gets the note
+            ctx.fused("pack_sign", f"binarizer on a TTQ conv's b*P - a*N: {margin}")
+            return None
         parts = channel_concat_parts(ctx, source)
         if parts is not None and not word_aligned(parts):
             parts = None
-        if parts is None and (not steps or single_use_epilogue_source(ctx, source, uses)):
+        # after a TTQ conv the ops fold here (compares only) rather than into its difference kernel
+        if parts is None and (not steps or (margin is None and single_use_epilogue_source(ctx, source, uses))):
             return None
-        strict = bool(int(kernel[1].get("bnn.strict", 0)))
         packed = emit_packs(ctx, parts or [source], steps, strict)
         what = f"{len(steps)} float op(s) before the binarizer in its pack"
+        if margin is not None:
+            what += f", after a TTQ conv's b*P - a*N: {margin}"
         if parts:
             what += f", {len(parts)} concatenated parts packed apart"
         ctx.fused(KERNEL, what, *visited[:-1], *packed)
@@ -106,6 +114,29 @@ def pack_rule(uses: dict):
         return relax.op.concat(packed, axis=len(shape_of(x)) - 1)
 
     return fold
+
+
+def asymmetric_note(ctx: RuleContext, source, steps: list, strict: bool) -> str | None:
+    """Whether the binarizer after a TTQ conv's ``b * P - a * N`` (and the per-channel ``steps``)
+    is proven to decide as ONNX Runtime does (``analysis.rounding.asymmetric_margin``), as a
+    note for ``inspect``; None when ``source`` is no such conv. The conv's float value is
+    within rounding of the float graph's, so the decision is exact only away from its bounds."""
+    value = asymmetric_value(ctx, source)
+    if value is None:
+        return None
+    if steps:
+        bounds = decision_bounds(steps, strict)
+    else:  # x >= 0 (strict: x > 0)
+        zero = np.zeros(len(value.plus), np.float32)
+        bounds = (np.nextafter(zero, np.float32(1)) if strict else zero, np.full_like(zero, np.inf))
+    if bounds is None:
+        return "not proven exact: the float ops before the binarizer are not monotone per channel"
+    proven = asymmetric_margin(value.plus, value.minus, value.positives, value.negatives, value.taps, *bounds)
+    if proven.all():
+        return "exact (no reachable value within float rounding of the threshold)"
+    return (f"not proven exact in {int((~proven).sum())} of {proven.size} channels: a reachable value lies within "
+            "float rounding of the threshold (ONNX Runtime sums the ±a, ±b terms in its own order), so a value "
+            "there may differ")
 
 
 def single_use_epilogue_source(ctx: RuleContext, source, uses: dict) -> bool:

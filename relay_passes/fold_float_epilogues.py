@@ -9,7 +9,8 @@ an add into one FMA). The result is bit-identical to the reference, at no size l
 without a separate pass over the output.
 
 The float convs of the network (stem, downsampling shortcuts) get their bias and batch norm as
-an epilogue the same way (``schedules.float_conv``).
+an epilogue the same way (``schedules.float_conv``), and so does the difference kernel of a
+TTQ conv (``b * P - a * N``, ``kernels.emit_difference``).
 
 For LLVM targets (CPUs); ``FoldFloatTables`` does the same with lookup tables for the rest
 (CUDA, k-bit inputs).
@@ -25,7 +26,8 @@ from bnn_tvm.schedules import bitserial, float_conv
 from .analysis.chain import Step, analyse_chain, chain_ends, trace_chain
 from .analysis.rounding import integer_inputs
 from .common import PassLog, RuleContext, either_rule, function_rule_pass
-from .kernels import integer_dot, kernel_params, viewed_as
+from .analysis.weights import DIFFERENCE
+from .kernels import epilogue_steps, emit_difference, integer_dot, kernel_params, viewed_as
 
 EPILOGUE_KERNELS = {name: f"{name}_epilogue" for name in ("binary_conv2d", "binary_dense", "ternary_conv2d", "ternary_dense")}
 
@@ -57,6 +59,32 @@ def epilogue_rule(ends: set[str]):
         return viewed_as(ctx, computed, chain.source, expr)
 
     return fold_epilogue
+
+
+def is_plain_difference(ctx: RuleContext, expr) -> bool:
+    """A TTQ conv's ``b * P - a * N`` kernel without steps yet (``kernels.emit_difference``)."""
+    found = ctx.bnn_kernel(expr)
+    return found is not None and found[0] == DIFFERENCE and not epilogue_steps(found[1])
+
+
+def difference_rule(ends: set[str]):
+    """The float ops after a TTQ conv's ``b * P - a * N`` (its batch norm, a scale) as the
+    difference kernel's epilogue, each rounded on its own as the graph's ops."""
+
+    def fold_difference_epilogue(ctx: RuleContext, expr):
+        if ctx.binding not in ends:
+            return None
+        traced = trace_chain(ctx, expr, is_source=is_plain_difference)
+        if traced is None or not traced[1]:
+            return None
+        source, steps, visited = traced
+        # the float ops (the conv keeps its line)
+        ctx.fused(DIFFERENCE, f"TTQ conv's b*P - a*N + {len(steps)} float op(s) in its epilogue", *visited[1:-1])
+        computed = emit_difference(ctx, *ctx.kernel_inputs(source), *(relax.const(step.const) for step in steps),
+                                   steps=tuple(step.op for step in steps))
+        return viewed_as(ctx, computed, source, expr)
+
+    return fold_difference_epilogue
 
 
 def is_float_conv(ctx: RuleContext, expr) -> bool:
@@ -104,6 +132,6 @@ def float_conv_rule(ends: set[str]):
 def fold_float_epilogues(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
     def make_rule(func):
         ends = chain_ends(func)
-        return either_rule(epilogue_rule(ends), float_conv_rule(ends))
+        return either_rule(epilogue_rule(ends), difference_rule(ends), float_conv_rule(ends))
 
     return function_rule_pass(__name__, make_rule, logs)

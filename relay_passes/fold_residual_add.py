@@ -14,6 +14,9 @@ Both look through a 1-D tensor's one-row view (``LiftConv1d``: the conv computes
 the graph adds ``[N, C, L]``): the kernel reads the shortcut through the same kind of view and
 the sum is viewed back, so a DFSMN memory block stays one kernel.
 
+A TTQ conv's difference kernel (``b * P - a * N``, ``kernels.emit_difference``) takes them the
+same way, with or without float ops before the add.
+
 For CPU targets, after ``FoldFloatEpilogues``; says whether it changed the graph in its log.
 """
 
@@ -37,13 +40,15 @@ from .common import (
     shape_of,
     use_counts,
 )
-from .kernels import integer_dot, kernel_params
+from .analysis.weights import DIFFERENCE
+from .kernels import epilogue_steps, emit_difference, integer_dot, kernel_params
 
 # epilogue kernel -> (the integer compute it finishes, what a note calls it)
 SOURCES = {"binary_conv2d_epilogue": ("binary_conv2d", "binary conv"),
            "binary_dense_epilogue": ("binary_dense", "binary dense"),
            "ternary_conv2d_epilogue": ("ternary_conv2d", "ternary conv"),
-           "ternary_dense_epilogue": ("ternary_dense", "ternary dense")}
+           "ternary_dense_epilogue": ("ternary_dense", "ternary dense"),
+           DIFFERENCE: (DIFFERENCE, "TTQ difference kernel")}  # b*P - a*N, steps or none
 
 
 def kernel_behind_views(ctx: RuleContext, expr, uses: dict):
@@ -81,7 +86,7 @@ def residual_rule(uses: dict):
             kernel = ctx.bnn_kernel(conv)
             if kernel is None or kernel[0] not in SOURCES or uses.get(conv, 0) != 1:
                 continue
-            steps = tuple(str(kernel[1]["bnn.epilogue"]).split(","))
+            steps = epilogue_steps(kernel[1])
             if (bitserial.RESIDUAL in steps or dtype_of(shortcut) != "float32"
                     or shape_of(shortcut) != shape_of(viewed) or not same_view(shape_of(conv), shape_of(viewed))):
                 continue
@@ -107,7 +112,7 @@ def after_residual_rule(uses: dict):
         if (kernel is None or kernel[0] not in SOURCES or uses.get(source, 0) != 1
                 or shape_of(viewed) != shape_of(call) or not same_view(shape_of(source), shape_of(call))):
             return None
-        old = tuple(str(kernel[1]["bnn.epilogue"]).split(","))
+        old = epilogue_steps(kernel[1])
         if bitserial.RESIDUAL not in old:
             return None
         extra = [relax.const(step.const) for step in steps]
@@ -123,11 +128,13 @@ def emit(ctx: RuleContext, source, operands, kernel: tuple[str, dict], steps: tu
     """The epilogue ``kernel`` (name, attributes) that ``source`` is bound to, with ``operands``
     (a shortcut tensor, per-channel constants) appended for its new last ``steps``."""
     name, attrs = kernel
-    integer = SOURCES[name][0]
     inputs = ctx.kernel_inputs(source)
+    ctx.fused(name, note)  # the folded node: the conv or dense keeps its line
+    if name == DIFFERENCE:
+        return emit_difference(ctx, *inputs, *operands, steps=steps)
+    integer = SOURCES[name][0]
     count = integer_inputs(integer, attrs)
     dot = integer_dot(integer, attrs)
-    ctx.fused(name, note)  # the folded node: the conv or dense keeps its line
     params = {**kernel_params(attrs), "epilogue": ",".join(steps)}
     return ctx.emit_kernel(
         lambda *args: bitserial.dot_to_float_nchw(dot(*args[:count]), *args[count:], steps=steps),

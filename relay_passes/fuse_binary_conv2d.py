@@ -6,6 +6,11 @@ constants). The kernel multiplies its integer result by alpha. A power of two ma
 any other alpha differs from the float conv's sum of ±alpha terms by float rounding, which
 ``FoldThresholds`` takes into account (see ``analysis.rounding.weight_scale_error``).
 
+TTQ's asymmetric ternary weights ``{-a, 0, +b}`` (per layer or per output channel) run as one
+kernel over ``2 * OC`` ternary-weight channels, the masks ``[W > 0]`` and ``[W < 0]`` scaled by
+``b`` and ``a`` (``analysis.weights.AsymmetricWeights``), and ``b * P - a * N`` in float after it:
+within float rounding of the float conv's sum of the ``±a, ±b`` terms, not bit-identical to it.
+
 Padding is exact in all three forms: the conv's own zero padding (pad with -1 bits, add back a
 per-border-class correction), and an explicit ``Pad`` with value -1 or +1 before an unpadded conv.
 """
@@ -19,8 +24,9 @@ from tvm import relax
 from bnn_tvm.schedules import bitserial
 
 from .analysis.patterns import binarized_conv_input, plain_conv_reason
-from .analysis.weights import BinaryWeights, split_scale
+from .analysis.weights import AsymmetricWeights, BinaryWeights, split_asymmetric, split_scale
 from .common import PassLog, RuleContext, op_name, pack_bits, rule_pass, shape_of
+from .kernels import emit_difference
 
 
 def padding_correction(weight: np.ndarray, in_hw, strides, padding, dilation=(1, 1)):
@@ -93,6 +99,12 @@ def fuse_ternary_conv2d(ctx: RuleContext, planes, binary: BinaryWeights, strides
     detail = f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding}"
     ctx.fused("ternary_conv2d", detail + (f" dilation {dilation}" if dilation != (1, 1) else "")
               + " on a ternary activation (sign and nonzero planes)" + (", ternary weights" if binary.ternary else ""))
+    return ternary_conv2d_kernel(ctx, planes, binary, strides, padding, dilation)
+
+
+def ternary_conv2d_kernel(ctx: RuleContext, planes, binary: BinaryWeights, strides, padding, dilation):
+    """The ternary conv kernel on sign and nonzero ``planes``."""
+    oc, c, kh, kw = binary.signs.shape
     inputs = [planes, relax.const(binary.planes())]
     if binary.scale is not None:
         inputs.append(relax.const(binary.scale))
@@ -108,6 +120,50 @@ def fuse_ternary_conv2d(ctx: RuleContext, planes, binary: BinaryWeights, strides
         **({"dilation": list(dilation)} if dilation != (1, 1) else {}),
         **binary.kernel_attrs(),
     )
+
+
+def fuse_asymmetric_conv2d(ctx: RuleContext, data, packed, ternary: bool, weights: AsymmetricWeights, strides,
+                           padding, dilation, explicit):
+    """TTQ's ``{-a, 0, +b}`` weights: one binary (``ternary``: ternary-activation) kernel over the
+    ``2 * OC`` ternary-weight channels ``b * P`` and ``a * N`` (``AsymmetricWeights.halves``),
+    then ``b * P - a * N`` in float32. Each product and the difference round once, the float
+    conv's sum of ``±a, ±b`` terms rounds in its own order: equal within float rounding (a
+    binarizer after it is checked by ``FoldChannelOpsIntoPack``, ``analysis.rounding.asymmetric_margin``).
+    The difference is a kernel of its own (``kernels.emit_difference``), which takes the float
+    ops after it as its epilogue (``FoldFloatEpilogues``, ``FoldResidualAdd``)."""
+    oc, c, kh, kw = weights.positive.shape
+    halves = weights.halves()
+    per_layer = all(np.unique(v[v > 0]).size <= 1 for v in (weights.plus, weights.minus))
+    detail = (f"conv2d {oc}x{c}x{kh}x{kw} stride {strides} pad {padding}"
+              + (f" dilation {dilation}" if dilation != (1, 1) else "")
+              + (" on a ternary activation (sign and nonzero planes)" if ternary else "")
+              + (f" (explicit Pad {explicit[0]:+g})" if explicit is not None else "")
+              + f", TTQ weights {{-a, 0, +b}} per {'layer' if per_layer else 'output channel'}: positive and "
+              f"negative taps as 2x{oc} ternary-weight channels (P, N), b*P - a*N in float")
+    if ternary:
+        ctx.fused("ternary_conv2d", detail)
+        kernel = ternary_conv2d_kernel(ctx, packed, halves, strides, padding, dilation)
+    elif explicit is not None:
+        ctx.fused("binary_conv2d", detail, data)  # the Pad is in the kernel
+        kernel = binary_conv2d_kernel(ctx, packed, halves, strides, explicit[1], dilation, explicit[0])
+    else:
+        ctx.fused("binary_conv2d", detail)
+        kernel = binary_conv2d_kernel(ctx, packed, halves, strides, padding, dilation)
+    both = ctx.builder_.emit(kernel, ctx.logged_name("ttq_halves"))
+    return emit_difference(ctx, both)
+
+
+def asymmetric_or_reason(reason: str, weight: np.ndarray, k_bit: bool, groups: int):
+    """``(AsymmetricWeights, None)`` when weights that are not ``±alpha`` (or 0) per channel
+    (``reason``) are TTQ's ``{-a, 0, +b}`` on a conv that can run them, else ``(None, why)``."""
+    if k_bit:
+        return None, reason
+    weights = split_asymmetric(weight)
+    if isinstance(weights, str):
+        return None, f"{reason}, nor TTQ's {{-a, 0, +b}}: {weights}"
+    if groups != 1:
+        return None, "TTQ's {-a, 0, +b} weights on a grouped conv"
+    return weights, None
 
 
 def rewrite(ctx: RuleContext, call):
@@ -126,7 +182,8 @@ def rewrite(ctx: RuleContext, call):
         reason = "weights are not constant"
     if reason is None:
         binary = split_scale(weight, ternary=len(shape_of(packed)) == 4 or ternary)  # k-bit planes: ±alpha only
-        reason = binary if isinstance(binary, str) else None
+        if isinstance(binary, str):
+            binary, reason = asymmetric_or_reason(binary, weight, len(shape_of(packed)) == 5, groups)
     strides = tuple(int(s) for s in call.attrs.strides)
     padding = tuple(int(p) for p in call.attrs.padding)
     dilation = tuple(int(d) for d in call.attrs.dilation)
@@ -139,6 +196,8 @@ def rewrite(ctx: RuleContext, call):
     if reason is not None:
         ctx.keep_float(reason)
         return None
+    if isinstance(binary, AsymmetricWeights):
+        return fuse_asymmetric_conv2d(ctx, data, packed, ternary, binary, strides, padding, dilation, explicit)
     if ternary:
         return fuse_ternary_conv2d(ctx, packed, binary, strides, padding, dilation)
     if len(shape_of(packed)) == 5:  # k-bit planes

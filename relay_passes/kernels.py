@@ -10,6 +10,7 @@ from tvm import relax, te, tirx
 from bnn_tvm.schedules import bitserial
 from bnn_tvm.schedules.bitserial import WORD_DTYPE
 
+from .analysis.weights import DIFFERENCE
 from .common import RuleContext, shape_of
 
 
@@ -47,6 +48,22 @@ def integer_dot(name: str, attrs: dict):
     return lambda d, w, table, ycls, xcls: bitserial.binary_conv2d_dot(
         d, w, bitserial.BorderTable(table, ycls, xcls), taps, strides, padding, pad_ones, dilation
     )
+
+
+def emit_difference(ctx: RuleContext, both, *consts, steps: tuple[str, ...] = ()):
+    """The ``DIFFERENCE`` kernel on ``both`` (bound to a variable: a kernel's ``b * P`` and ``a *
+    N`` over ``2 * C`` channels), TTQ's ``b * P - a * N`` (``bitserial.halves_difference``), with
+    per-channel ``steps`` after it."""
+    extra = {"epilogue": ",".join(steps)} if steps else {}
+    return ctx.emit_kernel(lambda k, *cs: bitserial.halves_difference(k, *cs, steps=steps), both, *consts,
+                           op=DIFFERENCE, **extra)
+
+
+def epilogue_steps(attrs: dict) -> tuple[str, ...]:
+    """The epilogue steps a kernel already applies (``bnn.epilogue``; none without it, as a
+    ``DIFFERENCE`` kernel fresh from its fusion)."""
+    text = str(attrs.get("bnn.epilogue", ""))
+    return tuple(text.split(",")) if text else ()
 
 
 def pack_and_unpack(ctx: RuleContext, x, flat_shape=None, *matched, strict: bool = False):

@@ -33,7 +33,7 @@ from .analysis.patterns import (
     packed_features,
     plain_conv_reason,
 )
-from .analysis.weights import split_scale
+from .analysis.weights import split_asymmetric, split_scale
 from .common import PassLog, RuleContext, dtype_of, op_name, rule_pass, shape_of
 
 
@@ -99,25 +99,33 @@ STE_NOTE = "input is a straight-through estimator (sign(x) - p) + p not proven e
 
 
 def conv_operands(ctx: RuleContext, call):
-    """``(x, W)`` when ``call`` is a plain conv of ``Sign(x)`` with constant ±alpha weights, else None."""
+    """``(x, W)`` when ``call`` is a plain conv of ``Sign(x)`` with constant ±alpha (or 0)
+    weights, or, ungrouped, TTQ's ``{-a, 0, +b}`` (``fuse_binary_conv2d`` runs both), else None."""
     data, weight_expr = call.args
     x = sign_input(ctx, data)
     if x is None or plain_conv_reason(call.attrs, shape_of(x)[1]) is not None:
         return None  # before the weights are copied out: every round asks this of every conv
     weight = ctx.constant(weight_expr)
-    return (x, weight) if weight is not None and not isinstance(split_scale(weight, ternary=True), str) else None
+    if weight is None:
+        return None
+    if not isinstance(split_scale(weight, ternary=True), str):
+        return x, weight
+    asymmetric = int(call.attrs.groups) == 1 and not isinstance(split_asymmetric(weight), str)
+    return (x, weight) if asymmetric else None
 
 
 def dense_operands(ctx: RuleContext, call):
     """``(source, x, W)`` when ``call`` is a matmul of a (flattened) ``Sign(x)`` with constant
-    ±alpha weights ``[K, O]``, else None."""
+    ±alpha (or 0) weights ``[K, O]``, or TTQ's ``{-a, 0, +b}``, else None."""
     data, weight_expr = call.args
     source = flattened_source(ctx, data)
     x = None if source is None else sign_input(ctx, source)
     if x is None:
         return None  # before the weights are copied out, as for a conv
     weight = ctx.constant(weight_expr)
-    if weight is None or weight.ndim != 2 or isinstance(split_scale(weight.T, ternary=True), str):
+    if weight is None or weight.ndim != 2:
+        return None
+    if isinstance(split_scale(weight.T, ternary=True), str) and isinstance(split_asymmetric(weight.T), str):
         return None
     return source, x, weight
 

@@ -425,6 +425,21 @@ def apply_epilogue(value, consts, steps):
     return value
 
 
+def halves_difference(both: te.Tensor, *consts: te.Tensor, steps: tuple[str, ...] = ()) -> te.Tensor:
+    """TTQ's ``b * P - a * N`` from a kernel's float output over ``2 * C`` channels (NCHW or
+    ``[N, 2C]``; its first ``C`` channels ``b * P``, then ``a * N``), one float32 subtraction,
+    then the per-channel ``steps`` with ``consts`` (``apply_epilogue``; ``residual``: a tensor of
+    the output's shape)."""
+    channels = int(both.shape[1]) // 2
+
+    def value(*index):
+        o, rest = index[1], index[2:]
+        v = both[(index[0], o, *rest)] - both[(index[0], o + channels, *rest)]
+        return apply_epilogue(v, [c[index] if step == RESIDUAL else c[o] for step, c in zip(steps, consts)], steps)
+
+    return te.compute((both.shape[0], channels, *both.shape[2:]), value, name="halves_difference")
+
+
 def activation_value(v, levels: int = 1, activation_scale: float | None = None, lanes: int = 1):
     """A k-bit conv's float value of its integer ``v`` (converted to float32, ``lanes`` wide):
     ``v * s`` for a ``Quant``'s scale s (the float graph's ``(q - z) * s``, summed), else

@@ -1542,6 +1542,23 @@ def generic(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     return Scheduled(sch.mod["main"], "generic: parallel outer loops")
 
 
+def halves_difference(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+    """TTQ's ``b * P - a * N`` (``bitserial.halves_difference``, elementwise, NCHW or ``[N,
+    C]``): images x channels in parallel, the positions of a channel (the channels of a row)
+    in vectors."""
+    block = sch.get_sblock("halves_difference")
+    loops = sch.get_loops(block)
+    inner = sch.fuse(*loops[2:]) if len(loops) > 2 else loops[1]
+    (extent,) = extents(sch, [inner])
+    lanes = power_of_two_divisor(extent, unit.lanes)
+    if lanes > 1:
+        _, vector = sch.split(inner, [None, lanes])
+        sch.vectorize(vector)
+    if len(loops) > 2:
+        parallel(sch, sch.fuse(loops[0], loops[1]), block_work(sch, block))
+    return Scheduled(sch.mod["main"], f"difference: {lanes}-lane vectors")
+
+
 # The kinds whose schedule is a rule with knobs (``schedules.tuning``'s binary-aware design spaces)
 RULES = {
     **dict.fromkeys(("binary_conv2d", "binary_conv2d_table", "binary_conv2d_epilogue", "multibit_conv2d",
@@ -1554,6 +1571,7 @@ RULES = {
 KERNELS = {
     **{op: rule.apply for op, rule in RULES.items()},
     "float_conv2d": float_conv,
+    "ttq_difference": halves_difference,
     "binary_dense": dense_float,
     "binary_dense_table": dense_float,
     "binary_dense_epilogue": dense_float,

@@ -191,3 +191,31 @@ def quant_planes_graph(seed=23, channels=16, size=6):
     model = g.model([out, folded])
     model.opset_import.append(helper.make_opsetid(domain, 1))
     return model
+
+
+def ttq(rng, shape, plus, minus, zeros=0.35) -> np.ndarray:
+    """TTQ's ``{-a, 0, +b}`` weights (``plus`` b, ``minus`` a: per layer scalars or per output
+    channel arrays), folded in float32 as ``Wp * pos - Wn * neg``."""
+    signs = np.where(rng.standard_normal(shape) >= 0, 1.0, -1.0)
+    signs[rng.random(shape) < zeros] = 0
+    column = lambda v: np.asarray(v, np.float32).reshape(-1, *[1] * (len(shape) - 1))  # noqa: E731
+    return (column(plus) * (signs > 0) - column(minus) * (signs < 0)).astype(np.float32)
+
+
+def ttq_graph(b=0.625, a=1.375):
+    """TTQ convs: on a binarizer (per-layer scales ``b``, ``a``, then a batch norm and binarizer:
+    the proven margin), per-channel scales with a float output, and on a ``Sign`` that sees 0
+    (both operands ternary) with a batch norm and ``Sign`` after it; a dense on a binarizer and
+    one on a ``Sign``. The default scales are multiples of 1/8: every sum is exact on both sides."""
+    g = GraphBuilder([1, 16, 8, 8], seed=41)
+    rng = np.random.default_rng(41)
+    y = g.batch_norm(g.conv(g.binarize("x"), ttq(rng, (24, 16, 3, 3), b, a), pad=1), *g.random_bn(24, 0.3))
+    per_channel = ttq(rng, (16, 24, 3, 3), rng.uniform(0.2, 2, 16), rng.uniform(0.2, 2, 16))
+    out = g.conv(g.binarize(y), per_channel, pad=1)
+    z = g.batch_norm(g.conv(g.node("Sign", ["x"]), ttq(rng, (16, 16, 3, 3), 0.25, 0.75), pad=1), *g.random_bn(16, 0.3))
+    z = g.conv(g.node("Sign", [z]), ttq(rng, (8, 16, 3, 3), 1.1, 0.45), pad=1, stride=2)
+    # denses: on a binarizer after a batch norm (per-output scales), then on a Sign that sees 0
+    flat = g.node("Flatten", [g.binarize(g.batch_norm(z, *g.random_bn(8, 0.3)))])
+    hidden = g.node("MatMul", [flat, g.const(ttq(rng, (20, 8 * 4 * 4), rng.uniform(0.2, 2, 20), 0.5).T.copy())])
+    logits = g.node("MatMul", [g.node("Sign", [hidden]), g.const(ttq(rng, (10, 20), 0.75, 0.25).T.copy())])
+    return g.model([out, z, logits])

@@ -140,6 +140,25 @@ class TwnConv(nn.Conv2d):
         return F.conv2d(x, alpha * torch.sign(w) * mask, stride=self.stride, padding=1)
 
 
+class TtqConv(nn.Conv2d):
+    """Trained Ternary Quantization (Zhu et al.): per layer learned positive and negative scales
+    ``Wp``, ``Wn``; weights above ``delta = t * max|W|`` become ``Wp``, below ``-delta`` become
+    ``-Wn``, the rest 0 (computed in the forward pass, as the paper's code does)."""
+
+    def __init__(self, cin, cout, stride=1, t=0.05):
+        super().__init__(cin, cout, 3, stride, 1, bias=False)
+        self.Wp = nn.Parameter(torch.tensor(1.0))
+        self.Wn = nn.Parameter(torch.tensor(1.0))
+        self.t = t
+
+    def forward(self, x):
+        w = self.weight
+        delta = self.t * w.abs().max()
+        pos = (w > delta).float()
+        neg = (w < -delta).float()
+        return F.conv2d(x, self.Wp * pos - self.Wn * neg, stride=self.stride, padding=1)
+
+
 FORMS = {  # name -> (activation binarizer factory(channels), binary conv class)
     "bireal": (lambda c: BiRealActivation(), HardBinaryConv),
     "reactnet": (lambda c: nn.Sequential(LearnableBias(c), BiRealActivation()), HardBinaryConv),
@@ -148,6 +167,8 @@ FORMS = {  # name -> (activation binarizer factory(channels), binary conv class)
     "irnet": (lambda c: SignActivation(), IrConv),
     # torch.sign of the residual stream (which can be 0: a ternary activation) and TWN weights
     "twn": (lambda c: SignActivation(), TwnConv),
+    # the same with TTQ's asymmetric {-Wn, 0, +Wp} weights
+    "ttq": (lambda c: SignActivation(), TtqConv),
 }
 
 
@@ -210,8 +231,12 @@ def resnet(form: str, blocks: int = 3, seed: int = 0) -> ResNet:
     model = ResNet(form, blocks)
     randomize_batch_norms(model, mean_std=0.5, gamma_std=0.3)
     for module in model.modules():
-        if isinstance(module, (HardBinaryConv, XnorConv, IrConv, SignConv, TwnConv)):
+        if isinstance(module, (HardBinaryConv, XnorConv, IrConv, SignConv, TwnConv, TtqConv)):
             nn.init.normal_(module.weight)
+        if isinstance(module, TtqConv):  # trained scales: positive, unequal, not powers of two
+            module.Wp.data.uniform_(0.3, 1.5)
+            module.Wn.data.uniform_(0.3, 1.5)
+            module.t = 0.4  # about a third of the weights 0
         if isinstance(module, LearnableBias):
             module.bias.data.normal_(0, 0.2)
     return model.eval()

@@ -25,7 +25,11 @@ def test_layer_spec_parsing_and_names():
     assert down.out_hw == (28, 28) and down.name == "conv3x3:64x56x56,out=128,stride=2"
     assert LayerSpec.parse(down.name) == down
     assert len(parse_layers(["resnet18"])) == len(RESNET18_LAYERS)
-    for bad in ["conv3x2:64x56x56", "conv3x3:64x56", "conv3x3:64x56x56,dilation=2", "conv9x9:4x4x4,pad=0"]:
+    ttq = LayerSpec.parse("conv3x3:16x8x8,weights=ttq")
+    assert ttq.name == "conv3x3:16x8x8,weights=ttq"
+    assert set(np.unique(ttq.weights())) == {np.float32(-1.37), np.float32(0), np.float32(0.61)}  # TTQ's {-a, 0, +b}
+    for bad in ["conv3x2:64x56x56", "conv3x3:64x56", "conv3x3:64x56x56,dilation=2", "conv9x9:4x4x4,pad=0",
+                "conv3x3:8x8x8,input=ttq"]:
         with pytest.raises(BnnError, match="--layer"):
             LayerSpec.parse(bad)
 

@@ -26,6 +26,7 @@ from onnx_builders import (
     save,
     sign_chain_graph,
     ternary_sign_graph,
+    ttq_graph,
 )
 from random_graphs import GENERATORS
 from tvm import tirx
@@ -227,11 +228,13 @@ def binary_graphs(tmp_path):
     graphs["sign_chain_strict"] = (save(sign_chain_graph(), tmp_path / "k.onnx"), 2)
     # a signed 4-bit QONNX Quant as planes (padded with the level of 0), float out and thresholds
     graphs["quant_planes"] = (save(quant_planes_graph(), tmp_path / "l.onnx"), 1)
+    # TTQ's {-a, 0, +b} weights: 2 * OC ternary-weight channels, on binarized and ternary inputs
+    graphs["ttq"] = (save(ttq_graph(), tmp_path / "m.onnx"), 1)
     return graphs
 
 
 GRAPHS = ["padded_clamped_tail", "stride2_unpadded_batch2", "maxpool", "dense_batch3", "dorefa_planes", "dilated",
-          "pooled_threshold", "grouped", "ternary_sign", "sign_chain_strict", "quant_planes"]
+          "pooled_threshold", "grouped", "ternary_sign", "sign_chain_strict", "quant_planes", "ttq"]
 # the OR max pool is a one-thread-per-word kernel like pack_sign: replayed in the slow run only
 SLOW_EMULATION = {"maxpool"}
 
@@ -272,8 +275,8 @@ def verify_emulated(monkeypatch, path, x, batch=None):
     from bnn_tvm.compilation import compiler
     from bnn_tvm.compilation import verify as verify_module
 
-    def lower_for_cuda(path, batch=None, extra_outputs=None, target="x86", sign_zero="exact"):
-        return real_lower(path, batch, extra_outputs, "cuda", sign_zero)
+    def lower_for_cuda(path, batch=None, extra_outputs=None, target="x86", sign_zero="exact", binarize=True):
+        return real_lower(path, batch, extra_outputs, "cuda", sign_zero, binarize)
 
     real_lower = compiler.lower_onnx
     monkeypatch.setattr(compiler, "lower_onnx", lower_for_cuda)
@@ -288,7 +291,7 @@ def test_cuda_build_of_binary_graphs_is_exact_when_emulated(tmp_path, monkeypatc
     x = np.random.default_rng(1).standard_normal((4, *lower_onnx(path, batch).input_shape[1:])).astype(np.float32)
     if graph == "dorefa_planes":
         x = x * 0.6 + 0.5
-    if graph == "sign_chain_strict":
+    if graph in ("sign_chain_strict", "ttq"):
         x[:, :, ::3] = 0.0
     report = verify_emulated(monkeypatch, path, x, batch)
     assert report.ok, "\n".join(report.lines())
@@ -378,7 +381,7 @@ def test_binary_graphs_verify_exactly_on_the_gpu(tmp_path, graph):
     x = np.random.default_rng(1).standard_normal((5, *lower_onnx(path, batch).input_shape[1:])).astype(np.float32)
     if graph == "dorefa_planes":
         x = x * 0.6 + 0.5
-    if graph == "sign_chain_strict":
+    if graph in ("sign_chain_strict", "ttq"):
         x[:, :, ::3] = 0.0  # Sign(0) = 0 on the input: its halves must both see it
     report = verify(path, "cuda", x=x.astype(np.float32), batch=batch)
     assert report.ok, "\n".join(report.lines())

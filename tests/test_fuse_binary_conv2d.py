@@ -72,3 +72,38 @@ def test_keeps_a_conv_float_naming_the_reason(weight, groups, reason):
     assert not log.changed
     assert any(reason in why for why in log.kept_float.values()), log.kept_float
     assert "relax.nn.conv2d" in relax_ops(after)
+
+
+def ttq_weights(shape, b, a) -> np.ndarray:
+    """TTQ's ``{-a, 0, +b}``: about a third 0, the rest ``+b`` or ``-a``."""
+    values = signs(shape)
+    values[RNG.random(shape) < 0.35] = 0
+    return (np.float32(b) * (values > 0) - np.float32(a) * (values < 0)).astype(np.float32)
+
+
+@pytest.mark.parametrize("b,a", [(0.625, 1.375), (0.61, 1.37)], ids=["common_grid", "trained_scales"])
+def test_ttq_weights_fire_one_kernel_over_both_halves(b, a):
+    """``b * P - a * N`` from one kernel over 2 * OC ternary-weight channels: bit-identical where
+    a and b are multiples of 1/8 (every sum exact on both sides), else within float rounding."""
+    before = binarized_conv(ttq_weights((16, 8, 3, 3), b, a))
+    after, log = run_pass(before)
+    assert [r.kernel for r in log.rewrites] == ["binary_conv2d"], log.rewrites
+    assert "TTQ weights {-a, 0, +b} per layer" in log.rewrites[0].detail
+    assert "relax.nn.conv2d" not in relax_ops(after)
+    x = inputs()
+    got, want = run_relax(after, x), run_relax(before, x)
+    if b == 0.625:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        assert np.any(got != 0)
+
+
+def test_ttq_weight_off_its_channel_values_stays_float():
+    weight = ttq_weights((16, 8, 3, 3), 0.61, 1.37)
+    weight[2][weight[2] < 0] = np.float32(-1.37)
+    weight[2, 0, 0, 0] = np.float32(-1.25)  # a second negative value in channel 2
+    after, log = run_pass(binarized_conv(weight))
+    assert not log.changed
+    assert any("output channel 2 has 2 distinct negative weights" in why for why in log.kept_float.values()), \
+        log.kept_float

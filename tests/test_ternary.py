@@ -26,7 +26,7 @@ from conftest import (
     thresholds,
     words_of,
 )
-from onnx_builders import GraphBuilder, save
+from onnx_builders import GraphBuilder, save, ttq, ttq_graph
 
 from bnn_tvm.compilation.inspection import inspect_onnx
 from bnn_tvm.compilation.verify import verify
@@ -240,3 +240,70 @@ def test_sign_on_tokens_and_conv1d_inputs_runs_ternary(tmp_path):
     assert report.ok and report.binary_checked == 1, "\n".join(report.lines())
     fused = " | ".join(report.fused)
     assert "-> ternary_conv2d [node_conv" in fused and "pack_ternary [node_conv_3, node_sign_1]" in fused, fused
+
+
+def ttq_inputs():
+    x = inputs([4, 16, 8, 8])
+    x[:, :, ::3] = 0.0  # Sign(x) = 0 there: the ternary activation's zeros
+    return x
+
+
+def test_ttq_weights_run_in_binary_and_ternary_kernels(tmp_path):
+    path = save(ttq_graph(), tmp_path / "m.onnx")
+    report = verify(path, "x86", x=ttq_inputs())
+    assert report.ok, "\n".join(report.lines())
+    assert report.binary_checked == 6  # three binarizers, three Signs
+    fused = " | ".join(report.fused)
+    assert fused.count("TTQ weights") == 6, fused
+    assert fused.count("TTQ weights {-a, 0, +b} per layer") == 3, fused
+    reports = inspect_onnx(path)
+    layers = [r for r in reports if r.op_type in ("Conv", "MatMul")]
+    assert len(layers) == 6 and all(r.binary for r in layers), [(r.name, r.note) for r in layers]
+    assert [r.kernel for r in layers] == ["binary_conv2d", "binary_conv2d", "ternary_conv2d", "ternary_conv2d",
+                                          "binary_dense", "ternary_dense"], [(r.name, r.kernel) for r in layers]
+    first_bn = next(r for r in reports if r.op_type == "BatchNormalization")
+    assert "after a TTQ conv's b*P - a*N: exact" in first_bn.note, first_bn.note
+
+
+def test_ttq_threshold_within_rounding_of_reachable_values_is_not_proven(tmp_path):
+    """Scales on no common grid (0.61, 1.37): the float sums round, the reachable ``b * P - a *
+    N`` lie dense, and channels whose threshold one of them lies within the rounding band of are
+    named in ``inspect``; the compiled model still verifies (no input lands on such a tie)."""
+    path = save(ttq_graph(b=0.61, a=1.37), tmp_path / "m.onnx")
+    first_bn = next(r for r in inspect_onnx(path) if r.op_type == "BatchNormalization")
+    assert "after a TTQ conv's b*P - a*N: not proven exact in 7 of 24 channels" in first_bn.note, first_bn.note
+    assert verify(path, "x86", x=ttq_inputs()).ok
+
+
+def test_ttq_margin_is_checked_at_each_bound():
+    """``asymmetric_margin`` against brute force over every reachable (P, N), on bounds placed on,
+    beside and between reachable values."""
+    from bnn_tvm.relay_passes.analysis.rounding import asymmetric_margin, sum_rounding_error
+
+    rng = np.random.default_rng(7)
+    plus, minus = np.float32([0.61, 0.3]), np.float32([1.37, 0.7])
+    positives, negatives, taps = np.array([5, 4]), np.array([6, 3]), 12
+    band = sum_rounding_error(taps, np.maximum(plus, minus).astype(np.float64), roundings=3)
+    for _ in range(200):
+        low = np.float32(rng.uniform(-8, 8, 2))
+        p, n = rng.integers(-4, 5, 2), rng.integers(-3, 4, 2)
+        on_value = rng.random(2) < 0.5  # half the bounds exactly on a reachable value
+        low = np.where(on_value, (plus * p - minus * n).astype(np.float32), low)
+        high = np.full(2, np.inf, np.float32)
+        got = asymmetric_margin(plus, minus, positives, negatives, taps, low, high)
+        for o in range(2):
+            values = [plus[o] * float(i) - minus[o] * float(j) for i in range(-positives[o], positives[o] + 1)
+                      for j in range(-negatives[o], negatives[o] + 1)]
+            near = min(abs(v - float(low[o])) for v in values) <= band[o] + float(np.spacing(np.float32(abs(low[o]))))
+            assert got[o] == (not near), (o, low[o])
+
+
+def test_weight_off_the_two_ttq_values_stays_float(tmp_path):
+    g = GraphBuilder([1, 16, 8, 8], seed=42)
+    weight = ttq(np.random.default_rng(42), (8, 16, 3, 3), 0.61, 1.37)
+    weight[3, 5, 1, 1] = np.nextafter(np.float32(0.61), np.float32(1))  # one weight an ulp off +b
+    path = save(g.model([g.conv(g.binarize("x"), weight, pad=1)]), tmp_path / "m.onnx")
+    (conv,) = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
+    assert not conv.binary
+    assert "output channel 3 has 2 distinct positive weights (not TTQ's {-a, 0, +b}" in conv.note, conv.note
+    assert verify(path, "x86", x=ttq_inputs()).ok

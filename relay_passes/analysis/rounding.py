@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..common import RuleContext, shape_of
+from .weights import DIFFERENCE
 
 
 # The open ends of a decision interval: beyond every integer a kernel returns (|d| <= levels *
@@ -190,3 +191,78 @@ def is_power_of_two(values: np.ndarray) -> bool:
     """Scales that multiply exactly: float rounding of ``d * s`` then equals the float conv's sum."""
     mantissa, _ = np.frexp(np.abs(values.astype(np.float64)))
     return bool(np.all(values != 0) and np.all(mantissa == 0.5))
+
+
+def asymmetric_margin(plus: np.ndarray, minus: np.ndarray, positives: np.ndarray, negatives: np.ndarray,
+                      taps: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Per channel, whether a decision ``low <= y <= high`` on the value ``y = b * P - a * N`` of
+    a conv with TTQ's ``{-a, 0, +b}`` weights (``plus`` b, ``minus`` a, per channel) is the
+    float graph's whatever order either side sums in: no reachable exact value lies within the
+    rounding band of a finite bound. Reachable: every integer ``|P| <= positives``, ``|N| <=
+    negatives`` (a superset: parity and zero padding left out). The band ``(gamma_K + 3u) * K *
+    max(a, b)`` bounds both the float conv's sum of ``K`` exact terms ``±a, ±b, 0`` and the
+    kernel's ``b * P - a * N`` (three roundings). For each bound ``t`` and each ``P`` the nearest
+    value is at ``N = (b * P - t) / a`` rounded down or up: O(taps) per channel. Where ``a`` and
+    ``b`` are integer multiples of one power of two ``g`` and ``(|P| b + |N| a) / g < 2^24``,
+    every partial sum on either side is exact: both compute the exact value, proven at once."""
+    band = sum_rounding_error(taps, np.maximum(plus, minus).astype(np.float64), roundings=3)
+    proven = on_common_grid(plus, minus, positives, negatives)
+    for o in np.flatnonzero(~proven):
+        proven[o] = True
+        b, a = float(plus[o]), float(minus[o])
+        p = np.arange(-positives[o], positives[o] + 1, dtype=np.float64)
+        for t in (float(low[o]), float(high[o])):
+            if not np.isfinite(t):
+                continue
+            if a > 0:
+                centre = (b * p - t) / a
+                n = np.clip(np.stack([np.floor(centre), np.ceil(centre)]), -negatives[o], negatives[o])
+            else:
+                n = np.zeros((1, p.size))
+            distance = np.abs(b * p - a * n - t).min()
+            # the float32 bound is the first value decided otherwise: one float32 step of slack
+            slack = float(np.spacing(np.float32(abs(t)))) + band[o] * 2.0**-20
+            proven[o] &= bool(distance > band[o] + slack)
+    return proven
+
+
+@dataclass(frozen=True)
+class AsymmetricValue:
+    """What ``asymmetric_margin`` needs of a TTQ conv's ``b * P - a * N``."""
+
+    plus: np.ndarray  # b [OC]
+    minus: np.ndarray  # a [OC]
+    positives: np.ndarray  # positive taps per channel
+    negatives: np.ndarray  # negative taps per channel
+    taps: int
+
+
+def asymmetric_value(ctx: RuleContext, expr) -> AsymmetricValue | None:
+    """The TTQ conv (or dense) whose ``b * P - a * N`` ``expr`` is (a ``DIFFERENCE`` kernel with
+    no steps yet, on a kernel whose ``2 * OC`` channels are ``b * P`` and ``a * N``), else None."""
+    found = ctx.bnn_kernel(expr)
+    if found is None or found[0] != DIFFERENCE or "bnn.epilogue" in found[1]:
+        return None
+    (halves,) = ctx.kernel_inputs(expr)
+    name, attrs = ctx.bnn_kernel(halves)
+    inputs = ctx.kernel_inputs(halves)
+    scale = ctx.constant(inputs[integer_inputs(name, attrs)])
+    nonzero = ctx.constant(inputs[1])[1]  # the weights' nonzero plane [2 * OC, ...]
+    counts = np.unpackbits(nonzero.reshape(len(nonzero), -1).view(np.uint8), axis=1).sum(axis=1).astype(np.int64)
+    oc = len(scale) // 2
+    return AsymmetricValue(scale[:oc], scale[oc:], counts[:oc], counts[oc:], int(attrs["bnn.taps"]))
+
+
+def on_common_grid(plus: np.ndarray, minus: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """Per channel, whether ``b`` and ``a`` are integer multiples of their largest common power of
+    two ``g`` with ``positives * b + negatives * a < 2^24 g``: every sum of ``±a, ±b`` terms (and
+    ``b * P``, ``a * N``, their difference) is then an exactly representable multiple of ``g``."""
+    def lowest_bit(v):  # the largest power of two dividing v (float32: a 24-bit mantissa), inf for 0
+        mantissa, exponent = np.frexp(v.astype(np.float64))
+        integer = (mantissa * 2.0**24).astype(np.int64)
+        trailing = np.where(integer == 0, 0, np.log2(integer & -integer)).astype(np.int64)
+        return np.where(v == 0, np.inf, np.ldexp(1.0, exponent - 24 + trailing))
+
+    grid = np.minimum(lowest_bit(plus), lowest_bit(minus))
+    largest = positives * plus.astype(np.float64) + negatives * minus.astype(np.float64)
+    return np.isfinite(grid) & (largest < 2.0**24 * np.where(np.isfinite(grid), grid, 1.0))

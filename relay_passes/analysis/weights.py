@@ -1,4 +1,5 @@
-"""Constant weights as binary (or ternary) signs times a per-output-channel scale."""
+"""Constant weights as binary (or ternary) signs times a per-output-channel scale, or as TTQ's
+asymmetric ``{-a, 0, +b}``: two ``{0, 1}`` masks, each with its own per-channel scale."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from ..common import pack_bits, pack_planes
 
 
+DIFFERENCE = "ttq_difference"  # the kernel computing b*P - a*N from a kernel over 2 * OC channels (AsymmetricWeights)
 SCALE_SPREAD = 2.0**-16  # relative spread of |w| in a channel that folding a scale in float32 leaves: a few ulp
 
 
@@ -69,6 +71,47 @@ def split_scale(weight: np.ndarray, ternary: bool = False) -> BinaryWeights | st
     return BinaryWeights(np.sign(weight), alpha, np.nextafter(deviation, np.inf))
 
 
+@dataclass(frozen=True)
+class AsymmetricWeights:
+    """TTQ's ternary weights ``{-a, 0, +b}`` (Trained Ternary Quantization: per layer learned
+    ``Wp``, ``Wn``; here per output channel, which covers per layer): ``W = b * [W > 0] - a *
+    [W < 0]`` exactly, so
+
+        conv(x, W) = b * P - a * N
+
+    with ``P``, ``N`` the exact integer sums of ``x`` over each channel's positive and negative
+    taps. ``halves`` are those two masks as ``2 * OC`` output channels of a ternary-weight
+    kernel (``{0, +1}`` weights: ``P = nonzeros - 2 * popcount((x XOR 1) AND m)``), scaled by
+    ``b`` and ``a``. A channel without positive (negative) taps has ``b`` (``a``) 0."""
+
+    positive: np.ndarray  # [OC, ...] 1 where W = +b[o], else 0
+    negative: np.ndarray  # [OC, ...] 1 where W = -a[o], else 0
+    plus: np.ndarray  # b, float32 [OC]
+    minus: np.ndarray  # a, float32 [OC]
+
+    def halves(self) -> BinaryWeights:
+        """``[W > 0]`` then ``[W < 0]`` as ``{0, +1}`` weights of ``2 * OC`` channels, scaled by
+        ``b`` then ``a`` (the kernel's values ``b * P`` and ``a * N``, one rounding each)."""
+        signs = np.concatenate([self.positive, self.negative]).astype(np.float32)
+        return BinaryWeights(signs, np.concatenate([self.plus, self.minus]).astype(np.float32), None)
+
+
+def split_asymmetric(weight: np.ndarray) -> AsymmetricWeights | str:
+    """The weights (``[OC, ...]``) as TTQ's ``{-a[o], 0, +b[o]}``, or why they are not: every
+    weight of a channel is exactly 0, its one positive value ``b`` or the negative of its one
+    magnitude ``a`` (checked exactly, as folded in float32: no tolerance)."""
+    flat = weight.reshape(weight.shape[0], -1)
+    if not np.all(np.isfinite(flat)):
+        return "weights are not finite"
+    plus, minus = np.zeros(len(flat), np.float32), np.zeros(len(flat), np.float32)
+    for o, row in enumerate(flat):
+        for values, side, name in ((row[row > 0], plus, "positive"), (-row[row < 0], minus, "negative")):
+            distinct = np.unique(values)
+            if distinct.size > 1:
+                return (f"output channel {o} has {distinct.size} distinct {name} weights "
+                        f"(not TTQ's {{-a, 0, +b}} per output channel)")
+            side[o] = distinct[0] if distinct.size else 0.0
+    return AsymmetricWeights((flat > 0).reshape(weight.shape), (flat < 0).reshape(weight.shape), plus, minus)
 
 
 def is_bipolar(values: np.ndarray | None) -> bool:

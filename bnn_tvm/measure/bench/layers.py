@@ -20,16 +20,19 @@ RESNET18_LAYERS = (
     "conv3x3:256x14x14,out=512,stride=2",
     "conv3x3:512x7x7",
 )
-LAYER_SYNTAX = "convKxK:CxHxW[,out=OC][,stride=S][,pad=P][,batch=N][,input=binary|ternary][,weights=binary|ternary]"
-# input: Where(x >= 0, 1, -1), or Sign(x) with its zeros (torch.sign); weights: ±1, or TWN's
-# {-1, 0, +1} (a third of them 0)
+LAYER_SYNTAX = "convKxK:CxHxW[,out=OC][,stride=S][,pad=P][,batch=N][,input=binary|ternary][,weights=binary|ternary|ttq]"
+# input: Where(x >= 0, 1, -1), or Sign(x) with its zeros (torch.sign); weights: ±1, TWN's
+# {-1, 0, +1} (a third of them 0), or TTQ's {-a, 0, +b} (the same zeros, a = 1.37, b = 0.61)
 LAYER_KINDS = ("binary", "ternary")
+WEIGHT_KINDS = (*LAYER_KINDS, "ttq")
+TTQ_SCALES = (np.float32(0.61), np.float32(1.37))  # b, a: trained-looking, no common power-of-two grid
 
 
 @dataclass(frozen=True)
 class LayerSpec:
     """One binary conv layer: binarized input (or ``input="ternary"``: ``Sign(x)``, which is 0
-    at 0), ±1 weights (or ``weights="ternary"``: a third of them 0), zero padding."""
+    at 0), ±1 weights (or ``weights="ternary"``: a third of them 0; ``"ttq"``: those zeros, and
+    ``+b``, ``-a`` for ±1), zero padding."""
 
     kernel: int
     channels: int
@@ -52,9 +55,9 @@ class LayerSpec:
         unknown = set(options) - {"out", "stride", "pad", "batch", "input", "weights"}
         if unknown:
             raise BnnError(f"--layer {text!r}: unknown option(s) {', '.join(sorted(unknown))}; syntax {LAYER_SYNTAX}")
-        for key in ("input", "weights"):
-            if options.get(key, "binary") not in LAYER_KINDS:
-                raise BnnError(f"--layer {text!r}: {key}={options[key]}: expected one of {', '.join(LAYER_KINDS)}")
+        for key, kinds in (("input", LAYER_KINDS), ("weights", WEIGHT_KINDS)):
+            if options.get(key, "binary") not in kinds:
+                raise BnnError(f"--layer {text!r}: {key}={options[key]}: expected one of {', '.join(kinds)}")
         numbers = {key: value for key, value in options.items() if key not in ("input", "weights")}
         if not all(value.isdigit() for value in numbers.values()):
             raise BnnError(f"--layer {text!r}: sizes must be positive integers; syntax {LAYER_SYNTAX}")
@@ -98,8 +101,12 @@ class LayerSpec:
     def weights(self, seed: int = 0) -> np.ndarray:
         shape = (self.out_channels, self.channels, self.kernel, self.kernel)
         normal = np.random.default_rng(seed).standard_normal(shape)
-        if self.weights_kind == "ternary":  # TWN's threshold: |w| < 0.43 (about a third) -> 0
-            return np.where(np.abs(normal) < 0.43, 0.0, np.sign(normal)).astype(np.float32)
+        if self.weights_kind in ("ternary", "ttq"):  # TWN's threshold: |w| < 0.43 (about a third) -> 0
+            signs = np.where(np.abs(normal) < 0.43, 0.0, np.sign(normal)).astype(np.float32)
+            if self.weights_kind == "ternary":
+                return signs
+            b, a = TTQ_SCALES
+            return (b * (signs > 0) - a * (signs < 0)).astype(np.float32)
         return np.where(normal >= 0, 1.0, -1.0).astype(np.float32)
 
     def onnx_model(self, binary_input: bool = True, seed: int = 0):
