@@ -50,6 +50,7 @@ def main() -> int:
     import onnx
     from onnx import TensorProto, helper, utils
 
+    from bnn_tvm.devices.endpoint import Endpoint
     from bnn_tvm.devices.remote import remote_ort_bench
     from bnn_tvm.frontend.export import resolve_model
 
@@ -70,7 +71,7 @@ def main() -> int:
             utils.extract_model(path, part, inputs, outputs)
             cases[name] = (part, np.random.default_rng(0).standard_normal(shapes[inputs[0]]).astype(np.float32))
         for name, (part, x) in cases.items():
-            results[name] = remote_ort_bench(part, "rasp3b", x, rpc=args.rpc, repeat=1, count_instructions=True)["instructions"]
+            results[name] = remote_ort_bench(part, "rasp3b", x, Endpoint(rpc=args.rpc), repeat=1, count_instructions=True)["instructions"]
             print(f"{results[name]:14,}  {name}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
