@@ -1070,7 +1070,8 @@ def count_nonzeros(sch: s_tir.Schedule) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Rules: one per kernel kind whose schedule has knobs (binary and k-bit convs, sign-packs).
+# Rules: one per kernel kind whose schedule has knobs (binary and k-bit convs, sign-packs;
+# denses and attention: ``RowKnobs`` below).
 #
 # A rule is the kind's schedule written once, its choices taken from a knobs object:
 # ``defaults(sch, func, unit)`` gives the hand choices, and the hand schedule is the rule at its

@@ -249,6 +249,27 @@ def test_space_knobs_cover_the_old_space():
     assert hand.words is None and not hand.unroll
 
 
+def test_dense_space_knobs():
+    """A dense's space: both lane widths, the task loop parallel or serial, AVX2's byte or 32-bit
+    counters, the hand choices first; the rows drawn by a perfect tile and a float dense's
+    output block by a categorical choice, both defaulting to the hand tile."""
+    kernels = {name: (op, func) for name, op, func in dense_case_kernels()}
+    unit, avx2 = tuning.vector_unit(targets.get("x86")), tuning.vector_unit(targets.get("x86-avx2"))
+    op, func = kernels["threshold"]
+    sch = tvm.s_tir.Schedule(func)
+    choices = cpu.row_choices(sch, func, unit, threshold=True)
+    assert {k.lanes for k in choices} == {unit.lanes, unit.lanes // 2} and {k.parallel for k in choices} == {0, 1}
+    assert all(k.out_block == cpu.WORD_BITS for k in choices)  # a word-aligned tile is one word
+    assert {k.counters for k in cpu.row_choices(sch, func, avx2, threshold=True)} == {"bytes", "words"}
+    hand = cpu.row_knobs(sch, func, unit, threshold=True)
+    assert (hand.row_block, hand.out_block, hand.counters) == (5, 32, "words")
+    op, func = kernels["dense"]
+    (design, *_) = tuning.design_spaces(func, op, targets.get("x86"))
+    decisions = {inst.kind.name: design.trace.decisions[inst] for inst in design.trace.insts if inst in design.trace.decisions}
+    assert [int(d) for d in decisions["SamplePerfectTile"]] == [1, 3]  # 3 rows, one tile
+    assert "SampleCategorical" in decisions
+
+
 def test_space_traces_are_tunable_by_metaschedule():
     """Design spaces have sampling instructions the evolutionary search mutates, and the choice
     mutator redraws a sampled channel block into a trace that replays."""
