@@ -1372,7 +1372,8 @@ def split_rows(sch: s_tir.Schedule, rows, knobs: RowKnobs, unit: VectorUnit, spa
     """``rows`` split into blocks of ``knobs.row_block`` (in a space, a sampled perfect tile)."""
     (height,) = extents(sch, [rows])
     if space:
-        return sch.split(rows, sch.sample_perfect_tile(rows, n=2, max_innermost_factor=max(unit.accumulators, knobs.row_block),
+        most = max(unit.accumulators, knobs.row_block)
+        return sch.split(rows, sch.sample_perfect_tile(rows, n=2, max_innermost_factor=most,
                                                        decision=[height // knobs.row_block, knobs.row_block]))
     return sch.split(rows, [None, knobs.row_block])
 
@@ -1468,8 +1469,9 @@ def attention_scores(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: RowKnob
     mismatches = sch.get_sblock("mismatches")
     sch.compute_inline(sch.get_sblock("attention_dot"))
     counters = row_tiles(sch, sch.get_sblock("scores_float"), mismatches, unit, knobs, space)
-    return Scheduled(sch.mod["main"], f"attention scores: {knobs.row_block} queries x {knobs.out_block} keys in registers, "
-                                      f"{knobs.lanes} lanes, {counters}")
+    plan = (f"attention scores: {knobs.row_block} queries x {knobs.out_block} keys in registers, "
+            f"{knobs.lanes} lanes, {counters}")
+    return Scheduled(sch.mod["main"], plan)
 
 
 def attention_bits(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: RowKnobs | None = None,
@@ -1480,8 +1482,9 @@ def attention_bits(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: RowKnobs 
     packed into each row's word by mask."""
     knobs = knobs or row_knobs(sch, func, unit, threshold=True, narrow=False)
     counters = row_threshold_tiles(sch, sch.get_sblock("attention_dot"), unit, knobs, space)
-    return Scheduled(sch.mod["main"], f"attention bits: {knobs.row_block} queries x {knobs.out_block} keys in registers, "
-                                      f"{knobs.lanes} lanes, {counters}, mask-packed words")
+    plan = (f"attention bits: {knobs.row_block} queries x {knobs.out_block} keys in registers, "
+            f"{knobs.lanes} lanes, {counters}")
+    return Scheduled(sch.mod["main"], plan + ", mask-packed words")
 
 
 DENSE_FLOAT = Rule(dense_float, row_knobs, row_choices, relayout_dense_weights)
@@ -1643,8 +1646,8 @@ RULES = {
                     CONV_FLOAT),
     **dict.fromkeys(("binary_conv2d_threshold", "multibit_conv2d_threshold", "ternary_conv2d_threshold"), CONV_THRESHOLD),
     **dict.fromkeys(("pack_sign", "pack_sign_pair", "pack_sign_steps", "pack_ternary", "pack_levels"), PACK_SIGN),
-    **dict.fromkeys(("binary_dense", "binary_dense_table", "binary_dense_epilogue", "ternary_dense", "ternary_dense_table",
-                     "ternary_dense_epilogue"), DENSE_FLOAT),
+    **dict.fromkeys(("binary_dense", "binary_dense_table", "binary_dense_epilogue", "ternary_dense",
+                     "ternary_dense_table", "ternary_dense_epilogue"), DENSE_FLOAT),
     **dict.fromkeys(("binary_dense_threshold", "ternary_dense_threshold"), DENSE_THRESHOLD),
     # the context (scores x V) has the scores' blocks: rows x outputs over words
     **dict.fromkeys(("binary_attention_scores", "ternary_attention_scores", "binary_attention_context",
