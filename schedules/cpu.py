@@ -45,7 +45,7 @@ import operator
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import tvm
 from tvm import s_tir, tirx
@@ -1070,7 +1070,8 @@ def count_nonzeros(sch: s_tir.Schedule) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Rules: one per kernel kind whose schedule has knobs (binary and k-bit convs, sign-packs).
+# Rules: one per kernel kind whose schedule has knobs (binary and k-bit convs, sign-packs;
+# denses and attention: ``RowKnobs`` below).
 #
 # A rule is the kind's schedule written once, its choices taken from a knobs object:
 # ``defaults(sch, func, unit)`` gives the hand choices, and the hand schedule is the rule at its
@@ -1297,124 +1298,203 @@ def relayout_dense_weights(sch: s_tir.Schedule, func) -> dict[int, tuple[int, ..
     return {1: (1, 0)}
 
 
-def row_tiles(sch: s_tir.Schedule, out, mismatches, unit: VectorUnit) -> tuple[int, int, int]:
-    """Tile an output block ``[..., rows, outputs]`` (a dense's batch rows, attention's queries
-    and keys): tiles of ``row_block`` rows x ``out_block`` outputs, one parallel task per tile
-    (with the leading loops), the counts ``mismatches`` computed at the task, rows unrolled, outputs
-    as vectors of ``lanes``. Returns ``(lanes, out_block, row_block)``."""
+# --------------------------------------------------------------------------------------------
+# Row tiles: a dense's batch rows x outputs, attention's queries x keys (or x head features),
+# accumulated in vector registers over the words of the reduction. One rule per output form:
+# float (``DENSE_FLOAT``, ``ATTENTION_SCORES``: a convert, epilogue or table lookup per output)
+# and packed (``DENSE_THRESHOLD``, ``ATTENTION_BITS``: thresholds, 32 outputs a word), the dense
+# kinds counting in the unit's narrow counters, the attention kinds in 32-bit counters.
+
+
+@dataclass(frozen=True)
+class RowKnobs:
+    """The choices of a rows x outputs tile's schedule."""
+
+    lanes: int  # outputs per vector register
+    row_block: int  # rows per tile (sampled in a space)
+    # outputs per tile (sampled in a space; a word-aligned threshold tile is one word)
+    out_block: int
+    parallel: int  # 1: the task loop (row blocks x output blocks, or words) in parallel; 0: serial
+    counters: str  # mismatch counters: "words" (32-bit), "bytes" or "halfwords" (``count_mismatches``)
+    unroll: bool = False  # 32-bit counters: a sampled inner part of the words unrolled
+
+
+def row_out_block(sch: s_tir.Schedule):
+    """A float-output row kernel's output block: a dense's convert (epilogue) or table lookup,
+    attention's scores."""
+    return sch.get_sblock("scores_float") if has_block(sch, "scores_float") else conv_out_block(sch)
+
+
+def row_shape(sch: s_tir.Schedule, threshold: bool) -> tuple[int, int]:
+    """``(outputs, rows)`` of a row kernel (outputs: a dense's output features, attention's keys)."""
+    outputs = extents(sch, [sch.get_loops(sch.get_sblock("mismatches"))[-2]])[0]
+    if threshold:
+        return outputs, extents(sch, [sch.get_loops(sch.get_sblock("threshold_pack"))[-3]])[0]
+    return outputs, extents(sch, [sch.get_loops(row_out_block(sch))[-2]])[0]
+
+
+def row_tile(outputs: int, rows: int, unit: VectorUnit, threshold: bool) -> tuple[int, int, int]:
+    """``tile``'s ``(lanes, out_block, row_block)`` for rows stored as they are; a threshold
+    tile whose outputs are whole words is one word."""
+    aligned = threshold and outputs % WORD_BITS == 0
+    return tile(outputs, rows, unit, WORD_BITS if aligned else None, transposed=False,
+                vectors=WORD_BITS // vector_lanes(outputs, unit) if aligned else None)
+
+
+def row_knobs(sch: s_tir.Schedule, func, unit: VectorUnit, threshold: bool = False, narrow: bool = True) -> RowKnobs:
+    """The hand choices: ``tile``'s register tile, the task loop in parallel where the kernel is
+    worth it, the unit's counters (``narrow``; else 32-bit)."""
+    outputs, rows = row_shape(sch, threshold)
+    lanes, out_block, row_block = row_tile(outputs, rows, unit, threshold)
+    mismatches = sch.get_sblock("mismatches")
+    counters = (narrow_counters(unit, lanes, popcount_form(sch, mismatches)) if narrow else "") or "words"
+    return RowKnobs(lanes, row_block, out_block, parallel_count(block_work(sch, mismatches), PARALLEL_MIN_TILE_WORK),
+                    counters)
+
+
+def row_choices(sch: s_tir.Schedule, func, unit: VectorUnit, threshold: bool = False,
+                narrow: bool = True) -> list[RowKnobs]:
+    """Every combination of a row kernel's structural knobs: lanes (each with the hand tile for
+    that width), the task loop parallel or serial, counters (``narrow``: the unit's narrow ones
+    or 32-bit; 32-bit ones unroll a sampled part of the words); the rows and the output block
+    are sampled."""
+    outputs, rows = row_shape(sch, threshold)
+    found = []
+    for lanes in lane_choices(outputs, unit):
+        _, out_block, row_block = row_tile(outputs, rows, replace(unit, lanes=lanes), threshold)
+        for parallel_loops in (1, 0):
+            for counters in counter_choices(unit, lanes, "root") if narrow else ("words",):
+                found.append(RowKnobs(lanes, row_block, out_block, parallel_loops, counters, unroll=counters == "words"))
+    return found
+
+
+def split_rows(sch: s_tir.Schedule, rows, knobs: RowKnobs, unit: VectorUnit, space: bool):
+    """``rows`` split into blocks of ``knobs.row_block`` (in a space, a sampled perfect tile)."""
+    (height,) = extents(sch, [rows])
+    if space:
+        most = max(unit.accumulators, knobs.row_block)
+        return sch.split(rows, sch.sample_perfect_tile(rows, n=2, max_innermost_factor=most,
+                                                       decision=[height // knobs.row_block, knobs.row_block]))
+    return sch.split(rows, [None, knobs.row_block])
+
+
+def task_loop(sch: s_tir.Schedule, loops: list, parallel_loops: int):
+    """``loops`` fused into one task loop, run in parallel if ``parallel_loops``."""
+    task = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    if parallel_loops:
+        sch.parallel(task)
+    return task
+
+
+def row_tiles(sch: s_tir.Schedule, out, mismatches, unit: VectorUnit, knobs: RowKnobs, space: bool = False) -> str:
+    """Tile an output block ``[..., rows, outputs]``: tiles of ``row_block`` rows x ``out_block``
+    outputs, one task per tile (with the leading loops), the counts ``mismatches`` computed at
+    the task, rows unrolled, outputs as vectors of ``lanes``. Returns the counters used."""
     *lead, rows, outputs = sch.get_loops(out)
-    count, height = extents(sch, [outputs, rows])
-    lanes, out_block, row_block = tile(count, height, unit, transposed=False)
-    r_outer, r_inner = sch.split(rows, [None, row_block])
+    (count,) = extents(sch, [outputs])
+    r_outer, r_inner = split_rows(sch, rows, knobs, unit, space)
+    out_block = choose(sch, knobs.out_block, channel_blocks(count, knobs.lanes, knobs.row_block, unit), space)
     o_outer, o_inner = sch.split(outputs, [None, out_block])
     sch.reorder(*lead, r_outer, o_outer, r_inner, o_inner)
-    task = sch.fuse(*lead, r_outer, o_outer)
-    parallel(sch, task, block_work(sch, mismatches), PARALLEL_MIN_TILE_WORK)
+    task = task_loop(sch, [*lead, r_outer, o_outer], knobs.parallel)
     sch.compute_at(mismatches, task, preserve_unit_loops=True)
     sch.unroll(r_inner)
-    if lanes > 1:
-        _, lane = sch.split(o_inner, [None, lanes])
+    if knobs.lanes > 1:
+        _, lane = sch.split(o_inner, [None, knobs.lanes])
         sch.vectorize(lane)
-    return lanes, out_block, row_block
+    return count_mismatches(sch, mismatches, knobs.lanes, 2, 1, unit, knobs.counters, knobs.unroll)
 
 
-def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+def row_threshold_tiles(sch: s_tir.Schedule, dot, unit: VectorUnit, knobs: RowKnobs, space: bool = False) -> str:
+    """Rows x outputs -> thresholds -> packed words (``[..., rows, words]``): with whole words of
+    outputs, per (leading loops, block of rows, word) one task, the tile that word's 32 outputs;
+    otherwise the last word reads clamped outputs, so the task covers all outputs of its rows,
+    an output block at a time. The integer results ``dot`` kept apart (``keep_dot_apart``).
+    Returns the counters used."""
+    mismatches = sch.get_sblock("mismatches")
+    bits, pack = sch.get_sblock("threshold_bits"), sch.get_sblock("threshold_pack")
+    *lead, rows, words, _ = sch.get_loops(pack)
+    outputs, _ = row_shape(sch, threshold=True)
+    aligned = outputs % WORD_BITS == 0
+    r_outer, r_inner = split_rows(sch, rows, knobs, unit, space)
+    sch.reorder(*lead, r_outer, words, r_inner)
+    sch.compute_at(bits, r_inner, preserve_unit_loops=True)
+    keep_dot_apart(sch, dot, r_inner if aligned else r_outer, knobs.lanes if aligned else 1)
+    task = task_loop(sch, [*lead, r_outer, words] if aligned else [*lead, r_outer], knobs.parallel)
+    sch.compute_at(mismatches, task, preserve_unit_loops=True)
+    if not aligned:
+        out_block = choose(sch, knobs.out_block, channel_blocks(outputs, knobs.lanes, knobs.row_block, unit), space)
+        o_outer, _ = sch.split(sch.get_loops(mismatches)[-2], [None, out_block])
+        loops = sch.get_loops(mismatches)
+        sch.reorder(o_outer, loops[-4])  # output blocks outside the rows
+    counters = count_mismatches(sch, mismatches, knobs.lanes, 2, 1, unit, knobs.counters, knobs.unroll)
+    pack_words(sch, bits, pack, unit.lanes)
+    return counters
+
+
+def dense_float(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: RowKnobs | None = None,
+                space: bool = False) -> Scheduled:
+    """``binary_dense`` (``_table``, ``_epilogue``; ternary alike): int32 tile of batch rows x
+    outputs in registers, finished per output (a convert and epilogue, or a table lookup)."""
+    knobs = knobs or row_knobs(sch, func, unit)
     mismatches = sch.get_sblock("mismatches")
     relayouts = relayout_dense_weights(sch, func)
     sch.compute_inline(integer_result(sch, func))
     count_nonzeros(sch)
-    table = "table_lookup" in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-    out = sch.get_sblock("table_lookup" if table else "dot_float")  # a lookup per output, or a convert
-    lanes, channel_block, batch_block = row_tiles(sch, out, mismatches, unit)
-    counters = count_mismatches(sch, mismatches, lanes, 2, 1, unit)
-    plan = f"dense: {batch_block} rows x {channel_block} outputs in registers, {lanes} lanes, {counters}"
+    counters = row_tiles(sch, row_out_block(sch), mismatches, unit, knobs, space)
+    plan = f"dense: {knobs.row_block} rows x {knobs.out_block} outputs in registers, {knobs.lanes} lanes, {counters}"
     return Scheduled(sch.mod["main"], plan, relayouts)
 
 
-def dense_threshold(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
-    mismatches = sch.get_sblock("mismatches")
+def dense_threshold(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: RowKnobs | None = None,
+                    space: bool = False) -> Scheduled:
+    """``binary_dense_threshold`` (ternary alike): per 32 outputs, tile -> thresholds -> packed word."""
+    knobs = knobs or row_knobs(sch, func, unit, threshold=True)
     relayouts = relayout_dense_weights(sch, func)
     dot = integer_result(sch, func)
     count_nonzeros(sch)
-    bits = sch.get_sblock("threshold_bits")
-    pack = sch.get_sblock("threshold_pack")
-    n, cw, _ = sch.get_loops(pack)
-    channels = int(sch.get(sch.get_loops(mismatches)[1]).extent)
-    (batch,) = extents(sch, [n])
-    word_aligned = channels % WORD_BITS == 0
-    # word-aligned: each tile accumulates one word's 32 channels for its rows
-    word_vectors = WORD_BITS // vector_lanes(channels, unit) if word_aligned else None
-    lanes, channel_block, batch_block = tile(channels, batch, unit, WORD_BITS if word_aligned else None,
-                                             transposed=False, vectors=word_vectors)
-    n_outer, n_inner = sch.split(n, [None, batch_block])
-    sch.reorder(n_outer, cw, n_inner)
-    sch.compute_at(bits, n_inner, preserve_unit_loops=True)
-    keep_dot_apart(sch, dot, n_inner if word_aligned else n_outer, lanes if word_aligned else 1)
-    work = block_work(sch, mismatches)
-    if word_aligned:
-        task = sch.fuse(n_outer, cw)
-        parallel(sch, task, work, PARALLEL_MIN_TILE_WORK)
-        sch.compute_at(mismatches, task, preserve_unit_loops=True)
-    else:
-        parallel(sch, n_outer, work, PARALLEL_MIN_TILE_WORK)
-        sch.compute_at(mismatches, n_outer, preserve_unit_loops=True)
-        o = sch.get_loops(mismatches)[-2]
-        o_outer, _ = sch.split(o, [None, channel_block])
-        loops = sch.get_loops(mismatches)
-        sch.reorder(o_outer, loops[-4])
-    counters = count_mismatches(sch, mismatches, lanes, 2, 1, unit)
-    pack_words(sch, bits, pack, unit.lanes)
-    plan = f"dense+threshold: {batch_block} rows x {channel_block} outputs, {lanes} lanes, {counters}, mask-packed words"
+    counters = row_threshold_tiles(sch, dot, unit, knobs, space)
+    plan = (f"dense+threshold: {knobs.row_block} rows x {knobs.out_block} outputs, {knobs.lanes} lanes, {counters}, "
+            "mask-packed words")
     return Scheduled(sch.mod["main"], plan, relayouts)
 
 
-def attention_scores(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+def attention_scores(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: RowKnobs | None = None,
+                     space: bool = False) -> Scheduled:
     """``Sign(Q) Sign(K)^T`` (``bitserial.attention_scores_dot``): per (batch, head, block of query
     rows, block of keys) one task, a tile of rows x keys accumulated in vector registers over the
     words of d, as a dense's rows x outputs. K arrives tokens last (``pack_heads``), so a vector
     of keys is one load, and each query word is broadcast to all lanes."""
+    knobs = knobs or row_knobs(sch, func, unit, narrow=False)
     mismatches = sch.get_sblock("mismatches")
     sch.compute_inline(sch.get_sblock("attention_dot"))
-    out = sch.get_sblock("scores_float")
-    lanes, key_block, row_block = row_tiles(sch, out, mismatches, unit)
-    accumulate(sch, mismatches, lanes, 2, 1)
-    return Scheduled(sch.mod["main"], f"attention scores: {row_block} queries x {key_block} keys in registers, "
-                                      f"{lanes} lanes, 32-bit counters")
+    counters = row_tiles(sch, sch.get_sblock("scores_float"), mismatches, unit, knobs, space)
+    plan = (f"attention scores: {knobs.row_block} queries x {knobs.out_block} keys in registers, "
+            f"{knobs.lanes} lanes, {counters}")
+    return Scheduled(sch.mod["main"], plan)
 
 
-def attention_bits(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
+def attention_bits(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: RowKnobs | None = None,
+                   space: bool = False) -> Scheduled:
     """Bi-Attention's bits (``bitserial.attention_bits``): as a dense's thresholds, per (batch,
     head, block of query rows, word of 32 keys) one task, the scores of the rows x 32 keys
     accumulated in vector registers over the words of d, compared with the keys' intervals and
     packed into each row's word by mask."""
-    mism = sch.get_sblock("mismatches")
-    dot = sch.get_sblock("attention_dot")
-    bits = sch.get_sblock("threshold_bits")
-    pack = sch.get_sblock("threshold_pack")
-    *lead, rows, kw, _ = sch.get_loops(pack)
-    keys = int(sch.get(sch.get_loops(mism)[3]).extent)
-    (height,) = extents(sch, [rows])
-    aligned = keys % WORD_BITS == 0
-    lanes, key_block, row_block = tile(keys, height, unit, WORD_BITS if aligned else None, transposed=False,
-                                       vectors=WORD_BITS // vector_lanes(keys, unit) if aligned else None)
-    r_outer, r_inner = sch.split(rows, [None, row_block])
-    sch.reorder(*lead, r_outer, kw, r_inner)
-    sch.compute_at(bits, r_inner, preserve_unit_loops=True)
-    # word-aligned keys: a task per row block and word of 32 keys; otherwise the last word reads
-    # clamped keys, so the task covers all keys of its rows (as a dense's thresholds)
-    keep_dot_apart(sch, dot, r_inner if aligned else r_outer, lanes if aligned else 1)
-    task = sch.fuse(*lead, r_outer, kw) if aligned else sch.fuse(*lead, r_outer)
-    parallel(sch, task, block_work(sch, mism), PARALLEL_MIN_TILE_WORK)
-    sch.compute_at(mism, task, preserve_unit_loops=True)
-    if not aligned:
-        key = sch.get_loops(mism)[-2]
-        k_outer, _ = sch.split(key, [None, key_block])
-        loops = sch.get_loops(mism)
-        sch.reorder(k_outer, loops[-4])  # key blocks outside the rows
-    accumulate(sch, mism, lanes, 2, 1)
-    pack_words(sch, bits, pack, unit.lanes)
-    return Scheduled(sch.mod["main"], f"attention bits: {row_block} queries x {key_block} keys in registers, "
-                                      f"{lanes} lanes, 32-bit counters, mask-packed words")
+    knobs = knobs or row_knobs(sch, func, unit, threshold=True, narrow=False)
+    counters = row_threshold_tiles(sch, sch.get_sblock("attention_dot"), unit, knobs, space)
+    plan = (f"attention bits: {knobs.row_block} queries x {knobs.out_block} keys in registers, "
+            f"{knobs.lanes} lanes, {counters}")
+    return Scheduled(sch.mod["main"], plan + ", mask-packed words")
+
+
+DENSE_FLOAT = Rule(dense_float, row_knobs, row_choices, relayout_dense_weights)
+DENSE_THRESHOLD = Rule(dense_threshold, functools.partial(row_knobs, threshold=True),
+                      functools.partial(row_choices, threshold=True), relayout_dense_weights)
+ATTENTION_SCORES = Rule(attention_scores, functools.partial(row_knobs, narrow=False),
+                       functools.partial(row_choices, narrow=False))
+ATTENTION_BITS = Rule(attention_bits, functools.partial(row_knobs, threshold=True, narrow=False),
+                           functools.partial(row_choices, threshold=True, narrow=False))
+
 
 
 @dataclass(frozen=True)
@@ -1566,27 +1646,20 @@ RULES = {
                     CONV_FLOAT),
     **dict.fromkeys(("binary_conv2d_threshold", "multibit_conv2d_threshold", "ternary_conv2d_threshold"), CONV_THRESHOLD),
     **dict.fromkeys(("pack_sign", "pack_sign_pair", "pack_sign_steps", "pack_ternary", "pack_levels"), PACK_SIGN),
+    **dict.fromkeys(("binary_dense", "binary_dense_table", "binary_dense_epilogue", "ternary_dense",
+                     "ternary_dense_table", "ternary_dense_epilogue"), DENSE_FLOAT),
+    **dict.fromkeys(("binary_dense_threshold", "ternary_dense_threshold"), DENSE_THRESHOLD),
+    # the context (scores x V) has the scores' blocks: rows x outputs over words
+    **dict.fromkeys(("binary_attention_scores", "ternary_attention_scores", "binary_attention_context",
+                     "ternary_attention_context"), ATTENTION_SCORES),
+    **dict.fromkeys(("binary_attention_bits", "ternary_attention_bits"), ATTENTION_BITS),
 }
 
 KERNELS = {
     **{op: rule.apply for op, rule in RULES.items()},
     "float_conv2d": float_conv,
     "ttq_difference": halves_difference,
-    "binary_dense": dense_float,
-    "binary_dense_table": dense_float,
-    "binary_dense_epilogue": dense_float,
-    "binary_dense_threshold": dense_threshold,
-    "ternary_dense": dense_float,
-    "ternary_dense_table": dense_float,
-    "ternary_dense_epilogue": dense_float,
-    "ternary_dense_threshold": dense_threshold,
     "pack_heads": pack_heads,
-    "binary_attention_scores": attention_scores,
-    "ternary_attention_scores": attention_scores,
-    "binary_attention_bits": attention_bits,
-    "ternary_attention_bits": attention_bits,
-    "binary_attention_context": attention_scores,  # the same blocks: rows x outputs over words
-    "ternary_attention_context": attention_scores,
 }
 
 

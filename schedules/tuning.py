@@ -2,21 +2,23 @@
 
 MetaSchedule's generic space does not find popcount-friendly schedules, so for each kernel kind
 whose hand schedule is a rule with knobs (``schedules.cpu.RULES``: binary, ternary and k-bit
-convs, sign-packs) the space is that rule: one design per setting of its structural knobs
+convs, sign-packs, denses, Bi-Attention's kernels) the space is that rule: one design per setting of its structural knobs
 (``Rule.choices``; a trace that tensorizes must know its tile shape), the hand defaults first,
 its sampled knobs drawn by MetaSchedule sampling instructions whose decisions default to the
 setting's values:
 
 * structural knobs: the output-width tile (``width_block``), the vector width (``lanes``:
   output channels per SIMD register), which loops form the parallel loop (rows; rows and column
-  blocks; rows, column blocks and channel blocks), where the padded input is copied, and on
-  units whose popcount is a byte-table lookup the counters (bytes per chunk,
-  ``cpu.count_mismatches``, or 32-bit words; on NEON, halfwords or 32-bit words);
+  blocks; rows, column blocks and channel blocks; a dense's task loop parallel or serial),
+  where the padded input is copied, and on units whose popcount is a byte-table lookup the
+  counters (bytes per chunk, ``cpu.count_mismatches``, or 32-bit words; on NEON, halfwords or
+  32-bit words);
 * sampled knobs: the channel block (``sample_categorical`` among whole vectors that fit the
   registers; ``mutate_choice`` redraws it), a word-aligned threshold tile's words and the
   unrolled part of the reduction over kernel columns and channel words with 32-bit counters
-  (``sample_perfect_tile``, mutated by ``MutateTileSize``), and for a sign-pack the positions
-  packed per vector.
+  (``sample_perfect_tile``, mutated by ``MutateTileSize``), for a sign-pack the positions
+  packed per vector, for a dense's or attention's tile the rows (``sample_perfect_tile``) and
+  the output block (``sample_categorical``).
 
 The first design at its own decisions is the hand schedule, so a tuned record and the hand
 default are two settings of the same code (``tests/test_tune.py`` checks the IR is the same).
@@ -25,7 +27,7 @@ does (output channels innermost), and :func:`apply_database` permutes the consta
 sites (``schedules.replace_kernels``), as ``schedule_module`` does.
 
 Float kernels (``LegalizeOps`` output) are tuned in MetaSchedule's default space; kernel kinds
-without a rule (``max_pool_or``, dense kernels, ...) too.
+without a rule (``max_pool_or``, ``pack_heads``, ...) too.
 
 :func:`apply_database` (``compile --db DIR``) replaces each PrimFunc whose workload has a record
 by the best record's schedule, tagged ``tirx.is_scheduled``; a tuned binary kernel keeps its

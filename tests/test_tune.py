@@ -22,7 +22,10 @@ import numpy as np
 import pytest
 import tvm
 import tvm_ffi
-from conftest import dorefa
+from tvm import te
+from bibert import BiAttention, export
+from conftest import dense_case, dorefa, placeholder, ternary_dense_case
+from onnx import helper
 from onnx_builders import GraphBuilder, conv_block_model, quant_planes_graph, save
 
 from bnn_tvm import schedules
@@ -66,6 +69,35 @@ def dorefa_model(path, channels=32, size=8):
     return save(g.model([out, folded]), path)
 
 
+def token_dense_model(path, tokens=7, features=48, hidden=40, out=12):
+    """Two binary matmuls on ``[N, T, C]`` tokens: a dense over the rows with thresholds (the
+    scale, bias and binarizer folded), then one with float output."""
+    g = GraphBuilder([1, tokens, features], seed=11)
+    g.input = helper.make_tensor_value_info("x", 1, ["N", tokens, features])
+    h = g.node("MatMul", [g.binarize("x"), g.const(g.binary_weight((features, hidden)), "w")])
+    h = g.node("Add", [g.node("Mul", [h, g.const(np.float32(0.25))]), g.const(g.rng.standard_normal(hidden).astype(np.float32))])
+    return save(g.model([g.node("MatMul", [g.binarize(h), g.const(g.binary_weight((hidden, out)), "w")])]), path)
+
+
+def attention_model(path, tokens: int, zero_bias: bool) -> str:
+    """BiBERT's Bi-Attention (hidden 64, 2 heads): scores, bits and context kernels (ternary
+    with zero biases); ``tokens`` 32 makes the bits' keys whole words."""
+    return export(path, BiAttention(64, 2, outputs="all"), tokens, 64, zero_bias=zero_bias)
+
+
+def dense_case_kernels():
+    """``(name, op, PrimFunc)`` of dense kernels over several rows: binary and ternary, float or
+    packed output, word-aligned or not, an odd output count, ternary weights."""
+    rng = np.random.default_rng(0)
+    cases = {"dense": dense_case(rng, 3, 200, 48, False), "threshold": dense_case(rng, 5, 100, 64, True),
+             "unaligned": dense_case(rng, 4, 100, 40, True), "odd": dense_case(rng, 7, 33, 13, False),
+             "ternary": ternary_dense_case(rng, 4, 96, 40), "ternary_threshold": ternary_dense_case(rng, 6, 96, 64, True),
+             "ternary_weights": ternary_dense_case(rng, 4, 96, 40, True, ternary_weights=True)}
+    for name, (op, attrs, inputs, compute, _) in cases.items():
+        tensors = [placeholder(array, f"arg{i}") for i, array in enumerate(inputs)]
+        yield name, op, te.create_prim_func(tensors + [compute(*tensors)]).with_attrs({"bnn.op": op, **attrs})
+
+
 def kernel_inputs(func, rng) -> list[np.ndarray]:
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
@@ -103,7 +135,8 @@ def replay_fresh(design, func):
 
 
 @pytest.mark.parametrize("model,target", [("float_conv", "x86"), ("threshold_conv", "x86"), ("dorefa", "x86"),
-                                          ("quant", "x86"), ("digits", "x86"), ("float_conv", "x86-avx2"), ("threshold_conv", "x86-avx2")])
+                                          ("quant", "x86"), ("digits", "x86"), ("float_conv", "x86-avx2"), ("threshold_conv", "x86-avx2"),
+                                          ("tokens", "x86"), ("tokens", "x86-avx2"), ("attention", "x86")])
 def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path):
     """Every fifth design (the knobs vary fastest to slowest: counters, padding, parallel
     loops, ...) with its sampled decisions redrawn, against the unscheduled kernel; AVX2 (byte
@@ -116,6 +149,10 @@ def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path)
         path = save(quant_planes_graph(), tmp_path / "m.onnx")
     elif model == "threshold_conv":
         path = save(conv_block_model(32, 64, 6, stride=2)[0], tmp_path / "m.onnx")
+    elif model == "tokens":
+        path = token_dense_model(tmp_path / "m.onnx")
+    elif model == "attention":
+        path = attention_model(tmp_path / "m.onnx", 32, False)
     else:
         path = default_model_path()
     spec = targets.get(target)
@@ -137,7 +174,9 @@ def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path)
         checked[op] = checked.get(op, 0) + len(spaces[::5])
     expected = {"float_conv": ["binary_conv2d"], "threshold_conv": ["binary_conv2d_threshold"],
                 "dorefa": ["multibit_conv2d", "multibit_conv2d_threshold"],
-                "quant": ["multibit_conv2d", "multibit_conv2d_threshold"], "digits": ["pack_sign"]}[model]
+                "quant": ["multibit_conv2d", "multibit_conv2d_threshold"], "digits": ["pack_sign", "binary_dense_epilogue"],
+                "tokens": ["binary_dense", "binary_dense_threshold"],
+                "attention": ["binary_attention_scores", "binary_attention_bits", "binary_attention_context"]}[model]
     assert all(checked.get(op, 0) >= 1 for op in expected), checked
 
 
@@ -161,21 +200,35 @@ def test_default_decisions_reproduce_the_hand_schedules(target, tmp_path):
     """A tuned record and the hand schedule are two settings of one rule: the first design of a
     kernel's space, at its own decisions, is the hand-scheduled IR (AVX-512 and AVX2 byte
     counters, NEON halfword counters on aarch64 and armv7): binary, ternary and k-bit convs with
-    float or packed outputs, word-aligned or not, padded, strided, odd channel counts, packs."""
+    float or packed outputs, word-aligned or not, padded, strided, odd channel counts, packs;
+    binary and ternary denses over rows (float, epilogue or packed output), Bi-Attention's
+    scores, bits and context."""
 
     paths = [default_model_path(), float_conv_model(tmp_path / "float.onnx"), dorefa_model(tmp_path / "dorefa.onnx"),
              save(conv_block_model(32, 64, 6, stride=2)[0], tmp_path / "aligned.onnx"),
              save(conv_block_model(24, 40, 7)[0], tmp_path / "unaligned.onnx")]
     for k, text in enumerate(["conv3x3:16x8x8,input=ternary,weights=ternary,pad=1", "conv3x3:13x9x9,out=7,stride=2,pad=1"]):
         paths.append(save(LayerSpec.parse(text).onnx_model(), tmp_path / f"layer{k}.onnx"))
+    paths += [token_dense_model(tmp_path / "tokens.onnx"), attention_model(tmp_path / "bits.onnx", 32, False),
+              attention_model(tmp_path / "ternary_attention.onnx", 16, True)]
     spec = targets.get(target)
     seen = set()
     for path in paths:
         for name, op, hand, default in hand_and_default_kernels(str(path), spec):
             assert tvm_ffi.structural_equal(without_names(default), without_names(hand)), f"{path}: {name}"
             seen.add(op)
+    unit = tuning.vector_unit(spec)
+    for name, op, func in dense_case_kernels():
+        hand = cpu.schedule_kernel(func, op, unit)
+        assert "generic" not in hand.plan, hand.plan
+        default = tuning.design_spaces(func, op, spec)[0].mod["main"]
+        assert tvm_ffi.structural_equal(without_names(default), without_names(hand.func)), name
+        seen.add(op)
     assert {"binary_conv2d", "binary_conv2d_threshold", "multibit_conv2d", "multibit_conv2d_threshold",
-            "ternary_conv2d", "pack_sign", "pack_ternary"} <= seen, seen
+            "ternary_conv2d", "pack_sign", "pack_ternary", "binary_dense", "binary_dense_epilogue",
+            "binary_dense_threshold", "ternary_dense", "ternary_dense_threshold", "binary_attention_scores",
+            "binary_attention_bits", "binary_attention_context", "ternary_attention_scores", "ternary_attention_bits",
+            "ternary_attention_context"} <= seen, seen
 
 
 def test_space_knobs_cover_the_old_space():
@@ -194,6 +247,27 @@ def test_space_knobs_cover_the_old_space():
     assert {k.counters for k in cpu.conv_choices(sch, func, avx2, threshold=True)} == {"bytes", "words"}
     hand = cpu.conv_knobs(sch, func, unit, threshold=True)
     assert hand.words is None and not hand.unroll
+
+
+def test_dense_space_knobs():
+    """A dense's space: both lane widths, the task loop parallel or serial, AVX2's byte or 32-bit
+    counters, the hand choices first; the rows drawn by a perfect tile and a float dense's
+    output block by a categorical choice, both defaulting to the hand tile."""
+    kernels = {name: (op, func) for name, op, func in dense_case_kernels()}
+    unit, avx2 = tuning.vector_unit(targets.get("x86")), tuning.vector_unit(targets.get("x86-avx2"))
+    op, func = kernels["threshold"]
+    sch = tvm.s_tir.Schedule(func)
+    choices = cpu.row_choices(sch, func, unit, threshold=True)
+    assert {k.lanes for k in choices} == {unit.lanes, unit.lanes // 2} and {k.parallel for k in choices} == {0, 1}
+    assert all(k.out_block == cpu.WORD_BITS for k in choices)  # a word-aligned tile is one word
+    assert {k.counters for k in cpu.row_choices(sch, func, avx2, threshold=True)} == {"bytes", "words"}
+    hand = cpu.row_knobs(sch, func, unit, threshold=True)
+    assert (hand.row_block, hand.out_block, hand.counters) == (5, 32, "words")
+    op, func = kernels["dense"]
+    (design, *_) = tuning.design_spaces(func, op, targets.get("x86"))
+    decisions = {inst.kind.name: design.trace.decisions[inst] for inst in design.trace.insts if inst in design.trace.decisions}
+    assert [int(d) for d in decisions["SamplePerfectTile"]] == [1, 3]  # 3 rows, one tile
+    assert "SampleCategorical" in decisions
 
 
 def test_space_traces_are_tunable_by_metaschedule():
