@@ -242,3 +242,26 @@ def test_every_package_of_the_tree_is_installed():
     assert found == listed
     # no generic top-level name: every installed package lives under bnn_tvm
     assert {name.split(".")[0] for name in listed} == {"bnn_tvm"}
+
+
+def test_parsing_and_help_do_not_import_torch():
+    """Start-up (every command's parser and help, and an ONNX file as the model) imports neither
+    torch (seconds) nor onnx; ``train --help`` still lists the registry's quantizers, read only
+    when that help is printed."""
+    script = """
+import sys
+from bnn_tvm.cli import parser
+from bnn_tvm.frontend.export import default_model_path, resolve_model
+p = parser()
+sub = next(a for a in p._actions if a.choices and "compile" in a.choices).choices
+help_texts = {name: s.format_help() for name, s in sub.items() if name != "train"}
+p.parse_args(["compile", default_model_path(), "-o", "m.so"])
+assert resolve_model(default_model_path()) == default_model_path()
+print(sorted(m for m in ("torch", "onnx") if m in sys.modules))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    train_help = subprocess.run([sys.executable, "-m", "bnn_tvm", "train", "--help"], capture_output=True, text=True)
+    assert "activation quantizer (ste_sign, approx_sign" in train_help.stdout
+    assert "magnitude_aware_sign" in train_help.stdout

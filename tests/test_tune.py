@@ -548,3 +548,28 @@ def test_tuning_over_rpc_on_the_emulated_board_compiles(tmp_path):
     finally:
         board.stop(key) if any(s.name == key for s in board.running()) else None
         tracker.stop(tracker_state.port)
+
+
+def test_direct_rpc_tuning_session_brings_the_key():
+    """``tune --rpc HOST:PORT --key KEY``: the runner's direct session brings ``--key``, as
+    ``bench`` and ``verify`` do; without it a server that answers only to a random key (what
+    ``board start --host 0.0.0.0`` picks) is refused, naming the key mismatch."""
+    from tvm import rpc
+
+    from bnn_tvm.measure.tune.measurer import connect_direct, make_measurer
+
+    key = "rasp3b-0123456789abcdef"
+    server = rpc.Server(host="127.0.0.1", port=9300, port_end=9400, key=key)
+    address = f"127.0.0.1:{server.port}"
+    measurer = None
+    try:
+        with pytest.raises(Exception, match="matches key"):
+            connect_direct(Endpoint(rpc=address), "rasp3b", 10, None)
+        measurer = make_measurer(targets.get("rasp3b"), 10, Endpoint(rpc=address, key=key))
+        assert measurer.where == f"RPC server {address}"
+        session = measurer.runner.f_create_session(measurer.runner.rpc_config)
+        assert session.cpu(0).exist
+    finally:
+        if measurer is not None:
+            measurer.close()
+        server.terminate()

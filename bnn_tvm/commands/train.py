@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from ..training import quantizers
+
+class _QuantizerNames:
+    """The registered quantizers of one role, listed only when help is printed: the registry
+    imports torch (seconds), which no other command's start-up should pay. argparse fills a help
+    string's ``%(name)s`` from the action's attributes and formats this object with ``str``."""
+
+    def __init__(self, role: str):
+        self.role = role
+
+    def __str__(self) -> str:
+        from ..training import quantizers
+
+        return ", ".join(quantizers.names(self.role))
 
 
 def add_parser(sub) -> None:
@@ -13,8 +25,10 @@ def add_parser(sub) -> None:
         "input is not 1x8x8 train on the digits upsampled (nearest) to their input size, grey repeated per channel.",
     )
     s.add_argument("--model", default="digits", help="zoo model name (default: digits)")
-    s.add_argument("--quantizer", help=f"activation quantizer ({', '.join(quantizers.names('activation'))}); default: the model's")
-    s.add_argument("--kernel-quantizer", help=f"weight quantizer ({', '.join(quantizers.names('weight'))}); default: the model's")
+    s.add_argument("--quantizer", help="activation quantizer (%(quantizers)s); default: the model's"
+                   ).quantizers = _QuantizerNames("activation")
+    s.add_argument("--kernel-quantizer", help="weight quantizer (%(quantizers)s); default: the model's"
+                   ).quantizers = _QuantizerNames("weight")
     s.add_argument("--epochs", type=int, default=40)
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--lr", type=float, default=5e-3)

@@ -71,6 +71,23 @@ class Endpoint:
             return [self.key]
         return [target] if self.tracker is not None else [target, ""]
 
+    def connect_direct(self, target: str, session_timeout: float):
+        """A TVM RPC session with the server at ``rpc``, trying ``keys(target)`` in order: a
+        server refuses a client that brings another key (``board start --host 0.0.0.0`` answers
+        only to its random key), and TVM says so with "cannot find server that matches key"."""
+        from tvm import rpc
+
+        if self.rpc is None:
+            raise BnnError("a direct connection needs --rpc HOST:PORT")
+        host, port = self.address
+        keys = self.keys(target)
+        for attempt, key in enumerate(keys, start=1):
+            try:
+                return rpc.connect(host, port, key=key, session_timeout=session_timeout)
+            except Exception as err:  # TVM raises its own error types here
+                if "matches key" not in str(err) or attempt == len(keys):
+                    raise
+
     def label(self, target: str) -> str:
         """Where runs go, for messages and reports."""
         if self.rpc is not None:

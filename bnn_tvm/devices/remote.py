@@ -212,16 +212,10 @@ class _Session:
 
         self.phase("connect")
         session_timeout = self.request["session_timeout"]
-        host, port = self.endpoint.address
-        keys = self.endpoint.keys(self.request["target"])
         if self.endpoint.rpc is not None:
-            for attempt, key in enumerate(keys, start=1):
-                try:
-                    return rpc.connect(host, port, key=key, session_timeout=session_timeout)
-                except Exception as err:
-                    if "matches key" not in str(err) or attempt == len(keys):
-                        raise
-        return rpc.connect_tracker(host, port).request(keys[0], session_timeout=session_timeout, max_retry=1)
+            return self.endpoint.connect_direct(self.request["target"], session_timeout)
+        key = self.endpoint.keys(self.request["target"])[0]
+        return rpc.connect_tracker(*self.endpoint.address).request(key, session_timeout=session_timeout, max_retry=1)
 
     def run(self) -> tuple[dict, list[np.ndarray]]:
         if self.request.get("engine") == "ort":

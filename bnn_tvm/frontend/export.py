@@ -13,13 +13,17 @@ import contextlib
 import hashlib
 import io
 import os
-
-import onnx
-import onnxscript.optimizer
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..atomic_files import atomic_write
+
+if TYPE_CHECKING:
+    import onnx
+    from torch import nn
+
+# torch and onnx are imported where an export needs them: every command that names a model
+# imports this module (``MODEL_HELP``, ``resolve_model``), and torch alone costs seconds of
+# start-up that compiling an ONNX file does not need.
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -27,6 +31,10 @@ OPSET = 18
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str, verbose: bool = False) -> None:
+    import onnx
+    import onnxscript.optimizer
+    import torch
+
     model = model.eval()
     example = (torch.zeros((2,) + tuple(input_shape)),)
     batch = torch.export.Dim("batch", min=1)
@@ -123,8 +131,6 @@ def resolve_model(model: str | None, cache: str | None = None) -> str:
 
     Exports go into ``cache``, default the board cache's ``models`` folder.
     """
-    from ..training import models
-
     if model is None:
         return default_model_path()
     from ..cache import cache_dir
@@ -132,10 +138,14 @@ def resolve_model(model: str | None, cache: str | None = None) -> str:
     folder = cache or os.path.join(cache_dir(), "models")
     if os.path.isfile(model):
         return _exported_checkpoint(model, folder) if is_checkpoint(model) else model
+    from ..training import models
+
     if model not in models.ZOO:
         raise not_a_model(model)
     path = os.path.join(folder, f"{model}.onnx")
     if not os.path.isfile(path):
+        import torch
+
         torch.manual_seed(0)
         export_onnx(models.build(model).eval(), models.input_shape(model), path)
     return path

@@ -11,8 +11,9 @@ What counts as a parameter, in both sources alike:
   mean and variance, RSign threshold and RPReLU parameter at 32 bits;
 - the per-output-channel scale of ``magnitude_aware_sign`` / ``libra_pb_weight`` weights at
   32 bits: computed from the latent weights during training, stored beside the ±1 weights when
-  deployed (in ONNX it is the ``Mul`` after the conv);
-- not counted: scalar graph constants (binarizer 0/+1/-1, DoReFa levels), integer shape
+  deployed (in ONNX it is the ``Mul`` after the conv); so is a layer's one learned scale
+  (BiPointNet) and a ``PReLU``'s single slope;
+- not counted: other scalar graph constants (binarizer 0/+1/-1, DoReFa levels), integer shape
   tensors, and the all-zero conv bias the ONNX exporter adds to a bias-free conv.
 MACs are per sample (batch 1).
 """
@@ -278,6 +279,7 @@ def _module_stats(module, qualified: str, in_shape, out_shape) -> LayerStats:
 
 # ONNX files ------------------------------------------------------------------------------------
 WEIGHTED_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1}  # op -> index of the weight input
+COMPARE_OPS = {"Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Equal"}
 PASS_THROUGH_OPS = {"Pad", "Reshape", "Flatten", "MaxPool", "Transpose", "Identity", "Squeeze", "Unsqueeze"}
 
 
@@ -337,7 +339,9 @@ def _node_stats(node, index, constants, shapes, producers, counted, path) -> Lay
     binarizer = node.op_type == "Where" and _is_binarizer(node, producers, constants)
     for position, name in enumerate(node.input):
         value = constants.get(name)
-        if value is None or name in counted or binarizer or not _is_parameter(value):
+        if value is None or name in counted or binarizer:
+            continue
+        if not (_is_parameter(value) or _is_learned_scalar(node, position, value, producers)):
             continue
         if position == 2 and weight is not None and not np.any(value):
             continue  # the exporter's zero bias of a bias-free conv
@@ -347,7 +351,20 @@ def _node_stats(node, index, constants, shapes, producers, counted, path) -> Lay
         if out_shape is None:
             raise BnnError(f"{path}: node {layer.name!r} ({node.op_type}): output shape unknown after inference")
         layer.add_macs(_node_macs(node, weight, out_shape))
+    elif node.op_type == "MatMul" and node.input[0] not in constants:
+        _activation_matmul_stats(layer, node, shapes, producers, constants, path)
     return layer
+
+
+def _activation_matmul_stats(layer: LayerStats, node, shapes, producers, constants, path) -> None:
+    """A ``MatMul`` of two activations (an attention's ``Q K^T`` and ``A V``): each operand's
+    bits as its producer gives them, ``out elements x K`` MACs with ``K`` the last axis of A."""
+    a_shape, out_shape = shapes.get(node.input[0]), shapes.get(node.output[0])
+    if a_shape is None or out_shape is None:
+        raise BnnError(f"{path}: node {layer.name!r} (MatMul): operand shapes unknown after inference")
+    layer.input_bits = _activation_bits(node.input[0], producers, constants)
+    layer.weight_bits = _activation_bits(node.input[1], producers, constants)
+    layer.add_macs(math.prod(out_shape[1:]) * a_shape[-1])
 
 
 def _node_macs(node, weight: np.ndarray, out_shape: list[int]) -> int:
@@ -358,6 +375,16 @@ def _node_macs(node, weight: np.ndarray, out_shape: list[int]) -> int:
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return per_sample * weight.shape[1 if trans_b else 0]
     return per_sample * weight.shape[-2]  # MatMul: [..., K, N]
+
+
+def _is_learned_scalar(node, position: int, value: np.ndarray, producers: dict) -> bool:
+    """A one-element float that is a parameter, not a graph constant: a ``PRelu``'s single slope,
+    or a ``Mul`` by one scale right after a conv/dense (BiPointNet's layer-wise scale)."""
+    if value.dtype.kind != "f" or value.size != 1:
+        return False
+    if node.op_type == "PRelu":
+        return position == 1
+    return node.op_type == "Mul" and _op_of(node.input[1 - position], producers) in WEIGHTED_OPS
 
 
 def _channel_scales(node, weight: np.ndarray) -> np.ndarray | None:
@@ -404,6 +431,26 @@ def _uniform_value(name: str, producers: dict, constants: dict) -> float | None:
     return None
 
 
+def _op_of(name: str, producers: dict) -> str | None:
+    node = producers.get(name)
+    return None if node is None else node.op_type
+
+
+def _straight_through_sign(node, producers: dict):
+    """The ``Sign`` node of a straight-through estimator ``(Sign(u) - P) + P`` (or
+    ``P + (Sign(u) - P)``; BiBench's ``sign(x).detach() - clamp(x).detach() + clamp(x)``), else None.
+    Its forward value is ``sign(u)``: exactly so in float32 when ``P`` has the sign of ``u`` and
+    ``|P| <= 1``, which ``lower_straight_through`` proves for each graph it compiles; a summary
+    counts the model as its training code defines it, 1-bit behind its binarizer."""
+    for diff_name, p_name in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+        diff = producers.get(diff_name)
+        if diff is not None and diff.op_type == "Sub" and diff.input[1] == p_name:
+            sign = producers.get(diff.input[0])
+            if sign is not None and sign.op_type == "Sign":
+                return sign
+    return None
+
+
 def _activation_bits(name: str, producers: dict, constants: dict) -> int:
     """Bits of the values in tensor ``name``: 1 behind a binarizer, k behind DoReFa, else 32."""
     node = producers.get(name)
@@ -413,6 +460,10 @@ def _activation_bits(name: str, producers: dict, constants: dict) -> int:
         return 1
     if node.op_type == "Where":
         return 1 if _is_binarizer(node, producers, constants) else FLOAT_BITS
+    if node.op_type == "Cast" and _op_of(node.input[0], producers) in COMPARE_OPS:
+        return 1  # a comparison's 0/1 (Bi-Attention's boolean attention)
+    if node.op_type == "Add" and _straight_through_sign(node, producers) is not None:
+        return 1
     if node.op_type == "Pad":
         pad_value = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1)
         inner = _activation_bits(node.input[0], producers, constants)

@@ -94,11 +94,11 @@ def alloc_remote(session, device, args_info, alloc_repeat: int):
     return [[tvm.runtime.tensor(a, device) for a in host_arrays(args_info, seed)] for seed in range(alloc_repeat)]
 
 
-def connect_direct(host: str, port: int, timeout: float, rpc_config):
-    """``RPCRunner`` ``f_create_session`` for ``--rpc HOST:PORT`` (a server without a tracker)."""
-    from tvm import rpc
-
-    return rpc.connect(host, port, session_timeout=timeout)
+def connect_direct(endpoint: Endpoint, target: str, timeout: float, rpc_config):
+    """``RPCRunner`` ``f_create_session`` for ``--rpc HOST:PORT`` (a server without a tracker):
+    with ``--key`` if given, else the target name and then the empty key, as ``bench`` and
+    ``verify`` connect (``Endpoint.connect_direct``)."""
+    return endpoint.connect_direct(target, timeout)
 
 
 @dataclass
@@ -154,7 +154,7 @@ def make_measurer(spec, timeout: float, endpoint: Endpoint) -> Measurer:
         config = ms.runner.RPCConfig(host, port, "direct", session_timeout_sec=int(timeout))
         runner = ms.runner.RPCRunner(
             config, evaluator, f_alloc_argument=alloc_remote, max_workers=1,
-            f_create_session=functools.partial(connect_direct, host, port, timeout),
+            f_create_session=functools.partial(connect_direct, endpoint, spec.name, timeout),
         )
     return Measurer(builder, runner, where, artifacts)
 
