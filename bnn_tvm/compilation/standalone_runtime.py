@@ -5,7 +5,8 @@ A library built for this machine is loaded with ctypes and called through its C 
 ``standalone_files/bnn_runner.c``, cross-compiled once per architecture into the cache: the
 same C API, driven by a small program instead of Python, since an ARM library cannot be loaded
 into this x86 process. Both present ``CompiledRunner``'s interface (``metadata``,
-``input_shape``, ``run``), so ``run`` and ``verify`` use them as they use a TVM module.
+``input_shape``, ``run``: ``chunked.ChunkedRunner``), so ``run`` and ``verify`` use them as they
+use a TVM module.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tempfile
 import numpy as np
 
 from ..errors import BnnError
-from .runtime import HOST_ELF_MACHINES, CompiledRunner
+from .chunked import ChunkedRunner
 from .standalone import API_SYMBOL, FILES
 
 RUNNER_SOURCE = os.path.join(FILES, "bnn_runner.c")
@@ -44,17 +45,17 @@ def dtype_of(name: str) -> np.dtype:
     return np.dtype("bool" if name == "bool" else name)
 
 
-class StandaloneRunner(CompiledRunner):
+class StandaloneRunner(ChunkedRunner):
     """A standalone library behind ``CompiledRunner``'s interface (no Relax VM)."""
 
-    def __init__(self, path: str):  # noqa: D107 (CompiledRunner.__init__ needs a TVM module; not called)
+    def __init__(self, path: str):
         from bnn_tvm.targets import elf
 
         self.path = os.path.abspath(path)
         self.device = None
         machine = elf.read_header(path).machine
         # None: a library for this machine; else the target whose qemu-user runs it here
-        self.emulated = None if machine == HOST_ELF_MACHINES.get(platform.machine().lower()) else emulated_target(path, machine)
+        self.emulated = None if machine == elf.HOST_ELF_MACHINES.get(platform.machine().lower()) else emulated_target(path, machine)
         info = self._info_ctypes() if self.emulated is None else self._info_emulated()
         self.metadata = info["metadata"]
         self.input_shape = tuple(info["input_shape"])
@@ -115,7 +116,7 @@ class StandaloneRunner(CompiledRunner):
         return run_emulated(self.emulated, [runner_for(self.emulated), self.path, *args], self.path, timeout)
 
     def run(self, x: np.ndarray, source: str = "input") -> list[np.ndarray]:
-        """As ``CompiledRunner.run``; under qemu every chunk runs in one emulator process."""
+        """As ``ChunkedRunner.run``; under qemu every chunk runs in one emulator process."""
         if self.emulated is None:
             return super().run(x, source)
         x = self.check_input(x, source)
