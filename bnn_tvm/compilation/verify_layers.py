@@ -26,6 +26,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import BnnError
+from .reference import NEAR_TIE, RELATIVE_TOLERANCE, near_ties, reference_outputs
 
 # Relax ops whose float result depends on a summation order (a batch norm is per channel: the
 # kernels compute it in ONNX Runtime's order, and it folds into thresholds, so no cut there): a
@@ -58,14 +59,12 @@ class SegmentResult:
     rel_diff: float  # float: max diff relative to the reference's largest magnitude
     inputs: list
     # binary: how many of the differing values ONNX Runtime's binarizer input puts within
-    # ``verify.NEAR_TIE`` of the threshold (float rounding inside the segment: a conv with a
+    # ``reference.NEAR_TIE`` of the threshold (float rounding inside the segment: a conv with a
     # folded non-power-of-two weight scale, a float layer, summing in its own order)
     near_ties: int = 0
 
     @property
     def exact(self) -> bool:
-        from .verify import RELATIVE_TOLERANCE
-
         return self.differing == 0 if self.binary else self.rel_diff <= RELATIVE_TOLERANCE
 
     @property
@@ -86,8 +85,6 @@ class PerLayerReport:
         return all(r.ok for r in self.results)
 
     def lines(self) -> list[str]:
-        from .verify import NEAR_TIE, RELATIVE_TOLERANCE
-
         binary = [r for r in self.results if r.binary]
         floats = [r for r in self.results if not r.binary]
         head = (f"per layer: {len(self.results)} segments ({len(binary)} binary, {len(floats)} float), each compiled "
@@ -373,11 +370,9 @@ def sums_before(graph, tensor: str, stops: set) -> bool:
 
 
 def count_near_ties(results: list, ours: dict, theirs: dict, reference_model, x, input_name: str, batch: int) -> None:
-    """Set ``near_ties`` of each binary segment that differs (``verify.near_ties`` on the
+    """Set ``near_ties`` of each binary segment that differs (``reference.near_ties`` on the
     reference) where a summing op inside the segment can explain them; elsewhere (only
     elementwise ops, which both sides round alike) every difference stays a compiler error."""
-    from .verify import near_ties
-
     differing = [r for r in results if r.binary and r.differing
                  and sums_before(reference_model.graph, r.tensor, set(r.inputs))]
     if not differing:
@@ -407,7 +402,6 @@ def unchecked_kernels(whole: list, segments: list) -> dict:
 def reference_values(model: onnx.ModelProto, tensors: list, x: np.ndarray, input_name: str, batch: int) -> dict:
     """ONNX Runtime's values of ``tensors`` on ``x``, in chunks of the pinned ``model``'s batch."""
     from .compiler import add_graph_outputs
-    from .verify import reference_outputs
 
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     del probe.graph.output[:]

@@ -148,7 +148,7 @@ def reference_output(workload: Workload, x: np.ndarray) -> np.ndarray:
     against."""
     import onnx
 
-    from ...compilation.verify import reference_outputs
+    from ...compilation.reference import reference_outputs
 
     model = onnx.load(workload.onnx_path)
     name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
