@@ -12,6 +12,8 @@ from .chunked import ChunkedRunner
 from .compiler import METADATA_FUNC
 from .standalone_runtime import StandaloneRunner, is_standalone
 from ..errors import BnnError
+from bnn_tvm.schedules.cuda import install_nvcc_callback
+from bnn_tvm.targets import elf
 
 
 def has_cuda_code(module) -> bool:
@@ -58,7 +60,6 @@ def prepare_cuda_loading() -> None:
 
     if not tvm.cuda(0).exist:
         return
-    from bnn_tvm.schedules.cuda import install_nvcc_callback
 
     if not install_nvcc_callback():
         import tvm.support.nvcc  # registers TVM's NVRTC callback
@@ -68,8 +69,6 @@ def check_built_for_this_machine(path: str) -> None:
     """A module for another architecture (an aarch64 board's on this x86 host) is named as such:
     the dynamic loader would only say "cannot open shared object file"."""
     import platform
-
-    from bnn_tvm.targets import elf
 
     host = platform.machine()
     try:

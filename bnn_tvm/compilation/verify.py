@@ -21,6 +21,10 @@ from ..frontend.onnx_import import graph_input, load_for_compile, signs_as_binar
 from .runtime import CompiledRunner, check_runs_here
 from .reference import NEAR_TIE, RELATIVE_TOLERANCE, near_ties, reference_outputs
 from .verify_layers import PerLayerReport, verify_per_layer
+from bnn_tvm import targets
+from bnn_tvm.targets.qemu_user import qemu_command
+from .standalone_runtime import StandaloneRunner
+from ..devices.remote import remote_bench
 
 @dataclass
 class VerifyReport:
@@ -107,8 +111,6 @@ def verify(
     inputs (``verify_layers``); it runs by itself when binarized values differ end to end.
     ``standalone``: the model is compiled as a standalone library (``bnn_tvm.compilation.standalone``) and
     run here, through ctypes or, for an ARM target, under qemu-user."""
-    from bnn_tvm import targets
-
     if standalone:
         check_standalone_runs_here(targets.get(target), endpoint.remote)
     else:
@@ -181,8 +183,6 @@ def check_standalone_runs_here(spec, remote: bool) -> None:
     if not spec.is_host and spec.isa == "x86_64":
         return  # another x86 CPU's code: runs here if this CPU has its features
     if not spec.is_host and spec.qemu:
-        from bnn_tvm.targets.qemu_user import qemu_command
-
         qemu_command(spec, f"the standalone library of target {spec.name}")  # before compiling: installed?
 
 
@@ -302,8 +302,6 @@ def compiled_outputs(compiled, target: str, x: np.ndarray, endpoint: Endpoint = 
     if compiled.standalone:
         import tempfile
 
-        from .standalone_runtime import StandaloneRunner
-
         with tempfile.TemporaryDirectory(prefix="bnn-verify-") as folder:
             library = os.path.join(folder, "model.so")
             compiled.export(library)
@@ -311,8 +309,6 @@ def compiled_outputs(compiled, target: str, x: np.ndarray, endpoint: Endpoint = 
     if not endpoint.remote:
         return CompiledRunner(compiled.executable).run(x)
     import tempfile
-
-    from ..devices.remote import remote_bench
 
     with tempfile.TemporaryDirectory(prefix="bnn-verify-") as folder:
         library = os.path.join(folder, "model.so")

@@ -27,6 +27,8 @@ from onnx import helper, numpy_helper
 
 from ..errors import BnnError
 from .reference import NEAR_TIE, RELATIVE_TOLERANCE, near_ties, reference_outputs
+from bnn_tvm.schedules.float_conv import FLOAT_KERNELS
+from .compiler import PACKED_TENSOR, add_graph_outputs, compile_onnx
 
 # Relax ops whose float result depends on a summation order (a batch norm is per channel: the
 # kernels compute it in ONNX Runtime's order, and it folds into thresholds, so no cut there): a
@@ -119,8 +121,6 @@ def materialised_tensors(lowered) -> tuple[set, set]:
     inside a fused kernel (a chain folded into thresholds) are in neither."""
     import tvm
     from tvm import relax
-
-    from bnn_tvm.schedules.float_conv import FLOAT_KERNELS
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
     graph = lowered.onnx_model.graph
@@ -317,8 +317,6 @@ def verify_per_layer(
     compiled segments' outputs for one ``[1, total]`` row (here, or on a board); ``whole_fused``:
     the whole model's fused kernels, to name those the segments did not compile to; ``standalone``:
     the segments compiled as a standalone library, as the whole model was."""
-    from .compiler import compile_onnx
-
     graph = lowered.onnx_model.graph
     kinds = lowered.packed_kinds()
     floats, materialised = materialised_tensors(lowered)
@@ -390,8 +388,6 @@ def unchecked_kernels(whole: list, segments: list) -> dict:
     segments model; packs are left out (the segments pack their binarized inputs again)."""
     from collections import Counter
 
-    from .compiler import PACKED_TENSOR
-
     def kinds(lines):
         return Counter(line.rsplit(" -> ", 1)[1].split(" [")[0] for line in lines if " -> " in line)
 
@@ -401,8 +397,6 @@ def unchecked_kernels(whole: list, segments: list) -> dict:
 
 def reference_values(model: onnx.ModelProto, tensors: list, x: np.ndarray, input_name: str, batch: int) -> dict:
     """ONNX Runtime's values of ``tensors`` on ``x``, in chunks of the pinned ``model``'s batch."""
-    from .compiler import add_graph_outputs
-
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     del probe.graph.output[:]
     add_graph_outputs(probe, tensors)
