@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from .compiler import add_graph_outputs, compile_onnx, lower_onnx
 from ..devices.endpoint import Endpoint
