@@ -16,6 +16,8 @@ import tempfile
 from typing import Callable
 
 from .errors import BnnError
+from .devices.processes import alive
+from .cache import cache_dir
 
 TMP_PREFIX = ".tmp-"
 
@@ -60,8 +62,6 @@ def refuse_overwriting_input(output: str, inputs: list, option: str) -> None:
 def remove_stale(directory: str, prefix: str = "") -> None:
     """Remove ``directory``'s entries named ``PREFIX<pid>-*`` whose process is gone (killed before
     it could clean up); those of running processes, and anything else, stay."""
-    from .devices.processes import alive
-
     for entry in glob.glob(os.path.join(glob.escape(directory), f"{glob.escape(prefix)}*-*")):
         pid = os.path.basename(entry)[len(prefix):].split("-", 1)[0]
         if not pid.isdigit() or alive(int(pid)):
@@ -77,8 +77,6 @@ def private_tempdir():
     """Point ``tempfile`` and ``$TMPDIR`` (for the compilers TVM runs) at a folder of this process's
     own under the cache, removed afterwards; the folders of killed commands are removed first.
     Where the cache cannot be written the system's temporary folder stays in use."""
-    from .cache import cache_dir
-
     base = os.path.join(cache_dir(), "tmp")
     try:
         os.makedirs(base, exist_ok=True)

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 from tvm import s_tir, tirx
 
-from . import OPAQUE_PATTERN, SCHEDULED_ATTR, bitserial
+from . import OPAQUE_PATTERN, SCHEDULED_ATTR, bitserial, legalize
 
 WORD_BITS = 32
 ELEMENTWISE_THREADS = 256  # threads per block of the one-thread-per-output kernels
@@ -427,8 +427,6 @@ def schedule_float_windows(mod, target, plans: dict | None = None):
     small reductions across a block's threads: Bi-Real ResNet-18's 2x2 average pools took 3.4 of
     its 8.6 ms at batch 64 on an H100 that way. The module is legalized first, with the passes
     ``tvm.compile``'s pipeline would run; every other float op stays with dlight."""
-    from . import legalize
-
     mod = legalize(mod, target)
     for gvar, func in list(mod.functions_items()):
         if not isinstance(func, tirx.PrimFunc) or SCHEDULED_ATTR in (func.attrs or {}):

@@ -49,7 +49,7 @@ import os
 import tvm
 from tvm import s_tir, tirx
 
-from .calls import SCHEDULED_ATTR
+from .calls import SCHEDULED_ATTR, legalize
 from .cpu import PARALLEL_MIN_WORK, block_work
 
 LOG = logging.getLogger(__name__)
@@ -80,8 +80,6 @@ def schedule_float_ops(mod, target, lanes32: int, plans: dict | None = None):
     """Legalize the Relax operators of ``mod`` as ``tvm.compile``'s CPU pipeline would and schedule
     every resulting PrimFunc not yet tagged ``tirx.is_scheduled``. ``lanes32``: 32-bit lanes
     of the target's vectors. ``plans``, if given, receives ``{kernel name: plan}``."""
-    from .calls import legalize
-
     mod = legalize(mod, target, vector_erf=True)
     updates = {}
     for gvar, func in mod.functions_items():

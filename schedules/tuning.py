@@ -49,8 +49,10 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 
-from . import OPAQUE_PATTERN, SCHEDULED_ATTR, bitserial, cpu, vector_unit
+from . import OPAQUE_PATTERN, SCHEDULED_ATTR, bitserial, cpu, prepare_cpu_kernels, replace_kernels, vector_unit
 from .tuning_files import FAILED_RUN_SECS, RECORD_FILE, UNTUNED_FILE, WORKLOAD_FILE  # noqa: F401 (the module's API)
+from bnn_tvm.errors import BnnError
+from bnn_tvm.atomic_files import atomic_write
 
 LOG = logging.getLogger(__name__)
 
@@ -202,8 +204,6 @@ def prepare_module(mod, spec):
     ``compile --db`` see the same kernels as the build."""
     from tvm import relax
 
-    from . import prepare_cpu_kernels
-
     if spec.family in ("x86", "arm"):
         mod = prepare_cpu_kernels(mod, spec)
     return relax.transform.LegalizeOps()(mod)
@@ -224,8 +224,6 @@ def tunable_kernels(mod):
 def clean_lines(path: str, what: str) -> tuple[list[str], int]:
     """The parseable lines of a JSON-lines file and how many were dropped. Only a final line may
     be broken (a run killed while appending); one in the middle means the file is damaged."""
-    from bnn_tvm.errors import BnnError
-
     if not os.path.exists(path):
         return [], 0
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -259,8 +257,6 @@ def valid_record(line: str, n_workloads: int) -> bool:
 
 def repair_database(db_dir: str) -> int:
     """Rewrite (atomically) a database folder without its broken lines; returns how many went."""
-    from bnn_tvm.atomic_files import atomic_write
-
     workloads, records, dropped = clean_database_files(db_dir)
     if dropped:
         for name, lines in ((WORKLOAD_FILE, workloads), (RECORD_FILE, records)):
@@ -273,8 +269,6 @@ def open_database(db_dir: str, writable: bool):
     """A ``JSONDatabase`` on ``db_dir``. Writable (for tuning): broken lines are removed from the
     files first. Read-only (for compiling, perhaps beside a running tune): a cleaned copy is read."""
     from tvm.s_tir import meta_schedule as ms
-
-    from bnn_tvm.errors import BnnError
 
     if writable:
         os.makedirs(db_dir, exist_ok=True)
@@ -415,8 +409,6 @@ def apply_database(mod, db_dir: str, spec, applied: dict | None = None):
     The module is prepared first (:func:`prepare_module`) so the kernels are the ones the tuner
     saw. ``applied``, if given, receives ``{kernel name: tuned seconds}``.
     """
-    from . import replace_kernels
-
     database = open_database(db_dir, writable=False)
     target = spec.tvm_target()
     untuned = untuned_times(db_dir, target)

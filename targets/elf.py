@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from bnn_tvm.errors import BnnError
 
 MACHINE_NAMES = {62: "x86-64", 183: "AArch64", 40: "ARM"}
+# platform.machine() -> the ELF e_machine of its shared libraries
+HOST_ELF_MACHINES = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183, "armv7l": 40, "armv8l": 40}
 EF_ARM_ABI_FLOAT_HARD = 0x400
 EF_ARM_EABIMASK = 0xFF000000
 

@@ -21,6 +21,7 @@ from bnn_tvm.errors import BnnError
 
 from . import TargetSpec, get
 from .qemu_user import run_emulated
+from bnn_tvm import schedules
 
 RUNNER_SOURCE = os.path.join(os.path.dirname(__file__), "kernel_runner.c")
 BINARY_KERNEL_PREFIX = "bnn_"  # relay_passes name the binary PrimFuncs bnn_<op>
@@ -88,7 +89,6 @@ def target_constants(model_path: str, target: str, batch: int | None = None) -> 
     lay them out: the layouts differ between targets (vector widths), so a kernel replayed on
     another target takes the activations recorded on the host with the target's own constants.
     Lowered like ``compile`` lowers ``model_path`` (same passes, same kernel names)."""
-    from bnn_tvm import schedules
     from bnn_tvm.compilation.compiler import lower_onnx
     from tvm import relax
     from tvm.ir import Constant

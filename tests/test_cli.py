@@ -13,7 +13,7 @@ from onnx_builders import GraphBuilder, save
 from bnn_tvm.cli import main
 from bnn_tvm.training.data import digits_split
 from bnn_tvm.frontend.export import default_model_path
-from bnn_tvm.compilation.verify import reference_outputs
+from bnn_tvm.compilation.reference import reference_outputs
 from bnn_tvm.frontend.onnx_import import load_onnx
 
 

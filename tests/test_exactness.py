@@ -141,7 +141,7 @@ def test_residual_sum_exactly_zero_in_the_reference(tmp_path):
     summed = g.node("Add", [y, "x"])
     out = g.conv(g.binarize(summed), g.binary_weight((4, cin, 3, 3)), pad=1)
     model = g.model([out, y])
-    from bnn_tvm.compilation.verify import reference_outputs
+    from bnn_tvm.compilation.reference import reference_outputs
 
     x = inputs([1, cin, 6, 6], seed=15)
     bn_out = reference_outputs(model, x, "x")[1]  # depends on the signs of x only
@@ -241,7 +241,8 @@ def test_first_difference_tells_float_rounding_from_a_compiler_error(tmp_path):
     float graph puts each differing value within rounding of the binarizer's threshold."""
     import onnx
 
-    from bnn_tvm.compilation.verify import decision_input, first_divergence, reference_outputs
+    from bnn_tvm.compilation.reference import decision_input, reference_outputs
+    from bnn_tvm.compilation.verify import first_divergence
 
     g = GraphBuilder([1, 4, 5, 5], seed=30)
     y = g.node("Mul", ["x", g.const(np.float32(3))])

@@ -764,7 +764,7 @@ def test_qonnx_quant_matches_its_definition_and_feeds_a_binary_net(tmp_path):
     at and around the rounding ties; a model with a Quant on the input before binary convs
     compiles and verifies exactly."""
     from bnn_tvm.frontend.onnx_import import expand_qonnx
-    from bnn_tvm.compilation.verify import reference_outputs
+    from bnn_tvm.compilation.reference import reference_outputs
 
     domain = "qonnx.custom_op.general"
     g = GraphBuilder([1, 4, 6, 6], seed=25)

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnn_tvm.errors import BnnError
 from bnn_tvm.measure.onnx_torch import module_from_onnx, torch_module
-from bnn_tvm.compilation.verify import reference_outputs
+from bnn_tvm.compilation.reference import reference_outputs
 
 
 def const(name, array):

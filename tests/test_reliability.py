@@ -64,7 +64,7 @@ def rows_model(path) -> str:
 
 def test_run_never_truncates_outputs_whose_first_axis_is_not_the_batch(tmp_path, capsys):
     from bnn_tvm.compilation.runtime import CompiledRunner
-    from bnn_tvm.compilation.verify import reference_outputs
+    from bnn_tvm.compilation.reference import reference_outputs
     from bnn_tvm.frontend.onnx_import import load_onnx
 
     model = rows_model(tmp_path / "rows.onnx")

@@ -16,7 +16,8 @@ from onnx_builders import GraphBuilder, save
 from bnn_tvm.cli import main
 from bnn_tvm.compilation.compiler import compile_onnx
 from bnn_tvm.compilation.runtime import CompiledRunner
-from bnn_tvm.compilation.verify import reference_outputs, verify
+from bnn_tvm.compilation.reference import reference_outputs
+from bnn_tvm.compilation.verify import verify
 
 SHAPE = [1, 8, 8, 8]
 

@@ -9,6 +9,8 @@ from bnn_tvm.relay_passes.conventions import SIGN_ZERO
 
 from ..devices.endpoint import Endpoint, add_endpoint_options
 from ..errors import BnnError
+from bnn_tvm import targets
+from ..atomic_files import atomic_write
 
 ENGINE_NAMES = ("bnn_tvm", "tvm_fp32", "torch_fp32", "ort_fp32", "topi_bitserial")
 
@@ -47,8 +49,6 @@ def add_parser(sub) -> None:
 
 
 def targets_family(name: str) -> str:
-    from bnn_tvm import targets
-
     return targets.get(name).family
 
 
@@ -98,8 +98,6 @@ def run(args) -> int:
     for report in reports:
         print("\n".join(report_lines(report)))
     if args.json:
-        from ..atomic_files import atomic_write
-
         payload = reports[0] if len(reports) == 1 else {"layers": reports}
         atomic_write(args.json, lambda tmp: open(tmp, "w").write(json.dumps(payload, indent=2) + "\n"))
     if args.plot:

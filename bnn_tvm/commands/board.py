@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from ..devices.board import DEFAULT_PORT
+from ..devices import board
+
 
 def add_parser(sub) -> None:
-    from ..devices.board import DEFAULT_PORT
-
     s = sub.add_parser(
         "board",
         help="start/stop an emulated board (aarch64 TVM RPC server under qemu-user)",
@@ -29,8 +30,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..devices import board
-
     if args.action == "setup":
         root = board.ensure_root()
         print(f"emulated board root ready at {root.path}")

@@ -7,6 +7,8 @@ import os
 from bnn_tvm.relay_passes.conventions import SIGN_ZERO
 
 from ..frontend.export import MODEL_HELP, resolve_model
+from bnn_tvm import targets
+from ..atomic_files import refuse_overwriting_input
 
 
 def add_parser(sub) -> None:
@@ -28,10 +30,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from bnn_tvm import targets
-
     from ..compilation.compiler import compile_onnx
-    from ..atomic_files import refuse_overwriting_input
 
     target = targets.get(args.target, arch=args.arch).name  # a .json file registers its target's name
     path = resolve_model(args.model)

@@ -1,6 +1,7 @@
 """``python -m bnn_tvm export``: export a checkpoint or a zoo model to ONNX."""
 
 from __future__ import annotations
+from ..atomic_files import refuse_overwriting_input
 
 
 def add_parser(sub) -> None:
@@ -17,7 +18,6 @@ def run(args) -> int:
     import torch
 
     from ..training import models
-    from ..atomic_files import refuse_overwriting_input
     from ..frontend.export import export_onnx, not_a_model
     from ..training.train import load_checkpoint
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BnnError
+from ..atomic_files import atomic_write
 
 OUTPUT_SUFFIXES = (".npy", ".npz")
 
@@ -19,7 +20,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..atomic_files import atomic_write
     from ..compilation.runtime import CompiledRunner
 
     # numpy appends .npy to any other name, so the data would land beside the file asked for

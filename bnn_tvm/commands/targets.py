@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+from bnn_tvm import targets
+
 
 def add_parser(sub) -> None:
     s = sub.add_parser("targets", help="list compile targets: TVM target, cross compiler, emulator, runtime")
@@ -31,8 +33,6 @@ def _emulation(spec) -> str:
 
 
 def run(args) -> int:
-    from bnn_tvm import targets
-
     specs = [targets.get(args.target)] if args.target else [targets.get(n) for n in targets.names()]
     if args.json:
         print(json.dumps([s.to_json() for s in specs], indent=2))

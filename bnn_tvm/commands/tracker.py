@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 
+from ..devices.tracker import DEFAULT_HOST, DEFAULT_PORT
+from ..devices import tracker
+from ..devices.board import exposure_warning
+
 
 def add_parser(sub) -> None:
-    from ..devices.tracker import DEFAULT_HOST, DEFAULT_PORT
-
     s = sub.add_parser("tracker", help="start/stop a local TVM RPC tracker that boards register with")
     s.add_argument("action", choices=["start", "stop", "status"])
     s.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only; "
@@ -18,11 +20,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..devices import tracker
-
     if args.action == "start":
-        from ..devices.board import exposure_warning
-
         warning = exposure_warning(args.host, args.port or tracker.DEFAULT_PORT, "RPC tracker (it hands out its boards)")
         if warning:
             print(warning, file=sys.stderr)

@@ -18,6 +18,9 @@ from bnn_tvm import targets
 from ..errors import BnnError
 from ..atomic_files import atomic_write
 from ..frontend.onnx_import import check_supported, graph_input, import_to_relax, load_for_compile, pin_input_shape
+from .standalone import StandaloneModule, build
+from bnn_tvm.schedules import tuning
+from ..measure import tuning_db
 
 METADATA_FUNC = "bnn_metadata"
 
@@ -31,8 +34,6 @@ class CompiledModel:
     @property
     def standalone(self) -> bool:
         """Whether ``executable`` is a standalone library (``--standalone``) rather than a TVM module."""
-        from .standalone import StandaloneModule
-
         return isinstance(self.executable, StandaloneModule)
 
     def export(self, path: str) -> None:
@@ -327,10 +328,6 @@ def compile_onnx(
         mod = builder.get()
         stage()
         if db:
-            from bnn_tvm.schedules import tuning
-
-            from ..measure import tuning_db
-
             with tuning_db.readable_copy(db) as checked:
                 mod = tuning.apply_database(mod, checked, spec)
             stage()
@@ -338,8 +335,6 @@ def compile_onnx(
             mod = schedules.schedule_module(mod, spec)
             stage()
         if standalone:
-            from .standalone import build
-
             executable = build(mod, spec, metadata)
         else:
             executable = tvm.compile(mod, spec.tvm_target())

@@ -8,8 +8,12 @@ import os
 
 import numpy as np
 
+from .chunked import ChunkedRunner
 from .compiler import METADATA_FUNC
+from .standalone_runtime import StandaloneRunner, is_standalone
 from ..errors import BnnError
+from bnn_tvm.schedules.cuda import install_nvcc_callback
+from bnn_tvm.targets import elf
 
 
 def has_cuda_code(module) -> bool:
@@ -56,14 +60,9 @@ def prepare_cuda_loading() -> None:
 
     if not tvm.cuda(0).exist:
         return
-    from bnn_tvm.schedules.cuda import install_nvcc_callback
 
     if not install_nvcc_callback():
         import tvm.support.nvcc  # registers TVM's NVRTC callback
-
-
-# platform.machine() -> the ELF e_machine of its shared libraries (targets.elf.MACHINE_NAMES)
-HOST_ELF_MACHINES = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183, "armv7l": 40, "armv8l": 40}
 
 
 def check_built_for_this_machine(path: str) -> None:
@@ -71,21 +70,19 @@ def check_built_for_this_machine(path: str) -> None:
     the dynamic loader would only say "cannot open shared object file"."""
     import platform
 
-    from bnn_tvm.targets import elf
-
     host = platform.machine()
     try:
         header = elf.read_header(path)
     except (BnnError, OSError, KeyError, IndexError, ValueError):  # not ELF, or cut short: the loader says
         return
-    expected = HOST_ELF_MACHINES.get(host.lower())
+    expected = elf.HOST_ELF_MACHINES.get(host.lower())
     if expected is not None and header.machine != expected:
         raise BnnError(f"{path} was compiled for {header.machine_name} ({header.describe()}); this machine is {host}: "
                        "run it on its board (`verify --rpc/--tracker`, `bench --rpc/--tracker`)")
 
 
-class CompiledRunner:
-    """Runs a module compiled for a fixed batch on inputs of any batch, chunk by chunk."""
+class CompiledRunner(ChunkedRunner):
+    """A TVM module in the Relax VM; a fixed-batch module runs on any batch (``ChunkedRunner``)."""
 
     def __init__(self, module, device=None):
         from tvm import relax
@@ -101,8 +98,6 @@ class CompiledRunner:
 
         if not os.path.isfile(path):
             raise BnnError(f"no compiled module at {path}")
-        from .standalone_runtime import StandaloneRunner, is_standalone
-
         if is_standalone(path):  # compile --standalone: ctypes here, or bnn_runner under qemu
             return StandaloneRunner.load(path)
         check_built_for_this_machine(path)
@@ -120,55 +115,9 @@ class CompiledRunner:
                 ) from err
             raise BnnError(f"{path} is not a bnn_tvm module ({err})") from err
 
-    def check_input(self, x: np.ndarray, source: str) -> np.ndarray:
-        expected = self.input_shape[1:]
-        if x.ndim != len(self.input_shape) or tuple(x.shape[1:]) != expected:
-            raise BnnError(
-                f"{source}: input shape {tuple(x.shape)} does not match the model's "
-                f"(N, {', '.join(map(str, expected))}) [{self.metadata['input_name']}]"
-            )
-        if len(x) == 0:
-            raise BnnError(f"{source}: the batch is empty (shape {tuple(x.shape)}); give at least one input")
-        if not np.issubdtype(x.dtype, np.floating):
-            raise BnnError(f"{source}: input dtype {x.dtype} is not floating point")
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-    def run(self, x: np.ndarray, source: str = "input") -> list[np.ndarray]:
-        """All graph outputs for the batch ``x``, concatenated over compiled-batch chunks. Only
-        outputs whose first axis is the batch can be cut and joined: a module with any other
-        output (``[B*N, C]`` rows) takes exactly its compiled batch."""
-        x = self.check_input(x, source)
-        batch = self.input_shape[0]
-        if len(x) == batch:
-            return self._call(x)
-        first = self._call(self._padded(x[:batch]))
-        self._check_outputs_follow_batch(first, len(x), source)
-        chunks = [[o[: min(batch, len(x))] for o in first]]
-        for start in range(batch, len(x), batch):
-            part = x[start : start + batch]
-            chunks.append([o[: len(part)] for o in self._call(self._padded(part))])
-        return [np.concatenate(parts) for parts in zip(*chunks)]
-
-    def _padded(self, part: np.ndarray) -> np.ndarray:
-        padded = np.zeros(tuple(self.input_shape), np.float32)
-        padded[: len(part)] = part
-        return padded
-
     def _call(self, x: np.ndarray) -> list[np.ndarray]:
         import tvm
 
         result = self.vm["main"](tvm.runtime.tensor(x, self.device))
         outputs = [result] if hasattr(result, "numpy") else list(result)  # one tensor or a tuple
         return [o.numpy() for o in outputs]
-
-    def _check_outputs_follow_batch(self, outputs: list[np.ndarray], given: int, source: str) -> None:
-        batch = self.input_shape[0]
-        names = list(self.metadata.get("outputs") or [])
-        for index, output in enumerate(outputs):
-            if output.ndim == 0 or output.shape[0] != batch:
-                name = names[index] if index < len(names) else f"output {index}"
-                raise BnnError(
-                    f"{source}: {given} inputs, but the module takes exactly {batch} at a time: its output "
-                    f"{name!r} has shape {output.shape}, whose first axis is not the batch, so it cannot be "
-                    f"run in chunks; give {batch} inputs or compile with --batch {given}"
-                )

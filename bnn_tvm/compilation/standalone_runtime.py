@@ -5,7 +5,8 @@ A library built for this machine is loaded with ctypes and called through its C 
 ``standalone_files/bnn_runner.c``, cross-compiled once per architecture into the cache: the
 same C API, driven by a small program instead of Python, since an ARM library cannot be loaded
 into this x86 process. Both present ``CompiledRunner``'s interface (``metadata``,
-``input_shape``, ``run``), so ``run`` and ``verify`` use them as they use a TVM module.
+``input_shape``, ``run``: ``chunked.ChunkedRunner``), so ``run`` and ``verify`` use them as they
+use a TVM module.
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ import tempfile
 import numpy as np
 
 from ..errors import BnnError
-from .runtime import HOST_ELF_MACHINES, CompiledRunner
-from .standalone import API_SYMBOL, FILES
+from .chunked import ChunkedRunner
+from .standalone import API_SYMBOL, FILES, gcc_of
+from bnn_tvm.targets import elf
+from bnn_tvm.targets.qemu_user import qemu_command, run_emulated
+from bnn_tvm import targets
+from ..cache import cache_dir
+from ..atomic_files import atomic_write
 
 RUNNER_SOURCE = os.path.join(FILES, "bnn_runner.c")
 # ELF machine -> the built-in target whose qemu, CPU model and sysroot run its libraries here
@@ -32,8 +38,6 @@ EMULATED_TARGETS = {40: "rasp3b-armv7", 183: "aarch64"}
 def is_standalone(path: str) -> bool:
     """Whether ``path`` is a standalone library: it exports ``bnn_model_run_all`` (read from its
     ELF symbol table, so that an ARM library is recognised on x86 too)."""
-    from bnn_tvm.targets import elf
-
     try:
         return API_SYMBOL in elf.dynamic_symbols(path)
     except Exception:  # noqa: BLE001 (not ELF, cut short: not a standalone library)
@@ -44,17 +48,15 @@ def dtype_of(name: str) -> np.dtype:
     return np.dtype("bool" if name == "bool" else name)
 
 
-class StandaloneRunner(CompiledRunner):
+class StandaloneRunner(ChunkedRunner):
     """A standalone library behind ``CompiledRunner``'s interface (no Relax VM)."""
 
-    def __init__(self, path: str):  # noqa: D107 (CompiledRunner.__init__ needs a TVM module; not called)
-        from bnn_tvm.targets import elf
-
+    def __init__(self, path: str):
         self.path = os.path.abspath(path)
         self.device = None
         machine = elf.read_header(path).machine
         # None: a library for this machine; else the target whose qemu-user runs it here
-        self.emulated = None if machine == HOST_ELF_MACHINES.get(platform.machine().lower()) else emulated_target(path, machine)
+        self.emulated = None if machine == elf.HOST_ELF_MACHINES.get(platform.machine().lower()) else emulated_target(path, machine)
         info = self._info_ctypes() if self.emulated is None else self._info_emulated()
         self.metadata = info["metadata"]
         self.input_shape = tuple(info["input_shape"])
@@ -110,12 +112,10 @@ class StandaloneRunner(CompiledRunner):
 
     def _emulate(self, args: list[str], timeout: float = 3600) -> subprocess.CompletedProcess:
         """``bnn_runner`` (cross-compiled for the library's architecture) on this library under qemu."""
-        from bnn_tvm.targets.qemu_user import run_emulated
-
         return run_emulated(self.emulated, [runner_for(self.emulated), self.path, *args], self.path, timeout)
 
     def run(self, x: np.ndarray, source: str = "input") -> list[np.ndarray]:
-        """As ``CompiledRunner.run``; under qemu every chunk runs in one emulator process."""
+        """As ``ChunkedRunner.run``; under qemu every chunk runs in one emulator process."""
         if self.emulated is None:
             return super().run(x, source)
         x = self.check_input(x, source)
@@ -138,10 +138,6 @@ class StandaloneRunner(CompiledRunner):
 def emulated_target(path: str, machine: int):
     """The built-in target (``targets.TargetSpec``) whose qemu-user, CPU model and sysroot run a
     library of ELF ``machine`` here; a BnnError when there is none or its qemu is missing."""
-    from bnn_tvm import targets
-    from bnn_tvm.targets import elf
-    from bnn_tvm.targets.qemu_user import qemu_command
-
     if machine not in EMULATED_TARGETS:
         raise BnnError(f"{path} was compiled for {elf.read_header(path).describe()}; this machine is "
                        f"{platform.machine()} and has no emulator for it")
@@ -152,10 +148,6 @@ def emulated_target(path: str, machine: int):
 
 def runner_for(spec) -> str:
     """``bnn_runner`` cross-compiled for ``spec`` into the cache (rebuilt when its source changes)."""
-    from ..cache import cache_dir
-    from ..atomic_files import atomic_write
-    from .standalone import gcc_of
-
     gcc = gcc_of(spec)
     with open(RUNNER_SOURCE, "rb") as f:
         digest = hashlib.sha256(f.read() + gcc.encode()).hexdigest()[:12]

@@ -12,35 +12,18 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from .compiler import add_graph_outputs, compile_onnx, lower_onnx
 from ..devices.endpoint import Endpoint
 from ..errors import BnnError
 from ..frontend.onnx_import import graph_input, load_for_compile, signs_as_binarizers
 from .runtime import CompiledRunner, check_runs_here
+from .reference import NEAR_TIE, RELATIVE_TOLERANCE, near_ties, reference_outputs
 from .verify_layers import PerLayerReport, verify_per_layer
-
-RELATIVE_TOLERANCE = 1e-5
-
-
-def reference_outputs(
-    model: onnx.ModelProto, x: np.ndarray, input_name: str, batch: int | None = None
-) -> list[np.ndarray]:
-    """ONNX Runtime's outputs, optimisations off; in chunks of ``batch`` for a fixed-batch model."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    step = batch or len(x)
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        chunks = [session.run(None, {input_name: x[i : i + step]}) for i in range(0, len(x), step)]
-    except Exception as err:  # noqa: BLE001 (ORT's errors have no public common type)
-        raise BnnError(f"ONNX Runtime, the reference, cannot run the model: {str(err).strip().splitlines()[0]}") from err
-    return [np.concatenate(parts) for parts in zip(*chunks)]
-
+from bnn_tvm import targets
+from bnn_tvm.targets.qemu_user import qemu_command
+from .standalone_runtime import StandaloneRunner
+from ..devices.remote import remote_bench
 
 @dataclass
 class VerifyReport:
@@ -127,8 +110,6 @@ def verify(
     inputs (``verify_layers``); it runs by itself when binarized values differ end to end.
     ``standalone``: the model is compiled as a standalone library (``bnn_tvm.compilation.standalone``) and
     run here, through ctypes or, for an ARM target, under qemu-user."""
-    from bnn_tvm import targets
-
     if standalone:
         check_standalone_runs_here(targets.get(target), endpoint.remote)
     else:
@@ -201,8 +182,6 @@ def check_standalone_runs_here(spec, remote: bool) -> None:
     if not spec.is_host and spec.isa == "x86_64":
         return  # another x86 CPU's code: runs here if this CPU has its features
     if not spec.is_host and spec.qemu:
-        from bnn_tvm.targets.qemu_user import qemu_command
-
         qemu_command(spec, f"the standalone library of target {spec.name}")  # before compiling: installed?
 
 
@@ -219,10 +198,6 @@ def compare(ours: list, theirs: list, binaries: list[str]) -> tuple[float, float
         name: int(np.sum(a != b)) for name, a, b in zip(binaries, ours[n_final:], theirs[n_final:]) if np.any(a != b)
     }
     return abs_diff, rel_diff, mismatches
-
-
-NEAR_TIE = 1e-5  # relative to the range of a binarizer's input: within float rounding of its threshold
-DECISIONS = ("GreaterOrEqual", "Greater", "Less", "LessOrEqual", "Sign", "Round")
 
 
 @dataclass
@@ -253,50 +228,6 @@ def first_divergence(model, mismatches: dict, ours: dict, theirs: dict, x, input
     differing = ours[tensor] != theirs[tensor]
     found = None if near is None or near.shape != differing.shape else int((differing & near).sum())
     return Divergence(tensor, int(differing.sum()), found)
-
-
-def near_ties(model, tensors: list[str], x, input_name: str, batch) -> dict:
-    """``{tensor: mask}``: where the float graph (ONNX Runtime, on ``x``) puts the input of the
-    binarizer producing ``tensor`` within ``NEAR_TIE`` of its range from the threshold (from a
-    rounding boundary, for a ``Round``); None where that input is not found."""
-    found = {tensor: decision_input(model, tensor) for tensor in tensors}
-    sources = list(dict.fromkeys(f[0] for f in found.values() if f is not None))
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    del probe.graph.output[:]
-    add_graph_outputs(probe, sources)
-    values = dict(zip(sources, reference_outputs(probe, x, input_name, batch))) if sources else {}
-    masks = {}
-    for tensor, decision in found.items():
-        if decision is None:
-            masks[tensor] = None
-            continue
-        source, threshold = decision
-        value = values[source].astype(np.float64)
-        distance = value - threshold if threshold is not None else value - (np.floor(value) + 0.5)
-        scale = float(np.max(np.abs(value - (threshold or 0.0)))) if value.size else 0.0
-        masks[tensor] = np.abs(distance) <= NEAR_TIE * scale
-    return masks
-
-
-def decision_input(model, tensor: str) -> tuple[str, float | None] | None:
-    """``(input, threshold)`` of the comparison (or ``Sign``, or ``Round``: threshold None, its
-    boundaries are the half integers) nearest above ``tensor``: what a binarizer decides on. A
-    threshold that is not a scalar constant is refused (None)."""
-    producer = {out: node for node in model.graph.node for out in node.output}
-    constants = {i.name: i for i in model.graph.initializer}
-    frontier = [tensor]
-    for _ in range(8):
-        nodes = [producer[name] for name in frontier if name in producer]
-        for node in nodes:
-            if node.op_type in ("Sign", "Round"):
-                return node.input[0], 0.0 if node.op_type == "Sign" else None
-            if node.op_type in DECISIONS:
-                value = onnx.numpy_helper.to_array(constants[node.input[1]]) if node.input[1] in constants else None
-                if value is None or value.size != 1:
-                    return None
-                return node.input[0], float(value.reshape(()))
-        frontier = [name for node in nodes for name in node.input if name not in constants]
-    return None
 
 
 @dataclass
@@ -370,8 +301,6 @@ def compiled_outputs(compiled, target: str, x: np.ndarray, endpoint: Endpoint = 
     if compiled.standalone:
         import tempfile
 
-        from .standalone_runtime import StandaloneRunner
-
         with tempfile.TemporaryDirectory(prefix="bnn-verify-") as folder:
             library = os.path.join(folder, "model.so")
             compiled.export(library)
@@ -379,8 +308,6 @@ def compiled_outputs(compiled, target: str, x: np.ndarray, endpoint: Endpoint = 
     if not endpoint.remote:
         return CompiledRunner(compiled.executable).run(x)
     import tempfile
-
-    from ..devices.remote import remote_bench
 
     with tempfile.TemporaryDirectory(prefix="bnn-verify-") as folder:
         library = os.path.join(folder, "model.so")

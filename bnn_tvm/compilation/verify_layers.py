@@ -26,6 +26,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import BnnError
+from .reference import NEAR_TIE, RELATIVE_TOLERANCE, near_ties, reference_outputs
+from bnn_tvm.schedules.float_conv import FLOAT_KERNELS
+from .compiler import PACKED_TENSOR, add_graph_outputs, compile_onnx
 
 # Relax ops whose float result depends on a summation order (a batch norm is per channel: the
 # kernels compute it in ONNX Runtime's order, and it folds into thresholds, so no cut there): a
@@ -58,14 +61,12 @@ class SegmentResult:
     rel_diff: float  # float: max diff relative to the reference's largest magnitude
     inputs: list
     # binary: how many of the differing values ONNX Runtime's binarizer input puts within
-    # ``verify.NEAR_TIE`` of the threshold (float rounding inside the segment: a conv with a
+    # ``reference.NEAR_TIE`` of the threshold (float rounding inside the segment: a conv with a
     # folded non-power-of-two weight scale, a float layer, summing in its own order)
     near_ties: int = 0
 
     @property
     def exact(self) -> bool:
-        from .verify import RELATIVE_TOLERANCE
-
         return self.differing == 0 if self.binary else self.rel_diff <= RELATIVE_TOLERANCE
 
     @property
@@ -86,8 +87,6 @@ class PerLayerReport:
         return all(r.ok for r in self.results)
 
     def lines(self) -> list[str]:
-        from .verify import NEAR_TIE, RELATIVE_TOLERANCE
-
         binary = [r for r in self.results if r.binary]
         floats = [r for r in self.results if not r.binary]
         head = (f"per layer: {len(self.results)} segments ({len(binary)} binary, {len(floats)} float), each compiled "
@@ -122,8 +121,6 @@ def materialised_tensors(lowered) -> tuple[set, set]:
     inside a fused kernel (a chain folded into thresholds) are in neither."""
     import tvm
     from tvm import relax
-
-    from bnn_tvm.schedules.float_conv import FLOAT_KERNELS
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
     graph = lowered.onnx_model.graph
@@ -320,8 +317,6 @@ def verify_per_layer(
     compiled segments' outputs for one ``[1, total]`` row (here, or on a board); ``whole_fused``:
     the whole model's fused kernels, to name those the segments did not compile to; ``standalone``:
     the segments compiled as a standalone library, as the whole model was."""
-    from .compiler import compile_onnx
-
     graph = lowered.onnx_model.graph
     kinds = lowered.packed_kinds()
     floats, materialised = materialised_tensors(lowered)
@@ -373,11 +368,9 @@ def sums_before(graph, tensor: str, stops: set) -> bool:
 
 
 def count_near_ties(results: list, ours: dict, theirs: dict, reference_model, x, input_name: str, batch: int) -> None:
-    """Set ``near_ties`` of each binary segment that differs (``verify.near_ties`` on the
+    """Set ``near_ties`` of each binary segment that differs (``reference.near_ties`` on the
     reference) where a summing op inside the segment can explain them; elsewhere (only
     elementwise ops, which both sides round alike) every difference stays a compiler error."""
-    from .verify import near_ties
-
     differing = [r for r in results if r.binary and r.differing
                  and sums_before(reference_model.graph, r.tensor, set(r.inputs))]
     if not differing:
@@ -395,8 +388,6 @@ def unchecked_kernels(whole: list, segments: list) -> dict:
     segments model; packs are left out (the segments pack their binarized inputs again)."""
     from collections import Counter
 
-    from .compiler import PACKED_TENSOR
-
     def kinds(lines):
         return Counter(line.rsplit(" -> ", 1)[1].split(" [")[0] for line in lines if " -> " in line)
 
@@ -406,9 +397,6 @@ def unchecked_kernels(whole: list, segments: list) -> dict:
 
 def reference_values(model: onnx.ModelProto, tensors: list, x: np.ndarray, input_name: str, batch: int) -> dict:
     """ONNX Runtime's values of ``tensors`` on ``x``, in chunks of the pinned ``model``'s batch."""
-    from .compiler import add_graph_outputs
-    from .verify import reference_outputs
-
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     del probe.graph.output[:]
     add_graph_outputs(probe, tensors)

@@ -35,6 +35,7 @@ from ..cache import cache_dir
 from ..errors import BnnError
 from .endpoint import Endpoint
 from .processes import forget_stale, kill_group, parse_address, process_start, read_text, run_dir, still_ours, tail
+from .tracker import tracker_keys
 
 QEMU_BOARD_DIR = os.path.join(os.path.dirname(__file__), "qemu_board")
 SERVER_SCRIPT = os.path.join(QEMU_BOARD_DIR, "board_server.py")
@@ -407,8 +408,6 @@ def _wait_until(condition, timeout: float, proc: subprocess.Popen, log: str, wha
 
 
 def _registered(tracker: tuple[str, int], key: str) -> bool:
-    from .tracker import tracker_keys
-
     try:
         return key in tracker_keys(tracker, timeout=5)
     except BnnError:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..errors import BnnError
 from .processes import parse_address
+from .tracker import tracker_keys
 
 TRACKER_CHECK_TIMEOUT_S = 10.0
 
@@ -101,8 +102,6 @@ class Endpoint:
         tracker has no board under the key, or nothing listens at the RPC address (TVM's own
         connect retries for seconds, and its tracker request waits for a board forever)."""
         if self.tracker is not None:
-            from .tracker import tracker_keys
-
             key = self.keys(target)[0]
             keys = tracker_keys(self.address, timeout=TRACKER_CHECK_TIMEOUT_S)
             if key not in keys:

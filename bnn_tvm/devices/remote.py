@@ -23,6 +23,8 @@ import numpy as np
 
 from ..errors import BnnError
 from .endpoint import Endpoint
+from bnn_tvm.targets.elf import MACHINE_NAMES, read_header
+from bnn_tvm import targets
 
 DEFAULT_TIMEOUT_S = 300.0  # whole benchmark, emulated board included
 # ONNX Runtime's instruction count varies by up to ~1.6 % from run to run (board_server.ort_bench):
@@ -44,8 +46,6 @@ PHASES = {
 
 
 def _check_module(module_path: str, spec) -> None:
-    from bnn_tvm.targets.elf import MACHINE_NAMES, read_header
-
     if not os.path.isfile(module_path):
         raise BnnError(f"no compiled module at {module_path}")
     header = read_header(module_path)
@@ -72,8 +72,6 @@ def remote_bench(
     board) and ``instructions`` (executed guest instructions of one run, emulated board only,
     else None).  Every failure raises BnnError within ``timeout`` seconds.
     """
-    from bnn_tvm import targets
-
     if isinstance(spec, str):
         spec = targets.get(spec)
     _check_module(module_path, spec)
@@ -101,8 +99,6 @@ def remote_ort_bench(
     ``instructions`` is the median of ``ORT_COUNTED_RUNS`` of them (ONNX Runtime's count varies
     a little from run to run; a TVM module's does not)."""
     import onnx
-
-    from bnn_tvm import targets
 
     from ..frontend.onnx_import import external_data_files
 

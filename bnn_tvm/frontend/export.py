@@ -16,6 +16,8 @@ import os
 from typing import TYPE_CHECKING
 
 from ..atomic_files import atomic_write
+from ..errors import BnnError
+from ..cache import cache_dir
 
 if TYPE_CHECKING:
     import onnx
@@ -113,7 +115,6 @@ def is_checkpoint(path: str) -> bool:
 
 def not_a_model(model: str) -> Exception:
     from ..training import models
-    from ..errors import BnnError
 
     return BnnError(f"{model!r} is neither a file nor a zoo model; give an ONNX file, a checkpoint "
                     f"({'/'.join(CHECKPOINT_SUFFIXES)}) or one of: {', '.join(sorted(models.ZOO))}")
@@ -133,7 +134,6 @@ def resolve_model(model: str | None, cache: str | None = None) -> str:
     """
     if model is None:
         return default_model_path()
-    from ..cache import cache_dir
 
     folder = cache or os.path.join(cache_dir(), "models")
     if os.path.isfile(model):

@@ -23,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import BnnError
+from ..compilation.compiler import read_pinned
 
 
 def attributes(node) -> dict:
@@ -640,8 +641,6 @@ def _module_class():
 def module_from_onnx(path: str, batch: int | None = None):
     """The ONNX model at ``path`` as a ``torch.nn.Module`` in eval mode, read as the compiler reads
     it (``compiler.read_pinned``: input shape pinned to ``batch``, shape arithmetic folded)."""
-    from ..compilation.compiler import read_pinned
-
     model, _, _ = read_pinned(path, batch)
     try:
         return torch_module(model).eval()

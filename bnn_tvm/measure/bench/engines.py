@@ -9,6 +9,9 @@ import numpy as np
 
 from ...errors import BnnError
 from .workload import EngineResult, Prepared, Settings, calls_per_sample, python_sampler, tvm_sampler
+from ...devices.remote import remote_bench, remote_ort_bench
+from bnn_tvm import targets
+from bnn_tvm.targets import mca
 
 
 ENGINES = ("bnn_tvm", "tvm_fp32", "torch_fp32", "ort_fp32", "topi_bitserial")
@@ -20,8 +23,6 @@ def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workd
     compiled.export(path)
     result = EngineResult(engine, note=f"module {os.path.getsize(path) / 1024:.0f} KiB")
     if settings.remote:
-        from ...devices.remote import remote_bench  # the board/RPC client
-
         remote = remote_bench(path, settings.target, x, settings.endpoint, repeat=settings.repeat,
                               count_instructions=settings.count_instructions)
         result.times_ms = [float(remote["median_ms"])]
@@ -66,8 +67,6 @@ def bnn_engine(workload, x, settings, workdir, outputs) -> Prepared:
 def wants_mca(settings: Settings) -> bool:
     """Instruction counts come with llvm-mca's cycle estimates on ARM targets: a count weighs
     every instruction alike, the in-order Cortex-A53 does not."""
-    from bnn_tvm import targets
-
     return settings.count_instructions and targets.get(settings.target).family == "arm"
 
 
@@ -77,8 +76,6 @@ def mca_estimates(compiled, settings: Settings) -> dict | None:
     instruction count still comes."""
     if not wants_mca(settings):
         return None
-    from bnn_tvm import targets
-    from bnn_tvm.targets import mca
 
     try:
         return mca.kernel_estimates(compiled.executable, targets.get(settings.target))
@@ -140,16 +137,12 @@ def torch_engine(workload, x, settings, workdir, outputs) -> Prepared:
 def ort_on_board(settings: Settings) -> bool:
     """Whether ``ort_fp32`` runs on the board: remote runs on aarch64 targets, whose emulated
     board has ONNX Runtime's aarch64 build (``bnn_tvm.devices.board``)."""
-    from bnn_tvm import targets
-
     return settings.remote and targets.get(settings.target).isa == "aarch64"
 
 
 def ort_board_engine(workload, x, settings, workdir, outputs) -> Prepared:
     """ONNX Runtime's aarch64 build on the board, the same ONNX and options as on x86; timed on
     the board (median of its runs), counted over one ``session.run`` like ``bnn_tvm``'s call."""
-    from ...devices.remote import remote_ort_bench
-
     remote = remote_ort_bench(workload.onnx_path, settings.target, x, settings.endpoint, repeat=settings.repeat,
                               count_instructions=settings.count_instructions, threads=settings.threads,
                               budget_s=settings.budget_s)
@@ -191,8 +184,6 @@ def topi_engine(workload, x, settings, workdir, outputs) -> Prepared:
     import tvm
     from tvm import te, topi
 
-    from bnn_tvm import targets
-
     if on_cuda(settings):
         return Prepared(EngineResult("topi_bitserial", error="a CPU baseline: TVM ships no CUDA schedule for it"))
     spec = workload.layer
@@ -220,6 +211,4 @@ HOST_ONLY = {"torch_fp32", "ort_fp32", "topi_bitserial"}
 
 
 def on_cuda(settings: Settings) -> bool:
-    from bnn_tvm import targets
-
     return targets.get(settings.target).family == "cuda"

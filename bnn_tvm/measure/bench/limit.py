@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnn_tvm import targets
+
 
 def popcount_peak(target: str, threads: int) -> dict:
     """Binary MACs per second of the bare inner loop of the conv kernels (broadcast XOR, vector
@@ -14,7 +16,6 @@ def popcount_peak(target: str, threads: int) -> dict:
     import tvm
     from tvm import s_tir, te, tirx
 
-    from bnn_tvm import targets
     from bnn_tvm.schedules import cpu, x86
 
     tvm_target = targets.get(target).tvm_target()

@@ -1,6 +1,8 @@
 """The report: text lines and the plot."""
 
 from __future__ import annotations
+from bnn_tvm.targets.mca import report_lines as mca_lines
+from ...atomic_files import atomic_write
 
 
 def report_lines(report: dict) -> list[str]:
@@ -23,8 +25,6 @@ def report_lines(report: dict) -> list[str]:
                                  for name, ratio in ratios.items()))
     estimates = report["engines"].get("bnn_tvm", {}).get("mca")
     if estimates:
-        from bnn_tvm.targets.mca import report_lines as mca_lines
-
         lines += mca_lines(estimates) if "error" not in estimates else [f"  llvm-mca estimate failed: {estimates['error']}"]
     sizes = report["sizes"]
     size_text = f"  sizes: ONNX {sizes['onnx_bytes'] / 1024:.0f} KiB (fp32 parameters {sizes['fp32_parameter_bytes'] / 1024:.0f} KiB)"
@@ -64,7 +64,6 @@ def plot(reports: list[dict], path: str) -> None:
                     va="center", fontsize=8)
         ax.set_xlabel("median ms (log scale)")
     fig.tight_layout()
-    from ...atomic_files import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

@@ -11,6 +11,7 @@ import numpy as np
 from .engines import ENGINE_FUNCS, HOST_ONLY, ort_on_board
 from .limit import popcount_peak
 from .workload import EngineResult, Prepared, Settings, Workload
+from bnn_tvm import targets
 
 
 def machine(spec=None) -> dict:
@@ -59,8 +60,6 @@ def measure_rounds(prepared: dict, settings: Settings, progress=None, label: str
 
 def benchmark(workload: Workload, settings: Settings, engines: list[str], progress=None) -> dict:
     """Run every engine on ``workload``; the JSON-ready result (see the module docstring)."""
-    from bnn_tvm import targets
-
     from ...compilation.runtime import check_runs_here
 
     spec = targets.get(settings.target)
@@ -148,7 +147,7 @@ def reference_output(workload: Workload, x: np.ndarray) -> np.ndarray:
     against."""
     import onnx
 
-    from ...compilation.verify import reference_outputs
+    from ...compilation.reference import reference_outputs
 
     model = onnx.load(workload.onnx_path)
     name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})

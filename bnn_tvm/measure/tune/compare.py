@@ -8,6 +8,10 @@ import time
 import numpy as np
 
 from ...errors import BnnError
+from bnn_tvm import targets
+from ..bench.limit import popcount_peak
+from ..bench.run import ms_at_limit
+from ..summary import summarize_onnx
 
 
 def compare_model(path: str, target: str, db_dir: str, batch: int | None = None, rounds: int = 15) -> dict:
@@ -16,8 +20,6 @@ def compare_model(path: str, target: str, db_dir: str, batch: int | None = None,
     ``bnn_*``, float convs ``bnn_float_*``) and the whole model (``time_evaluator``, no instrument). Medians over the rounds."""
     import tvm
     from tvm import relax
-
-    from bnn_tvm import targets
 
     from ...compilation.compiler import compile_onnx
 
@@ -65,10 +67,6 @@ def binary_limit(path: str, target: str, batch: int, untuned_binary_ms: float) -
     count TVM uses here): ``limit_ms``, and ``binary_speedup_at_limit``, the most any schedule of
     the popcount kernels could gain over the untuned build's binary kernels (every binary
     kernel doing nothing but its ``XOR + POPCOUNT + ADD`` at the limit)."""
-    from ..bench.limit import popcount_peak
-    from ..bench.run import ms_at_limit
-    from ..summary import summarize_onnx
-
     threads = int(os.environ.get("TVM_NUM_THREADS", 0)) or os.cpu_count() or 1
     macs = summarize_onnx(path).macs_by_bits().get(1, 0) * batch
     peak = popcount_peak(target, threads)

@@ -11,6 +11,7 @@ import numpy as np
 from ...devices.endpoint import Endpoint
 from ...errors import BnnError
 from .tasks import Task
+from bnn_tvm import schedules
 
 
 REPEATS = 9  # timed calls per candidate (each after a cache flush)
@@ -190,7 +191,6 @@ def measure_funcs(funcs: list, spec, measurer: Measurer) -> list[tuple[float | N
 def untuned_func(task: Task, spec):
     """The kernel as compiled without a database: the hand-written schedule of a binary kernel,
     the default lowering of a float one."""
-    from bnn_tvm import schedules
     from bnn_tvm.schedules.tuning import workload
 
     if task.op is None:

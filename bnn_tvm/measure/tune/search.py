@@ -18,6 +18,7 @@ from bnn_tvm.schedules.tuning_files import FAILED_RUN_SECS
 from .records import measure_untuned, save_json, stored_records
 from .report import REPORT_FILE, build_report
 from .tasks import Task, extract_tasks
+from bnn_tvm import targets
 
 
 DEFAULT_TRIALS = 64
@@ -154,8 +155,6 @@ def tune(
 ) -> TuneResult:
     """Tune ``model`` for ``target`` until the database holds ``trials`` records of its tasks (or
     ``minutes`` of searching have passed), measuring on the board at ``endpoint`` (default: here)."""
-    from bnn_tvm import targets
-
     from ...compilation.compiler import lower_onnx
     from bnn_tvm.schedules.tuning import open_database, workload
 
