@@ -61,6 +61,15 @@ def epilogue_rule(ends: set[str]):
     return fold_epilogue
 
 
+def traced_ops(ctx: RuleContext, expr, ends: set[str], is_source):
+    """``(source, steps, visited)``: the float ops from a kernel that ``is_source`` accepts up to
+    ``expr``, where ``expr`` ends a chain and at least one op lies between; else None."""
+    if ctx.binding not in ends:
+        return None
+    traced = trace_chain(ctx, expr, is_source=is_source)
+    return traced if traced is not None and traced[1] else None
+
+
 def is_plain_difference(ctx: RuleContext, expr) -> bool:
     """A TTQ conv's ``b * P - a * N`` kernel without steps yet (``kernels.emit_difference``)."""
     found = ctx.bnn_kernel(expr)
@@ -72,10 +81,8 @@ def difference_rule(ends: set[str]):
     difference kernel's epilogue, each rounded on its own as the graph's ops."""
 
     def fold_difference_epilogue(ctx: RuleContext, expr):
-        if ctx.binding not in ends:
-            return None
-        traced = trace_chain(ctx, expr, is_source=is_plain_difference)
-        if traced is None or not traced[1]:
+        traced = traced_ops(ctx, expr, ends, is_plain_difference)
+        if traced is None:
             return None
         source, steps, visited = traced
         # the float ops (the conv keeps its line)
@@ -103,10 +110,8 @@ def float_conv_rule(ends: set[str]):
     their bias and batch norm become the conv kernel's epilogue, in the reference's order."""
 
     def fold_conv_epilogue(ctx: RuleContext, expr):
-        if ctx.binding not in ends:
-            return None
-        traced = trace_chain(ctx, expr, is_source=is_float_conv)
-        if traced is None or not traced[1]:
+        traced = traced_ops(ctx, expr, ends, is_float_conv)
+        if traced is None:
             return None
         source, steps, visited = traced
         conv = ctx.producer(source)
