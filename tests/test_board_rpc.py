@@ -268,6 +268,37 @@ def test_silent_server_times_out(modules):
     assert time.monotonic() - started < 40
 
 
+def test_kernel_counts_split_the_run_per_kernel(lab, modules):
+    """``tools/arm_kernel_counts.py`` (``bnn.board.kernel_counts``): every kernel call of one run
+    bracketed by the plugin's markers; deterministic, and the kernels' counts (less the hook's
+    overhead) add up to most of the whole run's count, never more."""
+    from tvm import rpc
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+    from arm_kernel_counts import net_counts, session_kernel_counts
+
+    paths, _ = modules
+    x = digits_split()[2][:BATCH]
+    whole = remote_bench(paths["rasp3b"], "rasp3b", x, lab["endpoint"], repeat=1, count_instructions=True)["instructions"]
+    host, port = lab["tracker"].rsplit(":", 1)
+    # a session each: uploading over a module the session has loaded would crash it
+    runs = [session_kernel_counts(rpc.connect_tracker(host, int(port)).request(lab["key"], session_timeout=120),
+                                  paths["rasp3b"], x) for _ in range(2)]
+    # kernels: identical; the VM's own builtins allocate, and the allocator's state in a fresh
+    # session can move them by a few dozen instructions
+    assert runs[0].keys() == runs[1].keys()
+    for name, (calls, count) in runs[0].items():
+        again = runs[1][name]
+        if name.startswith("vm.builtin."):
+            assert calls == again[0] and abs(count - again[1]) <= 1e-3 * count, (name, count, again)
+        else:
+            assert (calls, count) == tuple(again), (name, count, again)
+    kernels, overhead = net_counts(runs[0])
+    assert any(name.startswith("bnn_") for name in kernels) and 0 < overhead < 100_000, (kernels, overhead)
+    total = sum(net for _, net in kernels.values())
+    assert 0.5 * whole < total <= whole, (total, whole)
+
+
 def test_server_killed_mid_run_fails_clearly_within_60s(lab, modules):
     """Kill the board (qemu and its session process) while it is timing the model: clear error fast."""
     paths, _ = modules
@@ -402,34 +433,3 @@ def test_a_board_reachable_from_other_machines_answers_only_to_its_random_key(mo
         assert result["outputs"][0].shape[0] == BATCH
     finally:
         board.stop(state.key)
-
-
-def test_kernel_counts_split_the_run_per_kernel(lab, modules):
-    """``tools/arm_kernel_counts.py`` (``bnn.board.kernel_counts``): every kernel call of one run
-    bracketed by the plugin's markers; deterministic, and the kernels' counts (less the hook's
-    overhead) add up to most of the whole run's count, never more."""
-    from tvm import rpc
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
-    from arm_kernel_counts import net_counts, session_kernel_counts
-
-    paths, _ = modules
-    x = digits_split()[2][:BATCH]
-    whole = remote_bench(paths["rasp3b"], "rasp3b", x, lab["endpoint"], repeat=1, count_instructions=True)["instructions"]
-    host, port = lab["tracker"].rsplit(":", 1)
-    # a session each: uploading over a module the session has loaded would crash it
-    runs = [session_kernel_counts(rpc.connect_tracker(host, int(port)).request(lab["key"], session_timeout=120),
-                                  paths["rasp3b"], x) for _ in range(2)]
-    # kernels: identical; the VM's own builtins allocate, and the allocator's state in a fresh
-    # session can move them by a few dozen instructions
-    assert runs[0].keys() == runs[1].keys()
-    for name, (calls, count) in runs[0].items():
-        again = runs[1][name]
-        if name.startswith("vm.builtin."):
-            assert calls == again[0] and abs(count - again[1]) <= 1e-3 * count, (name, count, again)
-        else:
-            assert (calls, count) == tuple(again), (name, count, again)
-    kernels, overhead = net_counts(runs[0])
-    assert any(name.startswith("bnn_") for name in kernels) and 0 < overhead < 100_000, (kernels, overhead)
-    total = sum(net for _, net in kernels.values())
-    assert 0.5 * whole < total <= whole, (total, whole)

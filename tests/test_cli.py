@@ -265,20 +265,3 @@ print(sorted(m for m in ("torch", "onnx") if m in sys.modules))
     train_help = subprocess.run([sys.executable, "-m", "bnn_tvm", "train", "--help"], capture_output=True, text=True)
     assert "activation quantizer (ste_sign, approx_sign" in train_help.stdout
     assert "magnitude_aware_sign" in train_help.stdout
-
-
-def test_tracker_check_waits_for_a_board_between_sessions(monkeypatch):
-    """A server that has just ended a session is missing from the tracker for a moment: the check
-    waits for it to register again, and still refuses a key that never appears."""
-    from bnn_tvm.devices import endpoint as endpoint_module
-    from bnn_tvm.devices.endpoint import Endpoint
-    from bnn_tvm.errors import BnnError
-
-    answers = iter([{}, {}, {"rasp3b": 1}])
-    monkeypatch.setattr(endpoint_module, "tracker_keys", lambda address, timeout: next(answers))
-    Endpoint(tracker="127.0.0.1:9190").check_reachable("rasp3b")  # registered on the third look
-
-    monkeypatch.setattr(endpoint_module, "tracker_keys", lambda address, timeout: {"other": 1})
-    monkeypatch.setattr(endpoint_module, "REREGISTER_WAIT_S", 0.5)
-    with pytest.raises(BnnError, match="no server registered with key 'rasp3b'; registered keys: other"):
-        Endpoint(tracker="127.0.0.1:9190").check_reachable("rasp3b")

@@ -5,7 +5,6 @@ commands hand to the remote benchmark (``devices.remote``) and the tuner's runne
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from ..errors import BnnError
@@ -13,7 +12,6 @@ from .processes import parse_address
 from .tracker import tracker_keys
 
 TRACKER_CHECK_TIMEOUT_S = 10.0
-REREGISTER_WAIT_S = 8.0  # how long a key may be missing from the tracker between two sessions
 
 
 KEY_HELP = "the board's key at the tracker (default: the target name)"
@@ -106,12 +104,6 @@ class Endpoint:
         if self.tracker is not None:
             key = self.keys(target)[0]
             keys = tracker_keys(self.address, timeout=TRACKER_CHECK_TIMEOUT_S)
-            # a server that has just ended a session registers again a moment later: give a
-            # board that was busy a few seconds before calling its key unknown
-            deadline = time.monotonic() + REREGISTER_WAIT_S
-            while key not in keys and time.monotonic() < deadline:
-                time.sleep(0.25)
-                keys = tracker_keys(self.address, timeout=TRACKER_CHECK_TIMEOUT_S)
             if key not in keys:
                 known = ", ".join(f"{k} ({free} free)" for k, free in sorted(keys.items())) or "none"
                 raise BnnError(f"tracker {self.tracker} has no server registered with key {key!r}; "
