@@ -284,15 +284,12 @@ def test_kernel_counts_split_the_run_per_kernel(lab, modules):
     # a session each: uploading over a module the session has loaded would crash it
     runs = [session_kernel_counts(rpc.connect_tracker(host, int(port)).request(lab["key"], session_timeout=120),
                                   paths["rasp3b"], x) for _ in range(2)]
-    # kernels: identical; the VM's own builtins allocate, and the allocator's state in a fresh
-    # session can move them by a few dozen instructions (seen: 27 and 32)
+    # each count includes the instrument hook's way back into the VM (Python and FFI), and the
+    # VM's builtins allocate: a fresh session moves them by a few instructions (seen: 3, 27, 32)
     assert runs[0].keys() == runs[1].keys()
     for name, (calls, count) in runs[0].items():
         again = runs[1][name]
-        if name.startswith("vm.builtin."):
-            assert calls == again[0] and abs(count - again[1]) <= max(256, 1e-3 * count), (name, count, again)
-        else:
-            assert (calls, count) == tuple(again), (name, count, again)
+        assert calls == again[0] and abs(count - again[1]) <= max(256, 1e-3 * count), (name, count, again)
     kernels, overhead = net_counts(runs[0])
     assert any(name.startswith("bnn_") for name in kernels) and 0 < overhead < 100_000, (kernels, overhead)
     total = sum(net for _, net in kernels.values())
