@@ -1535,14 +1535,14 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: PackKnobs | No
               space: bool = False) -> Scheduled:
     """Float NCHW -> bits: each vector takes ``lanes`` consecutive positions of a row; per
     channel one load, one compare, one masked add of the channel's bit; the finished words
-    are stored channels-last. A 2-D input: ``generic``."""
-    knobs = knobs or pack_knobs(sch, func, unit)
+    are stored channels-last. ``[rows, C]`` input: ``pack_rows``; other ranks: ``generic``."""
     block = sch.get_sblock("pack_sign")
     loops = sch.get_loops(block)
     if len(loops) == 3:
         return pack_rows(sch, func, unit)
     if len(loops) != 5:
         return generic(sch, func, unit)
+    knobs = knobs or pack_knobs(sch, func, unit)
     n, y, x, cw, b = loops
     (width,) = extents(sch, [x])
     # Vectors along the row only: a vector spanning rows would make the local word buffer's
