@@ -508,6 +508,13 @@ def bnn_kernels(mod) -> list[str]:
                   if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "bnn.op" in f.attrs)
 
 
+def per_channel(values):
+    """One float32 value per channel of an NCHW tensor: a ``[1, C, 1, 1]`` Relax constant."""
+    from tvm import relax
+
+    return relax.const(np.asarray(values, np.float32).reshape(1, -1, 1, 1))
+
+
 def emit_binarizer(bb, t):
     """This project's binarizer ``where(t >= 0, 1, -1)`` on ``t``, emitted by the block builder ``bb``."""
     from tvm import relax

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tvm import relax
 
-from conftest import bnn_kernels, emit_binarizer, run_relax
+from conftest import bnn_kernels, emit_binarizer, per_channel, run_relax
 
 from bnn_tvm.relay_passes.fold_float_epilogues import fold_float_epilogues
 from bnn_tvm.relay_passes.fuse_binary_conv2d import fuse_binary_conv2d
@@ -16,12 +16,7 @@ from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
 
 RNG = np.random.default_rng(17)
 SHAPE = [1, 16, 6, 6]
-CHANNEL = [1, 16, 1, 1]
 WEIGHT = np.where(RNG.standard_normal((16, 16, 3, 3)) >= 0, 1, -1).astype(np.float32)
-
-
-def per_channel(values) -> relax.Constant:
-    return relax.const(np.asarray(values, np.float32).reshape(CHANNEL))
 
 
 def batch_norm(bb, d):  # full-mantissa scales: an FMA would round differently from the graph

@@ -9,7 +9,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from conftest import emit_binarizer, run_relax
+from conftest import emit_binarizer, per_channel, run_relax
 
 from bnn_tvm.relay_passes.fold_float_epilogues import fold_float_epilogues
 from bnn_tvm.relay_passes.fold_residual_add import fold_residual_add
@@ -18,12 +18,7 @@ from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
 
 RNG = np.random.default_rng(19)
 SHAPE = [1, 16, 6, 6]
-CHANNEL = [1, 16, 1, 1]
 WEIGHT = np.where(RNG.standard_normal((16, 16, 3, 3)) >= 0, 1, -1).astype(np.float32)
-
-
-def per_channel(values) -> relax.Constant:
-    return relax.const(np.asarray(values, np.float32).reshape(CHANNEL))
 
 
 def residual_block(rprelu: bool = False, shared: bool = False):
