@@ -284,12 +284,14 @@ def test_kernel_counts_split_the_run_per_kernel(lab, modules):
     # a session each: uploading over a module the session has loaded would crash it
     runs = [session_kernel_counts(rpc.connect_tracker(host, int(port)).request(lab["key"], session_timeout=120),
                                   paths["rasp3b"], x) for _ in range(2)]
-    # each count includes the instrument hook's way back into the VM (Python and FFI), and the
-    # VM's builtins allocate: a fresh session moves them by a few instructions (seen: 3, 27, 32)
-    assert runs[0].keys() == runs[1].keys()
-    for name, (calls, count) in runs[0].items():
-        again = runs[1][name]
-        assert calls == again[0] and abs(count - again[1]) <= max(256, 1e-3 * count), (name, count, again)
+    # the same calls; a kernel's count includes the instrument hook's way back into the VM
+    # (Python and FFI), which a fresh session moves by a few instructions (seen: 3); the VM's
+    # builtins run the allocator, whose state is the board's, not ours (alloc_storage: 661 of
+    # 245,159), so only their calls are compared
+    assert {name: calls for name, (calls, _) in runs[0].items()} == {name: calls for name, (calls, _) in runs[1].items()}
+    for name, (_, count) in runs[0].items():
+        if not name.startswith("vm.builtin."):
+            assert abs(count - runs[1][name][1]) <= 256, (name, count, runs[1][name])
     kernels, overhead = net_counts(runs[0])
     assert any(name.startswith("bnn_") for name in kernels) and 0 < overhead < 100_000, (kernels, overhead)
     total = sum(net for _, net in kernels.values())
