@@ -41,6 +41,16 @@ class GraphBuilder:
         ge = self.node("Greater" if strict else "GreaterOrEqual", [x, self.const(np.float32(0))])
         return self.node("Where", [ge, self.const(np.float32(1)), self.const(np.float32(-1))])
 
+    def larq_binarizer_nhwc(self, x, pad_one: bool):
+        """Larq's ``ste_sign`` as tf2onnx exports it for NCHW inputs: ``Sign(Add(Sign(x), 0.1))`` in
+        NHWC between two transposes, with Larq's ``pad_values=1`` as an NHWC ``Pad`` before the second."""
+        nhwc = self.node("Transpose", [x], perm=[0, 2, 3, 1])
+        bits = self.node("Sign", [self.node("Add", [self.node("Sign", [nhwc]), self.const(np.float32(0.1))])])
+        if pad_one:
+            pads = self.const(np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64))
+            bits = self.node("Pad", [bits, pads, self.const(np.float32(1))], mode="constant")
+        return self.node("Transpose", [bits], perm=[0, 3, 1, 2])
+
     def binary_weight(self, shape):
         return np.where(self.rng.standard_normal(shape) >= 0, 1.0, -1.0).astype(np.float32)
 

@@ -826,17 +826,6 @@ def test_xnor_net_per_sample_activation_scale_moves_after_the_conv(tmp_path):
     assert all(r.binary for r in convs), [(r.name, r.note) for r in convs]
 
 
-def larq_binarizer_nhwc(g, x, pad_one: bool):
-    """Larq's ``ste_sign`` as tf2onnx exports it for NCHW inputs: ``Sign(Add(Sign(x), 0.1))`` in
-    NHWC between two transposes, with Larq's ``pad_values=1`` as an NHWC ``Pad`` before the second."""
-    nhwc = g.node("Transpose", [x], perm=[0, 2, 3, 1])
-    bits = g.node("Sign", [g.node("Add", [g.node("Sign", [nhwc]), g.const(np.float32(0.1))])])
-    if pad_one:
-        pads = g.const(np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64))
-        bits = g.node("Pad", [bits, pads, g.const(np.float32(1))], mode="constant")
-    return g.node("Transpose", [bits], perm=[0, 3, 1, 2])
-
-
 def test_larq_binarizers_between_tf2onnx_transposes(tmp_path):
     """tf2onnx's layout: the transposes around Larq's binarizer (and its +1 pad) cancel, the
     binarizer is recognised (x = 0 gives +1), the BN that tf2onnx folded into the weights
@@ -844,9 +833,9 @@ def test_larq_binarizers_between_tf2onnx_transposes(tmp_path):
     convs are binary, exact at x = 0."""
     g = GraphBuilder([1, 16, 6, 6], seed=28)
     scale = g.rng.uniform(0.2, 2.0, (24, 1, 1, 1)).astype(np.float32) * np.where(g.rng.random((24, 1, 1, 1)) < 0.3, -1, 1)
-    y = g.conv(larq_binarizer_nhwc(g, "x", pad_one=True), g.binary_weight((24, 16, 3, 3)) * scale.astype(np.float32),
+    y = g.conv(g.larq_binarizer_nhwc("x", pad_one=True), g.binary_weight((24, 16, 3, 3)) * scale.astype(np.float32),
                bias=g.rng.standard_normal(24).astype(np.float32))
-    y = g.conv(larq_binarizer_nhwc(g, y, pad_one=False), g.binary_weight((8, 24, 6, 6)))  # to 1x1
+    y = g.conv(g.larq_binarizer_nhwc(y, pad_one=False), g.binary_weight((8, 24, 6, 6)))  # to 1x1
     # on a 1x1 feature map tf2onnx writes the transposes as reshapes
     nhwc = g.node("Reshape", [y, g.const(np.array([1, 1, 1, 8], np.int64))])
     bits = g.node("Sign", [g.node("Add", [g.node("Sign", [nhwc]), g.const(np.float32(0.1))])])

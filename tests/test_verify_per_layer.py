@@ -151,3 +151,53 @@ def test_near_ties_excuse_a_segment_only_behind_a_summing_op():
     ], "g", [], [])
     assert not sums_before(graph, "q", {"x"})
     assert sums_before(graph, "b", {"x"}) and not sums_before(graph, "b", {"c"})
+
+
+def test_tf2onnx_segments_compile_to_the_whole_models_binary_kernels(tmp_path):
+    """Larq binarizers as tf2onnx writes them (NHWC between transposes): each segment input is
+    fed in the transposes' NCHW layout and each binarized output compared there, so that the
+    segments' transposes cancel and their convs run binary with the binarizers in their
+    thresholds, as in the whole model; the inner ``Sign`` of ``Sign(Add(Sign(x), 0.1))``, inside
+    a kernel of the whole model, is no cut."""
+    g = GraphBuilder([1, 16, 6, 6], seed=28)
+    scale = g.rng.uniform(0.2, 2.0, (24, 1, 1, 1)).astype(np.float32)
+    y = g.conv(g.larq_binarizer_nhwc("x", pad_one=True), g.binary_weight((24, 16, 3, 3)) * scale,
+               bias=g.rng.standard_normal(24).astype(np.float32))
+    y = g.conv(g.larq_binarizer_nhwc(y, pad_one=True), g.binary_weight((8, 24, 3, 3)))
+    out = g.conv(g.larq_binarizer_nhwc(y, pad_one=False), g.binary_weight((5, 8, 4, 4)))
+    report = verify(save(g.model([out]), tmp_path / "tf2onnx.onnx"), "x86",
+                    x=np.random.default_rng(4).standard_normal((2, 16, 6, 6)).astype(np.float32), per_layer=True)
+    lines = "\n".join(report.lines())
+    assert report.ok and report.per_layer.exact, lines
+    kinds = [line.split(" -> ")[1].split(" [")[0] for line in report.per_layer.fused]
+    assert kinds.count("layout_transposes_cancelled") >= 3, report.per_layer.fused
+    assert kinds.count("binary_conv2d_threshold") >= 2 and "binary_conv2d" in kinds, report.per_layer.fused
+    binary = [r.tensor for r in report.per_layer.results if r.binary]
+    assert len(binary) == 3, binary  # the three outer Signs, not the inner ones
+    assert not any("binary_conv2d" in kernel for kernel in report.per_layer.unchecked), report.per_layer.unchecked
+
+
+def test_float_rounding_compounding_after_the_binarizers_is_told_apart(tmp_path):
+    """A float layer's last-ulp difference (an average pool summing in another order than ONNX
+    Runtime's) made large against the output by cancellation (minus ONNX Runtime's own values):
+    beyond the tolerance end to end, yet every binarized value is identical and every kernel within
+    rounding on ONNX Runtime's inputs; ``verify`` says so and passes, and names it."""
+    def model(path, subtract=None):
+        g = GraphBuilder(SHAPE, seed=9)
+        pooled = g.node("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+        hidden = g.conv(g.binarize(pooled), g.binary_weight((8, 8, 3, 3)), pad=1)
+        out = g.node("Add", [hidden, pooled])
+        if subtract is not None:
+            out = g.node("Sub", [out, g.const(subtract)])
+        return save(g.model([out]), path)
+
+    x = inputs(batch=1)
+    probe = model(tmp_path / "probe.onnx")
+    theirs = reference_outputs(onnx.load(probe), x, "x")[0]
+    report = verify(model(tmp_path / "cancel.onnx", theirs[0]), "x86", x=x)
+    if report.max_rel_diff <= 1e-5:
+        pytest.skip("the average pool rounds as ONNX Runtime's on this machine: nothing to compound")
+    lines = "\n".join(report.lines())
+    assert not report.binary_mismatches and report.binary_checked and report.float_drift, lines
+    assert report.per_layer is not None and report.per_layer.exact, lines
+    assert "the float layers' rounding compounding" in lines and report.ok

@@ -134,6 +134,24 @@ class LoweredModel:
             f"{r.detail} -> {r.kernel} [{', '.join(self.onnx_nodes(r.nodes))}]" for log in self.logs for r in log.rewrites
         ]
 
+    def kernel_calls(self) -> dict:
+        """``{kernel: calls}`` of ``main``, the project's kernels by kind (``bnn.op``): those that run,
+        where ``fused_lines`` also lists rewrites a later one absorbed (a conv's epilogue folded on
+        into its thresholds)."""
+        import tvm
+
+        call_tir = tvm.ir.Op.get("relax.call_tir")
+        calls: dict = {}
+        for block in self.mod["main"].body.blocks:
+            for binding in block.bindings:
+                value = binding.value
+                if isinstance(value, tvm.relax.Call) and value.op == call_tir:
+                    attrs = self.mod[value.args[0]].attrs
+                    if attrs is not None and "bnn.op" in attrs:
+                        kind = str(attrs["bnn.op"])
+                        calls[kind] = calls.get(kind, 0) + 1
+        return calls
+
     def binarizer_outputs(self) -> list[str]:
         """ONNX tensors the passes turned into packed bits (binary and k-bit activations, and the
         ternary ``Sign`` a conv or dense reads as sign and nonzero planes, or as two bipolar halves)."""
@@ -317,6 +335,7 @@ def compile_onnx(
             "input_shape": lowered.input_shape,
             "outputs": [o.name for o in lowered.onnx_model.graph.output],
             "fused": lowered.fused_lines(),
+            "kernels": lowered.kernel_calls(),
         }
         if binarize:
             metadata["sign_zero"] = sign_zero  # the convention the passes compiled (none without them)

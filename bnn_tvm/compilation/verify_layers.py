@@ -41,6 +41,7 @@ FLOAT_LAYER_OPS = {
 }
 FED = "/ort"  # suffix of a segment input's name: ONNX Runtime's value of that tensor
 INPUT = "ort_values"  # the segments model's one input
+UNPERMUTED = "/unpermuted"  # suffix of a binarized tensor in its layout transpose's input layout
 MIN_OPSET = 11  # Slice with inputs (10), Round (11)
 SCALARS = {"zero": 0.0, "one": 1.0, "minus_one": -1.0}
 CONSTANTS = {key: f"per_layer_{key}" for key in SCALARS}  # their initializers' names
@@ -261,9 +262,41 @@ def level_count(tensor: str, graph) -> float:
     return float(constants[node.input[1]].reshape(()))
 
 
-def segments_model(model: onnx.ModelProto, segments: list[Segment], shapes: dict, kinds: dict) -> onnx.ModelProto:
-    """All ``segments`` of ``model`` side by side, reading their inputs (of ``shapes``) from one
-    ``[1, total]`` input; binarized inputs (``kinds``: their pack kernel) binarized again."""
+# ops a binarizer computes elementwise from one tensor (the others constants): tf2onnx's
+# ``Sign(Add(Sign(x), 0.1))`` on the output of a layout transpose
+ELEMENTWISE_OPS = {"Sign", "Add", "Sub", "Mul", "Div", "Neg", "Clip", "Identity"}
+
+
+def layout_transposes(graph, tensors) -> dict:
+    """``{tensor: perm}`` for those of ``tensors`` computed elementwise from a ``Transpose``'s
+    output (tf2onnx puts a Larq binarizer in NHWC between two transposes). Such a segment input is
+    fed in the transpose's input layout, binarized there and transposed as in the whole model; such
+    a segment output is transposed back to that layout: so the segment's transposes cancel as the
+    whole model's do, and its conv runs binary with the binarizer in its thresholds."""
+    producer = {out: node for node in graph.node for out in node.output if out}
+    constants = {i.name for i in graph.initializer} | {
+        out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    found = {}
+    for tensor in tensors:
+        node = producer.get(tensor)
+        while node is not None and node.op_type in ELEMENTWISE_OPS:
+            data = [name for name in node.input if name and name not in constants]
+            node = producer.get(data[0]) if len(data) == 1 else None
+        if node is not None and node.op_type == "Transpose":
+            found[tensor] = [a.ints for a in node.attribute if a.name == "perm"][0]
+    return found
+
+
+def fed_layout(value: np.ndarray, perm) -> np.ndarray:
+    """``value`` (a tensor ``Transpose(u, perm)`` computes elementwise) in ``u``'s layout."""
+    return value if perm is None else np.transpose(value, np.argsort(perm))
+
+
+def segments_model(model: onnx.ModelProto, segments: list[Segment], shapes: dict, kinds: dict,
+                   layouts: dict) -> onnx.ModelProto:
+    """All ``segments`` of ``model`` side by side, reading their inputs (of ``shapes``, in the
+    layout ``fed_layout`` gives them) from one ``[1, total]`` input; binarized inputs (``kinds``:
+    their pack kernel) binarized again, and transposed back where ``layouts`` has a perm."""
     graph = model.graph
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if opset < MIN_OPSET:
@@ -272,9 +305,10 @@ def segments_model(model: onnx.ModelProto, segments: list[Segment], shapes: dict
     fed_tensors = list(dict.fromkeys(t for s in segments for t in s.inputs))
     nodes, offset = [], 0
     for tensor in fed_tensors:
-        size = int(np.prod(shapes[tensor]))
+        shape = fed_layout(np.empty(shapes[tensor], np.bool_), layouts.get(tensor)).shape
+        size = int(np.prod(shape))
         raw = tensor + FED + ("_raw" if tensor in kinds else "")
-        bounds = {"starts": [0, offset], "ends": [1, offset + size], "axes": [0, 1], "shape": list(shapes[tensor])}
+        bounds = {"starts": [0, offset], "ends": [1, offset + size], "axes": [0, 1], "shape": list(shape)}
         names = {key: f"{tensor}{FED}_{key}" for key in bounds}
         initializers += [numpy_helper.from_array(np.array(v, np.int64), names[k]) for k, v in bounds.items()]
         nodes.append(helper.make_node("Slice", [INPUT, names["starts"], names["ends"], names["axes"]], [raw + "_flat"],
@@ -282,6 +316,11 @@ def segments_model(model: onnx.ModelProto, segments: list[Segment], shapes: dict
         nodes.append(helper.make_node("Reshape", [raw + "_flat", names["shape"]], [raw], name=raw))
         if tensor in kinds:
             more_nodes, more_initializers = rebinarizer(tensor, kinds[tensor], raw, graph)
+            if tensor in layouts:  # binarized in the transpose's input layout, then transposed
+                binarized = more_nodes[-1].output[0]
+                more_nodes[-1].output[0] = binarized + UNPERMUTED
+                more_nodes.append(helper.make_node("Transpose", [binarized + UNPERMUTED], [binarized],
+                                                   name=binarized + "_transpose", perm=list(layouts[tensor])))
             nodes += more_nodes
             initializers += more_initializers
         offset += size
@@ -298,7 +337,11 @@ def segments_model(model: onnx.ModelProto, segments: list[Segment], shapes: dict
                 node.name = f"{node.name}/segment{number}"
             emitted.add(index)
             nodes.append(node)
-    outputs = [helper.make_empty_tensor_value_info(t) for s in segments for t in s.outputs]
+    for tensor in (t for s in segments for t in s.outputs if t in layouts):  # its transposes cancel
+        nodes.append(helper.make_node("Transpose", [tensor], [tensor + UNPERMUTED], name=tensor + UNPERMUTED,
+                                      perm=[int(a) for a in np.argsort(layouts[tensor])]))
+    outputs = [helper.make_empty_tensor_value_info(t + (UNPERMUTED if t in layouts else ""))
+               for s in segments for t in s.outputs]
     inputs = [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, [1, offset])]
     weights = list(graph.initializer) + initializers
     new_graph = helper.make_graph(nodes, "segments", inputs, outputs, initializer=weights)
@@ -309,17 +352,19 @@ def segments_model(model: onnx.ModelProto, segments: list[Segment], shapes: dict
 
 def verify_per_layer(
     lowered, reference_model: onnx.ModelProto, x: np.ndarray, target: str, sign_zero: str = "exact",
-    progress: bool = False, run=None, whole_fused: list = (), standalone: bool = False,
+    progress: bool = False, run=None, whole_kernels: dict | None = None, standalone: bool = False,
 ) -> PerLayerReport:
     """Cut ``lowered``'s model into segments, compile them once, run each on ONNX Runtime's
     (``reference_model``: the pinned graph the reference runs, ``Sign(0) = +1`` under
     ``--sign-zero plus``) values of its inputs on ``x`` and compare. ``run(compiled, row)``: the
-    compiled segments' outputs for one ``[1, total]`` row (here, or on a board); ``whole_fused``:
-    the whole model's fused kernels, to name those the segments did not compile to; ``standalone``:
+    compiled segments' outputs for one ``[1, total]`` row (here, or on a board); ``whole_kernels``:
+    the whole model's kernel calls by kind, to name those the segments did not compile to; ``standalone``:
     the segments compiled as a standalone library, as the whole model was."""
     graph = lowered.onnx_model.graph
-    kinds = lowered.packed_kinds()
     floats, materialised = materialised_tensors(lowered)
+    # a binarized tensor the whole model computes inside a kernel (tf2onnx's inner ``Sign`` of
+    # ``Sign(Add(Sign(x), 0.1))``, folded with the outer one into a conv's thresholds) is no cut
+    kinds = {t: kind for t, kind in lowered.packed_kinds().items() if t in materialised}
     segments = cut_into_segments(graph, set(kinds), floats, {o.name for o in graph.output}, materialised)
     fed = list(dict.fromkeys(t for s in segments for t in s.inputs))
     outputs = [t for s in segments for t in s.outputs]
@@ -328,21 +373,24 @@ def verify_per_layer(
     chunks = len(x) // batch
     values = reference_values(reference_model, list(dict.fromkeys(fed + outputs)), x, lowered.input_name, batch)
     shapes = {t: (len(v) // chunks, *v.shape[1:]) for t, v in values.items()}
-    model = segments_model(lowered.onnx_model, segments, shapes, kinds)
+    layouts = layout_transposes(graph, kinds)
+    model = segments_model(lowered.onnx_model, segments, shapes, kinds, layouts)
     with tempfile.TemporaryDirectory(prefix="bnn-per-layer-") as folder:
         path = os.path.join(folder, "segments.onnx")
         onnx.save(model, path)
         compiled = compile_onnx(path, target, progress=progress, sign_zero=sign_zero, standalone=standalone)
-    ours = [run(compiled, np.concatenate([part(values[t], c, chunks).reshape(-1) for t in fed])[None])
+    ours = [run(compiled, np.concatenate([fed_layout(part(values[t], c, chunks), layouts.get(t)).reshape(-1)
+                                          for t in fed])[None])
             for c in range(chunks)]  # one compiled batch's segment inputs per run, as one row
     ours_of = {t: np.concatenate([o[i] for o in ours]) for i, t in enumerate(outputs)}
+    ours_of.update({t: np.transpose(ours_of[t], layouts[t]) for t in outputs if t in layouts})
     results = []
     for segment in segments:
         for tensor in segment.outputs:
             results.append(compare_segment(tensor, tensor in kinds, ours_of[tensor], values[tensor], segment.inputs))
     count_near_ties(results, ours_of, values, reference_model, x, lowered.input_name, batch)
     fused = compiled.metadata["fused"]
-    return PerLayerReport(results, fused, unchecked_kernels(whole_fused, fused))
+    return PerLayerReport(results, fused, unchecked_kernels(whole_kernels, compiled.metadata["kernels"]))
 
 
 # ops that sum many terms in an order of their own (ONNX Runtime's and the kernel's may differ):
@@ -383,15 +431,13 @@ def count_near_ties(results: list, ours: dict, theirs: dict, reference_model, x,
             r.near_ties = int((diff & mask).sum())
 
 
-def unchecked_kernels(whole: list, segments: list) -> dict:
-    """Kernels (by kind, from ``compile``'s fused lines) the whole model has more of than the
-    segments model; packs are left out (the segments pack their binarized inputs again)."""
+def unchecked_kernels(whole: dict, segments: dict) -> dict:
+    """Kernels (``{kind: calls}``, as ``LoweredModel.kernel_calls`` counts them) the whole model
+    calls more often than the segments model; packs are left out (the segments pack their
+    binarized inputs again)."""
     from collections import Counter
 
-    def kinds(lines):
-        return Counter(line.rsplit(" -> ", 1)[1].split(" [")[0] for line in lines if " -> " in line)
-
-    lacking = kinds(whole) - kinds(segments)
+    lacking = Counter(whole) - Counter(segments)
     return {kernel: count for kernel, count in lacking.items() if kernel not in PACKED_TENSOR}
 
 
