@@ -31,6 +31,8 @@ def float_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, *consts: 
     oc, _, kh, kw = (int(v) for v in weight.shape)
     (sh, sw), (pt, pl, pb, pr) = strides, padding
     oh, ow = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+    if pointwise_across_rows(kh, kw, strides, padding, ow):
+        return pointwise_conv2d(data, weight, consts, steps)
     if any(padding):
         zero = tirx.const(0, data.dtype)
         padded = te.compute(
@@ -54,6 +56,51 @@ def float_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, *consts: 
         (n, oc, oh, ow), lambda i, o, y, x: bitserial.apply_epilogue(acc[i, y, x, o], [c[o] for c in consts], steps),
         name="conv_out",
     )
+
+
+POSITION_GROUP = 4  # positions a tile takes per vector load (4 float32 lanes; ``tile`` prefers whole groups)
+
+
+def pointwise_across_rows(kh: int, kw: int, strides, padding, ow: int) -> bool:
+    """A 1x1, stride-1, unpadded conv whose rows are not whole groups of ``POSITION_GROUP``
+    positions (Bi-Real's 14- and 7-wide downsampling shortcuts): computed as a GEMM over the
+    flattened positions (``pointwise_conv2d``), whose tiles run across rows. Wider rows in whole
+    groups (28, 56) keep per-row tiles: the flattened form's two copies would gain them nothing."""
+    return (kh, kw) == (1, 1) and tuple(strides) == (1, 1) and not any(padding) and ow % POSITION_GROUP != 0
+
+
+def pointwise_conv2d(data: te.Tensor, weight: te.Tensor, consts, steps) -> te.Tensor:
+    """``float_conv2d`` of a 1x1 stride-1 unpadded conv as a GEMM ``[OC, C] x [C, P]`` over the
+    ``H * W`` positions flattened and zero-padded to ``P``, a multiple of ``POSITION_GROUP``:
+    ``flat_positions [N, C, P]`` (a copy, zeros past ``H * W``), ``conv_acc [N, P, OC]``,
+    ``conv_tiles [N, OC, 1, P]`` (the epilogue, NCHW-like rows of positions, so that a tile's
+    transposed stores are one rectangle), then ``conv_out`` copies the ``H * W`` real positions
+    out. Each output is the same sum over ``rc`` in order and the same epilogue as
+    ``float_conv2d``'s: bit for bit the same values; the padded positions are computed and dropped."""
+    n, c, h, w = (int(v) for v in data.shape)
+    oc = int(weight.shape[0])
+    positions = h * w
+    padded = -(-positions // POSITION_GROUP) * POSITION_GROUP
+    zero = tirx.const(0, data.dtype)
+    flat = te.compute(
+        (n, c, padded),
+        lambda i, k, p: tirx.if_then_else(p < positions, data[i, k, p // w, p % w], zero),
+        name="flat_positions",
+    )
+    rc = te.reduce_axis((0, c), name="rc")
+    ry = te.reduce_axis((0, 1), name="ry")
+    rx = te.reduce_axis((0, 1), name="rx")
+    acc = te.compute(
+        (n, padded, oc),
+        lambda i, p, o: te.sum(flat[i, rc, p + ry + rx] * weight[o, rc, ry, rx], axis=[rc, ry, rx]),
+        name="conv_acc",
+    )
+    tiles = te.compute(
+        (n, oc, 1, padded),
+        lambda i, o, _, p: bitserial.apply_epilogue(acc[i, p, o], [k[o] for k in consts], steps),
+        name="conv_tiles",
+    )
+    return te.compute((n, oc, h, w), lambda i, o, y, x: tiles[i, o, 0, y * w + x], name="conv_out")
 
 
 def plain_float_conv(call) -> bool:
