@@ -24,14 +24,17 @@ FLOAT_CONV = "float_conv2d"
 FLOAT_KERNELS = (FLOAT_CONV,)  # bnn.op kernels that compute in float (inspect: float path; tune: float tasks)
 
 
-def float_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, *consts: te.Tensor, steps=()) -> te.Tensor:
+def float_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, *consts: te.Tensor, steps=(),
+                 across_rows: bool = False) -> te.Tensor:
     """NCHW float conv, accumulated in a channels-last stage ``conv_acc [N, OH, OW, OC]``, then
-    the per-channel float ``steps`` with ``consts`` (a bias, a batch norm: ``bitserial.apply_epilogue``)."""
+    the per-channel float ``steps`` with ``consts`` (a bias, a batch norm: ``bitserial.apply_epilogue``).
+    ``across_rows``: a ``pointwise_across_rows`` conv as ``pointwise_conv2d`` (the target's
+    family is in ``ACROSS_ROWS_FAMILIES``)."""
     n, c, h, w = (int(v) for v in data.shape)
     oc, _, kh, kw = (int(v) for v in weight.shape)
     (sh, sw), (pt, pl, pb, pr) = strides, padding
     oh, ow = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-    if pointwise_across_rows(kh, kw, strides, padding, ow):
+    if across_rows and pointwise_across_rows(kh, kw, strides, padding, ow):
         return pointwise_conv2d(data, weight, consts, steps)
     if any(padding):
         zero = tirx.const(0, data.dtype)
@@ -59,6 +62,12 @@ def float_conv2d(data: te.Tensor, weight: te.Tensor, strides, padding, *consts: 
 
 
 POSITION_GROUP = 4  # positions a tile takes per vector load (4 float32 lanes; ``tile`` prefers whole groups)
+# The target families whose pointwise convs tile across rows (``pointwise_across_rows``), measured:
+# the Cortex-A53 (qemu, executed instructions), Bi-Real's 14- and 7-wide shortcut convs 2.91 ->
+# 2.28 M and 2.69 -> 2.37 M (4 x 16 tiles, a 4-position group one vector load: ``arm.row_loads``).
+# On a Zen 4 (AVX-512, 16 lanes: a position is a broadcast folded into the FMA) the 7-wide one
+# lost (4 x 32 tiles against 7 x 32 and 6 % padding): x86 keeps per-row tiles.
+ACROSS_ROWS_FAMILIES = ("arm",)
 
 
 def pointwise_across_rows(kh: int, kw: int, strides, padding, ow: int) -> bool:
