@@ -64,7 +64,9 @@ def row_loads(func: tirx.PrimFunc) -> tirx.PrimFunc:
     groups of 4, which the FMAs then read by lane (``fmla v.4s, v.4s, v.s[i]``), instead of one
     load per position (``ldr s``/``ld1r``). The same values in the same order: the sums are
     unchanged. Bi-Real's 28-wide 1x1 shortcut conv on the Cortex-A53 (qemu): 2.83 -> 2.53 M
-    executed instructions; tiles of 7 positions (14- and 7-wide rows) gained nothing and are left."""
+    executed instructions. Tiles of 7 positions (14- and 7-wide rows) gained nothing and are left;
+    the pointwise convs with such rows are tiled across rows instead, in groups of 4 positions
+    (``float_conv.pointwise_conv2d``)."""
     if tuple(int(v) for v in func.attrs.get("bnn.strides", [0, 0])) != (1, 1):
         return func
     sch = s_tir.Schedule(func)
