@@ -65,8 +65,9 @@ POSITION_GROUP = 4  # positions a tile takes per vector load (4 float32 lanes; `
 # The target families whose pointwise convs tile across rows (``pointwise_across_rows``), measured:
 # the Cortex-A53 (qemu, executed instructions), Bi-Real's 14- and 7-wide shortcut convs 2.91 ->
 # 2.28 M and 2.69 -> 2.37 M (4 x 16 tiles, a 4-position group one vector load: ``arm.row_loads``).
-# On a Zen 4 (AVX-512, 16 lanes: a position is a broadcast folded into the FMA) the 7-wide one
-# lost (4 x 32 tiles against 7 x 32 and 6 % padding): x86 keeps per-row tiles.
+# x86 keeps per-row tiles: with 16 lanes a position is a broadcast folded into the FMA (nothing
+# for a vector load to save), the 7-wide conv would take 4 x 32 tiles against 7 x 32 plus 6 %
+# padding, and timings on a loaded Zen 4 (load 7-9 on 2 cores) did not separate the two forms.
 ACROSS_ROWS_FAMILIES = ("arm",)
 
 
