@@ -277,22 +277,24 @@ def test_halfword_counters_hold_every_mismatch_under_qemu(target, tmp_path, monk
 
 
 # Bi-Real's downsampling shortcut convs on ARM: 1x1 stride 1 over 14- and 7-wide rows, with a
-# batch norm's steps in the epilogue (channels, rows, columns, output channels)
-POINTWISE_ACROSS_ROWS = {"14-wide": (32, 14, 14, 48), "7-wide-padded": (24, 7, 7, 32)}
+# batch norm's steps in the epilogue; and a batch of 2 without an epilogue, 25 positions padded
+# to 28 (batch, channels, rows, columns, output channels, epilogue steps)
 BN_STEPS = ("add", "multiply", "add")
+POINTWISE_ACROSS_ROWS = {"14-wide": (1, 32, 14, 14, 48, BN_STEPS), "7-wide-padded": (1, 24, 7, 7, 32, BN_STEPS),
+                         "5-wide-batch-2": (2, 16, 5, 5, 16, ())}
 
 
 def pointwise_case(shape, across_rows: bool, expected=None):
-    """A pointwise float conv with a batch norm's epilogue; ``expected`` the output, if known."""
-    c, h, w, oc = shape
+    """A pointwise float conv with its epilogue steps; ``expected`` the output, if known."""
+    n, c, h, w, oc, steps = shape
     rng = np.random.default_rng(h)
-    inputs = [rng.standard_normal((1, c, h, w)).astype(np.float32), rng.standard_normal((oc, c, 1, 1)).astype(np.float32),
-              *(rng.standard_normal(oc).astype(np.float32) for _ in BN_STEPS)]
+    inputs = [rng.standard_normal((n, c, h, w)).astype(np.float32), rng.standard_normal((oc, c, 1, 1)).astype(np.float32),
+              *(rng.standard_normal(oc).astype(np.float32) for _ in steps)]
 
     def compute(d, wt, *consts):
-        return float_conv2d(d, wt, (1, 1), (0,) * 4, *consts, steps=BN_STEPS, across_rows=across_rows)
+        return float_conv2d(d, wt, (1, 1), (0,) * 4, *consts, steps=steps, across_rows=across_rows)
 
-    return "float_conv2d", {"bnn.epilogue": ",".join(BN_STEPS)}, inputs, compute, expected
+    return "float_conv2d", {"bnn.epilogue": ",".join(steps)} if steps else {}, inputs, compute, expected
 
 
 @pytest.mark.parametrize("target", [pytest.param(t, marks=needs_qemu[t]) for t in ("rasp3b-armv7", "rasp3b")])
@@ -305,7 +307,8 @@ def test_pointwise_conv_across_rows_matches_x86_per_row_tiles_under_qemu(target,
         op, attrs, inputs, compute, _ = pointwise_case(shape, across_rows=False)
         scheduled, executable = build(op, attrs, inputs, compute, HOST_X86)
         assert "flattened" not in scheduled.plan
-        per_row = run(scheduled, executable, inputs, (1, shape[3], shape[1], shape[2]), np.float32)
+        n, _, h, w, oc, _ = shape
+        per_row = run(scheduled, executable, inputs, (n, oc, h, w), np.float32)
         cases[name] = lambda shape=shape, per_row=per_row: pointwise_case(shape, True, per_row)
     plans = check_under_qemu(targets.get(target), cases, tmp_path)
     for name, scheduled in plans.items():
