@@ -11,7 +11,9 @@ accumulates channels-last (``float_conv2d``) so that ``schedules.cpu`` gives it 
 kernels' structure -- output channels across SIMD lanes, weights relaid out at compile time, a
 register tile of FMA accumulators, transposed NCHW stores. The arithmetic is the float conv's;
 only the summation order differs from other engines (float rounding, like any two float
-engines).
+engines). On ARM a 1x1 conv whose rows are not whole groups of 4 positions (Bi-Real's 14- and
+7-wide shortcuts) accumulates over its flattened positions instead (``pointwise_conv2d``), with
+each output's sum unchanged: bit for bit the per-row form's values.
 """
 
 from __future__ import annotations
