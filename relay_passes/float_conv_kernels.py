@@ -20,7 +20,7 @@ from bnn_tvm.schedules import float_conv
 from .common import PassLog, RuleContext, op_name, rule_pass
 
 
-def rewrite(ctx: RuleContext, call):
+def rewrite(ctx: RuleContext, call, across_rows: bool = False):
     if op_name(call) != "relax.nn.conv2d" or not float_conv.plain_float_conv(call):
         return None
     weight = float_conv.constant_weight(call, ctx.lookup_binding)
@@ -30,11 +30,12 @@ def rewrite(ctx: RuleContext, call):
     padding = tuple(int(v) for v in call.attrs.padding)
     ctx.fused(float_conv.FLOAT_CONV, "float conv")
     return ctx.builder_.call_te(
-        lambda d, w: float_conv.float_conv2d(d, w, strides, padding), call.args[0], weight,
+        lambda d, w: float_conv.float_conv2d(d, w, strides, padding, across_rows=across_rows), call.args[0], weight,
         primfunc_name_hint="float_conv2d",
         primfunc_attrs={"bnn.op": float_conv.FLOAT_CONV, "bnn.strides": list(strides), "bnn.padding": list(padding)},
     )
 
 
-def float_conv_kernels(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
-    return rule_pass(__name__, rewrite, logs)
+def float_conv_kernels(logs: list[PassLog] | None = None, across_rows: bool = False) -> tvm.transform.Pass:
+    """``across_rows``: as ``float_conv.float_conv2d`` takes it (``float_conv.ACROSS_ROWS_FAMILIES``)."""
+    return rule_pass(__name__, lambda ctx, call: rewrite(ctx, call, across_rows), logs)

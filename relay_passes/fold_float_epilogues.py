@@ -105,7 +105,7 @@ def is_float_conv(ctx: RuleContext, expr) -> bool:
     )
 
 
-def float_conv_rule(ends: set[str]):
+def float_conv_rule(ends: set[str], across_rows: bool = False):
     """The same for the float convs of a binarized network (the stem, downsampling shortcuts):
     their bias and batch norm become the conv kernel's epilogue, in the reference's order."""
 
@@ -120,7 +120,7 @@ def float_conv_rule(ends: set[str]):
         ops = tuple(step.op for step in steps)
         ctx.fused(float_conv.FLOAT_CONV, f"float conv + {len(steps)} float op(s) in its epilogue", *visited[1:])
         computed = ctx.emit_kernel(
-            lambda d, w, *cs: float_conv.float_conv2d(d, w, strides, padding, *cs, steps=ops),
+            lambda d, w, *cs: float_conv.float_conv2d(d, w, strides, padding, *cs, steps=ops, across_rows=across_rows),
             conv.args[0],
             float_conv.constant_weight(conv, ctx.lookup_binding),
             *(relax.const(step.const) for step in steps),
@@ -134,9 +134,12 @@ def float_conv_rule(ends: set[str]):
     return fold_conv_epilogue
 
 
-def fold_float_epilogues(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
+def fold_float_epilogues(logs: list[PassLog] | None = None, across_rows: bool = False) -> tvm.transform.Pass:
+    """``across_rows``: the float convs' kernels as ``float_conv.float_conv2d`` takes it (the
+    target family's choice, ``float_conv.ACROSS_ROWS_FAMILIES``)."""
+
     def make_rule(func):
         ends = chain_ends(func)
-        return either_rule(epilogue_rule(ends), difference_rule(ends), float_conv_rule(ends))
+        return either_rule(epilogue_rule(ends), difference_rule(ends), float_conv_rule(ends, across_rows))
 
     return function_rule_pass(__name__, make_rule, logs)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from bnn_tvm.schedules import float_conv
+
 from .cancel_layout_transposes import cancel_layout_transposes
 from .common import PassLog
 from .flatten_channel_concats import flatten_channel_concats
@@ -164,7 +166,7 @@ def fold_passes(logs: Logs, family: str) -> list[tvm.transform.Pass]:
             split_channel_ops_over_concat(logs),
             relax.transform.DeadCodeElimination(),
             # the float ops after a kernel (and a float conv) as its epilogue
-            fold_float_epilogues(logs),
+            fold_float_epilogues(logs, across_rows=family in float_conv.ACROSS_ROWS_FAMILIES),
             relax.transform.DeadCodeElimination(),
             # a residual add after a kernel (and the per-channel ops after it) in its epilogue
             fold_residual_add(logs),
@@ -195,7 +197,7 @@ def prepare_passes(family: str, lanes32: int, plans: dict | None = None) -> list
         return []
     return [
         # plain float convs with constant weights -> float_conv2d kernels (scheduled like the binary ones)
-        float_conv_kernels(),
+        float_conv_kernels(across_rows=family in float_conv.ACROSS_ROWS_FAMILIES),
         # max pools and constant-weight matmuls -> hand-written kernels, after the convs as before
         hand_written_float_ops(lanes32=lanes32, plans=plans),
     ]

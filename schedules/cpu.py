@@ -952,10 +952,13 @@ def float_conv(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
     """A float conv (``schedules.float_conv``): the binary conv's tile with FMAs."""
     acc = sch.get_sblock("conv_acc")
     sch.transform_layout(acc, param_name(func, 1), lambda o, c, y, x: (c, y, x, o))
-    out = sch.get_sblock("conv_out")
+    flat = has_block(sch, "conv_tiles")  # a pointwise conv over flattened positions
+    out = sch.get_sblock("conv_tiles" if flat else "conv_out")
     _, o, _, x = sch.get_loops(out)
     lanes, channel_block, width_block = tile(*extents(sch, [o, x]), unit, fewest_loads=True)
     parallel_loops = parallel_count(block_work(sch, acc), PARALLEL_MIN_TILE_WORK)
+    if flat and parallel_loops:  # one "row" (the image): the tiles along it go parallel with it
+        parallel_loops = 2
     _, o_outer, o_inner, x_inner = tile_nchw_out(sch, out, channel_block, width_block, parallel_loops)
     sch.compute_at(acc, o_outer, preserve_unit_loops=True)
     accumulate(sch, acc, lanes, spatial=2, reduction=3)
@@ -971,8 +974,24 @@ def float_conv(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
         vector = largest_divisor(padded_width, unit.lanes)
         if vector > 1:
             sch.vectorize(sch.split(xx, [None, vector])[1])
+    if flat:
+        flat_copies(sch, unit)
+        epilogue += ", positions flattened"
     plan = f"float conv: {width_block} positions x {channel_block} channels of FMA accumulators, {lanes} lanes, {epilogue}"
     return Scheduled(sch.mod["main"], plan, {1: (1, 2, 3, 0)})
+
+
+def flat_copies(sch: s_tir.Schedule, unit: VectorUnit) -> None:
+    """A pointwise conv's copies (``float_conv.pointwise_conv2d``) at root: the input into
+    flattened, padded rows and the tiles' rows back out, one channel per iteration, in parallel
+    when large enough; the inner loop over positions left to LLVM (a copy of a row)."""
+    for name in ("flat_positions", "conv_out"):
+        block = sch.get_sblock(name)
+        n, c, *positions = sch.get_loops(block)
+        channel = sch.fuse(n, c)
+        parallel(sch, channel, block_work(sch, block))
+        if len(positions) > 1:
+            sch.fuse(*positions)
 
 
 def param_name(func: tirx.PrimFunc, position: int) -> str:

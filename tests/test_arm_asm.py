@@ -15,6 +15,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import (
+    HOST_X86,
     binary_conv_ternary_weights_case,
     bipolar,
     build,
@@ -25,6 +26,7 @@ from conftest import (
     loops,
     multibit_conv_case,
     residual_conv_case,
+    run,
     ternary_conv_case,
     ternary_dense_case,
 )
@@ -32,6 +34,7 @@ from conftest import (
 from bnn_tvm import targets
 from bnn_tvm.relay_passes.common import pack_bits
 from bnn_tvm.schedules import arm, cpu
+from bnn_tvm.schedules.float_conv import float_conv2d
 
 ARMV7_SPEC = targets.get("rasp3b-armv7")
 ARMV7 = ARMV7_SPEC.tvm_target()
@@ -271,3 +274,42 @@ def test_halfword_counters_hold_every_mismatch_under_qemu(target, tmp_path, monk
     plans = check_under_qemu(targets.get(target), LIMIT_CASES, tmp_path)  # builds the cases in order
     assert all("halfword counters" in scheduled.plan for scheduled in plans.values()), plans
     assert chunks == [LIMIT_CHUNKS[name] for name in LIMIT_CASES], chunks
+
+
+# Bi-Real's downsampling shortcut convs on ARM: 1x1 stride 1 over 14- and 7-wide rows, with a
+# batch norm's steps in the epilogue; and a batch of 2 without an epilogue, 25 positions padded
+# to 28 (batch, channels, rows, columns, output channels, epilogue steps)
+BN_STEPS = ("add", "multiply", "add")
+POINTWISE_ACROSS_ROWS = {"14-wide": (1, 32, 14, 14, 48, BN_STEPS), "7-wide-padded": (1, 24, 7, 7, 32, BN_STEPS),
+                         "5-wide-batch-2": (2, 16, 5, 5, 16, ())}
+
+
+def pointwise_case(shape, across_rows: bool, expected=None):
+    """A pointwise float conv with its epilogue steps; ``expected`` the output, if known."""
+    n, c, h, w, oc, steps = shape
+    rng = np.random.default_rng(h)
+    inputs = [rng.standard_normal((n, c, h, w)).astype(np.float32), rng.standard_normal((oc, c, 1, 1)).astype(np.float32),
+              *(rng.standard_normal(oc).astype(np.float32) for _ in steps)]
+
+    def compute(d, wt, *consts):
+        return float_conv2d(d, wt, (1, 1), (0,) * 4, *consts, steps=steps, across_rows=across_rows)
+
+    return "float_conv2d", {"bnn.epilogue": ",".join(steps)} if steps else {}, inputs, compute, expected
+
+
+@pytest.mark.parametrize("target", [pytest.param(t, marks=needs_qemu[t]) for t in ("rasp3b-armv7", "rasp3b")])
+def test_pointwise_conv_across_rows_matches_x86_per_row_tiles_under_qemu(target, tmp_path):
+    """ARM's pointwise convs tile the flattened (7x7: zero-padded to 52) positions in 4 x 16 (armv7:
+    4 x 8) tiles across rows; each output is the same sum over channels, in order, as x86's
+    per-row tiles compute it: bit for bit the same floats, the batch norm included."""
+    cases = {}
+    for name, shape in POINTWISE_ACROSS_ROWS.items():
+        op, attrs, inputs, compute, _ = pointwise_case(shape, across_rows=False)
+        scheduled, executable = build(op, attrs, inputs, compute, HOST_X86)
+        assert "flattened" not in scheduled.plan
+        n, _, h, w, oc, _ = shape
+        per_row = run(scheduled, executable, inputs, (n, oc, h, w), np.float32)
+        cases[name] = lambda shape=shape, per_row=per_row: pointwise_case(shape, True, per_row)
+    plans = check_under_qemu(targets.get(target), cases, tmp_path)
+    for name, scheduled in plans.items():
+        assert "4 positions" in scheduled.plan and "positions flattened" in scheduled.plan, (name, scheduled.plan)
