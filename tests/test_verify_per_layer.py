@@ -154,8 +154,8 @@ def test_near_ties_excuse_a_segment_only_behind_a_summing_op():
 
 
 def test_tf2onnx_segments_compile_to_the_whole_models_binary_kernels(tmp_path):
-    """Larq binarizers as tf2onnx writes them (NHWC between transposes): each segment input is
-    fed in the transposes' NCHW layout and each binarized output compared there, so that the
+    """Larq binarizers as tf2onnx writes them (NHWC between transposes, between reshapes on a 1x1
+    map): each segment input is fed in the NCHW layout and each binarized output compared there, so that the
     segments' transposes cancel and their convs run binary with the binarizers in their
     thresholds, as in the whole model; the inner ``Sign`` of ``Sign(Add(Sign(x), 0.1))``, inside
     a kernel of the whole model, is no cut."""
@@ -164,16 +164,20 @@ def test_tf2onnx_segments_compile_to_the_whole_models_binary_kernels(tmp_path):
     y = g.conv(g.larq_binarizer_nhwc("x", pad_one=True), g.binary_weight((24, 16, 3, 3)) * scale,
                bias=g.rng.standard_normal(24).astype(np.float32))
     y = g.conv(g.larq_binarizer_nhwc(y, pad_one=True), g.binary_weight((8, 24, 3, 3)))
-    out = g.conv(g.larq_binarizer_nhwc(y, pad_one=False), g.binary_weight((5, 8, 4, 4)))
+    y = g.conv(g.larq_binarizer_nhwc(y, pad_one=False), g.binary_weight((8, 8, 6, 6)))  # to 1x1
+    # on a 1x1 feature map tf2onnx writes the transposes as reshapes
+    nhwc = g.node("Reshape", [y, g.const(np.array([1, 1, 1, 8], np.int64))])
+    bits = g.node("Sign", [g.node("Add", [g.node("Sign", [nhwc]), g.const(np.float32(0.1))])])
+    out = g.conv(g.node("Reshape", [bits, g.const(np.array([1, 8, 1, 1], np.int64))]), g.binary_weight((5, 8, 1, 1)))
     report = verify(save(g.model([out]), tmp_path / "tf2onnx.onnx"), "x86",
-                    x=np.random.default_rng(4).standard_normal((2, 16, 6, 6)).astype(np.float32), per_layer=True)
+                    x=np.random.default_rng(4).standard_normal((1, 16, 6, 6)).astype(np.float32), per_layer=True)
     lines = "\n".join(report.lines())
     assert report.ok and report.per_layer.exact, lines
     kinds = [line.split(" -> ")[1].split(" [")[0] for line in report.per_layer.fused]
     assert kinds.count("layout_transposes_cancelled") >= 3, report.per_layer.fused
-    assert kinds.count("binary_conv2d_threshold") >= 2 and "binary_conv2d" in kinds, report.per_layer.fused
+    assert kinds.count("binary_conv2d_threshold") >= 3 and "binary_conv2d" in kinds, report.per_layer.fused
     binary = [r.tensor for r in report.per_layer.results if r.binary]
-    assert len(binary) == 3, binary  # the three outer Signs, not the inner ones
+    assert len(binary) == 4, binary  # the four outer Signs, not the inner ones
     assert not any("binary_conv2d" in kernel for kernel in report.per_layer.unchecked), report.per_layer.unchecked
 
 

@@ -41,7 +41,7 @@ FLOAT_LAYER_OPS = {
 }
 FED = "/ort"  # suffix of a segment input's name: ONNX Runtime's value of that tensor
 INPUT = "ort_values"  # the segments model's one input
-UNPERMUTED = "/unpermuted"  # suffix of a binarized tensor in its layout transpose's input layout
+UNPERMUTED = "/unpermuted"  # suffix of a binarized tensor in its layout op's input layout
 MIN_OPSET = 11  # Slice with inputs (10), Round (11)
 SCALARS = {"zero": 0.0, "one": 1.0, "minus_one": -1.0}
 CONSTANTS = {key: f"per_layer_{key}" for key in SCALARS}  # their initializers' names
@@ -195,11 +195,18 @@ def cut_into_segments(graph, binarized: set, float_outputs: set, outputs: set = 
     return segments
 
 
-def rebinarizer(tensor: str, kind: str, fed: str, graph) -> tuple[list, list]:
+def rebinarizer(tensor: str, kind: str, fed: str, graph, crossable: bool = False) -> tuple[list, list]:
     """``(nodes, initializers)`` computing ``tensor + FED`` from ``fed`` (ONNX Runtime's values
     of the binarized ``tensor``) with a binarizer of the same kind, the identity on those values,
-    so that the compiler sees the binary layer reading it as in the whole model."""
+    so that the compiler sees the binary layer reading it as in the whole model; ``crossable``:
+    of ops that layout transposes move across (Larq's ``Sign(Add(Sign(v), 0.1))``: ±1 to itself)."""
     out = tensor + FED
+    if kind == "pack_sign" and crossable:
+        offset = numpy_helper.from_array(np.array(0.1, np.float32), out + "_offset")
+        nodes = [helper.make_node("Sign", [fed], [out + "_sign"], name=out + "_sign"),
+                 helper.make_node("Add", [out + "_sign", offset.name], [out + "_add"], name=out + "_add"),
+                 helper.make_node("Sign", [out + "_add"], [out], name=out)]
+        return nodes, [offset]
     if kind == "pack_sign":  # +-1: -1 where < 0
         less = helper.make_node("Less", [fed, CONSTANTS["zero"]], [out + "_lt"], name=out + "_lt")
         return [less, helper.make_node("Where", [out + "_lt", CONSTANTS["minus_one"], CONSTANTS["one"]], [out],
@@ -267,36 +274,77 @@ def level_count(tensor: str, graph) -> float:
 ELEMENTWISE_OPS = {"Sign", "Add", "Sub", "Mul", "Div", "Neg", "Clip", "Identity"}
 
 
-def layout_transposes(graph, tensors) -> dict:
-    """``{tensor: perm}`` for those of ``tensors`` computed elementwise from a ``Transpose``'s
-    output (tf2onnx puts a Larq binarizer in NHWC between two transposes). Such a segment input is
-    fed in the transpose's input layout, binarized there and transposed as in the whole model; such
-    a segment output is transposed back to that layout: so the segment's transposes cancel as the
-    whole model's do, and its conv runs binary with the binarizer in its thresholds."""
+@dataclass
+class Layout:
+    """The layout op a binarized tensor is computed from elementwise: tf2onnx puts a Larq
+    binarizer in NHWC between two transposes (on a 1x1 map, two reshapes that move unit axes).
+    Such a segment input is fed in the op's input layout, laid out by the op and binarized by ops
+    the layout ops move across, as in the whole model; such a segment output is compared after the
+    inverse op: so the segment's layout ops cancel as the whole model's do, and its conv runs
+    binary with the binarizer in its thresholds."""
+
+    node: onnx.NodeProto  # a Transpose, or a Reshape that only moves axes of extent 1
+    shape: tuple  # its input's shape
+
+    def to_input(self, value: np.ndarray) -> np.ndarray:
+        """``value`` (laid out by the op) in the op's input layout."""
+        if self.node.op_type == "Transpose":
+            return np.transpose(value, np.argsort(self.perm))
+        return value.reshape(len(value), *self.shape[1:])
+
+    @property
+    def perm(self) -> list:
+        return [int(a) for a in next(a.ints for a in self.node.attribute if a.name == "perm")]
+
+    def inverse(self, tensor: str, out: str) -> tuple[onnx.NodeProto, list]:
+        """``(node, initializers)`` computing ``out``, ``tensor`` in the op's input layout."""
+        if self.node.op_type == "Transpose":
+            return helper.make_node("Transpose", [tensor], [out], name=out,
+                                    perm=[int(a) for a in np.argsort(self.perm)]), []
+        shape = numpy_helper.from_array(np.array(self.shape, np.int64), out + "_shape")
+        return helper.make_node("Reshape", [tensor, shape.name], [out], name=out), [shape]
+
+    def forward(self, tensor: str, out: str) -> onnx.NodeProto:
+        """The op itself on ``tensor``, computing ``out``."""
+        node = onnx.NodeProto()
+        node.CopyFrom(self.node)
+        node.input[0], node.output[:], node.name = tensor, [out], out
+        return node
+
+
+def layout_ops(graph, tensors) -> dict:
+    """``{tensor: layout op node}`` for those of ``tensors`` computed elementwise from a
+    ``Transpose`` or ``Reshape`` output (``Layout``; a reshape qualifies once its shapes are known)."""
     producer = {out: node for node in graph.node for out in node.output if out}
-    constants = {i.name for i in graph.initializer} | {
-        out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    initializers = {i.name for i in graph.initializer}  # a segment has them all, not the Constant nodes
+    constants = initializers | {out for node in graph.node if node.op_type == "Constant" for out in node.output}
     found = {}
     for tensor in tensors:
         node = producer.get(tensor)
         while node is not None and node.op_type in ELEMENTWISE_OPS:
             data = [name for name in node.input if name and name not in constants]
             node = producer.get(data[0]) if len(data) == 1 else None
-        if node is not None and node.op_type == "Transpose":
-            found[tensor] = [a.ints for a in node.attribute if a.name == "perm"][0]
+        initializer_shape = node is not None and node.op_type == "Reshape" and node.input[1] in initializers
+        if node is not None and (node.op_type == "Transpose" or initializer_shape):
+            found[tensor] = node
     return found
 
 
-def fed_layout(value: np.ndarray, perm) -> np.ndarray:
-    """``value`` (a tensor ``Transpose(u, perm)`` computes elementwise) in ``u``'s layout."""
-    return value if perm is None else np.transpose(value, np.argsort(perm))
+def layouts_of(ops: dict, shapes: dict) -> dict:
+    """``{tensor: Layout}`` of ``layout_ops``: transposes, and reshapes that only move axes of
+    extent 1 (a transpose of a 1x1 map); ``shapes`` has every tensor and its op's input."""
+    def moves_unit_axes(before, after):
+        return len(before) == len(after) and [d for d in before if d != 1] == [d for d in after if d != 1]
+
+    return {t: Layout(node, tuple(shapes[node.input[0]])) for t, node in ops.items()
+            if node.op_type == "Transpose" or moves_unit_axes(shapes[node.input[0]], shapes[t])}
 
 
 def segments_model(model: onnx.ModelProto, segments: list[Segment], shapes: dict, kinds: dict,
                    layouts: dict) -> onnx.ModelProto:
-    """All ``segments`` of ``model`` side by side, reading their inputs (of ``shapes``, in the
-    layout ``fed_layout`` gives them) from one ``[1, total]`` input; binarized inputs (``kinds``:
-    their pack kernel) binarized again, and transposed back where ``layouts`` has a perm."""
+    """All ``segments`` of ``model`` side by side, reading their inputs (of ``shapes``; where
+    ``layouts`` has a ``Layout``, in its input layout) from one ``[1, total]`` input; binarized
+    inputs (``kinds``: their pack kernel) binarized again."""
     graph = model.graph
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if opset < MIN_OPSET:
@@ -305,7 +353,7 @@ def segments_model(model: onnx.ModelProto, segments: list[Segment], shapes: dict
     fed_tensors = list(dict.fromkeys(t for s in segments for t in s.inputs))
     nodes, offset = [], 0
     for tensor in fed_tensors:
-        shape = fed_layout(np.empty(shapes[tensor], np.bool_), layouts.get(tensor)).shape
+        shape = layouts[tensor].shape if tensor in layouts else shapes[tensor]
         size = int(np.prod(shape))
         raw = tensor + FED + ("_raw" if tensor in kinds else "")
         bounds = {"starts": [0, offset], "ends": [1, offset + size], "axes": [0, 1], "shape": list(shape)}
@@ -313,14 +361,13 @@ def segments_model(model: onnx.ModelProto, segments: list[Segment], shapes: dict
         initializers += [numpy_helper.from_array(np.array(v, np.int64), names[k]) for k, v in bounds.items()]
         nodes.append(helper.make_node("Slice", [INPUT, names["starts"], names["ends"], names["axes"]], [raw + "_flat"],
                                       name=raw + "_flat"))
-        nodes.append(helper.make_node("Reshape", [raw + "_flat", names["shape"]], [raw], name=raw))
+        layout = layouts.get(tensor) if tensor in kinds else None
+        nodes.append(helper.make_node("Reshape", [raw + "_flat", names["shape"]], [raw if layout is None else
+                                                                                   raw + UNPERMUTED], name=raw + "_shaped"))
+        if layout is not None:  # laid out as in the whole model, then binarized by ops the layout ops cross
+            nodes.append(layout.forward(raw + UNPERMUTED, raw))
         if tensor in kinds:
-            more_nodes, more_initializers = rebinarizer(tensor, kinds[tensor], raw, graph)
-            if tensor in layouts:  # binarized in the transpose's input layout, then transposed
-                binarized = more_nodes[-1].output[0]
-                more_nodes[-1].output[0] = binarized + UNPERMUTED
-                more_nodes.append(helper.make_node("Transpose", [binarized + UNPERMUTED], [binarized],
-                                                   name=binarized + "_transpose", perm=list(layouts[tensor])))
+            more_nodes, more_initializers = rebinarizer(tensor, kinds[tensor], raw, graph, crossable=layout is not None)
             nodes += more_nodes
             initializers += more_initializers
         offset += size
@@ -337,9 +384,10 @@ def segments_model(model: onnx.ModelProto, segments: list[Segment], shapes: dict
                 node.name = f"{node.name}/segment{number}"
             emitted.add(index)
             nodes.append(node)
-    for tensor in (t for s in segments for t in s.outputs if t in layouts):  # its transposes cancel
-        nodes.append(helper.make_node("Transpose", [tensor], [tensor + UNPERMUTED], name=tensor + UNPERMUTED,
-                                      perm=[int(a) for a in np.argsort(layouts[tensor])]))
+    for tensor in (t for s in segments for t in s.outputs if t in layouts):  # its layout ops cancel
+        node, more_initializers = layouts[tensor].inverse(tensor, tensor + UNPERMUTED)
+        nodes.append(node)
+        initializers += more_initializers
     outputs = [helper.make_empty_tensor_value_info(t + (UNPERMUTED if t in layouts else ""))
                for s in segments for t in s.outputs]
     inputs = [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, [1, offset])]
@@ -371,19 +419,26 @@ def verify_per_layer(
     batch = lowered.input_shape[0]
     x = whole_chunks(x, batch)
     chunks = len(x) // batch
-    values = reference_values(reference_model, list(dict.fromkeys(fed + outputs)), x, lowered.input_name, batch)
+    ops = layout_ops(graph, kinds)
+    layout_inputs = [ops[t].input[0] for t in fed + outputs if t in ops]
+    values = reference_values(reference_model, list(dict.fromkeys(fed + outputs + layout_inputs)), x,
+                              lowered.input_name, batch)
     shapes = {t: (len(v) // chunks, *v.shape[1:]) for t, v in values.items()}
-    layouts = layout_transposes(graph, kinds)
+    layouts = layouts_of({t: node for t, node in ops.items() if t in shapes}, shapes)
     model = segments_model(lowered.onnx_model, segments, shapes, kinds, layouts)
     with tempfile.TemporaryDirectory(prefix="bnn-per-layer-") as folder:
         path = os.path.join(folder, "segments.onnx")
         onnx.save(model, path)
         compiled = compile_onnx(path, target, progress=progress, sign_zero=sign_zero, standalone=standalone)
-    ours = [run(compiled, np.concatenate([fed_layout(part(values[t], c, chunks), layouts.get(t)).reshape(-1)
-                                          for t in fed])[None])
+    def fed_value(tensor, chunk):
+        value = part(values[tensor], chunk, chunks)
+        return layouts[tensor].to_input(value) if tensor in layouts else value
+
+    ours = [run(compiled, np.concatenate([fed_value(t, c).reshape(-1) for t in fed])[None])
             for c in range(chunks)]  # one compiled batch's segment inputs per run, as one row
     ours_of = {t: np.concatenate([o[i] for o in ours]) for i, t in enumerate(outputs)}
-    ours_of.update({t: np.transpose(ours_of[t], layouts[t]) for t in outputs if t in layouts})
+    ours_of.update({t: ours_of[t].reshape(values[t].shape) if layouts[t].node.op_type == "Reshape"
+                    else np.transpose(ours_of[t], layouts[t].perm) for t in outputs if t in layouts})
     results = []
     for segment in segments:
         for tensor in segment.outputs:
