@@ -133,22 +133,27 @@ def _lift_pass():
 
 
 def build_pipeline(target):
-    """The Relax pipeline ``tvm.compile`` runs for ``target`` (TVM 0.27's
-    ``default_build_pipeline`` on CPUs, the target's default pipeline on GPUs) with
-    ``LiftWorkspaces`` right after ``StaticPlanBlockMemory``."""
+    """The Relax pipeline ``tvm.compile`` runs for ``target`` with ``LiftWorkspaces`` right after
+    ``StaticPlanBlockMemory``: TVM 0.27's ``default_build_pipeline`` on CPUs, its CUDA backend's
+    default pipeline on CUDA (``tvm.relax.pipeline``'s own dispatch to it is broken in 0.27: it
+    looks for ``dataflow_lower_passes`` where the package does not export it). ``"default"``, TVM's
+    own choice without the lift, for any other kind of target."""
     import tvm
-    from tvm import relax
     from tvm.relax import backend, transform
 
-    if "gpu" in target.keys:
-        passes = (relax.pipeline.library_dispatch_passes(target) + relax.pipeline.legalize_passes(target)
-                  + relax.pipeline.dataflow_lower_passes(target) + relax.pipeline.finalize_passes(target))
-    else:
+    if target.kind.name == "cuda":
+        from tvm.relax.backend.cuda import pipeline as cuda
+
+        passes = (cuda.library_dispatch_passes(target) + cuda.legalize_passes(target)
+                  + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target))
+    elif target.kind.name == "llvm":
         passes = [backend.DispatchSampling(), backend.DispatchSortScan(), transform.LegalizeOps(),
                   transform.RewriteDataflowReshape(), transform.ToNonDataflow(), transform.RemovePurityChecking(),
                   transform.CallTIRRewrite(), transform.StaticPlanBlockMemory(), transform.RewriteCUDAGraph(),
                   transform.LowerAllocTensor(), transform.KillAfterLastUse(), transform.LowerRuntimeBuiltin(),
                   transform.ComputePrimValue(), transform.VMShapeLower(), transform.AttachGlobalSymbol()]
+    else:
+        return "default"
     planned = next(i for i, p in enumerate(passes) if p.info.name == "StaticPlanBlockMemory")
     passes.insert(planned + 1, _lift_pass())
     return tvm.transform.Sequential(passes, name="bnn_build_pipeline")
