@@ -98,9 +98,20 @@ def test_main_is_what_tvms_default_pipeline_compiles(target_name):
     spec = targets.get(target_name)
     mod = schedules.schedule_module(lower_onnx(resolve_model(None), target=target_name).mod, spec)
     target = spec.tvm_target()
+    lifted = []
+
+    @tvm.instrument.pass_instrument
+    class WellFormedAfterLift:
+        def run_after_pass(self, mod, info):
+            if info.name == "LiftWorkspaces":
+                relax.analysis.well_formed(mod)  # raises on the first violation
+                lifted.append(mod)
+
     with target:
         default = (relax.get_default_pipeline(target) if spec.family == "cuda" else relax.get_pipeline("default"))(mod)
-        ours = workspaces.build_pipeline(target)(mod)
+        with tvm.transform.PassContext(instruments=[WellFormedAfterLift()]):
+            ours = workspaces.build_pipeline(target)(mod)
+    assert len(lifted) == 1
     assert default["main"].script() == ours["main"].script()  # (the kernels are new GlobalVars in each)
     names = {gv.name_hint for gv in ours.functions}
     assert {workspaces.WORKSPACES_FUNC, workspaces.PLANNED_FUNC} <= names
