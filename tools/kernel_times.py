@@ -33,24 +33,21 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 def kernel_times(path: str, target: str, runs: int, batch: int = 1) -> tuple[dict, float]:
     """``({kernel: median ms per inference}, median instrumented total ms)``."""
     import numpy as np
-    import tvm
-    from tvm import relax
 
     from bnn_tvm.compilation.compiler import compile_onnx
-    from bnn_tvm.compilation.runtime import has_cuda_code, module_device
+    from bnn_tvm.compilation.runtime import CompiledRunner, has_cuda_code
 
     compiled = compile_onnx(path, target, batch)
-    device = module_device(compiled.executable)
-    vm = relax.VirtualMachine(compiled.executable, device)
-    shape = compiled.metadata["input_shape"]
-    x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype("float32"), device)
+    runner = CompiledRunner(compiled.executable)  # the call `run` and `bench` make (static workspaces)
+    device, vm = runner.device, runner.vm
+    name, args = runner.timed_call(np.random.default_rng(0).standard_normal(runner.input_shape).astype("float32"))
     current: dict = collections.defaultdict(float)
     started = {}
 
     # GPU kernels run asynchronously: wait for each, so that its time is its own
     sync = device.sync if has_cuda_code(compiled.executable) else (lambda: None)
 
-    def instrument(func, symbol, before, ret, *args):
+    def instrument(func, symbol, before, ret, *_args):
         sync()
         if before:
             started["t"] = time.perf_counter_ns()
@@ -59,16 +56,16 @@ def kernel_times(path: str, target: str, runs: int, batch: int = 1) -> tuple[dic
         return 0
 
     vm.set_instrument(instrument)
-    vm["main"](x)  # warm up
+    vm[name](*args)  # warm up
     samples: dict = collections.defaultdict(list)
     totals = []
     for _ in range(runs):
         current.clear()
-        vm["main"](x)
-        for name, ms in current.items():
-            samples[name].append(ms)
+        vm[name](*args)
+        for kernel, ms in current.items():
+            samples[kernel].append(ms)
         totals.append(sum(current.values()))
-    return {name: float(np.median(values)) for name, values in samples.items()}, float(np.median(totals))
+    return {kernel: float(np.median(values)) for kernel, values in samples.items()}, float(np.median(totals))
 
 
 def arm_estimates(path: str, target: str, batch: int) -> list[str]:

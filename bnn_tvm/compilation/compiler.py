@@ -18,6 +18,7 @@ from bnn_tvm import targets
 from ..errors import BnnError
 from ..atomic_files import atomic_write
 from ..frontend.onnx_import import check_supported, graph_input, import_to_relax, load_for_compile, pin_input_shape
+from . import workspaces
 from .standalone import StandaloneModule, build
 from bnn_tvm.schedules import tuning
 from ..measure import tuning_db
@@ -356,6 +357,8 @@ def compile_onnx(
         if standalone:
             executable = build(mod, spec, metadata)
         else:
-            executable = tvm.compile(mod, spec.tvm_target())
+            target = spec.tvm_target()
+            pipeline = workspaces.build_pipeline(target) if workspaces.enabled() else "default"
+            executable = tvm.compile(mod, target, relax_pipeline=pipeline)
         stage()
     return CompiledModel(executable, metadata, lowered.logs)

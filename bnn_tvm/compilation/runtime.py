@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import numpy as np
 
 from .chunked import ChunkedRunner
 from .compiler import METADATA_FUNC
+from .workspaces import PLANNED_FUNC, WORKSPACES_FUNC
 from .standalone_runtime import StandaloneRunner, is_standalone
 from ..errors import BnnError
 from bnn_tvm.schedules.cuda import install_nvcc_callback
@@ -82,7 +84,16 @@ def check_built_for_this_machine(path: str) -> None:
 
 
 class CompiledRunner(ChunkedRunner):
-    """A TVM module in the Relax VM; a fixed-batch module runs on any batch (``ChunkedRunner``)."""
+    """A TVM module in the Relax VM; a fixed-batch module runs on any batch (``ChunkedRunner``).
+
+    A module built with static workspaces (``workspaces``) runs through ``bnn_main_planned`` on
+    tensors made once here: the input tensor and the workspaces, bound to the call as the saved
+    function ``PLANNED_CALL``, so a call copies the input in, runs the kernels and copies the
+    outputs out. A lock makes calls from several threads take turns (the VM and the workspaces
+    are this runner's). A module without them (built with ``BNN_STATIC_WORKSPACES=0``, or an
+    older one) runs through ``main``."""
+
+    PLANNED_CALL = "bnn_planned_call"
 
     def __init__(self, module, device=None):
         from tvm import relax
@@ -91,6 +102,30 @@ class CompiledRunner(ChunkedRunner):
         self.vm = relax.VirtualMachine(module, self.device)
         self.metadata = json.loads(str(self.vm[METADATA_FUNC]()))
         self.input_shape = tuple(self.metadata["input_shape"])
+        self._lock = threading.Lock()
+        self.planned = self._bind_workspaces()
+
+    def _bind_workspaces(self) -> bool:
+        """Make the input tensor and the workspaces and save ``PLANNED_CALL``; False for a module
+        without ``bnn_main_planned``."""
+        import tvm
+
+        if not self.vm.module.implements_function(PLANNED_FUNC):
+            return False
+        self._input = tvm.runtime.empty(self.input_shape, "float32", self.device)
+        made = self.vm[WORKSPACES_FUNC]()
+        self.vm.save_function(PLANNED_FUNC, self.PLANNED_CALL, self._input, *made)
+        return True
+
+    def timed_call(self, x: np.ndarray) -> tuple[str, tuple]:
+        """``(function, arguments)``: the VM function ``run`` calls on one compiled batch ``x``
+        (set as its input) and its arguments, for ``vm.time_evaluator``."""
+        import tvm
+
+        if self.planned:
+            self._input.copyfrom(np.ascontiguousarray(x, dtype=np.float32))
+            return self.PLANNED_CALL, ()
+        return "main", (tvm.runtime.tensor(x, self.device),)
 
     @classmethod
     def load(cls, path: str) -> "CompiledRunner":
@@ -116,8 +151,8 @@ class CompiledRunner(ChunkedRunner):
             raise BnnError(f"{path} is not a bnn_tvm module ({err})") from err
 
     def _call(self, x: np.ndarray) -> list[np.ndarray]:
-        import tvm
-
-        result = self.vm["main"](tvm.runtime.tensor(x, self.device))
-        outputs = [result] if hasattr(result, "numpy") else list(result)  # one tensor or a tuple
-        return [o.numpy() for o in outputs]
+        with self._lock:  # the input tensor and the workspaces are shared by every call
+            name, args = self.timed_call(x)
+            result = self.vm[name](*args)
+            outputs = [result] if hasattr(result, "numpy") else list(result)  # one tensor or a tuple
+            return [o.numpy() for o in outputs]  # copied out: the next call overwrites the workspaces

@@ -30,20 +30,18 @@ def run_compiled(engine: str, compiled, x: np.ndarray, settings: Settings, workd
         result.note += ", timed on the board (median of its runs)"
         outputs[engine] = remote["outputs"][0]
         return Prepared(result)
-    import tvm
-
     from ...compilation.runtime import CompiledRunner
 
     runner = CompiledRunner.load(path)  # on the GPU for CUDA modules
     outputs[engine] = runner.run(x)[0]
     vm, device = runner.vm, runner.device
-    data = tvm.runtime.tensor(x, device)
-    number = calls_per_sample(lambda: (vm["main"](data), device.sync()))
-    timer = vm.time_evaluator("main", device, number=number, repeat=1)
+    name, args = runner.timed_call(x)  # the call `run` makes: on the static workspaces where the module has them
+    number = calls_per_sample(lambda: (vm[name](*args), device.sync()))
+    timer = vm.time_evaluator(name, device, number=number, repeat=1)
 
     def sample() -> float:
-        vm["main"](data)  # each sample starts warm, whatever ran before it in the round
-        return timer(data).results[0] * 1e3
+        vm[name](*args)  # each sample starts warm, whatever ran before it in the round
+        return timer(*args).results[0] * 1e3
 
     return Prepared(result, sample)
 
