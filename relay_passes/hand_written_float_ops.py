@@ -2,7 +2,8 @@
 
 Max pools (``schedules.max_pool``: no padded copy of the input; max is exact in any order),
 matmuls with a constant weight (``schedules.float_matmul``: the weight blocked at compile time;
-same sums, same order) and chains of elementwise ops around ``erf``, a GELU decomposed or not
+same sums, same order), LayerNorms (``schedules.layer_norm``: several rows' sums as one vector,
+each in its order) and chains of elementwise ops around ``erf``, a GELU decomposed or not
 (``schedules.float_elementwise``: one pass over memory, each op's float32 rounding kept) become ``call_tir`` of kernels that are already scheduled for the
 target's vector width (``lanes32``), so ``schedules.float_ops`` leaves them alone. A no-op with
 ``BNN_FLOAT_SCHEDULES=0`` (``schedules.float_ops.enabled``) and on a module already rewritten.
@@ -17,6 +18,7 @@ import tvm
 
 from bnn_tvm.schedules import float_ops
 from bnn_tvm.schedules.float_elementwise import rewrite_erf_chains
+from bnn_tvm.schedules.layer_norm import rewrite_layer_norms
 from bnn_tvm.schedules.float_matmul import rewrite_matmuls
 from bnn_tvm.schedules.max_pool import rewrite_max_pools
 
@@ -29,6 +31,6 @@ def hand_written_float_ops(logs: list[PassLog] | None = None, lanes32: int = 4,
         if not float_ops.enabled():
             return mod
         mod = rewrite_matmuls(rewrite_max_pools(mod, lanes32, plans), lanes32, plans)
-        return rewrite_erf_chains(mod, lanes32, plans)
+        return rewrite_layer_norms(rewrite_erf_chains(mod, lanes32, plans), lanes32, plans)
 
     return tvm.transform.module_pass(transform, opt_level=0, name=pass_name(__name__))
