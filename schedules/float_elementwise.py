@@ -250,38 +250,41 @@ class ChainFinder:
     def ends(self) -> list:
         return [var for var in self.bound if self._chain_op(var) and not self._inner(var)]
 
+    def _through_views(self, var):
+        """``var``, or the input of the reshapes (read only inside the chain) it is a view of:
+        the same values in the same flat order."""
+        while _op(self.bound.get(var)) == RESHAPE and self._inner(var) and isinstance(self.bound[var].args[0], relax.Var):
+            var = self.bound[var].args[0]
+        return var
+
     def tree(self, end) -> tuple[Node, list] | None:
         """``(root, leaves)``: the chain ending at ``end`` and the tensors it reads; None where it
         holds no ``erf``/``nn.gelu`` or an operand is neither a chain value, a scalar constant nor
-        a tensor of the output's size."""
-        size, leaves, nodes = _size(end), [], {}
+        a float32 tensor of the output's size."""
+        size, leaves, built = _size(end), [], {}
 
-        def leaf(expr) -> Node | None:
+        def operand(expr) -> Node | None:
             if isinstance(expr, Constant):
                 value = expr.value.numpy() if hasattr(expr.value, "numpy") else np.zeros(0)
                 return Node(value=float(value.reshape(()))) if value.size == 1 and value.dtype == np.float32 else None
             if not isinstance(expr, relax.Var) or _size(expr) != size or not _is_float32(expr):
                 return None
-            # a reshape read only here: its input, in the same flat order
-            while _op(self.bound.get(expr)) == RESHAPE and self._inner(expr) and isinstance(self.bound[expr].args[0], relax.Var):
-                if self._chain_op(self.bound[expr].args[0]) and self._inner(self.bound[expr].args[0]):
-                    return build(self.bound[expr].args[0])
-                expr = self.bound[expr].args[0]
-            if self._chain_op(expr) and self._inner(expr):
-                return build(expr)
-            if expr not in leaves:
-                leaves.append(expr)
-            return nodes.setdefault(("leaf", leaves.index(expr)), Node(leaf=leaves.index(expr)))
+            var = self._through_views(expr)
+            if self._chain_op(var) and self._inner(var):
+                return build(var)
+            if var not in leaves:
+                leaves.append(var)
+                built[var] = Node(leaf=len(leaves) - 1)
+            return built[var]
 
         def build(var) -> Node | None:
-            if var in nodes:
-                return nodes[var]
-            call = self.bound[var]
-            args = [leaf(a) for a in call.args[: 1 if _op(call) in UNARY else 2]]
-            if any(a is None for a in args) or (_op(call) in BINARY and all(a.value is not None for a in args)):
-                return None
-            nodes[var] = Node(_op(call), tuple(args))
-            return nodes[var]
+            if var not in built:
+                call = self.bound[var]
+                args = [operand(a) for a in call.args[: 1 if _op(call) in UNARY else 2]]
+                if any(a is None for a in args) or all(a.value is not None for a in args):
+                    return None  # (two constants: left to constant folding)
+                built[var] = Node(_op(call), tuple(args))
+            return built[var]
 
         if size is None:
             return None
