@@ -75,7 +75,7 @@ def inputs(shape) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("form", ["gelu", "decomposed", "erf", "two_inputs"])
-@pytest.mark.parametrize("shape,lanes", [((64, 1024), 16), ((3, 37), 16), ((5, 24), 8), ((2, 6), 4)])
+@pytest.mark.parametrize("shape,lanes", [((64, 1024), 16), ((3, 37), 16), ((5, 24), 8), ((2, 6), 4), ((1, 6), 16)])
 def test_chain_bit_identical_to_the_op_kernels(form, shape, lanes):
     before = chain_module(form, list(shape))
     plans = {}
