@@ -51,6 +51,8 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.script import tirx as T
 
+from . import mask_pack
+
 from . import bitserial
 
 WORD_BITS = 32
@@ -1558,7 +1560,8 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: PackKnobs | No
     block = sch.get_sblock("pack_sign")
     loops = sch.get_loops(block)
     if len(loops) == 3:
-        return pack_rows(sch, func, unit)
+        # (a design space keeps the traced schedule: the mask kernel is built, not scheduled)
+        return pack_rows(sch, func, unit, masks=not space)
     if len(loops) != 5:
         return generic(sch, func, unit)
     knobs = knobs or pack_knobs(sch, func, unit)
@@ -1592,14 +1595,19 @@ def pack_sign(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: PackKnobs | No
 PACK_SIGN = Rule(pack_sign, pack_knobs, pack_choices)
 
 
-def pack_rows(sch: s_tir.Schedule, func, unit: VectorUnit, name: str = "pack_sign") -> Scheduled:
+def pack_rows(sch: s_tir.Schedule, func, unit: VectorUnit, name: str = "pack_sign", masks: bool = True) -> Scheduled:
     """Float ``[N, C]`` -> bits (a dense's or a token matmul's rows; or attention's per-head
     ``pack_heads``), the packed axis contiguous: a word's 32 bits as vectors of ``lanes``
     consecutive channels (one load, one compare, one masked add of their bits each), the lanes'
     partial words then summed (bits of different channels never overlap: the sum is their OR,
-    in any order)."""
+    in any order). ``masks``: a ternary pack of rows on x86 as compare masks instead
+    (``ternary_mask_rows``)."""
     block = sch.get_sblock(name)
     *outer, word, b = sch.get_loops(block)
+    if masks and kernel_op(func) == "pack_ternary" and len(outer) == 1:
+        masked = ternary_mask_rows(sch, block, unit)
+        if masked is not None:
+            return masked
     lanes = power_of_two_divisor(WORD_BITS, unit.lanes)
     if lanes < 4:
         return generic(sch, func, unit)
@@ -1614,6 +1622,27 @@ def pack_rows(sch: s_tir.Schedule, func, unit: VectorUnit, name: str = "pack_sig
     sch.vectorize(lane_loop)
     sch.decompose_reduction(partial, bit_outer)
     return Scheduled(sch.mod["main"], f"pack: {lanes} bits of a word per vector")
+
+
+def ternary_mask_rows(sch: s_tir.Schedule, block, unit: VectorUnit) -> Scheduled | None:
+    """``pack_ternary`` of ``[N, C]`` rows with the compares' lane masks as bits
+    (``schedules.mask_pack``), where it applies (x86, ``C`` a multiple of 32)."""
+    rows, channels = (int(d) for d in sch.get(block).reads[0].source.shape)
+    if not mask_pack.applies(unit, channels):
+        return None
+    work = rows * channels
+    func = mask_pack.ternary_rows(rows, channels, unit.lanes, rows > 1 and work >= PARALLEL_MIN_WORK)
+    return Scheduled(func, f"pack: ternary words from {unit.lanes}-lane compare masks")
+
+
+def built_kernel(func, op: str, unit: VectorUnit) -> bool:
+    """Whether the hand schedule of ``func`` is a kernel built anew rather than a schedule of
+    its compute (``ternary_mask_rows``): it has no design space to tune."""
+    if op != "pack_ternary":
+        return False
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock("pack_sign")
+    return len(sch.get_loops(block)) == 3 and ternary_mask_rows(sch, block, unit) is not None
 
 
 def pack_heads(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:

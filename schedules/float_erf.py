@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import tvm
 from tvm import tirx
 
 ERF_ONE = float(np.int32(1081791557).view(np.float32))  # 3.919206: erf rounds to 1 from here on (glibc, exact)
@@ -68,19 +69,33 @@ def _horner(x, coeffs):
     return acc
 
 
+def _lanes_suffix(expr) -> str:
+    """``"x16"`` for a 16-lane vector expression (as TVM's dtype strings write it), ``""`` for a scalar."""
+    ty = getattr(expr, "ty", None)  # (TVM 0.27 PrimExprs: ``expr.ty.dtype``; older: ``expr.dtype``)
+    lanes = tvm.DataType(str(getattr(ty, "dtype", None) if ty is not None else expr.dtype)).lanes
+    return f"x{lanes}" if lanes > 1 else ""
+
+
+def erf_small_f32(y):
+    """``erf_f32``'s branch for ``|y| < 1`` (and NaN): ``y + y * R(y^2)``, the same expression."""
+    return y + y * _horner(y * y, R_COEFFS)
+
+
 def erf_f32(y):
     """``erf(y)`` of a float32 PrimExpr, vectorisable (see the module doc)."""
     a = tirx.abs(y)
     negative = y < _f(0.0)
-    small = y + y * _horner(y * y, R_COEFFS)
+    small = erf_small_f32(y)
     mid = _horner(a - _f(1.5), MID_COEFFS)  # (a - 1.5 is exact for a in [0.75, 3])
     b = tirx.min(a, _f(ERF_ONE))  # finite for every input (the branch is not taken beyond)
     q = _horner(b, Q_COEFFS)
     n = tirx.floor(q * _f(LOG2E) + _f(0.5))
     r = (q - n * _f(LN2_HI)) - n * _f(LN2_LO)
-    scale = tirx.reinterpret("float32", tirx.shift_left(tirx.Cast("int32", n) + 127, 23))
+    suffix = _lanes_suffix(y)
+    scale = tirx.reinterpret(f"float32{suffix}", tirx.shift_left(tirx.Cast(f"int32{suffix}", n) + 127, 23))
     tail = tirx.min(_f(1.0) - _horner(r, EXP_COEFFS) * scale, _f(BELOW_ONE))
-    large = tirx.Select(a >= _f(SPLIT), tirx.Select(a >= _f(ERF_ONE), _f(1.0), tail), mid)
+    one = _f(1.0) if not suffix else tirx.Broadcast(_f(1.0), int(suffix[1:]))
+    large = tirx.Select(a >= _f(SPLIT), tirx.Select(a >= _f(ERF_ONE), one, tail), mid)
     # NaN compares false everywhere: it takes ``small`` (NaN); -0 stays -0 there
     return tirx.Select(a >= _f(1.0), tirx.Select(negative, -large, large), small)
 

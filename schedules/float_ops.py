@@ -25,10 +25,12 @@ The schedules do not change arithmetic, so results are bit-identical to the defa
 * the one exception to bit-identity: float32 ``erf`` (GELU, ONNX ``Erf``) is legalized with
   ``schedules.float_erf`` (vectorisable, within 1 ulp of libm's ``erff``, the same sign and ±1
   set; see docs/exactness.md) instead of a libm call per element;
-* max pools and matmuls with a constant weight have hand-written kernels instead
-  (``relay_passes.hand_written_float_ops``, the pipeline's target-prepare phase):
-  ``schedules.max_pool`` (no padded copy of the input; max is exact in any order) and
-  ``schedules.float_matmul`` (the weight blocked at compile time; same sums, same order).
+* max pools, matmuls with a constant weight, LayerNorms and chains of elementwise ops around
+  ``erf`` have hand-written kernels instead (``relay_passes.hand_written_float_ops``, the
+  pipeline's target-prepare phase): ``schedules.max_pool`` (no padded copy of the input; max is
+  exact in any order), ``schedules.float_matmul`` (the weight blocked at compile time; same sums,
+  same order), ``schedules.layer_norm`` (rows' sums as vectors, each in its order) and
+  ``schedules.float_elementwise`` (a GELU in one pass, each op rounded as its own kernel).
 
 Per top-level block: the trailing spatial loops whose product a vector width divides are fused
 and split into ``[outer, lanes]`` (lanes from the target's vector unit, as ``schedules.x86`` /

@@ -129,7 +129,7 @@ def design_spaces(func, op: str, spec) -> list[s_tir.Schedule] | None:
     """The binary-aware design spaces of a kernel, or None when it has none here."""
     rule = cpu.RULES.get(op)
     unit = vector_unit(spec)
-    if rule is None or unit is None:
+    if rule is None or unit is None or cpu.built_kernel(func, op, unit):
         return None
     return rule_designs(s_tir.Schedule(workload(func)), func, unit, rule)
 

@@ -1,10 +1,12 @@
-"""``HandWrittenFloatOps`` on small Relax modules: a max pool and a matmul with a constant weight
-become calls of the hand-written CPU kernels (clamped windows; the weight blocked at compile
-time), computing bit-identical values; with ``BNN_FLOAT_SCHEDULES=0`` the module is unchanged."""
+"""``HandWrittenFloatOps`` on small Relax modules: a max pool, a matmul with a constant weight and
+a LayerNorm become calls of the hand-written CPU kernels (clamped windows; the weight blocked at
+compile time; rows' sums as vectors), computing bit-identical values; with
+``BNN_FLOAT_SCHEDULES=0`` the module is unchanged. (The erf chains: ``test_float_elementwise.py``.)"""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from tvm import relax
 
 from conftest import relax_ops, run_relax
@@ -44,3 +46,34 @@ def test_off_with_the_float_schedules(monkeypatch):
     before = pool_then_classifier()
     after = hand_written_float_ops(lanes32=8)(before)
     assert relax_ops(after) == relax_ops(before)
+
+
+def layer_norm_module(shape):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    gamma = relax.const(RNG.uniform(0.5, 1.5, shape[-1]).astype(np.float32))
+    beta = relax.const(RNG.standard_normal(shape[-1]).astype(np.float32))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.layer_norm(x, gamma, beta, axes=[-1], epsilon=1e-5))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("lanes", [16, 8])
+def test_layer_norm_rows_as_vectors_bit_identical(lanes):
+    """``schedules.layer_norm`` against TVM's default lowering (``run_relax``), 8 and 16 rows a vector."""
+    before = layer_norm_module([2, 16, 48])
+    plans = {}
+    after = hand_written_float_ops(lanes32=lanes, plans=plans)(before)
+    assert "relax.nn.layer_norm" not in relax_ops(after) and any("rows' sums" in p for p in plans.values()), plans
+    for scale, offset in ((1.0, 0.0), (1e4, 0.0), (1e-3, 0.0), (1.0, 50.0)):
+        x = (RNG.standard_normal([2, 16, 48]) * scale + offset).astype(np.float32)
+        assert np.array_equal(run_relax(after, x).view(np.int32), run_relax(before, x).view(np.int32))
+
+
+@pytest.mark.parametrize("shape,lanes", [([2, 5, 48], 16), ([2, 16, 48], 4)])
+def test_layer_norm_left_to_the_float_schedules(shape, lanes):
+    """Rows not in whole vectors, or a 4-lane unit (NEON): ``float_ops``' interleaved rows."""
+    before = layer_norm_module(shape)
+    assert "relax.nn.layer_norm" in relax_ops(hand_written_float_ops(lanes32=lanes)(before))
