@@ -527,21 +527,15 @@ def step_vectors(form: str, a, w, lanes: int) -> list:
     up to ``32 - term`` (never negative, at most 8 a byte each: byte counters take them, and the
     finish turns them back, ``_byte_finish_funcs``)."""
     vector = f"uint32x{lanes}"
-    return step_words(form, lambda i: tirx.Broadcast(a[i], lanes), lambda index: w.vload(index, vector))
-
-
-def step_words(form: str, broadcast, weights) -> list:
-    """``step_vectors``'s words from ``broadcast(i)``, the activation's word ``i`` in every lane,
-    and ``weights(index)``, the vector of weight words at ``index`` (``[0]``; ternary weights:
-    ``[plane, 0]``)."""
+    broadcast = lambda i: tirx.Broadcast(a[i], lanes)  # noqa: E731
     if form == "both_ternary":
-        both, sign = broadcast(1) & weights([1, 0]), broadcast(0) ^ weights([0, 0])
+        both, sign = broadcast(1) & w.vload([1, 0], vector), broadcast(0) ^ w.vload([0, 0], vector)
         return [both & ~sign, ~(both & sign)]
     if form == "masked_data":
-        return [(broadcast(0) ^ weights([0])) & broadcast(1)]
+        return [(broadcast(0) ^ w.vload([0], vector)) & broadcast(1)]
     if form == "masked_weight":
-        return [(broadcast(0) ^ weights([0, 0])) & weights([1, 0])]
-    return [broadcast(0) ^ weights([0])]
+        return [(broadcast(0) ^ w.vload([0, 0], vector)) & w.vload([1, 0], vector)]
+    return [broadcast(0) ^ w.vload([0], vector)]
 
 
 def chunk_steps(form: str) -> int:
@@ -741,7 +735,7 @@ def halfword_finish_intrin(lanes: int, index_dtype: str, flavour: str, minus_fro
 
 # --------------------------------------------------------------------------------------------
 # Position pairs (AVX-512 BITALG): two output positions per 32-bit lane where a tap is one word
-# of at most 16 channels.
+# of at most 16 channels and both operands are ternary.
 #
 # A conv over C <= 16 channels (a CIFAR ResNet's first stage) reads one word per tap whose upper
 # 16 bits are channel padding, 0 in activations and weights alike: half of every XOR and popcount
@@ -750,15 +744,17 @@ def halfword_finish_intrin(lanes: int, index_dtype: str, flavour: str, minus_fro
 # ``a[x] | a[x+1] << 16`` (one load of the pair's neighbouring words and one ``vpermw`` a plane),
 # against each weight word doubled, ``w | w << 16`` (one ``vpshufb``); the 16-bit counts of the two
 # halves are the two positions' counts. A pair costs the vector operations one position cost.
-# The counts are added as they come into 32-bit counters per pair (``rfactor`` per chunk, as byte
-# counters), each half at most 16 a step, so chunks of up to 4095 steps cannot carry into the
-# other half; the finish splits the halves into the two positions' sums. Both operands ternary
-# keep two counters per pair, the mismatches and the taps where both are nonzero (``pair_words``).
-# Measured on Zen 4 (docs/performance.md): the 16-channel 3x3 convs of a TTQ ResNet-20 (32x32,
-# both operands ternary, ``2 x 16`` channels) 0.22 -> 0.14 ms of the model's 0.6 (instrumented).
-# A multiply-add of the halfword counts into one counter (VNNI ``vpdpwssd``) instead of the
-# words path's shift and adds was 2-4 % slower there: it competes with the popcounts for the
-# same pipes.
+# The counts are added as they come into two 32-bit counters per pair, the mismatches and the
+# taps where both are nonzero (``rfactor`` per chunk, as byte counters), each half at most 16 a
+# step, so chunks of up to 4095 steps cannot carry into the other half; the finish splits the
+# halves into the two positions' sums.
+# Measured on Zen 4 (docs/performance.md), 3x3 convs over 16 channels at 32x32, 1 thread, pairs
+# against 32-bit counters interleaved: both operands ternary 1.07x faster (16 output channels)
+# and 1.29x (TTQ's 2 x 16); a single-popcount step (binary 0.88x, one operand ternary 0.96-0.97x)
+# is slower in pairs, so only both-ternary convs take them (``pairs_apply``). A multiply-add of
+# the halfword counts into one counter (VNNI ``vpdpwssd``) instead of the 32-bit path's shift and
+# adds was 2-4 % slower on both-ternary convs over 32-256 channels: it competes with the
+# popcounts for the same pipes.
 
 MAX_PAIR_CHUNK_STEPS = 4095  # 16 per step and half: 4095 * 16 = 65520 < 65536
 PAIR_MAX_CHANNELS = 16
@@ -787,26 +783,25 @@ def popcount_halves(word, lanes: int):
     return tirx.reinterpret(f"uint32x{lanes}", tirx.popcount(tirx.reinterpret(f"uint16x{2 * lanes}", word)))
 
 
-def _pair_step_funcs(lanes: int, index_dtype: str, form: str = "xor"):
-    """``(desc, impl)`` of one reduction step of two neighbouring output positions x vector of
-    output channels, ``acc[p, o] += term(a[p], w[o])`` (``step_term``), implemented on pairs
-    (see the section's comment): ``acc[0]`` receives both positions' counts, ``acc[1]`` is left
-    alone (only ``_pair_finish_funcs`` reads the counters)."""
+def _pair_step_funcs(lanes: int, index_dtype: str):
+    """``(desc, impl)`` of one both-ternary reduction step of two neighbouring output positions x
+    a vector of output channels, ``acc[p, o] += term(a[p], w[o])`` (``step_term``), implemented
+    on pairs (see the section's comment): ``acc[0]`` receives both positions' mismatch counts in
+    its halves and ``acc[1]`` their both-nonzero counts (only ``_pair_finish_funcs`` reads them)."""
     extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
-    words = 2 if form in ("masked_data", "both_ternary") else 1
-    planes = 2 if form in ("masked_weight", "both_ternary") else 1
+    form = "both_ternary"
 
     def declare():
-        # one word of each plane a tap: the two positions' words lie next to each other
-        a = T.match_buffer(T.arg("a", T.handle()), (2, words), "uint32", offset_factor=1, strides=[words, 1])
-        w_shape, w_strides = ((lanes,), None) if planes == 1 else ((planes, lanes), [tirx.Var("w_stride", index_dtype), 1])
-        w = T.match_buffer(T.arg("w", T.handle()), w_shape, "uint32", offset_factor=1, strides=w_strides)
+        # sign and nonzero words of a tap: the two positions' words lie next to each other
+        a = T.match_buffer(T.arg("a", T.handle()), (2, 2), "uint32", offset_factor=1, strides=[2, 1])
+        w = T.match_buffer(T.arg("w", T.handle()), (2, lanes), "uint32", offset_factor=1,
+                           strides=[tirx.Var("w_stride", index_dtype), 1])
         acc = T.match_buffer(T.arg("acc", T.handle()), (2, lanes), "int32", offset_factor=1, scope="local",
                              strides=[tirx.Var("acc_stride", index_dtype), 1])
         return a, w, acc
 
     def regions(a, w, acc):
-        T.reads(acc[0:2, 0:lanes], a[0:2, 0:words], w[0:lanes] if planes == 1 else w[0:planes, 0:lanes])
+        T.reads(acc[0:2, 0:lanes], a[0:2, 0:2], w[0:2, 0:lanes])
         T.writes(acc[0:2, 0:lanes])
 
     def popcounts(a, w, acc):
@@ -815,46 +810,34 @@ def _pair_step_funcs(lanes: int, index_dtype: str, form: str = "xor"):
                 with T.sblock("update"):
                     vp = T.axis.spatial(extent(2), p)
                     vo = T.axis.spatial(extent(lanes), o)
-                    T.reads(acc[vp, vo], a[vp, 0:words], w[vo] if planes == 1 else w[0:planes, vo])
+                    T.reads(acc[vp, vo], a[vp, 0:2], w[0:2, vo])
                     T.writes(acc[vp, vo])
                     T.buffer_store(acc, acc[vp, vo] + step_term(form, _PositionRow(a, vp), w, vo), [vp, vo])
 
     def pairs(a, w, acc):
-        # the pair's words as 16-bit halves (C <= 16: each word's upper half is 0), the low halves
-        # of plane i's two words picked into every lane: one load and one shuffle a plane
-        halves = tirx.reinterpret(f"uint16x{4 * words}", a.vload([0, 0], f"uint32x{2 * words}"))
-        copies = [halves] * max(1, lanes // (2 * words))  # a shuffle picks among as many lanes as it makes
-        joined = lambda i: tirx.reinterpret(  # noqa: E731
-            f"uint32x{lanes}", tirx.Shuffle(copies, [2 * i, 2 * (words + i)] * lanes))
-
-        vector = f"uint32x{lanes}"
-        weights = lambda index: double_halves(w.vload(index, vector), lanes)  # noqa: E731
+        # the pair's four words as 16-bit halves (C <= 16: each word's upper half is 0), the low
+        # halves of plane i's two words picked into every lane: one load and one shuffle a plane
+        halves = tirx.reinterpret("uint16x8", a.vload([0, 0], "uint32x4"))
+        copies = [halves] * max(1, lanes // 4)  # a shuffle picks among as many lanes as it makes
+        joined = lambda i: tirx.reinterpret(f"uint32x{lanes}", tirx.Shuffle(copies, [2 * i, 4 + 2 * i] * lanes))  # noqa: E731
+        weights = lambda plane: double_halves(w.vload([plane, 0], f"uint32x{lanes}"), lanes)  # noqa: E731
+        both = joined(1) & weights(1)
         ramp = tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)
-        for slot, word in enumerate(pair_words(form, joined, weights)):
+        # the term is 2 * popcount(x AND m) - popcount(m) (``bitserial.ternary_conv2d_dot``): the
+        # mismatches and the both-nonzero taps in two counters, not ``step_vectors``' complement
+        # form, whose NOT costs a copy of all ones a step
+        for slot, word in enumerate([(joined(0) ^ weights(0)) & both, both]):
             row = tirx.IntImm(index_dtype, slot)
-            counters = tirx.reinterpret(vector, acc.vload([row, 0], f"int32x{lanes}")) + popcount_halves(word, lanes)
-            T.buffer_store(acc, tirx.reinterpret(f"int32x{lanes}", counters), [row, ramp])
+            counters = tirx.reinterpret(f"uint32x{lanes}", acc.vload([row, 0], f"int32x{lanes}"))
+            T.buffer_store(acc, tirx.reinterpret(f"int32x{lanes}", counters + popcount_halves(word, lanes)), [row, ramp])
 
     return intrinsic_side(declare, regions, popcounts), intrinsic_side(declare, regions, pairs)
 
 
-def pair_words(form: str, joined, weights) -> list:
-    """The words whose halves' popcounts a pair step adds into its counters: the step's word
-    (``step_words``) into the first; with both ternary, the mismatches ``(s XOR w) AND m`` into
-    the first and the taps where both are nonzero, ``m``, into the second (the term is ``2 *
-    popcount(x AND m) - popcount(m)``, ``bitserial.ternary_conv2d_dot``: two counters instead of
-    ``step_words``' complement, which costs a NOT and a copy of all ones a step)."""
-    if form != "both_ternary":
-        return step_words(form, joined, weights)
-    both = joined(1) & weights([1, 0])
-    return [(joined(0) ^ weights([0, 0])) & both, both]
-
-
-def _pair_finish_funcs(lanes: int, index_dtype: str, signed: bool = False):
+def _pair_finish_funcs(lanes: int, index_dtype: str):
     """``(desc, impl)`` of a chunk's finish for two positions, ``acc[p, o] += part[p, o]``: the
-    implementation splits ``part[0]``'s halves into the two positions' sums; ``signed`` (both
-    ternary, ``pair_words``): ``part[1]``'s halves hold the second counts, and a position's sum
-    is ``2 * first - second``."""
+    implementation splits the halves of ``part[0]`` (mismatches) and ``part[1]`` (both-nonzero
+    taps) into the two positions' sums, ``2 * mismatches - both``."""
     extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
 
     def declare():
@@ -885,25 +868,22 @@ def _pair_finish_funcs(lanes: int, index_dtype: str, signed: bool = False):
             packed = tirx.reinterpret(f"uint32x{lanes}", part.vload([tirx.IntImm(index_dtype, slot), 0], f"int32x{lanes}"))
             return [tirx.reinterpret(f"int32x{lanes}", h) for h in (packed & const(0xFFFF), packed >> const(16))]
 
-        sums = halves(0)
-        if signed:
-            sums = [first + first - second for first, second in zip(sums, halves(1))]
         ramp = tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)
-        for position, counts in enumerate(sums):
+        for position, (mismatches, both) in enumerate(zip(halves(0), halves(1))):
             row = tirx.IntImm(index_dtype, position)
-            T.buffer_store(acc, acc.vload([row, 0], f"int32x{lanes}") + counts, [row, ramp])
+            T.buffer_store(acc, acc.vload([row, 0], f"int32x{lanes}") + (mismatches + mismatches - both), [row, ramp])
 
     return intrinsic_side(declare, regions, sums), intrinsic_side(declare, regions, split)
 
 
-def pair_step_intrin(lanes: int, index_dtype: str, form: str = "xor") -> str:
-    return register_intrinsic(f"bnn_pair_step_{lanes}_{index_dtype}_{form}",
-                              lambda: _pair_step_funcs(lanes, index_dtype, form))
+def pair_step_intrin(lanes: int, index_dtype: str) -> str:
+    return register_intrinsic(f"bnn_pair_step_{lanes}_{index_dtype}_both_ternary",
+                              lambda: _pair_step_funcs(lanes, index_dtype))
 
 
-def pair_finish_intrin(lanes: int, index_dtype: str, signed: bool = False) -> str:
-    return register_intrinsic(f"bnn_pair_finish_{lanes}_{index_dtype}{'_signed' if signed else ''}",
-                              lambda: _pair_finish_funcs(lanes, index_dtype, signed))
+def pair_finish_intrin(lanes: int, index_dtype: str) -> str:
+    return register_intrinsic(f"bnn_pair_finish_{lanes}_{index_dtype}_both_ternary",
+                              lambda: _pair_finish_funcs(lanes, index_dtype))
 
 
 def lay_out_pairs(sch: s_tir.Schedule, block, reduce: list, positions, channels, lanes: int):
@@ -920,13 +900,15 @@ def lay_out_pairs(sch: s_tir.Schedule, block, reduce: list, positions, channels,
 
 
 def pairs_apply(sch: s_tir.Schedule, func, unit: VectorUnit, lanes: int, width_block: int) -> bool:
-    """Whether a conv's tile can count position pairs (see the section's comment): a unit with a
-    16-bit popcount, a single-popcount step over one word of at most 16 channels a tap, stride 1
-    along the width, an even number of positions per tile and full vectors of channels."""
+    """Whether a conv's tile counts position pairs (see the section's comment): a unit with a
+    16-bit popcount, both operands ternary (the two-popcount step; a single-popcount step, whose
+    word costs three operations, measured slower in pairs: the joins cost more than they save)
+    over one word of at most 16 channels a tap, stride 1 along the width, an even number of
+    positions per tile and full vectors of channels."""
     if not unit.halfword_popcount or width_block % 2 or lanes < unit.lanes:
         return False
     mismatches = sch.get_sblock("mismatches")
-    if popcount_form(sch, mismatches) is None:
+    if popcount_form(sch, mismatches) != "both_ternary":
         return False
     ry, rx, rc = extents(sch, sch.get_loops(mismatches)[-3:])
     attrs = func.attrs if func.attrs is not None else {}
@@ -1047,7 +1029,7 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
         accumulate(sch, block, lanes, spatial, reduction)
         return "32-bit counters"
     if narrow == "pairs":
-        return count_pairs(sch, block, lanes, spatial, reduction, form)
+        return count_pairs(sch, block, lanes, reduction)
     loops = sch.get_loops(block)
     max_steps = chunk_steps(form) if narrow == "bytes" else halfword_chunk_steps(form)
     chunk, chunk_size = chunk_loop(sch, loops[-reduction:], max_steps)
@@ -1075,10 +1057,9 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
     return "halfword counters"
 
 
-def count_pairs(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduction: int, form: str) -> str:
+def count_pairs(sch: s_tir.Schedule, block, lanes: int, reduction: int) -> str:
     """``count_mismatches`` in position pairs (the section's comment): per chunk of the
-    reduction, each pair's two counts in the halves of one 32-bit counter, split at the chunk's
-    end."""
+    reduction, each pair's counts in the halves of two 32-bit counters, split at the chunk's end."""
     loops = sch.get_loops(block)
     chunk, _ = chunk_loop(sch, loops[-reduction:], MAX_PAIR_CHUNK_STEPS)
     partial = sch.rfactor(chunk, 0)  # [chunk, ...]: the paired counters of each chunk
@@ -1091,8 +1072,8 @@ def count_pairs(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduction:
     loops = sch.get_loops(partial)
     part_positions, part_channels = loops[-(steps + 2) : -steps]
     part_pair = lay_out_pairs(sch, partial, loops[-steps:], part_positions, part_channels, lanes)
-    sch.tensorize(part_pair, pair_step_intrin(lanes, str(sch.get(part_pair).loop_var.ty), form))
-    sch.tensorize(pair, pair_finish_intrin(lanes, str(sch.get(pair).loop_var.ty), form == "both_ternary"))
+    sch.tensorize(part_pair, pair_step_intrin(lanes, str(sch.get(part_pair).loop_var.ty)))
+    sch.tensorize(pair, pair_finish_intrin(lanes, str(sch.get(pair).loop_var.ty)))
     return "position pairs in 16-bit halves"
 
 
