@@ -84,6 +84,9 @@ class VectorUnit:
     # channel vectors an FMA tile (``float_conv``) may take per step: more weight vectors share
     # each broadcast activation (aarch64's 32 registers hold 4 x 4 accumulators and their operands)
     fma_channel_vectors: int = 2
+    # a vector popcount of 16-bit lanes (AVX-512 BITALG ``vpopcntw``): a conv over at most 16
+    # channels counts two output positions per 32-bit lane (``count_mismatches``, "pairs")
+    halfword_popcount: bool = False
 
 
 @dataclass
@@ -732,6 +735,190 @@ def halfword_finish_intrin(lanes: int, index_dtype: str, flavour: str, minus_fro
                               lambda: _halfword_finish_funcs(lanes, index_dtype, flavour, minus_from))
 
 
+# --------------------------------------------------------------------------------------------
+# Position pairs (AVX-512 BITALG): two output positions per 32-bit lane where a tap is one word
+# of at most 16 channels and both operands are ternary.
+#
+# A conv over C <= 16 channels (a CIFAR ResNet's first stage) reads one word per tap whose upper
+# 16 bits are channel padding, 0 in activations and weights alike: half of every XOR and popcount
+# is spent on zeros. With a popcount of 16-bit lanes (``vpopcntw``) the lane carries two output
+# positions instead: the words of positions x and x+1 at the same tap joined into one,
+# ``a[x] | a[x+1] << 16`` (one load of the pair's neighbouring words and one ``vpermw`` a plane),
+# against each weight word doubled, ``w | w << 16`` (one ``vpshufb``); the 16-bit counts of the two
+# halves are the two positions' counts. A pair costs the vector operations one position cost.
+# The counts are added as they come into two 32-bit counters per pair, the mismatches and the
+# taps where both are nonzero (``rfactor`` per chunk, as byte counters), each half at most 16 a
+# step, so chunks of up to 4095 steps cannot carry into the other half; the finish splits the
+# halves into the two positions' sums.
+# Measured on Zen 4 (docs/performance.md), 3x3 convs over 16 channels at 32x32, 1 thread, pairs
+# against 32-bit counters interleaved: both operands ternary 1.07x faster (16 output channels)
+# and 1.29x (TTQ's 2 x 16); a single-popcount step (binary 0.88x, one operand ternary 0.96-0.97x)
+# is slower in pairs, so only both-ternary convs take them (``pairs_apply``). A multiply-add of
+# the halfword counts into one counter (VNNI ``vpdpwssd``) instead of the 32-bit path's shift and
+# adds was 2-4 % slower on both-ternary convs over 32-256 channels: it competes with the
+# popcounts for the same pipes.
+
+MAX_PAIR_CHUNK_STEPS = 4095  # 16 per step and half: 4095 * 16 = 65520 < 65536
+PAIR_MAX_CHANNELS = 16
+
+
+class _PositionRow:
+    """The words of one position of a pair's activation buffer, indexed by plane as a step's
+    activation (``step_term``'s ``a``)."""
+
+    def __init__(self, buffer, position):
+        self.buffer, self.position = buffer, position
+
+    def __getitem__(self, plane):
+        return self.buffer[self.position, plane]
+
+
+def double_halves(vector, lanes: int):
+    """``w | w << 16`` of each 32-bit lane whose upper half is 0: its low half in both halves
+    (one byte shuffle)."""
+    halves = tirx.reinterpret(f"uint16x{2 * lanes}", vector)
+    return tirx.reinterpret(f"uint32x{lanes}", tirx.Shuffle([halves], [2 * (k // 2) for k in range(2 * lanes)]))
+
+
+def popcount_halves(word, lanes: int):
+    """Per 32-bit lane of ``word``, the popcounts of its two 16-bit halves in those halves."""
+    return tirx.reinterpret(f"uint32x{lanes}", tirx.popcount(tirx.reinterpret(f"uint16x{2 * lanes}", word)))
+
+
+def _pair_step_funcs(lanes: int, index_dtype: str):
+    """``(desc, impl)`` of one both-ternary reduction step of two neighbouring output positions x
+    a vector of output channels, ``acc[p, o] += term(a[p], w[o])`` (``step_term``), implemented
+    on pairs (see the section's comment): ``acc[0]`` receives both positions' mismatch counts in
+    its halves and ``acc[1]`` their both-nonzero counts (only ``_pair_finish_funcs`` reads them)."""
+    extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
+    form = "both_ternary"
+
+    def declare():
+        # sign and nonzero words of a tap: the two positions' words lie next to each other
+        a = T.match_buffer(T.arg("a", T.handle()), (2, 2), "uint32", offset_factor=1, strides=[2, 1])
+        w = T.match_buffer(T.arg("w", T.handle()), (2, lanes), "uint32", offset_factor=1,
+                           strides=[tirx.Var("w_stride", index_dtype), 1])
+        acc = T.match_buffer(T.arg("acc", T.handle()), (2, lanes), "int32", offset_factor=1, scope="local",
+                             strides=[tirx.Var("acc_stride", index_dtype), 1])
+        return a, w, acc
+
+    def regions(a, w, acc):
+        T.reads(acc[0:2, 0:lanes], a[0:2, 0:2], w[0:2, 0:lanes])
+        T.writes(acc[0:2, 0:lanes])
+
+    def popcounts(a, w, acc):
+        with T.serial(extent(2)) as p:
+            with T.serial(extent(lanes)) as o:
+                with T.sblock("update"):
+                    vp = T.axis.spatial(extent(2), p)
+                    vo = T.axis.spatial(extent(lanes), o)
+                    T.reads(acc[vp, vo], a[vp, 0:2], w[0:2, vo])
+                    T.writes(acc[vp, vo])
+                    T.buffer_store(acc, acc[vp, vo] + step_term(form, _PositionRow(a, vp), w, vo), [vp, vo])
+
+    def pairs(a, w, acc):
+        # the pair's four words as 16-bit halves (C <= 16: each word's upper half is 0), the low
+        # halves of plane i's two words picked into every lane: one load and one shuffle a plane
+        halves = tirx.reinterpret("uint16x8", a.vload([0, 0], "uint32x4"))
+        copies = [halves] * max(1, lanes // 4)  # a shuffle picks among as many lanes as it makes
+        joined = lambda i: tirx.reinterpret(f"uint32x{lanes}", tirx.Shuffle(copies, [2 * i, 4 + 2 * i] * lanes))  # noqa: E731
+        weights = lambda plane: double_halves(w.vload([plane, 0], f"uint32x{lanes}"), lanes)  # noqa: E731
+        both = joined(1) & weights(1)
+        ramp = tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)
+        # the term is 2 * popcount(x AND m) - popcount(m) (``bitserial.ternary_conv2d_dot``): the
+        # mismatches and the both-nonzero taps in two counters, not ``step_vectors``' complement
+        # form, whose NOT costs a copy of all ones a step
+        for slot, word in enumerate([(joined(0) ^ weights(0)) & both, both]):
+            row = tirx.IntImm(index_dtype, slot)
+            counters = tirx.reinterpret(f"uint32x{lanes}", acc.vload([row, 0], f"int32x{lanes}"))
+            T.buffer_store(acc, tirx.reinterpret(f"int32x{lanes}", counters + popcount_halves(word, lanes)), [row, ramp])
+
+    return intrinsic_side(declare, regions, popcounts), intrinsic_side(declare, regions, pairs)
+
+
+def _pair_finish_funcs(lanes: int, index_dtype: str):
+    """``(desc, impl)`` of a chunk's finish for two positions, ``acc[p, o] += part[p, o]``: the
+    implementation splits the halves of ``part[0]`` (mismatches) and ``part[1]`` (both-nonzero
+    taps) into the two positions' sums, ``2 * mismatches - both``."""
+    extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
+
+    def declare():
+        part = T.match_buffer(T.arg("part", T.handle()), (2, lanes), "int32", offset_factor=1, scope="local",
+                              strides=[tirx.Var("part_stride", index_dtype), 1])
+        acc = T.match_buffer(T.arg("acc", T.handle()), (2, lanes), "int32", offset_factor=1, scope="local",
+                             strides=[tirx.Var("acc_stride", index_dtype), 1])
+        return part, acc
+
+    def regions(part, acc):
+        T.reads(acc[0:2, 0:lanes], part[0:2, 0:lanes])
+        T.writes(acc[0:2, 0:lanes])
+
+    def sums(part, acc):
+        with T.serial(extent(2)) as p:
+            with T.serial(extent(lanes)) as o:
+                with T.sblock("update"):
+                    vp = T.axis.spatial(extent(2), p)
+                    vo = T.axis.spatial(extent(lanes), o)
+                    T.reads(acc[vp, vo], part[vp, vo])
+                    T.writes(acc[vp, vo])
+                    T.buffer_store(acc, acc[vp, vo] + part[vp, vo], [vp, vo])
+
+    def split(part, acc):
+        const = lambda v: tirx.Broadcast(tirx.const(v, "uint32"), lanes)  # noqa: E731
+
+        def halves(slot):
+            packed = tirx.reinterpret(f"uint32x{lanes}", part.vload([tirx.IntImm(index_dtype, slot), 0], f"int32x{lanes}"))
+            return [tirx.reinterpret(f"int32x{lanes}", h) for h in (packed & const(0xFFFF), packed >> const(16))]
+
+        ramp = tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)
+        for position, (mismatches, both) in enumerate(zip(halves(0), halves(1))):
+            row = tirx.IntImm(index_dtype, position)
+            T.buffer_store(acc, acc.vload([row, 0], f"int32x{lanes}") + (mismatches + mismatches - both), [row, ramp])
+
+    return intrinsic_side(declare, regions, sums), intrinsic_side(declare, regions, split)
+
+
+def pair_step_intrin(lanes: int, index_dtype: str) -> str:
+    return register_intrinsic(f"bnn_pair_step_{lanes}_{index_dtype}_both_ternary",
+                              lambda: _pair_step_funcs(lanes, index_dtype))
+
+
+def pair_finish_intrin(lanes: int, index_dtype: str) -> str:
+    return register_intrinsic(f"bnn_pair_finish_{lanes}_{index_dtype}_both_ternary",
+                              lambda: _pair_finish_funcs(lanes, index_dtype))
+
+
+def lay_out_pairs(sch: s_tir.Schedule, block, reduce: list, positions, channels, lanes: int):
+    """``lay_out_tile`` for position pairs: the reduction loops ``reduce`` outside, then the
+    pairs of the ``positions`` loop and the vectors of ``channels`` unrolled, each pair's two
+    positions x ``lanes`` channels inside (the loop returned, to tensorize)."""
+    pair_count, pair = sch.split(positions, [None, 2])
+    vector_count, lane = sch.split(channels, [None, lanes])
+    sch.reorder(*reduce, pair_count, vector_count, pair, lane)
+    sch.unroll(pair_count)
+    sch.unroll(vector_count)
+    sch.decompose_reduction(block, reduce[0])
+    return pair
+
+
+def pairs_apply(sch: s_tir.Schedule, func, unit: VectorUnit, lanes: int, width_block: int) -> bool:
+    """Whether a conv's tile counts position pairs (see the section's comment): a unit with a
+    16-bit popcount, both operands ternary (the two-popcount step; a single-popcount step, whose
+    word costs three operations, measured slower in pairs: the joins cost more than they save)
+    over one word of at most 16 channels a tap, stride 1 along the width, an even number of
+    positions per tile and full vectors of channels."""
+    if not unit.halfword_popcount or width_block % 2 or lanes < unit.lanes:
+        return False
+    mismatches = sch.get_sblock("mismatches")
+    if popcount_form(sch, mismatches) != "both_ternary":
+        return False
+    ry, rx, rc = extents(sch, sch.get_loops(mismatches)[-3:])
+    attrs = func.attrs if func.attrs is not None else {}
+    strides = [int(v) for v in attrs.get("bnn.strides", [1, 1])]
+    taps = int(attrs.get("bnn.taps", 0))
+    return rc == 1 and 0 < taps <= PAIR_MAX_CHANNELS * ry * rx and strides[-1] == 1
+
+
 def chunk_loop(sch: s_tir.Schedule, reduce: list, max_steps: int = MAX_CHUNK_STEPS):
     """Regroup the reduction loops ``reduce`` (outermost first) into one loop of chunks, the
     loops inside it taking at most ``max_steps`` steps: the innermost loops that fit whole, the
@@ -828,8 +1015,9 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
                      counters: str | None = None, unroll: bool = False) -> str:
     """The mismatch counts of a tile, as ``accumulate`` lays them out: in 32-bit accumulators,
     or on a unit with ``byte_counters`` (``halfword_counters``), in byte (halfword) counters per
-    chunk (see the sections' comments). ``counters`` ("words", "bytes", "halfwords"; a rule's
-    knob) overrides the unit's choice; a block whose steps are no single popcount (a k-bit conv's
+    chunk, or position pairs in 16-bit halves ("pairs", ``count_pairs``; the rule decides, see
+    ``pairs_apply``) (see the sections' comments). ``counters`` ("words", "bytes", "halfwords",
+    "pairs"; a rule's knob) overrides the unit's choice; a block whose steps are no single popcount (a k-bit conv's
     weighted planes) counts in words, ``unroll``ed as ``accumulate_unrolled`` does. Returns how,
     for the kernel's plan."""
     form = popcount_form(sch, block)
@@ -842,6 +1030,8 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
     if not narrow:
         accumulate(sch, block, lanes, spatial, reduction)
         return "32-bit counters"
+    if narrow == "pairs":
+        return count_pairs(sch, block, lanes, reduction)
     loops = sch.get_loops(block)
     max_steps = chunk_steps(form) if narrow == "bytes" else halfword_chunk_steps(form)
     chunk, chunk_size = chunk_loop(sch, loops[-reduction:], max_steps)
@@ -867,6 +1057,26 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
     sch.tensorize(part_lane, halfword_step_intrin(lanes, index_dtype, flavour, form))
     sch.tensorize(lane, halfword_finish_intrin(lanes, str(sch.get(lane).loop_var.ty), flavour, minus_from))
     return "halfword counters"
+
+
+def count_pairs(sch: s_tir.Schedule, block, lanes: int, reduction: int) -> str:
+    """``count_mismatches`` in position pairs (the section's comment): per chunk of the
+    reduction, each pair's counts in the halves of two 32-bit counters, split at the chunk's end."""
+    loops = sch.get_loops(block)
+    chunk, _ = chunk_loop(sch, loops[-reduction:], MAX_PAIR_CHUNK_STEPS)
+    partial = sch.rfactor(chunk, 0)  # [chunk, ...]: the paired counters of each chunk
+    sch.set_scope(partial, 0, "local")
+    positions, channels, chunk = sch.get_loops(block)[-3:]
+    pair = lay_out_pairs(sch, block, [chunk], positions, channels, lanes)
+    sch.set_scope(block, 0, "local")
+    sch.compute_at(partial, chunk, preserve_unit_loops=True)
+    steps = sum(int(var.iter_type) == tirx.IterVar.CommReduce for var in sch.get(partial).iter_vars)
+    loops = sch.get_loops(partial)
+    part_positions, part_channels = loops[-(steps + 2) : -steps]
+    part_pair = lay_out_pairs(sch, partial, loops[-steps:], part_positions, part_channels, lanes)
+    sch.tensorize(part_pair, pair_step_intrin(lanes, str(sch.get(part_pair).loop_var.ty)))
+    sch.tensorize(pair, pair_finish_intrin(lanes, str(sch.get(pair).loop_var.ty)))
+    return "position pairs in 16-bit halves"
 
 
 def keep_dot_apart(sch: s_tir.Schedule, dot, loop, lanes: int) -> None:
@@ -1138,7 +1348,7 @@ class ConvKnobs:
     width_block: int  # output positions per register tile
     channel_block: int  # output channels per tile (sampled in a space; a word-aligned threshold tile is one word)
     parallel: int  # outer loops fused into the parallel loop (PARALLEL_LOOPS)
-    counters: str  # mismatch counters: "words" (32-bit), "bytes" or "halfwords" (``count_mismatches``)
+    counters: str  # mismatch counters: "words" (32-bit), "bytes", "halfwords" or "pairs" (``count_mismatches``)
     pad: str = "root"  # the zero-padded input: "root" (a pass of its own) or "task" (per parallel task)
     # 32-bit counters: the kernel columns and channel words split, the inner parts (sampled) unrolled
     unroll: bool = False
@@ -1169,6 +1379,8 @@ def conv_knobs(sch: s_tir.Schedule, func, unit: VectorUnit, threshold: bool = Fa
     lanes, channel_block, width_block = tile(channels, width, unit, WORD_BITS if word_aligned else None)
     mismatches = sch.get_sblock("mismatches")
     counters = narrow_counters(unit, lanes, popcount_form(sch, mismatches)) or "words"
+    if not threshold and pairs_apply(sch, func, unit, lanes, width_block):
+        counters = "pairs"
     return ConvKnobs(lanes, width_block, channel_block, parallel_count(block_work(sch, mismatches), PARALLEL_MIN_TILE_WORK),
                      counters)
 

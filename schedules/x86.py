@@ -26,7 +26,8 @@ def vector_unit(target) -> VectorUnit:
     with target:
         if codegen.target_has_features("avx512f"):
             if codegen.target_has_features("avx512vpopcntdq"):
-                return VectorUnit("avx512-vpopcntdq", lanes=16, accumulators=24)
+                return VectorUnit("avx512-vpopcntdq", lanes=16, accumulators=24,
+                                  halfword_popcount=codegen.target_has_features("avx512bitalg"))
             return VectorUnit("avx512", lanes=16, accumulators=24, byte_counters=True)
         if codegen.target_has_features("avx2"):
             return VectorUnit("avx2", lanes=8, accumulators=12, byte_counters=True)

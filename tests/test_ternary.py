@@ -13,10 +13,15 @@ import pytest
 from conftest import (
     AVX2,
     RASP3B,
+    X86,
     binary_conv_ternary_weights_case,
     bipolar,
     build,
     check_case,
+    conv_case,
+    function_asm,
+    host_has_avx512,
+    loops,
     inputs,
     packed_decisions,
     planes_of,
@@ -82,6 +87,58 @@ def test_ternary_conv_with_ternary_weights_matches_numpy(shape, form, x86_target
 def test_binary_conv_with_ternary_weights_matches_numpy(shape, form, x86_target):  # noqa: F811 (the fixture)
     case = binary_conv_ternary_weights_case(np.random.default_rng(sum(shape) + 2), *shape, threshold=form == "threshold")
     check_case(case, target=x86_target)
+
+
+PAIR_SHAPES = [
+    # n, c, h, w, oc, k, stride, pad: at most 16 channels a tap (one word, its upper half 0)
+    (1, 16, 10, 8, 32, 3, 1, 1),
+    (2, 13, 6, 12, 16, 3, 1, 1),  # batch 2, odd channels, a 12-position tile
+    (1, 8, 9, 8, 16, 3, 1, 0),  # unpadded
+    (1, 1, 6, 6, 16, 5, 1, 2),  # one channel, 5x5
+]
+
+
+def operands_case(rng, operands: str, shape, dilation: int = 1):
+    """A float-output conv of ``shape`` with binary or ternary activations and weights."""
+    if operands == "binary":
+        return conv_case(rng, *shape, threshold=False, dilation=dilation)
+    if operands == "ternary_weights":
+        return binary_conv_ternary_weights_case(rng, *shape)
+    return ternary_conv_case(rng, *shape, dilation=dilation, ternary_weights=operands == "both")
+
+
+@pytest.mark.parametrize("shape", PAIR_SHAPES, ids=lambda s: "n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))
+@pytest.mark.parametrize("operands", ["binary", "ternary_input", "ternary_weights", "both"])
+def test_convs_over_16_channels_count_position_pairs(shape, operands, x86_target):  # noqa: F811 (the fixture)
+    """A conv over at most 16 channels with both operands ternary counts two output positions per
+    32-bit lane in 16-bit halves where the unit has ``vpopcntw`` (AVX-512 BITALG); the
+    single-popcount kinds, AVX-512 without VPOPCNTDQ and AVX2 keep their counters; all exact
+    (values exactly 0 included)."""
+    case = operands_case(np.random.default_rng(sum(shape) + len(operands)), operands, shape)
+    plan = check_case(case, target=x86_target).plan
+    assert ("position pairs" in plan) == (x86_target is X86 and operands == "both"), plan
+
+
+@host_has_avx512
+def test_position_pairs_dilated_and_strided():
+    """Dilation keeps a pair's words neighbours (pairs); stride 2 does not (no pairs); both exact."""
+    rng = np.random.default_rng(11)
+    dilated = check_case(operands_case(rng, "both", (1, 16, 10, 8, 16, 3, 1, 2), dilation=2), target=X86)
+    assert "position pairs" in dilated.plan, dilated.plan
+    strided = check_case(operands_case(rng, "both", (1, 16, 12, 12, 16, 3, 2, 1)), target=X86)
+    assert "position pairs" not in strided.plan, strided.plan
+
+
+@host_has_avx512
+def test_position_pairs_count_16_bit_halves():
+    """The pair step's inner loop: ``vpopcntw`` on the joined words, no 32-bit popcount, and the
+    mismatches and both-nonzero taps of both ternary in two counters (no all-ones NOT a step)."""
+    scheduled, executable = build(*ternary_conv_case(np.random.default_rng(2), 1, 16, 8, 8, 16, 3, 1, 1,
+                                                     ternary_weights=True)[:4], X86)
+    assert "position pairs" in scheduled.plan, scheduled.plan
+    inner = [body for body in loops(function_asm(executable, "main")) if "vpopcntw" in body]
+    assert inner, "no loop counts 16-bit halves"
+    assert all("vpopcntd" not in body and "$255" not in body for body in inner), inner[0]
 
 
 def test_dilated_ternary_conv_matches_numpy():
