@@ -321,3 +321,169 @@ def dfsmn(root: str, frames: int = 32, seed: int = 0):
 
 
 BUILDERS = {"bibert": bibert, "bipointnet": bipointnet, "dfsmn": dfsmn}
+
+
+# ---------------------------------------------------------------------------------------------
+# The checks
+EXPORTERS = {"torchscript": False, "dynamo": True}  # torch.onnx.export(dynamo=...)
+
+
+def export(model: nn.Module, shape: tuple, path: str, dynamo: bool) -> str | None:
+    """The ONNX file, or why the exporter refused the public code (one line)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (torch.randn(shape),), path, dynamo=dynamo, input_names=["input"])
+        except Exception as err:  # noqa: BLE001 (the exporters raise many types)
+            lines = [line for line in str(err).splitlines() if "Could not guard" in line or "Error" in line]
+            return f"{type(err).__name__}: {(lines or str(err).splitlines() or [''])[0].strip()[:160]}"
+    return None
+
+
+def mac_shares(path: str) -> dict:
+    """From ``summary`` (MACs by precision per ONNX node) and ``inspect`` (which nodes became
+    binary kernels): the binary MACs (1-bit operands) in binary kernels, and all MACs in binary
+    kernels."""
+    from bnn_tvm.compilation.inspection import inspect_onnx
+    from bnn_tvm.measure.summary import summarize_onnx
+
+    binary_nodes = {r.name for r in inspect_onnx(path) if r.binary}
+    layers = [layer for layer in summarize_onnx(path).layers if layer.macs]
+    total = sum(sum(layer.macs.values()) for layer in layers)
+    one_bit = sum(layer.macs.get(1, 0) for layer in layers)
+    one_bit_in_kernels = sum(layer.macs.get(1, 0) for layer in layers if layer.name in binary_nodes)
+    in_kernels = sum(sum(layer.macs.values()) for layer in layers if layer.name in binary_nodes)
+    float_left = [layer.name for layer in layers if layer.macs.get(1) and layer.name not in binary_nodes]
+    return {"macs": total, "binary_macs": one_bit, "binary_macs_in_kernels": one_bit_in_kernels / max(one_bit, 1),
+            "macs_in_kernels": in_kernels / max(total, 1), "binary_nodes_left_float": float_left}
+
+
+def transposes_between_kernels(path: str) -> int:
+    """Transposes (``permute_dims``) left in the compiled graph whose input comes from one of our
+    kernels and whose output goes to one, through reshapes: a transpose kernel between binary
+    layers."""
+    from tvm import relax
+
+    from bnn_tvm.compilation.compiler import lower_onnx
+
+    func = lower_onnx(path).mod["main"]
+    bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    readers: dict = {}
+    for var, value in bindings.items():
+        for arg in getattr(value, "args", []):
+            for item in (arg.fields if isinstance(arg, relax.Tuple) else [arg]):
+                if isinstance(item, relax.Var):
+                    readers.setdefault(item, []).append(var)
+
+    def op(value) -> str:
+        return value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else ""
+
+    def kernel(value) -> bool:
+        return op(value) == "relax.call_tir" and "bnn" in value.args[0].name_hint
+
+    def from_kernel(var) -> bool:
+        value = bindings.get(var)
+        while op(value) == "relax.reshape":
+            value = bindings.get(value.args[0])
+        return kernel(value)
+
+    def to_kernel(var) -> bool:
+        return any(kernel(bindings[r]) or (op(bindings[r]) == "relax.reshape" and to_kernel(r))
+                   for r in readers.get(var, []))
+
+    return sum(1 for var, value in bindings.items()
+               if op(value) == "relax.permute_dims" and from_kernel(value.args[0]) and to_kernel(var))
+
+
+def bench(path: str, repeat: int) -> dict:
+    """``bench --threads 1 --engines bnn_tvm,ort_fp32`` in its own process (as a user runs it)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([sys.executable, "-m", "bnn_tvm", "bench", path, "--target", "x86", "--threads", "1",
+                        "--engines", "bnn_tvm,ort_fp32", "--repeat", str(repeat), "--json", out.name],
+                       check=True, capture_output=True)
+        return json.load(open(out.name))
+
+
+def measure(name: str, exporter: str, path: str, repeat: int) -> dict:
+    from bnn_tvm.compilation.verify import verify
+
+    row = {"model": name, "exporter": exporter, **mac_shares(path), "transposes": transposes_between_kernels(path)}
+    report = verify(path, "x86")
+    row.update(verify_ok=report.ok, verify_exact=report.exact, binary_compared=report.binary_checked,
+               max_rel_diff=report.max_rel_diff)
+    engines = (timing := bench(path, repeat))["engines"]
+    row.update(bnn_tvm_ms=engines["bnn_tvm"]["median_ms"], ort_fp32_ms=engines["ort_fp32"]["median_ms"],
+               bnn_tvm_min_ms=engines["bnn_tvm"].get("min_ms"), ort_fp32_min_ms=engines["ort_fp32"].get("min_ms"),
+               machine=timing["machine"])
+    row["speedup_vs_ort"] = row["ort_fp32_ms"] / row["bnn_tvm_ms"]
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'model':11} {'exporter':11} {'binary MACs':>11} {'in kernels':>10} {'all MACs':>8} {'transp.':>7} "
+          f"{'verify':>13} {'bnn_tvm ms':>10} {'ORT ms':>8} {'vs ORT':>7}")
+    for r in rows:
+        if "export_error" in r:
+            print(f"{r['model']:11} {r['exporter']:11} PyTorch's export failed: {r['export_error']}")
+            continue
+        if "error" in r:
+            print(f"{r['model']:11} {r['exporter']:11} FAILED: {r['error']}")
+            continue
+        verdict = f"{'OK' if r['verify_ok'] else 'FAILED'}{'' if r['verify_exact'] else '*'} ({r['binary_compared']})"
+        print(f"{r['model']:11} {r['exporter']:11} {r['binary_macs'] / 1e6:>10.1f}M {r['binary_macs_in_kernels']:>10.1%} "
+              f"{r['macs_in_kernels']:>8.1%} {r['transposes']:>7} {verdict:>13} {r['bnn_tvm_ms']:>10.3f} "
+              f"{r['ort_fp32_ms']:>8.3f} {r['speedup_vs_ort']:>6.1f}x")
+        if r["binary_nodes_left_float"]:
+            print(f"{'':23} binary MACs left float: {', '.join(r['binary_nodes_left_float'])}")
+    machines = {r["machine"] for r in rows if "machine" in r}
+    for machine in machines:
+        print(f"machine: {machine}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bibert", help="extracted tree of htqin/BiBERT")
+    parser.add_argument("--bipointnet", help="extracted tree of htqin/BiPointNet")
+    parser.add_argument("--bibench", help="extracted tree of htqin/BiBench (DFSMN)")
+    parser.add_argument("--only", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
+    parser.add_argument("--exporters", default=",".join(EXPORTERS), help="comma-separated subset of torchscript, dynamo")
+    parser.add_argument("--out", help="keep the ONNX files here (default: a temporary folder)")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--json", help="write the rows here")
+    args = parser.parse_args()
+    models = args.only.split(",")
+    if unknown := [m for m in models if m not in MODELS]:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    exporters = args.exporters.split(",")
+    if unknown := [e for e in exporters if e not in EXPORTERS]:
+        parser.error(f"unknown exporter(s) {', '.join(unknown)}; known: {', '.join(EXPORTERS)}")
+    roots = {m: check_tree(m, {"bibert": args.bibert, "bipointnet": args.bipointnet, "dfsmn": args.bibench}[m])
+             for m in models}
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.out or scratch
+        os.makedirs(folder, exist_ok=True)
+        for name in models:
+            model, shape = BUILDERS[name](roots[name])
+            for exporter in exporters:
+                path = os.path.join(folder, f"{name}_{exporter}.onnx")
+                error = export(model, shape, path, EXPORTERS[exporter])
+                if error is not None:
+                    rows.append({"model": name, "exporter": exporter, "export_error": error})
+                    continue
+                try:
+                    rows.append(measure(name, exporter, path, args.repeat))
+                except Exception as err:  # noqa: BLE001 (a crash is a finding: the row says it, the others run)
+                    first = (str(err).strip().splitlines() or [""])[-1][:200]
+                    rows.append({"model": name, "exporter": exporter, "error": f"{type(err).__name__}: {first}",
+                                 "verify_ok": False})
+                print(f"{name} ({exporter}): done", file=sys.stderr)
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0 if all(r.get("verify_ok", True) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import BnnError
+from .masked_fill import masked_fills_as_where
 from .qonnx_quant import add_binarizer_constants, binarizer_nodes, expand_quant
 
 CONSTANT_VALUE_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
@@ -205,6 +206,7 @@ def pin_input_shape(model: onnx.ModelProto, name: str, shape: list[int]) -> onnx
         pass
     onnxscript.optimizer.fold_constants(model, input_size_limit=1 << 26, output_size_limit=1 << 26)  # in place
     fold_exact_constant_nodes(model)
+    masked_fills_as_where(model)  # torch.export's out[mask] = c: data-dependent ScatterND indices
     onnxscript.optimizer.remove_unused_nodes(model)
     return constants_to_initializers(model)
 
