@@ -435,7 +435,7 @@ def print_table(rows: list[dict]) -> None:
               f"{r['ort_fp32_ms']:>8.3f} {r['speedup_vs_ort']:>6.1f}x")
         if r["binary_nodes_left_float"]:
             print(f"{'':23} binary MACs left float: {', '.join(r['binary_nodes_left_float'])}")
-    machines = {r["machine"] for r in rows if "machine" in r}
+    machines = {json.dumps(r["machine"], sort_keys=True) for r in rows if "machine" in r}
     for machine in machines:
         print(f"machine: {machine}")
 

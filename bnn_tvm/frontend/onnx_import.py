@@ -341,7 +341,7 @@ def _importer_class():
                 op = self._scalar_bound(op_name, inputs)
             else:
                 op = super()._convert_operator(op_name, inputs, attrs, opset)
-            name = self._sanitize_name(node)
+            name = self._binding_name(node)
             if isinstance(op, relax.Tuple):  # several outputs (BatchNormalization): bind each
                 op = relax.Tuple([self._bind(field, name, node) for field in op.fields])
             else:
@@ -353,6 +353,14 @@ def _importer_class():
             leaving PyTorch's "/2/Clip" as "input_/2/Clip", which CUDA C cannot declare as a
             kernel parameter (LLVM does not mind). ``provenance`` keeps the ONNX names."""
             return super()._sanitize_name(re.sub(r"\W", "_", name))
+
+        def _binding_name(self, node: str) -> str:
+            """The node's sanitized name, ending in a non-digit: the block builder makes a name
+            unique by appending digits (a pass's new binding after ``node_add_1`` becomes
+            ``node_add_11``), which must never be another node's name (the dynamo exporter's
+            ``node_add_11``), or provenance would credit that node with what the pass emitted."""
+            name = self._sanitize_name(node)
+            return name + "_" if name[-1:].isdigit() else name
 
         def _bind(self, expr, name, node):
             """Bind ``expr`` under the node's name; its result binding is what provenance keys on
