@@ -198,6 +198,8 @@ class IntKeyed(dict):
     """A dict whose missing key (a traced size, a 0-d tensor) is looked up as an ``int``."""
 
     def __missing__(self, key):
+        if isinstance(key, int):
+            raise KeyError(key)
         return self[int(key)]
 
 
