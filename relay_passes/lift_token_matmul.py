@@ -37,6 +37,8 @@ between two transposes move onto the rows (``sink_batch_norm``, ``sink_channel_o
     ``LiftTokenMatmul`` moves the following Hardtanh, binarizer and matmul onto. The binary dense's
     batch norm thereby sits directly after it on its rows, where ``FoldThresholds`` and
     ``FoldFloatEpilogues`` find it, and no transpose kernel is left between two binary layers.
+    A max (or min) over the points of such a transpose reduces axis 1 of ``[B, N, C]`` instead
+    (``sink_points_max``): the public code's ``torch.max(x, 2)`` on the ``[B, C, N]`` layout.
 """
 
 from __future__ import annotations
@@ -240,6 +242,29 @@ def is_channel_first(ctx: RuleContext, expr) -> bool:
     return permutation(producer) == SWAP and len(shape_of(producer.args[0])) == 3
 
 
+def sink_points_max(ctx: RuleContext, call):
+    """``max(T(x), axis=2)`` (or ``min``) over the points of a ``[B, C, N]`` transpose -> the same
+    reduction over axis 1 of ``x[B, N, C]``: the same values per channel, reduced without the
+    transpose (max and min are exact in any order). PyTorch's PointNet code pools
+    ``torch.max(x, 2, keepdim=True)`` on the ``[B, C, N]`` layout its batch norms use; with
+    ``keepdim`` the ``[B, 1, C]`` result is viewed as ``[B, C, 1]`` (a size-1 axis moves: the same
+    memory)."""
+    if op_name(call) not in ("relax.max", "relax.min") or call.attrs.axis is None:
+        return None
+    axes = [int(a) % 3 for a in call.attrs.axis] if len(shape_of(call.args[0])) == 3 else None
+    if axes != [2] or not is_channel_first(ctx, call.args[0]):
+        return None
+    points = ctx.producer(call.args[0]).args[0]
+    b, n, c = shape_of(points)
+    keep = bool(call.attrs.keepdims)
+    reduce = relax.op.max if op_name(call) == "relax.max" else relax.op.min
+    pooled = ctx.builder_.emit(reduce(points, axis=[1], keepdims=keep), ctx.binding)
+    ctx.alias((ctx.binding,), pooled)
+    ctx.fused(ROWS, f"{op_name(call)[6:]} over {n} points of the [B, C, N] transpose computed on [B, N, C]",
+              call.args[0])
+    return relax.op.reshape(pooled, [b, c, 1]) if keep else pooled
+
+
 def cancel_transposes(ctx: RuleContext, call):
     """``permute(permute(x, p), q)`` with ``q`` undoing ``p`` -> ``x``."""
     outer = permutation(call)
@@ -257,4 +282,4 @@ def lift_token_matmul(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
     """One walk: a point MLP's batch norm between transposes moves onto the rows a matmul was just
     lifted to."""
     return rule_pass(__name__, either_rule(lift_matmul, sink_token_view, sink_batch_norm, sink_channel_op,
-                                           cancel_transposes), logs)
+                                           sink_points_max, cancel_transposes), logs)
