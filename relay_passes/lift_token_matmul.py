@@ -51,6 +51,7 @@ from .analysis.patterns import token_rows
 from .common import PassLog, RuleContext, either_rule, op_name, rule_pass, shape_of
 
 LIFTED = "tokens_as_rows"  # the rewrite's name in the pass log: a view, not a kernel
+POINTS_MAX = "max_over_rows"  # a float max over the points, reading the rows: not a kernel
 ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
                "relax.greater_equal", "relax.greater", "relax.less", "relax.less_equal", "relax.where", "relax.astype",
                "relax.clip", "relax.nn.relu", "relax.sign")
@@ -260,7 +261,7 @@ def sink_points_max(ctx: RuleContext, call):
     reduce = relax.op.max if op_name(call) == "relax.max" else relax.op.min
     pooled = ctx.builder_.emit(reduce(points, axis=[1], keepdims=keep), ctx.binding)
     ctx.alias((ctx.binding,), pooled)
-    ctx.fused(ROWS, f"{op_name(call)[6:]} over {n} points of the [B, C, N] transpose computed on [B, N, C]",
+    ctx.fused(POINTS_MAX, f"{op_name(call)[6:]} over {n} points of the [B, C, N] transpose computed on [B, N, C]",
               call.args[0])
     return relax.op.reshape(pooled, [b, c, 1]) if keep else pooled
 
