@@ -43,6 +43,7 @@ between two transposes move onto the rows (``sink_batch_norm``, ``sink_channel_o
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -70,10 +71,18 @@ def as_rows(ctx: RuleContext, arg, tokens):
     if values is not None:
         if values.ndim <= 1 or values.shape[:-1] == (1,) * (values.ndim - 1):
             return relax.const(values.reshape(1, -1)) if values.ndim > 2 else arg
-        return None
+        return same_for_every_token(values)
     if shape_of(arg) != tokens:
         return None
     return ctx.builder_.emit(relax.op.reshape(arg, [tokens[0] * tokens[1], tokens[2]]), "rows")
+
+
+def same_for_every_token(values):
+    """A constant of the tokens' shape whose every token holds the same features (a bias that
+    BiBERT's ``out += bias.view(1, -1).expand_as(out)`` expands to ``[N, T, C]``, folded): the
+    ``[1, C]`` row they all hold, which broadcasts to the same value at every element; else None."""
+    flat = values.reshape(-1, values.shape[-1])
+    return relax.const(flat[:1].copy()) if values.ndim == 3 and np.all(flat == flat[:1]) else None
 
 
 def sink_token_view(ctx: RuleContext, call):
@@ -248,8 +257,7 @@ def sink_points_max(ctx: RuleContext, call):
     reduction over axis 1 of ``x[B, N, C]``: the same values per channel, reduced without the
     transpose (max and min are exact in any order). PyTorch's PointNet code pools
     ``torch.max(x, 2, keepdim=True)`` on the ``[B, C, N]`` layout its batch norms use; with
-    ``keepdim`` the ``[B, 1, C]`` result is viewed as ``[B, C, 1]`` (a size-1 axis moves: the same
-    memory)."""
+    ``keepdim`` the ``[B, C]`` result is viewed as ``[B, C, 1]``."""
     if op_name(call) not in ("relax.max", "relax.min") or call.attrs.axis is None:
         return None
     axes = [int(a) % 3 for a in call.attrs.axis] if len(shape_of(call.args[0])) == 3 else None
@@ -259,7 +267,7 @@ def sink_points_max(ctx: RuleContext, call):
     b, n, c = shape_of(points)
     keep = bool(call.attrs.keepdims)
     reduce = relax.op.max if op_name(call) == "relax.max" else relax.op.min
-    pooled = ctx.builder_.emit(reduce(points, axis=[1], keepdims=keep), ctx.binding)
+    pooled = ctx.builder_.emit(reduce(points, axis=[1], keepdims=False), ctx.binding)  # analysis.pools' form
     ctx.alias((ctx.binding,), pooled)
     ctx.fused(POINTS_MAX, f"{op_name(call)[6:]} over {n} points of the [B, C, N] transpose computed on [B, N, C]",
               call.args[0])

@@ -170,9 +170,10 @@ def test_a_chain_that_can_give_nan_stays_float(tmp_path):
 @pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
 def test_public_bibert_layer_binary_and_exact(tmp_path, dynamo, monkeypatch):
     """The whole layer as the public code writes it (``tests/bibert_public.py``): every MatMul a
-    binary kernel, the residual adds float (the dynamo exporter's ``node_add_13``, a residual add,
-    was once credited with a pass's binding named after ``node_add_1``, and verify compared it as
-    a binarized tensor), ``summary`` all 1-bit, ``verify`` exact."""
+    binary kernel, the biases and residual adds in the dense epilogues (the dynamo exporter's
+    ``node_add_13``, a residual add, was once credited as a pack with a pass's binding named after
+    ``node_add_1``, and verify compared it as a binarized tensor), ``summary`` all 1-bit, ``verify``
+    exact."""
     from bibert_public import export
 
     from bnn_tvm.measure.summary import summarize_onnx
@@ -185,7 +186,9 @@ def test_public_bibert_layer_binary_and_exact(tmp_path, dynamo, monkeypatch):
     norm_inputs = {i for n in model.graph.node if n.op_type == "LayerNormalization" for i in n.input}
     residuals = [r for r in reports if r.op_type == "Add" and any(o in norm_inputs for o in next(
         n.output for n in model.graph.node if n.name == r.name))]
-    assert len(residuals) == 2 and not any(r.binary for r in residuals), residuals
+    assert len(residuals) == 2 and all(r.kernel == "ternary_dense_epilogue" for r in residuals), residuals
+    adds = {r.name: r.kernel for r in reports if r.op_type == "Add" and r.kernel and r.kernel.endswith("_epilogue")}
+    assert len(adds) >= 6, adds  # QuantizeLinear's expanded bias, one per linear, in its dense's epilogue
     summary = summarize_onnx(path)
     assert summary.binary_mac_fraction == 1.0
     report = verify(path, "x86", x=np.random.default_rng(1).standard_normal((4, 32, 64)).astype(np.float32))
