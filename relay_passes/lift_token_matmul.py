@@ -37,10 +37,13 @@ between two transposes move onto the rows (``sink_batch_norm``, ``sink_channel_o
     ``LiftTokenMatmul`` moves the following Hardtanh, binarizer and matmul onto. The binary dense's
     batch norm thereby sits directly after it on its rows, where ``FoldThresholds`` and
     ``FoldFloatEpilogues`` find it, and no transpose kernel is left between two binary layers.
+    A max (or min) over the points of such a transpose reduces axis 1 of ``[B, N, C]`` instead
+    (``sink_points_max``): the public code's ``torch.max(x, 2)`` on the ``[B, C, N]`` layout.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -49,6 +52,7 @@ from .analysis.patterns import token_rows
 from .common import PassLog, RuleContext, either_rule, op_name, rule_pass, shape_of
 
 LIFTED = "tokens_as_rows"  # the rewrite's name in the pass log: a view, not a kernel
+POINTS_MAX = "max_over_rows"  # a float max over the points, reading the rows: not a kernel
 ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
                "relax.greater_equal", "relax.greater", "relax.less", "relax.less_equal", "relax.where", "relax.astype",
                "relax.clip", "relax.nn.relu", "relax.sign")
@@ -67,10 +71,18 @@ def as_rows(ctx: RuleContext, arg, tokens):
     if values is not None:
         if values.ndim <= 1 or values.shape[:-1] == (1,) * (values.ndim - 1):
             return relax.const(values.reshape(1, -1)) if values.ndim > 2 else arg
-        return None
+        return same_for_every_token(values)
     if shape_of(arg) != tokens:
         return None
     return ctx.builder_.emit(relax.op.reshape(arg, [tokens[0] * tokens[1], tokens[2]]), "rows")
+
+
+def same_for_every_token(values):
+    """A constant of the tokens' shape whose every token holds the same features (a bias that
+    BiBERT's ``out += bias.view(1, -1).expand_as(out)`` expands to ``[N, T, C]``, folded): the
+    ``[1, C]`` row they all hold, which broadcasts to the same value at every element; else None."""
+    flat = values.reshape(-1, values.shape[-1])
+    return relax.const(flat[:1].copy()) if values.ndim == 3 and np.all(flat == flat[:1]) else None
 
 
 def sink_token_view(ctx: RuleContext, call):
@@ -240,6 +252,28 @@ def is_channel_first(ctx: RuleContext, expr) -> bool:
     return permutation(producer) == SWAP and len(shape_of(producer.args[0])) == 3
 
 
+def sink_points_max(ctx: RuleContext, call):
+    """``max(T(x), axis=2)`` (or ``min``) over the points of a ``[B, C, N]`` transpose -> the same
+    reduction over axis 1 of ``x[B, N, C]``: the same values per channel, reduced without the
+    transpose (max and min are exact in any order). PyTorch's PointNet code pools
+    ``torch.max(x, 2, keepdim=True)`` on the ``[B, C, N]`` layout its batch norms use; with
+    ``keepdim`` the ``[B, C]`` result is viewed as ``[B, C, 1]``."""
+    if op_name(call) not in ("relax.max", "relax.min") or call.attrs.axis is None:
+        return None
+    axes = [int(a) % 3 for a in call.attrs.axis] if len(shape_of(call.args[0])) == 3 else None
+    if axes != [2] or not is_channel_first(ctx, call.args[0]):
+        return None
+    points = ctx.producer(call.args[0]).args[0]
+    b, n, c = shape_of(points)
+    keep = bool(call.attrs.keepdims)
+    reduce = relax.op.max if op_name(call) == "relax.max" else relax.op.min
+    pooled = ctx.builder_.emit(reduce(points, axis=[1], keepdims=False), ctx.binding)  # analysis.pools' form
+    ctx.alias((ctx.binding,), pooled)
+    ctx.fused(POINTS_MAX, f"{op_name(call)[6:]} over {n} points of the [B, C, N] transpose computed on [B, N, C]",
+              call.args[0])
+    return relax.op.reshape(pooled, [b, c, 1]) if keep else pooled
+
+
 def cancel_transposes(ctx: RuleContext, call):
     """``permute(permute(x, p), q)`` with ``q`` undoing ``p`` -> ``x``."""
     outer = permutation(call)
@@ -257,4 +291,4 @@ def lift_token_matmul(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
     """One walk: a point MLP's batch norm between transposes moves onto the rows a matmul was just
     lifted to."""
     return rule_pass(__name__, either_rule(lift_matmul, sink_token_view, sink_batch_norm, sink_channel_op,
-                                           cancel_transposes), logs)
+                                           sink_points_max, cancel_transposes), logs)

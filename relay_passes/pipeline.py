@@ -52,6 +52,7 @@ from .lower_binarizers import lower_binarizers
 from .lower_multibit import lower_multibit
 from .lower_sign import lower_sign
 from .lower_straight_through import lower_straight_through
+from .lower_zero_mean_sign import lower_zero_mean_sign
 from .split_channel_ops_over_concat import split_channel_ops_over_concat
 from .split_ternary_sign import split_ternary_sign
 
@@ -142,6 +143,8 @@ def attention_passes(logs: Logs) -> list[tvm.transform.Pass]:
     return [
         # Sign(Q) Sign(K)^T: after the rounds, so the linears before the Signs are kernels (proofs of non-zero)
         fuse_binary_attention(logs),
+        # BiBERT's Sign(x) with -1 set to 0 on the scores: x > 0, the strict form of the next pass
+        lower_zero_mean_sign(logs),
         # Bi-Attention's P = bool(S / sqrt(d) + mask) as bits, P @ Sign(V) one popcount kernel
         fuse_attention_context(logs),
     ]

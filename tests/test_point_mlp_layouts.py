@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from conftest import check
 from onnx_builders import GraphBuilder, save
 from published_bnn import bipointnet, export_points
@@ -118,3 +119,71 @@ def test_bipointnet_runs_binary_without_transposes(tmp_path, dynamo):
     assert report.ok, "\n".join(report.lines())
     assert report.max_abs_diff == 0.0 and report.binary_checked == 6
     assert any("points_max_or" in line for line in report.fused)
+
+
+class PointConv1d(torch.nn.Module):
+    """``Conv1d`` of htqin/BiPointNet's ``models/pointnet.py``: a shared MLP layer on ``[B, C, N]``
+    points as ``permute -> view(-1, C) -> linear -> view(B, N, -1) -> permute``, here with
+    ``torch.sign`` on the input and the weights (``BiLinear``'s forward)."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.lin = torch.nn.Linear(cin, cout, bias=False)
+
+    def forward(self, x):
+        batch, channels, points = x.shape
+        x = x.permute(0, 2, 1).contiguous().view(-1, channels)
+        x = torch.nn.functional.linear(torch.sign(x), torch.sign(self.lin.weight))
+        return x.view(batch, points, -1).permute(0, 2, 1).contiguous()
+
+
+def test_verify_compares_sign_on_rows_of_a_fixed_batch_model(tmp_path):
+    """The public code's layers binarize ``[B*N, C]`` rows: those ``Sign``s, compared by ``verify``
+    as extra outputs, do not have the batch as first axis. A fixed-batch model (batch 1, as
+    ``torch.onnx.export`` writes it) runs ``verify``'s 16 inputs one batch at a time, each output
+    joined as ONNX Runtime's are."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(PointConv1d(8, 48), torch.nn.BatchNorm1d(48), torch.nn.Hardtanh(),
+                                PointConv1d(48, 16)).eval()
+    path = str(tmp_path / "rows.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 8, 64),), path, dynamo=False, input_names=["x"])
+    report = verify(path, "x86")
+    assert report.ok and report.exact, "\n".join(report.lines())
+    assert report.binary_checked == 2  # both layers' Sign on [64, C] rows
+
+
+class EmaMaxPool(torch.nn.Module):
+    """``BiPointNetEncoder.forward``'s end with ``pool='ema-max'`` (models/pointnet.py of
+    htqin/BiPointNet): ``bn3(conv3(x))``, ``torch.max(x, 2, keepdim=True)[0] + offset``, a view,
+    then a binary linear on the pooled features."""
+
+    def __init__(self, cin=16, cout=64):
+        super().__init__()
+        self.conv, self.bn = PointConv1d(cin, cout), torch.nn.BatchNorm1d(cout)
+        self.fc = torch.nn.Linear(cout, 10, bias=False)
+        with torch.no_grad():
+            self.bn.running_mean.normal_(0, 2)
+            self.bn.weight.normal_(1, 0.5)
+
+    def forward(self, x):
+        x = torch.max(self.bn(self.conv(x)), 2, keepdim=True)[0] + -3.2041
+        x = x.view(-1, self.bn.num_features)
+        return torch.nn.functional.linear(torch.sign(x), torch.sign(self.fc.weight))
+
+
+def test_max_over_points_of_the_channel_first_layout_needs_no_transpose(tmp_path):
+    """The max over points of the ``[B, C, N]`` view reduces the ``[B, N, C]`` rows' axis 1: no
+    transpose of the ``N x C`` features left (it took 79 % of the public BiPointNet's time)."""
+    torch.manual_seed(0)
+    path = str(tmp_path / "ema_max.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(EmaMaxPool().eval(), (torch.randn(1, 16, 128),), path, dynamo=False, input_names=["x"])
+    lowered = float_ops(path)
+    assert lowered.count("permute_dims") == 1 and "R.permute_dims(x," in lowered, lowered  # the input's only
+    assert "R.max(" in lowered and "axis=[1]" in lowered, lowered
+    x = np.random.default_rng(2).standard_normal((8, 16, 128)).astype(np.float32)
+    report = verify(path, "x86", x=x)
+    assert report.ok and report.exact and report.max_abs_diff == 0, "\n".join(report.lines())

@@ -130,6 +130,17 @@ class LoweredModel:
         shapes = [[int(d) for d in f.shape.values] for f in fields]
         return all(shape and shape[0] == self.input_shape[0] for shape in shapes)
 
+    def tensors_follow_batch(self, names: list[str]) -> bool:
+        """Whether each ONNX tensor of ``names`` (the binarizer outputs ``verify`` adds as outputs)
+        has the batch as its first axis, by ONNX shape inference on the pinned graph; a point
+        MLP's ``Sign`` on ``[B*N, C]`` rows has not. A shape not inferred counts as not following."""
+        inferred = onnx.shape_inference.infer_shapes(self.onnx_model, strict_mode=False)
+        first = {}
+        for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+            dims = info.type.tensor_type.shape.dim
+            first[info.name] = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+        return all(first.get(name) == self.input_shape[0] for name in names)
+
     def fused_lines(self) -> list[str]:
         return [
             f"{r.detail} -> {r.kernel} [{', '.join(self.onnx_nodes(r.nodes))}]" for log in self.logs for r in log.rewrites
@@ -177,8 +188,10 @@ class LoweredModel:
 
 # pack kernel -> position, among the names its rewrite logs, of the tensor it packs (a pair's or
 # ternary planes' first name is the conv or dense that reads them); the tensor holds +-1
-# (pack_sign), -1/0/+1 (pack_sign_pair, pack_ternary, pack_heads: an ONNX Sign) or k/L, k = 0..L (pack_levels)
-PACKED_TENSOR = {"pack_sign": 0, "pack_levels": 0, "pack_sign_pair": 1, "pack_ternary": 1, "pack_heads": 1}
+# (pack_sign), -1/0/+1 (pack_sign_pair, pack_ternary, pack_heads, pack_values: an ONNX Sign) or k/L,
+# k = 0..L (pack_levels)
+PACKED_TENSOR = {"pack_sign": 0, "pack_levels": 0, "pack_sign_pair": 1, "pack_ternary": 1, "pack_heads": 1,
+                 "pack_values": 1}
 
 
 def read_pinned(path: str, batch: int | None = None) -> tuple[onnx.ModelProto, str, list[int]]:

@@ -132,16 +132,21 @@ def verify(
         rng = np.random.default_rng(0)
         x = rng.standard_normal((16, *[d or 1 for d in dims[1:]])).astype(np.float32)
     binaries = lowered.binarizer_outputs()
-    if batch is None and dims and dims[0] is None and not lowered.outputs_follow_batch():
-        batch = len(x)  # an output like [B*N, C] cannot be run in chunks: compile the whole batch
+    # an output like [B*N, C] (or a binarized tensor compared like one) cannot be cut into chunks
+    follows_batch = lowered.outputs_follow_batch() and lowered.tensors_follow_batch(binaries)
+    if batch is None and dims and dims[0] is None and not follows_batch:
+        batch = len(x)  # compile the whole batch
     compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries, progress=progress, sign_zero=sign_zero,
                             standalone=standalone)
-    ours = compiled_outputs(compiled, target, x, endpoint)
+    chunk = dims[0] if dims else None  # a fixed-batch model runs in chunks of its batch
+    if chunk is not None and not follows_batch:
+        ours = joined_chunks(compiled, target, x, endpoint, chunk)
+    else:
+        ours = compiled_outputs(compiled, target, x, endpoint)
     add_graph_outputs(model, binaries)
     float_graph = model
     if sign_zero == "plus":
         model = signs_as_binarizers(model)
-    chunk = dims[0] if dims else None  # a fixed-batch model runs in chunks of its batch
     try:
         theirs = reference_outputs(model, x, input_name, chunk)
     except BnnError as err:
@@ -303,6 +308,14 @@ def binarized_ancestors(model, tensor: str, binarized: set) -> set:
         elif name in producer:
             stack.extend(producer[name].input)
     return found
+
+
+def joined_chunks(compiled, target: str, x: np.ndarray, endpoint: Endpoint, chunk: int) -> list[np.ndarray]:
+    """A fixed-batch module's outputs on ``x``, ``chunk`` inputs at a time, each output joined
+    along its first axis as ``reference_outputs`` joins ONNX Runtime's: for outputs such as
+    ``[B*N, C]`` rows, which the runner cannot cut into chunks itself."""
+    parts = [compiled_outputs(compiled, target, x[start : start + chunk], endpoint) for start in range(0, len(x), chunk)]
+    return [np.concatenate(outputs) for outputs in zip(*parts)]
 
 
 def compiled_outputs(compiled, target: str, x: np.ndarray, endpoint: Endpoint = Endpoint()) -> list[np.ndarray]:

@@ -211,7 +211,7 @@ def rebinarizer(tensor: str, kind: str, fed: str, graph, crossable: bool = False
         less = helper.make_node("Less", [fed, CONSTANTS["zero"]], [out + "_lt"], name=out + "_lt")
         return [less, helper.make_node("Where", [out + "_lt", CONSTANTS["minus_one"], CONSTANTS["one"]], [out],
                                        name=out)], []
-    if kind in ("pack_sign_pair", "pack_ternary", "pack_heads"):  # -1, 0, +1
+    if kind in ("pack_sign_pair", "pack_ternary", "pack_heads", "pack_values"):  # -1, 0, +1
         return [helper.make_node("Sign", [fed], [out], name=out)], []
     quant = quant_nodes(tensor, graph)
     if quant is not None:

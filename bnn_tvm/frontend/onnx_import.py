@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import BnnError
+from .masked_fill import masked_fills_as_where
 from .qonnx_quant import add_binarizer_constants, binarizer_nodes, expand_quant
 
 CONSTANT_VALUE_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
@@ -205,6 +206,7 @@ def pin_input_shape(model: onnx.ModelProto, name: str, shape: list[int]) -> onnx
         pass
     onnxscript.optimizer.fold_constants(model, input_size_limit=1 << 26, output_size_limit=1 << 26)  # in place
     fold_exact_constant_nodes(model)
+    masked_fills_as_where(model)  # torch.export's out[mask] = c: data-dependent ScatterND indices
     onnxscript.optimizer.remove_unused_nodes(model)
     return constants_to_initializers(model)
 
@@ -339,7 +341,7 @@ def _importer_class():
                 op = self._scalar_bound(op_name, inputs)
             else:
                 op = super()._convert_operator(op_name, inputs, attrs, opset)
-            name = self._sanitize_name(node)
+            name = self._binding_name(node)
             if isinstance(op, relax.Tuple):  # several outputs (BatchNormalization): bind each
                 op = relax.Tuple([self._bind(field, name, node) for field in op.fields])
             else:
@@ -351,6 +353,14 @@ def _importer_class():
             leaving PyTorch's "/2/Clip" as "input_/2/Clip", which CUDA C cannot declare as a
             kernel parameter (LLVM does not mind). ``provenance`` keeps the ONNX names."""
             return super()._sanitize_name(re.sub(r"\W", "_", name))
+
+        def _binding_name(self, node: str) -> str:
+            """The node's sanitized name, ending in a non-digit: the block builder makes a name
+            unique by appending digits (a pass's new binding after ``node_add_1`` becomes
+            ``node_add_11``), which must never be another node's name (the dynamo exporter's
+            ``node_add_11``), or provenance would credit that node with what the pass emitted."""
+            name = self._sanitize_name(node)
+            return name + "_" if name[-1:].isdigit() else name
 
         def _bind(self, expr, name, node):
             """Bind ``expr`` under the node's name; its result binding is what provenance keys on

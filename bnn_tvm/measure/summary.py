@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from bnn_tvm.relay_passes.conventions import SCALE_SPREAD
+
 from ..errors import BnnError
 
 FLOAT_BITS = 32
@@ -288,6 +290,7 @@ def summarize_onnx(path: str) -> ModelSummary:
     import onnx
     from onnx import numpy_helper
 
+    from ..frontend.masked_fill import masked_fills_as_where
     from ..frontend.onnx_import import constants_to_initializers, graph_input, load_onnx, pin_input_shape
 
     model = constants_to_initializers(load_onnx(path))
@@ -295,10 +298,14 @@ def summarize_onnx(path: str) -> ModelSummary:
     if any(d is None for d in dims[1:]):
         raise BnnError(f"{path}: input {input_name!r} has a symbolic non-batch dimension {dims}")
     model = pin_input_shape(model, input_name, [1, *dims[1:]])
+    # shapes inferred before the folding (a traced ``repeat(batch, 1)``'s ``Tile``, now a constant,
+    # still of unknown batch) would stand: infer them anew
+    del model.graph.value_info[:]
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as err:  # onnx raises several types here
         raise BnnError(f"{path}: ONNX shape inference failed: {err}") from err
+    masked_fills_as_where(model)  # torch.export's out[mask] = c, as the compiler reads it
     constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     shapes = _value_shapes(model)
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -364,11 +371,13 @@ def _activation_matmul_stats(layer: LayerStats, node, shapes, producers, constan
         raise BnnError(f"{path}: node {layer.name!r} (MatMul): operand shapes unknown after inference")
     layer.input_bits = _activation_bits(node.input[0], producers, constants)
     layer.weight_bits = _activation_bits(node.input[1], producers, constants)
-    layer.add_macs(math.prod(out_shape[1:]) * a_shape[-1])
+    layer.add_macs(math.prod(out_shape) * a_shape[-1])  # batch 1: every element is the sample's
 
 
 def _node_macs(node, weight: np.ndarray, out_shape: list[int]) -> int:
-    per_sample = math.prod(out_shape[1:])
+    """MACs of one sample: the graph is pinned to batch 1, so every output element is the
+    sample's, also where the first axis is not the batch (a point MLP's ``[B*N, C]`` rows)."""
+    per_sample = math.prod(out_shape)
     if node.op_type == "Conv":
         return per_sample * math.prod(weight.shape[1:])  # weight [OC, C/groups, kh, kw]
     if node.op_type == "Gemm":
@@ -389,14 +398,17 @@ def _is_learned_scalar(node, position: int, value: np.ndarray, producers: dict) 
 
 def _channel_scales(node, weight: np.ndarray) -> np.ndarray | None:
     """Per output channel ``alpha`` when the weight is ``±alpha`` per output channel (±1: all
-    ones; an exporter that folds a batch norm into binary weights gives other alphas), else None."""
+    ones; an exporter that folds a batch norm into binary weights gives other alphas), else None.
+    ``|w|`` may spread by ``SCALE_SPREAD`` of ``alpha`` in a channel, as the compiler allows
+    (``alpha * sign(W)`` computed in float32, BiBERT's weight estimator: a few ulp off)."""
     if weight.size == 0 or weight.ndim < 2:
         return None
     trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
     axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b) else weight.ndim - 1
     magnitudes = np.moveaxis(np.abs(weight), axis, 0).reshape(weight.shape[axis], -1)
-    scales = magnitudes[:, 0]
-    if np.any(scales == 0) or not np.all(magnitudes == scales[:, None]):
+    scales = np.median(magnitudes, axis=1).astype(np.float32)
+    spread = np.abs(magnitudes.astype(np.float64) - scales[:, None])
+    if np.any(scales == 0) or not np.all(spread <= SCALE_SPREAD * scales[:, None]):
         return None
     return scales
 
@@ -407,6 +419,16 @@ def _is_binarizer(node, producers: dict, constants: dict) -> bool:
     return (compare is not None and compare.op_type in ("GreaterOrEqual", "Greater")
             and _uniform_value(node.input[1], producers, constants) == 1
             and _uniform_value(node.input[2], producers, constants) == -1)
+
+
+def _is_zero_mean_sign(node, producers: dict, constants: dict) -> bool:
+    """BiBERT's ``ZMeanBinaryQuantizer``: ``Where(Equal(Sign(x), -1), 0, Sign(x))``, 0/1 values."""
+    equal, sign = producers.get(node.input[0]), producers.get(node.input[2])
+    while equal is not None and equal.op_type == "Cast":  # the exporter's Cast to bool
+        equal = producers.get(equal.input[0])
+    return (sign is not None and sign.op_type == "Sign" and equal is not None and equal.op_type == "Equal"
+            and equal.input[0] == node.input[2] and _uniform_value(equal.input[1], producers, constants) == -1
+            and _uniform_value(node.input[1], producers, constants) == 0)
 
 
 def _uniform_value(name: str, producers: dict, constants: dict) -> float | None:
@@ -459,7 +481,8 @@ def _activation_bits(name: str, producers: dict, constants: dict) -> int:
     if node.op_type == "Sign":
         return 1
     if node.op_type == "Where":
-        return 1 if _is_binarizer(node, producers, constants) else FLOAT_BITS
+        binary = _is_binarizer(node, producers, constants) or _is_zero_mean_sign(node, producers, constants)
+        return 1 if binary else FLOAT_BITS
     if node.op_type == "Cast" and _op_of(node.input[0], producers) in COMPARE_OPS:
         return 1  # a comparison's 0/1 (Bi-Attention's boolean attention)
     if node.op_type == "Add" and _straight_through_sign(node, producers) is not None:

@@ -129,14 +129,11 @@ def score_chain(ctx: RuleContext, expr, shape):
             return None
 
 
-def score_intervals(steps, threshold: float, strict: bool, taps: int, parity: int | None):
-    """``(low, high)`` int32 tables (the broadcast shape of the steps' constants, rank 4): the
-    decision ``chain(S) >= threshold`` (``strict``: ``>``) holds exactly when ``low <= S <=
-    high``, for every integer ``S`` the scores kernel can return (``|S| <= taps``, of one
-    ``parity`` when bipolar). Found by evaluating the float32 chain, in the graph's order and
-    rounding, on every such ``S`` for every element of the constants (so the mask's -10000 gives
-    an empty interval, a tie lands on the side the float graph puts it). None when some element's
-    decisions are not an interval, or the constants are too large to tabulate."""
+def chain_on_scores(steps, taps: int, parity: int | None):
+    """``(candidates, y)``: the integers ``S`` an attention-scores kernel can return (``|S| <=
+    taps``, of one ``parity`` when bipolar) and the float32 chain of ``steps`` on each, in the
+    graph's order and rounding, ``y`` of the constants' broadcast shape (rank 4) plus one axis
+    over the candidates. None when the constants are too large to tabulate."""
     shape = np.broadcast_shapes((1, 1, 1, 1), *(const.shape for _, const in steps))
     if int(np.prod(shape)) > MAX_MASK_VALUES:
         return None
@@ -145,6 +142,22 @@ def score_intervals(steps, threshold: float, strict: bool, taps: int, parity: in
     with np.errstate(all="ignore"):
         for op, const in steps:
             y = NUMPY_OPS[op](y, const[..., None]).astype(np.float32)
+    return candidates, np.broadcast_to(y, shape + (candidates.size,))
+
+
+def score_intervals(steps, threshold: float, strict: bool, taps: int, parity: int | None):
+    """``(low, high)`` int32 tables (the broadcast shape of the steps' constants, rank 4): the
+    decision ``chain(S) >= threshold`` (``strict``: ``>``) holds exactly when ``low <= S <=
+    high``, for every integer ``S`` the scores kernel can return (``|S| <= taps``, of one
+    ``parity`` when bipolar). Found by evaluating the float32 chain, in the graph's order and
+    rounding, on every such ``S`` for every element of the constants (so the mask's -10000 gives
+    an empty interval, a tie lands on the side the float graph puts it). None when some element's
+    decisions are not an interval, or the constants are too large to tabulate."""
+    found = chain_on_scores(steps, taps, parity)
+    if found is None:
+        return None
+    candidates, y = found
+    shape = y.shape[:-1]
     decide = (y > np.float32(threshold)) if strict else (y >= np.float32(threshold))
     decide = np.broadcast_to(decide, shape + (candidates.size,))
     count = decide.sum(axis=-1)

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..common import pack_bits, pack_planes
+from ..conventions import SCALE_SPREAD
 
 
 DIFFERENCE = "ttq_difference"  # the kernel computing b*P - a*N from a kernel over 2 * OC channels (AsymmetricWeights)
-SCALE_SPREAD = 2.0**-16  # relative spread of |w| in a channel that folding a scale in float32 leaves: a few ulp
 
 
 @dataclass(frozen=True)
