@@ -48,6 +48,7 @@ from .lift_token_matmul import lift_token_matmul
 from .merge_unit_views import merge_unit_views
 from .lower_binarizers import lower_binarizers
 from .lower_multibit import lower_multibit
+from .lower_scaled_straight_through import lower_scaled_straight_through
 from .lower_sign import lower_sign
 from .lower_straight_through import lower_straight_through
 from .split_channel_ops_over_concat import split_channel_ops_over_concat
@@ -64,6 +65,8 @@ def lift_passes(logs: Logs) -> list[tvm.transform.Pass]:
         relax.transform.FoldConstant(),
         # a training-time estimator (sign(x) - p) + p is a Sign wherever p provably fits: the Sign passes take it
         lower_straight_through(logs),
+        # XNOR-Net's (beta * sign(x) - p) + p: beta * sign(x), within rounding, for the activation-scale lift
+        lower_scaled_straight_through(logs),
         # the estimator's p, the Sign it replaced
         relax.transform.DeadCodeElimination(),
         # tf2onnx's Transpose(NHWC) -> binarizer -> Pad -> Transpose(NCHW): the binarizer before its conv

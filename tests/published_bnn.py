@@ -343,3 +343,64 @@ def export_points(model: nn.Module, path, dynamo: bool, points: int = 1024, batc
     kwargs = {} if dynamo else {"dynamo": False}
     torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["logits"], **kwargs)
     return str(path)
+
+
+class BiBenchXnorConv(nn.Module):
+    """BiBench's ``XNORConv2d`` (``bibench/models/layers/xnor.py``), written the way it writes it:
+    the per-sample activation scale ``mean|x|`` (three chained means) multiplies the sign *inside*
+    the straight-through estimator, and the weights are ``mean|W| * sign(W)`` per output channel
+    with their own estimator through ``clamp(W)``. ``BiBenchBlock`` puts it in BiBench's
+    ``BasicBlock`` with ``Hardtanh`` activations (``configs/acc_cifar10/resnet20_xnor_*.py``)."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.stride, self.shape = stride, (cout, cin, 3, 3)
+        self.weight = nn.Parameter(torch.randn(*self.shape))
+
+    def forward(self, x):
+        real_input = x
+        scaling_factor_x = torch.mean(torch.mean(torch.mean(abs(real_input), dim=3, keepdim=True), dim=2, keepdim=True),
+                                      dim=1, keepdim=True).detach()
+        binary_input_no_grad = scaling_factor_x * torch.sign(x)
+        cliped_input = torch.clamp(x, -1.0, 1.0)
+        x = binary_input_no_grad.detach() - cliped_input.detach() + cliped_input
+        real_weights = self.weight.view(self.shape)
+        scaling_factor = torch.mean(torch.mean(torch.mean(abs(real_weights), dim=3, keepdim=True), dim=2, keepdim=True),
+                                    dim=1, keepdim=True).detach()
+        binary_weights_no_grad = scaling_factor * torch.sign(real_weights)
+        cliped_weights = torch.clamp(real_weights, -1.0, 1.0)
+        binary_weights = binary_weights_no_grad.detach() - cliped_weights.detach() + cliped_weights
+        return F.conv2d(x, binary_weights, stride=self.stride, padding=1)
+
+
+class BiBenchBlock(nn.Module):
+    """BiBench's ``BasicBlock`` (``bibench/models/backbones/resnet.py``) with Hardtanh: conv, BN,
+    Hardtanh, conv, BN, shortcut (a float 1x1 conv and BN where the shape changes), add, Hardtanh."""
+
+    def __init__(self, conv, cin, cout, stride):
+        super().__init__()
+        self.conv1, self.bn1 = conv(cin, cout, stride), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = conv(cout, cout), nn.BatchNorm2d(cout)
+        self.activation = nn.Hardtanh(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.activation(self.bn1(self.conv1(x)))))
+        return self.activation(out + identity)
+
+
+def bibench_resnet(conv, blocks: int = 1, seed: int = 0) -> nn.Module:
+    """BiBench's CIFAR ResNet (float stem, BN, Hardtanh; 3 stages of ``blocks`` blocks of 16/32/64
+    channels; average pool, linear) with ``conv`` as its binary conv; seeded random weights."""
+    torch.manual_seed(seed)
+    layers, cin = [nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.Hardtanh()], 16
+    for stage, cout in enumerate((16, 32, 64)):
+        for i in range(blocks):
+            layers.append(BiBenchBlock(conv, cin, cout, 2 if stage and i == 0 else 1))
+            cin = cout
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    randomize_batch_norms(model, mean_std=0.5, gamma_std=0.3)
+    return model.eval()

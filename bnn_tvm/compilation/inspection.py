@@ -9,6 +9,7 @@ from bnn_tvm.relay_passes.fold_zero_pad_into_conv import ZERO_PAD
 from bnn_tvm.relay_passes.lift_activation_scale import SCALE_AFTER
 from bnn_tvm.relay_passes.lift_conv1d import LIFTED
 from bnn_tvm.relay_passes.lift_token_matmul import LIFTED as TOKENS_AS_ROWS
+from bnn_tvm.relay_passes.lower_scaled_straight_through import SCALED_STRAIGHT_THROUGH
 from bnn_tvm.relay_passes.lower_straight_through import STRAIGHT_THROUGH
 from bnn_tvm.relay_passes.split_channel_ops_over_concat import SPLIT
 from bnn_tvm.schedules.float_conv import FLOAT_KERNELS
@@ -18,7 +19,8 @@ from ..frontend.onnx_import import load_onnx
 
 
 MATRIX_OPS = ("Conv", "Gemm", "MatMul")
-FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED, TOKENS_AS_ROWS, SPLIT, STRAIGHT_THROUGH, ZERO_PAD, SCALE_AFTER, LAYOUT)  # rewrites that leave a node computing in float
+FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED, TOKENS_AS_ROWS, SPLIT, STRAIGHT_THROUGH, SCALED_STRAIGHT_THROUGH, ZERO_PAD, SCALE_AFTER,
+                  LAYOUT)  # rewrites that leave a node computing in float
 
 
 @dataclass
