@@ -32,7 +32,9 @@ its binary MACs in binary kernels or does not verify.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
 import importlib
 import json
 import math
@@ -230,7 +232,10 @@ def build_model(root: str, arch: str, algorithm: str) -> tuple[nn.Module, int]:
     module, name = BACKBONES[backbone_cfg.pop("type")]
     backbone = getattr(importlib.import_module(module), name)(**backbone_cfg)
     head = config["head"]
-    return ImageClassifier(backbone, head["in_channels"], head["num_classes"]), side
+    model = ImageClassifier(backbone, head["in_channels"], head["num_classes"]).eval()
+    with torch.no_grad():  # FDA's layers create their activation-noise modules at the first forward
+        model(torch.zeros(1, 3, side, side))
+    return model, side
 
 
 # Weights -----------------------------------------------------------------------------------------
@@ -299,7 +304,7 @@ def onnx_conv_macs(path: str) -> dict[str, int]:
 def export(model: nn.Module, path: str, dynamo: bool, side: int) -> str:
     """``torch.onnx.export`` as a user calls it, with PyTorch's default (dynamo) or legacy exporter."""
     kwargs = {} if dynamo else {"dynamo": False}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.randn(1, 3, side, side),), path, input_names=["x"], output_names=["logits"], **kwargs)
     return path
@@ -331,7 +336,8 @@ def measure(root: str, arch: str, algorithm: str, dynamo: bool, folder: str, rep
         row["float_notes"] = sorted({r.note for r in reports if r.op_type == "Conv" and not r.binary})
         report = verify(path, "x86")
         row["verify_ok"], row["binary_compared"] = report.ok, report.binary_checked
-        timing = bench(path, repeat)["engines"]
+        measured = bench(path, repeat)
+        timing, row["machine"] = measured["engines"], measured["machine"]
         row["bnn_tvm_ms"], row["ort_fp32_ms"] = timing["bnn_tvm"]["median_ms"], timing["ort_fp32"]["median_ms"]
     except Exception as err:  # a crash is a result of the check, reported per model
         row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
@@ -387,7 +393,9 @@ def main() -> int:
                     sys.stdout.flush()
     print()
     print_table(rows)
-    machine = next((r for r in rows if "bnn_tvm_ms" in r), None)
+    machine = next((r["machine"] for r in rows if "machine" in r), None)
+    if machine:
+        print(f"machine: {machine}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)
