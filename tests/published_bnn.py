@@ -404,3 +404,60 @@ def bibench_resnet(conv, blocks: int = 1, seed: int = 0) -> nn.Module:
     model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
     randomize_batch_norms(model, mean_std=0.5, gamma_std=0.3)
     return model.eval()
+
+
+class BiBenchFdaNoise(nn.Module):
+    """BiBench's ``NoiseAdaption_a`` (``bibench/models/layers/fda.py``): an MLP over the channels
+    at every pixel plus ``0.1 * sin(x)``."""
+
+    def __init__(self, d, k=4):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features=d, out_features=d // k, bias=False)
+        self.fc2 = nn.Linear(in_features=d // k, out_features=d, bias=False)
+
+    def forward(self, x):
+        shape = x.shape
+        _x = x
+        x = x.view(shape[0], shape[1], -1).contiguous()
+        x = x.permute(0, 2, 1).contiguous()
+        x = self.fc2(F.relu(self.fc1(x)))
+        x = x.permute(0, 2, 1).contiguous().reshape(shape)
+        x += 0.1 * torch.sin(_x)
+        return x
+
+
+class FdaSign(torch.autograd.Function):
+    """BiBench's ``FDA_BinaryQuantize``: sign forward (its backward is a Fourier series)."""
+
+    @staticmethod
+    def forward(ctx, inputs, n):
+        return torch.sign(inputs)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output, None
+
+
+class BiBenchFdaConv(nn.Conv2d):
+    """BiBench's ``FDAConv2d`` (``bibench/models/layers/fda.py``) as it writes its forward: sign
+    of weights and activations, each plus ``alpha`` times a noise term, the weights scaled by
+    ``mean|W|`` per output channel. ``alpha`` is a buffer the training schedule decays to exactly
+    0 at the last epoch (``model_params_update``), the value a trained model holds."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__(cin, cout, 3, stride, 1, bias=False)
+        nn.init.normal_(self.weight)
+        self.register_buffer("n", torch.tensor(9))
+        self.register_buffer("alpha", torch.tensor(0.0))
+        self.weight_noise_scale = nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.1)
+        self.act_noise = BiBenchFdaNoise(cin)
+
+    def forward(self, input):
+        w, a = self.weight, input
+        bw = FdaSign().apply(w, self.n)
+        ba = FdaSign().apply(a, self.n)
+        bw = bw + self.alpha * (self.weight_noise_scale + 0.1 * torch.sin(w))
+        ba = ba + self.alpha * self.act_noise(a)
+        scaling_factor = torch.mean(torch.mean(torch.mean(abs(self.weight), dim=3, keepdim=True), dim=2, keepdim=True),
+                                    dim=1, keepdim=True).detach()
+        return F.conv2d(ba, bw * scaling_factor, self.bias, self.stride, self.padding, self.dilation, self.groups)

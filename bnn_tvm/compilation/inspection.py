@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from bnn_tvm.relay_passes.cancel_layout_transposes import LAYOUT
 from bnn_tvm.relay_passes.fold_zero_pad_into_conv import ZERO_PAD
+from bnn_tvm.relay_passes.fold_zero_scaled_term import ZERO_TERM
 from bnn_tvm.relay_passes.lift_activation_scale import SCALE_AFTER
 from bnn_tvm.relay_passes.lift_conv1d import LIFTED
 from bnn_tvm.relay_passes.lift_token_matmul import LIFTED as TOKENS_AS_ROWS
@@ -20,7 +21,7 @@ from ..frontend.onnx_import import load_onnx
 
 MATRIX_OPS = ("Conv", "Gemm", "MatMul")
 FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED, TOKENS_AS_ROWS, SPLIT, STRAIGHT_THROUGH, SCALED_STRAIGHT_THROUGH, ZERO_PAD, SCALE_AFTER,
-                  LAYOUT)  # rewrites that leave a node computing in float
+                  LAYOUT, ZERO_TERM)  # rewrites that leave a node computing in float
 
 
 @dataclass
