@@ -3,6 +3,7 @@
 
     python tools/published_unchanged.py PATH/TO/BiBench [--algorithms bnn,xnor] [--archs resnet20]
                                         [--exporters torchscript,dynamo] [--repeat 20] [--json F]
+                                        [--reactnet PATH/TO/ReActNet [--skip-bibench]]
 
 ``PATH/TO/BiBench`` is an extracted tree of https://github.com/htqin/BiBench (the folder holding
 ``BiBench/bibench`` and ``BiBench/configs``, or that ``BiBench`` folder itself). Its modules are
@@ -14,6 +15,9 @@ config file's (``configs/acc_cifar10/resnet20_<algorithm>_adam_1e-3_cosinelr.py`
 ``configs/acc_imagenet/resnet18_<algorithm>.py``) merged with its ``_base_`` files as mmcv's
 ``Config`` merges them, the classifier mmcls's ``ImageClassifier``: backbone, global average
 pooling, one linear layer.
+
+``--reactnet`` adds ReActNet's official models (github.com/liuzechun/ReActNet, plain PyTorch:
+``mobilenet/2_step2/reactnet.py`` and ``resnet/2_step2/birealnet.py``), imported unchanged.
 
 Weights are random (seeded): every parameter normal, batch norms with non-trivial running
 statistics, as a trained model has; where the algorithm's training schedule updates buffers
@@ -36,6 +40,7 @@ import contextlib
 import copy
 import io
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -264,16 +269,26 @@ def randomize(model: nn.Module, seed: int) -> None:
 
 
 # Measuring ----------------------------------------------------------------------------------------
-def binary_layer_macs(model: nn.Module, side: int) -> int:
-    """MACs of the convs and linears whose class is one of BiBench's binarized layers
-    (``bibench.models.layers``): output elements x the weight's fan-in, from one forward pass."""
+def is_bibench_layer(module: nn.Module) -> bool:
+    """One of BiBench's binarized convs or linears (a class of ``bibench.models.layers``)."""
+    return type(module).__module__.startswith("bibench.models.layers") and hasattr(module, "weight")
+
+
+def is_reactnet_layer(module: nn.Module) -> bool:
+    """ReActNet's and its Bi-Real's binary conv, ``HardBinaryConv``."""
+    return type(module).__name__ == "HardBinaryConv"
+
+
+def binary_layer_macs(model: nn.Module, side: int, is_binary_layer=is_bibench_layer) -> int:
+    """MACs of the algorithm's binarized layers: output elements x the weight's fan-in (the
+    layer's ``shape`` where it keeps its weights flat, as ReActNet's), from one forward pass."""
     macs = []
 
     def hook(module, inputs, output):
-        macs.append(math.prod(output.shape[1:]) * math.prod(module.weight.shape[1:]))
+        shape = getattr(module, "shape", None) or module.weight.shape
+        macs.append(math.prod(output.shape[1:]) * math.prod(shape[1:]))
 
-    layers = [m for m in model.modules() if type(m).__module__.startswith("bibench.models.layers")
-              and hasattr(m, "weight")]
+    layers = [m for m in model.modules() if is_binary_layer(m)]
     handles = [m.register_forward_hook(hook) for m in layers]
     try:
         with torch.no_grad():
@@ -319,13 +334,29 @@ def bench(path: str, repeat: int) -> dict:
         return json.load(open(out.name))
 
 
-def measure(root: str, arch: str, algorithm: str, dynamo: bool, folder: str, repeat: int) -> dict:
+def build_reactnet(root: str, arch: str) -> tuple[nn.Module, int]:
+    """ReActNet's official models (github.com/liuzechun/ReActNet, step 2: binary weights and
+    activations), imported from ``root`` as they are: ``reactnet-a`` (its MobileNet) and
+    ``birealnet18`` (its Bi-Real ResNet-18), 224x224."""
+    relative, factory = REACTNET_ARCHS[arch]
+    spec = importlib.util.spec_from_file_location(f"reactnet_{arch.replace('-', '_')}", os.path.join(root, relative))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, factory)().eval(), 224
+
+
+REACTNET_ARCHS = {"reactnet-a": ("mobilenet/2_step2/reactnet.py", "reactnet"),
+                  "birealnet18": ("resnet/2_step2/birealnet.py", "birealnet18")}
+
+
+def measure(built: tuple[nn.Module, int], arch: str, algorithm: str, dynamo: bool, folder: str, repeat: int,
+            is_binary_layer=is_bibench_layer) -> dict:
     from bnn_tvm.compilation.inspection import inspect_onnx
     from bnn_tvm.compilation.verify import verify
 
-    model, side = build_model(root, arch, algorithm)
+    model, side = built
     randomize(model, seed=0)
-    expected = binary_layer_macs(model, side)
+    expected = binary_layer_macs(model, side, is_binary_layer)
     path = export(model, os.path.join(folder, f"{arch}_{algorithm}_{'dynamo' if dynamo else 'ts'}.onnx"), dynamo, side)
     row = {"arch": arch, "algorithm": algorithm, "exporter": "dynamo" if dynamo else "torchscript",
            "binary_macs": expected}
@@ -370,6 +401,10 @@ def main() -> int:
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated subset of " + ", ".join(ALGORITHMS))
     parser.add_argument("--archs", default="resnet20", help="comma-separated subset of " + ", ".join(ARCHS))
     parser.add_argument("--exporters", default="torchscript,dynamo")
+    parser.add_argument("--reactnet", metavar="PATH", help="also an extracted ReActNet tree (github.com/liuzechun/ReActNet): "
+                        "its official models, unchanged")
+    parser.add_argument("--reactnet-archs", default=",".join(REACTNET_ARCHS), help="subset of " + ", ".join(REACTNET_ARCHS))
+    parser.add_argument("--skip-bibench", action="store_true", help="only the ReActNet models")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
@@ -377,6 +412,8 @@ def main() -> int:
         parser.error(f"{args.bibench}: no such folder; pass the path of an extracted BiBench tree "
                      "(`git clone https://github.com/htqin/BiBench`)")
     root = bibench_root(args.bibench)
+    if args.reactnet and not os.path.isfile(os.path.join(args.reactnet, REACTNET_ARCHS["reactnet-a"][0])):
+        parser.error(f"{args.reactnet}: not an extracted ReActNet tree (no {REACTNET_ARCHS['reactnet-a'][0]} in it)")
     for name, values, known in (("algorithm", args.algorithms, ALGORITHMS), ("arch", args.archs, ARCHS),
                                 ("exporter", args.exporters, ("torchscript", "dynamo"))):
         unknown = [v for v in values.split(",") if v not in known]
@@ -385,12 +422,19 @@ def main() -> int:
     import_bibench(root)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for arch in args.archs.split(","):
+        for arch in ([] if args.skip_bibench else args.archs.split(",")):
             for algorithm in args.algorithms.split(","):
                 for exporter in args.exporters.split(","):
-                    rows.append(measure(root, arch, algorithm, exporter == "dynamo", folder, args.repeat))
+                    rows.append(measure(build_model(root, arch, algorithm), arch, algorithm, exporter == "dynamo",
+                                        folder, args.repeat))
                     print_table(rows[-1:])
                     sys.stdout.flush()
+        for arch in (args.reactnet_archs.split(",") if args.reactnet else []):
+            for exporter in args.exporters.split(","):
+                rows.append(measure(build_reactnet(args.reactnet, arch), arch, "react(official)", exporter == "dynamo",
+                                    folder, args.repeat, is_reactnet_layer))
+                print_table(rows[-1:])
+                sys.stdout.flush()
     print()
     print_table(rows)
     machine = next((r["machine"] for r in rows if "machine" in r), None)
