@@ -387,6 +387,9 @@ def _is_learned_scalar(node, position: int, value: np.ndarray, producers: dict) 
     return node.op_type == "Mul" and _op_of(node.input[1 - position], producers) in WEIGHTED_OPS
 
 
+SCALE_ULPS = 8 * np.finfo(np.float32).eps  # how far a folded ``±alpha`` weight may be from alpha
+
+
 def _channel_scales(node, weight: np.ndarray) -> np.ndarray | None:
     """Per output channel ``alpha`` when the weight is ``±alpha`` per output channel (±1: all
     ones; an exporter that folds a batch norm into binary weights gives other alphas), else None."""
@@ -395,8 +398,10 @@ def _channel_scales(node, weight: np.ndarray) -> np.ndarray | None:
     trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
     axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b) else weight.ndim - 1
     magnitudes = np.moveaxis(np.abs(weight), axis, 0).reshape(weight.shape[axis], -1)
-    scales = magnitudes[:, 0]
-    if np.any(scales == 0) or not np.all(magnitudes == scales[:, None]):
+    scales = np.median(magnitudes, axis=1)
+    # within a few ulps: ``alpha * sign(W) - clip(W) + clip(W)`` folded in float32 leaves some
+    # entries an ulp off ``±alpha`` (the compiler bounds that deviation; a summary counts 1 bit)
+    if np.any(scales == 0) or not np.all(np.abs(magnitudes - scales[:, None]) <= SCALE_ULPS * scales[:, None]):
         return None
     return scales
 
@@ -436,6 +441,28 @@ def _op_of(name: str, producers: dict) -> str | None:
     return None if node is None else node.op_type
 
 
+def _zero_term_sum(node, producers: dict, constants: dict) -> str | None:
+    """``x`` of ``x + c * e`` (either order) with ``c`` a constant of zeros, else None."""
+    for kept, term in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+        product = producers.get(term)
+        if product is not None and product.op_type == "Mul" and any(
+                name in constants and constants[name].size and not np.any(constants[name]) for name in product.input):
+            return kept
+    return None
+
+
+def _scaled_binary(node, producers: dict, constants: dict) -> str | None:
+    """The binary operand of ``scale * b`` where ``scale`` is a constant or a ``ReduceMean`` (a
+    per-sample or per-channel magnitude, broadcast), else None. The ``Add`` of a scaled
+    straight-through estimator, ``(scale * Sign(u) - P) + P``, reaches it through
+    ``_straight_through_sign``'s match on the ``Mul``."""
+    for binary, scale in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+        if (scale in constants or _op_of(scale, producers) == "ReduceMean") \
+                and _activation_bits(binary, producers, constants) == 1:
+            return binary
+    return None
+
+
 def _straight_through_sign(node, producers: dict):
     """The ``Sign`` node of a straight-through estimator ``(Sign(u) - P) + P`` (or
     ``P + (Sign(u) - P)``; BiBench's ``sign(x).detach() - clamp(x).detach() + clamp(x)``), else None.
@@ -446,6 +473,8 @@ def _straight_through_sign(node, producers: dict):
         diff = producers.get(diff_name)
         if diff is not None and diff.op_type == "Sub" and diff.input[1] == p_name:
             sign = producers.get(diff.input[0])
+            if sign is not None and sign.op_type == "Mul":  # XNOR-Net's scale inside: (beta * Sign(u) - P) + P
+                sign = next((producers.get(i) for i in sign.input if _op_of(i, producers) == "Sign"), None)
             if sign is not None and sign.op_type == "Sign":
                 return sign
     return None
@@ -464,6 +493,14 @@ def _activation_bits(name: str, producers: dict, constants: dict) -> int:
         return 1  # a comparison's 0/1 (Bi-Attention's boolean attention)
     if node.op_type == "Add" and _straight_through_sign(node, producers) is not None:
         return 1
+    if node.op_type == "Add":  # FDA's sign(a) + alpha * noise(a) with alpha decayed to 0: sign(a)
+        kept = _zero_term_sum(node, producers, constants)
+        if kept is not None:
+            return _activation_bits(kept, producers, constants)
+    if node.op_type == "Mul":  # a binary tensor times its scale (XNOR-Net's mean|x|, a weight's alpha)
+        scaled = _scaled_binary(node, producers, constants)
+        if scaled is not None:
+            return _activation_bits(scaled, producers, constants)
     if node.op_type == "Pad":
         pad_value = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1)
         inner = _activation_bits(node.input[0], producers, constants)
