@@ -50,7 +50,6 @@ import tempfile
 import types
 import warnings
 
-import numpy as np
 import torch
 from torch import nn
 
