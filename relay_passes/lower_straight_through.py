@@ -31,67 +31,12 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .analysis.elementwise import RELAX_NAMED, Elementwise, Outcome, for_all_inputs
+from .analysis.elementwise import Elementwise, Outcome, for_all_inputs
+from .analysis.elementwise_graph import FunctionBuilder, Unsupported, root_candidates
 from .analysis.patterns import estimator_parts
-from .common import PassLog, RuleContext, clip_bounds, dtype_of, op_name, rule_pass, shape_of
+from .common import PassLog, RuleContext, dtype_of, rule_pass, shape_of
 
 STRAIGHT_THROUGH = "straight_through_sign"  # inspect: nodes of an estimator that became a Sign
-
-ELEMENTWISE_OPS = {f"relax.{op}": op for op in RELAX_NAMED}  # Relax op -> Elementwise op
-
-
-class Unsupported(Exception):
-    """The estimator's operands are not elementwise functions of one tensor in ops we bound."""
-
-
-APPROXIMATED = ("relax.tanh", "relax.exp", "relax.sigmoid", "relax.erf", "relax.log", "relax.sqrt", "relax.power")
-
-
-class FunctionBuilder:
-    """The DAG of ``Elementwise`` nodes computing some variables from one ``root`` tensor."""
-
-    def __init__(self, ctx: RuleContext, shape, root):
-        self.ctx, self.shape, self.root = ctx, tuple(shape), root
-        self.function = Elementwise()
-        self.names: list[str] = []  # the bindings the function covers, for the log
-        self.index: list = [(root, self.function.add("input"))]  # (Relax expression, node)
-
-    def node(self, expr) -> int:
-        for known, index in self.index:
-            if known.same_as(expr):
-                return index
-        index = self._build(expr)
-        self.index.append((expr, index))
-        if isinstance(expr, relax.Var) and not expr.same_as(self.root):
-            self.names.append(expr.name)
-        return index
-
-    def _build(self, expr) -> int:
-        value = self.ctx.uniform(expr, self.shape)
-        if value is not None:
-            return self.function.add("const", value=np.float32(value))
-        node = self.ctx.producer(expr)
-        name = op_name(node)
-        if self._is_elementwise(node):
-            if name == "relax.astype":
-                return self.function.add("cast_float", self.node(node.args[0]))
-            if name == "relax.clip":
-                return self.function.add("clip", self.node(node.args[0]), value=clip_bounds(node))
-            return self.function.add(ELEMENTWISE_OPS[name], *(self.node(a) for a in node.args))
-        if name in APPROXIMATED:
-            raise Unsupported(f"p computes {name.removeprefix('relax.')}, which float32 engines approximate differently")
-        raise Unsupported("p is not an elementwise function of the sign's input alone")
-
-    def _is_elementwise(self, node) -> bool:
-        """An op we bound, on operands of the result's shape or uniform constants."""
-        name = op_name(node)
-        if name == "relax.astype":
-            return str(node.attrs.dtype) == "float32" and dtype_of(node.args[0]) in ("bool", "float32")
-        if name not in ELEMENTWISE_OPS or shape_of(node) != self.shape:
-            return False
-        operands = node.args[:1] if name == "relax.clip" else node.args
-        return all(self.ctx.uniform(a, self.shape) is not None or shape_of(a) == self.shape for a in operands)
-
 
 def condition_on_bounds(sign_node: int, p_node: int):
     """``decide_bounds`` for ``for_all_inputs``: the claim's condition from node bounds."""
@@ -117,22 +62,6 @@ def condition_on_values(sign_node: int, p_node: int):
         return nan | fits, nan
 
     return decide
-
-
-def root_candidates(ctx: RuleContext, sign_var) -> list:
-    """Tensors that ``S`` and ``P`` may both be functions of, nearest first: the sign's input,
-    then up through ops with one tensor operand (``sign(clip(x))`` with ``P = clip(x)``: over
-    all of ``clip(x)``'s float32 values ``P`` is unbounded, over all of ``x``'s it is not)."""
-    found = [ctx.producer(sign_var).args[0]]
-    for _ in range(8):
-        node = ctx.producer(found[-1])
-        if not isinstance(node, relax.Call) or op_name(node) not in ELEMENTWISE_OPS:
-            break
-        tensors = [a for a in node.args if isinstance(a, relax.Var) and ctx.constant(a) is None]
-        if len(tensors) != 1 or shape_of(tensors[0]) != shape_of(sign_var) or dtype_of(tensors[0]) != "float32":
-            break
-        found.append(tensors[0])
-    return found
 
 
 def prove(ctx: RuleContext, sign_var, p_var) -> tuple[Outcome | None, str, FunctionBuilder | None]:

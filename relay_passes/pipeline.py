@@ -39,6 +39,7 @@ from .fold_residual_add import fold_residual_add
 from .fold_thresholds import fold_thresholds
 from .fold_zero_pad_into_conv import fold_zero_pad_into_conv
 from .fuse_attention_context import fuse_attention_context
+from .fold_zero_scaled_term import fold_zero_scaled_term
 from .fuse_binary_attention import fuse_binary_attention
 from .fuse_binary_conv2d import fuse_binary_conv2d
 from .fuse_binary_dense import fuse_binary_dense
@@ -50,6 +51,7 @@ from .lift_token_matmul import lift_token_matmul
 from .merge_unit_views import merge_unit_views
 from .lower_binarizers import lower_binarizers
 from .lower_multibit import lower_multibit
+from .lower_scaled_straight_through import lower_scaled_straight_through
 from .lower_sign import lower_sign
 from .lower_straight_through import lower_straight_through
 from .lower_zero_mean_sign import lower_zero_mean_sign
@@ -65,8 +67,12 @@ def lift_passes(logs: Logs) -> list[tvm.transform.Pass]:
     return [
         # binarized weights, transposed Gemm weights -> constants
         relax.transform.FoldConstant(),
+        # FDA's sign(a) + alpha * noise(a) with alpha decayed to 0: sign(a)
+        fold_zero_scaled_term(logs),
         # a training-time estimator (sign(x) - p) + p is a Sign wherever p provably fits: the Sign passes take it
         lower_straight_through(logs),
+        # XNOR-Net's (beta * sign(x) - p) + p: beta * sign(x), within rounding, for the activation-scale lift
+        lower_scaled_straight_through(logs),
         # the estimator's p, the Sign it replaced
         relax.transform.DeadCodeElimination(),
         # tf2onnx's Transpose(NHWC) -> binarizer -> Pad -> Transpose(NCHW): the binarizer before its conv

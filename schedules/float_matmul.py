@@ -83,6 +83,8 @@ def rewrite_matmuls(mod: tvm.IRModule, lanes32: int, plans: dict | None = None) 
         if weight is None or len(weight.ty.shape) != 2 or len(x.ty.shape) < 2:
             return None
         weight = weight.value.numpy()
+        if weight.size == 0:  # an empty weight (a Linear with 0 features): nothing to block, TVM's lowering
+            return None
         lanes = cpu.power_of_two_divisor(weight.shape[1], lanes32)
         if lanes < 4:
             return None

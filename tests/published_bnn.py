@@ -343,3 +343,121 @@ def export_points(model: nn.Module, path, dynamo: bool, points: int = 1024, batc
     kwargs = {} if dynamo else {"dynamo": False}
     torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["logits"], **kwargs)
     return str(path)
+
+
+class BiBenchXnorConv(nn.Module):
+    """BiBench's ``XNORConv2d`` (``bibench/models/layers/xnor.py``), written the way it writes it:
+    the per-sample activation scale ``mean|x|`` (three chained means) multiplies the sign *inside*
+    the straight-through estimator, and the weights are ``mean|W| * sign(W)`` per output channel
+    with their own estimator through ``clamp(W)``. ``BiBenchBlock`` puts it in BiBench's
+    ``BasicBlock`` with ``Hardtanh`` activations (``configs/acc_cifar10/resnet20_xnor_*.py``)."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.stride, self.shape = stride, (cout, cin, 3, 3)
+        self.weight = nn.Parameter(torch.randn(*self.shape))
+
+    def forward(self, x):
+        real_input = x
+        scaling_factor_x = torch.mean(torch.mean(torch.mean(abs(real_input), dim=3, keepdim=True), dim=2, keepdim=True),
+                                      dim=1, keepdim=True).detach()
+        binary_input_no_grad = scaling_factor_x * torch.sign(x)
+        cliped_input = torch.clamp(x, -1.0, 1.0)
+        x = binary_input_no_grad.detach() - cliped_input.detach() + cliped_input
+        real_weights = self.weight.view(self.shape)
+        scaling_factor = torch.mean(torch.mean(torch.mean(abs(real_weights), dim=3, keepdim=True), dim=2, keepdim=True),
+                                    dim=1, keepdim=True).detach()
+        binary_weights_no_grad = scaling_factor * torch.sign(real_weights)
+        cliped_weights = torch.clamp(real_weights, -1.0, 1.0)
+        binary_weights = binary_weights_no_grad.detach() - cliped_weights.detach() + cliped_weights
+        return F.conv2d(x, binary_weights, stride=self.stride, padding=1)
+
+
+class BiBenchBlock(nn.Module):
+    """BiBench's ``BasicBlock`` (``bibench/models/backbones/resnet.py``) with Hardtanh: conv, BN,
+    Hardtanh, conv, BN, shortcut (a float 1x1 conv and BN where the shape changes), add, Hardtanh."""
+
+    def __init__(self, conv, cin, cout, stride):
+        super().__init__()
+        self.conv1, self.bn1 = conv(cin, cout, stride), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = conv(cout, cout), nn.BatchNorm2d(cout)
+        self.activation = nn.Hardtanh(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.activation(self.bn1(self.conv1(x)))))
+        return self.activation(out + identity)
+
+
+def bibench_resnet(conv, blocks: int = 1, seed: int = 0) -> nn.Module:
+    """BiBench's CIFAR ResNet (float stem, BN, Hardtanh; 3 stages of ``blocks`` blocks of 16/32/64
+    channels; average pool, linear) with ``conv`` as its binary conv; seeded random weights."""
+    torch.manual_seed(seed)
+    layers, cin = [nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.Hardtanh()], 16
+    for stage, cout in enumerate((16, 32, 64)):
+        for i in range(blocks):
+            layers.append(BiBenchBlock(conv, cin, cout, 2 if stage and i == 0 else 1))
+            cin = cout
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    randomize_batch_norms(model, mean_std=0.5, gamma_std=0.3)
+    return model.eval()
+
+
+class BiBenchFdaNoise(nn.Module):
+    """BiBench's ``NoiseAdaption_a`` (``bibench/models/layers/fda.py``): an MLP over the channels
+    at every pixel plus ``0.1 * sin(x)``."""
+
+    def __init__(self, d, k=4):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features=d, out_features=d // k, bias=False)
+        self.fc2 = nn.Linear(in_features=d // k, out_features=d, bias=False)
+
+    def forward(self, x):
+        shape = x.shape
+        _x = x
+        x = x.view(shape[0], shape[1], -1).contiguous()
+        x = x.permute(0, 2, 1).contiguous()
+        x = self.fc2(F.relu(self.fc1(x)))
+        x = x.permute(0, 2, 1).contiguous().reshape(shape)
+        x += 0.1 * torch.sin(_x)
+        return x
+
+
+class FdaSign(torch.autograd.Function):
+    """BiBench's ``FDA_BinaryQuantize``: sign forward (its backward is a Fourier series)."""
+
+    @staticmethod
+    def forward(ctx, inputs, n):
+        return torch.sign(inputs)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output, None
+
+
+class BiBenchFdaConv(nn.Conv2d):
+    """BiBench's ``FDAConv2d`` (``bibench/models/layers/fda.py``) as it writes its forward: sign
+    of weights and activations, each plus ``alpha`` times a noise term, the weights scaled by
+    ``mean|W|`` per output channel. ``alpha`` is a buffer the training schedule decays to exactly
+    0 at the last epoch (``model_params_update``), the value a trained model holds."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__(cin, cout, 3, stride, 1, bias=False)
+        nn.init.normal_(self.weight)
+        self.register_buffer("n", torch.tensor(9))
+        self.register_buffer("alpha", torch.tensor(0.0))
+        self.weight_noise_scale = nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.1)
+        self.act_noise = BiBenchFdaNoise(cin)
+
+    def forward(self, input):
+        w, a = self.weight, input
+        bw = FdaSign().apply(w, self.n)
+        ba = FdaSign().apply(a, self.n)
+        bw = bw + self.alpha * (self.weight_noise_scale + 0.1 * torch.sin(w))
+        ba = ba + self.alpha * self.act_noise(a)
+        scaling_factor = torch.mean(torch.mean(torch.mean(abs(self.weight), dim=3, keepdim=True), dim=2, keepdim=True),
+                                    dim=1, keepdim=True).detach()
+        return F.conv2d(ba, bw * scaling_factor, self.bias, self.stride, self.padding, self.dilation, self.groups)

@@ -77,3 +77,24 @@ def test_layer_norm_left_to_the_float_schedules(shape, lanes):
     """Rows not in whole vectors, or a 4-lane unit (NEON): ``float_ops``' interleaved rows."""
     before = layer_norm_module(shape)
     assert "relax.nn.layer_norm" in relax_ops(hand_written_float_ops(lanes32=lanes)(before))
+
+
+def test_leaves_an_empty_weight_to_tvm():
+    """BiBench's FDA layers (``bibench/models/layers/fda.py``, ``NoiseAdaption_a``) build
+    ``nn.Linear(d, d // 64)``: 0 outputs for fewer than 64 channels, then ``nn.Linear(0, d)``.
+    Blocking an empty weight crashed the schedule (a division by zero in a loop split); the
+    matmuls stay TVM's and compute the empty result and the zeros."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([2, 9, 16], "float32"))
+    fc1 = relax.const(np.zeros((16, 0), np.float32))
+    fc2 = relax.const(np.zeros((0, 16), np.float32))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            hidden = bb.emit(relax.op.nn.relu(bb.emit(relax.op.matmul(x, fc1))))
+            out = bb.emit_output(relax.op.add(bb.emit(relax.op.matmul(hidden, fc2)), x))
+        bb.emit_func_output(out)
+    before = bb.get()
+    after = hand_written_float_ops(lanes32=8)(before)
+    assert relax_ops(after).count("relax.matmul") == 2
+    x = RNG.standard_normal((2, 9, 16)).astype(np.float32)
+    np.testing.assert_array_equal(run_relax(after, x), x)

@@ -116,3 +116,24 @@ def test_published_forms_onnx_agrees_with_zoo(tmp_path, name):
     assert from_onnx.macs_by_bits() == from_zoo.macs_by_bits()
     assert from_onnx.params_by_bits() == from_zoo.params_by_bits()
     assert len(from_onnx.float_layers) == len(from_zoo.float_layers)
+
+
+@pytest.mark.parametrize("layer", ["xnor", "fda"])
+def test_bibench_forms_counted_as_binary(tmp_path, layer):
+    """BiBench's XNOR-Net (``bibench/models/layers/xnor.py``: the per-sample scale inside the
+    estimator, weights ``mean|W| * sign(W)`` whose folded float32 values are an ulp off ``±alpha``
+    in places) and FDA (``fda.py``: ``sign(a) + 0 * noise(a)`` once ``alpha`` decayed) count their
+    binary convs as 1-bit: the summary said binarized fraction 0 for both."""
+    import warnings
+
+    from published_bnn import BiBenchFdaConv, BiBenchXnorConv, bibench_resnet, export
+
+    model = bibench_resnet({"xnor": BiBenchXnorConv, "fda": BiBenchFdaConv}[layer])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export(model, tmp_path / f"{layer}.onnx", dynamo=False, size=16)
+    binary_convs = [m for m in model.modules() if isinstance(m, (BiBenchXnorConv, BiBenchFdaConv))]
+    summary = summarize(path)
+    # six binary 3x3 convs: 16x16 maps at 16 channels (two), 8x8 at 16->32 and 32, 4x4 at 32->64 and 64
+    expected = 16 * 16 * 16 * 16 * 9 * 2 + 8 * 8 * 32 * (16 + 32) * 9 + 4 * 4 * 64 * (32 + 64) * 9
+    assert len(binary_convs) == 6 and summary.macs_by_bits()[1] == expected

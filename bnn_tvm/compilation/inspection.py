@@ -6,10 +6,12 @@ from dataclasses import dataclass
 
 from bnn_tvm.relay_passes.cancel_layout_transposes import LAYOUT
 from bnn_tvm.relay_passes.fold_zero_pad_into_conv import ZERO_PAD
+from bnn_tvm.relay_passes.fold_zero_scaled_term import ZERO_TERM
 from bnn_tvm.relay_passes.lift_activation_scale import SCALE_AFTER
 from bnn_tvm.relay_passes.lift_conv1d import LIFTED
 from bnn_tvm.relay_passes.lift_token_matmul import LIFTED as TOKENS_AS_ROWS
 from bnn_tvm.relay_passes.lift_token_matmul import POINTS_MAX
+from bnn_tvm.relay_passes.lower_scaled_straight_through import SCALED_STRAIGHT_THROUGH
 from bnn_tvm.relay_passes.lower_straight_through import STRAIGHT_THROUGH
 from bnn_tvm.relay_passes.lower_zero_mean_sign import ZERO_MEAN_SIGN
 from bnn_tvm.relay_passes.split_channel_ops_over_concat import SPLIT
@@ -20,8 +22,8 @@ from ..frontend.onnx_import import load_onnx
 
 
 MATRIX_OPS = ("Conv", "Gemm", "MatMul")
-FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED, TOKENS_AS_ROWS, SPLIT, STRAIGHT_THROUGH, ZERO_PAD, SCALE_AFTER, LAYOUT,
-                  ZERO_MEAN_SIGN, POINTS_MAX)  # rewrites that leave a node computing in float
+FLOAT_REWRITES = (*FLOAT_KERNELS, LIFTED, TOKENS_AS_ROWS, SPLIT, STRAIGHT_THROUGH, SCALED_STRAIGHT_THROUGH, ZERO_PAD,
+                  SCALE_AFTER, LAYOUT, ZERO_MEAN_SIGN, POINTS_MAX, ZERO_TERM)  # rewrites that leave a node computing in float
 
 
 @dataclass

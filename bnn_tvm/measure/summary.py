@@ -458,6 +458,28 @@ def _op_of(name: str, producers: dict) -> str | None:
     return None if node is None else node.op_type
 
 
+def _zero_term_sum(node, producers: dict, constants: dict) -> str | None:
+    """``x`` of ``x + c * e`` (either order) with ``c`` a constant of zeros, else None."""
+    for kept, term in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+        product = producers.get(term)
+        if product is not None and product.op_type == "Mul" and any(
+                name in constants and constants[name].size and not np.any(constants[name]) for name in product.input):
+            return kept
+    return None
+
+
+def _scaled_binary(node, producers: dict, constants: dict) -> str | None:
+    """The binary operand of ``scale * b`` where ``scale`` is a constant or a ``ReduceMean`` (a
+    per-sample or per-channel magnitude, broadcast), else None. The ``Add`` of a scaled
+    straight-through estimator, ``(scale * Sign(u) - P) + P``, reaches it through
+    ``_straight_through_sign``'s match on the ``Mul``."""
+    for binary, scale in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+        if (scale in constants or _op_of(scale, producers) == "ReduceMean") \
+                and _activation_bits(binary, producers, constants) == 1:
+            return binary
+    return None
+
+
 def _straight_through_sign(node, producers: dict):
     """The ``Sign`` node of a straight-through estimator ``(Sign(u) - P) + P`` (or
     ``P + (Sign(u) - P)``; BiBench's ``sign(x).detach() - clamp(x).detach() + clamp(x)``), else None.
@@ -468,6 +490,8 @@ def _straight_through_sign(node, producers: dict):
         diff = producers.get(diff_name)
         if diff is not None and diff.op_type == "Sub" and diff.input[1] == p_name:
             sign = producers.get(diff.input[0])
+            if sign is not None and sign.op_type == "Mul":  # XNOR-Net's scale inside: (beta * Sign(u) - P) + P
+                sign = next((producers.get(i) for i in sign.input if _op_of(i, producers) == "Sign"), None)
             if sign is not None and sign.op_type == "Sign":
                 return sign
     return None
@@ -487,6 +511,14 @@ def _activation_bits(name: str, producers: dict, constants: dict) -> int:
         return 1  # a comparison's 0/1 (Bi-Attention's boolean attention)
     if node.op_type == "Add" and _straight_through_sign(node, producers) is not None:
         return 1
+    if node.op_type == "Add":  # FDA's sign(a) + alpha * noise(a) with alpha decayed to 0: sign(a)
+        kept = _zero_term_sum(node, producers, constants)
+        if kept is not None:
+            return _activation_bits(kept, producers, constants)
+    if node.op_type == "Mul":  # a binary tensor times its scale (XNOR-Net's mean|x|, a weight's alpha)
+        scaled = _scaled_binary(node, producers, constants)
+        if scaled is not None:
+            return _activation_bits(scaled, producers, constants)
     if node.op_type == "Pad":
         pad_value = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1)
         inner = _activation_bits(node.input[0], producers, constants)

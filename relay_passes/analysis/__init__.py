@@ -9,7 +9,8 @@ in ``patterns`` and ``binarizers`` emit the view they return through the rule's 
 * ``weights``: constant weights as signs times a per-channel scale (``split_scale``);
 * ``patterns``: views and inputs the fusions recognise; ``binarizers``: the binarizer forms;
 * ``attention``: Bi-Attention's operands and its score intervals;
-* ``elementwise``: float32 functions of one tensor bounded over every input.
+* ``elementwise``: float32 functions of one tensor bounded over every input;
+  ``elementwise_graph``: such a function read from the Relax graph (an estimator's ``p``).
 
 They import ``relay_passes.common`` and one another, never a pass.
 """

@@ -163,3 +163,21 @@ def estimator_parts(ctx: RuleContext, call):
             if sub.args[1].same_as(other):
                 return sub.args[0], other, difference
     return None
+
+
+def scaled_estimator_parts(ctx: RuleContext, call):
+    """``(M, S, P, subtraction)`` when ``call`` is ``(M - P) + P`` or ``P + (M - P)`` with
+    ``M = beta * S`` (either order) and ``S`` a ``Sign`` (XNOR-Net's scaled estimator), else None."""
+    if op_name(call) != "relax.add":
+        return None
+    for difference, other in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
+        sub = ctx.producer(difference)
+        if op_name(sub) != "relax.subtract" or not sub.args[1].same_as(other):
+            continue
+        scaled = ctx.producer(sub.args[0])
+        if op_name(scaled) != "relax.multiply":
+            continue
+        for sign in scaled.args:
+            if op_name(ctx.producer(sign)) == "relax.sign":
+                return sub.args[0], sign, other, difference
+    return None
