@@ -26,10 +26,16 @@ from .analysis.attention import (
     score_intervals,
     signed_heads,
 )
-from .common import PassLog, RuleContext, op_name, rule_pass, shape_of
+from .common import PassLog, RuleContext, function_rule_pass, op_name, shape_of, use_counts
 
 
-def rewrite(ctx: RuleContext, call):
+def context_rule(uses: dict):
+    """``rewrite`` for a function whose bindings are used ``uses`` times: a ``P`` read elsewhere too
+    (``verify`` exposes it as an output) is read there from the bits, unpacked."""
+    return lambda ctx, call: rewrite(ctx, call, uses)
+
+
+def rewrite(ctx: RuleContext, call, uses: dict):
     """``P @ Sign(V)`` with ``P = bool(chain(S))`` of an attention-scores kernel: the decisions as
     bits along the keys (one kernel from the packed Q and K, the chain folded into integer
     intervals), ``Sign(V)`` packed along the tokens, and one popcount kernel for the context."""
@@ -70,8 +76,14 @@ def rewrite(ctx: RuleContext, call):
     ops = " ".join(f"{op} {'mask' if c.size > 1 else float(c.reshape(()))}" for op, c in steps)
     per = ("one integer interval on S" if intervals[0].size == 1 else
            f"an integer interval on S per element of the {'x'.join(map(str, intervals[0].shape))} constants")
+    # after the context matmul, P's tensor first and the bits last, as a pack logs (``compiler.PACKED_TENSOR``)
     ctx.fused(kind, f"P = S ({ops}) {'>' if strict else '>='} {ctx.scalar(cmp.args[1])} as {per}, bits along {keys} keys",
-              *bool_vars, *visited)
+              *bool_vars, *visited, bits)
+    probability = bool_vars[0]
+    if uses.get(probability, 0) > 1:  # the later uses read the kernel's decisions
+        unpacked = ctx.builder_.emit(ctx.emit_kernel(lambda b: bitserial.unpack_bits(b, keys), bits,
+                                                     op="unpack_bits", keys=keys))
+        ctx.set_var_remap(probability, unpacked)
     ternary_v = not never_zero(ctx, xv)
     source, axis = head_source(ctx, xv)
     packed = ctx.builder_.emit(
@@ -92,4 +104,4 @@ def rewrite(ctx: RuleContext, call):
 
 
 def fuse_attention_context(logs: list[PassLog] | None = None) -> tvm.transform.Pass:
-    return rule_pass(__name__, rewrite, logs)
+    return function_rule_pass(__name__, lambda func: context_rule(use_counts(func)), logs)

@@ -834,6 +834,18 @@ def attention_bits(q: te.Tensor, k: te.Tensor, low: te.Tensor, high: te.Tensor, 
     return pack_decisions(decisions)
 
 
+def unpack_bits(bits: te.Tensor, keys: int, dtype: str = "float32") -> te.Tensor:
+    """Inverse of :func:`attention_bits`: the decisions ``[..., words]`` back to 0/1 ``[..., keys]``
+    (``P`` as the float graph computes it, for ``verify`` to compare)."""
+
+    def value(*index):
+        *lead, key = index
+        word = bits[tuple(lead) + (key // WORD_BITS,)]
+        return ((word >> (key % WORD_BITS).astype(WORD_DTYPE)) & tirx.const(1, WORD_DTYPE)).astype(dtype)
+
+    return te.compute(tuple(bits.shape[:-1]) + (keys,), value, name="unpack_bits")
+
+
 def pack_tokens(x: te.Tensor, heads_axis: int = 1, ternary: bool = False) -> te.Tensor:
     """``Sign(V)`` of float heads packed along the *tokens* (the axis ``P @ V`` contracts):
     uint32 ``[B, H, W, d]`` with ``W = ceil(T / 32)``, bit ``b`` of word ``w`` holding token

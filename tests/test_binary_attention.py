@@ -170,6 +170,44 @@ def test_attention_threshold_off_by_one_fails_verify(tmp_path, monkeypatch):
     monkeypatch.setattr(fuse_attention_context, "score_intervals", off_by_one)
     report = verify(path, "x86", x=inputs())
     assert not report.exact and report.max_abs_diff > 0
+    assert lower_onnx(path).kernel_calls().get("unpack_bits") == 1  # P, a model output, read from the bits
+
+
+def test_verify_compares_the_attention_decisions(tmp_path):
+    """``P`` is one of the binarized tensors ``verify`` compares, unpacked from the bits kernel
+    (not computed again by the float ops on the scores): the verify build runs ``unpack_bits``,
+    the deployed one (the context its only output) does not."""
+    mask = torch.from_numpy(KEYS_MASK.reshape(1, 1, 1, TOKENS))
+    path = export(tmp_path / "context_only.onnx", BiAttention(HIDDEN, 1, mask=mask, form=">="), TOKENS, HIDDEN,
+                  zero_bias=True)
+    decisions = [t for t, kind in lower_onnx(path).packed_kinds().items() if kind.endswith("_attention_bits")]
+    assert len(decisions) == 1
+    deployed = lower_onnx(path).kernel_calls()
+    exposed = lower_onnx(path, extra_outputs=decisions).kernel_calls()
+    assert "unpack_bits" not in deployed and exposed.get("unpack_bits") == 1, exposed
+    assert {k: v for k, v in exposed.items() if k != "unpack_bits"} == deployed
+    report = verify(path, "x86", x=inputs())
+    assert report.ok and decisions[0] not in report.binary_mismatches and report.binary_checked >= 3
+
+
+def test_verify_names_wrong_attention_decisions(tmp_path, monkeypatch):
+    """An integer interval off by one at the tie: ``verify`` counts the decisions that differ."""
+    from bnn_tvm.relay_passes import fuse_attention_context
+
+    original = fuse_attention_context.score_intervals
+
+    def off_by_one(*args):
+        low, high = original(*args)
+        return np.where(low > -(1 << 29), low + 1, low).astype(np.int32), high
+
+    mask = torch.from_numpy(KEYS_MASK.reshape(1, 1, 1, TOKENS))
+    path = export(tmp_path / "context_only.onnx", BiAttention(HIDDEN, 1, mask=mask, form=">="), TOKENS, HIDDEN,
+                  zero_bias=True)
+    decisions = [t for t, kind in lower_onnx(path).packed_kinds().items() if kind.endswith("_attention_bits")]
+    monkeypatch.setenv("BNN_TVM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fuse_attention_context, "score_intervals", off_by_one)
+    report = verify(path, "x86", x=inputs())
+    assert report.binary_mismatches.get(decisions[0], 0) > 0 and not report.ok, report.binary_mismatches
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])

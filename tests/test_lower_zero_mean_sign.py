@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from bibert_public import BinaryQuantizer, ZMeanBinaryQuantizer  # utils_quant.py's, as BiBERT writes them
 from torch import nn
 
 from bnn_tvm.compilation.compiler import lower_onnx
@@ -28,32 +29,6 @@ from bnn_tvm.training.published_models import BinaryLinear
 
 HIDDEN, HEADS, TOKENS = 64, 1, 16
 KEYS_MASK = np.array([0.0, -1.0, -0.5, -10000.0, 0.25, -2.0, 0.0, -0.125] * 2, np.float32)  # BERT's 0 / -10000 and ties
-
-
-class BinaryQuantizer(torch.autograd.Function):
-    """utils_quant.py's ``BinaryQuantizer``: ``sign`` forward."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return torch.sign(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
-class ZMeanBinaryQuantizer(torch.autograd.Function):
-    """utils_quant.py's ``ZMeanBinaryQuantizer``: ``sign``, then -1 set to 0 in place."""
-
-    @staticmethod
-    def forward(ctx, x):
-        out = torch.sign(x)
-        out[out == -1] = 0
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
 
 
 class ZeroMeanAttention(nn.Module):
@@ -193,4 +168,4 @@ def test_public_bibert_layer_binary_and_exact(tmp_path, dynamo, monkeypatch):
     assert summary.binary_mac_fraction == 1.0
     report = verify(path, "x86", x=np.random.default_rng(1).standard_normal((4, 32, 64)).astype(np.float32))
     assert report.ok and report.exact, "\n".join(report.lines())
-    assert report.binary_checked == 7  # 4 dense inputs, Sign(Q), Sign(K), Sign(V)
+    assert report.binary_checked == 8  # 4 dense inputs, Sign(Q), Sign(K), Sign(V), the decisions P

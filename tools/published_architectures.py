@@ -33,7 +33,6 @@ import importlib
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import types
@@ -41,6 +40,8 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+
+from bnn_tvm.measure.bench.as_user import bench_as_user
 from torch import nn
 
 MODELS = ("bibert", "bipointnet", "dfsmn")
@@ -397,13 +398,6 @@ def transposes_between_kernels(path: str) -> int:
                if op(value) == "relax.permute_dims" and from_kernel(value.args[0]) and to_kernel(var))
 
 
-def bench(path: str, repeat: int) -> dict:
-    """``bench --threads 1 --engines bnn_tvm,ort_fp32`` in its own process (as a user runs it)."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([sys.executable, "-m", "bnn_tvm", "bench", path, "--target", "x86", "--threads", "1",
-                        "--engines", "bnn_tvm,ort_fp32", "--repeat", str(repeat), "--json", out.name],
-                       check=True, capture_output=True)
-        return json.load(open(out.name))
 
 
 def measure(name: str, exporter: str, path: str, repeat: int) -> dict:
@@ -413,7 +407,7 @@ def measure(name: str, exporter: str, path: str, repeat: int) -> dict:
     report = verify(path, "x86")
     row.update(verify_ok=report.ok, verify_exact=report.exact, binary_compared=report.binary_checked,
                max_rel_diff=report.max_rel_diff)
-    engines = (timing := bench(path, repeat))["engines"]
+    engines = (timing := bench_as_user(path, repeat))["engines"]
     row.update(bnn_tvm_ms=engines["bnn_tvm"]["median_ms"], ort_fp32_ms=engines["ort_fp32"]["median_ms"],
                bnn_tvm_min_ms=engines["bnn_tvm"].get("min_ms"), ort_fp32_min_ms=engines["ort_fp32"].get("min_ms"),
                machine=timing["machine"])

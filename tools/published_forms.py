@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -27,15 +26,9 @@ from tqdm import tqdm  # noqa: E402
 
 from bnn_tvm.compilation.inspection import inspect_onnx  # noqa: E402
 from bnn_tvm.compilation.verify import verify  # noqa: E402
+from bnn_tvm.measure.bench.as_user import bench_as_user  # noqa: E402
 
 
-def bench(path: str, repeat: int) -> dict:
-    """``bench --engines bnn_tvm,ort_fp32`` in its own process (as a user runs it)."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([sys.executable, "-m", "bnn_tvm", "bench", path, "--target", "x86", "--threads", "1",
-                        "--engines", "bnn_tvm,ort_fp32", "--repeat", str(repeat), "--json", out.name],
-                       check=True, capture_output=True)
-        return json.load(open(out.name))
 
 
 def measure(form: str, dynamo: bool, folder: str, blocks: int, repeat: int) -> dict:
@@ -44,7 +37,7 @@ def measure(form: str, dynamo: bool, folder: str, blocks: int, repeat: int) -> d
         path = export(resnet(form, blocks), os.path.join(folder, f"{form}_{'dynamo' if dynamo else 'ts'}.onnx"), dynamo)
     convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
     report = verify(path, "x86")
-    timing = bench(path, repeat)
+    timing = bench_as_user(path, repeat)
     engines = timing["engines"]
     return {
         "form": form, "exporter": "dynamo" if dynamo else "torchscript",

@@ -44,13 +44,14 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import types
 import warnings
 
 import torch
+
+from bnn_tvm.measure.bench.as_user import bench_as_user
 from torch import nn
 
 ALGORITHMS = ("bnn", "xnor", "dorefa", "bireal", "xnorplusplus", "react", "recu", "fda")
@@ -329,13 +330,6 @@ def export(model: nn.Module, path: str, dynamo: bool, side: int) -> str:
     return path
 
 
-def bench(path: str, repeat: int) -> dict:
-    """``bench --threads 1 --engines bnn_tvm,ort_fp32`` in its own process, as a user runs it."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([sys.executable, "-m", "bnn_tvm", "bench", path, "--target", "x86", "--threads", "1",
-                        "--engines", "bnn_tvm,ort_fp32", "--repeat", str(repeat), "--json", out.name],
-                       check=True, capture_output=True)
-        return json.load(open(out.name))
 
 
 def build_reactnet(root: str, arch: str) -> tuple[nn.Module, int]:
@@ -371,7 +365,7 @@ def measure(built: tuple[nn.Module, int], arch: str, algorithm: str, dynamo: boo
         row["float_notes"] = sorted({r.note for r in reports if r.op_type == "Conv" and not r.binary})
         report = verify(path, "x86")
         row["verify_ok"], row["binary_compared"] = report.ok, report.binary_checked
-        measured = bench(path, repeat)
+        measured = bench_as_user(path, repeat)
         timing, row["machine"] = measured["engines"], measured["machine"]
         row["bnn_tvm_ms"], row["ort_fp32_ms"] = timing["bnn_tvm"]["median_ms"], timing["ort_fp32"]["median_ms"]
         row["bnn_tvm_min_ms"], row["ort_fp32_min_ms"] = timing["bnn_tvm"]["min_ms"], timing["ort_fp32"]["min_ms"]

@@ -188,10 +188,10 @@ class LoweredModel:
 
 # pack kernel -> position, among the names its rewrite logs, of the tensor it packs (a pair's or
 # ternary planes' first name is the conv or dense that reads them); the tensor holds +-1
-# (pack_sign), -1/0/+1 (pack_sign_pair, pack_ternary, pack_heads, pack_values: an ONNX Sign) or k/L,
-# k = 0..L (pack_levels)
+# (pack_sign), -1/0/+1 (pack_sign_pair, pack_ternary, pack_heads, pack_values: an ONNX Sign), k/L,
+# k = 0..L (pack_levels) or 0/1 (Bi-Attention's decisions P, as bits along the keys)
 PACKED_TENSOR = {"pack_sign": 0, "pack_levels": 0, "pack_sign_pair": 1, "pack_ternary": 1, "pack_heads": 1,
-                 "pack_values": 1}
+                 "pack_values": 1, "binary_attention_bits": 1, "ternary_attention_bits": 1}
 
 
 def read_pinned(path: str, batch: int | None = None) -> tuple[onnx.ModelProto, str, list[int]]:
