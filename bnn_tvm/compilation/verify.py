@@ -131,33 +131,42 @@ def verify(
     if x is None:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((16, *[d or 1 for d in dims[1:]])).astype(np.float32)
-    # a binarized tensor that is a model output too is compared as one (exposing it again would
-    # add no output, and the outputs after it would be compared with the wrong tensors)
-    binaries = [t for t in lowered.binarizer_outputs() if t not in {o.name for o in lowered.onnx_model.graph.output}]
+    outputs = [o.name for o in lowered.onnx_model.graph.output]
+    # binarized tensors are exposed as extra outputs, those that are model outputs already (exposing
+    # them again adds no output) compared from there: ``binaries`` ends with them
+    exposed = [t for t in lowered.binarizer_outputs() if t not in outputs]
+    binaries = exposed + [t for t in lowered.binarizer_outputs() if t in outputs]
+
+    def binaries_last(values: list) -> list:
+        """``values`` (the model's outputs, then ``exposed``) with the binarized outputs again."""
+        return list(values) + [values[outputs.index(t)] for t in binaries[len(exposed):]]
+
     # an output like [B*N, C] (or a binarized tensor compared like one) cannot be cut into chunks
     follows_batch = lowered.outputs_follow_batch() and lowered.tensors_follow_batch(binaries)
     if batch is None and dims and dims[0] is None and not follows_batch:
         batch = len(x)  # compile the whole batch
-    compiled = compile_onnx(path, target, batch=batch, extra_outputs=binaries, progress=progress, sign_zero=sign_zero,
+    compiled = compile_onnx(path, target, batch=batch, extra_outputs=exposed, progress=progress, sign_zero=sign_zero,
                             standalone=standalone)
     chunk = dims[0] if dims else None  # a fixed-batch model runs in chunks of its batch
     if chunk is not None and not follows_batch:
         ours = joined_chunks(compiled, target, x, endpoint, chunk)
     else:
         ours = compiled_outputs(compiled, target, x, endpoint)
-    add_graph_outputs(model, binaries)
+    ours = binaries_last(ours)
+    add_graph_outputs(model, exposed)
     float_graph = model
     if sign_zero == "plus":
         model = signs_as_binarizers(model)
     try:
-        theirs = reference_outputs(model, x, input_name, chunk)
+        theirs = binaries_last(reference_outputs(model, x, input_name, chunk))
     except BnnError as err:
         raise BnnError(f"{path}: {err}") from err
     n_final = len(theirs) - len(binaries)
     abs_diff, rel_diff, mismatches = compare(ours, theirs, binaries)
     differences = None
     if sign_zero == "plus":
-        plus_abs_diff, _, plus_mismatches = compare(ours, reference_outputs(float_graph, x, input_name, chunk), binaries)
+        plus_abs_diff, _, plus_mismatches = compare(ours, binaries_last(reference_outputs(float_graph, x, input_name, chunk)),
+                                                 binaries)
         differences = (sum(plus_mismatches.values()), plus_abs_diff)
     accuracy = {}
     if labels is not None:
