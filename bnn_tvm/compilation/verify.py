@@ -134,8 +134,9 @@ def verify(
     outputs = [o.name for o in lowered.onnx_model.graph.output]
     # binarized tensors are exposed as extra outputs, those that are model outputs already (exposing
     # them again adds no output) compared from there: ``binaries`` ends with them
-    exposed = [t for t in lowered.binarizer_outputs() if t not in outputs]
-    binaries = exposed + [t for t in lowered.binarizer_outputs() if t in outputs]
+    binarized = lowered.binarizer_outputs()
+    exposed = [t for t in binarized if t not in outputs]
+    binaries = exposed + [t for t in binarized if t in outputs]
 
     def binaries_last(values: list) -> list:
         """``values`` (the model's outputs, then ``exposed``) with the binarized outputs again."""

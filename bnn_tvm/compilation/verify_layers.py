@@ -292,6 +292,12 @@ class Layout:
             return np.transpose(value, np.argsort(self.perm))
         return value.reshape(len(value), *self.shape[1:])
 
+    def from_input(self, value: np.ndarray, shape: tuple) -> np.ndarray:
+        """``value`` (in the op's input layout) laid out by the op, as ``shape``."""
+        if self.node.op_type == "Transpose":
+            return np.transpose(value, self.perm)
+        return value.reshape(shape)
+
     @property
     def perm(self) -> list:
         return [int(a) for a in next(a.ints for a in self.node.attribute if a.name == "perm")]
@@ -437,8 +443,7 @@ def verify_per_layer(
     ours = [run(compiled, np.concatenate([fed_value(t, c).reshape(-1) for t in fed])[None])
             for c in range(chunks)]  # one compiled batch's segment inputs per run, as one row
     ours_of = {t: np.concatenate([o[i] for o in ours]) for i, t in enumerate(outputs)}
-    ours_of.update({t: ours_of[t].reshape(values[t].shape) if layouts[t].node.op_type == "Reshape"
-                    else np.transpose(ours_of[t], layouts[t].perm) for t in outputs if t in layouts})
+    ours_of.update({t: layouts[t].from_input(ours_of[t], values[t].shape) for t in outputs if t in layouts})
     results = []
     for segment in segments:
         for tensor in segment.outputs:
