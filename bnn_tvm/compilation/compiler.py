@@ -146,22 +146,25 @@ class LoweredModel:
             f"{r.detail} -> {r.kernel} [{', '.join(self.onnx_nodes(r.nodes))}]" for log in self.logs for r in log.rewrites
         ]
 
+    def kernel_kind(self, value) -> str | None:
+        """The kind (``bnn.op``) of the project's kernel a binding of ``main`` calls, else None."""
+        import tvm
+
+        if not (isinstance(value, tvm.relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir")):
+            return None
+        attrs = self.mod[value.args[0]].attrs
+        return str(attrs["bnn.op"]) if attrs is not None and "bnn.op" in attrs else None
+
     def kernel_calls(self) -> dict:
         """``{kernel: calls}`` of ``main``, the project's kernels by kind (``bnn.op``): those that run,
         where ``fused_lines`` also lists rewrites a later one absorbed (a conv's epilogue folded on
         into its thresholds)."""
-        import tvm
-
-        call_tir = tvm.ir.Op.get("relax.call_tir")
         calls: dict = {}
         for block in self.mod["main"].body.blocks:
             for binding in block.bindings:
-                value = binding.value
-                if isinstance(value, tvm.relax.Call) and value.op == call_tir:
-                    attrs = self.mod[value.args[0]].attrs
-                    if attrs is not None and "bnn.op" in attrs:
-                        kind = str(attrs["bnn.op"])
-                        calls[kind] = calls.get(kind, 0) + 1
+                kind = self.kernel_kind(binding.value)
+                if kind is not None:
+                    calls[kind] = calls.get(kind, 0) + 1
         return calls
 
     def binarizer_outputs(self) -> list[str]:

@@ -123,7 +123,6 @@ def materialised_tensors(lowered) -> tuple[set, set]:
     import tvm
     from tvm import relax
 
-    call_tir = tvm.ir.Op.get("relax.call_tir")
     graph = lowered.onnx_model.graph
     order = {node.name: index for index, node in enumerate(graph.node)}
     floats, found = set(), set()
@@ -135,11 +134,7 @@ def materialised_tensors(lowered) -> tuple[set, set]:
                 continue
             tensor = graph.node[max(order[n] for n in nodes)].output[0]
             found.add(tensor)
-            if value.op == call_tir:
-                attrs = lowered.mod[value.args[0]].attrs
-                if attrs is not None and "bnn.op" in attrs and str(attrs["bnn.op"]) in FLOAT_KERNELS:
-                    floats.add(tensor)
-            elif value.op.name in FLOAT_LAYER_OPS:
+            if lowered.kernel_kind(value) in FLOAT_KERNELS or value.op.name in FLOAT_LAYER_OPS:
                 floats.add(tensor)
     return floats, found
 
