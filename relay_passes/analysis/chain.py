@@ -69,7 +69,7 @@ class Step:
     ``rsubtract``/``rdivide`` put the constant first). Called on a float32 ``[C, K]`` array it
     rounds like ONNX Runtime's elementwise kernel: one float32 rounding per op.
 
-    ``const`` is one value per channel, or for a positional step (``trace_chain(positional=True)``)
+    ``const`` is one value per channel, or for a positional step (``trace_chain(positional_consts=True)``)
     ``[C|1, H|1, W|1]``: per channel, row and column as it varies. The rounding analyses
     (``Chain.values``, ``decision_interval``) take per-channel steps only."""
 
