@@ -8,6 +8,13 @@ rounded on its own (``schedules.bitserial.apply_epilogue`` keeps LLVM from fusin
 an add into one FMA). The result is bit-identical to the reference, at no size limit and
 without a separate pass over the output.
 
+A constant that varies along the output's rows or columns (XNOR++'s ``y * o_scale * h_scale *
+w_scale``, scales ``[1, C, 1, 1]``, ``[1, 1, H, 1]``, ``[1, 1, 1, W]``) is a positional step of
+the same epilogue (``bitserial.positional_step``): the kernel reads the constant at each output's
+position and applies the ops in the graph's order, each rounded on its own, so the output stays
+bit-identical; the batch norm and clamp after the scales follow them in. (A binarizer after such
+a chain is not folded into integer thresholds: its decisions would differ per position.)
+
 The float convs of the network (stem, downsampling shortcuts) get their bias and batch norm as
 an epilogue the same way (``schedules.float_conv``), and so does the difference kernel of a
 TTQ conv (``b * P - a * N``, ``kernels.emit_difference``).
@@ -36,13 +43,13 @@ def epilogue_rule(ends: set[str]):
     def fold_epilogue(ctx: RuleContext, expr):
         if ctx.binding not in ends or ctx.bnn_kernel(expr) is not None:
             return None
-        chain = analyse_chain(ctx, expr)
+        chain = analyse_chain(ctx, expr, positional_consts=True)
         if chain is None or not chain.steps or chain.name not in EPILOGUE_KERNELS:
             return None
         # a scale that is not a power of two: the kernel's alpha * d is the value the unfused graph
         # would pass on too, so the epilogue is as close to the float graph's as the float ops
         steps = ([Step("multiply", chain.scale)] if chain.scale is not None else []) + list(chain.steps)
-        ops = tuple(step.op for step in steps)
+        ops = tuple(step.epilogue for step in steps)
         inputs = ctx.kernel_inputs(chain.source)[: integer_inputs(chain.name, chain.attrs)]
         dot = integer_dot(chain.name, chain.attrs)
         kernel = EPILOGUE_KERNELS[chain.name]
@@ -140,6 +147,9 @@ def fold_float_epilogues(logs: list[PassLog] | None = None, across_rows: bool = 
 
     def make_rule(func):
         ends = chain_ends(func)
-        return either_rule(epilogue_rule(ends), difference_rule(ends), float_conv_rule(ends, across_rows))
+        # the binary kernels' epilogues read positional constants too; the float convs' and the
+        # difference kernel's per-channel ones only
+        return either_rule(epilogue_rule(chain_ends(func, positional_consts=True)), difference_rule(ends),
+                           float_conv_rule(ends, across_rows))
 
     return function_rule_pass(__name__, make_rule, logs)

@@ -404,6 +404,31 @@ EPILOGUE_OPS = {
 }
 ADDITIVE = ("add", "subtract", "rsubtract", RESIDUAL)
 CONST_FIRST_OPS = ("rsubtract", "rdivide")
+POSITION_AXES = "cyx"  # the axes of an NCHW output a positional constant may vary along
+
+
+def positional_step(op: str, axes: str) -> str:
+    """The epilogue step ``op`` with a positional constant: one that varies along ``axes`` (a
+    subset of ``POSITION_AXES``: channels, rows, columns), shaped ``[C|1, H|1, W|1]``, such as
+    XNOR++'s per-row and per-column output scales. Named ``op@axes``."""
+    return f"{op}@{axes}"
+
+
+def step_op(step: str) -> str:
+    """The ``EPILOGUE_OPS`` name of an epilogue step (``multiply`` for ``multiply@yx``)."""
+    return step.partition("@")[0]
+
+
+def step_axes(step: str) -> str | None:
+    """The axes a positional step's constant varies along (``positional_step``), None for a
+    per-channel step or the residual."""
+    op, at, axes = step.partition("@")
+    return axes if at else None
+
+
+def positional_index(axes: str, o, y, x) -> tuple:
+    """Where output ``(o, y, x)`` reads a positional constant ``[C|1, H|1, W|1]`` varying along ``axes``."""
+    return tuple(i if axis in axes else 0 for axis, i in zip(POSITION_AXES, (o, y, x)))
 
 
 def contraction_fence(value):
@@ -415,12 +440,14 @@ def contraction_fence(value):
 
 def apply_epilogue(value, consts, steps):
     """Per-channel float ops applied to ``value`` in order, each rounded to float32 on its own:
-    ``steps`` are ``EPILOGUE_OPS`` names, ``consts`` the matching per-channel values (scalars or
-    vectors of channels). A product followed by an addition is fenced (``contraction_fence``)."""
+    ``steps`` are ``EPILOGUE_OPS`` names (or ``positional_step``s of them), ``consts`` the
+    matching values (scalars or vectors). A product followed by an addition is fenced
+    (``contraction_fence``)."""
     for position, (step, const) in enumerate(zip(steps, consts)):
-        value = EPILOGUE_OPS[step](value, const)
+        value = EPILOGUE_OPS[step_op(step)](value, const)
         # (LLVM may turn a PReLU's select of a product into a product of a select)
-        if step in ("multiply", "prelu") and position + 1 < len(steps) and steps[position + 1] in ADDITIVE:
+        if (step_op(step) in ("multiply", "prelu") and position + 1 < len(steps)
+                and step_op(steps[position + 1]) in ADDITIVE):
             value = contraction_fence(value)
     return value
 
@@ -461,19 +488,27 @@ def dot_to_float_nchw(
     ``activation_value``), then the per-channel ``steps`` with ``consts``
     (``apply_epilogue``; default: one multiply, the per-channel weight scale of ±scale
     weights); one step ``residual`` adds a tensor of the output's shape (a residual connection;
-    per-channel steps may follow it, e.g. ReActNet's RPReLU). Exact below 2^24 with no steps;
-    with steps, float32 like the float graph's ops."""
+    per-channel steps may follow it, e.g. ReActNet's RPReLU); a ``positional_step`` (NCHW only)
+    reads its constant ``[C|1, H|1, W|1]`` at the output's position (``positional_index``).
+    Exact below 2^24 with no steps; with steps, float32 like the float graph's ops."""
     steps = tuple(steps) if steps is not None else ("multiply",) * len(consts)
     if len(steps) != len(consts):
         raise ValueError(f"epilogue {steps} needs {len(steps)} per-channel constants, got {len(consts)}")
     if steps.count(RESIDUAL) > 1:
         raise ValueError(f"epilogue {steps}: at most one residual")
 
+    if len(dot.shape) != 4 and any(step_axes(step) for step in steps):
+        raise ValueError(f"epilogue {steps}: positional steps need an NCHW output")
+
+    def operand(step, c, index):
+        if step == RESIDUAL:
+            return c[index]
+        axes = step_axes(step)
+        return c[index[1]] if axes is None else c[positional_index(axes, *index[1:])]
+
     def value(d, index):
-        o = index[1]
         v = activation_value(d.astype(dtype), levels, activation_scale)
-        operands = [c[index] if step == RESIDUAL else c[o] for step, c in zip(steps, consts)]
-        return apply_epilogue(v, operands, steps)
+        return apply_epilogue(v, [operand(step, c, index) for step, c in zip(steps, consts)], steps)
 
     if len(dot.shape) == 4:
         n, oh, ow, oc = dot.shape

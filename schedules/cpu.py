@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import operator
 import os
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -211,10 +212,22 @@ def tile_out_intrin(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
     with the per-channel float ``steps`` (``bitserial.apply_epilogue``), after a k-bit input's
     ``bitserial.activation_value`` (a division by ``levels``, or a multiply by ``activation_scale``)."""
     activation = activation_suffix(levels, activation_scale)
-    name = f"bnn_tile_out_{tile_dtype}_{rows}x{lanes}{activation}{''.join('_' + step for step in steps)}_{index_dtype}"
+    name = (f"bnn_tile_out_{tile_dtype}_{rows}x{lanes}{activation}{''.join('_' + step_token(step) for step in steps)}"
+            f"_{index_dtype}")
     return register_intrinsic(
         name, lambda: _tile_out_funcs(rows, lanes, tuple(steps), index_dtype, tile_dtype, levels, activation_scale)
     )
+
+
+def step_token(step: str) -> str:
+    """An epilogue step in an intrinsic's name: ``multiply@yx`` as ``multiplyatyx`` (a name is
+    letters, digits and ``_``, which separates the steps)."""
+    return step.replace("@", "at")
+
+
+def step_of_token(token: str) -> str:
+    """The step a ``step_token`` names (no ``EPILOGUE_OPS`` name holds ``at`` followed by axes only)."""
+    return re.sub(r"at([cyx]+)$", r"@\1", token)
 
 
 def activation_suffix(levels: int = 1, activation_scale: float | None = None) -> str:
@@ -236,38 +249,48 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
     registers), as ``bitserial.dot_to_float_nchw`` computes it.
     Converted and finished (``steps``, one per-channel constant each) as vectors of channels,
     then transposed (zero vectors pad ``rows`` to a multiple of 4) and stored as vectors of
-    positions. A step ``residual`` (a tensor shaped like ``out``) is added after the transpose,
-    as vectors of positions, and the per-channel steps after it (ReActNet's RPReLU) on those
-    vectors with their channel's constant broadcast."""
-    split = steps.index(bitserial.RESIDUAL) if bitserial.RESIDUAL in steps else len(steps)
-    channel_steps, position_steps = steps[:split], steps[split + 1 :]
+    positions. From the first step that varies along the positions on, the steps run after the
+    transpose, on vectors of positions: a ``residual`` (a tensor shaped like ``out``) and a
+    ``bitserial.positional_step`` (XNOR++'s per-row or per-column scale: its constant's slice
+    for the tile, a vector along the row or one value broadcast) as loaded, the per-channel
+    steps among and after them (a batch norm, ReActNet's RPReLU) with their channel's constant
+    broadcast."""
+    split = next((k for k, step in enumerate(steps) if step == bitserial.RESIDUAL or bitserial.step_axes(step)),
+                 len(steps))
+    channel_steps, position_steps = steps[:split], steps[split:]
 
     def declare():
         dot = T.match_buffer(T.arg("dot", T.handle()), (rows, lanes), tile_dtype, offset_factor=1, scope="local",
                              strides=[T.int64(), 1])
 
         # out (and a residual) is a [channels, 1 row, positions] slice of [N, OC, OH, OW]
-        def tile(name):
-            return T.match_buffer(T.arg(name, T.handle()), (lanes, 1, rows), "float32", offset_factor=1,
+        def tile(name, channels=lanes, positions=rows):
+            return T.match_buffer(T.arg(name, T.handle()), (channels, 1, positions), "float32", offset_factor=1,
                                   strides=[T.int64(), T.int64(), 1])
 
-        operands = [tile("res") if step == bitserial.RESIDUAL else
-                    T.match_buffer(T.arg(f"c{k}", T.handle()), (lanes,), "float32", offset_factor=1)
-                    for k, step in enumerate(steps)]
-        return dot, operands, tile("out")
+        def operand(k, step):
+            if step == bitserial.RESIDUAL:
+                return tile("res")
+            axes = bitserial.step_axes(step)
+            if axes is not None:  # a [C|1, H|1, W|1] constant's slice: one row
+                return tile(f"c{k}", lanes if "c" in axes else 1, rows if "x" in axes else 1)
+            return T.match_buffer(T.arg(f"c{k}", T.handle()), (lanes,), "float32", offset_factor=1)
+
+        return dot, [operand(k, step) for k, step in enumerate(steps)], tile("out")
 
     def in_read_order(value, operands):
         """Regions in the order the compute's block lists them: as its expression reads them."""
         reads = [value]
         for step, operand in zip(steps, operands):
-            reads = [operand] + reads if step in bitserial.CONST_FIRST_OPS else reads + [operand]
+            reads = [operand] + reads if bitserial.step_op(step) in bitserial.CONST_FIRST_OPS else reads + [operand]
         return reads
 
     def operand_regions(operands, vo, vx):
-        return [c[vo, 0, vx] if len(c.shape) == 3 else c[vo] for c in operands]
+        return [c[bitserial.positional_index(bitserial.step_axes(step) or "cx", vo, 0, vx)] if len(c.shape) == 3
+                else c[vo] for step, c in zip(steps, operands)]
 
     def regions(dot, operands, out):
-        spans = [c[0:lanes, 0:1, 0:rows] if len(c.shape) == 3 else c[0:lanes] for c in operands]
+        spans = [c[0 : c.shape[0], 0:1, 0 : c.shape[2]] if len(c.shape) == 3 else c[0:lanes] for c in operands]
         T.reads(*in_read_order(dot[0:rows, 0:lanes], spans))
         T.writes(out[0:lanes, 0:1, 0:rows])
 
@@ -286,6 +309,16 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
                 T.buffer_store(out, value, [vo, extent(0), vx])
 
     padded_rows = -(-rows // 4) * 4
+
+    def along_positions(step, c, o):
+        """Step ``step``'s operand for channel ``o`` of the tile as a vector of its positions."""
+        axes = bitserial.step_axes(step) or ("cx" if step == bitserial.RESIDUAL else "c")
+        channel = T.int64(o) if "c" in axes else T.int64(0)
+        if len(c.shape) == 1:
+            return tirx.Broadcast(c[channel], rows)
+        if "x" in axes:
+            return c.vload([channel, T.int64(0), T.int64(0)], f"float32x{rows}")
+        return tirx.Broadcast(c[channel, T.int64(0), T.int64(0)], rows)
 
     def transposed(dot, operands, out):
         vectors = []
@@ -306,9 +339,8 @@ def _tile_out_funcs(rows: int, lanes: int, steps: tuple[str, ...], index_dtype: 
         for o, column in enumerate(quad_transpose(vectors, lanes, shuffle)):
             if rows < padded_rows:
                 column = tirx.Shuffle([column], [T.int32(x) for x in range(rows)])
-            if split < len(steps):
-                column = column + operands[split].vload([T.int64(o), T.int64(0), T.int64(0)], f"float32x{rows}")
-                consts = [tirx.Broadcast(c[T.int64(o)], rows) for c in operands[split + 1 :]]
+            if position_steps:
+                consts = [along_positions(step, c, o) for step, c in zip(position_steps, operands[split:])]
                 column = bitserial.apply_epilogue(column, consts, position_steps)
             T.buffer_store(out, column, [T.int64(o), T.int64(0), tirx.Ramp(T.int64(0), T.int64(1), rows)])
 

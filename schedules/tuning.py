@@ -76,9 +76,10 @@ INTRINSIC_NAMES = (
     (re.compile(r"bnn_halfword_finish_(aarch64|armv7)_(\d+)_(int\d+)(?:_minus_from_(\d+))?$"),
      lambda m: cpu.halfword_finish_intrin(int(m[2]), m[3], m[1], int(m[4] or 0))),
     (re.compile(rf"bnn_(?:tuning_tile_out|tile_out_(int32|float32))_(\d+)x(\d+)(?:_div(\d+)|_mul([0-9a-f]{{8}}))?"
-                rf"((?:_(?:{'|'.join(bitserial.EPILOGUE_OPS)}))*)_(int\d+)$"),
+                rf"((?:_(?:{'|'.join(bitserial.EPILOGUE_OPS)})(?:at[cyx]+)?)*)_(int\d+)$"),
      lambda m: cpu.register_intrinsic(m[0], lambda: cpu._tile_out_funcs(
-         int(m[2]), int(m[3]), tuple(m[6].split("_")[1:]), m[7], m[1] or "int32", int(m[4] or 1),
+         int(m[2]), int(m[3]), tuple(cpu.step_of_token(t) for t in m[6].split("_")[1:]), m[7], m[1] or "int32",
+         int(m[4] or 1),
          cpu.scale_of_suffix(m[5]) if m[5] else None))),
 )
 

@@ -233,6 +233,45 @@ def residual_conv_case(rng, n, c, h, w, oc, stride, pad, rprelu: bool = False):
     return op + "_epilogue", attrs, inputs + consts + [residual] + after_consts, compute, expected
 
 
+def positional_conv_case(rng, n, c, h, w, oc, stride, pad, residual: bool = False):
+    """A conv whose epilogue mixes per-channel steps with positional ones
+    (``bitserial.positional_step``), as XNOR++ writes its output scales and batch norm:
+    ``((d * o) * h) * w``, then ``* s + b``, a per-position bias ``[C, H, W]`` and a clamp; with
+    ``residual``, a residual tensor after the scales. Each op rounds on its own, in this order,
+    read at the right row, column and channel."""
+    op, attrs, inputs, _, _ = conv_case(rng, n, c, h, w, oc, 3, stride, pad, threshold=False)
+    taps = attrs["bnn.taps"]
+    dot = conv_reference(unpacked(inputs[0], c).transpose(0, 3, 1, 2), unpacked(inputs[1], c).transpose(0, 3, 1, 2), stride, pad)
+    oh, ow = dot.shape[2:]
+    steps = ("multiply", bitserial.positional_step("multiply", "y"), bitserial.positional_step("multiply", "x"),
+             *(("residual",) if residual else ()), "multiply", "add", bitserial.positional_step("add", "cyx"), "maximum")
+    consts = {  # full-mantissa values: a contracted or reordered product rounds differently
+        "o": rng.uniform(0.5, 1.5, oc), "h": rng.uniform(0.5, 1.5, (1, oh, 1)), "w": rng.uniform(0.5, 1.5, (1, 1, ow)),
+        "res": rng.standard_normal(dot.shape), "s": rng.uniform(0.1, 3, oc), "b": rng.standard_normal(oc),
+        "p": rng.standard_normal((oc, oh, ow)), "lo": np.full(oc, -0.5),
+    }
+    consts = {k: v.astype(np.float32) for k, v in consts.items()}
+    column = lambda v: v.reshape(1, -1, 1, 1)  # noqa: E731
+    y = dot.astype(np.float32)
+    y = (y * column(consts["o"])).astype(np.float32)
+    y = (y * consts["h"][None]).astype(np.float32)
+    y = (y * consts["w"][None]).astype(np.float32)
+    if residual:
+        y = y + consts["res"]
+    y = (y * column(consts["s"])).astype(np.float32)
+    y = (y + column(consts["b"])).astype(np.float32)
+    y = (y + consts["p"][None]).astype(np.float32)
+    expected = np.maximum(y, column(consts["lo"]))
+    names = ["o", "h", "w", *(["res"] if residual else []), "s", "b", "p", "lo"]
+
+    def compute(d, wt, t, yc, xc, *cs):
+        conv = bitserial.binary_conv2d_dot(d, wt, bitserial.BorderTable(t, yc, xc), taps, (stride, stride), (pad,) * 4)
+        return bitserial.dot_to_float_nchw(conv, *cs, steps=steps)
+
+    attrs = {**attrs, "bnn.epilogue": ",".join(steps)}
+    return op + "_epilogue", attrs, inputs + [consts[k] for k in names], compute, expected
+
+
 def numpy_epilogue(dot: np.ndarray, consts: list[np.ndarray], channel_axis: int, steps=EPILOGUE) -> np.ndarray:
     """The epilogue as the float graph computes it: one float32 rounding per op."""
     from bnn_tvm.relay_passes.analysis.chain import NUMPY_OPS

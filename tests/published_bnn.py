@@ -159,6 +159,36 @@ class TtqConv(nn.Conv2d):
         return F.conv2d(x, self.Wp * pos - self.Wn * neg, stride=self.stride, padding=1)
 
 
+class XnorPlusPlusConv(nn.Module):
+    """XNOR++ (Bulat and Tzimiropoulos) as BiBench writes it (``bibench/models/layers/xnorplusplus.py``):
+    the conv binarizes its own input and weights (``torch.sign`` with a straight-through
+    estimator through ``clamp``, so the input's zeros stay 0) and multiplies its output by learned
+    scales over the output channels, rows and columns, ``y * o_scale * h_scale * w_scale``, the
+    row and column scales sliced from ``[1, 1, 2000, 1]`` and ``[1, 1, 1, 2000]`` parameters to
+    the output's size."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.stride, self.shape = stride, (cout, cin, 3, 3)
+        self.weight = nn.Parameter(torch.rand(*self.shape) * 0.001)
+        self.o_scale = nn.Parameter(torch.ones(1, cout, 1, 1))
+        self.h_scale = nn.Parameter(torch.ones(1, 1, 2000, 1))
+        self.w_scale = nn.Parameter(torch.ones(1, 1, 1, 2000))
+
+    def forward(self, x):
+        binary_input_no_grad = torch.sign(x)
+        cliped_input = torch.clamp(x, -1.0, 1.0)
+        x = binary_input_no_grad.detach() - cliped_input.detach() + cliped_input
+        real_weights = self.weight.view(self.shape)
+        binary_weights_no_grad = torch.sign(real_weights)
+        cliped_weights = torch.clamp(real_weights, -1.0, 1.0)
+        binary_weights = binary_weights_no_grad.detach() - cliped_weights.detach() + cliped_weights
+        y = F.conv2d(x, binary_weights, stride=self.stride, padding=1)
+        h_scale = self.h_scale[:, :, : y.shape[2], :]
+        w_scale = self.w_scale[:, :, :, : y.shape[3]]
+        return y * self.o_scale * h_scale * w_scale
+
+
 FORMS = {  # name -> (activation binarizer factory(channels), binary conv class)
     "bireal": (lambda c: BiRealActivation(), HardBinaryConv),
     "reactnet": (lambda c: nn.Sequential(LearnableBias(c), BiRealActivation()), HardBinaryConv),
@@ -169,6 +199,8 @@ FORMS = {  # name -> (activation binarizer factory(channels), binary conv class)
     "twn": (lambda c: SignActivation(), TwnConv),
     # the same with TTQ's asymmetric {-Wn, 0, +Wp} weights
     "ttq": (lambda c: SignActivation(), TtqConv),
+    # XNOR++: the conv binarizes its input itself; its output scales vary along rows and columns
+    "xnorpp": (lambda c: nn.Identity(), XnorPlusPlusConv),
 }
 
 
@@ -231,8 +263,11 @@ def resnet(form: str, blocks: int = 3, seed: int = 0) -> ResNet:
     model = ResNet(form, blocks)
     randomize_batch_norms(model, mean_std=0.5, gamma_std=0.3)
     for module in model.modules():
-        if isinstance(module, (HardBinaryConv, XnorConv, IrConv, SignConv, TwnConv, TtqConv)):
+        if isinstance(module, (HardBinaryConv, XnorConv, IrConv, SignConv, TwnConv, TtqConv, XnorPlusPlusConv)):
             nn.init.normal_(module.weight)
+        if isinstance(module, XnorPlusPlusConv):  # trained scales: positive, full mantissas
+            for scale in (module.o_scale, module.h_scale, module.w_scale):
+                scale.data.uniform_(0.5, 1.5)
         if isinstance(module, TtqConv):  # trained scales: positive, unequal, not powers of two
             module.Wp.data.uniform_(0.3, 1.5)
             module.Wn.data.uniform_(0.3, 1.5)

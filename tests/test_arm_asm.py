@@ -25,6 +25,7 @@ from conftest import (
     packed_decisions,
     loops,
     multibit_conv_case,
+    positional_conv_case,
     residual_conv_case,
     run,
     ternary_conv_case,
@@ -256,6 +257,16 @@ def test_kernels_match_numpy_under_qemu(target, tmp_path):
     for name, scheduled in plans.items():
         assert ("halfword counters" in scheduled.plan) != (name in UNTENSORIZED), (name, scheduled.plan)
         assert (PAIRWISE_INTRINSIC[target] in scheduled.func.script()) != (name in UNTENSORIZED), name
+
+
+@pytest.mark.parametrize("target", [pytest.param(t, marks=needs_qemu[t]) for t in ("rasp3b-armv7", "rasp3b")])
+def test_positional_epilogue_matches_numpy_under_qemu(target, tmp_path):
+    """XNOR++'s per-row and per-column output scales and a per-position bias in the NEON tile
+    epilogue (after its register transpose, on vectors of positions), run on the CPU model."""
+    cases = {"scales": lambda: positional_conv_case(np.random.default_rng(16), 1, 16, 8, 8, 16, 1, 1),
+             "scales-residual": lambda: positional_conv_case(np.random.default_rng(17), 1, 20, 6, 8, 8, 1, 1, True)}
+    plans = check_under_qemu(targets.get(target), cases, tmp_path)
+    assert all("register-transposed" in scheduled.plan for scheduled in plans.values()), plans
 
 
 @pytest.mark.parametrize("target", [pytest.param(t, marks=needs_qemu[t]) for t in ("rasp3b-armv7", "rasp3b")])

@@ -32,6 +32,7 @@ from conftest import (
     multibit_conv_case,
     numpy_epilogue,
     packed_decisions,
+    positional_conv_case,
     residual_conv_case,
     run,
     unpacked,
@@ -260,6 +261,32 @@ def test_conv_with_residual_epilogue_matches_numpy(n, c, h, w, oc, stride, pad, 
     scheduled = check_case(residual_conv_case(np.random.default_rng(15), n, c, h, w, oc, stride, pad, rprelu), target=x86_target)
     if oc % 16 == 0:
         assert "register-transposed" in scheduled.plan, scheduled.plan
+
+
+@pytest.mark.parametrize("n,c,h,w,oc,stride,pad", [(1, 16, 16, 16, 16, 1, 1), (2, 33, 9, 7, 32, 2, 1), (1, 20, 6, 5, 12, 1, 1)])
+@pytest.mark.parametrize("residual", [False, True], ids=["scales", "scales-residual"])
+def test_conv_with_positional_epilogue_matches_numpy(n, c, h, w, oc, stride, pad, residual, x86_target, monkeypatch):
+    """XNOR++'s per-row and per-column output scales and a per-position bias in the epilogue:
+    after the register transpose each is read at its row, column and channel, in the graph's order."""
+    monkeypatch.setenv("BNN_STRICT_SCHEDULES", "1")  # a tile epilogue that fails to tensorize is an error
+    scheduled = check_case(positional_conv_case(np.random.default_rng(16), n, c, h, w, oc, stride, pad, residual),
+                           target=x86_target)
+    if oc % 16 == 0 and w % 4 == 0:
+        assert "register-transposed" in scheduled.plan, scheduled.plan
+
+
+def test_positional_tile_epilogue_names_round_trip(monkeypatch):
+    """A stored tuning record names the tile epilogue's intrinsic; a new process rebuilds it from
+    the name alone, positional steps included."""
+    from bnn_tvm.schedules import tuning
+
+    steps = ("multiply", bitserial.positional_step("multiply", "y"), bitserial.positional_step("add", "cyx"), "residual")
+    name = cpu.tile_out_intrin(8, 16, steps, "int64")
+    rebuilt = []
+    monkeypatch.setattr(cpu, "register_intrinsic", lambda n, funcs: funcs())
+    monkeypatch.setattr(cpu, "_tile_out_funcs", lambda rows, lanes, steps, *rest: rebuilt.append((rows, lanes, steps)))
+    tuning.register_intrinsic_named(name)
+    assert rebuilt == [(8, 16, steps)]
 
 
 def test_unscheduled_shapes_fall_back_exactly(monkeypatch):

@@ -17,6 +17,8 @@ import tvm
 from tvm import relax
 from tvm.ir import Constant
 
+from bnn_tvm.schedules import bitserial
+
 from ..common import RuleContext, clip_bounds, op_name, shape_of
 from .patterns import is_unit_axes_reshape, or_pool_refusal, points_max_rows
 from .rounding import ValueModel, chain_values, decision_interval, kernel_value_model
@@ -49,16 +51,47 @@ def per_channel(values: np.ndarray, out_shape) -> np.ndarray | None:
     return flat[:, 0].copy()
 
 
+def positional(values: np.ndarray, out_shape) -> np.ndarray | None:
+    """A constant operand of an NCHW op as float32 ``[C|1, H|1, W|1]``: it may vary along the
+    channels, rows and columns (XNOR++'s output scales ``[1, 1, H, 1]`` and ``[1, 1, 1, W]``),
+    not along the batch, and broadcasting it must not widen the output. None otherwise."""
+    if len(out_shape) != 4 or values.ndim > 4:
+        return None
+    full = values.astype(np.float32).reshape((1,) * (4 - values.ndim) + values.shape)
+    if full.shape[0] != 1 or any(n not in (1, m) for n, m in zip(full.shape, out_shape)):
+        return None
+    return full[0].copy()
+
+
 @dataclass(frozen=True)
 class Step:
-    """One per-channel float op of a chain: ``y (op) const`` (``bitserial.EPILOGUE_OPS`` names;
+    """One float op of a chain: ``y (op) const`` (``bitserial.EPILOGUE_OPS`` names;
     ``rsubtract``/``rdivide`` put the constant first). Called on a float32 ``[C, K]`` array it
-    rounds like ONNX Runtime's elementwise kernel: one float32 rounding per op."""
+    rounds like ONNX Runtime's elementwise kernel: one float32 rounding per op.
+
+    ``const`` is one value per channel, or for a positional step (``trace_chain(positional_consts=True)``)
+    ``[C|1, H|1, W|1]``: per channel, row and column as it varies. The rounding analyses
+    (``Chain.values``, ``decision_interval``) take per-channel steps only."""
 
     op: str
-    const: np.ndarray  # float32 [C]
+    const: np.ndarray  # float32 [C], or [C|1, H|1, W|1]
+
+    @property
+    def axes(self) -> str | None:
+        """The axes a positional step's constant varies along (``bitserial.POSITION_AXES``), None
+        for a per-channel step."""
+        if self.const.ndim != 3:
+            return None
+        return "".join(axis for axis, n in zip(bitserial.POSITION_AXES, self.const.shape) if n > 1)
+
+    @property
+    def epilogue(self) -> str:
+        """The step as a kernel's epilogue names it (``bitserial.positional_step`` if positional)."""
+        return self.op if self.axes is None else bitserial.positional_step(self.op, self.axes)
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
+        if self.axes is not None:
+            raise ValueError(f"{self.epilogue}: a positional step has no per-channel value")
         col = self.const[:, None]
         return NUMPY_OPS[self.op](y, col)
 
@@ -149,8 +182,9 @@ def unary_steps(ctx: RuleContext, call, out_shape) -> list[Step] | None:
     return None if prelu is None else [prelu]
 
 
-def binary_step(ctx: RuleContext, call, out_shape):
-    """``(step, source)`` for ``source (op) const`` or ``const (op) source``."""
+def binary_step(ctx: RuleContext, call, out_shape, positional_consts: bool = False):
+    """``(step, source)`` for ``source (op) const`` or ``const (op) source``; a constant that is
+    not per channel makes a positional step where ``positional_consts`` allows it."""
     op = RELAX_OPS.get(op_name(call))
     if op is None:
         return None
@@ -160,6 +194,8 @@ def binary_step(ctx: RuleContext, call, out_shape):
         if values is None or ctx.constant(source) is not None:
             continue
         vec = per_channel(values, out_shape)
+        if vec is None and positional_consts:
+            vec = positional(values, out_shape)
         if vec is None:
             return None
         return Step(CONST_FIRST.get(op, op) if const_first else op, vec), source
@@ -183,12 +219,15 @@ def is_foldable_kernel(ctx: RuleContext, expr) -> bool:
     return ctx.bnn_kernel(expr) is not None and ctx.bnn_kernel(expr)[0] in FOLDABLE
 
 
-def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel, pools: list | None = None):
+def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel, pools: list | None = None,
+                positional_consts: bool = False):
     """Walk from ``expr`` back through per-channel float ops to a source (by default a foldable
     binary op): ``(source var, steps kernel side first, vars tensor side first)``.
 
     With a ``pools`` list, the walk also crosses one max pool that can run on packed bits and
-    appends ``(pool call, number of steps after it)`` to the list."""
+    appends ``(pool call, number of steps after it)`` to the list. ``positional_consts``: also
+    through constant ops that vary along rows or columns (positional ``Step``s; for an
+    epilogue, which evaluates each at its position)."""
     if not hasattr(expr.ty, "shape"):
         return None  # a batch norm's tuple (its bindings share names with the tensor item)
     steps, visited = [], []
@@ -229,7 +268,7 @@ def trace_chain(ctx: RuleContext, expr, is_source=is_foldable_kernel, pools: lis
             steps.extend(reversed(unary))
             expr = node.args[0]
             continue
-        found = binary_step(ctx, node, out_shape) if isinstance(node, relax.Call) else None
+        found = binary_step(ctx, node, out_shape, positional_consts) if isinstance(node, relax.Call) else None
         if found is None or shape_of(found[1]) != out_shape:
             return None
         steps.append(found[0])
@@ -260,6 +299,11 @@ class Chain:
     def levels(self) -> int:
         return self.model.levels
 
+    @property
+    def positional(self) -> bool:
+        """Whether a step varies along rows or columns (no per-channel rounding analysis then)."""
+        return any(step.axes is not None for step in self.steps)
+
     def values(self, every_integer: bool = False) -> list[np.ndarray]:
         """``chain_values`` at the integers the kernel can return (``every_integer``: at all of
         ``-levels * taps .. levels * taps``, one column each, as a lookup table indexes them)."""
@@ -272,13 +316,15 @@ class Chain:
         return error is None or not error.size or error.max() <= 0
 
     def decision_interval(self, strict: bool = False):
+        if self.positional:  # a decision per position, not per channel: not folded
+            return None
         return decision_interval(self.steps, self.channels, self.model, strict)
 
 
-def analyse_chain(ctx: RuleContext, expr, pools: list | None = None) -> Chain | None:
+def analyse_chain(ctx: RuleContext, expr, pools: list | None = None, positional_consts: bool = False) -> Chain | None:
     """The chain from a foldable binary kernel to ``expr``, or None if ``expr`` is not one
-    (``pools``: see ``trace_chain``)."""
-    traced = trace_chain(ctx, expr, pools=pools)
+    (``pools``, ``positional_consts``: see ``trace_chain``)."""
+    traced = trace_chain(ctx, expr, pools=pools, positional_consts=positional_consts)
     if traced is None:
         return None
     source, steps, visited = traced
@@ -287,9 +333,10 @@ def analyse_chain(ctx: RuleContext, expr, pools: list | None = None) -> Chain | 
     return Chain(source, name, attrs, steps, visited, channels, kernel_value_model(ctx, source, name, attrs, channels))
 
 
-def is_chain_step(value, operands) -> bool:
+def is_chain_step(value, operands, positional_consts: bool = False) -> bool:
     """What ``trace_chain`` can walk through: one variable operand, the others per-channel
-    constants (a residual add has two variables; a spatially varying constant ends a chain)."""
+    constants (a residual add has two variables; a spatially varying constant ends a chain
+    unless ``positional_consts``)."""
     if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in CHAIN_OPS):
         return False
     if sum(isinstance(v, relax.Var) for v in operands) != 1:
@@ -301,12 +348,14 @@ def is_chain_step(value, operands) -> bool:
         return True  # one slope for all channels, on whichever axis
     if value.op.name in ("relax.nn.batch_norm", "relax.nn.prelu"):  # constants along their axis
         return int(value.attrs.axis) == 1
-    return all(per_channel(c, out_shape) is not None for c in constants)
+    return all(per_channel(c, out_shape) is not None or (positional_consts and positional(c, out_shape) is not None)
+               for c in constants)
 
 
-def chain_ends(func: relax.Function) -> set[str]:
-    """Variables read by something other than a per-channel float op or a 1-D tensor's one-row
-    view (``is_unit_axes_reshape``: ``trace_chain`` walks through it), or returned."""
+def chain_ends(func: relax.Function, positional_consts: bool = False) -> set[str]:
+    """Variables read by something other than a per-channel float op (``positional_consts``: or
+    positional, as ``trace_chain`` takes them) or a 1-D tensor's one-row view
+    (``is_unit_axes_reshape``: ``trace_chain`` walks through it), or returned."""
     ends = set()
     for block in func.body.blocks:
         for binding in block.bindings:
@@ -318,6 +367,6 @@ def chain_ends(func: relax.Function) -> set[str]:
             operands = list(value.args) if isinstance(value, relax.Call) else list(getattr(value, "fields", [value]))
             # a call_tir (one of our kernels) takes its tensors as a tuple
             operands = [field for v in operands for field in (v.fields if isinstance(v, relax.Tuple) else [v])]
-            if not (is_chain_step(value, operands) or is_unit_axes_reshape(value)):
+            if not (is_chain_step(value, operands, positional_consts) or is_unit_axes_reshape(value)):
                 ends.update(v.name for v in operands if isinstance(v, relax.Var))
     return ends
