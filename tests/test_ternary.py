@@ -8,6 +8,8 @@ kernel (not two bipolar halves, not float), exact against ONNX Runtime.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import (
@@ -87,6 +89,25 @@ def test_ternary_conv_with_ternary_weights_matches_numpy(shape, form, x86_target
 def test_binary_conv_with_ternary_weights_matches_numpy(shape, form, x86_target):  # noqa: F811 (the fixture)
     case = binary_conv_ternary_weights_case(np.random.default_rng(sum(shape) + 2), *shape, threshold=form == "threshold")
     check_case(case, target=x86_target)
+
+
+@host_has_avx512
+@pytest.mark.parametrize("oc", [64, 24, 12], ids=["16-lanes", "8-lanes", "4-lanes"])
+def test_both_ternary_steps_multiply_add(oc):
+    """Both operands ternary in 32-bit counters on a unit with VNNI: the doubled mismatch count
+    is added by ``vpdpwssd`` (512, 256 and 128 bits), exact on convs (float and threshold output)
+    and denses; the conv's inner loop has no separate doubling."""
+    rng = np.random.default_rng(oc)
+    for case in (ternary_conv_case(rng, 1, 40, 8, 8, oc, 3, 1, 1, ternary_weights=True),
+                 ternary_conv_case(rng, 1, 64, 6, 6, oc, 3, 1, 1, threshold=True, ternary_weights=True),
+                 ternary_dense_case(rng, 3, 96, oc, ternary_weights=True)):
+        plan = check_case(case, target=X86).plan
+        assert "multiply-add" in plan, plan
+    _, executable = build(*ternary_conv_case(rng, 1, 64, 8, 8, 64, 3, 1, 1, ternary_weights=True)[:4], X86)
+    inner = [body for body in loops(function_asm(executable, "main")) if "vpdpwssd" in body]
+    assert inner, "no loop multiply-adds"
+    doublings = [line for line in inner[0].splitlines() if re.search(r"vpaddd\t(%zmm\d+), \1,", line)]
+    assert not doublings, doublings
 
 
 PAIR_SHAPES = [
