@@ -87,6 +87,9 @@ class VectorUnit:
     # a vector popcount of 16-bit lanes (AVX-512 BITALG ``vpopcntw``): a conv over at most 16
     # channels counts two output positions per 32-bit lane (``count_mismatches``, "pairs")
     halfword_popcount: bool = False
+    # a 16-entry table lookup per byte (SSSE3 ``pshufb``): a both-ternary step's two words counted
+    # with weights in byte counters (``_byte_lookup_step_funcs``)
+    byte_lookup: bool = False
     # a multiply-add of 16-bit pairs into 32-bit lanes (AVX-512 VNNI ``vpdpwssd``): a both-ternary
     # step adds its doubled mismatch count in one instruction (``count_mismatches``)
     word_multiply_add: bool = False
@@ -531,14 +534,13 @@ def step_term(form: str, a, w, o):
     return T.Cast("int32", tirx.popcount(word))
 
 
-def both_ternary_vectors(a, w, lanes: int) -> list:
-    """For ``lanes`` output channels of a both-ternary step, ``[x & m, m]``: the taps where both
-    are nonzero (``m``) and of those the ones whose signs differ; the term is ``2 popcount(x & m)
-    - popcount(m)``. Two logic operations (``vpandd``, ``vpternlogd`` on AVX-512)."""
+def both_ternary_vectors(_form: str, a, w, lanes: int) -> list:
+    """For ``lanes`` output channels of a both-ternary step, ``[x, m]``: the taps whose signs
+    differ and the taps where both are nonzero; the term is ``2 popcount(x & m) - popcount(m)``
+    (the implementations' ``vectors``: each masks ``x`` where it is cheapest)."""
     vector = f"uint32x{lanes}"
     broadcast = lambda i: tirx.Broadcast(a[i], lanes)  # noqa: E731
-    both = broadcast(1) & w.vload([1, 0], vector)
-    return [(broadcast(0) ^ w.vload([0, 0], vector)) & both, both]
+    return [broadcast(0) ^ w.vload([0, 0], vector), broadcast(1) & w.vload([1, 0], vector)]
 
 
 def step_vectors(form: str, a, w, lanes: int) -> list:
@@ -617,6 +619,60 @@ def _byte_step_funcs(lanes: int, index_dtype: str, form: str = "xor"):
     return popcount_step_funcs(lanes, index_dtype, byte_counts, form=form)
 
 
+# A both-ternary step in byte counters: two words a step, ``m`` (both nonzero) and ``x & m``
+# (their signs differ), each split into nibbles and looked up in a table (``vpshufb``): the
+# popcount table for ``m``'s nibbles and ``4 - 2 popcount`` for ``x & m``'s, so that the four
+# lookups of a byte add ``popcount(m) - 2 popcount(x & m) + 8``, in 0..16 (``x & m`` lies in ``m``),
+# and a 32-bit lane's four bytes ``32 - term``, what the complement form's two popcounts add
+# (``step_vectors``; the same finish, ``_byte_finish_funcs``). The mask of the nibbles is shared:
+# ``x & m``'s low nibbles are ``x & (m & 0x0f)``, its high ones ``(x >> 4) & ((m >> 4) & 0x0f)``.
+# 16 vector operations a step on AVX2 against 19 for the complement form's LLVM lowering (its
+# NOT and two full popcounts), and 8 for a binary step.
+
+NIBBLE_POPCOUNTS = [bin(n).count("1") for n in range(16)]
+NIBBLE_SIGNED_MISMATCHES = [(4 - 2 * c) % 256 for c in NIBBLE_POPCOUNTS]  # 4 - 2 popcount, a byte modulo 256
+
+
+def byte_table(entries: list[int], lanes: int):
+    """The 16 bytes ``entries`` in every 128 bits of a vector of ``lanes`` 32-bit lanes, as bytes."""
+    words = [tirx.Broadcast(tirx.const(int.from_bytes(bytes(entries[4 * i : 4 * i + 4]), "little"), "uint32"), lanes)
+             for i in range(4)]
+    return tirx.reinterpret(f"uint8x{4 * lanes}", tirx.Shuffle(words, [(k % 4) * lanes + k for k in range(lanes)]))
+
+
+def look_up_bytes(table, index, lanes: int):
+    """``table[index]`` per byte (``pshufb``; an index's low 4 bits, its bit 7 clear)."""
+    name = {4: "llvm.x86.ssse3.pshuf.b.128", 8: "llvm.x86.avx2.pshuf.b", 16: "llvm.x86.avx512.pshuf.b.512"}[lanes]
+    return T.call_llvm_pure_intrin(f"uint8x{4 * lanes}", name, table, tirx.reinterpret(f"uint8x{4 * lanes}", index))
+
+
+def shift_halfwords(vector, bits: int):
+    """``vector`` (uint32xL) shifted right by ``bits`` per 16-bit half: under a mask of each byte's
+    low nibble the same as a 32-bit shift, but LLVM does not merge it with the shift of ``m``'s
+    high nibbles (it would rewrite ``(x >> 4) & (m >> 4) & 0x0f`` as ``((x & m) >> 4) & 0x0f``, one
+    operation more, ``m >> 4`` being needed anyway)."""
+    lanes = vector.ty.dtype.lanes
+    halves = tirx.reinterpret(f"uint16x{2 * lanes}", vector) >> tirx.Broadcast(tirx.const(bits, "uint16"), 2 * lanes)
+    return tirx.reinterpret(f"uint32x{lanes}", halves)
+
+
+def _byte_lookup_step_funcs(lanes: int, index_dtype: str):
+    """The both-ternary popcount step in byte counters by weighted nibble lookups (see above)."""
+
+    def lookups(words, acc):
+        signs, both = words
+        const = lambda v: tirx.Broadcast(tirx.const(v, "uint32"), lanes)  # noqa: E731
+        low, high = both & const(0x0F0F0F0F), (both >> const(4)) & const(0x0F0F0F0F)
+        popcounts, signed = byte_table(NIBBLE_POPCOUNTS, lanes), byte_table(NIBBLE_SIGNED_MISMATCHES, lanes)
+        counts = [look_up_bytes(popcounts, low, lanes), look_up_bytes(popcounts, high, lanes),
+                  look_up_bytes(signed, signs & low, lanes), look_up_bytes(signed, shift_halfwords(signs, 4) & high, lanes)]
+        counters = functools.reduce(operator.add, counts, tirx.reinterpret(f"uint8x{4 * lanes}", acc.vload([0], f"int32x{lanes}")))
+        ramp = tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)
+        T.buffer_store(acc, tirx.reinterpret(f"int32x{lanes}", counters), [ramp])
+
+    return popcount_step_funcs(lanes, index_dtype, lookups, form="both_ternary", vectors=both_ternary_vectors)
+
+
 def _finish_funcs(lanes: int, index_dtype: str, add_counters):
     """``(desc, impl)`` of a chunk's finish: ``acc[o] += part[o]``, where the implementation's
     ``part`` holds narrow counters (bytes, halfwords) that ``add_counters(part, acc)`` sums into
@@ -661,6 +717,9 @@ def _byte_finish_funcs(lanes: int, index_dtype: str, minus_from: int = 0):
 
 def byte_step_intrin(lanes: int, index_dtype: str, form: str = "xor") -> str:
     suffix = "" if form == "xor" else f"_{form}"  # the binary step keeps the name stored tuning records use
+    if form == "both_ternary":  # its counters as before (32 - term a step): the same finish
+        return register_intrinsic(f"bnn_byte_step_{lanes}_{index_dtype}{suffix}",
+                                  lambda: _byte_lookup_step_funcs(lanes, index_dtype))
     return register_intrinsic(f"bnn_byte_step_{lanes}_{index_dtype}{suffix}",
                               lambda: _byte_step_funcs(lanes, index_dtype, form))
 
@@ -689,16 +748,15 @@ def _multiply_add_step_funcs(lanes: int, index_dtype: str):
     bits = 32 * lanes
 
     def multiply_add(words, acc):
-        mismatches, both = words
+        signs, both = words
         counts = lambda word: tirx.reinterpret(f"int32x{lanes}", tirx.popcount(word))  # noqa: E731
         rest = acc.vload([0], f"int32x{lanes}") - counts(both)
         total = T.call_llvm_pure_intrin(f"int32x{lanes}", f"llvm.x86.avx512.vpdpwssd.{bits}", rest,
-                                        tirx.reinterpret(f"int16x{2 * lanes}", counts(mismatches)),
+                                        tirx.reinterpret(f"int16x{2 * lanes}", counts(signs & both)),
                                         tirx.Broadcast(tirx.const(2, "int16"), 2 * lanes))
         T.buffer_store(acc, total, [tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)])
 
-    return popcount_step_funcs(lanes, index_dtype, multiply_add, form="both_ternary", vectors=lambda _form, a, w, n:
-                               both_ternary_vectors(a, w, n))
+    return popcount_step_funcs(lanes, index_dtype, multiply_add, form="both_ternary", vectors=both_ternary_vectors)
 
 
 MULTIPLY_ADD_LANES = (4, 8, 16)  # vpdpwssd on 128, 256 (AVX512-VL) and 512 bits
@@ -1071,7 +1129,7 @@ def narrow_counters(unit: VectorUnit, lanes: int, form: str | None) -> str:
     ``form`` on ``unit``: "bytes", "halfwords" or "" (32-bit counters)."""
     if form is None:
         return ""
-    if unit.byte_counters and lanes >= MIN_BYTE_COUNTER_LANES:
+    if unit.byte_counters and lanes >= MIN_BYTE_COUNTER_LANES and (form != "both_ternary" or unit.byte_lookup):
         return "bytes"
     if unit.halfword_counters and lanes >= MIN_HALFWORD_COUNTER_LANES:
         return "halfwords"
@@ -1091,6 +1149,8 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
     narrow = narrow_counters(unit, lanes, form)
     if counters is not None:
         narrow = "" if counters == "words" or form is None else counters
+        if narrow == "bytes" and narrow_counters(unit, lanes, form) != "bytes":  # a both-ternary step needs lookups
+            narrow = ""
     if not narrow:
         step = word_step(unit, lanes, form, str(sch.get(sch.get_loops(block)[-1]).loop_var.ty))
         how = "32-bit counters" + (", multiply-add" if step else "")

@@ -75,6 +75,21 @@ def test_avx2_ternary_kernels_count_in_bytes(weights):
     assert "byte counters" in check_case(both, target=AVX2).plan
 
 
+def test_avx2_both_ternary_step_looks_up_weighted_nibbles():
+    """Both operands ternary on AVX2: four nibble lookups a step (``vpshufb``: popcounts of ``m``,
+    ``4 - 2 popcount`` of ``x & m``) and 16 vector operations in all, against 19 for two full
+    popcounts and a NOT; no all-ones constant (a NOT) in the loop."""
+    _, executable = build(*ternary_conv_case(np.random.default_rng(6), 1, 64, 8, 8, 64, 3, 1, 1,
+                                             ternary_weights=True)[:4], AVX2)
+    inner = [body for body in loops(function_asm(executable, "main")) if body.count("vpshufb") >= 8]
+    assert inner, "no loop looks up nibbles"
+    ops = [line.split()[0] for line in inner[0].splitlines()
+           if line.startswith("\tv") and not line.split()[0].startswith(("vmov", "vpbroadcast"))]
+    steps = ops.count("vpshufb") / 4
+    assert len(ops) <= 16 * steps, (len(ops), steps, inner[0])
+    assert "vpcmpeqd" not in inner[0], inner[0]
+
+
 @pytest.mark.parametrize("shape", CONV_SHAPES[:3], ids=lambda s: "n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))
 @pytest.mark.parametrize("form", ["float", "threshold"])
 def test_ternary_conv_with_ternary_weights_matches_numpy(shape, form, x86_target):  # noqa: F811 (the fixture)
