@@ -767,13 +767,17 @@ def multiply_add_step_intrin(lanes: int, index_dtype: str) -> str:
                               lambda: _multiply_add_step_funcs(lanes, index_dtype))
 
 
+def multiply_adds(unit: VectorUnit, lanes: int, form: str | None) -> bool:
+    """Whether a tile of ``lanes`` counting ``form`` steps in 32-bit counters on ``unit`` takes the
+    multiply-add step. Like narrow counters, it needs the padded input in a pass of its own
+    (``conv_choices``): the padding computed per task cannot be placed around a tensorized step."""
+    return form == "both_ternary" and unit.word_multiply_add and lanes in MULTIPLY_ADD_LANES
+
+
 def word_step(unit: VectorUnit, lanes: int, form: str | None, index_dtype: str) -> str | None:
     """The tensor intrinsic of a step in 32-bit counters, or None where LLVM's lowering of the
-    term is the implementation: the multiply-add step of a both-ternary form on a unit with
-    ``word_multiply_add``."""
-    if form == "both_ternary" and unit.word_multiply_add and lanes in MULTIPLY_ADD_LANES:
-        return multiply_add_step_intrin(lanes, index_dtype)
-    return None
+    term is the implementation (all but ``multiply_adds``)."""
+    return multiply_add_step_intrin(lanes, index_dtype) if multiply_adds(unit, lanes, form) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1072,7 +1076,11 @@ def popcount_form(sch: s_tir.Schedule, block) -> str | None:
     term = getattr(value, "b", None)
     if (type(term).__name__ == "Sub" and type(term.a).__name__ == "Mul"
             and (is_popcount(term.a.a) or is_popcount(term.a.b)) and is_popcount(term.b)):
-        return "both_ternary"
+        # ``2 popcount((s ^ t) & m) - popcount(m)``; an attention context's ``2 popcount(a & v) -
+        # popcount(a)`` is another term (no step of its own)
+        doubled = (term.a.a if is_popcount(term.a.a) else term.a.b).value.args[0]
+        masked_signs = type(doubled).__name__ == "BitwiseAnd" and type(doubled.a).__name__ == "BitwiseXor"
+        return "both_ternary" if masked_signs else None
     if not is_popcount(term):
         return None
     word = term.value.args[0]
@@ -1551,13 +1559,15 @@ def conv_choices(sch: s_tir.Schedule, func, unit: VectorUnit, threshold: bool = 
     channels, width = conv_shape(sch, threshold)
     word_aligned = threshold and channels % WORD_BITS == 0
     padded = has_block(sch, "pad_bits")
+    form = popcount_form(sch, sch.get_sblock("mismatches"))
     found = []
     for lanes in lane_choices(channels, unit):
+        pads = ("root", "task") if padded and not multiply_adds(unit, lanes, form) else ("root",)
         for width_block in width_choices(width, unit.accumulators):
             blocks = channel_blocks(channels, lanes, width_block, unit)
             channel_block = WORD_BITS if word_aligned else max(b for b in blocks if b <= 2 * lanes)
             for parallel_loops in ((1, 2, 3) if word_aligned or not threshold else (1, 2)):
-                for pad in ("root", "task") if padded else ("root",):
+                for pad in pads:
                     for counters in counter_choices(unit, lanes, pad):
                         found.append(ConvKnobs(lanes, width_block, channel_block, parallel_loops, counters, pad,
                                                unroll=counters == "words", words=1 if word_aligned else None))
