@@ -63,8 +63,8 @@ def test_ternary_conv_matches_numpy(shape, form, x86_target):  # noqa: F811 (the
 def test_avx2_ternary_kernels_count_in_bytes(weights):
     """A ternary activation's ``(s ^ w) & m`` and ternary weights' ``(a ^ s) & m`` take the byte
     counters of the AVX2 kernels (one AND more per step), as the binary ``a ^ w`` does, and so
-    does a kernel with both ternary (two popcounts a step, counted as ``32 - term``, chunks of
-    15 steps)."""
+    does a kernel with both ternary (four weighted nibble lookups a step adding ``32 - term``,
+    chunks of 15 steps)."""
     rng = np.random.default_rng(5)
     if weights == "binary":
         case = ternary_conv_case(rng, 1, 64, 12, 12, 64, 3, 1, 1)
