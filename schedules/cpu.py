@@ -88,6 +88,12 @@ class VectorUnit:
     # a vector popcount of 16-bit lanes (AVX-512 BITALG ``vpopcntw``): a conv over at most 16
     # channels counts two output positions per 32-bit lane (``count_mismatches``, "pairs")
     halfword_popcount: bool = False
+    # a 16-entry table lookup per byte (SSSE3 ``pshufb``): a both-ternary step's two words counted
+    # with weights in byte counters (``_byte_lookup_step_funcs``)
+    byte_lookup: bool = False
+    # a multiply-add of 16-bit pairs into 32-bit lanes (AVX-512 VNNI ``vpdpwssd``): a both-ternary
+    # step adds its doubled mismatch count in one instruction (``count_mismatches``)
+    word_multiply_add: bool = False
 
 
 @dataclass
@@ -436,28 +442,31 @@ def parallel_loop(sch: s_tir.Schedule, loops: list, count: int):
 # Pieces shared by the kernels
 
 
-def accumulate(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduction: int) -> None:
+def accumulate(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduction: int, step: str | None = None) -> None:
     """Turn a reduction block computed inside a tile into register accumulation.
 
     The block's innermost loops are ``spatial`` spatial loops (the last one output channels)
     and ``reduction`` reduction loops. The reduction goes outside, the tile inside: positions
-    unrolled, channels split into unrolled vectors of ``lanes``.
+    unrolled, channels split into unrolled vectors of ``lanes`` (vectorized, or tensorized by
+    the tensor intrinsic ``step``).
     """
     loops = sch.get_loops(block)
     *positions, channels = loops[-(spatial + reduction) : -reduction]
-    lay_out_tile(sch, block, loops[-reduction:], positions, channels, lanes, vectorize=lanes > 1)
+    lane = lay_out_tile(sch, block, loops[-reduction:], positions, channels, lanes, vectorize=lanes > 1 and step is None)
     sch.set_scope(block, 0, "local")
+    if step is not None:
+        sch.tensorize(lane, step)
 
 
 MAX_UNROLLED_COLUMNS = 3  # kernel columns and channel words a design space may unroll
 MAX_UNROLLED_WORDS = 4
 
 
-def accumulate_unrolled(sch: s_tir.Schedule, block, lanes: int, reduction: int) -> None:
+def accumulate_unrolled(sch: s_tir.Schedule, block, lanes: int, reduction: int, step: str | None = None) -> None:
     """``accumulate`` with part of the reduction unrolled: of a conv's kernel columns and
     channel words (``reduction`` 3: ``ry, rx, rc``) or a dense's words (1), an inner part of a
     sampled size (at most ``MAX_UNROLLED_COLUMNS`` and ``MAX_UNROLLED_WORDS``) unrolled inside
-    the rest of the reduction, the tile inside it."""
+    the rest of the reduction, the tile inside it (its lane loop tensorized by ``step`` where given)."""
     loops = sch.get_loops(block)
     reduce = loops[-reduction:]
     positions, channels = loops[-reduction - 2 : -reduction]
@@ -477,8 +486,10 @@ def accumulate_unrolled(sch: s_tir.Schedule, block, lanes: int, reduction: int) 
     sch.reorder(*outer, *unrolled)
     for loop in unrolled:
         sch.unroll(loop)
-    lay_out_tile(sch, block, outer + unrolled, [positions], channels, lanes, vectorize=lanes > 1)
+    lane = lay_out_tile(sch, block, outer + unrolled, [positions], channels, lanes, vectorize=lanes > 1 and step is None)
     sch.set_scope(block, 0, "local")
+    if step is not None:
+        sch.tensorize(lane, step)
 
 
 def lay_out_tile(sch: s_tir.Schedule, block, reduce: list, positions: list, channels, lanes: int,
@@ -555,11 +566,20 @@ def step_term(form: str, a, w, o):
     return T.Cast("int32", tirx.popcount(word))
 
 
+def both_ternary_vectors(_form: str, a, w, lanes: int) -> list:
+    """For ``lanes`` output channels of a both-ternary step, ``[x, m]``: the taps whose signs
+    differ and the taps where both are nonzero; the term is ``2 popcount(x & m) - popcount(m)``
+    (the implementations' ``vectors``: each masks ``x`` where it is cheapest)."""
+    vector = f"uint32x{lanes}"
+    broadcast = lambda i: tirx.Broadcast(a[i], lanes)  # noqa: E731
+    return [broadcast(0) ^ w.vload([0, 0], vector), broadcast(1) & w.vload([1, 0], vector)]
+
+
 def step_vectors(form: str, a, w, lanes: int) -> list:
     """For ``lanes`` output channels, the vectors of words whose popcounts the implementations
     add: the step's word, or with both ternary ``m & ~x`` and ``~(m & x)``, whose popcounts add
-    up to ``32 - term`` (never negative, at most 8 a byte each: byte counters take them, and the
-    finish turns them back, ``_byte_finish_funcs``)."""
+    up to ``32 - term`` (never negative, at most 8 a byte each: NEON's halfword counters take
+    them, and the finish turns them back, ``_halfword_finish_funcs``)."""
     vector = f"uint32x{lanes}"
     broadcast = lambda i: tirx.Broadcast(a[i], lanes)  # noqa: E731
     if form == "both_ternary":
@@ -577,13 +597,15 @@ def chunk_steps(form: str) -> int:
     return MAX_CHUNK_STEPS // (2 if form == "both_ternary" else 1)
 
 
-def popcount_step_funcs(lanes: int, index_dtype: str, implementation, vectorized: bool = False, form: str = "xor"):
+def popcount_step_funcs(lanes: int, index_dtype: str, implementation, vectorized: bool = False, form: str = "xor",
+                        vectors=step_vectors):
     """``(desc, impl)`` of one reduction step of a vector of output channels, ``acc[o] +=
     popcount(word[o])`` with the ``form``'s word (``step_word``): one activation word (two for a
     ternary activation, a plane apart) against ``lanes`` weight words (two planes of them for
     ternary weights), int32 accumulators ``acc``; the description's lane loop ``vectorized``
-    where the schedule vectorized it. ``implementation(word, acc)`` emits the implementation
-    from the vector of words (byte counters here, ``schedules.arm``'s pairwise NEON
+    where the schedule vectorized it. ``implementation(words, acc)`` emits the implementation
+    from the vectors of words ``vectors(form, a, w, lanes)`` (``step_vectors``; a both-ternary
+    step's ``both_ternary_vectors``) (byte counters here, ``schedules.arm``'s pairwise NEON
     accumulation)."""
     extent = lambda n: tirx.IntImm(index_dtype, n)  # noqa: E731
     words = 2 if form in ("masked_data", "both_ternary") else 1
@@ -611,7 +633,7 @@ def popcount_step_funcs(lanes: int, index_dtype: str, implementation, vectorized
                 T.buffer_store(acc, acc[vo] + step_term(form, a, w, vo), [vo])
 
     def implement(a, w, acc):
-        implementation(step_vectors(form, a, w, lanes), acc)
+        implementation(vectors(form, a, w, lanes), acc)
 
     return intrinsic_side(declare, regions, popcounts), intrinsic_side(declare, regions, implement)
 
@@ -627,6 +649,60 @@ def _byte_step_funcs(lanes: int, index_dtype: str, form: str = "xor"):
         T.buffer_store(acc, tirx.reinterpret(f"int32x{lanes}", counters), [ramp])
 
     return popcount_step_funcs(lanes, index_dtype, byte_counts, form=form)
+
+
+# A both-ternary step in byte counters: two words a step, ``m`` (both nonzero) and ``x & m``
+# (their signs differ), each split into nibbles and looked up in a table (``vpshufb``): the
+# popcount table for ``m``'s nibbles and ``4 - 2 popcount`` for ``x & m``'s, so that the four
+# lookups of a byte add ``popcount(m) - 2 popcount(x & m) + 8``, in 0..16 (``x & m`` lies in ``m``),
+# and a 32-bit lane's four bytes ``32 - term``, what the complement form's two popcounts add
+# (``step_vectors``; the same finish, ``_byte_finish_funcs``). The mask of the nibbles is shared:
+# ``x & m``'s low nibbles are ``x & (m & 0x0f)``, its high ones ``(x >> 4) & ((m >> 4) & 0x0f)``.
+# 16 vector operations a step on AVX2 against 19 for the complement form's LLVM lowering (its
+# NOT and two full popcounts), and 8 for a binary step.
+
+NIBBLE_POPCOUNTS = [bin(n).count("1") for n in range(16)]
+NIBBLE_SIGNED_MISMATCHES = [(4 - 2 * c) % 256 for c in NIBBLE_POPCOUNTS]  # 4 - 2 popcount, a byte modulo 256
+
+
+def byte_table(entries: list[int], lanes: int):
+    """The 16 bytes ``entries`` in every 128 bits of a vector of ``lanes`` 32-bit lanes, as bytes."""
+    words = [tirx.Broadcast(tirx.const(int.from_bytes(bytes(entries[4 * i : 4 * i + 4]), "little"), "uint32"), lanes)
+             for i in range(4)]
+    return tirx.reinterpret(f"uint8x{4 * lanes}", tirx.Shuffle(words, [(k % 4) * lanes + k for k in range(lanes)]))
+
+
+def look_up_bytes(table, index, lanes: int):
+    """``table[index]`` per byte (``pshufb``; an index's low 4 bits, its bit 7 clear)."""
+    name = {4: "llvm.x86.ssse3.pshuf.b.128", 8: "llvm.x86.avx2.pshuf.b", 16: "llvm.x86.avx512.pshuf.b.512"}[lanes]
+    return T.call_llvm_pure_intrin(f"uint8x{4 * lanes}", name, table, tirx.reinterpret(f"uint8x{4 * lanes}", index))
+
+
+def shift_halfwords(vector, bits: int):
+    """``vector`` (uint32xL) shifted right by ``bits`` per 16-bit half: under a mask of each byte's
+    low nibble the same as a 32-bit shift, but LLVM does not merge it with the shift of ``m``'s
+    high nibbles (it would rewrite ``(x >> 4) & (m >> 4) & 0x0f`` as ``((x & m) >> 4) & 0x0f``, one
+    operation more, ``m >> 4`` being needed anyway)."""
+    lanes = vector.ty.dtype.lanes
+    halves = tirx.reinterpret(f"uint16x{2 * lanes}", vector) >> tirx.Broadcast(tirx.const(bits, "uint16"), 2 * lanes)
+    return tirx.reinterpret(f"uint32x{lanes}", halves)
+
+
+def _byte_lookup_step_funcs(lanes: int, index_dtype: str):
+    """The both-ternary popcount step in byte counters by weighted nibble lookups (see above)."""
+
+    def lookups(words, acc):
+        signs, both = words
+        const = lambda v: tirx.Broadcast(tirx.const(v, "uint32"), lanes)  # noqa: E731
+        low, high = both & const(0x0F0F0F0F), (both >> const(4)) & const(0x0F0F0F0F)
+        popcounts, signed = byte_table(NIBBLE_POPCOUNTS, lanes), byte_table(NIBBLE_SIGNED_MISMATCHES, lanes)
+        counts = [look_up_bytes(popcounts, low, lanes), look_up_bytes(popcounts, high, lanes),
+                  look_up_bytes(signed, signs & low, lanes), look_up_bytes(signed, shift_halfwords(signs, 4) & high, lanes)]
+        counters = functools.reduce(operator.add, counts, tirx.reinterpret(f"uint8x{4 * lanes}", acc.vload([0], f"int32x{lanes}")))
+        ramp = tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)
+        T.buffer_store(acc, tirx.reinterpret(f"int32x{lanes}", counters), [ramp])
+
+    return popcount_step_funcs(lanes, index_dtype, lookups, form="both_ternary", vectors=both_ternary_vectors)
 
 
 def _finish_funcs(lanes: int, index_dtype: str, add_counters):
@@ -673,6 +749,9 @@ def _byte_finish_funcs(lanes: int, index_dtype: str, minus_from: int = 0):
 
 def byte_step_intrin(lanes: int, index_dtype: str, form: str = "xor") -> str:
     suffix = "" if form == "xor" else f"_{form}"  # the binary step keeps the name stored tuning records use
+    if form == "both_ternary":  # its counters as before (32 - term a step): the same finish
+        return register_intrinsic(f"bnn_byte_step_{lanes}_{index_dtype}{suffix}",
+                                  lambda: _byte_lookup_step_funcs(lanes, index_dtype))
     return register_intrinsic(f"bnn_byte_step_{lanes}_{index_dtype}{suffix}",
                               lambda: _byte_step_funcs(lanes, index_dtype, form))
 
@@ -681,6 +760,59 @@ def byte_finish_intrin(lanes: int, index_dtype: str, minus_from: int = 0) -> str
     suffix = f"_minus_from_{minus_from}" if minus_from else ""
     return register_intrinsic(f"bnn_byte_finish_{lanes}_{index_dtype}{suffix}",
                               lambda: _byte_finish_funcs(lanes, index_dtype, minus_from))
+
+
+# --------------------------------------------------------------------------------------------
+# Multiply-add (AVX-512 VNNI): a both-ternary step in 32-bit counters with one operation fewer.
+#
+# A both-ternary step adds ``2 popcount(x & m) - popcount(m)`` (``both_ternary_vectors``). LLVM's
+# lowering of the term is 7 vector operations per 512 bits: ``vpandd`` (m), ``vpternlogd`` (x & m),
+# two ``vpopcntd``, ``vpsubd``, and the doubling and its add (two ``vpaddd``), against 3 for a
+# binary step (``vpxord``, ``vpopcntd``, ``vpaddd``); on Zen 4, whose four vector pipes take each
+# 512-bit operation in two halves, 7/3 = 2.33 was the measured cost of the 256-channel 3x3 conv
+# against its binary twin. ``vpdpwssd`` with a constant 2 adds the doubled count of the mismatches
+# in one operation (a popcount's upper 16 bits are 0): 6 operations a step. It runs on the pipes
+# the popcounts use, two of the four: three of the six operations there, three elsewhere (two
+# multiply-adds a step, of both words' halfword popcounts, overload them: see the pairs section).
+# Measured on Zen 4, kernels alone, 1 thread: the 256-channel 3x3 conv at 14x14 1.97x its binary
+# twin (was 2.30x), at 64 channels 56x56 1.84x (was 2.04x), exact.
+
+def _multiply_add_step_funcs(lanes: int, index_dtype: str):
+    """The both-ternary popcount step (``popcount_step_funcs``) in 32-bit counters: ``acc -
+    popcount(m)``, then ``vpdpwssd`` adds ``2 popcount(x & m)``."""
+    bits = 32 * lanes
+
+    def multiply_add(words, acc):
+        signs, both = words
+        counts = lambda word: tirx.reinterpret(f"int32x{lanes}", tirx.popcount(word))  # noqa: E731
+        rest = acc.vload([0], f"int32x{lanes}") - counts(both)
+        total = T.call_llvm_pure_intrin(f"int32x{lanes}", f"llvm.x86.avx512.vpdpwssd.{bits}", rest,
+                                        tirx.reinterpret(f"int16x{2 * lanes}", counts(signs & both)),
+                                        tirx.Broadcast(tirx.const(2, "int16"), 2 * lanes))
+        T.buffer_store(acc, total, [tirx.Ramp(tirx.IntImm(index_dtype, 0), tirx.IntImm(index_dtype, 1), lanes)])
+
+    return popcount_step_funcs(lanes, index_dtype, multiply_add, form="both_ternary", vectors=both_ternary_vectors)
+
+
+MULTIPLY_ADD_LANES = (4, 8, 16)  # vpdpwssd on 128, 256 (AVX512-VL) and 512 bits
+
+
+def multiply_add_step_intrin(lanes: int, index_dtype: str) -> str:
+    return register_intrinsic(f"bnn_word_step_{lanes}_{index_dtype}_both_ternary",
+                              lambda: _multiply_add_step_funcs(lanes, index_dtype))
+
+
+def multiply_adds(unit: VectorUnit, lanes: int, form: str | None) -> bool:
+    """Whether a tile of ``lanes`` counting ``form`` steps in 32-bit counters on ``unit`` takes the
+    multiply-add step. Like narrow counters, it needs the padded input in a pass of its own
+    (``conv_choices``): the padding computed per task cannot be placed around a tensorized step."""
+    return form == "both_ternary" and unit.word_multiply_add and lanes in MULTIPLY_ADD_LANES
+
+
+def word_step(unit: VectorUnit, lanes: int, form: str | None, index_dtype: str) -> str | None:
+    """The tensor intrinsic of a step in 32-bit counters, or None where LLVM's lowering of the
+    term is the implementation (all but ``multiply_adds``)."""
+    return multiply_add_step_intrin(lanes, index_dtype) if multiply_adds(unit, lanes, form) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -979,7 +1111,11 @@ def popcount_form(sch: s_tir.Schedule, block) -> str | None:
     term = getattr(value, "b", None)
     if (type(term).__name__ == "Sub" and type(term.a).__name__ == "Mul"
             and (is_popcount(term.a.a) or is_popcount(term.a.b)) and is_popcount(term.b)):
-        return "both_ternary"
+        # ``2 popcount((s ^ t) & m) - popcount(m)``; an attention context's ``2 popcount(a & v) -
+        # popcount(a)`` is another term (no step of its own)
+        doubled = (term.a.a if is_popcount(term.a.a) else term.a.b).value.args[0]
+        masked_signs = type(doubled).__name__ == "BitwiseAnd" and type(doubled.a).__name__ == "BitwiseXor"
+        return "both_ternary" if masked_signs else None
     if not is_popcount(term):
         return None
     word = term.value.args[0]
@@ -1036,7 +1172,7 @@ def narrow_counters(unit: VectorUnit, lanes: int, form: str | None) -> str:
     ``form`` on ``unit``: "bytes", "halfwords" or "" (32-bit counters)."""
     if form is None:
         return ""
-    if unit.byte_counters and lanes >= MIN_BYTE_COUNTER_LANES:
+    if unit.byte_counters and lanes >= MIN_BYTE_COUNTER_LANES and (form != "both_ternary" or unit.byte_lookup):
         return "bytes"
     if unit.halfword_counters and lanes >= MIN_HALFWORD_COUNTER_LANES:
         return "halfwords"
@@ -1056,12 +1192,16 @@ def count_mismatches(sch: s_tir.Schedule, block, lanes: int, spatial: int, reduc
     narrow = narrow_counters(unit, lanes, form)
     if counters is not None:
         narrow = "" if counters == "words" or form is None else counters
-    if not narrow and unroll:
-        accumulate_unrolled(sch, block, lanes, reduction)
-        return "32-bit counters, reduction partly unrolled"
+        if narrow == "bytes" and narrow_counters(unit, lanes, form) != "bytes":  # a both-ternary step needs lookups
+            narrow = ""
     if not narrow:
-        accumulate(sch, block, lanes, spatial, reduction)
-        return "32-bit counters"
+        step = word_step(unit, lanes, form, str(sch.get(sch.get_loops(block)[-1]).loop_var.ty))
+        how = "32-bit counters" + (", multiply-add" if step else "")
+        if unroll:
+            accumulate_unrolled(sch, block, lanes, reduction, step)
+            return how + ", reduction partly unrolled"
+        accumulate(sch, block, lanes, spatial, reduction, step)
+        return how
     if narrow == "pairs":
         return count_pairs(sch, block, lanes, reduction)
     loops = sch.get_loops(block)
@@ -1454,13 +1594,15 @@ def conv_choices(sch: s_tir.Schedule, func, unit: VectorUnit, threshold: bool = 
     channels, width = conv_shape(sch, threshold)
     word_aligned = threshold and channels % WORD_BITS == 0
     padded = has_block(sch, "pad_bits")
+    form = popcount_form(sch, sch.get_sblock("mismatches"))
     found = []
     for lanes in lane_choices(channels, unit):
+        pads = ("root", "task") if padded and not multiply_adds(unit, lanes, form) else ("root",)
         for width_block in width_choices(width, unit.accumulators):
             blocks = channel_blocks(channels, lanes, width_block, unit)
             channel_block = WORD_BITS if word_aligned else max(b for b in blocks if b <= 2 * lanes)
             for parallel_loops in ((1, 2, 3) if word_aligned or not threshold else (1, 2)):
-                for pad in ("root", "task") if padded else ("root",):
+                for pad in pads:
                     for counters in counter_choices(unit, lanes, pad):
                         found.append(ConvKnobs(lanes, width_block, channel_block, parallel_loops, counters, pad,
                                                unroll=counters == "words", words=1 if word_aligned else None))

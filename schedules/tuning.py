@@ -71,6 +71,8 @@ INTRINSIC_NAMES = (
      lambda m: cpu.byte_step_intrin(int(m[1]), m[2], m[3] or "xor")),
     (re.compile(r"bnn_byte_finish_(\d+)_(int\d+)(?:_minus_from_(\d+))?$"),
      lambda m: cpu.byte_finish_intrin(int(m[1]), m[2], int(m[3] or 0))),
+    (re.compile(r"bnn_word_step_(\d+)_(int\d+)_both_ternary$"),
+     lambda m: cpu.multiply_add_step_intrin(int(m[1]), m[2])),
     (re.compile(r"bnn_halfword_step_(aarch64|armv7)_(\d+)_(int\d+)(?:_(masked_data|masked_weight|both_ternary))?$"),
      lambda m: cpu.halfword_step_intrin(int(m[2]), m[3], m[1], m[4] or "xor")),
     (re.compile(r"bnn_halfword_finish_(aarch64|armv7)_(\d+)_(int\d+)(?:_minus_from_(\d+))?$"),
@@ -89,7 +91,7 @@ def register_intrinsics_named_in(lines) -> None:
     it opens, and a ``Tensorize`` of an intrinsic this process has not registered fails it."""
     names = set()
     for line in lines:
-        names.update(re.findall(r"bnn_(?:tuning|byte|halfword|tile_out|pack_bits32)_[A-Za-z0-9_]+", line))
+        names.update(re.findall(r"bnn_(?:tuning|byte|word|halfword|tile_out|pack_bits32)_[A-Za-z0-9_]+", line))
     for name in names:
         register_intrinsic_named(name)
 

@@ -27,11 +27,14 @@ def vector_unit(target) -> VectorUnit:
         if codegen.target_has_features("avx512f"):
             if codegen.target_has_features("avx512vpopcntdq"):
                 return VectorUnit("avx512-vpopcntdq", lanes=16, accumulators=24,
-                                  halfword_popcount=codegen.target_has_features("avx512bitalg"))
-            return VectorUnit("avx512", lanes=16, accumulators=24, byte_counters=True)
+                                  halfword_popcount=codegen.target_has_features("avx512bitalg"),
+                                  word_multiply_add=codegen.target_has_features("avx512vnni"))
+            return VectorUnit("avx512", lanes=16, accumulators=24, byte_counters=True,
+                              byte_lookup=codegen.target_has_features("avx512bw"))
         if codegen.target_has_features("avx2"):
-            return VectorUnit("avx2", lanes=8, accumulators=12, byte_counters=True)
-    return VectorUnit("sse", lanes=4, accumulators=12, byte_counters=True)
+            return VectorUnit("avx2", lanes=8, accumulators=12, byte_counters=True, byte_lookup=True)
+        return VectorUnit("sse", lanes=4, accumulators=12, byte_counters=True,
+                          byte_lookup=codegen.target_has_features("ssse3"))
 
 
 def schedule(func, op: str, target) -> Scheduled:

@@ -8,6 +8,8 @@ kernel (not two bipolar halves, not float), exact against ONNX Runtime.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import (
@@ -61,8 +63,8 @@ def test_ternary_conv_matches_numpy(shape, form, x86_target):  # noqa: F811 (the
 def test_avx2_ternary_kernels_count_in_bytes(weights):
     """A ternary activation's ``(s ^ w) & m`` and ternary weights' ``(a ^ s) & m`` take the byte
     counters of the AVX2 kernels (one AND more per step), as the binary ``a ^ w`` does, and so
-    does a kernel with both ternary (two popcounts a step, counted as ``32 - term``, chunks of
-    15 steps)."""
+    does a kernel with both ternary (four weighted nibble lookups a step adding ``32 - term``,
+    chunks of 15 steps)."""
     rng = np.random.default_rng(5)
     if weights == "binary":
         case = ternary_conv_case(rng, 1, 64, 12, 12, 64, 3, 1, 1)
@@ -71,6 +73,21 @@ def test_avx2_ternary_kernels_count_in_bytes(weights):
     assert "byte counters" in check_case(case, target=AVX2).plan
     both = ternary_conv_case(rng, 1, 64, 12, 12, 64, 3, 1, 1, ternary_weights=True)
     assert "byte counters" in check_case(both, target=AVX2).plan
+
+
+def test_avx2_both_ternary_step_looks_up_weighted_nibbles():
+    """Both operands ternary on AVX2: four nibble lookups a step (``vpshufb``: popcounts of ``m``,
+    ``4 - 2 popcount`` of ``x & m``) and 16 vector operations in all, against 19 for two full
+    popcounts and a NOT; no all-ones constant (a NOT) in the loop."""
+    _, executable = build(*ternary_conv_case(np.random.default_rng(6), 1, 64, 8, 8, 64, 3, 1, 1,
+                                             ternary_weights=True)[:4], AVX2)
+    inner = [body for body in loops(function_asm(executable, "main")) if body.count("vpshufb") >= 8]
+    assert inner, "no loop looks up nibbles"
+    ops = [line.split()[0] for line in inner[0].splitlines()
+           if line.startswith("\tv") and not line.split()[0].startswith(("vmov", "vpbroadcast"))]
+    steps = ops.count("vpshufb") / 4
+    assert len(ops) <= 16 * steps, (len(ops), steps, inner[0])
+    assert "vpcmpeqd" not in inner[0], inner[0]
 
 
 @pytest.mark.parametrize("shape", CONV_SHAPES[:3], ids=lambda s: "n{}c{}h{}w{}o{}k{}s{}p{}".format(*s))
@@ -87,6 +104,25 @@ def test_ternary_conv_with_ternary_weights_matches_numpy(shape, form, x86_target
 def test_binary_conv_with_ternary_weights_matches_numpy(shape, form, x86_target):  # noqa: F811 (the fixture)
     case = binary_conv_ternary_weights_case(np.random.default_rng(sum(shape) + 2), *shape, threshold=form == "threshold")
     check_case(case, target=x86_target)
+
+
+@host_has_avx512
+@pytest.mark.parametrize("oc", [64, 24, 12], ids=["16-lanes", "8-lanes", "4-lanes"])
+def test_both_ternary_steps_multiply_add(oc):
+    """Both operands ternary in 32-bit counters on a unit with VNNI: the doubled mismatch count
+    is added by ``vpdpwssd`` (512, 256 and 128 bits), exact on convs (float and threshold output)
+    and denses; the conv's inner loop has no separate doubling."""
+    rng = np.random.default_rng(oc)
+    for case in (ternary_conv_case(rng, 1, 40, 8, 8, oc, 3, 1, 1, ternary_weights=True),
+                 ternary_conv_case(rng, 1, 64, 6, 6, oc, 3, 1, 1, threshold=True, ternary_weights=True),
+                 ternary_dense_case(rng, 3, 96, oc, ternary_weights=True)):
+        plan = check_case(case, target=X86).plan
+        assert "multiply-add" in plan, plan
+    _, executable = build(*ternary_conv_case(rng, 1, 64, 8, 8, 64, 3, 1, 1, ternary_weights=True)[:4], X86)
+    inner = [body for body in loops(function_asm(executable, "main")) if "vpdpwssd" in body]
+    assert inner, "no loop multiply-adds"
+    doublings = [line for line in inner[0].splitlines() if re.search(r"vpaddd\t(%zmm\d+), \1,", line)]
+    assert not doublings, doublings
 
 
 PAIR_SHAPES = [

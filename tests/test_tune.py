@@ -136,7 +136,8 @@ def replay_fresh(design, func):
 
 @pytest.mark.parametrize("model,target", [("float_conv", "x86"), ("threshold_conv", "x86"), ("dorefa", "x86"),
                                           ("quant", "x86"), ("digits", "x86"), ("float_conv", "x86-avx2"), ("threshold_conv", "x86-avx2"),
-                                          ("tokens", "x86"), ("tokens", "x86-avx2"), ("attention", "x86")])
+                                          ("tokens", "x86"), ("tokens", "x86-avx2"), ("attention", "x86"),
+                                          ("both_ternary", "x86"), ("both_ternary", "x86-avx2")])
 def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path):
     """Every fifth design (the knobs vary fastest to slowest: counters, padding, parallel
     loops, ...) with its sampled decisions redrawn, against the unscheduled kernel; AVX2 (byte
@@ -153,6 +154,8 @@ def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path)
         path = token_dense_model(tmp_path / "m.onnx")
     elif model == "attention":
         path = attention_model(tmp_path / "m.onnx", 32, False)
+    elif model == "both_ternary":  # the multiply-add step (AVX-512 VNNI) and the nibble lookups (AVX2)
+        path = save(LayerSpec.parse("conv3x3:64x8x8,input=ternary,weights=ternary").onnx_model(), tmp_path / "m.onnx")
     else:
         path = default_model_path()
     spec = targets.get(target)
@@ -176,7 +179,8 @@ def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path)
                 "dorefa": ["multibit_conv2d", "multibit_conv2d_threshold"],
                 "quant": ["multibit_conv2d", "multibit_conv2d_threshold"], "digits": ["pack_sign", "binary_dense_epilogue"],
                 "tokens": ["binary_dense", "binary_dense_threshold"],
-                "attention": ["binary_attention_scores", "binary_attention_bits", "binary_attention_context"]}[model]
+                "attention": ["binary_attention_scores", "binary_attention_bits", "binary_attention_context"],
+                "both_ternary": ["ternary_conv2d"]}[model]
     assert all(checked.get(op, 0) >= 1 for op in expected), checked
 
 
