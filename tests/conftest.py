@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tvm
 from onnx import helper
-from tvm import te
+from tvm import relax, te
 
 from bnn_tvm.compilation.verify import verify
 from bnn_tvm.relay_passes.common import pack_bits
@@ -531,6 +531,14 @@ def relax_ops(mod) -> list[str]:
     found = []
     relax.analysis.post_order_visit(mod["main"], lambda e: found.append(op_name(e)) if isinstance(e, relax.Call) else None)
     return found
+
+
+def run_pass(make_pass, mod, dce: bool = True, **options):
+    """``(module, log)``: the pass ``make_pass(logs, **options)`` on ``mod``, then (``dce``) dead-code
+    elimination as the pipeline's cleanup runs it, so that what the rewrite left unused is gone."""
+    logs = []
+    after = make_pass(logs, **options)(mod)
+    return (relax.transform.DeadCodeElimination()(after) if dce else after), logs[0]
 
 
 def run_relax(mod, x: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 from tvm import relax
 
 from bnn_tvm.relay_passes.cancel_layout_transposes import LAYOUT, cancel_layout_transposes
-from conftest import relax_ops, run_relax
+from conftest import relax_ops, run_pass, run_relax
 
 from bnn_tvm.relay_passes.common import op_name
 
@@ -50,16 +50,10 @@ def two_tensors(bb, t):
     return bb.emit(relax.op.add(t, t))
 
 
-def run_pass(mod):
-    logs = []
-    after = cancel_layout_transposes(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 @pytest.mark.parametrize("body", [larq_binarizer, full_rank_scale, per_channel_bias])
 def test_fires_and_computes_the_same(body):
     before = wrapped(body)
-    after, log = run_pass(before)
+    after, log = run_pass(cancel_layout_transposes, before)
     assert log.changed and [r.kernel for r in log.rewrites] == [LAYOUT]
     assert "relax.permute_dims" not in relax_ops(after)
     x = RNG.standard_normal(NCHW).astype(np.float32)
@@ -72,7 +66,7 @@ def test_a_per_channel_constant_follows_the_channels_where_width_equals_channels
     along the columns: a silent wrong answer, not a shape error."""
     shape = [1, 3, 2, 3]
     before = wrapped(per_channel_bias, shape=shape)
-    after, log = run_pass(before)
+    after, log = run_pass(cancel_layout_transposes, before)
     assert log.changed
     x = RNG.standard_normal(shape).astype(np.float32)
     np.testing.assert_array_equal(run_relax(after, x), x + np.array([1.0, -2.0, 3.0], np.float32)[None, :, None, None])
@@ -80,7 +74,7 @@ def test_a_per_channel_constant_follows_the_channels_where_width_equals_channels
 
 
 def test_the_pad_widths_follow_the_axes():
-    after, _ = run_pass(wrapped(larq_binarizer))
+    after, _ = run_pass(cancel_layout_transposes, wrapped(larq_binarizer))
     (pad,) = [e for e in _calls(after) if op_name(e) == "relax.nn.pad"]
     # NHWC (H: 1, 1; W: 0, 2) is NCHW axes 2 and 3
     assert [int(w) for w in pad.attrs.pad_width] == [0, 0, 0, 0, 1, 1, 0, 2]
@@ -92,7 +86,7 @@ def test_the_pad_widths_follow_the_axes():
 ], ids=["two_tensors", "not_inverse"])
 def test_leaves_other_chains_alone(body, outer):
     before = wrapped(body, outer)
-    after, log = run_pass(before)
+    after, log = run_pass(cancel_layout_transposes, before)
     assert not log.changed
     assert relax_ops(after).count("relax.permute_dims") == 2
 

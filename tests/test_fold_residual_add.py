@@ -9,7 +9,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from conftest import emit_binarizer, per_channel, run_relax
+from conftest import emit_binarizer, per_channel, run_pass, run_relax
 
 from bnn_tvm.relay_passes.fold_float_epilogues import fold_float_epilogues
 from bnn_tvm.relay_passes.fold_residual_add import fold_residual_add
@@ -43,12 +43,6 @@ def residual_block(rprelu: bool = False, shared: bool = False):
     return relax.transform.DeadCodeElimination()(fold_float_epilogues([])(mod))
 
 
-def run_pass(mod):
-    logs = []
-    after = fold_residual_add(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 def epilogues(mod) -> list[str]:
     return [str(f.attrs["bnn.epilogue"]) for _, f in mod.functions_items()
             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "bnn.epilogue" in f.attrs]
@@ -57,7 +51,7 @@ def epilogues(mod) -> list[str]:
 def test_fires_the_add_and_the_ops_after_it_join_the_epilogue_bit_identically():
     for rprelu in (False, True):
         before = residual_block(rprelu)
-        after, log = run_pass(before)
+        after, log = run_pass(fold_residual_add, before)
         assert log.changed
         (steps,) = epilogues(after)
         expected = "multiply,add,residual" + (",subtract,prelu,add" if rprelu else "")
@@ -68,6 +62,6 @@ def test_fires_the_add_and_the_ops_after_it_join_the_epilogue_bit_identically():
 
 def test_an_epilogue_whose_output_is_read_elsewhere_keeps_its_add():
     before = residual_block(shared=True)
-    after, log = run_pass(before)
+    after, log = run_pass(fold_residual_add, before)
     assert not log.changed
     assert epilogues(after) == ["multiply,add"]

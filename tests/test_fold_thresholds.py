@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tvm import relax
 
-from conftest import bnn_kernels, emit_binarizer, run_relax
+from conftest import bnn_kernels, emit_binarizer, run_pass, run_relax
 
 from bnn_tvm.relay_passes.fold_thresholds import fold_thresholds
 from bnn_tvm.relay_passes.fuse_binary_conv2d import fuse_binary_conv2d
@@ -54,15 +54,9 @@ def negative_slope_prelu(bb, d):
     return bb.emit(relax.op.subtract(relax.op.nn.prelu(d, slope), relax.const(np.float32(1.0))))
 
 
-def run_pass(mod):
-    logs = []
-    after = fold_thresholds(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 def test_fires_decides_as_the_float_graph_ties_included():
     before = binary_layer_then_binarizer(batch_norm_with_ties)
-    after, log = run_pass(before)
+    after, log = run_pass(fold_thresholds, before)
     assert log.changed and [r.kernel for r in log.rewrites] == ["binary_conv2d_threshold"]
     assert "binary_conv2d_threshold" in bnn_kernels(after) and "binary_conv2d" not in bnn_kernels(after)
     for seed in range(4):
@@ -72,7 +66,7 @@ def test_fires_decides_as_the_float_graph_ties_included():
 
 def test_a_chain_that_is_not_monotone_stays_float_with_the_reason():
     before = binary_layer_then_binarizer(negative_slope_prelu)
-    after, log = run_pass(before)
+    after, log = run_pass(fold_thresholds, before)
     assert not log.changed
     assert any("not monotone per channel" in why for why in log.kept_float.values()), log.kept_float
     assert bnn_kernels(after) == bnn_kernels(before)

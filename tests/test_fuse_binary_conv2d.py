@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tvm import relax
 
-from conftest import bnn_kernels, emit_binarizer, relax_ops, run_relax
+from conftest import bnn_kernels, emit_binarizer, relax_ops, run_pass, run_relax
 
 from bnn_tvm.relay_passes.fuse_binary_conv2d import fuse_binary_conv2d
 from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
@@ -35,12 +35,6 @@ def signs(shape) -> np.ndarray:
     return np.where(RNG.standard_normal(shape) >= 0, 1, -1).astype(np.float32)
 
 
-def run_pass(mod):
-    logs = []
-    after = fuse_binary_conv2d(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 def inputs() -> np.ndarray:
     x = RNG.standard_normal(SHAPE).astype(np.float32)
     x[0, :, 0, :3] = 0.0  # binarized to +1, as the float graph does
@@ -54,7 +48,7 @@ def inputs() -> np.ndarray:
 ], ids=["padded", "asymmetric_strided", "power_of_two_scale"])
 def test_fires_one_kernel_computing_the_float_conv(weight, padding, strides):
     before = binarized_conv(weight, padding, strides)
-    after, log = run_pass(before)
+    after, log = run_pass(fuse_binary_conv2d, before)
     assert log.changed and [r.kernel for r in log.rewrites] == ["binary_conv2d"]
     assert "relax.nn.conv2d" not in relax_ops(after)
     assert "binary_conv2d" in bnn_kernels(after)
@@ -68,7 +62,7 @@ def test_fires_one_kernel_computing_the_float_conv(weight, padding, strides):
 ], ids=["real_weights", "depthwise"])
 def test_keeps_a_conv_float_naming_the_reason(weight, groups, reason):
     before = binarized_conv(weight, groups=groups)
-    after, log = run_pass(before)
+    after, log = run_pass(fuse_binary_conv2d, before)
     assert not log.changed
     assert any(reason in why for why in log.kept_float.values()), log.kept_float
     assert "relax.nn.conv2d" in relax_ops(after)
@@ -86,7 +80,7 @@ def test_ttq_weights_fire_one_kernel_over_both_halves(b, a):
     """``b * P - a * N`` from one kernel over 2 * OC ternary-weight channels: bit-identical where
     a and b are multiples of 1/8 (every sum exact on both sides), else within float rounding."""
     before = binarized_conv(ttq_weights((16, 8, 3, 3), b, a))
-    after, log = run_pass(before)
+    after, log = run_pass(fuse_binary_conv2d, before)
     assert [r.kernel for r in log.rewrites] == ["binary_conv2d"], log.rewrites
     assert "TTQ weights {-a, 0, +b} per layer" in log.rewrites[0].detail
     assert "relax.nn.conv2d" not in relax_ops(after)
@@ -103,7 +97,7 @@ def test_ttq_weight_off_its_channel_values_stays_float():
     weight = ttq_weights((16, 8, 3, 3), 0.61, 1.37)
     weight[2][weight[2] < 0] = np.float32(-1.37)
     weight[2, 0, 0, 0] = np.float32(-1.25)  # a second negative value in channel 2
-    after, log = run_pass(binarized_conv(weight))
+    after, log = run_pass(fuse_binary_conv2d, binarized_conv(weight))
     assert not log.changed
     assert any("output channel 2 has 2 distinct negative weights" in why for why in log.kept_float.values()), \
         log.kept_float

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tvm import relax
 
-from conftest import bnn_kernels, emit_binarizer, relax_ops, run_relax
+from conftest import bnn_kernels, emit_binarizer, relax_ops, run_pass, run_relax
 
 from bnn_tvm.relay_passes.fuse_binary_dense import fuse_binary_dense
 from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
@@ -35,12 +35,6 @@ def signs(shape) -> np.ndarray:
     return np.where(RNG.standard_normal(shape) >= 0, 1, -1).astype(np.float32)
 
 
-def run_pass(mod):
-    logs = []
-    after = fuse_binary_dense(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 @pytest.mark.parametrize("in_shape,weight", [
     ([3, 70], signs((70, 24))),  # features not a multiple of 32
     ([2, 8, 3, 3], signs((72, 10))),  # a flatten of NCHW bits: rows permuted to (H, W, C)
@@ -49,7 +43,7 @@ def run_pass(mod):
 ], ids=["bipolar", "flattened_nchw", "scaled", "ternary_weights"])
 def test_fires_one_kernel_computing_the_float_matmul(in_shape, weight):
     before = binarized_matmul(in_shape, weight.astype(np.float32))
-    after, log = run_pass(before)
+    after, log = run_pass(fuse_binary_dense, before)
     assert log.changed and [r.kernel for r in log.rewrites] == ["binary_dense"]
     assert "relax.matmul" not in relax_ops(after) and "binary_dense" in bnn_kernels(after)
     x = RNG.standard_normal(in_shape).astype(np.float32)
@@ -59,6 +53,6 @@ def test_fires_one_kernel_computing_the_float_matmul(in_shape, weight):
 
 def test_keeps_real_valued_weights_float_naming_the_reason():
     before = binarized_matmul([3, 70], RNG.standard_normal((70, 24)).astype(np.float32))
-    after, log = run_pass(before)
+    after, log = run_pass(fuse_binary_dense, before)
     assert not log.changed and log.kept_float
     assert "relax.matmul" in relax_ops(after)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tvm import relax
 
-from conftest import emit_binarizer, relax_ops, run_relax
+from conftest import emit_binarizer, relax_ops, run_pass, run_relax
 
 from bnn_tvm.relay_passes.fuse_binary_max_pool import fuse_binary_max_pool
 from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
@@ -27,12 +27,6 @@ def pooled_bits(pool_size=(2, 2), strides=(2, 2), padding=(0, 0, 0, 0), dilation
     return relax.transform.DeadCodeElimination()(lower_binarizers([])(bb.get()))
 
 
-def run_pass(mod):
-    logs = []
-    after = fuse_binary_max_pool(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 @pytest.mark.parametrize("kwargs", [
     {},
     {"pool_size": (3, 3), "strides": (2, 2), "padding": (1, 1, 1, 1)},  # a ResNet stem's pool, odd size
@@ -40,7 +34,7 @@ def run_pass(mod):
 ], ids=["2x2", "3x3_stride2_pad1", "asymmetric_pad"])
 def test_fires_an_or_of_words_equal_to_the_float_pool(kwargs):
     before = pooled_bits(**kwargs)
-    after, log = run_pass(before)
+    after, log = run_pass(fuse_binary_max_pool, before)
     assert log.changed
     assert "relax.nn.max_pool2d" not in relax_ops(after)
     x = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)
@@ -50,6 +44,6 @@ def test_fires_an_or_of_words_equal_to_the_float_pool(kwargs):
 
 def test_a_dilated_pool_stays_float_with_the_reason():
     before = pooled_bits(pool_size=(2, 2), strides=(1, 1), dilation=(2, 2))
-    after, log = run_pass(before)
+    after, log = run_pass(fuse_binary_max_pool, before)
     assert not log.changed and "dilated or non-NCHW max pool" in log.kept_float.values()
     assert "relax.nn.max_pool2d" in relax_ops(after)

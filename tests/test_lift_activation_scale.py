@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tvm import relax
 
-from conftest import relax_ops, run_relax
+from conftest import relax_ops, run_pass, run_relax
 
 from bnn_tvm.relay_passes.lift_activation_scale import SCALE_AFTER, lift_activation_scale
 
@@ -42,16 +42,10 @@ def constant(_x):
     return relax.const(np.full([1, 1, 1, 1], 0.5, np.float32))
 
 
-def run_pass(mod):
-    logs = []
-    after = lift_activation_scale(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 @pytest.mark.parametrize("scale_first", [False, True], ids=["sign_times_beta", "beta_times_sign"])
 def test_fires_the_scale_follows_the_conv(scale_first):
     before = xnor_conv(mean_abs, scale_first)
-    after, log = run_pass(before)
+    after, log = run_pass(lift_activation_scale, before)
     assert log.changed and [r.kernel for r in log.rewrites] == [SCALE_AFTER]
     ops = relax_ops(after)
     # the conv reads Sign(x) itself; the multiply comes after it
@@ -64,6 +58,6 @@ def test_fires_the_scale_follows_the_conv(scale_first):
 @pytest.mark.parametrize("scale_of", [per_channel_mean, constant], ids=["per_channel", "constant"])
 def test_leaves_other_scales_alone(scale_of):
     before = xnor_conv(scale_of)
-    after, log = run_pass(before)
+    after, log = run_pass(lift_activation_scale, before)
     assert not log.changed
     assert relax_ops(after) == relax_ops(relax.transform.DeadCodeElimination()(before))

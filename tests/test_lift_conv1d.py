@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tvm import relax
 
-from conftest import relax_ops, run_relax
+from conftest import relax_ops, run_pass, run_relax
 
 from bnn_tvm.relay_passes.lift_conv1d import LIFTED, lift_conv1d
 
@@ -28,12 +28,6 @@ def conv1d(weight_shape, data_layout="NCW", **attrs):
     return bb.get(), shape
 
 
-def run_pass(mod):
-    logs = []
-    after = lift_conv1d(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 @pytest.mark.parametrize("weight_shape,attrs", [
     ((6, 8, 3), {"padding": [1, 1]}),
     ((6, 8, 5), {"strides": 2, "padding": [2, 1], "dilation": 1}),
@@ -42,7 +36,7 @@ def run_pass(mod):
 ], ids=["padded", "strided_asymmetric", "dilated", "grouped"])
 def test_fires_a_one_row_conv2d_with_the_same_values(weight_shape, attrs):
     before, shape = conv1d(weight_shape, **attrs)
-    after, log = run_pass(before)
+    after, log = run_pass(lift_conv1d, before)
     assert log.changed and [r.kernel for r in log.rewrites] == [LIFTED]
     ops = relax_ops(after)
     assert "relax.nn.conv2d" in ops and "relax.nn.conv1d" not in ops
@@ -52,6 +46,6 @@ def test_fires_a_one_row_conv2d_with_the_same_values(weight_shape, attrs):
 
 def test_another_layout_stays_with_the_reason():
     before, _ = conv1d((6, 8, 3), data_layout="NWC")
-    after, log = run_pass(before)
+    after, log = run_pass(lift_conv1d, before)
     assert not log.changed and any("layouts NWC" in why for why in log.kept_float.values()), log.kept_float
     assert "relax.nn.conv1d" in relax_ops(after)

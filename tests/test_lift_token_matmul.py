@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from conftest import emit_binarizer, relax_ops, run_relax
+from conftest import emit_binarizer, relax_ops, run_pass, run_relax
 
 from bnn_tvm.relay_passes.lift_token_matmul import LIFTED, ROWS, lift_token_matmul
 
@@ -45,15 +45,9 @@ def point_batch_norm():
     return bb.get()
 
 
-def run_pass(mod):
-    logs = []
-    after = lift_token_matmul(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 def test_fires_binarized_tokens_become_a_dense_over_rows():
     before = token_matmul(binarized=True)
-    after, log = run_pass(before)
+    after, log = run_pass(lift_token_matmul, before)
     assert log.changed and [r.kernel for r in log.rewrites] == [LIFTED]
     assert "over 10 rows" in log.rewrites[0].detail
     x = RNG.standard_normal(TOKENS).astype(np.float32)
@@ -63,7 +57,7 @@ def test_fires_binarized_tokens_become_a_dense_over_rows():
 
 def test_fires_a_point_batch_norm_moves_onto_the_rows():
     before = point_batch_norm()
-    after, log = run_pass(before)
+    after, log = run_pass(lift_token_matmul, before)
     # the matmul then reads the rows too
     assert log.changed and set(r.kernel for r in log.rewrites) == {ROWS, LIFTED}
     assert "relax.permute_dims" not in relax_ops(after)
@@ -73,5 +67,5 @@ def test_fires_a_point_batch_norm_moves_onto_the_rows():
 
 def test_float_tokens_are_left_alone():
     before = token_matmul(binarized=False)
-    after, log = run_pass(before)
+    after, log = run_pass(lift_token_matmul, before)
     assert not log.changed and relax_ops(after) == ["relax.matmul"]

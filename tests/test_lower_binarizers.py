@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tvm import relax
 
-from conftest import bnn_kernels, run_relax
+from conftest import bnn_kernels, run_pass, run_relax
 
 from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
 
@@ -52,17 +52,11 @@ def module(form, shape=SHAPE, dtype="float32"):
     return bb.get()
 
 
-def run_pass(mod):
-    logs = []
-    after = lower_binarizers(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 @pytest.mark.parametrize("form,strict", [(where_ge, False), (where_lt, False), (cast_ge, False), (where_gt, True)],
                          ids=["where_ge", "where_lt", "cast_ge", "where_gt"])
 def test_fires_and_computes_the_same_with_ties(form, strict):
     before = module(form)
-    after, log = run_pass(before)
+    after, log = run_pass(lower_binarizers, before)
     assert log.changed and [r.kernel for r in log.rewrites] == ["pack_sign"]
     assert ("x > 0" in log.rewrites[0].detail) == strict
     assert bnn_kernels(after) == ["pack_sign", "unpack_sign"]
@@ -76,11 +70,11 @@ def test_fires_and_computes_the_same_with_ties(form, strict):
 
 @pytest.mark.parametrize("form", [sign, where_other_values], ids=["sign", "where_1_0"])
 def test_leaves_what_is_no_binarizer(form):
-    _, log = run_pass(module(form))
+    _, log = run_pass(lower_binarizers, module(form))
     assert not log.changed and not log.kept_float
 
 
 def test_refuses_a_tensor_it_cannot_pack_and_says_why():
-    _, log = run_pass(module(where_ge, shape=[2, 3, 4, 4, 2]))
+    _, log = run_pass(lower_binarizers, module(where_ge, shape=[2, 3, 4, 4, 2]))
     assert not log.changed
     assert any("5-d float32 tensor" in why for why in log.kept_float.values())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tvm import relax
 
-from conftest import bnn_kernels, run_relax
+from conftest import bnn_kernels, run_pass, run_relax
 
 from bnn_tvm.relay_passes.lower_multibit import MAX_BITS, lower_multibit
 
@@ -28,16 +28,10 @@ def dorefa(bits: int):
     return bb.get()
 
 
-def run_pass(mod):
-    logs = []
-    after = lower_multibit(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 @pytest.mark.parametrize("bits", [1, 2, 3])
 def test_fires_k_planes_with_the_same_values_ties_included(bits):
     before = dorefa(bits)
-    after, log = run_pass(before)
+    after, log = run_pass(lower_multibit, before)
     assert log.changed and [r.kernel for r in log.rewrites] == ["pack_levels"]
     assert f"{bits}-bit activation" in log.rewrites[0].detail
     assert bnn_kernels(after) == ["pack_levels", "unpack_levels"]
@@ -49,5 +43,5 @@ def test_fires_k_planes_with_the_same_values_ties_included(bits):
 
 
 def test_more_bits_than_planes_take_stay_float():
-    _, log = run_pass(dorefa(MAX_BITS + 1))
+    _, log = run_pass(lower_multibit, dorefa(MAX_BITS + 1))
     assert not log.changed

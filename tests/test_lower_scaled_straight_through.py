@@ -13,7 +13,7 @@ import pytest
 from published_bnn import BiBenchXnorConv, bibench_resnet, export
 from tvm import relax
 
-from conftest import relax_ops, run_relax
+from conftest import relax_ops, run_pass, run_relax
 
 from bnn_tvm.compilation.inspection import inspect_onnx
 from bnn_tvm.compilation.verify import verify
@@ -53,12 +53,6 @@ def scaled_estimator(p_of=hardtanh, beta_of=mean_abs, commuted=False):
     return bb.get()
 
 
-def run_pass(mod):
-    logs = []
-    after = lower_scaled_straight_through(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 def inputs(scale: float, seed: int = 0) -> np.ndarray:
     """Values on both sides of the clip at 1, exact zeros (``Sign(0) = 0``) and ties ``x = ±1``."""
     x = (np.random.default_rng(seed).standard_normal(SHAPE) * scale).astype(np.float32)
@@ -69,7 +63,7 @@ def inputs(scale: float, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("commuted", [False, True], ids=["m_minus_p_plus_p", "p_plus_m_minus_p"])
 def test_fires_the_estimator_becomes_beta_times_sign_within_the_bound(commuted):
     before = scaled_estimator(commuted=commuted)
-    after, log = run_pass(before)
+    after, log = run_pass(lower_scaled_straight_through, before)
     assert [r.kernel for r in log.rewrites] == [SCALED_STRAIGHT_THROUGH]
     assert "subtract" not in " ".join(relax_ops(after)) and "relax.clip" not in relax_ops(after)
     for scale in (0.01, 0.5, 3.0):  # beta below, around and above |p|'s bound
@@ -88,7 +82,7 @@ def test_fires_the_estimator_becomes_beta_times_sign_within_the_bound(commuted):
     (hardtanh, per_channel_mean, "beta is not one run-time value per sample"),
 ], ids=["p_unbounded", "beta_per_channel"])
 def test_refuses_with_the_reason(p_of, beta_of, reason):
-    after, log = run_pass(scaled_estimator(p_of, beta_of))
+    after, log = run_pass(lower_scaled_straight_through, scaled_estimator(p_of, beta_of))
     assert not log.rewrites
     (why,) = set(log.kept_float.values())
     assert reason in why
@@ -103,7 +97,7 @@ def test_leaves_the_unscaled_estimator_to_lower_straight_through():
             p = bb.emit(hardtanh(x))
             out = bb.emit_output(relax.op.add(bb.emit(relax.op.subtract(bb.emit(relax.op.sign(x)), p)), p))
         bb.emit_func_output(out)
-    _, log = run_pass(bb.get())
+    _, log = run_pass(lower_scaled_straight_through, bb.get())
     assert not log.rewrites and not log.kept_float
 
 

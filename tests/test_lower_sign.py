@@ -11,7 +11,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from conftest import emit_binarizer, run_relax
+from conftest import emit_binarizer, run_pass, run_relax
 
 from bnn_tvm.relay_passes.fuse_binary_conv2d import fuse_binary_conv2d
 from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
@@ -49,12 +49,6 @@ def sign_of_input():
     return bb.get()
 
 
-def run_pass(mod, sign_zero="exact"):
-    logs = []
-    after = lower_sign(logs, sign_zero)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 def packs(mod) -> int:
     return sum(1 for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None
                and str(f.attrs.get("bnn.op", "")) == "pack_sign")
@@ -62,7 +56,7 @@ def packs(mod) -> int:
 
 def test_fires_where_no_reachable_value_is_zero():
     before = sign_after_binary_conv(shift=0.25)  # d / 2 + 1/4: never 0 for an integer d
-    after, log = run_pass(before)
+    after, log = run_pass(lower_sign, before)
     assert log.changed and packs(after) == packs(before) + 1
     x = RNG.standard_normal(SHAPE).astype(np.float32)
     np.testing.assert_array_equal(run_relax(after, x), run_relax(before, x))
@@ -74,14 +68,14 @@ def test_fires_where_no_reachable_value_is_zero():
 ], ids=["zero_reachable", "float_input"])
 def test_stays_float_where_zero_is_possible(make, reason):
     before = make()
-    after, log = run_pass(before)
+    after, log = run_pass(lower_sign, before)
     assert not log.changed and any(reason in why for why in log.kept_float.values()), log.kept_float
     assert packs(after) == packs(before)
 
 
 def test_sign_zero_plus_packs_any_sign():
     before = sign_of_input()
-    after, log = run_pass(before, sign_zero="plus")
+    after, log = run_pass(lower_sign, before, sign_zero="plus")
     assert log.changed and packs(after) == 1
     x = RNG.standard_normal(SHAPE).astype(np.float32)
     x[0, 0, 0, :] = 0.0

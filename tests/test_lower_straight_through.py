@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tvm import relax
 
-from conftest import relax_ops, run_relax
+from conftest import relax_ops, run_pass, run_relax
 
 from bnn_tvm.relay_passes.lower_straight_through import STRAIGHT_THROUGH, lower_straight_through
 
@@ -57,17 +57,11 @@ def estimator_p(p_of):
     return bb.get()
 
 
-def run_pass(mod):
-    logs = []
-    after = lower_straight_through(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 @pytest.mark.parametrize("p_of", [hardtanh, half_hardtanh], ids=["hardtanh", "half_hardtanh"])
 @pytest.mark.parametrize("commuted", [False, True], ids=["s_minus_p_plus_p", "p_plus_s_minus_p"])
 def test_fires_the_estimator_becomes_its_sign(p_of, commuted):
     before = estimator(p_of, commuted)
-    after, log = run_pass(before)
+    after, log = run_pass(lower_straight_through, before)
     assert log.changed and [r.kernel for r in log.rewrites] == [STRAIGHT_THROUGH]
     assert "exactly sign(x)" in log.rewrites[0].detail
     assert relax_ops(after) == ["relax.sign"]
@@ -83,7 +77,7 @@ def test_fires_the_estimator_becomes_its_sign(p_of, commuted):
 ], ids=["p_unbounded", "p_wrong_sign"])
 def test_refuses_an_estimator_it_cannot_prove_with_a_counterexample(p_of, reason):
     before = estimator(p_of)
-    after, log = run_pass(before)
+    after, log = run_pass(lower_straight_through, before)
     assert not log.changed
     (why,) = set(log.kept_float.values())
     assert reason in why
@@ -103,5 +97,5 @@ def test_leaves_a_sum_that_is_no_estimator():
             difference = bb.emit(relax.op.subtract(bb.emit(relax.op.sign(x)), bb.emit(hardtanh(x))))
             out = bb.emit_output(relax.op.add(difference, bb.emit(half_hardtanh(x))))
         bb.emit_func_output(out)
-    _, log = run_pass(bb.get())
+    _, log = run_pass(lower_straight_through, bb.get())
     assert not log.changed and not log.kept_float

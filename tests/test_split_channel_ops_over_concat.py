@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from conftest import relax_ops, run_relax
+from conftest import relax_ops, run_pass, run_relax
 
 from bnn_tvm.relay_passes.split_channel_ops_over_concat import SPLIT, split_channel_ops_over_concat
 
@@ -33,15 +33,9 @@ def concat_then_prelu(part_read_elsewhere: bool = False):
     return bb.get()
 
 
-def run_pass(mod):
-    logs = []
-    after = split_channel_ops_over_concat(logs)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 def test_fires_each_part_takes_its_slice_and_the_values_stay():
     before = concat_then_prelu()
-    after, log = run_pass(before)
+    after, log = run_pass(split_channel_ops_over_concat, before)
     assert log.changed and {r.kernel for r in log.rewrites} == {SPLIT}
     ops = relax_ops(after)
     assert ops[-1] == "relax.concat"  # the concat is last: the ops run on the parts
@@ -51,5 +45,5 @@ def test_fires_each_part_takes_its_slice_and_the_values_stay():
 
 def test_a_part_read_elsewhere_keeps_the_op_after_the_concat():
     before = concat_then_prelu(part_read_elsewhere=True)
-    after, log = run_pass(before)
+    after, log = run_pass(split_channel_ops_over_concat, before)
     assert not log.changed

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tvm import relax
 
-from conftest import bnn_kernels, emit_binarizer, relax_ops, run_relax
+from conftest import bnn_kernels, emit_binarizer, relax_ops, run_pass, run_relax
 
 from bnn_tvm.relay_passes.lower_binarizers import lower_binarizers
 from bnn_tvm.relay_passes.split_ternary_sign import split_ternary_sign
@@ -58,12 +58,6 @@ def sign_after_a_binary_conv():
     return relax.transform.DeadCodeElimination()(lower_binarizers([])(bb.get()))
 
 
-def run_pass(mod, wait=True):
-    logs = []
-    after = split_ternary_sign(logs, wait)(mod)
-    return relax.transform.DeadCodeElimination()(after), logs[0]
-
-
 def with_zeros(shape) -> np.ndarray:
     x = RNG.standard_normal(shape).astype(np.float32)
     x.reshape(-1)[::5] = 0.0  # Sign(0) = 0: a fifth of the values
@@ -77,7 +71,7 @@ def with_zeros(shape) -> np.ndarray:
 ], ids=["conv", "dense", "grouped_conv_halves"])
 def test_fires_the_sign_becomes_planes_with_its_zeros_exact(make, shape, kernel):
     before = make()
-    after, log = run_pass(before)
+    after, log = run_pass(split_ternary_sign, before)
     assert log.changed and [r.kernel for r in log.rewrites] == [kernel]
     assert "relax.sign" not in relax_ops(after)
     assert kernel in bnn_kernels(after)
@@ -87,9 +81,9 @@ def test_fires_the_sign_becomes_planes_with_its_zeros_exact(make, shape, kernel)
 
 def test_a_sign_after_a_layer_that_becomes_binary_waits_then_splits():
     before = sign_after_a_binary_conv()
-    _, log = run_pass(before, wait=True)
+    _, log = run_pass(split_ternary_sign, before, wait=True)
     assert not log.changed
-    after, log = run_pass(before, wait=False)
+    after, log = run_pass(split_ternary_sign, before, wait=False)
     assert log.changed and [r.kernel for r in log.rewrites] == ["pack_ternary"]
     x = with_zeros([1, 32, 5, 5])
     np.testing.assert_array_equal(run_relax(after, x), run_relax(before, x))
