@@ -1548,13 +1548,12 @@ def conv_knobs(sch: s_tir.Schedule, func, unit: VectorUnit, threshold: bool = Fa
     padded input in its own pass."""
     channels, width = conv_shape(sch, threshold)
     word_aligned = threshold and channels % WORD_BITS == 0
-    lanes, channel_block, width_block = tile(channels, width, unit, WORD_BITS if word_aligned else None)
+    lanes, channel_block, width_block = tile(channels, width, unit, WORD_BITS if word_aligned else None,
+                                             vectors=ttq_vectors(sch, channels, unit))
     mismatches = sch.get_sblock("mismatches")
     counters = narrow_counters(unit, lanes, popcount_form(sch, mismatches)) or "words"
     if not threshold and pairs_apply(sch, func, unit, lanes, width_block):
         counters = "pairs"
-    if has_block(sch, "ttq_difference"):
-        channel_block, width_block = ttq_tile(channels, lanes, width_block, counters)
     return ConvKnobs(lanes, width_block, channel_block, parallel_count(block_work(sch, mismatches), PARALLEL_MIN_TILE_WORK),
                      counters)
 
@@ -1648,17 +1647,15 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: ConvKnobs | N
     return Scheduled(sch.mod["main"], plan, relayouts)
 
 
-def ttq_tile(channels: int, lanes: int, width_block: int, counters: str) -> tuple[int, int]:
-    """``(channel_block, width_block)`` of a TTQ conv's tile over its ``channels`` halves, from the
-    plain tile's ``width_block``: one interleave block of outputs (``ttq_out_tile``), its ``b *
-    P`` and ``a * N`` side by side, so each activation word loaded serves both. With 32-bit
-    counters the plain tile's positions (twice its accumulators) measured fastest, with paired
-    counters (two accumulators per pair) half of them (Zen 4, 32x16x16: 8 x 32 in 26.0 us
-    against 4 x 32 in 27.1; 16x32x32: 4 x 32 in 39.5 us against 8 x 32 in 41.1)."""
-    halves_block = 2 * bitserial.halves_block(channels // 2)
-    if counters == "pairs" and width_block % 4 == 0:
-        width_block //= 2
-    return max(lanes, halves_block), width_block
+def ttq_vectors(sch: s_tir.Schedule, channels: int, unit: VectorUnit) -> int | None:
+    """The channel vectors of a TTQ conv's tile over its ``channels`` halves: one interleave
+    block of outputs (``ttq_out_tile``), its ``b * P`` and ``a * N`` side by side, so each
+    activation word loaded serves both; None for other kernels."""
+    if not has_block(sch, "ttq_difference"):
+        return None
+    lanes = vector_lanes(channels, unit)
+    vectors = 2 * bitserial.halves_block(channels // 2) // lanes
+    return vectors if vectors > 1 else None  # a vector holds whole blocks: the plain tile's choice
 
 
 def ttq_out_tile(channels: int, halves_block: int, lanes: int) -> tuple[int, int]:
@@ -1671,7 +1668,7 @@ def ttq_out_tile(channels: int, halves_block: int, lanes: int) -> tuple[int, int
     while channels % (blocks * block):
         blocks -= 1
     out_block = blocks * block
-    return out_block, min(lanes, out_block)
+    return out_block, min(lanes, block)  # a vector of outputs within one block: contiguous P and N
 
 
 def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: ConvKnobs | None = None,
