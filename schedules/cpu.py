@@ -1596,12 +1596,15 @@ def conv_choices(sch: s_tir.Schedule, func, unit: VectorUnit, threshold: bool = 
     word_aligned = threshold and channels % WORD_BITS == 0
     padded = has_block(sch, "pad_bits")
     form = popcount_form(sch, sch.get_sblock("mismatches"))
+    ttq = has_block(sch, "ttq_difference")
     found = []
     for lanes in lane_choices(channels, unit):
         pads = ("root", "task") if padded and not multiply_adds(unit, lanes, form) else ("root",)
         for width_block in width_choices(width, unit.accumulators):
             blocks = channel_blocks(channels, lanes, width_block, unit)
             channel_block = WORD_BITS if word_aligned else max(b for b in blocks if b <= 2 * lanes)
+            if ttq:  # at least one interleave block of outputs (``ttq_out_tile``)
+                channel_block = max(channel_block, 2 * bitserial.halves_block(channels // 2))
             for parallel_loops in ((1, 2, 3) if word_aligned or not threshold else (1, 2)):
                 for pad in pads:
                     for counters in counter_choices(unit, lanes, pad):
@@ -1621,9 +1624,12 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: ConvKnobs | N
     table = has_block(sch, "table_lookup")
     out = conv_out_block(sch)
     channels, _ = conv_shape(sch, threshold=False)
-    channel_block = choose(sch, knobs.channel_block, channel_blocks(channels, lanes, width_block, unit), space)
     ttq = has_block(sch, "ttq_difference")
-    out_block, out_lanes = ttq_out_tile(channels // 2, channel_block, lanes) if ttq else (channel_block, lanes)
+    if ttq:  # whole interleave blocks of outputs: a structural knob, not sampled
+        out_block, out_lanes = ttq_out_tile(channels // 2, knobs.channel_block, lanes)
+    else:
+        channel_block = choose(sch, knobs.channel_block, channel_blocks(channels, lanes, width_block, unit), space)
+        out_block, out_lanes = channel_block, lanes
     task, tile_loop, o_inner, x_inner = tile_nchw_out(sch, out, out_block, width_block, knobs.parallel)
     if ttq:  # b*P - a*N of the tile's channels, in registers, from the tile of the halves
         keep_dot_apart(sch, sch.get_sblock("ttq_difference"), tile_loop, out_lanes)
