@@ -460,9 +460,9 @@ def halves_block(channels: int) -> int:
     two <= ``HALVES_BLOCK`` dividing ``channels``. The halves run in blocks of ``B`` channels
     ``b * P`` then the same ``B`` channels' ``a * N``, so a tile of whole blocks of output
     channels reads one contiguous range of the halves (``ttq_conv2d_float``). 8: an AVX-512
-    vector of halves is one block's P and N, an AVX2 vector one side of a block (on Zen 4, the
-    16-channel ResNet-20 block, pack to residual add: 39 us with B = 16, whose tile is 4 x 32
-    halves, 36 us with 8, 37 us with 4, whose output vectors are a quarter wide)."""
+    vector of halves is one block's P and N, an AVX2 vector one side of a block (on Zen 4, 2
+    threads, the 16-channel ResNet-20 block, pack to residual add: 39 us with B = 16, whose
+    tile is 4 x 32 halves, 36 us with 8, 37 us with 4, whose output vectors are a quarter wide)."""
     block = HALVES_BLOCK
     while channels % block:
         block //= 2
