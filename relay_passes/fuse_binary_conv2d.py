@@ -130,7 +130,9 @@ def fuse_asymmetric_conv2d(ctx: RuleContext, data, packed, ternary: bool, weight
     conv's sum of ``±a, ±b`` terms rounds in its own order: equal within float rounding (a
     binarizer after it is checked by ``FoldChannelOpsIntoPack``, ``analysis.rounding.asymmetric_margin``).
     The difference is a kernel of its own (``kernels.emit_difference``), which takes the float
-    ops after it as its epilogue (``FoldFloatEpilogues``, ``FoldResidualAdd``)."""
+    ops after it as its epilogue (``FoldFloatEpilogues``, ``FoldResidualAdd``); on CPUs it then
+    moves into the conv kernel (``FuseTtqDifference``). The halves are interleaved per block of
+    output channels (``AsymmetricWeights.halves``)."""
     oc, c, kh, kw = weights.positive.shape
     halves = weights.halves()
     per_layer = all(np.unique(v[v > 0]).size <= 1 for v in (weights.plus, weights.minus))
@@ -150,6 +152,7 @@ def fuse_asymmetric_conv2d(ctx: RuleContext, data, packed, ternary: bool, weight
         ctx.fused("binary_conv2d", detail)
         kernel = binary_conv2d_kernel(ctx, packed, halves, strides, padding, dilation)
     both = ctx.builder_.emit(kernel, ctx.logged_name("ttq_halves"))
+    ctx.alias((ctx.binding,), both)  # FuseTtqDifference's fused kernel is this conv's
     return emit_difference(ctx, both)
 
 

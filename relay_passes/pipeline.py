@@ -44,6 +44,7 @@ from .fuse_binary_attention import fuse_binary_attention
 from .fuse_binary_conv2d import fuse_binary_conv2d
 from .fuse_binary_dense import fuse_binary_dense
 from .fuse_binary_max_pool import fuse_binary_max_pool
+from .fuse_ttq_difference import fuse_ttq_difference
 from .hand_written_float_ops import hand_written_float_ops
 from .lift_activation_scale import lift_activation_scale
 from .lift_conv1d import lift_conv1d
@@ -179,6 +180,9 @@ def fold_passes(logs: Logs, family: str) -> list[tvm.transform.Pass]:
             relax.transform.DeadCodeElimination(),
             # a residual add after a kernel (and the per-channel ops after it) in its epilogue
             fold_residual_add(logs),
+            relax.transform.DeadCodeElimination(),
+            # a TTQ conv's difference kernel (with its folded ops) in the conv kernel
+            fuse_ttq_difference(logs),
             relax.transform.DeadCodeElimination(),
         ]
     return passes + [

@@ -1548,7 +1548,8 @@ def conv_knobs(sch: s_tir.Schedule, func, unit: VectorUnit, threshold: bool = Fa
     padded input in its own pass."""
     channels, width = conv_shape(sch, threshold)
     word_aligned = threshold and channels % WORD_BITS == 0
-    lanes, channel_block, width_block = tile(channels, width, unit, WORD_BITS if word_aligned else None)
+    lanes, channel_block, width_block = tile(channels, width, unit, WORD_BITS if word_aligned else None,
+                                             vectors=ttq_vectors(sch, channels, unit))
     mismatches = sch.get_sblock("mismatches")
     counters = narrow_counters(unit, lanes, popcount_form(sch, mismatches)) or "words"
     if not threshold and pairs_apply(sch, func, unit, lanes, width_block):
@@ -1595,12 +1596,15 @@ def conv_choices(sch: s_tir.Schedule, func, unit: VectorUnit, threshold: bool = 
     word_aligned = threshold and channels % WORD_BITS == 0
     padded = has_block(sch, "pad_bits")
     form = popcount_form(sch, sch.get_sblock("mismatches"))
+    ttq = has_block(sch, "ttq_difference")
     found = []
     for lanes in lane_choices(channels, unit):
         pads = ("root", "task") if padded and not multiply_adds(unit, lanes, form) else ("root",)
         for width_block in width_choices(width, unit.accumulators):
             blocks = channel_blocks(channels, lanes, width_block, unit)
             channel_block = WORD_BITS if word_aligned else max(b for b in blocks if b <= 2 * lanes)
+            if ttq:  # at least one interleave block of outputs (``ttq_out_tile``)
+                channel_block = max(channel_block, 2 * bitserial.halves_block(channels // 2))
             for parallel_loops in ((1, 2, 3) if word_aligned or not threshold else (1, 2)):
                 for pad in pads:
                     for counters in counter_choices(unit, lanes, pad):
@@ -1620,8 +1624,15 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: ConvKnobs | N
     table = has_block(sch, "table_lookup")
     out = conv_out_block(sch)
     channels, _ = conv_shape(sch, threshold=False)
-    channel_block = choose(sch, knobs.channel_block, channel_blocks(channels, lanes, width_block, unit), space)
-    task, tile_loop, o_inner, x_inner = tile_nchw_out(sch, out, channel_block, width_block, knobs.parallel)
+    ttq = has_block(sch, "ttq_difference")
+    if ttq:  # whole interleave blocks of outputs: a structural knob, not sampled
+        out_block, out_lanes = ttq_out_tile(channels // 2, knobs.channel_block, lanes)
+    else:
+        channel_block = choose(sch, knobs.channel_block, channel_blocks(channels, lanes, width_block, unit), space)
+        out_block, out_lanes = channel_block, lanes
+    task, tile_loop, o_inner, x_inner = tile_nchw_out(sch, out, out_block, width_block, knobs.parallel)
+    if ttq:  # b*P - a*N of the tile's channels, in registers, from the tile of the halves
+        keep_dot_apart(sch, sch.get_sblock("ttq_difference"), tile_loop, out_lanes)
     keep_dot_apart(sch, dot, tile_loop, lanes)
     sch.compute_at(mismatches, tile_loop, preserve_unit_loops=True)
     counters = count_mismatches(sch, mismatches, lanes, 2, 3, unit, knobs.counters, knobs.unroll)
@@ -1631,12 +1642,39 @@ def conv_float(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: ConvKnobs | N
             sch.vectorize(x_inner)
         epilogue = "table lookups, NCHW vector stores"
     else:
-        epilogue = transpose_out(sch, out, o_inner, x_inner, lanes, width_block, func)
+        epilogue = transpose_out(sch, out, o_inner, x_inner, out_lanes, width_block, func,
+                                 tile_dtype="float32" if ttq else "int32")
+    if ttq:
+        epilogue = f"b*P - a*N of {out_block} channels, {epilogue}"
     place_padding(sch, unit, knobs.pad, task)
     count_nonzeros(sch)
     plan = (f"conv: {width_block} positions x {knobs.channel_block} channels in registers, {lanes} lanes, {counters}, "
             f"{epilogue}")
     return Scheduled(sch.mod["main"], plan, relayouts)
+
+
+def ttq_vectors(sch: s_tir.Schedule, channels: int, unit: VectorUnit) -> int | None:
+    """The channel vectors of a TTQ conv's tile over its ``channels`` halves: one interleave
+    block of outputs (``ttq_out_tile``), its ``b * P`` and ``a * N`` side by side, so each
+    activation word loaded serves both; None for other kernels."""
+    if not has_block(sch, "ttq_difference"):
+        return None
+    lanes = vector_lanes(channels, unit)
+    vectors = 2 * bitserial.halves_block(channels // 2) // lanes
+    return vectors if vectors > 1 else None  # a vector holds whole blocks: the plain tile's choice
+
+
+def ttq_out_tile(channels: int, halves_block: int, lanes: int) -> tuple[int, int]:
+    """``(output channels per tile, their vector lanes)`` of a TTQ conv (``bitserial.ttq_conv2d_float``)
+    whose tile of halves is ``halves_block`` channels: half as many outputs, in whole interleave
+    blocks (``bitserial.halves_block``; a part of a block would make the tile read the
+    halves between its positive and negative channels too)."""
+    block = bitserial.halves_block(channels)
+    blocks = max(1, halves_block // 2 // block)
+    while channels % (blocks * block):
+        blocks -= 1
+    out_block = blocks * block
+    return out_block, min(lanes, block)  # a vector of outputs within one block: contiguous P and N
 
 
 def conv_threshold(sch: s_tir.Schedule, func, unit: VectorUnit, knobs: ConvKnobs | None = None,
@@ -2076,7 +2114,8 @@ def halves_difference(sch: s_tir.Schedule, func, unit: VectorUnit) -> Scheduled:
 # The kinds whose schedule is a rule with knobs (``schedules.tuning``'s binary-aware design spaces)
 RULES = {
     **dict.fromkeys(("binary_conv2d", "binary_conv2d_table", "binary_conv2d_epilogue", "multibit_conv2d",
-                     "multibit_conv2d_table", "ternary_conv2d", "ternary_conv2d_table", "ternary_conv2d_epilogue"),
+                     "multibit_conv2d_table", "ternary_conv2d", "ternary_conv2d_table", "ternary_conv2d_epilogue",
+                     "binary_conv2d_ttq", "ternary_conv2d_ttq"),
                     CONV_FLOAT),
     **dict.fromkeys(("binary_conv2d_threshold", "multibit_conv2d_threshold", "ternary_conv2d_threshold"), CONV_THRESHOLD),
     **dict.fromkeys(("pack_sign", "pack_sign_pair", "pack_sign_steps", "pack_ternary", "pack_levels"), PACK_SIGN),

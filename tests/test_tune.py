@@ -137,7 +137,8 @@ def replay_fresh(design, func):
 @pytest.mark.parametrize("model,target", [("float_conv", "x86"), ("threshold_conv", "x86"), ("dorefa", "x86"),
                                           ("quant", "x86"), ("digits", "x86"), ("float_conv", "x86-avx2"), ("threshold_conv", "x86-avx2"),
                                           ("tokens", "x86"), ("tokens", "x86-avx2"), ("attention", "x86"),
-                                          ("both_ternary", "x86"), ("both_ternary", "x86-avx2")])
+                                          ("both_ternary", "x86"), ("both_ternary", "x86-avx2"),
+                                          ("ttq", "x86"), ("ttq", "x86-avx2")])
 def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path):
     """Every fifth design (the knobs vary fastest to slowest: counters, padding, parallel
     loops, ...) with its sampled decisions redrawn, against the unscheduled kernel; AVX2 (byte
@@ -156,6 +157,9 @@ def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path)
         path = attention_model(tmp_path / "m.onnx", 32, False)
     elif model == "both_ternary":  # the multiply-add step (AVX-512 VNNI) and the nibble lookups (AVX2)
         path = save(LayerSpec.parse("conv3x3:64x8x8,input=ternary,weights=ternary").onnx_model(), tmp_path / "m.onnx")
+    elif model == "ttq":
+        # over 16 channels: no position pairs, whose words must leave their upper halves 0 (random words do not)
+        path = save(LayerSpec.parse("conv3x3:24x6x6,input=ternary,weights=ttq,pad=1").onnx_model(), tmp_path / "m.onnx")
     else:
         path = default_model_path()
     spec = targets.get(target)
@@ -180,7 +184,8 @@ def test_design_spaces_are_exact_under_random_decisions(model, target, tmp_path)
                 "quant": ["multibit_conv2d", "multibit_conv2d_threshold"], "digits": ["pack_sign", "binary_dense_epilogue"],
                 "tokens": ["binary_dense", "binary_dense_threshold"],
                 "attention": ["binary_attention_scores", "binary_attention_bits", "binary_attention_context"],
-                "both_ternary": ["ternary_conv2d"]}[model]
+                "both_ternary": ["ternary_conv2d"],
+                "ttq": ["ternary_conv2d_ttq"]}[model]
     assert all(checked.get(op, 0) >= 1 for op in expected), checked
 
 
@@ -211,7 +216,8 @@ def test_default_decisions_reproduce_the_hand_schedules(target, tmp_path):
     paths = [default_model_path(), float_conv_model(tmp_path / "float.onnx"), dorefa_model(tmp_path / "dorefa.onnx"),
              save(conv_block_model(32, 64, 6, stride=2)[0], tmp_path / "aligned.onnx"),
              save(conv_block_model(24, 40, 7)[0], tmp_path / "unaligned.onnx")]
-    for k, text in enumerate(["conv3x3:16x8x8,input=ternary,weights=ternary,pad=1", "conv3x3:13x9x9,out=7,stride=2,pad=1"]):
+    for k, text in enumerate(["conv3x3:16x8x8,input=ternary,weights=ternary,pad=1", "conv3x3:13x9x9,out=7,stride=2,pad=1",
+                              "conv3x3:16x8x8,input=ternary,weights=ttq,pad=1", "conv3x3:24x6x6,out=24,weights=ttq,pad=1"]):
         paths.append(save(LayerSpec.parse(text).onnx_model(), tmp_path / f"layer{k}.onnx"))
     paths += [token_dense_model(tmp_path / "tokens.onnx"), attention_model(tmp_path / "bits.onnx", 32, False),
               attention_model(tmp_path / "ternary_attention.onnx", 16, True)]
@@ -229,7 +235,7 @@ def test_default_decisions_reproduce_the_hand_schedules(target, tmp_path):
         assert tvm_ffi.structural_equal(without_names(default), without_names(hand.func)), name
         seen.add(op)
     assert {"binary_conv2d", "binary_conv2d_threshold", "multibit_conv2d", "multibit_conv2d_threshold",
-            "ternary_conv2d", "pack_sign", "pack_ternary", "binary_dense", "binary_dense_epilogue",
+            "ternary_conv2d", "ternary_conv2d_ttq", "binary_conv2d_ttq", "pack_sign", "pack_ternary", "binary_dense", "binary_dense_epilogue",
             "binary_dense_threshold", "ternary_dense", "ternary_dense_threshold", "binary_attention_scores",
             "binary_attention_bits", "binary_attention_context", "ternary_attention_scores", "ternary_attention_bits",
             "ternary_attention_context"} <= seen, seen

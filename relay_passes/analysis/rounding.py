@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..common import RuleContext, shape_of
-from .weights import DIFFERENCE
+from .weights import DIFFERENCE, split_halves
 
 
 # The open ends of a decision interval: beyond every integer a kernel returns (|d| <= levels *
@@ -249,8 +249,8 @@ def asymmetric_value(ctx: RuleContext, expr) -> AsymmetricValue | None:
     scale = ctx.constant(inputs[integer_inputs(name, attrs)])
     nonzero = ctx.constant(inputs[1])[1]  # the weights' nonzero plane [2 * OC, ...]
     counts = np.unpackbits(nonzero.reshape(len(nonzero), -1).view(np.uint8), axis=1).sum(axis=1).astype(np.int64)
-    oc = len(scale) // 2
-    return AsymmetricValue(scale[:oc], scale[oc:], counts[:oc], counts[oc:], int(attrs["bnn.taps"]))
+    (plus, minus), (positives, negatives) = split_halves(scale), split_halves(counts)
+    return AsymmetricValue(plus, minus, positives, negatives, int(attrs["bnn.taps"]))
 
 
 def on_common_grid(plus: np.ndarray, minus: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:

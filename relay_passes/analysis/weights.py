@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bnn_tvm.schedules import bitserial
+
 from ..common import pack_bits, pack_planes
 from ..conventions import SCALE_SPREAD
 
@@ -90,10 +92,30 @@ class AsymmetricWeights:
     minus: np.ndarray  # a, float32 [OC]
 
     def halves(self) -> BinaryWeights:
-        """``[W > 0]`` then ``[W < 0]`` as ``{0, +1}`` weights of ``2 * OC`` channels, scaled by
-        ``b`` then ``a`` (the kernel's values ``b * P`` and ``a * N``, one rounding each)."""
-        signs = np.concatenate([self.positive, self.negative]).astype(np.float32)
-        return BinaryWeights(signs, np.concatenate([self.plus, self.minus]).astype(np.float32), None)
+        """``[W > 0]`` and ``[W < 0]`` as ``{0, +1}`` weights of ``2 * OC`` channels, scaled by
+        ``b`` and ``a`` (the kernel's values ``b * P`` and ``a * N``, one rounding each),
+        interleaved in blocks of output channels (``halves_order``)."""
+        order = halves_order(len(self.plus))
+        signs = np.concatenate([self.positive, self.negative]).astype(np.float32)[order]
+        return BinaryWeights(signs, np.concatenate([self.plus, self.minus]).astype(np.float32)[order], None)
+
+
+def halves_order(channels: int) -> np.ndarray:
+    """For each of a TTQ kernel's ``2 * channels`` halves, its index in ``[P channels, N
+    channels]``: blocks of ``bitserial.halves_block`` positive channels, each followed by the
+    same channels' negative ones (``bitserial.positive_half``)."""
+    block = bitserial.halves_block(channels)
+    o = np.arange(channels).reshape(-1, 1, block)
+    return np.concatenate([o, o + channels], axis=1).reshape(-1)
+
+
+def split_halves(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``values`` of a TTQ kernel's halves (``[2 * C, ...]``, ``halves_order``) as
+    ``(positive, negative)``, each ``[C, ...]`` in output channel order."""
+    channels = len(values) // 2
+    restored = np.empty_like(values)
+    restored[halves_order(channels)] = values
+    return restored[:channels], restored[channels:]
 
 
 def split_asymmetric(weight: np.ndarray) -> AsymmetricWeights | str:
