@@ -124,6 +124,25 @@ def test_segments_cut_at_binarized_tensors_float_layers_and_shared_tensors(tmp_p
     assert found == {(b0,): [stem], (b1, x1): sorted([stem, b0]), (stem,): ["x"], (x2,): sorted([x1, b1])}
 
 
+def test_ternary_packs_are_cuts(tmp_path):
+    """A ``Sign`` of a residual sum (which can be 0) is packed as sign and nonzero planes by a
+    kernel whose rewrite names the conv reading them first: the ``Sign``'s output is what that
+    kernel materialises, so it is a cut, and a near-tie before it stays in its own segment."""
+    from bnn_tvm.compilation.compiler import lower_onnx
+    from bnn_tvm.compilation.verify_layers import materialised_tensors
+
+    g = GraphBuilder([1, 8, 6, 6], seed=3)
+    stem = g.conv("x", np.random.default_rng(3).standard_normal((16, 8, 3, 3)).astype(np.float32), pad=1)
+    s0 = g.node("Sign", [stem])
+    x1 = g.node("Add", [g.batch_norm(g.conv(s0, g.binary_weight((16, 16, 3, 3)), pad=1), *g.random_bn(16)), stem])
+    s1 = g.node("Sign", [x1])
+    x2 = g.node("Add", [g.batch_norm(g.conv(s1, g.binary_weight((16, 16, 3, 3)), pad=1), *g.random_bn(16)), x1])
+    lowered = lower_onnx(save(g.model([x2]), tmp_path / "ternary_residual.onnx"))
+    assert lowered.packed_kinds() == {s0: "pack_ternary", s1: "pack_ternary"}
+    _, materialised = materialised_tensors(lowered)
+    assert {s0, s1, x1, x2} <= materialised
+
+
 def test_segment_that_differs_only_at_near_ties_is_reported_apart():
     """A binary segment whose differing values all sit at near-ties of ONNX Runtime's own input
     (float rounding inside the segment) is not a compiler error; one more differing value that is

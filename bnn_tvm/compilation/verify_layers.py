@@ -129,12 +129,18 @@ def materialised_tensors(lowered) -> tuple[set, set]:
     for block in lowered.mod["main"].body.blocks:
         for binding in block.bindings:
             value = binding.value
-            nodes = [n for n in lowered.onnx_nodes([binding.var.name]) if n in order]
+            named = lowered.onnx_nodes([binding.var.name])
+            nodes = [n for n in named if n in order]
             if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op) or not nodes:
                 continue
+            kind = lowered.kernel_kind(value)
             tensor = graph.node[max(order[n] for n in nodes)].output[0]
+            if kind in PACKED_TENSOR and named[PACKED_TENSOR[kind]:] and named[PACKED_TENSOR[kind]] in order:
+                # a pack whose rewrite names the layer reading the bits first (ternary planes, a
+                # pair's halves) materialises the binarizer's output, not that later layer's
+                tensor = graph.node[order[named[PACKED_TENSOR[kind]]]].output[0]
             found.add(tensor)
-            if lowered.kernel_kind(value) in FLOAT_KERNELS or value.op.name in FLOAT_LAYER_OPS:
+            if kind in FLOAT_KERNELS or value.op.name in FLOAT_LAYER_OPS:
                 floats.add(tensor)
     return floats, found
 
