@@ -9,6 +9,7 @@ BNN forms in ``published_bnn.py``, BiBERT's attention in ``bibert.py``, random g
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import tvm
 from onnx import helper
 from tvm import relax, te
 
+from bnn_tvm.compilation.inspection import inspect_onnx
 from bnn_tvm.compilation.verify import verify
 from bnn_tvm.relay_passes.common import pack_bits
 from bnn_tvm.relay_passes.analysis.rounding import OPEN_HIGH
@@ -531,6 +533,24 @@ def relax_ops(mod) -> list[str]:
     found = []
     relax.analysis.post_order_visit(mod["main"], lambda e: found.append(op_name(e)) if isinstance(e, relax.Call) else None)
     return found
+
+
+def check_bibench_resnet(conv, path, dynamo: bool) -> None:
+    """BiBench's ResNet of ``conv`` layers (one block a stage, 16x16 inputs), exported to ``path``:
+    its 6 binary convs run binary (the stem and the two downsampling shortcuts stay float) and
+    verify exactly, every binarized tensor compared."""
+    from published_bnn import bibench_resnet, export  # torch: only for the tests that build one
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export(bibench_resnet(conv), path, dynamo, size=16)
+    convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
+    assert sum(not r.binary for r in convs) == 3  # the stem and the two downsampling shortcuts
+    assert sum(r.binary for r in convs) == 6, [(r.name, r.note) for r in convs if not r.binary]
+    x = np.random.default_rng(3).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    report = verify(path, "x86", x=x)
+    assert report.ok, "\n".join(report.lines())
+    assert report.binary_checked >= 6
 
 
 def run_pass(make_pass, mod, dce: bool = True, **options):

@@ -5,17 +5,13 @@ runs every binary conv as a binary kernel and verifies."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
-from published_bnn import BiBenchFdaConv, bibench_resnet, export
+from published_bnn import BiBenchFdaConv
 from tvm import relax
 
-from conftest import relax_ops, run_pass, run_relax
+from conftest import check_bibench_resnet, relax_ops, run_pass, run_relax
 
-from bnn_tvm.compilation.inspection import inspect_onnx
-from bnn_tvm.compilation.verify import verify
 from bnn_tvm.relay_passes.fold_zero_scaled_term import ZERO_TERM, fold_zero_scaled_term
 
 SHAPE = [2, 4, 3, 3]
@@ -67,14 +63,4 @@ def test_leaves_a_term_that_is_not_zero_or_a_broadcast(c, x_shape):
 def test_bibench_fda_resnet_runs_its_convs_binary_and_verifies(tmp_path, dynamo):
     """Before this pass every binary conv of BiBench's FDA ResNet stayed float: ``sign(a) + 0 *
     noise(a)`` hid the binary tensor."""
-    model = bibench_resnet(BiBenchFdaConv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        path = export(model, tmp_path / "fda.onnx", dynamo, size=16)
-    convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
-    assert sum(not r.binary for r in convs) == 3  # the stem and the two downsampling shortcuts
-    assert sum(r.binary for r in convs) == 6, [(r.name, r.note) for r in convs if not r.binary]
-    x = np.random.default_rng(3).standard_normal((4, 3, 16, 16)).astype(np.float32)
-    report = verify(path, "x86", x=x)
-    assert report.ok, "\n".join(report.lines())
-    assert report.binary_checked >= 6
+    check_bibench_resnet(BiBenchFdaConv, tmp_path / "fda.onnx", dynamo)

@@ -6,17 +6,13 @@ as a binary kernel and verifies."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
-from published_bnn import BiBenchXnorConv, bibench_resnet, export
+from published_bnn import BiBenchXnorConv
 from tvm import relax
 
-from conftest import relax_ops, run_pass, run_relax
+from conftest import check_bibench_resnet, relax_ops, run_pass, run_relax
 
-from bnn_tvm.compilation.inspection import inspect_onnx
-from bnn_tvm.compilation.verify import verify
 from bnn_tvm.relay_passes.lower_scaled_straight_through import SCALED_STRAIGHT_THROUGH, lower_scaled_straight_through
 
 SHAPE = [2, 4, 5, 5]
@@ -105,13 +101,4 @@ def test_leaves_the_unscaled_estimator_to_lower_straight_through():
 def test_bibench_xnor_resnet_runs_its_convs_binary_and_verifies(tmp_path, dynamo):
     """Before this pass every binary conv of BiBench's XNOR ResNet stayed float ("no binarized
     operand"): the scaled estimator hid the Sign from the activation-scale lift."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        path = export(bibench_resnet(BiBenchXnorConv), tmp_path / "xnor.onnx", dynamo, size=16)
-    convs = [r for r in inspect_onnx(path) if r.op_type == "Conv"]
-    assert sum(not r.binary for r in convs) == 3  # the stem and the two downsampling shortcuts
-    assert sum(r.binary for r in convs) == 6, [(r.name, r.note) for r in convs if not r.binary]
-    x = np.random.default_rng(3).standard_normal((4, 3, 16, 16)).astype(np.float32)
-    report = verify(path, "x86", x=x)
-    assert report.ok, "\n".join(report.lines())
-    assert report.binary_checked >= 6
+    check_bibench_resnet(BiBenchXnorConv, tmp_path / "xnor.onnx", dynamo)
