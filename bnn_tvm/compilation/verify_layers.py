@@ -115,11 +115,22 @@ class PerLayerReport:
         return out
 
 
+def computed_node(named: list, kind: str | None, order: dict) -> str:
+    """Of the ONNX nodes ``named`` behind a binding, the one whose output it computes: a pack's
+    binarizer (``PACKED_TENSOR``'s position: the rewrite of ternary planes or a pair's halves names
+    the layer reading the bits first), else the last of them in graph order (``order``)."""
+    position = PACKED_TENSOR.get(kind)
+    if position is not None and position < len(named) and named[position] in order:
+        return named[position]
+    return max((n for n in named if n in order), key=order.__getitem__)
+
+
 def materialised_tensors(lowered) -> tuple[set, set]:
     """``(float layer outputs, all)``: the ONNX tensors the lowered model computes as a binding of
-    its own (a kernel's output, with its fused epilogue's last op; a Relax op), and among them
-    those of a float layer: a float kernel of ours or a Relax op of ``FLOAT_LAYER_OPS``. Tensors
-    inside a fused kernel (a chain folded into thresholds) are in neither."""
+    its own (a kernel's output, with its fused epilogue's last op; a pack's binarized tensor; a
+    Relax op), and among them those of a float layer: a float kernel of ours or a Relax op of
+    ``FLOAT_LAYER_OPS``. Tensors inside a fused kernel (a chain folded into thresholds) are in
+    neither."""
     import tvm
     from tvm import relax
 
@@ -130,15 +141,12 @@ def materialised_tensors(lowered) -> tuple[set, set]:
         for binding in block.bindings:
             value = binding.value
             named = lowered.onnx_nodes([binding.var.name])
-            nodes = [n for n in named if n in order]
-            if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op) or not nodes:
+            if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
+                continue
+            if not any(n in order for n in named):
                 continue
             kind = lowered.kernel_kind(value)
-            tensor = graph.node[max(order[n] for n in nodes)].output[0]
-            if kind in PACKED_TENSOR and named[PACKED_TENSOR[kind]:] and named[PACKED_TENSOR[kind]] in order:
-                # a pack whose rewrite names the layer reading the bits first (ternary planes, a
-                # pair's halves) materialises the binarizer's output, not that later layer's
-                tensor = graph.node[order[named[PACKED_TENSOR[kind]]]].output[0]
+            tensor = graph.node[order[computed_node(named, kind, order)]].output[0]
             found.add(tensor)
             if kind in FLOAT_KERNELS or value.op.name in FLOAT_LAYER_OPS:
                 floats.add(tensor)
